@@ -1,0 +1,536 @@
+//! Configuration: one TOML file loaded with figment.
+//!
+//! The defaults live in one documented file, `src/config/defaults.toml`,
+//! compiled in. [`Config::load`] merges it, then the user's file, then
+//! `HOOKD_` environment variables (nested keys joined with `__`), extracts,
+//! and validates. Every problem names its key.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use base64::Engine as _;
+use figment::providers::{Env, Format, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize, Serializer};
+
+/// The compiled-in defaults: every key hookd reads, documented.
+pub const DEFAULTS: &str = include_str!("defaults.toml");
+
+/// Prefix of environment variables that override configuration keys.
+pub const ENV_PREFIX: &str = "HOOKD_";
+
+/// Headers that neither configuration nor plugins may set: hookd owns them.
+pub const PROTECTED_HEADERS: &[&str] = &[
+    "webhook-id",
+    "webhook-timestamp",
+    "webhook-signature",
+    "content-digest",
+    "content-length",
+    "content-type",
+    "host",
+    "transfer-encoding",
+    "connection",
+];
+
+/// A configuration problem, naming the key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The file could not be parsed, a key is unknown, or a value has the
+    /// wrong type; figment's message names the key and its source.
+    #[error("{0}")]
+    Figment(#[from] Box<figment::Error>),
+    /// A value parsed but is not acceptable.
+    #[error("invalid `{key}`: {problem}")]
+    Invalid { key: String, problem: String },
+    /// The configuration file given does not exist.
+    #[error("config file {path} not found: pass an existing TOML file with --config")]
+    Missing { path: PathBuf },
+}
+
+fn invalid(key: impl Into<String>, problem: impl Into<String>) -> Error {
+    Error::Invalid {
+        key: key.into(),
+        problem: problem.into(),
+    }
+}
+
+/// hookd's whole configuration.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The HTTP API.
+    pub server: ServerConfig,
+    /// The queue backend: Redis or the embedded store.
+    pub queue: QueueConfig,
+    /// How events are accepted.
+    pub ingest: IngestConfig,
+    /// How deliveries are attempted and retried.
+    pub delivery: DeliveryConfig,
+    /// Who receives which events.
+    #[serde(default)]
+    pub subscriptions: Vec<SubscriptionConfig>,
+}
+
+/// `[server]`: the HTTP API.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address the HTTP API listens on.
+    pub listen: SocketAddr,
+    /// Bearer keys accepted under `/v1`; empty means no authentication.
+    pub api_keys: Vec<Secret>,
+}
+
+/// `[queue]`: where deliveries wait.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueConfig {
+    /// Redis URL; absent selects the embedded store.
+    pub redis_url: Option<Secret>,
+    /// Treat `redis_url` as a seed node of a Redis Cluster.
+    pub cluster: bool,
+    /// Directory of the embedded store.
+    pub data_dir: PathBuf,
+    /// Prefix of every Redis key.
+    pub key_prefix: String,
+    /// Number of queue shards (hash tags).
+    pub shards: u16,
+    /// How long a claim stays invisible to other workers.
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
+    /// Redis connections per process.
+    pub pool_size: usize,
+}
+
+/// `[ingest]`: how events are accepted.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestConfig {
+    /// Largest accepted event body in bytes.
+    pub max_body_bytes: usize,
+    /// Largest number of events in one batch request.
+    pub max_batch: usize,
+    /// Window within which a repeated event id is a duplicate.
+    #[serde(with = "humantime_serde")]
+    pub dedup_window: Duration,
+    /// Read the Redis stream `<key_prefix>:events`.
+    pub stream: bool,
+    /// Consumer group used on the stream.
+    pub stream_group: String,
+}
+
+/// `[delivery]`: attempts, retries and the endpoint policy.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveryConfig {
+    /// Timeout of one attempt.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Retries after the first attempt.
+    pub max_retries: u32,
+    /// Delay before the first retry.
+    #[serde(with = "humantime_serde")]
+    pub backoff_initial: Duration,
+    /// Growth factor of the delay from one retry to the next.
+    pub backoff_multiplier: f64,
+    /// Upper bound of a retry delay.
+    #[serde(with = "humantime_serde")]
+    pub backoff_max: Duration,
+    /// Allow `http://` endpoint URLs.
+    pub allow_http: bool,
+    /// Allow endpoints on loopback, private and other non-public addresses.
+    pub allow_private_networks: bool,
+    /// Deliveries in flight at once in this process.
+    pub max_in_flight: usize,
+    /// Default cap on deliveries in flight to one subscription.
+    pub max_in_flight_per_subscription: usize,
+    /// Extra CA certificates (PEM) trusted beside the system roots.
+    pub ca_file: Option<PathBuf>,
+    /// Bytes of each response body kept in the attempt record.
+    pub response_body_limit: usize,
+}
+
+/// One `[[subscriptions]]` entry.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubscriptionConfig {
+    /// Unique name; appears in logs, metrics and the admin API.
+    pub name: SubscriptionName,
+    /// Endpoint URL receiving the POSTs.
+    pub url: String,
+    /// Event type patterns: exact (`link.clicked`), prefix (`coupon.*`) or `*`.
+    pub events: Vec<String>,
+    /// Signing secrets (`whsec_…`); each signs, so keys can be rotated.
+    pub secrets: Vec<Secret>,
+    /// Extra headers sent with every request.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Whether deliveries are sent at all; false parks nothing and sends nothing.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Override of `delivery.timeout`.
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+    /// Override of `delivery.max_retries`.
+    #[serde(default)]
+    pub max_retries: Option<u32>,
+    /// Override of `delivery.max_in_flight_per_subscription`.
+    #[serde(default)]
+    pub max_in_flight: Option<usize>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl Config {
+    /// Loads the defaults, then `path` (if any), then `HOOKD_` variables, and
+    /// validates the result.
+    pub fn load(path: Option<&Path>) -> Result<Config, Error> {
+        let mut figment = Figment::from(Toml::string(DEFAULTS));
+        if let Some(path) = path {
+            if !path.exists() {
+                return Err(Error::Missing { path: path.to_owned() });
+            }
+            figment = figment.merge(Toml::file(path));
+        }
+        figment = figment.merge(Env::prefixed(ENV_PREFIX).split("__"));
+        Self::from_figment(figment)
+    }
+
+    /// Parses a configuration from TOML text merged over the defaults,
+    /// without reading the environment (for tests and embedding).
+    pub fn from_toml(text: &str) -> Result<Config, Error> {
+        Self::from_figment(Figment::from(Toml::string(DEFAULTS)).merge(Toml::string(text)))
+    }
+
+    fn from_figment(figment: Figment) -> Result<Config, Error> {
+        let config: Config = figment.extract().map_err(Box::new)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every value that parsed but may still be wrong.
+    pub fn validate(&self) -> Result<(), Error> {
+        let q = &self.queue;
+        if q.shards == 0 || q.shards > 256 {
+            return Err(invalid("queue.shards", "must be between 1 and 256"));
+        }
+        if q.lease < Duration::from_secs(1) {
+            return Err(invalid("queue.lease", "must be at least 1s"));
+        }
+        if q.pool_size == 0 {
+            return Err(invalid("queue.pool_size", "must be at least 1"));
+        }
+        if q.key_prefix.is_empty() || q.key_prefix.contains(['{', '}', ' ']) {
+            return Err(invalid(
+                "queue.key_prefix",
+                "must be non-empty, without braces or spaces",
+            ));
+        }
+        if let Some(url) = &q.redis_url {
+            let url = url.expose();
+            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                return Err(invalid("queue.redis_url", "must start with redis:// or rediss://"));
+            }
+        }
+        let i = &self.ingest;
+        if i.max_body_bytes < 64 {
+            return Err(invalid("ingest.max_body_bytes", "must be at least 64"));
+        }
+        if i.max_batch == 0 {
+            return Err(invalid("ingest.max_batch", "must be at least 1"));
+        }
+        if i.stream_group.is_empty() {
+            return Err(invalid("ingest.stream_group", "must not be empty"));
+        }
+        let d = &self.delivery;
+        if d.timeout.is_zero() {
+            return Err(invalid("delivery.timeout", "must be greater than zero"));
+        }
+        if d.backoff_initial.is_zero() {
+            return Err(invalid("delivery.backoff_initial", "must be greater than zero"));
+        }
+        if !(d.backoff_multiplier.is_finite() && d.backoff_multiplier >= 1.0) {
+            return Err(invalid("delivery.backoff_multiplier", "must be a number >= 1.0"));
+        }
+        if d.backoff_max < d.backoff_initial {
+            return Err(invalid(
+                "delivery.backoff_max",
+                "must not be less than delivery.backoff_initial",
+            ));
+        }
+        if d.max_in_flight == 0 {
+            return Err(invalid("delivery.max_in_flight", "must be at least 1"));
+        }
+        if d.max_in_flight_per_subscription == 0 {
+            return Err(invalid("delivery.max_in_flight_per_subscription", "must be at least 1"));
+        }
+        if let Some(ca) = &d.ca_file {
+            if !ca.is_file() {
+                return Err(invalid(
+                    "delivery.ca_file",
+                    format!("{} is not a readable file", ca.display()),
+                ));
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (n, sub) in self.subscriptions.iter().enumerate() {
+            let key = format!("subscriptions[{n}]");
+            if !seen.insert(sub.name.as_str()) {
+                return Err(invalid(
+                    format!("{key}.name"),
+                    format!("`{}` is used by more than one subscription", sub.name),
+                ));
+            }
+            sub.validate(&key, d)?;
+        }
+        Ok(())
+    }
+
+    /// The subscription named `name`.
+    pub fn subscription(&self, name: &str) -> Option<&SubscriptionConfig> {
+        self.subscriptions.iter().find(|s| s.name.as_str() == name)
+    }
+
+    /// The effective configuration as TOML, secrets shown as `[redacted]`.
+    pub fn to_redacted_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+    }
+}
+
+impl SubscriptionConfig {
+    fn validate(&self, key: &str, delivery: &DeliveryConfig) -> Result<(), Error> {
+        SubscriptionName::parse(self.name.as_str()).map_err(|p| invalid(format!("{key}.name"), p))?;
+        let key = format!("subscriptions.{}", self.name);
+        let uri: http::Uri = self
+            .url
+            .parse()
+            .map_err(|e| invalid(format!("{key}.url"), format!("`{}` is not a URL: {e}", self.url)))?;
+        match uri.scheme_str() {
+            Some("https") => {}
+            Some("http") if delivery.allow_http => {}
+            Some("http") => {
+                return Err(invalid(
+                    format!("{key}.url"),
+                    "http:// endpoints are refused; use https, or set delivery.allow_http = true",
+                ))
+            }
+            _ => return Err(invalid(format!("{key}.url"), "must be an https:// URL")),
+        }
+        if uri.host().is_none_or(str::is_empty) {
+            return Err(invalid(format!("{key}.url"), "has no host"));
+        }
+        if self.events.is_empty() {
+            return Err(invalid(
+                format!("{key}.events"),
+                "must list at least one pattern (use \"*\" for all)",
+            ));
+        }
+        for pattern in &self.events {
+            crate::ingest::EventPattern::parse(pattern).map_err(|p| invalid(format!("{key}.events"), p))?;
+        }
+        if self.secrets.is_empty() {
+            return Err(invalid(
+                format!("{key}.secrets"),
+                "must hold at least one whsec_ secret",
+            ));
+        }
+        for (n, secret) in self.secrets.iter().enumerate() {
+            decode_secret(secret.expose()).map_err(|p| invalid(format!("{key}.secrets[{n}]"), p))?;
+        }
+        for (name, value) in &self.headers {
+            let lower = name.to_ascii_lowercase();
+            if PROTECTED_HEADERS.contains(&lower.as_str()) {
+                return Err(invalid(
+                    format!("{key}.headers.{name}"),
+                    "is set by hookd and cannot be overridden",
+                ));
+            }
+            http::HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| invalid(format!("{key}.headers.{name}"), "is not a valid header name"))?;
+            http::HeaderValue::from_str(value)
+                .map_err(|_| invalid(format!("{key}.headers.{name}"), "value is not a valid header value"))?;
+        }
+        if self.timeout.is_some_and(|t| t.is_zero()) {
+            return Err(invalid(format!("{key}.timeout"), "must be greater than zero"));
+        }
+        if self.max_in_flight == Some(0) {
+            return Err(invalid(format!("{key}.max_in_flight"), "must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+/// Decodes a `whsec_<base64>` signing secret into its key bytes.
+pub fn decode_secret(secret: &str) -> Result<Vec<u8>, String> {
+    let b64 = secret
+        .strip_prefix("whsec_")
+        .ok_or_else(|| "must start with `whsec_` followed by base64".to_string())?;
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .map_err(|_| "the part after `whsec_` is not valid base64".to_string())?;
+    if !(24..=64).contains(&key.len()) {
+        return Err(format!("decodes to {} bytes; use 24 to 64 random bytes", key.len()));
+    }
+    Ok(key)
+}
+
+/// A subscription's unique name: 1 to 64 of `a-z A-Z 0-9 - _ .`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, Serialize)]
+#[serde(transparent)]
+pub struct SubscriptionName(String);
+
+impl SubscriptionName {
+    /// Checks and wraps a name.
+    pub fn parse(name: &str) -> Result<SubscriptionName, String> {
+        if name.is_empty() || name.len() > 64 {
+            return Err("must be 1 to 64 characters".into());
+        }
+        if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
+            return Err(format!("`{name}` may only contain letters, digits, `-`, `_` and `.`"));
+        }
+        Ok(SubscriptionName(name.to_owned()))
+    }
+
+    /// The name as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for SubscriptionName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A secret value: its `Debug`, `Display` and serialized forms are `[redacted]`.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    /// The secret itself, for the one place that uses it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("[redacted]")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+    fn sub(extra: &str) -> String {
+        format!(
+            "[[subscriptions]]\nname = \"crm\"\nurl = \"https://crm.example.com/hooks\"\nevents = [\"coupon.*\"]\nsecrets = [\"{SECRET}\"]\n{extra}"
+        )
+    }
+
+    #[test]
+    fn defaults_alone_are_valid() {
+        let c = Config::from_toml("").unwrap();
+        assert_eq!(c.delivery.max_retries, 5);
+        assert_eq!(c.ingest.max_body_bytes, 256 * 1024);
+        assert_eq!(c.ingest.dedup_window, Duration::from_secs(24 * 3600));
+        assert!(c.queue.redis_url.is_none());
+    }
+
+    #[test]
+    fn a_full_subscription_parses() {
+        let c = Config::from_toml(&sub(
+            "headers = { \"x-api-key\" = \"k-123\" }\nmax_retries = 2\ntimeout = \"3s\"",
+        ))
+        .unwrap();
+        let s = c.subscription("crm").unwrap();
+        assert_eq!(s.max_retries, Some(2));
+        assert_eq!(s.timeout, Some(Duration::from_secs(3)));
+        assert_eq!(s.headers["x-api-key"], "k-123");
+    }
+
+    #[test]
+    fn problems_name_the_key() {
+        let cases: &[(&str, &str)] = &[
+            ("[delivery]\ntimout = \"1s\"", "timout"),
+            ("[delivery]\ntimeout = \"soon\"", "timeout"),
+            ("[queue]\nshards = 0", "queue.shards"),
+            ("[queue]\nredis_url = \"http://x\"", "queue.redis_url"),
+            ("[delivery]\nbackoff_multiplier = 0.5", "delivery.backoff_multiplier"),
+        ];
+        for (text, key) in cases {
+            let err = Config::from_toml(text).unwrap_err().to_string();
+            assert!(err.contains(key), "{text:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn subscription_problems_name_the_subscription_and_key() {
+        let cases: &[(String, &str)] = &[
+            (sub("").replace("https://", "http://"), "subscriptions.crm.url"),
+            (sub("").replace("coupon.*", "coupon..x"), "subscriptions.crm.events"),
+            (sub("").replace(SECRET, "nope"), "subscriptions.crm.secrets[0]"),
+            (
+                sub("headers = { \"webhook-signature\" = \"x\" }"),
+                "subscriptions.crm.headers.webhook-signature",
+            ),
+            (sub("colour = 1"), "colour"),
+            (format!("{}\n{}", sub(""), sub("")), "subscriptions[1].name"),
+        ];
+        for (text, key) in cases {
+            let err = Config::from_toml(text).unwrap_err().to_string();
+            assert!(err.contains(key), "{text:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn http_is_allowed_when_configured() {
+        let text = format!(
+            "[delivery]\nallow_http = true\n{}",
+            sub("").replace("https://", "http://")
+        );
+        assert!(Config::from_toml(&text).is_ok());
+    }
+
+    #[test]
+    fn secrets_are_redacted_everywhere() {
+        let c = Config::from_toml(&format!("[server]\napi_keys = [\"key-42\"]\n{}", sub(""))).unwrap();
+        let shown = format!("{} {:?}", c.to_redacted_toml(), c);
+        assert!(!shown.contains("key-42"), "{shown}");
+        assert!(!shown.contains(&SECRET[6..]), "{shown}");
+        assert!(shown.contains("[redacted]"));
+    }
+
+    #[test]
+    fn environment_overrides_nested_keys() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("HOOKD_DELIVERY__MAX_RETRIES", "9");
+            jail.create_file("hookd.toml", "[delivery]\nmax_retries = 2\ntimeout = \"2s\"")?;
+            let c = Config::load(Some(Path::new("hookd.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(c.delivery.max_retries, 9);
+            assert_eq!(c.delivery.timeout, Duration::from_secs(2));
+            Ok(())
+        });
+    }
+}

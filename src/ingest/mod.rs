@@ -1,0 +1,400 @@
+//! Ingest: events in, deliveries out.
+//!
+//! Every source (HTTP, the Redis stream, `hookd send` through HTTP) goes
+//! through one path: [`parse_event`] validates, [`Ingestor::ingest`] fans
+//! the event out to the matching subscriptions and hands the event id and
+//! its deliveries to [`Queue::enqueue`], which dedups and queues them in one
+//! atomic step. An event is acknowledged to its producer only after that.
+
+pub mod stream;
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use tokio::sync::Notify;
+
+use crate::config::{Config, SubscriptionName};
+use crate::queue::{self, now_ms, Delivery, DeliveryId, Enqueued, NewEvent, Queue};
+
+/// Why an event was refused or could not be accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The event is malformed; `field` names the part at fault.
+    #[error("invalid event: `{field}` {problem}")]
+    Invalid { field: &'static str, problem: String },
+    /// The body is larger than `ingest.max_body_bytes`.
+    #[error("event body is {size} bytes, over the limit of {limit} bytes (ingest.max_body_bytes)")]
+    TooLarge { size: usize, limit: usize },
+    /// A batch holds more events than `ingest.max_batch`.
+    #[error("batch holds {count} events, over the limit of {limit} (ingest.max_batch)")]
+    BatchTooLarge { count: usize, limit: usize },
+    /// The queue could not store the event; the producer should retry.
+    #[error("event not accepted, retry later: {0}")]
+    Queue(#[from] queue::Error),
+}
+
+fn invalid(field: &'static str, problem: impl Into<String>) -> Error {
+    Error::Invalid {
+        field,
+        problem: problem.into(),
+    }
+}
+
+/// An event id: given by the producer or generated (`evt_` + UUIDv7).
+/// 1 to 128 of `A-Z a-z 0-9 - _ . : ~`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct EventId(String);
+
+impl EventId {
+    /// A fresh, unique, time-ordered id.
+    pub fn generate() -> EventId {
+        EventId(format!("evt_{}", uuid::Uuid::now_v7().simple()))
+    }
+
+    /// Checks an id that came from outside.
+    pub fn parse(text: &str) -> Result<EventId, String> {
+        if text.is_empty() || text.len() > 128 {
+            return Err("must be 1 to 128 characters".into());
+        }
+        if !text.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:~".contains(&b)) {
+            return Err("may only contain letters, digits and - _ . : ~".into());
+        }
+        Ok(EventId(text.to_owned()))
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for EventId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Checks a dotted event type: segments of `A-Z a-z 0-9 - _` joined by
+/// dots, 1 to 128 characters (`coupon.redeemed`, `message.created`).
+pub fn check_event_type(text: &str) -> Result<(), String> {
+    if text.is_empty() || text.len() > 128 {
+        return Err("must be 1 to 128 characters".into());
+    }
+    for segment in text.split('.') {
+        if segment.is_empty() {
+            return Err(format!(
+                "`{text}` has an empty segment; use dotted names like `coupon.redeemed`"
+            ));
+        }
+        if !segment
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(format!("`{text}` may only contain letters, digits, `-`, `_` and dots"));
+        }
+    }
+    Ok(())
+}
+
+/// A subscription's event filter: exact, `prefix.*`, or `*`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EventPattern {
+    /// Every event.
+    All,
+    /// Types under a prefix: `coupon.*` matches `coupon.redeemed` and
+    /// `coupon.code.expired`, not `coupon`.
+    Prefix(String),
+    /// One type.
+    Exact(String),
+}
+
+impl EventPattern {
+    /// Parses a pattern from configuration.
+    pub fn parse(text: &str) -> Result<EventPattern, String> {
+        if text == "*" {
+            return Ok(EventPattern::All);
+        }
+        if let Some(prefix) = text.strip_suffix(".*") {
+            check_event_type(prefix).map_err(|p| format!("pattern `{text}`: {p}"))?;
+            return Ok(EventPattern::Prefix(format!("{prefix}.")));
+        }
+        check_event_type(text).map_err(|p| format!("pattern `{text}`: {p}"))?;
+        Ok(EventPattern::Exact(text.to_owned()))
+    }
+
+    /// Whether an event of type `event_type` matches.
+    pub fn matches(&self, event_type: &str) -> bool {
+        match self {
+            EventPattern::All => true,
+            EventPattern::Prefix(prefix) => event_type.starts_with(prefix.as_str()),
+            EventPattern::Exact(exact) => exact == event_type,
+        }
+    }
+}
+
+/// A validated event.
+#[derive(Clone, Debug)]
+pub struct Event {
+    /// Unique id; the dedup key and the `webhook-id` endpoints receive.
+    pub id: EventId,
+    /// Dotted type, `coupon.redeemed`.
+    pub event_type: String,
+    /// When it happened, as the producer said, or when hookd accepted it.
+    pub occurred_at: DateTime<Utc>,
+    /// The JSON object payload, verbatim.
+    pub data: Box<RawValue>,
+}
+
+impl Event {
+    /// The Standard Webhooks body: `{"type", "timestamp", "data"}`.
+    pub fn body(&self) -> Bytes {
+        #[derive(Serialize)]
+        struct Body<'a> {
+            #[serde(rename = "type")]
+            event_type: &'a str,
+            timestamp: String,
+            data: &'a RawValue,
+        }
+        let body = Body {
+            event_type: &self.event_type,
+            timestamp: self.occurred_at.to_rfc3339_opts(SecondsFormat::Millis, true),
+            data: &self.data,
+        };
+        Bytes::from(serde_json::to_vec(&body).expect("an event body always serializes"))
+    }
+}
+
+/// The JSON shape producers send.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventInput<'a> {
+    #[serde(rename = "type", borrow)]
+    event_type: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    id: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    data: Option<&'a RawValue>,
+    timestamp: Option<DateTime<Utc>>,
+}
+
+/// Parses and validates one event from its JSON text:
+/// `{"type": "coupon.redeemed", "id": "optional", "data": {...}, "timestamp": "optional RFC 3339"}`.
+pub fn parse_event(json: &[u8]) -> Result<Event, Error> {
+    let input: EventInput<'_> =
+        serde_json::from_slice(json).map_err(|e| invalid("body", format!("is not a valid event object: {e}")))?;
+    from_parts(
+        input.event_type.as_deref(),
+        input.id.as_deref(),
+        input.data.map(RawValue::get),
+        input.timestamp,
+    )
+}
+
+/// Validates an event given as separate parts (as a Redis stream entry is).
+pub fn from_parts(
+    event_type: Option<&str>,
+    id: Option<&str>,
+    data: Option<&str>,
+    timestamp: Option<DateTime<Utc>>,
+) -> Result<Event, Error> {
+    let event_type = event_type.ok_or_else(|| invalid("type", "is missing"))?;
+    check_event_type(event_type).map_err(|p| invalid("type", p))?;
+    let id = match id {
+        Some(id) => EventId::parse(id).map_err(|p| invalid("id", p))?,
+        None => EventId::generate(),
+    };
+    let data = data.ok_or_else(|| invalid("data", "is missing; send a JSON object"))?;
+    let data: Box<RawValue> =
+        serde_json::from_str(data).map_err(|e| invalid("data", format!("is not valid JSON: {e}")))?;
+    if !data.get().trim_start().starts_with('{') {
+        return Err(invalid("data", "must be a JSON object"));
+    }
+    Ok(Event {
+        id,
+        event_type: event_type.to_owned(),
+        occurred_at: timestamp.unwrap_or_else(Utc::now),
+        data,
+    })
+}
+
+/// What happened to an ingested event.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Accepted {
+    /// The event's id (generated if the producer gave none).
+    pub id: EventId,
+    /// True if the id was seen within the dedup window: nothing new queued.
+    pub duplicate: bool,
+    /// Deliveries queued for it.
+    pub deliveries: usize,
+}
+
+/// One subscription's filter, as fan-out needs it.
+struct Route {
+    name: SubscriptionName,
+    patterns: Vec<EventPattern>,
+}
+
+/// Fans events out to subscriptions and queues them.
+pub struct Ingestor {
+    /// Where deliveries go.
+    queue: Arc<dyn Queue>,
+    /// Subscription filters, in config order.
+    routes: Vec<Route>,
+    /// Queue shard count, to place each event's deliveries.
+    shards: u16,
+    /// How long an event id counts as seen.
+    dedup_window: Duration,
+    /// Woken after each enqueue so the local dispatcher claims at once.
+    queued: Arc<Notify>,
+}
+
+impl Ingestor {
+    /// An ingestor for `config`'s subscriptions, waking `queued` on enqueue.
+    pub fn new(config: &Config, queue: Arc<dyn Queue>, queued: Arc<Notify>) -> Ingestor {
+        let routes = config
+            .subscriptions
+            .iter()
+            .map(|s| Route {
+                name: s.name.clone(),
+                // Validated at load: every pattern parses.
+                patterns: s.events.iter().filter_map(|p| EventPattern::parse(p).ok()).collect(),
+            })
+            .collect();
+        Ingestor {
+            queue,
+            routes,
+            shards: config.queue.shards,
+            dedup_window: config.ingest.dedup_window,
+            queued,
+        }
+    }
+
+    /// The names of the subscriptions that want `event_type`.
+    pub fn matching<'a>(&'a self, event_type: &'a str) -> impl Iterator<Item = &'a SubscriptionName> + 'a {
+        self.routes
+            .iter()
+            .filter(move |r| r.patterns.iter().any(|p| p.matches(event_type)))
+            .map(|r| &r.name)
+    }
+
+    /// Fans out, dedups and queues one event.
+    pub async fn ingest(&self, event: Event) -> Result<Accepted, Error> {
+        let mut accepted = self.ingest_batch(vec![event]).await?;
+        Ok(accepted.remove(0))
+    }
+
+    /// Fans out, dedups and queues several events; one result each, in order.
+    pub async fn ingest_batch(&self, events: Vec<Event>) -> Result<Vec<Accepted>, Error> {
+        let now = now_ms();
+        let batch: Vec<NewEvent> = events.iter().map(|e| self.fan_out(e, now)).collect();
+        let results = self.queue.enqueue(&batch, self.dedup_window).await?;
+        let mut any = false;
+        let accepted = batch
+            .into_iter()
+            .zip(results)
+            .map(|(e, r)| {
+                let duplicate = r == Enqueued::Duplicate;
+                let deliveries = if duplicate { 0 } else { e.deliveries.len() };
+                any |= deliveries > 0;
+                Accepted {
+                    id: e.event_id,
+                    duplicate,
+                    deliveries,
+                }
+            })
+            .collect();
+        if any {
+            self.queued.notify_one();
+        }
+        Ok(accepted)
+    }
+
+    fn fan_out(&self, event: &Event, now: queue::Millis) -> NewEvent {
+        let shard = queue::shard_of(&event.id, self.shards);
+        let mut body = None;
+        let deliveries = self
+            .matching(&event.event_type)
+            .map(|name| Delivery {
+                id: DeliveryId::new(shard),
+                event_id: event.id.clone(),
+                event_type: event.event_type.clone(),
+                subscription: name.clone(),
+                created_at: now,
+                attempts: 0,
+                body: body.get_or_insert_with(|| event.body()).clone(),
+                last_error: None,
+            })
+            .collect();
+        NewEvent {
+            event_id: event.id.clone(),
+            deliveries,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns_match_as_documented() {
+        let cases = [
+            ("*", "link.clicked", true),
+            ("coupon.*", "coupon.redeemed", true),
+            ("coupon.*", "coupon.code.expired", true),
+            ("coupon.*", "coupon", false),
+            ("coupon.*", "coupons.redeemed", false),
+            ("stamp.rewarded", "stamp.rewarded", true),
+            ("stamp.rewarded", "stamp.rewarded.x", false),
+        ];
+        for (pattern, event_type, want) in cases {
+            assert_eq!(
+                EventPattern::parse(pattern).unwrap().matches(event_type),
+                want,
+                "{pattern} ~ {event_type}"
+            );
+        }
+        for bad in ["", "coupon.", ".x", "a b", "coupon.**", "*.redeemed"] {
+            assert!(EventPattern::parse(bad).is_err(), "{bad:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn events_parse_and_name_what_is_wrong() {
+        let e = parse_event(br#"{"type":"coupon.redeemed","id":"evt_1","data":{"amount":12}}"#).unwrap();
+        assert_eq!(e.id.as_str(), "evt_1");
+        assert_eq!(e.data.get(), r#"{"amount":12}"#);
+        let generated = parse_event(br#"{"type":"link.clicked","data":{}}"#).unwrap();
+        assert!(generated.id.as_str().starts_with("evt_"));
+
+        let cases: &[(&[u8], &str)] = &[
+            (b"not json", "`body`"),
+            (br#"{"data":{}}"#, "`type` is missing"),
+            (br#"{"type":"a..b","data":{}}"#, "`type`"),
+            (br#"{"type":"a.b"}"#, "`data` is missing"),
+            (br#"{"type":"a.b","data":[1]}"#, "`data` must be a JSON object"),
+            (br#"{"type":"a.b","data":{},"id":"has space"}"#, "`id`"),
+            (br#"{"type":"a.b","data":{},"colour":1}"#, "unknown field `colour`"),
+        ];
+        for (json, want) in cases {
+            let err = parse_event(json).unwrap_err().to_string();
+            assert!(err.contains(want), "{}: {err}", String::from_utf8_lossy(json));
+        }
+    }
+
+    #[test]
+    fn body_is_the_standard_webhooks_envelope() {
+        let e = parse_event(br#"{"type":"stamp.rewarded","data":{"stamps":10},"timestamp":"2026-11-23T10:00:00Z"}"#)
+            .unwrap();
+        assert_eq!(
+            &e.body()[..],
+            br#"{"type":"stamp.rewarded","timestamp":"2026-11-23T10:00:00.000Z","data":{"stamps":10}}"#
+        );
+    }
+}

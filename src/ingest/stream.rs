@@ -1,0 +1,1 @@
+//! Redis stream producer input (being written).

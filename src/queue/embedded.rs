@@ -1,0 +1,3 @@
+//! Embedded backend (being written).
+/// Placeholder until the backend lands.
+pub struct EmbeddedQueue;

@@ -1,0 +1,3 @@
+//! Redis backend (being written).
+/// Placeholder until the backend lands.
+pub struct RedisQueue;
