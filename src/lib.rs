@@ -5,3 +5,4 @@
 pub mod config;
 pub mod ingest;
 pub mod queue;
+pub mod sign;
