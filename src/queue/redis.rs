@@ -399,6 +399,9 @@ impl RedisQueue {
     /// returns each batch's replies: one pipeline on a single node, one per
     /// batch (concurrently) on a cluster.
     async fn per_shard(&self, what: &str, batches: Vec<Vec<Cmd>>) -> Result<Vec<Vec<Value>>, Error> {
+        if batches.iter().all(Vec::is_empty) {
+            return Ok(batches.iter().map(|_| Vec::new()).collect());
+        }
         let checkout = self.checkout().await?;
         if !self.is_cluster() {
             let mut pipe = Pipeline::new();
