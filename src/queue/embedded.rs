@@ -16,12 +16,14 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use redb::{
-    Database, DatabaseError, Durability, ReadTransaction, ReadableTable, ReadableTableMetadata, Table,
-    TableDefinition, WriteTransaction,
+    Database, DatabaseError, Durability, ReadTransaction, ReadableTable, ReadableTableMetadata, Table, TableDefinition,
+    WriteTransaction,
 };
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Claim, Claimed, Delivery, DeliveryId, Depth, Enqueued, Error, Lease, Millis, NewEvent, Queue, Settlement, Standing};
+use super::{
+    Claim, Claimed, Delivery, DeliveryId, Depth, Enqueued, Error, Lease, Millis, NewEvent, Queue, Settlement, Standing,
+};
 use crate::config::QueueConfig;
 
 /// The store's file inside `queue.data_dir`.
@@ -104,7 +106,11 @@ enum Op {
     /// [`Queue::settle`].
     Settle { settlements: Vec<Settle>, reply: Reply<()> },
     /// [`Queue::replay`].
-    Replay { id: String, now: Millis, reply: Reply<bool> },
+    Replay {
+        id: String,
+        now: Millis,
+        reply: Reply<bool>,
+    },
 }
 
 /// What the writer computed for one operation, sent once the commit is done.
@@ -129,8 +135,42 @@ pub struct EmbeddedQueue {
     shards: u16,
 }
 
-fn store(what: &str, e: impl Into<redb::Error>) -> Error {
-    Error::Store(format!("{what}: {}", e.into()))
+/// A redb failure inside the writer, boxed (redb's error is large).
+#[derive(Debug)]
+struct StoreError(Box<StoreError>);
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl From<redb::StorageError> for StoreError {
+    fn from(e: redb::StorageError) -> StoreError {
+        StoreError(Box::new(e.into()))
+    }
+}
+
+impl From<redb::TableError> for StoreError {
+    fn from(e: redb::TableError) -> StoreError {
+        StoreError(Box::new(e.into()))
+    }
+}
+
+impl From<redb::TransactionError> for StoreError {
+    fn from(e: redb::TransactionError) -> StoreError {
+        StoreError(Box::new(e.into()))
+    }
+}
+
+impl From<redb::CommitError> for StoreError {
+    fn from(e: redb::CommitError) -> StoreError {
+        StoreError(Box::new(e.into()))
+    }
+}
+
+fn store(what: &str, e: impl std::fmt::Display) -> Error {
+    Error::Store(format!("{what}: {e}"))
 }
 
 fn millis(d: Duration) -> Millis {
@@ -184,7 +224,11 @@ impl EmbeddedQueue {
     async fn submit<T>(&self, op: impl FnOnce(Reply<T>) -> Op) -> Result<T, Error> {
         let (reply, answer) = oneshot::channel();
         let stopped = || Error::Store(format!("the writer of {} has stopped", self.dir.display()));
-        self.ops.as_ref().ok_or_else(stopped)?.send(op(reply)).map_err(|_| stopped())?;
+        self.ops
+            .as_ref()
+            .ok_or_else(stopped)?
+            .send(op(reply))
+            .map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
     }
 
@@ -249,7 +293,7 @@ fn write_loop(db: &Database, mut receiver: mpsc::UnboundedReceiver<Op>) {
     }
 }
 
-fn apply_group(db: &Database, group: &[Op]) -> Result<Vec<Outcome>, redb::Error> {
+fn apply_group(db: &Database, group: &[Op]) -> Result<Vec<Outcome>, StoreError> {
     let mut txn = db.begin_write()?;
     if group.iter().all(|op| matches!(op, Op::Claim { .. })) {
         txn.set_durability(Durability::None);
@@ -306,7 +350,7 @@ struct Tables<'txn> {
 }
 
 impl<'txn> Tables<'txn> {
-    fn open(txn: &'txn WriteTransaction) -> Result<Tables<'txn>, redb::Error> {
+    fn open(txn: &'txn WriteTransaction) -> Result<Tables<'txn>, StoreError> {
         Ok(Tables {
             records: txn.open_table(RECORDS)?,
             due: txn.open_table(DUE)?,
@@ -318,7 +362,7 @@ impl<'txn> Tables<'txn> {
         })
     }
 
-    fn apply(&mut self, op: &Op, now: Millis) -> Result<Outcome, redb::Error> {
+    fn apply(&mut self, op: &Op, now: Millis) -> Result<Outcome, StoreError> {
         Ok(match op {
             Op::Enqueue { events, window, .. } => Outcome::Enqueued(
                 events
@@ -342,7 +386,7 @@ impl<'txn> Tables<'txn> {
         })
     }
 
-    fn set_due(&mut self, id: &str, due: Millis) -> Result<(), redb::Error> {
+    fn set_due(&mut self, id: &str, due: Millis) -> Result<(), StoreError> {
         if let Some(old) = self.due_at.insert(id, due)?.map(|g| g.value()) {
             self.due.remove((old, id))?;
         }
@@ -350,14 +394,14 @@ impl<'txn> Tables<'txn> {
         Ok(())
     }
 
-    fn unset_due(&mut self, id: &str) -> Result<(), redb::Error> {
+    fn unset_due(&mut self, id: &str) -> Result<(), StoreError> {
         if let Some(old) = self.due_at.remove(id)?.map(|g| g.value()) {
             self.due.remove((old, id))?;
         }
         Ok(())
     }
 
-    fn enqueue(&mut self, event: &Incoming, now: Millis, until: Millis) -> Result<Enqueued, redb::Error> {
+    fn enqueue(&mut self, event: &Incoming, now: Millis, until: Millis) -> Result<Enqueued, StoreError> {
         let id = event.event_id.as_str();
         let previous = self.seen.get(id)?.map(|g| g.value());
         if previous.is_some_and(|end| end > now) {
@@ -380,7 +424,7 @@ impl<'txn> Tables<'txn> {
         now: Millis,
         lease_end: Millis,
         max: usize,
-    ) -> Result<(Vec<RawClaim>, Option<Millis>), redb::Error> {
+    ) -> Result<(Vec<RawClaim>, Option<Millis>), StoreError> {
         let picked: Vec<(i64, String)> = self
             .due
             .range(..(now.saturating_add(1), ""))?
@@ -415,7 +459,7 @@ impl<'txn> Tables<'txn> {
         Ok((claims, next_due))
     }
 
-    fn settle(&mut self, s: &Settle, now: Millis) -> Result<(), redb::Error> {
+    fn settle(&mut self, s: &Settle, now: Millis) -> Result<(), StoreError> {
         let id = s.id.as_str();
         if self.due_at.get(id)?.map(|g| g.value()) != Some(s.lease) {
             return Ok(());
@@ -442,7 +486,7 @@ impl<'txn> Tables<'txn> {
         Ok(())
     }
 
-    fn replay(&mut self, id: &str, now: Millis) -> Result<Result<bool, Error>, redb::Error> {
+    fn replay(&mut self, id: &str, now: Millis) -> Result<Result<bool, Error>, StoreError> {
         let Some(dead_at) = self.dead_at.get(id)?.map(|g| g.value()) else {
             return Ok(Ok(false));
         };
@@ -463,7 +507,7 @@ impl<'txn> Tables<'txn> {
     }
 
     /// Forgets dedup entries whose window has ended, a bounded number at a time.
-    fn purge_seen(&mut self, now: Millis) -> Result<(), redb::Error> {
+    fn purge_seen(&mut self, now: Millis) -> Result<(), StoreError> {
         let expired: Vec<(i64, String)> = self
             .seen_expiry
             .range(..(now.saturating_add(1), ""))?
@@ -485,7 +529,7 @@ impl<'txn> Tables<'txn> {
     }
 }
 
-fn read_err(e: impl Into<redb::Error>) -> Error {
+fn read_err(e: impl std::fmt::Display) -> Error {
     store("read", e)
 }
 
@@ -499,7 +543,11 @@ impl Queue for EmbeddedQueue {
             e.shard(self.shards)?;
             incoming.push(Incoming {
                 event_id: e.event_id.as_str().to_owned(),
-                deliveries: e.deliveries.iter().map(|d| (d.id.as_str().to_owned(), d.encode())).collect(),
+                deliveries: e
+                    .deliveries
+                    .iter()
+                    .map(|d| (d.id.as_str().to_owned(), d.encode()))
+                    .collect(),
             });
         }
         let window = millis(window).max(1);
