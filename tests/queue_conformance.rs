@@ -79,7 +79,11 @@ impl Fixture {
 
     async fn connect(&self) -> Arc<dyn Queue> {
         match self.home {
-            Home::Redis(_) => Arc::new(RedisQueue::connect(&self.config).await.expect("connect to the test redis")),
+            Home::Redis(_) => Arc::new(
+                RedisQueue::connect(&self.config)
+                    .await
+                    .expect("connect to the test redis"),
+            ),
             Home::Embedded { .. } => Arc::new(EmbeddedQueue::open(&self.config).expect("open the embedded store")),
         }
     }
@@ -158,7 +162,11 @@ mod cases {
         assert_eq!(claimed.claims.len(), 2);
         assert_eq!(claimed.next_due, None);
         for want in &e.deliveries {
-            let got = claimed.claims.iter().find(|c| c.delivery.id == want.id).expect("claimed");
+            let got = claimed
+                .claims
+                .iter()
+                .find(|c| c.delivery.id == want.id)
+                .expect("claimed");
             assert_eq!(&got.delivery, want, "the stored record is what was enqueued");
         }
     }
@@ -168,11 +176,17 @@ mod cases {
         let first = event("evt_dup", &["crm"], fx.shards());
         let again = event("evt_dup", &["crm"], fx.shards());
         assert_eq!(q.enqueue(&[first], WINDOW).await.unwrap(), vec![Enqueued::Accepted]);
-        assert_eq!(q.enqueue(&[again.clone()], WINDOW).await.unwrap(), vec![Enqueued::Duplicate]);
+        assert_eq!(
+            q.enqueue(std::slice::from_ref(&again), WINDOW).await.unwrap(),
+            vec![Enqueued::Duplicate]
+        );
         // Within one batch too, and results keep the batch's order.
         let fresh = event("evt_dup_2", &["crm"], fx.shards());
         let results = q.enqueue(&[again.clone(), fresh.clone(), fresh], WINDOW).await.unwrap();
-        assert_eq!(results, vec![Enqueued::Duplicate, Enqueued::Accepted, Enqueued::Duplicate]);
+        assert_eq!(
+            results,
+            vec![Enqueued::Duplicate, Enqueued::Accepted, Enqueued::Duplicate]
+        );
 
         assert_eq!(q.get(&again.deliveries[0].id).await.unwrap(), None);
         let depth = q.depth(now_ms()).await.unwrap();
@@ -185,7 +199,10 @@ mod cases {
         let first = event("evt_window", &["crm"], fx.shards());
         let second = event("evt_window", &["crm"], fx.shards());
         assert_eq!(q.enqueue(&[first], window).await.unwrap(), vec![Enqueued::Accepted]);
-        assert_eq!(q.enqueue(&[second.clone()], window).await.unwrap(), vec![Enqueued::Duplicate]);
+        assert_eq!(
+            q.enqueue(std::slice::from_ref(&second), window).await.unwrap(),
+            vec![Enqueued::Duplicate]
+        );
         tokio::time::sleep(window + Duration::from_millis(50)).await;
         assert_eq!(q.enqueue(&[second], window).await.unwrap(), vec![Enqueued::Accepted]);
         assert_eq!(q.depth(now_ms()).await.unwrap().due, 2);
@@ -194,7 +211,10 @@ mod cases {
     pub async fn events_without_deliveries_are_remembered(fx: &mut Fixture) {
         let q = fx.q();
         let empty = event("evt_nobody", &[], fx.shards());
-        assert_eq!(q.enqueue(&[empty.clone()], WINDOW).await.unwrap(), vec![Enqueued::Accepted]);
+        assert_eq!(
+            q.enqueue(std::slice::from_ref(&empty), WINDOW).await.unwrap(),
+            vec![Enqueued::Accepted]
+        );
         assert_eq!(q.enqueue(&[empty], WINDOW).await.unwrap(), vec![Enqueued::Duplicate]);
         assert_eq!(q.depth(now_ms()).await.unwrap(), Depth::default());
         let claimed = q.claim(now_ms(), LEASE, 10).await.unwrap();
@@ -207,7 +227,10 @@ mod cases {
         let ids: Vec<String> = (0..6).map(|n| format!("evt_order_{n}")).collect();
         let deliveries = enqueue_singles(&*q, &ids, fx.shards()).await;
         let shards: HashSet<u16> = deliveries.iter().map(|d| d.id.shard()).collect();
-        assert!(shards.len() >= 3, "the test needs deliveries in several shards: {shards:?}");
+        assert!(
+            shards.len() >= 3,
+            "the test needs deliveries in several shards: {shards:?}"
+        );
 
         let t = now_ms();
         let claimed = q.claim(t, LEASE, 100).await.unwrap();
@@ -396,15 +419,30 @@ mod cases {
             .unwrap();
             let (stored, standing) = q.get(&d.id).await.unwrap().expect("kept");
             assert_eq!(stored, failed);
-            assert!(matches!(standing, Standing::Dead { since } if since >= before), "{standing:?}");
+            assert!(
+                matches!(standing, Standing::Dead { since } if since >= before),
+                "{standing:?}"
+            );
             dead.push(failed);
             // Distinct times of death, so "most recent first" is defined.
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         assert_eq!(q.dead(10).await.unwrap(), vec![dead[1].clone(), dead[0].clone()]);
         assert_eq!(q.dead(1).await.unwrap(), vec![dead[1].clone()]);
-        assert!(q.claim(now_ms() + 100 * LEASE_MS, LEASE, 10).await.unwrap().claims.is_empty());
-        assert_eq!(q.depth(now_ms()).await.unwrap(), Depth { due: 0, scheduled: 0, dead: 2 });
+        assert!(q
+            .claim(now_ms() + 100 * LEASE_MS, LEASE, 10)
+            .await
+            .unwrap()
+            .claims
+            .is_empty());
+        assert_eq!(
+            q.depth(now_ms()).await.unwrap(),
+            Depth {
+                due: 0,
+                scheduled: 0,
+                dead: 2
+            }
+        );
 
         let t = now_ms();
         assert!(q.replay(&ds[0].id, t).await.unwrap());
@@ -426,9 +464,23 @@ mod cases {
         let ids: Vec<String> = (0..4).map(|n| format!("evt_depth_{n}")).collect();
         let ds = enqueue_singles(&*q, &ids, fx.shards()).await;
         let t = now_ms();
-        assert_eq!(q.depth(t).await.unwrap(), Depth { due: 4, scheduled: 0, dead: 0 });
+        assert_eq!(
+            q.depth(t).await.unwrap(),
+            Depth {
+                due: 4,
+                scheduled: 0,
+                dead: 0
+            }
+        );
         let claimed = q.claim(t, LEASE, 10).await.unwrap();
-        let lease_of = |id: &DeliveryId| claimed.claims.iter().find(|c| &c.delivery.id == id).expect("claimed").lease;
+        let lease_of = |id: &DeliveryId| {
+            claimed
+                .claims
+                .iter()
+                .find(|c| &c.delivery.id == id)
+                .expect("claimed")
+                .lease
+        };
         q.settle(&[
             Settlement::Retry {
                 delivery: ds[0].clone(),
@@ -448,8 +500,22 @@ mod cases {
         .await
         .unwrap();
         // ds[3] is still leased: scheduled until its lease ends.
-        assert_eq!(q.depth(t).await.unwrap(), Depth { due: 1, scheduled: 2, dead: 1 });
-        assert_eq!(q.depth(t + LEASE_MS).await.unwrap(), Depth { due: 3, scheduled: 0, dead: 1 });
+        assert_eq!(
+            q.depth(t).await.unwrap(),
+            Depth {
+                due: 1,
+                scheduled: 2,
+                dead: 1
+            }
+        );
+        assert_eq!(
+            q.depth(t + LEASE_MS).await.unwrap(),
+            Depth {
+                due: 3,
+                scheduled: 0,
+                dead: 1
+            }
+        );
     }
 
     pub async fn next_due_is_reported_when_nothing_is_due(fx: &mut Fixture) {
@@ -515,7 +581,14 @@ mod cases {
         let ds = enqueue_singles(&*q, &ids, fx.shards()).await;
         let t = now_ms();
         let claimed = q.claim(t, LEASE, 10).await.unwrap();
-        let lease_of = |id: &DeliveryId| claimed.claims.iter().find(|c| &c.delivery.id == id).expect("claimed").lease;
+        let lease_of = |id: &DeliveryId| {
+            claimed
+                .claims
+                .iter()
+                .find(|c| &c.delivery.id == id)
+                .expect("claimed")
+                .lease
+        };
         let mut retried = ds[0].clone();
         retried.attempts = 1;
         q.settle(&[
@@ -540,7 +613,10 @@ mod cases {
             q.get(&ds[0].id).await.unwrap(),
             Some((retried, Standing::Pending { due: t + 5_000 }))
         );
-        assert!(matches!(q.get(&ds[1].id).await.unwrap(), Some((_, Standing::Dead { .. }))));
+        assert!(matches!(
+            q.get(&ds[1].id).await.unwrap(),
+            Some((_, Standing::Dead { .. }))
+        ));
         assert_eq!(
             q.get(&ds[2].id).await.unwrap(),
             Some((ds[2].clone(), Standing::Pending { due: t + LEASE_MS }))
@@ -622,13 +698,18 @@ mod redis_only {
     async fn corrupt_records_are_reported_and_skipped() {
         let fx = Fixture::redis("corrupt").await;
         let q = fx.q();
-        let d = enqueue_singles(&*q, &["evt_corrupt".into()], fx.shards()).await.remove(0);
+        let d = enqueue_singles(&*q, &["evt_corrupt".into()], fx.shards())
+            .await
+            .remove(0);
         let Home::Redis(server) = &fx.home else { unreachable!() };
         let key = hookd::queue::redis::records_key(&fx.config.key_prefix, d.id.shard());
         assert_eq!(server.command(&["HSET", &key, d.id.as_str(), "{not json"]), "0");
 
         let err = q.get(&d.id).await.unwrap_err();
-        assert!(matches!(&err, Error::Corrupt { id, .. } if id == d.id.as_str()), "{err}");
+        assert!(
+            matches!(&err, Error::Corrupt { id, .. } if id == d.id.as_str()),
+            "{err}"
+        );
         let claimed = q.claim(now_ms(), LEASE, 10).await.unwrap();
         assert!(claimed.claims.is_empty(), "a corrupt record is not handed out");
     }

@@ -21,7 +21,9 @@ use ::redis::{Cmd, Pipeline, RedisError, RedisFuture, Script, Value};
 use deadpool_redis::{PoolConfig, Runtime, Timeouts};
 use futures_util::future::try_join_all;
 
-use super::{Claim, Claimed, Delivery, DeliveryId, Depth, Enqueued, Error, Lease, Millis, NewEvent, Queue, Settlement, Standing};
+use super::{
+    Claim, Claimed, Delivery, DeliveryId, Depth, Enqueued, Error, Lease, Millis, NewEvent, Queue, Settlement, Standing,
+};
 use crate::config::QueueConfig;
 use crate::ingest::EventId;
 
@@ -359,9 +361,8 @@ impl RedisQueue {
     }
 
     async fn checkout(&self) -> Result<Checkout, Error> {
-        let unreachable = |e: &dyn std::fmt::Display| {
-            Error::Redis(format!("no connection to Redis at {}: {e}", self.host))
-        };
+        let unreachable =
+            |e: &dyn std::fmt::Display| Error::Redis(format!("no connection to Redis at {}: {e}", self.host));
         match &self.pool {
             Pool::Single(p) => p.get().await.map(Checkout::Single).map_err(|e| unreachable(&e)),
             Pool::Cluster(p) => p.get().await.map(Checkout::Cluster).map_err(|e| unreachable(&e)),
@@ -414,7 +415,10 @@ impl RedisQueue {
                 .await
                 .map_err(|e| self.failed(what, e))?
                 .into_iter();
-            return Ok(batches.iter().map(|b| replies.by_ref().take(b.len()).collect()).collect());
+            return Ok(batches
+                .iter()
+                .map(|b| replies.by_ref().take(b.len()).collect())
+                .collect());
         }
         let runs = batches.into_iter().map(|batch| {
             let mut link = checkout.link();
@@ -467,7 +471,14 @@ impl RedisQueue {
             .map(|&s| {
                 let due = due_key(&self.prefix, s);
                 let mut range = ::redis::cmd("ZRANGEBYSCORE");
-                range.arg(&due).arg("-inf").arg(now).arg("WITHSCORES").arg("LIMIT").arg(0).arg(max);
+                range
+                    .arg(&due)
+                    .arg("-inf")
+                    .arg(now)
+                    .arg("WITHSCORES")
+                    .arg("LIMIT")
+                    .arg(0)
+                    .arg(max);
                 let mut head = ::redis::cmd("ZRANGE");
                 head.arg(&due).arg(0).arg(0).arg("WITHSCORES");
                 vec![range, head]
@@ -497,7 +508,12 @@ impl RedisQueue {
             .iter()
             .enumerate()
             .filter(|(_, &n)| n > 0)
-            .map(|(position, &n)| (position, self.claim_call(&order[position..=position], now, lease_end, n)))
+            .map(|(position, &n)| {
+                (
+                    position,
+                    self.claim_call(&order[position..=position], now, lease_end, n),
+                )
+            })
             .unzip();
         let replies = self.eval("claim", &CLAIM, calls).await?;
         let mut claimed = Vec::new();
@@ -511,7 +527,13 @@ impl RedisQueue {
         }
         claimed.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
         let next_due = if claimed.is_empty() { next_due } else { None };
-        Ok((claimed.into_iter().map(|(score, _, id, rec)| (id, rec, score)).collect(), next_due))
+        Ok((
+            claimed
+                .into_iter()
+                .map(|(score, _, id, rec)| (id, rec, score))
+                .collect(),
+            next_due,
+        ))
     }
 
     /// Lists dead ids with their time of death, most recent first, at most `limit`.
@@ -519,7 +541,10 @@ impl RedisQueue {
         let batches = (0..self.shards)
             .map(|s| {
                 let mut cmd = ::redis::cmd("ZREVRANGE");
-                cmd.arg(dead_key(&self.prefix, s)).arg(0).arg(limit - 1).arg("WITHSCORES");
+                cmd.arg(dead_key(&self.prefix, s))
+                    .arg(0)
+                    .arg(limit - 1)
+                    .arg("WITHSCORES");
                 vec![cmd]
             })
             .collect();
@@ -561,7 +586,9 @@ fn unexpected(wanted: &str, got: &Value) -> Error {
 
 fn text(value: Value) -> Result<String, Error> {
     match value {
-        Value::BulkString(bytes) => String::from_utf8(bytes).map_err(|e| Error::Redis(format!("non-UTF-8 member: {e}"))),
+        Value::BulkString(bytes) => {
+            String::from_utf8(bytes).map_err(|e| Error::Redis(format!("non-UTF-8 member: {e}")))
+        }
         Value::SimpleString(s) => Ok(s),
         other => Err(unexpected("a string", &other)),
     }
@@ -674,7 +701,11 @@ impl Queue for RedisQueue {
             let Value::Array(flags) = reply else {
                 return Err(unexpected("the enqueue script's list", &reply));
             };
-            let slots = placed.iter().enumerate().filter(|(_, s)| group.contains(s)).map(|(i, _)| i);
+            let slots = placed
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| group.contains(s))
+                .map(|(i, _)| i);
             for (i, flag) in slots.zip(flags) {
                 if int_of(&flag)? == 1 {
                     results[i] = Enqueued::Accepted;
@@ -697,7 +728,11 @@ impl Queue for RedisQueue {
             self.claim_cluster(&order, now, lease_end, max).await?
         } else {
             let call = self.claim_call(&order, now, lease_end, max);
-            let reply = self.eval("claim", &CLAIM, vec![call]).await?.pop().unwrap_or(Value::Nil);
+            let reply = self
+                .eval("claim", &CLAIM, vec![call])
+                .await?
+                .pop()
+                .unwrap_or(Value::Nil);
             claim_reply(reply)?
         };
         let next_due = if items.is_empty() { next_due } else { None };
@@ -740,7 +775,8 @@ impl Queue for RedisQueue {
                     call.arg(g + 1);
                     call.arg(settlement.id());
                     call.arg(lease.0);
-                    call.args.push(due.map(|d| d.to_string().into_bytes()).unwrap_or_default());
+                    call.args
+                        .push(due.map(|d| d.to_string().into_bytes()).unwrap_or_default());
                     call.args.push(record.map(Delivery::encode).unwrap_or_default());
                 }
                 call
@@ -839,8 +875,14 @@ impl Queue for RedisQueue {
         let mut delivery = Delivery::decode(id.as_str(), &record)?;
         delivery.attempts = 0;
         delivery.last_error = None;
-        let mut call = Call::default();
-        call.keys = vec![dead_key(&self.prefix, s), due_key(&self.prefix, s), records_key(&self.prefix, s)];
+        let mut call = Call {
+            keys: vec![
+                dead_key(&self.prefix, s),
+                due_key(&self.prefix, s),
+                records_key(&self.prefix, s),
+            ],
+            args: Vec::new(),
+        };
         call.arg(id);
         call.arg(dead_at);
         call.args.push(delivery.encode());
@@ -909,7 +951,10 @@ mod tests {
     #[test]
     fn hosts_are_shown_without_credentials() {
         assert_eq!(host_of("redis://127.0.0.1:6379/0"), "127.0.0.1:6379");
-        assert_eq!(host_of("rediss://user:p@ss/w0rd@cache.internal:6380/1?x=y"), "cache.internal:6380");
+        assert_eq!(
+            host_of("rediss://user:p@ss/w0rd@cache.internal:6380/1?x=y"),
+            "cache.internal:6380"
+        );
         assert_eq!(host_of("redis://:secret@h"), "h");
     }
 }

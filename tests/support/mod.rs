@@ -99,7 +99,9 @@ impl RedisServer {
         for arg in args {
             request.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
         }
-        (&stream).write_all(request.as_bytes()).expect("cannot write to the test redis-server");
+        (&stream)
+            .write_all(request.as_bytes())
+            .expect("cannot write to the test redis-server");
         read_reply(&mut BufReader::new(stream)).expect("no reply from the test redis-server")
     }
 
@@ -107,8 +109,17 @@ impl RedisServer {
         let port = self.port.to_string();
         let dir = self.dir.path().to_str().ok_or("temp dir path is not UTF-8")?.to_owned();
         let mut cmd = Command::new("redis-server");
-        cmd.args(["--port", &port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes"])
-            .args(["--dir", &dir, "--logfile", "redis.log", "--daemonize", "no"]);
+        cmd.args([
+            "--port",
+            &port,
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+        ])
+        .args(["--dir", &dir, "--logfile", "redis.log", "--daemonize", "no"]);
         if self.cluster {
             cmd.args(["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"])
                 .args(["--cluster-announce-ip", "127.0.0.1"]);
@@ -119,11 +130,9 @@ impl RedisServer {
             .stderr(Stdio::null())
             .spawn()
             .map_err(|e| match e.kind() {
-                std::io::ErrorKind::NotFound => {
-                    "redis-server not found: the integration tests need a real Redis; \
+                std::io::ErrorKind::NotFound => "redis-server not found: the integration tests need a real Redis; \
                      install it with apt-get install redis-server"
-                        .to_string()
-                }
+                    .to_string(),
                 _ => format!("cannot start redis-server: {e}"),
             })?;
         self.child = Some(child);
@@ -238,7 +247,9 @@ fn read_reply(reader: &mut impl BufRead) -> std::io::Result<String> {
         }
         "*" => {
             let len: i64 = rest.parse().map_err(|_| bad())?;
-            let items = (0..len.max(0)).map(|_| read_reply(reader)).collect::<std::io::Result<Vec<_>>>()?;
+            let items = (0..len.max(0))
+                .map(|_| read_reply(reader))
+                .collect::<std::io::Result<Vec<_>>>()?;
             Ok(items.join("\n"))
         }
         _ => Err(bad()),
@@ -252,7 +263,11 @@ pub fn unique_prefix(name: &str) -> String {
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' })
         .collect();
-    format!("t{}_{}_{clean}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "t{}_{}_{clean}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// The default configuration, as a test starts from.
