@@ -1,3 +1,690 @@
-//! Embedded backend (being written).
-/// Placeholder until the backend lands.
-pub struct EmbeddedQueue;
+//! Embedded backend: a durable store on local disk (redb), for one process.
+//!
+//! Same semantics as the Redis backend, without shards (one process owns the
+//! whole store). Every change goes through one writer thread that applies
+//! all pending operations in one write transaction, commits once and then
+//! answers each caller (group commit): many small enqueues and settlements
+//! share one fsync. Reads use their own read transactions.
+//!
+//! Claims alone commit without fsync: losing one in a crash only makes its
+//! deliveries due again early, which at-least-once delivery allows. Every
+//! other batch commits durably, and with it any claim before it.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use redb::{
+    Database, DatabaseError, Durability, ReadTransaction, ReadableTable, ReadableTableMetadata, Table, TableDefinition,
+    WriteTransaction,
+};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{
+    Claim, Claimed, Delivery, DeliveryId, Depth, Enqueued, Error, Lease, Millis, NewEvent, Queue, Settlement, Standing,
+};
+use crate::config::QueueConfig;
+
+/// The store's file inside `queue.data_dir`.
+pub const FILE_NAME: &str = "queue.redb";
+
+/// Delivery id → [`Delivery::encode`] JSON, for every delivery queued or dead.
+const RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("records");
+/// (due ms, delivery id): queued deliveries in due order; a claimed one is
+/// due at its lease's end.
+const DUE: TableDefinition<(i64, &str), ()> = TableDefinition::new("due");
+/// Delivery id → its key in [`DUE`]: the current due time, i.e. the lease token.
+const DUE_AT: TableDefinition<&str, i64> = TableDefinition::new("due_at");
+/// (dead-at ms, delivery id): dead deliveries in order of death.
+const DEAD: TableDefinition<(i64, &str), ()> = TableDefinition::new("dead");
+/// Delivery id → its key in [`DEAD`].
+const DEAD_AT: TableDefinition<&str, i64> = TableDefinition::new("dead_at");
+/// Event id → end of its dedup window (ms).
+const SEEN: TableDefinition<&str, i64> = TableDefinition::new("seen");
+/// (window end ms, event id): [`SEEN`] in expiry order, so the writer can
+/// purge expired entries cheaply.
+const SEEN_EXPIRY: TableDefinition<(i64, &str), ()> = TableDefinition::new("seen_expiry");
+
+/// Most operations the writer applies in one transaction.
+const MAX_GROUP: usize = 1024;
+/// Most expired dedup entries purged per transaction, so a purge never
+/// delays a commit much.
+const PURGE_PER_COMMIT: usize = 512;
+
+/// The answer channel of one operation.
+type Reply<T> = oneshot::Sender<Result<T, Error>>;
+
+/// One event to enqueue, with its records already encoded.
+struct Incoming {
+    /// The dedup key.
+    event_id: String,
+    /// (delivery id, encoded record) pairs.
+    deliveries: Vec<(String, Vec<u8>)>,
+}
+
+/// What a settlement does once its lease matches.
+enum Action {
+    /// Remove the delivery.
+    Ack,
+    /// Store the record and re-score to `due`.
+    Retry { due: Millis, record: Vec<u8> },
+    /// Re-score to `due`.
+    Defer { due: Millis },
+    /// Store the record and move it to the dead.
+    Dead { record: Vec<u8> },
+}
+
+/// One settlement, encoded for the writer.
+struct Settle {
+    /// The delivery settled.
+    id: String,
+    /// The lease token it must still carry.
+    lease: Millis,
+    /// What to do.
+    action: Action,
+}
+
+/// A claimed delivery as the writer returns it, decoded by the caller.
+type RawClaim = (String, Vec<u8>);
+
+/// An operation for the writer thread.
+enum Op {
+    /// [`Queue::enqueue`].
+    Enqueue {
+        events: Vec<Incoming>,
+        window: Millis,
+        reply: Reply<Vec<Enqueued>>,
+    },
+    /// [`Queue::claim`].
+    Claim {
+        now: Millis,
+        lease_end: Millis,
+        max: usize,
+        reply: Reply<(Vec<RawClaim>, Option<Millis>)>,
+    },
+    /// [`Queue::settle`].
+    Settle { settlements: Vec<Settle>, reply: Reply<()> },
+    /// [`Queue::replay`].
+    Replay {
+        id: String,
+        now: Millis,
+        reply: Reply<bool>,
+    },
+}
+
+/// What the writer computed for one operation, sent once the commit is done.
+enum Outcome {
+    Enqueued(Vec<Enqueued>),
+    Claimed(Vec<RawClaim>, Option<Millis>),
+    Settled,
+    Replayed(Result<bool, Error>),
+}
+
+/// The embedded queue backend.
+pub struct EmbeddedQueue {
+    /// The open store; shared with the writer thread and read tasks.
+    db: Arc<Database>,
+    /// Sends operations to the writer; dropped first on close so it exits.
+    ops: Option<mpsc::UnboundedSender<Op>>,
+    /// The writer thread, joined on drop so the file is unlocked after.
+    writer: Option<JoinHandle<()>>,
+    /// The store's directory, for messages.
+    dir: PathBuf,
+    /// `queue.shards`, to check that delivery ids name their event's shard.
+    shards: u16,
+}
+
+/// A redb failure inside the writer, boxed (redb's error is large).
+#[derive(Debug)]
+struct StoreError(Box<StoreError>);
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl From<redb::StorageError> for StoreError {
+    fn from(e: redb::StorageError) -> StoreError {
+        StoreError(Box::new(e.into()))
+    }
+}
+
+impl From<redb::TableError> for StoreError {
+    fn from(e: redb::TableError) -> StoreError {
+        StoreError(Box::new(e.into()))
+    }
+}
+
+impl From<redb::TransactionError> for StoreError {
+    fn from(e: redb::TransactionError) -> StoreError {
+        StoreError(Box::new(e.into()))
+    }
+}
+
+impl From<redb::CommitError> for StoreError {
+    fn from(e: redb::CommitError) -> StoreError {
+        StoreError(Box::new(e.into()))
+    }
+}
+
+fn store(what: &str, e: impl std::fmt::Display) -> Error {
+    Error::Store(format!("{what}: {e}"))
+}
+
+fn millis(d: Duration) -> Millis {
+    Millis::try_from(d.as_millis()).unwrap_or(Millis::MAX)
+}
+
+impl EmbeddedQueue {
+    /// Opens (creating if needed) the store in `config.data_dir`. Fails with
+    /// [`Error::InUse`] if another process has it open.
+    pub fn open(config: &QueueConfig) -> Result<EmbeddedQueue, Error> {
+        let dir = config.data_dir.clone();
+        std::fs::create_dir_all(&dir).map_err(|e| {
+            Error::Store(format!(
+                "cannot create {}: {e}; check its permissions or set queue.data_dir",
+                dir.display()
+            ))
+        })?;
+        let path = dir.join(FILE_NAME);
+        let db = match Database::create(&path) {
+            Ok(db) => db,
+            Err(DatabaseError::DatabaseAlreadyOpen) => return Err(Error::InUse { dir }),
+            Err(e) => {
+                return Err(Error::Store(format!(
+                    "cannot open {}: {e}; move the file aside to start empty",
+                    path.display()
+                )))
+            }
+        };
+        create_tables(&db)?;
+        let db = Arc::new(db);
+        let (ops, receiver) = mpsc::unbounded_channel();
+        let writer_db = db.clone();
+        let writer = std::thread::Builder::new()
+            .name("hookd-queue-writer".into())
+            .spawn(move || write_loop(&writer_db, receiver))
+            .map_err(|e| Error::Store(format!("cannot start the writer thread: {e}")))?;
+        Ok(EmbeddedQueue {
+            db,
+            ops: Some(ops),
+            writer: Some(writer),
+            dir,
+            shards: config.shards.max(1),
+        })
+    }
+
+    /// The store's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    async fn submit<T>(&self, op: impl FnOnce(Reply<T>) -> Op) -> Result<T, Error> {
+        let (reply, answer) = oneshot::channel();
+        let stopped = || Error::Store(format!("the writer of {} has stopped", self.dir.display()));
+        self.ops
+            .as_ref()
+            .ok_or_else(stopped)?
+            .send(op(reply))
+            .map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&ReadTransaction) -> Result<T, Error> + Send + 'static,
+    ) -> Result<T, Error> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || {
+            let txn = db.begin_read().map_err(|e| store("begin read", e))?;
+            f(&txn)
+        })
+        .await
+        .map_err(|e| Error::Store(format!("read task failed: {e}")))?
+    }
+}
+
+impl Drop for EmbeddedQueue {
+    fn drop(&mut self) {
+        drop(self.ops.take());
+        if let Some(writer) = self.writer.take() {
+            if writer.join().is_err() {
+                tracing::error!(dir = %self.dir.display(), "the queue writer thread panicked");
+            }
+        }
+    }
+}
+
+fn create_tables(db: &Database) -> Result<(), Error> {
+    let txn = db.begin_write().map_err(|e| store("begin write", e))?;
+    {
+        let mut tables = Tables::open(&txn).map_err(|e| store("create tables", e))?;
+        tables.purge_seen(super::now_ms()).map_err(|e| store("purge", e))?;
+    }
+    txn.commit().map_err(|e| store("commit", e))
+}
+
+/// The writer thread: takes whatever is pending, applies it in one
+/// transaction, commits, answers.
+fn write_loop(db: &Database, mut receiver: mpsc::UnboundedReceiver<Op>) {
+    while let Some(first) = receiver.blocking_recv() {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match receiver.try_recv() {
+                Ok(op) => group.push(op),
+                Err(_) => break,
+            }
+        }
+        match apply_group(db, &group) {
+            Ok(outcomes) => {
+                for (op, outcome) in group.into_iter().zip(outcomes) {
+                    answer(op, outcome);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "queue write transaction failed");
+                for op in group {
+                    fail(op, Error::Store(e.to_string()));
+                }
+            }
+        }
+    }
+}
+
+fn apply_group(db: &Database, group: &[Op]) -> Result<Vec<Outcome>, StoreError> {
+    let mut txn = db.begin_write()?;
+    if group.iter().all(|op| matches!(op, Op::Claim { .. })) {
+        txn.set_durability(Durability::None);
+    }
+    let now = super::now_ms();
+    let mut outcomes = Vec::with_capacity(group.len());
+    {
+        let mut tables = Tables::open(&txn)?;
+        for op in group {
+            outcomes.push(tables.apply(op, now)?);
+        }
+        tables.purge_seen(now)?;
+    }
+    txn.commit()?;
+    Ok(outcomes)
+}
+
+fn answer(op: Op, outcome: Outcome) {
+    // A caller that gave up waiting is not an error.
+    match (op, outcome) {
+        (Op::Enqueue { reply, .. }, Outcome::Enqueued(r)) => drop(reply.send(Ok(r))),
+        (Op::Claim { reply, .. }, Outcome::Claimed(c, n)) => drop(reply.send(Ok((c, n)))),
+        (Op::Settle { reply, .. }, Outcome::Settled) => drop(reply.send(Ok(()))),
+        (Op::Replay { reply, .. }, Outcome::Replayed(r)) => drop(reply.send(r)),
+        (op, _) => fail(op, Error::Store("internal error: mismatched writer outcome".into())),
+    }
+}
+
+fn fail(op: Op, e: Error) {
+    match op {
+        Op::Enqueue { reply, .. } => drop(reply.send(Err(e))),
+        Op::Claim { reply, .. } => drop(reply.send(Err(e))),
+        Op::Settle { reply, .. } => drop(reply.send(Err(e))),
+        Op::Replay { reply, .. } => drop(reply.send(Err(e))),
+    }
+}
+
+/// Every table, open in one write transaction.
+struct Tables<'txn> {
+    /// [`RECORDS`].
+    records: Table<'txn, &'static str, &'static [u8]>,
+    /// [`DUE`].
+    due: Table<'txn, (i64, &'static str), ()>,
+    /// [`DUE_AT`].
+    due_at: Table<'txn, &'static str, i64>,
+    /// [`DEAD`].
+    dead: Table<'txn, (i64, &'static str), ()>,
+    /// [`DEAD_AT`].
+    dead_at: Table<'txn, &'static str, i64>,
+    /// [`SEEN`].
+    seen: Table<'txn, &'static str, i64>,
+    /// [`SEEN_EXPIRY`].
+    seen_expiry: Table<'txn, (i64, &'static str), ()>,
+}
+
+impl<'txn> Tables<'txn> {
+    fn open(txn: &'txn WriteTransaction) -> Result<Tables<'txn>, StoreError> {
+        Ok(Tables {
+            records: txn.open_table(RECORDS)?,
+            due: txn.open_table(DUE)?,
+            due_at: txn.open_table(DUE_AT)?,
+            dead: txn.open_table(DEAD)?,
+            dead_at: txn.open_table(DEAD_AT)?,
+            seen: txn.open_table(SEEN)?,
+            seen_expiry: txn.open_table(SEEN_EXPIRY)?,
+        })
+    }
+
+    fn apply(&mut self, op: &Op, now: Millis) -> Result<Outcome, StoreError> {
+        Ok(match op {
+            Op::Enqueue { events, window, .. } => Outcome::Enqueued(
+                events
+                    .iter()
+                    .map(|e| self.enqueue(e, now, now.saturating_add(*window)))
+                    .collect::<Result<_, _>>()?,
+            ),
+            Op::Claim {
+                now, lease_end, max, ..
+            } => {
+                let (claims, next_due) = self.claim(*now, *lease_end, *max)?;
+                Outcome::Claimed(claims, next_due)
+            }
+            Op::Settle { settlements, .. } => {
+                for s in settlements {
+                    self.settle(s, now)?;
+                }
+                Outcome::Settled
+            }
+            Op::Replay { id, now, .. } => Outcome::Replayed(self.replay(id, *now)?),
+        })
+    }
+
+    fn set_due(&mut self, id: &str, due: Millis) -> Result<(), StoreError> {
+        if let Some(old) = self.due_at.insert(id, due)?.map(|g| g.value()) {
+            self.due.remove((old, id))?;
+        }
+        self.due.insert((due, id), ())?;
+        Ok(())
+    }
+
+    fn unset_due(&mut self, id: &str) -> Result<(), StoreError> {
+        if let Some(old) = self.due_at.remove(id)?.map(|g| g.value()) {
+            self.due.remove((old, id))?;
+        }
+        Ok(())
+    }
+
+    fn enqueue(&mut self, event: &Incoming, now: Millis, until: Millis) -> Result<Enqueued, StoreError> {
+        let id = event.event_id.as_str();
+        let previous = self.seen.get(id)?.map(|g| g.value());
+        if previous.is_some_and(|end| end > now) {
+            return Ok(Enqueued::Duplicate);
+        }
+        if let Some(end) = previous {
+            self.seen_expiry.remove((end, id))?;
+        }
+        self.seen.insert(id, until)?;
+        self.seen_expiry.insert((until, id), ())?;
+        for (delivery, record) in &event.deliveries {
+            self.records.insert(delivery.as_str(), record.as_slice())?;
+            self.set_due(delivery, now)?;
+        }
+        Ok(Enqueued::Accepted)
+    }
+
+    fn claim(
+        &mut self,
+        now: Millis,
+        lease_end: Millis,
+        max: usize,
+    ) -> Result<(Vec<RawClaim>, Option<Millis>), StoreError> {
+        let picked: Vec<(i64, String)> = self
+            .due
+            .range(..(now.saturating_add(1), ""))?
+            .take(max)
+            .map(|entry| {
+                entry.map(|(key, _)| {
+                    let (due, id) = key.value();
+                    (due, id.to_owned())
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        let mut claims = Vec::with_capacity(picked.len());
+        for (due, id) in picked {
+            self.due.remove((due, id.as_str()))?;
+            let record = self.records.get(id.as_str())?.map(|g| g.value().to_vec());
+            match record {
+                Some(record) => {
+                    self.due.insert((lease_end, id.as_str()), ())?;
+                    self.due_at.insert(id.as_str(), lease_end)?;
+                    claims.push((id, record));
+                }
+                None => {
+                    self.due_at.remove(id.as_str())?;
+                }
+            }
+        }
+        let next_due = if claims.is_empty() {
+            self.due.first()?.map(|(key, _)| key.value().0)
+        } else {
+            None
+        };
+        Ok((claims, next_due))
+    }
+
+    fn settle(&mut self, s: &Settle, now: Millis) -> Result<(), StoreError> {
+        let id = s.id.as_str();
+        if self.due_at.get(id)?.map(|g| g.value()) != Some(s.lease) {
+            return Ok(());
+        }
+        match &s.action {
+            Action::Ack => {
+                self.unset_due(id)?;
+                self.records.remove(id)?;
+            }
+            Action::Retry { due, record } => {
+                self.records.insert(id, record.as_slice())?;
+                self.set_due(id, *due)?;
+            }
+            Action::Defer { due } => self.set_due(id, *due)?,
+            Action::Dead { record } => {
+                self.unset_due(id)?;
+                self.records.insert(id, record.as_slice())?;
+                if let Some(old) = self.dead_at.insert(id, now)?.map(|g| g.value()) {
+                    self.dead.remove((old, id))?;
+                }
+                self.dead.insert((now, id), ())?;
+            }
+        }
+        Ok(())
+    }
+
+    fn replay(&mut self, id: &str, now: Millis) -> Result<Result<bool, Error>, StoreError> {
+        let Some(dead_at) = self.dead_at.get(id)?.map(|g| g.value()) else {
+            return Ok(Ok(false));
+        };
+        let Some(record) = self.records.get(id)?.map(|g| g.value().to_vec()) else {
+            return Ok(Ok(false));
+        };
+        let mut delivery = match Delivery::decode(id, &record) {
+            Ok(d) => d,
+            Err(e) => return Ok(Err(e)),
+        };
+        delivery.attempts = 0;
+        delivery.last_error = None;
+        self.dead_at.remove(id)?;
+        self.dead.remove((dead_at, id))?;
+        self.records.insert(id, delivery.encode().as_slice())?;
+        self.set_due(id, now)?;
+        Ok(Ok(true))
+    }
+
+    /// Forgets dedup entries whose window has ended, a bounded number at a time.
+    fn purge_seen(&mut self, now: Millis) -> Result<(), StoreError> {
+        let expired: Vec<(i64, String)> = self
+            .seen_expiry
+            .range(..(now.saturating_add(1), ""))?
+            .take(PURGE_PER_COMMIT)
+            .map(|entry| {
+                entry.map(|(key, _)| {
+                    let (end, id) = key.value();
+                    (end, id.to_owned())
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        for (end, id) in expired {
+            self.seen_expiry.remove((end, id.as_str()))?;
+            if self.seen.get(id.as_str())?.map(|g| g.value()) == Some(end) {
+                self.seen.remove(id.as_str())?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn read_err(e: impl std::fmt::Display) -> Error {
+    store("read", e)
+}
+
+#[async_trait::async_trait]
+impl Queue for EmbeddedQueue {
+    async fn enqueue(&self, events: &[NewEvent], window: Duration) -> Result<Vec<Enqueued>, Error> {
+        let mut incoming = Vec::with_capacity(events.len());
+        for e in events {
+            // Unsharded here, but ids must still name the right shard so a
+            // store's contents mean the same to both backends.
+            e.shard(self.shards)?;
+            incoming.push(Incoming {
+                event_id: e.event_id.as_str().to_owned(),
+                deliveries: e
+                    .deliveries
+                    .iter()
+                    .map(|d| (d.id.as_str().to_owned(), d.encode()))
+                    .collect(),
+            });
+        }
+        let window = millis(window).max(1);
+        self.submit(|reply| Op::Enqueue {
+            events: incoming,
+            window,
+            reply,
+        })
+        .await
+    }
+
+    async fn claim(&self, now: Millis, lease: Duration, max: usize) -> Result<Claimed, Error> {
+        if max == 0 {
+            return Ok(Claimed::default());
+        }
+        let lease_end = now.saturating_add(millis(lease));
+        let (raw, next_due) = self
+            .submit(|reply| Op::Claim {
+                now,
+                lease_end,
+                max,
+                reply,
+            })
+            .await?;
+        let claims = raw
+            .into_iter()
+            .filter_map(|(id, record)| match Delivery::decode(&id, &record) {
+                Ok(delivery) => Some(Claim {
+                    delivery,
+                    lease: Lease(lease_end),
+                }),
+                Err(e) => {
+                    tracing::error!(delivery = %id, error = %e, "skipping a corrupt delivery record");
+                    None
+                }
+            })
+            .collect();
+        Ok(Claimed { claims, next_due })
+    }
+
+    async fn settle(&self, settlements: &[Settlement]) -> Result<(), Error> {
+        if settlements.is_empty() {
+            return Ok(());
+        }
+        let settlements = settlements
+            .iter()
+            .map(|s| {
+                let (lease, action) = match s {
+                    Settlement::Ack { lease, .. } => (lease, Action::Ack),
+                    Settlement::Retry { delivery, lease, due } => (
+                        lease,
+                        Action::Retry {
+                            due: *due,
+                            record: delivery.encode(),
+                        },
+                    ),
+                    Settlement::Defer { lease, due, .. } => (lease, Action::Defer { due: *due }),
+                    Settlement::Dead { delivery, lease } => (
+                        lease,
+                        Action::Dead {
+                            record: delivery.encode(),
+                        },
+                    ),
+                };
+                Settle {
+                    id: s.id().as_str().to_owned(),
+                    lease: lease.0,
+                    action,
+                }
+            })
+            .collect();
+        self.submit(|reply| Op::Settle { settlements, reply }).await
+    }
+
+    async fn get(&self, id: &DeliveryId) -> Result<Option<(Delivery, Standing)>, Error> {
+        let id = id.as_str().to_owned();
+        self.read(move |txn| {
+            let records = txn.open_table(RECORDS).map_err(read_err)?;
+            let Some(record) = records.get(id.as_str()).map_err(read_err)? else {
+                return Ok(None);
+            };
+            let delivery = Delivery::decode(&id, record.value())?;
+            let due = txn.open_table(DUE_AT).map_err(read_err)?;
+            if let Some(due) = due.get(id.as_str()).map_err(read_err)? {
+                return Ok(Some((delivery, Standing::Pending { due: due.value() })));
+            }
+            let dead = txn.open_table(DEAD_AT).map_err(read_err)?;
+            if let Some(since) = dead.get(id.as_str()).map_err(read_err)? {
+                return Ok(Some((delivery, Standing::Dead { since: since.value() })));
+            }
+            Ok(None)
+        })
+        .await
+    }
+
+    async fn dead(&self, limit: usize) -> Result<Vec<Delivery>, Error> {
+        self.read(move |txn| {
+            let dead = txn.open_table(DEAD).map_err(read_err)?;
+            let records = txn.open_table(RECORDS).map_err(read_err)?;
+            let mut out = Vec::new();
+            for entry in dead.iter().map_err(read_err)?.rev().take(limit) {
+                let (key, _) = entry.map_err(read_err)?;
+                let (_, id) = key.value();
+                if let Some(record) = records.get(id).map_err(read_err)? {
+                    out.push(Delivery::decode(id, record.value())?);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn replay(&self, id: &DeliveryId, now: Millis) -> Result<bool, Error> {
+        let id = id.as_str().to_owned();
+        self.submit(|reply| Op::Replay { id, now, reply }).await
+    }
+
+    async fn depth(&self, now: Millis) -> Result<Depth, Error> {
+        self.read(move |txn| {
+            let due = txn.open_table(DUE).map_err(read_err)?;
+            let total = due.len().map_err(read_err)?;
+            let mut ready = 0u64;
+            for entry in due.range(..(now.saturating_add(1), "")).map_err(read_err)? {
+                entry.map_err(read_err)?;
+                ready += 1;
+            }
+            let dead = txn.open_table(DEAD).map_err(read_err)?.len().map_err(read_err)?;
+            Ok(Depth {
+                due: ready,
+                scheduled: total.saturating_sub(ready),
+                dead,
+            })
+        })
+        .await
+    }
+
+    async fn ping(&self) -> Result<(), Error> {
+        self.read(|_| Ok(())).await
+    }
+}

@@ -47,6 +47,12 @@ pub enum Error {
     /// A stored record could not be decoded.
     #[error("delivery record {id} is corrupt: {reason}")]
     Corrupt { id: String, reason: String },
+    /// The embedded store's directory is locked by another process.
+    #[error("{} is in use by another hookd process: stop it, or point queue.data_dir elsewhere", dir.display())]
+    InUse { dir: std::path::PathBuf },
+    /// The caller asked for something the queue cannot store as given.
+    #[error("invalid request: {0}")]
+    Invalid(String),
 }
 
 /// Milliseconds since the Unix epoch: the unit of every due time.
@@ -172,6 +178,24 @@ pub struct NewEvent {
     pub deliveries: Vec<Delivery>,
 }
 
+impl NewEvent {
+    /// The event's shard, after checking that every delivery lives in it
+    /// (backends store a delivery where its id says, and dedup per shard).
+    pub fn shard(&self, shards: u16) -> Result<u16, Error> {
+        let shard = shard_of(&self.event_id, shards);
+        match self.deliveries.iter().find(|d| d.id.shard() != shard) {
+            None => Ok(shard),
+            Some(d) => Err(Error::Invalid(format!(
+                "delivery {} of event {} is in shard {}, but the event is in shard {shard} of {shards}: \
+                 make delivery ids with DeliveryId::new(shard_of(event_id, queue.shards))",
+                d.id,
+                self.event_id,
+                d.id.shard()
+            ))),
+        }
+    }
+}
+
 /// What [`Queue::enqueue`] did with one event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Enqueued {
@@ -242,11 +266,14 @@ pub enum Standing {
 }
 
 /// How many deliveries wait where.
+///
+/// A leased delivery's due time is its lease's end, so until then it counts
+/// as `scheduled`; it is `due` again once the lease runs out.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Depth {
-    /// Due now (or leased).
+    /// Due now (including leases that ran out).
     pub due: u64,
-    /// Waiting for a later due time (retries).
+    /// Waiting for a later due time (retries, deferrals and live leases).
     pub scheduled: u64,
     /// Dead, kept for replay.
     pub dead: u64,

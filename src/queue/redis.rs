@@ -1,3 +1,960 @@
-//! Redis backend (being written).
-/// Placeholder until the backend lands.
-pub struct RedisQueue;
+//! Redis backend: sorted sets scored by due time, one hash tag per shard.
+//!
+//! Every key of shard `N` carries the hash tag `{N}`, so all of a shard's
+//! keys live in one Redis Cluster slot and a Lua script may touch them
+//! together. Each operation is one Lua script per shard: on a single Redis
+//! the shards of one call go to one script run (one round trip, since any
+//! key may be touched there); on a cluster each shard's script runs on the
+//! node owning its slot, all shards concurrently.
+//!
+//! A delivery's due time is its score in `due`; a claim pushes it to the end
+//! of the lease, and that score is the claim's [`Lease`] token: settlements
+//! apply only while `ZSCORE due id` still equals it.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use ::redis::aio::{ConnectionLike, MultiplexedConnection};
+use ::redis::cluster_async::ClusterConnection;
+use ::redis::{Cmd, Pipeline, RedisError, RedisFuture, Script, Value};
+use deadpool_redis::{PoolConfig, Runtime, Timeouts};
+use futures_util::future::try_join_all;
+
+use super::{
+    Claim, Claimed, Delivery, DeliveryId, Depth, Enqueued, Error, Lease, Millis, NewEvent, Queue, Settlement, Standing,
+};
+use crate::config::QueueConfig;
+use crate::ingest::EventId;
+
+/// `{prefix}:{N}:due`, a sorted set: member = delivery id, score = due time
+/// in ms (the lease's end while claimed). Written by enqueue (due now),
+/// claim (lease end), settle (retry/defer re-score, ack/dead remove) and
+/// replay (due now).
+pub fn due_key(prefix: &str, shard: u16) -> String {
+    format!("{prefix}:{{{shard}}}:due")
+}
+
+/// `{prefix}:{N}:records`, a hash: delivery id → [`Delivery::encode`] JSON,
+/// for every delivery in `due` or `dead`. Written by enqueue, settle
+/// (retry/dead store the updated record, ack deletes it) and replay.
+pub fn records_key(prefix: &str, shard: u16) -> String {
+    format!("{prefix}:{{{shard}}}:records")
+}
+
+/// `{prefix}:{N}:dead`, a sorted set: member = delivery id, score = when it
+/// died in ms. Written by settle (dead) and replay (removes).
+pub fn dead_key(prefix: &str, shard: u16) -> String {
+    format!("{prefix}:{{{shard}}}:dead")
+}
+
+/// `{prefix}:{N}:seen:<event id>`, a string with a TTL of the dedup window:
+/// the event was accepted within the window. Written by enqueue only; Redis
+/// expires it.
+pub fn seen_key(prefix: &str, shard: u16, event: &EventId) -> String {
+    format!("{prefix}:{{{shard}}}:seen:{event}")
+}
+
+/// How long connecting, waiting for a pooled connection and recycling one
+/// may take before the operation fails.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Enqueue. KEYS: `due`, `records` per shard group, then one `seen` key per
+/// event. ARGV: window ms, now ms, then per event: group number, index of
+/// its `seen` key in KEYS, delivery count, and (id, record) pairs.
+/// Returns 1 (accepted) or 0 (duplicate) per event, in ARGV order.
+const ENQUEUE_LUA: &str = r#"
+local window, now = ARGV[1], ARGV[2]
+local out = {}
+local i = 3
+while i <= #ARGV do
+  local g, seen, n = tonumber(ARGV[i]), KEYS[tonumber(ARGV[i + 1])], tonumber(ARGV[i + 2])
+  i = i + 3
+  if redis.call('SET', seen, '1', 'NX', 'PX', window) then
+    local due, rec = KEYS[2 * g - 1], KEYS[2 * g]
+    for j = i, i + 2 * n - 1, 2 do
+      redis.call('HSET', rec, ARGV[j], ARGV[j + 1])
+      redis.call('ZADD', due, now, ARGV[j])
+    end
+    out[#out + 1] = 1
+  else
+    out[#out + 1] = 0
+  end
+  i = i + 2 * n
+end
+return out
+"#;
+
+/// Claim. KEYS: `due`, `records` per shard, in the order ties are broken.
+/// ARGV: now ms, lease end ms, max. Takes the `max` oldest due deliveries
+/// over all shards given, re-scores them to the lease end and returns
+/// `{next_due, id, record, old score, ...}` oldest first; `next_due` is the
+/// lowest score left when nothing was claimed (nil otherwise or if empty).
+/// Ids whose record is missing are dropped from `due`.
+const CLAIM_LUA: &str = r#"
+local now, lease_end, max = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local shards = #KEYS / 2
+local found, pos, picked = {}, {}, {}
+for s = 1, shards do
+  found[s] = redis.call('ZRANGEBYSCORE', KEYS[2 * s - 1], '-inf', now, 'WITHSCORES', 'LIMIT', 0, max)
+  pos[s] = 1
+  picked[s] = {}
+end
+local order = {}
+while #order < max do
+  local best, best_score = nil, nil
+  for s = 1, shards do
+    local p = pos[s]
+    if p < #found[s] then
+      local score = tonumber(found[s][p + 1])
+      if best == nil or score < best_score then
+        best, best_score = s, score
+      end
+    end
+  end
+  if best == nil then break end
+  local p = pos[best]
+  local id = found[best][p]
+  pos[best] = p + 2
+  picked[best][#picked[best] + 1] = id
+  order[#order + 1] = {id, found[best][p + 1]}
+end
+local records = {}
+for s = 1, shards do
+  local ids, due, rec = picked[s], KEYS[2 * s - 1], KEYS[2 * s]
+  for first = 1, #ids, 1000 do
+    local zargs, hargs = {}, {}
+    for i = first, math.min(first + 999, #ids) do
+      zargs[#zargs + 1] = lease_end
+      zargs[#zargs + 1] = ids[i]
+      hargs[#hargs + 1] = ids[i]
+    end
+    redis.call('ZADD', due, unpack(zargs))
+    local got = redis.call('HMGET', rec, unpack(hargs))
+    for i = 1, #hargs do
+      if got[i] then
+        records[hargs[i]] = got[i]
+      else
+        redis.call('ZREM', due, hargs[i])
+      end
+    end
+  end
+end
+local out = {false}
+for _, o in ipairs(order) do
+  local r = records[o[1]]
+  if r then
+    out[#out + 1] = o[1]
+    out[#out + 1] = r
+    out[#out + 1] = o[2]
+  end
+end
+if #out == 1 then
+  for s = 1, shards do
+    local head = redis.call('ZRANGE', KEYS[2 * s - 1], 0, 0, 'WITHSCORES')
+    if head[2] then
+      local score = tonumber(head[2])
+      if out[1] == false or score < out[1] then out[1] = score end
+    end
+  end
+end
+return out
+"#;
+
+/// Settle. KEYS: `due`, `records`, `dead` per shard group. ARGV: now ms,
+/// then six fields per settlement: kind, group number, id, lease token,
+/// new due ms, new record (unused fields empty). A settlement applies only
+/// while the delivery's score still equals its lease token. Returns how
+/// many applied.
+const SETTLE_LUA: &str = r#"
+local now = ARGV[1]
+local applied = 0
+for i = 2, #ARGV, 6 do
+  local kind, g, id, lease = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2], tonumber(ARGV[i + 3])
+  local due, rec, dead = KEYS[3 * g - 2], KEYS[3 * g - 1], KEYS[3 * g]
+  local score = redis.call('ZSCORE', due, id)
+  if score and tonumber(score) == lease then
+    if kind == 'ack' then
+      redis.call('ZREM', due, id)
+      redis.call('HDEL', rec, id)
+    elseif kind == 'retry' then
+      redis.call('HSET', rec, id, ARGV[i + 5])
+      redis.call('ZADD', due, ARGV[i + 4], id)
+    elseif kind == 'defer' then
+      redis.call('ZADD', due, ARGV[i + 4], id)
+    elseif kind == 'dead' then
+      redis.call('ZREM', due, id)
+      redis.call('HSET', rec, id, ARGV[i + 5])
+      redis.call('ZADD', dead, now, id)
+    end
+    applied = applied + 1
+  end
+end
+return applied
+"#;
+
+/// Replay. KEYS: `dead`, `due`, `records` of one shard. ARGV: id, the dead
+/// score the caller read, the reset record, now ms. Moves the delivery back
+/// to `due` if it is still dead since that time. Returns 1 if moved.
+const REPLAY_LUA: &str = r#"
+local at = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not at or tonumber(at) ~= tonumber(ARGV[2]) then return 0 end
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('HSET', KEYS[3], ARGV[1], ARGV[3])
+redis.call('ZADD', KEYS[2], ARGV[4], ARGV[1])
+return 1
+"#;
+
+static ENQUEUE: LazyLock<Script> = LazyLock::new(|| Script::new(ENQUEUE_LUA));
+static CLAIM: LazyLock<Script> = LazyLock::new(|| Script::new(CLAIM_LUA));
+static SETTLE: LazyLock<Script> = LazyLock::new(|| Script::new(SETTLE_LUA));
+static REPLAY: LazyLock<Script> = LazyLock::new(|| Script::new(REPLAY_LUA));
+
+/// Connections to one Redis or to a Redis Cluster.
+enum Pool {
+    /// A single node: one script run may touch every shard.
+    Single(deadpool_redis::Pool),
+    /// A cluster: each shard's keys go to the node owning its slot.
+    Cluster(deadpool_redis::cluster::Pool),
+}
+
+/// One connection taken from the pool, cloneable to run calls concurrently
+/// (both kinds multiplex).
+#[derive(Clone)]
+enum Link {
+    /// To a single node.
+    Single(MultiplexedConnection),
+    /// To a cluster, routing each command by its keys' slot.
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Link {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Link::Single(c) => c.req_packed_command(cmd),
+            Link::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Link::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Link::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Link::Single(c) => c.get_db(),
+            Link::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// A pooled connection, kept checked out while its [`Link`] is in use.
+enum Checkout {
+    /// From the single-node pool.
+    Single(deadpool_redis::Connection),
+    /// From the cluster pool.
+    Cluster(deadpool_redis::cluster::Connection),
+}
+
+impl Checkout {
+    fn link(&self) -> Link {
+        match self {
+            Checkout::Single(c) => Link::Single((**c).clone()),
+            Checkout::Cluster(c) => Link::Cluster((**c).clone()),
+        }
+    }
+}
+
+/// The keys and arguments of one script run.
+#[derive(Default)]
+struct Call {
+    /// KEYS, all in one slot on a cluster.
+    keys: Vec<String>,
+    /// ARGV.
+    args: Vec<Vec<u8>>,
+}
+
+impl Call {
+    fn arg(&mut self, value: impl ToString) {
+        self.args.push(value.to_string().into_bytes());
+    }
+}
+
+/// The Redis queue backend.
+pub struct RedisQueue {
+    /// Connections to Redis.
+    pool: Pool,
+    /// Prefix of every key (`queue.key_prefix`).
+    prefix: String,
+    /// Number of shards (`queue.shards`).
+    shards: u16,
+    /// The shard the next claim lists first, so shards take turns on ties.
+    next_shard: AtomicUsize,
+    /// `host:port` of the URL, without credentials, for error messages.
+    host: String,
+}
+
+/// The `host:port` part of a Redis URL, without scheme, credentials or path.
+fn host_of(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, rest)| rest);
+    rest.split(['/', '?']).next().unwrap_or(rest).to_owned()
+}
+
+/// Milliseconds of a duration, saturating.
+fn millis(d: Duration) -> Millis {
+    Millis::try_from(d.as_millis()).unwrap_or(Millis::MAX)
+}
+
+impl RedisQueue {
+    /// Connects to `config.redis_url` (a cluster seed if `config.cluster`)
+    /// and checks that Redis answers.
+    pub async fn connect(config: &QueueConfig) -> Result<RedisQueue, Error> {
+        let url = config
+            .redis_url
+            .as_ref()
+            .ok_or_else(|| Error::Invalid("queue.redis_url is not set; the Redis backend needs it".into()))?
+            .expose();
+        let host = host_of(url);
+        let mut pool_config = PoolConfig::new(config.pool_size);
+        pool_config.timeouts = Timeouts {
+            wait: Some(CONNECT_TIMEOUT),
+            create: Some(CONNECT_TIMEOUT),
+            recycle: Some(CONNECT_TIMEOUT),
+        };
+        let bad_url = |e: &dyn std::fmt::Display| {
+            Error::Redis(format!(
+                "cannot use the Redis URL for {host}: {e}; check queue.redis_url"
+            ))
+        };
+        let pool = if config.cluster {
+            let mut c = deadpool_redis::cluster::Config::from_urls(vec![url.to_owned()]);
+            c.pool = Some(pool_config);
+            Pool::Cluster(c.create_pool(Some(Runtime::Tokio1)).map_err(|e| bad_url(&e))?)
+        } else {
+            let mut c = deadpool_redis::Config::from_url(url);
+            c.pool = Some(pool_config);
+            Pool::Single(c.create_pool(Some(Runtime::Tokio1)).map_err(|e| bad_url(&e))?)
+        };
+        let queue = RedisQueue {
+            pool,
+            prefix: config.key_prefix.clone(),
+            shards: config.shards.max(1),
+            next_shard: AtomicUsize::new(0),
+            host,
+        };
+        queue.ping().await.map_err(|e| {
+            Error::Redis(format!(
+                "{e}; check that Redis is running at {} and that queue.redis_url (and queue.cluster = {}) is right",
+                queue.host, config.cluster
+            ))
+        })?;
+        Ok(queue)
+    }
+
+    async fn checkout(&self) -> Result<Checkout, Error> {
+        let unreachable =
+            |e: &dyn std::fmt::Display| Error::Redis(format!("no connection to Redis at {}: {e}", self.host));
+        match &self.pool {
+            Pool::Single(p) => p.get().await.map(Checkout::Single).map_err(|e| unreachable(&e)),
+            Pool::Cluster(p) => p.get().await.map(Checkout::Cluster).map_err(|e| unreachable(&e)),
+        }
+    }
+
+    fn failed(&self, what: &str, e: RedisError) -> Error {
+        Error::Redis(format!("{what} on {}: {e}", self.host))
+    }
+
+    fn is_cluster(&self) -> bool {
+        matches!(self.pool, Pool::Cluster(_))
+    }
+
+    /// Runs `script` once per call, concurrently, returning each reply.
+    async fn eval(&self, what: &str, script: &'static Script, calls: Vec<Call>) -> Result<Vec<Value>, Error> {
+        let checkout = self.checkout().await?;
+        let runs = calls.into_iter().map(|call| {
+            let mut link = checkout.link();
+            async move {
+                let mut invocation = script.prepare_invoke();
+                for key in &call.keys {
+                    invocation.key(key);
+                }
+                for arg in &call.args {
+                    invocation.arg(arg.as_slice());
+                }
+                invocation.invoke_async::<Value>(&mut link).await
+            }
+        });
+        try_join_all(runs).await.map_err(|e| self.failed(what, e))
+    }
+
+    /// Runs batches of commands, each batch touching one shard's keys, and
+    /// returns each batch's replies: one pipeline on a single node, one per
+    /// batch (concurrently) on a cluster.
+    async fn per_shard(&self, what: &str, batches: Vec<Vec<Cmd>>) -> Result<Vec<Vec<Value>>, Error> {
+        if batches.iter().all(Vec::is_empty) {
+            return Ok(batches.iter().map(|_| Vec::new()).collect());
+        }
+        let checkout = self.checkout().await?;
+        if !self.is_cluster() {
+            let mut pipe = Pipeline::new();
+            for cmd in batches.iter().flatten() {
+                pipe.add_command(cmd.clone());
+            }
+            let mut link = checkout.link();
+            let mut replies = pipe
+                .query_async::<Vec<Value>>(&mut link)
+                .await
+                .map_err(|e| self.failed(what, e))?
+                .into_iter();
+            return Ok(batches
+                .iter()
+                .map(|b| replies.by_ref().take(b.len()).collect())
+                .collect());
+        }
+        let runs = batches.into_iter().map(|batch| {
+            let mut link = checkout.link();
+            async move {
+                let mut pipe = Pipeline::new();
+                for cmd in batch {
+                    pipe.add_command(cmd);
+                }
+                pipe.query_async::<Vec<Value>>(&mut link).await
+            }
+        });
+        try_join_all(runs).await.map_err(|e| self.failed(what, e))
+    }
+
+    /// Groups shards into script runs: all in one on a single node, one
+    /// each on a cluster.
+    fn groups(&self, shards: Vec<u16>) -> Vec<Vec<u16>> {
+        if self.is_cluster() {
+            shards.into_iter().map(|s| vec![s]).collect()
+        } else if shards.is_empty() {
+            Vec::new()
+        } else {
+            vec![shards]
+        }
+    }
+
+    fn claim_call(&self, shards: &[u16], now: Millis, lease_end: Millis, max: usize) -> Call {
+        let mut call = Call::default();
+        for &s in shards {
+            call.keys.push(due_key(&self.prefix, s));
+            call.keys.push(records_key(&self.prefix, s));
+        }
+        call.arg(now);
+        call.arg(lease_end);
+        call.arg(max);
+        call
+    }
+
+    /// On a cluster: peeks at every shard's due heads, picks the `max`
+    /// oldest over all shards, then claims that many from each shard.
+    async fn claim_cluster(
+        &self,
+        order: &[u16],
+        now: Millis,
+        lease_end: Millis,
+        max: usize,
+    ) -> Result<(Vec<(String, Vec<u8>, f64)>, Option<Millis>), Error> {
+        let batches = order
+            .iter()
+            .map(|&s| {
+                let due = due_key(&self.prefix, s);
+                let mut range = ::redis::cmd("ZRANGEBYSCORE");
+                range
+                    .arg(&due)
+                    .arg("-inf")
+                    .arg(now)
+                    .arg("WITHSCORES")
+                    .arg("LIMIT")
+                    .arg(0)
+                    .arg(max);
+                let mut head = ::redis::cmd("ZRANGE");
+                head.arg(&due).arg(0).arg(0).arg("WITHSCORES");
+                vec![range, head]
+            })
+            .collect();
+        let peeked = self.per_shard("claim", batches).await?;
+        let mut candidates = Vec::new();
+        let mut next_due: Option<Millis> = None;
+        for (position, replies) in peeked.into_iter().enumerate() {
+            let mut replies = replies.into_iter();
+            for (_, score) in pairs(replies.next().unwrap_or(Value::Nil))? {
+                candidates.push((score, position));
+            }
+            if let Some((_, score)) = pairs(replies.next().unwrap_or(Value::Nil))?.into_iter().next() {
+                next_due = Some(next_due.map_or(score as Millis, |n| n.min(score as Millis)));
+            }
+        }
+        if candidates.is_empty() {
+            return Ok((Vec::new(), next_due));
+        }
+        candidates.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        let mut counts = vec![0usize; order.len()];
+        for &(_, position) in candidates.iter().take(max) {
+            counts[position] += 1;
+        }
+        let (positions, calls): (Vec<usize>, Vec<Call>) = counts
+            .iter()
+            .enumerate()
+            .filter(|(_, &n)| n > 0)
+            .map(|(position, &n)| {
+                (
+                    position,
+                    self.claim_call(&order[position..=position], now, lease_end, n),
+                )
+            })
+            .unzip();
+        let replies = self.eval("claim", &CLAIM, calls).await?;
+        let mut claimed = Vec::new();
+        let mut next_due = None;
+        for (position, reply) in positions.into_iter().zip(replies) {
+            let (items, next) = claim_reply(reply)?;
+            claimed.extend(items.into_iter().map(|(id, rec, score)| (score, position, id, rec)));
+            if let Some(n) = next {
+                next_due = Some(next_due.map_or(n, |m: Millis| m.min(n)));
+            }
+        }
+        claimed.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        let next_due = if claimed.is_empty() { next_due } else { None };
+        Ok((
+            claimed
+                .into_iter()
+                .map(|(score, _, id, rec)| (id, rec, score))
+                .collect(),
+            next_due,
+        ))
+    }
+
+    /// Lists dead ids with their time of death, most recent first, at most `limit`.
+    async fn dead_ids(&self, limit: usize) -> Result<Vec<(String, f64)>, Error> {
+        let batches = (0..self.shards)
+            .map(|s| {
+                let mut cmd = ::redis::cmd("ZREVRANGE");
+                cmd.arg(dead_key(&self.prefix, s))
+                    .arg(0)
+                    .arg(limit - 1)
+                    .arg("WITHSCORES");
+                vec![cmd]
+            })
+            .collect();
+        let mut all = Vec::new();
+        for replies in self.per_shard("dead", batches).await? {
+            for reply in replies {
+                all.extend(pairs(reply)?);
+            }
+        }
+        all.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| b.0.cmp(&a.0)));
+        all.truncate(limit);
+        Ok(all)
+    }
+}
+
+/// Decodes a `WITHSCORES` reply into (member, score) pairs.
+fn pairs(value: Value) -> Result<Vec<(String, f64)>, Error> {
+    match value {
+        Value::Nil => Ok(Vec::new()),
+        Value::Array(items) => {
+            let mut out = Vec::with_capacity(items.len() / 2);
+            let mut items = items.into_iter();
+            while let (Some(member), Some(score)) = (items.next(), items.next()) {
+                out.push((text(member)?, score_of(&score)?));
+            }
+            Ok(out)
+        }
+        Value::Map(entries) => entries
+            .into_iter()
+            .map(|(member, score)| Ok((text(member)?, score_of(&score)?)))
+            .collect(),
+        other => Err(unexpected("a list of members and scores", &other)),
+    }
+}
+
+fn unexpected(wanted: &str, got: &Value) -> Error {
+    Error::Redis(format!("unexpected reply from Redis: wanted {wanted}, got {got:?}"))
+}
+
+fn text(value: Value) -> Result<String, Error> {
+    match value {
+        Value::BulkString(bytes) => {
+            String::from_utf8(bytes).map_err(|e| Error::Redis(format!("non-UTF-8 member: {e}")))
+        }
+        Value::SimpleString(s) => Ok(s),
+        other => Err(unexpected("a string", &other)),
+    }
+}
+
+fn bytes_of(value: Value) -> Result<Option<Vec<u8>>, Error> {
+    match value {
+        Value::Nil => Ok(None),
+        Value::BulkString(bytes) => Ok(Some(bytes)),
+        Value::SimpleString(s) => Ok(Some(s.into_bytes())),
+        other => Err(unexpected("a string or nil", &other)),
+    }
+}
+
+fn score_of(value: &Value) -> Result<f64, Error> {
+    match value {
+        Value::Int(n) => Ok(*n as f64),
+        Value::Double(d) => Ok(*d),
+        Value::BulkString(bytes) => std::str::from_utf8(bytes)
+            .ok()
+            .and_then(|s| s.parse::<f64>().ok())
+            .ok_or_else(|| unexpected("a number", value)),
+        Value::SimpleString(s) => s.parse::<f64>().map_err(|_| unexpected("a number", value)),
+        other => Err(unexpected("a number", other)),
+    }
+}
+
+fn optional_score(value: Value) -> Result<Option<Millis>, Error> {
+    match value {
+        Value::Nil => Ok(None),
+        other => Ok(Some(score_of(&other)? as Millis)),
+    }
+}
+
+fn int_of(value: &Value) -> Result<i64, Error> {
+    score_of(value).map(|n| n as i64)
+}
+
+/// Decodes the claim script's reply: (id, record, old score) items and the
+/// next due time.
+#[allow(clippy::type_complexity)]
+fn claim_reply(value: Value) -> Result<(Vec<(String, Vec<u8>, f64)>, Option<Millis>), Error> {
+    let Value::Array(items) = value else {
+        return Err(unexpected("the claim script's list", &value));
+    };
+    let mut items = items.into_iter();
+    let next_due = optional_score(items.next().unwrap_or(Value::Nil))?;
+    let mut out = Vec::with_capacity(items.len() / 3);
+    while let (Some(id), Some(record), Some(score)) = (items.next(), items.next(), items.next()) {
+        let record = bytes_of(record)?.unwrap_or_default();
+        out.push((text(id)?, record, score_of(&score)?));
+    }
+    Ok((out, next_due))
+}
+
+/// Decodes claimed records; a corrupt one is logged and left leased (it
+/// falls due again when the lease runs out) so the rest can proceed.
+fn decode_claims(items: Vec<(String, Vec<u8>, f64)>, lease: Lease) -> Vec<Claim> {
+    items
+        .into_iter()
+        .filter_map(|(id, record, _)| match Delivery::decode(&id, &record) {
+            Ok(delivery) => Some(Claim { delivery, lease }),
+            Err(e) => {
+                tracing::error!(delivery = %id, error = %e, "skipping a corrupt delivery record");
+                None
+            }
+        })
+        .collect()
+}
+
+#[async_trait::async_trait]
+impl Queue for RedisQueue {
+    async fn enqueue(&self, events: &[NewEvent], window: Duration) -> Result<Vec<Enqueued>, Error> {
+        let placed: Vec<u16> = events.iter().map(|e| e.shard(self.shards)).collect::<Result<_, _>>()?;
+        let mut shards: Vec<u16> = placed.clone();
+        shards.sort_unstable();
+        shards.dedup();
+        let window = millis(window).max(1);
+        let now = super::now_ms();
+        let groups = self.groups(shards);
+        let calls = groups
+            .iter()
+            .map(|group| {
+                let mut call = Call::default();
+                for &s in group {
+                    call.keys.push(due_key(&self.prefix, s));
+                    call.keys.push(records_key(&self.prefix, s));
+                }
+                call.arg(window);
+                call.arg(now);
+                for (event, &shard) in events.iter().zip(&placed) {
+                    let Some(g) = group.iter().position(|&s| s == shard) else {
+                        continue;
+                    };
+                    call.keys.push(seen_key(&self.prefix, shard, &event.event_id));
+                    call.arg(g + 1);
+                    call.arg(call.keys.len());
+                    call.arg(event.deliveries.len());
+                    for d in &event.deliveries {
+                        call.arg(&d.id);
+                        call.args.push(d.encode());
+                    }
+                }
+                call
+            })
+            .collect();
+        let replies = self.eval("enqueue", &ENQUEUE, calls).await?;
+        let mut results = vec![Enqueued::Duplicate; events.len()];
+        for (group, reply) in groups.iter().zip(replies) {
+            let Value::Array(flags) = reply else {
+                return Err(unexpected("the enqueue script's list", &reply));
+            };
+            let slots = placed
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| group.contains(s))
+                .map(|(i, _)| i);
+            for (i, flag) in slots.zip(flags) {
+                if int_of(&flag)? == 1 {
+                    results[i] = Enqueued::Accepted;
+                }
+            }
+        }
+        Ok(results)
+    }
+
+    async fn claim(&self, now: Millis, lease: Duration, max: usize) -> Result<Claimed, Error> {
+        if max == 0 {
+            return Ok(Claimed::default());
+        }
+        let lease_end = now.saturating_add(millis(lease));
+        let start = self.next_shard.fetch_add(1, Ordering::Relaxed) % usize::from(self.shards);
+        let order: Vec<u16> = (0..self.shards)
+            .map(|i| ((start + usize::from(i)) % usize::from(self.shards)) as u16)
+            .collect();
+        let (items, next_due) = if self.is_cluster() {
+            self.claim_cluster(&order, now, lease_end, max).await?
+        } else {
+            let call = self.claim_call(&order, now, lease_end, max);
+            let reply = self
+                .eval("claim", &CLAIM, vec![call])
+                .await?
+                .pop()
+                .unwrap_or(Value::Nil);
+            claim_reply(reply)?
+        };
+        let next_due = if items.is_empty() { next_due } else { None };
+        Ok(Claimed {
+            claims: decode_claims(items, Lease(lease_end)),
+            next_due,
+        })
+    }
+
+    async fn settle(&self, settlements: &[Settlement]) -> Result<(), Error> {
+        if settlements.is_empty() {
+            return Ok(());
+        }
+        let mut shards: Vec<u16> = settlements.iter().map(|s| s.id().shard()).collect();
+        shards.sort_unstable();
+        shards.dedup();
+        let now = super::now_ms();
+        let calls = self
+            .groups(shards)
+            .into_iter()
+            .map(|group| {
+                let mut call = Call::default();
+                for &s in &group {
+                    call.keys.push(due_key(&self.prefix, s));
+                    call.keys.push(records_key(&self.prefix, s));
+                    call.keys.push(dead_key(&self.prefix, s));
+                }
+                call.arg(now);
+                for settlement in settlements {
+                    let Some(g) = group.iter().position(|&s| s == settlement.id().shard()) else {
+                        continue;
+                    };
+                    let (kind, lease, due, record) = match settlement {
+                        Settlement::Ack { lease, .. } => ("ack", lease, None, None),
+                        Settlement::Retry { delivery, lease, due } => ("retry", lease, Some(*due), Some(delivery)),
+                        Settlement::Defer { lease, due, .. } => ("defer", lease, Some(*due), None),
+                        Settlement::Dead { delivery, lease } => ("dead", lease, None, Some(delivery)),
+                    };
+                    call.arg(kind);
+                    call.arg(g + 1);
+                    call.arg(settlement.id());
+                    call.arg(lease.0);
+                    call.args
+                        .push(due.map(|d| d.to_string().into_bytes()).unwrap_or_default());
+                    call.args.push(record.map(Delivery::encode).unwrap_or_default());
+                }
+                call
+            })
+            .collect();
+        let replies = self.eval("settle", &SETTLE, calls).await?;
+        let applied: i64 = replies.iter().map(int_of).sum::<Result<i64, Error>>()?;
+        let skipped = settlements.len() as i64 - applied;
+        if skipped > 0 {
+            tracing::debug!(skipped, "settlements skipped: their lease had run out");
+        }
+        Ok(())
+    }
+
+    async fn get(&self, id: &DeliveryId) -> Result<Option<(Delivery, Standing)>, Error> {
+        let s = id.shard();
+        let mut record = ::redis::cmd("HGET");
+        record.arg(records_key(&self.prefix, s)).arg(id.as_str());
+        let mut due = ::redis::cmd("ZSCORE");
+        due.arg(due_key(&self.prefix, s)).arg(id.as_str());
+        let mut dead = ::redis::cmd("ZSCORE");
+        dead.arg(dead_key(&self.prefix, s)).arg(id.as_str());
+        let mut replies = self
+            .per_shard("get", vec![vec![record, due, dead]])
+            .await?
+            .pop()
+            .unwrap_or_default()
+            .into_iter();
+        let mut next = || replies.next().unwrap_or(Value::Nil);
+        let (record, due, dead) = (bytes_of(next())?, optional_score(next())?, optional_score(next())?);
+        let Some(record) = record else {
+            return Ok(None);
+        };
+        let standing = match (due, dead) {
+            (Some(due), _) => Standing::Pending { due },
+            (None, Some(since)) => Standing::Dead { since },
+            (None, None) => return Ok(None),
+        };
+        Ok(Some((Delivery::decode(id.as_str(), &record)?, standing)))
+    }
+
+    async fn dead(&self, limit: usize) -> Result<Vec<Delivery>, Error> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let ids = self.dead_ids(limit).await?;
+        let mut by_shard: Vec<(u16, Vec<&str>)> = Vec::new();
+        for (id, _) in &ids {
+            let shard = DeliveryId::parse(id).map(|d| d.shard()).unwrap_or(0);
+            match by_shard.iter_mut().find(|(s, _)| *s == shard) {
+                Some((_, list)) => list.push(id),
+                None => by_shard.push((shard, vec![id])),
+            }
+        }
+        let batches = by_shard
+            .iter()
+            .map(|(s, list)| {
+                let mut cmd = ::redis::cmd("HMGET");
+                cmd.arg(records_key(&self.prefix, *s)).arg(list);
+                vec![cmd]
+            })
+            .collect();
+        let mut records = std::collections::HashMap::new();
+        for ((_, list), replies) in by_shard.iter().zip(self.per_shard("dead", batches).await?) {
+            let Some(Value::Array(values)) = replies.into_iter().next() else {
+                continue;
+            };
+            for (id, value) in list.iter().zip(values) {
+                if let Some(record) = bytes_of(value)? {
+                    records.insert(*id, record);
+                }
+            }
+        }
+        ids.iter()
+            .filter_map(|(id, _)| records.get(id.as_str()).map(|r| Delivery::decode(id, r)))
+            .collect()
+    }
+
+    async fn replay(&self, id: &DeliveryId, now: Millis) -> Result<bool, Error> {
+        let s = id.shard();
+        let mut dead = ::redis::cmd("ZSCORE");
+        dead.arg(dead_key(&self.prefix, s)).arg(id.as_str());
+        let mut record = ::redis::cmd("HGET");
+        record.arg(records_key(&self.prefix, s)).arg(id.as_str());
+        let mut replies = self
+            .per_shard("replay", vec![vec![dead, record]])
+            .await?
+            .pop()
+            .unwrap_or_default()
+            .into_iter();
+        let dead_at = replies.next().map(optional_score).transpose()?.flatten();
+        let record = replies.next().map(bytes_of).transpose()?.flatten();
+        let (Some(dead_at), Some(record)) = (dead_at, record) else {
+            return Ok(false);
+        };
+        let mut delivery = Delivery::decode(id.as_str(), &record)?;
+        delivery.attempts = 0;
+        delivery.last_error = None;
+        let mut call = Call {
+            keys: vec![
+                dead_key(&self.prefix, s),
+                due_key(&self.prefix, s),
+                records_key(&self.prefix, s),
+            ],
+            args: Vec::new(),
+        };
+        call.arg(id);
+        call.arg(dead_at);
+        call.args.push(delivery.encode());
+        call.arg(now);
+        let reply = self.eval("replay", &REPLAY, vec![call]).await?;
+        Ok(reply.first().map(int_of).transpose()? == Some(1))
+    }
+
+    async fn depth(&self, now: Millis) -> Result<Depth, Error> {
+        let batches = (0..self.shards)
+            .map(|s| {
+                let due = due_key(&self.prefix, s);
+                let mut count = ::redis::cmd("ZCOUNT");
+                count.arg(&due).arg("-inf").arg(now);
+                let mut total = ::redis::cmd("ZCARD");
+                total.arg(&due);
+                let mut dead = ::redis::cmd("ZCARD");
+                dead.arg(dead_key(&self.prefix, s));
+                vec![count, total, dead]
+            })
+            .collect();
+        let mut depth = Depth::default();
+        for replies in self.per_shard("depth", batches).await? {
+            let n: Vec<u64> = replies
+                .iter()
+                .map(|v| int_of(v).map(|n| n.max(0) as u64))
+                .collect::<Result<_, _>>()?;
+            if let [due, total, dead] = n[..] {
+                depth.due += due;
+                depth.scheduled += total.saturating_sub(due);
+                depth.dead += dead;
+            }
+        }
+        Ok(depth)
+    }
+
+    async fn ping(&self) -> Result<(), Error> {
+        let checkout = self.checkout().await?;
+        let mut link = checkout.link();
+        let cmd = ::redis::cmd("PING");
+        let ping = cmd.query_async::<String>(&mut link);
+        match tokio::time::timeout(CONNECT_TIMEOUT, ping).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(self.failed("PING", e)),
+            Err(_) => Err(Error::Redis(format!(
+                "Redis at {} did not answer PING within {CONNECT_TIMEOUT:?}",
+                self.host
+            ))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_carry_the_shard_hash_tag() {
+        let event = EventId::parse("evt_1").unwrap();
+        assert_eq!(due_key("hookd", 3), "hookd:{3}:due");
+        assert_eq!(records_key("hookd", 3), "hookd:{3}:records");
+        assert_eq!(dead_key("hookd", 3), "hookd:{3}:dead");
+        assert_eq!(seen_key("hookd", 3, &event), "hookd:{3}:seen:evt_1");
+    }
+
+    #[test]
+    fn hosts_are_shown_without_credentials() {
+        assert_eq!(host_of("redis://127.0.0.1:6379/0"), "127.0.0.1:6379");
+        assert_eq!(
+            host_of("rediss://user:p@ss/w0rd@cache.internal:6380/1?x=y"),
+            "cache.internal:6380"
+        );
+        assert_eq!(host_of("redis://:secret@h"), "h");
+    }
+}

@@ -1,0 +1,733 @@
+//! One suite, written once against `dyn Queue`, run against every backend:
+//! Redis (a real redis-server per test), Redis Cluster (one node owning all
+//! slots) and the embedded store (a temp dir per test).
+
+mod support;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use hookd::config::{QueueConfig, SubscriptionName};
+use hookd::ingest::EventId;
+use hookd::queue::embedded::EmbeddedQueue;
+use hookd::queue::redis::RedisQueue;
+use hookd::queue::{
+    now_ms, shard_of, Claim, Delivery, DeliveryId, Depth, Enqueued, Error, Lease, Millis, NewEvent, Queue, Settlement,
+    Standing,
+};
+use support::{queue_config, unique_prefix, RedisServer};
+
+/// The dedup window of tests that do not wait for it to end.
+const WINDOW: Duration = Duration::from_secs(3600);
+/// The lease of tests that do not let it run out by the clock.
+const LEASE: Duration = Duration::from_secs(60);
+/// [`LEASE`] in ms.
+const LEASE_MS: Millis = 60_000;
+
+/// Where a test's queue keeps its data, kept alive for the whole test.
+enum Home {
+    /// A redis-server of its own.
+    Redis(RedisServer),
+    /// A temp dir for the embedded store.
+    Embedded {
+        /// Removed when the test ends.
+        _dir: tempfile::TempDir,
+    },
+}
+
+/// A backend under test.
+struct Fixture {
+    /// How to open the queue again.
+    config: QueueConfig,
+    /// Its data.
+    home: Home,
+    /// The open queue.
+    queue: Option<Arc<dyn Queue>>,
+}
+
+impl Fixture {
+    async fn redis(name: &str) -> Fixture {
+        let server = RedisServer::start();
+        let config = queue_config(&unique_prefix(name), Some(&server.url()), server.dir());
+        Fixture::open(config, Home::Redis(server)).await
+    }
+
+    async fn redis_cluster(name: &str) -> Fixture {
+        let server = RedisServer::start_cluster();
+        let mut config = queue_config(&unique_prefix(name), Some(&server.url()), server.dir());
+        config.cluster = true;
+        Fixture::open(config, Home::Redis(server)).await
+    }
+
+    async fn embedded(name: &str) -> Fixture {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = queue_config(&unique_prefix(name), None, &dir.path().join("store"));
+        Fixture::open(config, Home::Embedded { _dir: dir }).await
+    }
+
+    async fn open(config: QueueConfig, home: Home) -> Fixture {
+        let mut fx = Fixture {
+            config,
+            home,
+            queue: None,
+        };
+        fx.queue = Some(fx.connect().await);
+        fx
+    }
+
+    async fn connect(&self) -> Arc<dyn Queue> {
+        match self.home {
+            Home::Redis(_) => Arc::new(
+                RedisQueue::connect(&self.config)
+                    .await
+                    .expect("connect to the test redis"),
+            ),
+            Home::Embedded { .. } => Arc::new(EmbeddedQueue::open(&self.config).expect("open the embedded store")),
+        }
+    }
+
+    fn q(&self) -> Arc<dyn Queue> {
+        self.queue.clone().expect("queue is open")
+    }
+
+    /// Closes the queue, restarts Redis (from its append-only file), and
+    /// opens the queue again.
+    async fn reopen(&mut self) {
+        let queue = self.queue.take().expect("queue is open");
+        assert_eq!(Arc::strong_count(&queue), 1, "a test still holds the queue");
+        drop(queue);
+        if let Home::Redis(server) = &mut self.home {
+            server.restart();
+        }
+        self.queue = Some(self.connect().await);
+    }
+
+    fn shards(&self) -> u16 {
+        self.config.shards
+    }
+}
+
+/// A delivery of `event` to `subscription`, placed in the event's shard.
+fn delivery(event: &str, subscription: &str, shards: u16, body: &[u8]) -> Delivery {
+    let event_id = EventId::parse(event).expect("valid event id");
+    Delivery {
+        id: DeliveryId::new(shard_of(&event_id, shards)),
+        event_id,
+        event_type: "coupon.redeemed".into(),
+        subscription: SubscriptionName::parse(subscription).expect("valid name"),
+        created_at: now_ms(),
+        attempts: 0,
+        body: Bytes::copy_from_slice(body),
+        last_error: None,
+    }
+}
+
+/// An event with one delivery per subscription named.
+fn event(id: &str, subscriptions: &[&str], shards: u16) -> NewEvent {
+    NewEvent {
+        event_id: EventId::parse(id).expect("valid event id"),
+        deliveries: subscriptions
+            .iter()
+            .map(|s| delivery(id, s, shards, format!(r#"{{"event":"{id}","to":"{s}"}}"#).as_bytes()))
+            .collect(),
+    }
+}
+
+/// Enqueues events of one delivery each, returning the deliveries.
+async fn enqueue_singles(q: &dyn Queue, ids: &[String], shards: u16) -> Vec<Delivery> {
+    let events: Vec<NewEvent> = ids.iter().map(|id| event(id, &["crm"], shards)).collect();
+    let results = q.enqueue(&events, WINDOW).await.expect("enqueue");
+    assert!(results.iter().all(|r| *r == Enqueued::Accepted), "{results:?}");
+    events.into_iter().flat_map(|e| e.deliveries).collect()
+}
+
+fn ids_of(claims: &[Claim]) -> Vec<DeliveryId> {
+    claims.iter().map(|c| c.delivery.id.clone()).collect()
+}
+
+/// The cases, each written once against `dyn Queue`.
+mod cases {
+    use super::*;
+
+    pub async fn enqueue_then_claim_keeps_the_body(fx: &mut Fixture) {
+        let q = fx.q();
+        let mut e = event("evt_body", &["crm", "billing"], fx.shards());
+        e.deliveries[0].body = Bytes::from_static(b"\x00\xff\xfe not utf-8 \r\n{\"a\":1}");
+        let results = q.enqueue(std::slice::from_ref(&e), WINDOW).await.unwrap();
+        assert_eq!(results, vec![Enqueued::Accepted]);
+
+        let claimed = q.claim(now_ms(), LEASE, 10).await.unwrap();
+        assert_eq!(claimed.claims.len(), 2);
+        assert_eq!(claimed.next_due, None);
+        for want in &e.deliveries {
+            let got = claimed
+                .claims
+                .iter()
+                .find(|c| c.delivery.id == want.id)
+                .expect("claimed");
+            assert_eq!(&got.delivery, want, "the stored record is what was enqueued");
+        }
+    }
+
+    pub async fn duplicates_within_the_window_queue_nothing(fx: &mut Fixture) {
+        let q = fx.q();
+        let first = event("evt_dup", &["crm"], fx.shards());
+        let again = event("evt_dup", &["crm"], fx.shards());
+        assert_eq!(q.enqueue(&[first], WINDOW).await.unwrap(), vec![Enqueued::Accepted]);
+        assert_eq!(
+            q.enqueue(std::slice::from_ref(&again), WINDOW).await.unwrap(),
+            vec![Enqueued::Duplicate]
+        );
+        // Within one batch too, and results keep the batch's order.
+        let fresh = event("evt_dup_2", &["crm"], fx.shards());
+        let results = q.enqueue(&[again.clone(), fresh.clone(), fresh], WINDOW).await.unwrap();
+        assert_eq!(
+            results,
+            vec![Enqueued::Duplicate, Enqueued::Accepted, Enqueued::Duplicate]
+        );
+
+        assert_eq!(q.get(&again.deliveries[0].id).await.unwrap(), None);
+        let depth = q.depth(now_ms()).await.unwrap();
+        assert_eq!(depth.due, 2, "one delivery per accepted event: {depth:?}");
+    }
+
+    pub async fn ids_are_accepted_again_after_the_window(fx: &mut Fixture) {
+        let q = fx.q();
+        let window = Duration::from_millis(200);
+        let first = event("evt_window", &["crm"], fx.shards());
+        let second = event("evt_window", &["crm"], fx.shards());
+        assert_eq!(q.enqueue(&[first], window).await.unwrap(), vec![Enqueued::Accepted]);
+        assert_eq!(
+            q.enqueue(std::slice::from_ref(&second), window).await.unwrap(),
+            vec![Enqueued::Duplicate]
+        );
+        tokio::time::sleep(window + Duration::from_millis(50)).await;
+        assert_eq!(q.enqueue(&[second], window).await.unwrap(), vec![Enqueued::Accepted]);
+        assert_eq!(q.depth(now_ms()).await.unwrap().due, 2);
+    }
+
+    pub async fn events_without_deliveries_are_remembered(fx: &mut Fixture) {
+        let q = fx.q();
+        let empty = event("evt_nobody", &[], fx.shards());
+        assert_eq!(
+            q.enqueue(std::slice::from_ref(&empty), WINDOW).await.unwrap(),
+            vec![Enqueued::Accepted]
+        );
+        assert_eq!(q.enqueue(&[empty], WINDOW).await.unwrap(), vec![Enqueued::Duplicate]);
+        assert_eq!(q.depth(now_ms()).await.unwrap(), Depth::default());
+        let claimed = q.claim(now_ms(), LEASE, 10).await.unwrap();
+        assert!(claimed.claims.is_empty());
+        assert_eq!(claimed.next_due, None, "nothing is queued at all");
+    }
+
+    pub async fn claims_respect_max_and_due_order_across_shards(fx: &mut Fixture) {
+        let q = fx.q();
+        let ids: Vec<String> = (0..6).map(|n| format!("evt_order_{n}")).collect();
+        let deliveries = enqueue_singles(&*q, &ids, fx.shards()).await;
+        let shards: HashSet<u16> = deliveries.iter().map(|d| d.id.shard()).collect();
+        assert!(
+            shards.len() >= 3,
+            "the test needs deliveries in several shards: {shards:?}"
+        );
+
+        let t = now_ms();
+        let claimed = q.claim(t, LEASE, 100).await.unwrap();
+        assert_eq!(claimed.claims.len(), 6);
+        // Give each a due time, in an order unrelated to shards and ids.
+        let base = t + 10_000;
+        let rank = [3, 0, 5, 1, 4, 2];
+        let mut by_rank: Vec<Option<DeliveryId>> = vec![None; 6];
+        let settlements: Vec<Settlement> = claimed
+            .claims
+            .iter()
+            .zip(rank)
+            .map(|(c, k)| {
+                by_rank[k] = Some(c.delivery.id.clone());
+                Settlement::Retry {
+                    delivery: c.delivery.clone(),
+                    lease: c.lease,
+                    due: base + 100 * k as Millis,
+                }
+            })
+            .collect();
+        q.settle(&settlements).await.unwrap();
+        let by_rank: Vec<DeliveryId> = by_rank.into_iter().map(Option::unwrap).collect();
+
+        // Only what is due, oldest first.
+        let first = q.claim(base + 250, LEASE, 10).await.unwrap();
+        assert_eq!(ids_of(&first.claims), by_rank[..3].to_vec());
+        // At most `max`, still oldest first.
+        let second = q.claim(base + 10_000, LEASE, 2).await.unwrap();
+        assert_eq!(ids_of(&second.claims), by_rank[3..5].to_vec());
+        let third = q.claim(base + 10_000, LEASE, 10).await.unwrap();
+        assert_eq!(ids_of(&third.claims), by_rank[5..].to_vec());
+        assert!(q.claim(base + 10_000, LEASE, 10).await.unwrap().claims.is_empty());
+    }
+
+    pub async fn claims_are_invisible_until_the_lease_ends(fx: &mut Fixture) {
+        let q = fx.q();
+        let d = enqueue_singles(&*q, &["evt_lease".into()], fx.shards()).await.remove(0);
+        let t = now_ms();
+        let first = q.claim(t, LEASE, 10).await.unwrap();
+        assert_eq!(ids_of(&first.claims), vec![d.id.clone()]);
+        assert_eq!(first.claims[0].lease, Lease(t + LEASE_MS));
+
+        // The worker "crashes": nobody settles.
+        assert!(q.claim(t + LEASE_MS - 1, LEASE, 10).await.unwrap().claims.is_empty());
+        let again = q.claim(t + LEASE_MS, LEASE, 10).await.unwrap();
+        assert_eq!(ids_of(&again.claims), vec![d.id.clone()]);
+        assert_eq!(again.claims[0].lease, Lease(t + 2 * LEASE_MS));
+        assert_eq!(again.claims[0].delivery, d);
+    }
+
+    pub async fn stale_leases_settle_nothing(fx: &mut Fixture) {
+        let q = fx.q();
+        let d = enqueue_singles(&*q, &["evt_fence".into()], fx.shards()).await.remove(0);
+        let t = now_ms();
+        let stale = q.claim(t, Duration::from_secs(1), 1).await.unwrap().claims.remove(0);
+        assert!(q.claim(t + 500, LEASE, 1).await.unwrap().claims.is_empty());
+        let fresh = q.claim(t + 1_000, LEASE, 1).await.unwrap().claims.remove(0);
+        assert_ne!(stale.lease, fresh.lease);
+
+        let mut altered = d.clone();
+        altered.attempts = 9;
+        altered.last_error = Some("from a worker whose lease ran out".into());
+        q.settle(&[
+            Settlement::Ack {
+                id: d.id.clone(),
+                lease: stale.lease,
+            },
+            Settlement::Retry {
+                delivery: altered.clone(),
+                lease: stale.lease,
+                due: t,
+            },
+            Settlement::Defer {
+                id: d.id.clone(),
+                lease: stale.lease,
+                due: t,
+            },
+            Settlement::Dead {
+                delivery: altered,
+                lease: stale.lease,
+            },
+        ])
+        .await
+        .unwrap();
+        let (stored, standing) = q.get(&d.id).await.unwrap().expect("still queued");
+        assert_eq!(stored, d, "stale settlements must not alter the record");
+        assert_eq!(standing, Standing::Pending { due: fresh.lease.0 });
+        assert!(q.dead(10).await.unwrap().is_empty());
+
+        q.settle(&[Settlement::Ack {
+            id: d.id.clone(),
+            lease: fresh.lease,
+        }])
+        .await
+        .unwrap();
+        assert_eq!(q.get(&d.id).await.unwrap(), None);
+    }
+
+    pub async fn ack_removes(fx: &mut Fixture) {
+        let q = fx.q();
+        let ds = enqueue_singles(&*q, &["evt_ack_1".into(), "evt_ack_2".into()], fx.shards()).await;
+        let claimed = q.claim(now_ms(), LEASE, 10).await.unwrap();
+        let acks: Vec<Settlement> = claimed
+            .claims
+            .iter()
+            .map(|c| Settlement::Ack {
+                id: c.delivery.id.clone(),
+                lease: c.lease,
+            })
+            .collect();
+        q.settle(&acks).await.unwrap();
+        for d in &ds {
+            assert_eq!(q.get(&d.id).await.unwrap(), None);
+        }
+        assert_eq!(q.depth(now_ms() + 10 * LEASE_MS).await.unwrap(), Depth::default());
+        let after = q.claim(now_ms() + 10 * LEASE_MS, LEASE, 10).await.unwrap();
+        assert!(after.claims.is_empty());
+        assert_eq!(after.next_due, None);
+    }
+
+    pub async fn retry_stores_the_record_and_falls_due_later(fx: &mut Fixture) {
+        let q = fx.q();
+        let d = enqueue_singles(&*q, &["evt_retry".into()], fx.shards()).await.remove(0);
+        let t = now_ms();
+        let claim = q.claim(t, LEASE, 1).await.unwrap().claims.remove(0);
+        let mut failed = claim.delivery.clone();
+        failed.attempts = 1;
+        failed.last_error = Some("status 500".into());
+        q.settle(&[Settlement::Retry {
+            delivery: failed.clone(),
+            lease: claim.lease,
+            due: t + 5_000,
+        }])
+        .await
+        .unwrap();
+
+        assert_eq!(
+            q.get(&d.id).await.unwrap(),
+            Some((failed.clone(), Standing::Pending { due: t + 5_000 }))
+        );
+        let early = q.claim(t + 4_999, LEASE, 1).await.unwrap();
+        assert!(early.claims.is_empty());
+        assert_eq!(early.next_due, Some(t + 5_000));
+        let due = q.claim(t + 5_000, LEASE, 1).await.unwrap();
+        assert_eq!(due.claims.len(), 1);
+        assert_eq!(due.claims[0].delivery, failed);
+    }
+
+    pub async fn defer_keeps_the_record(fx: &mut Fixture) {
+        let q = fx.q();
+        let d = enqueue_singles(&*q, &["evt_defer".into()], fx.shards()).await.remove(0);
+        let t = now_ms();
+        let claim = q.claim(t, LEASE, 1).await.unwrap().claims.remove(0);
+        q.settle(&[Settlement::Defer {
+            id: d.id.clone(),
+            lease: claim.lease,
+            due: t + 2_000,
+        }])
+        .await
+        .unwrap();
+        assert_eq!(
+            q.get(&d.id).await.unwrap(),
+            Some((d.clone(), Standing::Pending { due: t + 2_000 }))
+        );
+        assert!(q.claim(t + 1_999, LEASE, 1).await.unwrap().claims.is_empty());
+        assert_eq!(q.claim(t + 2_000, LEASE, 1).await.unwrap().claims[0].delivery, d);
+    }
+
+    pub async fn dead_deliveries_are_listed_and_replayable(fx: &mut Fixture) {
+        let q = fx.q();
+        let ds = enqueue_singles(&*q, &["evt_dead_1".into(), "evt_dead_2".into()], fx.shards()).await;
+        let claimed = q.claim(now_ms(), LEASE, 10).await.unwrap();
+        let mut dead = Vec::new();
+        for d in &ds {
+            let claim = claimed.claims.iter().find(|c| c.delivery.id == d.id).expect("claimed");
+            let mut failed = d.clone();
+            failed.attempts = 6;
+            failed.last_error = Some("status 503".into());
+            let before = now_ms();
+            q.settle(&[Settlement::Dead {
+                delivery: failed.clone(),
+                lease: claim.lease,
+            }])
+            .await
+            .unwrap();
+            let (stored, standing) = q.get(&d.id).await.unwrap().expect("kept");
+            assert_eq!(stored, failed);
+            assert!(
+                matches!(standing, Standing::Dead { since } if since >= before),
+                "{standing:?}"
+            );
+            dead.push(failed);
+            // Distinct times of death, so "most recent first" is defined.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(q.dead(10).await.unwrap(), vec![dead[1].clone(), dead[0].clone()]);
+        assert_eq!(q.dead(1).await.unwrap(), vec![dead[1].clone()]);
+        assert!(q
+            .claim(now_ms() + 100 * LEASE_MS, LEASE, 10)
+            .await
+            .unwrap()
+            .claims
+            .is_empty());
+        assert_eq!(
+            q.depth(now_ms()).await.unwrap(),
+            Depth {
+                due: 0,
+                scheduled: 0,
+                dead: 2
+            }
+        );
+
+        let t = now_ms();
+        assert!(q.replay(&ds[0].id, t).await.unwrap());
+        assert!(!q.replay(&ds[0].id, t).await.unwrap(), "no longer dead");
+        assert!(!q.replay(&DeliveryId::new(0), t).await.unwrap(), "unknown");
+        let (stored, standing) = q.get(&ds[0].id).await.unwrap().expect("queued again");
+        assert_eq!(standing, Standing::Pending { due: t });
+        assert_eq!(stored.attempts, 0);
+        assert_eq!(stored.last_error, None);
+        assert_eq!(stored.body, ds[0].body);
+        assert_eq!(q.dead(10).await.unwrap(), vec![dead[1].clone()]);
+        let back = q.claim(t, LEASE, 10).await.unwrap();
+        assert_eq!(ids_of(&back.claims), vec![ds[0].id.clone()]);
+        assert_eq!(back.claims[0].delivery.attempts, 0);
+    }
+
+    pub async fn depth_counts_due_scheduled_and_dead(fx: &mut Fixture) {
+        let q = fx.q();
+        let ids: Vec<String> = (0..4).map(|n| format!("evt_depth_{n}")).collect();
+        let ds = enqueue_singles(&*q, &ids, fx.shards()).await;
+        let t = now_ms();
+        assert_eq!(
+            q.depth(t).await.unwrap(),
+            Depth {
+                due: 4,
+                scheduled: 0,
+                dead: 0
+            }
+        );
+        let claimed = q.claim(t, LEASE, 10).await.unwrap();
+        let lease_of = |id: &DeliveryId| {
+            claimed
+                .claims
+                .iter()
+                .find(|c| &c.delivery.id == id)
+                .expect("claimed")
+                .lease
+        };
+        q.settle(&[
+            Settlement::Retry {
+                delivery: ds[0].clone(),
+                lease: lease_of(&ds[0].id),
+                due: t + 5_000,
+            },
+            Settlement::Defer {
+                id: ds[1].id.clone(),
+                lease: lease_of(&ds[1].id),
+                due: t,
+            },
+            Settlement::Dead {
+                delivery: ds[2].clone(),
+                lease: lease_of(&ds[2].id),
+            },
+        ])
+        .await
+        .unwrap();
+        // ds[3] is still leased: scheduled until its lease ends.
+        assert_eq!(
+            q.depth(t).await.unwrap(),
+            Depth {
+                due: 1,
+                scheduled: 2,
+                dead: 1
+            }
+        );
+        assert_eq!(
+            q.depth(t + LEASE_MS).await.unwrap(),
+            Depth {
+                due: 3,
+                scheduled: 0,
+                dead: 1
+            }
+        );
+    }
+
+    pub async fn next_due_is_reported_when_nothing_is_due(fx: &mut Fixture) {
+        let q = fx.q();
+        let empty = q.claim(now_ms(), LEASE, 10).await.unwrap();
+        assert!(empty.claims.is_empty());
+        assert_eq!(empty.next_due, None);
+
+        enqueue_singles(&*q, &["evt_next".into()], fx.shards()).await;
+        let t = now_ms();
+        let claimed = q.claim(t, LEASE, 10).await.unwrap();
+        assert_eq!(claimed.claims.len(), 1);
+        assert_eq!(claimed.next_due, None, "only reported when nothing was claimed");
+        let idle = q.claim(t + 1, LEASE, 10).await.unwrap();
+        assert!(idle.claims.is_empty());
+        assert_eq!(idle.next_due, Some(t + LEASE_MS), "the lease's end");
+    }
+
+    pub async fn concurrent_claimers_never_share_a_delivery(fx: &mut Fixture) {
+        let q = fx.q();
+        let ids: Vec<String> = (0..2_000).map(|n| format!("evt_many_{n}")).collect();
+        let mut all = HashSet::new();
+        for chunk in ids.chunks(250) {
+            all.extend(enqueue_singles(&*q, chunk, fx.shards()).await.into_iter().map(|d| d.id));
+        }
+        let workers: Vec<_> = (0..8)
+            .map(|_| {
+                let q = q.clone();
+                tokio::spawn(async move {
+                    let mut got = Vec::new();
+                    loop {
+                        let claimed = q.claim(now_ms(), LEASE, 37).await.expect("claim");
+                        if claimed.claims.is_empty() {
+                            return got;
+                        }
+                        let acks: Vec<Settlement> = claimed
+                            .claims
+                            .iter()
+                            .map(|c| Settlement::Ack {
+                                id: c.delivery.id.clone(),
+                                lease: c.lease,
+                            })
+                            .collect();
+                        got.extend(ids_of(&claimed.claims));
+                        q.settle(&acks).await.expect("settle");
+                    }
+                })
+            })
+            .collect();
+        let mut seen = HashSet::new();
+        for worker in workers {
+            for id in worker.await.expect("worker") {
+                assert!(seen.insert(id.clone()), "{id} was handed out twice");
+            }
+        }
+        assert_eq!(seen, all, "together the workers received every delivery");
+        assert_eq!(q.depth(now_ms() + 10 * LEASE_MS).await.unwrap(), Depth::default());
+    }
+
+    pub async fn data_survives_a_restart(fx: &mut Fixture) {
+        let q = fx.q();
+        let ids: Vec<String> = (0..3).map(|n| format!("evt_durable_{n}")).collect();
+        let ds = enqueue_singles(&*q, &ids, fx.shards()).await;
+        let t = now_ms();
+        let claimed = q.claim(t, LEASE, 10).await.unwrap();
+        let lease_of = |id: &DeliveryId| {
+            claimed
+                .claims
+                .iter()
+                .find(|c| &c.delivery.id == id)
+                .expect("claimed")
+                .lease
+        };
+        let mut retried = ds[0].clone();
+        retried.attempts = 1;
+        q.settle(&[
+            Settlement::Retry {
+                delivery: retried.clone(),
+                lease: lease_of(&ds[0].id),
+                due: t + 5_000,
+            },
+            Settlement::Dead {
+                delivery: ds[1].clone(),
+                lease: lease_of(&ds[1].id),
+            },
+        ])
+        .await
+        .unwrap();
+        let before = q.depth(t).await.unwrap();
+        drop(q);
+
+        fx.reopen().await;
+        let q = fx.q();
+        assert_eq!(
+            q.get(&ds[0].id).await.unwrap(),
+            Some((retried, Standing::Pending { due: t + 5_000 }))
+        );
+        assert!(matches!(
+            q.get(&ds[1].id).await.unwrap(),
+            Some((_, Standing::Dead { .. }))
+        ));
+        assert_eq!(
+            q.get(&ds[2].id).await.unwrap(),
+            Some((ds[2].clone(), Standing::Pending { due: t + LEASE_MS }))
+        );
+        assert_eq!(q.depth(t).await.unwrap(), before);
+        let again = event(&ids[0], &["crm"], fx.shards());
+        assert_eq!(q.enqueue(&[again], WINDOW).await.unwrap(), vec![Enqueued::Duplicate]);
+    }
+
+    pub async fn misplaced_deliveries_are_refused(fx: &mut Fixture) {
+        let q = fx.q();
+        let mut e = event("evt_misplaced", &["crm"], fx.shards());
+        let wrong = (e.deliveries[0].id.shard() + 1) % fx.shards();
+        e.deliveries[0].id = DeliveryId::new(wrong);
+        let err = q.enqueue(&[e], WINDOW).await.unwrap_err();
+        assert!(matches!(err, Error::Invalid(_)), "{err}");
+        assert!(err.to_string().contains("shard_of"), "{err}");
+        assert_eq!(q.depth(now_ms()).await.unwrap(), Depth::default());
+    }
+}
+
+macro_rules! case {
+    ($open:path, $case:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $case() {
+            let mut fx = $open(stringify!($case)).await;
+            cases::$case(&mut fx).await;
+        }
+    };
+}
+
+/// Instantiates every case for one backend.
+macro_rules! conformance {
+    ($backend:ident, $open:path) => {
+        mod $backend {
+            use super::*;
+            case!($open, enqueue_then_claim_keeps_the_body);
+            case!($open, duplicates_within_the_window_queue_nothing);
+            case!($open, ids_are_accepted_again_after_the_window);
+            case!($open, events_without_deliveries_are_remembered);
+            case!($open, claims_respect_max_and_due_order_across_shards);
+            case!($open, claims_are_invisible_until_the_lease_ends);
+            case!($open, stale_leases_settle_nothing);
+            case!($open, ack_removes);
+            case!($open, retry_stores_the_record_and_falls_due_later);
+            case!($open, defer_keeps_the_record);
+            case!($open, dead_deliveries_are_listed_and_replayable);
+            case!($open, depth_counts_due_scheduled_and_dead);
+            case!($open, next_due_is_reported_when_nothing_is_due);
+            case!($open, concurrent_claimers_never_share_a_delivery);
+            case!($open, data_survives_a_restart);
+            case!($open, misplaced_deliveries_are_refused);
+        }
+    };
+}
+
+conformance!(redis, Fixture::redis);
+conformance!(redis_cluster, Fixture::redis_cluster);
+conformance!(embedded, Fixture::embedded);
+
+/// What only the Redis backend does.
+mod redis_only {
+    use super::*;
+
+    #[tokio::test]
+    async fn connect_errors_name_the_host_but_not_the_password() {
+        let port = support::free_port();
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("redis://hookd:hunter2@127.0.0.1:{port}/0");
+        let config = queue_config(&unique_prefix("connect"), Some(&url), dir.path());
+        let err = RedisQueue::connect(&config).await.err().expect("nothing listens there");
+        let text = err.to_string();
+        assert!(text.contains(&format!("127.0.0.1:{port}")), "{text}");
+        assert!(text.contains("check"), "{text}");
+        assert!(!text.contains("hunter2"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn corrupt_records_are_reported_and_skipped() {
+        let fx = Fixture::redis("corrupt").await;
+        let q = fx.q();
+        let d = enqueue_singles(&*q, &["evt_corrupt".into()], fx.shards())
+            .await
+            .remove(0);
+        let Home::Redis(server) = &fx.home else { unreachable!() };
+        let key = hookd::queue::redis::records_key(&fx.config.key_prefix, d.id.shard());
+        assert_eq!(server.command(&["HSET", &key, d.id.as_str(), "{not json"]), "0");
+
+        let err = q.get(&d.id).await.unwrap_err();
+        assert!(
+            matches!(&err, Error::Corrupt { id, .. } if id == d.id.as_str()),
+            "{err}"
+        );
+        let claimed = q.claim(now_ms(), LEASE, 10).await.unwrap();
+        assert!(claimed.claims.is_empty(), "a corrupt record is not handed out");
+    }
+}
+
+/// What only the embedded backend does.
+mod embedded_only {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_second_open_of_the_same_dir_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = queue_config(&unique_prefix("twice"), None, dir.path());
+        let first = EmbeddedQueue::open(&config).unwrap();
+        let err = EmbeddedQueue::open(&config).err().expect("the dir is in use");
+        assert!(matches!(err, Error::InUse { .. }), "{err}");
+        assert!(err.to_string().contains("is in use by another hookd process"), "{err}");
+        drop(first);
+        EmbeddedQueue::open(&config).expect("free again once the first is closed");
+    }
+}
