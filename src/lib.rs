@@ -1,9 +1,123 @@
 //! # hookd: webhook delivery daemon
 //!
-//! (The tour of the modules is written as they land.)
+//! hookd takes events from producers and delivers each one to every
+//! subscription that wants it, as a signed HTTPS POST, retrying until the
+//! endpoint acknowledges with a 2xx. Delivery is at least once: nothing is
+//! lost when hookd, Redis or the endpoint crashes.
+//!
+//! ## The tour
+//!
+//! A request travels through the modules in one direction:
+//!
+//! ```text
+//!  POST /v1/events ─┐
+//!  XADD …:events ───┼─► ingest ─► queue ─► dispatch ─► sign ─► deliver ─► endpoint
+//!  hookd send ──────┘  (validate,  (dedup,   (claim,     (HMAC)  (hyper)
+//!                       fan out)    due set)  classify, retry)
+//! ```
+//!
+//! - [`config`]: the TOML file, loaded with figment over compiled-in
+//!   defaults (`src/config/defaults.toml`) and `HOOKD_` variables, validated
+//!   with errors that name the key. Secrets print as `[redacted]`.
+//! - [`ingest`]: one validation path for every source ([`ingest::parse_event`]),
+//!   fan-out to matching subscriptions ([`ingest::Ingestor`]), and the
+//!   Redis stream consumer ([`ingest::stream`]).
+//! - [`queue`]: the [`queue::Queue`] trait and its two backends: Redis
+//!   sorted sets (many processes, one Redis or a Cluster) and an embedded
+//!   redb store (one process, no setup). Dedup and enqueue are one atomic
+//!   step; claims are leased so a crashed worker's deliveries fall due again.
+//! - [`dispatch`]: the claim loop, bounded concurrency overall and per
+//!   subscription, the pure outcome classification and retry policy
+//!   ([`dispatch::policy`]), and batched settlements.
+//! - [`sign`]: Standard Webhooks signatures, `content-digest`, and the
+//!   [`sign::Verifier`] receivers use.
+//! - [`deliver`]: the outbound HTTP client (hyper, rustls, HTTP/1.1 and
+//!   HTTP/2), which refuses non-public addresses after DNS resolution.
+//! - [`api`]: the HTTP API (ingest, dead deliveries and replay, health) and
+//!   a client of it for the CLI.
+//! - [`telemetry`]: structured logs.
+//! - [`demo`]: `hookd demo`, hookd and a verifying receiver in one process.
+//!
+//! `main` is thin: it parses the CLI, loads the config, sets up logging and
+//! calls [`run`], which takes everything it touches as arguments; tests call
+//! the same `run` with a port-0 listener.
+//!
+//! ## Where this departs from DESIGN.md
+//!
+//! - The `webhook-id` endpoints receive is the *event* id: the same event
+//!   fanned out to two subscriptions carries the same id to both, and it is
+//!   stable across retries, so it is the dedup key receivers want.
+//! - A subscription whose endpoint answers 410 Gone stops receiving at once;
+//!   until operator-facing deactivation lands, that state lives in the
+//!   process and its remaining deliveries wait (deferred), never dropped.
 
+pub mod api;
 pub mod config;
 pub mod deliver;
+pub mod demo;
+pub mod dispatch;
 pub mod ingest;
 pub mod queue;
 pub mod sign;
+pub mod telemetry;
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::info;
+
+use config::Config;
+use queue::Queue;
+
+/// Opens the queue backend `config` selects: Redis with a `redis_url`,
+/// the embedded store otherwise.
+pub async fn open_queue(config: &Config) -> anyhow::Result<Arc<dyn Queue>> {
+    Ok(match &config.queue.redis_url {
+        Some(_) => Arc::new(queue::redis::RedisQueue::connect(&config.queue).await?),
+        None => Arc::new(queue::embedded::EmbeddedQueue::open(&config.queue)?),
+    })
+}
+
+/// Runs hookd: the HTTP API on `listener`, the stream consumer (Redis
+/// backend) and the dispatcher, until `shutdown` is cancelled. Then stops
+/// accepting, lets in-flight requests and deliveries finish, and returns.
+pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let queue = open_queue(&config).await.context("cannot open the queue")?;
+    run_with_queue(config, queue, listener, shutdown).await
+}
+
+/// [`run`] with a queue already opened.
+pub async fn run_with_queue(
+    config: Config,
+    queue: Arc<dyn Queue>,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let queued = Arc::new(Notify::new());
+    let ingestor = Arc::new(ingest::Ingestor::new(&config, queue.clone(), queued.clone()));
+    let tasks = TaskTracker::new();
+    if config.delivery.dispatch {
+        let dispatcher = dispatch::Dispatcher::new(&config, queue.clone(), queued.clone())?;
+        tasks.spawn(dispatcher.run(shutdown.clone()));
+    }
+    if config.ingest.stream {
+        if let Some(consumer) = ingest::stream::StreamConsumer::new(&config, ingestor.clone()) {
+            tasks.spawn(consumer.run(shutdown.clone()));
+        }
+    }
+    let state = Arc::new(api::ApiState::new(&config, ingestor, queue));
+    let addr = listener.local_addr()?;
+    info!(%addr, subscriptions = config.subscriptions.len(), backend = if config.queue.redis_url.is_some() { "redis" } else { "embedded" }, "hookd serving");
+    axum::serve(listener, api::router(state))
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .await
+        .context("HTTP server failed")?;
+    tasks.close();
+    tasks.wait().await;
+    info!("hookd stopped");
+    Ok(())
+}

@@ -22,6 +22,10 @@ pub const DEFAULTS: &str = include_str!("defaults.toml");
 /// Prefix of environment variables that override configuration keys.
 pub const ENV_PREFIX: &str = "HOOKD_";
 
+/// `HOOKD_` variables that are not configuration keys: the CLI's own
+/// (`HOOKD_CONFIG`, `HOOKD_URL`, `HOOKD_API_KEY`) and the log filter.
+const ENV_NOT_CONFIG: &[&str] = &["config", "url", "api_key", "log"];
+
 /// Headers that neither configuration nor plugins may set: hookd owns them.
 pub const PROTECTED_HEADERS: &[&str] = &[
     "webhook-id",
@@ -40,7 +44,7 @@ pub const PROTECTED_HEADERS: &[&str] = &[
 pub enum Error {
     /// The file could not be parsed, a key is unknown, or a value has the
     /// wrong type; figment's message names the key and its source.
-    #[error("{0}")]
+    #[error(transparent)]
     Figment(#[from] Box<figment::Error>),
     /// A value parsed but is not acceptable.
     #[error("invalid `{key}`: {problem}")]
@@ -103,6 +107,9 @@ pub struct QueueConfig {
     pub lease: Duration,
     /// Redis connections per process.
     pub pool_size: usize,
+    /// Longest dispatcher sleep when nothing is due.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
 }
 
 /// `[ingest]`: how events are accepted.
@@ -126,6 +133,8 @@ pub struct IngestConfig {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeliveryConfig {
+    /// Run the dispatcher in this process (false: ingest only).
+    pub dispatch: bool,
     /// Timeout of one attempt.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
@@ -197,7 +206,7 @@ impl Config {
             }
             figment = figment.merge(Toml::file(path));
         }
-        figment = figment.merge(Env::prefixed(ENV_PREFIX).split("__"));
+        figment = figment.merge(Env::prefixed(ENV_PREFIX).ignore(ENV_NOT_CONFIG).split("__"));
         Self::from_figment(figment)
     }
 
@@ -221,6 +230,9 @@ impl Config {
         }
         if q.lease < Duration::from_secs(1) {
             return Err(invalid("queue.lease", "must be at least 1s"));
+        }
+        if q.poll_interval.is_zero() || q.poll_interval > Duration::from_secs(10) {
+            return Err(invalid("queue.poll_interval", "must be between 1ms and 10s"));
         }
         if q.pool_size == 0 {
             return Err(invalid("queue.pool_size", "must be at least 1"));
@@ -280,6 +292,13 @@ impl Config {
         let mut seen = std::collections::HashSet::new();
         for (n, sub) in self.subscriptions.iter().enumerate() {
             let key = format!("subscriptions[{n}]");
+            let timeout = sub.timeout.unwrap_or(d.timeout);
+            if q.lease <= timeout * 2 {
+                return Err(invalid(
+                    "queue.lease",
+                    format!("{:?} must be more than twice the longest attempt timeout ({timeout:?} of `{}`), or deliveries in flight would be claimed twice", q.lease, sub.name),
+                ));
+            }
             if !seen.insert(sub.name.as_str()) {
                 return Err(invalid(
                     format!("{key}.name"),
@@ -527,6 +546,8 @@ mod tests {
     fn environment_overrides_nested_keys() {
         figment::Jail::expect_with(|jail| {
             jail.set_env("HOOKD_DELIVERY__MAX_RETRIES", "9");
+            jail.set_env("HOOKD_LOG", "debug");
+            jail.set_env("HOOKD_CONFIG", "hookd.toml");
             jail.create_file("hookd.toml", "[delivery]\nmax_retries = 2\ntimeout = \"2s\"")?;
             let c = Config::load(Some(Path::new("hookd.toml"))).map_err(|e| e.to_string())?;
             assert_eq!(c.delivery.max_retries, 9);

@@ -275,6 +275,11 @@ impl Ingestor {
         }
     }
 
+    /// Wakes the local dispatcher (after a replay, say).
+    pub fn wake(&self) {
+        self.queued.notify_one();
+    }
+
     /// The names of the subscriptions that want `event_type`.
     pub fn matching<'a>(&'a self, event_type: &'a str) -> impl Iterator<Item = &'a SubscriptionName> + 'a {
         self.routes

@@ -1,1 +1,289 @@
-//! Redis stream producer input (being written).
+//! Redis stream input: producers `XADD <prefix>:events * type <type> data <json> [id <id>] [timestamp <rfc3339>]`.
+//!
+//! hookd reads the stream through a consumer group (`ingest.stream_group`),
+//! so several hookd processes share it. An entry is acknowledged (`XACK`,
+//! then `XDEL`: the stream is hookd's inbox and does not grow without
+//! bound) only after its event is durably queued, so a crash between read
+//! and queue loses nothing: the entry stays pending and is claimed again
+//! (`XAUTOCLAIM`) once idle for the queue lease. A malformed entry is
+//! copied to `<prefix>:events:rejected` with its reason, then
+//! acknowledged: never retried forever, never silently dropped.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::ConnectionLike;
+use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
+use redis::Value;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use super::{from_parts, Error, Event, Ingestor};
+use crate::config::Config;
+
+/// Entries read per `XREADGROUP`.
+const READ_COUNT: usize = 256;
+/// How long one `XREADGROUP` blocks waiting for entries.
+const BLOCK: Duration = Duration::from_millis(1000);
+/// Rejected entries kept in the rejected stream (approximately).
+const REJECTED_MAX_LEN: usize = 100_000;
+
+/// The stream producers `XADD` to.
+pub fn stream_key(prefix: &str) -> String {
+    format!("{prefix}:events")
+}
+
+/// Where malformed entries are copied with their reason.
+pub fn rejected_key(prefix: &str) -> String {
+    format!("{prefix}:events:rejected")
+}
+
+/// Reads the event stream of `config` until `shutdown`.
+pub struct StreamConsumer {
+    /// Validates, fans out and queues what is read.
+    ingestor: Arc<Ingestor>,
+    /// `<prefix>:events`.
+    key: String,
+    /// `<prefix>:events:rejected`.
+    rejected: String,
+    /// The consumer group.
+    group: String,
+    /// This process's consumer name in the group.
+    consumer: String,
+    /// Largest accepted `data` field.
+    max_body_bytes: usize,
+    /// Pending entries idle this long belong to a consumer presumed dead.
+    claim_idle: Duration,
+    /// Redis URL.
+    url: String,
+    /// Whether `url` is a cluster seed.
+    cluster: bool,
+}
+
+impl StreamConsumer {
+    /// A consumer for `config`'s stream; `None` without a Redis URL.
+    pub fn new(config: &Config, ingestor: Arc<Ingestor>) -> Option<StreamConsumer> {
+        let url = config.queue.redis_url.as_ref()?.expose().to_owned();
+        let prefix = &config.queue.key_prefix;
+        Some(StreamConsumer {
+            ingestor,
+            key: stream_key(prefix),
+            rejected: rejected_key(prefix),
+            group: config.ingest.stream_group.clone(),
+            consumer: format!("hookd-{}-{}", std::process::id(), uuid::Uuid::now_v7().simple()),
+            max_body_bytes: config.ingest.max_body_bytes,
+            claim_idle: config.queue.lease,
+            url,
+            cluster: config.queue.cluster,
+        })
+    }
+
+    /// Reads until `shutdown`, reconnecting after errors.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut wait = Duration::from_millis(200);
+        while !shutdown.is_cancelled() {
+            let result = if self.cluster {
+                match self.connect_cluster().await {
+                    Ok(mut conn) => self.consume(&mut conn, &shutdown).await,
+                    Err(e) => Err(e),
+                }
+            } else {
+                match self.connect().await {
+                    Ok(mut conn) => self.consume(&mut conn, &shutdown).await,
+                    Err(e) => Err(e),
+                }
+            };
+            match result {
+                Ok(()) => break,
+                Err(e) => {
+                    error!(error = %e, stream = %self.key, retry_in = ?wait, "event stream: reading failed");
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = shutdown.cancelled() => break,
+                    }
+                    wait = (wait * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        info!(stream = %self.key, "event stream consumer stopped");
+    }
+
+    async fn connect(&self) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(5)))
+            .set_response_timeout(Some(BLOCK + Duration::from_secs(5)));
+        redis::Client::open(self.url.as_str())?
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+    }
+
+    async fn connect_cluster(&self) -> redis::RedisResult<redis::cluster_async::ClusterConnection> {
+        redis::cluster::ClusterClientBuilder::new(vec![self.url.as_str()])
+            .connection_timeout(Duration::from_secs(5))
+            .response_timeout(BLOCK + Duration::from_secs(5))
+            .build()?
+            .get_async_connection()
+            .await
+    }
+
+    async fn consume<C: ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
+        shutdown: &CancellationToken,
+    ) -> redis::RedisResult<()> {
+        let created: redis::RedisResult<()> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(&self.key)
+            .arg(&self.group)
+            .arg("0")
+            .arg("MKSTREAM")
+            .query_async(conn)
+            .await;
+        if let Err(e) = created {
+            if e.code() != Some("BUSYGROUP") {
+                return Err(e);
+            }
+        }
+        info!(stream = %self.key, group = %self.group, consumer = %self.consumer, "reading the event stream");
+        let mut next_autoclaim = tokio::time::Instant::now();
+        loop {
+            if tokio::time::Instant::now() >= next_autoclaim {
+                self.autoclaim(conn).await?;
+                next_autoclaim = tokio::time::Instant::now() + self.claim_idle / 4;
+            }
+            let mut read = redis::cmd("XREADGROUP");
+            read.arg("GROUP")
+                .arg(&self.group)
+                .arg(&self.consumer)
+                .arg("COUNT")
+                .arg(READ_COUNT)
+                .arg("BLOCK")
+                .arg(BLOCK.as_millis() as u64)
+                .arg("STREAMS")
+                .arg(&self.key)
+                .arg(">");
+            let reply = tokio::select! {
+                reply = read.query_async::<Option<StreamReadReply>>(conn) => reply?,
+                _ = shutdown.cancelled() => return Ok(()),
+            };
+            let entries: Vec<StreamId> = reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids).collect();
+            if !entries.is_empty() {
+                self.handle(conn, entries).await?;
+            }
+        }
+    }
+
+    /// Takes over entries left pending by consumers that went away.
+    async fn autoclaim<C: ConnectionLike + Send>(&self, conn: &mut C) -> redis::RedisResult<()> {
+        let mut start = "0-0".to_string();
+        loop {
+            let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
+                .arg(&self.key)
+                .arg(&self.group)
+                .arg(&self.consumer)
+                .arg(self.claim_idle.as_millis() as u64)
+                .arg(&start)
+                .arg("COUNT")
+                .arg(READ_COUNT)
+                .query_async(conn)
+                .await?;
+            if !reply.claimed.is_empty() {
+                info!(count = reply.claimed.len(), stream = %self.key, "event stream: took over pending entries");
+                self.handle(conn, reply.claimed).await?;
+            }
+            if reply.next_stream_id == "0-0" {
+                return Ok(());
+            }
+            start = reply.next_stream_id;
+        }
+    }
+
+    /// Queues the valid entries, moves the malformed ones aside, then
+    /// acknowledges all of them. If queueing fails nothing is acknowledged.
+    async fn handle<C: ConnectionLike + Send>(&self, conn: &mut C, entries: Vec<StreamId>) -> redis::RedisResult<()> {
+        let mut events = Vec::with_capacity(entries.len());
+        let mut rejected = Vec::new();
+        for entry in &entries {
+            match self.parse(&entry.map) {
+                Ok(event) => events.push(event),
+                Err(reason) => rejected.push((entry, reason)),
+            }
+        }
+        if !events.is_empty() {
+            if let Err(e) = self.ingestor.ingest_batch(events).await {
+                // Not acknowledged: read again after the lease (XAUTOCLAIM).
+                warn!(error = %e, count = entries.len(), "event stream: could not queue events; they stay pending");
+                return Ok(());
+            }
+        }
+        let mut pipe = redis::pipe();
+        for (entry, reason) in &rejected {
+            warn!(stream = %self.key, entry = %entry.id, reason = %reason, "event stream: malformed entry moved to {}", self.rejected);
+            let cmd = pipe
+                .cmd("XADD")
+                .arg(&self.rejected)
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(REJECTED_MAX_LEN)
+                .arg("*");
+            cmd.arg("entry").arg(&entry.id).arg("reason").arg(reason.to_string());
+            for (field, value) in &entry.map {
+                if let Value::BulkString(bytes) = value {
+                    cmd.arg(format!("field:{field}")).arg(bytes.as_slice());
+                }
+            }
+            cmd.ignore();
+        }
+        let ids: Vec<&str> = entries.iter().map(|e| e.id.as_str()).collect();
+        pipe.cmd("XACK").arg(&self.key).arg(&self.group).arg(&ids).ignore();
+        pipe.cmd("XDEL").arg(&self.key).arg(&ids).ignore();
+        pipe.query_async::<()>(conn).await
+    }
+
+    fn parse(&self, fields: &HashMap<String, Value>) -> Result<Event, Error> {
+        let text = |name: &'static str| -> Result<Option<&str>, Error> {
+            match fields.get(name) {
+                None => Ok(None),
+                Some(Value::BulkString(bytes)) => std::str::from_utf8(bytes).map(Some).map_err(|_| Error::Invalid {
+                    field: name,
+                    problem: "is not UTF-8".into(),
+                }),
+                Some(_) => Err(Error::Invalid {
+                    field: name,
+                    problem: "is not a string".into(),
+                }),
+            }
+        };
+        if let Some(unknown) = fields
+            .keys()
+            .find(|k| !["type", "data", "id", "timestamp"].contains(&k.as_str()))
+        {
+            return Err(Error::Invalid {
+                field: "entry",
+                problem: format!("has unknown field `{unknown}` (expected type, data, id, timestamp)"),
+            });
+        }
+        let data = text("data")?;
+        if let Some(data) = data {
+            if data.len() > self.max_body_bytes {
+                return Err(Error::TooLarge {
+                    size: data.len(),
+                    limit: self.max_body_bytes,
+                });
+            }
+        }
+        let timestamp = match text("timestamp")? {
+            Some(t) => Some(
+                chrono::DateTime::parse_from_rfc3339(t)
+                    .map_err(|e| Error::Invalid {
+                        field: "timestamp",
+                        problem: format!("is not RFC 3339: {e}"),
+                    })?
+                    .to_utc(),
+            ),
+            None => None,
+        };
+        from_parts(text("type")?, text("id")?, data, timestamp)
+    }
+}

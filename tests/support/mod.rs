@@ -4,6 +4,8 @@
 //! Each test crate that says `mod support;` uses only part of this.
 #![allow(dead_code)]
 
+pub mod receiver;
+
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;

@@ -1,0 +1,287 @@
+//! The HTTP API: ingest, admin, health.
+//!
+//! - `POST /v1/events`: one event → `202 {"id", "duplicate", "deliveries"}`.
+//! - `POST /v1/events/batch`: a JSON array of events, accepted all or none.
+//! - `GET /v1/deliveries/dead`, `GET /v1/deliveries/{id}`,
+//!   `POST /v1/deliveries/{id}/replay`: dead deliveries, kept and replayable.
+//! - `GET /healthz` (the process is up), `GET /readyz` (the queue answers).
+//!
+//! Everything under `/v1` needs `Authorization: Bearer <key>` when
+//! `server.api_keys` is set. Errors are JSON: `{"error": {"code", "message"}}`.
+
+pub mod client;
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, value::RawValue};
+use subtle::ConstantTimeEq;
+
+use crate::config::{Config, Secret};
+use crate::ingest::{self, Ingestor};
+use crate::queue::{now_ms, DeliveryId, Queue};
+
+/// What the handlers share.
+pub struct ApiState {
+    /// Validates, fans out and queues events.
+    pub ingestor: Arc<Ingestor>,
+    /// Read and act on queued and dead deliveries.
+    pub queue: Arc<dyn Queue>,
+    /// Accepted bearer keys; empty means no authentication.
+    pub api_keys: Vec<Secret>,
+    /// Largest event body.
+    pub max_body_bytes: usize,
+    /// Largest batch, in events.
+    pub max_batch: usize,
+}
+
+impl ApiState {
+    /// The API's state for `config`.
+    pub fn new(config: &Config, ingestor: Arc<Ingestor>, queue: Arc<dyn Queue>) -> ApiState {
+        ApiState {
+            ingestor,
+            queue,
+            api_keys: config.server.api_keys.clone(),
+            max_body_bytes: config.ingest.max_body_bytes,
+            max_batch: config.ingest.max_batch,
+        }
+    }
+
+    /// Largest batch body: the per-event limit times 16.
+    fn max_batch_bytes(&self) -> usize {
+        self.max_body_bytes.saturating_mul(16)
+    }
+}
+
+/// A JSON error answer.
+#[derive(Debug)]
+pub struct ApiError {
+    /// HTTP status.
+    status: StatusCode,
+    /// Stable machine-readable code.
+    code: &'static str,
+    /// What is wrong and what to do.
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = Json(json!({"error": {"code": self.code, "message": self.message}}));
+        let mut response = (self.status, body).into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+impl From<ingest::Error> for ApiError {
+    fn from(e: ingest::Error) -> ApiError {
+        match e {
+            ingest::Error::Invalid { .. } => ApiError::new(StatusCode::BAD_REQUEST, "invalid_event", e.to_string()),
+            ingest::Error::TooLarge { .. } | ingest::Error::BatchTooLarge { .. } => {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", e.to_string())
+            }
+            ingest::Error::Queue(_) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string()),
+        }
+    }
+}
+
+impl From<crate::queue::Error> for ApiError {
+    fn from(e: crate::queue::Error) -> ApiError {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string())
+    }
+}
+
+/// The API's routes.
+pub fn router(state: Arc<ApiState>) -> Router {
+    let v1 = Router::new()
+        .route("/events", post(post_event))
+        .route("/events/batch", post(post_batch))
+        .route("/deliveries/dead", get(list_dead))
+        .route("/deliveries/{id}", get(get_delivery))
+        .route("/deliveries/{id}/replay", post(replay_delivery))
+        .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
+    Router::new()
+        .nest("/v1", v1)
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/readyz", get(ready))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
+        .with_state(state)
+}
+
+async fn authenticate(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    if state.api_keys.is_empty() {
+        return Ok(next.run(request).await);
+    }
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "send `Authorization: Bearer <api key>`",
+            )
+        })?;
+    // Compare against every key, in constant time, without early exit.
+    let mut ok = subtle::Choice::from(0);
+    for key in &state.api_keys {
+        ok |= key.expose().as_bytes().ct_eq(given.as_bytes());
+    }
+    if bool::from(ok) {
+        Ok(next.run(request).await)
+    } else {
+        Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "the API key is not valid",
+        ))
+    }
+}
+
+/// Reads a body of at most `limit` bytes, answering 413 beyond it.
+async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
+    axum::body::to_bytes(body, limit).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("request body is over the limit of {limit} bytes (ingest.max_body_bytes)"),
+        )
+    })
+}
+
+async fn post_event(State(state): State<Arc<ApiState>>, body: Body) -> Result<Response, ApiError> {
+    let body = read_body(body, state.max_body_bytes).await?;
+    let event = ingest::parse_event(&body)?;
+    let accepted = state.ingestor.ingest(event).await?;
+    Ok((StatusCode::ACCEPTED, Json(accepted)).into_response())
+}
+
+async fn post_batch(State(state): State<Arc<ApiState>>, body: Body) -> Result<Response, ApiError> {
+    let body = read_body(body, state.max_batch_bytes()).await?;
+    let items: Vec<&RawValue> = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_event",
+            format!("batch must be a JSON array of events: {e}"),
+        )
+    })?;
+    if items.len() > state.max_batch {
+        return Err(ingest::Error::BatchTooLarge {
+            count: items.len(),
+            limit: state.max_batch,
+        }
+        .into());
+    }
+    let mut events = Vec::with_capacity(items.len());
+    for (n, item) in items.iter().enumerate() {
+        let text = item.get().as_bytes();
+        if text.len() > state.max_body_bytes {
+            let e = ingest::Error::TooLarge {
+                size: text.len(),
+                limit: state.max_body_bytes,
+            };
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!("event {n}: {e}"),
+            ));
+        }
+        let event = ingest::parse_event(text)
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_event", format!("event {n}: {e}")))?;
+        events.push(event);
+    }
+    let results = state.ingestor.ingest_batch(events).await?;
+    Ok((StatusCode::ACCEPTED, Json(json!({ "results": results }))).into_response())
+}
+
+#[derive(Deserialize)]
+struct LimitQuery {
+    limit: Option<usize>,
+}
+
+async fn list_dead(State(state): State<Arc<ApiState>>, Query(q): Query<LimitQuery>) -> Result<Response, ApiError> {
+    let dead = state.queue.dead(q.limit.unwrap_or(100).min(1000)).await?;
+    let items: Vec<_> = dead.iter().map(delivery_json).collect();
+    Ok(Json(json!({ "deliveries": items })).into_response())
+}
+
+fn parse_id(id: &str) -> Result<DeliveryId, ApiError> {
+    DeliveryId::parse(id).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_id", e))
+}
+
+async fn get_delivery(State(state): State<Arc<ApiState>>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    match state.queue.get(&id).await? {
+        Some((delivery, standing)) => {
+            let mut body = delivery_json(&delivery);
+            body["standing"] = serde_json::to_value(standing).unwrap_or_default();
+            Ok(Json(body).into_response())
+        }
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("delivery {id} is not queued or dead (delivered deliveries are not kept)"),
+        )),
+    }
+}
+
+async fn replay_delivery(State(state): State<Arc<ApiState>>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    if state.queue.replay(&id, now_ms()).await? {
+        state.ingestor.wake();
+        Ok((StatusCode::ACCEPTED, Json(json!({"id": id, "replayed": true}))).into_response())
+    } else {
+        Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "not_dead",
+            format!("delivery {id} is not dead: nothing to replay"),
+        ))
+    }
+}
+
+fn delivery_json(d: &crate::queue::Delivery) -> serde_json::Value {
+    json!({
+        "id": d.id,
+        "event_id": d.event_id,
+        "event_type": d.event_type,
+        "subscription": d.subscription,
+        "created_at": chrono::DateTime::from_timestamp_millis(d.created_at),
+        "attempts": d.attempts,
+        "last_error": d.last_error,
+        "body": String::from_utf8_lossy(&d.body),
+    })
+}
+
+async fn ready(State(state): State<Arc<ApiState>>) -> Response {
+    match state.queue.ping().await {
+        Ok(()) => Json(json!({"status": "ready"})).into_response(),
+        Err(e) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", e.to_string()).into_response(),
+    }
+}

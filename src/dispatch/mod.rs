@@ -1,0 +1,394 @@
+//! Dispatch: claim due deliveries, attempt them, settle the outcome.
+//!
+//! One claim loop per process takes batches from the [`Queue`] (as many
+//! as there are free in-flight slots), and spawns one task per delivery.
+//! Each task waits for nothing: if its subscription is at its in-flight cap
+//! the delivery is deferred (given back unattempted, not counted as an
+//! attempt) so a slow endpoint never holds slots the others could use.
+//! Otherwise it signs, sends, classifies the result ([`policy::classify`]),
+//! and hands a [`Settlement`] to the settle task, which batches them into
+//! one queue call. The step between claim and sign is where a
+//! subscription's plugin will run.
+
+pub mod policy;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, USER_AGENT};
+use rand::Rng;
+use tokio::sync::{mpsc, Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, error, info, warn};
+
+use crate::config::{Config, SubscriptionConfig, SubscriptionName};
+use crate::deliver::{self, Client};
+use crate::queue::{now_ms, Claim, Delivery, Millis, Queue, Settlement};
+use crate::sign::{self, Signer};
+use policy::{classify, Attempted, Outcome, RetryPolicy};
+
+/// The `user-agent` every request carries.
+pub const USER_AGENT_VALUE: &str = concat!("hookd/", env!("CARGO_PKG_VERSION"));
+
+/// Most deliveries claimed in one queue call.
+const CLAIM_BATCH: usize = 512;
+/// Most settlements written in one queue call.
+const SETTLE_BATCH: usize = 1024;
+/// Delay before a deferred delivery (its subscription was full) is due again.
+const DEFER_DELAY: Duration = Duration::from_millis(50);
+/// How long a disabled subscription's deliveries wait before being looked at again.
+const DISABLED_DELAY: Duration = Duration::from_secs(3600);
+
+/// Why the dispatcher could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A subscription's endpoint could not be prepared.
+    #[error("subscription `{subscription}`: {reason}")]
+    Endpoint { subscription: String, reason: String },
+    /// The HTTP client could not be built.
+    #[error(transparent)]
+    Client(#[from] deliver::Error),
+}
+
+/// A subscription, ready to deliver to.
+pub struct Endpoint {
+    /// The subscription's name.
+    name: SubscriptionName,
+    /// Where to POST.
+    url: http::Uri,
+    /// Custom headers, validated at load.
+    headers: HeaderMap,
+    /// Signs with every configured secret.
+    signer: Signer,
+    /// Per-attempt timeout.
+    timeout: Duration,
+    /// When and whether to retry.
+    retry: RetryPolicy,
+    /// In-flight cap for this subscription.
+    permits: Arc<Semaphore>,
+    /// Set when the endpoint answered 410 Gone: nothing more is sent.
+    disabled: AtomicBool,
+}
+
+impl Endpoint {
+    fn new(config: &Config, sub: &SubscriptionConfig) -> Result<Endpoint, Error> {
+        let fail = |reason: String| Error::Endpoint {
+            subscription: sub.name.to_string(),
+            reason,
+        };
+        let url = sub.url.parse().map_err(|e| fail(format!("bad url: {e}")))?;
+        let mut headers = HeaderMap::new();
+        for (name, value) in &sub.headers {
+            let name = HeaderName::from_bytes(name.as_bytes()).map_err(|e| fail(format!("header {name}: {e}")))?;
+            let value = HeaderValue::from_str(value).map_err(|e| fail(format!("header {name}: {e}")))?;
+            headers.insert(name, value);
+        }
+        let signer = Signer::new(&sub.secrets).map_err(|e| fail(e.to_string()))?;
+        Ok(Endpoint {
+            name: sub.name.clone(),
+            url,
+            headers,
+            signer,
+            timeout: sub.timeout.unwrap_or(config.delivery.timeout),
+            retry: RetryPolicy::from_config(&config.delivery, sub.max_retries),
+            permits: Arc::new(Semaphore::new(
+                sub.max_in_flight
+                    .unwrap_or(config.delivery.max_in_flight_per_subscription),
+            )),
+            disabled: AtomicBool::new(!sub.enabled),
+        })
+    }
+
+    /// The request for one attempt: signed now, with every hookd header.
+    fn request(&self, delivery: &Delivery, now_secs: i64) -> deliver::Request {
+        let mut headers = self.headers.clone();
+        let id = delivery.event_id.as_str();
+        let signature = self.signer.sign(id, now_secs, &delivery.body);
+        let pairs = [
+            (sign::HEADER_WEBHOOK_ID, id.to_owned()),
+            (sign::HEADER_WEBHOOK_TIMESTAMP, now_secs.to_string()),
+            (sign::HEADER_WEBHOOK_SIGNATURE, signature),
+            (sign::HEADER_CONTENT_DIGEST, sign::content_digest(&delivery.body)),
+        ];
+        for (name, value) in pairs {
+            // Ids, digits, base64 and spaces: always valid header values.
+            if let Ok(value) = HeaderValue::from_str(&value) {
+                headers.insert(HeaderName::from_static(name), value);
+            }
+        }
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(USER_AGENT, HeaderValue::from_static(USER_AGENT_VALUE));
+        deliver::Request {
+            url: self.url.clone(),
+            headers,
+            body: delivery.body.clone(),
+            timeout: self.timeout,
+        }
+    }
+}
+
+/// Everything the claim loop and its delivery tasks share.
+struct Shared {
+    /// Where deliveries wait.
+    queue: Arc<dyn Queue>,
+    /// The outbound HTTP client, shared by every delivery.
+    client: Client,
+    /// Subscriptions by name.
+    endpoints: HashMap<SubscriptionName, Arc<Endpoint>>,
+    /// Settlements on their way to the queue.
+    settle_tx: mpsc::UnboundedSender<Settlement>,
+}
+
+/// The claim loop and its delivery tasks.
+pub struct Dispatcher {
+    /// State shared with delivery tasks.
+    shared: Arc<Shared>,
+    /// Receiving end of the settlements, taken by [`Dispatcher::run`].
+    settle_rx: mpsc::UnboundedReceiver<Settlement>,
+    /// Free in-flight slots of this process.
+    slots: Arc<Semaphore>,
+    /// How long a claim stays invisible to other workers.
+    lease: Duration,
+    /// Longest sleep when nothing is due (other processes may enqueue).
+    poll: Duration,
+    /// Woken by local ingest after an enqueue.
+    queued: Arc<Notify>,
+}
+
+impl Dispatcher {
+    /// Prepares every subscription's endpoint and the HTTP client.
+    pub fn new(config: &Config, queue: Arc<dyn Queue>, queued: Arc<Notify>) -> Result<Dispatcher, Error> {
+        let client = Client::new(&config.delivery)?;
+        let mut endpoints = HashMap::new();
+        for sub in &config.subscriptions {
+            endpoints.insert(sub.name.clone(), Arc::new(Endpoint::new(config, sub)?));
+        }
+        let (settle_tx, settle_rx) = mpsc::unbounded_channel();
+        Ok(Dispatcher {
+            shared: Arc::new(Shared {
+                queue,
+                client,
+                endpoints,
+                settle_tx,
+            }),
+            settle_rx,
+            slots: Arc::new(Semaphore::new(config.delivery.max_in_flight)),
+            lease: config.queue.lease,
+            poll: config.queue.poll_interval,
+            queued,
+        })
+    }
+
+    /// Claims and delivers until `shutdown` is cancelled, then lets the
+    /// deliveries in flight finish and writes their settlements. Anything
+    /// still unsettled falls due again when its lease runs out.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let Dispatcher {
+            shared,
+            settle_rx,
+            slots,
+            lease,
+            poll,
+            queued,
+        } = self;
+        let settler = tokio::spawn(settle_loop(shared.queue.clone(), settle_rx));
+        let tasks = TaskTracker::new();
+        let mut backoff = Duration::from_millis(100);
+        while !shutdown.is_cancelled() {
+            // Wait for at least one free slot.
+            let first = tokio::select! {
+                permit = slots.clone().acquire_owned() => match permit { Ok(p) => p, Err(_) => break },
+                _ = shutdown.cancelled() => break,
+            };
+            let free = slots.available_permits() + 1;
+            let claimed = match shared.queue.claim(now_ms(), lease, free.min(CLAIM_BATCH)).await {
+                Ok(claimed) => {
+                    backoff = Duration::from_millis(100);
+                    claimed
+                }
+                Err(e) => {
+                    error!(error = %e, retry_in = ?backoff, "cannot claim deliveries");
+                    drop(first);
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = shutdown.cancelled() => break,
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            };
+            if claimed.claims.is_empty() {
+                drop(first);
+                let wait = claimed
+                    .next_due
+                    .map(|due| Duration::from_millis((due - now_ms()).clamp(0, i64::MAX) as u64))
+                    .unwrap_or(poll)
+                    .min(poll);
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = queued.notified() => {}
+                    _ = shutdown.cancelled() => break,
+                }
+                continue;
+            }
+            let mut permits = Some(first);
+            for claim in claimed.claims {
+                let slot = match permits.take() {
+                    Some(p) => p,
+                    // The loop is the only claimer of slots: these are free.
+                    None => match slots.clone().try_acquire_owned() {
+                        Ok(p) => p,
+                        Err(_) => {
+                            defer(&shared, &claim, DEFER_DELAY);
+                            continue;
+                        }
+                    },
+                };
+                let shared = shared.clone();
+                tasks.spawn(async move {
+                    attempt(&shared, claim).await;
+                    drop(slot);
+                });
+            }
+        }
+        info!(
+            in_flight = tasks.len(),
+            "dispatcher stopping: draining deliveries in flight"
+        );
+        tasks.close();
+        tasks.wait().await;
+        drop(shared);
+        if let Err(e) = settler.await {
+            error!(error = %e, "settle task failed");
+        }
+        info!("dispatcher stopped");
+    }
+}
+
+fn defer(shared: &Shared, claim: &Claim, delay: Duration) {
+    let due = now_ms() + delay.as_millis() as Millis;
+    let _ = shared.settle_tx.send(Settlement::Defer {
+        id: claim.delivery.id.clone(),
+        lease: claim.lease,
+        due,
+    });
+}
+
+/// One attempt of one delivery, ending in exactly one settlement.
+async fn attempt(shared: &Shared, claim: Claim) {
+    let Claim { mut delivery, lease } = claim;
+    let Some(endpoint) = shared.endpoints.get(&delivery.subscription) else {
+        warn!(delivery_id = %delivery.id, subscription = %delivery.subscription,
+            "subscription is no longer configured: delivery kept as dead");
+        delivery.last_error = Some(format!("subscription `{}` is not configured", delivery.subscription));
+        let _ = shared.settle_tx.send(Settlement::Dead { delivery, lease });
+        return;
+    };
+    if endpoint.disabled.load(Ordering::Relaxed) {
+        let due = now_ms() + DISABLED_DELAY.as_millis() as Millis;
+        let _ = shared.settle_tx.send(Settlement::Defer {
+            id: delivery.id,
+            lease,
+            due,
+        });
+        return;
+    }
+    let Ok(_permit) = endpoint.permits.clone().try_acquire_owned() else {
+        let due = now_ms() + DEFER_DELAY.as_millis() as Millis + rand::rng().random_range(0..50);
+        let _ = shared.settle_tx.send(Settlement::Defer {
+            id: delivery.id,
+            lease,
+            due,
+        });
+        return;
+    };
+
+    let started = chrono::Utc::now();
+    let request = endpoint.request(&delivery, started.timestamp());
+    let result = shared.client.send(request).await;
+    delivery.attempts += 1;
+    let attempted = match &result {
+        Ok(response) => Attempted::Answered {
+            status: response.status.as_u16(),
+            retry_after: response
+                .headers
+                .get(http::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok()),
+        },
+        Err(failure) => Attempted::Failed {
+            retryable: failure.is_retryable(),
+        },
+    };
+    let outcome = classify(attempted, chrono::Utc::now());
+    let error = match &result {
+        Ok(response) if outcome != Outcome::Delivered => Some(format!("endpoint answered {}", response.status)),
+        Ok(_) => None,
+        Err(failure) => Some(format!("{}: {failure}", failure.kind())),
+    };
+    let status = result.as_ref().ok().map(|r| r.status.as_u16());
+    let elapsed_ms = (chrono::Utc::now() - started).num_milliseconds();
+    let settlement = match outcome {
+        Outcome::Delivered => {
+            debug!(event_id = %delivery.event_id, delivery_id = %delivery.id, subscription = %endpoint.name,
+                attempt = delivery.attempts, status, elapsed_ms, "delivered");
+            Settlement::Ack { id: delivery.id, lease }
+        }
+        Outcome::Retry { not_before } => {
+            delivery.last_error = error;
+            match endpoint.retry.next(delivery.attempts, not_before, &mut rand::rng()) {
+                Some(delay) => {
+                    info!(event_id = %delivery.event_id, delivery_id = %delivery.id, subscription = %endpoint.name,
+                        attempt = delivery.attempts, status, elapsed_ms, error = delivery.last_error.as_deref(),
+                        retry_in = ?delay, "attempt failed, will retry");
+                    let due = now_ms() + delay.as_millis() as Millis;
+                    Settlement::Retry { delivery, lease, due }
+                }
+                None => {
+                    warn!(event_id = %delivery.event_id, delivery_id = %delivery.id, subscription = %endpoint.name,
+                        attempt = delivery.attempts, status, error = delivery.last_error.as_deref(),
+                        "retries exhausted: delivery is dead");
+                    Settlement::Dead { delivery, lease }
+                }
+            }
+        }
+        Outcome::Gone => {
+            endpoint.disabled.store(true, Ordering::Relaxed);
+            warn!(subscription = %endpoint.name, event_id = %delivery.event_id, delivery_id = %delivery.id,
+                "endpoint answered 410 Gone: subscription disabled, nothing more is sent to it");
+            delivery.last_error = Some("endpoint answered 410 Gone; subscription disabled".into());
+            Settlement::Dead { delivery, lease }
+        }
+        Outcome::Refused => {
+            warn!(event_id = %delivery.event_id, delivery_id = %delivery.id, subscription = %endpoint.name,
+                error = error.as_deref(), "attempt refused permanently: delivery is dead");
+            delivery.last_error = error;
+            Settlement::Dead { delivery, lease }
+        }
+    };
+    let _ = shared.settle_tx.send(settlement);
+}
+
+/// Writes settlements in batches until every sender is gone.
+async fn settle_loop(queue: Arc<dyn Queue>, mut rx: mpsc::UnboundedReceiver<Settlement>) {
+    let mut batch = Vec::with_capacity(SETTLE_BATCH);
+    while rx.recv_many(&mut batch, SETTLE_BATCH).await > 0 {
+        let mut wait = Duration::from_millis(50);
+        // A settlement that cannot be written is not lost: the lease runs
+        // out and the delivery is attempted again (at least once). Keep
+        // trying a while so that a short Redis blip causes no duplicates.
+        for _ in 0..8 {
+            match queue.settle(&batch).await {
+                Ok(()) => break,
+                Err(e) => {
+                    error!(error = %e, count = batch.len(), retry_in = ?wait, "cannot write settlements");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+        batch.clear();
+    }
+}

@@ -1,0 +1,543 @@
+//! End to end: events in through the API and the Redis stream, signed
+//! webhooks out to a real receiver, on both queue backends.
+
+mod support;
+
+use std::time::Duration;
+
+use hookd::api::client::ApiClient;
+use hookd::config::Config;
+use serde_json::json;
+use support::receiver::{Answer, Receiver, SECRET};
+use support::RedisServer;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+const WAIT: Duration = Duration::from_secs(15);
+
+/// Where a test's hookd keeps its queue.
+enum Backend {
+    Embedded,
+    Redis,
+}
+
+/// hookd running in this process on a port-0 listener.
+struct Hookd {
+    api: ApiClient,
+    shutdown: CancellationToken,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    _dir: tempfile::TempDir,
+    _redis: Option<RedisServer>,
+    redis_url: Option<String>,
+    prefix: String,
+}
+
+impl Hookd {
+    async fn start(backend: Backend, toml: &str) -> Hookd {
+        let dir = tempfile::tempdir().unwrap();
+        let prefix = support::unique_prefix("pipeline");
+        let (redis, queue_toml) = match backend {
+            Backend::Embedded => (
+                None,
+                format!("[queue]\ndata_dir = {:?}\n", dir.path().display().to_string()),
+            ),
+            Backend::Redis => {
+                let redis = RedisServer::start();
+                let t = format!("[queue]\nredis_url = \"{}\"\nkey_prefix = \"{prefix}\"\n", redis.url());
+                (Some(redis), t)
+            }
+        };
+        // The test's own keys follow [delivery]; a test that refuses private
+        // networks says so itself.
+        let private = if toml.contains("allow_private_networks") {
+            ""
+        } else {
+            "allow_private_networks = true\n"
+        };
+        let text = format!(
+            "{queue_toml}poll_interval = \"20ms\"\n[delivery]\nallow_http = true\n{private}backoff_initial = \"100ms\"\nbackoff_multiplier = 2.0\n{toml}"
+        );
+        let config = Config::from_toml(&text).unwrap_or_else(|e| panic!("test config: {e}\n{text}"));
+        let redis_url = config.queue.redis_url.as_ref().map(|u| u.expose().to_owned());
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let api = ApiClient::new(
+            &format!("http://{}", listener.local_addr().unwrap()),
+            Some("test-key".into()),
+        );
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(hookd::run(config, listener, shutdown.clone()));
+        Hookd {
+            api,
+            shutdown,
+            task: Some(task),
+            _dir: dir,
+            _redis: redis,
+            redis_url,
+            prefix,
+        }
+    }
+
+    async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(task) = self.task.take() {
+            task.await.unwrap().unwrap();
+        }
+    }
+
+    async fn send(&self, event: serde_json::Value) -> serde_json::Value {
+        self.api.post("/v1/events", event.to_string()).await.unwrap()
+    }
+}
+
+fn subscription(name: &str, url: &str, events: &str, extra: &str) -> String {
+    format!(
+        "\n[[subscriptions]]\nname = \"{name}\"\nurl = \"{url}\"\nevents = {events}\nsecrets = [\"{SECRET}\"]\n{extra}\n"
+    )
+}
+
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod with_embedded {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name(super::Backend::Embedded).await })*
+        }
+        mod with_redis {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name(super::Backend::Redis).await })*
+        }
+    };
+}
+
+on_both_backends!(
+    delivers_signed_webhooks_to_matching_subscriptions,
+    duplicate_event_ids_are_delivered_once,
+    failures_retry_with_the_same_id_until_acknowledged,
+    exhausted_deliveries_are_dead_listed_and_replayable,
+    retry_after_is_honoured,
+    gone_stops_deliveries_to_the_subscription,
+    private_addresses_are_refused_without_retry,
+    batch_ingest_is_all_or_nothing,
+);
+
+async fn delivers_signed_webhooks_to_matching_subscriptions(backend: Backend) {
+    let rx = Receiver::start().await;
+    let subs = subscription(
+        "crm",
+        &rx.url("crm"),
+        r#"["coupon.*", "stamp.rewarded"]"#,
+        r#"headers = { "x-api-key" = "k-123" }"#,
+    ) + &subscription("clicks", &rx.url("clicks"), r#"["link.clicked"]"#, "")
+        + &subscription("all", &rx.url("all"), r#"["*"]"#, "");
+    let hookd = Hookd::start(backend, &subs).await;
+
+    let a = hookd
+        .send(json!({"type": "coupon.redeemed", "id": "evt_c1", "data": {"coupon": "SPRING", "amount": 12}}))
+        .await;
+    assert_eq!(a, json!({"id": "evt_c1", "duplicate": false, "deliveries": 2}));
+    let b = hookd
+        .send(json!({"type": "link.clicked", "data": {"link": "l1"}}))
+        .await;
+    assert_eq!(b["deliveries"], 2);
+    let c = hookd
+        .send(json!({"type": "user.updated", "data": {"user": "u1"}}))
+        .await;
+    assert_eq!(c["deliveries"], 1);
+
+    let arrivals = rx.wait_for(WAIT, "5 deliveries", |a| a.len() >= 5).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let arrivals_after = rx.arrivals();
+    assert_eq!(
+        arrivals_after.len(),
+        5,
+        "exactly one delivery per matching subscription"
+    );
+    assert!(arrivals.iter().all(|a| a.verified), "every request verifies");
+
+    let crm = rx.at("crm");
+    assert_eq!(crm.len(), 1);
+    let h = &crm[0].headers;
+    assert_eq!(h["webhook-id"], "evt_c1");
+    assert_eq!(h["x-api-key"], "k-123");
+    assert_eq!(h["content-type"], "application/json");
+    assert!(h["user-agent"].to_str().unwrap().starts_with("hookd/"));
+    assert!(h["content-digest"].to_str().unwrap().starts_with("sha-256=:"));
+    let ts: i64 = h["webhook-timestamp"].to_str().unwrap().parse().unwrap();
+    assert!((chrono::Utc::now().timestamp() - ts).abs() < 30);
+    let body = crm[0].json();
+    assert_eq!(body["type"], "coupon.redeemed");
+    assert_eq!(body["data"], json!({"coupon": "SPRING", "amount": 12}));
+    assert!(body["timestamp"].as_str().unwrap().ends_with('Z'));
+
+    assert_eq!(rx.at("clicks").len(), 1);
+    assert_eq!(rx.at("all").len(), 3);
+    assert_eq!(rx.at("all").iter().filter(|a| a.id == "evt_c1").count(), 1);
+    hookd.stop().await;
+}
+
+async fn duplicate_event_ids_are_delivered_once(backend: Backend) {
+    let rx = Receiver::start().await;
+    let hookd = Hookd::start(backend, &subscription("crm", &rx.url("crm"), r#"["*"]"#, "")).await;
+    let event = json!({"type": "stamp.rewarded", "id": "evt_dup", "data": {"stamps": 10}});
+    assert_eq!(hookd.send(event.clone()).await["duplicate"], false);
+    assert_eq!(
+        hookd.send(event.clone()).await,
+        json!({"id": "evt_dup", "duplicate": true, "deliveries": 0})
+    );
+    rx.wait_for(WAIT, "the delivery", |a| !a.is_empty()).await;
+    assert_eq!(
+        hookd.send(event).await["duplicate"],
+        true,
+        "still a duplicate after delivery"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(rx.arrivals().len(), 1);
+    hookd.stop().await;
+}
+
+async fn failures_retry_with_the_same_id_until_acknowledged(backend: Backend) {
+    let rx = Receiver::start_with(|_, _, attempt| match attempt {
+        1 => Answer::Status(500, vec![]),
+        2 => Answer::Status(302, vec![("location", "http://127.0.0.1:1/elsewhere".into())]),
+        _ => Answer::ok(),
+    })
+    .await;
+    let hookd = Hookd::start(backend, &subscription("crm", &rx.url("crm"), r#"["*"]"#, "")).await;
+    hookd
+        .send(json!({"type": "coupon.redeemed", "id": "evt_r", "data": {"amount": 3}}))
+        .await;
+    let arrivals = rx.wait_for(WAIT, "3 attempts", |a| a.len() >= 3).await;
+    assert_eq!(arrivals.iter().map(|a| a.attempt).collect::<Vec<_>>(), [1, 2, 3]);
+    assert!(arrivals.iter().all(|a| a.id == "evt_r" && a.verified));
+    assert!(
+        arrivals.windows(2).all(|w| w[0].body == w[1].body),
+        "retries resend identical bytes"
+    );
+    let gap = arrivals[2].at - arrivals[1].at;
+    assert!(
+        gap >= Duration::from_millis(120),
+        "second retry waits longer than the first backoff: {gap:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(rx.arrivals().len(), 3, "nothing after the acknowledgement");
+    hookd.stop().await;
+}
+
+async fn exhausted_deliveries_are_dead_listed_and_replayable(backend: Backend) {
+    let rx = Receiver::start_with(|_, _, _| Answer::Status(500, vec![])).await;
+    let hookd = Hookd::start(
+        backend,
+        &subscription("crm", &rx.url("crm"), r#"["*"]"#, "max_retries = 2"),
+    )
+    .await;
+    hookd
+        .send(json!({"type": "coupon.redeemed", "id": "evt_dead", "data": {}}))
+        .await;
+    rx.wait_for(WAIT, "3 attempts", |a| a.len() >= 3).await;
+
+    let dead = wait_for_dead(&hookd, 1).await;
+    let d = &dead[0];
+    assert_eq!(d["event_id"], "evt_dead");
+    assert_eq!(d["subscription"], "crm");
+    assert_eq!(d["attempts"], 3);
+    assert!(d["last_error"].as_str().unwrap().contains("500"), "{d}");
+    let id = d["id"].as_str().unwrap();
+    let shown = hookd.api.get(&format!("/v1/deliveries/{id}")).await.unwrap();
+    assert_eq!(shown["standing"]["state"], "dead");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(rx.arrivals().len(), 3, "5xx after the last retry: no more attempts");
+
+    rx.answer_with(|_, _, _| Answer::ok());
+    let replayed = hookd
+        .api
+        .post(&format!("/v1/deliveries/{id}/replay"), "")
+        .await
+        .unwrap();
+    assert_eq!(replayed["replayed"], true);
+    rx.wait_for(WAIT, "the replayed delivery", |a| a.len() >= 4).await;
+    assert!(wait_for_dead(&hookd, 0).await.is_empty());
+    let again = hookd
+        .api
+        .post(&format!("/v1/deliveries/{id}/replay"), "")
+        .await
+        .unwrap_err();
+    assert!(again.to_string().contains("not dead"), "{again}");
+    hookd.stop().await;
+}
+
+async fn wait_for_dead(hookd: &Hookd, n: usize) -> Vec<serde_json::Value> {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let answer = hookd.api.get("/v1/deliveries/dead").await.unwrap();
+        let dead = answer["deliveries"].as_array().unwrap().clone();
+        if dead.len() == n {
+            return dead;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "expected {n} dead deliveries, have {dead:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn retry_after_is_honoured(backend: Backend) {
+    let rx = Receiver::start_with(|_, _, attempt| match attempt {
+        1 => Answer::Status(429, vec![("retry-after", "1".into())]),
+        _ => Answer::ok(),
+    })
+    .await;
+    let hookd = Hookd::start(backend, &subscription("crm", &rx.url("crm"), r#"["*"]"#, "")).await;
+    hookd.send(json!({"type": "coupon.redeemed", "data": {}})).await;
+    let arrivals = rx.wait_for(WAIT, "2 attempts", |a| a.len() >= 2).await;
+    let gap = arrivals[1].at - arrivals[0].at;
+    assert!(
+        gap >= Duration::from_millis(950),
+        "Retry-After: 1 honoured over a 100ms backoff: {gap:?}"
+    );
+    hookd.stop().await;
+}
+
+async fn gone_stops_deliveries_to_the_subscription(backend: Backend) {
+    let rx = Receiver::start_with(|path, _, _| {
+        if path == "gone" {
+            Answer::Status(410, vec![])
+        } else {
+            Answer::ok()
+        }
+    })
+    .await;
+    let subs = subscription("gone", &rx.url("gone"), r#"["*"]"#, "max_in_flight = 1")
+        + &subscription("fine", &rx.url("fine"), r#"["*"]"#, "");
+    let hookd = Hookd::start(backend, &subs).await;
+    hookd
+        .send(json!({"type": "link.clicked", "id": "evt_g1", "data": {}}))
+        .await;
+    rx.wait_for(WAIT, "the 410", |a| a.iter().any(|a| a.path == "gone"))
+        .await;
+    for n in 2..=4 {
+        hookd
+            .send(json!({"type": "link.clicked", "id": format!("evt_g{n}"), "data": {}}))
+            .await;
+    }
+    rx.wait_for(WAIT, "4 deliveries to the healthy subscription", |a| {
+        a.iter().filter(|a| a.path == "fine").count() >= 4
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(rx.at("gone").len(), 1, "nothing is sent after 410 Gone");
+    let dead = wait_for_dead(&hookd, 1).await;
+    assert!(dead[0]["last_error"].as_str().unwrap().contains("410"));
+    hookd.stop().await;
+}
+
+async fn private_addresses_are_refused_without_retry(backend: Backend) {
+    let rx = Receiver::start().await;
+    let hookd = Hookd::start(
+        backend,
+        &format!(
+            "allow_private_networks = false\n{}",
+            subscription("crm", &rx.url("crm"), r#"["*"]"#, "")
+        ),
+    )
+    .await;
+    hookd.send(json!({"type": "coupon.redeemed", "data": {}})).await;
+    let dead = wait_for_dead(&hookd, 1).await;
+    let error = dead[0]["last_error"].as_str().unwrap();
+    assert!(error.contains("blocked") && error.contains("127.0.0.1"), "{error}");
+    assert_eq!(dead[0]["attempts"], 1, "a refused address is not retried");
+    assert!(rx.arrivals().is_empty(), "the receiver saw nothing");
+    hookd.stop().await;
+}
+
+async fn batch_ingest_is_all_or_nothing(backend: Backend) {
+    let rx = Receiver::start().await;
+    let hookd = Hookd::start(backend, &subscription("crm", &rx.url("crm"), r#"["*"]"#, "")).await;
+    let bad = json!([{"type": "a.b", "data": {}}, {"type": "a.b", "data": 5}]);
+    let err = hookd
+        .api
+        .post("/v1/events/batch", bad.to_string())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("400") && err.contains("event 1") && err.contains("`data`"),
+        "{err}"
+    );
+    let good: Vec<_> = (0..50)
+        .map(|n| json!({"type": "link.clicked", "id": format!("evt_b{n}"), "data": {"n": n}}))
+        .collect();
+    let answer = hookd
+        .api
+        .post("/v1/events/batch", serde_json::to_string(&good).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(answer["results"].as_array().unwrap().len(), 50);
+    rx.wait_for(WAIT, "50 deliveries", |a| a.len() >= 50).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(rx.arrivals().len(), 50, "the refused batch queued nothing");
+    hookd.stop().await;
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_clear_error() {
+    let rx = Receiver::start().await;
+    let hookd = Hookd::start(
+        Backend::Embedded,
+        &format!(
+            "[ingest]\nmax_body_bytes = 1024\n{}",
+            subscription("crm", &rx.url("crm"), r#"["*"]"#, "")
+        ),
+    )
+    .await;
+    let cases: &[(&str, &str)] = &[
+        ("{not json", "400"),
+        (r#"{"data": {}}"#, "`type` is missing"),
+        (r#"{"type": "coupon..redeemed", "data": {}}"#, "`type`"),
+        (
+            r#"{"type": "coupon.redeemed", "data": "text"}"#,
+            "must be a JSON object",
+        ),
+        (r#"{"type": "coupon.redeemed"}"#, "`data` is missing"),
+    ];
+    for (body, want) in cases {
+        let err = hookd
+            .api
+            .post("/v1/events", body.to_string())
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(want), "{body}: {err}");
+    }
+    let big = json!({"type": "a.b", "data": {"x": "y".repeat(2000)}}).to_string();
+    let err = hookd.api.post("/v1/events", big).await.unwrap_err().to_string();
+    assert!(err.contains("413") && err.contains("1024"), "{err}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(rx.arrivals().is_empty(), "nothing refused was delivered");
+    hookd.stop().await;
+}
+
+#[tokio::test]
+async fn api_keys_guard_v1_but_not_health() {
+    let hookd = Hookd::start(
+        Backend::Embedded,
+        "[server]\napi_keys = [\"test-key\", \"other-key\"]\n",
+    )
+    .await;
+    let base = hookd.api_base();
+    let no_key = ApiClient::new(&base, None)
+        .post("/v1/events", r#"{"type":"a.b","data":{}}"#)
+        .await
+        .unwrap_err();
+    assert!(no_key.to_string().contains("401"), "{no_key}");
+    let wrong = ApiClient::new(&base, Some("nope".into()))
+        .get("/v1/deliveries/dead")
+        .await
+        .unwrap_err();
+    assert!(wrong.to_string().contains("401"), "{wrong}");
+    let other = ApiClient::new(&base, Some("other-key".into()));
+    assert!(other.get("/v1/deliveries/dead").await.is_ok());
+    assert_eq!(
+        ApiClient::new(&base, None).get("/healthz").await.unwrap()["status"],
+        "ok"
+    );
+    assert_eq!(
+        ApiClient::new(&base, None).get("/readyz").await.unwrap()["status"],
+        "ready"
+    );
+    hookd.stop().await;
+}
+
+impl Hookd {
+    fn api_base(&self) -> String {
+        self.api.base().to_owned()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_stream_producers_are_delivered_and_malformed_entries_set_aside() {
+    let rx = Receiver::start().await;
+    let hookd = Hookd::start(
+        Backend::Redis,
+        &subscription("crm", &rx.url("crm"), r#"["coupon.*"]"#, ""),
+    )
+    .await;
+    let client = redis::Client::open(hookd.redis_url.clone().unwrap()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let stream = format!("{}:events", hookd.prefix);
+    let add = |fields: Vec<(&'static str, String)>| {
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(&stream).arg("*");
+        for (k, v) in fields {
+            cmd.arg(k).arg(v);
+        }
+        cmd
+    };
+    let _: String = add(vec![
+        ("type", "coupon.redeemed".into()),
+        ("data", r#"{"amount":7}"#.into()),
+        ("id", "evt_s1".into()),
+    ])
+    .query_async(&mut conn)
+    .await
+    .unwrap();
+    let _: String = add(vec![("type", "coupon.redeemed".into()), ("data", "[1,2]".into())])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _: String = add(vec![("data", "{}".into())]).query_async(&mut conn).await.unwrap();
+    let _: String = add(vec![
+        ("type", "coupon.redeemed".into()),
+        ("data", r#"{"amount":8}"#.into()),
+        ("id", "evt_s1".into()),
+    ])
+    .query_async(&mut conn)
+    .await
+    .unwrap();
+
+    let arrivals = rx.wait_for(WAIT, "the stream event", |a| !a.is_empty()).await;
+    assert_eq!(arrivals[0].id, "evt_s1");
+    assert_eq!(arrivals[0].json()["data"], json!({"amount": 7}));
+
+    let rejected_key = format!("{}:events:rejected", hookd.prefix);
+    let deadline = std::time::Instant::now() + WAIT;
+    let rejected: redis::streams::StreamRangeReply = loop {
+        let r: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+            .arg(&rejected_key)
+            .arg("-")
+            .arg("+")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if r.ids.len() >= 2 || std::time::Instant::now() > deadline {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(rejected.ids.len(), 2, "both malformed entries are set aside");
+    let reasons: Vec<String> = rejected
+        .ids
+        .iter()
+        .map(|e| e.get::<String>("reason").unwrap())
+        .collect();
+    assert!(reasons[0].contains("must be a JSON object"), "{reasons:?}");
+    assert!(reasons[1].contains("`type` is missing"), "{reasons:?}");
+    assert_eq!(
+        rejected.ids[0].get::<String>("field:data").unwrap(),
+        "[1,2]",
+        "the original entry is kept"
+    );
+
+    // Everything read was acknowledged and removed from the inbox.
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let len: usize = redis::cmd("XLEN").arg(&stream).query_async(&mut conn).await.unwrap();
+        if len == 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{len} entries left in the stream");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(rx.arrivals().len(), 1, "the repeated stream id was a duplicate");
+    hookd.stop().await;
+}

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Runs hookd's whole test suite, installing what the tests need first:
+# redis-server (apt) and the wasm32-wasip2 target (rustup) for the plugins.
+#   bash tests/run.sh            # everything
+#   bash tests/run.sh pipeline   # extra args go to `cargo test`
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { printf '\n== %s\n' "$*"; }
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+if ! command -v redis-server >/dev/null 2>&1; then
+  say "installing redis-server (apt)"
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq redis-server >/dev/null
+  # The tests start their own servers on free ports; the packaged service is not needed.
+  (as_root service redis-server stop || true) >/dev/null 2>&1
+fi
+
+if [ -d plugins ] && [ -x plugins/build.sh ]; then
+  say "building plugins (wasm32-wasip2)"
+  bash plugins/build.sh
+fi
+
+say "format and lints"
+cargo fmt --all -- --check
+cargo clippy --all-targets --quiet -- -D warnings
+
+say "tests"
+cargo test --all-targets "$@"
