@@ -730,4 +730,62 @@ mod embedded_only {
         drop(first);
         EmbeddedQueue::open(&config).expect("free again once the first is closed");
     }
+
+    /// Set in the child process of [`accepted_events_survive_a_crash`]: the
+    /// store directory it fills before aborting.
+    const CRASH_DIR_VAR: &str = "HOOKD_TEST_CRASH_DIR";
+
+    #[test]
+    fn accepted_events_survive_a_crash() {
+        let ids: Vec<String> = (0..100).map(|n| format!("evt_crash_{n}")).collect();
+        if let Ok(dir) = std::env::var(CRASH_DIR_VAR) {
+            // The child: enqueue, settle some without fsync, then die hard.
+            let config = queue_config("crash", None, std::path::Path::new(&dir));
+            let rt = tokio::runtime::Runtime::new().unwrap();
+            rt.block_on(async {
+                let q = EmbeddedQueue::open(&config).unwrap();
+                enqueue_singles(&q, &ids, config.shards).await;
+                let claimed = q.claim(now_ms(), LEASE, 10).await.unwrap();
+                let acks: Vec<Settlement> = claimed
+                    .claims
+                    .iter()
+                    .map(|c| Settlement::Ack {
+                        id: c.delivery.id.clone(),
+                        lease: c.lease,
+                    })
+                    .collect();
+                q.settle(&acks).await.unwrap();
+                println!("enqueued");
+                std::process::abort();
+            });
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let output = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "embedded_only::accepted_events_survive_a_crash",
+                "--nocapture",
+            ])
+            .env(CRASH_DIR_VAR, dir.path())
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(!output.status.success(), "the child should have aborted");
+        assert!(
+            stdout.contains("enqueued"),
+            "the child did not get to enqueue: {stdout}"
+        );
+
+        let config = queue_config("crash", None, dir.path());
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let q = EmbeddedQueue::open(&config).expect("reopen after a crash");
+            let depth = q.depth(now_ms() + 10 * LEASE_MS).await.unwrap();
+            // Acks may be lost in a crash (at least once), enqueues may not.
+            assert!((90..=100).contains(&depth.due), "{depth:?}");
+            let again: Vec<NewEvent> = ids.iter().map(|id| event(id, &["crm"], config.shards)).collect();
+            let results = q.enqueue(&again, WINDOW).await.unwrap();
+            assert!(results.iter().all(|r| *r == Enqueued::Duplicate), "{results:?}");
+        });
+    }
 }

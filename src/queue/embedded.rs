@@ -6,14 +6,19 @@
 //! answers each caller (group commit): many small enqueues and settlements
 //! share one fsync. Reads use their own read transactions.
 //!
-//! Claims alone commit without fsync: losing one in a crash only makes its
-//! deliveries due again early, which at-least-once delivery allows. Every
-//! other batch commits durably, and with it any claim before it.
+//! Enqueues and replays commit durably (fsync) before they are answered: an
+//! accepted event survives a crash. Claims and settlements alone commit
+//! without fsync, and are made durable by the next durable commit, forced
+//! at least every [`DURABLE_EVERY`] and on close. A crash can so undo up to
+//! that much of them, which only makes deliveries due again: the worst case
+//! is a repeated attempt, which at-least-once delivery allows (receivers
+//! dedup on `webhook-id`), and the same bound Redis gives with its default
+//! `appendfsync everysec`.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redb::{
     Database, DatabaseError, Durability, ReadTransaction, ReadableTable, ReadableTableMetadata, Table, TableDefinition,
@@ -45,6 +50,10 @@ const SEEN: TableDefinition<&str, i64> = TableDefinition::new("seen");
 /// (window end ms, event id): [`SEEN`] in expiry order, so the writer can
 /// purge expired entries cheaply.
 const SEEN_EXPIRY: TableDefinition<(i64, &str), ()> = TableDefinition::new("seen_expiry");
+
+/// Longest time between durable commits while only claims and settlements
+/// arrive; bounds what a crash can undo of them.
+pub const DURABLE_EVERY: Duration = Duration::from_secs(1);
 
 /// Most operations the writer applies in one transaction.
 const MAX_GROUP: usize = 1024;
@@ -269,6 +278,7 @@ fn create_tables(db: &Database) -> Result<(), Error> {
 /// The writer thread: takes whatever is pending, applies it in one
 /// transaction, commits, answers.
 fn write_loop(db: &Database, mut receiver: mpsc::UnboundedReceiver<Op>) {
+    let mut last_durable = Instant::now();
     while let Some(first) = receiver.blocking_recv() {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -277,8 +287,15 @@ fn write_loop(db: &Database, mut receiver: mpsc::UnboundedReceiver<Op>) {
                 Err(_) => break,
             }
         }
-        match apply_group(db, &group) {
+        let durable = last_durable.elapsed() >= DURABLE_EVERY
+            || group
+                .iter()
+                .any(|op| matches!(op, Op::Enqueue { .. } | Op::Replay { .. }));
+        match apply_group(db, &group, durable) {
             Ok(outcomes) => {
+                if durable {
+                    last_durable = Instant::now();
+                }
                 for (op, outcome) in group.into_iter().zip(outcomes) {
                     answer(op, outcome);
                 }
@@ -291,11 +308,15 @@ fn write_loop(db: &Database, mut receiver: mpsc::UnboundedReceiver<Op>) {
             }
         }
     }
+    // Closing: make whatever committed without fsync durable.
+    if let Err(e) = apply_group(db, &[], true) {
+        tracing::error!(error = %e, "final durable commit of the queue failed");
+    }
 }
 
-fn apply_group(db: &Database, group: &[Op]) -> Result<Vec<Outcome>, StoreError> {
+fn apply_group(db: &Database, group: &[Op], durable: bool) -> Result<Vec<Outcome>, StoreError> {
     let mut txn = db.begin_write()?;
-    if group.iter().all(|op| matches!(op, Op::Claim { .. })) {
+    if !durable {
         txn.set_durability(Durability::None);
     }
     let now = super::now_ms();
