@@ -47,6 +47,15 @@
 //! - The `webhook-id` endpoints receive is the *event* id: the same event
 //!   fanned out to two subscriptions carries the same id to both, and it is
 //!   stable across retries, so it is the dedup key receivers want.
+//! - On a single Redis node one claim, settle or enqueue is one Lua script
+//!   run over every shard involved (one round trip), not one per shard; on
+//!   a Cluster it is one run per shard. Claims take the oldest due
+//!   deliveries across all shards, so both backends hand them out in the
+//!   same order.
+//! - The embedded store fsyncs an enqueue (and a replay) before answering,
+//!   so an accepted event is never lost; claims and settlements are made
+//!   durable at least every second. A crash can undo up to a second of
+//!   acknowledgements: those deliveries are sent again (at least once).
 //! - A subscription whose endpoint answers 410 Gone stops receiving at once;
 //!   until operator-facing deactivation lands, that state lives in the
 //!   process and its remaining deliveries wait (deferred), never dropped.
