@@ -205,7 +205,11 @@ impl ByteSize {
             "KB" | "kB" => 1_000,
             "MB" => 1_000_000,
             "GB" => 1_000_000_000,
-            other => return Err(format!("`{other}` in `{text}` is not a unit; use B, KiB, MiB, GiB, KB, MB or GB")),
+            other => {
+                return Err(format!(
+                    "`{other}` in `{text}` is not a unit; use B, KiB, MiB, GiB, KB, MB or GB"
+                ))
+            }
         };
         number
             .checked_mul(multiplier)
@@ -222,7 +226,7 @@ impl ByteSize {
 impl fmt::Display for ByteSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (unit, size) in [("GiB", 1u64 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
-            if self.0 >= size && self.0 % size == 0 {
+            if self.0 >= size && self.0.is_multiple_of(size) {
                 return write!(f, "{}{unit}", self.0 / size);
             }
         }
@@ -248,7 +252,9 @@ impl<'de> Deserialize<'de> for ByteSize {
                 Ok(ByteSize(v))
             }
             fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<ByteSize, E> {
-                u64::try_from(v).map(ByteSize).map_err(|_| E::custom("a size cannot be negative"))
+                u64::try_from(v)
+                    .map(ByteSize)
+                    .map_err(|_| E::custom("a size cannot be negative"))
             }
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ByteSize, E> {
                 ByteSize::parse(v).map_err(E::custom)
@@ -802,11 +808,20 @@ mod tests {
             ))
         };
         let cases: &[(String, &str)] = &[
-            (sub("[subscriptions.plugin]\npath = \"/nope/x.wasm\""), "subscriptions.crm.plugin.path"),
+            (
+                sub("[subscriptions.plugin]\npath = \"/nope/x.wasm\""),
+                "subscriptions.crm.plugin.path",
+            ),
             (plugin("deadline = \"0ms\""), "subscriptions.crm.plugin.deadline"),
             (plugin("deadline = \"1m\""), "subscriptions.crm.plugin.deadline"),
-            (plugin("memory_limit = \"1GiB\""), "subscriptions.crm.plugin.memory_limit"),
-            (plugin("memory_limit = \"64KiB\""), "subscriptions.crm.plugin.memory_limit"),
+            (
+                plugin("memory_limit = \"1GiB\""),
+                "subscriptions.crm.plugin.memory_limit",
+            ),
+            (
+                plugin("memory_limit = \"64KiB\""),
+                "subscriptions.crm.plugin.memory_limit",
+            ),
             (plugin("memory_limit = \"lots\""), "memory_limit"),
             (plugin("colour = 1"), "colour"),
             (plugin("config = { \"\" = \"x\" }"), "subscriptions.crm.plugin.config"),

@@ -21,7 +21,9 @@ impl Plugin for CouponFilter {
             .as_f64()
             .ok_or_else(|| Error::new("coupon.redeemed event has no numeric `data.amount`"))?;
         if amount < min_amount {
-            Ok(Verdict::drop(format!("amount {amount} is under min_amount {min_amount}")))
+            Ok(Verdict::drop(format!(
+                "amount {amount} is under min_amount {min_amount}"
+            )))
         } else {
             Ok(Verdict::unchanged())
         }

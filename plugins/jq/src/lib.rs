@@ -45,7 +45,9 @@ thread_local! {
 
 /// The byte offset of `part` (a slice of `code`) in `code`.
 fn offset(code: &str, part: &str) -> usize {
-    (part.as_ptr() as usize).saturating_sub(code.as_ptr() as usize).min(code.len())
+    (part.as_ptr() as usize)
+        .saturating_sub(code.as_ptr() as usize)
+        .min(code.len())
 }
 
 /// `at offset N (near "...")` for an error located at `part` of `code`.
@@ -64,29 +66,31 @@ fn compile(code: &str) -> Result<Filter, String> {
     let defs = jaq_core::defs().chain(jaq_std::defs()).chain(jaq_json::defs());
     let funs = jaq_core::funs().chain(jaq_std::funs()).chain(jaq_json::funs());
     let arena = Arena::default();
-    let modules = Loader::new(defs).load(&arena, File { code, path: () }).map_err(|errors| {
-        let mut msg = String::from("the jq filter does not parse:");
-        for (_, error) in errors {
-            match error {
-                jaq_core::load::Error::Io(items) => {
-                    for (path, why) in items {
-                        let _ = write!(msg, " cannot load module {path:?}: {why};");
+    let modules = Loader::new(defs)
+        .load(&arena, File { code, path: () })
+        .map_err(|errors| {
+            let mut msg = String::from("the jq filter does not parse:");
+            for (_, error) in errors {
+                match error {
+                    jaq_core::load::Error::Io(items) => {
+                        for (path, why) in items {
+                            let _ = write!(msg, " cannot load module {path:?}: {why};");
+                        }
                     }
-                }
-                jaq_core::load::Error::Lex(items) => {
-                    for (expect, part) in items {
-                        let _ = write!(msg, " expected {} {};", expect.as_str(), location(code, part));
+                    jaq_core::load::Error::Lex(items) => {
+                        for (expect, part) in items {
+                            let _ = write!(msg, " expected {} {};", expect.as_str(), location(code, part));
+                        }
                     }
-                }
-                jaq_core::load::Error::Parse(items) => {
-                    for (expect, part) in items {
-                        let _ = write!(msg, " expected {} {};", expect.as_str(), location(code, part));
+                    jaq_core::load::Error::Parse(items) => {
+                        for (expect, part) in items {
+                            let _ = write!(msg, " expected {} {};", expect.as_str(), location(code, part));
+                        }
                     }
                 }
             }
-        }
-        msg.trim_end_matches(';').to_owned()
-    })?;
+            msg.trim_end_matches(';').to_owned()
+        })?;
     Compiler::default()
         .with_funs(funs)
         .with_global_vars(["$event"])
@@ -95,7 +99,12 @@ fn compile(code: &str) -> Result<Filter, String> {
             let mut msg = String::from("the jq filter does not compile:");
             for (_, items) in errors {
                 for (name, undefined) in items {
-                    let _ = write!(msg, " undefined {} `{name}` {};", undefined.as_str(), location(code, name));
+                    let _ = write!(
+                        msg,
+                        " undefined {} `{name}` {};",
+                        undefined.as_str(),
+                        location(code, name)
+                    );
                 }
             }
             msg.trim_end_matches(';').to_owned()

@@ -31,7 +31,11 @@ impl Plugin for Redactor {
         let mode = match config.get("mode").unwrap_or("mask") {
             "mask" => Mode::Mask(config.get("mask").unwrap_or("[redacted]").to_owned()),
             "remove" => Mode::Remove,
-            other => return Err(Error::new(format!("config `mode` = {other:?}: use \"mask\" or \"remove\""))),
+            other => {
+                return Err(Error::new(format!(
+                    "config `mode` = {other:?}: use \"mask\" or \"remove\""
+                )))
+            }
         };
         let mut body = event.json()?;
         let Some(data) = body.get_mut("data") else {

@@ -110,7 +110,7 @@ macro_rules! export {
                 }
             }
 
-            $crate::bindings::export_transformer!(__HookdPluginExport with_types_in $crate::bindings);
+    $crate::bindings::export_transformer!(__HookdPluginExport with_types_in $crate::bindings);
         };
     };
 }
@@ -184,8 +184,11 @@ impl Config {
 
     /// The value of `key`, or an error naming the missing key.
     pub fn require(&self, key: &str) -> Result<&str, Error> {
-        self.get(key)
-            .ok_or_else(|| Error::new(format!("config key `{key}` is missing; set it in [subscriptions.plugin.config]")))
+        self.get(key).ok_or_else(|| {
+            Error::new(format!(
+                "config key `{key}` is missing; set it in [subscriptions.plugin.config]"
+            ))
+        })
     }
 
     /// The value of `key` parsed as `T`; `default` if the key is not set.

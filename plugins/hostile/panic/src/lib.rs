@@ -21,7 +21,9 @@ impl Plugin for Panicky {
             return Err(Error::new(format!("refusing event {}", event.id)));
         }
         hookd_plugin_sdk::log::info(&format!("call {calls}"));
-        Ok(Patch::default().set_header("x-instance-calls", calls.to_string()).into())
+        Ok(Patch::default()
+            .set_header("x-instance-calls", calls.to_string())
+            .into())
     }
 }
 
