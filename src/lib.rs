@@ -66,6 +66,7 @@ pub mod deliver;
 pub mod demo;
 pub mod dispatch;
 pub mod ingest;
+pub mod plugin;
 pub mod queue;
 pub mod sign;
 pub mod telemetry;

@@ -73,6 +73,8 @@ pub struct Config {
     pub ingest: IngestConfig,
     /// How deliveries are attempted and retried.
     pub delivery: DeliveryConfig,
+    /// The WebAssembly plugin host.
+    pub plugins: PluginsConfig,
     /// Who receives which events.
     #[serde(default)]
     pub subscriptions: Vec<SubscriptionConfig>,
@@ -162,6 +164,170 @@ pub struct DeliveryConfig {
     pub response_body_limit: usize,
 }
 
+/// `[plugins]`: how WebAssembly plugins run (see [`crate::plugin`]).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginsConfig {
+    /// How long one plugin call may run (counted while the plugin runs, in
+    /// 1 ms ticks); the default of `subscriptions.plugin.deadline`.
+    #[serde(with = "humantime_serde")]
+    pub deadline: Duration,
+    /// Memory cap of one plugin instance: the default of
+    /// `subscriptions.plugin.memory_limit`, and its ceiling.
+    pub memory_limit: ByteSize,
+    /// Directory of compiled plugins, reused across restarts. hookd loads
+    /// native code from it: only hookd may write there.
+    pub cache_dir: PathBuf,
+    /// Start a fresh instance for every event instead of reusing warm ones;
+    /// the default of `subscriptions.plugin.fresh_instance`.
+    pub fresh_instance: bool,
+    /// Log messages per second each plugin may write; the excess is dropped.
+    pub log_rate: u32,
+    /// Idle warm instances kept per plugin, ready for the next event.
+    pub warm_instances: usize,
+    /// Plugin instances that may exist at once in this process, over all
+    /// plugins; calls beyond what is left after the idle ones wait.
+    pub max_instances: u32,
+    /// Largest body a plugin may return; a larger one fails the delivery.
+    pub max_body_bytes: ByteSize,
+}
+
+/// A size in bytes, written as a number of bytes (`65536`) or with a unit
+/// (`"64KiB"`, `"64MiB"`, `"1GiB"`; `KB`, `MB`, `GB` are powers of 1000).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ByteSize(pub u64);
+
+impl ByteSize {
+    /// Parses `"64MiB"`, `"512 KiB"`, `"1048576"` or `"1048576B"`.
+    pub fn parse(text: &str) -> Result<ByteSize, String> {
+        let text = text.trim();
+        let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+        let (digits, unit) = text.split_at(split);
+        let number: u64 = digits
+            .parse()
+            .map_err(|_| format!("`{text}` is not a size; write bytes (65536) or a size with a unit (\"64MiB\")"))?;
+        let multiplier: u64 = match unit.trim() {
+            "" | "B" => 1,
+            "KiB" => 1 << 10,
+            "MiB" => 1 << 20,
+            "GiB" => 1 << 30,
+            "KB" | "kB" => 1_000,
+            "MB" => 1_000_000,
+            "GB" => 1_000_000_000,
+            other => {
+                return Err(format!(
+                    "`{other}` in `{text}` is not a unit; use B, KiB, MiB, GiB, KB, MB or GB"
+                ))
+            }
+        };
+        number
+            .checked_mul(multiplier)
+            .map(ByteSize)
+            .ok_or_else(|| format!("`{text}` is too large"))
+    }
+
+    /// The size in bytes.
+    pub fn bytes(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (unit, size) in [("GiB", 1u64 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
+            if self.0 >= size && self.0.is_multiple_of(size) {
+                return write!(f, "{}{unit}", self.0 / size);
+            }
+        }
+        write!(f, "{}B", self.0)
+    }
+}
+
+impl Serialize for ByteSize {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<ByteSize, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = ByteSize;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a size: a number of bytes or a string such as \"64MiB\"")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<ByteSize, E> {
+                Ok(ByteSize(v))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<ByteSize, E> {
+                u64::try_from(v)
+                    .map(ByteSize)
+                    .map_err(|_| E::custom("a size cannot be negative"))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ByteSize, E> {
+                ByteSize::parse(v).map_err(E::custom)
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+/// `[subscriptions.plugin]`: a WebAssembly plugin that may drop or reshape
+/// each delivery before it is signed (see [`crate::plugin`]).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginConfig {
+    /// The plugin: a WebAssembly component (`.wasm`) of the
+    /// `hookd:plugin/transformer` world.
+    pub path: PathBuf,
+    /// Settings handed to the plugin on every call, as text. Numbers and
+    /// booleans are accepted and passed as their text (`10`, `true`).
+    #[serde(default, deserialize_with = "string_table")]
+    pub config: BTreeMap<String, String>,
+    /// Override of `plugins.deadline`.
+    #[serde(default, with = "humantime_serde")]
+    pub deadline: Option<Duration>,
+    /// Override of `plugins.memory_limit` (which it may not exceed).
+    #[serde(default)]
+    pub memory_limit: Option<ByteSize>,
+    /// Override of `plugins.fresh_instance`.
+    #[serde(default)]
+    pub fresh_instance: Option<bool>,
+}
+
+/// Longest plugin deadline accepted: a plugin runs inside a delivery.
+pub const MAX_PLUGIN_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Smallest plugin memory cap accepted: a Rust plugin needs about 1 MiB.
+pub const MIN_PLUGIN_MEMORY: ByteSize = ByteSize(2 << 20);
+
+/// Deserializes a table whose values are strings, numbers or booleans,
+/// keeping each value as text.
+fn string_table<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Scalar {
+        Text(String),
+        Int(i64),
+        Float(f64),
+        Bool(bool),
+    }
+    let table = BTreeMap::<String, Scalar>::deserialize(d)?;
+    Ok(table
+        .into_iter()
+        .map(|(k, v)| {
+            let v = match v {
+                Scalar::Text(s) => s,
+                Scalar::Int(n) => n.to_string(),
+                Scalar::Float(x) => x.to_string(),
+                Scalar::Bool(b) => b.to_string(),
+            };
+            (k, v)
+        })
+        .collect())
+}
+
 /// One `[[subscriptions]]` entry.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -189,6 +355,9 @@ pub struct SubscriptionConfig {
     /// Override of `delivery.max_in_flight_per_subscription`.
     #[serde(default)]
     pub max_in_flight: Option<usize>,
+    /// A plugin run on each delivery's first attempt, before signing.
+    #[serde(default)]
+    pub plugin: Option<PluginConfig>,
 }
 
 fn default_true() -> bool {
@@ -289,6 +458,7 @@ impl Config {
                 ));
             }
         }
+        self.plugins.validate()?;
         let mut seen = std::collections::HashSet::new();
         for (n, sub) in self.subscriptions.iter().enumerate() {
             let key = format!("subscriptions[{n}]");
@@ -306,6 +476,9 @@ impl Config {
                 ));
             }
             sub.validate(&key, d)?;
+            if let Some(plugin) = &sub.plugin {
+                plugin.validate(&format!("subscriptions.{}.plugin", sub.name), &self.plugins)?;
+            }
         }
         Ok(())
     }
@@ -379,6 +552,65 @@ impl SubscriptionConfig {
         }
         if self.max_in_flight == Some(0) {
             return Err(invalid(format!("{key}.max_in_flight"), "must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+impl PluginsConfig {
+    fn validate(&self) -> Result<(), Error> {
+        check_plugin_deadline("plugins.deadline", self.deadline)?;
+        if self.memory_limit < MIN_PLUGIN_MEMORY || self.memory_limit > ByteSize(4 << 30) {
+            return Err(invalid("plugins.memory_limit", "must be between 2MiB and 4GiB"));
+        }
+        if self.cache_dir.as_os_str().is_empty() {
+            return Err(invalid("plugins.cache_dir", "must not be empty"));
+        }
+        if self.max_instances == 0 || self.max_instances > 10_000 {
+            return Err(invalid("plugins.max_instances", "must be between 1 and 10000"));
+        }
+        if self.max_body_bytes.bytes() == 0 {
+            return Err(invalid("plugins.max_body_bytes", "must be greater than zero"));
+        }
+        Ok(())
+    }
+}
+
+fn check_plugin_deadline(key: &str, deadline: Duration) -> Result<(), Error> {
+    if deadline < Duration::from_millis(1) || deadline > MAX_PLUGIN_DEADLINE {
+        return Err(invalid(key, "must be between 1ms and 10s"));
+    }
+    Ok(())
+}
+
+impl PluginConfig {
+    /// Checks the entry; `key` is `subscriptions.<name>.plugin`.
+    pub fn validate(&self, key: &str, plugins: &PluginsConfig) -> Result<(), Error> {
+        if !self.path.is_file() {
+            return Err(invalid(
+                format!("{key}.path"),
+                format!(
+                    "{} is not a readable file; build the plugin (plugins/build.sh) or fix the path",
+                    self.path.display()
+                ),
+            ));
+        }
+        if let Some(deadline) = self.deadline {
+            check_plugin_deadline(&format!("{key}.deadline"), deadline)?;
+        }
+        if let Some(limit) = self.memory_limit {
+            if limit < MIN_PLUGIN_MEMORY || limit > plugins.memory_limit {
+                return Err(invalid(
+                    format!("{key}.memory_limit"),
+                    format!(
+                        "must be between {MIN_PLUGIN_MEMORY} and plugins.memory_limit ({}); raise plugins.memory_limit first",
+                        plugins.memory_limit
+                    ),
+                ));
+            }
+        }
+        if self.config.keys().any(String::is_empty) {
+            return Err(invalid(format!("{key}.config"), "keys must not be empty"));
         }
         Ok(())
     }
@@ -539,6 +771,88 @@ mod tests {
         assert!(!shown.contains("key-42"), "{shown}");
         assert!(!shown.contains(&SECRET[6..]), "{shown}");
         assert!(shown.contains("[redacted]"));
+    }
+
+    #[test]
+    fn plugin_settings_parse_with_defaults_and_overrides() {
+        let dir = tempfile::tempdir().unwrap();
+        let wasm = dir.path().join("p.wasm");
+        std::fs::write(&wasm, b"\0asm").unwrap();
+        let c = Config::from_toml(&sub(&format!(
+            "[subscriptions.plugin]\npath = {:?}\nconfig = {{ min_amount = 10, mode = \"mask\", on = true }}\ndeadline = \"50ms\"\nmemory_limit = \"16MiB\"",
+            wasm.display().to_string()
+        )))
+        .unwrap();
+        assert_eq!(c.plugins.deadline, Duration::from_millis(20));
+        assert_eq!(c.plugins.memory_limit, ByteSize(64 << 20));
+        assert!(!c.plugins.fresh_instance);
+        let p = c.subscription("crm").unwrap().plugin.as_ref().unwrap();
+        assert_eq!(p.config["min_amount"], "10");
+        assert_eq!(p.config["on"], "true");
+        assert_eq!(p.deadline, Some(Duration::from_millis(50)));
+        assert_eq!(p.memory_limit, Some(ByteSize(16 << 20)));
+        assert_eq!(p.fresh_instance, None);
+        assert!(c.to_redacted_toml().contains("memory_limit = \"64MiB\""));
+    }
+
+    #[test]
+    fn byte_sizes_parse() {
+        let cases = [
+            ("65536", Some(65536)),
+            ("64MiB", Some(64 << 20)),
+            ("512 KiB", Some(512 << 10)),
+            ("2GB", Some(2_000_000_000)),
+            ("1B", Some(1)),
+            ("64 MB", Some(64_000_000)),
+            ("lots", None),
+            ("12XB", None),
+            ("-1", None),
+        ];
+        for (text, want) in cases {
+            assert_eq!(ByteSize::parse(text).ok().map(ByteSize::bytes), want, "{text}");
+        }
+        assert_eq!(ByteSize(3 << 20).to_string(), "3MiB");
+        assert_eq!(ByteSize(1000).to_string(), "1000B");
+    }
+
+    #[test]
+    fn plugin_problems_name_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let wasm = dir.path().join("p.wasm");
+        std::fs::write(&wasm, b"\0asm").unwrap();
+        let plugin = |extra: &str| {
+            sub(&format!(
+                "[subscriptions.plugin]\npath = {:?}\n{extra}",
+                wasm.display().to_string()
+            ))
+        };
+        let cases: &[(String, &str)] = &[
+            (
+                sub("[subscriptions.plugin]\npath = \"/nope/x.wasm\""),
+                "subscriptions.crm.plugin.path",
+            ),
+            (plugin("deadline = \"0ms\""), "subscriptions.crm.plugin.deadline"),
+            (plugin("deadline = \"1m\""), "subscriptions.crm.plugin.deadline"),
+            (
+                plugin("memory_limit = \"1GiB\""),
+                "subscriptions.crm.plugin.memory_limit",
+            ),
+            (
+                plugin("memory_limit = \"64KiB\""),
+                "subscriptions.crm.plugin.memory_limit",
+            ),
+            (plugin("memory_limit = \"lots\""), "memory_limit"),
+            (plugin("colour = 1"), "colour"),
+            (plugin("config = { \"\" = \"x\" }"), "subscriptions.crm.plugin.config"),
+            ("[plugins]\ndeadline = \"0s\"".to_string(), "plugins.deadline"),
+            ("[plugins]\nmemory_limit = 1024".to_string(), "plugins.memory_limit"),
+            ("[plugins]\nmax_instances = 0".to_string(), "plugins.max_instances"),
+            ("[plugins]\ncolour = 1".to_string(), "colour"),
+        ];
+        for (text, key) in cases {
+            let err = Config::from_toml(text).unwrap_err().to_string();
+            assert!(err.contains(key), "{text:?}: {err}");
+        }
     }
 
     #[test]

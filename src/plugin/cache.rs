@@ -1,0 +1,144 @@
+//! Compiled plugins on disk: each component is compiled once and its
+//! native artifact kept in `plugins.cache_dir`, named by the SHA-256 of the
+//! component's bytes and the engine's compatibility hash. A later start with
+//! the same plugin and the same hookd build maps the artifact instead of
+//! compiling again; anything else (another plugin version, another wasmtime,
+//! other engine settings) gets another name.
+//!
+//! Artifacts are native code that wasmtime loads without verification, so
+//! the directory is created private to hookd's user; whoever can write
+//! there can run code inside hookd.
+
+use std::hash::{Hash, Hasher};
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::Component;
+use wasmtime::Engine;
+
+/// Extension of cached artifacts.
+const EXTENSION: &str = "cwasm";
+
+/// A compiled component and where it came from.
+pub(crate) struct Compiled {
+    /// The component, ready to instantiate.
+    pub(crate) component: Component,
+    /// Hex SHA-256 of the component's bytes.
+    pub(crate) digest: String,
+    /// The artifact file, if the cache could be used.
+    pub(crate) artifact: Option<PathBuf>,
+    /// Whether the artifact was loaded rather than compiled now.
+    pub(crate) from_cache: bool,
+    /// Time spent compiling or loading.
+    pub(crate) took: Duration,
+}
+
+/// Feeds `Hash` data into SHA-256, so a hash is stable across processes.
+struct Sha256Hasher(Sha256);
+
+impl Hasher for Sha256Hasher {
+    fn write(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+
+    fn finish(&self) -> u64 {
+        0 // unused: the digest is read with `finalize`
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The artifact's file name for `component` under `engine`.
+fn artifact_name(engine: &Engine, digest: &[u8]) -> String {
+    let mut hasher = Sha256Hasher(Sha256::new());
+    hasher.write(digest);
+    engine.precompile_compatibility_hash().hash(&mut hasher);
+    format!("{}.{EXTENSION}", hex(&hasher.0.finalize()))
+}
+
+/// Compiles `bytes`, or loads its artifact from `cache_dir`. Cache problems
+/// (unwritable directory, corrupt artifact) cost a compilation and a
+/// warning, never the load; compilation problems are returned.
+pub(crate) fn compile(engine: &Engine, bytes: &[u8], cache_dir: &Path) -> Result<Compiled, String> {
+    let started = Instant::now();
+    let digest = Sha256::digest(bytes);
+    let artifact = match ensure_private_dir(cache_dir) {
+        Ok(()) => Some(cache_dir.join(artifact_name(engine, &digest))),
+        Err(e) => {
+            tracing::warn!(cache_dir = %cache_dir.display(), error = %e, "plugin cache unusable; compiling without it");
+            None
+        }
+    };
+    if let Some(path) = artifact.as_deref().filter(|p| p.is_file()) {
+        // SAFETY: the file is an artifact this code wrote, named by the
+        // digest of its source and the engine's compatibility hash, in a
+        // directory private to hookd (see the module docs).
+        match unsafe { Component::deserialize_file(engine, path) } {
+            Ok(component) => {
+                return Ok(Compiled {
+                    component,
+                    digest: hex(&digest),
+                    artifact,
+                    from_cache: true,
+                    took: started.elapsed(),
+                })
+            }
+            Err(e) => {
+                tracing::warn!(artifact = %path.display(), error = %e, "cached plugin artifact unusable; compiling again");
+            }
+        }
+    }
+    let component = Component::new(engine, bytes).map_err(|e| format!("{e:#}"))?;
+    if let Some(path) = &artifact {
+        if let Err(e) = component
+            .serialize()
+            .map_err(|e| e.to_string())
+            .and_then(|a| write_atomically(path, &a).map_err(|e| e.to_string()))
+        {
+            tracing::warn!(artifact = %path.display(), error = %e, "cannot cache the compiled plugin");
+        }
+    }
+    Ok(Compiled {
+        component,
+        digest: hex(&digest),
+        artifact: artifact.filter(|p| p.is_file()),
+        from_cache: false,
+        took: started.elapsed(),
+    })
+}
+
+/// Creates `dir` (and parents) if missing; the last level is private to
+/// this user on Unix.
+fn ensure_private_dir(dir: &Path) -> std::io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt as _;
+        builder.mode(0o700);
+    }
+    builder.create(dir)
+}
+
+/// Writes `bytes` to a temporary file beside `path`, then renames it into
+/// place, so a concurrent reader never maps half an artifact.
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension(format!("{EXTENSION}.{}.tmp", std::process::id()));
+    let result = (|| {
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
