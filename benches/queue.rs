@@ -50,6 +50,7 @@ fn events(n: usize, shards: u16) -> Vec<NewEvent> {
                     attempts: 0,
                     body: body.clone(),
                     last_error: None,
+                    headers: None,
                 }],
                 event_id,
             }

@@ -68,6 +68,7 @@ pub mod dispatch;
 pub mod ingest;
 pub mod plugin;
 pub mod queue;
+mod reload;
 pub mod sign;
 pub mod telemetry;
 
@@ -109,9 +110,18 @@ pub async fn run_with_queue(
 ) -> anyhow::Result<()> {
     let queued = Arc::new(Notify::new());
     let ingestor = Arc::new(ingest::Ingestor::new(&config, queue.clone(), queued.clone()));
+    let plugins = if config.subscriptions.iter().any(|s| s.plugin.is_some()) {
+        Some(Arc::new(
+            plugin::Plugins::new(&config.plugins).context("cannot start the plugin engine")?,
+        ))
+    } else {
+        None
+    };
+    let endpoints = dispatch::Endpoints::build(&config, plugins.as_deref(), None)?;
+    let endpoints = Arc::new(arc_swap::ArcSwap::from_pointee(endpoints));
     let tasks = TaskTracker::new();
     if config.delivery.dispatch {
-        let dispatcher = dispatch::Dispatcher::new(&config, queue.clone(), queued.clone())?;
+        let dispatcher = dispatch::Dispatcher::new(&config, queue.clone(), endpoints.clone(), queued.clone())?;
         tasks.spawn(dispatcher.run(shutdown.clone()));
     }
     if config.ingest.stream {
@@ -119,9 +129,21 @@ pub async fn run_with_queue(
             tasks.spawn(consumer.run(shutdown.clone()));
         }
     }
+    let reloader = reload::Reloader {
+        config: config.clone(),
+        plugins,
+        endpoints,
+        ingestor: ingestor.clone(),
+    };
+    tasks.spawn(reloader.run(shutdown.clone()));
     let state = Arc::new(api::ApiState::new(&config, ingestor, queue));
     let addr = listener.local_addr()?;
-    info!(%addr, subscriptions = config.subscriptions.len(), backend = if config.queue.redis_url.is_some() { "redis" } else { "embedded" }, "hookd serving");
+    let backend = if config.queue.redis_url.is_some() {
+        "redis"
+    } else {
+        "embedded"
+    };
+    info!(%addr, subscriptions = config.subscriptions.len(), backend, "hookd serving");
     axum::serve(listener, api::router(state))
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())
         .await

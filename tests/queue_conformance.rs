@@ -121,6 +121,7 @@ fn delivery(event: &str, subscription: &str, shards: u16, body: &[u8]) -> Delive
         attempts: 0,
         body: Bytes::copy_from_slice(body),
         last_error: None,
+        headers: None,
     }
 }
 

@@ -78,6 +78,9 @@ pub struct Config {
     /// Who receives which events.
     #[serde(default)]
     pub subscriptions: Vec<SubscriptionConfig>,
+    /// The file this was loaded from, watched for reloads (not a key).
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
 }
 
 /// `[server]`: the HTTP API.
@@ -376,7 +379,9 @@ impl Config {
             figment = figment.merge(Toml::file(path));
         }
         figment = figment.merge(Env::prefixed(ENV_PREFIX).ignore(ENV_NOT_CONFIG).split("__"));
-        Self::from_figment(figment)
+        let mut config = Self::from_figment(figment)?;
+        config.source = path.map(Path::to_owned);
+        Ok(config)
     }
 
     /// Parses a configuration from TOML text merged over the defaults,

@@ -7,8 +7,17 @@
 //! attempt) so a slow endpoint never holds slots the others could use.
 //! Otherwise it signs, sends, classifies the result ([`policy::classify`]),
 //! and hands a [`Settlement`] to the settle task, which batches them into
-//! one queue call. The step between claim and sign is where a
-//! subscription's plugin will run.
+//! one queue call.
+//!
+//! Between claim and sign, a subscription's plugin runs on the delivery's
+//! first attempt: `drop` ends it as filtered, `deliver` may replace the body
+//! and headers, which are stored with the delivery so retries resend the
+//! same bytes; a plugin error fails the delivery (dead, replayable once the
+//! plugin is fixed).
+//!
+//! The subscriptions ([`Endpoints`]) are one immutable snapshot behind an
+//! `ArcSwap`: a config or plugin reload builds a new one and swaps it in;
+//! deliveries in flight finish with the snapshot they started with.
 
 pub mod policy;
 
@@ -16,6 +25,8 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+
+use arc_swap::ArcSwap;
 
 use http::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, USER_AGENT};
 use rand::Rng;
@@ -26,6 +37,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::config::{Config, SubscriptionConfig, SubscriptionName};
 use crate::deliver::{self, Client};
+use crate::plugin::{self, Plugin, Plugins, Verdict};
 use crate::queue::{now_ms, Claim, Delivery, Millis, Queue, Settlement};
 use crate::sign::{self, Signer};
 use policy::{classify, Attempted, Outcome, RetryPolicy};
@@ -48,6 +60,9 @@ pub enum Error {
     /// A subscription's endpoint could not be prepared.
     #[error("subscription `{subscription}`: {reason}")]
     Endpoint { subscription: String, reason: String },
+    /// A subscription's plugin could not be loaded.
+    #[error(transparent)]
+    Plugin(#[from] plugin::Error),
     /// The HTTP client could not be built.
     #[error(transparent)]
     Client(#[from] deliver::Error),
@@ -69,12 +84,21 @@ pub struct Endpoint {
     retry: RetryPolicy,
     /// In-flight cap for this subscription.
     permits: Arc<Semaphore>,
+    /// The cap `permits` was made with.
+    cap: usize,
     /// Set when the endpoint answered 410 Gone: nothing more is sent.
-    disabled: AtomicBool,
+    disabled: Arc<AtomicBool>,
+    /// Filters or reshapes each delivery before it is signed.
+    plugin: Option<Plugin>,
 }
 
 impl Endpoint {
-    fn new(config: &Config, sub: &SubscriptionConfig) -> Result<Endpoint, Error> {
+    fn new(
+        config: &Config,
+        sub: &SubscriptionConfig,
+        plugins: Option<&Plugins>,
+        previous: Option<&Endpoint>,
+    ) -> Result<Endpoint, Error> {
         let fail = |reason: String| Error::Endpoint {
             subscription: sub.name.to_string(),
             reason,
@@ -87,24 +111,50 @@ impl Endpoint {
             headers.insert(name, value);
         }
         let signer = Signer::new(&sub.secrets).map_err(|e| fail(e.to_string()))?;
+        let plugin = match (&sub.plugin, plugins) {
+            (Some(cfg), Some(plugins)) => Some(plugins.load(sub.name.as_str(), cfg)?),
+            (Some(_), None) => return Err(fail("has a plugin but the plugin engine is not running".into())),
+            (None, _) => None,
+        };
+        let cap = sub
+            .max_in_flight
+            .unwrap_or(config.delivery.max_in_flight_per_subscription);
         Ok(Endpoint {
             name: sub.name.clone(),
             url,
             headers,
             signer,
             timeout: sub.timeout.unwrap_or(config.delivery.timeout),
+            cap,
             retry: RetryPolicy::from_config(&config.delivery, sub.max_retries),
-            permits: Arc::new(Semaphore::new(
-                sub.max_in_flight
-                    .unwrap_or(config.delivery.max_in_flight_per_subscription),
-            )),
-            disabled: AtomicBool::new(!sub.enabled),
+            // A reload keeps the in-flight count of an unchanged cap.
+            permits: match previous {
+                Some(p) if p.cap == cap => p.permits.clone(),
+                _ => Arc::new(Semaphore::new(cap)),
+            },
+            disabled: match previous {
+                Some(p) if sub.enabled => p.disabled.clone(),
+                _ => Arc::new(AtomicBool::new(!sub.enabled)),
+            },
+            plugin,
         })
     }
 
     /// The request for one attempt: signed now, with every hookd header.
     fn request(&self, delivery: &Delivery, now_secs: i64) -> deliver::Request {
-        let mut headers = self.headers.clone();
+        let mut headers = match &delivery.headers {
+            // Fixed by the plugin: validated when it produced them.
+            Some(fixed) => fixed
+                .iter()
+                .filter_map(|(n, v)| {
+                    Some((
+                        HeaderName::from_bytes(n.as_bytes()).ok()?,
+                        HeaderValue::from_str(v).ok()?,
+                    ))
+                })
+                .collect(),
+            None => self.headers.clone(),
+        };
         let id = delivery.event_id.as_str();
         let signature = self.signer.sign(id, now_secs, &delivery.body);
         let pairs = [
@@ -128,6 +178,45 @@ impl Endpoint {
             timeout: self.timeout,
         }
     }
+
+    /// The configured custom headers as pairs, as a plugin sees them.
+    fn header_pairs(&self) -> Vec<(String, String)> {
+        self.headers
+            .iter()
+            .filter_map(|(n, v)| Some((n.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+            .collect()
+    }
+}
+
+/// Every subscription, ready to deliver to: one immutable snapshot.
+#[derive(Default)]
+pub struct Endpoints {
+    /// By name.
+    map: HashMap<SubscriptionName, Arc<Endpoint>>,
+}
+
+impl Endpoints {
+    /// Prepares `config`'s subscriptions, loading their plugins with
+    /// `plugins`. `previous` (the snapshot being replaced on reload) lends
+    /// its in-flight counts and 410 Gone states to unchanged subscriptions.
+    pub fn build(config: &Config, plugins: Option<&Plugins>, previous: Option<&Endpoints>) -> Result<Endpoints, Error> {
+        let mut map = HashMap::new();
+        for sub in &config.subscriptions {
+            let before = previous.and_then(|p| p.map.get(&sub.name)).map(Arc::as_ref);
+            map.insert(sub.name.clone(), Arc::new(Endpoint::new(config, sub, plugins, before)?));
+        }
+        Ok(Endpoints { map })
+    }
+
+    /// How many subscriptions there are.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
 }
 
 /// Everything the claim loop and its delivery tasks share.
@@ -136,8 +225,8 @@ struct Shared {
     queue: Arc<dyn Queue>,
     /// The outbound HTTP client, shared by every delivery.
     client: Client,
-    /// Subscriptions by name.
-    endpoints: HashMap<SubscriptionName, Arc<Endpoint>>,
+    /// The current subscriptions; swapped whole on reload.
+    endpoints: Arc<ArcSwap<Endpoints>>,
     /// Settlements on their way to the queue.
     settle_tx: mpsc::UnboundedSender<Settlement>,
 }
@@ -159,13 +248,14 @@ pub struct Dispatcher {
 }
 
 impl Dispatcher {
-    /// Prepares every subscription's endpoint and the HTTP client.
-    pub fn new(config: &Config, queue: Arc<dyn Queue>, queued: Arc<Notify>) -> Result<Dispatcher, Error> {
+    /// A dispatcher delivering to `endpoints` (which a reload may swap).
+    pub fn new(
+        config: &Config,
+        queue: Arc<dyn Queue>,
+        endpoints: Arc<ArcSwap<Endpoints>>,
+        queued: Arc<Notify>,
+    ) -> Result<Dispatcher, Error> {
         let client = Client::new(&config.delivery)?;
-        let mut endpoints = HashMap::new();
-        for sub in &config.subscriptions {
-            endpoints.insert(sub.name.clone(), Arc::new(Endpoint::new(config, sub)?));
-        }
         let (settle_tx, settle_rx) = mpsc::unbounded_channel();
         Ok(Dispatcher {
             shared: Arc::new(Shared {
@@ -280,7 +370,7 @@ fn defer(shared: &Shared, claim: &Claim, delay: Duration) {
 /// One attempt of one delivery, ending in exactly one settlement.
 async fn attempt(shared: &Shared, claim: Claim) {
     let Claim { mut delivery, lease } = claim;
-    let Some(endpoint) = shared.endpoints.get(&delivery.subscription) else {
+    let Some(endpoint) = shared.endpoints.load().map.get(&delivery.subscription).cloned() else {
         warn!(delivery_id = %delivery.id, subscription = %delivery.subscription,
             "subscription is no longer configured: delivery kept as dead");
         delivery.last_error = Some(format!("subscription `{}` is not configured", delivery.subscription));
@@ -305,6 +395,23 @@ async fn attempt(shared: &Shared, claim: Claim) {
         });
         return;
     };
+
+    if let (Some(plugin), None) = (&endpoint.plugin, &delivery.headers) {
+        match transform(plugin, &endpoint, &mut delivery).await {
+            Ok(true) => {}
+            Ok(false) => {
+                let _ = shared.settle_tx.send(Settlement::Ack { id: delivery.id, lease });
+                return;
+            }
+            Err(e) => {
+                warn!(event_id = %delivery.event_id, delivery_id = %delivery.id, subscription = %endpoint.name,
+                    error = %e, "plugin failed: delivery is dead (replay it once the plugin is fixed)");
+                delivery.last_error = Some(format!("plugin_error: {e}"));
+                let _ = shared.settle_tx.send(Settlement::Dead { delivery, lease });
+                return;
+            }
+        }
+    }
 
     let started = chrono::Utc::now();
     let request = endpoint.request(&delivery, started.timestamp());
@@ -369,6 +476,35 @@ async fn attempt(shared: &Shared, claim: Claim) {
         }
     };
     let _ = shared.settle_tx.send(settlement);
+}
+
+/// Runs the subscription's plugin on a delivery's first attempt. True: send
+/// it (body and headers now fixed in the delivery); false: the plugin
+/// dropped it (filtered).
+async fn transform(plugin: &Plugin, endpoint: &Endpoint, delivery: &mut Delivery) -> Result<bool, plugin::Error> {
+    let input = plugin::Input {
+        event_id: delivery.event_id.to_string(),
+        event_type: delivery.event_type.clone(),
+        timestamp: delivery.created_at,
+        body: delivery.body.clone(),
+        headers: endpoint.header_pairs(),
+    };
+    let headers = input.headers.clone();
+    let verdict = plugin.transform(input).await?;
+    match verdict.apply(&delivery.body, &headers) {
+        Some((body, headers)) => {
+            delivery.body = body;
+            delivery.headers = Some(headers);
+            Ok(true)
+        }
+        None => {
+            if let Verdict::Drop { reason } = &verdict {
+                info!(event_id = %delivery.event_id, delivery_id = %delivery.id, subscription = %endpoint.name,
+                    reason = %reason, "plugin dropped the delivery: filtered");
+            }
+            Ok(false)
+        }
+    }
 }
 
 /// Writes settlements in batches until every sender is gone.

@@ -12,6 +12,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
@@ -236,16 +237,46 @@ pub struct Accepted {
 
 /// One subscription's filter, as fan-out needs it.
 struct Route {
+    /// The subscription.
     name: SubscriptionName,
+    /// The event types it wants.
     patterns: Vec<EventPattern>,
+}
+
+/// Every subscription's filter: one immutable snapshot, swapped on reload.
+pub struct Routes(Vec<Route>);
+
+impl Routes {
+    /// The filters of `config`'s subscriptions, in config order.
+    pub fn new(config: &Config) -> Routes {
+        Routes(
+            config
+                .subscriptions
+                .iter()
+                .map(|s| Route {
+                    name: s.name.clone(),
+                    // Validated at load: every pattern parses.
+                    patterns: s.events.iter().filter_map(|p| EventPattern::parse(p).ok()).collect(),
+                })
+                .collect(),
+        )
+    }
+
+    /// The names of the subscriptions that want `event_type`.
+    pub fn matching<'a>(&'a self, event_type: &'a str) -> impl Iterator<Item = &'a SubscriptionName> + 'a {
+        self.0
+            .iter()
+            .filter(move |r| r.patterns.iter().any(|p| p.matches(event_type)))
+            .map(|r| &r.name)
+    }
 }
 
 /// Fans events out to subscriptions and queues them.
 pub struct Ingestor {
     /// Where deliveries go.
     queue: Arc<dyn Queue>,
-    /// Subscription filters, in config order.
-    routes: Vec<Route>,
+    /// Subscription filters; swapped whole on reload.
+    routes: ArcSwap<Routes>,
     /// Queue shard count, to place each event's deliveries.
     shards: u16,
     /// How long an event id counts as seen.
@@ -257,18 +288,9 @@ pub struct Ingestor {
 impl Ingestor {
     /// An ingestor for `config`'s subscriptions, waking `queued` on enqueue.
     pub fn new(config: &Config, queue: Arc<dyn Queue>, queued: Arc<Notify>) -> Ingestor {
-        let routes = config
-            .subscriptions
-            .iter()
-            .map(|s| Route {
-                name: s.name.clone(),
-                // Validated at load: every pattern parses.
-                patterns: s.events.iter().filter_map(|p| EventPattern::parse(p).ok()).collect(),
-            })
-            .collect();
         Ingestor {
             queue,
-            routes,
+            routes: ArcSwap::from_pointee(Routes::new(config)),
             shards: config.queue.shards,
             dedup_window: config.ingest.dedup_window,
             queued,
@@ -280,12 +302,10 @@ impl Ingestor {
         self.queued.notify_one();
     }
 
-    /// The names of the subscriptions that want `event_type`.
-    pub fn matching<'a>(&'a self, event_type: &'a str) -> impl Iterator<Item = &'a SubscriptionName> + 'a {
-        self.routes
-            .iter()
-            .filter(move |r| r.patterns.iter().any(|p| p.matches(event_type)))
-            .map(|r| &r.name)
+    /// Replaces the subscription filters (config reload). Events already
+    /// fanned out keep their deliveries.
+    pub fn set_routes(&self, routes: Routes) {
+        self.routes.store(Arc::new(routes));
     }
 
     /// Fans out, dedups and queues one event.
@@ -323,7 +343,8 @@ impl Ingestor {
     fn fan_out(&self, event: &Event, now: queue::Millis) -> NewEvent {
         let shard = queue::shard_of(&event.id, self.shards);
         let mut body = None;
-        let deliveries = self
+        let routes = self.routes.load();
+        let deliveries = routes
             .matching(&event.event_type)
             .map(|name| Delivery {
                 id: DeliveryId::new(shard),
@@ -334,6 +355,7 @@ impl Ingestor {
                 attempts: 0,
                 body: body.get_or_insert_with(|| event.body()).clone(),
                 last_error: None,
+                headers: None,
             })
             .collect();
         NewEvent {

@@ -133,6 +133,12 @@ pub struct Delivery {
     /// Why the last attempt failed, if it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// The custom headers to send, fixed when the subscription's plugin ran
+    /// (on the first attempt, with `body`), so retries resend exactly what
+    /// the plugin produced. `None`: no plugin has run; send the
+    /// subscription's configured headers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headers: Option<Vec<(String, String)>>,
 }
 
 impl Delivery {
@@ -353,6 +359,7 @@ mod tests {
             attempts: 2,
             body: Bytes::from_static(b"\x00\xffnot utf8"),
             last_error: Some("status 500".into()),
+            headers: Some(vec![("x-plugin".into(), "1".into())]),
         };
         assert_eq!(Delivery::decode(d.id.as_str(), &d.encode()).unwrap(), d);
         assert!(matches!(Delivery::decode("x", b"{"), Err(Error::Corrupt { .. })));

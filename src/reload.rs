@@ -1,0 +1,164 @@
+//! Hot reload of the config file and the plugins it names.
+//!
+//! On SIGHUP, or when the config file or a plugin file changes (checked
+//! every [`POLL`] by modification time and size, which sees an in-place
+//! write and an atomic rename alike), the file is loaded and validated
+//! again, every plugin is loaded again (compiled artifacts come from the
+//! disk cache), and the new subscriptions are swapped in whole: the
+//! ingestor's filters and the dispatcher's endpoints. Deliveries in flight
+//! finish with the snapshot they started with; queued deliveries are
+//! untouched. A config or plugin that does not load is rejected with its
+//! reason in the log, and the running one stays.
+//!
+//! What is reloaded: `[[subscriptions]]` (and their plugins) and the
+//! delivery settings they take defaults from. `[server]`, `[queue]` and
+//! `[ingest]` take effect at the next restart; a change there is logged.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::config::Config;
+use crate::dispatch::Endpoints;
+use crate::ingest::{Ingestor, Routes};
+use crate::plugin::Plugins;
+
+/// How often the watched files are checked.
+pub const POLL: Duration = Duration::from_secs(1);
+
+/// Watches and reloads; owned by its task.
+pub(crate) struct Reloader {
+    /// The config in force.
+    pub config: Config,
+    /// The plugin engine, started on the first config that needs it.
+    pub plugins: Option<Arc<Plugins>>,
+    /// The dispatcher's subscriptions.
+    pub endpoints: Arc<ArcSwap<Endpoints>>,
+    /// The ingestor, whose filters follow the config.
+    pub ingestor: Arc<Ingestor>,
+}
+
+/// What identifies the state of one file: size and modification time.
+type Stamp = Option<(u64, SystemTime)>;
+
+fn stamp(path: &PathBuf) -> Stamp {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.len(), meta.modified().ok()?))
+}
+
+/// The config file and every plugin file it names.
+fn watched(config: &Config) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = config.source.iter().cloned().collect();
+    files.extend(
+        config
+            .subscriptions
+            .iter()
+            .filter_map(|s| s.plugin.as_ref())
+            .map(|p| p.path.clone()),
+    );
+    files
+}
+
+impl Reloader {
+    /// Reloads on SIGHUP or file changes until `shutdown`.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let Some(source) = self.config.source.clone() else {
+            // Built in code, not from a file: plugins can still change.
+            return self.watch_plugins_only(shutdown).await;
+        };
+        let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        let mut stamps: Vec<Stamp> = watched(&self.config).iter().map(stamp).collect();
+        loop {
+            let signalled = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(POLL) => false,
+                _ = async { match hangup.as_mut() { Some(h) => { h.recv().await; } None => std::future::pending().await } } => true,
+            };
+            let now: Vec<Stamp> = watched(&self.config).iter().map(stamp).collect();
+            if !signalled && now == stamps {
+                continue;
+            }
+            let why = if signalled { "SIGHUP" } else { "a watched file changed" };
+            match Config::load(Some(&source)) {
+                Ok(config) => self.apply(config, why),
+                Err(e) => {
+                    error!(error = %e, file = %source.display(), "config reload rejected ({why}); the running config stays")
+                }
+            }
+            stamps = watched(&self.config).iter().map(stamp).collect();
+        }
+    }
+
+    async fn watch_plugins_only(mut self, shutdown: CancellationToken) {
+        let mut stamps: Vec<Stamp> = watched(&self.config).iter().map(stamp).collect();
+        if stamps.is_empty() {
+            return;
+        }
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(POLL) => {}
+            }
+            let now: Vec<Stamp> = watched(&self.config).iter().map(stamp).collect();
+            if now != stamps {
+                let config = self.config.clone();
+                self.apply(config, "a plugin file changed");
+                stamps = now;
+            }
+        }
+    }
+
+    /// Builds the new subscriptions from `config` and swaps them in, or
+    /// keeps the running ones if anything fails to load.
+    fn apply(&mut self, config: Config, why: &str) {
+        if config.subscriptions.iter().any(|s| s.plugin.is_some()) && self.plugins.is_none() {
+            match Plugins::new(&config.plugins) {
+                Ok(p) => self.plugins = Some(Arc::new(p)),
+                Err(e) => {
+                    error!(error = %e, "config reload rejected ({why}): cannot start the plugin engine; the running config stays");
+                    return;
+                }
+            }
+        }
+        let previous = self.endpoints.load();
+        let endpoints = match Endpoints::build(&config, self.plugins.as_deref(), Some(&previous)) {
+            Ok(e) => e,
+            Err(e) => {
+                error!(error = %e, "config reload rejected ({why}); the running config stays");
+                return;
+            }
+        };
+        for (section, before, after) in [
+            (
+                "server",
+                toml::to_string(&self.config.server),
+                toml::to_string(&config.server),
+            ),
+            (
+                "queue",
+                toml::to_string(&self.config.queue),
+                toml::to_string(&config.queue),
+            ),
+            (
+                "ingest",
+                toml::to_string(&self.config.ingest),
+                toml::to_string(&config.ingest),
+            ),
+        ] {
+            if before.ok() != after.ok() {
+                warn!(
+                    section,
+                    "config reload: [{section}] changed; it takes effect at the next restart"
+                );
+            }
+        }
+        self.ingestor.set_routes(Routes::new(&config));
+        self.endpoints.store(Arc::new(endpoints));
+        info!(subscriptions = config.subscriptions.len(), "config reloaded ({why})");
+        self.config = config;
+    }
+}
