@@ -264,6 +264,26 @@ async fn jq_reshapes_and_drops() {
 }
 
 #[tokio::test]
+async fn reshape_in_rust_matches_the_jq_example() {
+    let jq = load("jq", &[("filter", JQ_FILTER)]);
+    let rust = load("reshape", &[]);
+    for data in [
+        json!({"coupon": "SPRING", "amount": 12}),
+        json!({"coupon": "SPRING", "amount": 10.5}),
+        json!({"coupon": null, "amount": 99}),
+    ] {
+        let want = jq.transform(input("coupon.redeemed", data.clone())).await.unwrap();
+        let got = rust.transform(input("coupon.redeemed", data.clone())).await.unwrap();
+        assert_eq!(got, want, "{data}");
+    }
+    let small = rust
+        .transform(input("coupon.redeemed", json!({"amount": 9})))
+        .await
+        .unwrap();
+    assert!(matches!(small, Verdict::Drop { .. }), "{small:?}");
+}
+
+#[tokio::test]
 async fn jq_errors_are_clear() {
     let cases: &[(&str, &str)] = &[
         ("{id: .data.coupon", "the jq filter does not parse"),

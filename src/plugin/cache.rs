@@ -7,7 +7,11 @@
 //!
 //! Artifacts are native code that wasmtime loads without verification, so
 //! the directory is created private to hookd's user; whoever can write
-//! there can run code inside hookd.
+//! there can run code inside hookd. Artifacts are memory-mapped while in
+//! use: deleting the directory or a file is safe at any time (and costs a
+//! compilation at the next start), but truncating or rewriting a file in
+//! place under a running hookd crashes it (SIGBUS). hookd itself only ever
+//! writes a temporary file and renames it into place.
 
 use std::hash::{Hash, Hasher};
 use std::io::Write as _;

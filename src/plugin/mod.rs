@@ -447,7 +447,7 @@ impl Plugin {
         let _slot = inner.shared.calls.acquire().await;
         let mut warm = match inner.take_idle() {
             Some(warm) => warm,
-            None => inner.instantiate().await?,
+            None => inner.instantiate(&input.event_id).await?,
         };
         let result = inner.call(&mut warm, input).await;
         match &result {
@@ -492,8 +492,9 @@ impl PluginInner {
         }
     }
 
-    /// A new instance in a new store, set up with the limits.
-    async fn instantiate(&self) -> Result<Warm, Error> {
+    /// A new instance in a new store, set up with the limits, started for
+    /// a call of `event_id`.
+    async fn instantiate(&self, event_id: &str) -> Result<Warm, Error> {
         let memory_limit = usize::try_from(self.info.memory_limit).unwrap_or(usize::MAX);
         let log = LogSink {
             subscription: self.name.clone(),
@@ -512,7 +513,7 @@ impl PluginInner {
             Ok(UpdateDeadline::YieldCustom(1, Box::pin(tokio::task::yield_now())))
         });
         // Instantiation runs guest code (start functions) under the deadline too.
-        store.data_mut().begin_call("", self.tick_budget);
+        store.data_mut().begin_call(event_id, self.tick_budget);
         store.set_epoch_deadline(1);
         let _running = self.shared.ticker.active();
         match self.pre.instantiate_async(&mut store).await {
@@ -599,6 +600,13 @@ impl Drop for PluginInner {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn handles_can_be_shared_across_tasks() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<Plugins>();
+        send_sync::<Plugin>();
+    }
 
     #[test]
     fn deadlines_become_ticks() {

@@ -134,14 +134,14 @@ mod tests {
         let cases: &[(wit::Verdict, &str)] = &[
             (
                 deliver(&[("webhook-signature", "v1,x")], &[], None),
-                "protected header `webhook-signature`",
+                "change header `webhook-signature`",
             ),
             (
                 deliver(&[("Content-Length", "1")], &[], None),
-                "protected header `content-length`",
+                "change header `content-length`",
             ),
-            (deliver(&[], &["Webhook-Id"], None), "protected header `webhook-id`"),
-            (deliver(&[], &["HOST"], None), "protected header `host`"),
+            (deliver(&[], &["Webhook-Id"], None), "change header `webhook-id`"),
+            (deliver(&[], &["HOST"], None), "change header `host`"),
             (deliver(&[("bad header", "x")], &[], None), "not a valid header name"),
             (deliver(&[("", "x")], &[], None), "not a valid header name"),
             (deliver(&[("x-a", "a\r\nb: c")], &[], None), "not a valid header value"),

@@ -13,13 +13,14 @@ struct Body {
 #[derive(Deserialize)]
 struct Data {
     coupon: Option<serde_json::Value>,
-    amount: f64,
+    /// Kept as the producer wrote it (`12` stays `12`, not `12.0`).
+    amount: serde_json::Number,
 }
 
 #[derive(Serialize)]
 struct Out<'a> {
     id: &'a Option<serde_json::Value>,
-    total: f64,
+    total: &'a serde_json::Number,
 }
 
 struct Reshape;
@@ -27,12 +28,12 @@ struct Reshape;
 impl Plugin for Reshape {
     fn transform(event: Event, _config: &Config) -> Result<Verdict, Error> {
         let body: Body = event.parse()?;
-        if body.data.amount < 10.0 {
+        if body.data.amount.as_f64().is_none_or(|amount| amount < 10.0) {
             return Ok(Verdict::drop("amount under 10"));
         }
         Verdict::json(&Out {
             id: &body.data.coupon,
-            total: body.data.amount,
+            total: &body.data.amount,
         })
     }
 }
