@@ -9,9 +9,9 @@
 //!
 //! A delivery's due time is its score in `due`; a claim pushes it to the end
 //! of the lease, and that score is the claim's [`Lease`] token: settlements
-//! apply only while `ZSCORE due id` still equals it.
+//! apply only while `ZSCORE due id` still equals it. Claims take the lowest
+//! scores over all shards, ties broken by id (as the embedded store does).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::LazyLock;
 use std::time::Duration;
 
@@ -85,13 +85,21 @@ end
 return out
 "#;
 
-/// Claim. KEYS: `due`, `records` per shard, in the order ties are broken.
-/// ARGV: now ms, lease end ms, max. Takes the `max` oldest due deliveries
-/// over all shards given, re-scores them to the lease end and returns
-/// `{next_due, id, record, old score, ...}` oldest first; `next_due` is the
-/// lowest score left when nothing was claimed (nil otherwise or if empty).
-/// Ids whose record is missing are dropped from `due`.
+/// Claim. KEYS: `due`, `records` per shard. ARGV: now ms, lease end ms,
+/// max. Takes the `max` oldest due deliveries over all shards given (ties
+/// by id, compared bytewise whatever the server's locale), re-scores them
+/// to the lease end and returns `{next_due, id, record, old score, ...}`
+/// oldest first; `next_due` is the lowest score left when nothing was
+/// claimed (nil otherwise or if empty). Ids whose record is missing are
+/// dropped from `due`.
 const CLAIM_LUA: &str = r#"
+local function before(a, b)
+  for k = 1, math.min(#a, #b) do
+    local x, y = string.byte(a, k), string.byte(b, k)
+    if x ~= y then return x < y end
+  end
+  return #a < #b
+end
 local now, lease_end, max = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local shards = #KEYS / 2
 local found, pos, picked = {}, {}, {}
@@ -102,13 +110,13 @@ for s = 1, shards do
 end
 local order = {}
 while #order < max do
-  local best, best_score = nil, nil
+  local best, best_score, best_id = nil, nil, nil
   for s = 1, shards do
     local p = pos[s]
     if p < #found[s] then
-      local score = tonumber(found[s][p + 1])
-      if best == nil or score < best_score then
-        best, best_score = s, score
+      local score, id = tonumber(found[s][p + 1]), found[s][p]
+      if best == nil or score < best_score or (score == best_score and before(id, best_id)) then
+        best, best_score, best_id = s, score, id
       end
     end
   end
@@ -296,8 +304,6 @@ pub struct RedisQueue {
     prefix: String,
     /// Number of shards (`queue.shards`).
     shards: u16,
-    /// The shard the next claim lists first, so shards take turns on ties.
-    next_shard: AtomicUsize,
     /// `host:port` of the URL, without credentials, for error messages.
     host: String,
 }
@@ -348,7 +354,6 @@ impl RedisQueue {
             pool,
             prefix: config.key_prefix.clone(),
             shards: config.shards.max(1),
-            next_shard: AtomicUsize::new(0),
             host,
         };
         queue.ping().await.map_err(|e| {
@@ -489,8 +494,8 @@ impl RedisQueue {
         let mut next_due: Option<Millis> = None;
         for (position, replies) in peeked.into_iter().enumerate() {
             let mut replies = replies.into_iter();
-            for (_, score) in pairs(replies.next().unwrap_or(Value::Nil))? {
-                candidates.push((score, position));
+            for (id, score) in pairs(replies.next().unwrap_or(Value::Nil))? {
+                candidates.push((score, id, position));
             }
             if let Some((_, score)) = pairs(replies.next().unwrap_or(Value::Nil))?.into_iter().next() {
                 next_due = Some(next_due.map_or(score as Millis, |n| n.min(score as Millis)));
@@ -499,41 +504,30 @@ impl RedisQueue {
         if candidates.is_empty() {
             return Ok((Vec::new(), next_due));
         }
-        candidates.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        candidates.sort_by(|a, b| a.0.total_cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
         let mut counts = vec![0usize; order.len()];
-        for &(_, position) in candidates.iter().take(max) {
+        for &(_, _, position) in candidates.iter().take(max) {
             counts[position] += 1;
         }
-        let (positions, calls): (Vec<usize>, Vec<Call>) = counts
+        let calls: Vec<Call> = counts
             .iter()
             .enumerate()
             .filter(|(_, &n)| n > 0)
-            .map(|(position, &n)| {
-                (
-                    position,
-                    self.claim_call(&order[position..=position], now, lease_end, n),
-                )
-            })
-            .unzip();
+            .map(|(position, &n)| self.claim_call(&order[position..=position], now, lease_end, n))
+            .collect();
         let replies = self.eval("claim", &CLAIM, calls).await?;
         let mut claimed = Vec::new();
         let mut next_due = None;
-        for (position, reply) in positions.into_iter().zip(replies) {
+        for reply in replies {
             let (items, next) = claim_reply(reply)?;
-            claimed.extend(items.into_iter().map(|(id, rec, score)| (score, position, id, rec)));
+            claimed.extend(items);
             if let Some(n) = next {
                 next_due = Some(next_due.map_or(n, |m: Millis| m.min(n)));
             }
         }
-        claimed.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        claimed.sort_by(|a, b| a.2.total_cmp(&b.2).then_with(|| a.0.cmp(&b.0)));
         let next_due = if claimed.is_empty() { next_due } else { None };
-        Ok((
-            claimed
-                .into_iter()
-                .map(|(score, _, id, rec)| (id, rec, score))
-                .collect(),
-            next_due,
-        ))
+        Ok((claimed, next_due))
     }
 
     /// Lists dead ids with their time of death, most recent first, at most `limit`.
@@ -720,10 +714,7 @@ impl Queue for RedisQueue {
             return Ok(Claimed::default());
         }
         let lease_end = now.saturating_add(millis(lease));
-        let start = self.next_shard.fetch_add(1, Ordering::Relaxed) % usize::from(self.shards);
-        let order: Vec<u16> = (0..self.shards)
-            .map(|i| ((start + usize::from(i)) % usize::from(self.shards)) as u16)
-            .collect();
+        let order: Vec<u16> = (0..self.shards).collect();
         let (items, next_due) = if self.is_cluster() {
             self.claim_cluster(&order, now, lease_end, max).await?
         } else {
