@@ -440,7 +440,8 @@ mod cases {
             Depth {
                 due: 0,
                 scheduled: 0,
-                dead: 2
+                dead: 2,
+                parked: 0
             }
         );
 
@@ -469,7 +470,8 @@ mod cases {
             Depth {
                 due: 4,
                 scheduled: 0,
-                dead: 0
+                dead: 0,
+                parked: 0
             }
         );
         let claimed = q.claim(t, LEASE, 10).await.unwrap();
@@ -505,7 +507,8 @@ mod cases {
             Depth {
                 due: 1,
                 scheduled: 2,
-                dead: 1
+                dead: 1,
+                parked: 0
             }
         );
         assert_eq!(
@@ -513,7 +516,8 @@ mod cases {
             Depth {
                 due: 3,
                 scheduled: 0,
-                dead: 1
+                dead: 1,
+                parked: 0
             }
         );
     }
