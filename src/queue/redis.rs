@@ -1004,7 +1004,10 @@ impl Queue for RedisQueue {
         let applied: i64 = replies.iter().map(int_of).sum::<Result<i64, Error>>()?;
         let skipped = settlements.len() as i64 - applied;
         if skipped > 0 {
-            tracing::debug!(skipped, "settlements skipped: their lease had run out");
+            tracing::debug!(
+                skipped,
+                "settlements skipped: their lease had run out (or a park found no readable record)"
+            );
         }
         Ok(())
     }
