@@ -14,8 +14,8 @@ use hookd::ingest::EventId;
 use hookd::queue::embedded::EmbeddedQueue;
 use hookd::queue::redis::RedisQueue;
 use hookd::queue::{
-    now_ms, shard_of, Claim, Delivery, DeliveryId, Depth, Enqueued, Error, Lease, Millis, NewEvent, Queue, Settlement,
-    Standing,
+    now_ms, shard_of, Claim, Delivery, DeliveryId, Depth, Enqueued, Error, HealthUpdate, Lease, Millis, NewEvent,
+    Queue, Settlement, Standing, SubscriptionState,
 };
 use support::{queue_config, unique_prefix, RedisServer};
 
@@ -441,7 +441,8 @@ mod cases {
             Depth {
                 due: 0,
                 scheduled: 0,
-                dead: 2
+                dead: 2,
+                parked: 0
             }
         );
 
@@ -470,7 +471,8 @@ mod cases {
             Depth {
                 due: 4,
                 scheduled: 0,
-                dead: 0
+                dead: 0,
+                parked: 0
             }
         );
         let claimed = q.claim(t, LEASE, 10).await.unwrap();
@@ -506,7 +508,8 @@ mod cases {
             Depth {
                 due: 1,
                 scheduled: 2,
-                dead: 1
+                dead: 1,
+                parked: 0
             }
         );
         assert_eq!(
@@ -514,7 +517,8 @@ mod cases {
             Depth {
                 due: 3,
                 scheduled: 0,
-                dead: 1
+                dead: 1,
+                parked: 0
             }
         );
     }
@@ -637,6 +641,467 @@ mod cases {
         assert!(err.to_string().contains("shard_of"), "{err}");
         assert_eq!(q.depth(now_ms()).await.unwrap(), Depth::default());
     }
+    /// Claims everything due at `now`, in batches, in claim order.
+    async fn claim_all(q: &dyn Queue, now: Millis) -> Vec<Claim> {
+        let mut all = Vec::new();
+        loop {
+            let claimed = q.claim(now, LEASE, 1000).await.expect("claim");
+            if claimed.claims.is_empty() {
+                return all;
+            }
+            all.extend(claimed.claims);
+        }
+    }
+
+    /// Parks every claim.
+    async fn park(q: &dyn Queue, claims: &[Claim]) {
+        let parks: Vec<Settlement> = claims
+            .iter()
+            .map(|c| Settlement::Park {
+                id: c.delivery.id.clone(),
+                lease: c.lease,
+            })
+            .collect();
+        q.settle(&parks).await.expect("park");
+    }
+
+    /// Acks every claim.
+    async fn ack(q: &dyn Queue, claims: &[Claim]) {
+        let acks: Vec<Settlement> = claims
+            .iter()
+            .map(|c| Settlement::Ack {
+                id: c.delivery.id.clone(),
+                lease: c.lease,
+            })
+            .collect();
+        q.settle(&acks).await.expect("ack");
+    }
+
+    fn sub(name: &str) -> SubscriptionName {
+        SubscriptionName::parse(name).expect("valid name")
+    }
+
+    pub async fn parking_needs_the_current_lease(fx: &mut Fixture) {
+        let q = fx.q();
+        let d = enqueue_singles(&*q, &["evt_park".into()], fx.shards()).await.remove(0);
+        let t = now_ms();
+        let stale = q.claim(t, Duration::from_secs(1), 1).await.unwrap().claims.remove(0);
+        let fresh = q.claim(t + 1_000, LEASE, 1).await.unwrap().claims.remove(0);
+        q.settle(&[Settlement::Park {
+            id: d.id.clone(),
+            lease: stale.lease,
+        }])
+        .await
+        .unwrap();
+        assert_eq!(
+            q.get(&d.id).await.unwrap(),
+            Some((d.clone(), Standing::Pending { due: fresh.lease.0 })),
+            "a stale lease parks nothing"
+        );
+        assert_eq!(q.depth(t).await.unwrap().parked, 0);
+
+        let before = now_ms();
+        park(&*q, std::slice::from_ref(&fresh)).await;
+        let (stored, standing) = q.get(&d.id).await.unwrap().expect("kept while parked");
+        assert_eq!(stored, d, "the record is kept as it was");
+        assert!(
+            matches!(standing, Standing::Parked { since } if since >= before),
+            "{standing:?}"
+        );
+        assert_eq!(
+            q.depth(t + 100 * LEASE_MS).await.unwrap(),
+            Depth {
+                due: 0,
+                scheduled: 0,
+                dead: 0,
+                parked: 1
+            }
+        );
+
+        // Parked, it has no lease: nothing settles it any more.
+        let mut altered = d.clone();
+        altered.attempts = 7;
+        q.settle(&[
+            Settlement::Ack {
+                id: d.id.clone(),
+                lease: fresh.lease,
+            },
+            Settlement::Retry {
+                delivery: altered.clone(),
+                lease: fresh.lease,
+                due: t,
+            },
+            Settlement::Defer {
+                id: d.id.clone(),
+                lease: fresh.lease,
+                due: t,
+            },
+            Settlement::Dead {
+                delivery: altered,
+                lease: fresh.lease,
+            },
+            Settlement::Park {
+                id: d.id.clone(),
+                lease: fresh.lease,
+            },
+        ])
+        .await
+        .unwrap();
+        assert_eq!(q.get(&d.id).await.unwrap().map(|(d, _)| d), Some(d.clone()));
+        assert!(matches!(
+            q.get(&d.id).await.unwrap(),
+            Some((_, Standing::Parked { .. }))
+        ));
+
+        // Never claimed, not dead, not replayable.
+        let idle = q.claim(t + 100 * LEASE_MS, LEASE, 10).await.unwrap();
+        assert!(idle.claims.is_empty());
+        assert_eq!(idle.next_due, None, "parked deliveries are not waiting to fall due");
+        assert!(q.dead(10).await.unwrap().is_empty());
+        assert!(!q.replay(&d.id, t).await.unwrap(), "parked is not dead");
+        assert_eq!(
+            q.unpark(&sub("billing"), now_ms()).await.unwrap(),
+            0,
+            "another subscription's"
+        );
+
+        assert_eq!(q.unpark(&d.subscription, now_ms()).await.unwrap(), 1);
+        assert_eq!(q.unpark(&d.subscription, now_ms()).await.unwrap(), 0, "nothing left");
+        let back = q.claim(now_ms(), LEASE, 10).await.unwrap();
+        assert_eq!(ids_of(&back.claims), vec![d.id.clone()]);
+        assert_eq!(back.claims[0].delivery, d);
+    }
+
+    pub async fn unparked_deliveries_come_back_in_created_order(fx: &mut Fixture) {
+        let q = fx.q();
+        let base = now_ms() - 1_000_000;
+        // 100 events, alternately for `alpha` and `beta`, created 1 ms apart.
+        let events: Vec<NewEvent> = (0..100)
+            .map(|n| {
+                let to = if n % 2 == 0 { "alpha" } else { "beta" };
+                let mut e = event(&format!("evt_order_park_{n}"), &[to], fx.shards());
+                e.deliveries[0].created_at = base + n;
+                e
+            })
+            .collect();
+        let results = q.enqueue(&events, WINDOW).await.unwrap();
+        assert!(results.iter().all(|r| *r == Enqueued::Accepted));
+        let alpha: Vec<DeliveryId> = events
+            .iter()
+            .flat_map(|e| &e.deliveries)
+            .filter(|d| d.subscription.as_str() == "alpha")
+            .map(|d| d.id.clone())
+            .collect();
+        let shards: HashSet<u16> = alpha.iter().map(DeliveryId::shard).collect();
+        assert!(shards.len() >= 3, "the test needs several shards: {shards:?}");
+
+        let t = now_ms();
+        let claimed = claim_all(&*q, t).await;
+        assert_eq!(claimed.len(), 100);
+        let (to_alpha, to_beta): (Vec<Claim>, Vec<Claim>) = claimed
+            .into_iter()
+            .partition(|c| c.delivery.subscription.as_str() == "alpha");
+        park(&*q, &to_alpha).await;
+        // beta's run out of lease and are claimed again; alpha's never are.
+        let again = claim_all(&*q, t + LEASE_MS).await;
+        assert_eq!(again.len(), 50);
+        assert!(again.iter().all(|c| c.delivery.subscription.as_str() == "beta"));
+        ack(&*q, &again).await;
+        drop(to_beta);
+        assert_eq!(q.depth(t + 2 * LEASE_MS).await.unwrap().parked, 50);
+        for id in &alpha {
+            assert!(matches!(q.get(id).await.unwrap(), Some((_, Standing::Parked { .. }))));
+        }
+
+        // A newer alpha delivery, enqueued while the others are parked.
+        let newer = event("evt_order_park_newer", &["alpha"], fx.shards());
+        assert_eq!(
+            q.enqueue(std::slice::from_ref(&newer), WINDOW).await.unwrap(),
+            vec![Enqueued::Accepted]
+        );
+        let newer = newer.deliveries[0].clone();
+
+        let now = now_ms();
+        assert_eq!(q.unpark(&sub("alpha"), now).await.unwrap(), 50);
+        let depth = q.depth(now).await.unwrap();
+        assert_eq!((depth.parked, depth.due), (0, 51), "{depth:?}");
+        let (_, standing) = q.get(&alpha[0]).await.unwrap().expect("queued");
+        assert_eq!(standing, Standing::Pending { due: base }, "due at its created_at");
+        let back = q.claim(now, LEASE, 100).await.unwrap();
+        let mut want = alpha.clone();
+        want.push(newer.id.clone());
+        assert_eq!(ids_of(&back.claims), want, "oldest first, before anything newer");
+    }
+
+    pub async fn unparking_thousands_loses_nothing(fx: &mut Fixture) {
+        let q = fx.q();
+        let ids: Vec<String> = (0..5_000).map(|n| format!("evt_bulk_{n}")).collect();
+        let mut all = Vec::new();
+        for chunk in ids.chunks(500) {
+            all.extend(enqueue_singles(&*q, chunk, fx.shards()).await);
+        }
+        let t = now_ms();
+        let claimed = claim_all(&*q, t).await;
+        assert_eq!(claimed.len(), 5_000);
+        for chunk in claimed.chunks(1_000) {
+            park(&*q, chunk).await;
+        }
+        assert_eq!(q.depth(t).await.unwrap().parked, 5_000);
+
+        let now = now_ms();
+        assert_eq!(q.unpark(&sub("crm"), now).await.unwrap(), 5_000);
+        let depth = q.depth(now).await.unwrap();
+        assert_eq!((depth.due, depth.scheduled, depth.parked), (5_000, 0, 0), "{depth:?}");
+        let back = claim_all(&*q, now).await;
+        let mut want: Vec<(Millis, DeliveryId)> = all.iter().map(|d| (d.created_at, d.id.clone())).collect();
+        want.sort();
+        let got: Vec<(Millis, DeliveryId)> = back
+            .iter()
+            .map(|c| (c.delivery.created_at, c.delivery.id.clone()))
+            .collect();
+        assert_eq!(got.len(), 5_000);
+        assert!(got == want, "claimed in (created_at, id) order, each once");
+    }
+
+    pub async fn unpark_races_claimers_without_loss_or_duplicates(fx: &mut Fixture) {
+        let q = fx.q();
+        let ids: Vec<String> = (0..2_500).map(|n| format!("evt_race_{n}")).collect();
+        let mut all = HashSet::new();
+        for chunk in ids.chunks(500) {
+            all.extend(enqueue_singles(&*q, chunk, fx.shards()).await.into_iter().map(|d| d.id));
+        }
+        let claimed = claim_all(&*q, now_ms()).await;
+        for chunk in claimed.chunks(1_000) {
+            park(&*q, chunk).await;
+        }
+        let unparked = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let workers: Vec<_> = (0..6)
+            .map(|_| {
+                let q = q.clone();
+                let unparked = unparked.clone();
+                tokio::spawn(async move {
+                    let mut got = Vec::new();
+                    loop {
+                        // Read the flag first: if it was set, an empty claim
+                        // after it means everything was handed out.
+                        let done = unparked.load(std::sync::atomic::Ordering::SeqCst);
+                        let claimed = q.claim(now_ms(), LEASE, 41).await.expect("claim");
+                        if claimed.claims.is_empty() {
+                            if done {
+                                return got;
+                            }
+                            tokio::task::yield_now().await;
+                            continue;
+                        }
+                        got.extend(ids_of(&claimed.claims));
+                        ack(&*q, &claimed.claims).await;
+                    }
+                })
+            })
+            .collect();
+        let unparks: Vec<_> = (0..3)
+            .map(|_| {
+                let q = q.clone();
+                tokio::spawn(async move { q.unpark(&sub("crm"), now_ms()).await.expect("unpark") })
+            })
+            .collect();
+        let mut moved = 0;
+        for u in unparks {
+            moved += u.await.expect("unpark task");
+        }
+        unparked.store(true, std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(moved, 2_500, "each parked delivery moved exactly once");
+        let mut seen = HashSet::new();
+        for worker in workers {
+            for id in worker.await.expect("worker") {
+                assert!(seen.insert(id.clone()), "{id} was handed out twice");
+            }
+        }
+        assert_eq!(seen, all, "every delivery came back");
+        assert_eq!(q.depth(now_ms() + 10 * LEASE_MS).await.unwrap(), Depth::default());
+    }
+
+    pub async fn subscription_state_defaults_and_toggles(fx: &mut Fixture) {
+        let q = fx.q();
+        let crm = sub("crm");
+        assert_eq!(q.subscription_state(&crm).await.unwrap(), SubscriptionState::default());
+        assert!(SubscriptionState::default().enabled);
+        assert!(q.subscription_states().await.unwrap().is_empty());
+        assert!(!q.set_enabled(&crm, true, None, 5).await.unwrap(), "already enabled");
+
+        let failing = HealthUpdate {
+            subscription: crm.clone(),
+            successes: 0,
+            failures: 4,
+            last_outcome_success: false,
+            last_success_at: None,
+            last_failure_at: Some(90),
+        };
+        q.record_health(&[failing]).await.unwrap();
+        assert!(q.set_enabled(&crm, false, Some("410 Gone".into()), 100).await.unwrap());
+        assert!(
+            !q.set_enabled(&crm, false, Some("again".into()), 200).await.unwrap(),
+            "idempotent"
+        );
+        let disabled = q.subscription_state(&crm).await.unwrap();
+        assert_eq!(
+            disabled,
+            SubscriptionState {
+                enabled: false,
+                reason: Some("410 Gone".into()),
+                since: 100,
+                consecutive_failures: 4,
+                failing_since: Some(90),
+                last_success_at: None,
+                last_failure_at: Some(90),
+            }
+        );
+        assert!(q.set_enabled(&crm, true, Some("operator".into()), 300).await.unwrap());
+        assert!(!q.set_enabled(&crm, true, None, 400).await.unwrap());
+        assert_eq!(
+            q.subscription_state(&crm).await.unwrap(),
+            SubscriptionState {
+                enabled: true,
+                reason: Some("operator".into()),
+                since: 300,
+                consecutive_failures: 0,
+                failing_since: None,
+                last_success_at: None,
+                last_failure_at: Some(90),
+            },
+            "enabling resets the counters, keeps the history"
+        );
+        assert!(q.set_enabled(&sub("billing"), false, None, 500).await.unwrap());
+        let all = q.subscription_states().await.unwrap();
+        let names: Vec<&str> = all.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, vec!["billing", "crm"]);
+        assert_eq!(all[0].1.reason, None);
+        assert!(!all[0].1.enabled);
+        assert_eq!(all[0].1.since, 500);
+    }
+
+    pub async fn health_is_counted_by_the_rules(fx: &mut Fixture) {
+        let q = fx.q();
+        // (batches in turn as (successes, failures, last was a success),
+        //  then consecutive_failures and failing_since after the last)
+        type Batch = (u32, u32, bool);
+        let cases: &[(&str, &[Batch], u64, Option<Millis>)] = &[
+            ("fail_once", &[(0, 3, false)], 3, Some(1_000)),
+            ("fail_twice", &[(0, 3, false), (0, 2, false)], 5, Some(1_000)),
+            ("recover", &[(0, 3, false), (1, 2, true)], 0, None),
+            ("success_mid_batch", &[(0, 3, false), (1, 2, false)], 2, Some(2_000)),
+            ("fail_after_ok", &[(2, 0, true), (0, 1, false)], 1, Some(2_000)),
+            ("only_ok", &[(5, 0, true), (1, 0, true)], 0, None),
+        ];
+        for &(name, batches, failures, since) in cases {
+            let mut model = SubscriptionState::default();
+            for (n, &(ok, failed, last_ok)) in batches.iter().enumerate() {
+                let at = 1_000 * (n as Millis + 1);
+                let update = HealthUpdate {
+                    subscription: sub(name),
+                    successes: ok,
+                    failures: failed,
+                    last_outcome_success: last_ok,
+                    last_success_at: (ok > 0).then_some(at - 10),
+                    last_failure_at: (failed > 0).then_some(at),
+                };
+                model.apply(&update);
+                let states = q.record_health(std::slice::from_ref(&update)).await.unwrap();
+                assert_eq!(states, vec![(sub(name), model.clone())], "{name}, batch {n}");
+            }
+            let state = q.subscription_state(&sub(name)).await.unwrap();
+            assert_eq!(state, model, "{name}");
+            assert_eq!(
+                (state.consecutive_failures, state.failing_since),
+                (failures, since),
+                "{name}"
+            );
+            assert!(state.enabled);
+        }
+
+        // Several subscriptions (one twice) in one call, applied in order.
+        let update = |name: &str, failures: u32, at: Millis| HealthUpdate {
+            subscription: sub(name),
+            successes: 0,
+            failures,
+            last_outcome_success: false,
+            last_success_at: None,
+            last_failure_at: Some(at),
+        };
+        let states = q
+            .record_health(&[
+                update("multi_a", 1, 10),
+                update("multi_b", 2, 20),
+                update("multi_a", 3, 5),
+            ])
+            .await
+            .unwrap();
+        let counts: Vec<(&str, u64, Option<Millis>)> = states
+            .iter()
+            .map(|(n, s)| (n.as_str(), s.consecutive_failures, s.last_failure_at))
+            .collect();
+        assert_eq!(
+            counts,
+            vec![
+                ("multi_a", 1, Some(10)),
+                ("multi_b", 2, Some(20)),
+                ("multi_a", 4, Some(10))
+            ],
+            "last_failure_at never moves back"
+        );
+
+        // An inconsistent update refuses the whole call.
+        let mut bad = update("multi_b", 1, 30);
+        bad.last_failure_at = None;
+        let err = q.record_health(&[update("multi_b", 1, 30), bad]).await.unwrap_err();
+        assert!(matches!(err, Error::Invalid(_)), "{err}");
+        assert_eq!(
+            q.subscription_state(&sub("multi_b"))
+                .await
+                .unwrap()
+                .consecutive_failures,
+            2
+        );
+        assert_eq!(q.subscription_states().await.unwrap().len(), cases.len() + 2);
+    }
+
+    pub async fn parking_and_state_survive_a_restart(fx: &mut Fixture) {
+        let q = fx.q();
+        let ids: Vec<String> = (0..20).map(|n| format!("evt_park_durable_{n}")).collect();
+        let ds = enqueue_singles(&*q, &ids, fx.shards()).await;
+        let claimed = claim_all(&*q, now_ms()).await;
+        park(&*q, &claimed).await;
+        let crm = sub("crm");
+        q.record_health(&[HealthUpdate {
+            subscription: crm.clone(),
+            successes: 1,
+            failures: 6,
+            last_outcome_success: false,
+            last_success_at: Some(40),
+            last_failure_at: Some(50),
+        }])
+        .await
+        .unwrap();
+        assert!(q
+            .set_enabled(&crm, false, Some("failing for 1h".into()), 60)
+            .await
+            .unwrap());
+        let state = q.subscription_state(&crm).await.unwrap();
+        drop(q);
+
+        fx.reopen().await;
+        let q = fx.q();
+        assert_eq!(q.subscription_state(&crm).await.unwrap(), state);
+        assert_eq!(q.subscription_states().await.unwrap(), vec![(crm.clone(), state)]);
+        assert_eq!(q.depth(now_ms()).await.unwrap().parked, 20);
+        assert!(matches!(
+            q.get(&ds[0].id).await.unwrap(),
+            Some((_, Standing::Parked { .. }))
+        ));
+        assert!(q.set_enabled(&crm, true, None, 70).await.unwrap());
+        assert_eq!(q.unpark(&crm, now_ms()).await.unwrap(), 20);
+        assert_eq!(claim_all(&*q, now_ms()).await.len(), 20);
+    }
 }
 
 macro_rules! case {
@@ -670,6 +1135,13 @@ macro_rules! conformance {
             case!($open, concurrent_claimers_never_share_a_delivery);
             case!($open, data_survives_a_restart);
             case!($open, misplaced_deliveries_are_refused);
+            case!($open, parking_needs_the_current_lease);
+            case!($open, unparked_deliveries_come_back_in_created_order);
+            case!($open, unparking_thousands_loses_nothing);
+            case!($open, unpark_races_claimers_without_loss_or_duplicates);
+            case!($open, subscription_state_defaults_and_toggles);
+            case!($open, health_is_counted_by_the_rules);
+            case!($open, parking_and_state_survive_a_restart);
         }
     };
 }
@@ -711,8 +1183,114 @@ mod redis_only {
             matches!(&err, Error::Corrupt { id, .. } if id == d.id.as_str()),
             "{err}"
         );
-        let claimed = q.claim(now_ms(), LEASE, 10).await.unwrap();
+        let t = now_ms();
+        let claimed = q.claim(t, LEASE, 10).await.unwrap();
         assert!(claimed.claims.is_empty(), "a corrupt record is not handed out");
+
+        // Parking needs the record's subscription: a corrupt one stays leased.
+        q.settle(&[Settlement::Park {
+            id: d.id.clone(),
+            lease: Lease(t + LEASE_MS),
+        }])
+        .await
+        .unwrap();
+        let due = hookd::queue::redis::due_key(&fx.config.key_prefix, d.id.shard());
+        assert_eq!(
+            server.command(&["ZSCORE", &due, d.id.as_str()]),
+            (t + LEASE_MS).to_string()
+        );
+        assert_eq!(q.depth(t).await.unwrap().parked, 0);
+    }
+
+    #[tokio::test]
+    async fn corrupt_subscription_state_is_reported() {
+        let fx = Fixture::redis("corrupt_state").await;
+        let q = fx.q();
+        let crm = SubscriptionName::parse("crm").unwrap();
+        assert!(q.set_enabled(&crm, false, None, 1).await.unwrap());
+        let Home::Redis(server) = &fx.home else { unreachable!() };
+        let key = hookd::queue::redis::subscription_key(&fx.config.key_prefix, &crm);
+        assert_eq!(server.command(&["HSET", &key, "since", "yesterday"]), "0");
+        let err = q.subscription_state(&crm).await.unwrap_err();
+        assert!(
+            matches!(&err, Error::CorruptState { subscription, .. } if subscription == "crm"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("since"), "{err}");
+        assert!(q.subscription_states().await.is_err());
+    }
+
+    /// Two `RedisQueue`s on one Redis, as two hookd processes would be.
+    async fn processes_share_state_and_parking(fx: Fixture) {
+        let first = fx.q();
+        let second: Arc<dyn Queue> = Arc::new(RedisQueue::connect(&fx.config).await.expect("second connection"));
+        let crm = SubscriptionName::parse("crm").unwrap();
+
+        assert!(first
+            .set_enabled(&crm, false, Some("410 Gone".into()), 10)
+            .await
+            .unwrap());
+        let seen = second.subscription_state(&crm).await.unwrap();
+        assert!(!seen.enabled);
+        assert_eq!(seen.reason.as_deref(), Some("410 Gone"));
+        assert!(
+            !second.set_enabled(&crm, false, None, 20).await.unwrap(),
+            "already disabled"
+        );
+
+        // Health from both, concurrently, adds up.
+        let tasks: Vec<_> = (0..20)
+            .map(|n| {
+                let q = if n % 2 == 0 { first.clone() } else { second.clone() };
+                let crm = crm.clone();
+                tokio::spawn(async move {
+                    let update = HealthUpdate {
+                        subscription: crm,
+                        successes: 0,
+                        failures: 1,
+                        last_outcome_success: false,
+                        last_success_at: None,
+                        last_failure_at: Some(100 + n),
+                    };
+                    q.record_health(&[update]).await.expect("record health");
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let state = first.subscription_state(&crm).await.unwrap();
+        assert_eq!(state.consecutive_failures, 20);
+        assert_eq!(state.last_failure_at, Some(119));
+        assert_eq!(second.subscription_states().await.unwrap(), vec![(crm.clone(), state)]);
+
+        // One parks, the other unparks.
+        let ids: Vec<String> = (0..30).map(|n| format!("evt_two_{n}")).collect();
+        enqueue_singles(&*first, &ids, fx.shards()).await;
+        let claimed = first.claim(now_ms(), LEASE, 100).await.unwrap().claims;
+        let parks: Vec<Settlement> = claimed
+            .iter()
+            .map(|c| Settlement::Park {
+                id: c.delivery.id.clone(),
+                lease: c.lease,
+            })
+            .collect();
+        first.settle(&parks).await.unwrap();
+        assert_eq!(second.depth(now_ms()).await.unwrap().parked, 30);
+        assert!(second.set_enabled(&crm, true, None, 200).await.unwrap());
+        assert_eq!(first.subscription_state(&crm).await.unwrap().consecutive_failures, 0);
+        assert_eq!(second.unpark(&crm, now_ms()).await.unwrap(), 30);
+        assert_eq!(first.claim(now_ms(), LEASE, 100).await.unwrap().claims.len(), 30);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_processes_share_state_and_parking() {
+        processes_share_state_and_parking(Fixture::redis("two_processes").await).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_processes_share_state_and_parking_on_a_cluster() {
+        processes_share_state_and_parking(Fixture::redis_cluster("two_processes_cluster").await).await;
     }
 }
 

@@ -14,6 +14,11 @@
 //! is a repeated attempt, which at-least-once delivery allows (receivers
 //! dedup on `webhook-id`), and the same bound Redis gives with its default
 //! `appendfsync everysec`.
+//!
+//! Unparking and enabling or disabling a subscription commit durably too.
+//! Parking is a settlement and health updates come once per settle batch,
+//! so both ride with the settlements: a crash can undo a park (the delivery
+//! falls due again and is parked again) or the last second of health.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -27,9 +32,10 @@ use redb::{
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    Claim, Claimed, Delivery, DeliveryId, Depth, Enqueued, Error, Lease, Millis, NewEvent, Queue, Settlement, Standing,
+    Claim, Claimed, Delivery, DeliveryId, Depth, Enqueued, Error, HealthUpdate, Lease, Millis, NewEvent, Queue,
+    Settlement, Standing, SubscriptionState,
 };
-use crate::config::QueueConfig;
+use crate::config::{QueueConfig, SubscriptionName};
 
 /// The store's file inside `queue.data_dir`.
 pub const FILE_NAME: &str = "queue.redb";
@@ -50,6 +56,15 @@ const SEEN: TableDefinition<&str, i64> = TableDefinition::new("seen");
 /// (window end ms, event id): [`SEEN`] in expiry order, so the writer can
 /// purge expired entries cheaply.
 const SEEN_EXPIRY: TableDefinition<(i64, &str), ()> = TableDefinition::new("seen_expiry");
+/// (subscription, created_at ms, delivery id): parked deliveries, per
+/// subscription in the order they are unparked. Written by settle (park)
+/// and unpark (removes).
+const PARKED: TableDefinition<(&str, i64, &str), ()> = TableDefinition::new("parked");
+/// Delivery id → when it was parked (ms), for every delivery in [`PARKED`].
+const PARKED_AT: TableDefinition<&str, i64> = TableDefinition::new("parked_at");
+/// Subscription name → its [`SubscriptionState`] as JSON. Written by
+/// set_enabled and record_health.
+const SUBSCRIPTIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("subscriptions");
 
 /// Longest time between durable commits while only claims and settlements
 /// arrive; bounds what a crash can undo of them.
@@ -60,6 +75,9 @@ const MAX_GROUP: usize = 1024;
 /// Most expired dedup entries purged per transaction, so a purge never
 /// delays a commit much.
 const PURGE_PER_COMMIT: usize = 512;
+/// Most parked deliveries one unpark operation moves, so claims and
+/// settlements queued behind it wait little.
+const UNPARK_BATCH: usize = 1000;
 
 /// The answer channel of one operation.
 type Reply<T> = oneshot::Sender<Result<T, Error>>;
@@ -82,6 +100,8 @@ enum Action {
     Defer { due: Millis },
     /// Store the record and move it to the dead.
     Dead { record: Vec<u8> },
+    /// Move it to its subscription's parked set.
+    Park,
 }
 
 /// One settlement, encoded for the writer.
@@ -120,6 +140,25 @@ enum Op {
         now: Millis,
         reply: Reply<bool>,
     },
+    /// One batch of [`Queue::unpark`]: moves at most [`UNPARK_BATCH`].
+    Unpark {
+        subscription: String,
+        now: Millis,
+        reply: Reply<u64>,
+    },
+    /// [`Queue::set_enabled`].
+    SetEnabled {
+        subscription: SubscriptionName,
+        enabled: bool,
+        reason: Option<String>,
+        now: Millis,
+        reply: Reply<bool>,
+    },
+    /// [`Queue::record_health`].
+    RecordHealth {
+        updates: Vec<HealthUpdate>,
+        reply: Reply<Vec<(SubscriptionName, SubscriptionState)>>,
+    },
 }
 
 /// What the writer computed for one operation, sent once the commit is done.
@@ -128,6 +167,9 @@ enum Outcome {
     Claimed(Vec<RawClaim>, Option<Millis>),
     Settled,
     Replayed(Result<bool, Error>),
+    Unparked(u64),
+    Enabled(Result<bool, Error>),
+    Recorded(Result<Vec<(SubscriptionName, SubscriptionState)>, Error>),
 }
 
 /// The embedded queue backend.
@@ -288,9 +330,12 @@ fn write_loop(db: &Database, mut receiver: mpsc::UnboundedReceiver<Op>) {
             }
         }
         let durable = last_durable.elapsed() >= DURABLE_EVERY
-            || group
-                .iter()
-                .any(|op| matches!(op, Op::Enqueue { .. } | Op::Replay { .. }));
+            || group.iter().any(|op| {
+                matches!(
+                    op,
+                    Op::Enqueue { .. } | Op::Replay { .. } | Op::Unpark { .. } | Op::SetEnabled { .. }
+                )
+            });
         match apply_group(db, &group, durable) {
             Ok(outcomes) => {
                 if durable {
@@ -339,6 +384,9 @@ fn answer(op: Op, outcome: Outcome) {
         (Op::Claim { reply, .. }, Outcome::Claimed(c, n)) => drop(reply.send(Ok((c, n)))),
         (Op::Settle { reply, .. }, Outcome::Settled) => drop(reply.send(Ok(()))),
         (Op::Replay { reply, .. }, Outcome::Replayed(r)) => drop(reply.send(r)),
+        (Op::Unpark { reply, .. }, Outcome::Unparked(n)) => drop(reply.send(Ok(n))),
+        (Op::SetEnabled { reply, .. }, Outcome::Enabled(r)) => drop(reply.send(r)),
+        (Op::RecordHealth { reply, .. }, Outcome::Recorded(r)) => drop(reply.send(r)),
         (op, _) => fail(op, Error::Store("internal error: mismatched writer outcome".into())),
     }
 }
@@ -349,6 +397,9 @@ fn fail(op: Op, e: Error) {
         Op::Claim { reply, .. } => drop(reply.send(Err(e))),
         Op::Settle { reply, .. } => drop(reply.send(Err(e))),
         Op::Replay { reply, .. } => drop(reply.send(Err(e))),
+        Op::Unpark { reply, .. } => drop(reply.send(Err(e))),
+        Op::SetEnabled { reply, .. } => drop(reply.send(Err(e))),
+        Op::RecordHealth { reply, .. } => drop(reply.send(Err(e))),
     }
 }
 
@@ -368,6 +419,12 @@ struct Tables<'txn> {
     seen: Table<'txn, &'static str, i64>,
     /// [`SEEN_EXPIRY`].
     seen_expiry: Table<'txn, (i64, &'static str), ()>,
+    /// [`PARKED`].
+    parked: Table<'txn, (&'static str, i64, &'static str), ()>,
+    /// [`PARKED_AT`].
+    parked_at: Table<'txn, &'static str, i64>,
+    /// [`SUBSCRIPTIONS`].
+    subscriptions: Table<'txn, &'static str, &'static [u8]>,
 }
 
 impl<'txn> Tables<'txn> {
@@ -380,6 +437,9 @@ impl<'txn> Tables<'txn> {
             dead_at: txn.open_table(DEAD_AT)?,
             seen: txn.open_table(SEEN)?,
             seen_expiry: txn.open_table(SEEN_EXPIRY)?,
+            parked: txn.open_table(PARKED)?,
+            parked_at: txn.open_table(PARKED_AT)?,
+            subscriptions: txn.open_table(SUBSCRIPTIONS)?,
         })
     }
 
@@ -404,6 +464,15 @@ impl<'txn> Tables<'txn> {
                 Outcome::Settled
             }
             Op::Replay { id, now, .. } => Outcome::Replayed(self.replay(id, *now)?),
+            Op::Unpark { subscription, now, .. } => Outcome::Unparked(self.unpark(subscription, *now)?),
+            Op::SetEnabled {
+                subscription,
+                enabled,
+                reason,
+                now,
+                ..
+            } => Outcome::Enabled(self.set_enabled(subscription, *enabled, reason, *now)?),
+            Op::RecordHealth { updates, .. } => Outcome::Recorded(self.record_health(updates)?),
         })
     }
 
@@ -503,8 +572,109 @@ impl<'txn> Tables<'txn> {
                 }
                 self.dead.insert((now, id), ())?;
             }
+            Action::Park => {
+                let Some(record) = self.records.get(id)?.map(|g| g.value().to_vec()) else {
+                    return Ok(());
+                };
+                let delivery = match Delivery::decode(id, &record) {
+                    Ok(d) => d,
+                    Err(e) => {
+                        // Left leased: it falls due again and is reported
+                        // (and skipped) by the claim that finds it.
+                        tracing::error!(delivery = %id, error = %e, "cannot park a corrupt delivery record");
+                        return Ok(());
+                    }
+                };
+                self.unset_due(id)?;
+                self.parked
+                    .insert((delivery.subscription.as_str(), delivery.created_at, id), ())?;
+                self.parked_at.insert(id, now)?;
+            }
         }
         Ok(())
+    }
+
+    /// Moves up to [`UNPARK_BATCH`] of `subscription`'s parked deliveries,
+    /// oldest first, back to due at their `created_at` (at most `now`).
+    fn unpark(&mut self, subscription: &str, now: Millis) -> Result<u64, StoreError> {
+        let batch: Vec<(i64, String)> = self
+            .parked
+            .range((subscription, i64::MIN, "")..)?
+            .take(UNPARK_BATCH)
+            .map(|entry| {
+                entry.map(|(key, _)| {
+                    let (sub, created, id) = key.value();
+                    (sub == subscription).then(|| (created, id.to_owned()))
+                })
+            })
+            .map_while(|entry| entry.transpose())
+            .collect::<Result<_, _>>()?;
+        for (created, id) in &batch {
+            self.parked.remove((subscription, *created, id.as_str()))?;
+            self.parked_at.remove(id.as_str())?;
+            self.set_due(id, (*created).min(now))?;
+        }
+        Ok(batch.len() as u64)
+    }
+
+    /// The stored state of `name`, or the default; `Err` inside if corrupt.
+    fn state(&self, name: &str) -> Result<Result<SubscriptionState, Error>, StoreError> {
+        Ok(match self.subscriptions.get(name)? {
+            None => Ok(SubscriptionState::default()),
+            Some(bytes) => decode_state(name, bytes.value()),
+        })
+    }
+
+    fn put_state(&mut self, name: &str, state: &SubscriptionState) -> Result<(), StoreError> {
+        self.subscriptions.insert(name, encode_state(state).as_slice())?;
+        Ok(())
+    }
+
+    fn set_enabled(
+        &mut self,
+        name: &SubscriptionName,
+        enabled: bool,
+        reason: &Option<String>,
+        now: Millis,
+    ) -> Result<Result<bool, Error>, StoreError> {
+        let mut state = match self.state(name.as_str())? {
+            Ok(state) => state,
+            Err(e) => return Ok(Err(e)),
+        };
+        let changed = state.set_enabled(enabled, reason.clone(), now);
+        if changed {
+            self.put_state(name.as_str(), &state)?;
+        }
+        Ok(Ok(changed))
+    }
+
+    /// Applies every update, or none if a stored state is corrupt.
+    #[allow(clippy::type_complexity)]
+    fn record_health(
+        &mut self,
+        updates: &[HealthUpdate],
+    ) -> Result<Result<Vec<(SubscriptionName, SubscriptionState)>, Error>, StoreError> {
+        let mut states: Vec<(SubscriptionName, SubscriptionState)> = Vec::new();
+        for u in updates {
+            if states.iter().any(|(name, _)| *name == u.subscription) {
+                continue;
+            }
+            match self.state(u.subscription.as_str())? {
+                Ok(state) => states.push((u.subscription.clone(), state)),
+                Err(e) => return Ok(Err(e)),
+            }
+        }
+        let mut out = Vec::with_capacity(updates.len());
+        for u in updates {
+            if let Some((_, state)) = states.iter_mut().find(|(name, _)| *name == u.subscription) {
+                state.apply(u);
+                out.push((u.subscription.clone(), state.clone()));
+            }
+        }
+        for (name, state) in &states {
+            self.put_state(name.as_str(), state)?;
+        }
+        Ok(Ok(out))
     }
 
     fn replay(&mut self, id: &str, now: Millis) -> Result<Result<bool, Error>, StoreError> {
@@ -552,6 +722,17 @@ impl<'txn> Tables<'txn> {
 
 fn read_err(e: impl std::fmt::Display) -> Error {
     store("read", e)
+}
+
+fn encode_state(state: &SubscriptionState) -> Vec<u8> {
+    serde_json::to_vec(state).expect("a subscription state always serializes")
+}
+
+fn decode_state(name: &str, bytes: &[u8]) -> Result<SubscriptionState, Error> {
+    serde_json::from_slice(bytes).map_err(|e| Error::CorruptState {
+        subscription: name.to_owned(),
+        reason: e.to_string(),
+    })
 }
 
 #[async_trait::async_trait]
@@ -632,6 +813,7 @@ impl Queue for EmbeddedQueue {
                             record: delivery.encode(),
                         },
                     ),
+                    Settlement::Park { lease, .. } => (lease, Action::Park),
                 };
                 Settle {
                     id: s.id().as_str().to_owned(),
@@ -654,6 +836,10 @@ impl Queue for EmbeddedQueue {
             let due = txn.open_table(DUE_AT).map_err(read_err)?;
             if let Some(due) = due.get(id.as_str()).map_err(read_err)? {
                 return Ok(Some((delivery, Standing::Pending { due: due.value() })));
+            }
+            let parked = txn.open_table(PARKED_AT).map_err(read_err)?;
+            if let Some(since) = parked.get(id.as_str()).map_err(read_err)? {
+                return Ok(Some((delivery, Standing::Parked { since: since.value() })));
             }
             let dead = txn.open_table(DEAD_AT).map_err(read_err)?;
             if let Some(since) = dead.get(id.as_str()).map_err(read_err)? {
@@ -696,13 +882,93 @@ impl Queue for EmbeddedQueue {
                 ready += 1;
             }
             let dead = txn.open_table(DEAD).map_err(read_err)?.len().map_err(read_err)?;
+            let parked = txn.open_table(PARKED_AT).map_err(read_err)?.len().map_err(read_err)?;
             Ok(Depth {
                 due: ready,
                 scheduled: total.saturating_sub(ready),
                 dead,
+                parked,
             })
         })
         .await
+    }
+
+    async fn unpark(&self, subscription: &SubscriptionName, now: Millis) -> Result<u64, Error> {
+        let mut moved = 0;
+        loop {
+            let n = self
+                .submit(|reply| Op::Unpark {
+                    subscription: subscription.as_str().to_owned(),
+                    now,
+                    reply,
+                })
+                .await?;
+            moved += n;
+            if n < UNPARK_BATCH as u64 {
+                return Ok(moved);
+            }
+        }
+    }
+
+    async fn subscription_state(&self, subscription: &SubscriptionName) -> Result<SubscriptionState, Error> {
+        let name = subscription.as_str().to_owned();
+        self.read(move |txn| {
+            let table = txn.open_table(SUBSCRIPTIONS).map_err(read_err)?;
+            match table.get(name.as_str()).map_err(read_err)? {
+                None => Ok(SubscriptionState::default()),
+                Some(bytes) => decode_state(&name, bytes.value()),
+            }
+        })
+        .await
+    }
+
+    async fn subscription_states(&self) -> Result<Vec<(SubscriptionName, SubscriptionState)>, Error> {
+        self.read(|txn| {
+            let table = txn.open_table(SUBSCRIPTIONS).map_err(read_err)?;
+            let mut out = Vec::new();
+            for entry in table.iter().map_err(read_err)? {
+                let (name, bytes) = entry.map_err(read_err)?;
+                let name = name.value();
+                let parsed = SubscriptionName::parse(name).map_err(|reason| Error::CorruptState {
+                    subscription: name.to_owned(),
+                    reason: format!("bad name: {reason}"),
+                })?;
+                out.push((parsed, decode_state(name, bytes.value())?));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn set_enabled(
+        &self,
+        subscription: &SubscriptionName,
+        enabled: bool,
+        reason: Option<String>,
+        now: Millis,
+    ) -> Result<bool, Error> {
+        self.submit(|reply| Op::SetEnabled {
+            subscription: subscription.clone(),
+            enabled,
+            reason,
+            now,
+            reply,
+        })
+        .await
+    }
+
+    async fn record_health(
+        &self,
+        updates: &[HealthUpdate],
+    ) -> Result<Vec<(SubscriptionName, SubscriptionState)>, Error> {
+        if updates.is_empty() {
+            return Ok(Vec::new());
+        }
+        for u in updates {
+            u.check()?;
+        }
+        let updates = updates.to_vec();
+        self.submit(|reply| Op::RecordHealth { updates, reply }).await
     }
 
     async fn ping(&self) -> Result<(), Error> {

@@ -22,6 +22,16 @@
 //! - The claim's due time is its [`Lease`] token. A settlement applies only
 //!   while the delivery still carries that token, so a worker whose lease
 //!   ran out cannot undo what the next claimant did.
+//! - Claims go in order of due time, ties broken by [`DeliveryId`].
+//! - [`Settlement::Park`] moves a claimed delivery of a disabled
+//!   subscription aside, out of the due order, into its subscription's
+//!   parked set ordered by (`created_at`, id); [`Queue::unpark`] puts them
+//!   all back, due at their `created_at`, so they are claimed oldest first,
+//!   before anything enqueued after them. A delivery is in exactly one of
+//!   due, parked or dead; settlements only touch due ones.
+//! - Every subscription has a [`SubscriptionState`] (enabled or not, why,
+//!   since when, and its failure health) stored in the backend, so every
+//!   process sharing the queue sees the same one and it survives restarts.
 
 pub mod embedded;
 pub mod redis;
@@ -53,6 +63,17 @@ pub enum Error {
     /// The caller asked for something the queue cannot store as given.
     #[error("invalid request: {0}")]
     Invalid(String),
+    /// A subscription's stored state could not be decoded.
+    #[error(
+        "stored state of subscription {subscription} is corrupt: {reason}; \
+         enable or disable it again to rewrite it"
+    )]
+    CorruptState {
+        /// The subscription (or the stored key, if the name itself is bad).
+        subscription: String,
+        /// What was wrong with it.
+        reason: String,
+    },
 }
 
 /// Milliseconds since the Unix epoch: the unit of every due time.
@@ -249,13 +270,17 @@ pub enum Settlement {
     Defer { id: DeliveryId, lease: Lease, due: Millis },
     /// Failed for good: store the updated record among the dead.
     Dead { delivery: Delivery, lease: Lease },
+    /// Its subscription is disabled: move it out of the due order into the
+    /// subscription's parked set (ordered by `created_at`, then id), record
+    /// kept, until [`Queue::unpark`].
+    Park { id: DeliveryId, lease: Lease },
 }
 
 impl Settlement {
     /// The delivery this settles.
     pub fn id(&self) -> &DeliveryId {
         match self {
-            Settlement::Ack { id, .. } | Settlement::Defer { id, .. } => id,
+            Settlement::Ack { id, .. } | Settlement::Defer { id, .. } | Settlement::Park { id, .. } => id,
             Settlement::Retry { delivery, .. } | Settlement::Dead { delivery, .. } => &delivery.id,
         }
     }
@@ -269,6 +294,9 @@ pub enum Standing {
     Pending { due: Millis },
     /// Failed for good at `since`; kept until replayed.
     Dead { since: Millis },
+    /// Set aside at `since` because its subscription is disabled; kept
+    /// until the subscription's deliveries are unparked.
+    Parked { since: Millis },
 }
 
 /// How many deliveries wait where.
@@ -283,6 +311,155 @@ pub struct Depth {
     pub scheduled: u64,
     /// Dead, kept for replay.
     pub dead: u64,
+    /// Parked: their subscription is disabled (every subscription summed).
+    pub parked: u64,
+}
+
+/// Whether a subscription is enabled, and how its endpoint has been doing.
+///
+/// One per subscription, stored in the queue backend so that every process
+/// sharing it sees the same and it survives restarts. The queue only
+/// records; deciding to disable (thresholds) is the dispatcher's job.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubscriptionState {
+    /// Whether deliveries are sent; false parks them.
+    pub enabled: bool,
+    /// Why it was last disabled or enabled, if a reason was given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// When `enabled` last changed (0: never).
+    pub since: Millis,
+    /// Failed attempts since the last success (reset by a success, and on
+    /// enabling).
+    pub consecutive_failures: u64,
+    /// When the current run of failures started, if one is under way
+    /// (cleared by a success, and on enabling).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failing_since: Option<Millis>,
+    /// When an attempt last succeeded, if ever.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_success_at: Option<Millis>,
+    /// When an attempt last failed, if ever.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failure_at: Option<Millis>,
+}
+
+impl Default for SubscriptionState {
+    /// Enabled, never changed, no attempts recorded.
+    fn default() -> SubscriptionState {
+        SubscriptionState {
+            enabled: true,
+            reason: None,
+            since: 0,
+            consecutive_failures: 0,
+            failing_since: None,
+            last_success_at: None,
+            last_failure_at: None,
+        }
+    }
+}
+
+impl SubscriptionState {
+    /// Enables or disables at `now`, keeping `reason`; enabling also resets
+    /// the failure counters. A state that already is `enabled` is left as it
+    /// is (reason and `since` included). Returns whether it changed.
+    ///
+    /// The rule both backends apply; the Redis backend's script mirrors it.
+    pub fn set_enabled(&mut self, enabled: bool, reason: Option<String>, now: Millis) -> bool {
+        if self.enabled == enabled {
+            return false;
+        }
+        self.enabled = enabled;
+        self.reason = reason;
+        self.since = now;
+        if enabled {
+            self.consecutive_failures = 0;
+            self.failing_since = None;
+        }
+        true
+    }
+
+    /// Applies one settle batch's outcomes (see [`HealthUpdate`] for the
+    /// rules). The rule both backends apply; the Redis backend's script
+    /// mirrors it.
+    pub fn apply(&mut self, update: &HealthUpdate) {
+        if update.last_outcome_success {
+            self.consecutive_failures = 0;
+            self.failing_since = None;
+        } else if update.failures > 0 {
+            if update.successes > 0 {
+                // A success earlier in the batch ended the previous run.
+                self.consecutive_failures = u64::from(update.failures);
+                self.failing_since = update.last_failure_at;
+            } else {
+                self.consecutive_failures = self.consecutive_failures.saturating_add(u64::from(update.failures));
+                self.failing_since = self.failing_since.or(update.last_failure_at);
+            }
+        }
+        self.last_success_at = self.last_success_at.max(update.last_success_at);
+        self.last_failure_at = self.last_failure_at.max(update.last_failure_at);
+    }
+}
+
+/// One settle batch's attempt outcomes for one subscription, for
+/// [`Queue::record_health`].
+///
+/// Applied atomically per subscription:
+/// - the batch ended in a success (`last_outcome_success`): the run of
+///   failures is over: `consecutive_failures = 0`, `failing_since = None`
+///   (failures before that success don't count);
+/// - it ended in a failure and held no success: `consecutive_failures +=
+///   failures`, and `failing_since` is set to `last_failure_at` if no run
+///   was under way;
+/// - it ended in a failure after a success: a new run started within the
+///   batch: `consecutive_failures = failures`, `failing_since =
+///   last_failure_at`;
+/// - `last_success_at` and `last_failure_at` only move forward (batches of
+///   several processes may arrive out of order).
+///
+/// The batch's first failure time is not reported, so a run that starts in
+/// a batch is dated by its last failure: early by at most one batch's span.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthUpdate {
+    /// Whose attempts these were.
+    pub subscription: SubscriptionName,
+    /// Successful attempts in the batch.
+    pub successes: u32,
+    /// Failed attempts in the batch; when the batch also holds a success,
+    /// only those after its last success (the ones in the current run).
+    pub failures: u32,
+    /// Whether the batch's last attempt succeeded.
+    pub last_outcome_success: bool,
+    /// When the batch's last success happened; required if `successes > 0`.
+    pub last_success_at: Option<Millis>,
+    /// When the batch's last failure happened; required if `failures > 0`.
+    pub last_failure_at: Option<Millis>,
+}
+
+impl HealthUpdate {
+    /// Refuses an update whose fields contradict each other, so both
+    /// backends only ever apply consistent ones.
+    pub fn check(&self) -> Result<(), Error> {
+        let bad = |what: &str| {
+            Err(Error::Invalid(format!(
+                "health update of subscription {}: {what}",
+                self.subscription
+            )))
+        };
+        if self.successes > 0 && self.last_success_at.is_none() {
+            return bad("successes > 0 needs last_success_at");
+        }
+        if self.failures > 0 && self.last_failure_at.is_none() {
+            return bad("failures > 0 needs last_failure_at");
+        }
+        if self.last_outcome_success && self.successes == 0 {
+            return bad("last_outcome_success needs successes > 0");
+        }
+        if !self.last_outcome_success && self.failures == 0 && self.successes > 0 {
+            return bad("a batch of only successes must set last_outcome_success");
+        }
+        Ok(())
+    }
 }
 
 /// A queue backend. Every method is safe to call from many tasks and, for
@@ -313,8 +490,49 @@ pub trait Queue: Send + Sync + 'static {
     /// count reset. False if it is not dead.
     async fn replay(&self, id: &DeliveryId, now: Millis) -> Result<bool, Error>;
 
-    /// Counts of due, scheduled and dead deliveries at `now`.
+    /// Counts of due, scheduled, dead and parked deliveries at `now`.
     async fn depth(&self, now: Millis) -> Result<Depth, Error>;
+
+    /// Moves every parked delivery of `subscription` back to the queue, due
+    /// at its `created_at` (or at `now` if that is earlier: a clock that
+    /// ran ahead), so claims hand them out oldest first (ties by id) and
+    /// ahead of anything enqueued after them. Returns how many moved. Works in bounded batches, so claims interleave; safe to call
+    /// concurrently with claims, settlements and other unparks, from any
+    /// process (each delivery moves once). Deliveries parked while it runs
+    /// may stay parked: call it after enabling the subscription, so that no
+    /// process parks its deliveries any more, and again if in doubt (it is
+    /// cheap when nothing is parked).
+    async fn unpark(&self, subscription: &SubscriptionName, now: Millis) -> Result<u64, Error>;
+
+    /// The stored state of `subscription`; the default (enabled, nothing
+    /// recorded) if none is stored.
+    async fn subscription_state(&self, subscription: &SubscriptionName) -> Result<SubscriptionState, Error>;
+
+    /// Every subscription with a stored state (one that was enabled,
+    /// disabled or had health recorded), sorted by name.
+    async fn subscription_states(&self) -> Result<Vec<(SubscriptionName, SubscriptionState)>, Error>;
+
+    /// Enables or disables `subscription` at `now` with `reason`
+    /// ([`SubscriptionState::set_enabled`]): enabling resets its failure
+    /// counters; asking for the state it is already in changes nothing.
+    /// Returns whether it changed.
+    async fn set_enabled(
+        &self,
+        subscription: &SubscriptionName,
+        enabled: bool,
+        reason: Option<String>,
+        now: Millis,
+    ) -> Result<bool, Error>;
+
+    /// Applies settle batches' outcomes to their subscriptions' health,
+    /// atomically per subscription ([`HealthUpdate`]), in order, and returns
+    /// each subscription's state right after its update (one entry per
+    /// update). Refuses the whole call, changing nothing, if an update is
+    /// inconsistent ([`HealthUpdate::check`]).
+    async fn record_health(
+        &self,
+        updates: &[HealthUpdate],
+    ) -> Result<Vec<(SubscriptionName, SubscriptionState)>, Error>;
 
     /// Checks that the backend answers.
     async fn ping(&self) -> Result<(), Error>;
@@ -346,6 +564,66 @@ mod tests {
         }
         assert!(counts.iter().all(|&c| c > 80), "{counts:?}");
         assert_eq!(shard_of(&ids[3], 8), shard_of(&ids[3], 8));
+    }
+
+    fn update(successes: u32, failures: u32, last_ok: bool, at: Millis) -> HealthUpdate {
+        HealthUpdate {
+            subscription: SubscriptionName::parse("crm").unwrap(),
+            successes,
+            failures,
+            last_outcome_success: last_ok,
+            last_success_at: (successes > 0).then_some(at - 1),
+            last_failure_at: (failures > 0).then_some(at),
+        }
+    }
+
+    #[test]
+    fn health_rules() {
+        // (successes, failures, last outcome a success, time)
+        type Batch = (u32, u32, bool, Millis);
+        // (updates applied in turn, consecutive_failures, failing_since)
+        let cases: &[(&[Batch], u64, Option<Millis>)] = &[
+            (&[], 0, None),
+            (&[(0, 3, false, 10)], 3, Some(10)),
+            (&[(0, 3, false, 10), (0, 2, false, 20)], 5, Some(10)),
+            (&[(0, 3, false, 10), (1, 2, true, 20)], 0, None),
+            (&[(0, 3, false, 10), (1, 2, false, 20)], 2, Some(20)),
+            (&[(2, 0, true, 10), (0, 1, false, 20)], 1, Some(20)),
+        ];
+        for (updates, failures, since) in cases {
+            let mut state = SubscriptionState::default();
+            for &(s, f, ok, at) in *updates {
+                let u = update(s, f, ok, at);
+                u.check().unwrap();
+                state.apply(&u);
+            }
+            assert_eq!(state.consecutive_failures, *failures, "{updates:?}");
+            assert_eq!(state.failing_since, *since, "{updates:?}");
+        }
+        let mut state = SubscriptionState::default();
+        state.apply(&update(0, 1, false, 50));
+        state.apply(&update(0, 1, false, 40));
+        assert_eq!(state.last_failure_at, Some(50), "never moves back");
+        assert!(update(1, 0, false, 5).check().is_err());
+        assert!(update(0, 0, true, 5).check().is_err());
+        let mut u = update(0, 1, false, 5);
+        u.last_failure_at = None;
+        assert!(u.check().is_err());
+    }
+
+    #[test]
+    fn enabling_resets_the_counters_and_repeats_change_nothing() {
+        let mut state = SubscriptionState::default();
+        assert!(!state.set_enabled(true, None, 5));
+        state.apply(&update(0, 4, false, 10));
+        assert!(state.set_enabled(false, Some("failing".into()), 20));
+        assert!(!state.set_enabled(false, Some("again".into()), 30));
+        assert_eq!((state.reason.as_deref(), state.since), (Some("failing"), 20));
+        assert_eq!(state.consecutive_failures, 4, "kept while disabled");
+        assert!(state.set_enabled(true, None, 40));
+        assert_eq!(state.consecutive_failures, 0);
+        assert_eq!(state.failing_since, None);
+        assert_eq!(state.last_failure_at, Some(10), "history is kept");
     }
 
     #[test]

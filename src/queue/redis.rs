@@ -9,9 +9,20 @@
 //!
 //! A delivery's due time is its score in `due`; a claim pushes it to the end
 //! of the lease, and that score is the claim's [`Lease`] token: settlements
-//! apply only while `ZSCORE due id` still equals it.
+//! apply only while `ZSCORE due id` still equals it. Claims take the lowest
+//! scores over all shards, ties broken by id (as the embedded store does).
+//!
+//! A parked delivery leaves `due` for its shard's `parked:<subscription>`
+//! set. The settle script finds the subscription in the delivery's record
+//! and derives that key itself (it cannot be declared, the caller does not
+//! know it); it carries the shard's hash tag, so it is in the slot of the
+//! declared keys, which a cluster allows.
+//!
+//! Subscription state lives outside the shards, under the fixed hash tag
+//! `{s}` ([`STATE_TAG`]): every subscription's hash and their index are in
+//! one slot, so [`Queue::record_health`] is one script run even on a
+//! cluster. They are few and small.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::LazyLock;
 use std::time::Duration;
 
@@ -22,22 +33,24 @@ use deadpool_redis::{PoolConfig, Runtime, Timeouts};
 use futures_util::future::try_join_all;
 
 use super::{
-    Claim, Claimed, Delivery, DeliveryId, Depth, Enqueued, Error, Lease, Millis, NewEvent, Queue, Settlement, Standing,
+    Claim, Claimed, Delivery, DeliveryId, Depth, Enqueued, Error, HealthUpdate, Lease, Millis, NewEvent, Queue,
+    Settlement, Standing, SubscriptionState,
 };
-use crate::config::QueueConfig;
+use crate::config::{QueueConfig, SubscriptionName};
 use crate::ingest::EventId;
 
 /// `{prefix}:{N}:due`, a sorted set: member = delivery id, score = due time
 /// in ms (the lease's end while claimed). Written by enqueue (due now),
-/// claim (lease end), settle (retry/defer re-score, ack/dead remove) and
-/// replay (due now).
+/// claim (lease end), settle (retry/defer re-score, ack/dead/park remove),
+/// replay (due now) and unpark (due at `created_at`).
 pub fn due_key(prefix: &str, shard: u16) -> String {
     format!("{prefix}:{{{shard}}}:due")
 }
 
 /// `{prefix}:{N}:records`, a hash: delivery id → [`Delivery::encode`] JSON,
-/// for every delivery in `due` or `dead`. Written by enqueue, settle
-/// (retry/dead store the updated record, ack deletes it) and replay.
+/// for every delivery in `due`, `dead` or a `parked` set. Written by
+/// enqueue, settle (retry/dead store the updated record, ack deletes it)
+/// and replay.
 pub fn records_key(prefix: &str, shard: u16) -> String {
     format!("{prefix}:{{{shard}}}:records")
 }
@@ -54,6 +67,49 @@ pub fn dead_key(prefix: &str, shard: u16) -> String {
 pub fn seen_key(prefix: &str, shard: u16, event: &EventId) -> String {
     format!("{prefix}:{{{shard}}}:seen:{event}")
 }
+
+/// `{prefix}:{N}:parked:<subscription>`, a sorted set: member = delivery id,
+/// score = its `created_at` in ms (ties by id), the parked deliveries of one
+/// subscription in this shard. Written by settle (park; the script builds
+/// the key from [`parked_key_base`] and the record's subscription) and
+/// unpark (moves them back to `due`).
+pub fn parked_key(prefix: &str, shard: u16, subscription: &SubscriptionName) -> String {
+    format!("{}{subscription}", parked_key_base(prefix, shard))
+}
+
+/// `{prefix}:{N}:parked:`, what [`parked_key`] appends a subscription to.
+fn parked_key_base(prefix: &str, shard: u16) -> String {
+    format!("{prefix}:{{{shard}}}:parked:")
+}
+
+/// `{prefix}:{N}:parked_at`, a hash: delivery id → when it was parked (ms),
+/// for every delivery in one of the shard's `parked` sets (its count is the
+/// shard's parked depth). Written by settle (park) and unpark (removes).
+pub fn parked_at_key(prefix: &str, shard: u16) -> String {
+    format!("{prefix}:{{{shard}}}:parked_at")
+}
+
+/// The hash tag of every subscription state key: one fixed slot.
+pub const STATE_TAG: &str = "s";
+
+/// `{prefix}:{s}:sub:<subscription>`, a hash: the [`SubscriptionState`]
+/// fields `enabled` (`1`/`0`), `reason`, `since`, `consecutive_failures`,
+/// `failing_since`, `last_success_at`, `last_failure_at` (times in ms; an
+/// absent field is `None`, or the default). Written by set_enabled and
+/// record_health.
+pub fn subscription_key(prefix: &str, subscription: &SubscriptionName) -> String {
+    format!("{prefix}:{{{STATE_TAG}}}:sub:{subscription}")
+}
+
+/// `{prefix}:{s}:subscriptions`, a set: the name of every subscription that
+/// has a state hash. Written by set_enabled and record_health.
+pub fn subscriptions_key(prefix: &str) -> String {
+    format!("{prefix}:{{{STATE_TAG}}}:subscriptions")
+}
+
+/// Most parked deliveries one unpark script run moves, so Redis is never
+/// busy with one for long.
+const UNPARK_BATCH: u64 = 1000;
 
 /// How long connecting, waiting for a pooled connection and recycling one
 /// may take before the operation fails.
@@ -85,13 +141,21 @@ end
 return out
 "#;
 
-/// Claim. KEYS: `due`, `records` per shard, in the order ties are broken.
-/// ARGV: now ms, lease end ms, max. Takes the `max` oldest due deliveries
-/// over all shards given, re-scores them to the lease end and returns
-/// `{next_due, id, record, old score, ...}` oldest first; `next_due` is the
-/// lowest score left when nothing was claimed (nil otherwise or if empty).
-/// Ids whose record is missing are dropped from `due`.
+/// Claim. KEYS: `due`, `records` per shard. ARGV: now ms, lease end ms,
+/// max. Takes the `max` oldest due deliveries over all shards given (ties
+/// by id, compared bytewise whatever the server's locale), re-scores them
+/// to the lease end and returns `{next_due, id, record, old score, ...}`
+/// oldest first; `next_due` is the lowest score left when nothing was
+/// claimed (nil otherwise or if empty). Ids whose record is missing are
+/// dropped from `due`.
 const CLAIM_LUA: &str = r#"
+local function before(a, b)
+  for k = 1, math.min(#a, #b) do
+    local x, y = string.byte(a, k), string.byte(b, k)
+    if x ~= y then return x < y end
+  end
+  return #a < #b
+end
 local now, lease_end, max = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local shards = #KEYS / 2
 local found, pos, picked = {}, {}, {}
@@ -102,13 +166,13 @@ for s = 1, shards do
 end
 local order = {}
 while #order < max do
-  local best, best_score = nil, nil
+  local best, best_score, best_id = nil, nil, nil
   for s = 1, shards do
     local p = pos[s]
     if p < #found[s] then
-      local score = tonumber(found[s][p + 1])
-      if best == nil or score < best_score then
-        best, best_score = s, score
+      local score, id = tonumber(found[s][p + 1]), found[s][p]
+      if best == nil or score < best_score or (score == best_score and before(id, best_id)) then
+        best, best_score, best_id = s, score, id
       end
     end
   end
@@ -161,36 +225,145 @@ end
 return out
 "#;
 
-/// Settle. KEYS: `due`, `records`, `dead` per shard group. ARGV: now ms,
-/// then six fields per settlement: kind, group number, id, lease token,
-/// new due ms, new record (unused fields empty). A settlement applies only
-/// while the delivery's score still equals its lease token. Returns how
-/// many applied.
+/// Settle. KEYS: `due`, `records`, `dead`, `parked_at` per shard group.
+/// ARGV: now ms, then six fields per settlement: kind, group number, id,
+/// lease token, new due ms (for park: the shard's [`parked_key_base`]),
+/// new record (unused fields empty). A settlement applies only while the
+/// delivery's score still equals its lease token. A park reads the record
+/// for the subscription and `created_at`; one whose record is missing or
+/// undecodable is not applied (left leased, it falls due again). Returns
+/// how many applied.
 const SETTLE_LUA: &str = r#"
 local now = ARGV[1]
 local applied = 0
 for i = 2, #ARGV, 6 do
   local kind, g, id, lease = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2], tonumber(ARGV[i + 3])
-  local due, rec, dead = KEYS[3 * g - 2], KEYS[3 * g - 1], KEYS[3 * g]
+  local due, rec, dead, parked_at = KEYS[4 * g - 3], KEYS[4 * g - 2], KEYS[4 * g - 1], KEYS[4 * g]
   local score = redis.call('ZSCORE', due, id)
   if score and tonumber(score) == lease then
     if kind == 'ack' then
       redis.call('ZREM', due, id)
       redis.call('HDEL', rec, id)
+      applied = applied + 1
     elseif kind == 'retry' then
       redis.call('HSET', rec, id, ARGV[i + 5])
       redis.call('ZADD', due, ARGV[i + 4], id)
+      applied = applied + 1
     elseif kind == 'defer' then
       redis.call('ZADD', due, ARGV[i + 4], id)
+      applied = applied + 1
     elseif kind == 'dead' then
       redis.call('ZREM', due, id)
       redis.call('HSET', rec, id, ARGV[i + 5])
       redis.call('ZADD', dead, now, id)
+      applied = applied + 1
+    elseif kind == 'park' then
+      local ok, d = pcall(cjson.decode, redis.call('HGET', rec, id) or '')
+      if ok and type(d) == 'table' and type(d.created_at) == 'number'
+          and type(d.subscription) == 'string' and string.find(d.subscription, '^[%w%-_%.]+$') then
+        redis.call('ZREM', due, id)
+        redis.call('ZADD', ARGV[i + 4] .. d.subscription, string.format('%.0f', d.created_at), id)
+        redis.call('HSET', parked_at, id, now)
+        applied = applied + 1
+      end
     end
-    applied = applied + 1
   end
 end
 return applied
+"#;
+
+/// Unpark. KEYS: `parked:<subscription>`, `due`, `parked_at` per shard.
+/// ARGV: now ms, most to move. Moves the lowest-scored parked deliveries,
+/// shard after shard, back to `due` scored by their `created_at` (at most
+/// now), until that many moved. Returns how many moved: fewer than asked
+/// means every shard given is empty.
+const UNPARK_LUA: &str = r#"
+local now, budget = tonumber(ARGV[1]), tonumber(ARGV[2])
+local moved = 0
+for s = 1, #KEYS / 3 do
+  if budget <= 0 then break end
+  local parked, due, parked_at = KEYS[3 * s - 2], KEYS[3 * s - 1], KEYS[3 * s]
+  local items = redis.call('ZRANGE', parked, 0, budget - 1, 'WITHSCORES')
+  if #items > 0 then
+    local zargs, ids = {}, {}
+    for j = 1, #items, 2 do
+      if tonumber(items[j + 1]) > now then
+        zargs[#zargs + 1] = ARGV[1]
+      else
+        zargs[#zargs + 1] = items[j + 1]
+      end
+      zargs[#zargs + 1] = items[j]
+      ids[#ids + 1] = items[j]
+    end
+    redis.call('ZADD', due, unpack(zargs))
+    redis.call('ZREM', parked, unpack(ids))
+    redis.call('HDEL', parked_at, unpack(ids))
+    moved = moved + #ids
+    budget = budget - #ids
+  end
+end
+return moved
+"#;
+
+/// Set enabled. KEYS: the subscription's state hash, the index set. ARGV:
+/// `1`/`0` (enable/disable), name, now ms, `1` if a reason follows, the
+/// reason. Mirrors [`SubscriptionState::set_enabled`]. Returns 1 if the
+/// state changed.
+const SET_ENABLED_LUA: &str = r#"
+local key = KEYS[1]
+if (redis.call('HGET', key, 'enabled') or '1') == ARGV[1] then return 0 end
+redis.call('SADD', KEYS[2], ARGV[2])
+redis.call('HSET', key, 'enabled', ARGV[1], 'since', ARGV[3])
+if ARGV[4] == '1' then
+  redis.call('HSET', key, 'reason', ARGV[5])
+else
+  redis.call('HDEL', key, 'reason')
+end
+if ARGV[1] == '1' then
+  redis.call('HSET', key, 'consecutive_failures', '0')
+  redis.call('HDEL', key, 'failing_since')
+else
+  redis.call('HSETNX', key, 'consecutive_failures', '0')
+end
+return 1
+"#;
+
+/// Record health. KEYS: the index set, then one state hash per update.
+/// ARGV: six fields per update: name, successes, failures, `1` if the last
+/// outcome was a success, last success ms, last failure ms (empty if
+/// none). Mirrors [`SubscriptionState::apply`], update after update.
+/// Returns each update's resulting hash (HGETALL), in order.
+const RECORD_HEALTH_LUA: &str = r#"
+local function later(key, field, at)
+  if at == '' then return end
+  local old = redis.call('HGET', key, field)
+  if not old or tonumber(old) < tonumber(at) then redis.call('HSET', key, field, at) end
+end
+local out = {}
+for u = 1, #KEYS - 1 do
+  local key, i = KEYS[u + 1], 6 * u - 5
+  local successes, failures = tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
+  local last_failure = ARGV[i + 5]
+  redis.call('SADD', KEYS[1], ARGV[i])
+  redis.call('HSETNX', key, 'enabled', '1')
+  redis.call('HSETNX', key, 'since', '0')
+  redis.call('HSETNX', key, 'consecutive_failures', '0')
+  if ARGV[i + 3] == '1' then
+    redis.call('HSET', key, 'consecutive_failures', '0')
+    redis.call('HDEL', key, 'failing_since')
+  elseif failures > 0 then
+    if successes > 0 then
+      redis.call('HSET', key, 'consecutive_failures', ARGV[i + 2], 'failing_since', last_failure)
+    else
+      redis.call('HINCRBY', key, 'consecutive_failures', ARGV[i + 2])
+      redis.call('HSETNX', key, 'failing_since', last_failure)
+    end
+  end
+  later(key, 'last_success_at', ARGV[i + 4])
+  later(key, 'last_failure_at', last_failure)
+  out[#out + 1] = redis.call('HGETALL', key)
+end
+return out
 "#;
 
 /// Replay. KEYS: `dead`, `due`, `records` of one shard. ARGV: id, the dead
@@ -209,6 +382,9 @@ static ENQUEUE: LazyLock<Script> = LazyLock::new(|| Script::new(ENQUEUE_LUA));
 static CLAIM: LazyLock<Script> = LazyLock::new(|| Script::new(CLAIM_LUA));
 static SETTLE: LazyLock<Script> = LazyLock::new(|| Script::new(SETTLE_LUA));
 static REPLAY: LazyLock<Script> = LazyLock::new(|| Script::new(REPLAY_LUA));
+static UNPARK: LazyLock<Script> = LazyLock::new(|| Script::new(UNPARK_LUA));
+static SET_ENABLED: LazyLock<Script> = LazyLock::new(|| Script::new(SET_ENABLED_LUA));
+static RECORD_HEALTH: LazyLock<Script> = LazyLock::new(|| Script::new(RECORD_HEALTH_LUA));
 
 /// Connections to one Redis or to a Redis Cluster.
 enum Pool {
@@ -296,8 +472,6 @@ pub struct RedisQueue {
     prefix: String,
     /// Number of shards (`queue.shards`).
     shards: u16,
-    /// The shard the next claim lists first, so shards take turns on ties.
-    next_shard: AtomicUsize,
     /// `host:port` of the URL, without credentials, for error messages.
     host: String,
 }
@@ -348,7 +522,6 @@ impl RedisQueue {
             pool,
             prefix: config.key_prefix.clone(),
             shards: config.shards.max(1),
-            next_shard: AtomicUsize::new(0),
             host,
         };
         queue.ping().await.map_err(|e| {
@@ -489,8 +662,8 @@ impl RedisQueue {
         let mut next_due: Option<Millis> = None;
         for (position, replies) in peeked.into_iter().enumerate() {
             let mut replies = replies.into_iter();
-            for (_, score) in pairs(replies.next().unwrap_or(Value::Nil))? {
-                candidates.push((score, position));
+            for (id, score) in pairs(replies.next().unwrap_or(Value::Nil))? {
+                candidates.push((score, id, position));
             }
             if let Some((_, score)) = pairs(replies.next().unwrap_or(Value::Nil))?.into_iter().next() {
                 next_due = Some(next_due.map_or(score as Millis, |n| n.min(score as Millis)));
@@ -499,41 +672,30 @@ impl RedisQueue {
         if candidates.is_empty() {
             return Ok((Vec::new(), next_due));
         }
-        candidates.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        candidates.sort_by(|a, b| a.0.total_cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
         let mut counts = vec![0usize; order.len()];
-        for &(_, position) in candidates.iter().take(max) {
+        for &(_, _, position) in candidates.iter().take(max) {
             counts[position] += 1;
         }
-        let (positions, calls): (Vec<usize>, Vec<Call>) = counts
+        let calls: Vec<Call> = counts
             .iter()
             .enumerate()
             .filter(|(_, &n)| n > 0)
-            .map(|(position, &n)| {
-                (
-                    position,
-                    self.claim_call(&order[position..=position], now, lease_end, n),
-                )
-            })
-            .unzip();
+            .map(|(position, &n)| self.claim_call(&order[position..=position], now, lease_end, n))
+            .collect();
         let replies = self.eval("claim", &CLAIM, calls).await?;
         let mut claimed = Vec::new();
         let mut next_due = None;
-        for (position, reply) in positions.into_iter().zip(replies) {
+        for reply in replies {
             let (items, next) = claim_reply(reply)?;
-            claimed.extend(items.into_iter().map(|(id, rec, score)| (score, position, id, rec)));
+            claimed.extend(items);
             if let Some(n) = next {
                 next_due = Some(next_due.map_or(n, |m: Millis| m.min(n)));
             }
         }
-        claimed.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        claimed.sort_by(|a, b| a.2.total_cmp(&b.2).then_with(|| a.0.cmp(&b.0)));
         let next_due = if claimed.is_empty() { next_due } else { None };
-        Ok((
-            claimed
-                .into_iter()
-                .map(|(score, _, id, rec)| (id, rec, score))
-                .collect(),
-            next_due,
-        ))
+        Ok((claimed, next_due))
     }
 
     /// Lists dead ids with their time of death, most recent first, at most `limit`.
@@ -625,6 +787,59 @@ fn optional_score(value: Value) -> Result<Option<Millis>, Error> {
 
 fn int_of(value: &Value) -> Result<i64, Error> {
     score_of(value).map(|n| n as i64)
+}
+
+/// Decodes a subscription's state hash (an HGETALL reply, as a list of
+/// fields and values or a map); an empty or missing hash is the default.
+fn state_of(name: &str, value: Value) -> Result<SubscriptionState, Error> {
+    let fields: Vec<(Value, Value)> = match value {
+        Value::Nil => Vec::new(),
+        Value::Array(items) => {
+            let mut fields = Vec::with_capacity(items.len() / 2);
+            let mut items = items.into_iter();
+            while let (Some(field), Some(value)) = (items.next(), items.next()) {
+                fields.push((field, value));
+            }
+            fields
+        }
+        Value::Map(entries) => entries,
+        other => return Err(unexpected("a subscription state hash", &other)),
+    };
+    let corrupt = |reason: String| Error::CorruptState {
+        subscription: name.to_owned(),
+        reason,
+    };
+    let time = |field: &str, text: &str| {
+        text.parse::<Millis>()
+            .map_err(|_| corrupt(format!("field {field} = `{text}` is not a time in ms")))
+    };
+    let mut state = SubscriptionState::default();
+    for (field, value) in fields {
+        let field = text(field)?;
+        let value = text(value)?;
+        match field.as_str() {
+            "enabled" => {
+                state.enabled = match value.as_str() {
+                    "1" => true,
+                    "0" => false,
+                    _ => return Err(corrupt(format!("field enabled = `{value}` is not 1 or 0"))),
+                }
+            }
+            "reason" => state.reason = Some(value),
+            "since" => state.since = time("since", &value)?,
+            "consecutive_failures" => {
+                state.consecutive_failures = value
+                    .parse()
+                    .map_err(|_| corrupt(format!("field consecutive_failures = `{value}` is not a count")))?
+            }
+            "failing_since" => state.failing_since = Some(time("failing_since", &value)?),
+            "last_success_at" => state.last_success_at = Some(time("last_success_at", &value)?),
+            "last_failure_at" => state.last_failure_at = Some(time("last_failure_at", &value)?),
+            // Written by a newer hookd: not ours to judge.
+            _ => {}
+        }
+    }
+    Ok(state)
 }
 
 /// Decodes the claim script's reply: (id, record, old score) items and the
@@ -720,10 +935,7 @@ impl Queue for RedisQueue {
             return Ok(Claimed::default());
         }
         let lease_end = now.saturating_add(millis(lease));
-        let start = self.next_shard.fetch_add(1, Ordering::Relaxed) % usize::from(self.shards);
-        let order: Vec<u16> = (0..self.shards)
-            .map(|i| ((start + usize::from(i)) % usize::from(self.shards)) as u16)
-            .collect();
+        let order: Vec<u16> = (0..self.shards).collect();
         let (items, next_due) = if self.is_cluster() {
             self.claim_cluster(&order, now, lease_end, max).await?
         } else {
@@ -759,24 +971,30 @@ impl Queue for RedisQueue {
                     call.keys.push(due_key(&self.prefix, s));
                     call.keys.push(records_key(&self.prefix, s));
                     call.keys.push(dead_key(&self.prefix, s));
+                    call.keys.push(parked_at_key(&self.prefix, s));
                 }
                 call.arg(now);
                 for settlement in settlements {
                     let Some(g) = group.iter().position(|&s| s == settlement.id().shard()) else {
                         continue;
                     };
+                    let shard = settlement.id().shard();
                     let (kind, lease, due, record) = match settlement {
                         Settlement::Ack { lease, .. } => ("ack", lease, None, None),
-                        Settlement::Retry { delivery, lease, due } => ("retry", lease, Some(*due), Some(delivery)),
-                        Settlement::Defer { lease, due, .. } => ("defer", lease, Some(*due), None),
+                        Settlement::Retry { delivery, lease, due } => {
+                            ("retry", lease, Some(due.to_string()), Some(delivery))
+                        }
+                        Settlement::Defer { lease, due, .. } => ("defer", lease, Some(due.to_string()), None),
                         Settlement::Dead { delivery, lease } => ("dead", lease, None, Some(delivery)),
+                        Settlement::Park { lease, .. } => {
+                            ("park", lease, Some(parked_key_base(&self.prefix, shard)), None)
+                        }
                     };
                     call.arg(kind);
                     call.arg(g + 1);
                     call.arg(settlement.id());
                     call.arg(lease.0);
-                    call.args
-                        .push(due.map(|d| d.to_string().into_bytes()).unwrap_or_default());
+                    call.args.push(due.map(String::into_bytes).unwrap_or_default());
                     call.args.push(record.map(Delivery::encode).unwrap_or_default());
                 }
                 call
@@ -786,7 +1004,10 @@ impl Queue for RedisQueue {
         let applied: i64 = replies.iter().map(int_of).sum::<Result<i64, Error>>()?;
         let skipped = settlements.len() as i64 - applied;
         if skipped > 0 {
-            tracing::debug!(skipped, "settlements skipped: their lease had run out");
+            tracing::debug!(
+                skipped,
+                "settlements skipped: their lease had run out (or a park found no readable record)"
+            );
         }
         Ok(())
     }
@@ -799,21 +1020,29 @@ impl Queue for RedisQueue {
         due.arg(due_key(&self.prefix, s)).arg(id.as_str());
         let mut dead = ::redis::cmd("ZSCORE");
         dead.arg(dead_key(&self.prefix, s)).arg(id.as_str());
+        let mut parked = ::redis::cmd("HGET");
+        parked.arg(parked_at_key(&self.prefix, s)).arg(id.as_str());
         let mut replies = self
-            .per_shard("get", vec![vec![record, due, dead]])
+            .per_shard("get", vec![vec![record, due, dead, parked]])
             .await?
             .pop()
             .unwrap_or_default()
             .into_iter();
         let mut next = || replies.next().unwrap_or(Value::Nil);
-        let (record, due, dead) = (bytes_of(next())?, optional_score(next())?, optional_score(next())?);
+        let (record, due, dead, parked) = (
+            bytes_of(next())?,
+            optional_score(next())?,
+            optional_score(next())?,
+            optional_score(next())?,
+        );
         let Some(record) = record else {
             return Ok(None);
         };
-        let standing = match (due, dead) {
-            (Some(due), _) => Standing::Pending { due },
-            (None, Some(since)) => Standing::Dead { since },
-            (None, None) => return Ok(None),
+        let standing = match (due, parked, dead) {
+            (Some(due), _, _) => Standing::Pending { due },
+            (None, Some(since), _) => Standing::Parked { since },
+            (None, None, Some(since)) => Standing::Dead { since },
+            (None, None, None) => return Ok(None),
         };
         Ok(Some((Delivery::decode(id.as_str(), &record)?, standing)))
     }
@@ -901,7 +1130,9 @@ impl Queue for RedisQueue {
                 total.arg(&due);
                 let mut dead = ::redis::cmd("ZCARD");
                 dead.arg(dead_key(&self.prefix, s));
-                vec![count, total, dead]
+                let mut parked = ::redis::cmd("HLEN");
+                parked.arg(parked_at_key(&self.prefix, s));
+                vec![count, total, dead, parked]
             })
             .collect();
         let mut depth = Depth::default();
@@ -910,13 +1141,176 @@ impl Queue for RedisQueue {
                 .iter()
                 .map(|v| int_of(v).map(|n| n.max(0) as u64))
                 .collect::<Result<_, _>>()?;
-            if let [due, total, dead] = n[..] {
+            if let [due, total, dead, parked] = n[..] {
                 depth.due += due;
                 depth.scheduled += total.saturating_sub(due);
                 depth.dead += dead;
+                depth.parked += parked;
             }
         }
         Ok(depth)
+    }
+
+    async fn unpark(&self, subscription: &SubscriptionName, now: Millis) -> Result<u64, Error> {
+        // Runs per group until the group's run moves fewer than a batch:
+        // one run per round trip on a single node, one per shard (all
+        // concurrently) on a cluster.
+        let mut pending = self.groups((0..self.shards).collect());
+        let mut moved = 0;
+        while !pending.is_empty() {
+            let calls = pending
+                .iter()
+                .map(|group| {
+                    let mut call = Call::default();
+                    for &s in group {
+                        call.keys.push(parked_key(&self.prefix, s, subscription));
+                        call.keys.push(due_key(&self.prefix, s));
+                        call.keys.push(parked_at_key(&self.prefix, s));
+                    }
+                    call.arg(now);
+                    call.arg(UNPARK_BATCH);
+                    call
+                })
+                .collect();
+            let replies = self.eval("unpark", &UNPARK, calls).await?;
+            let mut more = Vec::new();
+            for (group, reply) in pending.into_iter().zip(replies) {
+                let n = int_of(&reply)?.max(0) as u64;
+                moved += n;
+                if n >= UNPARK_BATCH {
+                    more.push(group);
+                }
+            }
+            pending = more;
+        }
+        Ok(moved)
+    }
+
+    async fn subscription_state(&self, subscription: &SubscriptionName) -> Result<SubscriptionState, Error> {
+        let mut cmd = ::redis::cmd("HGETALL");
+        cmd.arg(subscription_key(&self.prefix, subscription));
+        let reply = self
+            .per_shard("subscription state", vec![vec![cmd]])
+            .await?
+            .pop()
+            .and_then(|r| r.into_iter().next())
+            .unwrap_or(Value::Nil);
+        state_of(subscription.as_str(), reply)
+    }
+
+    async fn subscription_states(&self) -> Result<Vec<(SubscriptionName, SubscriptionState)>, Error> {
+        let mut members = ::redis::cmd("SMEMBERS");
+        members.arg(subscriptions_key(&self.prefix));
+        let reply = self
+            .per_shard("subscription states", vec![vec![members]])
+            .await?
+            .pop()
+            .and_then(|r| r.into_iter().next())
+            .unwrap_or(Value::Nil);
+        let items = match reply {
+            Value::Nil => Vec::new(),
+            Value::Array(items) | Value::Set(items) => items,
+            other => return Err(unexpected("a set of subscription names", &other)),
+        };
+        let mut names = items
+            .into_iter()
+            .map(|item| {
+                let name = text(item)?;
+                SubscriptionName::parse(&name).map_err(|reason| Error::CorruptState {
+                    subscription: name,
+                    reason: format!("bad name in {}: {reason}", subscriptions_key(&self.prefix)),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        names.sort();
+        let reads = names
+            .iter()
+            .map(|name| {
+                let mut cmd = ::redis::cmd("HGETALL");
+                cmd.arg(subscription_key(&self.prefix, name));
+                cmd
+            })
+            .collect();
+        let replies = self
+            .per_shard("subscription states", vec![reads])
+            .await?
+            .pop()
+            .unwrap_or_default();
+        names
+            .into_iter()
+            .zip(replies)
+            .map(|(name, reply)| {
+                let state = state_of(name.as_str(), reply)?;
+                Ok((name, state))
+            })
+            .collect()
+    }
+
+    async fn set_enabled(
+        &self,
+        subscription: &SubscriptionName,
+        enabled: bool,
+        reason: Option<String>,
+        now: Millis,
+    ) -> Result<bool, Error> {
+        let mut call = Call {
+            keys: vec![
+                subscription_key(&self.prefix, subscription),
+                subscriptions_key(&self.prefix),
+            ],
+            args: Vec::new(),
+        };
+        call.arg(if enabled { "1" } else { "0" });
+        call.arg(subscription);
+        call.arg(now);
+        call.arg(if reason.is_some() { "1" } else { "0" });
+        call.arg(reason.unwrap_or_default());
+        let reply = self.eval("set enabled", &SET_ENABLED, vec![call]).await?;
+        Ok(reply.first().map(int_of).transpose()? == Some(1))
+    }
+
+    async fn record_health(
+        &self,
+        updates: &[HealthUpdate],
+    ) -> Result<Vec<(SubscriptionName, SubscriptionState)>, Error> {
+        if updates.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut call = Call {
+            keys: vec![subscriptions_key(&self.prefix)],
+            args: Vec::new(),
+        };
+        let at = |t: Option<Millis>| t.map(|t| t.to_string()).unwrap_or_default();
+        for u in updates {
+            u.check()?;
+            call.keys.push(subscription_key(&self.prefix, &u.subscription));
+            call.arg(&u.subscription);
+            call.arg(u.successes);
+            call.arg(u.failures);
+            call.arg(if u.last_outcome_success { "1" } else { "0" });
+            call.arg(at(u.last_success_at));
+            call.arg(at(u.last_failure_at));
+        }
+        let reply = self
+            .eval("record health", &RECORD_HEALTH, vec![call])
+            .await?
+            .pop()
+            .unwrap_or(Value::Nil);
+        let Value::Array(states) = reply else {
+            return Err(unexpected("the record health script's list", &reply));
+        };
+        if states.len() != updates.len() {
+            return Err(Error::Redis(format!(
+                "the record health script answered {} states for {} updates",
+                states.len(),
+                updates.len()
+            )));
+        }
+        updates
+            .iter()
+            .zip(states)
+            .map(|(u, state)| Ok((u.subscription.clone(), state_of(u.subscription.as_str(), state)?)))
+            .collect()
     }
 
     async fn ping(&self) -> Result<(), Error> {
@@ -946,6 +1340,11 @@ mod tests {
         assert_eq!(records_key("hookd", 3), "hookd:{3}:records");
         assert_eq!(dead_key("hookd", 3), "hookd:{3}:dead");
         assert_eq!(seen_key("hookd", 3, &event), "hookd:{3}:seen:evt_1");
+        let crm = SubscriptionName::parse("crm").unwrap();
+        assert_eq!(parked_key("hookd", 3, &crm), "hookd:{3}:parked:crm");
+        assert_eq!(parked_at_key("hookd", 3), "hookd:{3}:parked_at");
+        assert_eq!(subscription_key("hookd", &crm), "hookd:{s}:sub:crm");
+        assert_eq!(subscriptions_key("hookd"), "hookd:{s}:subscriptions");
     }
 
     #[test]
