@@ -35,7 +35,8 @@
 //!   HTTP/2), which refuses non-public addresses after DNS resolution.
 //! - [`api`]: the HTTP API (ingest, dead deliveries and replay, health) and
 //!   a client of it for the CLI.
-//! - [`telemetry`]: structured logs.
+//! - [`telemetry`]: structured logs and Prometheus metrics
+//!   ([`telemetry::Metrics`], served at `GET /metrics`).
 //! - [`demo`]: `hookd demo`, hookd and a verifying receiver in one process.
 //!
 //! `main` is thin: it parses the CLI, loads the config, sets up logging and
@@ -98,7 +99,13 @@ pub async fn run_with_queue(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let queued = Arc::new(Notify::new());
-    let ingestor = Arc::new(ingest::Ingestor::new(&config, queue.clone(), queued.clone()));
+    let metrics = Arc::new(telemetry::Metrics::new());
+    let ingestor = Arc::new(ingest::Ingestor::new(
+        &config,
+        queue.clone(),
+        queued.clone(),
+        metrics.clone(),
+    ));
     let tasks = TaskTracker::new();
     if config.delivery.dispatch {
         let dispatcher = dispatch::Dispatcher::new(&config, queue.clone(), queued.clone())?;
@@ -109,7 +116,7 @@ pub async fn run_with_queue(
             tasks.spawn(consumer.run(shutdown.clone()));
         }
     }
-    let state = Arc::new(api::ApiState::new(&config, ingestor, queue));
+    let state = Arc::new(api::ApiState::new(&config, ingestor, queue, metrics));
     let addr = listener.local_addr()?;
     info!(%addr, subscriptions = config.subscriptions.len(), backend = if config.queue.redis_url.is_some() { "redis" } else { "embedded" }, "hookd serving");
     axum::serve(listener, api::router(state))
