@@ -35,6 +35,9 @@
 //!   HTTP/2), which refuses non-public addresses after DNS resolution.
 //! - [`api`]: the HTTP API (ingest, dead deliveries and replay, health) and
 //!   a client of it for the CLI.
+//! - [`notify`]: operator notifications (subscription disabled or
+//!   recovered, deliveries dead): digest emails over SMTP, one per
+//!   recipient list per window, and the matching `hookd.*` events.
 //! - [`telemetry`]: structured logs and Prometheus metrics
 //!   ([`telemetry::Metrics`], served at `GET /metrics`).
 //! - [`demo`]: `hookd demo`, hookd and a verifying receiver in one process.
@@ -58,6 +61,7 @@ pub mod deliver;
 pub mod demo;
 pub mod dispatch;
 pub mod ingest;
+pub mod notify;
 pub mod queue;
 pub mod sign;
 pub mod telemetry;
