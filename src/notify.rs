@@ -498,6 +498,25 @@ struct Summary {
     dead: u64,
 }
 
+impl std::fmt::Display for Summary {
+    /// `disabled, recovered, 37 deliveries dead` (the parts that happened).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut parts = Vec::with_capacity(3);
+        if self.disabled > 0 {
+            parts.push("disabled".to_string());
+        }
+        if self.recovered > 0 {
+            parts.push("recovered".to_string());
+        }
+        match self.dead {
+            0 => {}
+            1 => parts.push("1 delivery dead".to_string()),
+            n => parts.push(format!("{n} deliveries dead")),
+        }
+        f.write_str(&parts.join(", "))
+    }
+}
+
 impl Digest {
     fn new(recipients: Recipients, due: Instant, first: &Notification) -> Digest {
         Digest {
@@ -533,22 +552,12 @@ impl Digest {
 
     /// `[hookd] billing: recovered; crm: disabled, 37 deliveries dead`.
     fn subject(&self, prefix: &str) -> String {
-        let mut parts = Vec::new();
-        for (name, s) in self.summary.iter().take(MAX_SUBJECT_SUBSCRIPTIONS) {
-            let mut what = Vec::new();
-            if s.disabled > 0 {
-                what.push("disabled".to_string());
-            }
-            if s.recovered > 0 {
-                what.push("recovered".to_string());
-            }
-            match s.dead {
-                0 => {}
-                1 => what.push("1 delivery dead".to_string()),
-                n => what.push(format!("{n} deliveries dead")),
-            }
-            parts.push(format!("{name}: {}", what.join(", ")));
-        }
+        let mut parts: Vec<String> = self
+            .summary
+            .iter()
+            .take(MAX_SUBJECT_SUBSCRIPTIONS)
+            .map(|(name, s)| format!("{name}: {s}"))
+            .collect();
         let more = self.summary.len().saturating_sub(MAX_SUBJECT_SUBSCRIPTIONS);
         if more > 0 {
             parts.push(format!(
@@ -577,11 +586,7 @@ impl Digest {
             last.to_rfc3339_opts(SecondsFormat::Secs, true),
         );
         for (name, s) in &self.summary {
-            let _ = writeln!(
-                out,
-                "{name}: disabled {} time(s), recovered {} time(s), {} dead deliveries",
-                s.disabled, s.recovered, s.dead
-            );
+            let _ = writeln!(out, "{name}: {s}");
         }
         out.push('\n');
         for n in &self.listed {
@@ -594,7 +599,7 @@ impl Digest {
                 self.unlisted
             );
         }
-        out.push_str("\n-- \nSent by hookd. Recipients are set by notify.to, or a subscription's notify_to.\n");
+        out.push_str("\nSent by hookd. Recipients: notify.to, or a subscription's notify_to.\n");
         out
     }
 }
