@@ -374,7 +374,7 @@ impl Notifier {
             self.metrics.notifications(kind, NotificationResult::Dropped, 1);
             let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
             // The first, then every thousandth: a flood must not flood the log.
-            if dropped == 1 || dropped % 1000 == 0 {
+            if dropped == 1 || dropped.is_multiple_of(1000) {
                 let why = match e {
                     mpsc::error::TrySendError::Full(_) => "the notification queue is full",
                     mpsc::error::TrySendError::Closed(_) => "the notifier has stopped",

@@ -455,7 +455,12 @@ async fn no_email_without_smtp_host() {
         .await
         .expect("with email off the task ends at once")
         .unwrap();
-    assert!(!hookd.metrics.render().contains("hookd_notifications_total{"));
+    let text = hookd.metrics.render();
+    let counted: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("hookd_notifications_total{") && !l.ends_with(" 0"))
+        .collect();
+    assert!(counted.is_empty(), "{text}");
 }
 
 #[tokio::test]

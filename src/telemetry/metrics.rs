@@ -335,12 +335,28 @@ impl Metrics {
             "Plugin failures by subscription and kind",
             plugin_errors.clone(),
         );
-        let notifications = Family::default();
+        let notifications: Family<NotificationLabels, Counter> = Family::default();
         registry.register(
             "notifications",
             "Notifications by kind and what became of their email",
             notifications.clone(),
         );
+        // Notification counters are few and known: start them at zero so a
+        // rate() over them works before the first notification.
+        for kind in [
+            NotificationKind::Disabled,
+            NotificationKind::Recovered,
+            NotificationKind::Dead,
+        ] {
+            for result in [
+                NotificationResult::Sent,
+                NotificationResult::Failed,
+                NotificationResult::Dropped,
+                NotificationResult::Unrouted,
+            ] {
+                let _ = notifications.get_or_create_owned(&NotificationLabels { kind, result });
+            }
+        }
         Metrics {
             registry,
             ingested,
