@@ -336,6 +336,9 @@ impl Notifier {
             }
         }
         let default_to = Recipients::parse("notify.to", &config.notify.to)?;
+        if default_to.mailboxes.is_empty() {
+            warn!("notify.to is empty: notifications about subscriptions without their own notify_to are not emailed");
+        }
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
         let task = DigestTask {
             mail: Arc::new(mail),
