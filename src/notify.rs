@@ -378,19 +378,13 @@ impl Notifier {
             let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
             // The first, then every thousandth: a flood must not flood the log.
             if dropped == 1 || dropped.is_multiple_of(1000) {
-                let why = match e {
-                    mpsc::error::TrySendError::Full(_) => "the notification queue is full",
-                    mpsc::error::TrySendError::Closed(_) => "the notifier has stopped",
+                let (why, n) = match &e {
+                    mpsc::error::TrySendError::Full(n) => ("the notification queue is full", n),
+                    mpsc::error::TrySendError::Closed(n) => ("the notifier has stopped", n),
                 };
-                warn!(dropped_total = dropped, subscription = %e_subscription(&e), "notification not emailed: {why}");
+                warn!(dropped_total = dropped, subscription = %n.subscription(), "notification not emailed: {why}");
             }
         }
-    }
-}
-
-fn e_subscription(e: &mpsc::error::TrySendError<Notification>) -> &SubscriptionName {
-    match e {
-        mpsc::error::TrySendError::Full(n) | mpsc::error::TrySendError::Closed(n) => n.subscription(),
     }
 }
 
