@@ -35,7 +35,11 @@
 //!   HTTP/2), which refuses non-public addresses after DNS resolution.
 //! - [`api`]: the HTTP API (ingest, dead deliveries and replay, health) and
 //!   a client of it for the CLI.
-//! - [`telemetry`]: structured logs.
+//! - [`notify`]: operator notifications (subscription disabled or
+//!   recovered, deliveries dead): digest emails over SMTP, one per
+//!   recipient list per window, and the matching `hookd.*` events.
+//! - [`telemetry`]: structured logs and Prometheus metrics
+//!   ([`telemetry::Metrics`], served at `GET /metrics`).
 //! - [`demo`]: `hookd demo`, hookd and a verifying receiver in one process.
 //!
 //! `main` is thin: it parses the CLI, loads the config, sets up logging and
@@ -66,6 +70,7 @@ pub mod deliver;
 pub mod demo;
 pub mod dispatch;
 pub mod ingest;
+pub mod notify;
 pub mod plugin;
 pub mod queue;
 mod reload;
@@ -109,7 +114,13 @@ pub async fn run_with_queue(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let queued = Arc::new(Notify::new());
-    let ingestor = Arc::new(ingest::Ingestor::new(&config, queue.clone(), queued.clone()));
+    let metrics = Arc::new(telemetry::Metrics::new());
+    let ingestor = Arc::new(ingest::Ingestor::new(
+        &config,
+        queue.clone(),
+        queued.clone(),
+        metrics.clone(),
+    ));
     let plugins = if config.subscriptions.iter().any(|s| s.plugin.is_some()) {
         Some(Arc::new(
             plugin::Plugins::new(&config.plugins).context("cannot start the plugin engine")?,
@@ -136,7 +147,7 @@ pub async fn run_with_queue(
         ingestor: ingestor.clone(),
     };
     tasks.spawn(reloader.run(shutdown.clone()));
-    let state = Arc::new(api::ApiState::new(&config, ingestor, queue));
+    let state = Arc::new(api::ApiState::new(&config, ingestor, queue, metrics));
     let addr = listener.local_addr()?;
     let backend = if config.queue.redis_url.is_some() {
         "redis"

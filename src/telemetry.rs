@@ -1,9 +1,15 @@
-//! Telemetry: structured logs through `tracing`.
+//! Telemetry: structured logs through `tracing`, and Prometheus
+//! [`metrics`].
 //!
 //! Human-readable lines by default, one JSON object per line with
-//! `--log-format json`. Every line about a delivery carries its event id,
-//! delivery id and subscription as fields. `RUST_LOG` (or `HOOKD_LOG`)
-//! selects what is shown, `info` by default.
+//! `--log-format json` (the event's fields flattened beside `timestamp`,
+//! `level`, `target` and `message`). Every line about a delivery carries its
+//! event id, delivery id and subscription as fields. `RUST_LOG` (or
+//! `HOOKD_LOG`) selects what is shown, `info` by default.
+
+pub mod metrics;
+
+pub use metrics::Metrics;
 
 use tracing_subscriber::EnvFilter;
 

@@ -5,6 +5,7 @@
 //! - `GET /v1/deliveries/dead`, `GET /v1/deliveries/{id}`,
 //!   `POST /v1/deliveries/{id}/replay`: dead deliveries, kept and replayable.
 //! - `GET /healthz` (the process is up), `GET /readyz` (the queue answers).
+//! - `GET /metrics`: Prometheus metrics (OpenMetrics text), no authentication.
 //!
 //! Everything under `/v1` needs `Authorization: Bearer <key>` when
 //! `server.api_keys` is set. Errors are JSON: `{"error": {"code", "message"}}`.
@@ -25,8 +26,13 @@ use serde_json::{json, value::RawValue};
 use subtle::ConstantTimeEq;
 
 use crate::config::{Config, Secret};
-use crate::ingest::{self, Ingestor};
+use crate::ingest::{self, Ingestor, Source};
 use crate::queue::{now_ms, DeliveryId, Queue};
+use crate::telemetry::{metrics, Metrics};
+
+/// The `user-agent` prefix by which `hookd send` is told apart from other
+/// producers in `hookd_events_ingested_total{source="cli"}`.
+pub const CLI_USER_AGENT_PREFIX: &str = "hookd-cli/";
 
 /// What the handlers share.
 pub struct ApiState {
@@ -40,12 +46,15 @@ pub struct ApiState {
     pub max_body_bytes: usize,
     /// Largest batch, in events.
     pub max_batch: usize,
+    /// The process's metrics, rendered at `GET /metrics`.
+    pub metrics: Arc<Metrics>,
 }
 
 impl ApiState {
     /// The API's state for `config`.
-    pub fn new(config: &Config, ingestor: Arc<Ingestor>, queue: Arc<dyn Queue>) -> ApiState {
+    pub fn new(config: &Config, ingestor: Arc<Ingestor>, queue: Arc<dyn Queue>, metrics: Arc<Metrics>) -> ApiState {
         ApiState {
+            metrics,
             ingestor,
             queue,
             api_keys: config.server.api_keys.clone(),
@@ -125,6 +134,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .nest("/v1", v1)
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(ready))
+        .route("/metrics", get(render_metrics))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
         .with_state(state)
 }
@@ -176,14 +186,26 @@ async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
     })
 }
 
-async fn post_event(State(state): State<Arc<ApiState>>, body: Body) -> Result<Response, ApiError> {
+/// `cli` for `hookd send` (its `user-agent`), `http` for everyone else.
+fn source_of(headers: &HeaderMap) -> Source {
+    let cli = headers
+        .get(header::USER_AGENT)
+        .is_some_and(|v| v.as_bytes().starts_with(CLI_USER_AGENT_PREFIX.as_bytes()));
+    if cli {
+        Source::Cli
+    } else {
+        Source::Http
+    }
+}
+
+async fn post_event(State(state): State<Arc<ApiState>>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
     let body = read_body(body, state.max_body_bytes).await?;
     let event = ingest::parse_event(&body)?;
-    let accepted = state.ingestor.ingest(event).await?;
+    let accepted = state.ingestor.ingest(event, source_of(&headers)).await?;
     Ok((StatusCode::ACCEPTED, Json(accepted)).into_response())
 }
 
-async fn post_batch(State(state): State<Arc<ApiState>>, body: Body) -> Result<Response, ApiError> {
+async fn post_batch(State(state): State<Arc<ApiState>>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
     let body = read_body(body, state.max_batch_bytes()).await?;
     let items: Vec<&RawValue> = serde_json::from_slice(&body).map_err(|e| {
         ApiError::new(
@@ -217,7 +239,7 @@ async fn post_batch(State(state): State<Arc<ApiState>>, body: Body) -> Result<Re
             .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_event", format!("event {n}: {e}")))?;
         events.push(event);
     }
-    let results = state.ingestor.ingest_batch(events).await?;
+    let results = state.ingestor.ingest_batch(events, source_of(&headers)).await?;
     Ok((StatusCode::ACCEPTED, Json(json!({ "results": results }))).into_response())
 }
 
@@ -284,4 +306,8 @@ async fn ready(State(state): State<Arc<ApiState>>) -> Response {
         Ok(()) => Json(json!({"status": "ready"})).into_response(),
         Err(e) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", e.to_string()).into_response(),
     }
+}
+
+async fn render_metrics(State(state): State<Arc<ApiState>>) -> Response {
+    ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], state.metrics.render()).into_response()
 }

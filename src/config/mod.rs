@@ -75,6 +75,8 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     /// The WebAssembly plugin host.
     pub plugins: PluginsConfig,
+    /// Email alerts about subscriptions and dead deliveries.
+    pub notify: NotifyConfig,
     /// Who receives which events.
     #[serde(default)]
     pub subscriptions: Vec<SubscriptionConfig>,
@@ -331,6 +333,53 @@ fn string_table<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeMap<Strin
         .collect())
 }
 
+/// `[notify]`: email alerts, sent in digests over SMTP.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotifyConfig {
+    /// SMTP server host; absent turns email off.
+    pub smtp_host: Option<String>,
+    /// SMTP server port.
+    pub smtp_port: u16,
+    /// How the SMTP connection is secured.
+    pub smtp_tls: SmtpTls,
+    /// SMTP user name, if the server wants authentication.
+    pub smtp_username: Option<String>,
+    /// SMTP password; never logged, never in a mail.
+    pub smtp_password: Option<Secret>,
+    /// Sender mailbox (`address` or `Name <address>`); required with `smtp_host`.
+    pub from: Option<String>,
+    /// Recipients of every notification not routed by a subscription's `notify_to`.
+    pub to: Vec<String>,
+    /// Notifications within this window of the first go in one mail.
+    #[serde(with = "humantime_serde")]
+    pub digest_window: Duration,
+    /// Start of every subject line.
+    pub subject_prefix: String,
+}
+
+/// How hookd secures its SMTP connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SmtpTls {
+    /// Plain connection upgraded with STARTTLS; a server without it is refused.
+    Starttls,
+    /// TLS from the first byte (SMTPS, usually port 465).
+    Tls,
+    /// No encryption: only for a relay on loopback or a trusted network.
+    None,
+}
+
+/// Checks one mailbox (`address` or `Name <address>`), naming `key`.
+fn check_mailbox(key: &str, text: &str) -> Result<(), Error> {
+    text.parse::<lettre::message::Mailbox>().map(|_| ()).map_err(|e| {
+        invalid(
+            key,
+            format!("`{text}` is not an email address ({e}); use `name@example.com` or `Name <name@example.com>`"),
+        )
+    })
+}
+
 /// One `[[subscriptions]]` entry.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -361,6 +410,9 @@ pub struct SubscriptionConfig {
     /// A plugin run on each delivery's first attempt, before signing.
     #[serde(default)]
     pub plugin: Option<PluginConfig>,
+    /// Recipients of notifications about this subscription, instead of `notify.to`.
+    #[serde(default)]
+    pub notify_to: Option<Vec<String>>,
 }
 
 fn default_true() -> bool {
@@ -464,6 +516,7 @@ impl Config {
             }
         }
         self.plugins.validate()?;
+        self.notify.validate()?;
         let mut seen = std::collections::HashSet::new();
         for (n, sub) in self.subscriptions.iter().enumerate() {
             let key = format!("subscriptions[{n}]");
@@ -496,6 +549,48 @@ impl Config {
     /// The effective configuration as TOML, secrets shown as `[redacted]`.
     pub fn to_redacted_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+    }
+}
+
+impl NotifyConfig {
+    fn validate(&self) -> Result<(), Error> {
+        if let Some(host) = &self.smtp_host {
+            if host.trim().is_empty() {
+                return Err(invalid(
+                    "notify.smtp_host",
+                    "must not be empty; leave it out to turn email off",
+                ));
+            }
+            if self.from.is_none() {
+                return Err(invalid("notify.from", "is required when notify.smtp_host is set"));
+            }
+        }
+        if self.smtp_port == 0 {
+            return Err(invalid("notify.smtp_port", "must be between 1 and 65535"));
+        }
+        if self.smtp_username.is_some() != self.smtp_password.is_some() {
+            return Err(invalid(
+                if self.smtp_username.is_some() {
+                    "notify.smtp_password"
+                } else {
+                    "notify.smtp_username"
+                },
+                "set smtp_username and smtp_password together, or neither",
+            ));
+        }
+        if let Some(from) = &self.from {
+            check_mailbox("notify.from", from)?;
+        }
+        for (n, to) in self.to.iter().enumerate() {
+            check_mailbox(&format!("notify.to[{n}]"), to)?;
+        }
+        if self.digest_window.is_zero() || self.digest_window > Duration::from_secs(24 * 3600) {
+            return Err(invalid("notify.digest_window", "must be between 1ms and 24h"));
+        }
+        if self.subject_prefix.contains(['\r', '\n']) {
+            return Err(invalid("notify.subject_prefix", "must be one line"));
+        }
+        Ok(())
     }
 }
 
@@ -557,6 +652,9 @@ impl SubscriptionConfig {
         }
         if self.max_in_flight == Some(0) {
             return Err(invalid(format!("{key}.max_in_flight"), "must be at least 1"));
+        }
+        for (n, to) in self.notify_to.iter().flatten().enumerate() {
+            check_mailbox(&format!("{key}.notify_to[{n}]"), to)?;
         }
         Ok(())
     }
@@ -853,6 +951,50 @@ mod tests {
             ("[plugins]\nmemory_limit = 1024".to_string(), "plugins.memory_limit"),
             ("[plugins]\nmax_instances = 0".to_string(), "plugins.max_instances"),
             ("[plugins]\ncolour = 1".to_string(), "colour"),
+        ];
+        for (text, key) in cases {
+            let err = Config::from_toml(text).unwrap_err().to_string();
+            assert!(err.contains(key), "{text:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn notify_defaults_and_a_full_section() {
+        let c = Config::from_toml("").unwrap();
+        assert!(c.notify.smtp_host.is_none());
+        assert_eq!(c.notify.smtp_port, 587);
+        assert_eq!(c.notify.smtp_tls, SmtpTls::Starttls);
+        assert_eq!(c.notify.digest_window, Duration::from_secs(60));
+        assert_eq!(c.notify.subject_prefix, "[hookd]");
+
+        let text = format!(
+            "[notify]\nsmtp_host = \"smtp.example.com\"\nsmtp_tls = \"tls\"\nsmtp_port = 465\nsmtp_username = \"hookd\"\nsmtp_password = \"pw-987\"\nfrom = \"hookd <hookd@example.com>\"\nto = [\"ops@example.com\"]\n{}",
+            sub("notify_to = [\"CRM team <crm@example.com>\"]")
+        );
+        let c = Config::from_toml(&text).unwrap();
+        assert_eq!(c.notify.smtp_tls, SmtpTls::Tls);
+        assert_eq!(
+            c.subscription("crm").unwrap().notify_to.as_deref(),
+            Some(&["CRM team <crm@example.com>".to_string()][..])
+        );
+        let shown = format!("{} {:?}", c.to_redacted_toml(), c);
+        assert!(!shown.contains("pw-987"), "{shown}");
+    }
+
+    #[test]
+    fn notify_problems_name_the_key() {
+        let host = "[notify]\nsmtp_host = \"smtp.example.com\"\n";
+        let cases: &[(String, &str)] = &[
+            (host.to_string(), "notify.from"),
+            (format!("{host}from = \"not an address\""), "notify.from"),
+            (
+                format!("{host}from = \"a@example.com\"\nto = [\"ok@example.com\", \"@@\"]"),
+                "notify.to[1]",
+            ),
+            ("[notify]\nsmtp_tls = \"ssl\"".to_string(), "smtp_tls"),
+            ("[notify]\nsmtp_username = \"u\"".to_string(), "notify.smtp_password"),
+            ("[notify]\ndigest_window = \"0s\"".to_string(), "notify.digest_window"),
+            (sub("notify_to = [\"nobody\"]"), "subscriptions.crm.notify_to[0]"),
         ];
         for (text, key) in cases {
             let err = Config::from_toml(text).unwrap_err().to_string();

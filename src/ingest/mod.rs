@@ -21,6 +21,8 @@ use tokio::sync::Notify;
 
 use crate::config::{Config, SubscriptionName};
 use crate::queue::{self, now_ms, Delivery, DeliveryId, Enqueued, NewEvent, Queue};
+pub use crate::telemetry::metrics::Source;
+use crate::telemetry::Metrics;
 
 /// Why an event was refused or could not be accepted.
 #[derive(Debug, thiserror::Error)]
@@ -283,17 +285,21 @@ pub struct Ingestor {
     dedup_window: Duration,
     /// Woken after each enqueue so the local dispatcher claims at once.
     queued: Arc<Notify>,
+    /// Counts events ingested (by source and type) and dedup hits.
+    metrics: Arc<Metrics>,
 }
 
 impl Ingestor {
-    /// An ingestor for `config`'s subscriptions, waking `queued` on enqueue.
-    pub fn new(config: &Config, queue: Arc<dyn Queue>, queued: Arc<Notify>) -> Ingestor {
+    /// An ingestor for `config`'s subscriptions, waking `queued` on enqueue
+    /// and counting into `metrics`.
+    pub fn new(config: &Config, queue: Arc<dyn Queue>, queued: Arc<Notify>, metrics: Arc<Metrics>) -> Ingestor {
         Ingestor {
             queue,
             routes: ArcSwap::from_pointee(Routes::new(config)),
             shards: config.queue.shards,
             dedup_window: config.ingest.dedup_window,
             queued,
+            metrics,
         }
     }
 
@@ -308,14 +314,15 @@ impl Ingestor {
         self.routes.store(Arc::new(routes));
     }
 
-    /// Fans out, dedups and queues one event.
-    pub async fn ingest(&self, event: Event) -> Result<Accepted, Error> {
-        let mut accepted = self.ingest_batch(vec![event]).await?;
+    /// Fans out, dedups and queues one event that came from `source`.
+    pub async fn ingest(&self, event: Event, source: Source) -> Result<Accepted, Error> {
+        let mut accepted = self.ingest_batch(vec![event], source).await?;
         Ok(accepted.remove(0))
     }
 
-    /// Fans out, dedups and queues several events; one result each, in order.
-    pub async fn ingest_batch(&self, events: Vec<Event>) -> Result<Vec<Accepted>, Error> {
+    /// Fans out, dedups and queues several events from `source`; one result
+    /// each, in order.
+    pub async fn ingest_batch(&self, events: Vec<Event>, source: Source) -> Result<Vec<Accepted>, Error> {
         let now = now_ms();
         let batch: Vec<NewEvent> = events.iter().map(|e| self.fan_out(e, now)).collect();
         let results = self.queue.enqueue(&batch, self.dedup_window).await?;
@@ -323,8 +330,14 @@ impl Ingestor {
         let accepted = batch
             .into_iter()
             .zip(results)
-            .map(|(e, r)| {
+            .zip(&events)
+            .map(|((e, r), event)| {
                 let duplicate = r == Enqueued::Duplicate;
+                if duplicate {
+                    self.metrics.dedup_hit();
+                } else {
+                    self.metrics.event_ingested(source, &event.event_type);
+                }
                 let deliveries = if duplicate { 0 } else { e.deliveries.len() };
                 any |= deliveries > 0;
                 Accepted {

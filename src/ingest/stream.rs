@@ -211,7 +211,7 @@ impl StreamConsumer {
             }
         }
         if !events.is_empty() {
-            if let Err(e) = self.ingestor.ingest_batch(events).await {
+            if let Err(e) = self.ingestor.ingest_batch(events, super::Source::Stream).await {
                 // Not acknowledged: read again after the lease (XAUTOCLAIM).
                 warn!(error = %e, count = entries.len(), "event stream: could not queue events; they stay pending");
                 return Ok(());
