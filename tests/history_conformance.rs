@@ -539,39 +539,23 @@ mod cases {
         let other = many("evt_stats_other", "billing", T0, 2, fx.shards());
         record_created(&*h, &crm).await;
         record_created(&*h, &other).await;
-        let mut entries = Vec::new();
+        use DeliveryState::{Dead, Delivered, Filtered, Retrying};
         // 0: fails, then delivered. 1, 2: delivered. 3: retrying. 4: dead. 5: filtered.
-        entries.push(attempted(
-            attempt(&crm[0], 1, T0 + 10, 500, ""),
-            DeliveryState::Retrying,
-        ));
-        entries.push(attempted(
-            attempt(&crm[0], 2, T0 + 20, 200, ""),
-            DeliveryState::Delivered,
-        ));
-        entries.push(attempted(
-            attempt(&crm[1], 1, T0 + 30, 200, ""),
-            DeliveryState::Delivered,
-        ));
-        entries.push(attempted(
-            attempt(&crm[2], 1, T0 + 40, 204, ""),
-            DeliveryState::Delivered,
-        ));
-        entries.push(attempted(
-            attempt(&crm[3], 1, T0 + 50, 500, ""),
-            DeliveryState::Retrying,
-        ));
-        entries.push(attempted(attempt(&crm[4], 6, T0 + 60, 500, ""), DeliveryState::Dead));
-        entries.push(Entry::State {
-            id: crm[5].id.clone(),
-            state: DeliveryState::Filtered,
-            at: T0 + 70,
-            note: Some("dropped by plugin".into()),
-        });
-        entries.push(attempted(
-            attempt(&other[0], 1, T0 + 80, 200, ""),
-            DeliveryState::Delivered,
-        ));
+        let entries = vec![
+            attempted(attempt(&crm[0], 1, T0 + 10, 500, ""), Retrying),
+            attempted(attempt(&crm[0], 2, T0 + 20, 200, ""), Delivered),
+            attempted(attempt(&crm[1], 1, T0 + 30, 200, ""), Delivered),
+            attempted(attempt(&crm[2], 1, T0 + 40, 204, ""), Delivered),
+            attempted(attempt(&crm[3], 1, T0 + 50, 500, ""), Retrying),
+            attempted(attempt(&crm[4], 6, T0 + 60, 500, ""), Dead),
+            Entry::State {
+                id: crm[5].id.clone(),
+                state: Filtered,
+                at: T0 + 70,
+                note: Some("dropped by plugin".into()),
+            },
+            attempted(attempt(&other[0], 1, T0 + 80, 200, ""), Delivered),
+        ];
         h.record(&entries).await.unwrap();
 
         let crm_name = SubscriptionName::parse("crm").unwrap();

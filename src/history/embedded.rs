@@ -553,7 +553,7 @@ impl History for EmbeddedHistory {
                 ))
                 .map_err(read_err)?;
             let mut positions = Vec::new();
-            for entry in range.rev().take(limit + 1) {
+            for entry in range.rev().take(limit.saturating_add(1)) {
                 let (key, _) = entry.map_err(read_err)?;
                 let (_, at, id) = key.value();
                 positions.push((at, id.to_owned()));

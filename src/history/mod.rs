@@ -93,8 +93,14 @@ pub const ALWAYS_REDACTED: &[&str] = &[
 /// holds the store (or Redis) for long.
 pub const TRIM_BATCH: usize = 1000;
 
-/// How often [`trim_loop`] trims when there is nothing to catch up on.
-pub const TRIM_EVERY: Duration = Duration::from_secs(10);
+/// How often [`trim_loop`] trims when the last call found nothing to remove.
+pub const TRIM_EVERY: Duration = Duration::from_secs(5);
+
+/// How long [`trim_loop`] pauses between calls while they still remove
+/// something: short enough to trim far faster than deliveries arrive
+/// (each call removes up to [`TRIM_BATCH`]), long enough to leave the
+/// store to the writers in between.
+const TRIM_PAUSE: Duration = Duration::from_millis(10);
 
 /// A history backend failure.
 #[derive(Debug, thiserror::Error)]
@@ -436,19 +442,18 @@ pub trait History: Send + Sync + 'static {
 }
 
 /// Trims `history` by `config`'s retention every [`TRIM_EVERY`], and
-/// sooner while a call still removes a full batch, until `shutdown`.
+/// every [`TRIM_PAUSE`] while calls still remove something, until
+/// `shutdown`.
 pub async fn trim_loop(history: Arc<dyn History>, config: HistoryConfig, shutdown: CancellationToken) {
     loop {
         let pause = match history
             .trim(crate::queue::now_ms(), config.max_age, config.max_count)
             .await
         {
-            Ok(n) if n as usize >= TRIM_BATCH => Duration::from_millis(50),
+            Ok(0) => TRIM_EVERY,
             Ok(n) => {
-                if n > 0 {
-                    tracing::debug!(removed = n, "trimmed delivery history");
-                }
-                TRIM_EVERY
+                tracing::debug!(removed = n, "trimmed delivery history");
+                TRIM_PAUSE
             }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot trim the delivery history; will try again");

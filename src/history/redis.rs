@@ -598,17 +598,27 @@ impl History for RedisHistory {
         let mut shards: Vec<u16> = entries.iter().map(|e| e.delivery_id().shard()).collect();
         shards.sort_unstable();
         shards.dedup();
-        let mut calls = Vec::new();
+        // Chunks of one group run one after another, so entries about one
+        // delivery apply in order even when a script has to be (re)loaded;
+        // groups (cluster shards) run concurrently.
+        let mut runs = Vec::new();
         for group in self.groups(shards) {
             let mine: Vec<&Entry> = entries
                 .iter()
                 .filter(|e| group.contains(&e.delivery_id().shard()))
                 .collect();
-            for chunk in mine.chunks(ENTRIES_PER_RUN) {
-                calls.push(self.record_call(&group, chunk)?);
-            }
+            let calls = mine
+                .chunks(ENTRIES_PER_RUN)
+                .map(|chunk| self.record_call(&group, chunk))
+                .collect::<Result<Vec<_>, _>>()?;
+            runs.push(async move {
+                for call in calls {
+                    self.eval("record history", &RECORD, vec![call]).await?;
+                }
+                Ok::<(), Error>(())
+            });
         }
-        self.eval("record history", &RECORD, calls).await?;
+        try_join_all(runs).await?;
         Ok(())
     }
 
@@ -706,7 +716,7 @@ impl History for RedisHistory {
                     .arg(&min)
                     .arg("LIMIT")
                     .arg(0)
-                    .arg(limit + 1);
+                    .arg(limit.saturating_add(1));
                 vec![cmd]
             })
             .collect();
