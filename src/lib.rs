@@ -26,6 +26,10 @@
 //!   sorted sets (many processes, one Redis or a Cluster) and an embedded
 //!   redb store (one process, no setup). Dedup and enqueue are one atomic
 //!   step; claims are leased so a crashed worker's deliveries fall due again.
+//! - [`history`]: the delivery log: every delivery's state and every
+//!   attempt (headers with secrets redacted, status, the first bytes of the
+//!   response, the error kind), in Redis or a redb file of its own, trimmed
+//!   by age and count in the background; read by the admin API.
 //! - [`dispatch`]: the claim loop, bounded concurrency overall and per
 //!   subscription, the pure outcome classification and retry policy
 //!   ([`dispatch::policy`]), and batched settlements.
@@ -33,8 +37,8 @@
 //!   [`sign::Verifier`] receivers use.
 //! - [`deliver`]: the outbound HTTP client (hyper, rustls, HTTP/1.1 and
 //!   HTTP/2), which refuses non-public addresses after DNS resolution.
-//! - [`api`]: the HTTP API (ingest, dead deliveries and replay, health) and
-//!   a client of it for the CLI.
+//! - [`api`]: the HTTP API (ingest, dead deliveries and replay, the
+//!   delivery log in [`api::admin`], health) and a client of it for the CLI.
 //! - [`notify`]: operator notifications (subscription disabled or
 //!   recovered, deliveries dead): digest emails over SMTP, one per
 //!   recipient list per window, and the matching `hookd.*` events.
@@ -69,6 +73,7 @@ pub mod config;
 pub mod deliver;
 pub mod demo;
 pub mod dispatch;
+pub mod history;
 pub mod ingest;
 pub mod notify;
 pub mod plugin;
@@ -87,6 +92,7 @@ use tokio_util::task::TaskTracker;
 use tracing::info;
 
 use config::Config;
+use history::History;
 use queue::Queue;
 
 /// Opens the queue backend `config` selects: Redis with a `redis_url`,
@@ -98,18 +104,48 @@ pub async fn open_queue(config: &Config) -> anyhow::Result<Arc<dyn Queue>> {
     })
 }
 
+/// Opens the delivery history beside the queue `config` selects: in Redis
+/// with a `redis_url`, in `history.redb` under `queue.data_dir` otherwise.
+pub async fn open_history(config: &Config) -> anyhow::Result<Arc<dyn History>> {
+    Ok(match &config.queue.redis_url {
+        Some(_) => Arc::new(history::redis::RedisHistory::connect(&config.queue, &config.history).await?),
+        None => Arc::new(history::embedded::EmbeddedHistory::open(
+            &config.queue,
+            &config.history,
+        )?),
+    })
+}
+
 /// Runs hookd: the HTTP API on `listener`, the stream consumer (Redis
 /// backend) and the dispatcher, until `shutdown` is cancelled. Then stops
 /// accepting, lets in-flight requests and deliveries finish, and returns.
 pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
     let queue = open_queue(&config).await.context("cannot open the queue")?;
-    run_with_queue(config, queue, listener, shutdown).await
+    let history = open_history(&config)
+        .await
+        .context("cannot open the delivery history")?;
+    run_with_backends(config, queue, history, listener, shutdown).await
 }
 
-/// [`run`] with a queue already opened.
+/// [`run`] with a queue already opened; opens the history itself.
 pub async fn run_with_queue(
     config: Config,
     queue: Arc<dyn Queue>,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let history = open_history(&config)
+        .await
+        .context("cannot open the delivery history")?;
+    run_with_backends(config, queue, history, listener, shutdown).await
+}
+
+/// [`run`] with the queue and the history already opened (tests share
+/// them with the running hookd this way).
+pub async fn run_with_backends(
+    config: Config,
+    queue: Arc<dyn Queue>,
+    history: Arc<dyn History>,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -147,7 +183,12 @@ pub async fn run_with_queue(
         ingestor: ingestor.clone(),
     };
     tasks.spawn(reloader.run(shutdown.clone()));
-    let state = Arc::new(api::ApiState::new(&config, ingestor, queue, metrics));
+    tasks.spawn(history::trim_loop(
+        history.clone(),
+        config.history.clone(),
+        shutdown.clone(),
+    ));
+    let state = Arc::new(api::ApiState::new(&config, ingestor, queue, history, metrics));
     let addr = listener.local_addr()?;
     let backend = if config.queue.redis_url.is_some() {
         "redis"

@@ -10,6 +10,7 @@
 //! Everything under `/v1` needs `Authorization: Bearer <key>` when
 //! `server.api_keys` is set. Errors are JSON: `{"error": {"code", "message"}}`.
 
+pub mod admin;
 pub mod client;
 
 use std::sync::Arc;
@@ -26,6 +27,7 @@ use serde_json::{json, value::RawValue};
 use subtle::ConstantTimeEq;
 
 use crate::config::{Config, Secret};
+use crate::history::History;
 use crate::ingest::{self, Ingestor, Source};
 use crate::queue::{now_ms, DeliveryId, Queue};
 use crate::telemetry::{metrics, Metrics};
@@ -40,6 +42,8 @@ pub struct ApiState {
     pub ingestor: Arc<Ingestor>,
     /// Read and act on queued and dead deliveries.
     pub queue: Arc<dyn Queue>,
+    /// The delivery log the admin routes read.
+    pub history: Arc<dyn History>,
     /// Accepted bearer keys; empty means no authentication.
     pub api_keys: Vec<Secret>,
     /// Largest event body.
@@ -52,11 +56,18 @@ pub struct ApiState {
 
 impl ApiState {
     /// The API's state for `config`.
-    pub fn new(config: &Config, ingestor: Arc<Ingestor>, queue: Arc<dyn Queue>, metrics: Arc<Metrics>) -> ApiState {
+    pub fn new(
+        config: &Config,
+        ingestor: Arc<Ingestor>,
+        queue: Arc<dyn Queue>,
+        history: Arc<dyn History>,
+        metrics: Arc<Metrics>,
+    ) -> ApiState {
         ApiState {
             metrics,
             ingestor,
             queue,
+            history,
             api_keys: config.server.api_keys.clone(),
             max_body_bytes: config.ingest.max_body_bytes,
             max_batch: config.ingest.max_batch,
@@ -129,6 +140,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/deliveries/dead", get(list_dead))
         .route("/deliveries/{id}", get(get_delivery))
         .route("/deliveries/{id}/replay", post(replay_delivery))
+        .merge(admin::routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
         .nest("/v1", v1)

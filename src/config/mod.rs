@@ -77,6 +77,8 @@ pub struct Config {
     pub plugins: PluginsConfig,
     /// Email alerts about subscriptions and dead deliveries.
     pub notify: NotifyConfig,
+    /// The delivery log: what is kept of every attempt, and for how long.
+    pub history: HistoryConfig,
     /// Who receives which events.
     #[serde(default)]
     pub subscriptions: Vec<SubscriptionConfig>,
@@ -380,6 +382,20 @@ fn check_mailbox(key: &str, text: &str) -> Result<(), Error> {
     })
 }
 
+/// `[history]`: the delivery log and its retention.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryConfig {
+    /// Deliveries created longer ago than this are trimmed, with their attempts.
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+    /// Most deliveries kept overall; the oldest beyond it are trimmed.
+    pub max_count: usize,
+    /// Bytes of each response body kept in an attempt record (the store
+    /// cuts longer ones).
+    pub response_body_limit: usize,
+}
+
 /// One `[[subscriptions]]` entry.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -517,6 +533,19 @@ impl Config {
         }
         self.plugins.validate()?;
         self.notify.validate()?;
+        let h = &self.history;
+        if h.max_age < Duration::from_secs(60) {
+            return Err(invalid("history.max_age", "must be at least 1m"));
+        }
+        if h.max_count == 0 {
+            return Err(invalid("history.max_count", "must be at least 1"));
+        }
+        if h.response_body_limit > 1024 * 1024 {
+            return Err(invalid(
+                "history.response_body_limit",
+                "must be at most 1048576 (1 MiB)",
+            ));
+        }
         let mut seen = std::collections::HashSet::new();
         for (n, sub) in self.subscriptions.iter().enumerate() {
             let key = format!("subscriptions[{n}]");
@@ -832,6 +861,13 @@ mod tests {
             ("[queue]\nshards = 0", "queue.shards"),
             ("[queue]\nredis_url = \"http://x\"", "queue.redis_url"),
             ("[delivery]\nbackoff_multiplier = 0.5", "delivery.backoff_multiplier"),
+            ("[history]\nmax_count = 0", "history.max_count"),
+            ("[history]\nmax_age = \"1s\"", "history.max_age"),
+            (
+                "[history]\nresponse_body_limit = 99999999",
+                "history.response_body_limit",
+            ),
+            ("[history]\nmax_days = 1", "max_days"),
         ];
         for (text, key) in cases {
             let err = Config::from_toml(text).unwrap_err().to_string();

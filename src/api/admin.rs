@@ -1,0 +1,253 @@
+//! Admin read routes over the delivery log ([`crate::history`]), mounted
+//! under `/v1` behind the API keys:
+//!
+//! - `GET /v1/deliveries?subscription=&state=&from=&to=&cursor=&limit=`:
+//!   deliveries newest first (by creation), filtered by subscription,
+//!   state and creation time range `[from, to)` (RFC 3339), paginated:
+//!   `{"deliveries": [...], "next_cursor": "..."|null}`; pass `cursor` =
+//!   `next_cursor` for the next page. `limit` is 1 to [`MAX_LIMIT`],
+//!   [`DEFAULT_LIMIT`] by default.
+//! - `GET /v1/deliveries/{id}/attempts`: `{"delivery": {...}, "attempts": [...]}`.
+//! - `GET /v1/events/{id}`: `{"event_id", "deliveries": [{..., "attempts": [...]}]}`.
+//!
+//! Times are RFC 3339 in UTC with milliseconds. A bad query value answers
+//! 400 `invalid_query` naming the parameter; an unknown id answers 404.
+
+use std::sync::Arc;
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::{json, Value};
+
+use super::{ApiError, ApiState};
+use crate::config::SubscriptionName;
+use crate::history::{self, AttemptRecord, DeliveryState, DeliverySummary, ListFilter};
+use crate::ingest::EventId;
+use crate::queue::{DeliveryId, Millis};
+
+/// Page size when the query gives none.
+pub const DEFAULT_LIMIT: usize = 100;
+/// Largest page size accepted.
+pub const MAX_LIMIT: usize = 1000;
+
+/// The admin read routes, for [`super::router`] to merge under `/v1`.
+pub fn routes() -> Router<Arc<ApiState>> {
+    Router::new()
+        .route("/deliveries", get(list_deliveries))
+        .route("/deliveries/{id}/attempts", get(delivery_attempts))
+        .route("/events/{id}", get(event_deliveries))
+}
+
+impl From<history::Error> for ApiError {
+    fn from(e: history::Error) -> ApiError {
+        match e {
+            history::Error::Cursor { .. } => {
+                ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", format!("`cursor`: {e}"))
+            }
+            _ => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string()),
+        }
+    }
+}
+
+/// A 400 naming the query parameter at fault.
+fn bad_param(name: &str, problem: impl std::fmt::Display) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", format!("`{name}`: {problem}"))
+}
+
+/// An RFC 3339 time as [`Millis`].
+fn parse_time(name: &str, text: &str) -> Result<Millis, ApiError> {
+    chrono::DateTime::parse_from_rfc3339(text)
+        .map(|t| t.timestamp_millis())
+        .map_err(|e| {
+            bad_param(
+                name,
+                format!("`{text}` is not an RFC 3339 time like 2026-01-31T12:00:00Z ({e})"),
+            )
+        })
+}
+
+/// A time for JSON: RFC 3339, UTC, milliseconds.
+fn time(ms: Millis) -> Value {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| Value::String(t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)))
+        .unwrap_or(Value::Null)
+}
+
+fn summary_json(s: &DeliverySummary) -> Value {
+    json!({
+        "id": s.id,
+        "event_id": s.event_id,
+        "event_type": s.event_type,
+        "subscription": s.subscription,
+        "state": s.state,
+        "attempts": s.attempts,
+        "created_at": time(s.created_at),
+        "updated_at": time(s.updated_at),
+        "last_status": s.last_status,
+        "last_error": s.last_error,
+        "next_attempt_at": s.next_attempt_at.map(time),
+        "note": s.note,
+    })
+}
+
+fn attempt_json(a: &AttemptRecord) -> Value {
+    json!({
+        "attempt": a.attempt,
+        "started_at": time(a.started_at),
+        "duration_ms": a.duration_ms,
+        "request_headers": a.request_headers,
+        "status": a.status,
+        "response_headers": a.response_headers,
+        "response_body": a.response_body,
+        "error_kind": a.error_kind,
+        "error": a.error,
+        "next_attempt_at": a.next_attempt_at.map(time),
+    })
+}
+
+/// The query of `GET /v1/deliveries`, checked.
+struct ListQuery {
+    /// What to list.
+    filter: ListFilter,
+    /// Where the previous page ended.
+    cursor: Option<String>,
+    /// Page size.
+    limit: usize,
+}
+
+impl ListQuery {
+    fn parse(pairs: Vec<(String, String)>) -> Result<ListQuery, ApiError> {
+        let mut q = ListQuery {
+            filter: ListFilter::default(),
+            cursor: None,
+            limit: DEFAULT_LIMIT,
+        };
+        for (name, value) in pairs {
+            match name.as_str() {
+                "subscription" => {
+                    q.filter.subscription = Some(SubscriptionName::parse(&value).map_err(|p| bad_param(&name, p))?)
+                }
+                "state" => q.filter.state = Some(value.parse::<DeliveryState>().map_err(|p| bad_param(&name, p))?),
+                "from" => q.filter.from = Some(parse_time(&name, &value)?),
+                "to" => q.filter.to = Some(parse_time(&name, &value)?),
+                "cursor" => q.cursor = Some(value).filter(|c| !c.is_empty()),
+                "limit" => {
+                    q.limit = value
+                        .parse::<usize>()
+                        .ok()
+                        .filter(|n| (1..=MAX_LIMIT).contains(n))
+                        .ok_or_else(|| bad_param(&name, format!("`{value}` is not a number from 1 to {MAX_LIMIT}")))?
+                }
+                _ => {
+                    return Err(bad_param(
+                        &name,
+                        "unknown parameter; use subscription, state, from, to, cursor or limit",
+                    ))
+                }
+            }
+        }
+        if let (Some(from), Some(to)) = (q.filter.from, q.filter.to) {
+            if to < from {
+                return Err(bad_param("to", "is before `from`"));
+            }
+        }
+        Ok(q)
+    }
+}
+
+async fn list_deliveries(
+    State(state): State<Arc<ApiState>>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(pairs) = query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
+    let q = ListQuery::parse(pairs)?;
+    let page = state.history.list(&q.filter, q.cursor.as_deref(), q.limit).await?;
+    let items: Vec<Value> = page.items.iter().map(summary_json).collect();
+    Ok(Json(json!({ "deliveries": items, "next_cursor": page.next_cursor })).into_response())
+}
+
+async fn delivery_attempts(State(state): State<Arc<ApiState>>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let id = DeliveryId::parse(&id).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_id", e))?;
+    match state.history.delivery(&id).await? {
+        Some((summary, attempts)) => {
+            let attempts: Vec<Value> = attempts.iter().map(attempt_json).collect();
+            Ok(Json(json!({ "delivery": summary_json(&summary), "attempts": attempts })).into_response())
+        }
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no history of delivery {id}: unknown, or trimmed by history.max_age / history.max_count"),
+        )),
+    }
+}
+
+async fn event_deliveries(State(state): State<Arc<ApiState>>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let event_id = EventId::parse(&id)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_id", format!("`{id}`: {e}")))?;
+    let summaries = state.history.event(&event_id).await?;
+    if summaries.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no deliveries recorded for event {event_id}: unknown, matched no subscription, or trimmed"),
+        ));
+    }
+    let details = futures_util::future::try_join_all(summaries.iter().map(|s| state.history.delivery(&s.id))).await?;
+    let deliveries: Vec<Value> = summaries
+        .iter()
+        .zip(details)
+        .map(|(summary, detail)| {
+            let mut body = summary_json(summary);
+            let attempts: Vec<Value> = detail
+                .map(|(_, attempts)| attempts.iter().map(attempt_json).collect())
+                .unwrap_or_default();
+            body["attempts"] = Value::Array(attempts);
+            body
+        })
+        .collect();
+    Ok(Json(json!({ "event_id": event_id, "deliveries": deliveries })).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(query: &[(&str, &str)]) -> Result<ListQuery, String> {
+        ListQuery::parse(query.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()).map_err(|e| e.message)
+    }
+
+    #[test]
+    fn queries_parse_and_problems_name_the_parameter() {
+        let q = parse(&[
+            ("subscription", "crm"),
+            ("state", "retrying"),
+            ("from", "2026-01-01T00:00:00Z"),
+            ("to", "2026-01-02T00:00:00+01:00"),
+            ("limit", "5"),
+        ])
+        .unwrap();
+        assert_eq!(q.filter.state, Some(DeliveryState::Retrying));
+        assert_eq!(q.filter.from, Some(1_767_225_600_000));
+        assert_eq!(q.filter.to, Some(1_767_225_600_000 + 23 * 3_600_000));
+        assert_eq!(q.limit, 5);
+        for (query, name) in [
+            (&[("state", "done")][..], "`state`"),
+            (&[("from", "yesterday")][..], "`from`"),
+            (&[("limit", "0")][..], "`limit`"),
+            (&[("limit", "x")][..], "`limit`"),
+            (&[("subscription", "a b")][..], "`subscription`"),
+            (&[("colour", "red")][..], "`colour`"),
+            (
+                &[("from", "2026-01-02T00:00:00Z"), ("to", "2026-01-01T00:00:00Z")][..],
+                "`to`",
+            ),
+        ] {
+            let err = parse(query).err().expect("rejected");
+            assert!(err.starts_with(name), "{query:?}: {err}");
+        }
+    }
+}

@@ -1,0 +1,620 @@
+//! Embedded history: a redb file of its own, for one process.
+//!
+//! The file is `history.redb` in `queue.data_dir`, beside the embedded
+//! queue's (which that queue locks). Every change goes through one writer
+//! thread that applies all pending [`History::record`] and
+//! [`History::trim`] calls in one write transaction, commits once and then
+//! answers each caller (group commit). Reads use their own read
+//! transactions on the blocking pool.
+//!
+//! Commits are not fsynced one by one: the writer forces a durable commit
+//! at least every [`DURABLE_EVERY`] and on close, so a crash loses at most
+//! that much of the log (a clean close loses nothing). The log is a record
+//! for operators, not the queue's source of truth, so this trades a bounded
+//! loss on a crash for keeping up with delivery.
+
+use std::collections::HashMap;
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use redb::{
+    Database, DatabaseError, Durability, ReadTransaction, ReadableTable, ReadableTableMetadata, Table, TableDefinition,
+    WriteTransaction,
+};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{
+    apply, index_for, indices, parse_cursor, AttemptRecord, Counters, DeliverySummary, Entry, Error, History,
+    ListFilter, Page, SubscriptionStats, TRIM_BATCH,
+};
+use crate::config::{HistoryConfig, QueueConfig, SubscriptionName};
+use crate::ingest::EventId;
+use crate::queue::{DeliveryId, Millis};
+
+/// The store's file inside `queue.data_dir`.
+pub const FILE_NAME: &str = "history.redb";
+
+/// Longest time between durable commits; bounds what a crash can lose.
+pub const DURABLE_EVERY: Duration = Duration::from_secs(1);
+
+/// Delivery id → [`DeliverySummary`] JSON.
+const SUMMARIES: TableDefinition<&str, &[u8]> = TableDefinition::new("summaries");
+/// (delivery id, sequence from 0) → [`AttemptRecord`] JSON, in the order
+/// recorded.
+const ATTEMPTS: TableDefinition<(&str, u32), &[u8]> = TableDefinition::new("attempts");
+/// (index name, created at, delivery id): the listing indices, named as in
+/// the Redis backend (`time`, `sub:<name>`, `state:<state>`,
+/// `sub:<name>:state:<state>`); creation times below 0 are stored as 0.
+const INDEX: TableDefinition<(&str, i64, &str), ()> = TableDefinition::new("index");
+/// (event id, delivery id): an event's deliveries.
+const EVENTS: TableDefinition<(&str, &str), ()> = TableDefinition::new("events");
+/// Subscription name → its counters as JSON.
+const STATS: TableDefinition<&str, &[u8]> = TableDefinition::new("stats");
+
+/// Most calls the writer applies in one transaction.
+const MAX_GROUP: usize = 256;
+
+/// The answer channel of one operation.
+type Reply<T> = oneshot::Sender<Result<T, Error>>;
+
+/// An operation for the writer thread.
+enum Op {
+    /// [`History::record`].
+    Record { entries: Vec<Entry>, reply: Reply<()> },
+    /// [`History::trim`].
+    Trim {
+        /// Deliveries created before this go.
+        cutoff: Millis,
+        /// Most deliveries kept.
+        max_count: usize,
+        reply: Reply<u64>,
+    },
+}
+
+/// The embedded history backend.
+pub struct EmbeddedHistory {
+    /// The open store; shared with the writer thread and read tasks.
+    db: Arc<Database>,
+    /// Sends operations to the writer; dropped first on close so it exits.
+    ops: Option<mpsc::UnboundedSender<Op>>,
+    /// The writer thread, joined on drop so the file is unlocked after.
+    writer: Option<JoinHandle<()>>,
+    /// The store's file, for messages.
+    path: PathBuf,
+}
+
+/// A redb failure inside the writer, boxed (redb's error is large).
+#[derive(Debug)]
+struct StoreError(Box<redb::Error>);
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+macro_rules! store_error_from {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> StoreError {
+                StoreError(Box::new(e.into()))
+            }
+        }
+    )*};
+}
+
+store_error_from!(
+    redb::StorageError,
+    redb::TableError,
+    redb::TransactionError,
+    redb::CommitError
+);
+
+fn store(what: &str, e: impl std::fmt::Display) -> Error {
+    Error::Store(format!("{what}: {e}"))
+}
+
+fn read_err(e: impl std::fmt::Display) -> Error {
+    store("read", e)
+}
+
+impl EmbeddedHistory {
+    /// Opens (creating if needed) `history.redb` in `queue.data_dir`. Fails
+    /// with [`Error::InUse`] if another process has it open.
+    pub fn open(queue: &QueueConfig, history: &HistoryConfig) -> Result<EmbeddedHistory, Error> {
+        let dir = &queue.data_dir;
+        std::fs::create_dir_all(dir).map_err(|e| {
+            Error::Store(format!(
+                "cannot create {}: {e}; check its permissions or set queue.data_dir",
+                dir.display()
+            ))
+        })?;
+        let path = dir.join(FILE_NAME);
+        let db = match Database::create(&path) {
+            Ok(db) => db,
+            Err(DatabaseError::DatabaseAlreadyOpen) => return Err(Error::InUse { path }),
+            Err(e) => {
+                return Err(Error::Store(format!(
+                    "cannot open {}: {e}; move the file aside to start an empty history",
+                    path.display()
+                )))
+            }
+        };
+        create_tables(&db)?;
+        let db = Arc::new(db);
+        let (ops, receiver) = mpsc::unbounded_channel();
+        let writer_db = db.clone();
+        let body_limit = history.response_body_limit;
+        let writer = std::thread::Builder::new()
+            .name("hookd-history-writer".into())
+            .spawn(move || write_loop(&writer_db, receiver, body_limit))
+            .map_err(|e| Error::Store(format!("cannot start the history writer thread: {e}")))?;
+        Ok(EmbeddedHistory {
+            db,
+            ops: Some(ops),
+            writer: Some(writer),
+            path,
+        })
+    }
+
+    /// The store's file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    async fn submit<T>(&self, op: impl FnOnce(Reply<T>) -> Op) -> Result<T, Error> {
+        let (reply, answer) = oneshot::channel();
+        let stopped = || Error::Store(format!("the writer of {} has stopped", self.path.display()));
+        self.ops
+            .as_ref()
+            .ok_or_else(stopped)?
+            .send(op(reply))
+            .map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&ReadTransaction) -> Result<T, Error> + Send + 'static,
+    ) -> Result<T, Error> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || {
+            let txn = db.begin_read().map_err(|e| store("begin read", e))?;
+            f(&txn)
+        })
+        .await
+        .map_err(|e| Error::Store(format!("history read task failed: {e}")))?
+    }
+}
+
+impl Drop for EmbeddedHistory {
+    fn drop(&mut self) {
+        drop(self.ops.take());
+        if let Some(writer) = self.writer.take() {
+            if writer.join().is_err() {
+                tracing::error!(path = %self.path.display(), "the history writer thread panicked");
+            }
+        }
+    }
+}
+
+fn create_tables(db: &Database) -> Result<(), Error> {
+    let txn = db.begin_write().map_err(|e| store("begin write", e))?;
+    Tables::open(&txn).map_err(|e| store("create tables", e))?;
+    txn.commit().map_err(|e| store("commit", e))
+}
+
+/// The writer thread: takes whatever is pending, applies it in one
+/// transaction, commits, answers.
+fn write_loop(db: &Database, mut receiver: mpsc::UnboundedReceiver<Op>, body_limit: usize) {
+    let mut last_durable = Instant::now();
+    while let Some(first) = receiver.blocking_recv() {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match receiver.try_recv() {
+                Ok(op) => group.push(op),
+                Err(_) => break,
+            }
+        }
+        let durable = last_durable.elapsed() >= DURABLE_EVERY;
+        match apply_group(db, &group, durable, body_limit) {
+            Ok(outcomes) => {
+                if durable {
+                    last_durable = Instant::now();
+                }
+                for (op, removed) in group.into_iter().zip(outcomes) {
+                    // A caller that gave up waiting is not an error.
+                    match op {
+                        Op::Record { reply, .. } => drop(reply.send(Ok(()))),
+                        Op::Trim { reply, .. } => drop(reply.send(Ok(removed))),
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "history write transaction failed");
+                for op in group {
+                    let e = Error::Store(e.to_string());
+                    match op {
+                        Op::Record { reply, .. } => drop(reply.send(Err(e))),
+                        Op::Trim { reply, .. } => drop(reply.send(Err(e))),
+                    }
+                }
+            }
+        }
+    }
+    // Closing: make whatever committed without fsync durable.
+    if let Err(e) = apply_group(db, &[], true, body_limit) {
+        tracing::error!(error = %e, "final durable commit of the history failed");
+    }
+}
+
+/// Applies `group` in one transaction; per operation, how many deliveries
+/// a trim removed (0 for records).
+fn apply_group(db: &Database, group: &[Op], durable: bool, body_limit: usize) -> Result<Vec<u64>, StoreError> {
+    let mut txn = db.begin_write()?;
+    if !durable {
+        txn.set_durability(Durability::None);
+    }
+    let mut outcomes = Vec::with_capacity(group.len());
+    {
+        let mut tables = Tables::open(&txn)?;
+        for op in group {
+            outcomes.push(match op {
+                Op::Record { entries, .. } => {
+                    for entry in entries {
+                        tables.record(entry, body_limit)?;
+                    }
+                    0
+                }
+                Op::Trim { cutoff, max_count, .. } => tables.trim(*cutoff, *max_count)?,
+            });
+        }
+        tables.flush_counters()?;
+    }
+    txn.commit()?;
+    Ok(outcomes)
+}
+
+/// Every table, open in one write transaction, and the counters the
+/// transaction changed (written back by [`Tables::flush_counters`]).
+struct Tables<'txn> {
+    /// [`SUMMARIES`].
+    summaries: Table<'txn, &'static str, &'static [u8]>,
+    /// [`ATTEMPTS`].
+    attempts: Table<'txn, (&'static str, u32), &'static [u8]>,
+    /// [`INDEX`].
+    index: Table<'txn, (&'static str, i64, &'static str), ()>,
+    /// [`EVENTS`].
+    events: Table<'txn, (&'static str, &'static str), ()>,
+    /// [`STATS`].
+    stats: Table<'txn, &'static str, &'static [u8]>,
+    /// Counters read and changed in this transaction, by subscription.
+    counters: HashMap<String, Counters>,
+}
+
+impl<'txn> Tables<'txn> {
+    fn open(txn: &'txn WriteTransaction) -> Result<Tables<'txn>, StoreError> {
+        Ok(Tables {
+            summaries: txn.open_table(SUMMARIES)?,
+            attempts: txn.open_table(ATTEMPTS)?,
+            index: txn.open_table(INDEX)?,
+            events: txn.open_table(EVENTS)?,
+            stats: txn.open_table(STATS)?,
+            counters: HashMap::new(),
+        })
+    }
+
+    /// The counters of `subscription`, loaded once per transaction.
+    fn counters(&mut self, subscription: &str) -> Result<&mut Counters, StoreError> {
+        if !self.counters.contains_key(subscription) {
+            let stored = match self.stats.get(subscription)? {
+                Some(bytes) => serde_json::from_slice(bytes.value()).unwrap_or_else(|e| {
+                    tracing::error!(subscription, error = %e, "corrupt history counters; starting them again");
+                    Counters::default()
+                }),
+                None => Counters::default(),
+            };
+            self.counters.insert(subscription.to_owned(), stored);
+        }
+        Ok(self.counters.entry(subscription.to_owned()).or_default())
+    }
+
+    fn flush_counters(&mut self) -> Result<(), StoreError> {
+        for (subscription, counters) in std::mem::take(&mut self.counters) {
+            let json = serde_json::to_vec(&counters).unwrap_or_default();
+            self.stats.insert(subscription.as_str(), json.as_slice())?;
+        }
+        Ok(())
+    }
+
+    fn record(&mut self, entry: &Entry, body_limit: usize) -> Result<(), StoreError> {
+        let id = entry.delivery_id().as_str();
+        let current = match self.summaries.get(id)? {
+            Some(bytes) => match serde_json::from_slice::<DeliverySummary>(bytes.value()) {
+                Ok(summary) => Some(summary),
+                Err(e) => {
+                    tracing::error!(delivery = id, error = %e, "corrupt history summary; entry skipped");
+                    return Ok(());
+                }
+            },
+            None => None,
+        };
+        let Some(change) = apply(current, entry, body_limit) else {
+            return Ok(());
+        };
+        let after = &change.after;
+        let sub = after.subscription.as_str();
+        let at = after.created_at.max(0);
+        let [time, by_sub, by_state, by_both] = indices(sub, after.state);
+        if change.before.is_none() {
+            self.index.insert((time.as_str(), at, id), ())?;
+            self.index.insert((by_sub.as_str(), at, id), ())?;
+            self.events.insert((after.event_id.as_str(), id), ())?;
+        }
+        if change.before != Some(after.state) {
+            if let Some(before) = change.before {
+                let [_, _, old_state, old_both] = indices(sub, before);
+                self.index.remove((old_state.as_str(), at, id))?;
+                self.index.remove((old_both.as_str(), at, id))?;
+                *self.counters(sub)?.counts.entry(before).or_default() -= 1;
+            }
+            self.index.insert((by_state.as_str(), at, id), ())?;
+            self.index.insert((by_both.as_str(), at, id), ())?;
+            *self.counters(sub)?.counts.entry(after.state).or_default() += 1;
+        }
+        if let Some(attempt) = &change.attempt {
+            let next = self
+                .attempts
+                .range((id, 0)..=(id, u32::MAX))?
+                .next_back()
+                .transpose()?
+                .map_or(0, |(key, _)| key.value().1.saturating_add(1));
+            let json = serde_json::to_vec(attempt).unwrap_or_default();
+            self.attempts.insert((id, next), json.as_slice())?;
+            let started = attempt.started_at;
+            let counters = self.counters(sub)?;
+            let last = if change.success == Some(true) {
+                &mut counters.last_success_at
+            } else {
+                &mut counters.last_failure_at
+            };
+            *last = (*last).max(Some(started));
+        }
+        let json = serde_json::to_vec(after).unwrap_or_default();
+        self.summaries.insert(id, json.as_slice())?;
+        Ok(())
+    }
+
+    /// Removes up to [`TRIM_BATCH`] deliveries created before `cutoff` or
+    /// beyond `max_count`, oldest first.
+    fn trim(&mut self, cutoff: Millis, max_count: usize) -> Result<u64, StoreError> {
+        let mut victims: Vec<(i64, String)> = Vec::new();
+        for entry in self.index.range(("time", i64::MIN, "")..("time", cutoff.max(0), ""))? {
+            if victims.len() >= TRIM_BATCH {
+                break;
+            }
+            let (key, _) = entry?;
+            let (_, at, id) = key.value();
+            victims.push((at, id.to_owned()));
+        }
+        let total = usize::try_from(self.summaries.len()?).unwrap_or(usize::MAX);
+        let over = total.saturating_sub(victims.len()).saturating_sub(max_count);
+        let more = over.min(TRIM_BATCH - victims.len());
+        if more > 0 {
+            let skip = victims.len();
+            let oldest = self
+                .index
+                .range(("time", i64::MIN, "")..=("time", i64::MAX, "\u{10ffff}"))?
+                .skip(skip)
+                .take(more);
+            let mut extra = Vec::with_capacity(more);
+            for entry in oldest {
+                let (key, _) = entry?;
+                let (_, at, id) = key.value();
+                extra.push((at, id.to_owned()));
+            }
+            victims.extend(extra);
+        }
+        for (at, id) in &victims {
+            self.remove(*at, id)?;
+        }
+        Ok(victims.len() as u64)
+    }
+
+    /// Removes one delivery, its attempts, index entries and count.
+    fn remove(&mut self, at: i64, id: &str) -> Result<(), StoreError> {
+        self.index.remove(("time", at, id))?;
+        let summary = self
+            .summaries
+            .remove(id)?
+            .and_then(|bytes| serde_json::from_slice::<DeliverySummary>(bytes.value()).ok());
+        if let Some(summary) = summary {
+            let sub = summary.subscription.as_str();
+            let [_, by_sub, by_state, by_both] = indices(sub, summary.state);
+            for name in [by_sub, by_state, by_both] {
+                self.index.remove((name.as_str(), at, id))?;
+            }
+            self.events.remove((summary.event_id.as_str(), id))?;
+            *self.counters(sub)?.counts.entry(summary.state).or_default() -= 1;
+        }
+        let seqs: Vec<u32> = self
+            .attempts
+            .range((id, 0)..=(id, u32::MAX))?
+            .map(|entry| entry.map(|(key, _)| key.value().1))
+            .collect::<Result<_, _>>()?;
+        for seq in seqs {
+            self.attempts.remove((id, seq))?;
+        }
+        Ok(())
+    }
+}
+
+fn decode_summary(id: &str, bytes: &[u8]) -> Result<DeliverySummary, Error> {
+    serde_json::from_slice(bytes).map_err(|e| Error::Corrupt {
+        key: id.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+#[async_trait::async_trait]
+impl History for EmbeddedHistory {
+    async fn record(&self, entries: &[Entry]) -> Result<(), Error> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let entries = entries.to_vec();
+        self.submit(|reply| Op::Record { entries, reply }).await
+    }
+
+    async fn delivery(&self, id: &DeliveryId) -> Result<Option<(DeliverySummary, Vec<AttemptRecord>)>, Error> {
+        let id = id.as_str().to_owned();
+        self.read(move |txn| {
+            let summaries = txn.open_table(SUMMARIES).map_err(read_err)?;
+            let Some(bytes) = summaries.get(id.as_str()).map_err(read_err)? else {
+                return Ok(None);
+            };
+            let summary = decode_summary(&id, bytes.value())?;
+            let table = txn.open_table(ATTEMPTS).map_err(read_err)?;
+            let mut attempts = Vec::new();
+            for entry in table
+                .range((id.as_str(), 0)..=(id.as_str(), u32::MAX))
+                .map_err(read_err)?
+            {
+                let (_, bytes) = entry.map_err(read_err)?;
+                attempts.push(serde_json::from_slice(bytes.value()).map_err(|e| Error::Corrupt {
+                    key: id.clone(),
+                    reason: format!("attempt: {e}"),
+                })?);
+            }
+            Ok(Some((summary, attempts)))
+        })
+        .await
+    }
+
+    async fn event(&self, event_id: &EventId) -> Result<Vec<DeliverySummary>, Error> {
+        let event = event_id.as_str().to_owned();
+        self.read(move |txn| {
+            let events = txn.open_table(EVENTS).map_err(read_err)?;
+            let summaries = txn.open_table(SUMMARIES).map_err(read_err)?;
+            let mut out = Vec::new();
+            for entry in events
+                .range((event.as_str(), "")..=(event.as_str(), "\u{10ffff}"))
+                .map_err(read_err)?
+            {
+                let (key, _) = entry.map_err(read_err)?;
+                let (_, id) = key.value();
+                if let Some(bytes) = summaries.get(id).map_err(read_err)? {
+                    out.push(decode_summary(id, bytes.value())?);
+                }
+            }
+            out.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn list(
+        &self,
+        filter: &ListFilter,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<DeliverySummary>, Error> {
+        let after = cursor.map(parse_cursor).transpose()?;
+        if limit == 0 {
+            return Ok(Page {
+                items: Vec::new(),
+                next_cursor: None,
+            });
+        }
+        let name = index_for(filter);
+        let from = filter.from.map_or(i64::MIN, |f| f.max(0));
+        let to = filter.to.map(|t| t.max(0));
+        self.read(move |txn| {
+            let index = txn.open_table(INDEX).map_err(read_err)?;
+            let summaries = txn.open_table(SUMMARIES).map_err(read_err)?;
+            let name = name.as_str();
+            // Exclusive upper bound: the tighter of `to` and the cursor.
+            let mut upper: (i64, &str) = (i64::MAX, "\u{10ffff}");
+            if let Some(to) = to {
+                upper = (to, "");
+            }
+            if let Some((at, id)) = &after {
+                if (*at, id.as_str()) < upper {
+                    upper = (*at, id.as_str());
+                }
+            }
+            let range = index
+                .range::<(&str, i64, &str)>((
+                    Bound::Included((name, from, "")),
+                    Bound::Excluded((name, upper.0, upper.1)),
+                ))
+                .map_err(read_err)?;
+            let mut positions = Vec::new();
+            for entry in range.rev().take(limit.saturating_add(1)) {
+                let (key, _) = entry.map_err(read_err)?;
+                let (_, at, id) = key.value();
+                positions.push((at, id.to_owned()));
+            }
+            let more = positions.len() > limit;
+            positions.truncate(limit);
+            let next_cursor = if more {
+                positions.last().map(|(at, id)| super::position(*at, id))
+            } else {
+                None
+            };
+            let mut items = Vec::with_capacity(positions.len());
+            for (_, id) in &positions {
+                if let Some(bytes) = summaries.get(id.as_str()).map_err(read_err)? {
+                    items.push(decode_summary(id, bytes.value())?);
+                }
+            }
+            Ok(Page { items, next_cursor })
+        })
+        .await
+    }
+
+    async fn stats(&self, subscription: &SubscriptionName) -> Result<SubscriptionStats, Error> {
+        let subscription = subscription.as_str().to_owned();
+        self.read(move |txn| {
+            let stats = txn.open_table(STATS).map_err(read_err)?;
+            let Some(bytes) = stats.get(subscription.as_str()).map_err(read_err)? else {
+                return Ok(SubscriptionStats::default());
+            };
+            let counters: Counters = serde_json::from_slice(bytes.value()).map_err(|e| Error::Corrupt {
+                key: format!("stats of {subscription}"),
+                reason: e.to_string(),
+            })?;
+            Ok(counters.stats())
+        })
+        .await
+    }
+
+    async fn trim(&self, now: Millis, max_age: Duration, max_count: usize) -> Result<u64, Error> {
+        let age = Millis::try_from(max_age.as_millis()).unwrap_or(Millis::MAX);
+        let cutoff = now.saturating_sub(age);
+        self.submit(|reply| Op::Trim {
+            cutoff,
+            max_count,
+            reply,
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::history::DeliveryState;
+
+    #[test]
+    fn states_index_under_their_wire_names() {
+        let [time, sub, state, both] = indices("crm", DeliveryState::InFlight);
+        assert_eq!(
+            [time.as_str(), sub.as_str(), state.as_str(), both.as_str()],
+            ["time", "sub:crm", "state:in_flight", "sub:crm:state:in_flight"]
+        );
+    }
+}

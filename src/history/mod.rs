@@ -1,0 +1,776 @@
+//! History: the record of every delivery and every attempt, kept for a
+//! retention period, behind one trait.
+//!
+//! The queue forgets a delivery once it is acknowledged; the history keeps
+//! what operators ask about afterwards: when each attempt started, how long
+//! it took, the request headers sent (secrets redacted), the status, headers
+//! and first bytes of the response, why it failed, and where the delivery
+//! stands now. Two backends implement [`History`] with the same semantics,
+//! checked by one conformance suite (`tests/history_conformance.rs`):
+//!
+//! - [`redis::RedisHistory`]: hashes, lists and lexicographic sorted-set
+//!   indices under the queue's key prefix, one hash tag per shard, so it
+//!   runs on one Redis or a Cluster and is shared by every hookd process;
+//! - [`embedded::EmbeddedHistory`]: a redb file of its own
+//!   (`history.redb` beside the embedded queue's file), written by one
+//!   group-committing writer thread.
+//!
+//! ## How entries change a delivery
+//!
+//! Writers describe what happened as [`Entry`] values and hand them over in
+//! batches with [`History::record`], from a background task: recording is
+//! never on the delivery hot path. Each entry is applied on its own, in
+//! order, atomically with the indices and counters it moves:
+//!
+//! - [`Entry::Created`] stores the summary of a new delivery; for a
+//!   delivery already known it does nothing (fan-out may be retried).
+//! - [`Entry::Attempted`] appends the attempt and sets the summary's state,
+//!   attempt count (the highest attempt number seen), last status and
+//!   error, next attempt time and `updated_at`. An attempt of a delivery
+//!   never created (its `Created` entry was lost or trimmed) creates the
+//!   summary from the attempt itself, so no attempt is dropped.
+//! - [`Entry::State`] sets the state (filtered, parked, replayed…) and the
+//!   note of a known delivery; for an unknown one it does nothing.
+//!
+//! Before anything is stored, request and response headers named in
+//! [`ALWAYS_REDACTED`] have their values replaced by [`REDACTED`] (callers
+//! should already have done so with [`redact_headers`]; the store does it
+//! again so a slip cannot leak a signature), and response bodies are cut to
+//! `history.response_body_limit` bytes.
+//!
+//! ## Listing and cursors
+//!
+//! [`History::list`] pages newest first by *creation* time (which never
+//! changes, unlike `updated_at`), ties broken by delivery id. A cursor is
+//! the position of the last item returned; the next page starts strictly
+//! after it. Entries recorded between pages therefore never shift a page:
+//! no item is returned twice, and none that existed when the first page was
+//! read is skipped. Time ranges are `[from, to)` on creation time.
+//!
+//! ## Retention
+//!
+//! [`History::trim`] removes deliveries (with their attempts, index entries
+//! and counts) created before `now - max_age`, and the oldest beyond
+//! `max_count` deliveries **overall** (not per subscription: the bound is
+//! on storage, whatever the number of subscriptions). Each call does a
+//! bounded amount of work ([`TRIM_BATCH`] deliveries at most) and returns
+//! how many it removed; [`trim_loop`] calls it periodically and catches up
+//! in bounded steps. The Redis backend applies `max_count` per shard, as
+//! `ceil(max_count / shards)` each: shards are filled evenly by the hash of
+//! event ids, so the total stays close to `max_count`.
+
+pub mod embedded;
+pub mod redis;
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{HistoryConfig, SubscriptionName};
+use crate::ingest::EventId;
+use crate::queue::{Delivery, DeliveryId, Millis};
+
+/// The value stored in place of a secret header value.
+pub const REDACTED: &str = "[redacted]";
+
+/// Headers whose values are never stored, whatever the caller passes:
+/// the signature, and credentials a subscription's custom headers or an
+/// endpoint's answer may carry.
+pub const ALWAYS_REDACTED: &[&str] = &[
+    "webhook-signature",
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "set-cookie",
+];
+
+/// Most deliveries one [`History::trim`] call removes, so a call never
+/// holds the store (or Redis) for long.
+pub const TRIM_BATCH: usize = 1000;
+
+/// How often [`trim_loop`] trims when the last call found nothing to remove.
+pub const TRIM_EVERY: Duration = Duration::from_secs(5);
+
+/// How long [`trim_loop`] pauses between calls while they still remove
+/// something: short enough to trim far faster than deliveries arrive
+/// (each call removes up to [`TRIM_BATCH`]), long enough to leave the
+/// store to the writers in between.
+const TRIM_PAUSE: Duration = Duration::from_millis(10);
+
+/// A history backend failure.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Redis refused or could not be reached.
+    #[error("redis: {0}")]
+    Redis(String),
+    /// The embedded store failed.
+    #[error("history store: {0}")]
+    Store(String),
+    /// A stored record could not be decoded.
+    #[error("history record {key} is corrupt: {reason}")]
+    Corrupt {
+        /// The delivery id or key of the record.
+        key: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The embedded store's file is locked by another process.
+    #[error("{} is in use by another hookd process: stop it, or point queue.data_dir elsewhere", path.display())]
+    InUse {
+        /// The locked file.
+        path: PathBuf,
+    },
+    /// A cursor that no page of this store returned.
+    #[error("`{cursor}` is not a cursor: pass back a next_cursor exactly as a previous page returned it")]
+    Cursor {
+        /// The cursor given.
+        cursor: String,
+    },
+}
+
+/// Where a delivery stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryState {
+    /// Queued, waiting for its first attempt (or replayed).
+    Pending,
+    /// Claimed by a worker, being attempted.
+    InFlight,
+    /// Acknowledged by the endpoint with a 2xx.
+    Delivered,
+    /// Dropped on purpose before sending (a plugin's `drop`).
+    Filtered,
+    /// Failed, waiting for its next attempt.
+    Retrying,
+    /// Failed for good after its last retry; kept in the queue for replay.
+    Dead,
+    /// Held back because its subscription is disabled.
+    Parked,
+}
+
+impl DeliveryState {
+    /// Every state, in declaration order.
+    pub const ALL: [DeliveryState; 7] = [
+        DeliveryState::Pending,
+        DeliveryState::InFlight,
+        DeliveryState::Delivered,
+        DeliveryState::Filtered,
+        DeliveryState::Retrying,
+        DeliveryState::Dead,
+        DeliveryState::Parked,
+    ];
+
+    /// The state's wire name (`in_flight`), as in JSON and storage keys.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryState::Pending => "pending",
+            DeliveryState::InFlight => "in_flight",
+            DeliveryState::Delivered => "delivered",
+            DeliveryState::Filtered => "filtered",
+            DeliveryState::Retrying => "retrying",
+            DeliveryState::Dead => "dead",
+            DeliveryState::Parked => "parked",
+        }
+    }
+}
+
+impl fmt::Display for DeliveryState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for DeliveryState {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<DeliveryState, String> {
+        DeliveryState::ALL
+            .into_iter()
+            .find(|s| s.as_str() == text)
+            .ok_or_else(|| {
+                let names: Vec<&str> = DeliveryState::ALL.iter().map(|s| s.as_str()).collect();
+                format!("`{text}` is not a delivery state; use one of {}", names.join(", "))
+            })
+    }
+}
+
+/// Why an attempt failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// No response within the attempt's timeout.
+    Timeout,
+    /// The connection could not be made (DNS, refused, reset).
+    Connect,
+    /// The TLS handshake failed.
+    Tls,
+    /// The endpoint answered with a status that is not 2xx.
+    Status,
+    /// The subscription's plugin failed.
+    Plugin,
+    /// The endpoint's address is not allowed (SSRF guard).
+    Blocked,
+    /// The HTTP exchange itself failed.
+    Protocol,
+}
+
+impl ErrorKind {
+    /// The kind of a delivery failure, from [`crate::deliver::Failure::kind`].
+    pub fn of(failure: &crate::deliver::Failure) -> ErrorKind {
+        match failure.kind() {
+            "timeout" => ErrorKind::Timeout,
+            "connect" => ErrorKind::Connect,
+            "tls" => ErrorKind::Tls,
+            "blocked" => ErrorKind::Blocked,
+            _ => ErrorKind::Protocol,
+        }
+    }
+}
+
+/// One attempt to deliver, as recorded.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AttemptRecord {
+    /// The delivery attempted.
+    pub delivery_id: DeliveryId,
+    /// Its event.
+    pub event_id: EventId,
+    /// The event's dotted type.
+    pub event_type: String,
+    /// Who it was sent to.
+    pub subscription: SubscriptionName,
+    /// Attempt number, 1 for the first.
+    pub attempt: u32,
+    /// When the request started.
+    pub started_at: Millis,
+    /// How long until the response head, or the failure.
+    pub duration_ms: u64,
+    /// Request headers sent, secrets redacted ([`redact_headers`]).
+    pub request_headers: Vec<(String, String)>,
+    /// The response status, if a response came.
+    pub status: Option<u16>,
+    /// Response headers, if a response came.
+    pub response_headers: Vec<(String, String)>,
+    /// The first bytes of the response body, lossy UTF-8
+    /// ([`body_excerpt`]); cut to `history.response_body_limit` on store.
+    pub response_body: String,
+    /// Why it failed, if it did.
+    pub error_kind: Option<ErrorKind>,
+    /// The failure, in words.
+    pub error: Option<String>,
+    /// When the next attempt is due, if one is scheduled.
+    pub next_attempt_at: Option<Millis>,
+}
+
+/// A delivery and where it stands.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DeliverySummary {
+    /// The delivery.
+    pub id: DeliveryId,
+    /// Its event.
+    pub event_id: EventId,
+    /// The event's dotted type.
+    pub event_type: String,
+    /// Who receives it.
+    pub subscription: SubscriptionName,
+    /// Where it stands.
+    pub state: DeliveryState,
+    /// Attempts made: the highest attempt number recorded.
+    pub attempts: u32,
+    /// When the delivery was created (fan-out): the listing order.
+    pub created_at: Millis,
+    /// When it last changed.
+    pub updated_at: Millis,
+    /// The status of the last attempt, if it got a response.
+    pub last_status: Option<u16>,
+    /// The failure of the last attempt, if it failed.
+    pub last_error: Option<String>,
+    /// When the next attempt is due, if one is scheduled.
+    pub next_attempt_at: Option<Millis>,
+    /// Why it was last moved to its state by an [`Entry::State`]
+    /// (`dropped by plugin: …`, `replayed by operator`).
+    #[serde(default)]
+    pub note: Option<String>,
+}
+
+impl DeliverySummary {
+    /// The summary of a delivery just fanned out: pending, unattempted.
+    pub fn created(delivery: &Delivery) -> DeliverySummary {
+        DeliverySummary {
+            id: delivery.id.clone(),
+            event_id: delivery.event_id.clone(),
+            event_type: delivery.event_type.clone(),
+            subscription: delivery.subscription.clone(),
+            state: DeliveryState::Pending,
+            attempts: delivery.attempts,
+            created_at: delivery.created_at,
+            updated_at: delivery.created_at,
+            last_status: None,
+            last_error: None,
+            next_attempt_at: None,
+            note: None,
+        }
+    }
+}
+
+/// One thing that happened to a delivery.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Entry {
+    /// The delivery was made, at fan-out.
+    Created(DeliverySummary),
+    /// An attempt finished, leaving the delivery in `state`.
+    Attempted {
+        /// The attempt.
+        attempt: AttemptRecord,
+        /// Where the delivery stands after it.
+        state: DeliveryState,
+    },
+    /// The delivery moved without an attempt: filtered, parked, replayed…
+    State {
+        /// The delivery.
+        id: DeliveryId,
+        /// Its new state.
+        state: DeliveryState,
+        /// When.
+        at: Millis,
+        /// Why, in words.
+        note: Option<String>,
+    },
+}
+
+impl Entry {
+    /// The delivery this entry is about.
+    pub fn delivery_id(&self) -> &DeliveryId {
+        match self {
+            Entry::Created(summary) => &summary.id,
+            Entry::Attempted { attempt, .. } => &attempt.delivery_id,
+            Entry::State { id, .. } => id,
+        }
+    }
+}
+
+/// Which deliveries [`History::list`] returns.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ListFilter {
+    /// Only this subscription's.
+    pub subscription: Option<SubscriptionName>,
+    /// Only those in this state now.
+    pub state: Option<DeliveryState>,
+    /// Only those created at or after this time.
+    pub from: Option<Millis>,
+    /// Only those created before this time.
+    pub to: Option<Millis>,
+}
+
+/// One page of a listing.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Page<T> {
+    /// The items, newest first.
+    pub items: Vec<T>,
+    /// Pass it back for the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// Counts of a subscription's retained deliveries by state, and when it
+/// last succeeded and failed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubscriptionStats {
+    /// Deliveries delivered.
+    pub delivered: u64,
+    /// Deliveries waiting for a retry.
+    pub retrying: u64,
+    /// Deliveries dead.
+    pub dead: u64,
+    /// Deliveries filtered out by a plugin.
+    pub filtered: u64,
+    /// Start of the last successful attempt. Not lowered by trimming.
+    pub last_success_at: Option<Millis>,
+    /// Start of the last failed attempt. Not lowered by trimming.
+    pub last_failure_at: Option<Millis>,
+}
+
+impl SubscriptionStats {
+    /// Adds a count of `n` deliveries in `state` (states the stats do not
+    /// show are ignored).
+    fn add(&mut self, state: DeliveryState, n: i64) {
+        let n = n.max(0) as u64;
+        match state {
+            DeliveryState::Delivered => self.delivered += n,
+            DeliveryState::Retrying => self.retrying += n,
+            DeliveryState::Dead => self.dead += n,
+            DeliveryState::Filtered => self.filtered += n,
+            _ => {}
+        }
+    }
+}
+
+/// The record of deliveries and attempts. Every method is safe to call
+/// from many tasks and, for shared backends, many processes.
+#[async_trait::async_trait]
+pub trait History: Send + Sync + 'static {
+    /// Applies `entries` in order (see the module docs). Meant for a
+    /// background task batching what the dispatcher reports.
+    async fn record(&self, entries: &[Entry]) -> Result<(), Error>;
+
+    /// A delivery's summary and its attempts, oldest first.
+    async fn delivery(&self, id: &DeliveryId) -> Result<Option<(DeliverySummary, Vec<AttemptRecord>)>, Error>;
+
+    /// The deliveries of an event, over all its subscriptions, oldest first.
+    async fn event(&self, event_id: &EventId) -> Result<Vec<DeliverySummary>, Error>;
+
+    /// Deliveries matching `filter`, newest first, at most `limit`, after
+    /// `cursor` (a `next_cursor` of an earlier page of the same filter).
+    async fn list(
+        &self,
+        filter: &ListFilter,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<DeliverySummary>, Error>;
+
+    /// Counts of a subscription's retained deliveries. Cheap: kept as
+    /// counters, never a scan.
+    async fn stats(&self, subscription: &SubscriptionName) -> Result<SubscriptionStats, Error>;
+
+    /// Removes up to [`TRIM_BATCH`] deliveries created before
+    /// `now - max_age` or beyond `max_count` (oldest first), with their
+    /// attempts; returns how many it removed.
+    async fn trim(&self, now: Millis, max_age: Duration, max_count: usize) -> Result<u64, Error>;
+}
+
+/// Trims `history` by `config`'s retention every [`TRIM_EVERY`], and
+/// every [`TRIM_PAUSE`] while calls still remove something, until
+/// `shutdown`.
+pub async fn trim_loop(history: Arc<dyn History>, config: HistoryConfig, shutdown: CancellationToken) {
+    loop {
+        let pause = match history
+            .trim(crate::queue::now_ms(), config.max_age, config.max_count)
+            .await
+        {
+            Ok(0) => TRIM_EVERY,
+            Ok(n) => {
+                tracing::debug!(removed = n, "trimmed delivery history");
+                TRIM_PAUSE
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot trim the delivery history; will try again");
+                TRIM_EVERY
+            }
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(pause) => {}
+        }
+    }
+}
+
+/// `headers` as (name, value) pairs to record, with the values of
+/// [`ALWAYS_REDACTED`] headers and of `secret_header_names` (any case)
+/// replaced by [`REDACTED`]. Names are lowercase; values that are not
+/// UTF-8 are shown lossily.
+pub fn redact_headers(headers: &http::HeaderMap, secret_header_names: &[&str]) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .map(|(name, value)| {
+            let name = name.as_str();
+            let secret =
+                ALWAYS_REDACTED.contains(&name) || secret_header_names.iter().any(|s| s.eq_ignore_ascii_case(name));
+            let value = if secret {
+                REDACTED.to_owned()
+            } else {
+                String::from_utf8_lossy(value.as_bytes()).into_owned()
+            };
+            (name.to_owned(), value)
+        })
+        .collect()
+}
+
+/// The first `limit` bytes of a response body as text: lossy UTF-8, never
+/// longer than `limit` bytes.
+pub fn body_excerpt(body: &[u8], limit: usize) -> String {
+    let mut text = String::from_utf8_lossy(&body[..body.len().min(limit)]).into_owned();
+    truncate_at_char(&mut text, limit);
+    text
+}
+
+/// Cuts `text` to at most `limit` bytes, at a character boundary.
+fn truncate_at_char(text: &mut String, limit: usize) {
+    if text.len() > limit {
+        let mut end = limit;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+}
+
+/// Makes an attempt safe and small enough to store: secret header values
+/// replaced, the body cut to `body_limit` bytes.
+fn scrub(attempt: &AttemptRecord, body_limit: usize) -> AttemptRecord {
+    let mut attempt = attempt.clone();
+    for (name, value) in attempt
+        .request_headers
+        .iter_mut()
+        .chain(attempt.response_headers.iter_mut())
+    {
+        if ALWAYS_REDACTED.iter().any(|s| s.eq_ignore_ascii_case(name)) {
+            *value = REDACTED.to_owned();
+        }
+    }
+    truncate_at_char(&mut attempt.response_body, body_limit);
+    attempt
+}
+
+/// The sort key of a delivery in every listing: its creation time as 16
+/// hex digits (negative times count as 0), then its id. Ordered as text
+/// and as the tuple; also the cursor pointing at it.
+fn position(created_at: Millis, id: &str) -> String {
+    format!("{:016x}{id}", created_at.max(0))
+}
+
+/// The creation time part of a [`position`], for range bounds.
+fn time_prefix(at: Millis) -> String {
+    format!("{:016x}", at.max(0))
+}
+
+/// Reads a cursor back into (creation time, delivery id).
+fn parse_cursor(cursor: &str) -> Result<(Millis, DeliveryId), Error> {
+    let bad = || Error::Cursor {
+        cursor: cursor.to_owned(),
+    };
+    let (time, id) = (cursor.get(..16).ok_or_else(bad)?, cursor.get(16..).ok_or_else(bad)?);
+    let time = u64::from_str_radix(time, 16).map_err(|_| bad())?;
+    let time = Millis::try_from(time).map_err(|_| bad())?;
+    let id = DeliveryId::parse(id).map_err(|_| bad())?;
+    Ok((time, id))
+}
+
+/// Counts by state and last success and failure of one subscription, as
+/// the backends keep them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Counters {
+    /// Retained deliveries per state.
+    counts: std::collections::BTreeMap<DeliveryState, i64>,
+    /// Start of the last successful attempt.
+    last_success_at: Option<Millis>,
+    /// Start of the last failed attempt.
+    last_failure_at: Option<Millis>,
+}
+
+impl Counters {
+    fn stats(&self) -> SubscriptionStats {
+        let mut stats = SubscriptionStats {
+            last_success_at: self.last_success_at,
+            last_failure_at: self.last_failure_at,
+            ..SubscriptionStats::default()
+        };
+        for (&state, &n) in &self.counts {
+            stats.add(state, n);
+        }
+        stats
+    }
+}
+
+/// When an attempt ended: its start plus its duration.
+fn ended_at(attempt: &AttemptRecord) -> Millis {
+    attempt
+        .started_at
+        .saturating_add(Millis::try_from(attempt.duration_ms).unwrap_or(Millis::MAX))
+}
+
+/// What applying one entry did, for the indices and counters.
+struct Change {
+    /// The state before, `None` if the delivery was new.
+    before: Option<DeliveryState>,
+    /// The summary after.
+    after: DeliverySummary,
+    /// The attempt to append, scrubbed.
+    attempt: Option<AttemptRecord>,
+    /// Whether the attempt succeeded (`Some(true)`), failed, or there was none.
+    success: Option<bool>,
+}
+
+/// Applies `entry` to the stored summary `current` (see the module docs);
+/// `None` if it changes nothing. The embedded backend uses this directly;
+/// the Redis backend's script does the same.
+fn apply(current: Option<DeliverySummary>, entry: &Entry, body_limit: usize) -> Option<Change> {
+    match entry {
+        Entry::Created(summary) => match current {
+            Some(_) => None,
+            None => Some(Change {
+                before: None,
+                after: summary.clone(),
+                attempt: None,
+                success: None,
+            }),
+        },
+        Entry::Attempted { attempt, state } => {
+            let ended = ended_at(attempt);
+            let before = current.as_ref().map(|s| s.state);
+            let mut after = current.unwrap_or_else(|| DeliverySummary {
+                id: attempt.delivery_id.clone(),
+                event_id: attempt.event_id.clone(),
+                event_type: attempt.event_type.clone(),
+                subscription: attempt.subscription.clone(),
+                state: *state,
+                attempts: 0,
+                created_at: attempt.started_at,
+                updated_at: ended,
+                last_status: None,
+                last_error: None,
+                next_attempt_at: None,
+                note: None,
+            });
+            after.state = *state;
+            after.attempts = after.attempts.max(attempt.attempt);
+            after.updated_at = after.updated_at.max(ended);
+            after.last_status = attempt.status;
+            after.last_error = attempt.error.clone();
+            after.next_attempt_at = attempt.next_attempt_at;
+            Some(Change {
+                before,
+                after,
+                attempt: Some(scrub(attempt, body_limit)),
+                success: Some(*state == DeliveryState::Delivered),
+            })
+        }
+        Entry::State { state, at, note, .. } => {
+            let mut after = current?;
+            let before = Some(after.state);
+            after.state = *state;
+            after.updated_at = after.updated_at.max(*at);
+            after.note = note.clone();
+            Some(Change {
+                before,
+                after,
+                attempt: None,
+                success: None,
+            })
+        }
+    }
+}
+
+/// The names of the listing indices a delivery belongs to, given its
+/// subscription and state: all, by subscription, by state, by both. The
+/// filter picks one ([`index_for`]). Subscription names cannot hold `:`.
+fn indices(subscription: &str, state: DeliveryState) -> [String; 4] {
+    [
+        "time".to_owned(),
+        format!("sub:{subscription}"),
+        format!("state:{state}"),
+        format!("sub:{subscription}:state:{state}"),
+    ]
+}
+
+/// The listing index that answers `filter`.
+fn index_for(filter: &ListFilter) -> String {
+    match (&filter.subscription, filter.state) {
+        (None, None) => "time".to_owned(),
+        (Some(sub), None) => format!("sub:{sub}"),
+        (None, Some(state)) => format!("state:{state}"),
+        (Some(sub), Some(state)) => format!("sub:{sub}:state:{state}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attempt(n: u32) -> AttemptRecord {
+        AttemptRecord {
+            delivery_id: DeliveryId::new(1),
+            event_id: EventId::parse("evt_1").unwrap(),
+            event_type: "coupon.redeemed".into(),
+            subscription: SubscriptionName::parse("crm").unwrap(),
+            attempt: n,
+            started_at: 1_000,
+            duration_ms: 20,
+            request_headers: vec![("Authorization".into(), "Bearer s3cret".into())],
+            status: Some(500),
+            response_headers: vec![("set-cookie".into(), "sid=1".into())],
+            response_body: "héllo".into(),
+            error_kind: Some(ErrorKind::Status),
+            error: Some("status 500".into()),
+            next_attempt_at: Some(6_000),
+        }
+    }
+
+    #[test]
+    fn states_round_trip_their_names() {
+        for state in DeliveryState::ALL {
+            assert_eq!(state.as_str().parse::<DeliveryState>().unwrap(), state);
+            assert_eq!(serde_json::to_value(state).unwrap(), state.as_str());
+        }
+        let err = "done".parse::<DeliveryState>().unwrap_err();
+        assert!(err.contains("in_flight"), "{err}");
+    }
+
+    #[test]
+    fn headers_are_redacted_by_name_in_any_case() {
+        let mut headers = http::HeaderMap::new();
+        headers.insert("webhook-signature", "v1,abc".parse().unwrap());
+        headers.insert("authorization", "Bearer x".parse().unwrap());
+        headers.insert("x-api-key", "k-1".parse().unwrap());
+        headers.insert("webhook-id", "evt_1".parse().unwrap());
+        let out = redact_headers(&headers, &["X-Api-Key"]);
+        let get = |n: &str| out.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_str());
+        assert_eq!(get("webhook-signature"), Some(REDACTED));
+        assert_eq!(get("authorization"), Some(REDACTED));
+        assert_eq!(get("x-api-key"), Some(REDACTED));
+        assert_eq!(get("webhook-id"), Some("evt_1"));
+    }
+
+    #[test]
+    fn excerpts_are_cut_at_char_boundaries() {
+        assert_eq!(body_excerpt("héllo".as_bytes(), 2), "h");
+        assert_eq!(body_excerpt("héllo".as_bytes(), 3), "hé");
+        assert_eq!(body_excerpt(b"\xff\xfeabc", 4), "\u{fffd}");
+        assert!(body_excerpt(&[0xff; 10], 5).len() <= 5);
+    }
+
+    #[test]
+    fn cursors_round_trip_and_order_like_their_positions() {
+        let id = DeliveryId::new(3);
+        let p = position(1_700_000_000_000, id.as_str());
+        assert_eq!(parse_cursor(&p).unwrap(), (1_700_000_000_000, id.clone()));
+        assert!(position(999, id.as_str()) < position(1_000, id.as_str()));
+        for bad in ["", "zz", "0000000000000001dlv_1", "ffffffffffffffffdlv_00"] {
+            assert!(matches!(parse_cursor(bad), Err(Error::Cursor { .. })), "{bad}");
+        }
+    }
+
+    #[test]
+    fn attempts_create_unknown_deliveries_and_are_scrubbed() {
+        let change = apply(
+            None,
+            &Entry::Attempted {
+                attempt: attempt(2),
+                state: DeliveryState::Retrying,
+            },
+            2,
+        )
+        .unwrap();
+        assert_eq!(change.before, None);
+        assert_eq!(change.after.attempts, 2);
+        assert_eq!(change.after.updated_at, 1_020);
+        assert_eq!(change.success, Some(false));
+        let stored = change.attempt.unwrap();
+        assert_eq!(stored.request_headers[0].1, REDACTED);
+        assert_eq!(stored.response_headers[0].1, REDACTED);
+        assert_eq!(stored.response_body, "h");
+    }
+
+    #[test]
+    fn state_entries_of_unknown_deliveries_change_nothing() {
+        let entry = Entry::State {
+            id: DeliveryId::new(1),
+            state: DeliveryState::Parked,
+            at: 5,
+            note: None,
+        };
+        assert!(apply(None, &entry, 10).is_none());
+    }
+}

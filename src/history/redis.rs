@@ -1,0 +1,922 @@
+//! Redis history: one hash and one list per delivery, lexicographic sorted
+//! sets as listing indices, one hash tag per shard.
+//!
+//! Every key of shard `N` starts with `{prefix}:h:{N}:` (the queue's key
+//! prefix, `h` for history, the shard's hash tag), so a shard's keys share
+//! one Cluster slot and a script may touch them together. A delivery lives
+//! in the shard its id names ([`DeliveryId::shard`]), which the queue makes
+//! the shard of its event ([`crate::queue::shard_of`]).
+//!
+//! The indices are sorted sets whose members all score 0 and are the
+//! delivery's listing position (`{created_at:016x}{id}`, see the module
+//! docs of [`super`]), so Redis orders them as text: `ZREVRANGEBYLEX` pages
+//! them newest first from an exact cursor, and time ranges are lex ranges.
+//!
+//! Writes are one Lua script per shard group and call: on a single Redis
+//! every shard of a [`History::record`] call goes to one script run (one
+//! round trip); on a cluster each shard's run goes to its node, all
+//! concurrently. The scripts receive one key per shard (its `time` index)
+//! and derive the shard's other keys from it, all in the same slot.
+//! Reads that span shards (listing, an event, stats) query every shard and
+//! merge: one pipeline on a single Redis, one per shard concurrently on a
+//! cluster.
+
+use std::collections::HashMap;
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use ::redis::aio::{ConnectionLike, MultiplexedConnection};
+use ::redis::cluster_async::ClusterConnection;
+use ::redis::{Cmd, Pipeline, RedisError, RedisFuture, Script, Value};
+use deadpool_redis::{PoolConfig, Runtime, Timeouts};
+use futures_util::future::try_join_all;
+
+use super::{
+    parse_cursor, position, time_prefix, AttemptRecord, Counters, DeliveryState, DeliverySummary, Entry, Error,
+    History, ListFilter, Page, SubscriptionStats, TRIM_BATCH,
+};
+use crate::config::{HistoryConfig, QueueConfig, SubscriptionName};
+use crate::ingest::EventId;
+use crate::queue::{DeliveryId, Millis};
+
+/// `{prefix}:h:{N}:`: the start of every history key of shard `N`.
+pub fn shard_base(prefix: &str, shard: u16) -> String {
+    format!("{prefix}:h:{{{shard}}}:")
+}
+
+/// `{prefix}:h:{N}:d:<delivery id>`, a hash: the delivery's summary, one
+/// field per [`DeliverySummary`] field (absent options are absent fields)
+/// plus `m`, its listing position. Written by the record script; deleted by
+/// the trim script.
+pub fn summary_key(prefix: &str, shard: u16, id: &str) -> String {
+    format!("{}d:{id}", shard_base(prefix, shard))
+}
+
+/// `{prefix}:h:{N}:a:<delivery id>`, a list: the delivery's attempts as
+/// [`AttemptRecord`] JSON, oldest first. Appended by the record script;
+/// deleted by the trim script.
+pub fn attempts_key(prefix: &str, shard: u16, id: &str) -> String {
+    format!("{}a:{id}", shard_base(prefix, shard))
+}
+
+/// `{prefix}:h:{N}:<index>`, a sorted set of listing positions, all scored
+/// 0: `time` (every delivery of the shard), `sub:<name>`, `state:<state>`
+/// and `sub:<name>:state:<state>`. Written by the record script (state
+/// indices move with the state) and the trim script (removes).
+pub fn index_key(prefix: &str, shard: u16, index: &str) -> String {
+    format!("{}{index}", shard_base(prefix, shard))
+}
+
+/// `{prefix}:h:{N}:event:<event id>`, a set: ids of the event's deliveries
+/// in shard `N`. Written by the record script; the trim script removes.
+pub fn event_key(prefix: &str, shard: u16, event: &str) -> String {
+    format!("{}event:{event}", shard_base(prefix, shard))
+}
+
+/// `{prefix}:h:{N}:stats:<subscription>`, a hash: count of the
+/// subscription's retained deliveries in shard `N` per state (field = the
+/// state's name), `last_success_at` and `last_failure_at` (ms). Written by
+/// the record script; the trim script decrements.
+pub fn stats_key(prefix: &str, shard: u16, subscription: &str) -> String {
+    format!("{}stats:{subscription}", shard_base(prefix, shard))
+}
+
+/// How long connecting, waiting for a pooled connection and recycling one
+/// may take before the operation fails.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Most entries one record script run applies, so no run holds Redis long.
+const ENTRIES_PER_RUN: usize = 512;
+
+/// Arguments per entry of [`RECORD_LUA`].
+const STRIDE: usize = 16;
+
+/// Record. KEYS: the `time` index of each shard in the group (the other
+/// keys of a shard are derived from it). ARGV: [`STRIDE`] fields per entry:
+/// kind (`c` created, `a` attempted, `s` state), index of its shard's key
+/// in KEYS, delivery id, listing position if new, event id, event type,
+/// subscription, state, time (created / started / at), updated or ended
+/// time, attempts or attempt number, last status, `=`last error, next
+/// attempt time, `=`note or the attempt's JSON, `1` if the attempt
+/// succeeded. Empty fields are absent values. Applies the rules in the
+/// module docs of [`super`]; returns how many entries changed something.
+const RECORD_LUA: &str = r#"
+local S = 16
+local function move(base, sub, m, old, new)
+  if old == new then return end
+  local stats = base .. 'stats:' .. sub
+  if old then
+    redis.call('ZREM', base .. 'state:' .. old, m)
+    redis.call('ZREM', base .. 'sub:' .. sub .. ':state:' .. old, m)
+    redis.call('HINCRBY', stats, old, -1)
+  end
+  redis.call('ZADD', base .. 'state:' .. new, 0, m)
+  redis.call('ZADD', base .. 'sub:' .. sub .. ':state:' .. new, 0, m)
+  redis.call('HINCRBY', stats, new, 1)
+end
+local function opt(d, field, v, marked)
+  if v == '' then
+    redis.call('HDEL', d, field)
+  elseif marked then
+    redis.call('HSET', d, field, string.sub(v, 2))
+  else
+    redis.call('HSET', d, field, v)
+  end
+end
+local function later(a, b)
+  if not a or tonumber(b) > tonumber(a) then return b end
+  return a
+end
+local function create(base, d, i, state, updated, attempts)
+  local id, m, ev, sub = ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 6]
+  redis.call('HSET', d, 'm', m, 'event_id', ev, 'event_type', ARGV[i + 5], 'subscription', sub,
+    'state', state, 'created_at', ARGV[i + 8], 'updated_at', updated, 'attempts', attempts)
+  redis.call('ZADD', base .. 'time', 0, m)
+  redis.call('ZADD', base .. 'sub:' .. sub, 0, m)
+  redis.call('SADD', base .. 'event:' .. ev, id)
+  move(base, sub, m, nil, state)
+end
+local applied = 0
+for i = 1, #ARGV, S do
+  local kind, id = ARGV[i], ARGV[i + 2]
+  local time = KEYS[tonumber(ARGV[i + 1])]
+  local base = string.sub(time, 1, -5)
+  local d = base .. 'd:' .. id
+  local cur = redis.call('HMGET', d, 'm', 'subscription', 'state', 'updated_at', 'attempts')
+  local m, sub, state, updated, attempts = cur[1], cur[2], cur[3], cur[4], cur[5]
+  if kind == 'c' then
+    if not m then
+      create(base, d, i, ARGV[i + 7], ARGV[i + 9], ARGV[i + 10])
+      opt(d, 'last_status', ARGV[i + 11], false)
+      opt(d, 'last_error', ARGV[i + 12], true)
+      opt(d, 'next_attempt_at', ARGV[i + 13], false)
+      opt(d, 'note', ARGV[i + 14], true)
+      applied = applied + 1
+    end
+  elseif kind == 'a' then
+    local new = ARGV[i + 7]
+    if not m then
+      create(base, d, i, new, ARGV[i + 9], '0')
+      m, sub, state, updated, attempts = ARGV[i + 3], ARGV[i + 6], new, ARGV[i + 9], '0'
+    end
+    redis.call('RPUSH', base .. 'a:' .. id, ARGV[i + 14])
+    move(base, sub, m, state, new)
+    local n = ARGV[i + 10]
+    if tonumber(attempts) > tonumber(n) then n = attempts end
+    redis.call('HSET', d, 'state', new, 'attempts', n, 'updated_at', later(updated, ARGV[i + 9]))
+    opt(d, 'last_status', ARGV[i + 11], false)
+    opt(d, 'last_error', ARGV[i + 12], true)
+    opt(d, 'next_attempt_at', ARGV[i + 13], false)
+    local stats = base .. 'stats:' .. sub
+    local field = 'last_failure_at'
+    if ARGV[i + 15] == '1' then field = 'last_success_at' end
+    redis.call('HSET', stats, field, later(redis.call('HGET', stats, field), ARGV[i + 8]))
+    applied = applied + 1
+  elseif m then
+    local new = ARGV[i + 7]
+    move(base, sub, m, state, new)
+    redis.call('HSET', d, 'state', new, 'updated_at', later(updated, ARGV[i + 8]))
+    opt(d, 'note', ARGV[i + 14], true)
+    applied = applied + 1
+  end
+end
+return applied
+"#;
+
+/// Trim one shard. KEYS: its `time` index. ARGV: the age cutoff as a
+/// position prefix (deliveries created before it go), the most deliveries
+/// the shard keeps, the most to remove now. Removes the oldest first, each
+/// with its summary, attempts, index entries, count and event membership.
+/// Returns how many it removed.
+const TRIM_LUA: &str = r#"
+local time = KEYS[1]
+local base = string.sub(time, 1, -5)
+local cutoff, cap, batch = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local victims = redis.call('ZRANGEBYLEX', time, '-', '(' .. cutoff, 'LIMIT', 0, batch)
+local n = #victims
+if n < batch then
+  local over = redis.call('ZCARD', time) - n - cap
+  if over > 0 then
+    local more = redis.call('ZRANGE', time, n, n + math.min(over, batch - n) - 1)
+    for _, m in ipairs(more) do victims[#victims + 1] = m end
+  end
+end
+for _, m in ipairs(victims) do
+  local id = string.sub(m, 17)
+  local d = base .. 'd:' .. id
+  local f = redis.call('HMGET', d, 'subscription', 'state', 'event_id')
+  redis.call('ZREM', time, m)
+  if f[1] and f[2] then
+    local sub, state = f[1], f[2]
+    redis.call('ZREM', base .. 'sub:' .. sub, m)
+    redis.call('ZREM', base .. 'state:' .. state, m)
+    redis.call('ZREM', base .. 'sub:' .. sub .. ':state:' .. state, m)
+    redis.call('HINCRBY', base .. 'stats:' .. sub, state, -1)
+  end
+  if f[3] then
+    redis.call('SREM', base .. 'event:' .. f[3], id)
+  end
+  redis.call('DEL', d, base .. 'a:' .. id)
+end
+return #victims
+"#;
+
+static RECORD: LazyLock<Script> = LazyLock::new(|| Script::new(RECORD_LUA));
+static TRIM: LazyLock<Script> = LazyLock::new(|| Script::new(TRIM_LUA));
+
+/// Connections to one Redis or to a Redis Cluster.
+enum Pool {
+    /// A single node: one script run may touch every shard.
+    Single(deadpool_redis::Pool),
+    /// A cluster: each shard's keys go to the node owning its slot.
+    Cluster(deadpool_redis::cluster::Pool),
+}
+
+/// One connection taken from the pool, cloneable to run calls concurrently
+/// (both kinds multiplex).
+#[derive(Clone)]
+enum Link {
+    /// To a single node.
+    Single(MultiplexedConnection),
+    /// To a cluster, routing each command by its keys' slot.
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Link {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Link::Single(c) => c.req_packed_command(cmd),
+            Link::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Link::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Link::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Link::Single(c) => c.get_db(),
+            Link::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// A pooled connection, kept checked out while its [`Link`] is in use.
+enum Checkout {
+    /// From the single-node pool.
+    Single(deadpool_redis::Connection),
+    /// From the cluster pool.
+    Cluster(deadpool_redis::cluster::Connection),
+}
+
+impl Checkout {
+    fn link(&self) -> Link {
+        match self {
+            Checkout::Single(c) => Link::Single((**c).clone()),
+            Checkout::Cluster(c) => Link::Cluster((**c).clone()),
+        }
+    }
+}
+
+/// The keys and arguments of one script run.
+#[derive(Default)]
+struct Call {
+    /// KEYS, all in one slot on a cluster.
+    keys: Vec<String>,
+    /// ARGV.
+    args: Vec<Vec<u8>>,
+}
+
+impl Call {
+    fn arg(&mut self, value: impl ToString) {
+        self.args.push(value.to_string().into_bytes());
+    }
+
+    fn opt(&mut self, value: Option<impl ToString>) {
+        self.args
+            .push(value.map(|v| v.to_string().into_bytes()).unwrap_or_default());
+    }
+
+    /// An optional text that may be empty: `=` then the text, or nothing.
+    fn marked(&mut self, value: Option<&str>) {
+        self.args
+            .push(value.map(|v| format!("={v}").into_bytes()).unwrap_or_default());
+    }
+}
+
+/// The Redis history backend.
+pub struct RedisHistory {
+    /// Connections to Redis.
+    pool: Pool,
+    /// Prefix of every key (`queue.key_prefix`).
+    prefix: String,
+    /// Number of shards (`queue.shards`).
+    shards: u16,
+    /// Bytes of a response body kept (`history.response_body_limit`).
+    body_limit: usize,
+    /// `host:port` of the URL, without credentials, for error messages.
+    host: String,
+}
+
+/// The `host:port` part of a Redis URL, without scheme, credentials or path.
+fn host_of(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, rest)| rest);
+    rest.split(['/', '?']).next().unwrap_or(rest).to_owned()
+}
+
+impl RedisHistory {
+    /// Connects to the queue's Redis (`queue.redis_url`, a cluster seed if
+    /// `queue.cluster`) with a pool of its own of `queue.pool_size`, keeps
+    /// its keys under `queue.key_prefix` in `queue.shards` shards, and
+    /// checks that Redis answers.
+    pub async fn connect(queue: &QueueConfig, history: &HistoryConfig) -> Result<RedisHistory, Error> {
+        let url = queue
+            .redis_url
+            .as_ref()
+            .ok_or_else(|| Error::Redis("queue.redis_url is not set; the Redis history needs it".into()))?
+            .expose();
+        let host = host_of(url);
+        let mut pool_config = PoolConfig::new(queue.pool_size);
+        pool_config.timeouts = Timeouts {
+            wait: Some(CONNECT_TIMEOUT),
+            create: Some(CONNECT_TIMEOUT),
+            recycle: Some(CONNECT_TIMEOUT),
+        };
+        let bad_url = |e: &dyn std::fmt::Display| {
+            Error::Redis(format!(
+                "cannot use the Redis URL for {host}: {e}; check queue.redis_url"
+            ))
+        };
+        let pool = if queue.cluster {
+            let mut c = deadpool_redis::cluster::Config::from_urls(vec![url.to_owned()]);
+            c.pool = Some(pool_config);
+            Pool::Cluster(c.create_pool(Some(Runtime::Tokio1)).map_err(|e| bad_url(&e))?)
+        } else {
+            let mut c = deadpool_redis::Config::from_url(url);
+            c.pool = Some(pool_config);
+            Pool::Single(c.create_pool(Some(Runtime::Tokio1)).map_err(|e| bad_url(&e))?)
+        };
+        let history = RedisHistory {
+            pool,
+            prefix: queue.key_prefix.clone(),
+            shards: queue.shards.max(1),
+            body_limit: history.response_body_limit,
+            host,
+        };
+        history.ping().await.map_err(|e| {
+            Error::Redis(format!(
+                "{e}; check that Redis is running at {} and that queue.redis_url (and queue.cluster = {}) is right",
+                history.host, queue.cluster
+            ))
+        })?;
+        Ok(history)
+    }
+
+    async fn ping(&self) -> Result<(), Error> {
+        let checkout = self.checkout().await?;
+        let mut link = checkout.link();
+        let cmd = ::redis::cmd("PING");
+        match tokio::time::timeout(CONNECT_TIMEOUT, cmd.query_async::<String>(&mut link)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(self.failed("PING", e)),
+            Err(_) => Err(Error::Redis(format!(
+                "Redis at {} did not answer PING within {CONNECT_TIMEOUT:?}",
+                self.host
+            ))),
+        }
+    }
+
+    async fn checkout(&self) -> Result<Checkout, Error> {
+        let unreachable =
+            |e: &dyn std::fmt::Display| Error::Redis(format!("no connection to Redis at {}: {e}", self.host));
+        match &self.pool {
+            Pool::Single(p) => p.get().await.map(Checkout::Single).map_err(|e| unreachable(&e)),
+            Pool::Cluster(p) => p.get().await.map(Checkout::Cluster).map_err(|e| unreachable(&e)),
+        }
+    }
+
+    fn failed(&self, what: &str, e: RedisError) -> Error {
+        Error::Redis(format!("{what} on {}: {e}", self.host))
+    }
+
+    fn is_cluster(&self) -> bool {
+        matches!(self.pool, Pool::Cluster(_))
+    }
+
+    /// Runs `script` once per call, concurrently, returning each reply.
+    async fn eval(&self, what: &str, script: &'static Script, calls: Vec<Call>) -> Result<Vec<Value>, Error> {
+        let checkout = self.checkout().await?;
+        let runs = calls.into_iter().map(|call| {
+            let mut link = checkout.link();
+            async move {
+                let mut invocation = script.prepare_invoke();
+                for key in &call.keys {
+                    invocation.key(key);
+                }
+                for arg in &call.args {
+                    invocation.arg(arg.as_slice());
+                }
+                invocation.invoke_async::<Value>(&mut link).await
+            }
+        });
+        try_join_all(runs).await.map_err(|e| self.failed(what, e))
+    }
+
+    /// Runs batches of commands, each batch touching one shard's keys, and
+    /// returns each batch's replies: one pipeline on a single node, one per
+    /// batch (concurrently) on a cluster.
+    async fn per_shard(&self, what: &str, batches: Vec<Vec<Cmd>>) -> Result<Vec<Vec<Value>>, Error> {
+        if batches.iter().all(Vec::is_empty) {
+            return Ok(batches.iter().map(|_| Vec::new()).collect());
+        }
+        let checkout = self.checkout().await?;
+        if !self.is_cluster() {
+            let mut pipe = Pipeline::new();
+            for cmd in batches.iter().flatten() {
+                pipe.add_command(cmd.clone());
+            }
+            let mut link = checkout.link();
+            let mut replies = pipe
+                .query_async::<Vec<Value>>(&mut link)
+                .await
+                .map_err(|e| self.failed(what, e))?
+                .into_iter();
+            return Ok(batches
+                .iter()
+                .map(|b| replies.by_ref().take(b.len()).collect())
+                .collect());
+        }
+        let runs = batches.into_iter().map(|batch| {
+            let mut link = checkout.link();
+            async move {
+                if batch.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let mut pipe = Pipeline::new();
+                for cmd in batch {
+                    pipe.add_command(cmd);
+                }
+                pipe.query_async::<Vec<Value>>(&mut link).await
+            }
+        });
+        try_join_all(runs).await.map_err(|e| self.failed(what, e))
+    }
+
+    /// Groups shards into script runs: all in one on a single node, one
+    /// each on a cluster.
+    fn groups(&self, shards: Vec<u16>) -> Vec<Vec<u16>> {
+        if self.is_cluster() {
+            shards.into_iter().map(|s| vec![s]).collect()
+        } else if shards.is_empty() {
+            Vec::new()
+        } else {
+            vec![shards]
+        }
+    }
+
+    /// The record script's call for `entries`, all in `group`'s shards.
+    fn record_call(&self, group: &[u16], entries: &[&Entry]) -> Result<Call, Error> {
+        let mut call = Call::default();
+        for &s in group {
+            call.keys.push(index_key(&self.prefix, s, "time"));
+        }
+        for entry in entries {
+            let id = entry.delivery_id();
+            let g = group.iter().position(|&s| s == id.shard()).unwrap_or(0) + 1;
+            match entry {
+                Entry::Created(s) => {
+                    call.arg("c");
+                    call.arg(g);
+                    call.arg(id);
+                    call.arg(position(s.created_at, id.as_str()));
+                    call.arg(&s.event_id);
+                    call.arg(&s.event_type);
+                    call.arg(&s.subscription);
+                    call.arg(s.state);
+                    call.arg(s.created_at);
+                    call.arg(s.updated_at);
+                    call.arg(s.attempts);
+                    call.opt(s.last_status);
+                    call.marked(s.last_error.as_deref());
+                    call.opt(s.next_attempt_at);
+                    call.marked(s.note.as_deref());
+                    call.arg("");
+                }
+                Entry::Attempted { attempt, state } => {
+                    let scrubbed = super::scrub(attempt, self.body_limit);
+                    let json = serde_json::to_vec(&scrubbed).map_err(|e| Error::Corrupt {
+                        key: id.to_string(),
+                        reason: format!("attempt does not serialize: {e}"),
+                    })?;
+                    call.arg("a");
+                    call.arg(g);
+                    call.arg(id);
+                    call.arg(position(attempt.started_at, id.as_str()));
+                    call.arg(&attempt.event_id);
+                    call.arg(&attempt.event_type);
+                    call.arg(&attempt.subscription);
+                    call.arg(state);
+                    call.arg(attempt.started_at);
+                    call.arg(super::ended_at(attempt));
+                    call.arg(attempt.attempt);
+                    call.opt(attempt.status);
+                    call.marked(attempt.error.as_deref());
+                    call.opt(attempt.next_attempt_at);
+                    call.args.push(json);
+                    call.arg(if *state == DeliveryState::Delivered { "1" } else { "0" });
+                }
+                Entry::State { state, at, note, .. } => {
+                    call.arg("s");
+                    call.arg(g);
+                    call.arg(id);
+                    for _ in 0..4 {
+                        call.arg("");
+                    }
+                    call.arg(state);
+                    call.arg(at);
+                    for _ in 0..5 {
+                        call.arg("");
+                    }
+                    call.marked(note.as_deref());
+                    call.arg("");
+                }
+            }
+        }
+        debug_assert_eq!(call.args.len(), entries.len() * STRIDE);
+        Ok(call)
+    }
+
+    /// The summaries of `ids` (each with its shard), in the order given;
+    /// ids whose summary is gone (trimmed meanwhile) are left out.
+    async fn summaries(&self, ids: &[(u16, String)]) -> Result<Vec<DeliverySummary>, Error> {
+        let mut shards: Vec<u16> = ids.iter().map(|(s, _)| *s).collect();
+        shards.sort_unstable();
+        shards.dedup();
+        let batches = shards
+            .iter()
+            .map(|&s| {
+                ids.iter()
+                    .filter(|(shard, _)| *shard == s)
+                    .map(|(_, id)| {
+                        let mut cmd = ::redis::cmd("HGETALL");
+                        cmd.arg(summary_key(&self.prefix, s, id));
+                        cmd
+                    })
+                    .collect()
+            })
+            .collect();
+        let mut found: HashMap<&str, DeliverySummary> = HashMap::new();
+        for (&s, replies) in shards.iter().zip(self.per_shard("read summaries", batches).await?) {
+            let in_shard = ids.iter().filter(|(shard, _)| *shard == s);
+            for ((_, id), reply) in in_shard.zip(replies) {
+                let fields = fields_of(reply)?;
+                if !fields.is_empty() {
+                    found.insert(id.as_str(), summary_from(id, &fields)?);
+                }
+            }
+        }
+        Ok(ids.iter().filter_map(|(_, id)| found.remove(id.as_str())).collect())
+    }
+}
+
+#[async_trait::async_trait]
+impl History for RedisHistory {
+    async fn record(&self, entries: &[Entry]) -> Result<(), Error> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut shards: Vec<u16> = entries.iter().map(|e| e.delivery_id().shard()).collect();
+        shards.sort_unstable();
+        shards.dedup();
+        // Chunks of one group run one after another, so entries about one
+        // delivery apply in order even when a script has to be (re)loaded;
+        // groups (cluster shards) run concurrently.
+        let mut runs = Vec::new();
+        for group in self.groups(shards) {
+            let mine: Vec<&Entry> = entries
+                .iter()
+                .filter(|e| group.contains(&e.delivery_id().shard()))
+                .collect();
+            let calls = mine
+                .chunks(ENTRIES_PER_RUN)
+                .map(|chunk| self.record_call(&group, chunk))
+                .collect::<Result<Vec<_>, _>>()?;
+            runs.push(async move {
+                for call in calls {
+                    self.eval("record history", &RECORD, vec![call]).await?;
+                }
+                Ok::<(), Error>(())
+            });
+        }
+        try_join_all(runs).await?;
+        Ok(())
+    }
+
+    async fn delivery(&self, id: &DeliveryId) -> Result<Option<(DeliverySummary, Vec<AttemptRecord>)>, Error> {
+        let s = id.shard();
+        let mut summary = ::redis::cmd("HGETALL");
+        summary.arg(summary_key(&self.prefix, s, id.as_str()));
+        let mut attempts = ::redis::cmd("LRANGE");
+        attempts.arg(attempts_key(&self.prefix, s, id.as_str())).arg(0).arg(-1);
+        let mut replies = self
+            .per_shard("read a delivery", vec![vec![summary, attempts]])
+            .await?
+            .pop()
+            .unwrap_or_default()
+            .into_iter();
+        let fields = fields_of(replies.next().unwrap_or(Value::Nil))?;
+        if fields.is_empty() {
+            return Ok(None);
+        }
+        let summary = summary_from(id.as_str(), &fields)?;
+        let attempts = match replies.next().unwrap_or(Value::Nil) {
+            Value::Nil => Vec::new(),
+            Value::Array(items) => items
+                .into_iter()
+                .map(|item| {
+                    let bytes = bytes_of(item)?;
+                    serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt {
+                        key: id.to_string(),
+                        reason: format!("attempt: {e}"),
+                    })
+                })
+                .collect::<Result<_, _>>()?,
+            other => return Err(unexpected("a list of attempts", &other)),
+        };
+        Ok(Some((summary, attempts)))
+    }
+
+    async fn event(&self, event_id: &EventId) -> Result<Vec<DeliverySummary>, Error> {
+        // The queue puts an event's deliveries in its shard; every shard is
+        // asked anyway (one pipeline) so none placed elsewhere is missed.
+        let batches = (0..self.shards)
+            .map(|s| {
+                let mut cmd = ::redis::cmd("SMEMBERS");
+                cmd.arg(event_key(&self.prefix, s, event_id.as_str()));
+                vec![cmd]
+            })
+            .collect();
+        let mut ids = Vec::new();
+        for (s, replies) in (0..self.shards).zip(self.per_shard("read an event", batches).await?) {
+            for reply in replies {
+                for member in members_of(reply)? {
+                    ids.push((s, member));
+                }
+            }
+        }
+        let mut found = self.summaries(&ids).await?;
+        found.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        Ok(found)
+    }
+
+    async fn list(
+        &self,
+        filter: &ListFilter,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<DeliverySummary>, Error> {
+        if let Some(cursor) = cursor {
+            parse_cursor(cursor)?;
+        }
+        if limit == 0 {
+            return Ok(Page {
+                items: Vec::new(),
+                next_cursor: None,
+            });
+        }
+        // Exclusive upper bound: the tighter of the cursor and `to`.
+        let mut max = "+".to_owned();
+        if let Some(to) = filter.to {
+            max = format!("({}", time_prefix(to));
+        }
+        if let Some(cursor) = cursor {
+            if max == "+" || cursor < &max[1..] {
+                max = format!("({cursor}");
+            }
+        }
+        let min = filter
+            .from
+            .map_or_else(|| "-".to_owned(), |from| format!("[{}", time_prefix(from)));
+        let index = super::index_for(filter);
+        let batches = (0..self.shards)
+            .map(|s| {
+                let mut cmd = ::redis::cmd("ZREVRANGEBYLEX");
+                cmd.arg(index_key(&self.prefix, s, &index))
+                    .arg(&max)
+                    .arg(&min)
+                    .arg("LIMIT")
+                    .arg(0)
+                    .arg(limit.saturating_add(1));
+                vec![cmd]
+            })
+            .collect();
+        let mut positions: Vec<(String, u16)> = Vec::new();
+        for (s, replies) in (0..self.shards).zip(self.per_shard("list deliveries", batches).await?) {
+            for reply in replies {
+                positions.extend(members_of(reply)?.into_iter().map(|m| (m, s)));
+            }
+        }
+        positions.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        let more = positions.len() > limit;
+        positions.truncate(limit);
+        let next_cursor = if more {
+            positions.last().map(|(p, _)| p.clone())
+        } else {
+            None
+        };
+        let ids: Vec<(u16, String)> = positions
+            .into_iter()
+            .map(|(p, s)| (s, p.get(16..).unwrap_or_default().to_owned()))
+            .collect();
+        Ok(Page {
+            items: self.summaries(&ids).await?,
+            next_cursor,
+        })
+    }
+
+    async fn stats(&self, subscription: &SubscriptionName) -> Result<SubscriptionStats, Error> {
+        let batches = (0..self.shards)
+            .map(|s| {
+                let mut cmd = ::redis::cmd("HGETALL");
+                cmd.arg(stats_key(&self.prefix, s, subscription.as_str()));
+                vec![cmd]
+            })
+            .collect();
+        let mut total = Counters::default();
+        for replies in self.per_shard("read stats", batches).await? {
+            for reply in replies {
+                for (field, value) in fields_of(reply)? {
+                    let number = || {
+                        value.parse::<i64>().map_err(|_| Error::Corrupt {
+                            key: stats_key(&self.prefix, 0, subscription.as_str()),
+                            reason: format!("field {field} is not a number: {value}"),
+                        })
+                    };
+                    match field.as_str() {
+                        "last_success_at" => {
+                            total.last_success_at = total.last_success_at.max(Some(number()?));
+                        }
+                        "last_failure_at" => {
+                            total.last_failure_at = total.last_failure_at.max(Some(number()?));
+                        }
+                        state => {
+                            if let Ok(state) = state.parse::<DeliveryState>() {
+                                *total.counts.entry(state).or_default() += number()?;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Ok(total.stats())
+    }
+
+    async fn trim(&self, now: Millis, max_age: Duration, max_count: usize) -> Result<u64, Error> {
+        let age = Millis::try_from(max_age.as_millis()).unwrap_or(Millis::MAX);
+        let cutoff = time_prefix(now.saturating_sub(age));
+        let shards = usize::from(self.shards);
+        let cap = max_count.div_ceil(shards);
+        let batch = (TRIM_BATCH / shards).max(1);
+        let calls = (0..self.shards)
+            .map(|s| {
+                let mut call = Call {
+                    keys: vec![index_key(&self.prefix, s, "time")],
+                    args: Vec::new(),
+                };
+                call.arg(&cutoff);
+                call.arg(cap);
+                call.arg(batch);
+                call
+            })
+            .collect();
+        let replies = self.eval("trim history", &TRIM, calls).await?;
+        replies
+            .iter()
+            .map(|r| int_of(r).map(|n| n.max(0) as u64))
+            .sum::<Result<u64, Error>>()
+    }
+}
+
+/// Builds a summary from its hash's fields.
+fn summary_from(id: &str, fields: &HashMap<String, String>) -> Result<DeliverySummary, Error> {
+    let corrupt = |reason: String| Error::Corrupt {
+        key: id.to_owned(),
+        reason,
+    };
+    let get = |name: &str| {
+        fields
+            .get(name)
+            .ok_or_else(|| corrupt(format!("field {name} is missing")))
+    };
+    let number = |name: &str| -> Result<Option<i64>, Error> {
+        fields
+            .get(name)
+            .map(|v| {
+                v.parse::<i64>()
+                    .map_err(|_| corrupt(format!("field {name} is not a number: {v}")))
+            })
+            .transpose()
+    };
+    let required = |name: &str| number(name)?.ok_or_else(|| corrupt(format!("field {name} is missing")));
+    Ok(DeliverySummary {
+        id: DeliveryId::parse(id).map_err(corrupt)?,
+        event_id: EventId::parse(get("event_id")?).map_err(corrupt)?,
+        event_type: get("event_type")?.clone(),
+        subscription: SubscriptionName::parse(get("subscription")?).map_err(corrupt)?,
+        state: get("state")?.parse().map_err(corrupt)?,
+        attempts: u32::try_from(required("attempts")?).map_err(|e| corrupt(format!("attempts: {e}")))?,
+        created_at: required("created_at")?,
+        updated_at: required("updated_at")?,
+        last_status: number("last_status")?
+            .map(u16::try_from)
+            .transpose()
+            .map_err(|e| corrupt(format!("last_status: {e}")))?,
+        last_error: fields.get("last_error").cloned(),
+        next_attempt_at: number("next_attempt_at")?,
+        note: fields.get("note").cloned(),
+    })
+}
+
+fn unexpected(wanted: &str, got: &Value) -> Error {
+    Error::Redis(format!("unexpected reply from Redis: wanted {wanted}, got {got:?}"))
+}
+
+fn bytes_of(value: Value) -> Result<Vec<u8>, Error> {
+    match value {
+        Value::BulkString(bytes) => Ok(bytes),
+        Value::SimpleString(s) => Ok(s.into_bytes()),
+        other => Err(unexpected("a string", &other)),
+    }
+}
+
+fn text(value: Value) -> Result<String, Error> {
+    String::from_utf8(bytes_of(value)?).map_err(|e| Error::Redis(format!("non-UTF-8 reply: {e}")))
+}
+
+fn int_of(value: &Value) -> Result<i64, Error> {
+    match value {
+        Value::Int(n) => Ok(*n),
+        other => Err(unexpected("an integer", other)),
+    }
+}
+
+/// The members of a set or range reply.
+fn members_of(value: Value) -> Result<Vec<String>, Error> {
+    match value {
+        Value::Nil => Ok(Vec::new()),
+        Value::Array(items) | Value::Set(items) => items.into_iter().map(text).collect(),
+        other => Err(unexpected("a list of members", &other)),
+    }
+}
+
+/// The fields of an `HGETALL` reply (a map in RESP3, pairs in RESP2).
+fn fields_of(value: Value) -> Result<HashMap<String, String>, Error> {
+    match value {
+        Value::Nil => Ok(HashMap::new()),
+        Value::Map(entries) => entries.into_iter().map(|(k, v)| Ok((text(k)?, text(v)?))).collect(),
+        Value::Array(items) => {
+            let mut out = HashMap::with_capacity(items.len() / 2);
+            let mut items = items.into_iter();
+            while let (Some(k), Some(v)) = (items.next(), items.next()) {
+                out.insert(text(k)?, text(v)?);
+            }
+            Ok(out)
+        }
+        other => Err(unexpected("a hash", &other)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_carry_the_shard_hash_tag() {
+        assert_eq!(shard_base("hookd", 3), "hookd:h:{3}:");
+        assert_eq!(summary_key("hookd", 3, "dlv_1"), "hookd:h:{3}:d:dlv_1");
+        assert_eq!(attempts_key("hookd", 3, "dlv_1"), "hookd:h:{3}:a:dlv_1");
+        assert_eq!(index_key("hookd", 3, "time"), "hookd:h:{3}:time");
+        assert_eq!(event_key("hookd", 3, "evt_1"), "hookd:h:{3}:event:evt_1");
+        assert_eq!(stats_key("hookd", 3, "crm"), "hookd:h:{3}:stats:crm");
+    }
+
+    #[test]
+    fn the_scripts_derive_keys_from_the_time_index() {
+        // Both scripts strip the 4 bytes of `time` to get the shard's base.
+        assert_eq!(
+            index_key("p", 0, "time").strip_suffix("time"),
+            Some(shard_base("p", 0).as_str())
+        );
+        assert!(RECORD_LUA.contains(&format!("local S = {STRIDE}")));
+    }
+}

@@ -1,0 +1,862 @@
+//! One suite, written once against `dyn History`, run against every
+//! backend: Redis (a real redis-server per test), Redis Cluster (one node
+//! owning all slots) and the embedded store (a temp dir per test).
+
+mod support;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hookd::config::{HistoryConfig, QueueConfig, SubscriptionName};
+use hookd::history::embedded::EmbeddedHistory;
+use hookd::history::redis::RedisHistory;
+use hookd::history::{
+    redact_headers, AttemptRecord, DeliveryState, DeliverySummary, Entry, Error, ErrorKind, History, ListFilter,
+    SubscriptionStats, REDACTED,
+};
+use hookd::ingest::EventId;
+use hookd::queue::{shard_of, DeliveryId, Millis};
+use support::{queue_config, test_config, unique_prefix, RedisServer};
+
+/// A fixed "now" the tests' times are relative to.
+const T0: Millis = 1_700_000_000_000;
+/// The response body limit of the tests' stores.
+const BODY_LIMIT: usize = 64;
+/// Secret values the redaction test sends; none may reach storage.
+const SECRETS: [&str; 3] = ["v1,c2lnbmF0dXJlLXNlY3JldA==", "Bearer tok-7f3a9", "key-19b2e"];
+
+/// Where a test's history keeps its data, kept alive for the whole test.
+enum Home {
+    /// A redis-server of its own.
+    Redis(RedisServer),
+    /// A temp dir for the embedded store.
+    Embedded {
+        /// Removed when the test ends.
+        _dir: tempfile::TempDir,
+    },
+}
+
+/// A backend under test.
+struct Fixture {
+    /// How to open it again: the queue's connection settings.
+    queue: QueueConfig,
+    /// Retention and body limit.
+    history: HistoryConfig,
+    /// Its data.
+    home: Home,
+    /// The open history.
+    store: Option<Arc<dyn History>>,
+}
+
+impl Fixture {
+    async fn redis(name: &str) -> Fixture {
+        let server = RedisServer::start();
+        let queue = queue_config(&unique_prefix(name), Some(&server.url()), server.dir());
+        Fixture::open(queue, Home::Redis(server)).await
+    }
+
+    async fn redis_cluster(name: &str) -> Fixture {
+        let server = RedisServer::start_cluster();
+        let mut queue = queue_config(&unique_prefix(name), Some(&server.url()), server.dir());
+        queue.cluster = true;
+        Fixture::open(queue, Home::Redis(server)).await
+    }
+
+    async fn embedded(name: &str) -> Fixture {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let queue = queue_config(&unique_prefix(name), None, &dir.path().join("store"));
+        Fixture::open(queue, Home::Embedded { _dir: dir }).await
+    }
+
+    async fn open(queue: QueueConfig, home: Home) -> Fixture {
+        let mut history = test_config().history;
+        history.response_body_limit = BODY_LIMIT;
+        let mut fx = Fixture {
+            queue,
+            history,
+            home,
+            store: None,
+        };
+        fx.store = Some(fx.connect().await);
+        fx
+    }
+
+    async fn connect(&self) -> Arc<dyn History> {
+        match self.home {
+            Home::Redis(_) => Arc::new(
+                RedisHistory::connect(&self.queue, &self.history)
+                    .await
+                    .expect("connect to the test redis"),
+            ),
+            Home::Embedded { .. } => {
+                Arc::new(EmbeddedHistory::open(&self.queue, &self.history).expect("open the embedded history"))
+            }
+        }
+    }
+
+    fn h(&self) -> Arc<dyn History> {
+        self.store.clone().expect("history is open")
+    }
+
+    /// Closes the history, restarts Redis (from its append-only file), and
+    /// opens the history again.
+    async fn reopen(&mut self) {
+        let store = self.store.take().expect("history is open");
+        assert_eq!(Arc::strong_count(&store), 1, "a test still holds the history");
+        drop(store);
+        if let Home::Redis(server) = &mut self.home {
+            server.restart();
+        }
+        self.store = Some(self.connect().await);
+    }
+
+    /// Everything the backend stored, as text: every key and value of the
+    /// test's prefix in Redis; the embedded file's bytes (after a close,
+    /// so every commit is on disk).
+    async fn raw(&mut self) -> String {
+        match &self.home {
+            Home::Redis(server) => {
+                let keys = server.command(&["KEYS", &format!("{}:*", self.queue.key_prefix)]);
+                let mut out = String::new();
+                for key in keys.lines() {
+                    out.push_str(key);
+                    out.push('\n');
+                    let value = match server.command(&["TYPE", key]).as_str() {
+                        "hash" => server.command(&["HGETALL", key]),
+                        "list" => server.command(&["LRANGE", key, "0", "-1"]),
+                        "set" => server.command(&["SMEMBERS", key]),
+                        "zset" => server.command(&["ZRANGE", key, "0", "-1"]),
+                        _ => server.command(&["GET", key]),
+                    };
+                    out.push_str(&value);
+                    out.push('\n');
+                }
+                out
+            }
+            Home::Embedded { .. } => {
+                let store = self.store.take().expect("history is open");
+                assert_eq!(Arc::strong_count(&store), 1, "a test still holds the history");
+                drop(store);
+                let path = self.queue.data_dir.join(hookd::history::embedded::FILE_NAME);
+                let bytes = std::fs::read(&path).expect("read the history file");
+                self.store = Some(self.connect().await);
+                String::from_utf8_lossy(&bytes).into_owned()
+            }
+        }
+    }
+
+    fn shards(&self) -> u16 {
+        self.queue.shards
+    }
+}
+
+/// A new delivery of `event` to `subscription`, created at `at`, placed in
+/// the event's shard as the queue places it.
+fn created(event: &str, subscription: &str, at: Millis, shards: u16) -> DeliverySummary {
+    let event_id = EventId::parse(event).expect("valid event id");
+    DeliverySummary {
+        id: DeliveryId::new(shard_of(&event_id, shards)),
+        event_id,
+        event_type: "coupon.redeemed".into(),
+        subscription: SubscriptionName::parse(subscription).expect("valid name"),
+        state: DeliveryState::Pending,
+        attempts: 0,
+        created_at: at,
+        updated_at: at,
+        last_status: None,
+        last_error: None,
+        next_attempt_at: None,
+        note: None,
+    }
+}
+
+/// Attempt `n` of `d`, started at `at`, answered `status` with `body`.
+fn attempt(d: &DeliverySummary, n: u32, at: Millis, status: u16, body: &str) -> AttemptRecord {
+    let failed = !(200..300).contains(&status);
+    AttemptRecord {
+        delivery_id: d.id.clone(),
+        event_id: d.event_id.clone(),
+        event_type: d.event_type.clone(),
+        subscription: d.subscription.clone(),
+        attempt: n,
+        started_at: at,
+        duration_ms: 25,
+        request_headers: vec![
+            ("content-type".into(), "application/json".into()),
+            ("webhook-id".into(), d.event_id.to_string()),
+        ],
+        status: Some(status),
+        response_headers: vec![("content-type".into(), "text/plain; charset=utf-8".into())],
+        response_body: body.into(),
+        error_kind: failed.then_some(ErrorKind::Status),
+        error: failed.then(|| format!("status {status}")),
+        next_attempt_at: failed.then_some(at + 5_000),
+    }
+}
+
+fn attempted(attempt: AttemptRecord, state: DeliveryState) -> Entry {
+    Entry::Attempted { attempt, state }
+}
+
+/// `n` deliveries to `subscription`, created one ms apart from `start`.
+fn many(prefix: &str, subscription: &str, start: Millis, n: usize, shards: u16) -> Vec<DeliverySummary> {
+    (0..n)
+        .map(|i| created(&format!("{prefix}_{i}"), subscription, start + i as Millis, shards))
+        .collect()
+}
+
+async fn record_created(h: &dyn History, deliveries: &[DeliverySummary]) {
+    let entries: Vec<Entry> = deliveries.iter().cloned().map(Entry::Created).collect();
+    h.record(&entries).await.expect("record");
+}
+
+/// Every page of a listing, following cursors.
+async fn all_pages(h: &dyn History, filter: &ListFilter, limit: usize) -> Vec<DeliverySummary> {
+    let mut out = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let page = h.list(filter, cursor.as_deref(), limit).await.expect("list");
+        assert!(page.items.len() <= limit);
+        out.extend(page.items);
+        match page.next_cursor {
+            Some(next) => cursor = Some(next),
+            None => return out,
+        }
+    }
+}
+
+fn ids(items: &[DeliverySummary]) -> Vec<DeliveryId> {
+    items.iter().map(|s| s.id.clone()).collect()
+}
+
+/// `items`' ids, newest first as listings return them.
+fn newest_first(items: &[DeliverySummary]) -> Vec<DeliveryId> {
+    let mut sorted: Vec<&DeliverySummary> = items.iter().collect();
+    sorted.sort_by(|a, b| (b.created_at, &b.id).cmp(&(a.created_at, &a.id)));
+    sorted.into_iter().map(|s| s.id.clone()).collect()
+}
+
+mod cases {
+    use super::*;
+
+    pub async fn a_delivery_reads_back_with_its_attempts(fx: &mut Fixture) {
+        let h = fx.h();
+        let d = created("evt_readback", "crm", T0, fx.shards());
+        let long_body = format!("{}é{}", "x".repeat(BODY_LIMIT - 1), "y".repeat(100));
+        let first = attempt(&d, 1, T0 + 10, 503, &long_body);
+        let second = attempt(&d, 2, T0 + 5_010, 200, "ok");
+        h.record(&[Entry::Created(d.clone())]).await.unwrap();
+        h.record(&[
+            attempted(first.clone(), DeliveryState::Retrying),
+            attempted(second.clone(), DeliveryState::Delivered),
+        ])
+        .await
+        .unwrap();
+
+        let (summary, attempts) = h.delivery(&d.id).await.unwrap().expect("recorded");
+        assert_eq!(summary.id, d.id);
+        assert_eq!(summary.event_id, d.event_id);
+        assert_eq!(summary.subscription, d.subscription);
+        assert_eq!(summary.state, DeliveryState::Delivered);
+        assert_eq!(summary.attempts, 2);
+        assert_eq!(summary.created_at, T0);
+        assert_eq!(summary.updated_at, T0 + 5_010 + 25);
+        assert_eq!(summary.last_status, Some(200));
+        assert_eq!(summary.last_error, None);
+        assert_eq!(summary.next_attempt_at, None);
+
+        assert_eq!(attempts.len(), 2);
+        let mut cut = first.clone();
+        // The é straddles the limit: cut before it, never inside it.
+        cut.response_body = "x".repeat(BODY_LIMIT - 1);
+        assert_eq!(attempts[0], cut);
+        assert_eq!(attempts[1], second);
+        assert_eq!(attempts[0].error_kind, Some(ErrorKind::Status));
+        assert_eq!(attempts[0].next_attempt_at, Some(T0 + 5_010));
+
+        assert!(h.delivery(&DeliveryId::new(0)).await.unwrap().is_none());
+    }
+
+    pub async fn entries_apply_in_order_and_tolerate_gaps(fx: &mut Fixture) {
+        let h = fx.h();
+        let d = created("evt_gaps", "crm", T0, fx.shards());
+        // An attempt of a delivery never created creates it from the attempt.
+        let lone = attempt(&d, 1, T0 + 100, 500, "");
+        h.record(&[attempted(lone, DeliveryState::Retrying)]).await.unwrap();
+        let (s, attempts) = h.delivery(&d.id).await.unwrap().expect("created by its attempt");
+        assert_eq!(
+            (s.state, s.attempts, s.created_at),
+            (DeliveryState::Retrying, 1, T0 + 100)
+        );
+        assert_eq!(s.last_error.as_deref(), Some("status 500"));
+        assert_eq!(attempts.len(), 1);
+
+        // A late Created changes nothing; a State entry of an unknown
+        // delivery is ignored; a State entry moves a known one.
+        let unknown = DeliveryId::new(0);
+        h.record(&[
+            Entry::Created(d.clone()),
+            Entry::State {
+                id: unknown.clone(),
+                state: DeliveryState::Parked,
+                at: T0,
+                note: None,
+            },
+            Entry::State {
+                id: d.id.clone(),
+                state: DeliveryState::Parked,
+                at: T0 + 200,
+                note: Some("subscription disabled".into()),
+            },
+        ])
+        .await
+        .unwrap();
+        assert!(h.delivery(&unknown).await.unwrap().is_none());
+        let (s, _) = h.delivery(&d.id).await.unwrap().unwrap();
+        assert_eq!(s.state, DeliveryState::Parked);
+        assert_eq!(s.created_at, T0 + 100, "Created after the attempt changed nothing");
+        assert_eq!(s.updated_at, T0 + 200);
+        assert_eq!(s.note.as_deref(), Some("subscription disabled"));
+        assert_eq!(s.attempts, 1);
+
+        // An empty note and an empty error are kept as given, not dropped.
+        let e = created("evt_gaps_2", "crm", T0, fx.shards());
+        let mut odd = attempt(&e, 1, T0, 500, "");
+        odd.error = Some(String::new());
+        h.record(&[
+            Entry::Created(e.clone()),
+            attempted(odd, DeliveryState::Retrying),
+            Entry::State {
+                id: e.id.clone(),
+                state: DeliveryState::Pending,
+                at: T0 + 1,
+                note: Some(String::new()),
+            },
+        ])
+        .await
+        .unwrap();
+        let (s, _) = h.delivery(&e.id).await.unwrap().unwrap();
+        assert_eq!(s.last_error.as_deref(), Some(""));
+        assert_eq!(s.note.as_deref(), Some(""));
+        assert_eq!(s.state, DeliveryState::Pending);
+    }
+
+    pub async fn an_event_lists_its_deliveries_across_subscriptions(fx: &mut Fixture) {
+        let h = fx.h();
+        let subs = ["crm", "billing", "analytics"];
+        let mine: Vec<DeliverySummary> = subs
+            .iter()
+            .enumerate()
+            .map(|(i, s)| created("evt_fanout", s, T0 + i as Millis, fx.shards()))
+            .collect();
+        let other = created("evt_other", "crm", T0, fx.shards());
+        record_created(&*h, &mine).await;
+        record_created(&*h, std::slice::from_ref(&other)).await;
+        h.record(&[attempted(
+            attempt(&mine[1], 1, T0 + 50, 200, "ok"),
+            DeliveryState::Delivered,
+        )])
+        .await
+        .unwrap();
+
+        let found = h.event(&mine[0].event_id).await.unwrap();
+        assert_eq!(ids(&found), ids(&mine), "oldest first, every subscription");
+        assert_eq!(found[1].state, DeliveryState::Delivered);
+        let names: HashSet<&str> = found.iter().map(|s| s.subscription.as_str()).collect();
+        assert_eq!(names, subs.into_iter().collect());
+        assert!(h.event(&EventId::parse("evt_never").unwrap()).await.unwrap().is_empty());
+    }
+
+    pub async fn lists_filter_by_subscription_state_and_time(fx: &mut Fixture) {
+        let h = fx.h();
+        let crm = many("evt_crm", "crm", T0, 10, fx.shards());
+        let billing = many("evt_bill", "billing", T0 + 5, 10, fx.shards());
+        record_created(&*h, &crm).await;
+        record_created(&*h, &billing).await;
+        // crm 0..3 delivered, crm 3..5 retrying, billing 0..2 dead.
+        let mut entries = Vec::new();
+        for d in &crm[..3] {
+            entries.push(attempted(attempt(d, 1, T0 + 100, 200, ""), DeliveryState::Delivered));
+        }
+        for d in &crm[3..5] {
+            entries.push(attempted(attempt(d, 1, T0 + 100, 500, ""), DeliveryState::Retrying));
+        }
+        for d in &billing[..2] {
+            entries.push(attempted(attempt(d, 6, T0 + 100, 500, ""), DeliveryState::Dead));
+        }
+        h.record(&entries).await.unwrap();
+
+        let all = all_pages(&*h, &ListFilter::default(), 100).await;
+        let everything: Vec<DeliverySummary> = crm.iter().chain(&billing).cloned().collect();
+        assert_eq!(ids(&all), newest_first(&everything));
+
+        let by_sub = |s: &str| ListFilter {
+            subscription: Some(SubscriptionName::parse(s).unwrap()),
+            ..ListFilter::default()
+        };
+        assert_eq!(ids(&all_pages(&*h, &by_sub("crm"), 100).await), newest_first(&crm));
+        assert_eq!(
+            ids(&all_pages(&*h, &by_sub("billing"), 3).await),
+            newest_first(&billing)
+        );
+        assert!(all_pages(&*h, &by_sub("nobody"), 10).await.is_empty());
+
+        let by_state = |s: DeliveryState| ListFilter {
+            state: Some(s),
+            ..ListFilter::default()
+        };
+        assert_eq!(
+            ids(&all_pages(&*h, &by_state(DeliveryState::Delivered), 2).await),
+            newest_first(&crm[..3])
+        );
+        assert_eq!(
+            ids(&all_pages(&*h, &by_state(DeliveryState::Dead), 100).await),
+            newest_first(&billing[..2])
+        );
+        let pending: Vec<DeliverySummary> = crm[5..].iter().chain(&billing[2..]).cloned().collect();
+        assert_eq!(
+            ids(&all_pages(&*h, &by_state(DeliveryState::Pending), 4).await),
+            newest_first(&pending)
+        );
+        let both = ListFilter {
+            subscription: Some(SubscriptionName::parse("crm").unwrap()),
+            state: Some(DeliveryState::Retrying),
+            ..ListFilter::default()
+        };
+        let listed = all_pages(&*h, &both, 100).await;
+        assert_eq!(ids(&listed), newest_first(&crm[3..5]));
+        assert!(listed.iter().all(|s| s.state == DeliveryState::Retrying));
+
+        // [from, to) on creation time: crm 2..8 are T0+2 ..= T0+7, billing
+        // 0..3 are T0+5 ..= T0+7.
+        let range = ListFilter {
+            from: Some(T0 + 2),
+            to: Some(T0 + 8),
+            ..ListFilter::default()
+        };
+        let expected: Vec<DeliverySummary> = crm[2..8].iter().chain(&billing[..3]).cloned().collect();
+        assert_eq!(ids(&all_pages(&*h, &range, 4).await), newest_first(&expected));
+        let crm_range = ListFilter {
+            subscription: Some(SubscriptionName::parse("crm").unwrap()),
+            state: Some(DeliveryState::Pending),
+            from: Some(T0 + 6),
+            to: None,
+        };
+        assert_eq!(ids(&all_pages(&*h, &crm_range, 1).await), newest_first(&crm[6..]));
+        let empty = ListFilter {
+            from: Some(T0 + 8),
+            to: Some(T0 + 8),
+            ..ListFilter::default()
+        };
+        assert!(all_pages(&*h, &empty, 10).await.is_empty());
+    }
+
+    pub async fn cursors_neither_repeat_nor_skip_while_entries_arrive(fx: &mut Fixture) {
+        let h = fx.h();
+        let shards = fx.shards();
+        // Ties on creation time across shards, broken by id.
+        let mut originals = many("evt_page", "crm", T0, 20, shards);
+        originals.extend(many("evt_tie", "crm", T0 + 10, 15, shards).into_iter().map(|mut d| {
+            d.created_at = T0 + 10;
+            d.updated_at = T0 + 10;
+            d
+        }));
+        record_created(&*h, &originals).await;
+
+        for (pass, filter) in [
+            ListFilter::default(),
+            ListFilter {
+                subscription: Some(SubscriptionName::parse("crm").unwrap()),
+                ..ListFilter::default()
+            },
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let mut seen: Vec<DeliverySummary> = Vec::new();
+            let mut cursor: Option<String> = None;
+            let mut round = 0;
+            let mut newer_ids = HashSet::new();
+            loop {
+                let page = h.list(&filter, cursor.as_deref(), 4).await.unwrap();
+                seen.extend(page.items);
+                // Between pages: newer deliveries, older ones, ties, and
+                // attempts that move existing ones to another state.
+                round += 1;
+                let newer = created(
+                    &format!("evt_new_{pass}_{round}"),
+                    "crm",
+                    T0 + 100_000 * (pass as Millis + 1) + round,
+                    shards,
+                );
+                let mut tie = created(&format!("evt_tie_new_{pass}_{round}"), "crm", T0 + 10, shards);
+                tie.updated_at = T0 + 10;
+                newer_ids.insert(newer.id.clone());
+                let older = created(&format!("evt_old_{pass}_{round}"), "crm", T0 - 1_000, shards);
+                record_created(&*h, &[newer, tie, older]).await;
+                let moved = &originals[(round as usize * 3) % originals.len()];
+                h.record(&[attempted(
+                    attempt(moved, 1, T0 + 2_000, 200, ""),
+                    DeliveryState::Delivered,
+                )])
+                .await
+                .unwrap();
+                match page.next_cursor {
+                    Some(next) => cursor = Some(next),
+                    None => break,
+                }
+            }
+            let listed = ids(&seen);
+            let unique: HashSet<&DeliveryId> = listed.iter().collect();
+            assert_eq!(unique.len(), listed.len(), "no delivery listed twice");
+            for d in &originals {
+                assert!(unique.contains(&d.id), "{} was skipped", d.id);
+            }
+            let keys: Vec<(Millis, &DeliveryId)> = seen.iter().map(|s| (s.created_at, &s.id)).collect();
+            assert!(keys.windows(2).all(|w| w[0] > w[1]), "strictly newest first");
+            assert!(
+                seen.iter().all(|s| !newer_ids.contains(&s.id)),
+                "nothing newer than the first page came later"
+            );
+        }
+    }
+
+    pub async fn bad_cursors_are_refused(fx: &mut Fixture) {
+        let h = fx.h();
+        for cursor in ["", "nope", "0000018bcfe56800", "0000018bcfe56800dlv_zz"] {
+            let err = h
+                .list(&ListFilter::default(), Some(cursor), 10)
+                .await
+                .expect_err("not a cursor");
+            assert!(matches!(err, Error::Cursor { .. }), "{cursor}: {err}");
+        }
+    }
+
+    pub async fn stats_count_retained_deliveries_by_state(fx: &mut Fixture) {
+        let h = fx.h();
+        let crm = many("evt_stats", "crm", T0, 8, fx.shards());
+        let other = many("evt_stats_other", "billing", T0, 2, fx.shards());
+        record_created(&*h, &crm).await;
+        record_created(&*h, &other).await;
+        use DeliveryState::{Dead, Delivered, Filtered, Retrying};
+        // 0: fails, then delivered. 1, 2: delivered. 3: retrying. 4: dead. 5: filtered.
+        let entries = vec![
+            attempted(attempt(&crm[0], 1, T0 + 10, 500, ""), Retrying),
+            attempted(attempt(&crm[0], 2, T0 + 20, 200, ""), Delivered),
+            attempted(attempt(&crm[1], 1, T0 + 30, 200, ""), Delivered),
+            attempted(attempt(&crm[2], 1, T0 + 40, 204, ""), Delivered),
+            attempted(attempt(&crm[3], 1, T0 + 50, 500, ""), Retrying),
+            attempted(attempt(&crm[4], 6, T0 + 60, 500, ""), Dead),
+            Entry::State {
+                id: crm[5].id.clone(),
+                state: Filtered,
+                at: T0 + 70,
+                note: Some("dropped by plugin".into()),
+            },
+            attempted(attempt(&other[0], 1, T0 + 80, 200, ""), Delivered),
+        ];
+        h.record(&entries).await.unwrap();
+
+        let crm_name = SubscriptionName::parse("crm").unwrap();
+        assert_eq!(
+            h.stats(&crm_name).await.unwrap(),
+            SubscriptionStats {
+                delivered: 3,
+                retrying: 1,
+                dead: 1,
+                filtered: 1,
+                last_success_at: Some(T0 + 40),
+                last_failure_at: Some(T0 + 60),
+            }
+        );
+        let billing = h.stats(&SubscriptionName::parse("billing").unwrap()).await.unwrap();
+        assert_eq!(
+            (billing.delivered, billing.last_success_at, billing.last_failure_at),
+            (1, Some(T0 + 80), None)
+        );
+        assert_eq!(
+            h.stats(&SubscriptionName::parse("nobody").unwrap()).await.unwrap(),
+            SubscriptionStats::default()
+        );
+
+        // Replay: dead → pending leaves the dead count.
+        h.record(&[Entry::State {
+            id: crm[4].id.clone(),
+            state: DeliveryState::Pending,
+            at: T0 + 90,
+            note: Some("replayed".into()),
+        }])
+        .await
+        .unwrap();
+        assert_eq!(h.stats(&crm_name).await.unwrap().dead, 0);
+    }
+
+    pub async fn trim_by_age_removes_the_oldest_entirely(fx: &mut Fixture) {
+        let h = fx.h();
+        let old = many("evt_old", "crm", T0 - 10_000, 5, fx.shards());
+        let young = many("evt_young", "crm", T0, 5, fx.shards());
+        record_created(&*h, &old).await;
+        record_created(&*h, &young).await;
+        let mut entries = Vec::new();
+        for d in old.iter().chain(&young) {
+            entries.push(attempted(
+                attempt(d, 1, d.created_at + 1, 200, "ok"),
+                DeliveryState::Delivered,
+            ));
+        }
+        h.record(&entries).await.unwrap();
+        let crm = SubscriptionName::parse("crm").unwrap();
+        assert_eq!(h.stats(&crm).await.unwrap().delivered, 10);
+
+        // Keep the last 5s: the old ones go, with everything about them.
+        let mut removed = 0;
+        loop {
+            let n = h.trim(T0 + 1_000, Duration::from_secs(5), 1_000_000).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            removed += n;
+        }
+        assert_eq!(removed, 5);
+        for d in &old {
+            assert!(h.delivery(&d.id).await.unwrap().is_none(), "{} survived", d.id);
+            assert!(h.event(&d.event_id).await.unwrap().is_empty());
+        }
+        for d in &young {
+            let (_, attempts) = h.delivery(&d.id).await.unwrap().expect("young ones stay");
+            assert_eq!(attempts.len(), 1);
+        }
+        let left = all_pages(&*h, &ListFilter::default(), 3).await;
+        assert_eq!(ids(&left), newest_first(&young));
+        let delivered = ListFilter {
+            subscription: Some(crm.clone()),
+            state: Some(DeliveryState::Delivered),
+            ..ListFilter::default()
+        };
+        assert_eq!(ids(&all_pages(&*h, &delivered, 100).await), newest_first(&young));
+        let stats = h.stats(&crm).await.unwrap();
+        assert_eq!(stats.delivered, 5);
+        assert_eq!(
+            stats.last_success_at,
+            Some(T0 + 5),
+            "last success is not lowered by trimming"
+        );
+        assert_eq!(h.trim(T0 + 1_000, Duration::from_secs(5), 1_000_000).await.unwrap(), 0);
+    }
+
+    pub async fn trim_by_count_keeps_the_newest(fx: &mut Fixture) {
+        let h = fx.h();
+        let shards = usize::from(fx.shards());
+        let all = many("evt_count", "crm", T0, 40, fx.shards());
+        record_created(&*h, &all).await;
+        let keep = 2 * shards;
+        let mut removed = 0;
+        loop {
+            let n = h.trim(T0, Duration::from_secs(3600), keep).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            removed += n;
+        }
+        let left = all_pages(&*h, &ListFilter::default(), 100).await;
+        // Redis keeps ceil(max_count / shards) per shard; the embedded
+        // store keeps max_count overall. Either way: about `keep`, and
+        // always the newest of each shard.
+        assert_eq!(left.len() as u64 + removed, 40);
+        assert!(
+            left.len() <= keep && left.len() >= keep.min(40) / 2,
+            "{} left",
+            left.len()
+        );
+        // Within each shard, what is kept is the newest: no trimmed
+        // delivery is newer than a kept one of the same shard.
+        for d in &all {
+            if left.iter().any(|s| s.id == d.id) {
+                continue;
+            }
+            assert!(h.delivery(&d.id).await.unwrap().is_none(), "{} half trimmed", d.id);
+            let newer_kept = left
+                .iter()
+                .any(|s| s.id.shard() == d.id.shard() && s.created_at < d.created_at);
+            assert!(!newer_kept, "{} was trimmed before an older delivery", d.id);
+        }
+        let pending = ListFilter {
+            state: Some(DeliveryState::Pending),
+            ..ListFilter::default()
+        };
+        assert_eq!(all_pages(&*h, &pending, 100).await.len(), left.len());
+    }
+
+    pub async fn secrets_are_never_stored(fx: &mut Fixture) {
+        let h = fx.h();
+        let d = created("evt_secret", "crm", T0, fx.shards());
+        let mut headers = http::HeaderMap::new();
+        headers.insert("webhook-signature", SECRETS[0].parse().unwrap());
+        headers.insert("authorization", SECRETS[1].parse().unwrap());
+        headers.insert("x-api-key", SECRETS[2].parse().unwrap());
+        headers.insert("webhook-id", "evt_secret".parse().unwrap());
+        let mut redacted = attempt(&d, 1, T0, 200, "");
+        redacted.request_headers = redact_headers(&headers, &["x-api-key"]);
+        // A caller that forgot to redact: the store still does.
+        let mut raw = attempt(&d, 2, T0 + 1, 200, "");
+        raw.request_headers = vec![
+            ("Webhook-Signature".into(), SECRETS[0].into()),
+            ("authorization".into(), SECRETS[1].into()),
+        ];
+        raw.response_headers = vec![("set-cookie".into(), format!("sid={}", SECRETS[2]))];
+        h.record(&[
+            Entry::Created(d.clone()),
+            attempted(redacted, DeliveryState::Delivered),
+            attempted(raw, DeliveryState::Delivered),
+        ])
+        .await
+        .unwrap();
+
+        let (_, attempts) = h.delivery(&d.id).await.unwrap().unwrap();
+        let value = |a: &AttemptRecord, name: &str| {
+            a.request_headers
+                .iter()
+                .chain(&a.response_headers)
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.clone())
+        };
+        for a in &attempts {
+            assert_eq!(value(a, "webhook-signature").as_deref(), Some(REDACTED));
+            assert_eq!(value(a, "authorization").as_deref(), Some(REDACTED));
+        }
+        assert_eq!(value(&attempts[0], "x-api-key").as_deref(), Some(REDACTED));
+        assert_eq!(value(&attempts[0], "webhook-id").as_deref(), Some("evt_secret"));
+        assert_eq!(value(&attempts[1], "set-cookie").as_deref(), Some(REDACTED));
+
+        drop(h);
+        let raw = fx.raw().await;
+        assert!(raw.contains("evt_secret"), "the dump holds the records");
+        for secret in SECRETS {
+            assert!(!raw.contains(secret), "{secret} reached the store");
+        }
+    }
+
+    pub async fn data_survives_a_restart(fx: &mut Fixture) {
+        let h = fx.h();
+        let d = created("evt_durable", "crm", T0, fx.shards());
+        h.record(&[
+            Entry::Created(d.clone()),
+            attempted(attempt(&d, 1, T0 + 1, 500, "down"), DeliveryState::Retrying),
+            attempted(attempt(&d, 2, T0 + 2, 200, "up"), DeliveryState::Delivered),
+        ])
+        .await
+        .unwrap();
+        drop(h);
+        fx.reopen().await;
+        let h = fx.h();
+        let (summary, attempts) = h.delivery(&d.id).await.unwrap().expect("survived");
+        assert_eq!(summary.state, DeliveryState::Delivered);
+        assert_eq!(attempts.len(), 2);
+        assert_eq!(attempts[0].response_body, "down");
+        assert_eq!(ids(&h.event(&d.event_id).await.unwrap()), vec![d.id.clone()]);
+        assert_eq!(
+            ids(&all_pages(&*h, &ListFilter::default(), 10).await),
+            vec![d.id.clone()]
+        );
+        let stats = h.stats(&d.subscription).await.unwrap();
+        assert_eq!((stats.delivered, stats.last_failure_at), (1, Some(T0 + 1)));
+    }
+
+    pub async fn concurrent_writers_keep_counts_consistent(fx: &mut Fixture) {
+        let h = fx.h();
+        let all = many("evt_conc", "crm", T0, 64, fx.shards());
+        record_created(&*h, &all).await;
+        let tasks: Vec<_> = all
+            .chunks(8)
+            .map(|chunk| {
+                let h = h.clone();
+                let chunk = chunk.to_vec();
+                tokio::spawn(async move {
+                    for d in &chunk {
+                        h.record(&[
+                            attempted(attempt(d, 1, T0 + 1, 500, ""), DeliveryState::Retrying),
+                            attempted(attempt(d, 2, T0 + 2, 200, ""), DeliveryState::Delivered),
+                        ])
+                        .await
+                        .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let stats = h.stats(&SubscriptionName::parse("crm").unwrap()).await.unwrap();
+        assert_eq!((stats.delivered, stats.retrying), (64, 0));
+        let retrying = ListFilter {
+            state: Some(DeliveryState::Retrying),
+            ..ListFilter::default()
+        };
+        assert!(all_pages(&*h, &retrying, 100).await.is_empty());
+    }
+}
+
+/// One test of one case on one backend.
+macro_rules! case {
+    ($open:path, $case:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $case() {
+            let mut fx = $open(stringify!($case)).await;
+            cases::$case(&mut fx).await;
+        }
+    };
+}
+
+/// Instantiates every case for one backend.
+macro_rules! conformance {
+    ($backend:ident, $open:path) => {
+        mod $backend {
+            use super::*;
+            case!($open, a_delivery_reads_back_with_its_attempts);
+            case!($open, entries_apply_in_order_and_tolerate_gaps);
+            case!($open, an_event_lists_its_deliveries_across_subscriptions);
+            case!($open, lists_filter_by_subscription_state_and_time);
+            case!($open, cursors_neither_repeat_nor_skip_while_entries_arrive);
+            case!($open, bad_cursors_are_refused);
+            case!($open, stats_count_retained_deliveries_by_state);
+            case!($open, trim_by_age_removes_the_oldest_entirely);
+            case!($open, trim_by_count_keeps_the_newest);
+            case!($open, secrets_are_never_stored);
+            case!($open, data_survives_a_restart);
+            case!($open, concurrent_writers_keep_counts_consistent);
+        }
+    };
+}
+
+conformance!(redis, Fixture::redis);
+conformance!(redis_cluster, Fixture::redis_cluster);
+conformance!(embedded, Fixture::embedded);
+
+/// What only the embedded backend does.
+mod embedded_only {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_second_open_of_the_same_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = queue_config(&unique_prefix("twice"), None, dir.path());
+        let history = test_config().history;
+        let first = EmbeddedHistory::open(&queue, &history).unwrap();
+        let err = EmbeddedHistory::open(&queue, &history)
+            .err()
+            .expect("the file is in use");
+        assert!(matches!(err, Error::InUse { .. }), "{err}");
+        drop(first);
+        EmbeddedHistory::open(&queue, &history).expect("free again once the first is closed");
+    }
+
+    #[tokio::test]
+    async fn it_lives_beside_the_embedded_queue() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue_cfg = queue_config(&unique_prefix("beside"), None, dir.path());
+        let _queue = hookd::queue::embedded::EmbeddedQueue::open(&queue_cfg).unwrap();
+        let history = EmbeddedHistory::open(&queue_cfg, &test_config().history).expect("its own file");
+        assert_eq!(history.path(), dir.path().join("history.redb"));
+    }
+}
