@@ -17,7 +17,7 @@ use bytes::Bytes;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use tokio::sync::Notify;
+use tokio::sync::{mpsc, oneshot, Notify};
 
 use crate::config::{Config, SubscriptionName};
 use crate::queue::{self, now_ms, Delivery, DeliveryId, Enqueued, NewEvent, Queue};
@@ -275,14 +275,12 @@ impl Routes {
 
 /// Fans events out to subscriptions and queues them.
 pub struct Ingestor {
-    /// Where deliveries go.
-    queue: Arc<dyn Queue>,
+    /// Hands batches to the enqueue task, which writes them to the queue.
+    enqueue_tx: mpsc::Sender<PendingEnqueue>,
     /// Subscription filters; swapped whole on reload.
     routes: ArcSwap<Routes>,
     /// Queue shard count, to place each event's deliveries.
     shards: u16,
-    /// How long an event id counts as seen.
-    dedup_window: Duration,
     /// Woken after each enqueue so the local dispatcher claims at once.
     queued: Arc<Notify>,
     /// Counts events ingested (by source and type) and dedup hits.
@@ -292,12 +290,14 @@ pub struct Ingestor {
 impl Ingestor {
     /// An ingestor for `config`'s subscriptions, waking `queued` on enqueue
     /// and counting into `metrics`.
+    /// Must be called within a tokio runtime: it starts the enqueue task.
     pub fn new(config: &Config, queue: Arc<dyn Queue>, queued: Arc<Notify>, metrics: Arc<Metrics>) -> Ingestor {
+        let (enqueue_tx, enqueue_rx) = mpsc::channel(ENQUEUE_BACKLOG);
+        tokio::spawn(enqueue_loop(queue, config.ingest.dedup_window, enqueue_rx));
         Ingestor {
-            queue,
+            enqueue_tx,
             routes: ArcSwap::from_pointee(Routes::new(config)),
             shards: config.queue.shards,
-            dedup_window: config.ingest.dedup_window,
             queued,
             metrics,
         }
@@ -325,23 +325,27 @@ impl Ingestor {
     pub async fn ingest_batch(&self, events: Vec<Event>, source: Source) -> Result<Vec<Accepted>, Error> {
         let now = now_ms();
         let batch: Vec<NewEvent> = events.iter().map(|e| self.fan_out(e, now)).collect();
-        let results = self.queue.enqueue(&batch, self.dedup_window).await?;
+        let counts: Vec<(EventId, usize)> = batch.iter().map(|e| (e.event_id.clone(), e.deliveries.len())).collect();
+        let (tx, rx) = oneshot::channel();
+        let gone = || queue::Error::Invalid("the enqueue task has stopped".into());
+        self.enqueue_tx.send((batch, tx)).await.map_err(|_| gone())?;
+        let results = rx.await.map_err(|_| gone())??;
         let mut any = false;
-        let accepted = batch
+        let accepted = counts
             .into_iter()
             .zip(results)
             .zip(&events)
-            .map(|((e, r), event)| {
+            .map(|(((id, count), r), event)| {
                 let duplicate = r == Enqueued::Duplicate;
                 if duplicate {
                     self.metrics.dedup_hit();
                 } else {
                     self.metrics.event_ingested(source, &event.event_type);
                 }
-                let deliveries = if duplicate { 0 } else { e.deliveries.len() };
+                let deliveries = if duplicate { 0 } else { count };
                 any |= deliveries > 0;
                 Accepted {
-                    id: e.event_id,
+                    id,
                     duplicate,
                     deliveries,
                 }
@@ -374,6 +378,44 @@ impl Ingestor {
         NewEvent {
             event_id: event.id.clone(),
             deliveries,
+        }
+    }
+}
+
+/// Batches waiting to be enqueued, at most: producers wait beyond it.
+const ENQUEUE_BACKLOG: usize = 1024;
+/// Most waiting batches combined into one queue call.
+const ENQUEUE_COMBINE: usize = 256;
+
+/// A batch of fanned-out events and where its results go.
+type PendingEnqueue = (Vec<NewEvent>, oneshot::Sender<Result<Vec<Enqueued>, queue::Error>>);
+
+/// Group commit: whatever batches arrived while the previous queue call
+/// was in flight go to the queue together in one call (one Redis round
+/// trip, one embedded transaction), so many producers posting one event per
+/// request cost a fraction of the round trips. Ends when the ingestor is
+/// dropped.
+async fn enqueue_loop(queue: Arc<dyn Queue>, window: Duration, mut rx: mpsc::Receiver<PendingEnqueue>) {
+    let mut pending = Vec::with_capacity(ENQUEUE_COMBINE);
+    while rx.recv_many(&mut pending, ENQUEUE_COMBINE).await > 0 {
+        let mut all = Vec::new();
+        let mut replies = Vec::with_capacity(pending.len());
+        for (batch, reply) in pending.drain(..) {
+            replies.push((batch.len(), reply));
+            all.extend(batch);
+        }
+        match queue.enqueue(&all, window).await {
+            Ok(results) => {
+                let mut results = results.into_iter();
+                for (len, reply) in replies {
+                    let _ = reply.send(Ok(results.by_ref().take(len).collect()));
+                }
+            }
+            Err(e) => {
+                for (_, reply) in replies {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
         }
     }
 }

@@ -46,7 +46,7 @@ use crate::config::SubscriptionName;
 use crate::ingest::EventId;
 
 /// A queue backend failure.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum Error {
     /// Redis refused or could not be reached.
     #[error("redis: {0}")]
