@@ -164,23 +164,37 @@ pub async fn run_with_backends(
     } else {
         None
     };
-    let endpoints = dispatch::Endpoints::build(&config, plugins.as_deref(), None)?;
+    let endpoints = dispatch::Endpoints::build(&config, plugins.as_deref(), &metrics, None)?;
     let endpoints = Arc::new(arc_swap::ArcSwap::from_pointee(endpoints));
     let tasks = TaskTracker::new();
+    // The notifier flushes its digest after the dispatcher stops raising.
+    let notifier_stop = CancellationToken::new();
+    let (notifier, notifier_task) = notify::Notifier::start(&config, metrics.clone(), notifier_stop.clone())?;
+    let alerts = notify::Alerts::new(notifier, ingestor.clone());
     if config.delivery.dispatch {
-        let dispatcher = dispatch::Dispatcher::new(&config, queue.clone(), endpoints.clone(), queued.clone())?;
+        let services = dispatch::Services {
+            history: history.clone(),
+            metrics: metrics.clone(),
+            alerts: alerts.clone(),
+        };
+        let dispatcher =
+            dispatch::Dispatcher::new(&config, queue.clone(), endpoints.clone(), queued.clone(), services)?;
         tasks.spawn(dispatcher.run(shutdown.clone()));
     }
+    tasks.spawn(sample_depth(queue.clone(), metrics.clone(), shutdown.clone()));
     if config.ingest.stream {
         if let Some(consumer) = ingest::stream::StreamConsumer::new(&config, ingestor.clone()) {
             tasks.spawn(consumer.run(shutdown.clone()));
         }
     }
+    let current = Arc::new(arc_swap::ArcSwap::from_pointee(config.clone()));
     let reloader = reload::Reloader {
+        current: current.clone(),
         config: config.clone(),
         plugins,
         endpoints,
         ingestor: ingestor.clone(),
+        metrics: metrics.clone(),
     };
     tasks.spawn(reloader.run(shutdown.clone()));
     tasks.spawn(history::trim_loop(
@@ -188,7 +202,11 @@ pub async fn run_with_backends(
         config.history.clone(),
         shutdown.clone(),
     ));
-    let state = Arc::new(api::ApiState::new(&config, ingestor, queue, history, metrics));
+    let state = api::ApiState::new(&config, ingestor, queue, history, metrics, alerts);
+    let state = Arc::new(api::ApiState {
+        config: current,
+        ..state
+    });
     let addr = listener.local_addr()?;
     let backend = if config.queue.redis_url.is_some() {
         "redis"
@@ -202,6 +220,31 @@ pub async fn run_with_backends(
         .context("HTTP server failed")?;
     tasks.close();
     tasks.wait().await;
+    notifier_stop.cancel();
+    let _ = notifier_task.await;
     info!("hookd stopped");
     Ok(())
+}
+
+/// How often the queue depth gauges are refreshed.
+const DEPTH_SAMPLE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Refreshes the queue depth gauges until `shutdown`.
+async fn sample_depth(queue: Arc<dyn Queue>, metrics: Arc<telemetry::Metrics>, shutdown: CancellationToken) {
+    use telemetry::metrics::QueueState;
+    loop {
+        match queue.depth(queue::now_ms()).await {
+            Ok(depth) => {
+                metrics.set_queue_depth(QueueState::Due, depth.due);
+                metrics.set_queue_depth(QueueState::Scheduled, depth.scheduled);
+                metrics.set_queue_depth(QueueState::Parked, depth.parked);
+                metrics.set_queue_depth(QueueState::Dead, depth.dead);
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot sample the queue depth"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(DEPTH_SAMPLE) => {}
+        }
+    }
 }

@@ -58,6 +58,11 @@ enum Command {
         #[command(flatten)]
         remote: Remote,
     },
+    /// Try a plugin locally before attaching it to a subscription.
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
     /// Validate a config file and print the effective config, secrets redacted.
     Config {
         #[command(subcommand)]
@@ -93,6 +98,25 @@ enum Command {
         id: String,
         #[command(flatten)]
         remote: Remote,
+    },
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Run PLUGIN.wasm once on an event and print its verdict, the body and
+    /// headers hookd would send, and how long it took.
+    Run {
+        /// The plugin component (.wasm).
+        plugin: PathBuf,
+        /// The event, as producers send it to POST /v1/events (JSON file; - for stdin).
+        #[arg(long)]
+        event: PathBuf,
+        /// A plugin config entry, as in [subscriptions.plugin.config] (repeatable).
+        #[arg(long = "config", value_name = "KEY=VALUE")]
+        entries: Vec<String>,
+        /// hookd config file whose [plugins] limits (deadline, memory) apply.
+        #[arg(long = "hookd-config")]
+        hookd_config: Option<PathBuf>,
     },
 }
 
@@ -158,6 +182,34 @@ async fn execute(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Demo { keep } => hookd::demo::run(keep).await,
+        Command::Plugin {
+            command:
+                PluginCommand::Run {
+                    plugin,
+                    event,
+                    entries,
+                    hookd_config,
+                },
+        } => {
+            let settings = Config::load(hookd_config.as_deref())?.plugins;
+            let event = if event.as_os_str() == "-" {
+                let mut text = Vec::new();
+                std::io::Read::read_to_end(&mut std::io::stdin(), &mut text)?;
+                text
+            } else {
+                std::fs::read(&event).with_context(|| format!("cannot read the event file {}", event.display()))?
+            };
+            let mut config = Vec::new();
+            for entry in entries {
+                let (key, value) = entry
+                    .split_once('=')
+                    .with_context(|| format!("--config `{entry}`: write KEY=VALUE"))?;
+                config.push((key.to_owned(), value.to_owned()));
+            }
+            let report = hookd::plugin::run_once(&settings, &plugin, &event, config).await?;
+            print!("{}", report.render());
+            Ok(())
+        }
         Command::Dead { limit, json, remote } => {
             let answer = client(&remote)?
                 .get(&format!("/v1/deliveries/dead?limit={limit}"))

@@ -888,3 +888,37 @@ mod tests {
             .contains("notify.to[0]"));
     }
 }
+
+/// Raises notifications both ways: into the email digest, and as a
+/// `hookd.*` event through the normal pipeline, so subscriptions can
+/// receive them like any other event.
+#[derive(Clone)]
+pub struct Alerts {
+    /// The email digests.
+    notifier: Notifier,
+    /// Where the `hookd.*` events go.
+    ingestor: Arc<crate::ingest::Ingestor>,
+}
+
+impl Alerts {
+    /// Alerts through `notifier` and `ingestor`.
+    pub fn new(notifier: Notifier, ingestor: Arc<crate::ingest::Ingestor>) -> Alerts {
+        Alerts { notifier, ingestor }
+    }
+
+    /// Emails `notification` (in the next digest) and ingests its event,
+    /// unless it is about a `hookd.*` event itself (no loops). Never blocks.
+    pub fn raise(&self, notification: Notification) {
+        self.notifier.push(notification.clone());
+        if notification.is_about_hookd_event() {
+            return;
+        }
+        let ingestor = self.ingestor.clone();
+        tokio::spawn(async move {
+            let event = notification.to_event();
+            if let Err(e) = ingestor.ingest(event, crate::ingest::Source::Internal).await {
+                warn!(error = %e, kind = notification.event_type(), "could not queue the notification event");
+            }
+        });
+    }
+}

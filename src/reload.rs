@@ -26,6 +26,7 @@ use crate::config::Config;
 use crate::dispatch::Endpoints;
 use crate::ingest::{Ingestor, Routes};
 use crate::plugin::Plugins;
+use crate::telemetry::Metrics;
 
 /// How often the watched files are checked.
 pub const POLL: Duration = Duration::from_secs(1);
@@ -34,12 +35,16 @@ pub const POLL: Duration = Duration::from_secs(1);
 pub(crate) struct Reloader {
     /// The config in force.
     pub config: Config,
+    /// The same, shared with the admin API.
+    pub current: Arc<ArcSwap<Config>>,
     /// The plugin engine, started on the first config that needs it.
     pub plugins: Option<Arc<Plugins>>,
     /// The dispatcher's subscriptions.
     pub endpoints: Arc<ArcSwap<Endpoints>>,
     /// The ingestor, whose filters follow the config.
     pub ingestor: Arc<Ingestor>,
+    /// Counters the new endpoints report to.
+    pub metrics: Arc<Metrics>,
 }
 
 /// What identifies the state of one file: size and modification time.
@@ -125,7 +130,7 @@ impl Reloader {
             }
         }
         let previous = self.endpoints.load();
-        let endpoints = match Endpoints::build(&config, self.plugins.as_deref(), Some(&previous)) {
+        let endpoints = match Endpoints::build(&config, self.plugins.as_deref(), &self.metrics, Some(&previous)) {
             Ok(e) => e,
             Err(e) => {
                 error!(error = %e, "config reload rejected ({why}); the running config stays");
@@ -159,6 +164,7 @@ impl Reloader {
         self.ingestor.set_routes(Routes::new(&config));
         self.endpoints.store(Arc::new(endpoints));
         info!(subscriptions = config.subscriptions.len(), "config reloaded ({why})");
+        self.current.store(Arc::new(config.clone()));
         self.config = config;
     }
 }

@@ -12,6 +12,7 @@
 
 pub mod admin;
 pub mod client;
+pub mod subscriptions;
 
 use std::sync::Arc;
 
@@ -29,8 +30,10 @@ use subtle::ConstantTimeEq;
 use crate::config::{Config, Secret};
 use crate::history::History;
 use crate::ingest::{self, Ingestor, Source};
+use crate::notify::Alerts;
 use crate::queue::{now_ms, DeliveryId, Queue};
 use crate::telemetry::{metrics, Metrics};
+use arc_swap::ArcSwap;
 
 /// The `user-agent` prefix by which `hookd send` is told apart from other
 /// producers in `hookd_events_ingested_total{source="cli"}`.
@@ -52,6 +55,10 @@ pub struct ApiState {
     pub max_batch: usize,
     /// The process's metrics, rendered at `GET /metrics`.
     pub metrics: Arc<Metrics>,
+    /// Notifications raised by operator actions (disable, enable).
+    pub alerts: Alerts,
+    /// The config in force; the reloader swaps it.
+    pub config: Arc<ArcSwap<Config>>,
 }
 
 impl ApiState {
@@ -62,6 +69,7 @@ impl ApiState {
         queue: Arc<dyn Queue>,
         history: Arc<dyn History>,
         metrics: Arc<Metrics>,
+        alerts: Alerts,
     ) -> ApiState {
         ApiState {
             metrics,
@@ -71,6 +79,8 @@ impl ApiState {
             api_keys: config.server.api_keys.clone(),
             max_body_bytes: config.ingest.max_body_bytes,
             max_batch: config.ingest.max_batch,
+            alerts,
+            config: Arc::new(ArcSwap::from_pointee(config.clone())),
         }
     }
 
@@ -141,6 +151,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/deliveries/{id}", get(get_delivery))
         .route("/deliveries/{id}/replay", post(replay_delivery))
         .merge(admin::routes())
+        .merge(subscriptions::routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
         .nest("/v1", v1)

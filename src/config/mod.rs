@@ -165,6 +165,11 @@ pub struct DeliveryConfig {
     pub max_in_flight: usize,
     /// Default cap on deliveries in flight to one subscription.
     pub max_in_flight_per_subscription: usize,
+    /// Consecutive failed attempts that disable a subscription; 0: never.
+    pub disable_after_failures: u64,
+    /// Failing this long without a success disables a subscription; 0: never.
+    #[serde(with = "humantime_serde")]
+    pub disable_after: Duration,
     /// Extra CA certificates (PEM) trusted beside the system roots.
     pub ca_file: Option<PathBuf>,
     /// Bytes of each response body kept in the attempt record.

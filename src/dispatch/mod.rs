@@ -19,6 +19,7 @@
 //! `ArcSwap`: a config or plugin reload builds a new one and swaps it in;
 //! deliveries in flight finish with the snapshot they started with.
 
+mod health;
 pub mod policy;
 
 use std::collections::HashMap;
@@ -37,9 +38,12 @@ use tracing::{debug, error, info, warn};
 
 use crate::config::{Config, SubscriptionConfig, SubscriptionName};
 use crate::deliver::{self, Client};
+use crate::history::{self, AttemptRecord, DeliveryState, DeliverySummary, Entry, ErrorKind, History};
+use crate::notify::{Alerts, Notification};
 use crate::plugin::{self, Plugin, Plugins, Verdict};
 use crate::queue::{now_ms, Claim, Delivery, Millis, Queue, Settlement};
 use crate::sign::{self, Signer};
+use crate::telemetry::metrics::{DeliveryOutcome, Metrics, PluginResult, SubscriptionMetrics};
 use policy::{classify, Attempted, Outcome, RetryPolicy};
 
 /// The `user-agent` every request carries.
@@ -51,8 +55,20 @@ const CLAIM_BATCH: usize = 512;
 const SETTLE_BATCH: usize = 1024;
 /// Delay before a deferred delivery (its subscription was full) is due again.
 const DEFER_DELAY: Duration = Duration::from_millis(50);
-/// How long a disabled subscription's deliveries wait before being looked at again.
-const DISABLED_DELAY: Duration = Duration::from_secs(3600);
+/// Most history entries waiting to be written; beyond, entries are dropped
+/// (and counted in the log) rather than slow deliveries down.
+const HISTORY_BACKLOG: usize = 100_000;
+/// Most history entries written in one call.
+const HISTORY_BATCH: usize = 512;
+/// Request headers whose values the delivery log keeps (the rest, custom
+/// headers included, may carry credentials and are redacted).
+const LOGGED_HEADERS: &[&str] = &[
+    "content-type",
+    "user-agent",
+    "webhook-id",
+    "webhook-timestamp",
+    "content-digest",
+];
 
 /// Why the dispatcher could not start.
 #[derive(Debug, thiserror::Error)]
@@ -86,10 +102,15 @@ pub struct Endpoint {
     permits: Arc<Semaphore>,
     /// The cap `permits` was made with.
     cap: usize,
-    /// Set when the endpoint answered 410 Gone: nothing more is sent.
+    /// Disabled in the config, or in the queue backend (automatically or by
+    /// an operator): deliveries are parked, nothing is sent.
     disabled: Arc<AtomicBool>,
+    /// `enabled` in the config.
+    configured_enabled: bool,
     /// Filters or reshapes each delivery before it is signed.
     plugin: Option<Plugin>,
+    /// This subscription's counters.
+    metrics: SubscriptionMetrics,
 }
 
 impl Endpoint {
@@ -97,6 +118,7 @@ impl Endpoint {
         config: &Config,
         sub: &SubscriptionConfig,
         plugins: Option<&Plugins>,
+        metrics: &Metrics,
         previous: Option<&Endpoint>,
     ) -> Result<Endpoint, Error> {
         let fail = |reason: String| Error::Endpoint {
@@ -136,7 +158,9 @@ impl Endpoint {
                 Some(p) if sub.enabled => p.disabled.clone(),
                 _ => Arc::new(AtomicBool::new(!sub.enabled)),
             },
+            configured_enabled: sub.enabled,
             plugin,
+            metrics: metrics.subscription(sub.name.as_str()),
         })
     }
 
@@ -199,11 +223,19 @@ impl Endpoints {
     /// Prepares `config`'s subscriptions, loading their plugins with
     /// `plugins`. `previous` (the snapshot being replaced on reload) lends
     /// its in-flight counts and 410 Gone states to unchanged subscriptions.
-    pub fn build(config: &Config, plugins: Option<&Plugins>, previous: Option<&Endpoints>) -> Result<Endpoints, Error> {
+    pub fn build(
+        config: &Config,
+        plugins: Option<&Plugins>,
+        metrics: &Metrics,
+        previous: Option<&Endpoints>,
+    ) -> Result<Endpoints, Error> {
         let mut map = HashMap::new();
         for sub in &config.subscriptions {
             let before = previous.and_then(|p| p.map.get(&sub.name)).map(Arc::as_ref);
-            map.insert(sub.name.clone(), Arc::new(Endpoint::new(config, sub, plugins, before)?));
+            map.insert(
+                sub.name.clone(),
+                Arc::new(Endpoint::new(config, sub, plugins, metrics, before)?),
+            );
         }
         Ok(Endpoints { map })
     }
@@ -229,6 +261,22 @@ struct Shared {
     endpoints: Arc<ArcSwap<Endpoints>>,
     /// Settlements on their way to the queue.
     settle_tx: mpsc::UnboundedSender<Settlement>,
+    /// Delivery log entries on their way to the history.
+    history_tx: mpsc::Sender<Entry>,
+    /// Attempt outcomes on their way to the health task.
+    health_tx: mpsc::UnboundedSender<health::Report>,
+    /// Dead deliveries are notified here.
+    alerts: Alerts,
+}
+
+/// What the dispatcher reports to, beside the queue.
+pub struct Services {
+    /// The delivery log.
+    pub history: Arc<dyn History>,
+    /// Counters and histograms.
+    pub metrics: Arc<Metrics>,
+    /// Operator notifications.
+    pub alerts: Alerts,
 }
 
 /// The claim loop and its delivery tasks.
@@ -237,6 +285,14 @@ pub struct Dispatcher {
     shared: Arc<Shared>,
     /// Receiving end of the settlements, taken by [`Dispatcher::run`].
     settle_rx: mpsc::UnboundedReceiver<Settlement>,
+    /// Receiving end of the delivery log entries.
+    history_rx: mpsc::Receiver<Entry>,
+    /// Receiving end of the attempt outcomes.
+    health_rx: mpsc::UnboundedReceiver<health::Report>,
+    /// Where the log entries are written.
+    history: Arc<dyn History>,
+    /// Automatic deactivation thresholds.
+    thresholds: health::Thresholds,
     /// Free in-flight slots of this process.
     slots: Arc<Semaphore>,
     /// How long a claim stays invisible to other workers.
@@ -254,17 +310,30 @@ impl Dispatcher {
         queue: Arc<dyn Queue>,
         endpoints: Arc<ArcSwap<Endpoints>>,
         queued: Arc<Notify>,
+        services: Services,
     ) -> Result<Dispatcher, Error> {
         let client = Client::new(&config.delivery)?;
         let (settle_tx, settle_rx) = mpsc::unbounded_channel();
+        let (history_tx, history_rx) = mpsc::channel(HISTORY_BACKLOG);
+        let (health_tx, health_rx) = mpsc::unbounded_channel();
         Ok(Dispatcher {
             shared: Arc::new(Shared {
                 queue,
                 client,
                 endpoints,
                 settle_tx,
+                history_tx,
+                health_tx,
+                alerts: services.alerts,
             }),
             settle_rx,
+            history_rx,
+            health_rx,
+            history: services.history,
+            thresholds: health::Thresholds {
+                failures: config.delivery.disable_after_failures,
+                duration: config.delivery.disable_after,
+            },
             slots: Arc::new(Semaphore::new(config.delivery.max_in_flight)),
             lease: config.queue.lease,
             poll: config.queue.poll_interval,
@@ -279,12 +348,30 @@ impl Dispatcher {
         let Dispatcher {
             shared,
             settle_rx,
+            history_rx,
+            health_rx,
+            history,
+            thresholds,
             slots,
             lease,
             poll,
             queued,
         } = self;
         let settler = tokio::spawn(settle_loop(shared.queue.clone(), settle_rx));
+        let logger = tokio::spawn(history_loop(history, history_rx));
+        let health = tokio::spawn(health::health_loop(
+            shared.queue.clone(),
+            shared.endpoints.clone(),
+            shared.alerts.clone(),
+            thresholds,
+            health_rx,
+        ));
+        let states = tokio::spawn(health::state_loop(
+            shared.queue.clone(),
+            shared.endpoints.clone(),
+            queued.clone(),
+            shutdown.clone(),
+        ));
         let tasks = TaskTracker::new();
         let mut backoff = Duration::from_millis(100);
         while !shutdown.is_cancelled() {
@@ -351,8 +438,15 @@ impl Dispatcher {
         tasks.close();
         tasks.wait().await;
         drop(shared);
-        if let Err(e) = settler.await {
-            error!(error = %e, "settle task failed");
+        for (name, task) in [
+            ("settle", settler),
+            ("history", logger),
+            ("health", health),
+            ("state", states),
+        ] {
+            if let Err(e) = task.await {
+                error!(error = %e, task = name, "dispatcher task failed");
+            }
         }
         info!("dispatcher stopped");
     }
@@ -374,16 +468,14 @@ async fn attempt(shared: &Shared, claim: Claim) {
         warn!(delivery_id = %delivery.id, subscription = %delivery.subscription,
             "subscription is no longer configured: delivery kept as dead");
         delivery.last_error = Some(format!("subscription `{}` is not configured", delivery.subscription));
+        shared.log_state(&delivery, DeliveryState::Dead, delivery.last_error.clone());
         let _ = shared.settle_tx.send(Settlement::Dead { delivery, lease });
         return;
     };
     if endpoint.disabled.load(Ordering::Relaxed) {
-        let due = now_ms() + DISABLED_DELAY.as_millis() as Millis;
-        let _ = shared.settle_tx.send(Settlement::Defer {
-            id: delivery.id,
-            lease,
-            due,
-        });
+        endpoint.metrics.delivery(DeliveryOutcome::Parked);
+        shared.log_state(&delivery, DeliveryState::Parked, Some("subscription disabled".into()));
+        let _ = shared.settle_tx.send(Settlement::Park { id: delivery.id, lease });
         return;
     }
     let Ok(_permit) = endpoint.permits.clone().try_acquire_owned() else {
@@ -398,15 +490,27 @@ async fn attempt(shared: &Shared, claim: Claim) {
 
     if let (Some(plugin), None) = (&endpoint.plugin, &delivery.headers) {
         match transform(plugin, &endpoint, &mut delivery).await {
-            Ok(true) => {}
-            Ok(false) => {
+            Ok(None) => endpoint.metrics.plugin_call(PluginResult::Deliver),
+            Ok(Some(reason)) => {
+                endpoint.metrics.plugin_call(PluginResult::Drop);
+                endpoint.metrics.delivery(DeliveryOutcome::Filtered);
+                shared.log_state(
+                    &delivery,
+                    DeliveryState::Filtered,
+                    Some(format!("dropped by plugin: {reason}")),
+                );
                 let _ = shared.settle_tx.send(Settlement::Ack { id: delivery.id, lease });
                 return;
             }
             Err(e) => {
+                endpoint.metrics.plugin_call(PluginResult::Error);
+                endpoint.metrics.plugin_error(e.kind());
+                endpoint.metrics.delivery(DeliveryOutcome::Dead);
                 warn!(event_id = %delivery.event_id, delivery_id = %delivery.id, subscription = %endpoint.name,
                     error = %e, "plugin failed: delivery is dead (replay it once the plugin is fixed)");
                 delivery.last_error = Some(format!("plugin_error: {e}"));
+                shared.log_state(&delivery, DeliveryState::Dead, delivery.last_error.clone());
+                shared.alerts.raise(Notification::dead(&delivery, chrono::Utc::now()));
                 let _ = shared.settle_tx.send(Settlement::Dead { delivery, lease });
                 return;
             }
@@ -415,7 +519,16 @@ async fn attempt(shared: &Shared, claim: Claim) {
 
     let started = chrono::Utc::now();
     let request = endpoint.request(&delivery, started.timestamp());
+    let request_headers = history::redact_headers(&request.headers, &[])
+        .into_iter()
+        .map(|(n, v)| {
+            let keep = LOGGED_HEADERS.contains(&n.as_str());
+            (n, if keep { v } else { "[redacted]".into() })
+        })
+        .collect();
     let result = shared.client.send(request).await;
+    let elapsed = (chrono::Utc::now() - started).to_std().unwrap_or_default();
+    endpoint.metrics.attempt(elapsed);
     delivery.attempts += 1;
     let attempted = match &result {
         Ok(response) => Attempted::Answered {
@@ -436,52 +549,162 @@ async fn attempt(shared: &Shared, claim: Claim) {
         Err(failure) => Some(format!("{}: {failure}", failure.kind())),
     };
     let status = result.as_ref().ok().map(|r| r.status.as_u16());
-    let elapsed_ms = (chrono::Utc::now() - started).num_milliseconds();
-    let settlement = match outcome {
+    let elapsed_ms = elapsed.as_millis() as u64;
+    let now = now_ms();
+    let report = match outcome {
+        Outcome::Delivered => health::Report::Success {
+            subscription: delivery.subscription.clone(),
+            at: now,
+        },
+        Outcome::Gone => health::Report::Gone {
+            subscription: delivery.subscription.clone(),
+        },
+        _ => health::Report::Failure {
+            subscription: delivery.subscription.clone(),
+            at: now,
+        },
+    };
+    let _ = shared.health_tx.send(report);
+    let mut record = AttemptRecord {
+        delivery_id: delivery.id.clone(),
+        event_id: delivery.event_id.clone(),
+        event_type: delivery.event_type.clone(),
+        subscription: delivery.subscription.clone(),
+        attempt: delivery.attempts,
+        started_at: started.timestamp_millis(),
+        duration_ms: elapsed_ms,
+        request_headers,
+        status,
+        response_headers: Vec::new(),
+        response_body: String::new(),
+        error_kind: None,
+        error: error.clone(),
+        next_attempt_at: None,
+    };
+    match &result {
+        Ok(response) => {
+            record.response_headers = history::redact_headers(&response.headers, &[]);
+            record.response_body = history::body_excerpt(&response.body, response.body.len());
+            if outcome != Outcome::Delivered {
+                record.error_kind = Some(ErrorKind::Status);
+            }
+        }
+        Err(failure) => record.error_kind = Some(ErrorKind::of(failure)),
+    }
+    let (settlement, state) = match outcome {
         Outcome::Delivered => {
+            endpoint.metrics.delivery(DeliveryOutcome::Delivered);
             debug!(event_id = %delivery.event_id, delivery_id = %delivery.id, subscription = %endpoint.name,
                 attempt = delivery.attempts, status, elapsed_ms, "delivered");
-            Settlement::Ack { id: delivery.id, lease }
+            (
+                Settlement::Ack {
+                    id: delivery.id.clone(),
+                    lease,
+                },
+                DeliveryState::Delivered,
+            )
         }
         Outcome::Retry { not_before } => {
             delivery.last_error = error;
             match endpoint.retry.next(delivery.attempts, not_before, &mut rand::rng()) {
                 Some(delay) => {
+                    endpoint.metrics.delivery(DeliveryOutcome::Retry);
                     info!(event_id = %delivery.event_id, delivery_id = %delivery.id, subscription = %endpoint.name,
                         attempt = delivery.attempts, status, elapsed_ms, error = delivery.last_error.as_deref(),
                         retry_in = ?delay, "attempt failed, will retry");
-                    let due = now_ms() + delay.as_millis() as Millis;
-                    Settlement::Retry { delivery, lease, due }
+                    let due = now + delay.as_millis() as Millis;
+                    record.next_attempt_at = Some(due);
+                    (
+                        Settlement::Retry {
+                            delivery: delivery.clone(),
+                            lease,
+                            due,
+                        },
+                        DeliveryState::Retrying,
+                    )
                 }
                 None => {
+                    endpoint.metrics.delivery(DeliveryOutcome::Dead);
                     warn!(event_id = %delivery.event_id, delivery_id = %delivery.id, subscription = %endpoint.name,
                         attempt = delivery.attempts, status, error = delivery.last_error.as_deref(),
                         "retries exhausted: delivery is dead");
-                    Settlement::Dead { delivery, lease }
+                    shared.alerts.raise(Notification::dead(&delivery, chrono::Utc::now()));
+                    (
+                        Settlement::Dead {
+                            delivery: delivery.clone(),
+                            lease,
+                        },
+                        DeliveryState::Dead,
+                    )
                 }
             }
         }
         Outcome::Gone => {
+            endpoint.metrics.delivery(DeliveryOutcome::Gone);
             endpoint.disabled.store(true, Ordering::Relaxed);
             warn!(subscription = %endpoint.name, event_id = %delivery.event_id, delivery_id = %delivery.id,
                 "endpoint answered 410 Gone: subscription disabled, nothing more is sent to it");
             delivery.last_error = Some("endpoint answered 410 Gone; subscription disabled".into());
-            Settlement::Dead { delivery, lease }
+            shared.alerts.raise(Notification::dead(&delivery, chrono::Utc::now()));
+            (
+                Settlement::Dead {
+                    delivery: delivery.clone(),
+                    lease,
+                },
+                DeliveryState::Dead,
+            )
         }
         Outcome::Refused => {
+            endpoint.metrics.delivery(DeliveryOutcome::Refused);
             warn!(event_id = %delivery.event_id, delivery_id = %delivery.id, subscription = %endpoint.name,
                 error = error.as_deref(), "attempt refused permanently: delivery is dead");
             delivery.last_error = error;
-            Settlement::Dead { delivery, lease }
+            shared.alerts.raise(Notification::dead(&delivery, chrono::Utc::now()));
+            (
+                Settlement::Dead {
+                    delivery: delivery.clone(),
+                    lease,
+                },
+                DeliveryState::Dead,
+            )
         }
     };
+    shared.log(Entry::Attempted { attempt: record, state });
     let _ = shared.settle_tx.send(settlement);
 }
 
-/// Runs the subscription's plugin on a delivery's first attempt. True: send
-/// it (body and headers now fixed in the delivery); false: the plugin
-/// dropped it (filtered).
-async fn transform(plugin: &Plugin, endpoint: &Endpoint, delivery: &mut Delivery) -> Result<bool, plugin::Error> {
+impl Shared {
+    /// Hands an entry to the history task; drops it if the backlog is full.
+    fn log(&self, entry: Entry) {
+        if let Err(mpsc::error::TrySendError::Full(entry)) = self.history_tx.try_send(entry) {
+            warn!(delivery_id = %entry.delivery_id(), "delivery log backlog full: an entry was not recorded");
+        }
+    }
+
+    /// Logs a delivery that moved without an attempt (filtered, parked, dead).
+    fn log_state(&self, delivery: &Delivery, state: DeliveryState, note: Option<String>) {
+        // A delivery enters the log at its first attempt; one that never had
+        // an attempt needs its summary first.
+        if delivery.attempts == 0 {
+            self.log(Entry::Created(DeliverySummary::created(delivery)));
+        }
+        self.log(Entry::State {
+            id: delivery.id.clone(),
+            state,
+            at: now_ms(),
+            note,
+        });
+    }
+}
+
+/// Runs the subscription's plugin on a delivery's first attempt. `None`:
+/// send it (body and headers now fixed in the delivery); `Some(reason)`:
+/// the plugin dropped it (filtered).
+async fn transform(
+    plugin: &Plugin,
+    endpoint: &Endpoint,
+    delivery: &mut Delivery,
+) -> Result<Option<String>, plugin::Error> {
     let input = plugin::Input {
         event_id: delivery.event_id.to_string(),
         event_type: delivery.event_type.clone(),
@@ -495,15 +718,30 @@ async fn transform(plugin: &Plugin, endpoint: &Endpoint, delivery: &mut Delivery
         Some((body, headers)) => {
             delivery.body = body;
             delivery.headers = Some(headers);
-            Ok(true)
+            Ok(None)
         }
         None => {
-            if let Verdict::Drop { reason } = &verdict {
-                info!(event_id = %delivery.event_id, delivery_id = %delivery.id, subscription = %endpoint.name,
-                    reason = %reason, "plugin dropped the delivery: filtered");
-            }
-            Ok(false)
+            let reason = match verdict {
+                Verdict::Drop { reason } => reason,
+                Verdict::Deliver { .. } => String::new(),
+            };
+            info!(event_id = %delivery.event_id, delivery_id = %delivery.id, subscription = %endpoint.name,
+                reason = %reason, "plugin dropped the delivery: filtered");
+            Ok(Some(reason))
         }
+    }
+}
+
+/// Writes delivery log entries in batches until every sender is gone. The
+/// log is best effort: a batch that cannot be written is reported and
+/// dropped, never allowed to hold deliveries up.
+async fn history_loop(history: Arc<dyn History>, mut rx: mpsc::Receiver<Entry>) {
+    let mut batch = Vec::with_capacity(HISTORY_BATCH);
+    while rx.recv_many(&mut batch, HISTORY_BATCH).await > 0 {
+        if let Err(e) = history.record(&batch).await {
+            error!(error = %e, count = batch.len(), "cannot write the delivery log");
+        }
+        batch.clear();
     }
 }
 

@@ -105,10 +105,21 @@ pub fn check_event_type(text: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Prefix of the event types hookd raises itself (`hookd.delivery.dead`…).
+pub const INTERNAL_PREFIX: &str = "hookd.";
+
+/// Whether `event_type` is one of hookd's own notification events.
+pub fn is_internal(event_type: &str) -> bool {
+    event_type.starts_with(INTERNAL_PREFIX)
+}
+
 /// A subscription's event filter: exact, `prefix.*`, or `*`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum EventPattern {
-    /// Every event.
+    /// Every event but hookd's own notifications (`hookd.*`), which a
+    /// subscription receives only by naming them (`hookd.*`,
+    /// `hookd.delivery.dead`): a catch-all endpoint is not sent hookd's
+    /// alerts about itself unasked.
     All,
     /// Types under a prefix: `coupon.*` matches `coupon.redeemed` and
     /// `coupon.code.expired`, not `coupon`.
@@ -134,7 +145,7 @@ impl EventPattern {
     /// Whether an event of type `event_type` matches.
     pub fn matches(&self, event_type: &str) -> bool {
         match self {
-            EventPattern::All => true,
+            EventPattern::All => !is_internal(event_type),
             EventPattern::Prefix(prefix) => event_type.starts_with(prefix.as_str()),
             EventPattern::Exact(exact) => exact == event_type,
         }
@@ -208,6 +219,12 @@ pub fn from_parts(
 ) -> Result<Event, Error> {
     let event_type = event_type.ok_or_else(|| invalid("type", "is missing"))?;
     check_event_type(event_type).map_err(|p| invalid("type", p))?;
+    if is_internal(event_type) {
+        return Err(invalid(
+            "type",
+            format!("`{event_type}`: types under `hookd.` are reserved for hookd's own notifications"),
+        ));
+    }
     let id = match id {
         Some(id) => EventId::parse(id).map_err(|p| invalid("id", p))?,
         None => EventId::generate(),
@@ -428,6 +445,8 @@ mod tests {
     fn patterns_match_as_documented() {
         let cases = [
             ("*", "link.clicked", true),
+            ("*", "hookd.delivery.dead", false),
+            ("hookd.*", "hookd.delivery.dead", true),
             ("coupon.*", "coupon.redeemed", true),
             ("coupon.*", "coupon.code.expired", true),
             ("coupon.*", "coupon", false),
@@ -463,6 +482,7 @@ mod tests {
             (br#"{"type":"a.b","data":[1]}"#, "`data` must be a JSON object"),
             (br#"{"type":"a.b","data":{},"id":"has space"}"#, "`id`"),
             (br#"{"type":"a.b","data":{},"colour":1}"#, "unknown field `colour`"),
+            (br#"{"type":"hookd.delivery.dead","data":{}}"#, "reserved"),
         ];
         for (json, want) in cases {
             let err = parse_event(json).unwrap_err().to_string();

@@ -161,6 +161,23 @@ pub enum Error {
     },
 }
 
+impl Error {
+    /// A short name of the kind of failure, for metrics labels.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Engine { .. } => "engine",
+            Error::Load { .. } => "load",
+            Error::Deadline { .. } => "deadline",
+            Error::Memory { .. } => "memory",
+            Error::Trap { .. } => "trap",
+            Error::Guest { .. } => "guest",
+            Error::ProtectedHeader { .. } => "protected_header",
+            Error::BadOutput { .. } => "bad_output",
+            Error::Event { .. } => "event",
+        }
+    }
+}
+
 /// What a plugin is given: one event about to be delivered.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Input {

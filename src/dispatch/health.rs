@@ -1,0 +1,287 @@
+//! Subscription health: automatic deactivation and parking.
+//!
+//! Every attempt's outcome is reported here. The health task folds each
+//! batch of outcomes into one [`HealthUpdate`] per subscription and writes
+//! it to the queue backend, which keeps the counts (consecutive failures,
+//! failing since) shared by every hookd process and across restarts. A
+//! subscription over a threshold (`delivery.disable_after_failures`
+//! consecutive failed attempts, or failing for `delivery.disable_after`),
+//! or whose endpoint answered 410 Gone, is disabled in the backend: from
+//! then on its deliveries are parked, not attempted and not dropped, until
+//! an operator enables it again, which puts them back in the queue in order.
+//!
+//! The state task mirrors the backend's enabled/disabled states into the
+//! endpoints every [`STATE_SYNC`], so a subscription disabled or enabled by
+//! another process (or the admin API) takes effect here too, and re-runs
+//! `unpark` for enabled subscriptions, which catches deliveries a process
+//! with a stale view parked after an enable.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::sync::{mpsc, Notify};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use super::Endpoints;
+use crate::config::SubscriptionName;
+use crate::notify::{Alerts, Notification};
+use crate::queue::{now_ms, HealthUpdate, Millis, Queue};
+
+/// How often the backend's subscription states are mirrored here.
+pub const STATE_SYNC: Duration = Duration::from_secs(1);
+/// Every this many state syncs, enabled subscriptions are unparked again.
+const UNPARK_EVERY: u32 = 5;
+
+/// One attempt's outcome, as health needs it.
+#[derive(Clone, Debug)]
+pub(crate) enum Report {
+    /// The endpoint acknowledged (2xx).
+    Success { subscription: SubscriptionName, at: Millis },
+    /// The attempt failed.
+    Failure { subscription: SubscriptionName, at: Millis },
+    /// The endpoint answered 410 Gone: disable at once.
+    Gone { subscription: SubscriptionName },
+}
+
+/// Thresholds of automatic deactivation.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Thresholds {
+    /// Consecutive failed attempts that disable; 0: never.
+    pub failures: u64,
+    /// Failing continuously this long disables; zero: never.
+    pub duration: Duration,
+}
+
+/// Folds reports into per-subscription updates, in report order: after a
+/// success only the failures that follow it count.
+pub(crate) fn fold(reports: &[Report]) -> Vec<HealthUpdate> {
+    let mut by_sub: HashMap<&SubscriptionName, HealthUpdate> = HashMap::new();
+    let mut order = Vec::new();
+    for report in reports {
+        let (subscription, success, at) = match report {
+            Report::Success { subscription, at } => (subscription, true, *at),
+            Report::Failure { subscription, at } => (subscription, false, *at),
+            Report::Gone { .. } => continue,
+        };
+        let update = by_sub.entry(subscription).or_insert_with(|| {
+            order.push(subscription);
+            HealthUpdate {
+                subscription: subscription.clone(),
+                successes: 0,
+                failures: 0,
+                last_outcome_success: success,
+                last_success_at: None,
+                last_failure_at: None,
+            }
+        });
+        if success {
+            update.successes += 1;
+            update.failures = 0;
+            update.last_success_at = Some(at);
+        } else {
+            update.failures += 1;
+            update.last_failure_at = Some(at);
+        }
+        update.last_outcome_success = success;
+    }
+    order.into_iter().filter_map(|s| by_sub.remove(s)).collect()
+}
+
+/// Disables `name` in the backend and here, raising the notification if
+/// this call changed it.
+async fn disable(
+    queue: &dyn Queue,
+    endpoints: &ArcSwap<Endpoints>,
+    alerts: &Alerts,
+    name: &SubscriptionName,
+    reason: String,
+) {
+    if let Some(endpoint) = endpoints.load().map.get(name) {
+        endpoint.disabled.store(true, Ordering::Relaxed);
+    }
+    match queue.set_enabled(name, false, Some(reason.clone()), now_ms()).await {
+        Ok(true) => {
+            warn!(subscription = %name, reason = %reason, "subscription disabled: its deliveries are parked until it is enabled again");
+            alerts.raise(Notification::SubscriptionDisabled {
+                subscription: name.clone(),
+                reason,
+                at: chrono::Utc::now(),
+            });
+        }
+        Ok(false) => {}
+        Err(e) => error!(subscription = %name, error = %e, "cannot store the subscription's disabled state"),
+    }
+}
+
+/// Writes health updates and disables subscriptions over a threshold.
+pub(crate) async fn health_loop(
+    queue: Arc<dyn Queue>,
+    endpoints: Arc<ArcSwap<Endpoints>>,
+    alerts: Alerts,
+    thresholds: Thresholds,
+    mut rx: mpsc::UnboundedReceiver<Report>,
+) {
+    let mut batch = Vec::with_capacity(1024);
+    while rx.recv_many(&mut batch, 1024).await > 0 {
+        for report in &batch {
+            if let Report::Gone { subscription } = report {
+                disable(
+                    queue.as_ref(),
+                    &endpoints,
+                    &alerts,
+                    subscription,
+                    "endpoint answered 410 Gone".into(),
+                )
+                .await;
+            }
+        }
+        let updates = fold(&batch);
+        batch.clear();
+        if updates.is_empty() {
+            continue;
+        }
+        let states = match queue.record_health(&updates).await {
+            Ok(states) => states,
+            Err(e) => {
+                error!(error = %e, "cannot record subscription health");
+                continue;
+            }
+        };
+        let now = now_ms();
+        for (name, state) in states {
+            if !state.enabled {
+                continue;
+            }
+            let by_count = thresholds.failures > 0 && state.consecutive_failures >= thresholds.failures;
+            let by_time = !thresholds.duration.is_zero()
+                && state
+                    .failing_since
+                    .is_some_and(|since| now - since >= thresholds.duration.as_millis() as i64);
+            if by_count || by_time {
+                let reason = if by_count {
+                    format!("{} consecutive failed attempts", state.consecutive_failures)
+                } else {
+                    format!(
+                        "failing for more than {}",
+                        humantime::format_duration(thresholds.duration)
+                    )
+                };
+                disable(queue.as_ref(), &endpoints, &alerts, &name, reason).await;
+            }
+        }
+    }
+}
+
+/// Mirrors the backend's subscription states into the endpoints until
+/// `shutdown`, and unparks enabled subscriptions now and then.
+pub(crate) async fn state_loop(
+    queue: Arc<dyn Queue>,
+    endpoints: Arc<ArcSwap<Endpoints>>,
+    queued: Arc<Notify>,
+    shutdown: CancellationToken,
+) {
+    let mut round: u32 = 0;
+    loop {
+        match queue.subscription_states().await {
+            Ok(states) => {
+                let states: HashMap<_, _> = states.into_iter().collect();
+                let current = endpoints.load();
+                for (name, endpoint) in &current.map {
+                    let enabled_in_backend = states.get(name).is_none_or(|s| s.enabled);
+                    endpoint
+                        .disabled
+                        .store(!(enabled_in_backend && endpoint.configured_enabled), Ordering::Relaxed);
+                    if round.is_multiple_of(UNPARK_EVERY) && enabled_in_backend && endpoint.configured_enabled {
+                        match queue.unpark(name, now_ms()).await {
+                            Ok(0) => {}
+                            Ok(n) => {
+                                info!(subscription = %name, count = n, "parked deliveries resumed");
+                                queued.notify_one();
+                            }
+                            Err(e) => error!(subscription = %name, error = %e, "cannot resume parked deliveries"),
+                        }
+                    }
+                }
+            }
+            Err(e) => error!(error = %e, "cannot read subscription states"),
+        }
+        round = round.wrapping_add(1);
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(STATE_SYNC) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name(s: &str) -> SubscriptionName {
+        SubscriptionName::parse(s).unwrap()
+    }
+
+    #[test]
+    fn folding_counts_failures_after_the_last_success() {
+        let (a, b) = (name("a"), name("b"));
+        let reports = [
+            Report::Failure {
+                subscription: a.clone(),
+                at: 1,
+            },
+            Report::Success {
+                subscription: a.clone(),
+                at: 2,
+            },
+            Report::Failure {
+                subscription: b.clone(),
+                at: 3,
+            },
+            Report::Failure {
+                subscription: a.clone(),
+                at: 4,
+            },
+            Report::Failure {
+                subscription: a.clone(),
+                at: 5,
+            },
+            Report::Gone {
+                subscription: b.clone(),
+            },
+            Report::Failure {
+                subscription: b.clone(),
+                at: 6,
+            },
+        ];
+        let updates = fold(&reports);
+        assert_eq!(updates.len(), 2);
+        let ua = &updates[0];
+        assert_eq!(
+            (
+                ua.subscription.as_str(),
+                ua.successes,
+                ua.failures,
+                ua.last_outcome_success
+            ),
+            ("a", 1, 2, false)
+        );
+        assert_eq!((ua.last_success_at, ua.last_failure_at), (Some(2), Some(5)));
+        let ub = &updates[1];
+        assert_eq!(
+            (ub.successes, ub.failures, ub.last_outcome_success, ub.last_success_at),
+            (0, 2, false, None)
+        );
+        let ok = fold(&[
+            Report::Failure {
+                subscription: a.clone(),
+                at: 1,
+            },
+            Report::Success { subscription: a, at: 2 },
+        ]);
+        assert_eq!((ok[0].failures, ok[0].last_outcome_success), (0, true));
+    }
+}
