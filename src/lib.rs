@@ -188,6 +188,7 @@ pub async fn run_with_backends(
         }
     }
     let current = Arc::new(arc_swap::ArcSwap::from_pointee(config.clone()));
+    let api_endpoints = endpoints.clone();
     let reloader = reload::Reloader {
         current: current.clone(),
         config: config.clone(),
@@ -205,6 +206,7 @@ pub async fn run_with_backends(
     let state = api::ApiState::new(&config, ingestor, queue, history, metrics, alerts);
     let state = Arc::new(api::ApiState {
         config: current,
+        endpoints: api_endpoints,
         ..state
     });
     let addr = listener.local_addr()?;

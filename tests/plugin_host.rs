@@ -3,92 +3,16 @@
 //! `plugins/build.sh` when `plugins/dist` is missing or older than their
 //! sources.
 
+mod support;
+
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::OnceLock;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use bytes::Bytes;
 use hookd::config::{ByteSize, Config, PluginConfig, PluginsConfig};
 use hookd::plugin::{run_once, Error, Input, Plugin, Plugins, Verdict};
 use serde_json::{json, Value};
-
-/// Every plugin `build.sh` must produce.
-const PLUGINS: &[&str] = &[
-    "coupon-filter",
-    "redactor",
-    "slack",
-    "jq",
-    "reshape",
-    "hostile-endless-loop",
-    "hostile-memory-bomb",
-    "hostile-panic",
-    "hostile-protected-header",
-    "hostile-garbage",
-    "hostile-wrong-world",
-];
-
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// The newest modification time of the files under `dir`, skipping build
-/// outputs.
-fn newest(dir: &Path) -> SystemTime {
-    let mut latest = SystemTime::UNIX_EPOCH;
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return latest;
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        let name = entry.file_name();
-        if name == "target" || name == "dist" {
-            continue;
-        }
-        let time = if path.is_dir() {
-            newest(&path)
-        } else {
-            entry
-                .metadata()
-                .and_then(|m| m.modified())
-                .unwrap_or(SystemTime::UNIX_EPOCH)
-        };
-        latest = latest.max(time);
-    }
-    latest
-}
-
-/// `plugins/dist`, built first if missing or stale.
-fn dist() -> &'static Path {
-    static DIST: OnceLock<PathBuf> = OnceLock::new();
-    DIST.get_or_init(|| {
-        let plugins = repo().join("plugins");
-        let dist = plugins.join("dist");
-        let sources = newest(&plugins).max(newest(&repo().join("wit")));
-        let stale = PLUGINS.iter().any(|name| {
-            std::fs::metadata(dist.join(format!("{name}.wasm")))
-                .and_then(|m| m.modified())
-                .map_or(true, |built| built < sources)
-        });
-        if stale {
-            let status = Command::new("sh")
-                .arg(plugins.join("build.sh"))
-                .status()
-                .expect("run plugins/build.sh");
-            assert!(status.success(), "plugins/build.sh failed");
-        }
-        dist
-    })
-}
-
-fn wasm(name: &str) -> PathBuf {
-    dist().join(format!("{name}.wasm"))
-}
-
-/// A cache shared by the tests (compiling jq once is enough).
-fn shared_cache() -> PathBuf {
-    repo().join("target").join("plugin-test-cache")
-}
+use support::plugins::{shared_cache, wasm};
 
 fn settings(cache_dir: &Path) -> PluginsConfig {
     let mut s = Config::from_toml("").expect("defaults are valid").plugins;

@@ -59,6 +59,8 @@ pub struct ApiState {
     pub alerts: Alerts,
     /// The config in force; the reloader swaps it.
     pub config: Arc<ArcSwap<Config>>,
+    /// This process's subscriptions, told at once about enable and disable.
+    pub endpoints: Arc<ArcSwap<crate::dispatch::Endpoints>>,
 }
 
 impl ApiState {
@@ -81,6 +83,7 @@ impl ApiState {
             max_batch: config.ingest.max_batch,
             alerts,
             config: Arc::new(ArcSwap::from_pointee(config.clone())),
+            endpoints: Arc::new(ArcSwap::from_pointee(crate::dispatch::Endpoints::default())),
         }
     }
 

@@ -107,6 +107,8 @@ async fn show(State(state): State<Arc<ApiState>>, Path(name): Path<String>) -> R
 async fn enable(State(state): State<Arc<ApiState>>, Path(name): Path<String>) -> Result<Response, ApiError> {
     let sub = find(&state, &name)?;
     let changed = state.queue.set_enabled(&sub.name, true, None, now_ms()).await?;
+    // Before unparking, so this process does not park them again.
+    state.endpoints.load().set_disabled(&sub.name, false);
     if changed {
         state.alerts.raise(Notification::SubscriptionRecovered {
             subscription: sub.name.clone(),
@@ -143,6 +145,7 @@ async fn disable(
         .queue
         .set_enabled(&name, false, Some(reason.clone()), now_ms())
         .await?;
+    state.endpoints.load().set_disabled(&name, true);
     if changed {
         state.alerts.raise(Notification::SubscriptionDisabled {
             subscription: name.clone(),

@@ -30,7 +30,6 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 
 use http::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, USER_AGENT};
-use rand::Rng;
 use tokio::sync::{mpsc, Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -240,6 +239,17 @@ impl Endpoints {
         Ok(Endpoints { map })
     }
 
+    /// Marks `name` disabled or enabled in this process at once (the state
+    /// task mirrors the backend's state within a second anyway). A
+    /// subscription disabled in the config stays disabled.
+    pub fn set_disabled(&self, name: &SubscriptionName, disabled: bool) {
+        if let Some(endpoint) = self.map.get(name) {
+            endpoint
+                .disabled
+                .store(disabled || !endpoint.configured_enabled, Ordering::Relaxed);
+        }
+    }
+
     /// How many subscriptions there are.
     pub fn len(&self) -> usize {
         self.map.len()
@@ -412,6 +422,11 @@ impl Dispatcher {
                 continue;
             }
             let mut permits = Some(first);
+            // Deferred deliveries of one batch share a due time; equal due
+            // times are claimed in id (creation) order, so a subscription's
+            // deliveries keep their order however often its cap sends them back.
+            let defer_due = now_ms() + DEFER_DELAY.as_millis() as Millis;
+            let endpoints = shared.endpoints.load();
             for claim in claimed.claims {
                 let slot = match permits.take() {
                     Some(p) => p,
@@ -419,14 +434,27 @@ impl Dispatcher {
                     None => match slots.clone().try_acquire_owned() {
                         Ok(p) => p,
                         Err(_) => {
-                            defer(&shared, &claim, DEFER_DELAY);
+                            defer(&shared, &claim, defer_due);
                             continue;
                         }
                     },
                 };
+                let endpoint = endpoints.map.get(&claim.delivery.subscription).cloned();
+                // The subscription's own cap, taken here in claim order.
+                let permit = match &endpoint {
+                    Some(e) if !e.disabled.load(Ordering::Relaxed) => match e.permits.clone().try_acquire_owned() {
+                        Ok(p) => Some(p),
+                        Err(_) => {
+                            defer(&shared, &claim, defer_due);
+                            continue;
+                        }
+                    },
+                    _ => None,
+                };
                 let shared = shared.clone();
                 tasks.spawn(async move {
-                    attempt(&shared, claim).await;
+                    attempt(&shared, claim, endpoint).await;
+                    drop(permit);
                     drop(slot);
                 });
             }
@@ -452,8 +480,8 @@ impl Dispatcher {
     }
 }
 
-fn defer(shared: &Shared, claim: &Claim, delay: Duration) {
-    let due = now_ms() + delay.as_millis() as Millis;
+/// Gives a claim back unattempted, due at `due`.
+fn defer(shared: &Shared, claim: &Claim, due: Millis) {
     let _ = shared.settle_tx.send(Settlement::Defer {
         id: claim.delivery.id.clone(),
         lease: claim.lease,
@@ -461,10 +489,12 @@ fn defer(shared: &Shared, claim: &Claim, delay: Duration) {
     });
 }
 
-/// One attempt of one delivery, ending in exactly one settlement.
-async fn attempt(shared: &Shared, claim: Claim) {
+/// One attempt of one delivery to `endpoint` (its subscription, holding a
+/// slot of its in-flight cap unless disabled), ending in exactly one
+/// settlement.
+async fn attempt(shared: &Shared, claim: Claim, endpoint: Option<Arc<Endpoint>>) {
     let Claim { mut delivery, lease } = claim;
-    let Some(endpoint) = shared.endpoints.load().map.get(&delivery.subscription).cloned() else {
+    let Some(endpoint) = endpoint else {
         warn!(delivery_id = %delivery.id, subscription = %delivery.subscription,
             "subscription is no longer configured: delivery kept as dead");
         delivery.last_error = Some(format!("subscription `{}` is not configured", delivery.subscription));
@@ -478,15 +508,6 @@ async fn attempt(shared: &Shared, claim: Claim) {
         let _ = shared.settle_tx.send(Settlement::Park { id: delivery.id, lease });
         return;
     }
-    let Ok(_permit) = endpoint.permits.clone().try_acquire_owned() else {
-        let due = now_ms() + DEFER_DELAY.as_millis() as Millis + rand::rng().random_range(0..50);
-        let _ = shared.settle_tx.send(Settlement::Defer {
-            id: delivery.id,
-            lease,
-            due,
-        });
-        return;
-    };
 
     if let (Some(plugin), None) = (&endpoint.plugin, &delivery.headers) {
         match transform(plugin, &endpoint, &mut delivery).await {

@@ -94,7 +94,9 @@ pub fn shard_of(event_id: &EventId, shards: u16) -> u16 {
     (hash % u32::from(shards.max(1))) as u16
 }
 
-/// A delivery's id: `dlv_`, two hex digits naming its shard, then a UUIDv7.
+/// A delivery's id: `dlv_`, a UUIDv7, then two hex digits naming its shard.
+/// UUIDv7s are time-ordered (and monotonic within a process), so ids sort in
+/// creation order: the tie-break that keeps equal due times in order.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct DeliveryId(String);
@@ -102,7 +104,7 @@ pub struct DeliveryId(String);
 impl DeliveryId {
     /// A new, unique id in `shard`.
     pub fn new(shard: u16) -> DeliveryId {
-        DeliveryId(format!("dlv_{:02x}{}", shard, uuid::Uuid::now_v7().simple()))
+        DeliveryId(format!("dlv_{}{:02x}", uuid::Uuid::now_v7().simple(), shard))
     }
 
     /// Checks the shape of an id that came from outside.
@@ -118,7 +120,7 @@ impl DeliveryId {
 
     /// The shard the delivery lives in.
     pub fn shard(&self) -> u16 {
-        u16::from_str_radix(self.0.get(4..6).unwrap_or("0"), 16).unwrap_or(0)
+        u16::from_str_radix(self.0.get(36..38).unwrap_or("0"), 16).unwrap_or(0)
     }
 
     /// The id as text.
@@ -541,6 +543,15 @@ pub trait Queue: Send + Sync + 'static {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn delivery_ids_sort_in_creation_order() {
+        let ids: Vec<DeliveryId> = (0..1000).map(|n| DeliveryId::new(n % 7)).collect();
+        assert!(
+            ids.windows(2).all(|w| w[0] < w[1]),
+            "ids made later sort later, whatever their shard"
+        );
+    }
 
     #[test]
     fn delivery_ids_carry_their_shard() {

@@ -1,0 +1,341 @@
+//! End to end, operating hookd: plugins on real deliveries, automatic
+//! deactivation with parking and resume, the delivery log, hot reload.
+
+mod support;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use hookd::api::client::ApiClient;
+use hookd::config::Config;
+use serde_json::{json, Value};
+use support::plugins::{shared_cache, wasm};
+use support::receiver::{Answer, Receiver, SECRET};
+use support::RedisServer;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// hookd running in this process.
+struct Hookd {
+    api: ApiClient,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Hookd {
+    async fn start(config: Config) -> Hookd {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let api = ApiClient::new(&format!("http://{}", listener.local_addr().unwrap()), None);
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(hookd::run(config, listener, shutdown.clone()));
+        Hookd { api, shutdown, task }
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        self.task.await.unwrap().unwrap();
+    }
+
+    async fn send(&self, event: Value) -> Value {
+        self.api.post("/v1/events", event.to_string()).await.unwrap()
+    }
+
+    /// Polls `path` until `check` holds.
+    async fn wait_for(&self, path: &str, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let answer = self.api.get(path).await.unwrap();
+            if check(&answer) {
+                return answer;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}: {answer:#}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+fn base_toml(dir: &Path, queue: &str) -> String {
+    format!(
+        "[queue]\n{queue}\npoll_interval = \"20ms\"\n[delivery]\nallow_http = true\nallow_private_networks = true\nbackoff_initial = \"100ms\"\n[plugins]\ncache_dir = {cache:?}\ndeadline = \"2s\"\n[history]\nmax_age = \"1h\"\n",
+        queue = if queue.is_empty() { format!("data_dir = {:?}", dir.display().to_string()) } else { queue.to_string() },
+        cache = shared_cache().display().to_string(),
+    )
+}
+
+fn subscription(name: &str, url: &str, events: &str, extra: &str) -> String {
+    format!("\n[[subscriptions]]\nname = \"{name}\"\nurl = \"{url}\"\nevents = {events}\nsecrets = [\"{SECRET}\"]\n{extra}\n")
+}
+
+fn plugin(name: &str, config: &str) -> String {
+    format!(
+        "[subscriptions.plugin]\npath = {:?}\nconfig = {{ {config} }}\n",
+        wasm(name).display().to_string()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugins_filter_and_reshape_real_deliveries() {
+    let rx = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let toml = base_toml(dir.path(), "")
+        + &subscription(
+            "coupons",
+            &rx.url("coupons"),
+            r#"["coupon.*"]"#,
+            &plugin("coupon-filter", "min_amount = \"10\""),
+        )
+        + &subscription(
+            "jq",
+            &rx.url("jq"),
+            r#"["coupon.*"]"#,
+            &plugin(
+                "jq",
+                "filter = 'select(.data.amount >= 10) | {id: .data.coupon, total: .data.amount}'",
+            ),
+        )
+        + &subscription(
+            "redact",
+            &rx.url("redact"),
+            r#"["coupon.*"]"#,
+            &plugin("redactor", "fields = \"customer.email\""),
+        )
+        + &subscription("slack", &rx.url("slack"), r#"["coupon.*"]"#, &plugin("slack", ""))
+        + &subscription("plain", &rx.url("plain"), r#"["coupon.*"]"#, "");
+    let hookd = Hookd::start(Config::from_toml(&toml).unwrap()).await;
+
+    let customer = json!({"id": "cus_1", "email": "ana@example.com"});
+    hookd.send(json!({"type": "coupon.redeemed", "id": "evt_small", "data": {"coupon": "TINY", "amount": 5, "customer": customer}})).await;
+    hookd.send(json!({"type": "coupon.redeemed", "id": "evt_big", "data": {"coupon": "SPRING", "amount": 25, "customer": customer}})).await;
+
+    // coupons: 1 (big), jq: 1 (big), redact: 2, slack: 2, plain: 2.
+    let arrivals = rx.wait_for(WAIT, "8 deliveries", |a| a.len() >= 8).await;
+    assert!(arrivals.iter().all(|a| a.verified), "plugin output is what gets signed");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(rx.arrivals().len(), 8);
+
+    let coupons = rx.at("coupons");
+    assert_eq!(coupons.len(), 1, "the filter dropped the small redemption");
+    assert_eq!(coupons[0].id, "evt_big");
+    let jq = rx.at("jq");
+    assert_eq!(jq.len(), 1);
+    assert_eq!(jq[0].json(), json!({"id": "SPRING", "total": 25}));
+    for a in rx.at("redact") {
+        assert_eq!(a.json()["data"]["customer"]["id"], "cus_1");
+        assert_ne!(a.json()["data"]["customer"]["email"], "ana@example.com", "email masked");
+    }
+    for a in rx.at("slack") {
+        let body = a.json();
+        assert!(body["text"].as_str().is_some() && body["blocks"].is_array(), "{body}");
+    }
+    assert_eq!(rx.at("plain")[0].json()["data"]["customer"]["email"], "ana@example.com");
+
+    let filtered = hookd
+        .wait_for(
+            "/v1/deliveries?subscription=coupons&state=filtered",
+            "the filtered delivery in the log",
+            |v| v["deliveries"].as_array().is_some_and(|d| d.len() == 1),
+        )
+        .await;
+    assert_eq!(filtered["deliveries"][0]["event_id"], "evt_small");
+    hookd.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_plugin_fails_only_its_own_delivery() {
+    let rx = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let toml = base_toml(dir.path(), "").replace("deadline = \"2s\"", "deadline = \"50ms\"")
+        + &subscription(
+            "looping",
+            &rx.url("looping"),
+            r#"["*"]"#,
+            &plugin("hostile-endless-loop", ""),
+        )
+        + &subscription("fine", &rx.url("fine"), r#"["*"]"#, "");
+    let hookd = Hookd::start(Config::from_toml(&toml).unwrap()).await;
+    hookd
+        .send(json!({"type": "link.clicked", "id": "evt_loop", "data": {}}))
+        .await;
+    rx.wait_for(WAIT, "the healthy delivery", |a| a.iter().any(|a| a.path == "fine"))
+        .await;
+    let dead = hookd
+        .wait_for("/v1/deliveries/dead", "the plugin's failed delivery", |v| {
+            v["deliveries"].as_array().is_some_and(|d| !d.is_empty())
+        })
+        .await;
+    let error = dead["deliveries"][0]["last_error"].as_str().unwrap();
+    assert!(
+        error.starts_with("plugin_error:") && error.contains("deadline exceeded"),
+        "{error}"
+    );
+    assert!(rx.at("looping").is_empty());
+    hookd.stop().await;
+}
+
+async fn failing_endpoint_is_disabled_then_resumed_in_order(queue: &str) {
+    let rx = Receiver::start_with(|path, _, _| {
+        if path == "flaky" {
+            Answer::Status(500, vec![])
+        } else {
+            Answer::ok()
+        }
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let toml = base_toml(dir.path(), queue).replace(
+        "backoff_initial = \"100ms\"",
+        "backoff_initial = \"100ms\"\nmax_retries = 0\ndisable_after_failures = 3",
+    ) + &subscription("flaky", &rx.url("flaky"), r#"["order.*"]"#, "max_in_flight = 1")
+        + &subscription("ops", &rx.url("ops"), r#"["hookd.subscription.*"]"#, "");
+    let hookd = Hookd::start(Config::from_toml(&toml).unwrap()).await;
+
+    for n in 0..3 {
+        hookd
+            .send(json!({"type": "order.placed", "id": format!("evt_fail_{n}"), "data": {"n": n}}))
+            .await;
+    }
+    let sub = hookd
+        .wait_for("/v1/subscriptions/flaky", "the subscription to be disabled", |v| {
+            v["status"] == "disabled"
+        })
+        .await;
+    assert_eq!(sub["disabled_reason"], "3 consecutive failed attempts", "{sub}");
+    // The notification arrives as an event for subscriptions that ask for it.
+    let ops = rx
+        .wait_for(WAIT, "hookd.subscription.disabled", |a| {
+            a.iter().any(|a| a.path == "ops")
+        })
+        .await;
+    let note = ops.iter().find(|a| a.path == "ops").unwrap().json();
+    assert_eq!(note["type"], "hookd.subscription.disabled");
+    assert_eq!(note["data"]["subscription"], "flaky");
+
+    // While disabled: nothing is sent, deliveries are parked.
+    let sent_before = rx.at("flaky").len();
+    for n in 0..5 {
+        hookd
+            .send(json!({"type": "order.placed", "id": format!("evt_parked_{n}"), "data": {"n": n}}))
+            .await;
+    }
+    hookd
+        .wait_for(
+            "/v1/deliveries?subscription=flaky&state=parked",
+            "5 parked deliveries",
+            |v| v["deliveries"].as_array().is_some_and(|d| d.len() == 5),
+        )
+        .await;
+    assert_eq!(
+        rx.at("flaky").len(),
+        sent_before,
+        "nothing is sent to a disabled subscription"
+    );
+
+    rx.answer_with(|_, _, _| Answer::ok());
+    let enabled = hookd.api.post("/v1/subscriptions/flaky/enable", "").await.unwrap();
+    assert_eq!(enabled["resumed"], 5);
+    let arrivals = rx
+        .wait_for(WAIT, "the 5 resumed deliveries", |a| {
+            a.iter()
+                .filter(|a| a.path == "flaky" && a.id.starts_with("evt_parked_"))
+                .count()
+                >= 5
+        })
+        .await;
+    let order: Vec<&str> = arrivals
+        .iter()
+        .filter(|a| a.path == "flaky" && a.id.starts_with("evt_parked_"))
+        .map(|a| a.id.as_str())
+        .collect();
+    // One in flight at a time: arrival order is delivery order.
+    assert_eq!(
+        order,
+        [
+            "evt_parked_0",
+            "evt_parked_1",
+            "evt_parked_2",
+            "evt_parked_3",
+            "evt_parked_4"
+        ],
+        "in order"
+    );
+    let sub = hookd.api.get("/v1/subscriptions/flaky").await.unwrap();
+    assert_eq!(sub["status"], "active");
+    rx.wait_for(WAIT, "hookd.subscription.recovered", |a| {
+        a.iter()
+            .any(|a| a.path == "ops" && a.json()["type"] == "hookd.subscription.recovered")
+    })
+    .await;
+
+    // Every attempt is in the log, secrets redacted.
+    let first = hookd.api.get("/v1/events/evt_fail_0").await.unwrap();
+    let text = first.to_string();
+    assert!(
+        text.contains("\"status\":500") || text.contains("\"last_status\":500"),
+        "{first:#}"
+    );
+    assert!(!text.contains(&SECRET[6..]), "no secret in the log");
+    hookd.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_endpoint_is_disabled_then_resumed_in_order_embedded() {
+    failing_endpoint_is_disabled_then_resumed_in_order("").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_endpoint_is_disabled_then_resumed_in_order_redis() {
+    let redis = RedisServer::start();
+    let queue = format!(
+        "redis_url = \"{}\"\nkey_prefix = \"{}\"",
+        redis.url(),
+        support::unique_prefix("operate")
+    );
+    failing_endpoint_is_disabled_then_resumed_in_order(&queue).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_reload_adds_subscriptions_and_rejects_a_broken_file() {
+    let rx = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hookd.toml");
+    let base = base_toml(&dir.path().join("data"), "");
+    std::fs::write(
+        &path,
+        base.clone() + &subscription("first", &rx.url("first"), r#"["*"]"#, ""),
+    )
+    .unwrap();
+    let hookd = Hookd::start(Config::load(Some(&path)).unwrap()).await;
+    hookd.send(json!({"type": "a.b", "id": "evt_1", "data": {}})).await;
+    rx.wait_for(WAIT, "the first delivery", |a| a.len() == 1).await;
+
+    // A broken file is rejected; the running config keeps delivering.
+    std::fs::write(&path, base.clone() + "[[subscriptions]]\nname = \"broken\"\n").unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    hookd.send(json!({"type": "a.b", "id": "evt_2", "data": {}})).await;
+    rx.wait_for(WAIT, "delivery under the old config", |a| {
+        a.iter().any(|a| a.id == "evt_2")
+    })
+    .await;
+
+    // A valid change takes effect without a restart.
+    std::fs::write(
+        &path,
+        base + &subscription("first", &rx.url("first"), r#"["*"]"#, "")
+            + &subscription("second", &rx.url("second"), r#"["*"]"#, ""),
+    )
+    .unwrap();
+    hookd
+        .wait_for("/v1/subscriptions", "the reloaded config", |v| {
+            v["subscriptions"].as_array().is_some_and(|s| s.len() == 2)
+        })
+        .await;
+    let answer = hookd.send(json!({"type": "a.b", "id": "evt_3", "data": {}})).await;
+    assert_eq!(answer["deliveries"], 2);
+    rx.wait_for(WAIT, "delivery to the new subscription", |a| {
+        a.iter().any(|a| a.path == "second" && a.id == "evt_3")
+    })
+    .await;
+    hookd.stop().await;
+}
