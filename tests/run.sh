@@ -18,7 +18,7 @@ if ! command -v redis-server >/dev/null 2>&1 || ! /usr/bin/python3 -c 'import ai
   (as_root service redis-server stop || true) >/dev/null 2>&1
 fi
 
-if [ -d plugins ] && [ -x plugins/build.sh ]; then
+if [ -f plugins/build.sh ]; then
   say "building plugins (wasm32-wasip2)"
   bash plugins/build.sh
 fi
