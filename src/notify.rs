@@ -805,10 +805,14 @@ mod tests {
         let data: serde_json::Value = serde_json::from_str(e.data.get()).unwrap();
         assert_eq!(data["reason"], "10 consecutive failures");
         assert!(recovered.to_event().id.as_str().starts_with("hookd_recovered_crm_"));
-        // Events made here pass the same validation as a producer's.
+        // Events made here are well formed, and of the type space reserved
+        // for hookd (which producers may not send).
         for n in [&disabled, &recovered, &d] {
             let e = n.to_event();
-            crate::ingest::from_parts(Some(&e.event_type), Some(e.id.as_str()), Some(e.data.get()), None).unwrap();
+            crate::ingest::check_event_type(&e.event_type).unwrap();
+            assert!(crate::ingest::is_internal(&e.event_type), "{}", e.event_type);
+            EventId::parse(e.id.as_str()).unwrap();
+            assert!(e.data.get().starts_with('{'));
         }
     }
 
