@@ -44,6 +44,10 @@
 //!   recipient list per window, and the matching `hookd.*` events.
 //! - [`telemetry`]: structured logs and Prometheus metrics
 //!   ([`telemetry::Metrics`], served at `GET /metrics`).
+//! - [`plugin`]: the only module that knows wasmtime: WebAssembly plugins
+//!   that drop or reshape a delivery before it is signed, sandboxed with a
+//!   deadline and a memory cap.
+//! - `reload` (private): hot reload of the config and plugin files.
 //! - [`demo`]: `hookd demo`, hookd and a verifying receiver in one process.
 //!
 //! `main` is thin: it parses the CLI, loads the config, sets up logging and
@@ -64,9 +68,17 @@
 //!   so an accepted event is never lost; claims and settlements are made
 //!   durable at least every second. A crash can undo up to a second of
 //!   acknowledgements: those deliveries are sent again (at least once).
-//! - A subscription whose endpoint answers 410 Gone stops receiving at once;
-//!   until operator-facing deactivation lands, that state lives in the
-//!   process and its remaining deliveries wait (deferred), never dropped.
+//! - Two modules beyond DESIGN.md's list: `history` (the delivery log has
+//!   its own store beside the queue, since the queue forgets a delivery once
+//!   it is acknowledged) and `reload` (hot reload of the config and plugin
+//!   files, swapping immutable subscription snapshots in the ingestor and
+//!   the dispatcher). Subscription health and parking live in
+//!   `dispatch::health`, with their state in the queue backend.
+//! - `*` matches every event type but hookd's own `hookd.*` notifications,
+//!   which a subscription receives only by naming them; producers may not
+//!   send `hookd.` types.
+//! - Delivery ids are `dlv_<UUIDv7><shard>`: they sort in creation order,
+//!   the tie-break of equal due times.
 
 pub mod api;
 pub mod config;
