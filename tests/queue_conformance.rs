@@ -461,6 +461,103 @@ mod cases {
         assert_eq!(back.claims[0].delivery.attempts, 0);
     }
 
+    pub async fn dead_walk_visits_each_once_in_death_order(fx: &mut Fixture) {
+        let q = fx.q();
+        let ids: Vec<String> = (0..30).map(|n| format!("evt_walk_{n}")).collect();
+        let ds = enqueue_singles(&*q, &ids, fx.shards()).await;
+        let claims = q.claim(now_ms(), LEASE, 100).await.unwrap().claims;
+        assert_eq!(claims.len(), 30);
+        // Three settle batches: deliveries of one batch die in the same
+        // millisecond, so ties are broken by id.
+        for chunk in claims.chunks(10) {
+            let dead: Vec<Settlement> = chunk
+                .iter()
+                .map(|c| Settlement::Dead {
+                    delivery: c.delivery.clone(),
+                    lease: c.lease,
+                })
+                .collect();
+            q.settle(&dead).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(3)).await;
+        }
+        let walk = |q: Arc<dyn Queue>| async move {
+            let mut seen: Vec<(Millis, DeliveryId)> = Vec::new();
+            loop {
+                let after = seen.last().map(|(at, id)| (*at, id.clone()));
+                let page = q.dead_after(after.as_ref().map(|(at, id)| (*at, id)), 7).await.unwrap();
+                if page.is_empty() {
+                    return seen;
+                }
+                assert!(page.len() <= 7);
+                seen.extend(page.into_iter().map(|(at, d)| (at, d.id)));
+            }
+        };
+        let first = walk(q.clone()).await;
+        let mut sorted = first.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(first, sorted, "in (death time, id) order, each once");
+        let mut visited: Vec<DeliveryId> = first.iter().map(|(_, id)| id.clone()).collect();
+        visited.sort();
+        let mut expected: Vec<DeliveryId> = ds.iter().map(|d| d.id.clone()).collect();
+        expected.sort();
+        assert_eq!(visited, expected);
+        assert!(q.dead_after(None, 0).await.unwrap().is_empty());
+
+        // One replayed and dead again moves behind every other.
+        let again = &first[4].1;
+        let t = now_ms();
+        assert!(q.replay(again, t).await.unwrap());
+        let claim = q.claim(t, LEASE, 10).await.unwrap().claims.pop().expect("replayed");
+        q.settle(&[Settlement::Dead {
+            delivery: claim.delivery.clone(),
+            lease: claim.lease,
+        }])
+        .await
+        .unwrap();
+        let second = walk(q.clone()).await;
+        assert_eq!(second.len(), 30);
+        assert_eq!(&second.last().unwrap().1, again);
+        assert!(second.last().unwrap().0 >= first.last().unwrap().0);
+    }
+
+    pub async fn reschedule_needs_the_current_due(fx: &mut Fixture) {
+        let q = fx.q();
+        let ds = enqueue_singles(&*q, &["evt_resched".into()], fx.shards()).await;
+        let t = now_ms();
+        let claim = q.claim(t, LEASE, 1).await.unwrap().claims.pop().expect("claimed");
+        // In flight: its due time is the lease's end, not a retry's.
+        let later = t + 5 * LEASE_MS;
+        assert!(!q.reschedule(&ds[0].id, Lease(later), t).await.unwrap());
+        let mut failed = claim.delivery.clone();
+        failed.attempts = 1;
+        q.settle(&[Settlement::Retry {
+            delivery: failed.clone(),
+            lease: claim.lease,
+            due: later,
+        }])
+        .await
+        .unwrap();
+        assert!(
+            !q.reschedule(&ds[0].id, Lease(later - 1), t).await.unwrap(),
+            "wrong due"
+        );
+        assert!(
+            !q.reschedule(&DeliveryId::new(0), Lease(later), t).await.unwrap(),
+            "unknown"
+        );
+        assert!(q.reschedule(&ds[0].id, Lease(later), t).await.unwrap());
+        assert!(
+            !q.reschedule(&ds[0].id, Lease(later), t).await.unwrap(),
+            "moved already"
+        );
+        let (stored, standing) = q.get(&ds[0].id).await.unwrap().expect("queued");
+        assert_eq!(standing, Standing::Pending { due: t });
+        assert_eq!(stored, failed, "record untouched");
+        let again = q.claim(t, LEASE, 1).await.unwrap().claims;
+        assert_eq!(ids_of(&again), vec![ds[0].id.clone()]);
+    }
+
     pub async fn depth_counts_due_scheduled_and_dead(fx: &mut Fixture) {
         let q = fx.q();
         let ids: Vec<String> = (0..4).map(|n| format!("evt_depth_{n}")).collect();
@@ -1130,6 +1227,8 @@ macro_rules! conformance {
             case!($open, retry_stores_the_record_and_falls_due_later);
             case!($open, defer_keeps_the_record);
             case!($open, dead_deliveries_are_listed_and_replayable);
+            case!($open, dead_walk_visits_each_once_in_death_order);
+            case!($open, reschedule_needs_the_current_due);
             case!($open, depth_counts_due_scheduled_and_dead);
             case!($open, next_due_is_reported_when_nothing_is_due);
             case!($open, concurrent_claimers_never_share_a_delivery);

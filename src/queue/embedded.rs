@@ -134,6 +134,13 @@ enum Op {
     },
     /// [`Queue::settle`].
     Settle { settlements: Vec<Settle>, reply: Reply<()> },
+    /// [`Queue::reschedule`].
+    Reschedule {
+        id: String,
+        expected: Millis,
+        due: Millis,
+        reply: Reply<bool>,
+    },
     /// [`Queue::replay`].
     Replay {
         id: String,
@@ -167,6 +174,7 @@ enum Outcome {
     Claimed(Vec<RawClaim>, Option<Millis>),
     Settled,
     Replayed(Result<bool, Error>),
+    Rescheduled(bool),
     Unparked(u64),
     Enabled(Result<bool, Error>),
     Recorded(Result<Vec<(SubscriptionName, SubscriptionState)>, Error>),
@@ -384,6 +392,7 @@ fn answer(op: Op, outcome: Outcome) {
         (Op::Claim { reply, .. }, Outcome::Claimed(c, n)) => drop(reply.send(Ok((c, n)))),
         (Op::Settle { reply, .. }, Outcome::Settled) => drop(reply.send(Ok(()))),
         (Op::Replay { reply, .. }, Outcome::Replayed(r)) => drop(reply.send(r)),
+        (Op::Reschedule { reply, .. }, Outcome::Rescheduled(r)) => drop(reply.send(Ok(r))),
         (Op::Unpark { reply, .. }, Outcome::Unparked(n)) => drop(reply.send(Ok(n))),
         (Op::SetEnabled { reply, .. }, Outcome::Enabled(r)) => drop(reply.send(r)),
         (Op::RecordHealth { reply, .. }, Outcome::Recorded(r)) => drop(reply.send(r)),
@@ -397,6 +406,7 @@ fn fail(op: Op, e: Error) {
         Op::Claim { reply, .. } => drop(reply.send(Err(e))),
         Op::Settle { reply, .. } => drop(reply.send(Err(e))),
         Op::Replay { reply, .. } => drop(reply.send(Err(e))),
+        Op::Reschedule { reply, .. } => drop(reply.send(Err(e))),
         Op::Unpark { reply, .. } => drop(reply.send(Err(e))),
         Op::SetEnabled { reply, .. } => drop(reply.send(Err(e))),
         Op::RecordHealth { reply, .. } => drop(reply.send(Err(e))),
@@ -464,6 +474,13 @@ impl<'txn> Tables<'txn> {
                 Outcome::Settled
             }
             Op::Replay { id, now, .. } => Outcome::Replayed(self.replay(id, *now)?),
+            Op::Reschedule { id, expected, due, .. } => {
+                let moved = self.due_at.get(id.as_str())?.map(|g| g.value()) == Some(*expected);
+                if moved {
+                    self.set_due(id, *due)?;
+                }
+                Outcome::Rescheduled(moved)
+            }
             Op::Unpark { subscription, now, .. } => Outcome::Unparked(self.unpark(subscription, *now)?),
             Op::SetEnabled {
                 subscription,
@@ -867,9 +884,53 @@ impl Queue for EmbeddedQueue {
         .await
     }
 
+    async fn dead_after(
+        &self,
+        after: Option<(Millis, &DeliveryId)>,
+        limit: usize,
+    ) -> Result<Vec<(Millis, Delivery)>, Error> {
+        let after = after.map(|(at, id)| (at, id.as_str().to_owned()));
+        self.read(move |txn| {
+            let dead = txn.open_table(DEAD).map_err(read_err)?;
+            let records = txn.open_table(RECORDS).map_err(read_err)?;
+            let entries = match &after {
+                Some((at, id)) => dead.range((*at, id.as_str())..),
+                None => dead.range::<(i64, &str)>(..),
+            }
+            .map_err(read_err)?;
+            let mut out = Vec::new();
+            for entry in entries {
+                if out.len() >= limit {
+                    break;
+                }
+                let (key, _) = entry.map_err(read_err)?;
+                let (at, id) = key.value();
+                if after.as_ref().is_some_and(|(a, i)| (*a, i.as_str()) == (at, id)) {
+                    continue;
+                }
+                if let Some(record) = records.get(id).map_err(read_err)? {
+                    out.push((at, Delivery::decode(id, record.value())?));
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     async fn replay(&self, id: &DeliveryId, now: Millis) -> Result<bool, Error> {
         let id = id.as_str().to_owned();
         self.submit(|reply| Op::Replay { id, now, reply }).await
+    }
+
+    async fn reschedule(&self, id: &DeliveryId, expected: Lease, due: Millis) -> Result<bool, Error> {
+        let id = id.as_str().to_owned();
+        self.submit(|reply| Op::Reschedule {
+            id,
+            expected: expected.0,
+            due,
+            reply,
+        })
+        .await
     }
 
     async fn depth(&self, now: Millis) -> Result<Depth, Error> {

@@ -488,9 +488,27 @@ pub trait Queue: Send + Sync + 'static {
     /// Dead deliveries, most recent first, at most `limit`.
     async fn dead(&self, limit: usize) -> Result<Vec<Delivery>, Error>;
 
+    /// Dead deliveries in order of death, oldest first (ties by id), each
+    /// with when it died: at most `limit`, starting strictly after the
+    /// position `after` (the death time and id of the last one a previous
+    /// call returned). Walking with it visits every delivery dead when the
+    /// walk started exactly once, whatever is replayed or dies meanwhile:
+    /// a delivery that dies again gets a later position.
+    async fn dead_after(
+        &self,
+        after: Option<(Millis, &DeliveryId)>,
+        limit: usize,
+    ) -> Result<Vec<(Millis, Delivery)>, Error>;
+
     /// Moves a dead delivery back to the queue, due at `now`, its attempt
     /// count reset. False if it is not dead.
     async fn replay(&self, id: &DeliveryId, now: Millis) -> Result<bool, Error>;
+
+    /// Moves a pending delivery due at `expected` to `due` (a retry pulled
+    /// forward by an operator). Like a settlement, it applies only while the
+    /// delivery still has that due time: false if it was claimed, settled,
+    /// parked or moved since, so a delivery in flight is never sent twice.
+    async fn reschedule(&self, id: &DeliveryId, expected: Lease, due: Millis) -> Result<bool, Error>;
 
     /// Counts of due, scheduled, dead and parked deliveries at `now`.
     async fn depth(&self, now: Millis) -> Result<Depth, Error>;

@@ -378,10 +378,21 @@ redis.call('ZADD', KEYS[2], ARGV[4], ARGV[1])
 return 1
 "#;
 
+/// Reschedule. KEYS: `due` of one shard. ARGV: id, the due time the caller
+/// expects it to have (its lease token), the new due time. Returns 1 if it
+/// still had that due time and moved.
+const RESCHEDULE_LUA: &str = r#"
+local due = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not due or tonumber(due) ~= tonumber(ARGV[2]) then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+return 1
+"#;
+
 static ENQUEUE: LazyLock<Script> = LazyLock::new(|| Script::new(ENQUEUE_LUA));
 static CLAIM: LazyLock<Script> = LazyLock::new(|| Script::new(CLAIM_LUA));
 static SETTLE: LazyLock<Script> = LazyLock::new(|| Script::new(SETTLE_LUA));
 static REPLAY: LazyLock<Script> = LazyLock::new(|| Script::new(REPLAY_LUA));
+static RESCHEDULE: LazyLock<Script> = LazyLock::new(|| Script::new(RESCHEDULE_LUA));
 static UNPARK: LazyLock<Script> = LazyLock::new(|| Script::new(UNPARK_LUA));
 static SET_ENABLED: LazyLock<Script> = LazyLock::new(|| Script::new(SET_ENABLED_LUA));
 static RECORD_HEALTH: LazyLock<Script> = LazyLock::new(|| Script::new(RECORD_HEALTH_LUA));
@@ -722,6 +733,44 @@ impl RedisQueue {
     }
 }
 
+impl RedisQueue {
+    /// The stored records of `ids` (the first of each pair), by id; ids
+    /// without a record are left out.
+    async fn records_of<'a>(
+        &self,
+        ids: &'a [(String, f64)],
+    ) -> Result<std::collections::HashMap<&'a str, Vec<u8>>, Error> {
+        let mut by_shard: Vec<(u16, Vec<&str>)> = Vec::new();
+        for (id, _) in ids {
+            let shard = DeliveryId::parse(id).map(|d| d.shard()).unwrap_or(0);
+            match by_shard.iter_mut().find(|(s, _)| *s == shard) {
+                Some((_, list)) => list.push(id),
+                None => by_shard.push((shard, vec![id])),
+            }
+        }
+        let batches = by_shard
+            .iter()
+            .map(|(s, list)| {
+                let mut cmd = ::redis::cmd("HMGET");
+                cmd.arg(records_key(&self.prefix, *s)).arg(list);
+                vec![cmd]
+            })
+            .collect();
+        let mut records = std::collections::HashMap::new();
+        for ((_, list), replies) in by_shard.iter().zip(self.per_shard("records", batches).await?) {
+            let Some(Value::Array(values)) = replies.into_iter().next() else {
+                continue;
+            };
+            for (id, value) in list.iter().zip(values) {
+                if let Some(record) = bytes_of(value)? {
+                    records.insert(*id, record);
+                }
+            }
+        }
+        Ok(records)
+    }
+}
+
 /// Decodes a `WITHSCORES` reply into (member, score) pairs.
 fn pairs(value: Value) -> Result<Vec<(String, f64)>, Error> {
     match value {
@@ -1052,36 +1101,73 @@ impl Queue for RedisQueue {
             return Ok(Vec::new());
         }
         let ids = self.dead_ids(limit).await?;
-        let mut by_shard: Vec<(u16, Vec<&str>)> = Vec::new();
-        for (id, _) in &ids {
-            let shard = DeliveryId::parse(id).map(|d| d.shard()).unwrap_or(0);
-            match by_shard.iter_mut().find(|(s, _)| *s == shard) {
-                Some((_, list)) => list.push(id),
-                None => by_shard.push((shard, vec![id])),
-            }
-        }
-        let batches = by_shard
-            .iter()
-            .map(|(s, list)| {
-                let mut cmd = ::redis::cmd("HMGET");
-                cmd.arg(records_key(&self.prefix, *s)).arg(list);
-                vec![cmd]
-            })
-            .collect();
-        let mut records = std::collections::HashMap::new();
-        for ((_, list), replies) in by_shard.iter().zip(self.per_shard("dead", batches).await?) {
-            let Some(Value::Array(values)) = replies.into_iter().next() else {
-                continue;
-            };
-            for (id, value) in list.iter().zip(values) {
-                if let Some(record) = bytes_of(value)? {
-                    records.insert(*id, record);
-                }
-            }
-        }
+        let records = self.records_of(&ids).await?;
         ids.iter()
             .filter_map(|(id, _)| records.get(id.as_str()).map(|r| Delivery::decode(id, r)))
             .collect()
+    }
+
+    async fn dead_after(
+        &self,
+        after: Option<(Millis, &DeliveryId)>,
+        limit: usize,
+    ) -> Result<Vec<(Millis, Delivery)>, Error> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let batches = (0..self.shards)
+            .map(|s| {
+                let key = dead_key(&self.prefix, s);
+                let mut later = ::redis::cmd("ZRANGEBYSCORE");
+                later.arg(&key);
+                match after {
+                    Some((at, _)) => later.arg(format!("({at}")),
+                    None => later.arg("-inf"),
+                };
+                later.arg("+inf").arg("WITHSCORES").arg("LIMIT").arg(0).arg(limit);
+                let mut cmds = vec![later];
+                if let Some((at, _)) = after {
+                    // Deliveries that died in the same millisecond as the
+                    // last one returned: those with a greater id come next.
+                    let mut ties = ::redis::cmd("ZRANGEBYSCORE");
+                    ties.arg(&key).arg(at).arg(at).arg("WITHSCORES");
+                    cmds.push(ties);
+                }
+                cmds
+            })
+            .collect();
+        let mut all = Vec::new();
+        for replies in self.per_shard("dead_after", batches).await? {
+            for reply in replies {
+                all.extend(pairs(reply)?);
+            }
+        }
+        if let Some((at, id)) = after {
+            all.retain(|(member, score)| *score as Millis > at || member.as_str() > id.as_str());
+        }
+        all.sort_by(|a, b| a.1.total_cmp(&b.1).then_with(|| a.0.cmp(&b.0)));
+        all.truncate(limit);
+        let records = self.records_of(&all).await?;
+        all.iter()
+            .filter_map(|(id, at)| {
+                records
+                    .get(id.as_str())
+                    .map(|r| Delivery::decode(id, r).map(|d| (*at as Millis, d)))
+            })
+            .collect()
+    }
+
+    async fn reschedule(&self, id: &DeliveryId, expected: Lease, due: Millis) -> Result<bool, Error> {
+        let s = id.shard();
+        let mut call = Call {
+            keys: vec![due_key(&self.prefix, s)],
+            args: Vec::new(),
+        };
+        call.arg(id);
+        call.arg(expected.0);
+        call.arg(due);
+        let reply = self.eval("reschedule", &RESCHEDULE, vec![call]).await?;
+        Ok(reply.first().map(int_of).transpose()? == Some(1))
     }
 
     async fn replay(&self, id: &DeliveryId, now: Millis) -> Result<bool, Error> {
