@@ -341,3 +341,213 @@ async fn config_reload_adds_subscriptions_and_rejects_a_broken_file() {
     .await;
     hookd.stop().await;
 }
+
+/// Walks a bulk replay to its end, `limit` deliveries a call, and returns
+/// (replayed, pages, the first page's cursor).
+async fn bulk_replay(api: &ApiClient, subscription: &str, body: Value) -> (u64, usize, Option<String>) {
+    let path = format!("/v1/subscriptions/{subscription}/replay");
+    let (mut replayed, mut pages, mut first_cursor) = (0, 0, None);
+    let mut body = body;
+    loop {
+        let page = api.post(&path, body.to_string()).await.unwrap();
+        pages += 1;
+        replayed += page["replayed"].as_u64().unwrap();
+        match page["next_cursor"].as_str() {
+            None => return (replayed, pages, first_cursor),
+            Some(cursor) => {
+                first_cursor.get_or_insert_with(|| cursor.to_owned());
+                body = json!({ "cursor": cursor, "limit": body["limit"] });
+            }
+        }
+    }
+}
+
+async fn failed_deliveries_are_retried_and_replayed(queue: &str) {
+    // `dead` fails until told otherwise; `later` fails each event's first
+    // attempt only, and its retries wait an hour.
+    let rx = Receiver::start_with(|path, _, attempt| match path {
+        "later" if attempt > 1 => Answer::ok(),
+        _ => Answer::Status(500, vec![]),
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let toml = base_toml(dir.path(), queue).replace("backoff_initial = \"100ms\"", "backoff_initial = \"1h\"")
+        + &subscription("dead", &rx.url("dead"), r#"["order.*"]"#, "max_retries = 0")
+        + &subscription("later", &rx.url("later"), r#"["invoice.*"]"#, "max_retries = 3");
+    let hookd = Hookd::start(Config::from_toml(&toml).unwrap()).await;
+    for n in 0..6 {
+        hookd
+            .send(json!({"type": "order.placed", "id": format!("evt_dead_{n}"), "data": {"n": n}}))
+            .await;
+    }
+    let listed = hookd
+        .wait_for(
+            "/v1/deliveries?subscription=dead&state=dead",
+            "6 dead deliveries",
+            |v| v["deliveries"].as_array().is_some_and(|d| d.len() == 6),
+        )
+        .await;
+    let id_of = |event: &str| {
+        listed["deliveries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["event_id"] == event)
+            .unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    // Everything but evt_dead_5 succeeds from now on.
+    rx.answer_with(|path, id, attempt| match path {
+        "later" if attempt > 1 => Answer::ok(),
+        "dead" if id != "evt_dead_5" => Answer::ok(),
+        _ => Answer::Status(500, vec![]),
+    });
+
+    // One dead delivery, retried now.
+    let one = id_of("evt_dead_0");
+    let answer = hookd
+        .api
+        .post(&format!("/v1/deliveries/{one}/retry"), "")
+        .await
+        .unwrap();
+    assert_eq!(answer["action"], "replayed");
+    rx.wait_for(WAIT, "the retried delivery", |a| {
+        a.iter()
+            .any(|a| a.path == "dead" && a.id == "evt_dead_0" && a.attempt == 2)
+    })
+    .await;
+    hookd
+        .wait_for(&format!("/v1/deliveries/{one}/attempts"), "it to be delivered", |v| {
+            v["delivery"]["state"] == "delivered"
+        })
+        .await;
+    let again = hookd.api.post(&format!("/v1/deliveries/{one}/retry"), "").await;
+    assert!(
+        matches!(&again, Err(hookd::api::client::Error::Status { status, message })
+            if status.as_u16() == 409 && message.contains("delivered")),
+        "{again:?}"
+    );
+    let unknown = hookd
+        .api
+        .post("/v1/deliveries/dlv_0000000000000000000000000000000000/retry", "")
+        .await;
+    assert!(
+        matches!(&unknown, Err(hookd::api::client::Error::Status { status, .. }) if status.as_u16() == 404),
+        "{unknown:?}"
+    );
+
+    // The other five in bulk, two a call.
+    let (replayed, pages, first_cursor) = bulk_replay(&hookd.api, "dead", json!({"limit": 2})).await;
+    assert_eq!(replayed, 5);
+    assert!(pages >= 3, "{pages} pages");
+    let arrivals = rx
+        .wait_for(WAIT, "the 5 replayed deliveries", |a| {
+            (1..6).all(|n| {
+                let id = format!("evt_dead_{n}");
+                a.iter().any(|a| a.path == "dead" && a.id == id && a.attempt == 2)
+            })
+        })
+        .await;
+    assert!(arrivals.iter().all(|a| a.verified));
+    // evt_dead_5 is dead again. Resuming the walk from its first cursor
+    // replays nothing (idempotent); a new walk replays it once more.
+    hookd
+        .wait_for(
+            "/v1/deliveries?subscription=dead&state=dead",
+            "evt_dead_5 dead again",
+            |v| {
+                v["deliveries"]
+                    .as_array()
+                    .is_some_and(|d| d.len() == 1 && d[0]["attempts"] == 1)
+            },
+        )
+        .await;
+    let resumed = bulk_replay(&hookd.api, "dead", json!({"cursor": first_cursor.unwrap(), "limit": 2})).await;
+    assert_eq!(resumed.0, 0, "a walk never replays a delivery twice");
+    let fresh = bulk_replay(&hookd.api, "dead", json!({"limit": 2})).await;
+    assert_eq!(fresh.0, 1);
+    rx.wait_for(WAIT, "evt_dead_5 a third time", |a| {
+        a.iter().any(|a| a.id == "evt_dead_5" && a.attempt == 3)
+    })
+    .await;
+    for n in 0..5 {
+        let id = format!("evt_dead_{n}");
+        assert_eq!(
+            rx.at("dead").iter().filter(|a| a.id == id).count(),
+            2,
+            "{id}: once failed, once replayed"
+        );
+    }
+
+    // Retries waiting an hour: one pulled forward, then the rest in bulk.
+    for n in 0..3 {
+        hookd
+            .send(json!({"type": "invoice.paid", "id": format!("evt_later_{n}"), "data": {"n": n}}))
+            .await;
+    }
+    let waiting = hookd
+        .wait_for(
+            "/v1/deliveries?subscription=later&state=retrying",
+            "3 retrying deliveries",
+            |v| v["deliveries"].as_array().is_some_and(|d| d.len() == 3),
+        )
+        .await;
+    let first = waiting["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["event_id"] == "evt_later_0")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let answer = hookd
+        .api
+        .post(&format!("/v1/deliveries/{first}/retry"), "")
+        .await
+        .unwrap();
+    assert_eq!(answer["action"], "retried");
+    rx.wait_for(WAIT, "the retry pulled forward", |a| {
+        a.iter().any(|a| a.id == "evt_later_0" && a.attempt == 2)
+    })
+    .await;
+    let (replayed, _, _) = bulk_replay(&hookd.api, "later", json!({"state": "retrying"})).await;
+    assert_eq!(replayed, 2, "evt_later_0 no longer waits");
+    rx.wait_for(WAIT, "the bulk retries", |a| {
+        (1..3).all(|n| {
+            let id = format!("evt_later_{n}");
+            a.iter().any(|a| a.id == id && a.attempt == 2)
+        })
+    })
+    .await;
+    let bad = hookd
+        .api
+        .post(
+            "/v1/subscriptions/later/replay",
+            json!({"state": "delivered"}).to_string(),
+        )
+        .await;
+    assert!(
+        matches!(&bad, Err(hookd::api::client::Error::Status { status, .. }) if status.as_u16() == 400),
+        "{bad:?}"
+    );
+    hookd.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_deliveries_are_retried_and_replayed_embedded() {
+    failed_deliveries_are_retried_and_replayed("").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_deliveries_are_retried_and_replayed_redis() {
+    let redis = RedisServer::start();
+    let queue = format!(
+        "redis_url = \"{}\"\nkey_prefix = \"{}\"",
+        redis.url(),
+        support::unique_prefix("recover")
+    );
+    failed_deliveries_are_retried_and_replayed(&queue).await;
+}

@@ -59,7 +59,7 @@ fn bad_param(name: &str, problem: impl std::fmt::Display) -> ApiError {
 }
 
 /// An RFC 3339 time as [`Millis`].
-fn parse_time(name: &str, text: &str) -> Result<Millis, ApiError> {
+pub(super) fn parse_time(name: &str, text: &str) -> Result<Millis, ApiError> {
     chrono::DateTime::parse_from_rfc3339(text)
         .map(|t| t.timestamp_millis())
         .map_err(|e| {

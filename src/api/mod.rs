@@ -4,6 +4,9 @@
 //! - `POST /v1/events/batch`: a JSON array of events, accepted all or none.
 //! - `GET /v1/deliveries/dead`, `GET /v1/deliveries/{id}`,
 //!   `POST /v1/deliveries/{id}/replay`: dead deliveries, kept and replayable.
+//! - [`admin`]: the delivery log (deliveries, attempts, events);
+//!   [`recover`]: retry one delivery now, replay a subscription's failed
+//!   deliveries in bulk; [`subscriptions`]: status, enable, disable.
 //! - `GET /healthz` (the process is up), `GET /readyz` (the queue answers).
 //! - `GET /metrics`: Prometheus metrics (OpenMetrics text), no authentication.
 //!
@@ -12,6 +15,7 @@
 
 pub mod admin;
 pub mod client;
+pub mod recover;
 pub mod subscriptions;
 
 use std::sync::Arc;
@@ -154,6 +158,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/deliveries/{id}", get(get_delivery))
         .route("/deliveries/{id}/replay", post(replay_delivery))
         .merge(admin::routes())
+        .merge(recover::routes())
         .merge(subscriptions::routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
