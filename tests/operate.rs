@@ -551,3 +551,71 @@ async fn failed_deliveries_are_retried_and_replayed_redis() {
     );
     failed_deliveries_are_retried_and_replayed(&queue).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_pace_one_subscription_without_using_retries_or_slowing_others() {
+    let rx = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let toml = base_toml(dir.path(), "")
+        + &subscription(
+            "paced",
+            &rx.url("paced"),
+            r#"["order.*"]"#,
+            "max_retries = 0\nrate_limit = { per_second = 5, burst = 2 }",
+        )
+        + &subscription("free", &rx.url("free"), r#"["order.*"]"#, "");
+    let hookd = Hookd::start(Config::from_toml(&toml).unwrap()).await;
+    let events: Vec<Value> = (0..12)
+        .map(|n| json!({"type": "order.placed", "id": format!("evt_paced_{n}"), "data": {"n": n}}))
+        .collect();
+    hookd
+        .api
+        .post("/v1/events/batch", Value::Array(events).to_string())
+        .await
+        .unwrap();
+    let arrivals = rx
+        .wait_for(WAIT, "12 paced deliveries", |a| {
+            a.iter().filter(|a| a.path == "paced").count() >= 12
+        })
+        .await;
+    let paced: Vec<_> = arrivals.iter().filter(|a| a.path == "paced").collect();
+    let free: Vec<_> = arrivals.iter().filter(|a| a.path == "free").collect();
+    assert_eq!(free.len(), 12, "the other subscription got everything");
+    assert!(
+        free.last().unwrap().at < paced.last().unwrap().at,
+        "the unlimited subscription is not held back by the limited one"
+    );
+    // Never faster than the limit: two at once, then one per 200 ms.
+    let start = paced[0].at;
+    for (n, a) in paced.iter().enumerate().skip(2) {
+        let earliest = Duration::from_millis(200 * (n as u64 - 1)).saturating_sub(Duration::from_millis(10));
+        assert!(
+            a.at.duration_since(start) >= earliest,
+            "delivery {n} came {:?} after the first, before {earliest:?}",
+            a.at.duration_since(start)
+        );
+    }
+    // Waiting for the limit used no retry: one attempt each (max_retries = 0
+    // would have made any failure dead).
+    let mut ids: Vec<&str> = paced.iter().map(|a| a.id.as_str()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 12, "each delivered once");
+    assert!(paced.iter().all(|a| a.attempt == 1 && a.verified));
+    let page = hookd
+        .wait_for(
+            "/v1/deliveries?subscription=paced&state=delivered",
+            "12 delivered",
+            |v| v["deliveries"].as_array().is_some_and(|d| d.len() == 12),
+        )
+        .await;
+    assert!(
+        page["deliveries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|d| d["attempts"] == 1),
+        "{page:#}"
+    );
+    hookd.stop().await;
+}

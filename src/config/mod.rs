@@ -428,6 +428,11 @@ pub struct SubscriptionConfig {
     /// Override of `delivery.max_in_flight_per_subscription`.
     #[serde(default)]
     pub max_in_flight: Option<usize>,
+    /// Most requests per second sent to the endpoint, with a burst
+    /// allowance: `rate_limit = { per_second = 10, burst = 20 }`. None: no
+    /// limit beyond `max_in_flight`.
+    #[serde(default)]
+    pub rate_limit: Option<RateLimit>,
     /// A plugin run on each delivery's first attempt, before signing.
     #[serde(default)]
     pub plugin: Option<PluginConfig>,
@@ -438,6 +443,26 @@ pub struct SubscriptionConfig {
 
 fn default_true() -> bool {
     true
+}
+
+/// A subscription's request rate limit (a token bucket).
+#[derive(Clone, Copy, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    /// Sustained requests per second; fractions allowed (`0.5`: one every
+    /// two seconds).
+    pub per_second: f64,
+    /// Requests that may go at once after a quiet spell; at least 1.
+    /// Default: `per_second` rounded up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u32>,
+}
+
+impl RateLimit {
+    /// The burst in force: as configured, or `per_second` rounded up.
+    pub fn burst(&self) -> u32 {
+        self.burst.unwrap_or_else(|| (self.per_second.ceil() as u32).max(1))
+    }
 }
 
 impl Config {
@@ -687,6 +712,17 @@ impl SubscriptionConfig {
         if self.max_in_flight == Some(0) {
             return Err(invalid(format!("{key}.max_in_flight"), "must be at least 1"));
         }
+        if let Some(limit) = &self.rate_limit {
+            if !(limit.per_second.is_finite() && limit.per_second >= 0.001 && limit.per_second <= 1_000_000.0) {
+                return Err(invalid(
+                    format!("{key}.rate_limit.per_second"),
+                    format!("{} is out of range: use 0.001 to 1000000", limit.per_second),
+                ));
+            }
+            if limit.burst == Some(0) {
+                return Err(invalid(format!("{key}.rate_limit.burst"), "must be at least 1"));
+            }
+        }
         for (n, to) in self.notify_to.iter().flatten().enumerate() {
             check_mailbox(&format!("{key}.notify_to[{n}]"), to)?;
         }
@@ -891,6 +927,15 @@ mod tests {
                 "subscriptions.crm.headers.webhook-signature",
             ),
             (sub("colour = 1"), "colour"),
+            (
+                sub("rate_limit = { per_second = 0 }"),
+                "subscriptions.crm.rate_limit.per_second",
+            ),
+            (
+                sub("rate_limit = { per_second = 5, burst = 0 }"),
+                "subscriptions.crm.rate_limit.burst",
+            ),
+            (sub("rate_limit = { per_second = 5, brust = 2 }"), "brust"),
             (format!("{}\n{}", sub(""), sub("")), "subscriptions[1].name"),
         ];
         for (text, key) in cases {

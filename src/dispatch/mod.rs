@@ -4,7 +4,10 @@
 //! as there are free in-flight slots), and spawns one task per delivery.
 //! Each task waits for nothing: if its subscription is at its in-flight cap
 //! the delivery is deferred (given back unattempted, not counted as an
-//! attempt) so a slow endpoint never holds slots the others could use.
+//! attempt) so a slow endpoint never holds slots the others could use; if
+//! the subscription has a `rate_limit` and no token is left
+//! ([`limit::Limiter`]), it is deferred until one will be, the deliveries
+//! of one batch spaced one interval apart.
 //! Otherwise it signs, sends, classifies the result ([`policy::classify`]),
 //! and hands a [`Settlement`] to the settle task, which batches them into
 //! one queue call.
@@ -20,6 +23,7 @@
 //! deliveries in flight finish with the snapshot they started with.
 
 mod health;
+pub mod limit;
 pub mod policy;
 
 use std::collections::HashMap;
@@ -101,6 +105,8 @@ pub struct Endpoint {
     permits: Arc<Semaphore>,
     /// The cap `permits` was made with.
     cap: usize,
+    /// The request rate limit, if the subscription has one.
+    limiter: Option<Arc<limit::Limiter>>,
     /// Disabled in the config, or in the queue backend (automatically or by
     /// an operator): deliveries are parked, nothing is sent.
     disabled: Arc<AtomicBool>,
@@ -148,6 +154,13 @@ impl Endpoint {
             timeout: sub.timeout.unwrap_or(config.delivery.timeout),
             cap,
             retry: RetryPolicy::from_config(&config.delivery, sub.max_retries),
+            // A reload keeps the bucket of an unchanged limit.
+            limiter: sub
+                .rate_limit
+                .map(|limit| match previous.and_then(|p| p.limiter.as_ref()) {
+                    Some(l) if l.limit() == limit => l.clone(),
+                    _ => Arc::new(limit::Limiter::new(limit)),
+                }),
             // A reload keeps the in-flight count of an unchanged cap.
             permits: match previous {
                 Some(p) if p.cap == cap => p.permits.clone(),
@@ -427,6 +440,9 @@ impl Dispatcher {
             // deliveries keep their order however often its cap sends them back.
             let defer_due = now_ms() + DEFER_DELAY.as_millis() as Millis;
             let endpoints = shared.endpoints.load();
+            // Per rate-limited subscription, the due time last given to one
+            // of its deliveries in this batch: the next waits one interval more.
+            let mut paced: HashMap<SubscriptionName, Millis> = HashMap::new();
             for claim in claimed.claims {
                 let slot = match permits.take() {
                     Some(p) => p,
@@ -451,6 +467,19 @@ impl Dispatcher {
                     },
                     _ => None,
                 };
+                // The rate limit: a delivery without a token waits for one,
+                // given back unattempted, so waiting never costs a retry.
+                if let (Some(limiter), Some(_)) = (endpoint.as_ref().and_then(|e| e.limiter.as_ref()), &permit) {
+                    if let Err(at) = limiter.try_take(now_ms()) {
+                        let due = match paced.get(&claim.delivery.subscription) {
+                            Some(last) => (*last + limiter.interval_ms()).max(at),
+                            None => at,
+                        };
+                        paced.insert(claim.delivery.subscription.clone(), due);
+                        defer(&shared, &claim, due);
+                        continue;
+                    }
+                }
                 let shared = shared.clone();
                 tasks.spawn(async move {
                     attempt(&shared, claim, endpoint).await;
