@@ -17,7 +17,6 @@
 //! with a stale view parked after an enable.
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -101,7 +100,7 @@ async fn disable(
     reason: String,
 ) {
     if let Some(endpoint) = endpoints.load().map.get(name) {
-        endpoint.disabled.store(true, Ordering::Relaxed);
+        endpoint.disabled.set(true);
     }
     match queue.set_enabled(name, false, Some(reason.clone()), now_ms()).await {
         Ok(true) => {
@@ -186,15 +185,20 @@ pub(crate) async fn state_loop(
 ) {
     let mut round: u32 = 0;
     loop {
+        // Versions before the read: a local change made while it is under
+        // way wins over what it read.
+        let current = endpoints.load_full();
+        let before: HashMap<_, _> = current.map.iter().map(|(n, e)| (n, e.disabled.snapshot())).collect();
         match queue.subscription_states().await {
             Ok(states) => {
                 let states: HashMap<_, _> = states.into_iter().collect();
-                let current = endpoints.load();
                 for (name, endpoint) in &current.map {
                     let enabled_in_backend = states.get(name).is_none_or(|s| s.enabled);
-                    endpoint
-                        .disabled
-                        .store(!(enabled_in_backend && endpoint.configured_enabled), Ordering::Relaxed);
+                    if let Some(&snapshot) = before.get(name) {
+                        endpoint
+                            .disabled
+                            .mirror(snapshot, !(enabled_in_backend && endpoint.configured_enabled));
+                    }
                     if round.is_multiple_of(UNPARK_EVERY) && enabled_in_backend && endpoint.configured_enabled {
                         match queue.unpark(name, now_ms()).await {
                             Ok(0) => {}

@@ -26,8 +26,8 @@ mod health;
 pub mod limit;
 pub mod policy;
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -109,7 +109,7 @@ pub struct Endpoint {
     limiter: Option<Arc<limit::Limiter>>,
     /// Disabled in the config, or in the queue backend (automatically or by
     /// an operator): deliveries are parked, nothing is sent.
-    disabled: Arc<AtomicBool>,
+    disabled: Arc<Switch>,
     /// `enabled` in the config.
     configured_enabled: bool,
     /// Filters or reshapes each delivery before it is signed.
@@ -168,7 +168,7 @@ impl Endpoint {
             },
             disabled: match previous {
                 Some(p) if sub.enabled => p.disabled.clone(),
-                _ => Arc::new(AtomicBool::new(!sub.enabled)),
+                _ => Arc::new(Switch::new(!sub.enabled)),
             },
             configured_enabled: sub.enabled,
             plugin,
@@ -224,6 +224,53 @@ impl Endpoint {
     }
 }
 
+/// Whether a subscription is disabled in this process, versioned so that
+/// the state task's mirror of the backend's state (read over a network
+/// round trip) never undoes a change made here meanwhile: an operator's
+/// enable racing a mirror that read "disabled" just before would otherwise
+/// park the deliveries being resumed again, and resume them out of order.
+///
+/// Bit 0 is the state; the bits above count local changes.
+#[derive(Debug)]
+pub(crate) struct Switch(AtomicU64);
+
+impl Switch {
+    fn new(on: bool) -> Switch {
+        Switch(AtomicU64::new(u64::from(on)))
+    }
+
+    /// Whether the subscription is disabled.
+    pub(crate) fn is_on(&self) -> bool {
+        self.0.load(Ordering::Acquire) & 1 == 1
+    }
+
+    /// Disables (`true`) or enables, as a change newer than any mirror
+    /// under way.
+    pub(crate) fn set(&self, on: bool) {
+        let _ = self.0.fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| {
+            Some((((s >> 1) + 1) << 1) | u64::from(on))
+        });
+    }
+
+    /// The state and version now, to pass to [`Switch::mirror`].
+    pub(crate) fn snapshot(&self) -> u64 {
+        self.0.load(Ordering::Acquire)
+    }
+
+    /// Sets the state read from the backend by a read that started at
+    /// `snapshot`, unless the switch was [`set`](Switch::set) since.
+    pub(crate) fn mirror(&self, snapshot: u64, on: bool) -> bool {
+        self.0
+            .compare_exchange(
+                snapshot,
+                (snapshot & !1) | u64::from(on),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_ok()
+    }
+}
+
 /// Every subscription, ready to deliver to: one immutable snapshot.
 #[derive(Default)]
 pub struct Endpoints {
@@ -257,9 +304,7 @@ impl Endpoints {
     /// subscription disabled in the config stays disabled.
     pub fn set_disabled(&self, name: &SubscriptionName, disabled: bool) {
         if let Some(endpoint) = self.map.get(name) {
-            endpoint
-                .disabled
-                .store(disabled || !endpoint.configured_enabled, Ordering::Relaxed);
+            endpoint.disabled.set(disabled || !endpoint.configured_enabled);
         }
     }
 
@@ -443,6 +488,10 @@ impl Dispatcher {
             // Per rate-limited subscription, the due time last given to one
             // of its deliveries in this batch: the next waits one interval more.
             let mut paced: HashMap<SubscriptionName, Millis> = HashMap::new();
+            // Subscriptions with a delivery deferred in this batch: their
+            // later ones are deferred too, even if a slot frees meanwhile,
+            // so none overtakes an earlier one.
+            let mut held: HashSet<SubscriptionName> = HashSet::new();
             for claim in claimed.claims {
                 let slot = match permits.take() {
                     Some(p) => p,
@@ -450,17 +499,31 @@ impl Dispatcher {
                     None => match slots.clone().try_acquire_owned() {
                         Ok(p) => p,
                         Err(_) => {
+                            held.insert(claim.delivery.subscription.clone());
                             defer(&shared, &claim, defer_due);
                             continue;
                         }
                     },
                 };
                 let endpoint = endpoints.map.get(&claim.delivery.subscription).cloned();
+                if held.contains(&claim.delivery.subscription) {
+                    let due = paced.get(&claim.delivery.subscription).copied();
+                    let due = match (due, endpoint.as_ref().and_then(|e| e.limiter.as_ref())) {
+                        (Some(last), Some(limiter)) => last + limiter.interval_ms(),
+                        _ => defer_due,
+                    };
+                    if paced.contains_key(&claim.delivery.subscription) {
+                        paced.insert(claim.delivery.subscription.clone(), due);
+                    }
+                    defer(&shared, &claim, due);
+                    continue;
+                }
                 // The subscription's own cap, taken here in claim order.
                 let permit = match &endpoint {
-                    Some(e) if !e.disabled.load(Ordering::Relaxed) => match e.permits.clone().try_acquire_owned() {
+                    Some(e) if !e.disabled.is_on() => match e.permits.clone().try_acquire_owned() {
                         Ok(p) => Some(p),
                         Err(_) => {
+                            held.insert(claim.delivery.subscription.clone());
                             defer(&shared, &claim, defer_due);
                             continue;
                         }
@@ -471,12 +534,9 @@ impl Dispatcher {
                 // given back unattempted, so waiting never costs a retry.
                 if let (Some(limiter), Some(_)) = (endpoint.as_ref().and_then(|e| e.limiter.as_ref()), &permit) {
                     if let Err(at) = limiter.try_take(now_ms()) {
-                        let due = match paced.get(&claim.delivery.subscription) {
-                            Some(last) => (*last + limiter.interval_ms()).max(at),
-                            None => at,
-                        };
-                        paced.insert(claim.delivery.subscription.clone(), due);
-                        defer(&shared, &claim, due);
+                        held.insert(claim.delivery.subscription.clone());
+                        paced.insert(claim.delivery.subscription.clone(), at);
+                        defer(&shared, &claim, at);
                         continue;
                     }
                 }
@@ -531,7 +591,7 @@ async fn attempt(shared: &Shared, claim: Claim, endpoint: Option<Arc<Endpoint>>)
         let _ = shared.settle_tx.send(Settlement::Dead { delivery, lease });
         return;
     };
-    if endpoint.disabled.load(Ordering::Relaxed) {
+    if endpoint.disabled.is_on() {
         endpoint.metrics.delivery(DeliveryOutcome::Parked);
         shared.log_state(&delivery, DeliveryState::Parked, Some("subscription disabled".into()));
         let _ = shared.settle_tx.send(Settlement::Park { id: delivery.id, lease });
@@ -691,7 +751,7 @@ async fn attempt(shared: &Shared, claim: Claim, endpoint: Option<Arc<Endpoint>>)
         }
         Outcome::Gone => {
             endpoint.metrics.delivery(DeliveryOutcome::Gone);
-            endpoint.disabled.store(true, Ordering::Relaxed);
+            endpoint.disabled.set(true);
             warn!(subscription = %endpoint.name, event_id = %delivery.event_id, delivery_id = %delivery.id,
                 "endpoint answered 410 Gone: subscription disabled, nothing more is sent to it");
             delivery.last_error = Some("endpoint answered 410 Gone; subscription disabled".into());
@@ -814,5 +874,29 @@ async fn settle_loop(queue: Arc<dyn Queue>, mut rx: mpsc::UnboundedReceiver<Sett
             }
         }
         batch.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Switch;
+
+    #[test]
+    fn a_mirror_never_undoes_a_newer_local_change() {
+        let switch = Switch::new(true);
+        // The state task reads the backend ("disabled") while an operator
+        // enables the subscription here.
+        let before = switch.snapshot();
+        switch.set(false);
+        assert!(!switch.mirror(before, true), "the stale read is dropped");
+        assert!(!switch.is_on());
+        // The next round reads the backend after the change, and agrees.
+        let before = switch.snapshot();
+        assert!(switch.mirror(before, false));
+        assert!(!switch.is_on());
+        // A change made elsewhere (another process) is mirrored.
+        let before = switch.snapshot();
+        assert!(switch.mirror(before, true));
+        assert!(switch.is_on());
     }
 }
