@@ -723,11 +723,16 @@ pub fn event(answer: &Value) -> String {
         "LAST STATUS/ERROR",
     ]);
     for d in &list {
+        // The answer replaces each delivery's attempt count by its attempts.
+        let attempts = match &d["attempts"] {
+            Value::Array(list) => list.len().to_string(),
+            other => text(other),
+        };
         table.row(vec![
             text(&d["id"]),
             text(&d["subscription"]),
             text(&d["state"]),
-            text(&d["attempts"]),
+            attempts,
             when(&d["created_at"]),
             when(&d["next_attempt_at"]),
             outcome(&d["last_status"], &d["last_error"], ERROR_WIDTH),
@@ -1037,6 +1042,11 @@ mod tests {
              --config '/etc/hookd dir/hookd.toml'"
         );
 
+        assert_eq!(
+            bulk.resume_command(None, &[]),
+            "hookd replay --subscription crm --state dead --from 2026-11-23T09:00:00.000Z"
+        );
+
         let event = ReplayArgs {
             event: Some("evt_1".into()),
             to_subscriptions: vec!["crm".into(), "billing".into()],
@@ -1183,7 +1193,9 @@ mod tests {
         assert_eq!(more_hint("c1"), "more: --cursor c1");
         assert!(delivery_items(&json!({"oops": 1})).is_err());
 
-        let shown = event(&json!({"event_id": "evt_1", "deliveries": items}));
+        let mut with_attempts = items.clone();
+        with_attempts[0]["attempts"] = json!([{"attempt": 1}, {"attempt": 2}]);
+        let shown = event(&json!({"event_id": "evt_1", "deliveries": with_attempts}));
         assert!(
             shown.starts_with("event evt_1 (coupon.redeemed): 2 deliveries\n\nDELIVERY  SUBSCRIPTION"),
             "{shown}"
