@@ -303,9 +303,11 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            if let Some(ApiError::Status { status, .. }) = e.downcast_ref::<ApiError>() {
+            if let Some(ApiError::Status { status, message }) = e.downcast_ref::<ApiError>() {
                 if *status == http::StatusCode::UNAUTHORIZED {
                     eprintln!("hint: give the API key with --api-key, HOOKD_API_KEY or the config's server.api_keys");
+                } else if *status == http::StatusCode::NOT_FOUND && message == "no such endpoint" {
+                    eprintln!("hint: that hookd does not have this route: is it older than this hookd command?");
                 }
             }
             std::process::ExitCode::FAILURE
