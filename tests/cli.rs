@@ -28,9 +28,9 @@ struct Hookd {
 }
 
 impl Hookd {
-    /// hookd delivering `coupon.*` to `crm` (always 204) and `flaky` (503
-    /// on a first attempt, 204 after) on `rx`.
-    async fn start(rx: &Receiver) -> Hookd {
+    /// hookd delivering `coupon.*` to the subscriptions `crm` and `flaky`
+    /// at those paths of `rx`, and `extra` subscriptions (TOML).
+    async fn start(rx: &Receiver, extra: &str) -> Hookd {
         let dir = tempfile::tempdir().unwrap();
         let mut toml = format!(
             "[server]\napi_keys = [\"{KEY}\"]\n[queue]\ndata_dir = {:?}\npoll_interval = \"20ms\"\n\
@@ -43,6 +43,7 @@ impl Hookd {
                 rx.url(name)
             );
         }
+        toml += extra;
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let api = ApiClient::new(&url, Some(KEY.into()));
@@ -171,7 +172,7 @@ async fn operator_verbs_show_and_act_on_a_running_hookd() {
         }
     })
     .await;
-    let hookd = Hookd::start(&rx).await;
+    let hookd = Hookd::start(&rx, "").await;
     for n in 1..=5 {
         let event = json!({"type": "coupon.redeemed", "id": format!("evt_{n}"), "data": {"n": n}});
         hookd.api.post("/v1/events", event.to_string()).await.unwrap();
@@ -431,7 +432,7 @@ async fn operator_verbs_show_and_act_on_a_running_hookd() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_api_key_is_a_clear_error() {
     let rx = Receiver::start().await;
-    let hookd = Hookd::start(&rx).await;
+    let hookd = Hookd::start(&rx, "").await;
     for verb in [&["subscriptions"][..], &["deliveries", "--all"], &["enable", "crm"]] {
         let run = hookd.cli_with_key(verb, "not-the-key").await;
         let stderr = run.failed();
@@ -458,6 +459,67 @@ async fn a_wrong_api_key_is_a_clear_error() {
             .starts_with("error: --from `yesterday`: give an RFC 3339 time"),
         "{}",
         run.stderr
+    );
+    hookd.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_lists_and_replay_revives_a_dead_delivery() {
+    // `orders` gives up after the first attempt; its endpoint fails until told otherwise.
+    let rx = Receiver::start_with(|path, _, _| {
+        if path == "orders" {
+            Answer::Status(500, vec![])
+        } else {
+            Answer::ok()
+        }
+    })
+    .await;
+    let orders = format!(
+        "\n[[subscriptions]]\nname = \"orders\"\nurl = \"{}\"\nevents = [\"order.*\"]\nsecrets = [\"{SECRET}\"]\nmax_retries = 0\n",
+        rx.url("orders")
+    );
+    let hookd = Hookd::start(&rx, &orders).await;
+    let event = json!({"type": "order.placed", "id": "evt_order", "data": {"total": 12}});
+    hookd.api.post("/v1/events", event.to_string()).await.unwrap();
+    let dead = hookd
+        .wait_for("/v1/deliveries/dead", "a dead delivery", |v| {
+            v["deliveries"].as_array().is_some_and(|d| d.len() == 1)
+        })
+        .await;
+    let id = dead["deliveries"][0]["id"].as_str().unwrap().to_owned();
+
+    let table = hookd.cli(&["dead"]).await;
+    let rows = table.rows();
+    assert_eq!(rows.len(), 1, "{}", table.stdout);
+    // DELIVERY SUBSCRIPTION EVENT TYPE CREATED(date time) ATTEMPTS LAST ERROR
+    assert_eq!(
+        &rows[0][..3],
+        [id.as_str(), "orders", "order.placed"],
+        "{}",
+        table.stdout
+    );
+    assert_eq!(rows[0][5], "1");
+    assert!(
+        table.stdout.contains("endpoint answered 500 Internal Server Error"),
+        "{}",
+        table.stdout
+    );
+    assert_eq!(hookd.cli(&["dead", "--json"]).await.json(), dead);
+
+    rx.answer_with(|_, _, _| Answer::ok());
+    let replayed = hookd.cli(&["replay", &id]).await;
+    assert_eq!(replayed.ok(), format!("{id} replayed: due now, attempts reset\n"));
+    rx.wait_for(WAIT, "the replayed delivery", |a| {
+        a.iter().any(|a| a.path == "orders" && a.attempt == 2)
+    })
+    .await;
+    let again = hookd.cli(&["replay", &id]).await;
+    assert!(
+        again.failed().starts_with(&format!(
+            "error: hookd answered 409 Conflict: delivery {id} is not dead"
+        )),
+        "{}",
+        again.stderr
     );
     hookd.stop().await;
 }
