@@ -538,6 +538,7 @@ async fn deliveries(
         }
         items.extend(page.iter().cloned());
         match next {
+            Some(next) if cursor.as_deref() == Some(next) => bail!("hookd answered the same cursor twice: {next}"),
             Some(next) => cursor = Some(next.to_owned()),
             None => break,
         }
@@ -562,7 +563,7 @@ async fn replay_subscription(
             Err(e) => {
                 let resume = bulk.resume_command(cursor.as_deref(), &remote.resume_args());
                 let key = if remote.api_key_from_flag() {
-                    " (with your --api-key)"
+                    " (add your --api-key)"
                 } else {
                     ""
                 };
@@ -579,6 +580,7 @@ async fn replay_subscription(
         totals.add(&page);
         eprintln!("{}", cli::replay_progress(n, &page, &totals));
         match page.next_cursor {
+            Some(next) if cursor.as_ref() == Some(&next) => bail!("hookd answered the same cursor twice: {next}"),
             Some(next) => cursor = Some(next),
             None => break,
         }
