@@ -39,6 +39,10 @@
 //!   HTTP/2), which refuses non-public addresses after DNS resolution.
 //! - [`api`]: the HTTP API (ingest, dead deliveries and replay, the
 //!   delivery log in [`api::admin`], health) and a client of it for the CLI.
+//! - [`cli`]: the operator verbs' side of that API (`hookd subscriptions`,
+//!   `deliveries`, `attempts`, `event`, `retry`, `replay`, `enable`,
+//!   `disable`, `dead`): argument checks, and the tables printed from the
+//!   JSON answers.
 //! - [`notify`]: operator notifications (subscription disabled or
 //!   recovered, deliveries dead): digest emails over SMTP, one per
 //!   recipient list per window, and the matching `hookd.*` events.
@@ -81,6 +85,7 @@
 //!   the tie-break of equal due times.
 
 pub mod api;
+pub mod cli;
 pub mod config;
 pub mod deliver;
 pub mod demo;

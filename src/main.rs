@@ -7,7 +7,11 @@ use clap::{Parser, Subcommand};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use hookd::api::client::ApiClient;
+use chrono::Utc;
+use serde_json::Value;
+
+use hookd::api::client::{ApiClient, Error as ApiError};
+use hookd::cli;
 use hookd::config::Config;
 use hookd::telemetry::{self, LogFormat};
 
@@ -34,6 +38,27 @@ struct Remote {
     /// Config file, to find the server address and API key.
     #[arg(long, short, env = "HOOKD_CONFIG")]
     config: Option<PathBuf>,
+}
+
+impl Remote {
+    /// The `--server` / `--config` arguments as given, for a command line
+    /// printed back to the operator. The API key is never printed.
+    fn resume_args(&self) -> Vec<String> {
+        let mut args = Vec::new();
+        if let Some(server) = &self.server {
+            args.extend(["--server".to_string(), server.clone()]);
+        }
+        if let Some(config) = &self.config {
+            args.extend(["--config".to_string(), config.display().to_string()]);
+        }
+        args
+    }
+
+    /// Whether the API key came from `--api-key` rather than `HOOKD_API_KEY`
+    /// or the config (a printed command line then needs it again).
+    fn api_key_from_flag(&self) -> bool {
+        self.api_key.is_some() && std::env::var("HOOKD_API_KEY").ok() != self.api_key
+    }
 }
 
 #[derive(Subcommand)]
@@ -85,17 +110,145 @@ enum Command {
         #[command(flatten)]
         remote: Remote,
     },
-    /// Show one queued or dead delivery.
+    /// Show one queued or dead delivery, as JSON.
     Delivery {
         /// Delivery id (dlv_…).
         id: String,
         #[command(flatten)]
         remote: Remote,
     },
-    /// Put a dead delivery back in the queue, due now, attempts reset.
-    Replay {
+    /// Subscriptions: status (active / disabled, why, since), delivered,
+    /// retrying and dead counts, last success and failure.
+    Subscriptions {
+        /// Show only this one, in detail.
+        name: Option<String>,
+        /// Print the JSON answer instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// The delivery log, newest first.
+    Deliveries {
+        /// Only this subscription's deliveries.
+        #[arg(long)]
+        subscription: Option<String>,
+        /// Only deliveries in this state: pending, in_flight, delivered,
+        /// filtered, retrying, dead, parked.
+        #[arg(long)]
+        state: Option<String>,
+        /// Created at or after: RFC 3339, or how long ago (30m, 1h, 2d).
+        #[arg(long, value_name = "TIME")]
+        from: Option<String>,
+        /// Created before: RFC 3339, or how long ago (30m, 1h, 2d).
+        #[arg(long, value_name = "TIME")]
+        to: Option<String>,
+        /// Page size (1 to 1000; hookd's default is 100).
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Start after this cursor (as printed by `more: --cursor …`).
+        #[arg(long)]
+        cursor: Option<String>,
+        /// Follow the cursors to the last page.
+        #[arg(long)]
+        all: bool,
+        /// Print the JSON answer instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// One delivery and every attempt made: when, how long, the status, the error.
+    Attempts {
         /// Delivery id (dlv_…).
         id: String,
+        /// Also print each attempt's request and response headers and body excerpt.
+        #[arg(long, short)]
+        verbose: bool,
+        /// Print the JSON answer instead.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// One event's deliveries: to whom, where each stands, how many attempts.
+    Event {
+        /// Event id.
+        id: String,
+        /// Print the JSON answer instead.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Attempt a retrying delivery now (a dead one is replayed).
+    Retry {
+        /// Delivery id (dlv_…).
+        id: String,
+        /// Print the JSON answer instead.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Replay one dead delivery, a subscription's dead or retrying
+    /// deliveries (--subscription), or one event (--event).
+    Replay {
+        /// Delivery id (dlv_…): put this dead delivery back in the queue, due now, attempts reset.
+        id: Option<String>,
+        /// Replay this subscription's deliveries, page after page.
+        #[arg(long)]
+        subscription: Option<String>,
+        /// With --subscription: dead or retrying.
+        #[arg(long)]
+        state: Option<String>,
+        /// With --subscription: created at or after (RFC 3339, or how long ago: 30m, 1h, 2d).
+        #[arg(long, value_name = "TIME")]
+        from: Option<String>,
+        /// With --subscription: created before (RFC 3339, or how long ago).
+        #[arg(long, value_name = "TIME")]
+        to: Option<String>,
+        /// With --subscription: resume where an interrupted run stopped.
+        #[arg(long)]
+        cursor: Option<String>,
+        /// With --subscription: deliveries per call.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Fan this event out again.
+        #[arg(long)]
+        event: Option<String>,
+        /// With --event: only to this subscription (repeatable).
+        #[arg(long = "to-subscription", value_name = "NAME")]
+        to_subscriptions: Vec<String>,
+        /// With --event: idempotency key; replaying again with the same key does nothing.
+        #[arg(long)]
+        key: Option<String>,
+        /// Print the JSON answers instead.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Enable a subscription and resume its parked deliveries, in order.
+    Enable {
+        /// Subscription name.
+        subscription: String,
+        /// Print the JSON answer instead.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Disable a subscription: nothing is sent to it, its deliveries are parked.
+    Disable {
+        /// Subscription name.
+        subscription: String,
+        /// Why, shown in `hookd subscriptions` and the notification.
+        #[arg(long)]
+        reason: Option<String>,
+        /// Print the JSON answer instead.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         remote: Remote,
     },
@@ -150,6 +303,13 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
+            if let Some(ApiError::Status { status, message }) = e.downcast_ref::<ApiError>() {
+                if *status == http::StatusCode::UNAUTHORIZED {
+                    eprintln!("hint: give the API key with --api-key, HOOKD_API_KEY or the config's server.api_keys");
+                } else if *status == http::StatusCode::NOT_FOUND && message == "no such endpoint" {
+                    eprintln!("hint: that hookd does not have this route: is it older than this hookd command?");
+                }
+            }
             std::process::ExitCode::FAILURE
         }
     }
@@ -214,39 +374,221 @@ async fn execute(command: Command) -> anyhow::Result<()> {
             let answer = client(&remote)?
                 .get(&format!("/v1/deliveries/dead?limit={limit}"))
                 .await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&answer)?);
-                return Ok(());
-            }
-            println!(
-                "{:<38}  {:<20}  {:<24}  {:>8}  LAST ERROR",
-                "DELIVERY", "SUBSCRIPTION", "EVENT TYPE", "ATTEMPTS"
-            );
-            for d in answer["deliveries"].as_array().into_iter().flatten() {
-                println!(
-                    "{:<38}  {:<20}  {:<24}  {:>8}  {}",
-                    d["id"].as_str().unwrap_or(""),
-                    d["subscription"].as_str().unwrap_or(""),
-                    d["event_type"].as_str().unwrap_or(""),
-                    d["attempts"],
-                    d["last_error"].as_str().unwrap_or("")
-                );
-            }
-            Ok(())
+            show(&answer, json, cli::dead)
         }
         Command::Delivery { id, remote } => {
-            let answer = client(&remote)?.get(&format!("/v1/deliveries/{id}")).await?;
+            let answer = client(&remote)?
+                .get(&format!("/v1/deliveries/{}", cli::encode(&id)))
+                .await?;
             println!("{}", serde_json::to_string_pretty(&answer)?);
             Ok(())
         }
-        Command::Replay { id, remote } => {
+        Command::Subscriptions { name, json, remote } => {
+            let path = match &name {
+                Some(name) => format!("/v1/subscriptions/{}", cli::encode(name)),
+                None => "/v1/subscriptions".into(),
+            };
+            let answer = client(&remote)?.get(&path).await?;
+            show(&answer, json, cli::subscriptions)
+        }
+        Command::Deliveries {
+            subscription,
+            state,
+            from,
+            to,
+            limit,
+            cursor,
+            all,
+            json,
+            remote,
+        } => {
+            let query =
+                cli::DeliveryQuery::new(subscription, state, from.as_deref(), to.as_deref(), limit, Utc::now())?;
+            deliveries(&client(&remote)?, &query, cursor, all, json).await
+        }
+        Command::Attempts {
+            id,
+            verbose,
+            json,
+            remote,
+        } => {
             let answer = client(&remote)?
-                .post(&format!("/v1/deliveries/{id}/replay"), "")
+                .get(&format!("/v1/deliveries/{}/attempts", cli::encode(&id)))
                 .await?;
-            println!("{answer}");
-            Ok(())
+            show(&answer, json, |a| cli::attempts(a, verbose))
+        }
+        Command::Event { id, json, remote } => {
+            let answer = client(&remote)?
+                .get(&format!("/v1/events/{}", cli::encode(&id)))
+                .await?;
+            show(&answer, json, cli::event)
+        }
+        Command::Retry { id, json, remote } => {
+            let answer = client(&remote)?
+                .post(&format!("/v1/deliveries/{}/retry", cli::encode(&id)), "")
+                .await?;
+            show(&answer, json, cli::retried)
+        }
+        Command::Replay {
+            id,
+            subscription,
+            state,
+            from,
+            to,
+            cursor,
+            limit,
+            event,
+            to_subscriptions,
+            key,
+            json,
+            remote,
+        } => {
+            let args = cli::ReplayArgs {
+                id,
+                subscription,
+                state,
+                from,
+                to,
+                cursor,
+                limit,
+                event,
+                to_subscriptions,
+                key,
+            };
+            let replay = args.check(Utc::now())?;
+            let api = client(&remote)?;
+            match replay {
+                cli::Replay::Delivery { id } => {
+                    let answer = api
+                        .post(&format!("/v1/deliveries/{}/replay", cli::encode(&id)), "")
+                        .await?;
+                    show(&answer, json, cli::replayed)
+                }
+                cli::Replay::Event { id, subscriptions, key } => {
+                    let body = cli::event_replay_body(&subscriptions, key.as_deref());
+                    let answer = api
+                        .post(&format!("/v1/events/{}/replay", cli::encode(&id)), body.to_string())
+                        .await?;
+                    show(&answer, json, |a| cli::event_replayed(&id, a))
+                }
+                cli::Replay::Subscription(bulk) => replay_subscription(&api, &bulk, &remote, json).await,
+            }
+        }
+        Command::Enable {
+            subscription,
+            json,
+            remote,
+        } => {
+            let answer = client(&remote)?
+                .post(&format!("/v1/subscriptions/{}/enable", cli::encode(&subscription)), "")
+                .await?;
+            show(&answer, json, cli::enabled)
+        }
+        Command::Disable {
+            subscription,
+            reason,
+            json,
+            remote,
+        } => {
+            let body = match &reason {
+                Some(reason) => serde_json::json!({ "reason": reason }).to_string(),
+                None => String::new(),
+            };
+            let answer = client(&remote)?
+                .post(
+                    &format!("/v1/subscriptions/{}/disable", cli::encode(&subscription)),
+                    body,
+                )
+                .await?;
+            show(&answer, json, |a| cli::disabled(a, reason.as_deref()))
         }
     }
+}
+
+/// Prints `answer` as pretty JSON, or as `render` has it.
+fn show(answer: &Value, json: bool, render: impl FnOnce(&Value) -> String) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(answer)?);
+    } else {
+        print!("{}", render(answer));
+    }
+    Ok(())
+}
+
+/// `hookd deliveries`: one page (and the next cursor on stderr), or with
+/// `all` every page from `cursor` on.
+async fn deliveries(
+    api: &ApiClient,
+    query: &cli::DeliveryQuery,
+    mut cursor: Option<String>,
+    all: bool,
+    json: bool,
+) -> anyhow::Result<()> {
+    let mut items = Vec::new();
+    loop {
+        let answer = api.get(&query.path(cursor.as_deref())).await?;
+        let page = cli::delivery_items(&answer)?;
+        let next = cli::next_cursor(&answer);
+        if !all {
+            show(&answer, json, |_| cli::deliveries(page))?;
+            if let Some(next) = next {
+                eprintln!("{}", cli::more_hint(next));
+            }
+            return Ok(());
+        }
+        items.extend(page.iter().cloned());
+        match next {
+            Some(next) if cursor.as_deref() == Some(next) => bail!("hookd answered the same cursor twice: {next}"),
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    let answer = serde_json::json!({ "deliveries": items, "next_cursor": null });
+    show(&answer, json, |_| cli::deliveries(&items))
+}
+
+/// `hookd replay --subscription`: calls until no cursor is left, progress on
+/// stderr; on a failure, says how to resume from the last cursor.
+async fn replay_subscription(
+    api: &ApiClient,
+    bulk: &cli::SubscriptionReplay,
+    remote: &Remote,
+    json: bool,
+) -> anyhow::Result<()> {
+    let mut cursor = bulk.cursor.clone();
+    let mut totals = cli::ReplayPage::default();
+    for n in 1.. {
+        let answer = match api.post(&bulk.path(), bulk.body(cursor.as_deref()).to_string()).await {
+            Ok(answer) => answer,
+            Err(e) => {
+                let resume = bulk.resume_command(cursor.as_deref(), &remote.resume_args());
+                let key = if remote.api_key_from_flag() {
+                    " (add your --api-key)"
+                } else {
+                    ""
+                };
+                bail!(
+                    "{e}\n{} replayed before the failure; resume with{key}:\n  {resume}",
+                    cli::count(totals.replayed, "delivery", "deliveries")
+                );
+            }
+        };
+        if json {
+            println!("{}", serde_json::to_string_pretty(&answer)?);
+        }
+        let page = cli::ReplayPage::from_answer(&answer)?;
+        totals.add(&page);
+        eprintln!("{}", cli::replay_progress(n, &page, &totals));
+        match page.next_cursor {
+            Some(next) if cursor.as_ref() == Some(&next) => bail!("hookd answered the same cursor twice: {next}"),
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    if !json {
+        print!("{}", cli::replay_totals(&bulk.name, &totals));
+    }
+    Ok(())
 }
 
 async fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {

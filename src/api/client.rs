@@ -1,5 +1,8 @@
 //! A small client of hookd's own HTTP API, used by the CLI verbs that talk
-//! to a running hookd (`send`, `dead`, `replay`, `delivery`) and by the demo.
+//! to a running hookd (`send`, `dead`, `delivery`, and the operator verbs
+//! whose output [`crate::cli`] renders: `subscriptions`, `deliveries`,
+//! `attempts`, `event`, `retry`, `replay`, `enable`, `disable`) and by the
+//! demo.
 
 use std::time::Duration;
 

@@ -2,8 +2,9 @@
 //! them.
 //!
 //! - `GET /v1/subscriptions`: every configured subscription with its status
-//!   (active, or disabled and why, since when), health counters, and the
-//!   delivered / retrying / dead / filtered counts of the delivery log.
+//!   (active, or disabled and why, since when: null if it never changed),
+//!   health counters, and the delivered / retrying / dead / filtered counts
+//!   of the delivery log.
 //! - `GET /v1/subscriptions/{name}`: one of them.
 //! - `POST /v1/subscriptions/{name}/disable`: disable it: its deliveries are
 //!   parked, nothing is sent (`{"reason": "..."}` optional).
@@ -64,7 +65,8 @@ async fn describe(state: &ApiState, sub: &SubscriptionConfig) -> Result<Value, A
         "events": sub.events,
         "status": if active { "active" } else { "disabled" },
         "disabled_reason": if active { None } else { reason },
-        "since": when(Some(s.since)),
+        // null while `enabled` never changed.
+        "since": when(Some(s.since).filter(|&ms| ms > 0)),
         "consecutive_failures": s.consecutive_failures,
         "failing_since": when(s.failing_since),
         "last_success_at": when(s.last_success_at.or(stats.last_success_at)),

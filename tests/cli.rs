@@ -1,0 +1,525 @@
+//! End to end, the operator verbs: the real `hookd` binary against a hookd
+//! running in this process (embedded store, an API key) that delivers to a
+//! real receiver, asserting on what the verbs print.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use hookd::api::client::ApiClient;
+use hookd::config::Config;
+use serde_json::{json, Value};
+use support::receiver::{Answer, Receiver, SECRET};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+const WAIT: Duration = Duration::from_secs(20);
+const KEY: &str = "operator-key";
+
+/// hookd running in this process, with an API key.
+struct Hookd {
+    /// `http://127.0.0.1:<port>`.
+    url: String,
+    api: ApiClient,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Hookd {
+    /// hookd delivering `coupon.*` to the subscriptions `crm` and `flaky`
+    /// at those paths of `rx`, and `extra` subscriptions (TOML).
+    async fn start(rx: &Receiver, extra: &str) -> Hookd {
+        let dir = tempfile::tempdir().unwrap();
+        let mut toml = format!(
+            "[server]\napi_keys = [\"{KEY}\"]\n[queue]\ndata_dir = {:?}\npoll_interval = \"20ms\"\n\
+             [delivery]\nallow_http = true\nallow_private_networks = true\nbackoff_initial = \"100ms\"\n",
+            dir.path().display().to_string()
+        );
+        for name in ["crm", "flaky"] {
+            toml += &format!(
+                "\n[[subscriptions]]\nname = \"{name}\"\nurl = \"{}\"\nevents = [\"coupon.*\"]\nsecrets = [\"{SECRET}\"]\n",
+                rx.url(name)
+            );
+        }
+        toml += extra;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let api = ApiClient::new(&url, Some(KEY.into()));
+        let shutdown = CancellationToken::new();
+        let config = Config::from_toml(&toml).unwrap();
+        let task = tokio::spawn(hookd::run(config, listener, shutdown.clone()));
+        Hookd {
+            url,
+            api,
+            shutdown,
+            task,
+            _dir: dir,
+        }
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        self.task.await.unwrap().unwrap();
+    }
+
+    /// Polls `path` until `check` holds.
+    async fn wait_for(&self, path: &str, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let answer = self.api.get(path).await.unwrap();
+            if check(&answer) {
+                return answer;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}: {answer:#}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Runs the real `hookd` binary with `args` against this hookd.
+    async fn cli(&self, args: &[&str]) -> Run {
+        self.cli_with_key(args, KEY).await
+    }
+
+    async fn cli_with_key(&self, args: &[&str], key: &str) -> Run {
+        let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookd"))
+            .args(args)
+            .args(["--server", &self.url, "--api-key", key])
+            .env_remove("HOOKD_URL")
+            .env_remove("HOOKD_API_KEY")
+            .env_remove("HOOKD_CONFIG")
+            .output()
+            .await
+            .expect("cannot run the hookd binary");
+        Run {
+            args: args.join(" "),
+            code: output.status.code(),
+            stdout: String::from_utf8(output.stdout).expect("stdout is UTF-8"),
+            stderr: String::from_utf8(output.stderr).expect("stderr is UTF-8"),
+        }
+    }
+}
+
+/// What one run of the binary printed.
+struct Run {
+    args: String,
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    /// Its stdout, asserting it exited 0.
+    fn ok(&self) -> &str {
+        assert_eq!(
+            self.code,
+            Some(0),
+            "hookd {} failed:\n{}{}",
+            self.args,
+            self.stdout,
+            self.stderr
+        );
+        &self.stdout
+    }
+
+    /// Its stdout as JSON, asserting it exited 0.
+    fn json(&self) -> Value {
+        serde_json::from_str(self.ok())
+            .unwrap_or_else(|e| panic!("hookd {}: not JSON ({e}):\n{}", self.args, self.stdout))
+    }
+
+    /// Its stderr, asserting it exited 1.
+    fn failed(&self) -> &str {
+        assert_eq!(
+            self.code,
+            Some(1),
+            "hookd {} should fail:\n{}{}",
+            self.args,
+            self.stdout,
+            self.stderr
+        );
+        &self.stderr
+    }
+
+    /// The table's rows (every line after the header), split on whitespace.
+    fn rows(&self) -> Vec<Vec<String>> {
+        let out = self.ok();
+        let mut lines = out.lines();
+        lines.next().expect("a header line");
+        lines
+            .map(|l| l.split_whitespace().map(str::to_owned).collect())
+            .collect()
+    }
+}
+
+fn ids(items: &Value) -> BTreeSet<String> {
+    items
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_verbs_show_and_act_on_a_running_hookd() {
+    let rx = Receiver::start_with(|path, _, attempt| {
+        if path == "flaky" && attempt == 1 {
+            Answer::Status(503, vec![("x-reason", "warming up".into())])
+        } else {
+            Answer::ok()
+        }
+    })
+    .await;
+    let hookd = Hookd::start(&rx, "").await;
+    for n in 1..=5 {
+        let event = json!({"type": "coupon.redeemed", "id": format!("evt_{n}"), "data": {"n": n}});
+        hookd.api.post("/v1/events", event.to_string()).await.unwrap();
+    }
+    hookd
+        .wait_for("/v1/deliveries?state=delivered", "10 deliveries delivered", |v| {
+            v["deliveries"].as_array().is_some_and(|d| d.len() == 10)
+        })
+        .await;
+
+    // subscriptions: NAME STATUS SINCE(date time) DELIVERED RETRYING DEAD ...
+    let subs = hookd.cli(&["subscriptions"]).await;
+    assert!(subs.ok().starts_with("NAME "), "{}", subs.stdout);
+    let rows = subs.rows();
+    assert_eq!(rows.len(), 2, "{}", subs.stdout);
+    for row in &rows {
+        // NAME STATUS SINCE DELIVERED RETRYING DEAD LAST SUCCESS(date time) LAST FAILURE REASON
+        assert_eq!(row[1], "active", "{}", subs.stdout);
+        assert_eq!(row[2], "-", "never disabled: {}", subs.stdout);
+        assert_eq!(
+            &row[3..6],
+            ["5", "0", "0"],
+            "delivered, retrying, dead: {}",
+            subs.stdout
+        );
+    }
+    let flaky = rows.iter().find(|r| r[0] == "flaky").expect("flaky listed");
+    assert_eq!(
+        flaky[6..].len(),
+        5,
+        "a last success, a last failure (its 503s), no reason: {flaky:?}"
+    );
+    assert_eq!(flaky[10], "-");
+    let crm = rows.iter().find(|r| r[0] == "crm").expect("crm listed");
+    assert_eq!(&crm[8..], ["-", "-"], "never failed, no reason: {crm:?}");
+    let crm = hookd.cli(&["subscriptions", "crm", "--json"]).await.json();
+    assert_eq!(crm["name"], "crm");
+    assert_eq!(crm["counts"]["delivered"], 5);
+    let block = hookd.cli(&["subscriptions", "crm"]).await;
+    assert!(
+        block
+            .ok()
+            .lines()
+            .any(|l| l.starts_with("status") && l.ends_with(" active")),
+        "{}",
+        block.stdout
+    );
+
+    // deliveries: a table and the JSON answer agree.
+    let table = hookd.cli(&["deliveries", "--subscription", "crm"]).await;
+    let rows = table.rows();
+    assert_eq!(rows.len(), 5, "{}", table.stdout);
+    for row in &rows {
+        // DELIVERY EVENT TYPE SUBSCRIPTION STATE ATTEMPTS CREATED(date time) LAST
+        assert!(row[0].starts_with("dlv_"), "{row:?}");
+        assert_eq!(&row[2..6], ["coupon.redeemed", "crm", "delivered", "1"], "{row:?}");
+        assert_eq!(row[8], "204", "{row:?}");
+    }
+    let table_ids: BTreeSet<String> = rows.iter().map(|r| r[0].clone()).collect();
+    let listed = hookd
+        .cli(&["deliveries", "--subscription", "crm", "--json"])
+        .await
+        .json();
+    assert_eq!(ids(&listed["deliveries"]), table_ids);
+    assert_eq!(listed["next_cursor"], Value::Null);
+
+    // Filters: state, and times relative or RFC 3339.
+    let flaky_delivered = hookd
+        .cli(&[
+            "deliveries",
+            "--subscription",
+            "flaky",
+            "--state",
+            "delivered",
+            "--from",
+            "1h",
+        ])
+        .await;
+    assert_eq!(flaky_delivered.rows().len(), 5, "{}", flaky_delivered.stdout);
+    assert!(flaky_delivered.rows().iter().all(|r| r[3] == "flaky" && r[5] == "2"));
+    let none = hookd.cli(&["deliveries", "--to", "1h"]).await;
+    assert_eq!(none.rows().len(), 0, "{}", none.stdout);
+    let none = hookd.cli(&["deliveries", "--from", "2999-01-01T00:00:00Z"]).await;
+    assert_eq!(none.rows().len(), 0, "{}", none.stdout);
+    let retrying = hookd.cli(&["deliveries", "--state", "retrying", "--json"]).await.json();
+    assert_eq!(retrying["deliveries"], json!([]));
+
+    // Pages: the cursor hint on stderr, followed by hand or by --all.
+    let first = hookd
+        .cli(&["deliveries", "--subscription", "crm", "--limit", "2"])
+        .await;
+    assert_eq!(first.rows().len(), 2);
+    let cursor = first
+        .stderr
+        .trim()
+        .strip_prefix("more: --cursor ")
+        .unwrap_or_else(|| panic!("a cursor hint: {}", first.stderr))
+        .trim_matches('\'')
+        .to_owned();
+    let second = hookd
+        .cli(&[
+            "deliveries",
+            "--subscription",
+            "crm",
+            "--limit",
+            "2",
+            "--cursor",
+            &cursor,
+        ])
+        .await;
+    let seen: BTreeSet<String> = first
+        .rows()
+        .iter()
+        .chain(&second.rows())
+        .map(|r| r[0].clone())
+        .collect();
+    assert_eq!(
+        seen.len(),
+        4,
+        "the second page follows the first:\n{}{}",
+        first.stdout,
+        second.stdout
+    );
+    let all = hookd
+        .cli(&["deliveries", "--subscription", "crm", "--limit", "2", "--all"])
+        .await;
+    assert_eq!(all.rows().len(), 5, "{}", all.stdout);
+    assert!(!all.stderr.contains("more:"), "{}", all.stderr);
+    let all_ids: BTreeSet<String> = all.rows().iter().map(|r| r[0].clone()).collect();
+    assert_eq!(all_ids, table_ids);
+    let all_json = hookd
+        .cli(&["deliveries", "--subscription", "crm", "--limit", "2", "--all", "--json"])
+        .await
+        .json();
+    assert_eq!(ids(&all_json["deliveries"]), table_ids);
+
+    // attempts: the 503 then the 204 of evt_1 to flaky.
+    let flaky_1 = hookd
+        .cli(&["deliveries", "--subscription", "flaky", "--json"])
+        .await
+        .json()["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["event_id"] == "evt_1")
+        .expect("evt_1 to flaky")["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let attempts = hookd.cli(&["attempts", &flaky_1]).await;
+    let lines: Vec<&str> = attempts.ok().lines().collect();
+    assert!(
+        lines[0].starts_with(&format!(
+            "{flaky_1}  coupon.redeemed evt_1 -> flaky: delivered, 2 attempts, created "
+        )),
+        "{}",
+        attempts.stdout
+    );
+    assert!(lines[2].starts_with("#  STARTED"), "{}", attempts.stdout);
+    let first_attempt: Vec<&str> = lines[3].split_whitespace().collect();
+    assert_eq!(first_attempt[0], "1");
+    assert!(lines[3].contains(" 503 ") && lines[3].contains("status") && lines[3].contains("endpoint answered 503"));
+    assert!(
+        lines[4].starts_with("2 ") && lines[4].contains(" 204 "),
+        "{}",
+        attempts.stdout
+    );
+    assert_eq!(lines.len(), 5, "{}", attempts.stdout);
+    let verbose = hookd.cli(&["attempts", &flaky_1, "-v"]).await;
+    let out = verbose.ok();
+    assert!(out.contains("\nattempt 1 at "), "{out}");
+    assert!(out.contains("    x-reason: warming up\n"), "{out}");
+    assert!(out.contains("    webhook-id: evt_1\n"), "{out}");
+    assert!(out.contains("    webhook-signature: "), "{out}");
+    assert!(!out.contains(SECRET), "{out}");
+    let attempts_json = hookd.cli(&["attempts", &flaky_1, "--json"]).await.json();
+    assert_eq!(attempts_json["attempts"].as_array().unwrap().len(), 2);
+
+    // event: its two deliveries and where they stand.
+    let event = hookd.cli(&["event", "evt_1"]).await;
+    let out = event.ok();
+    assert!(
+        out.starts_with("event evt_1 (coupon.redeemed): 2 deliveries\n"),
+        "{out}"
+    );
+    let rows: Vec<Vec<&str>> = out.lines().skip(3).map(|l| l.split_whitespace().collect()).collect();
+    let mut stands: Vec<(&str, &str, &str)> = rows.iter().map(|r| (r[1], r[2], r[3])).collect();
+    stands.sort();
+    assert_eq!(
+        stands,
+        [("crm", "delivered", "1"), ("flaky", "delivered", "2")],
+        "{out}"
+    );
+    assert!(rows.iter().any(|r| r[0] == flaky_1), "{out}");
+
+    // disable, then enable: the delivery made meanwhile is parked, then resumed.
+    let disabled = hookd.cli(&["disable", "crm", "--reason", "maintenance window"]).await;
+    assert_eq!(
+        disabled.ok(),
+        "crm disabled (maintenance window); its deliveries are parked until `hookd enable crm`\n"
+    );
+    let block = hookd.cli(&["subscriptions", "crm"]).await;
+    assert!(
+        block.ok().contains("disabled (maintenance window)\n"),
+        "{}",
+        block.stdout
+    );
+    let again = hookd.cli(&["disable", "crm"]).await;
+    assert_eq!(again.ok(), "crm was already disabled\n");
+    let event = json!({"type": "coupon.redeemed", "id": "evt_6", "data": {"n": 6}});
+    hookd.api.post("/v1/events", event.to_string()).await.unwrap();
+    hookd
+        .wait_for("/v1/deliveries?subscription=crm&state=parked", "evt_6 parked", |v| {
+            v["deliveries"].as_array().is_some_and(|d| d.len() == 1)
+        })
+        .await;
+    let parked = hookd
+        .cli(&["deliveries", "--subscription", "crm", "--state", "parked"])
+        .await;
+    assert_eq!(parked.rows().len(), 1);
+    assert_eq!(parked.rows()[0][1], "evt_6");
+    let enabled = hookd.cli(&["enable", "crm"]).await;
+    assert_eq!(enabled.ok(), "crm enabled; 1 parked delivery resumed\n");
+    rx.wait_for(WAIT, "evt_6 at crm", |a| {
+        a.iter().any(|a| a.path == "crm" && a.id == "evt_6")
+    })
+    .await;
+
+    // Errors: hookd's answer, exit code 1.
+    let unknown = hookd.cli(&["event", "evt_unknown"]).await;
+    assert!(
+        unknown
+            .failed()
+            .starts_with("error: hookd answered 404 Not Found: no deliveries recorded for event evt_unknown"),
+        "{}",
+        unknown.stderr
+    );
+    let bad_state = hookd.cli(&["deliveries", "--state", "done"]).await;
+    assert!(
+        bad_state
+            .failed()
+            .starts_with("error: hookd answered 400 Bad Request: `state`"),
+        "{}",
+        bad_state.stderr
+    );
+    let no_sub = hookd.cli(&["enable", "nobody"]).await;
+    assert!(
+        no_sub
+            .failed()
+            .starts_with("error: hookd answered 404 Not Found: no subscription named `nobody`"),
+        "{}",
+        no_sub.stderr
+    );
+    hookd.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_api_key_is_a_clear_error() {
+    let rx = Receiver::start().await;
+    let hookd = Hookd::start(&rx, "").await;
+    for verb in [&["subscriptions"][..], &["deliveries", "--all"], &["enable", "crm"]] {
+        let run = hookd.cli_with_key(verb, "not-the-key").await;
+        let stderr = run.failed();
+        assert_eq!(
+            stderr,
+            "error: hookd answered 401 Unauthorized: the API key is not valid\n\
+             hint: give the API key with --api-key, HOOKD_API_KEY or the config's server.api_keys\n",
+            "{verb:?}"
+        );
+        assert_eq!(run.stdout, "");
+    }
+    // Checked before anything is sent.
+    let run = hookd
+        .cli(&["replay", "--subscription", "crm", "--event", "evt_1"])
+        .await;
+    assert_eq!(
+        run.failed(),
+        "error: replay needs exactly one of DELIVERY_ID, --subscription NAME or --event ID \
+         (given: --subscription crm, --event evt_1)\n"
+    );
+    let run = hookd.cli(&["deliveries", "--from", "yesterday"]).await;
+    assert!(
+        run.failed()
+            .starts_with("error: --from `yesterday`: give an RFC 3339 time"),
+        "{}",
+        run.stderr
+    );
+    hookd.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_lists_and_replay_revives_a_dead_delivery() {
+    // `orders` gives up after the first attempt; its endpoint fails until told otherwise.
+    let rx = Receiver::start_with(|path, _, _| {
+        if path == "orders" {
+            Answer::Status(500, vec![])
+        } else {
+            Answer::ok()
+        }
+    })
+    .await;
+    let orders = format!(
+        "\n[[subscriptions]]\nname = \"orders\"\nurl = \"{}\"\nevents = [\"order.*\"]\nsecrets = [\"{SECRET}\"]\nmax_retries = 0\n",
+        rx.url("orders")
+    );
+    let hookd = Hookd::start(&rx, &orders).await;
+    let event = json!({"type": "order.placed", "id": "evt_order", "data": {"total": 12}});
+    hookd.api.post("/v1/events", event.to_string()).await.unwrap();
+    let dead = hookd
+        .wait_for("/v1/deliveries/dead", "a dead delivery", |v| {
+            v["deliveries"].as_array().is_some_and(|d| d.len() == 1)
+        })
+        .await;
+    let id = dead["deliveries"][0]["id"].as_str().unwrap().to_owned();
+
+    let table = hookd.cli(&["dead"]).await;
+    let rows = table.rows();
+    assert_eq!(rows.len(), 1, "{}", table.stdout);
+    // DELIVERY SUBSCRIPTION EVENT TYPE CREATED(date time) ATTEMPTS LAST ERROR
+    assert_eq!(
+        &rows[0][..3],
+        [id.as_str(), "orders", "order.placed"],
+        "{}",
+        table.stdout
+    );
+    assert_eq!(rows[0][5], "1");
+    assert!(
+        table.stdout.contains("endpoint answered 500 Internal Server Error"),
+        "{}",
+        table.stdout
+    );
+    assert_eq!(hookd.cli(&["dead", "--json"]).await.json(), dead);
+
+    rx.answer_with(|_, _, _| Answer::ok());
+    let replayed = hookd.cli(&["replay", &id]).await;
+    assert_eq!(replayed.ok(), format!("{id} replayed: due now, attempts reset\n"));
+    rx.wait_for(WAIT, "the replayed delivery", |a| {
+        a.iter().any(|a| a.path == "orders" && a.attempt == 2)
+    })
+    .await;
+    let again = hookd.cli(&["replay", &id]).await;
+    assert!(
+        again.failed().starts_with(&format!(
+            "error: hookd answered 409 Conflict: delivery {id} is not dead"
+        )),
+        "{}",
+        again.stderr
+    );
+    hookd.stop().await;
+}
