@@ -394,6 +394,7 @@ impl Ingestor {
             .collect();
         NewEvent {
             event_id: event.id.clone(),
+            dedup_key: None,
             deliveries,
         }
     }
