@@ -40,7 +40,8 @@
 //! - [`deliver`]: the outbound HTTP client (hyper, rustls, HTTP/1.1 and
 //!   HTTP/2), which refuses non-public addresses after DNS resolution.
 //! - [`api`]: the HTTP API (ingest, dead deliveries and replay, the
-//!   delivery log in [`api::admin`], health) and a client of it for the CLI.
+//!   delivery log in [`api::admin`], replaying an event to its
+//!   subscriptions in [`api::events`], health) and a client of it for the CLI.
 //! - [`notify`]: operator notifications (subscription disabled or
 //!   recovered, deliveries dead): digest emails over SMTP, one per
 //!   recipient list per window, and the matching `hookd.*` events.

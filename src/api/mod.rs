@@ -4,6 +4,9 @@
 //! - `POST /v1/events/batch`: a JSON array of events, accepted all or none.
 //! - `GET /v1/deliveries/dead`, `GET /v1/deliveries/{id}`,
 //!   `POST /v1/deliveries/{id}/replay`: dead deliveries, kept and replayable.
+//! - The delivery log ([`admin`]), an event replayed to its subscriptions
+//!   from it (`POST /v1/events/{id}/replay`, [`events`]), and the
+//!   subscriptions' status, enabling and disabling ([`subscriptions`]).
 //! - `GET /healthz` (the process is up), `GET /readyz` (the queue answers).
 //! - `GET /metrics`: Prometheus metrics (OpenMetrics text), no authentication.
 //!
@@ -12,6 +15,7 @@
 
 pub mod admin;
 pub mod client;
+pub mod events;
 pub mod subscriptions;
 
 use std::sync::Arc;
@@ -154,6 +158,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/deliveries/{id}", get(get_delivery))
         .route("/deliveries/{id}/replay", post(replay_delivery))
         .merge(admin::routes())
+        .merge(events::routes())
         .merge(subscriptions::routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
