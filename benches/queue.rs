@@ -41,6 +41,7 @@ fn events(n: usize, shards: u16) -> Vec<NewEvent> {
             let event_id = EventId::generate();
             let shard = shard_of(&event_id, shards);
             NewEvent {
+                dedup_key: None,
                 deliveries: vec![Delivery {
                     id: DeliveryId::new(shard),
                     event_id: event_id.clone(),

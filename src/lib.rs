@@ -28,8 +28,10 @@
 //!   step; claims are leased so a crashed worker's deliveries fall due again.
 //! - [`history`]: the delivery log: every delivery's state and every
 //!   attempt (headers with secrets redacted, status, the first bytes of the
-//!   response, the error kind), in Redis or a redb file of its own, trimmed
-//!   by age and count in the background; read by the admin API.
+//!   response, the error kind) and every event's body as ingested, in Redis
+//!   or a redb file of its own, trimmed by age and count in the background;
+//!   written by ingest and the dispatcher through one non-blocking
+//!   [`history::Recorder`], read by the admin API and event replay.
 //! - [`dispatch`]: the claim loop, bounded concurrency overall and per
 //!   subscription, the pure outcome classification and retry policy
 //!   ([`dispatch::policy`]), and batched settlements.
@@ -38,7 +40,9 @@
 //! - [`deliver`]: the outbound HTTP client (hyper, rustls, HTTP/1.1 and
 //!   HTTP/2), which refuses non-public addresses after DNS resolution.
 //! - [`api`]: the HTTP API (ingest, dead deliveries and replay, the
-//!   delivery log in [`api::admin`], health) and a client of it for the CLI.
+//!   delivery log in [`api::admin`], replaying an event to its
+//!   subscriptions in [`api::events`], retrying and bulk replay of failed
+//!   deliveries in [`api::recover`], health) and a client of it for the CLI.
 //! - [`cli`]: the operator verbs' side of that API (`hookd subscriptions`,
 //!   `deliveries`, `attempts`, `event`, `retry`, `replay`, `enable`,
 //!   `disable`, `dead`): argument checks, and the tables printed from the
@@ -168,10 +172,15 @@ pub async fn run_with_backends(
 ) -> anyhow::Result<()> {
     let queued = Arc::new(Notify::new());
     let metrics = Arc::new(telemetry::Metrics::new());
+    // One writer of the delivery log for ingest and the dispatcher; it
+    // stops after the dispatcher has drained, keeping its last entries.
+    let recorder_stop = CancellationToken::new();
+    let (recorder, recorder_task) = history::Recorder::start(history.clone(), recorder_stop.clone());
     let ingestor = Arc::new(ingest::Ingestor::new(
         &config,
         queue.clone(),
         queued.clone(),
+        recorder.clone(),
         metrics.clone(),
     ));
     let plugins = if config.subscriptions.iter().any(|s| s.plugin.is_some()) {
@@ -190,7 +199,7 @@ pub async fn run_with_backends(
     let alerts = notify::Alerts::new(notifier, ingestor.clone());
     if config.delivery.dispatch {
         let services = dispatch::Services {
-            history: history.clone(),
+            recorder: recorder.clone(),
             metrics: metrics.clone(),
             alerts: alerts.clone(),
         };
@@ -241,6 +250,8 @@ pub async fn run_with_backends(
     tasks.wait().await;
     notifier_stop.cancel();
     let _ = notifier_task.await;
+    recorder_stop.cancel();
+    let _ = recorder_task.await;
     info!("hookd stopped");
     Ok(())
 }

@@ -129,6 +129,7 @@ fn delivery(event: &str, subscription: &str, shards: u16, body: &[u8]) -> Delive
 fn event(id: &str, subscriptions: &[&str], shards: u16) -> NewEvent {
     NewEvent {
         event_id: EventId::parse(id).expect("valid event id"),
+        dedup_key: None,
         deliveries: subscriptions
             .iter()
             .map(|s| delivery(id, s, shards, format!(r#"{{"event":"{id}","to":"{s}"}}"#).as_bytes()))
@@ -221,6 +222,63 @@ mod cases {
         let claimed = q.claim(now_ms(), LEASE, 10).await.unwrap();
         assert!(claimed.claims.is_empty());
         assert_eq!(claimed.next_due, None, "nothing is queued at all");
+    }
+
+    pub async fn dedup_keys_of_their_own_dedup_apart_from_event_ids(fx: &mut Fixture) {
+        let q = fx.q();
+        let shards = fx.shards();
+        let keyed = |id: &str, key: &str| NewEvent {
+            dedup_key: Some(format!("{id}/replay/{key}")),
+            ..event(id, &["crm", "billing"], shards)
+        };
+        let original = event("evt_keyed", &["crm"], shards);
+        assert_eq!(q.enqueue(&[original], WINDOW).await.unwrap(), vec![Enqueued::Accepted]);
+        // Same event id, a key of its own: not a repeat of the event.
+        let first = keyed("evt_keyed", "a");
+        assert_eq!(
+            q.enqueue(std::slice::from_ref(&first), WINDOW).await.unwrap(),
+            vec![Enqueued::Accepted]
+        );
+        // The same key again is a repeat, alone or within a batch; another key is not.
+        assert_eq!(
+            q.enqueue(&[keyed("evt_keyed", "a")], WINDOW).await.unwrap(),
+            vec![Enqueued::Duplicate]
+        );
+        let results = q
+            .enqueue(
+                &[
+                    keyed("evt_keyed", "b"),
+                    keyed("evt_keyed", "b"),
+                    event("evt_keyed", &["crm"], shards),
+                ],
+                WINDOW,
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            results,
+            vec![Enqueued::Accepted, Enqueued::Duplicate, Enqueued::Duplicate]
+        );
+        // A key of its own does not mark the event id seen either.
+        let before = keyed("evt_keyed_2", "x");
+        assert_eq!(q.enqueue(&[before], WINDOW).await.unwrap(), vec![Enqueued::Accepted]);
+        let plain = event("evt_keyed_2", &["crm"], shards);
+        assert_eq!(q.enqueue(&[plain], WINDOW).await.unwrap(), vec![Enqueued::Accepted]);
+
+        assert_eq!(q.depth(now_ms()).await.unwrap().due, 1 + 2 + 2 + 2 + 1);
+        let (stored, _) = q.get(&first.deliveries[1].id).await.unwrap().expect("queued");
+        assert_eq!(stored, first.deliveries[1], "the record keeps the event id");
+
+        for bad in [String::new(), "k".repeat(hookd::queue::MAX_DEDUP_KEY + 1)] {
+            let e = NewEvent {
+                dedup_key: Some(bad.clone()),
+                ..event("evt_keyed_3", &["crm"], shards)
+            };
+            match q.enqueue(&[e], WINDOW).await {
+                Err(Error::Invalid(message)) => assert!(message.contains("dedup key"), "{message}"),
+                other => panic!("a dedup key of {} bytes was not refused: {other:?}", bad.len()),
+            }
+        }
     }
 
     pub async fn claims_respect_max_and_due_order_across_shards(fx: &mut Fixture) {
@@ -1220,6 +1278,7 @@ macro_rules! conformance {
             case!($open, duplicates_within_the_window_queue_nothing);
             case!($open, ids_are_accepted_again_after_the_window);
             case!($open, events_without_deliveries_are_remembered);
+            case!($open, dedup_keys_of_their_own_dedup_apart_from_event_ids);
             case!($open, claims_respect_max_and_due_order_across_shards);
             case!($open, claims_are_invisible_until_the_lease_ends);
             case!($open, stale_leases_settle_nothing);

@@ -8,7 +8,13 @@
 //!   `next_cursor` for the next page. `limit` is 1 to [`MAX_LIMIT`],
 //!   [`DEFAULT_LIMIT`] by default.
 //! - `GET /v1/deliveries/{id}/attempts`: `{"delivery": {...}, "attempts": [...]}`.
-//! - `GET /v1/events/{id}`: `{"event_id", "deliveries": [{..., "attempts": [...]}]}`.
+//! - `GET /v1/events/{id}`: `{"event_id", "event", "deliveries": [{...,
+//!   "attempts": [...]}]}`, where `event` is the event as ingested, if the
+//!   log still keeps it (null otherwise): `{"id", "type", "created_at",
+//!   "data"}` with `data` the body as JSON (the Standard Webhooks envelope
+//!   receivers get before any plugin), or `"body"` (lossy text) instead of
+//!   `data` for a body that is not JSON. 404 only if the log has neither
+//!   the event nor any of its deliveries.
 //!
 //! Times are RFC 3339 in UTC with milliseconds. A bad query value answers
 //! 400 `invalid_query` naming the parameter; an unknown id answers 404.
@@ -25,7 +31,7 @@ use serde_json::{json, Value};
 
 use super::{ApiError, ApiState};
 use crate::config::SubscriptionName;
-use crate::history::{self, AttemptRecord, DeliveryState, DeliverySummary, ListFilter};
+use crate::history::{self, AttemptRecord, DeliveryState, DeliverySummary, EventRecord, ListFilter};
 use crate::ingest::EventId;
 use crate::queue::{DeliveryId, Millis};
 
@@ -109,6 +115,21 @@ fn attempt_json(a: &AttemptRecord) -> Value {
     })
 }
 
+/// An event record for JSON: its body as JSON in `data`, or as lossy text
+/// in `body` if it is not JSON.
+pub(super) fn event_json(record: &EventRecord) -> Value {
+    let mut out = json!({
+        "id": record.id,
+        "type": record.event_type,
+        "created_at": time(record.created_at),
+    });
+    match serde_json::from_slice::<Value>(&record.body) {
+        Ok(data) => out["data"] = data,
+        Err(_) => out["body"] = Value::String(String::from_utf8_lossy(&record.body).into_owned()),
+    }
+    out
+}
+
 /// The query of `GET /v1/deliveries`, checked.
 struct ListQuery {
     /// What to list.
@@ -188,12 +209,13 @@ async fn delivery_attempts(State(state): State<Arc<ApiState>>, Path(id): Path<St
 async fn event_deliveries(State(state): State<Arc<ApiState>>, Path(id): Path<String>) -> Result<Response, ApiError> {
     let event_id = EventId::parse(&id)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_id", format!("`{id}`: {e}")))?;
-    let summaries = state.history.event(&event_id).await?;
-    if summaries.is_empty() {
+    let (summaries, record) =
+        futures_util::future::try_join(state.history.event(&event_id), state.history.event_record(&event_id)).await?;
+    if summaries.is_empty() && record.is_none() {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",
-            format!("no deliveries recorded for event {event_id}: unknown, matched no subscription, or trimmed"),
+            format!("no record of event {event_id}: unknown, matched no subscription, or trimmed"),
         ));
     }
     let details = futures_util::future::try_join_all(summaries.iter().map(|s| state.history.delivery(&s.id))).await?;
@@ -209,7 +231,8 @@ async fn event_deliveries(State(state): State<Arc<ApiState>>, Path(id): Path<Str
             body
         })
         .collect();
-    Ok(Json(json!({ "event_id": event_id, "deliveries": deliveries })).into_response())
+    let event = record.as_ref().map_or(Value::Null, event_json);
+    Ok(Json(json!({ "event_id": event_id, "event": event, "deliveries": deliveries })).into_response())
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 //! - `GET /v1/deliveries/dead`, `GET /v1/deliveries/{id}`,
 //!   `POST /v1/deliveries/{id}/replay`: dead deliveries, kept and replayable.
 //! - [`admin`]: the delivery log (deliveries, attempts, events);
+//!   [`events`]: an event replayed to its subscriptions from the log;
 //!   [`recover`]: retry one delivery now, replay a subscription's failed
 //!   deliveries in bulk; [`subscriptions`]: status, enable, disable.
 //! - `GET /healthz` (the process is up), `GET /readyz` (the queue answers).
@@ -15,6 +16,7 @@
 
 pub mod admin;
 pub mod client;
+pub mod events;
 pub mod recover;
 pub mod subscriptions;
 
@@ -158,6 +160,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/deliveries/{id}", get(get_delivery))
         .route("/deliveries/{id}/replay", post(replay_delivery))
         .merge(admin::routes())
+        .merge(events::routes())
         .merge(recover::routes())
         .merge(subscriptions::routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));

@@ -391,10 +391,12 @@ fn check_mailbox(key: &str, text: &str) -> Result<(), Error> {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct HistoryConfig {
-    /// Deliveries created longer ago than this are trimmed, with their attempts.
+    /// Deliveries created longer ago than this are trimmed, with their
+    /// attempts; event records (what a replay sends) too.
     #[serde(with = "humantime_serde")]
     pub max_age: Duration,
-    /// Most deliveries kept overall; the oldest beyond it are trimmed.
+    /// Most deliveries kept overall, and most event records; the oldest
+    /// beyond it are trimmed.
     pub max_count: usize,
     /// Bytes of each response body kept in an attempt record (the store
     /// cuts longer ones).

@@ -41,7 +41,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::config::{Config, SubscriptionConfig, SubscriptionName};
 use crate::deliver::{self, Client};
-use crate::history::{self, AttemptRecord, DeliveryState, DeliverySummary, Entry, ErrorKind, History};
+use crate::history::{self, AttemptRecord, DeliveryState, DeliverySummary, Entry, ErrorKind, Recorder};
 use crate::notify::{Alerts, Notification};
 use crate::plugin::{self, Plugin, Plugins, Verdict};
 use crate::queue::{now_ms, Claim, Delivery, Millis, Queue, Settlement};
@@ -58,11 +58,6 @@ const CLAIM_BATCH: usize = 512;
 const SETTLE_BATCH: usize = 1024;
 /// Delay before a deferred delivery (its subscription was full) is due again.
 const DEFER_DELAY: Duration = Duration::from_millis(50);
-/// Most history entries waiting to be written; beyond, entries are dropped
-/// (and counted in the log) rather than slow deliveries down.
-const HISTORY_BACKLOG: usize = 100_000;
-/// Most history entries written in one call.
-const HISTORY_BATCH: usize = 512;
 /// Request headers whose values the delivery log keeps (the rest, custom
 /// headers included, may carry credentials and are redacted).
 const LOGGED_HEADERS: &[&str] = &[
@@ -329,8 +324,8 @@ struct Shared {
     endpoints: Arc<ArcSwap<Endpoints>>,
     /// Settlements on their way to the queue.
     settle_tx: mpsc::UnboundedSender<Settlement>,
-    /// Delivery log entries on their way to the history.
-    history_tx: mpsc::Sender<Entry>,
+    /// Hands delivery log entries to the history's writer.
+    recorder: Recorder,
     /// Attempt outcomes on their way to the health task.
     health_tx: mpsc::UnboundedSender<health::Report>,
     /// Dead deliveries are notified here.
@@ -339,8 +334,8 @@ struct Shared {
 
 /// What the dispatcher reports to, beside the queue.
 pub struct Services {
-    /// The delivery log.
-    pub history: Arc<dyn History>,
+    /// Records into the delivery log, never waiting for it.
+    pub recorder: Recorder,
     /// Counters and histograms.
     pub metrics: Arc<Metrics>,
     /// Operator notifications.
@@ -353,12 +348,8 @@ pub struct Dispatcher {
     shared: Arc<Shared>,
     /// Receiving end of the settlements, taken by [`Dispatcher::run`].
     settle_rx: mpsc::UnboundedReceiver<Settlement>,
-    /// Receiving end of the delivery log entries.
-    history_rx: mpsc::Receiver<Entry>,
     /// Receiving end of the attempt outcomes.
     health_rx: mpsc::UnboundedReceiver<health::Report>,
-    /// Where the log entries are written.
-    history: Arc<dyn History>,
     /// Automatic deactivation thresholds.
     thresholds: health::Thresholds,
     /// Free in-flight slots of this process.
@@ -382,7 +373,6 @@ impl Dispatcher {
     ) -> Result<Dispatcher, Error> {
         let client = Client::new(&config.delivery)?;
         let (settle_tx, settle_rx) = mpsc::unbounded_channel();
-        let (history_tx, history_rx) = mpsc::channel(HISTORY_BACKLOG);
         let (health_tx, health_rx) = mpsc::unbounded_channel();
         Ok(Dispatcher {
             shared: Arc::new(Shared {
@@ -390,14 +380,12 @@ impl Dispatcher {
                 client,
                 endpoints,
                 settle_tx,
-                history_tx,
+                recorder: services.recorder,
                 health_tx,
                 alerts: services.alerts,
             }),
             settle_rx,
-            history_rx,
             health_rx,
-            history: services.history,
             thresholds: health::Thresholds {
                 failures: config.delivery.disable_after_failures,
                 duration: config.delivery.disable_after,
@@ -416,9 +404,7 @@ impl Dispatcher {
         let Dispatcher {
             shared,
             settle_rx,
-            history_rx,
             health_rx,
-            history,
             thresholds,
             slots,
             lease,
@@ -426,7 +412,6 @@ impl Dispatcher {
             queued,
         } = self;
         let settler = tokio::spawn(settle_loop(shared.queue.clone(), settle_rx));
-        let logger = tokio::spawn(history_loop(history, history_rx));
         let health = tokio::spawn(health::health_loop(
             shared.queue.clone(),
             shared.endpoints.clone(),
@@ -555,12 +540,7 @@ impl Dispatcher {
         tasks.close();
         tasks.wait().await;
         drop(shared);
-        for (name, task) in [
-            ("settle", settler),
-            ("history", logger),
-            ("health", health),
-            ("state", states),
-        ] {
+        for (name, task) in [("settle", settler), ("health", health), ("state", states)] {
             if let Err(e) = task.await {
                 error!(error = %e, task = name, "dispatcher task failed");
             }
@@ -784,11 +764,10 @@ async fn attempt(shared: &Shared, claim: Claim, endpoint: Option<Arc<Endpoint>>)
 }
 
 impl Shared {
-    /// Hands an entry to the history task; drops it if the backlog is full.
+    /// Hands an entry to the history's writer; it is dropped, with a
+    /// warning, if the writer's backlog is full.
     fn log(&self, entry: Entry) {
-        if let Err(mpsc::error::TrySendError::Full(entry)) = self.history_tx.try_send(entry) {
-            warn!(delivery_id = %entry.delivery_id(), "delivery log backlog full: an entry was not recorded");
-        }
+        self.recorder.record(entry);
     }
 
     /// Logs a delivery that moved without an attempt (filtered, parked, dead).
@@ -839,19 +818,6 @@ async fn transform(
                 reason = %reason, "plugin dropped the delivery: filtered");
             Ok(Some(reason))
         }
-    }
-}
-
-/// Writes delivery log entries in batches until every sender is gone. The
-/// log is best effort: a batch that cannot be written is reported and
-/// dropped, never allowed to hold deliveries up.
-async fn history_loop(history: Arc<dyn History>, mut rx: mpsc::Receiver<Entry>) {
-    let mut batch = Vec::with_capacity(HISTORY_BATCH);
-    while rx.recv_many(&mut batch, HISTORY_BATCH).await > 0 {
-        if let Err(e) = history.record(&batch).await {
-            error!(error = %e, count = batch.len(), "cannot write the delivery log");
-        }
-        batch.clear();
     }
 }
 

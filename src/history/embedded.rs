@@ -27,8 +27,8 @@ use redb::{
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    apply, index_for, indices, parse_cursor, AttemptRecord, Counters, DeliverySummary, Entry, Error, History,
-    ListFilter, Page, SubscriptionStats, TRIM_BATCH,
+    apply, index_for, indices, parse_cursor, AttemptRecord, Counters, DeliverySummary, Entry, Error, EventRecord,
+    History, ListFilter, Page, SubscriptionStats, TRIM_BATCH,
 };
 use crate::config::{HistoryConfig, QueueConfig, SubscriptionName};
 use crate::ingest::EventId;
@@ -53,6 +53,12 @@ const INDEX: TableDefinition<(&str, i64, &str), ()> = TableDefinition::new("inde
 const EVENTS: TableDefinition<(&str, &str), ()> = TableDefinition::new("events");
 /// Subscription name → its counters as JSON.
 const STATS: TableDefinition<&str, &[u8]> = TableDefinition::new("stats");
+/// Event id → its [`EventRecord`]: (type, created at, body as ingested).
+/// Written once per event id by [`Entry::Event`]; removed by trim.
+const EVENT_RECORDS: TableDefinition<&str, (&str, i64, &[u8])> = TableDefinition::new("event_records");
+/// (created at, event id): [`EVENT_RECORDS`] oldest first, for trimming;
+/// creation times below 0 are stored as 0.
+const EVENT_TIMES: TableDefinition<(i64, &str), ()> = TableDefinition::new("event_times");
 
 /// Most calls the writer applies in one transaction.
 const MAX_GROUP: usize = 256;
@@ -66,9 +72,9 @@ enum Op {
     Record { entries: Vec<Entry>, reply: Reply<()> },
     /// [`History::trim`].
     Trim {
-        /// Deliveries created before this go.
+        /// Deliveries and event records created before this go.
         cutoff: Millis,
-        /// Most deliveries kept.
+        /// Most deliveries kept, and most event records.
         max_count: usize,
         reply: Reply<u64>,
     },
@@ -252,7 +258,7 @@ fn write_loop(db: &Database, mut receiver: mpsc::UnboundedReceiver<Op>, body_lim
 }
 
 /// Applies `group` in one transaction; per operation, how many deliveries
-/// a trim removed (0 for records).
+/// and event records a trim removed (0 for records).
 fn apply_group(db: &Database, group: &[Op], durable: bool, body_limit: usize) -> Result<Vec<u64>, StoreError> {
     let mut txn = db.begin_write()?;
     if !durable {
@@ -269,7 +275,9 @@ fn apply_group(db: &Database, group: &[Op], durable: bool, body_limit: usize) ->
                     }
                     0
                 }
-                Op::Trim { cutoff, max_count, .. } => tables.trim(*cutoff, *max_count)?,
+                Op::Trim { cutoff, max_count, .. } => {
+                    tables.trim(*cutoff, *max_count)? + tables.trim_events(*cutoff, *max_count)?
+                }
             });
         }
         tables.flush_counters()?;
@@ -291,6 +299,10 @@ struct Tables<'txn> {
     events: Table<'txn, (&'static str, &'static str), ()>,
     /// [`STATS`].
     stats: Table<'txn, &'static str, &'static [u8]>,
+    /// [`EVENT_RECORDS`].
+    event_records: Table<'txn, &'static str, (&'static str, i64, &'static [u8])>,
+    /// [`EVENT_TIMES`].
+    event_times: Table<'txn, (i64, &'static str), ()>,
     /// Counters read and changed in this transaction, by subscription.
     counters: HashMap<String, Counters>,
 }
@@ -303,6 +315,8 @@ impl<'txn> Tables<'txn> {
             index: txn.open_table(INDEX)?,
             events: txn.open_table(EVENTS)?,
             stats: txn.open_table(STATS)?,
+            event_records: txn.open_table(EVENT_RECORDS)?,
+            event_times: txn.open_table(EVENT_TIMES)?,
             counters: HashMap::new(),
         })
     }
@@ -331,7 +345,10 @@ impl<'txn> Tables<'txn> {
     }
 
     fn record(&mut self, entry: &Entry, body_limit: usize) -> Result<(), StoreError> {
-        let id = entry.delivery_id().as_str();
+        let id = match entry {
+            Entry::Event(record) => return self.record_event(record),
+            _ => entry.delivery_id().map_or("", |id| id.as_str()),
+        };
         let current = match self.summaries.get(id)? {
             Some(bytes) => match serde_json::from_slice::<DeliverySummary>(bytes.value()) {
                 Ok(summary) => Some(summary),
@@ -386,6 +403,52 @@ impl<'txn> Tables<'txn> {
         let json = serde_json::to_vec(after).unwrap_or_default();
         self.summaries.insert(id, json.as_slice())?;
         Ok(())
+    }
+
+    /// Stores an event's record unless one is stored already (the first
+    /// write wins).
+    fn record_event(&mut self, record: &EventRecord) -> Result<(), StoreError> {
+        let id = record.id.as_str();
+        if self.event_records.get(id)?.is_some() {
+            return Ok(());
+        }
+        let at = record.created_at.max(0);
+        self.event_records
+            .insert(id, (record.event_type.as_str(), record.created_at, &record.body[..]))?;
+        self.event_times.insert((at, id), ())?;
+        Ok(())
+    }
+
+    /// Removes up to [`TRIM_BATCH`] event records created before `cutoff`
+    /// or beyond `max_count`, oldest first.
+    fn trim_events(&mut self, cutoff: Millis, max_count: usize) -> Result<u64, StoreError> {
+        let mut victims: Vec<(i64, String)> = Vec::new();
+        for entry in self.event_times.range((i64::MIN, "")..(cutoff.max(0), ""))? {
+            if victims.len() >= TRIM_BATCH {
+                break;
+            }
+            let (key, _) = entry?;
+            let (at, id) = key.value();
+            victims.push((at, id.to_owned()));
+        }
+        let total = usize::try_from(self.event_times.len()?).unwrap_or(usize::MAX);
+        let over = total.saturating_sub(victims.len()).saturating_sub(max_count);
+        let more = over.min(TRIM_BATCH - victims.len());
+        if more > 0 {
+            let skip = victims.len();
+            let mut extra = Vec::with_capacity(more);
+            for entry in self.event_times.iter()?.skip(skip).take(more) {
+                let (key, _) = entry?;
+                let (at, id) = key.value();
+                extra.push((at, id.to_owned()));
+            }
+            victims.extend(extra);
+        }
+        for (at, id) in &victims {
+            self.event_times.remove((*at, id.as_str()))?;
+            self.event_records.remove(id.as_str())?;
+        }
+        Ok(victims.len() as u64)
     }
 
     /// Removes up to [`TRIM_BATCH`] deliveries created before `cutoff` or
@@ -512,6 +575,24 @@ impl History for EmbeddedHistory {
             }
             out.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
             Ok(out)
+        })
+        .await
+    }
+
+    async fn event_record(&self, event_id: &EventId) -> Result<Option<EventRecord>, Error> {
+        let event = event_id.clone();
+        self.read(move |txn| {
+            let records = txn.open_table(EVENT_RECORDS).map_err(read_err)?;
+            let Some(stored) = records.get(event.as_str()).map_err(read_err)? else {
+                return Ok(None);
+            };
+            let (event_type, created_at, body) = stored.value();
+            Ok(Some(EventRecord {
+                event_type: event_type.to_owned(),
+                created_at,
+                body: bytes::Bytes::copy_from_slice(body),
+                id: event,
+            }))
         })
         .await
     }

@@ -1,11 +1,14 @@
-//! History: the record of every delivery and every attempt, kept for a
-//! retention period, behind one trait.
+//! History: the record of every delivery and every attempt, and of every
+//! event's body, kept for a retention period, behind one trait.
 //!
 //! The queue forgets a delivery once it is acknowledged; the history keeps
 //! what operators ask about afterwards: when each attempt started, how long
 //! it took, the request headers sent (secrets redacted), the status, headers
 //! and first bytes of the response, why it failed, and where the delivery
-//! stands now. Two backends implement [`History`] with the same semantics,
+//! stands now. It also keeps each event as ingested ([`EventRecord`]: its
+//! exact body, before any plugin ran), so an event can be shown and
+//! replayed to its subscriptions after its deliveries are gone from the
+//! queue. Two backends implement [`History`] with the same semantics,
 //! checked by one conformance suite (`tests/history_conformance.rs`):
 //!
 //! - [`redis::RedisHistory`]: hashes, lists and lexicographic sorted-set
@@ -17,10 +20,12 @@
 //!
 //! ## How entries change a delivery
 //!
-//! Writers describe what happened as [`Entry`] values and hand them over in
-//! batches with [`History::record`], from a background task: recording is
-//! never on the delivery hot path. Each entry is applied on its own, in
-//! order, atomically with the indices and counters it moves:
+//! Writers describe what happened as [`Entry`] values and hand them to a
+//! [`Recorder`], which never waits: one background task writes them in
+//! batches with [`History::record`], so recording is never on the ingest
+//! or delivery hot path (when it falls behind, entries are dropped with a
+//! warning). Each entry is applied on its own, in order, atomically with
+//! the indices and counters it moves:
 //!
 //! - [`Entry::Created`] stores the summary of a new delivery; for a
 //!   delivery already known it does nothing (fan-out may be retried).
@@ -31,6 +36,10 @@
 //!   summary from the attempt itself, so no attempt is dropped.
 //! - [`Entry::State`] sets the state (filtered, parked, replayed…) and the
 //!   note of a known delivery; for an unknown one it does nothing.
+//! - [`Entry::Event`] stores an event's record, once per event id: the
+//!   first write wins and repeats do nothing. Ingest records each accepted
+//!   event that has at least one delivery; [`History::event_record`] reads
+//!   it back byte for byte.
 //!
 //! Before anything is stored, request and response headers named in
 //! [`ALWAYS_REDACTED`] have their values replaced by [`REDACTED`] (callers
@@ -52,12 +61,15 @@
 //! [`History::trim`] removes deliveries (with their attempts, index entries
 //! and counts) created before `now - max_age`, and the oldest beyond
 //! `max_count` deliveries **overall** (not per subscription: the bound is
-//! on storage, whatever the number of subscriptions). Each call does a
-//! bounded amount of work ([`TRIM_BATCH`] deliveries at most) and returns
-//! how many it removed; [`trim_loop`] calls it periodically and catches up
-//! in bounded steps. The Redis backend applies `max_count` per shard, as
-//! `ceil(max_count / shards)` each: shards are filled evenly by the hash of
-//! event ids, so the total stays close to `max_count`.
+//! on storage, whatever the number of subscriptions). Event records go by
+//! the same rules, counted apart: those created before `now - max_age`,
+//! and the oldest beyond `max_count` event records. Each call does a
+//! bounded amount of work ([`TRIM_BATCH`] deliveries and as many event
+//! records at most) and returns how many of both it removed; [`trim_loop`]
+//! calls it periodically and catches up in bounded steps. The Redis backend
+//! applies `max_count` per shard, as `ceil(max_count / shards)` each:
+//! shards are filled evenly by the hash of event ids, so the total stays
+//! close to `max_count`.
 
 pub mod embedded;
 pub mod redis;
@@ -65,10 +77,14 @@ pub mod redis;
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{HistoryConfig, SubscriptionName};
@@ -89,9 +105,21 @@ pub const ALWAYS_REDACTED: &[&str] = &[
     "set-cookie",
 ];
 
-/// Most deliveries one [`History::trim`] call removes, so a call never
-/// holds the store (or Redis) for long.
+/// Most deliveries, and most event records, one [`History::trim`] call
+/// removes, so a call never holds the store (or Redis) for long.
 pub const TRIM_BATCH: usize = 1000;
+
+/// Most entries waiting for the [`Recorder`]'s writer; beyond, entries are
+/// dropped (with a warning) rather than slow ingest or deliveries down.
+pub const RECORD_BACKLOG: usize = 100_000;
+
+/// Most bytes of event bodies waiting for the [`Recorder`]'s writer;
+/// beyond, [`Entry::Event`]s are dropped (with a warning), so a history
+/// that falls behind cannot make the backlog hold gigabytes of bodies.
+pub const RECORD_BACKLOG_BYTES: usize = 64 << 20;
+
+/// Most entries the [`Recorder`]'s writer hands to one [`History::record`].
+const RECORD_BATCH: usize = 512;
 
 /// How often [`trim_loop`] trims when the last call found nothing to remove.
 pub const TRIM_EVERY: Duration = Duration::from_secs(5);
@@ -317,7 +345,22 @@ impl DeliverySummary {
     }
 }
 
-/// One thing that happened to a delivery.
+/// An event as ingested: what every delivery of it started from.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EventRecord {
+    /// The event; the `webhook-id` its deliveries carry.
+    pub id: EventId,
+    /// Its dotted type.
+    pub event_type: String,
+    /// When hookd accepted it (its deliveries' `created_at`); trimming
+    /// goes by it.
+    pub created_at: Millis,
+    /// The exact body as ingested, before any plugin ran: what a replay
+    /// delivers again.
+    pub body: Bytes,
+}
+
+/// One thing that happened to a delivery, or an event to keep.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Entry {
     /// The delivery was made, at fan-out.
@@ -340,15 +383,35 @@ pub enum Entry {
         /// Why, in words.
         note: Option<String>,
     },
+    /// An event was accepted: keep its record (once per event id).
+    Event(EventRecord),
 }
 
 impl Entry {
-    /// The delivery this entry is about.
-    pub fn delivery_id(&self) -> &DeliveryId {
+    /// The delivery this entry is about; `None` for an event record.
+    pub fn delivery_id(&self) -> Option<&DeliveryId> {
         match self {
-            Entry::Created(summary) => &summary.id,
-            Entry::Attempted { attempt, .. } => &attempt.delivery_id,
-            Entry::State { id, .. } => id,
+            Entry::Created(summary) => Some(&summary.id),
+            Entry::Attempted { attempt, .. } => Some(&attempt.delivery_id),
+            Entry::State { id, .. } => Some(id),
+            Entry::Event(_) => None,
+        }
+    }
+
+    /// The id of what this entry is about (a delivery, or an event), for
+    /// messages.
+    pub fn subject(&self) -> &str {
+        match self {
+            Entry::Event(record) => record.id.as_str(),
+            _ => self.delivery_id().map_or("", DeliveryId::as_str),
+        }
+    }
+
+    /// Bytes of event body the entry holds (0 but for [`Entry::Event`]).
+    fn body_len(&self) -> usize {
+        match self {
+            Entry::Event(record) => record.body.len(),
+            _ => 0,
         }
     }
 }
@@ -408,12 +471,12 @@ impl SubscriptionStats {
     }
 }
 
-/// The record of deliveries and attempts. Every method is safe to call
-/// from many tasks and, for shared backends, many processes.
+/// The record of deliveries, attempts and events. Every method is safe to
+/// call from many tasks and, for shared backends, many processes.
 #[async_trait::async_trait]
 pub trait History: Send + Sync + 'static {
-    /// Applies `entries` in order (see the module docs). Meant for a
-    /// background task batching what the dispatcher reports.
+    /// Applies `entries` in order (see the module docs). Meant for the
+    /// [`Recorder`]'s writer, batching what ingest and the dispatcher report.
     async fn record(&self, entries: &[Entry]) -> Result<(), Error>;
 
     /// A delivery's summary and its attempts, oldest first.
@@ -421,6 +484,10 @@ pub trait History: Send + Sync + 'static {
 
     /// The deliveries of an event, over all its subscriptions, oldest first.
     async fn event(&self, event_id: &EventId) -> Result<Vec<DeliverySummary>, Error>;
+
+    /// The record of an event ([`Entry::Event`]), body byte for byte;
+    /// `None` if it was never recorded or has been trimmed.
+    async fn event_record(&self, event_id: &EventId) -> Result<Option<EventRecord>, Error>;
 
     /// Deliveries matching `filter`, newest first, at most `limit`, after
     /// `cursor` (a `next_cursor` of an earlier page of the same filter).
@@ -437,7 +504,8 @@ pub trait History: Send + Sync + 'static {
 
     /// Removes up to [`TRIM_BATCH`] deliveries created before
     /// `now - max_age` or beyond `max_count` (oldest first), with their
-    /// attempts; returns how many it removed.
+    /// attempts, and up to [`TRIM_BATCH`] event records by the same rules
+    /// (counted apart from deliveries); returns how many of both it removed.
     async fn trim(&self, now: Millis, max_age: Duration, max_count: usize) -> Result<u64, Error>;
 }
 
@@ -463,6 +531,106 @@ pub async fn trim_loop(history: Arc<dyn History>, config: HistoryConfig, shutdow
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(pause) => {}
+        }
+    }
+}
+
+/// Hands entries to the history's writer task without ever waiting: how
+/// ingest and the dispatcher record. Cheap to clone; every clone feeds the
+/// one writer [`Recorder::start`] started.
+#[derive(Clone)]
+pub struct Recorder {
+    /// Entries on their way to the writer.
+    tx: mpsc::Sender<Entry>,
+    /// Bytes of event bodies in `tx`, bounded by [`RECORD_BACKLOG_BYTES`].
+    body_bytes: Arc<AtomicUsize>,
+}
+
+impl Recorder {
+    /// Starts the writer task of `history`: it writes what the recorders
+    /// hand it, in batches, until `stop` is cancelled (or every recorder
+    /// is dropped), then writes what is already waiting and ends. Cancel
+    /// `stop` once the dispatcher has drained, so its last entries are kept.
+    pub fn start(history: Arc<dyn History>, stop: CancellationToken) -> (Recorder, JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(RECORD_BACKLOG);
+        let body_bytes = Arc::new(AtomicUsize::new(0));
+        let writer = tokio::spawn(write_loop(history, rx, body_bytes.clone(), stop));
+        (Recorder { tx, body_bytes }, writer)
+    }
+
+    /// Hands `entry` to the writer; drops it with a warning if the backlog
+    /// is full ([`RECORD_BACKLOG`] entries, or [`RECORD_BACKLOG_BYTES`] of
+    /// event bodies). Returns whether it was taken.
+    pub fn record(&self, entry: Entry) -> bool {
+        let len = entry.body_len();
+        if len > 0 {
+            let before = self.body_bytes.fetch_add(len, Ordering::Relaxed);
+            if before.saturating_add(len) > RECORD_BACKLOG_BYTES {
+                self.body_bytes.fetch_sub(len, Ordering::Relaxed);
+                tracing::warn!(
+                    event_id = entry.subject(),
+                    bytes = len,
+                    "delivery log backlog full of event bodies: an event record was not kept"
+                );
+                return false;
+            }
+        }
+        match self.tx.try_send(entry) {
+            Ok(()) => true,
+            Err(e) => {
+                self.body_bytes.fetch_sub(len, Ordering::Relaxed);
+                match e {
+                    mpsc::error::TrySendError::Full(entry) => {
+                        tracing::warn!(
+                            id = entry.subject(),
+                            "delivery log backlog full: an entry was not recorded"
+                        )
+                    }
+                    mpsc::error::TrySendError::Closed(entry) => {
+                        tracing::debug!(
+                            id = entry.subject(),
+                            "delivery log writer stopped: an entry was not recorded"
+                        )
+                    }
+                }
+                false
+            }
+        }
+    }
+}
+
+/// The writer behind [`Recorder`]s: writes entries in batches until
+/// `stop`, then what is already waiting. The log is best effort: a batch
+/// that cannot be written is reported and dropped, never allowed to hold
+/// ingest or deliveries up.
+async fn write_loop(
+    history: Arc<dyn History>,
+    mut rx: mpsc::Receiver<Entry>,
+    body_bytes: Arc<AtomicUsize>,
+    stop: CancellationToken,
+) {
+    let mut batch = Vec::with_capacity(RECORD_BATCH);
+    loop {
+        let stopping = tokio::select! {
+            n = rx.recv_many(&mut batch, RECORD_BATCH) => n == 0,
+            _ = stop.cancelled() => true,
+        };
+        if stopping {
+            rx.close();
+            while let Ok(entry) = rx.try_recv() {
+                batch.push(entry);
+            }
+        }
+        for chunk in batch.chunks(RECORD_BATCH) {
+            if let Err(e) = history.record(chunk).await {
+                tracing::error!(error = %e, count = chunk.len(), "cannot write the delivery log");
+            }
+        }
+        let bytes: usize = batch.iter().map(Entry::body_len).sum();
+        body_bytes.fetch_sub(bytes, Ordering::Relaxed);
+        batch.clear();
+        if stopping {
+            return;
         }
     }
 }
@@ -594,8 +762,9 @@ struct Change {
 }
 
 /// Applies `entry` to the stored summary `current` (see the module docs);
-/// `None` if it changes nothing. The embedded backend uses this directly;
-/// the Redis backend's script does the same.
+/// `None` if it changes nothing (an [`Entry::Event`] changes no delivery).
+/// The embedded backend uses this directly; the Redis backend's script
+/// does the same.
 fn apply(current: Option<DeliverySummary>, entry: &Entry, body_limit: usize) -> Option<Change> {
     match entry {
         Entry::Created(summary) => match current {
@@ -637,6 +806,7 @@ fn apply(current: Option<DeliverySummary>, entry: &Entry, body_limit: usize) -> 
                 success: Some(*state == DeliveryState::Delivered),
             })
         }
+        Entry::Event(_) => None,
         Entry::State { state, at, note, .. } => {
             let mut after = current?;
             let before = Some(after.state);
@@ -761,6 +931,45 @@ mod tests {
         assert_eq!(stored.request_headers[0].1, REDACTED);
         assert_eq!(stored.response_headers[0].1, REDACTED);
         assert_eq!(stored.response_body, "h");
+    }
+
+    #[tokio::test]
+    async fn recorders_never_wait_and_the_writer_drains_on_stop() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut queue = crate::config::Config::from_toml("").unwrap().queue;
+        queue.data_dir = dir.path().to_owned();
+        let config = HistoryConfig {
+            max_age: Duration::from_secs(3600),
+            max_count: 1000,
+            response_body_limit: 64,
+        };
+        let history: Arc<dyn History> = Arc::new(embedded::EmbeddedHistory::open(&queue, &config).unwrap());
+        let stop = CancellationToken::new();
+        let (recorder, writer) = Recorder::start(history.clone(), stop.clone());
+        let event = EventRecord {
+            id: EventId::parse("evt_1").unwrap(),
+            event_type: "coupon.redeemed".into(),
+            created_at: 1_000,
+            body: Bytes::from_static(b"{}"),
+        };
+        assert!(recorder.record(Entry::Event(event.clone())));
+        let mut huge = event.clone();
+        huge.id = EventId::parse("evt_huge").unwrap();
+        huge.body = Bytes::from(vec![b'x'; RECORD_BACKLOG_BYTES + 1]);
+        assert!(
+            !recorder.record(Entry::Event(huge.clone())),
+            "over the bytes bound: dropped"
+        );
+        stop.cancel();
+        writer.await.unwrap();
+        assert_eq!(history.event_record(&event.id).await.unwrap(), Some(event));
+        assert_eq!(history.event_record(&huge.id).await.unwrap(), None);
+        assert!(!recorder.record(Entry::State {
+            id: DeliveryId::new(0),
+            state: DeliveryState::Parked,
+            at: 5,
+            note: None,
+        }));
     }
 
     #[test]

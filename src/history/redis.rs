@@ -5,7 +5,8 @@
 //! prefix, `h` for history, the shard's hash tag), so a shard's keys share
 //! one Cluster slot and a script may touch them together. A delivery lives
 //! in the shard its id names ([`DeliveryId::shard`]), which the queue makes
-//! the shard of its event ([`crate::queue::shard_of`]).
+//! the shard of its event ([`crate::queue::shard_of`]); an event's record
+//! lives in its event's shard.
 //!
 //! The indices are sorted sets whose members all score 0 and are the
 //! delivery's listing position (`{created_at:016x}{id}`, see the module
@@ -33,11 +34,11 @@ use futures_util::future::try_join_all;
 
 use super::{
     parse_cursor, position, time_prefix, AttemptRecord, Counters, DeliveryState, DeliverySummary, Entry, Error,
-    History, ListFilter, Page, SubscriptionStats, TRIM_BATCH,
+    EventRecord, History, ListFilter, Page, SubscriptionStats, TRIM_BATCH,
 };
 use crate::config::{HistoryConfig, QueueConfig, SubscriptionName};
 use crate::ingest::EventId;
-use crate::queue::{DeliveryId, Millis};
+use crate::queue::{shard_of, DeliveryId, Millis};
 
 /// `{prefix}:h:{N}:`: the start of every history key of shard `N`.
 pub fn shard_base(prefix: &str, shard: u16) -> String {
@@ -81,6 +82,22 @@ pub fn stats_key(prefix: &str, shard: u16, subscription: &str) -> String {
     format!("{}stats:{subscription}", shard_base(prefix, shard))
 }
 
+/// `{prefix}:h:{N}:e:<event id>`, a hash: the event's [`EventRecord`]:
+/// `type`, `created_at` (ms) and `body` (the bytes as ingested). `N` is the
+/// event's shard ([`shard_of`]). Written once by the record script (the
+/// first write wins); deleted by the trim script.
+pub fn event_record_key(prefix: &str, shard: u16, event: &str) -> String {
+    format!("{}e:{event}", shard_base(prefix, shard))
+}
+
+/// `{prefix}:h:{N}:events`, a sorted set: member = event id, score = its
+/// record's `created_at` (ms): the event records of shard `N`, oldest
+/// first, for trimming. Written by the record script; the trim script
+/// removes.
+pub fn event_times_key(prefix: &str, shard: u16) -> String {
+    format!("{}events", shard_base(prefix, shard))
+}
+
 /// How long connecting, waiting for a pooled connection and recycling one
 /// may take before the operation fails.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -88,17 +105,22 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Most entries one record script run applies, so no run holds Redis long.
 const ENTRIES_PER_RUN: usize = 512;
 
+/// Most bytes of event bodies one record script run carries (a run holds
+/// at least one entry, whatever its size), so no request is huge.
+const BODY_BYTES_PER_RUN: usize = 4 << 20;
+
 /// Arguments per entry of [`RECORD_LUA`].
 const STRIDE: usize = 16;
 
 /// Record. KEYS: the `time` index of each shard in the group (the other
 /// keys of a shard are derived from it). ARGV: [`STRIDE`] fields per entry:
-/// kind (`c` created, `a` attempted, `s` state), index of its shard's key
-/// in KEYS, delivery id, listing position if new, event id, event type,
-/// subscription, state, time (created / started / at), updated or ended
-/// time, attempts or attempt number, last status, `=`last error, next
-/// attempt time, `=`note or the attempt's JSON, `1` if the attempt
-/// succeeded. Empty fields are absent values. Applies the rules in the
+/// kind (`c` created, `a` attempted, `s` state, `e` event record), index of
+/// its shard's key in KEYS, delivery id, listing position if new, event id,
+/// event type, subscription, state, time (created / started / at), updated
+/// or ended time, attempts or attempt number, last status, `=`last error,
+/// next attempt time, `=`note or the attempt's JSON or the event's body,
+/// `1` if the attempt succeeded. Empty fields are absent values; an event
+/// record uses only its event id, type, time and body. Applies the rules in the
 /// module docs of [`super`]; returns how many entries changed something.
 const RECORD_LUA: &str = r#"
 local S = 16
@@ -136,48 +158,60 @@ local function create(base, d, i, state, updated, attempts)
   redis.call('SADD', base .. 'event:' .. ev, id)
   move(base, sub, m, nil, state)
 end
+local function event(base, i)
+  local ev = ARGV[i + 4]
+  local r = base .. 'e:' .. ev
+  if redis.call('EXISTS', r) == 1 then return 0 end
+  redis.call('HSET', r, 'type', ARGV[i + 5], 'created_at', ARGV[i + 8], 'body', ARGV[i + 14])
+  redis.call('ZADD', base .. 'events', ARGV[i + 8], ev)
+  return 1
+end
 local applied = 0
 for i = 1, #ARGV, S do
   local kind, id = ARGV[i], ARGV[i + 2]
   local time = KEYS[tonumber(ARGV[i + 1])]
   local base = string.sub(time, 1, -5)
-  local d = base .. 'd:' .. id
-  local cur = redis.call('HMGET', d, 'm', 'subscription', 'state', 'updated_at', 'attempts')
-  local m, sub, state, updated, attempts = cur[1], cur[2], cur[3], cur[4], cur[5]
-  if kind == 'c' then
-    if not m then
-      create(base, d, i, ARGV[i + 7], ARGV[i + 9], ARGV[i + 10])
+  if kind == 'e' then
+    applied = applied + event(base, i)
+  else
+    local d = base .. 'd:' .. id
+    local cur = redis.call('HMGET', d, 'm', 'subscription', 'state', 'updated_at', 'attempts')
+    local m, sub, state, updated, attempts = cur[1], cur[2], cur[3], cur[4], cur[5]
+    if kind == 'c' then
+      if not m then
+        create(base, d, i, ARGV[i + 7], ARGV[i + 9], ARGV[i + 10])
+        opt(d, 'last_status', ARGV[i + 11], false)
+        opt(d, 'last_error', ARGV[i + 12], true)
+        opt(d, 'next_attempt_at', ARGV[i + 13], false)
+        opt(d, 'note', ARGV[i + 14], true)
+        applied = applied + 1
+      end
+    elseif kind == 'a' then
+      local new = ARGV[i + 7]
+      if not m then
+        create(base, d, i, new, ARGV[i + 9], '0')
+        m, sub, state, updated, attempts = ARGV[i + 3], ARGV[i + 6], new, ARGV[i + 9], '0'
+      end
+      redis.call('RPUSH', base .. 'a:' .. id, ARGV[i + 14])
+      move(base, sub, m, state, new)
+      local n = ARGV[i + 10]
+      if tonumber(attempts) > tonumber(n) then n = attempts end
+      redis.call('HSET', d, 'state', new, 'attempts', n, 'updated_at', later(updated, ARGV[i + 9]))
       opt(d, 'last_status', ARGV[i + 11], false)
       opt(d, 'last_error', ARGV[i + 12], true)
       opt(d, 'next_attempt_at', ARGV[i + 13], false)
+      local stats = base .. 'stats:' .. sub
+      local field = 'last_failure_at'
+      if ARGV[i + 15] == '1' then field = 'last_success_at' end
+      redis.call('HSET', stats, field, later(redis.call('HGET', stats, field), ARGV[i + 8]))
+      applied = applied + 1
+    elseif m then
+      local new = ARGV[i + 7]
+      move(base, sub, m, state, new)
+      redis.call('HSET', d, 'state', new, 'updated_at', later(updated, ARGV[i + 8]))
       opt(d, 'note', ARGV[i + 14], true)
       applied = applied + 1
     end
-  elseif kind == 'a' then
-    local new = ARGV[i + 7]
-    if not m then
-      create(base, d, i, new, ARGV[i + 9], '0')
-      m, sub, state, updated, attempts = ARGV[i + 3], ARGV[i + 6], new, ARGV[i + 9], '0'
-    end
-    redis.call('RPUSH', base .. 'a:' .. id, ARGV[i + 14])
-    move(base, sub, m, state, new)
-    local n = ARGV[i + 10]
-    if tonumber(attempts) > tonumber(n) then n = attempts end
-    redis.call('HSET', d, 'state', new, 'attempts', n, 'updated_at', later(updated, ARGV[i + 9]))
-    opt(d, 'last_status', ARGV[i + 11], false)
-    opt(d, 'last_error', ARGV[i + 12], true)
-    opt(d, 'next_attempt_at', ARGV[i + 13], false)
-    local stats = base .. 'stats:' .. sub
-    local field = 'last_failure_at'
-    if ARGV[i + 15] == '1' then field = 'last_success_at' end
-    redis.call('HSET', stats, field, later(redis.call('HGET', stats, field), ARGV[i + 8]))
-    applied = applied + 1
-  elseif m then
-    local new = ARGV[i + 7]
-    move(base, sub, m, state, new)
-    redis.call('HSET', d, 'state', new, 'updated_at', later(updated, ARGV[i + 8]))
-    opt(d, 'note', ARGV[i + 14], true)
-    applied = applied + 1
   end
 end
 return applied
@@ -185,9 +219,11 @@ return applied
 
 /// Trim one shard. KEYS: its `time` index. ARGV: the age cutoff as a
 /// position prefix (deliveries created before it go), the most deliveries
-/// the shard keeps, the most to remove now. Removes the oldest first, each
-/// with its summary, attempts, index entries, count and event membership.
-/// Returns how many it removed.
+/// the shard keeps (and the most event records), the most of each to
+/// remove now, the age cutoff in ms (event records created before it go).
+/// Removes the oldest deliveries first, each with its summary, attempts,
+/// index entries, count and event membership; then the oldest event
+/// records by the same rules. Returns how many of both it removed.
 const TRIM_LUA: &str = r#"
 local time = KEYS[1]
 local base = string.sub(time, 1, -5)
@@ -218,7 +254,21 @@ for _, m in ipairs(victims) do
   end
   redis.call('DEL', d, base .. 'a:' .. id)
 end
-return #victims
+local events = base .. 'events'
+local old = redis.call('ZRANGEBYSCORE', events, '-inf', '(' .. ARGV[4], 'LIMIT', 0, batch)
+local k = #old
+if k < batch then
+  local over = redis.call('ZCARD', events) - k - cap
+  if over > 0 then
+    local more = redis.call('ZRANGE', events, k, k + math.min(over, batch - k) - 1)
+    for _, ev in ipairs(more) do old[#old + 1] = ev end
+  end
+end
+for _, ev in ipairs(old) do
+  redis.call('ZREM', events, ev)
+  redis.call('DEL', base .. 'e:' .. ev)
+end
+return #victims + #old
 "#;
 
 static RECORD: LazyLock<Script> = LazyLock::new(|| Script::new(RECORD_LUA));
@@ -484,6 +534,14 @@ impl RedisHistory {
         }
     }
 
+    /// The shard an entry's keys live in: its delivery's, or its event's.
+    fn shard_of_entry(&self, entry: &Entry) -> u16 {
+        match entry {
+            Entry::Event(record) => shard_of(&record.id, self.shards),
+            _ => entry.delivery_id().map_or(0, DeliveryId::shard),
+        }
+    }
+
     /// The record script's call for `entries`, all in `group`'s shards.
     fn record_call(&self, group: &[u16], entries: &[&Entry]) -> Result<Call, Error> {
         let mut call = Call::default();
@@ -491,14 +549,15 @@ impl RedisHistory {
             call.keys.push(index_key(&self.prefix, s, "time"));
         }
         for entry in entries {
-            let id = entry.delivery_id();
-            let g = group.iter().position(|&s| s == id.shard()).unwrap_or(0) + 1;
+            let shard = self.shard_of_entry(entry);
+            let g = group.iter().position(|&s| s == shard).unwrap_or(0) + 1;
+            let id = entry.delivery_id().map_or("", DeliveryId::as_str);
             match entry {
                 Entry::Created(s) => {
                     call.arg("c");
                     call.arg(g);
                     call.arg(id);
-                    call.arg(position(s.created_at, id.as_str()));
+                    call.arg(position(s.created_at, id));
                     call.arg(&s.event_id);
                     call.arg(&s.event_type);
                     call.arg(&s.subscription);
@@ -515,13 +574,13 @@ impl RedisHistory {
                 Entry::Attempted { attempt, state } => {
                     let scrubbed = super::scrub(attempt, self.body_limit);
                     let json = serde_json::to_vec(&scrubbed).map_err(|e| Error::Corrupt {
-                        key: id.to_string(),
+                        key: id.to_owned(),
                         reason: format!("attempt does not serialize: {e}"),
                     })?;
                     call.arg("a");
                     call.arg(g);
                     call.arg(id);
-                    call.arg(position(attempt.started_at, id.as_str()));
+                    call.arg(position(attempt.started_at, id));
                     call.arg(&attempt.event_id);
                     call.arg(&attempt.event_type);
                     call.arg(&attempt.subscription);
@@ -548,6 +607,22 @@ impl RedisHistory {
                         call.arg("");
                     }
                     call.marked(note.as_deref());
+                    call.arg("");
+                }
+                Entry::Event(record) => {
+                    call.arg("e");
+                    call.arg(g);
+                    call.arg("");
+                    call.arg("");
+                    call.arg(&record.id);
+                    call.arg(&record.event_type);
+                    call.arg("");
+                    call.arg("");
+                    call.arg(record.created_at);
+                    for _ in 0..5 {
+                        call.arg("");
+                    }
+                    call.args.push(record.body.to_vec());
                     call.arg("");
                 }
             }
@@ -595,7 +670,7 @@ impl History for RedisHistory {
         if entries.is_empty() {
             return Ok(());
         }
-        let mut shards: Vec<u16> = entries.iter().map(|e| e.delivery_id().shard()).collect();
+        let mut shards: Vec<u16> = entries.iter().map(|e| self.shard_of_entry(e)).collect();
         shards.sort_unstable();
         shards.dedup();
         // Chunks of one group run one after another, so entries about one
@@ -605,10 +680,9 @@ impl History for RedisHistory {
         for group in self.groups(shards) {
             let mine: Vec<&Entry> = entries
                 .iter()
-                .filter(|e| group.contains(&e.delivery_id().shard()))
+                .filter(|e| group.contains(&self.shard_of_entry(e)))
                 .collect();
-            let calls = mine
-                .chunks(ENTRIES_PER_RUN)
+            let calls = runs_of(&mine)
                 .map(|chunk| self.record_call(&group, chunk))
                 .collect::<Result<Vec<_>, _>>()?;
             runs.push(async move {
@@ -677,6 +751,45 @@ impl History for RedisHistory {
         let mut found = self.summaries(&ids).await?;
         found.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
         Ok(found)
+    }
+
+    async fn event_record(&self, event_id: &EventId) -> Result<Option<EventRecord>, Error> {
+        let s = shard_of(event_id, self.shards);
+        let key = event_record_key(&self.prefix, s, event_id.as_str());
+        let mut cmd = ::redis::cmd("HMGET");
+        cmd.arg(&key).arg("type").arg("created_at").arg("body");
+        let reply = self
+            .per_shard("read an event record", vec![vec![cmd]])
+            .await?
+            .pop()
+            .and_then(|mut replies| replies.pop())
+            .unwrap_or(Value::Nil);
+        let Value::Array(fields) = reply else {
+            return Err(unexpected("the fields of an event record", &reply));
+        };
+        let mut fields = fields.into_iter();
+        let (Some(event_type), Some(created_at), Some(body)) = (fields.next(), fields.next(), fields.next()) else {
+            return Err(Error::Redis("HMGET answered fewer than the 3 fields asked".into()));
+        };
+        if matches!((&event_type, &created_at, &body), (Value::Nil, Value::Nil, Value::Nil)) {
+            return Ok(None);
+        }
+        let corrupt = |reason: String| Error::Corrupt {
+            key: key.clone(),
+            reason,
+        };
+        let event_type = text(event_type).map_err(|e| corrupt(format!("type: {e}")))?;
+        let created_at = text(created_at)
+            .map_err(|e| corrupt(format!("created_at: {e}")))?
+            .parse::<Millis>()
+            .map_err(|e| corrupt(format!("created_at: {e}")))?;
+        let body = bytes_of(body).map_err(|e| corrupt(format!("body: {e}")))?;
+        Ok(Some(EventRecord {
+            id: event_id.clone(),
+            event_type,
+            created_at,
+            body: bytes::Bytes::from(body),
+        }))
     }
 
     async fn list(
@@ -783,7 +896,8 @@ impl History for RedisHistory {
 
     async fn trim(&self, now: Millis, max_age: Duration, max_count: usize) -> Result<u64, Error> {
         let age = Millis::try_from(max_age.as_millis()).unwrap_or(Millis::MAX);
-        let cutoff = time_prefix(now.saturating_sub(age));
+        let cutoff_ms = now.saturating_sub(age);
+        let cutoff = time_prefix(cutoff_ms);
         let shards = usize::from(self.shards);
         let cap = max_count.div_ceil(shards);
         let batch = (TRIM_BATCH / shards).max(1);
@@ -796,6 +910,7 @@ impl History for RedisHistory {
                 call.arg(&cutoff);
                 call.arg(cap);
                 call.arg(batch);
+                call.arg(cutoff_ms);
                 call
             })
             .collect();
@@ -805,6 +920,30 @@ impl History for RedisHistory {
             .map(|r| int_of(r).map(|n| n.max(0) as u64))
             .sum::<Result<u64, Error>>()
     }
+}
+
+/// `entries` cut into script runs of at most [`ENTRIES_PER_RUN`] entries
+/// and [`BODY_BYTES_PER_RUN`] bytes of event bodies (at least one entry
+/// each), in order.
+fn runs_of<'a, 'e>(entries: &'a [&'e Entry]) -> impl Iterator<Item = &'a [&'e Entry]> + 'a {
+    let mut rest = entries;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let mut n = 0;
+        let mut bytes = 0;
+        while n < rest.len() && n < ENTRIES_PER_RUN {
+            bytes += rest[n].body_len();
+            if n > 0 && bytes > BODY_BYTES_PER_RUN {
+                break;
+            }
+            n += 1;
+        }
+        let (run, tail) = rest.split_at(n);
+        rest = tail;
+        Some(run)
+    })
 }
 
 /// Builds a summary from its hash's fields.
@@ -908,6 +1047,33 @@ mod tests {
         assert_eq!(index_key("hookd", 3, "time"), "hookd:h:{3}:time");
         assert_eq!(event_key("hookd", 3, "evt_1"), "hookd:h:{3}:event:evt_1");
         assert_eq!(stats_key("hookd", 3, "crm"), "hookd:h:{3}:stats:crm");
+        assert_eq!(event_record_key("hookd", 3, "evt_1"), "hookd:h:{3}:e:evt_1");
+        assert_eq!(event_times_key("hookd", 3), "hookd:h:{3}:events");
+    }
+
+    #[test]
+    fn runs_are_bounded_by_entries_and_body_bytes() {
+        let event = |bytes: usize| {
+            Entry::Event(EventRecord {
+                id: EventId::parse("evt_1").unwrap(),
+                event_type: "a.b".into(),
+                created_at: 0,
+                body: bytes::Bytes::from(vec![0u8; bytes]),
+            })
+        };
+        let sizes = |entries: &[Entry]| {
+            let refs: Vec<&Entry> = entries.iter().collect();
+            runs_of(&refs).map(<[&Entry]>::len).collect::<Vec<_>>()
+        };
+        let small: Vec<Entry> = (0..ENTRIES_PER_RUN + 3).map(|_| event(1)).collect();
+        assert_eq!(sizes(&small), vec![ENTRIES_PER_RUN, 3]);
+        let big = vec![
+            event(BODY_BYTES_PER_RUN + 1),
+            event(BODY_BYTES_PER_RUN / 2),
+            event(BODY_BYTES_PER_RUN / 2),
+        ];
+        assert_eq!(sizes(&big), vec![1, 2], "an oversized entry still runs, alone");
+        assert!(sizes(&[]).is_empty());
     }
 
     #[test]

@@ -5,6 +5,9 @@
 //! the event out to the matching subscriptions and hands the event id and
 //! its deliveries to [`Queue::enqueue`], which dedups and queues them in one
 //! atomic step. An event is acknowledged to its producer only after that.
+//! Each accepted event with at least one delivery is then handed, once, to
+//! the delivery log ([`crate::history::Recorder`], never waited for), which
+//! keeps its body for the admin API and for replays.
 
 pub mod stream;
 
@@ -20,6 +23,7 @@ use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot, Notify};
 
 use crate::config::{Config, SubscriptionName};
+use crate::history::{Entry, EventRecord, Recorder};
 use crate::queue::{self, now_ms, Delivery, DeliveryId, Enqueued, NewEvent, Queue};
 pub use crate::telemetry::metrics::Source;
 use crate::telemetry::Metrics;
@@ -305,12 +309,18 @@ pub struct Ingestor {
 }
 
 impl Ingestor {
-    /// An ingestor for `config`'s subscriptions, waking `queued` on enqueue
-    /// and counting into `metrics`.
+    /// An ingestor for `config`'s subscriptions, waking `queued` on enqueue,
+    /// recording accepted events with `recorder` and counting into `metrics`.
     /// Must be called within a tokio runtime: it starts the enqueue task.
-    pub fn new(config: &Config, queue: Arc<dyn Queue>, queued: Arc<Notify>, metrics: Arc<Metrics>) -> Ingestor {
+    pub fn new(
+        config: &Config,
+        queue: Arc<dyn Queue>,
+        queued: Arc<Notify>,
+        recorder: Recorder,
+        metrics: Arc<Metrics>,
+    ) -> Ingestor {
         let (enqueue_tx, enqueue_rx) = mpsc::channel(ENQUEUE_BACKLOG);
-        tokio::spawn(enqueue_loop(queue, config.ingest.dedup_window, enqueue_rx));
+        tokio::spawn(enqueue_loop(queue, config.ingest.dedup_window, enqueue_rx, recorder));
         Ingestor {
             enqueue_tx,
             routes: ArcSwap::from_pointee(Routes::new(config)),
@@ -394,6 +404,7 @@ impl Ingestor {
             .collect();
         NewEvent {
             event_id: event.id.clone(),
+            dedup_key: None,
             deliveries,
         }
     }
@@ -410,9 +421,15 @@ type PendingEnqueue = (Vec<NewEvent>, oneshot::Sender<Result<Vec<Enqueued>, queu
 /// Group commit: whatever batches arrived while the previous queue call
 /// was in flight go to the queue together in one call (one Redis round
 /// trip, one embedded transaction), so many producers posting one event per
-/// request cost a fraction of the round trips. Ends when the ingestor is
-/// dropped.
-async fn enqueue_loop(queue: Arc<dyn Queue>, window: Duration, mut rx: mpsc::Receiver<PendingEnqueue>) {
+/// request cost a fraction of the round trips. Each accepted event with a
+/// delivery is handed to `recorder` (without waiting) before its producer
+/// is answered. Ends when the ingestor is dropped.
+async fn enqueue_loop(
+    queue: Arc<dyn Queue>,
+    window: Duration,
+    mut rx: mpsc::Receiver<PendingEnqueue>,
+    recorder: Recorder,
+) {
     let mut pending = Vec::with_capacity(ENQUEUE_COMBINE);
     while rx.recv_many(&mut pending, ENQUEUE_COMBINE).await > 0 {
         let mut all = Vec::new();
@@ -423,6 +440,13 @@ async fn enqueue_loop(queue: Arc<dyn Queue>, window: Duration, mut rx: mpsc::Rec
         }
         match queue.enqueue(&all, window).await {
             Ok(results) => {
+                for (event, result) in all.iter().zip(&results) {
+                    if *result == Enqueued::Accepted {
+                        if let Some(record) = event_record(event) {
+                            recorder.record(Entry::Event(record));
+                        }
+                    }
+                }
                 let mut results = results.into_iter();
                 for (len, reply) in replies {
                     let _ = reply.send(Ok(results.by_ref().take(len).collect()));
@@ -435,6 +459,19 @@ async fn enqueue_loop(queue: Arc<dyn Queue>, window: Duration, mut rx: mpsc::Rec
             }
         }
     }
+}
+
+/// The record of an event for the delivery log, from its first delivery
+/// (every delivery of a fanned-out event shares its id, type, creation
+/// time and body); `None` if it has no delivery.
+fn event_record(event: &NewEvent) -> Option<EventRecord> {
+    let first = event.deliveries.first()?;
+    Some(EventRecord {
+        id: event.event_id.clone(),
+        event_type: first.event_type.clone(),
+        created_at: first.created_at,
+        body: first.body.clone(),
+    })
 }
 
 #[cfg(test)]

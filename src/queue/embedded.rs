@@ -51,9 +51,10 @@ const DUE_AT: TableDefinition<&str, i64> = TableDefinition::new("due_at");
 const DEAD: TableDefinition<(i64, &str), ()> = TableDefinition::new("dead");
 /// Delivery id → its key in [`DEAD`].
 const DEAD_AT: TableDefinition<&str, i64> = TableDefinition::new("dead_at");
-/// Event id → end of its dedup window (ms).
+/// Dedup key ([`NewEvent::dedup_key`]: the event id, or a replay's key) →
+/// end of its dedup window (ms).
 const SEEN: TableDefinition<&str, i64> = TableDefinition::new("seen");
-/// (window end ms, event id): [`SEEN`] in expiry order, so the writer can
+/// (window end ms, dedup key): [`SEEN`] in expiry order, so the writer can
 /// purge expired entries cheaply.
 const SEEN_EXPIRY: TableDefinition<(i64, &str), ()> = TableDefinition::new("seen_expiry");
 /// (subscription, created_at ms, delivery id): parked deliveries, per
@@ -84,8 +85,8 @@ type Reply<T> = oneshot::Sender<Result<T, Error>>;
 
 /// One event to enqueue, with its records already encoded.
 struct Incoming {
-    /// The dedup key.
-    event_id: String,
+    /// The dedup key ([`NewEvent::dedup_key`]).
+    dedup_key: String,
     /// (delivery id, encoded record) pairs.
     deliveries: Vec<(String, Vec<u8>)>,
 }
@@ -509,7 +510,7 @@ impl<'txn> Tables<'txn> {
     }
 
     fn enqueue(&mut self, event: &Incoming, now: Millis, until: Millis) -> Result<Enqueued, StoreError> {
-        let id = event.event_id.as_str();
+        let id = event.dedup_key.as_str();
         let previous = self.seen.get(id)?.map(|g| g.value());
         if previous.is_some_and(|end| end > now) {
             return Ok(Enqueued::Duplicate);
@@ -761,7 +762,7 @@ impl Queue for EmbeddedQueue {
             // store's contents mean the same to both backends.
             e.shard(self.shards)?;
             incoming.push(Incoming {
-                event_id: e.event_id.as_str().to_owned(),
+                dedup_key: e.dedup_key().to_owned(),
                 deliveries: e
                     .deliveries
                     .iter()

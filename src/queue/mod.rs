@@ -12,10 +12,11 @@
 //!
 //! ## Semantics every backend keeps
 //!
-//! - [`Queue::enqueue`] records an event id as seen and enqueues its
-//!   deliveries atomically: both happen or neither, so an event is never
-//!   marked seen without its deliveries (which would lose it) nor enqueued
-//!   twice within the dedup window.
+//! - [`Queue::enqueue`] records an event id (or the event's own dedup
+//!   key, [`NewEvent::dedup_key`]) as seen and enqueues its deliveries
+//!   atomically: both happen or neither, so an event is never marked seen
+//!   without its deliveries (which would lose it) nor enqueued twice within
+//!   the dedup window.
 //! - [`Queue::claim`] hands out due deliveries and pushes their due time to
 //!   `now + lease`. A worker that dies mid-delivery loses nothing: its
 //!   claims fall due again when the lease runs out (at least once).
@@ -197,20 +198,44 @@ mod body_b64 {
     }
 }
 
+/// Longest [`NewEvent::dedup_key`] accepted, in bytes.
+pub const MAX_DEDUP_KEY: usize = 512;
+
 /// An event and its deliveries, to enqueue together.
 #[derive(Clone, Debug)]
 pub struct NewEvent {
-    /// The event's id: the dedup key.
+    /// The event's id.
     pub event_id: EventId,
+    /// What dedup remembers instead of the event id, if set: a replay of
+    /// an event uses `{event_id}/replay/{key}` so that it is not refused as
+    /// a repeat of the event itself. Kept in the event's shard, like the
+    /// event id would be. `None`: the event id is the dedup key.
+    pub dedup_key: Option<String>,
     /// One delivery per matching subscription; all in `shard_of(event_id)`.
     /// May be empty: the event is still recorded as seen.
     pub deliveries: Vec<Delivery>,
 }
 
 impl NewEvent {
+    /// The key dedup remembers: [`NewEvent::dedup_key`] if set, the event
+    /// id otherwise.
+    pub fn dedup_key(&self) -> &str {
+        self.dedup_key.as_deref().unwrap_or(self.event_id.as_str())
+    }
+
     /// The event's shard, after checking that every delivery lives in it
-    /// (backends store a delivery where its id says, and dedup per shard).
+    /// (backends store a delivery where its id says, and dedup per shard)
+    /// and that a dedup key of its own is 1 to [`MAX_DEDUP_KEY`] bytes.
     pub fn shard(&self, shards: u16) -> Result<u16, Error> {
+        if let Some(key) = &self.dedup_key {
+            if key.is_empty() || key.len() > MAX_DEDUP_KEY {
+                return Err(Error::Invalid(format!(
+                    "the dedup key of event {} is {} bytes; it must be 1 to {MAX_DEDUP_KEY}",
+                    self.event_id,
+                    key.len()
+                )));
+            }
+        }
         let shard = shard_of(&self.event_id, shards);
         match self.deliveries.iter().find(|d| d.id.shard() != shard) {
             None => Ok(shard),
@@ -468,10 +493,11 @@ impl HealthUpdate {
 /// shared backends, many processes.
 #[async_trait::async_trait]
 pub trait Queue: Send + Sync + 'static {
-    /// Marks each event's id seen for `window` and queues its deliveries due
-    /// now, atomically per event; an id already seen within the window is
-    /// answered [`Enqueued::Duplicate`] and queues nothing. Results are in
-    /// the order of `events`.
+    /// Marks each event's dedup key ([`NewEvent::dedup_key`]: its id unless
+    /// it has a key of its own) seen for `window` and queues its deliveries
+    /// due now, atomically per event; a key already seen within the window
+    /// is answered [`Enqueued::Duplicate`] and queues nothing. Results are
+    /// in the order of `events`.
     async fn enqueue(&self, events: &[NewEvent], window: Duration) -> Result<Vec<Enqueued>, Error>;
 
     /// Claims up to `max` deliveries due at `now`, leasing each until

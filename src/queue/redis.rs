@@ -37,7 +37,6 @@ use super::{
     Settlement, Standing, SubscriptionState,
 };
 use crate::config::{QueueConfig, SubscriptionName};
-use crate::ingest::EventId;
 
 /// `{prefix}:{N}:due`, a sorted set: member = delivery id, score = due time
 /// in ms (the lease's end while claimed). Written by enqueue (due now),
@@ -61,11 +60,12 @@ pub fn dead_key(prefix: &str, shard: u16) -> String {
     format!("{prefix}:{{{shard}}}:dead")
 }
 
-/// `{prefix}:{N}:seen:<event id>`, a string with a TTL of the dedup window:
-/// the event was accepted within the window. Written by enqueue only; Redis
-/// expires it.
-pub fn seen_key(prefix: &str, shard: u16, event: &EventId) -> String {
-    format!("{prefix}:{{{shard}}}:seen:{event}")
+/// `{prefix}:{N}:seen:<dedup key>`, a string with a TTL of the dedup
+/// window: the event (or the replay, whose key is `<event id>/replay/<key>`)
+/// was accepted within the window. `N` is the event's shard. Written by
+/// enqueue only; Redis expires it.
+pub fn seen_key(prefix: &str, shard: u16, dedup_key: &str) -> String {
+    format!("{prefix}:{{{shard}}}:seen:{dedup_key}")
 }
 
 /// `{prefix}:{N}:parked:<subscription>`, a sorted set: member = delivery id,
@@ -947,7 +947,7 @@ impl Queue for RedisQueue {
                     let Some(g) = group.iter().position(|&s| s == shard) else {
                         continue;
                     };
-                    call.keys.push(seen_key(&self.prefix, shard, &event.event_id));
+                    call.keys.push(seen_key(&self.prefix, shard, event.dedup_key()));
                     call.arg(g + 1);
                     call.arg(call.keys.len());
                     call.arg(event.deliveries.len());
@@ -1418,6 +1418,7 @@ impl Queue for RedisQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ingest::EventId;
 
     #[test]
     fn keys_carry_the_shard_hash_tag() {
@@ -1425,7 +1426,8 @@ mod tests {
         assert_eq!(due_key("hookd", 3), "hookd:{3}:due");
         assert_eq!(records_key("hookd", 3), "hookd:{3}:records");
         assert_eq!(dead_key("hookd", 3), "hookd:{3}:dead");
-        assert_eq!(seen_key("hookd", 3, &event), "hookd:{3}:seen:evt_1");
+        assert_eq!(seen_key("hookd", 3, event.as_str()), "hookd:{3}:seen:evt_1");
+        assert_eq!(seen_key("hookd", 3, "evt_1/replay/k"), "hookd:{3}:seen:evt_1/replay/k");
         let crm = SubscriptionName::parse("crm").unwrap();
         assert_eq!(parked_key("hookd", 3, &crm), "hookd:{3}:parked:crm");
         assert_eq!(parked_at_key("hookd", 3), "hookd:{3}:parked_at");
