@@ -406,7 +406,7 @@ async fn operator_verbs_show_and_act_on_a_running_hookd() {
     assert!(
         unknown
             .failed()
-            .starts_with("error: hookd answered 404 Not Found: no deliveries recorded for event evt_unknown"),
+            .starts_with("error: hookd answered 404 Not Found: no record of event evt_unknown"),
         "{}",
         unknown.stderr
     );
