@@ -523,3 +523,93 @@ async fn dead_lists_and_replay_revives_a_dead_delivery() {
     );
     hookd.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_and_bulk_replays_from_the_cli() {
+    // `orders` gives up after the first attempt; its endpoint fails until told otherwise.
+    let rx = Receiver::start_with(|path, _, _| {
+        if path == "orders" {
+            Answer::Status(500, vec![])
+        } else {
+            Answer::ok()
+        }
+    })
+    .await;
+    let orders = format!(
+        "\n[[subscriptions]]\nname = \"orders\"\nurl = \"{}\"\nevents = [\"order.*\"]\nsecrets = [\"{SECRET}\"]\nmax_retries = 0\n",
+        rx.url("orders")
+    );
+    let hookd = Hookd::start(&rx, &orders).await;
+    for n in 0..4 {
+        let event = json!({"type": "order.placed", "id": format!("evt_bulk_{n}"), "data": {"n": n}});
+        hookd.api.post("/v1/events", event.to_string()).await.unwrap();
+    }
+    let dead = hookd
+        .wait_for("/v1/deliveries/dead", "4 dead deliveries", |v| {
+            v["deliveries"].as_array().is_some_and(|d| d.len() == 4)
+        })
+        .await;
+    let first = dead["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["event_id"] == "evt_bulk_0")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    rx.answer_with(|_, _, _| Answer::ok());
+
+    let retried = hookd.cli(&["retry", &first]).await;
+    assert_eq!(
+        retried.ok(),
+        format!("{first} was dead: replayed, due now, attempts reset\n")
+    );
+    rx.wait_for(WAIT, "the retried delivery", |a| {
+        a.iter().any(|a| a.id == "evt_bulk_0" && a.attempt == 2)
+    })
+    .await;
+
+    let bulk = hookd.cli(&["replay", "--subscription", "orders", "--from", "1h"]).await;
+    assert_eq!(
+        bulk.ok(),
+        "orders: 3 deliveries replayed, 0 skipped, 3 scanned\n",
+        "{}",
+        bulk.stderr
+    );
+    let arrivals = rx
+        .wait_for(WAIT, "the 3 replayed deliveries", |a| {
+            (1..4).all(|n| {
+                let id = format!("evt_bulk_{n}");
+                a.iter().any(|a| a.id == id && a.attempt == 2)
+            })
+        })
+        .await;
+    assert!(arrivals.iter().all(|a| a.verified));
+    let again = hookd.cli(&["replay", "--subscription", "orders"]).await;
+    assert_eq!(again.ok(), "orders: 0 deliveries replayed, 0 skipped, 0 scanned\n");
+
+    // The whole event, to every subscription it went to, once per key.
+    let event = hookd
+        .cli(&["replay", "--event", "evt_bulk_1", "--key", "restore-1"])
+        .await;
+    let out = event.ok();
+    assert!(out.starts_with("event evt_bulk_1 replayed: 1 new delivery\n"), "{out}");
+    assert!(out.contains("orders"), "{out}");
+    rx.wait_for(WAIT, "evt_bulk_1 a third time", |a| {
+        a.iter().any(|a| a.id == "evt_bulk_1" && a.attempt == 3)
+    })
+    .await;
+    let repeated = hookd
+        .cli(&["replay", "--event", "evt_bulk_1", "--key", "restore-1"])
+        .await;
+    assert_eq!(
+        repeated.ok(),
+        "event evt_bulk_1: this replay key was used before; nothing replayed\n"
+    );
+    let both = hookd
+        .cli(&["replay", "--event", "evt_bulk_1", "--subscription", "orders"])
+        .await;
+    assert!(both.failed().starts_with("error: "), "{}", both.stderr);
+    hookd.stop().await;
+}
