@@ -33,8 +33,9 @@
 //!   written by ingest and the dispatcher through one non-blocking
 //!   [`history::Recorder`], read by the admin API and event replay.
 //! - [`dispatch`]: the claim loop, bounded concurrency overall and per
-//!   subscription, the pure outcome classification and retry policy
-//!   ([`dispatch::policy`]), and batched settlements.
+//!   subscription, per-subscription rate limits ([`dispatch::limit`]), the
+//!   pure outcome classification and retry policy ([`dispatch::policy`]),
+//!   and batched settlements.
 //! - [`sign`]: Standard Webhooks signatures, `content-digest`, and the
 //!   [`sign::Verifier`] receivers use.
 //! - [`deliver`]: the outbound HTTP client (hyper, rustls, HTTP/1.1 and
@@ -87,6 +88,18 @@
 //!   send `hookd.` types.
 //! - Delivery ids are `dlv_<UUIDv7><shard>`: they sort in creation order,
 //!   the tie-break of equal due times.
+//! - Waiting for a subscription's in-flight cap or rate limit is a deferral:
+//!   the claimed delivery goes back to the queue unattempted, due when it
+//!   may go. Once one delivery of a subscription is deferred in a claim
+//!   batch, its later ones are too, so a subscription's deliveries keep
+//!   their order (parked ones resume oldest first). The rate limit is a
+//!   per-process token bucket, not shared between processes.
+//! - Bulk replay has no job table: the cursor carries the whole walk (the
+//!   filter, when it started, the position reached), so it resumes on any
+//!   process, and the dead walk stops at deliveries that died after it
+//!   started, so it never replays one twice. Event replay re-enqueues the
+//!   event's stored body under a dedup key of its own
+//!   (`{event_id}/replay/{key}`), keeping the `webhook-id`.
 
 pub mod api;
 pub mod cli;

@@ -510,7 +510,7 @@ pub trait History: Send + Sync + 'static {
 }
 
 /// Trims `history` by `config`'s retention every [`TRIM_EVERY`], and
-/// every [`TRIM_PAUSE`] while calls still remove something, until
+/// every `TRIM_PAUSE` while calls still remove something, until
 /// `shutdown`.
 pub async fn trim_loop(history: Arc<dyn History>, config: HistoryConfig, shutdown: CancellationToken) {
     loop {
