@@ -651,5 +651,5 @@ fn client(remote: &Remote) -> anyhow::Result<ApiClient> {
         .api_key
         .clone()
         .or_else(|| config.and_then(|c| c.server.api_keys.first().map(|k| k.expose().to_owned())));
-    Ok(ApiClient::new(&base, api_key))
+    Ok(ApiClient::new(&base, api_key).as_cli())
 }

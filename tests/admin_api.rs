@@ -1,6 +1,6 @@
-//! The admin read routes over the delivery log, against a running hookd:
-//! entries are recorded straight into the store the server reads (the
-//! dispatcher does not write the log yet).
+//! The admin read routes over the delivery log, against a running hookd
+//! that does not dispatch: entries are recorded straight into the store the
+//! server reads, so every field and page boundary is known.
 
 mod support;
 

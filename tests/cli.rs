@@ -613,3 +613,28 @@ async fn retry_and_bulk_replays_from_the_cli() {
     assert!(both.failed().starts_with("error: "), "{}", both.stderr);
     hookd.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_is_counted_as_the_cli_source() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let rx = Receiver::start().await;
+    let hookd = Hookd::start(&rx, "").await;
+    let sent = hookd
+        .cli(&["send", "--type", "coupon.redeemed", "--data", r#"{"code":"X"}"#])
+        .await;
+    assert!(sent.ok().contains("\"duplicate\":false"), "{}", sent.stdout);
+    let addr = hookd.url.trim_start_matches("http://").to_owned();
+    let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).await.unwrap();
+    assert!(
+        text.contains(r#"hookd_events_ingested_total{source="cli",type="coupon.redeemed"} 1"#),
+        "{text}"
+    );
+    hookd.stop().await;
+}

@@ -36,6 +36,8 @@ pub struct ApiClient {
     base: String,
     /// Bearer key, if the server wants one.
     api_key: Option<String>,
+    /// The `user-agent` sent, if any.
+    user_agent: Option<String>,
     /// Plain HTTP/1.1 client with keep-alive.
     client: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
 }
@@ -46,8 +48,16 @@ impl ApiClient {
         ApiClient {
             base: base.trim_end_matches('/').to_owned(),
             api_key,
+            user_agent: None,
             client: Client::builder(TokioExecutor::new()).build_http(),
         }
+    }
+
+    /// The same client, sending `user-agent: hookd-cli/<version>`, by which
+    /// hookd counts events from `hookd send` as `source="cli"`.
+    pub fn as_cli(mut self) -> ApiClient {
+        self.user_agent = Some(format!("{}{}", super::CLI_USER_AGENT_PREFIX, env!("CARGO_PKG_VERSION")));
+        self
     }
 
     /// The base URL this client talks to.
@@ -72,6 +82,9 @@ impl ApiClient {
             .method(method)
             .uri(uri)
             .header(header::CONTENT_TYPE, "application/json");
+        if let Some(agent) = &self.user_agent {
+            request = request.header(header::USER_AGENT, agent.as_str());
+        }
         if let Some(key) = &self.api_key {
             request = request.header(header::AUTHORIZATION, format!("Bearer {key}"));
         }
