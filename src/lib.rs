@@ -26,6 +26,8 @@
 //!   sorted sets (many processes, one Redis or a Cluster) and an embedded
 //!   redb store (one process, no setup). Dedup and enqueue are one atomic
 //!   step; claims are leased so a crashed worker's deliveries fall due again.
+//!   Its Redis connection layer (`queue::redis::link`: the pool, script
+//!   runs, per-shard pipelines) serves the Redis history too.
 //! - [`history`]: the delivery log: every delivery's state and every
 //!   attempt (headers with secrets redacted, status, the first bytes of the
 //!   response, the error kind) and every event's body as ingested, in Redis
