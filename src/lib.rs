@@ -144,10 +144,7 @@ pub async fn open_history(config: &Config) -> anyhow::Result<Arc<dyn History>> {
 /// accepting, lets in-flight requests and deliveries finish, and returns.
 pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
     let queue = open_queue(&config).await.context("cannot open the queue")?;
-    let history = open_history(&config)
-        .await
-        .context("cannot open the delivery history")?;
-    run_with_backends(config, queue, history, listener, shutdown).await
+    run_with_queue(config, queue, listener, shutdown).await
 }
 
 /// [`run`] with a queue already opened; opens the history itself.
