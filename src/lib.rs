@@ -26,6 +26,8 @@
 //!   sorted sets (many processes, one Redis or a Cluster) and an embedded
 //!   redb store (one process, no setup). Dedup and enqueue are one atomic
 //!   step; claims are leased so a crashed worker's deliveries fall due again.
+//!   Its Redis connection layer (`queue::redis::link`: the pool, script
+//!   runs, per-shard pipelines) serves the Redis history too.
 //! - [`history`]: the delivery log: every delivery's state and every
 //!   attempt (headers with secrets redacted, status, the first bytes of the
 //!   response, the error kind) and every event's body as ingested, in Redis
@@ -155,10 +157,7 @@ pub async fn open_history(config: &Config) -> anyhow::Result<Arc<dyn History>> {
 /// accepting, lets in-flight requests and deliveries finish, and returns.
 pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
     let queue = open_queue(&config).await.context("cannot open the queue")?;
-    let history = open_history(&config)
-        .await
-        .context("cannot open the delivery history")?;
-    run_with_backends(config, queue, history, listener, shutdown).await
+    run_with_queue(config, queue, listener, shutdown).await
 }
 
 /// [`run`] with a queue already opened; opens the history itself.

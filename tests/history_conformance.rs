@@ -18,7 +18,7 @@ use hookd::history::{
 };
 use hookd::ingest::EventId;
 use hookd::queue::{shard_of, DeliveryId, Millis};
-use support::{queue_config, test_config, unique_prefix, RedisServer};
+use support::{queue_config, test_config, unique_prefix, Home};
 
 /// A fixed "now" the tests' times are relative to.
 const T0: Millis = 1_700_000_000_000;
@@ -26,17 +26,6 @@ const T0: Millis = 1_700_000_000_000;
 const BODY_LIMIT: usize = 64;
 /// Secret values the redaction test sends; none may reach storage.
 const SECRETS: [&str; 3] = ["v1,c2lnbmF0dXJlLXNlY3JldA==", "Bearer tok-7f3a9", "key-19b2e"];
-
-/// Where a test's history keeps its data, kept alive for the whole test.
-enum Home {
-    /// A redis-server of its own.
-    Redis(RedisServer),
-    /// A temp dir for the embedded store.
-    Embedded {
-        /// Removed when the test ends.
-        _dir: tempfile::TempDir,
-    },
-}
 
 /// A backend under test.
 struct Fixture {
@@ -51,26 +40,7 @@ struct Fixture {
 }
 
 impl Fixture {
-    async fn redis(name: &str) -> Fixture {
-        let server = RedisServer::start();
-        let queue = queue_config(&unique_prefix(name), Some(&server.url()), server.dir());
-        Fixture::open(queue, Home::Redis(server)).await
-    }
-
-    async fn redis_cluster(name: &str) -> Fixture {
-        let server = RedisServer::start_cluster();
-        let mut queue = queue_config(&unique_prefix(name), Some(&server.url()), server.dir());
-        queue.cluster = true;
-        Fixture::open(queue, Home::Redis(server)).await
-    }
-
-    async fn embedded(name: &str) -> Fixture {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let queue = queue_config(&unique_prefix(name), None, &dir.path().join("store"));
-        Fixture::open(queue, Home::Embedded { _dir: dir }).await
-    }
-
-    async fn open(queue: QueueConfig, home: Home) -> Fixture {
+    async fn open((queue, home): (QueueConfig, Home)) -> Fixture {
         let mut history = test_config().history;
         history.response_body_limit = BODY_LIMIT;
         let mut fx = Fixture {
@@ -106,9 +76,7 @@ impl Fixture {
         let store = self.store.take().expect("history is open");
         assert_eq!(Arc::strong_count(&store), 1, "a test still holds the history");
         drop(store);
-        if let Home::Redis(server) = &mut self.home {
-            server.restart();
-        }
+        self.home.restart();
         self.store = Some(self.connect().await);
     }
 
@@ -950,7 +918,7 @@ macro_rules! case {
     ($open:path, $case:ident) => {
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn $case() {
-            let mut fx = $open(stringify!($case)).await;
+            let mut fx = Fixture::open($open(stringify!($case))).await;
             cases::$case(&mut fx).await;
         }
     };
@@ -980,9 +948,9 @@ macro_rules! conformance {
     };
 }
 
-conformance!(redis, Fixture::redis);
-conformance!(redis_cluster, Fixture::redis_cluster);
-conformance!(embedded, Fixture::embedded);
+conformance!(redis, Home::redis);
+conformance!(redis_cluster, Home::redis_cluster);
+conformance!(embedded, Home::embedded);
 
 /// What only the embedded backend does.
 mod embedded_only {

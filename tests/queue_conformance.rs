@@ -17,7 +17,7 @@ use hookd::queue::{
     now_ms, shard_of, Claim, Delivery, DeliveryId, Depth, Enqueued, Error, HealthUpdate, Lease, Millis, NewEvent,
     Queue, Settlement, Standing, SubscriptionState,
 };
-use support::{queue_config, unique_prefix, RedisServer};
+use support::{queue_config, unique_prefix, Home};
 
 /// The dedup window of tests that do not wait for it to end.
 const WINDOW: Duration = Duration::from_secs(3600);
@@ -25,17 +25,6 @@ const WINDOW: Duration = Duration::from_secs(3600);
 const LEASE: Duration = Duration::from_secs(60);
 /// [`LEASE`] in ms.
 const LEASE_MS: Millis = 60_000;
-
-/// Where a test's queue keeps its data, kept alive for the whole test.
-enum Home {
-    /// A redis-server of its own.
-    Redis(RedisServer),
-    /// A temp dir for the embedded store.
-    Embedded {
-        /// Removed when the test ends.
-        _dir: tempfile::TempDir,
-    },
-}
 
 /// A backend under test.
 struct Fixture {
@@ -48,26 +37,7 @@ struct Fixture {
 }
 
 impl Fixture {
-    async fn redis(name: &str) -> Fixture {
-        let server = RedisServer::start();
-        let config = queue_config(&unique_prefix(name), Some(&server.url()), server.dir());
-        Fixture::open(config, Home::Redis(server)).await
-    }
-
-    async fn redis_cluster(name: &str) -> Fixture {
-        let server = RedisServer::start_cluster();
-        let mut config = queue_config(&unique_prefix(name), Some(&server.url()), server.dir());
-        config.cluster = true;
-        Fixture::open(config, Home::Redis(server)).await
-    }
-
-    async fn embedded(name: &str) -> Fixture {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let config = queue_config(&unique_prefix(name), None, &dir.path().join("store"));
-        Fixture::open(config, Home::Embedded { _dir: dir }).await
-    }
-
-    async fn open(config: QueueConfig, home: Home) -> Fixture {
+    async fn open((config, home): (QueueConfig, Home)) -> Fixture {
         let mut fx = Fixture {
             config,
             home,
@@ -98,9 +68,7 @@ impl Fixture {
         let queue = self.queue.take().expect("queue is open");
         assert_eq!(Arc::strong_count(&queue), 1, "a test still holds the queue");
         drop(queue);
-        if let Home::Redis(server) = &mut self.home {
-            server.restart();
-        }
+        self.home.restart();
         self.queue = Some(self.connect().await);
     }
 
@@ -1263,7 +1231,7 @@ macro_rules! case {
     ($open:path, $case:ident) => {
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn $case() {
-            let mut fx = $open(stringify!($case)).await;
+            let mut fx = Fixture::open($open(stringify!($case))).await;
             cases::$case(&mut fx).await;
         }
     };
@@ -1304,9 +1272,9 @@ macro_rules! conformance {
     };
 }
 
-conformance!(redis, Fixture::redis);
-conformance!(redis_cluster, Fixture::redis_cluster);
-conformance!(embedded, Fixture::embedded);
+conformance!(redis, Home::redis);
+conformance!(redis_cluster, Home::redis_cluster);
+conformance!(embedded, Home::embedded);
 
 /// What only the Redis backend does.
 mod redis_only {
@@ -1327,7 +1295,7 @@ mod redis_only {
 
     #[tokio::test]
     async fn corrupt_records_are_reported_and_skipped() {
-        let fx = Fixture::redis("corrupt").await;
+        let fx = Fixture::open(Home::redis("corrupt")).await;
         let q = fx.q();
         let d = enqueue_singles(&*q, &["evt_corrupt".into()], fx.shards())
             .await
@@ -1362,7 +1330,7 @@ mod redis_only {
 
     #[tokio::test]
     async fn corrupt_subscription_state_is_reported() {
-        let fx = Fixture::redis("corrupt_state").await;
+        let fx = Fixture::open(Home::redis("corrupt_state")).await;
         let q = fx.q();
         let crm = SubscriptionName::parse("crm").unwrap();
         assert!(q.set_enabled(&crm, false, None, 1).await.unwrap());
@@ -1443,12 +1411,12 @@ mod redis_only {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn two_processes_share_state_and_parking() {
-        processes_share_state_and_parking(Fixture::redis("two_processes").await).await;
+        processes_share_state_and_parking(Fixture::open(Home::redis("two_processes")).await).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn two_processes_share_state_and_parking_on_a_cluster() {
-        processes_share_state_and_parking(Fixture::redis_cluster("two_processes_cluster").await).await;
+        processes_share_state_and_parking(Fixture::open(Home::redis_cluster("two_processes_cluster")).await).await;
     }
 }
 

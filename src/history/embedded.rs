@@ -18,7 +18,7 @@ use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use redb::{
     Database, DatabaseError, Durability, ReadTransaction, ReadableTable, ReadableTableMetadata, Table, TableDefinition,
@@ -32,6 +32,7 @@ use super::{
 };
 use crate::config::{HistoryConfig, QueueConfig, SubscriptionName};
 use crate::ingest::EventId;
+use crate::queue::embedded::group_commit;
 use crate::queue::{DeliveryId, Millis};
 
 /// The store's file inside `queue.data_dir`.
@@ -213,48 +214,19 @@ fn create_tables(db: &Database) -> Result<(), Error> {
     txn.commit().map_err(|e| store("commit", e))
 }
 
-/// The writer thread: takes whatever is pending, applies it in one
-/// transaction, commits, answers.
-fn write_loop(db: &Database, mut receiver: mpsc::UnboundedReceiver<Op>, body_limit: usize) {
-    let mut last_durable = Instant::now();
-    while let Some(first) = receiver.blocking_recv() {
-        let mut group = vec![first];
-        while group.len() < MAX_GROUP {
-            match receiver.try_recv() {
-                Ok(op) => group.push(op),
-                Err(_) => break,
-            }
+/// The history's writer thread; nothing needs a durable commit before its
+/// answer.
+fn write_loop(db: &Database, receiver: mpsc::UnboundedReceiver<Op>, body_limit: usize) {
+    let apply = |group: &[Op], durable| apply_group(db, group, durable, body_limit);
+    // A caller that gave up waiting is not an error.
+    let answer = |op, removed: Result<u64, String>| {
+        let removed = removed.map_err(Error::Store);
+        match op {
+            Op::Record { reply, .. } => drop(reply.send(removed.map(|_| ()))),
+            Op::Trim { reply, .. } => drop(reply.send(removed)),
         }
-        let durable = last_durable.elapsed() >= DURABLE_EVERY;
-        match apply_group(db, &group, durable, body_limit) {
-            Ok(outcomes) => {
-                if durable {
-                    last_durable = Instant::now();
-                }
-                for (op, removed) in group.into_iter().zip(outcomes) {
-                    // A caller that gave up waiting is not an error.
-                    match op {
-                        Op::Record { reply, .. } => drop(reply.send(Ok(()))),
-                        Op::Trim { reply, .. } => drop(reply.send(Ok(removed))),
-                    }
-                }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "history write transaction failed");
-                for op in group {
-                    let e = Error::Store(e.to_string());
-                    match op {
-                        Op::Record { reply, .. } => drop(reply.send(Err(e))),
-                        Op::Trim { reply, .. } => drop(reply.send(Err(e))),
-                    }
-                }
-            }
-        }
-    }
-    // Closing: make whatever committed without fsync durable.
-    if let Err(e) = apply_group(db, &[], true, body_limit) {
-        tracing::error!(error = %e, "final durable commit of the history failed");
-    }
+    };
+    group_commit("history", receiver, MAX_GROUP, DURABLE_EVERY, |_| false, apply, answer);
 }
 
 /// Applies `group` in one transaction; per operation, how many deliveries

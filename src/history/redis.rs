@@ -26,10 +26,7 @@ use std::collections::HashMap;
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use ::redis::aio::{ConnectionLike, MultiplexedConnection};
-use ::redis::cluster_async::ClusterConnection;
-use ::redis::{Cmd, Pipeline, RedisError, RedisFuture, Script, Value};
-use deadpool_redis::{PoolConfig, Runtime, Timeouts};
+use ::redis::{Script, Value};
 use futures_util::future::try_join_all;
 
 use super::{
@@ -38,6 +35,7 @@ use super::{
 };
 use crate::config::{HistoryConfig, QueueConfig, SubscriptionName};
 use crate::ingest::EventId;
+use crate::queue::redis::link::{Call, Failed, Redis};
 use crate::queue::{shard_of, DeliveryId, Millis};
 
 /// `{prefix}:h:{N}:`: the start of every history key of shard `N`.
@@ -97,10 +95,6 @@ pub fn event_record_key(prefix: &str, shard: u16, event: &str) -> String {
 pub fn event_times_key(prefix: &str, shard: u16) -> String {
     format!("{}events", shard_base(prefix, shard))
 }
-
-/// How long connecting, waiting for a pooled connection and recycling one
-/// may take before the operation fails.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Most entries one record script run applies, so no run holds Redis long.
 const ENTRIES_PER_RUN: usize = 512;
@@ -274,114 +268,22 @@ return #victims + #old
 static RECORD: LazyLock<Script> = LazyLock::new(|| Script::new(RECORD_LUA));
 static TRIM: LazyLock<Script> = LazyLock::new(|| Script::new(TRIM_LUA));
 
-/// Connections to one Redis or to a Redis Cluster.
-enum Pool {
-    /// A single node: one script run may touch every shard.
-    Single(deadpool_redis::Pool),
-    /// A cluster: each shard's keys go to the node owning its slot.
-    Cluster(deadpool_redis::cluster::Pool),
-}
-
-/// One connection taken from the pool, cloneable to run calls concurrently
-/// (both kinds multiplex).
-#[derive(Clone)]
-enum Link {
-    /// To a single node.
-    Single(MultiplexedConnection),
-    /// To a cluster, routing each command by its keys' slot.
-    Cluster(ClusterConnection),
-}
-
-impl ConnectionLike for Link {
-    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        match self {
-            Link::Single(c) => c.req_packed_command(cmd),
-            Link::Cluster(c) => c.req_packed_command(cmd),
-        }
-    }
-
-    fn req_packed_commands<'a>(
-        &'a mut self,
-        pipeline: &'a Pipeline,
-        offset: usize,
-        count: usize,
-    ) -> RedisFuture<'a, Vec<Value>> {
-        match self {
-            Link::Single(c) => c.req_packed_commands(pipeline, offset, count),
-            Link::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
-        }
-    }
-
-    fn get_db(&self) -> i64 {
-        match self {
-            Link::Single(c) => c.get_db(),
-            Link::Cluster(c) => c.get_db(),
-        }
-    }
-}
-
-/// A pooled connection, kept checked out while its [`Link`] is in use.
-enum Checkout {
-    /// From the single-node pool.
-    Single(deadpool_redis::Connection),
-    /// From the cluster pool.
-    Cluster(deadpool_redis::cluster::Connection),
-}
-
-impl Checkout {
-    fn link(&self) -> Link {
-        match self {
-            Checkout::Single(c) => Link::Single((**c).clone()),
-            Checkout::Cluster(c) => Link::Cluster((**c).clone()),
-        }
-    }
-}
-
-/// The keys and arguments of one script run.
-#[derive(Default)]
-struct Call {
-    /// KEYS, all in one slot on a cluster.
-    keys: Vec<String>,
-    /// ARGV.
-    args: Vec<Vec<u8>>,
-}
-
-impl Call {
-    fn arg(&mut self, value: impl ToString) {
-        self.args.push(value.to_string().into_bytes());
-    }
-
-    fn opt(&mut self, value: Option<impl ToString>) {
-        self.args
-            .push(value.map(|v| v.to_string().into_bytes()).unwrap_or_default());
-    }
-
-    /// An optional text that may be empty: `=` then the text, or nothing.
-    fn marked(&mut self, value: Option<&str>) {
-        self.args
-            .push(value.map(|v| format!("={v}").into_bytes()).unwrap_or_default());
-    }
-}
-
 /// The Redis history backend.
 pub struct RedisHistory {
     /// Connections to Redis.
-    pool: Pool,
+    redis: Redis,
     /// Prefix of every key (`queue.key_prefix`).
     prefix: String,
     /// Number of shards (`queue.shards`).
     shards: u16,
     /// Bytes of a response body kept (`history.response_body_limit`).
     body_limit: usize,
-    /// `host:port` of the URL, without credentials, for error messages.
-    host: String,
 }
 
-/// The `host:port` part of a Redis URL, without scheme, credentials or path.
-fn host_of(url: &str) -> String {
-    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
-    let rest = rest.rsplit_once('@').map_or(rest, |(_, rest)| rest);
-    rest.split(['/', '?']).next().unwrap_or(rest).to_owned()
+impl From<Failed> for Error {
+    fn from(failed: Failed) -> Error {
+        Error::Redis(failed.0)
+    }
 }
 
 impl RedisHistory {
@@ -395,143 +297,12 @@ impl RedisHistory {
             .as_ref()
             .ok_or_else(|| Error::Redis("queue.redis_url is not set; the Redis history needs it".into()))?
             .expose();
-        let host = host_of(url);
-        let mut pool_config = PoolConfig::new(queue.pool_size);
-        pool_config.timeouts = Timeouts {
-            wait: Some(CONNECT_TIMEOUT),
-            create: Some(CONNECT_TIMEOUT),
-            recycle: Some(CONNECT_TIMEOUT),
-        };
-        let bad_url = |e: &dyn std::fmt::Display| {
-            Error::Redis(format!(
-                "cannot use the Redis URL for {host}: {e}; check queue.redis_url"
-            ))
-        };
-        let pool = if queue.cluster {
-            let mut c = deadpool_redis::cluster::Config::from_urls(vec![url.to_owned()]);
-            c.pool = Some(pool_config);
-            Pool::Cluster(c.create_pool(Some(Runtime::Tokio1)).map_err(|e| bad_url(&e))?)
-        } else {
-            let mut c = deadpool_redis::Config::from_url(url);
-            c.pool = Some(pool_config);
-            Pool::Single(c.create_pool(Some(Runtime::Tokio1)).map_err(|e| bad_url(&e))?)
-        };
-        let history = RedisHistory {
-            pool,
+        Ok(RedisHistory {
+            redis: Redis::connect(url, queue).await?,
             prefix: queue.key_prefix.clone(),
             shards: queue.shards.max(1),
             body_limit: history.response_body_limit,
-            host,
-        };
-        history.ping().await.map_err(|e| {
-            Error::Redis(format!(
-                "{e}; check that Redis is running at {} and that queue.redis_url (and queue.cluster = {}) is right",
-                history.host, queue.cluster
-            ))
-        })?;
-        Ok(history)
-    }
-
-    async fn ping(&self) -> Result<(), Error> {
-        let checkout = self.checkout().await?;
-        let mut link = checkout.link();
-        let cmd = ::redis::cmd("PING");
-        match tokio::time::timeout(CONNECT_TIMEOUT, cmd.query_async::<String>(&mut link)).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(self.failed("PING", e)),
-            Err(_) => Err(Error::Redis(format!(
-                "Redis at {} did not answer PING within {CONNECT_TIMEOUT:?}",
-                self.host
-            ))),
-        }
-    }
-
-    async fn checkout(&self) -> Result<Checkout, Error> {
-        let unreachable =
-            |e: &dyn std::fmt::Display| Error::Redis(format!("no connection to Redis at {}: {e}", self.host));
-        match &self.pool {
-            Pool::Single(p) => p.get().await.map(Checkout::Single).map_err(|e| unreachable(&e)),
-            Pool::Cluster(p) => p.get().await.map(Checkout::Cluster).map_err(|e| unreachable(&e)),
-        }
-    }
-
-    fn failed(&self, what: &str, e: RedisError) -> Error {
-        Error::Redis(format!("{what} on {}: {e}", self.host))
-    }
-
-    fn is_cluster(&self) -> bool {
-        matches!(self.pool, Pool::Cluster(_))
-    }
-
-    /// Runs `script` once per call, concurrently, returning each reply.
-    async fn eval(&self, what: &str, script: &'static Script, calls: Vec<Call>) -> Result<Vec<Value>, Error> {
-        let checkout = self.checkout().await?;
-        let runs = calls.into_iter().map(|call| {
-            let mut link = checkout.link();
-            async move {
-                let mut invocation = script.prepare_invoke();
-                for key in &call.keys {
-                    invocation.key(key);
-                }
-                for arg in &call.args {
-                    invocation.arg(arg.as_slice());
-                }
-                invocation.invoke_async::<Value>(&mut link).await
-            }
-        });
-        try_join_all(runs).await.map_err(|e| self.failed(what, e))
-    }
-
-    /// Runs batches of commands, each batch touching one shard's keys, and
-    /// returns each batch's replies: one pipeline on a single node, one per
-    /// batch (concurrently) on a cluster.
-    async fn per_shard(&self, what: &str, batches: Vec<Vec<Cmd>>) -> Result<Vec<Vec<Value>>, Error> {
-        if batches.iter().all(Vec::is_empty) {
-            return Ok(batches.iter().map(|_| Vec::new()).collect());
-        }
-        let checkout = self.checkout().await?;
-        if !self.is_cluster() {
-            let mut pipe = Pipeline::new();
-            for cmd in batches.iter().flatten() {
-                pipe.add_command(cmd.clone());
-            }
-            let mut link = checkout.link();
-            let mut replies = pipe
-                .query_async::<Vec<Value>>(&mut link)
-                .await
-                .map_err(|e| self.failed(what, e))?
-                .into_iter();
-            return Ok(batches
-                .iter()
-                .map(|b| replies.by_ref().take(b.len()).collect())
-                .collect());
-        }
-        let runs = batches.into_iter().map(|batch| {
-            let mut link = checkout.link();
-            async move {
-                if batch.is_empty() {
-                    return Ok(Vec::new());
-                }
-                let mut pipe = Pipeline::new();
-                for cmd in batch {
-                    pipe.add_command(cmd);
-                }
-                pipe.query_async::<Vec<Value>>(&mut link).await
-            }
-        });
-        try_join_all(runs).await.map_err(|e| self.failed(what, e))
-    }
-
-    /// Groups shards into script runs: all in one on a single node, one
-    /// each on a cluster.
-    fn groups(&self, shards: Vec<u16>) -> Vec<Vec<u16>> {
-        if self.is_cluster() {
-            shards.into_iter().map(|s| vec![s]).collect()
-        } else if shards.is_empty() {
-            Vec::new()
-        } else {
-            vec![shards]
-        }
+        })
     }
 
     /// The shard an entry's keys live in: its delivery's, or its event's.
@@ -651,7 +422,10 @@ impl RedisHistory {
             })
             .collect();
         let mut found: HashMap<&str, DeliverySummary> = HashMap::new();
-        for (&s, replies) in shards.iter().zip(self.per_shard("read summaries", batches).await?) {
+        for (&s, replies) in shards
+            .iter()
+            .zip(self.redis.per_shard("read summaries", batches).await?)
+        {
             let in_shard = ids.iter().filter(|(shard, _)| *shard == s);
             for ((_, id), reply) in in_shard.zip(replies) {
                 let fields = fields_of(reply)?;
@@ -677,7 +451,7 @@ impl History for RedisHistory {
         // delivery apply in order even when a script has to be (re)loaded;
         // groups (cluster shards) run concurrently.
         let mut runs = Vec::new();
-        for group in self.groups(shards) {
+        for group in self.redis.groups(shards) {
             let mine: Vec<&Entry> = entries
                 .iter()
                 .filter(|e| group.contains(&self.shard_of_entry(e)))
@@ -687,7 +461,7 @@ impl History for RedisHistory {
                 .collect::<Result<Vec<_>, _>>()?;
             runs.push(async move {
                 for call in calls {
-                    self.eval("record history", &RECORD, vec![call]).await?;
+                    self.redis.eval("record history", &RECORD, vec![call]).await?;
                 }
                 Ok::<(), Error>(())
             });
@@ -703,6 +477,7 @@ impl History for RedisHistory {
         let mut attempts = ::redis::cmd("LRANGE");
         attempts.arg(attempts_key(&self.prefix, s, id.as_str())).arg(0).arg(-1);
         let mut replies = self
+            .redis
             .per_shard("read a delivery", vec![vec![summary, attempts]])
             .await?
             .pop()
@@ -741,7 +516,7 @@ impl History for RedisHistory {
             })
             .collect();
         let mut ids = Vec::new();
-        for (s, replies) in (0..self.shards).zip(self.per_shard("read an event", batches).await?) {
+        for (s, replies) in (0..self.shards).zip(self.redis.per_shard("read an event", batches).await?) {
             for reply in replies {
                 for member in members_of(reply)? {
                     ids.push((s, member));
@@ -759,6 +534,7 @@ impl History for RedisHistory {
         let mut cmd = ::redis::cmd("HMGET");
         cmd.arg(&key).arg("type").arg("created_at").arg("body");
         let reply = self
+            .redis
             .per_shard("read an event record", vec![vec![cmd]])
             .await?
             .pop()
@@ -834,7 +610,7 @@ impl History for RedisHistory {
             })
             .collect();
         let mut positions: Vec<(String, u16)> = Vec::new();
-        for (s, replies) in (0..self.shards).zip(self.per_shard("list deliveries", batches).await?) {
+        for (s, replies) in (0..self.shards).zip(self.redis.per_shard("list deliveries", batches).await?) {
             for reply in replies {
                 positions.extend(members_of(reply)?.into_iter().map(|m| (m, s)));
             }
@@ -866,7 +642,7 @@ impl History for RedisHistory {
             })
             .collect();
         let mut total = Counters::default();
-        for replies in self.per_shard("read stats", batches).await? {
+        for replies in self.redis.per_shard("read stats", batches).await? {
             for reply in replies {
                 for (field, value) in fields_of(reply)? {
                     let number = || {
@@ -914,7 +690,7 @@ impl History for RedisHistory {
                 call
             })
             .collect();
-        let replies = self.eval("trim history", &TRIM, calls).await?;
+        let replies = self.redis.eval("trim history", &TRIM, calls).await?;
         replies
             .iter()
             .map(|r| int_of(r).map(|n| n.max(0) as u64))

@@ -326,46 +326,69 @@ fn create_tables(db: &Database) -> Result<(), Error> {
     txn.commit().map_err(|e| store("commit", e))
 }
 
-/// The writer thread: takes whatever is pending, applies it in one
-/// transaction, commits, answers.
-fn write_loop(db: &Database, mut receiver: mpsc::UnboundedReceiver<Op>) {
+/// The loop of a store's writer thread, the queue's and the history's:
+/// takes whatever operations are pending (at most `max_group`), applies
+/// them in one transaction with `apply(group, durable)`, and answers each
+/// with `answer`: its outcome, or the failed transaction's message. A
+/// commit is durable at least every `durable_every`, whenever `sync` wants
+/// it for an operation of the group, and once more when the channel closes.
+pub(crate) fn group_commit<Op, Out, E: std::fmt::Display>(
+    store: &str,
+    mut receiver: mpsc::UnboundedReceiver<Op>,
+    max_group: usize,
+    durable_every: Duration,
+    sync: impl Fn(&Op) -> bool,
+    apply: impl Fn(&[Op], bool) -> Result<Vec<Out>, E>,
+    answer: impl Fn(Op, Result<Out, String>),
+) {
     let mut last_durable = Instant::now();
     while let Some(first) = receiver.blocking_recv() {
         let mut group = vec![first];
-        while group.len() < MAX_GROUP {
+        while group.len() < max_group {
             match receiver.try_recv() {
                 Ok(op) => group.push(op),
                 Err(_) => break,
             }
         }
-        let durable = last_durable.elapsed() >= DURABLE_EVERY
-            || group.iter().any(|op| {
-                matches!(
-                    op,
-                    Op::Enqueue { .. } | Op::Replay { .. } | Op::Unpark { .. } | Op::SetEnabled { .. }
-                )
-            });
-        match apply_group(db, &group, durable) {
+        let durable = last_durable.elapsed() >= durable_every || group.iter().any(&sync);
+        match apply(&group, durable) {
             Ok(outcomes) => {
                 if durable {
                     last_durable = Instant::now();
                 }
                 for (op, outcome) in group.into_iter().zip(outcomes) {
-                    answer(op, outcome);
+                    answer(op, Ok(outcome));
                 }
             }
             Err(e) => {
-                tracing::error!(error = %e, "queue write transaction failed");
+                tracing::error!(error = %e, "{store} write transaction failed");
                 for op in group {
-                    fail(op, Error::Store(e.to_string()));
+                    answer(op, Err(e.to_string()));
                 }
             }
         }
     }
     // Closing: make whatever committed without fsync durable.
-    if let Err(e) = apply_group(db, &[], true) {
-        tracing::error!(error = %e, "final durable commit of the queue failed");
+    if let Err(e) = apply(&[], true) {
+        tracing::error!(error = %e, "final durable commit of the {store} failed");
     }
+}
+
+/// The queue's writer thread: enqueues, replays, unparks and switches are
+/// durable before they are answered.
+fn write_loop(db: &Database, receiver: mpsc::UnboundedReceiver<Op>) {
+    let sync = |op: &Op| {
+        matches!(
+            op,
+            Op::Enqueue { .. } | Op::Replay { .. } | Op::Unpark { .. } | Op::SetEnabled { .. }
+        )
+    };
+    let apply = |group: &[Op], durable| apply_group(db, group, durable);
+    let answer = |op, outcome: Result<Outcome, String>| match outcome {
+        Ok(outcome) => answer(op, outcome),
+        Err(e) => fail(op, Error::Store(e)),
+    };
+    group_commit("queue", receiver, MAX_GROUP, DURABLE_EVERY, sync, apply, answer);
 }
 
 fn apply_group(db: &Database, group: &[Op], durable: bool) -> Result<Vec<Outcome>, StoreError> {

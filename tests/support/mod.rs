@@ -259,6 +259,53 @@ fn read_reply(reader: &mut impl BufRead) -> std::io::Result<String> {
     }
 }
 
+/// Where a conformance test's store keeps its data, kept alive for the
+/// whole test: one per backend the suites run against.
+pub enum Home {
+    /// A redis-server of its own.
+    Redis(RedisServer),
+    /// A temp dir for the embedded store.
+    Embedded {
+        /// Removed when the test ends.
+        _dir: tempfile::TempDir,
+    },
+}
+
+impl Home {
+    /// A plain Redis of its own, and a queue configuration using it with a
+    /// key prefix made from `name`.
+    pub fn redis(name: &str) -> (QueueConfig, Home) {
+        let server = RedisServer::start();
+        let config = queue_config(&unique_prefix(name), Some(&server.url()), server.dir());
+        (config, Home::Redis(server))
+    }
+
+    /// A one-node Redis Cluster of its own, and a queue configuration
+    /// using it.
+    pub fn redis_cluster(name: &str) -> (QueueConfig, Home) {
+        let server = RedisServer::start_cluster();
+        let mut config = queue_config(&unique_prefix(name), Some(&server.url()), server.dir());
+        config.cluster = true;
+        (config, Home::Redis(server))
+    }
+
+    /// A temp dir, and a queue configuration keeping the embedded store in
+    /// it.
+    pub fn embedded(name: &str) -> (QueueConfig, Home) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = queue_config(&unique_prefix(name), None, &dir.path().join("store"));
+        (config, Home::Embedded { _dir: dir })
+    }
+
+    /// Restarts Redis from its append-only file; the embedded store's file
+    /// needs nothing. Call it with the store closed.
+    pub fn restart(&mut self) {
+        if let Home::Redis(server) = self {
+            server.restart();
+        }
+    }
+}
+
 /// A key prefix no other test (or test run) uses: `t<pid>_<n>_<name>`.
 pub fn unique_prefix(name: &str) -> String {
     static NEXT: AtomicU32 = AtomicU32::new(0);
