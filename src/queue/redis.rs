@@ -71,7 +71,7 @@ pub fn seen_key(prefix: &str, shard: u16, dedup_key: &str) -> String {
 /// `{prefix}:{N}:parked:<subscription>`, a sorted set: member = delivery id,
 /// score = its `created_at` in ms (ties by id), the parked deliveries of one
 /// subscription in this shard. Written by settle (park; the script builds
-/// the key from [`parked_key_base`] and the record's subscription) and
+/// the key from `parked_key_base` and the record's subscription) and
 /// unpark (moves them back to `due`).
 pub fn parked_key(prefix: &str, shard: u16, subscription: &SubscriptionName) -> String {
     format!("{}{subscription}", parked_key_base(prefix, shard))
