@@ -5,26 +5,26 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::time::{Duration, Instant};
 
-use hookd::api::client::ApiClient;
 use hookd::config::Config;
 use serde_json::{json, Value};
 use support::receiver::{Answer, Receiver, SECRET};
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
-const WAIT: Duration = Duration::from_secs(20);
+use support::daemon::WAIT;
 const KEY: &str = "operator-key";
 
 /// hookd running in this process, with an API key.
 struct Hookd {
-    /// `http://127.0.0.1:<port>`.
-    url: String,
-    api: ApiClient,
-    shutdown: CancellationToken,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    running: support::daemon::Hookd,
     _dir: tempfile::TempDir,
+}
+
+impl std::ops::Deref for Hookd {
+    type Target = support::daemon::Hookd;
+
+    fn deref(&self) -> &support::daemon::Hookd {
+        &self.running
+    }
 }
 
 impl Hookd {
@@ -44,37 +44,14 @@ impl Hookd {
             );
         }
         toml += extra;
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let api = ApiClient::new(&url, Some(KEY.into()));
-        let shutdown = CancellationToken::new();
-        let config = Config::from_toml(&toml).unwrap();
-        let task = tokio::spawn(hookd::run(config, listener, shutdown.clone()));
         Hookd {
-            url,
-            api,
-            shutdown,
-            task,
+            running: support::daemon::Hookd::start(Config::from_toml(&toml).unwrap()).await,
             _dir: dir,
         }
     }
 
     async fn stop(self) {
-        self.shutdown.cancel();
-        self.task.await.unwrap().unwrap();
-    }
-
-    /// Polls `path` until `check` holds.
-    async fn wait_for(&self, path: &str, what: &str, check: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let answer = self.api.get(path).await.unwrap();
-            if check(&answer) {
-                return answer;
-            }
-            assert!(Instant::now() < deadline, "timed out waiting for {what}: {answer:#}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        self.running.stop().await;
     }
 
     /// Runs the real `hookd` binary with `args` against this hookd.
@@ -463,9 +440,10 @@ async fn a_wrong_api_key_is_a_clear_error() {
     hookd.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dead_lists_and_replay_revives_a_dead_delivery() {
-    // `orders` gives up after the first attempt; its endpoint fails until told otherwise.
+/// hookd with an extra subscription `orders` (`order.*`) that gives up
+/// after the first attempt, and a receiver whose `orders` endpoint fails
+/// until told otherwise.
+async fn with_failing_orders() -> (Receiver, Hookd) {
     let rx = Receiver::start_with(|path, _, _| {
         if path == "orders" {
             Answer::Status(500, vec![])
@@ -479,6 +457,12 @@ async fn dead_lists_and_replay_revives_a_dead_delivery() {
         rx.url("orders")
     );
     let hookd = Hookd::start(&rx, &orders).await;
+    (rx, hookd)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_lists_and_replay_revives_a_dead_delivery() {
+    let (rx, hookd) = with_failing_orders().await;
     let event = json!({"type": "order.placed", "id": "evt_order", "data": {"total": 12}});
     hookd.api.post("/v1/events", event.to_string()).await.unwrap();
     let dead = hookd
@@ -526,20 +510,7 @@ async fn dead_lists_and_replay_revives_a_dead_delivery() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_and_bulk_replays_from_the_cli() {
-    // `orders` gives up after the first attempt; its endpoint fails until told otherwise.
-    let rx = Receiver::start_with(|path, _, _| {
-        if path == "orders" {
-            Answer::Status(500, vec![])
-        } else {
-            Answer::ok()
-        }
-    })
-    .await;
-    let orders = format!(
-        "\n[[subscriptions]]\nname = \"orders\"\nurl = \"{}\"\nevents = [\"order.*\"]\nsecrets = [\"{SECRET}\"]\nmax_retries = 0\n",
-        rx.url("orders")
-    );
-    let hookd = Hookd::start(&rx, &orders).await;
+    let (rx, hookd) = with_failing_orders().await;
     for n in 0..4 {
         let event = json!({"type": "order.placed", "id": format!("evt_bulk_{n}"), "data": {"n": n}});
         hookd.api.post("/v1/events", event.to_string()).await.unwrap();

@@ -4,57 +4,15 @@
 mod support;
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hookd::api::client::ApiClient;
 use hookd::config::Config;
 use serde_json::{json, Value};
+use support::daemon::{Hookd, WAIT};
 use support::plugins::{shared_cache, wasm};
 use support::receiver::{Answer, Receiver, SECRET};
 use support::RedisServer;
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
-
-const WAIT: Duration = Duration::from_secs(20);
-
-/// hookd running in this process.
-struct Hookd {
-    api: ApiClient,
-    shutdown: CancellationToken,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
-}
-
-impl Hookd {
-    async fn start(config: Config) -> Hookd {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let api = ApiClient::new(&format!("http://{}", listener.local_addr().unwrap()), None);
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(hookd::run(config, listener, shutdown.clone()));
-        Hookd { api, shutdown, task }
-    }
-
-    async fn stop(self) {
-        self.shutdown.cancel();
-        self.task.await.unwrap().unwrap();
-    }
-
-    async fn send(&self, event: Value) -> Value {
-        self.api.post("/v1/events", event.to_string()).await.unwrap()
-    }
-
-    /// Polls `path` until `check` holds.
-    async fn wait_for(&self, path: &str, what: &str, check: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let answer = self.api.get(path).await.unwrap();
-            if check(&answer) {
-                return answer;
-            }
-            assert!(Instant::now() < deadline, "timed out waiting for {what}: {answer:#}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
 
 fn base_toml(dir: &Path, queue: &str) -> String {
     format!(

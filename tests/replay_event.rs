@@ -5,10 +5,9 @@
 mod support;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
-use hookd::api::client::ApiClient;
 use hookd::config::Config;
 use hookd::history::{Entry, EventRecord, History};
 use hookd::ingest::EventId;
@@ -19,40 +18,27 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Value};
 use support::receiver::{Arrival, Receiver, SECRET};
 use support::{unique_prefix, RedisServer};
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
-const WAIT: Duration = Duration::from_secs(20);
+use support::daemon::WAIT;
 
 /// hookd running in this process, with the history it writes.
-struct Hookd {
-    /// Talks to its API.
-    api: ApiClient,
-    /// Stops it.
-    shutdown: CancellationToken,
-    /// Its task.
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+struct Hookd(support::daemon::Hookd);
+
+impl std::ops::Deref for Hookd {
+    type Target = support::daemon::Hookd;
+
+    fn deref(&self) -> &support::daemon::Hookd {
+        &self.0
+    }
 }
 
 impl Hookd {
     async fn start(config: Config, history: Arc<dyn History>) -> Hookd {
-        let queue = hookd::open_queue(&config).await.expect("open the queue");
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let api = ApiClient::new(&format!("http://{}", listener.local_addr().unwrap()), None);
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(hookd::run_with_backends(
-            config,
-            queue,
-            history,
-            listener,
-            shutdown.clone(),
-        ));
-        Hookd { api, shutdown, task }
+        Hookd(support::daemon::Hookd::start_with_history(config, history).await)
     }
 
     async fn stop(self) {
-        self.shutdown.cancel();
-        self.task.await.unwrap().unwrap();
+        self.0.stop().await;
     }
 
     /// POSTs `body` to `path`; the status and the JSON answer, whatever
@@ -83,22 +69,6 @@ impl Hookd {
         let (got, answer) = self.post(&format!("/v1/events/{event}/replay"), &body).await;
         assert_eq!(got, status, "replay of {event} with {body}: {answer:#}");
         answer
-    }
-
-    /// Polls `GET path` until `check` holds.
-    async fn wait_for(&self, path: &str, what: &str, check: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Ok(answer) = self.api.get(path).await {
-                if check(&answer) {
-                    return answer;
-                }
-                assert!(Instant::now() < deadline, "timed out waiting for {what}: {answer:#}");
-            } else {
-                assert!(Instant::now() < deadline, "timed out waiting for {what}");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
     }
 }
 
