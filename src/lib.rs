@@ -35,7 +35,8 @@
 //!   written by ingest and the dispatcher through one non-blocking
 //!   [`history::Recorder`], read by the admin API and event replay.
 //! - [`dispatch`]: the claim loop, bounded concurrency overall and per
-//!   subscription, per-subscription rate limits ([`dispatch::limit`]), the
+//!   subscription, per-subscription rate limits (buckets in the queue
+//!   backend, [`queue::rate`]), the
 //!   pure outcome classification and retry policy ([`dispatch::policy`]),
 //!   and batched settlements.
 //! - [`sign`]: Standard Webhooks signatures, `content-digest`, and the
@@ -94,8 +95,9 @@
 //!   the claimed delivery goes back to the queue unattempted, due when it
 //!   may go. Once one delivery of a subscription is deferred in a claim
 //!   batch, its later ones are too, so a subscription's deliveries keep
-//!   their order (parked ones resume oldest first). The rate limit is a
-//!   per-process token bucket, not shared between processes.
+//!   their order (parked ones resume oldest first). A rate limit is one
+//!   token bucket in the queue backend, shared by every process: one
+//!   backend call per claim batch per limited subscription.
 //! - Bulk replay has no job table: the cursor carries the whole walk (the
 //!   filter, when it started, the position reached), so it resumes on any
 //!   process, and the dead walk stops at deliveries that died after it

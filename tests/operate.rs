@@ -507,11 +507,13 @@ async fn failed_deliveries_are_retried_and_replayed_redis() {
     failed_deliveries_are_retried_and_replayed(&queue).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rate_limits_pace_one_subscription_without_using_retries_or_slowing_others() {
+/// `processes` hookd processes sharing one queue (`queue`: TOML of the
+/// `[queue]` table, or empty for the embedded store, then one process) pace
+/// a rate-limited subscription together.
+async fn rate_limits_pace_one_subscription(queue: &str, processes: usize) {
     let rx = Receiver::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let toml = base_toml(dir.path(), "")
+    let toml = base_toml(dir.path(), queue)
         + &subscription(
             "paced",
             &rx.url("paced"),
@@ -519,15 +521,24 @@ async fn rate_limits_pace_one_subscription_without_using_retries_or_slowing_othe
             "max_retries = 0\nrate_limit = { per_second = 5, burst = 2 }",
         )
         + &subscription("free", &rx.url("free"), r#"["order.*"]"#, "");
+    let mut others = Vec::new();
+    for _ in 1..processes {
+        others.push(Hookd::start(Config::from_toml(&toml).unwrap()).await);
+    }
     let hookd = Hookd::start(Config::from_toml(&toml).unwrap()).await;
-    let events: Vec<Value> = (0..12)
-        .map(|n| json!({"type": "order.placed", "id": format!("evt_paced_{n}"), "data": {"n": n}}))
-        .collect();
-    hookd
-        .api
-        .post("/v1/events/batch", Value::Array(events).to_string())
-        .await
-        .unwrap();
+    // The 12 events split between the processes, posted at the same time,
+    // so each process claims some at once.
+    let all: Vec<&Hookd> = others.iter().chain([&hookd]).collect();
+    let posts = all.iter().enumerate().map(|(p, h)| {
+        let events: Vec<Value> = (0..12)
+            .filter(|n| n % all.len() == p)
+            .map(|n| json!({"type": "order.placed", "id": format!("evt_paced_{n}"), "data": {"n": n}}))
+            .collect();
+        h.api.post("/v1/events/batch", Value::Array(events).to_string())
+    });
+    for answer in futures_util::future::join_all(posts).await {
+        answer.unwrap();
+    }
     let arrivals = rx
         .wait_for(WAIT, "12 paced deliveries", |a| {
             a.iter().filter(|a| a.path == "paced").count() >= 12
@@ -540,10 +551,12 @@ async fn rate_limits_pace_one_subscription_without_using_retries_or_slowing_othe
         free.last().unwrap().at < paced.last().unwrap().at,
         "the unlimited subscription is not held back by the limited one"
     );
-    // Never faster than the limit: two at once, then one per 200 ms.
+    // Never faster than the limit, whichever process sent: two at once,
+    // then one per 200 ms (less 50 ms for the first request of each
+    // process, which also opens its connection).
     let start = paced[0].at;
     for (n, a) in paced.iter().enumerate().skip(2) {
-        let earliest = Duration::from_millis(200 * (n as u64 - 1)).saturating_sub(Duration::from_millis(10));
+        let earliest = Duration::from_millis(200 * (n as u64 - 1)).saturating_sub(Duration::from_millis(50));
         assert!(
             a.at.duration_since(start) >= earliest,
             "delivery {n} came {:?} after the first, before {earliest:?}",
@@ -572,5 +585,24 @@ async fn rate_limits_pace_one_subscription_without_using_retries_or_slowing_othe
             .all(|d| d["attempts"] == 1),
         "{page:#}"
     );
+    for other in others {
+        other.stop().await;
+    }
     hookd.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_pace_one_subscription_without_using_retries_or_slowing_others() {
+    rate_limits_pace_one_subscription("", 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_are_shared_by_processes_sharing_redis() {
+    let redis = RedisServer::start();
+    let queue = format!(
+        "redis_url = \"{}\"\nkey_prefix = \"{}\"",
+        redis.url(),
+        support::unique_prefix("paced")
+    );
+    rate_limits_pace_one_subscription(&queue, 3).await;
 }

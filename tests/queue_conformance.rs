@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use hookd::config::{QueueConfig, SubscriptionName};
+use hookd::config::{QueueConfig, RateLimit, SubscriptionName};
 use hookd::ingest::EventId;
 use hookd::queue::embedded::EmbeddedQueue;
 use hookd::queue::redis::RedisQueue;
@@ -545,6 +545,30 @@ mod cases {
         assert_eq!(second.len(), 30);
         assert_eq!(&second.last().unwrap().1, again);
         assert!(second.last().unwrap().0 >= first.last().unwrap().0);
+    }
+
+    pub async fn rate_limit_buckets_grant_the_burst_then_the_rate(fx: &mut Fixture) {
+        let q = fx.q();
+        let crm = SubscriptionName::parse("crm").unwrap();
+        let billing = SubscriptionName::parse("billing").unwrap();
+        let limit = RateLimit {
+            per_second: 5.0,
+            burst: Some(2),
+        };
+        let t = now_ms();
+        let first = q.take_tokens(&crm, &limit, 12, t).await.unwrap();
+        assert_eq!(first.granted, 2, "the burst");
+        assert_eq!(first.next_at, Some(t + 200));
+        let early = q.take_tokens(&crm, &limit, 1, t + 100).await.unwrap();
+        assert_eq!((early.granted, early.next_at), (0, Some(t + 200)));
+        let due = q.take_tokens(&crm, &limit, 3, t + 200).await.unwrap();
+        assert_eq!((due.granted, due.next_at), (1, Some(t + 400)));
+        // Each subscription has its own bucket.
+        let other = q.take_tokens(&billing, &limit, 2, t + 200).await.unwrap();
+        assert_eq!((other.granted, other.next_at), (2, None));
+        // After a quiet spell the burst is back, never more.
+        let later = q.take_tokens(&crm, &limit, 5, t + 60_000).await.unwrap();
+        assert_eq!((later.granted, later.next_at), (2, Some(t + 60_200)));
     }
 
     pub async fn reschedule_needs_the_current_due(fx: &mut Fixture) {
@@ -1256,6 +1280,7 @@ macro_rules! conformance {
             case!($open, dead_deliveries_are_listed_and_replayable);
             case!($open, dead_walk_visits_each_once_in_death_order);
             case!($open, reschedule_needs_the_current_due);
+            case!($open, rate_limit_buckets_grant_the_burst_then_the_rate);
             case!($open, depth_counts_due_scheduled_and_dead);
             case!($open, next_due_is_reported_when_nothing_is_due);
             case!($open, concurrent_claimers_never_share_a_delivery);

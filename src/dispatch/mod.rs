@@ -5,9 +5,10 @@
 //! Each task waits for nothing: if its subscription is at its in-flight cap
 //! the delivery is deferred (given back unattempted, not counted as an
 //! attempt) so a slow endpoint never holds slots the others could use; if
-//! the subscription has a `rate_limit` and no token is left
-//! ([`limit::Limiter`]), it is deferred until one will be, the deliveries
-//! of one batch spaced one interval apart.
+//! the subscription has a `rate_limit` and its bucket (in the queue
+//! backend, shared by every process: [`crate::queue::rate`]) has no token
+//! left, it is deferred until one will be, the deliveries of one batch
+//! spaced one interval apart.
 //! Otherwise it signs, sends, classifies the result ([`policy::classify`]),
 //! and hands a [`Settlement`] to the settle task, which batches them into
 //! one queue call.
@@ -23,7 +24,6 @@
 //! deliveries in flight finish with the snapshot they started with.
 
 mod health;
-pub mod limit;
 pub mod policy;
 
 use std::collections::{HashMap, HashSet};
@@ -39,12 +39,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
-use crate::config::{Config, SubscriptionConfig, SubscriptionName};
+use crate::config::{Config, RateLimit, SubscriptionConfig, SubscriptionName};
 use crate::deliver::{self, Client};
 use crate::history::{self, AttemptRecord, DeliveryState, DeliverySummary, Entry, ErrorKind, Recorder};
 use crate::notify::{Alerts, Notification};
 use crate::plugin::{self, Plugin, Plugins, Verdict};
-use crate::queue::{now_ms, Claim, Delivery, Millis, Queue, Settlement};
+use crate::queue::{now_ms, rate, Claim, Delivery, Millis, Queue, Settlement};
 use crate::sign::{self, Signer};
 use crate::telemetry::metrics::{DeliveryOutcome, Metrics, PluginResult, SubscriptionMetrics};
 use policy::{classify, Attempted, Outcome, RetryPolicy};
@@ -100,8 +100,9 @@ pub struct Endpoint {
     permits: Arc<Semaphore>,
     /// The cap `permits` was made with.
     cap: usize,
-    /// The request rate limit, if the subscription has one.
-    limiter: Option<Arc<limit::Limiter>>,
+    /// The request rate limit, if the subscription has one (its bucket
+    /// lives in the queue backend).
+    rate_limit: Option<RateLimit>,
     /// Disabled in the config, or in the queue backend (automatically or by
     /// an operator): deliveries are parked, nothing is sent.
     disabled: Arc<Switch>,
@@ -149,13 +150,7 @@ impl Endpoint {
             timeout: sub.timeout.unwrap_or(config.delivery.timeout),
             cap,
             retry: RetryPolicy::from_config(&config.delivery, sub.max_retries),
-            // A reload keeps the bucket of an unchanged limit.
-            limiter: sub
-                .rate_limit
-                .map(|limit| match previous.and_then(|p| p.limiter.as_ref()) {
-                    Some(l) if l.limit() == limit => l.clone(),
-                    _ => Arc::new(limit::Limiter::new(limit)),
-                }),
+            rate_limit: sub.rate_limit,
             // A reload keeps the in-flight count of an unchanged cap.
             permits: match previous {
                 Some(p) if p.cap == cap => p.permits.clone(),
@@ -470,13 +465,15 @@ impl Dispatcher {
             // deliveries keep their order however often its cap sends them back.
             let defer_due = now_ms() + DEFER_DELAY.as_millis() as Millis;
             let endpoints = shared.endpoints.load();
-            // Per rate-limited subscription, the due time last given to one
-            // of its deliveries in this batch: the next waits one interval more.
-            let mut paced: HashMap<SubscriptionName, Millis> = HashMap::new();
             // Subscriptions with a delivery deferred in this batch: their
             // later ones are deferred too, even if a slot frees meanwhile,
             // so none overtakes an earlier one.
             let mut held: HashSet<SubscriptionName> = HashSet::new();
+            // The batch in claim order: each delivery with its slot and its
+            // subscription's permit, or None to be deferred; and how many
+            // of each rate-limited subscription's are ready to go.
+            let mut batch = Vec::new();
+            let mut wanted: HashMap<SubscriptionName, (RateLimit, u32)> = HashMap::new();
             for claim in claimed.claims {
                 let slot = match permits.take() {
                     Some(p) => p,
@@ -485,46 +482,82 @@ impl Dispatcher {
                         Ok(p) => p,
                         Err(_) => {
                             held.insert(claim.delivery.subscription.clone());
-                            defer(&shared, &claim, defer_due);
+                            batch.push((claim, None));
                             continue;
                         }
                     },
                 };
-                let endpoint = endpoints.map.get(&claim.delivery.subscription).cloned();
                 if held.contains(&claim.delivery.subscription) {
-                    let due = paced.get(&claim.delivery.subscription).copied();
-                    let due = match (due, endpoint.as_ref().and_then(|e| e.limiter.as_ref())) {
-                        (Some(last), Some(limiter)) => last + limiter.interval_ms(),
-                        _ => defer_due,
-                    };
-                    if paced.contains_key(&claim.delivery.subscription) {
-                        paced.insert(claim.delivery.subscription.clone(), due);
-                    }
-                    defer(&shared, &claim, due);
+                    batch.push((claim, None));
                     continue;
                 }
+                let endpoint = endpoints.map.get(&claim.delivery.subscription).cloned();
                 // The subscription's own cap, taken here in claim order.
                 let permit = match &endpoint {
                     Some(e) if !e.disabled.is_on() => match e.permits.clone().try_acquire_owned() {
                         Ok(p) => Some(p),
                         Err(_) => {
                             held.insert(claim.delivery.subscription.clone());
-                            defer(&shared, &claim, defer_due);
+                            batch.push((claim, None));
                             continue;
                         }
                     },
                     _ => None,
                 };
-                // The rate limit: a delivery without a token waits for one,
-                // given back unattempted, so waiting never costs a retry.
-                if let (Some(limiter), Some(_)) = (endpoint.as_ref().and_then(|e| e.limiter.as_ref()), &permit) {
-                    if let Err(at) = limiter.try_take(now_ms()) {
-                        held.insert(claim.delivery.subscription.clone());
-                        paced.insert(claim.delivery.subscription.clone(), at);
-                        defer(&shared, &claim, at);
+                if let (Some(limit), Some(_)) = (endpoint.as_ref().and_then(|e| e.rate_limit), &permit) {
+                    wanted
+                        .entry(claim.delivery.subscription.clone())
+                        .or_insert((limit, 0))
+                        .1 += 1;
+                }
+                batch.push((claim, Some((endpoint, permit, slot))));
+            }
+            // The rate limits: one bucket per subscription in the queue
+            // backend, shared by every process. Deliveries beyond the
+            // tokens granted wait for theirs, given back unattempted (so
+            // waiting never costs a retry), one interval apart, in order.
+            let now = now_ms();
+            let grants = futures_util::future::join_all(wanted.into_iter().map(|(name, (limit, want))| {
+                let queue = shared.queue.clone();
+                async move {
+                    let tokens = queue.take_tokens(&name, &limit, want, now).await;
+                    (name, limit, tokens)
+                }
+            }))
+            .await;
+            let mut grants: HashMap<SubscriptionName, (RateLimit, rate::Tokens)> = grants
+                .into_iter()
+                .map(|(name, limit, tokens)| {
+                    let tokens = tokens.unwrap_or_else(|e| {
+                        error!(subscription = %name, error = %e, "cannot take rate-limit tokens: deliveries wait");
+                        rate::Tokens {
+                            granted: 0,
+                            next_at: Some(defer_due),
+                        }
+                    });
+                    (name, (limit, tokens))
+                })
+                .collect();
+            for (claim, go) in batch {
+                let grant = grants.get_mut(&claim.delivery.subscription);
+                let (endpoint, permit, slot) = match (go, grant) {
+                    (Some(go), Some((_, tokens))) if tokens.granted > 0 => {
+                        tokens.granted -= 1;
+                        go
+                    }
+                    (Some(go), None) => go,
+                    // Waiting for a token, after those waiting before it.
+                    (_, Some((limit, tokens))) => {
+                        let due = tokens.next_at.unwrap_or(defer_due).max(now + 1);
+                        tokens.next_at = Some(due + rate::interval_ms(limit));
+                        defer(&shared, &claim, due);
                         continue;
                     }
-                }
+                    (None, None) => {
+                        defer(&shared, &claim, defer_due);
+                        continue;
+                    }
+                };
                 let shared = shared.clone();
                 tasks.spawn(async move {
                     attempt(&shared, claim, endpoint).await;

@@ -193,6 +193,10 @@ pub struct EmbeddedQueue {
     dir: PathBuf,
     /// `queue.shards`, to check that delivery ids name their event's shard.
     shards: u16,
+    /// Rate-limit buckets: each subscription's theoretical arrival time
+    /// ([`super::rate`]). In memory: one process owns this store, and after
+    /// a restart the buckets start full.
+    buckets: std::sync::Mutex<std::collections::HashMap<SubscriptionName, f64>>,
 }
 
 /// A redb failure inside the writer, boxed (redb's error is large).
@@ -273,6 +277,7 @@ impl EmbeddedQueue {
             writer: Some(writer),
             dir,
             shards: config.shards.max(1),
+            buckets: Default::default(),
         })
     }
 
@@ -1054,6 +1059,19 @@ impl Queue for EmbeddedQueue {
         }
         let updates = updates.to_vec();
         self.submit(|reply| Op::RecordHealth { updates, reply }).await
+    }
+
+    async fn take_tokens(
+        &self,
+        subscription: &SubscriptionName,
+        limit: &crate::config::RateLimit,
+        want: u32,
+        now: Millis,
+    ) -> Result<super::rate::Tokens, Error> {
+        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        let (tat, tokens) = super::rate::take(buckets.get(subscription).copied(), limit, want, now);
+        buckets.insert(subscription.clone(), tat);
+        Ok(tokens)
     }
 
     async fn ping(&self) -> Result<(), Error> {

@@ -33,8 +33,11 @@
 //! - Every subscription has a [`SubscriptionState`] (enabled or not, why,
 //!   since when, and its failure health) stored in the backend, so every
 //!   process sharing the queue sees the same one and it survives restarts.
+//! - A subscription's rate limit is one token bucket per backend
+//!   ([`Queue::take_tokens`], [`rate`]), shared by every process using it.
 
 pub mod embedded;
+pub mod rate;
 pub mod redis;
 
 use std::fmt;
@@ -579,6 +582,19 @@ pub trait Queue: Send + Sync + 'static {
         &self,
         updates: &[HealthUpdate],
     ) -> Result<Vec<(SubscriptionName, SubscriptionState)>, Error>;
+
+    /// Takes up to `want` request tokens from `subscription`'s rate limit
+    /// `limit` at `now` ([`rate::take`]), from one bucket shared by every
+    /// process using this backend. The first `granted` of the caller's
+    /// deliveries may be sent; the rest wait until `next_at`. A changed
+    /// limit applies to the bucket as it stands.
+    async fn take_tokens(
+        &self,
+        subscription: &SubscriptionName,
+        limit: &crate::config::RateLimit,
+        want: u32,
+        now: Millis,
+    ) -> Result<rate::Tokens, Error>;
 
     /// Checks that the backend answers.
     async fn ping(&self) -> Result<(), Error>;

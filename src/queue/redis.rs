@@ -101,6 +101,14 @@ pub fn subscription_key(prefix: &str, subscription: &SubscriptionName) -> String
     format!("{prefix}:{{{STATE_TAG}}}:sub:{subscription}")
 }
 
+/// `{prefix}:{s}:rate:<subscription>`, a string: the theoretical arrival
+/// time (ms, fractional) of the subscription's rate-limit bucket
+/// ([`super::rate`]), expiring once the bucket is full again. Written by
+/// take_tokens.
+pub fn rate_key(prefix: &str, subscription: &SubscriptionName) -> String {
+    format!("{prefix}:{{{STATE_TAG}}}:rate:{subscription}")
+}
+
 /// `{prefix}:{s}:subscriptions`, a set: the name of every subscription that
 /// has a state hash. Written by set_enabled and record_health.
 pub fn subscriptions_key(prefix: &str) -> String {
@@ -384,11 +392,30 @@ redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
 return 1
 "#;
 
+/// Take tokens. KEYS: the subscription's [`rate_key`]. ARGV: emission
+/// interval ms, tolerance ms (`(burst - 1) * interval`), tokens wanted, now
+/// ms. Mirrors [`super::rate::take`]. Returns {granted, next token at or -1}.
+const TAKE_TOKENS_LUA: &str = r#"
+local interval, tolerance, want, now = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local tat = tonumber(redis.call('GET', KEYS[1]) or '') or now
+if tat < now then tat = now end
+local granted = 0
+while granted < want and tat - now <= tolerance do
+  tat = tat + interval
+  granted = granted + 1
+end
+redis.call('SET', KEYS[1], string.format('%.3f', tat), 'PX', math.ceil(tat - now) + 1000)
+local next_at = -1
+if granted < want then next_at = math.ceil(tat - tolerance) end
+return {granted, next_at}
+"#;
+
 static ENQUEUE: LazyLock<Script> = LazyLock::new(|| Script::new(ENQUEUE_LUA));
 static CLAIM: LazyLock<Script> = LazyLock::new(|| Script::new(CLAIM_LUA));
 static SETTLE: LazyLock<Script> = LazyLock::new(|| Script::new(SETTLE_LUA));
 static REPLAY: LazyLock<Script> = LazyLock::new(|| Script::new(REPLAY_LUA));
 static RESCHEDULE: LazyLock<Script> = LazyLock::new(|| Script::new(RESCHEDULE_LUA));
+static TAKE_TOKENS: LazyLock<Script> = LazyLock::new(|| Script::new(TAKE_TOKENS_LUA));
 static UNPARK: LazyLock<Script> = LazyLock::new(|| Script::new(UNPARK_LUA));
 static SET_ENABLED: LazyLock<Script> = LazyLock::new(|| Script::new(SET_ENABLED_LUA));
 static RECORD_HEALTH: LazyLock<Script> = LazyLock::new(|| Script::new(RECORD_HEALTH_LUA));
@@ -1206,6 +1233,33 @@ impl Queue for RedisQueue {
             .zip(states)
             .map(|(u, state)| Ok((u.subscription.clone(), state_of(u.subscription.as_str(), state)?)))
             .collect()
+    }
+
+    async fn take_tokens(
+        &self,
+        subscription: &SubscriptionName,
+        limit: &crate::config::RateLimit,
+        want: u32,
+        now: Millis,
+    ) -> Result<super::rate::Tokens, Error> {
+        let interval = super::rate::interval(limit);
+        let mut call = Call {
+            keys: vec![rate_key(&self.prefix, subscription)],
+            args: Vec::new(),
+        };
+        call.arg(interval);
+        call.arg(interval * f64::from(limit.burst().saturating_sub(1)));
+        call.arg(want);
+        call.arg(now);
+        let reply = self.redis.eval("take tokens", &TAKE_TOKENS, vec![call]).await?;
+        let (granted, next_at) = match reply.first() {
+            Some(Value::Array(pair)) if pair.len() == 2 => (int_of(&pair[0])?, int_of(&pair[1])?),
+            other => return Err(Error::Redis(format!("take tokens: unexpected reply {other:?}"))),
+        };
+        Ok(super::rate::Tokens {
+            granted: granted.clamp(0, i64::from(want)) as u32,
+            next_at: (next_at >= 0).then_some(next_at),
+        })
     }
 
     async fn ping(&self) -> Result<(), Error> {
