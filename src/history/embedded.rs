@@ -17,7 +17,6 @@ use std::collections::HashMap;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use redb::{
@@ -32,7 +31,7 @@ use super::{
 };
 use crate::config::{HistoryConfig, QueueConfig, SubscriptionName};
 use crate::ingest::EventId;
-use crate::queue::embedded::group_commit;
+use crate::queue::embedded::{group_commit, Writer};
 use crate::queue::{DeliveryId, Millis};
 
 /// The store's file inside `queue.data_dir`.
@@ -85,10 +84,9 @@ enum Op {
 pub struct EmbeddedHistory {
     /// The open store; shared with the writer thread and read tasks.
     db: Arc<Database>,
-    /// Sends operations to the writer; dropped first on close so it exits.
-    ops: Option<mpsc::UnboundedSender<Op>>,
-    /// The writer thread, joined on drop so the file is unlocked after.
-    writer: Option<JoinHandle<()>>,
+    /// The writer thread; declared after `db`, so dropping the history
+    /// joins it after letting go of the store.
+    writer: Writer<Op>,
     /// The store's file, for messages.
     path: PathBuf,
 }
@@ -152,19 +150,11 @@ impl EmbeddedHistory {
         };
         create_tables(&db)?;
         let db = Arc::new(db);
-        let (ops, receiver) = mpsc::unbounded_channel();
         let writer_db = db.clone();
         let body_limit = history.response_body_limit;
-        let writer = std::thread::Builder::new()
-            .name("hookd-history-writer".into())
-            .spawn(move || write_loop(&writer_db, receiver, body_limit))
+        let writer = Writer::start("history", move |receiver| write_loop(&writer_db, receiver, body_limit))
             .map_err(|e| Error::Store(format!("cannot start the history writer thread: {e}")))?;
-        Ok(EmbeddedHistory {
-            db,
-            ops: Some(ops),
-            writer: Some(writer),
-            path,
-        })
+        Ok(EmbeddedHistory { db, writer, path })
     }
 
     /// The store's file.
@@ -173,14 +163,13 @@ impl EmbeddedHistory {
     }
 
     async fn submit<T>(&self, op: impl FnOnce(Reply<T>) -> Op) -> Result<T, Error> {
-        let (reply, answer) = oneshot::channel();
-        let stopped = || Error::Store(format!("the writer of {} has stopped", self.path.display()));
-        self.ops
-            .as_ref()
-            .ok_or_else(stopped)?
-            .send(op(reply))
-            .map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())?
+        let stopped = || {
+            Err(Error::Store(format!(
+                "the writer of {} has stopped",
+                self.path.display()
+            )))
+        };
+        self.writer.submit(op).await.unwrap_or_else(stopped)
     }
 
     async fn read<T: Send + 'static>(
@@ -194,17 +183,6 @@ impl EmbeddedHistory {
         })
         .await
         .map_err(|e| Error::Store(format!("history read task failed: {e}")))?
-    }
-}
-
-impl Drop for EmbeddedHistory {
-    fn drop(&mut self) {
-        drop(self.ops.take());
-        if let Some(writer) = self.writer.take() {
-            if writer.join().is_err() {
-                tracing::error!(path = %self.path.display(), "the history writer thread panicked");
-            }
-        }
     }
 }
 

@@ -185,10 +185,9 @@ enum Outcome {
 pub struct EmbeddedQueue {
     /// The open store; shared with the writer thread and read tasks.
     db: Arc<Database>,
-    /// Sends operations to the writer; dropped first on close so it exits.
-    ops: Option<mpsc::UnboundedSender<Op>>,
-    /// The writer thread, joined on drop so the file is unlocked after.
-    writer: Option<JoinHandle<()>>,
+    /// The writer thread; declared after `db`, so dropping the queue joins
+    /// it after letting go of the store.
+    writer: Writer<Op>,
     /// The store's directory, for messages.
     dir: PathBuf,
     /// `queue.shards`, to check that delivery ids name their event's shard.
@@ -265,16 +264,12 @@ impl EmbeddedQueue {
         };
         create_tables(&db)?;
         let db = Arc::new(db);
-        let (ops, receiver) = mpsc::unbounded_channel();
         let writer_db = db.clone();
-        let writer = std::thread::Builder::new()
-            .name("hookd-queue-writer".into())
-            .spawn(move || write_loop(&writer_db, receiver))
+        let writer = Writer::start("queue", move |receiver| write_loop(&writer_db, receiver))
             .map_err(|e| Error::Store(format!("cannot start the writer thread: {e}")))?;
         Ok(EmbeddedQueue {
             db,
-            ops: Some(ops),
-            writer: Some(writer),
+            writer,
             dir,
             shards: config.shards.max(1),
             buckets: Default::default(),
@@ -287,14 +282,13 @@ impl EmbeddedQueue {
     }
 
     async fn submit<T>(&self, op: impl FnOnce(Reply<T>) -> Op) -> Result<T, Error> {
-        let (reply, answer) = oneshot::channel();
-        let stopped = || Error::Store(format!("the writer of {} has stopped", self.dir.display()));
-        self.ops
-            .as_ref()
-            .ok_or_else(stopped)?
-            .send(op(reply))
-            .map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())?
+        let stopped = || {
+            Err(Error::Store(format!(
+                "the writer of {} has stopped",
+                self.dir.display()
+            )))
+        };
+        self.writer.submit(op).await.unwrap_or_else(stopped)
     }
 
     async fn read<T: Send + 'static>(
@@ -308,17 +302,6 @@ impl EmbeddedQueue {
         })
         .await
         .map_err(|e| Error::Store(format!("read task failed: {e}")))?
-    }
-}
-
-impl Drop for EmbeddedQueue {
-    fn drop(&mut self) {
-        drop(self.ops.take());
-        if let Some(writer) = self.writer.take() {
-            if writer.join().is_err() {
-                tracing::error!(dir = %self.dir.display(), "the queue writer thread panicked");
-            }
-        }
     }
 }
 
@@ -376,6 +359,56 @@ pub(crate) fn group_commit<Op, Out, E: std::fmt::Display>(
     // Closing: make whatever committed without fsync durable.
     if let Err(e) = apply(&[], true) {
         tracing::error!(error = %e, "final durable commit of the {store} failed");
+    }
+}
+
+/// The writer thread of an embedded store and the channel to it: started
+/// with the store, and on drop told to stop (its channel closes) and
+/// joined, so the store's file is unlocked once the store is dropped.
+pub(crate) struct Writer<Op> {
+    /// Sends operations to the thread; dropped first so it exits.
+    ops: Option<mpsc::UnboundedSender<Op>>,
+    /// The thread.
+    thread: Option<JoinHandle<()>>,
+    /// What it writes, for messages: `queue`, `history`.
+    what: &'static str,
+}
+
+impl<Op: Send + 'static> Writer<Op> {
+    /// Starts the thread `hookd-<what>-writer`, running `run` over the
+    /// operations sent to it until the channel closes.
+    pub(crate) fn start(
+        what: &'static str,
+        run: impl FnOnce(mpsc::UnboundedReceiver<Op>) + Send + 'static,
+    ) -> std::io::Result<Writer<Op>> {
+        let (ops, receiver) = mpsc::unbounded_channel();
+        let thread = std::thread::Builder::new()
+            .name(format!("hookd-{what}-writer"))
+            .spawn(move || run(receiver))?;
+        Ok(Writer {
+            ops: Some(ops),
+            thread: Some(thread),
+            what,
+        })
+    }
+
+    /// Sends the operation `op` makes around a reply channel and waits for
+    /// the reply; `None` if the thread has stopped.
+    pub(crate) async fn submit<R>(&self, op: impl FnOnce(oneshot::Sender<R>) -> Op) -> Option<R> {
+        let (reply, answer) = oneshot::channel();
+        self.ops.as_ref()?.send(op(reply)).ok()?;
+        answer.await.ok()
+    }
+}
+
+impl<Op> Drop for Writer<Op> {
+    fn drop(&mut self) {
+        drop(self.ops.take());
+        if let Some(thread) = self.thread.take() {
+            if thread.join().is_err() {
+                tracing::error!(store = self.what, "the {} writer thread panicked", self.what);
+            }
+        }
     }
 }
 
