@@ -36,7 +36,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{ApiError, ApiState};
+use super::{bad_body, ApiError, ApiState};
 use crate::config::{Config, SubscriptionName};
 use crate::history::{DeliverySummary, Entry};
 use crate::ingest::EventId;
@@ -58,11 +58,6 @@ struct ReplayRequest {
     subscriptions: Option<Vec<String>>,
     /// Names this replay: the same key again is answered as a duplicate.
     key: Option<String>,
-}
-
-/// A 400 about the request body.
-fn bad_body(message: impl Into<String>) -> ApiError {
-    ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", message)
 }
 
 impl ReplayRequest {

@@ -209,6 +209,11 @@ async fn authenticate(
     }
 }
 
+/// A 400 `invalid_body`: the request body is not what the route takes.
+fn bad_body(message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", message)
+}
+
 /// Reads a body of at most `limit` bytes, answering 413 beyond it.
 async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
     axum::body::to_bytes(body, limit).await.map_err(|_| {

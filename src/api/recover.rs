@@ -49,7 +49,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::admin::parse_time;
-use super::{parse_id, ApiError, ApiState};
+use super::{bad_body, parse_id, ApiError, ApiState};
 use crate::config::SubscriptionName;
 use crate::history::{DeliveryState, Entry, ListFilter};
 use crate::queue::{now_ms, DeliveryId, Lease, Millis, Standing};
@@ -161,7 +161,7 @@ enum Target {
 }
 
 /// The body of `POST /v1/subscriptions/{name}/replay`.
-#[derive(Deserialize)]
+#[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ReplayBody {
     state: Option<Target>,
@@ -209,10 +209,6 @@ impl Walk {
     }
 }
 
-fn bad_body(message: impl Into<String>) -> ApiError {
-    ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", message)
-}
-
 /// The walk a call continues: the cursor's, after checking that the body
 /// does not ask for something else, or a new one from the body.
 fn walk_of(body: &ReplayBody, subscription: SubscriptionName) -> Result<Walk, ApiError> {
@@ -256,13 +252,7 @@ async fn replay_subscription(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let body: ReplayBody = if body.is_empty() {
-        ReplayBody {
-            state: None,
-            from: None,
-            to: None,
-            cursor: None,
-            limit: None,
-        }
+        ReplayBody::default()
     } else {
         serde_json::from_slice(&body).map_err(|e| {
             bad_body(format!(
@@ -270,14 +260,7 @@ async fn replay_subscription(
             ))
         })?
     };
-    let subscription = state.config.load().subscription(&name).map(|s| s.name.clone());
-    let subscription = subscription.ok_or_else(|| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("no subscription named `{name}` in the config"),
-        )
-    })?;
+    let subscription = super::subscriptions::find(&state, &name)?.name;
     let limit = match body.limit {
         None => DEFAULT_PAGE,
         Some(n @ 1..=MAX_PAGE) => n,

@@ -24,7 +24,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
-use super::{ApiError, ApiState};
+use super::{bad_body, ApiError, ApiState};
 use crate::config::{SubscriptionConfig, SubscriptionName};
 use crate::notify::Notification;
 use crate::queue::now_ms;
@@ -81,7 +81,8 @@ async fn describe(state: &ApiState, sub: &SubscriptionConfig) -> Result<Value, A
     }))
 }
 
-fn find(state: &ApiState, name: &str) -> Result<SubscriptionConfig, ApiError> {
+/// The configured subscription `name`, or a 404 naming it.
+pub(super) fn find(state: &ApiState, name: &str) -> Result<SubscriptionConfig, ApiError> {
     let config = state.config.load();
     config.subscription(name).cloned().ok_or_else(|| {
         ApiError::new(
@@ -132,13 +133,8 @@ async fn disable(
     let reason = if body.is_empty() {
         None
     } else {
-        let v: Value = serde_json::from_slice(&body).map_err(|e| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_body",
-                format!("send {{\"reason\": \"...\"}} or nothing: {e}"),
-            )
-        })?;
+        let v: Value = serde_json::from_slice(&body)
+            .map_err(|e| bad_body(format!("send {{\"reason\": \"...\"}} or nothing: {e}")))?;
         v["reason"].as_str().map(str::to_owned)
     };
     let reason = reason.unwrap_or_else(|| "disabled by an operator".into());
