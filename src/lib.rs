@@ -113,6 +113,7 @@ pub mod demo;
 pub mod dispatch;
 pub mod history;
 pub mod ingest;
+pub mod model;
 pub mod notify;
 pub mod plugin;
 pub mod queue;

@@ -39,6 +39,8 @@ pub const PROTECTED_HEADERS: &[&str] = &[
     "connection",
 ];
 
+pub use crate::model::{RateLimit, Secret, SubscriptionName};
+
 /// A configuration problem, naming the key at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -447,26 +449,6 @@ fn default_true() -> bool {
     true
 }
 
-/// A subscription's request rate limit (a token bucket).
-#[derive(Clone, Copy, Debug, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct RateLimit {
-    /// Sustained requests per second; fractions allowed (`0.5`: one every
-    /// two seconds).
-    pub per_second: f64,
-    /// Requests that may go at once after a quiet spell; at least 1.
-    /// Default: `per_second` rounded up.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub burst: Option<u32>,
-}
-
-impl RateLimit {
-    /// The burst in force: as configured, or `per_second` rounded up.
-    pub fn burst(&self) -> u32 {
-        self.burst.unwrap_or_else(|| (self.per_second.ceil() as u32).max(1))
-    }
-}
-
 impl Config {
     /// Loads the defaults, then `path` (if any), then `HOOKD_` variables, and
     /// validates the result.
@@ -684,7 +666,7 @@ impl SubscriptionConfig {
             ));
         }
         for pattern in &self.events {
-            crate::ingest::EventPattern::parse(pattern).map_err(|p| invalid(format!("{key}.events"), p))?;
+            crate::model::EventPattern::parse(pattern).map_err(|p| invalid(format!("{key}.events"), p))?;
         }
         if self.secrets.is_empty() {
             return Err(invalid(
@@ -803,64 +785,6 @@ pub fn decode_secret(secret: &str) -> Result<Vec<u8>, String> {
         return Err(format!("decodes to {} bytes; use 24 to 64 random bytes", key.len()));
     }
     Ok(key)
-}
-
-/// A subscription's unique name: 1 to 64 of `a-z A-Z 0-9 - _ .`.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, Serialize)]
-#[serde(transparent)]
-pub struct SubscriptionName(String);
-
-impl SubscriptionName {
-    /// Checks and wraps a name.
-    pub fn parse(name: &str) -> Result<SubscriptionName, String> {
-        if name.is_empty() || name.len() > 64 {
-            return Err("must be 1 to 64 characters".into());
-        }
-        if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
-            return Err(format!("`{name}` may only contain letters, digits, `-`, `_` and `.`"));
-        }
-        Ok(SubscriptionName(name.to_owned()))
-    }
-
-    /// The name as text.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for SubscriptionName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-/// A secret value: its `Debug`, `Display` and serialized forms are `[redacted]`.
-#[derive(Clone, PartialEq, Eq, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a secret value.
-    pub fn new(value: impl Into<String>) -> Secret {
-        Secret(value.into())
-    }
-
-    /// The secret itself, for the one place that uses it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("[redacted]")
-    }
-}
-
-impl Serialize for Secret {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str("[redacted]")
-    }
 }
 
 #[cfg(test)]

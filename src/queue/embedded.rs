@@ -765,7 +765,7 @@ impl<'txn> Tables<'txn> {
         };
         let mut delivery = match Delivery::decode(id, &record) {
             Ok(d) => d,
-            Err(e) => return Ok(Err(e)),
+            Err(e) => return Ok(Err(e.into())),
         };
         delivery.attempts = 0;
         delivery.last_error = None;

@@ -934,7 +934,11 @@ impl Queue for RedisQueue {
         let ids = self.dead_ids(limit).await?;
         let records = self.records_of(&ids).await?;
         ids.iter()
-            .filter_map(|(id, _)| records.get(id.as_str()).map(|r| Delivery::decode(id, r)))
+            .filter_map(|(id, _)| {
+                records
+                    .get(id.as_str())
+                    .map(|r| Delivery::decode(id, r).map_err(Error::from))
+            })
             .collect()
     }
 
@@ -983,7 +987,7 @@ impl Queue for RedisQueue {
             .filter_map(|(id, at)| {
                 records
                     .get(id.as_str())
-                    .map(|r| Delivery::decode(id, r).map(|d| (*at as Millis, d)))
+                    .map(|r| Delivery::decode(id, r).map(|d| (*at as Millis, d)).map_err(Error::from))
             })
             .collect()
     }
