@@ -106,6 +106,7 @@
 //!   (`{event_id}/replay/{key}`), keeping the `webhook-id`.
 
 pub mod api;
+pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod deliver;
