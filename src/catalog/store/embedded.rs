@@ -1,4 +1,250 @@
 //! The catalogue in a redb file (see the parent module).
+//!
+//! The file is `catalog.redb` in `queue.data_dir`, beside the embedded
+//! queue's. Writes are rare (an API call each), so every call runs its own
+//! transaction on the blocking pool; redb lets one write transaction run at
+//! a time, which makes [`CatalogStore::apply`] atomic and serial. Every
+//! write commits durably (fsync) before it answers: a change the API
+//! confirmed survives a crash.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use redb::{Database, DatabaseError, ReadableTable, TableDefinition};
+
+use super::{CatalogStore, Contents, Error, Kind, Record, Write};
+use crate::config::QueueConfig;
+use crate::model::Millis;
+
+/// The store's file inside `queue.data_dir`.
+pub const FILE_NAME: &str = "catalog.redb";
+
+/// (kind name as [`Kind::as_str`] writes it, id) → the record's body.
+const RECORDS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("records");
+/// [`VERSION`] → the catalogue's version; absent until the first write.
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Key id → when the key was last used (ms).
+const USES: TableDefinition<&str, i64> = TableDefinition::new("uses");
+
+/// The key of the version in [`META`].
+const VERSION: &str = "version";
 
 /// The catalogue in `catalog.redb`.
-pub struct EmbeddedCatalog;
+pub struct EmbeddedCatalog {
+    /// The open store, shared with the blocking tasks.
+    db: Arc<Database>,
+    /// The store's file, for messages.
+    path: Arc<PathBuf>,
+}
+
+/// A redb failure, as an [`Error::Store`] naming the file and the step.
+fn failed(path: &Path, what: &str, e: impl std::fmt::Display) -> Error {
+    Error::Store(format!("{}: {what}: {e}", path.display()))
+}
+
+impl EmbeddedCatalog {
+    /// Opens (creating it and `queue.data_dir` if needed) `catalog.redb`
+    /// in `queue.data_dir`. Fails with [`Error::InUse`] if it is already
+    /// open, in this process or another.
+    pub fn open(config: &QueueConfig) -> Result<EmbeddedCatalog, Error> {
+        let dir = &config.data_dir;
+        std::fs::create_dir_all(dir).map_err(|e| {
+            Error::Store(format!(
+                "cannot create {}: {e}; check its permissions or set queue.data_dir",
+                dir.display()
+            ))
+        })?;
+        let path = dir.join(FILE_NAME);
+        let db = match Database::create(&path) {
+            Ok(db) => db,
+            Err(DatabaseError::DatabaseAlreadyOpen) => return Err(Error::InUse { path }),
+            Err(e) => {
+                return Err(Error::Store(format!(
+                    "cannot open {}: {e}; restore it from a backup, or move it aside to start an empty catalogue",
+                    path.display()
+                )))
+            }
+        };
+        let txn = db.begin_write().map_err(|e| failed(&path, "begin write", e))?;
+        {
+            txn.open_table(RECORDS).map_err(|e| failed(&path, "create tables", e))?;
+            txn.open_table(META).map_err(|e| failed(&path, "create tables", e))?;
+            txn.open_table(USES).map_err(|e| failed(&path, "create tables", e))?;
+        }
+        txn.commit().map_err(|e| failed(&path, "commit", e))?;
+        Ok(EmbeddedCatalog {
+            db: Arc::new(db),
+            path: Arc::new(path),
+        })
+    }
+
+    /// The store's file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `f` on the blocking pool with the store and its path.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Database, &Path) -> Result<T, Error> + Send + 'static,
+    ) -> Result<T, Error> {
+        let db = self.db.clone();
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || f(&db, &path))
+            .await
+            .map_err(|e| failed(&self.path, "catalogue task failed", e))?
+    }
+}
+
+/// The version as `meta` holds it: absent is 0.
+fn version_in(table: &impl ReadableTable<&'static str, u64>, path: &Path) -> Result<u64, Error> {
+    Ok(table
+        .get(VERSION)
+        .map_err(|e| failed(path, "read the version", e))?
+        .map_or(0, |v| v.value()))
+}
+
+#[async_trait::async_trait]
+impl CatalogStore for EmbeddedCatalog {
+    async fn version(&self) -> Result<u64, Error> {
+        self.blocking(|db, path| {
+            let txn = db.begin_read().map_err(|e| failed(path, "begin read", e))?;
+            let meta = txn.open_table(META).map_err(|e| failed(path, "open meta", e))?;
+            version_in(&meta, path)
+        })
+        .await
+    }
+
+    async fn load(&self) -> Result<Contents, Error> {
+        self.blocking(|db, path| {
+            let txn = db.begin_read().map_err(|e| failed(path, "begin read", e))?;
+            let meta = txn.open_table(META).map_err(|e| failed(path, "open meta", e))?;
+            let version = version_in(&meta, path)?;
+            let table = txn.open_table(RECORDS).map_err(|e| failed(path, "open records", e))?;
+            let mut records = Vec::new();
+            for entry in table.iter().map_err(|e| failed(path, "read records", e))? {
+                let (key, body) = entry.map_err(|e| failed(path, "read records", e))?;
+                let (kind, id) = key.value();
+                let kind = Kind::parse(kind).ok_or_else(|| {
+                    Error::Store(format!(
+                        "{}: corrupt catalogue: record `{kind}/{id}` has an unknown kind `{kind}`",
+                        path.display()
+                    ))
+                })?;
+                records.push(Record {
+                    kind,
+                    id: id.to_owned(),
+                    body: body.value().to_vec(),
+                });
+            }
+            records.sort_by(|a, b| (a.kind, &a.id).cmp(&(b.kind, &b.id)));
+            Ok(Contents { version, records })
+        })
+        .await
+    }
+
+    async fn apply(&self, writes: &[Write]) -> Result<u64, Error> {
+        for write in writes {
+            write.check()?;
+        }
+        if writes.is_empty() {
+            return self.version().await;
+        }
+        let writes = writes.to_vec();
+        self.blocking(move |db, path| {
+            let txn = db.begin_write().map_err(|e| failed(path, "begin write", e))?;
+            let version = {
+                let mut records = txn.open_table(RECORDS).map_err(|e| failed(path, "open records", e))?;
+                // Creates are checked in order, against the store and the
+                // writes before them, before anything is written.
+                let mut touched: HashMap<(Kind, &str), bool> = HashMap::new();
+                for write in &writes {
+                    let (kind, id) = write.target();
+                    if let Write::Create(_) = write {
+                        let there = match touched.get(&(kind, id)) {
+                            Some(&there) => there,
+                            None => records
+                                .get((kind.as_str(), id))
+                                .map_err(|e| failed(path, "read records", e))?
+                                .is_some(),
+                        };
+                        if there {
+                            // Dropping the transaction aborts it.
+                            return Err(Error::Exists {
+                                kind,
+                                id: id.to_owned(),
+                            });
+                        }
+                    }
+                    touched.insert((kind, id), !matches!(write, Write::Delete { .. }));
+                }
+                for write in &writes {
+                    let (kind, id) = write.target();
+                    match write {
+                        Write::Create(r) | Write::Put(r) => {
+                            records
+                                .insert((kind.as_str(), id), r.body.as_slice())
+                                .map_err(|e| failed(path, "write a record", e))?;
+                        }
+                        Write::Delete { .. } => {
+                            records
+                                .remove((kind.as_str(), id))
+                                .map_err(|e| failed(path, "delete a record", e))?;
+                        }
+                    }
+                }
+                let mut meta = txn.open_table(META).map_err(|e| failed(path, "open meta", e))?;
+                let version = version_in(&meta, path)?
+                    .checked_add(1)
+                    .ok_or_else(|| Error::Store(format!("{}: the catalogue version overflowed", path.display())))?;
+                meta.insert(VERSION, version)
+                    .map_err(|e| failed(path, "write the version", e))?;
+                version
+            };
+            txn.commit().map_err(|e| failed(path, "commit", e))?;
+            Ok(version)
+        })
+        .await
+    }
+
+    async fn record_uses(&self, uses: &[(String, Millis)]) -> Result<(), Error> {
+        if uses.is_empty() {
+            return Ok(());
+        }
+        let uses = uses.to_vec();
+        self.blocking(move |db, path| {
+            let txn = db.begin_write().map_err(|e| failed(path, "begin write", e))?;
+            {
+                let mut table = txn.open_table(USES).map_err(|e| failed(path, "open uses", e))?;
+                for (key, at) in &uses {
+                    let stored = table
+                        .get(key.as_str())
+                        .map_err(|e| failed(path, "read key uses", e))?
+                        .map(|v| v.value());
+                    if stored.is_none_or(|stored| *at > stored) {
+                        table
+                            .insert(key.as_str(), *at)
+                            .map_err(|e| failed(path, "write key uses", e))?;
+                    }
+                }
+            }
+            txn.commit().map_err(|e| failed(path, "commit", e))
+        })
+        .await
+    }
+
+    async fn uses(&self) -> Result<Vec<(String, Millis)>, Error> {
+        self.blocking(|db, path| {
+            let txn = db.begin_read().map_err(|e| failed(path, "begin read", e))?;
+            let table = txn.open_table(USES).map_err(|e| failed(path, "open uses", e))?;
+            let mut out = Vec::new();
+            for entry in table.iter().map_err(|e| failed(path, "read key uses", e))? {
+                let (key, at) = entry.map_err(|e| failed(path, "read key uses", e))?;
+                out.push((key.value().to_owned(), at.value()));
+            }
+            Ok(out)
+        })
+        .await
+    }
+}
