@@ -156,6 +156,15 @@ pub async fn open_history(config: &Config) -> anyhow::Result<Arc<dyn History>> {
     })
 }
 
+/// Opens the catalogue store beside the queue `config` selects: in Redis
+/// with a `redis_url`, in `catalog.redb` under `queue.data_dir` otherwise.
+pub async fn open_catalog_store(config: &Config) -> anyhow::Result<Arc<dyn catalog::store::CatalogStore>> {
+    Ok(match &config.queue.redis_url {
+        Some(_) => Arc::new(catalog::store::redis::RedisCatalog::connect(&config.queue).await?),
+        None => Arc::new(catalog::store::embedded::EmbeddedCatalog::open(&config.queue)?),
+    })
+}
+
 /// Runs hookd: the HTTP API on `listener`, the stream consumer (Redis
 /// backend) and the dispatcher, until `shutdown` is cancelled. Then stops
 /// accepting, lets in-flight requests and deliveries finish, and returns.
@@ -192,8 +201,15 @@ pub async fn run_with_backends(
     // stops after the dispatcher has drained, keeping its last entries.
     let recorder_stop = CancellationToken::new();
     let (recorder, recorder_task) = history::Recorder::start(history.clone(), recorder_stop.clone());
+    let store = open_catalog_store(&config)
+        .await
+        .context("cannot open the catalogue store")?;
+    let catalog = catalog::Catalog::open(config.clone(), store)
+        .await
+        .context("cannot load the catalogue")?;
     let ingestor = Arc::new(ingest::Ingestor::new(
         &config,
+        catalog.clone(),
         queue.clone(),
         queued.clone(),
         recorder.clone(),
@@ -206,7 +222,7 @@ pub async fn run_with_backends(
     } else {
         None
     };
-    let endpoints = dispatch::Endpoints::build(&config, plugins.as_deref(), &metrics, None)?;
+    let endpoints = dispatch::Endpoints::build(&catalog.snapshot().config, plugins.as_deref(), &metrics, None)?;
     let endpoints = Arc::new(arc_swap::ArcSwap::from_pointee(endpoints));
     let tasks = TaskTracker::new();
     // The notifier flushes its digest after the dispatcher stops raising.
@@ -218,6 +234,7 @@ pub async fn run_with_backends(
             recorder: recorder.clone(),
             metrics: metrics.clone(),
             alerts: alerts.clone(),
+            catalog: catalog.clone(),
         };
         let dispatcher =
             dispatch::Dispatcher::new(&config, queue.clone(), endpoints.clone(), queued.clone(), services)?;
@@ -229,14 +246,13 @@ pub async fn run_with_backends(
             tasks.spawn(consumer.run(shutdown.clone()));
         }
     }
-    let current = Arc::new(arc_swap::ArcSwap::from_pointee(config.clone()));
+    tasks.spawn(catalog.clone().run(shutdown.clone()));
     let api_endpoints = endpoints.clone();
     let reloader = reload::Reloader {
-        current: current.clone(),
+        catalog: catalog.clone(),
         config: config.clone(),
         plugins,
         endpoints,
-        ingestor: ingestor.clone(),
         metrics: metrics.clone(),
     };
     tasks.spawn(reloader.run(shutdown.clone()));
@@ -245,9 +261,8 @@ pub async fn run_with_backends(
         config.history.clone(),
         shutdown.clone(),
     ));
-    let state = api::ApiState::new(&config, ingestor, queue, history, metrics, alerts);
+    let state = api::ApiState::new(&config, catalog, ingestor, queue, history, metrics, alerts);
     let state = Arc::new(api::ApiState {
-        config: current,
         endpoints: api_endpoints,
         ..state
     });

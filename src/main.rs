@@ -80,6 +80,10 @@ enum Command {
         /// Event id (default: generated). Repeating an id within the dedup window is a no-op.
         #[arg(long)]
         id: Option<String>,
+        /// The tenant the event belongs to: it reaches that tenant's
+        /// subscriptions and the operator's (default: no tenant).
+        #[arg(long)]
+        tenant: Option<String>,
         #[command(flatten)]
         remote: Remote,
     },
@@ -330,12 +334,17 @@ async fn execute(command: Command) -> anyhow::Result<()> {
             event_type,
             data,
             id,
+            tenant,
             remote,
         } => {
             let data: serde_json::Value = serde_json::from_str(&data).context("--data is not valid JSON")?;
             let mut event = serde_json::json!({ "type": event_type, "data": data });
             if let Some(id) = id {
                 event["id"] = id.into();
+            }
+            if let Some(tenant) = tenant {
+                hookd::model::TenantId::parse(&tenant).map_err(|p| anyhow::anyhow!("--tenant: {p}"))?;
+                event["tenant"] = tenant.into();
             }
             let answer = client(&remote)?.post("/v1/events", event.to_string()).await?;
             println!("{answer}");

@@ -224,6 +224,7 @@ impl Notification {
             event_type: self.event_type().to_owned(),
             occurred_at: self.at(),
             data,
+            tenant: None,
         }
     }
 

@@ -10,9 +10,16 @@
 //! untouched. A config or plugin that does not load is rejected with its
 //! reason in the log, and the running one stays.
 //!
-//! What is reloaded: `[[subscriptions]]` (and their plugins) and the
-//! delivery settings they take defaults from. `[server]`, `[queue]` and
-//! `[ingest]` take effect at the next restart; a change there is logged.
+//! What is reloaded: `[[subscriptions]]` (and their plugins), `[[tenants]]`,
+//! `[plans]` and the delivery settings they take defaults from, handed to
+//! the [`Catalog`], which publishes them with the stored subscriptions.
+//! `[server]`, `[queue]` and `[ingest]` take effect at the next restart; a
+//! change there is logged.
+//!
+//! The reloader also follows the catalogue: whenever it publishes (a
+//! subscription made, changed or deleted through the API on any process),
+//! the dispatcher's endpoints are rebuilt from the new snapshot, unchanged
+//! subscriptions keeping their in-flight counts.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -22,9 +29,9 @@ use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use crate::catalog::Catalog;
 use crate::config::Config;
 use crate::dispatch::Endpoints;
-use crate::ingest::{Ingestor, Routes};
 use crate::plugin::Plugins;
 use crate::telemetry::Metrics;
 
@@ -33,16 +40,14 @@ pub const POLL: Duration = Duration::from_secs(1);
 
 /// Watches and reloads; owned by its task.
 pub(crate) struct Reloader {
-    /// The config in force.
+    /// The config file in force.
     pub config: Config,
-    /// The same, shared with the admin API.
-    pub current: Arc<ArcSwap<Config>>,
+    /// Publishes it with the stored subscriptions.
+    pub catalog: Arc<Catalog>,
     /// The plugin engine, started on the first config that needs it.
     pub plugins: Option<Arc<Plugins>>,
     /// The dispatcher's subscriptions.
     pub endpoints: Arc<ArcSwap<Endpoints>>,
-    /// The ingestor, whose filters follow the config.
-    pub ingestor: Arc<Ingestor>,
     /// Counters the new endpoints report to.
     pub metrics: Arc<Metrics>,
 }
@@ -69,57 +74,79 @@ fn watched(config: &Config) -> Vec<PathBuf> {
 }
 
 impl Reloader {
-    /// Reloads on SIGHUP or file changes until `shutdown`.
+    /// Reloads on SIGHUP, file changes or catalogue publications until
+    /// `shutdown`.
     pub async fn run(mut self, shutdown: CancellationToken) {
-        let Some(source) = self.config.source.clone() else {
-            // Built in code, not from a file: plugins can still change.
-            return self.watch_plugins_only(shutdown).await;
+        // Built in code, not from a file: plugins and the catalogue can
+        // still change.
+        let source = self.config.source.clone();
+        let mut hangup = match &source {
+            Some(_) => tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok(),
+            None => None,
         };
-        let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        let mut published = self.catalog.subscribe();
+        published.borrow_and_update();
         let mut stamps: Vec<Stamp> = watched(&self.config).iter().map(stamp).collect();
         loop {
             let signalled = tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(POLL) => false,
                 _ = async { match hangup.as_mut() { Some(h) => { h.recv().await; } None => std::future::pending().await } } => true,
+                changed = published.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    published.borrow_and_update();
+                    self.rebuild();
+                    continue;
+                }
             };
             let now: Vec<Stamp> = watched(&self.config).iter().map(stamp).collect();
             if !signalled && now == stamps {
                 continue;
             }
             let why = if signalled { "SIGHUP" } else { "a watched file changed" };
-            match Config::load(Some(&source)) {
-                Ok(config) => self.apply(config, why),
-                Err(e) => {
-                    error!(error = %e, file = %source.display(), "config reload rejected ({why}); the running config stays")
+            match &source {
+                Some(source) => match Config::load(Some(source)) {
+                    Ok(config) => self.apply(config, why).await,
+                    Err(e) => {
+                        error!(error = %e, file = %source.display(), "config reload rejected ({why}); the running config stays")
+                    }
+                },
+                None => {
+                    let config = self.config.clone();
+                    self.apply(config, "a plugin file changed").await;
                 }
             }
+            // What this reload published is built already.
+            published.borrow_and_update();
             stamps = watched(&self.config).iter().map(stamp).collect();
         }
     }
 
-    async fn watch_plugins_only(mut self, shutdown: CancellationToken) {
-        let mut stamps: Vec<Stamp> = watched(&self.config).iter().map(stamp).collect();
-        if stamps.is_empty() {
-            return;
+    /// Rebuilds the endpoints from the catalogue's snapshot in force,
+    /// keeping the running ones if that fails.
+    fn rebuild(&mut self) {
+        let snapshot = self.catalog.snapshot();
+        if snapshot.config.subscriptions.iter().any(|s| s.plugin.is_some()) && self.plugins.is_none() {
+            match Plugins::new(&snapshot.config.plugins) {
+                Ok(p) => self.plugins = Some(Arc::new(p)),
+                Err(e) => {
+                    error!(error = %e, "cannot start the plugin engine; the running subscriptions stay");
+                    return;
+                }
+            }
         }
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(POLL) => {}
-            }
-            let now: Vec<Stamp> = watched(&self.config).iter().map(stamp).collect();
-            if now != stamps {
-                let config = self.config.clone();
-                self.apply(config, "a plugin file changed");
-                stamps = now;
-            }
+        let previous = self.endpoints.load();
+        match Endpoints::build(&snapshot.config, self.plugins.as_deref(), &self.metrics, Some(&previous)) {
+            Ok(endpoints) => self.endpoints.store(Arc::new(endpoints)),
+            Err(e) => error!(error = %e, "cannot apply the catalogue's change; the running subscriptions stay"),
         }
     }
 
     /// Builds the new subscriptions from `config` and swaps them in, or
     /// keeps the running ones if anything fails to load.
-    fn apply(&mut self, config: Config, why: &str) {
+    async fn apply(&mut self, config: Config, why: &str) {
         if config.subscriptions.iter().any(|s| s.plugin.is_some()) && self.plugins.is_none() {
             match Plugins::new(&config.plugins) {
                 Ok(p) => self.plugins = Some(Arc::new(p)),
@@ -130,7 +157,8 @@ impl Reloader {
             }
         }
         let previous = self.endpoints.load();
-        let endpoints = match Endpoints::build(&config, self.plugins.as_deref(), &self.metrics, Some(&previous)) {
+        let preview = self.catalog.preview(&config).await;
+        let endpoints = match Endpoints::build(&preview.config, self.plugins.as_deref(), &self.metrics, Some(&previous)) {
             Ok(e) => e,
             Err(e) => {
                 error!(error = %e, "config reload rejected ({why}); the running config stays");
@@ -161,10 +189,9 @@ impl Reloader {
                 );
             }
         }
-        self.ingestor.set_routes(Routes::new(&config));
         self.endpoints.store(Arc::new(endpoints));
         info!(subscriptions = config.subscriptions.len(), "config reloaded ({why})");
-        self.current.store(Arc::new(config.clone()));
+        self.catalog.set_file(config.clone()).await;
         self.config = config;
     }
 }

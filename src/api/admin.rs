@@ -26,10 +26,12 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use serde_json::{json, Value};
 
 use super::{ApiError, ApiState};
+use super::{may_see, not_found, require_reader};
+use crate::catalog::keys::Principal;
 use crate::config::SubscriptionName;
 use crate::history::{self, AttemptRecord, DeliveryState, DeliverySummary, EventRecord, ListFilter};
 use crate::ingest::EventId;
@@ -60,7 +62,7 @@ impl From<history::Error> for ApiError {
 }
 
 /// A 400 naming the query parameter at fault.
-fn bad_param(name: &str, problem: impl std::fmt::Display) -> ApiError {
+pub(super) fn bad_param(name: &str, problem: impl std::fmt::Display) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", format!("`{name}`: {problem}"))
 }
 
@@ -182,23 +184,46 @@ impl ListQuery {
 
 async fn list_deliveries(
     State(state): State<Arc<ApiState>>,
+    Extension(principal): Extension<Principal>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Response, ApiError> {
+    require_reader(&principal)?;
     let Query(pairs) = query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
     let q = ListQuery::parse(pairs)?;
+    if let Some(tenant) = principal.tenant() {
+        let snapshot = state.catalog.snapshot();
+        match &q.filter.subscription {
+            Some(sub) if !may_see(&snapshot, &principal, sub) => {
+                return Err(not_found(format!("no subscription `{sub}`")))
+            }
+            Some(_) => {}
+            None => {
+                return Err(bad_param(
+                    "subscription",
+                    format!("is needed with a key of tenant `{tenant}`: name one of its subscriptions"),
+                ))
+            }
+        }
+    }
     let page = state.history.list(&q.filter, q.cursor.as_deref(), q.limit).await?;
     let items: Vec<Value> = page.items.iter().map(summary_json).collect();
     Ok(Json(json!({ "deliveries": items, "next_cursor": page.next_cursor })).into_response())
 }
 
-async fn delivery_attempts(State(state): State<Arc<ApiState>>, Path(id): Path<String>) -> Result<Response, ApiError> {
+async fn delivery_attempts(
+    State(state): State<Arc<ApiState>>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    require_reader(&principal)?;
     let id = DeliveryId::parse(&id).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_id", e))?;
+    let snapshot = state.catalog.snapshot();
     match state.history.delivery(&id).await? {
-        Some((summary, attempts)) => {
+        Some((summary, attempts)) if may_see(&snapshot, &principal, &summary.subscription) => {
             let attempts: Vec<Value> = attempts.iter().map(attempt_json).collect();
             Ok(Json(json!({ "delivery": summary_json(&summary), "attempts": attempts })).into_response())
         }
-        None => Err(ApiError::new(
+        _ => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",
             format!("no history of delivery {id}: unknown, or trimmed by history.max_age / history.max_count"),
@@ -206,11 +231,25 @@ async fn delivery_attempts(State(state): State<Arc<ApiState>>, Path(id): Path<St
     }
 }
 
-async fn event_deliveries(State(state): State<Arc<ApiState>>, Path(id): Path<String>) -> Result<Response, ApiError> {
+async fn event_deliveries(
+    State(state): State<Arc<ApiState>>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    require_reader(&principal)?;
     let event_id = EventId::parse(&id)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_id", format!("`{id}`: {e}")))?;
-    let (summaries, record) =
+    let (mut summaries, mut record) =
         futures_util::future::try_join(state.history.event(&event_id), state.history.event_record(&event_id)).await?;
+    if !principal.is_admin() {
+        // A tenant sees its own deliveries of the event, and the event
+        // only through them.
+        let snapshot = state.catalog.snapshot();
+        summaries.retain(|s| may_see(&snapshot, &principal, &s.subscription));
+        if summaries.is_empty() {
+            record = None;
+        }
+    }
     if summaries.is_empty() && record.is_none() {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,

@@ -32,11 +32,12 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{bad_body, ApiError, ApiState};
+use super::{bad_body, may_see, require_reader, ApiError, ApiState};
+use crate::catalog::keys::Principal;
 use crate::config::{Config, SubscriptionName};
 use crate::history::{DeliverySummary, Entry};
 use crate::ingest::EventId;
@@ -106,11 +107,31 @@ impl ReplayRequest {
     }
 }
 
-async fn replay(State(state): State<Arc<ApiState>>, Path(id): Path<String>, body: Bytes) -> Result<Response, ApiError> {
+async fn replay(
+    State(state): State<Arc<ApiState>>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    require_reader(&principal)?;
     let event_id = EventId::parse(&id)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_id", format!("`{id}`: {e}")))?;
     let request = ReplayRequest::parse(&body)?;
-    let config = state.config.load_full();
+    let snapshot = state.catalog.snapshot();
+    let config = snapshot.config.clone();
+    // A tenant replays to its own subscriptions only; others' are as
+    // unknown to it as subscriptions that do not exist.
+    let visible = |name: &SubscriptionName| may_see(&snapshot, &principal, name);
+    if let Some(hidden) = request
+        .subscriptions
+        .iter()
+        .flatten()
+        .find(|n| config.subscription(n).is_some_and(|s| !visible(&s.name)))
+    {
+        return Err(bad_body(format!(
+            "`subscriptions`: no subscription named `{hidden}` in the config"
+        )));
+    }
     // Checked before anything is read, so a typo is named even for an
     // event the log no longer has.
     let named = request
@@ -134,6 +155,7 @@ async fn replay(State(state): State<Arc<ApiState>>, Path(id): Path<String>, body
             let mut targets: Vec<SubscriptionName> = Vec::new();
             for summary in state.history.event(&event_id).await? {
                 if config.subscription(summary.subscription.as_str()).is_some()
+                    && visible(&summary.subscription)
                     && !targets.contains(&summary.subscription)
                 {
                     targets.push(summary.subscription);
@@ -153,6 +175,9 @@ async fn replay(State(state): State<Arc<ApiState>>, Path(id): Path<String>, body
         ));
     }
     let key = request.key.unwrap_or_else(|| uuid::Uuid::now_v7().simple().to_string());
+    // The log keeps no tenant with an event: a tenant's event is known by
+    // its tenant's subscriptions among the targets.
+    let tenant = targets.iter().find_map(|t| config.subscription(t.as_str())?.owner.clone());
     let shard = shard_of(&event_id, config.queue.shards);
     let now = now_ms();
     let deliveries: Vec<Delivery> = targets
@@ -167,11 +192,16 @@ async fn replay(State(state): State<Arc<ApiState>>, Path(id): Path<String>, body
             body: record.body.clone(),
             last_error: None,
             headers: None,
+            tenant: tenant.clone(),
         })
         .collect();
+    let dedup_key = match &tenant {
+        Some(t) => format!("{}/replay/{key}", crate::ingest::tenant_dedup_key(t, &event_id)),
+        None => format!("{event_id}/replay/{key}"),
+    };
     let event = NewEvent {
         event_id: event_id.clone(),
-        dedup_key: Some(format!("{event_id}/replay/{key}")),
+        dedup_key: Some(dedup_key),
         deliveries,
     };
     let enqueued = state

@@ -19,11 +19,13 @@ pub mod client;
 pub mod events;
 pub mod recover;
 pub mod subscriptions;
+pub mod tenants;
 
 use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{Path, Query, Request, State};
+use axum::Extension;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -33,6 +35,9 @@ use serde::Deserialize;
 use serde_json::{json, value::RawValue};
 use subtle::ConstantTimeEq;
 
+use crate::catalog::keys::Principal;
+use crate::catalog::{Catalog, Owner, Snapshot};
+use crate::model::SubscriptionName;
 use crate::config::{Config, Secret};
 use crate::history::History;
 use crate::ingest::{self, Ingestor, Source};
@@ -63,8 +68,9 @@ pub struct ApiState {
     pub metrics: Arc<Metrics>,
     /// Notifications raised by operator actions (disable, enable).
     pub alerts: Alerts,
-    /// The config in force; the reloader swaps it.
-    pub config: Arc<ArcSwap<Config>>,
+    /// Tenants, keys and every subscription: the snapshot in force, and
+    /// how to change it.
+    pub catalog: Arc<Catalog>,
     /// This process's subscriptions, told at once about enable and disable.
     pub endpoints: Arc<ArcSwap<crate::dispatch::Endpoints>>,
 }
@@ -73,6 +79,7 @@ impl ApiState {
     /// The API's state for `config`.
     pub fn new(
         config: &Config,
+        catalog: Arc<Catalog>,
         ingestor: Arc<Ingestor>,
         queue: Arc<dyn Queue>,
         history: Arc<dyn History>,
@@ -88,7 +95,7 @@ impl ApiState {
             max_body_bytes: config.ingest.max_body_bytes,
             max_batch: config.ingest.max_batch,
             alerts,
-            config: Arc::new(ArcSwap::from_pointee(config.clone())),
+            catalog,
             endpoints: Arc::new(ArcSwap::from_pointee(crate::dispatch::Endpoints::default())),
         }
     }
@@ -163,6 +170,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .merge(events::routes())
         .merge(recover::routes())
         .merge(subscriptions::routes())
+        .merge(tenants::routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
         .nest("/v1", v1)
@@ -173,40 +181,122 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .with_state(state)
 }
 
+/// Finds who is asking and hands the request on with its [`Principal`]
+/// (an extension), inside a span naming it, so every log line of the
+/// request carries the principal:
+///
+/// - one of `server.api_keys`: an admin;
+/// - a key made through the API: its role and tenant (a revoked key is
+///   gone from the snapshot, on every process within a second);
+/// - no key at all while `server.api_keys` is empty: an admin, as before
+///   tenants existed (an open API is for local use: tenant keys protect
+///   nothing while anyone may skip them);
+/// - anything else: 401.
 async fn authenticate(
     State(state): State<Arc<ApiState>>,
     headers: HeaderMap,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    if state.api_keys.is_empty() {
-        return Ok(next.run(request).await);
-    }
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(|| {
-            ApiError::new(
+    let snapshot = state.catalog.snapshot();
+    let given = match headers.get(header::AUTHORIZATION) {
+        None => None,
+        Some(value) => Some(
+            value
+                .to_str()
+                .ok()
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .ok_or_else(|| {
+                    ApiError::new(
+                        StatusCode::UNAUTHORIZED,
+                        "unauthorized",
+                        "send `Authorization: Bearer <api key>`",
+                    )
+                })?,
+        ),
+    };
+    let principal = match given {
+        None if state.api_keys.is_empty() => Principal::Admin { key: None },
+        None => {
+            return Err(ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
                 "send `Authorization: Bearer <api key>`",
-            )
-        })?;
-    // Compare against every key, in constant time, without early exit.
-    let mut ok = subtle::Choice::from(0);
-    for key in &state.api_keys {
-        ok |= key.expose().as_bytes().ct_eq(given.as_bytes());
-    }
-    if bool::from(ok) {
-        Ok(next.run(request).await)
+            ))
+        }
+        Some(given) => {
+            // Compare against every configured key, in constant time,
+            // without early exit.
+            let mut ok = subtle::Choice::from(0);
+            for key in &state.api_keys {
+                ok |= key.expose().as_bytes().ct_eq(given.as_bytes());
+            }
+            if bool::from(ok) {
+                Principal::Admin { key: None }
+            } else if let Some(principal) = snapshot.principal_of_key(given) {
+                if let Some(id) = principal.key_id() {
+                    state.catalog.key_used(id);
+                }
+                principal
+            } else {
+                return Err(ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthorized",
+                    "the API key is not valid (revoked, or never made)",
+                ));
+            }
+        }
+    };
+    let span = tracing::info_span!("request", principal = %principal);
+    tracing::debug!(parent: &span, method = %request.method(), path = %request.uri().path(), "request");
+    request.extensions_mut().insert(principal);
+    use tracing::Instrument as _;
+    Ok(next.run(request).instrument(span).await)
+}
+
+/// A 403 `forbidden`: the key's role may not use this route.
+pub(crate) fn forbidden(principal: &Principal, what: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        format!("{what}; this key ({principal}) may not"),
+    )
+}
+
+/// Refuses anyone but an admin with a 403.
+pub(crate) fn require_admin(principal: &Principal) -> Result<(), ApiError> {
+    if principal.is_admin() {
+        Ok(())
     } else {
-        Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "the API key is not valid",
-        ))
+        Err(forbidden(principal, "this route needs an admin key"))
     }
+}
+
+/// Whether `principal` may see deliveries and state of `subscription`:
+/// an admin any, a tenant its own (deleted ones too), a producer none.
+pub(crate) fn may_see(snapshot: &Snapshot, principal: &Principal, subscription: &SubscriptionName) -> bool {
+    match principal {
+        Principal::Admin { .. } => true,
+        Principal::Producer { .. } => false,
+        Principal::Tenant { tenant, .. } => match snapshot.subscription(subscription.as_str()) {
+            Some((_, Owner::Tenant(owner))) => &owner == tenant,
+            Some((_, Owner::Operator)) => false,
+            None => snapshot.stored.get(subscription).is_some_and(|s| &s.tenant == tenant),
+        },
+    }
+}
+
+/// Refuses producers with a 403: they may only send events.
+pub(crate) fn require_reader(principal: &Principal) -> Result<(), ApiError> {
+    match principal {
+        Principal::Producer { .. } => Err(forbidden(principal, "producer keys may only send events")),
+        _ => Ok(()),
+    }
+}
+
+/// A 404 `not_found`.
+pub(crate) fn not_found(message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
 }
 
 /// A 400 `invalid_body`: the request body is not what the route takes.
@@ -237,14 +327,48 @@ fn source_of(headers: &HeaderMap) -> Source {
     }
 }
 
-async fn post_event(State(state): State<Arc<ApiState>>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+/// Who may send `event`, and for which tenant: an admin any; a producer
+/// bound to a tenant only that tenant's (an event naming none becomes
+/// its); a tenant key none.
+fn authorize_event(principal: &Principal, event: &mut ingest::Event) -> Result<(), ApiError> {
+    match principal {
+        Principal::Admin { .. } | Principal::Producer { tenant: None, .. } => Ok(()),
+        Principal::Producer {
+            tenant: Some(bound), ..
+        } => match &event.tenant {
+            None => {
+                event.tenant = Some(bound.clone());
+                Ok(())
+            }
+            Some(t) if t == bound => Ok(()),
+            Some(t) => Err(forbidden(
+                principal,
+                &format!("event {} is for tenant `{t}`, but this key sends only for `{bound}`", event.id),
+            )),
+        },
+        Principal::Tenant { .. } => Err(forbidden(principal, "sending events needs an admin or producer key")),
+    }
+}
+
+async fn post_event(
+    State(state): State<Arc<ApiState>>,
+    Extension(principal): Extension<Principal>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     let body = read_body(body, state.max_body_bytes).await?;
-    let event = ingest::parse_event(&body)?;
+    let mut event = ingest::parse_event(&body)?;
+    authorize_event(&principal, &mut event)?;
     let accepted = state.ingestor.ingest(event, source_of(&headers)).await?;
     Ok((StatusCode::ACCEPTED, Json(accepted)).into_response())
 }
 
-async fn post_batch(State(state): State<Arc<ApiState>>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+async fn post_batch(
+    State(state): State<Arc<ApiState>>,
+    Extension(principal): Extension<Principal>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     let body = read_body(body, state.max_batch_bytes()).await?;
     let items: Vec<&RawValue> = serde_json::from_slice(&body).map_err(|e| {
         ApiError::new(
@@ -274,8 +398,9 @@ async fn post_batch(State(state): State<Arc<ApiState>>, headers: HeaderMap, body
                 format!("event {n}: {e}"),
             ));
         }
-        let event = ingest::parse_event(text)
+        let mut event = ingest::parse_event(text)
             .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_event", format!("event {n}: {e}")))?;
+        authorize_event(&principal, &mut event)?;
         events.push(event);
     }
     let results = state.ingestor.ingest_batch(events, source_of(&headers)).await?;
@@ -287,9 +412,21 @@ struct LimitQuery {
     limit: Option<usize>,
 }
 
-async fn list_dead(State(state): State<Arc<ApiState>>, Query(q): Query<LimitQuery>) -> Result<Response, ApiError> {
-    let dead = state.queue.dead(q.limit.unwrap_or(100).min(1000)).await?;
-    let items: Vec<_> = dead.iter().map(delivery_json).collect();
+async fn list_dead(
+    State(state): State<Arc<ApiState>>,
+    Extension(principal): Extension<Principal>,
+    Query(q): Query<LimitQuery>,
+) -> Result<Response, ApiError> {
+    require_reader(&principal)?;
+    let limit = q.limit.unwrap_or(100).min(1000);
+    let snapshot = state.catalog.snapshot();
+    // A tenant sees its own among the most recent dead deliveries.
+    let dead = state.queue.dead(limit).await?;
+    let items: Vec<_> = dead
+        .iter()
+        .filter(|d| may_see(&snapshot, &principal, &d.subscription))
+        .map(delivery_json)
+        .collect();
     Ok(Json(json!({ "deliveries": items })).into_response())
 }
 
@@ -297,24 +434,45 @@ fn parse_id(id: &str) -> Result<DeliveryId, ApiError> {
     DeliveryId::parse(id).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_id", e))
 }
 
-async fn get_delivery(State(state): State<Arc<ApiState>>, Path(id): Path<String>) -> Result<Response, ApiError> {
+/// The 404 of a delivery that is not queued or dead, or not the caller's.
+fn delivery_not_found(id: &DeliveryId) -> ApiError {
+    not_found(format!(
+        "delivery {id} is not queued or dead (delivered deliveries are not kept)"
+    ))
+}
+
+async fn get_delivery(
+    State(state): State<Arc<ApiState>>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    require_reader(&principal)?;
     let id = parse_id(&id)?;
+    let snapshot = state.catalog.snapshot();
     match state.queue.get(&id).await? {
-        Some((delivery, standing)) => {
+        Some((delivery, standing)) if may_see(&snapshot, &principal, &delivery.subscription) => {
             let mut body = delivery_json(&delivery);
             body["standing"] = serde_json::to_value(standing).unwrap_or_default();
             Ok(Json(body).into_response())
         }
-        None => Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("delivery {id} is not queued or dead (delivered deliveries are not kept)"),
-        )),
+        _ => Err(delivery_not_found(&id)),
     }
 }
 
-async fn replay_delivery(State(state): State<Arc<ApiState>>, Path(id): Path<String>) -> Result<Response, ApiError> {
+async fn replay_delivery(
+    State(state): State<Arc<ApiState>>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    require_reader(&principal)?;
     let id = parse_id(&id)?;
+    if !principal.is_admin() {
+        let snapshot = state.catalog.snapshot();
+        match state.queue.get(&id).await? {
+            Some((delivery, _)) if may_see(&snapshot, &principal, &delivery.subscription) => {}
+            _ => return Err(delivery_not_found(&id)),
+        }
+    }
     if state.queue.replay(&id, now_ms()).await? {
         state.ingestor.wake();
         Ok((StatusCode::ACCEPTED, Json(json!({"id": id, "replayed": true}))).into_response())

@@ -43,13 +43,14 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::admin::parse_time;
-use super::{bad_body, parse_id, ApiError, ApiState};
+use super::{bad_body, may_see, not_found, parse_id, require_reader, ApiError, ApiState};
+use crate::catalog::keys::Principal;
 use crate::config::SubscriptionName;
 use crate::history::{DeliveryState, Entry, ListFilter};
 use crate::queue::{now_ms, DeliveryId, Lease, Millis, Standing};
@@ -87,12 +88,29 @@ async fn log_moved(state: &ApiState, ids: Vec<DeliveryId>, note: &str) {
     }
 }
 
-async fn retry(State(state): State<Arc<ApiState>>, Path(id): Path<String>) -> Result<Response, ApiError> {
+async fn retry(
+    State(state): State<Arc<ApiState>>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    require_reader(&principal)?;
     let id = parse_id(&id)?;
     let now = now_ms();
+    let snapshot = state.catalog.snapshot();
+    let unknown = || not_found(format!("no delivery {id} in the queue or the delivery log"));
     let conflict = |code, message: String| Err(ApiError::new(StatusCode::CONFLICT, code, message));
-    let Some((delivery, standing)) = state.queue.get(&id).await? else {
-        let logged = state.history.delivery(&id).await?;
+    let queued = state.queue.get(&id).await?;
+    if let Some((delivery, _)) = &queued {
+        if !may_see(&snapshot, &principal, &delivery.subscription) {
+            return Err(unknown());
+        }
+    }
+    let Some((delivery, standing)) = queued else {
+        let logged = state
+            .history
+            .delivery(&id)
+            .await?
+            .filter(|(summary, _)| may_see(&snapshot, &principal, &summary.subscription));
         return match logged {
             Some((summary, _)) => conflict(
                 "finished",
@@ -101,11 +119,7 @@ async fn retry(State(state): State<Arc<ApiState>>, Path(id): Path<String>) -> Re
                     summary.state
                 ),
             ),
-            None => Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                format!("no delivery {id} in the queue or the delivery log"),
-            )),
+            None => Err(unknown()),
         };
     };
     let action = match standing {
@@ -248,6 +262,7 @@ fn walk_of(body: &ReplayBody, subscription: SubscriptionName) -> Result<Walk, Ap
 
 async fn replay_subscription(
     State(state): State<Arc<ApiState>>,
+    Extension(principal): Extension<Principal>,
     Path(name): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
@@ -260,7 +275,7 @@ async fn replay_subscription(
             ))
         })?
     };
-    let subscription = super::subscriptions::find(&state, &name)?.name;
+    let subscription = super::subscriptions::find(&state, &principal, &name)?.name;
     let limit = match body.limit {
         None => DEFAULT_PAGE,
         Some(n @ 1..=MAX_PAGE) => n,
@@ -300,6 +315,7 @@ async fn replay_subscription(
                 state: Some(DeliveryState::Retrying),
                 from: walk.from,
                 to: walk.to,
+                ..ListFilter::default()
             };
             let page = state.history.list(&filter, walk.log_cursor.as_deref(), limit).await?;
             for summary in page.items {

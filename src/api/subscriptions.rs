@@ -1,39 +1,54 @@
-//! Subscriptions in the admin API: their status, and enabling or disabling
-//! them.
+//! Subscriptions in the API: the operator's (from the TOML file) and the
+//! tenants' (made through the API), one set of routes for both. A TOML
+//! subscription's id is its name; a stored one's is `sub_…`.
 //!
-//! - `GET /v1/subscriptions`: every configured subscription with its status
-//!   (active, or disabled and why, since when: null if it never changed),
-//!   health counters, and the delivered / retrying / dead / filtered counts
-//!   of the delivery log.
-//! - `GET /v1/subscriptions/{name}`: one of them.
-//! - `POST /v1/subscriptions/{name}/disable`: disable it: its deliveries are
-//!   parked, nothing is sent (`{"reason": "..."}` optional).
-//! - `POST /v1/subscriptions/{name}/enable`: enable it again and resume its
-//!   parked deliveries, in order.
+//! - `POST /v1/subscriptions`: make one (a tenant key for its tenant, an
+//!   admin key naming `"tenant"`) → 201 with its `id` and its `secret`.
+//! - `GET /v1/subscriptions`: the caller's (an admin's: all; `?tenant=`
+//!   narrows), by id, cursor-paginated (`cursor`, `limit`).
+//! - `GET|PATCH|DELETE /v1/subscriptions/{id}`: one of them; `PATCH` is a
+//!   JSON merge patch of the fields given at creation, in force for every
+//!   delivery not yet attempted; `DELETE` cancels its pending deliveries
+//!   (each recorded as cancelled). A TOML subscription is read-only here
+//!   (409): change the file.
+//! - `GET /v1/subscriptions/{id}/secret`: its signing secrets, to its owner.
+//! - `POST /v1/subscriptions/{id}/disable`, `.../enable`: park its
+//!   deliveries and send nothing, or resume them in order.
 //!
-//! The state lives in the queue backend: every hookd process sees it, and
-//! it survives restarts.
+//! Each answer shows status (active, or disabled and why, since when:
+//! null if it never changed), health counters, and the delivered /
+//! retrying / dead / filtered counts of the delivery log. A tenant key sees
+//! only its tenant's subscriptions: any other id is a 404.
 
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::Extension;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
-use super::{bad_body, ApiError, ApiState};
+use super::admin::bad_param;
+use super::{bad_body, forbidden, may_see, not_found, require_reader, ApiError, ApiState};
+use crate::catalog::keys::Principal;
+use crate::catalog::{Error as CatalogError, Owner, SubscriptionSpec};
 use crate::config::{SubscriptionConfig, SubscriptionName};
+use crate::history::{DeliveryState, ListFilter};
+use crate::model::TenantId;
+use crate::queue::Lease;
 use crate::notify::Notification;
 use crate::queue::now_ms;
 
 /// The subscription routes, mounted under `/v1`.
 pub fn routes() -> Router<Arc<ApiState>> {
     Router::new()
-        .route("/subscriptions", get(list))
-        .route("/subscriptions/{name}", get(show))
+        .route("/subscriptions", get(list).post(create))
+        .route("/subscriptions/{name}", get(show).patch(update).delete(delete))
+        .route("/subscriptions/{name}/secret", get(secret))
         .route("/subscriptions/{name}/enable", post(enable))
         .route("/subscriptions/{name}/disable", post(disable))
 }
@@ -59,10 +74,27 @@ async fn describe(state: &ApiState, sub: &SubscriptionConfig) -> Result<Value, A
     } else {
         s.reason.clone()
     };
+    let snapshot = state.catalog.snapshot();
+    let (owner, stored) = match snapshot.subscription(sub.name.as_str()) {
+        Some((_, Owner::Tenant(t))) => (Some(t), snapshot.stored.get(&sub.name)),
+        _ => (None, None),
+    };
+    let spec = stored.map(|s| &s.spec);
     Ok(json!({
-        "name": sub.name,
+        "id": sub.name,
+        "name": spec.map_or(sub.name.as_str(), |s| s.name.as_str()),
+        "tenant": owner,
+        "description": spec.and_then(|s| s.description.as_deref()),
         "url": sub.url,
         "events": sub.events,
+        // Custom header values may be credentials: names only.
+        "headers": sub.headers.keys().collect::<Vec<_>>(),
+        "rate_limit": sub.rate_limit,
+        "max_in_flight": sub.max_in_flight,
+        "max_retries": sub.max_retries,
+        "timeout": sub.timeout.map(|t| humantime::format_duration(t).to_string()),
+        "created_at": when(stored.map(|s| s.created_at)),
+        "updated_at": when(stored.map(|s| s.updated_at)),
         "status": if active { "active" } else { "disabled" },
         "disabled_reason": if active { None } else { reason },
         // null while `enabled` never changed.
@@ -81,34 +113,237 @@ async fn describe(state: &ApiState, sub: &SubscriptionConfig) -> Result<Value, A
     }))
 }
 
-/// The configured subscription `name`, or a 404 naming it.
-pub(super) fn find(state: &ApiState, name: &str) -> Result<SubscriptionConfig, ApiError> {
-    let config = state.config.load();
-    config.subscription(name).cloned().ok_or_else(|| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("no subscription named `{name}` in the config"),
-        )
-    })
+/// The subscription `id` as `principal` may see it, or a 404 naming it
+/// (another tenant's is as unknown as one that never was).
+pub(super) fn find(state: &ApiState, principal: &Principal, id: &str) -> Result<SubscriptionConfig, ApiError> {
+    require_reader(principal)?;
+    let snapshot = state.catalog.snapshot();
+    match snapshot.subscription(id) {
+        Some((sub, _)) if may_see(&snapshot, principal, &sub.name) => Ok(sub.clone()),
+        _ => Err(not_found(format!("no subscription `{id}`"))),
+    }
 }
 
-async fn list(State(state): State<Arc<ApiState>>) -> Result<Response, ApiError> {
-    let config = state.config.load_full();
-    let mut items = Vec::with_capacity(config.subscriptions.len());
-    for sub in &config.subscriptions {
+/// Most subscriptions in one page of `GET /v1/subscriptions`.
+pub const MAX_PAGE: usize = 1000;
+
+async fn list(
+    State(state): State<Arc<ApiState>>,
+    Extension(principal): Extension<Principal>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    require_reader(&principal)?;
+    let Query(pairs) = query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
+    let (mut tenant, mut cursor, mut limit) = (None, None, 100usize);
+    for (name, value) in pairs {
+        match name.as_str() {
+            "tenant" => tenant = Some(TenantId::parse(&value).map_err(|p| bad_param(&name, p))?),
+            "cursor" => cursor = Some(value).filter(|c| !c.is_empty()),
+            "limit" => {
+                limit = value
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=MAX_PAGE).contains(n))
+                    .ok_or_else(|| bad_param(&name, format!("`{value}` is not a number from 1 to {MAX_PAGE}")))?
+            }
+            _ => return Err(bad_param(&name, "unknown parameter; use tenant, cursor or limit")),
+        }
+    }
+    if let Some(own) = principal.tenant() {
+        if tenant.as_ref().is_some_and(|t| t != own) {
+            return Err(not_found(format!("no tenant `{}`", tenant.unwrap_or_else(|| own.clone()))));
+        }
+        tenant = Some(own.clone());
+    }
+    let snapshot = state.catalog.snapshot();
+    let mut subs: Vec<&SubscriptionConfig> = snapshot
+        .config
+        .subscriptions
+        .iter()
+        .filter(|s| tenant.is_none() || s.owner == tenant)
+        .filter(|s| cursor.as_deref().is_none_or(|c| s.name.as_str() > c))
+        .collect();
+    subs.sort_by(|a, b| a.name.cmp(&b.name));
+    let more = subs.len() > limit;
+    subs.truncate(limit);
+    let mut items = Vec::with_capacity(subs.len());
+    for sub in &subs {
         items.push(describe(&state, sub).await?);
     }
-    Ok(Json(json!({ "subscriptions": items })).into_response())
+    let next_cursor = more.then(|| subs.last().map(|s| s.name.to_string())).flatten();
+    Ok(Json(json!({ "subscriptions": items, "next_cursor": next_cursor })).into_response())
 }
 
-async fn show(State(state): State<Arc<ApiState>>, Path(name): Path<String>) -> Result<Response, ApiError> {
-    let sub = find(&state, &name)?;
+async fn show(
+    State(state): State<Arc<ApiState>>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let sub = find(&state, &principal, &id)?;
     Ok(Json(describe(&state, &sub).await?).into_response())
 }
 
-async fn enable(State(state): State<Arc<ApiState>>, Path(name): Path<String>) -> Result<Response, ApiError> {
-    let sub = find(&state, &name)?;
+/// A catalogue refusal as an API error: 422 for a field at fault, 403
+/// `plan_limit`, 404, 409 for a read-only or existing object.
+impl From<CatalogError> for ApiError {
+    fn from(e: CatalogError) -> ApiError {
+        let message = e.to_string();
+        match e {
+            CatalogError::Invalid { .. } => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", message),
+            CatalogError::NotFound { .. } => ApiError::new(StatusCode::NOT_FOUND, "not_found", message),
+            CatalogError::Exists { .. } => ApiError::new(StatusCode::CONFLICT, "exists", message),
+            CatalogError::ReadOnly { .. } => ApiError::new(StatusCode::CONFLICT, "read_only", message),
+            CatalogError::PlanLimit { .. } => ApiError::new(StatusCode::FORBIDDEN, "plan_limit", message),
+            CatalogError::Store(_) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message),
+        }
+    }
+}
+
+/// Reads a JSON object body, or a 400 saying what to send.
+pub(super) fn object_body(body: &[u8], what: &str) -> Result<serde_json::Map<String, Value>, ApiError> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err(bad_body(format!("send a JSON object: {what}"))),
+        Err(e) => Err(bad_body(format!("send a JSON object ({what}): {e}"))),
+    }
+}
+
+/// The tenant a write is for: a tenant key's own (a `"tenant"` naming
+/// another is a 404), or the one an admin names.
+fn tenant_of_write(principal: &Principal, named: Option<Value>) -> Result<TenantId, ApiError> {
+    let named = match named {
+        None | Some(Value::Null) => None,
+        Some(Value::String(t)) => Some(
+            TenantId::parse(&t)
+                .map_err(|p| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", format!("tenant: {p}")))?,
+        ),
+        Some(_) => {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_field",
+                "tenant: must be a tenant id",
+            ))
+        }
+    };
+    match (principal, named) {
+        (Principal::Tenant { tenant, .. }, None) => Ok(tenant.clone()),
+        (Principal::Tenant { tenant, .. }, Some(t)) if &t == tenant => Ok(t),
+        (Principal::Tenant { .. }, Some(t)) => Err(not_found(format!("tenant `{t}` does not exist"))),
+        (Principal::Admin { .. }, Some(t)) => Ok(t),
+        (Principal::Admin { .. }, None) => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+            "tenant: an admin key must name the tenant the subscription is for (\"tenant\": \"acme\"); \
+             operator subscriptions are declared in the config file",
+        )),
+        (Principal::Producer { .. }, _) => Err(forbidden(principal, "producer keys may only send events")),
+    }
+}
+
+async fn create(
+    State(state): State<Arc<ApiState>>,
+    Extension(principal): Extension<Principal>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let mut fields = object_body(&body, "name, url, events and optional headers, description, rate_limit, max_in_flight, max_retries, timeout")?;
+    let tenant = tenant_of_write(&principal, fields.remove("tenant"))?;
+    let spec: SubscriptionSpec = serde_json::from_value(Value::Object(fields))
+        .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", e.to_string()))?;
+    let stored = state.catalog.create_subscription(&tenant, spec).await?;
+    let sub = find(&state, &principal, stored.id.as_str())?;
+    let mut answer = describe(&state, &sub).await?;
+    answer["secret"] = json!(stored.secrets.last().map(|s| s.value.as_str()));
+    tracing::info!(subscription = %stored.id, tenant = %tenant, "subscription made");
+    Ok((StatusCode::CREATED, Json(answer)).into_response())
+}
+
+async fn update(
+    State(state): State<Arc<ApiState>>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    require_reader(&principal)?;
+    let mut fields = object_body(&body, "the fields to change, null to clear one")?;
+    if let Some(t) = fields.remove("tenant") {
+        if t != Value::Null {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_field",
+                "tenant: a subscription cannot move to another tenant",
+            ));
+        }
+    }
+    let stored = state
+        .catalog
+        .update_subscription(&id, principal.tenant(), Value::Object(fields))
+        .await?;
+    let sub = find(&state, &principal, stored.id.as_str())?;
+    tracing::info!(subscription = %stored.id, "subscription changed");
+    Ok(Json(describe(&state, &sub).await?).into_response())
+}
+
+async fn delete(
+    State(state): State<Arc<ApiState>>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    require_reader(&principal)?;
+    let id = state.catalog.delete_subscription(&id, principal.tenant()).await?;
+    let moved = cancel_pending(&state, &id).await?;
+    tracing::info!(subscription = %id, moved, "subscription deleted");
+    Ok(Json(json!({ "id": id, "deleted": true })).into_response())
+}
+
+/// Hurries the pending deliveries of deleted subscription `id` to the
+/// dispatcher, which cancels them (and records each as cancelled): its
+/// parked ones are unparked, its retries waiting for their backoff pulled
+/// forward. Returns how many moved; those due anyway are cancelled when
+/// claimed.
+pub(super) async fn cancel_pending(state: &ApiState, id: &SubscriptionName) -> Result<u64, ApiError> {
+    let now = now_ms();
+    let mut moved = state.queue.unpark(id, now).await?;
+    let filter = ListFilter {
+        subscription: Some(id.clone()),
+        state: Some(DeliveryState::Retrying),
+        ..ListFilter::default()
+    };
+    let mut cursor = None;
+    loop {
+        let page = state.history.list(&filter, cursor.as_deref(), 1000).await?;
+        for summary in &page.items {
+            if let Some(due) = summary.next_attempt_at.filter(|&due| due > now) {
+                if state.queue.reschedule(&summary.id, Lease(due), now).await? {
+                    moved += 1;
+                }
+            }
+        }
+        cursor = page.next_cursor;
+        if cursor.is_none() {
+            break;
+        }
+    }
+    state.ingestor.wake();
+    Ok(moved)
+}
+
+async fn secret(
+    State(state): State<Arc<ApiState>>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let sub = find(&state, &principal, &id)?;
+    let secrets: Vec<&str> = sub.secrets.iter().map(|s| s.expose()).collect();
+    tracing::info!(subscription = %sub.name, "subscription secret shown to its owner");
+    Ok(Json(json!({ "id": sub.name, "secret": secrets.last(), "secrets": secrets })).into_response())
+}
+
+async fn enable(
+    State(state): State<Arc<ApiState>>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let sub = find(&state, &principal, &id)?;
     let changed = state.queue.set_enabled(&sub.name, true, None, now_ms()).await?;
     // Before unparking, so this process does not park them again.
     state.endpoints.load().set_disabled(&sub.name, false);
@@ -120,16 +355,17 @@ async fn enable(State(state): State<Arc<ApiState>>, Path(name): Path<String>) ->
     }
     let resumed = state.queue.unpark(&sub.name, now_ms()).await?;
     state.ingestor.wake();
-    tracing::info!(subscription = %sub.name, resumed, "subscription enabled by an operator");
-    Ok(Json(json!({ "name": sub.name, "enabled": true, "changed": changed, "resumed": resumed })).into_response())
+    tracing::info!(subscription = %sub.name, resumed, "subscription enabled");
+    Ok(Json(json!({ "id": sub.name, "name": sub.name, "enabled": true, "changed": changed, "resumed": resumed })).into_response())
 }
 
 async fn disable(
     State(state): State<Arc<ApiState>>,
-    Path(name): Path<String>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let sub: SubscriptionConfig = find(&state, &name)?;
+    let sub: SubscriptionConfig = find(&state, &principal, &id)?;
     let reason = if body.is_empty() {
         None
     } else {
@@ -137,7 +373,10 @@ async fn disable(
             .map_err(|e| bad_body(format!("send {{\"reason\": \"...\"}} or nothing: {e}")))?;
         v["reason"].as_str().map(str::to_owned)
     };
-    let reason = reason.unwrap_or_else(|| "disabled by an operator".into());
+    let reason = reason.unwrap_or_else(|| match principal.tenant() {
+        Some(_) => "disabled by its owner".into(),
+        None => "disabled by an operator".into(),
+    });
     let name: SubscriptionName = sub.name;
     let changed = state
         .queue
@@ -151,5 +390,5 @@ async fn disable(
             at: chrono::Utc::now(),
         });
     }
-    Ok(Json(json!({ "name": name, "enabled": false, "changed": changed })).into_response())
+    Ok(Json(json!({ "id": name, "name": name, "enabled": false, "changed": changed })).into_response())
 }

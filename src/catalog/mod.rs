@@ -1,4 +1,885 @@
-//! The catalogue: tenants, API keys, plans, event types and every
-//! subscription (the operator's TOML ones and those stored through the API).
+//! The catalogue: tenants, API keys, plans and every subscription (the
+//! operator's TOML ones and those made through the API), in one versioned
+//! snapshot that ingest, dispatch, notify and the API read.
+//!
+//! Two sources make a [`Snapshot`]: the config file in force (its
+//! `[[subscriptions]]`, `[[tenants]]` and `[plans]`, swapped by the
+//! reloader) and the records of the [`CatalogStore`] (tenants, keys and
+//! subscriptions made through the API), shared by every process using the
+//! same backend. [`Catalog::run`] polls the store's version every
+//! [`POLL`] and republishes when it moved, so a change made through any
+//! process is in force on every process within a second; a change made
+//! through this process is published before its API call answers.
+//!
+//! A stored subscription becomes a [`SubscriptionConfig`] whose name is its
+//! id (`sub_…`) and whose `owner` is its tenant: every stage downstream
+//! (fan-out, endpoints, health, the delivery log) treats both kinds alike.
+//! Deleting one leaves a tombstone, so a process meeting a delivery for it
+//! knows to cancel it rather than wait for a subscription it has not seen.
 
+pub mod keys;
+pub mod routes;
 pub mod store;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use base64::Engine as _;
+use rand::RngCore as _;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{watch, Mutex};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, PlanConfig, SubscriptionConfig};
+use crate::model::{now_ms, Millis, RateLimit, Secret, SubscriptionName, TenantId};
+use keys::{KeyRecord, Principal, Role};
+pub use routes::Routes;
+use store::{CatalogStore, Kind, Record, Write};
+
+/// How often every process checks the store for changes.
+pub const POLL: Duration = Duration::from_millis(250);
+
+/// How often key use times are written to the store.
+const USE_FLUSH: Duration = Duration::from_secs(5);
+
+/// Why a catalogue change was refused or could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The change is malformed; `field` names the part at fault.
+    #[error("{field}: {problem}")]
+    Invalid { field: String, problem: String },
+    /// The object does not exist (or is not the caller's).
+    #[error("{kind} `{id}` does not exist")]
+    NotFound { kind: &'static str, id: String },
+    /// The object exists already.
+    #[error("{kind} `{id}` already exists")]
+    Exists { kind: &'static str, id: String },
+    /// The object is the operator's, from the config file: read-only here.
+    #[error("{kind} `{id}` is declared in the config file; change it there")]
+    ReadOnly { kind: &'static str, id: String },
+    /// The tenant's plan does not allow it.
+    #[error("plan `{plan}` allows {limit}")]
+    PlanLimit { plan: String, limit: String },
+    /// The store could not be read or written; try again.
+    #[error(transparent)]
+    Store(#[from] store::Error),
+}
+
+fn invalid(field: impl Into<String>, problem: impl Into<String>) -> Error {
+    Error::Invalid {
+        field: field.into(),
+        problem: problem.into(),
+    }
+}
+
+/// A tenant: a customer of the platform.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tenant {
+    /// Its id (`acme`).
+    pub id: TenantId,
+    /// Its display name.
+    pub name: String,
+    /// Its plan, a key of `[plans]`.
+    #[serde(default)]
+    pub plan: Option<String>,
+    /// Free-form data the platform keeps with it.
+    #[serde(default)]
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+    /// When it was made (0 for a tenant of the config file).
+    #[serde(default)]
+    pub created_at: Millis,
+    /// When it last changed.
+    #[serde(default)]
+    pub updated_at: Millis,
+}
+
+/// One signing secret of a stored subscription.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoredSecret {
+    /// `whsec_…`, kept in the store as is (the store is as trusted as the
+    /// queue, which holds the payloads).
+    pub value: String,
+    /// When it stops signing (a rotated-out secret in its grace period).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Millis>,
+}
+
+/// What a tenant (or an admin for it) sets on a subscription: the body of
+/// `POST /v1/subscriptions`, and what `PATCH` merges into.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubscriptionSpec {
+    /// Its display name, unique within its tenant.
+    pub name: String,
+    /// Where to POST.
+    pub url: String,
+    /// The event types it wants: exact, `prefix.*` or `*`.
+    pub events: Vec<String>,
+    /// Custom headers sent with every request.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// What it is for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Most requests per second, with a burst.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
+    /// Most deliveries in flight at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_in_flight: Option<usize>,
+    /// Retries after the first attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_retries: Option<u32>,
+    /// Timeout of one attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+}
+
+/// A subscription made through the API, as stored.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoredSubscription {
+    /// `sub_…`.
+    pub id: SubscriptionName,
+    /// The tenant owning it.
+    pub tenant: TenantId,
+    /// What its owner set.
+    pub spec: SubscriptionSpec,
+    /// Its signing secrets, newest last.
+    pub secrets: Vec<StoredSecret>,
+    /// When it was made.
+    pub created_at: Millis,
+    /// When it last changed.
+    pub updated_at: Millis,
+    /// When it was deleted: a tombstone, kept so every process cancels its
+    /// deliveries instead of waiting to learn of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleted_at: Option<Millis>,
+}
+
+impl StoredSubscription {
+    /// The secrets signing at `now`.
+    pub fn active_secrets(&self, now: Millis) -> impl Iterator<Item = &StoredSecret> {
+        self.secrets
+            .iter()
+            .filter(move |s| s.expires_at.is_none_or(|at| at > now))
+    }
+
+    /// The subscription as every stage downstream sees it: named by its
+    /// id, owned by its tenant.
+    fn to_config(&self, now: Millis) -> SubscriptionConfig {
+        let s = &self.spec;
+        SubscriptionConfig {
+            name: self.id.clone(),
+            url: s.url.clone(),
+            events: s.events.clone(),
+            secrets: self.active_secrets(now).map(|s| Secret::new(s.value.clone())).collect(),
+            headers: s.headers.clone(),
+            enabled: true,
+            timeout: s.timeout,
+            max_retries: s.max_retries,
+            max_in_flight: s.max_in_flight,
+            rate_limit: s.rate_limit,
+            plugin: None,
+            notify_to: None,
+            tenants: None,
+            owner: Some(self.tenant.clone()),
+        }
+    }
+}
+
+/// Who owns a subscription.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Owner {
+    /// The operator: declared in the config file.
+    Operator,
+    /// A tenant: made through the API.
+    Tenant(TenantId),
+}
+
+/// Where a tenant came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// The config file: read-only through the API.
+    Config,
+    /// The API.
+    Api,
+}
+
+/// The catalogue as of one moment: immutable, swapped whole.
+pub struct Snapshot {
+    /// The store version its stored part was read at.
+    pub version: u64,
+    /// The config file in force, its `subscriptions` followed by every live
+    /// stored subscription (named by id, with its owner): what fan-out,
+    /// endpoints and health are built from.
+    pub config: Arc<Config>,
+    /// Event filters for fan-out, indexed by tenant.
+    pub routes: Routes,
+    /// Every tenant, the config's and the stored ones.
+    pub tenants: BTreeMap<TenantId, (Tenant, Origin)>,
+    /// Stored subscriptions by id, tombstones included.
+    pub stored: HashMap<SubscriptionName, StoredSubscription>,
+    /// Stored keys by id.
+    pub keys: BTreeMap<String, KeyRecord>,
+    /// Stored keys' ids by hash.
+    by_hash: HashMap<String, String>,
+}
+
+impl Snapshot {
+    /// Builds the snapshot of `file` and the stored `records`.
+    fn build(file: &Config, version: u64, records: &[Record]) -> Snapshot {
+        let now = now_ms();
+        let mut tenants: BTreeMap<TenantId, (Tenant, Origin)> = file
+            .tenants
+            .iter()
+            .map(|t| {
+                let tenant = Tenant {
+                    id: t.id.clone(),
+                    name: t.name.clone(),
+                    plan: t.plan.clone(),
+                    metadata: t.metadata.clone(),
+                    created_at: 0,
+                    updated_at: 0,
+                };
+                (t.id.clone(), (tenant, Origin::Config))
+            })
+            .collect();
+        let mut stored = HashMap::new();
+        let mut keys = BTreeMap::new();
+        for record in records {
+            let body = &record.body;
+            match record.kind {
+                Kind::Tenant => match serde_json::from_slice::<Tenant>(body) {
+                    // The config file's tenant wins over a stored one of the same id.
+                    Ok(t) => {
+                        tenants.entry(t.id.clone()).or_insert((t, Origin::Api));
+                    }
+                    Err(e) => tracing::error!(id = %record.id, error = %e, "stored tenant is corrupt; ignored"),
+                },
+                Kind::Key => match serde_json::from_slice::<KeyRecord>(body) {
+                    Ok(k) => {
+                        keys.insert(k.id.clone(), k);
+                    }
+                    Err(e) => tracing::error!(id = %record.id, error = %e, "stored key is corrupt; ignored"),
+                },
+                Kind::Subscription => match serde_json::from_slice::<StoredSubscription>(body) {
+                    Ok(s) => {
+                        stored.insert(s.id.clone(), s);
+                    }
+                    Err(e) => {
+                        tracing::error!(id = %record.id, error = %e, "stored subscription is corrupt; ignored")
+                    }
+                },
+                Kind::EventType => {}
+            }
+        }
+        let mut config = file.clone();
+        let mut live: Vec<&StoredSubscription> = stored
+            .values()
+            .filter(|s| s.deleted_at.is_none() && tenants.contains_key(&s.tenant))
+            .collect();
+        live.sort_by(|a, b| a.id.cmp(&b.id));
+        config.subscriptions.extend(live.iter().map(|s| s.to_config(now)));
+        let by_hash = keys
+            .values()
+            .filter(|k| k.tenant.as_ref().is_none_or(|t| tenants.contains_key(t)))
+            .map(|k| (k.hash.clone(), k.id.clone()))
+            .collect();
+        Snapshot {
+            version,
+            routes: Routes::new(&config),
+            config: Arc::new(config),
+            tenants,
+            stored,
+            keys,
+            by_hash,
+        }
+    }
+
+    /// The principal a stored key stands for, with its record.
+    pub fn principal_of_key(&self, key: &str) -> Option<Principal> {
+        let id = self.by_hash.get(&keys::hash(key))?;
+        Principal::of(self.keys.get(id)?)
+    }
+
+    /// A live subscription (TOML or stored) by id, and who owns it.
+    pub fn subscription(&self, id: &str) -> Option<(&SubscriptionConfig, Owner)> {
+        let sub = self.config.subscription(id)?;
+        let owner = match &sub.owner {
+            Some(t) => Owner::Tenant(t.clone()),
+            None => Owner::Operator,
+        };
+        Some((sub, owner))
+    }
+
+    /// Whether `id` names a subscription deleted through the API.
+    pub fn is_deleted(&self, id: &SubscriptionName) -> bool {
+        match self.stored.get(id) {
+            Some(s) => s.deleted_at.is_some() || !self.tenants.contains_key(&s.tenant),
+            None => false,
+        }
+    }
+
+    /// The plan of `tenant`, if it has one.
+    pub fn plan_of(&self, tenant: &TenantId) -> Option<(&str, &PlanConfig)> {
+        let (t, _) = self.tenants.get(tenant)?;
+        let name = t.plan.as_deref()?;
+        Some((name, self.config.plans.get(name)?))
+    }
+
+    /// The live subscriptions `tenant` owns.
+    pub fn subscriptions_of<'a>(&'a self, tenant: &'a TenantId) -> impl Iterator<Item = &'a SubscriptionConfig> + 'a {
+        self.config
+            .subscriptions
+            .iter()
+            .filter(move |s| s.owner.as_ref() == Some(tenant))
+    }
+}
+
+/// The catalogue of one process: the snapshot in force, how to change it,
+/// and the loop that follows changes made by other processes.
+pub struct Catalog {
+    /// Tenants, keys and stored subscriptions, shared with other processes.
+    store: Arc<dyn CatalogStore>,
+    /// The config file in force (the reloader swaps it).
+    file: ArcSwap<Config>,
+    /// The snapshot in force.
+    snapshot: ArcSwap<Snapshot>,
+    /// The stored records of the snapshot, to republish on a file change
+    /// without reading the store.
+    records: Mutex<(u64, Vec<Record>)>,
+    /// Counts publications, so followers rebuild what they derive.
+    published: watch::Sender<u64>,
+    /// Key uses not yet written to the store.
+    uses: std::sync::Mutex<HashMap<String, Millis>>,
+}
+
+impl Catalog {
+    /// Loads the store and publishes the first snapshot of `file` and it.
+    pub async fn open(file: Config, store: Arc<dyn CatalogStore>) -> Result<Arc<Catalog>, Error> {
+        let contents = store.load().await?;
+        let snapshot = Snapshot::build(&file, contents.version, &contents.records);
+        let (published, _) = watch::channel(0);
+        Ok(Arc::new(Catalog {
+            store,
+            file: ArcSwap::from_pointee(file),
+            snapshot: ArcSwap::from_pointee(snapshot),
+            records: Mutex::new((contents.version, contents.records)),
+            published,
+            uses: std::sync::Mutex::new(HashMap::new()),
+        }))
+    }
+
+    /// The snapshot in force.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    /// Tells of every publication from now on.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.published.subscribe()
+    }
+
+    /// The snapshot that `file` would make with the stored records in force
+    /// (for a reload to check before it commits to it).
+    pub async fn preview(&self, file: &Config) -> Snapshot {
+        let records = self.records.lock().await;
+        Snapshot::build(file, records.0, &records.1)
+    }
+
+    /// Swaps in a new config file (a reload) and publishes.
+    pub async fn set_file(&self, file: Config) {
+        let records = self.records.lock().await;
+        let snapshot = Snapshot::build(&file, records.0, &records.1);
+        self.file.store(Arc::new(file));
+        self.publish(snapshot);
+    }
+
+    fn publish(&self, snapshot: Snapshot) {
+        self.snapshot.store(Arc::new(snapshot));
+        self.published.send_modify(|n| *n += 1);
+    }
+
+    /// Reads the store again if its version moved, and publishes. Returns
+    /// whether it did.
+    pub async fn refresh(&self) -> Result<bool, Error> {
+        let mut records = self.records.lock().await;
+        let version = self.store.version().await?;
+        if version == records.0 {
+            return Ok(false);
+        }
+        let contents = self.store.load().await?;
+        let snapshot = Snapshot::build(&self.file.load(), contents.version, &contents.records);
+        *records = (contents.version, contents.records);
+        self.publish(snapshot);
+        Ok(true)
+    }
+
+    /// Follows changes made by other processes, and writes key use times,
+    /// until `shutdown`.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut last_flush = tokio::time::Instant::now();
+        let mut failing = false;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(POLL) => {}
+            }
+            match self.refresh().await {
+                Ok(_) if failing => {
+                    failing = false;
+                    tracing::info!("catalogue store answers again");
+                }
+                Ok(_) => {}
+                Err(e) if !failing => {
+                    failing = true;
+                    tracing::warn!(error = %e, "cannot read the catalogue store; the last snapshot stays in force");
+                }
+                Err(_) => {}
+            }
+            if last_flush.elapsed() >= USE_FLUSH {
+                last_flush = tokio::time::Instant::now();
+                self.flush_uses().await;
+            }
+        }
+        self.flush_uses().await;
+    }
+
+    /// Notes that the stored key `id` was used now (written within
+    /// [`USE_FLUSH`]).
+    pub fn key_used(&self, id: &str) {
+        if let Ok(mut uses) = self.uses.lock() {
+            uses.insert(id.to_owned(), now_ms());
+        }
+    }
+
+    async fn flush_uses(&self) {
+        let uses: Vec<(String, Millis)> = match self.uses.lock() {
+            Ok(mut uses) => uses.drain().collect(),
+            Err(_) => return,
+        };
+        if uses.is_empty() {
+            return;
+        }
+        if let Err(e) = self.store.record_uses(&uses).await {
+            tracing::warn!(error = %e, "cannot record when keys were last used");
+        }
+    }
+
+    /// When each key was last used, by key id (this process's recent uses
+    /// included).
+    pub async fn key_uses(&self) -> Result<HashMap<String, Millis>, Error> {
+        let mut all: HashMap<String, Millis> = self.store.uses().await?.into_iter().collect();
+        if let Ok(local) = self.uses.lock() {
+            for (id, at) in local.iter() {
+                let e = all.entry(id.clone()).or_insert(*at);
+                *e = (*e).max(*at);
+            }
+        }
+        Ok(all)
+    }
+
+    /// Applies `writes` to the store and publishes the result at once.
+    async fn apply(&self, writes: Vec<Write>) -> Result<(), Error> {
+        self.store.apply(&writes).await.map_err(|e| match e {
+            store::Error::Exists { kind, id } => Error::Exists {
+                kind: kind.as_str(),
+                id,
+            },
+            e => Error::Store(e),
+        })?;
+        self.refresh().await?;
+        Ok(())
+    }
+
+    // --- tenants -------------------------------------------------------
+
+    /// Makes a tenant.
+    pub async fn create_tenant(&self, mut tenant: Tenant) -> Result<Tenant, Error> {
+        let snapshot = self.snapshot();
+        self.check_tenant(&snapshot, &tenant)?;
+        if snapshot.tenants.contains_key(&tenant.id) {
+            return Err(Error::Exists {
+                kind: "tenant",
+                id: tenant.id.to_string(),
+            });
+        }
+        let now = now_ms();
+        tenant.created_at = now;
+        tenant.updated_at = now;
+        self.apply(vec![Write::Create(record(Kind::Tenant, tenant.id.as_str(), &tenant))])
+            .await?;
+        Ok(tenant)
+    }
+
+    fn check_tenant(&self, snapshot: &Snapshot, tenant: &Tenant) -> Result<(), Error> {
+        if tenant.name.trim().is_empty() || tenant.name.len() > 200 {
+            return Err(invalid("name", "must be 1 to 200 characters"));
+        }
+        if let Some(plan) = &tenant.plan {
+            snapshot
+                .config
+                .plan("plan", plan)
+                .map_err(|e| invalid("plan", e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// A stored tenant for a change, or why it cannot be changed.
+    fn stored_tenant(&self, snapshot: &Snapshot, id: &TenantId) -> Result<Tenant, Error> {
+        match snapshot.tenants.get(id) {
+            None => Err(Error::NotFound {
+                kind: "tenant",
+                id: id.to_string(),
+            }),
+            Some((_, Origin::Config)) => Err(Error::ReadOnly {
+                kind: "tenant",
+                id: id.to_string(),
+            }),
+            Some((t, Origin::Api)) => Ok(t.clone()),
+        }
+    }
+
+    /// Changes a stored tenant's name, plan or metadata: `patch` is a JSON
+    /// merge patch (RFC 7396) of its fields.
+    pub async fn update_tenant(&self, id: &TenantId, patch: serde_json::Value) -> Result<Tenant, Error> {
+        let snapshot = self.snapshot();
+        let current = self.stored_tenant(&snapshot, id)?;
+        let mut value = serde_json::to_value(&current).map_err(|e| invalid("body", e.to_string()))?;
+        for fixed in ["id", "created_at", "updated_at"] {
+            if patch.get(fixed).is_some_and(|v| Some(v) != value.get(fixed)) {
+                return Err(invalid(fixed, "cannot be changed"));
+            }
+        }
+        merge(&mut value, patch);
+        let mut tenant: Tenant = serde_json::from_value(value).map_err(|e| invalid("body", e.to_string()))?;
+        self.check_tenant(&snapshot, &tenant)?;
+        tenant.updated_at = now_ms();
+        self.apply(vec![Write::Put(record(Kind::Tenant, id.as_str(), &tenant))])
+            .await?;
+        Ok(tenant)
+    }
+
+    /// Deletes a stored tenant with its subscriptions (tombstoned, so their
+    /// pending deliveries are cancelled) and keys, in one atomic write.
+    /// Returns the subscriptions deleted.
+    pub async fn delete_tenant(&self, id: &TenantId) -> Result<Vec<SubscriptionName>, Error> {
+        let snapshot = self.snapshot();
+        self.stored_tenant(&snapshot, id)?;
+        let now = now_ms();
+        let mut writes = vec![Write::Delete {
+            kind: Kind::Tenant,
+            id: id.to_string(),
+        }];
+        let mut deleted = Vec::new();
+        for sub in snapshot.stored.values().filter(|s| &s.tenant == id && s.deleted_at.is_none()) {
+            let mut tomb = sub.clone();
+            tomb.deleted_at = Some(now);
+            writes.push(Write::Put(record(Kind::Subscription, sub.id.as_str(), &tomb)));
+            deleted.push(sub.id.clone());
+        }
+        for key in snapshot.keys.values().filter(|k| k.tenant.as_ref() == Some(id)) {
+            writes.push(Write::Delete {
+                kind: Kind::Key,
+                id: key.id.clone(),
+            });
+        }
+        self.apply(writes).await?;
+        Ok(deleted)
+    }
+
+    // --- keys ----------------------------------------------------------
+
+    /// Makes a key; returns its record and the key itself (the only time
+    /// it is ever shown).
+    pub async fn create_key(
+        &self,
+        role: Role,
+        tenant: Option<TenantId>,
+        label: Option<String>,
+    ) -> Result<(KeyRecord, String), Error> {
+        if let Some(t) = &tenant {
+            if !self.snapshot().tenants.contains_key(t) {
+                return Err(Error::NotFound {
+                    kind: "tenant",
+                    id: t.to_string(),
+                });
+            }
+        }
+        match (role, &tenant) {
+            (Role::Tenant, None) => return Err(invalid("tenant", "a tenant key needs its tenant")),
+            (Role::Admin, Some(_)) => return Err(invalid("role", "an admin key cannot belong to a tenant")),
+            _ => {}
+        }
+        if label.as_ref().is_some_and(|l| l.len() > 200) {
+            return Err(invalid("label", "must be at most 200 characters"));
+        }
+        let (key, id) = keys::generate();
+        let record_ = KeyRecord {
+            id: id.clone(),
+            hash: keys::hash(&key),
+            role,
+            tenant,
+            label,
+            created_at: now_ms(),
+        };
+        self.apply(vec![Write::Create(record(Kind::Key, &id, &record_))])
+            .await?;
+        Ok((record_, key))
+    }
+
+    /// Revokes the key `id`; with `tenant`, only one of that tenant's.
+    pub async fn revoke_key(&self, id: &str, tenant: Option<&TenantId>) -> Result<(), Error> {
+        let snapshot = self.snapshot();
+        let found = snapshot
+            .keys
+            .get(id)
+            .filter(|k| tenant.is_none_or(|t| k.tenant.as_ref() == Some(t)));
+        if found.is_none() {
+            return Err(Error::NotFound {
+                kind: "key",
+                id: id.to_owned(),
+            });
+        }
+        self.apply(vec![Write::Delete {
+            kind: Kind::Key,
+            id: id.to_owned(),
+        }])
+        .await
+    }
+
+    // --- subscriptions -------------------------------------------------
+
+    /// Checks `spec` for `tenant` as the config file's subscriptions are
+    /// checked, and against the tenant's plan (`replacing`: the id of the
+    /// subscription it replaces, which does not count toward the limit).
+    fn check_spec(
+        &self,
+        snapshot: &Snapshot,
+        tenant: &TenantId,
+        spec: &SubscriptionSpec,
+        replacing: Option<&SubscriptionName>,
+    ) -> Result<(), Error> {
+        let name = spec.name.trim();
+        if name.is_empty() || name.len() > 200 || name != spec.name {
+            return Err(invalid("name", "must be 1 to 200 characters without leading or trailing spaces"));
+        }
+        if spec.description.as_ref().is_some_and(|d| d.len() > 2000) {
+            return Err(invalid("description", "must be at most 2000 characters"));
+        }
+        let clash = snapshot
+            .subscriptions_of(tenant)
+            .filter(|s| Some(&s.name) != replacing)
+            .any(|s| snapshot.stored.get(&s.name).is_some_and(|st| st.spec.name == spec.name));
+        if clash {
+            return Err(invalid(
+                "name",
+                format!("tenant `{tenant}` already has a subscription named `{}`", spec.name),
+            ));
+        }
+        let probe = StoredSubscription {
+            id: SubscriptionName::parse("sub_probe").map_err(|p| invalid("id", p))?,
+            tenant: tenant.clone(),
+            spec: spec.clone(),
+            secrets: vec![StoredSecret {
+                value: new_secret(),
+                expires_at: None,
+            }],
+            created_at: 0,
+            updated_at: 0,
+            deleted_at: None,
+        };
+        probe
+            .to_config(0)
+            .check_fields("", &snapshot.config.delivery)
+            .map_err(|e| match e {
+                crate::config::Error::Invalid { key, problem } => Error::Invalid { field: key, problem },
+                e => invalid("body", e.to_string()),
+            })?;
+        let timeout = spec.timeout.unwrap_or(snapshot.config.delivery.timeout);
+        if snapshot.config.queue.lease <= timeout * 2 {
+            return Err(invalid(
+                "timeout",
+                format!(
+                    "{timeout:?} is too long: attempts must take less than half of queue.lease ({:?})",
+                    snapshot.config.queue.lease
+                ),
+            ));
+        }
+        if let Some((plan, limits)) = snapshot.plan_of(tenant) {
+            if let (Some(max), Some(limit)) = (limits.max_rate_limit, spec.rate_limit) {
+                if limit.per_second > max {
+                    return Err(Error::PlanLimit {
+                        plan: plan.to_owned(),
+                        limit: format!("rate_limit.per_second up to {max} (max_rate_limit)"),
+                    });
+                }
+            }
+            if let Some(max) = limits.max_subscriptions {
+                let have = snapshot
+                    .subscriptions_of(tenant)
+                    .filter(|s| Some(&s.name) != replacing)
+                    .count();
+                if replacing.is_none() && have >= max as usize {
+                    return Err(Error::PlanLimit {
+                        plan: plan.to_owned(),
+                        limit: format!("{max} subscriptions (max_subscriptions); tenant `{tenant}` has {have}"),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes a subscription for `tenant` with a new secret.
+    pub async fn create_subscription(
+        &self,
+        tenant: &TenantId,
+        spec: SubscriptionSpec,
+    ) -> Result<StoredSubscription, Error> {
+        let snapshot = self.snapshot();
+        if !snapshot.tenants.contains_key(tenant) {
+            return Err(Error::NotFound {
+                kind: "tenant",
+                id: tenant.to_string(),
+            });
+        }
+        self.check_spec(&snapshot, tenant, &spec, None)?;
+        let id = format!(
+            "{}{}",
+            crate::config::STORED_ID_PREFIX,
+            uuid::Uuid::now_v7().simple()
+        );
+        let now = now_ms();
+        let sub = StoredSubscription {
+            id: SubscriptionName::parse(&id).map_err(|p| invalid("id", p))?,
+            tenant: tenant.clone(),
+            spec,
+            secrets: vec![StoredSecret {
+                value: new_secret(),
+                expires_at: None,
+            }],
+            created_at: now,
+            updated_at: now,
+            deleted_at: None,
+        };
+        self.apply(vec![Write::Create(record(Kind::Subscription, &id, &sub))])
+            .await?;
+        Ok(sub)
+    }
+
+    /// A live stored subscription for a change, or why it cannot be
+    /// changed: 404 for another tenant's (`tenant`: the caller's, if a
+    /// tenant), 409 for a TOML one.
+    pub fn stored_subscription(&self, id: &str, tenant: Option<&TenantId>) -> Result<StoredSubscription, Error> {
+        let snapshot = self.snapshot();
+        let not_found = || Error::NotFound {
+            kind: "subscription",
+            id: id.to_owned(),
+        };
+        match snapshot.subscription(id) {
+            None => Err(not_found()),
+            Some((_, Owner::Operator)) if tenant.is_some() => Err(not_found()),
+            Some((_, Owner::Operator)) => Err(Error::ReadOnly {
+                kind: "subscription",
+                id: id.to_owned(),
+            }),
+            Some((_, Owner::Tenant(owner))) if tenant.is_some_and(|t| t != &owner) => Err(not_found()),
+            Some((sub, Owner::Tenant(_))) => snapshot.stored.get(&sub.name).cloned().ok_or_else(not_found),
+        }
+    }
+
+    /// Merges `patch` (a JSON merge patch of [`SubscriptionSpec`]'s fields)
+    /// into the stored subscription `id` and checks the result.
+    pub async fn update_subscription(
+        &self,
+        id: &str,
+        tenant: Option<&TenantId>,
+        patch: serde_json::Value,
+    ) -> Result<StoredSubscription, Error> {
+        let mut sub = self.stored_subscription(id, tenant)?;
+        let mut value = serde_json::to_value(&sub.spec).map_err(|e| invalid("body", e.to_string()))?;
+        merge(&mut value, patch);
+        let spec: SubscriptionSpec = serde_json::from_value(value).map_err(|e| invalid("body", e.to_string()))?;
+        let snapshot = self.snapshot();
+        self.check_spec(&snapshot, &sub.tenant, &spec, Some(&sub.id))?;
+        sub.spec = spec;
+        sub.updated_at = now_ms();
+        self.apply(vec![Write::Put(record(Kind::Subscription, sub.id.as_str(), &sub))])
+            .await?;
+        Ok(sub)
+    }
+
+    /// Deletes the stored subscription `id`, leaving a tombstone.
+    pub async fn delete_subscription(&self, id: &str, tenant: Option<&TenantId>) -> Result<SubscriptionName, Error> {
+        let mut sub = self.stored_subscription(id, tenant)?;
+        sub.deleted_at = Some(now_ms());
+        self.apply(vec![Write::Put(record(Kind::Subscription, sub.id.as_str(), &sub))])
+            .await?;
+        Ok(sub.id)
+    }
+}
+
+/// A new signing secret: `whsec_` and 32 random bytes in base64.
+pub fn new_secret() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    format!("whsec_{}", base64::engine::general_purpose::STANDARD.encode(bytes))
+}
+
+/// The store record of `value`.
+fn record<T: Serialize>(kind: Kind, id: &str, value: &T) -> Record {
+    Record {
+        kind,
+        id: id.to_owned(),
+        body: serde_json::to_vec(value).expect("catalogue records always serialize"),
+    }
+}
+
+/// Applies a JSON merge patch (RFC 7396): objects merge key by key, `null`
+/// removes, anything else replaces.
+pub fn merge(target: &mut serde_json::Value, patch: serde_json::Value) {
+    match patch {
+        serde_json::Value::Object(fields) => {
+            if !target.is_object() {
+                *target = serde_json::Value::Object(Default::default());
+            }
+            if let serde_json::Value::Object(map) = target {
+                for (k, v) in fields {
+                    if v.is_null() {
+                        map.remove(&k);
+                    } else {
+                        merge(map.entry(k).or_insert(serde_json::Value::Null), v);
+                    }
+                }
+            }
+        }
+        other => *target = other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merge_patch_follows_rfc_7396() {
+        let mut v = serde_json::json!({"a": "b", "c": {"d": "e", "f": "g"}});
+        merge(&mut v, serde_json::json!({"a": "z", "c": {"f": null}}));
+        assert_eq!(v, serde_json::json!({"a": "z", "c": {"d": "e"}}));
+        merge(&mut v, serde_json::json!({"c": [1]}));
+        assert_eq!(v, serde_json::json!({"a": "z", "c": [1]}));
+    }
+
+    #[test]
+    fn new_secrets_are_valid_signing_secrets() {
+        let secret = new_secret();
+        assert!(crate::config::decode_secret(&secret).is_ok(), "{secret}");
+        assert_ne!(secret, new_secret());
+    }
+}

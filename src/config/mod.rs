@@ -26,6 +26,10 @@ pub const ENV_PREFIX: &str = "HOOKD_";
 /// (`HOOKD_CONFIG`, `HOOKD_URL`, `HOOKD_API_KEY`) and the log filter.
 const ENV_NOT_CONFIG: &[&str] = &["config", "url", "api_key", "log"];
 
+/// The start of the id of every subscription made through the API
+/// (`sub_…`); TOML subscription names may not use it.
+pub const STORED_ID_PREFIX: &str = "sub_";
+
 /// Headers that neither configuration nor plugins may set: hookd owns them.
 pub const PROTECTED_HEADERS: &[&str] = &[
     "webhook-id",
@@ -39,7 +43,7 @@ pub const PROTECTED_HEADERS: &[&str] = &[
     "connection",
 ];
 
-pub use crate::model::{RateLimit, Secret, SubscriptionName};
+pub use crate::model::{RateLimit, Secret, SubscriptionName, TenantId};
 
 /// A configuration problem, naming the key at fault.
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +88,12 @@ pub struct Config {
     /// Who receives which events.
     #[serde(default)]
     pub subscriptions: Vec<SubscriptionConfig>,
+    /// Tenants declared by the operator (more are made through the API).
+    #[serde(default)]
+    pub tenants: Vec<TenantConfig>,
+    /// What each plan allows its tenants, by plan name.
+    #[serde(default)]
+    pub plans: BTreeMap<String, PlanConfig>,
     /// The file this was loaded from, watched for reloads (not a key).
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -443,6 +453,43 @@ pub struct SubscriptionConfig {
     /// Recipients of notifications about this subscription, instead of `notify.to`.
     #[serde(default)]
     pub notify_to: Option<Vec<String>>,
+    /// The tenants whose events this subscription receives; absent: every
+    /// event, of any tenant or of none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenants: Option<Vec<TenantId>>,
+    /// The tenant owning a subscription made through the API (not a key:
+    /// set by the catalogue; a TOML subscription is the operator's).
+    #[serde(skip)]
+    pub owner: Option<TenantId>,
+}
+
+/// `[[tenants]]`: a tenant declared by the operator.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantConfig {
+    /// Its id (`acme`): 1 to 63 of `a-z 0-9 _ -`.
+    pub id: TenantId,
+    /// Its display name.
+    pub name: String,
+    /// Its plan, a key of `[plans]`; absent: no limits beyond hookd's own.
+    #[serde(default)]
+    pub plan: Option<String>,
+    /// Free-form data kept with it.
+    #[serde(default)]
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+}
+
+/// `[plans.NAME]`: what a plan allows each of its tenants. Absent limits
+/// do not limit.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlanConfig {
+    /// Most subscriptions a tenant may have.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_subscriptions: Option<u32>,
+    /// Highest `rate_limit.per_second` a tenant may give a subscription.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_rate_limit: Option<f64>,
 }
 
 fn default_true() -> bool {
@@ -560,6 +607,26 @@ impl Config {
                 "must be at most 1048576 (1 MiB)",
             ));
         }
+        for (name, plan) in &self.plans {
+            if plan.max_rate_limit.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
+                return Err(invalid(format!("plans.{name}.max_rate_limit"), "must be a number above 0"));
+            }
+        }
+        let mut tenant_ids = std::collections::HashSet::new();
+        for (n, tenant) in self.tenants.iter().enumerate() {
+            if !tenant_ids.insert(&tenant.id) {
+                return Err(invalid(
+                    format!("tenants[{n}].id"),
+                    format!("`{}` is declared more than once", tenant.id),
+                ));
+            }
+            if tenant.name.trim().is_empty() {
+                return Err(invalid(format!("tenants[{n}].name"), "must not be empty"));
+            }
+            if let Some(plan) = &tenant.plan {
+                self.plan(&format!("tenants[{n}].plan"), plan)?;
+            }
+        }
         let mut seen = std::collections::HashSet::new();
         for (n, sub) in self.subscriptions.iter().enumerate() {
             let key = format!("subscriptions[{n}]");
@@ -582,6 +649,21 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// The plan named `plan`, or an error naming `key` if there is none.
+    pub fn plan(&self, key: &str, plan: &str) -> Result<&PlanConfig, Error> {
+        self.plans.get(plan).ok_or_else(|| {
+            let known: Vec<&str> = self.plans.keys().map(String::as_str).collect();
+            invalid(
+                key,
+                if known.is_empty() {
+                    format!("plan `{plan}` does not exist: declare it under [plans.{plan}]")
+                } else {
+                    format!("plan `{plan}` does not exist; the plans are: {}", known.join(", "))
+                },
+            )
+        })
     }
 
     /// The subscription named `name`.
@@ -640,75 +722,88 @@ impl NotifyConfig {
 impl SubscriptionConfig {
     fn validate(&self, key: &str, delivery: &DeliveryConfig) -> Result<(), Error> {
         SubscriptionName::parse(self.name.as_str()).map_err(|p| invalid(format!("{key}.name"), p))?;
-        let key = format!("subscriptions.{}", self.name);
+        if self.name.as_str().starts_with(STORED_ID_PREFIX) {
+            return Err(invalid(
+                format!("{key}.name"),
+                format!("`{}`: names starting with `{STORED_ID_PREFIX}` are the ids of subscriptions made through the API; choose another", self.name),
+            ));
+        }
+        self.check_fields(&format!("subscriptions.{}.", self.name), delivery)?;
+        for (n, to) in self.notify_to.iter().flatten().enumerate() {
+            check_mailbox(&format!("subscriptions.{}.notify_to[{n}]", self.name), to)?;
+        }
+        Ok(())
+    }
+
+    /// The checks every subscription passes, from the TOML file or the API
+    /// alike: URL policy, event patterns, secrets, headers and limits.
+    /// Problems name the field as `{prefix}{field}` (`url`, `headers.x-a`).
+    pub fn check_fields(&self, prefix: &str, delivery: &DeliveryConfig) -> Result<(), Error> {
         let uri: http::Uri = self
             .url
             .parse()
-            .map_err(|e| invalid(format!("{key}.url"), format!("`{}` is not a URL: {e}", self.url)))?;
+            .map_err(|e| invalid(format!("{prefix}url"), format!("`{}` is not a URL: {e}", self.url)))?;
         match uri.scheme_str() {
             Some("https") => {}
             Some("http") if delivery.allow_http => {}
             Some("http") => {
                 return Err(invalid(
-                    format!("{key}.url"),
+                    format!("{prefix}url"),
                     "http:// endpoints are refused; use https, or set delivery.allow_http = true",
                 ))
             }
-            _ => return Err(invalid(format!("{key}.url"), "must be an https:// URL")),
+            _ => return Err(invalid(format!("{prefix}url"), "must be an https:// URL")),
         }
         if uri.host().is_none_or(str::is_empty) {
-            return Err(invalid(format!("{key}.url"), "has no host"));
+            return Err(invalid(format!("{prefix}url"), "has no host"));
         }
         if self.events.is_empty() {
             return Err(invalid(
-                format!("{key}.events"),
+                format!("{prefix}events"),
                 "must list at least one pattern (use \"*\" for all)",
             ));
         }
         for pattern in &self.events {
-            crate::model::EventPattern::parse(pattern).map_err(|p| invalid(format!("{key}.events"), p))?;
+            crate::model::EventPattern::parse(pattern).map_err(|p| invalid(format!("{prefix}events"), p))?;
         }
         if self.secrets.is_empty() {
             return Err(invalid(
-                format!("{key}.secrets"),
+                format!("{prefix}secrets"),
                 "must hold at least one whsec_ secret",
             ));
         }
         for (n, secret) in self.secrets.iter().enumerate() {
-            decode_secret(secret.expose()).map_err(|p| invalid(format!("{key}.secrets[{n}]"), p))?;
+            decode_secret(secret.expose()).map_err(|p| invalid(format!("{prefix}secrets[{n}]"), p))?;
         }
         for (name, value) in &self.headers {
             let lower = name.to_ascii_lowercase();
             if PROTECTED_HEADERS.contains(&lower.as_str()) {
                 return Err(invalid(
-                    format!("{key}.headers.{name}"),
+                    format!("{prefix}headers.{name}"),
                     "is set by hookd and cannot be overridden",
                 ));
             }
             http::HeaderName::from_bytes(name.as_bytes())
-                .map_err(|_| invalid(format!("{key}.headers.{name}"), "is not a valid header name"))?;
+                .map_err(|_| invalid(format!("{prefix}headers.{name}"), "is not a valid header name"))?;
             http::HeaderValue::from_str(value)
-                .map_err(|_| invalid(format!("{key}.headers.{name}"), "value is not a valid header value"))?;
+                .map_err(|_| invalid(format!("{prefix}headers.{name}"), "value is not a valid header value"))?;
         }
         if self.timeout.is_some_and(|t| t.is_zero()) {
-            return Err(invalid(format!("{key}.timeout"), "must be greater than zero"));
+            return Err(invalid(format!("{prefix}timeout"), "must be greater than zero"));
         }
         if self.max_in_flight == Some(0) {
-            return Err(invalid(format!("{key}.max_in_flight"), "must be at least 1"));
+            return Err(invalid(format!("{prefix}max_in_flight"), "must be at least 1"));
         }
         if let Some(limit) = &self.rate_limit {
             if !(limit.per_second.is_finite() && limit.per_second >= 0.001 && limit.per_second <= 1_000_000.0) {
                 return Err(invalid(
-                    format!("{key}.rate_limit.per_second"),
+                    format!("{prefix}rate_limit.per_second"),
                     format!("{} is out of range: use 0.001 to 1000000", limit.per_second),
                 ));
             }
             if limit.burst == Some(0) {
-                return Err(invalid(format!("{key}.rate_limit.burst"), "must be at least 1"));
+                return Err(invalid(format!("{prefix}rate_limit.burst"), "must be at least 1"));
             }
-        }
-        for (n, to) in self.notify_to.iter().flatten().enumerate() {
-            check_mailbox(&format!("{key}.notify_to[{n}]"), to)?;
         }
         Ok(())
     }

@@ -39,7 +39,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
-use crate::config::{Config, RateLimit, SubscriptionConfig, SubscriptionName};
+use crate::catalog::Catalog;
+use crate::config::{Config, RateLimit, SubscriptionConfig, SubscriptionName, STORED_ID_PREFIX};
 use crate::deliver::{self, Client};
 use crate::history::{self, AttemptRecord, DeliveryState, DeliverySummary, Entry, ErrorKind, Recorder};
 use crate::notify::{Alerts, Notification};
@@ -56,6 +57,13 @@ pub const USER_AGENT_VALUE: &str = concat!("hookd/", env!("CARGO_PKG_VERSION"));
 const CLAIM_BATCH: usize = 512;
 /// Most settlements written in one queue call.
 const SETTLE_BATCH: usize = 1024;
+/// Delay before a delivery for a subscription this process does not know
+/// yet is due again.
+const UNKNOWN_RETRY: Duration = Duration::from_secs(1);
+/// How long after its creation a delivery for an unknown stored
+/// subscription is deferred, waiting for the catalogue to name it, before
+/// it is kept as dead.
+const UNKNOWN_PATIENCE: Duration = Duration::from_secs(300);
 /// Delay before a deferred delivery (its subscription was full) is due again.
 const DEFER_DELAY: Duration = Duration::from_millis(50);
 /// Request headers whose values the delivery log keeps (the rest, custom
@@ -325,6 +333,10 @@ struct Shared {
     health_tx: mpsc::UnboundedSender<health::Report>,
     /// Dead deliveries are notified here.
     alerts: Alerts,
+    /// Tells deleted subscriptions from ones not known here yet.
+    catalog: Arc<Catalog>,
+    /// Counts what happens to deliveries no endpoint takes.
+    metrics: Arc<Metrics>,
 }
 
 /// What the dispatcher reports to, beside the queue.
@@ -335,6 +347,8 @@ pub struct Services {
     pub metrics: Arc<Metrics>,
     /// Operator notifications.
     pub alerts: Alerts,
+    /// The catalogue, to tell a deleted subscription from an unknown one.
+    pub catalog: Arc<Catalog>,
 }
 
 /// The claim loop and its delivery tasks.
@@ -378,6 +392,8 @@ impl Dispatcher {
                 recorder: services.recorder,
                 health_tx,
                 alerts: services.alerts,
+                catalog: services.catalog,
+                metrics: services.metrics,
             }),
             settle_rx,
             health_rx,
@@ -597,6 +613,32 @@ fn defer(shared: &Shared, claim: &Claim, due: Millis) {
 async fn attempt(shared: &Shared, claim: Claim, endpoint: Option<Arc<Endpoint>>) {
     let Claim { mut delivery, lease } = claim;
     let Some(endpoint) = endpoint else {
+        let snapshot = shared.catalog.snapshot();
+        if snapshot.is_deleted(&delivery.subscription) {
+            info!(delivery_id = %delivery.id, subscription = %delivery.subscription,
+                "subscription deleted: delivery cancelled");
+            shared.metrics.subscription(delivery.subscription.as_str()).delivery(DeliveryOutcome::Cancelled);
+            shared.log_state(&delivery, DeliveryState::Cancelled, Some("subscription deleted".into()));
+            let _ = shared.settle_tx.send(Settlement::Ack { id: delivery.id, lease });
+            return;
+        }
+        let stored = delivery.subscription.as_str().starts_with(STORED_ID_PREFIX);
+        if stored && now_ms() - delivery.created_at < UNKNOWN_PATIENCE.as_millis() as Millis {
+            // Made through another process a moment ago: learn of it, and
+            // try again in a while.
+            debug!(delivery_id = %delivery.id, subscription = %delivery.subscription,
+                "subscription not known here yet: catalogue refreshed, delivery deferred");
+            let catalog = shared.catalog.clone();
+            tokio::spawn(async move {
+                let _ = catalog.refresh().await;
+            });
+            let _ = shared.settle_tx.send(Settlement::Defer {
+                id: delivery.id,
+                lease,
+                due: now_ms() + UNKNOWN_RETRY.as_millis() as Millis,
+            });
+            return;
+        }
         warn!(delivery_id = %delivery.id, subscription = %delivery.subscription,
             "subscription is no longer configured: delivery kept as dead");
         delivery.last_error = Some(format!("subscription `{}` is not configured", delivery.subscription));

@@ -179,11 +179,13 @@ pub enum DeliveryState {
     Dead,
     /// Held back because its subscription is disabled.
     Parked,
+    /// Never to be sent: its subscription was deleted.
+    Cancelled,
 }
 
 impl DeliveryState {
     /// Every state, in declaration order.
-    pub const ALL: [DeliveryState; 7] = [
+    pub const ALL: [DeliveryState; 8] = [
         DeliveryState::Pending,
         DeliveryState::InFlight,
         DeliveryState::Delivered,
@@ -191,6 +193,7 @@ impl DeliveryState {
         DeliveryState::Retrying,
         DeliveryState::Dead,
         DeliveryState::Parked,
+        DeliveryState::Cancelled,
     ];
 
     /// The state's wire name (`in_flight`), as in JSON and storage keys.
@@ -203,6 +206,7 @@ impl DeliveryState {
             DeliveryState::Retrying => "retrying",
             DeliveryState::Dead => "dead",
             DeliveryState::Parked => "parked",
+            DeliveryState::Cancelled => "cancelled",
         }
     }
 }

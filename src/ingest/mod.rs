@@ -14,15 +14,15 @@ pub mod stream;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot, Notify};
 
+use crate::catalog::{Catalog, Snapshot};
 use crate::config::Config;
 use crate::history::{Entry, EventRecord, Recorder};
-use crate::model::SubscriptionName;
+use crate::model::TenantId;
 pub use crate::model::{check_event_type, is_internal, Event, EventId, EventPattern, INTERNAL_PREFIX};
 use crate::queue::{self, now_ms, Delivery, DeliveryId, Enqueued, NewEvent, Queue};
 pub use crate::telemetry::metrics::Source;
@@ -63,6 +63,8 @@ struct EventInput<'a> {
     #[serde(borrow)]
     data: Option<&'a RawValue>,
     timestamp: Option<DateTime<Utc>>,
+    #[serde(borrow)]
+    tenant: Option<std::borrow::Cow<'a, str>>,
 }
 
 /// Parses and validates one event from its JSON text:
@@ -75,6 +77,7 @@ pub fn parse_event(json: &[u8]) -> Result<Event, Error> {
         input.id.as_deref(),
         input.data.map(RawValue::get),
         input.timestamp,
+        input.tenant.as_deref(),
     )
 }
 
@@ -84,6 +87,7 @@ pub fn from_parts(
     id: Option<&str>,
     data: Option<&str>,
     timestamp: Option<DateTime<Utc>>,
+    tenant: Option<&str>,
 ) -> Result<Event, Error> {
     let event_type = event_type.ok_or_else(|| invalid("type", "is missing"))?;
     check_event_type(event_type).map_err(|p| invalid("type", p))?;
@@ -103,11 +107,15 @@ pub fn from_parts(
     if !data.get().trim_start().starts_with('{') {
         return Err(invalid("data", "must be a JSON object"));
     }
+    let tenant = tenant
+        .map(|t| TenantId::parse(t).map_err(|p| invalid("tenant", p)))
+        .transpose()?;
     Ok(Event {
         id,
         event_type: event_type.to_owned(),
         occurred_at: timestamp.unwrap_or_else(Utc::now),
         data,
+        tenant,
     })
 }
 
@@ -122,48 +130,12 @@ pub struct Accepted {
     pub deliveries: usize,
 }
 
-/// One subscription's filter, as fan-out needs it.
-struct Route {
-    /// The subscription.
-    name: SubscriptionName,
-    /// The event types it wants.
-    patterns: Vec<EventPattern>,
-}
-
-/// Every subscription's filter: one immutable snapshot, swapped on reload.
-pub struct Routes(Vec<Route>);
-
-impl Routes {
-    /// The filters of `config`'s subscriptions, in config order.
-    pub fn new(config: &Config) -> Routes {
-        Routes(
-            config
-                .subscriptions
-                .iter()
-                .map(|s| Route {
-                    name: s.name.clone(),
-                    // Validated at load: every pattern parses.
-                    patterns: s.events.iter().filter_map(|p| EventPattern::parse(p).ok()).collect(),
-                })
-                .collect(),
-        )
-    }
-
-    /// The names of the subscriptions that want `event_type`.
-    pub fn matching<'a>(&'a self, event_type: &'a str) -> impl Iterator<Item = &'a SubscriptionName> + 'a {
-        self.0
-            .iter()
-            .filter(move |r| r.patterns.iter().any(|p| p.matches(event_type)))
-            .map(|r| &r.name)
-    }
-}
-
 /// Fans events out to subscriptions and queues them.
 pub struct Ingestor {
     /// Hands batches to the enqueue task, which writes them to the queue.
     enqueue_tx: mpsc::Sender<PendingEnqueue>,
-    /// Subscription filters; swapped whole on reload.
-    routes: ArcSwap<Routes>,
+    /// Subscriptions and tenants: fan-out reads the snapshot in force.
+    catalog: Arc<Catalog>,
     /// Queue shard count, to place each event's deliveries.
     shards: u16,
     /// Woken after each enqueue so the local dispatcher claims at once.
@@ -178,6 +150,7 @@ impl Ingestor {
     /// Must be called within a tokio runtime: it starts the enqueue task.
     pub fn new(
         config: &Config,
+        catalog: Arc<Catalog>,
         queue: Arc<dyn Queue>,
         queued: Arc<Notify>,
         recorder: Recorder,
@@ -187,7 +160,7 @@ impl Ingestor {
         tokio::spawn(enqueue_loop(queue, config.ingest.dedup_window, enqueue_rx, recorder));
         Ingestor {
             enqueue_tx,
-            routes: ArcSwap::from_pointee(Routes::new(config)),
+            catalog,
             shards: config.queue.shards,
             queued,
             metrics,
@@ -197,12 +170,6 @@ impl Ingestor {
     /// Wakes the local dispatcher (after a replay, say).
     pub fn wake(&self) {
         self.queued.notify_one();
-    }
-
-    /// Replaces the subscription filters (config reload). Events already
-    /// fanned out keep their deliveries.
-    pub fn set_routes(&self, routes: Routes) {
-        self.routes.store(Arc::new(routes));
     }
 
     /// Fans out, dedups and queues one event that came from `source`.
@@ -215,7 +182,20 @@ impl Ingestor {
     /// each, in order.
     pub async fn ingest_batch(&self, events: Vec<Event>, source: Source) -> Result<Vec<Accepted>, Error> {
         let now = now_ms();
-        let batch: Vec<NewEvent> = events.iter().map(|e| self.fan_out(e, now)).collect();
+        let mut snapshot = self.catalog.snapshot();
+        if let Some(unknown) = events
+            .iter()
+            .filter_map(|e| e.tenant.as_ref())
+            .find(|t| !snapshot.tenants.contains_key(*t))
+        {
+            // Made on another process a moment ago, perhaps: look again once.
+            let _ = self.catalog.refresh().await;
+            snapshot = self.catalog.snapshot();
+            if !snapshot.tenants.contains_key(unknown) {
+                return Err(invalid("tenant", format!("`{unknown}` does not exist")));
+            }
+        }
+        let batch: Vec<NewEvent> = events.iter().map(|e| fan_out(&snapshot, e, self.shards, now)).collect();
         let counts: Vec<(EventId, usize)> = batch.iter().map(|e| (e.event_id.clone(), e.deliveries.len())).collect();
         let (tx, rx) = oneshot::channel();
         let gone = || queue::Error::Invalid("the enqueue task has stopped".into());
@@ -247,31 +227,41 @@ impl Ingestor {
         }
         Ok(accepted)
     }
+}
 
-    fn fan_out(&self, event: &Event, now: queue::Millis) -> NewEvent {
-        let shard = queue::shard_of(&event.id, self.shards);
-        let mut body = None;
-        let routes = self.routes.load();
-        let deliveries = routes
-            .matching(&event.event_type)
-            .map(|name| Delivery {
-                id: DeliveryId::new(shard),
-                event_id: event.id.clone(),
-                event_type: event.event_type.clone(),
-                subscription: name.clone(),
-                created_at: now,
-                attempts: 0,
-                body: body.get_or_insert_with(|| event.body()).clone(),
-                last_error: None,
-                headers: None,
-            })
-            .collect();
-        NewEvent {
+/// The deliveries of `event` to the subscriptions of `snapshot` that want
+/// it. An event of a tenant is deduplicated per tenant: its dedup key is
+/// `{tenant}/{id}`, so two tenants may use the same event id.
+fn fan_out(snapshot: &Snapshot, event: &Event, shards: u16, now: queue::Millis) -> NewEvent {
+    let shard = queue::shard_of(&event.id, shards);
+    let mut body = None;
+    let deliveries = snapshot
+        .routes
+        .matching(&event.event_type, event.tenant.as_ref())
+        .map(|name| Delivery {
+            id: DeliveryId::new(shard),
             event_id: event.id.clone(),
-            dedup_key: None,
-            deliveries,
-        }
+            event_type: event.event_type.clone(),
+            subscription: name.clone(),
+            created_at: now,
+            attempts: 0,
+            body: body.get_or_insert_with(|| event.body()).clone(),
+            last_error: None,
+            headers: None,
+            tenant: event.tenant.clone(),
+        })
+        .collect();
+    NewEvent {
+        event_id: event.id.clone(),
+        dedup_key: event.tenant.as_ref().map(|t| tenant_dedup_key(t, &event.id)),
+        deliveries,
     }
+}
+
+/// The dedup key of an event of `tenant`: `{tenant}/{id}` (neither holds a
+/// `/`, so it never equals an event id of no tenant).
+pub fn tenant_dedup_key(tenant: &TenantId, id: &EventId) -> String {
+    format!("{tenant}/{id}")
 }
 
 /// Batches waiting to be enqueued, at most: producers wait beyond it.

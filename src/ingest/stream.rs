@@ -257,11 +257,11 @@ impl StreamConsumer {
         };
         if let Some(unknown) = fields
             .keys()
-            .find(|k| !["type", "data", "id", "timestamp"].contains(&k.as_str()))
+            .find(|k| !["type", "data", "id", "timestamp", "tenant"].contains(&k.as_str()))
         {
             return Err(Error::Invalid {
                 field: "entry",
-                problem: format!("has unknown field `{unknown}` (expected type, data, id, timestamp)"),
+                problem: format!("has unknown field `{unknown}` (expected type, data, id, timestamp, tenant)"),
             });
         }
         let data = text("data")?;
@@ -284,6 +284,6 @@ impl StreamConsumer {
             ),
             None => None,
         };
-        from_parts(text("type")?, text("id")?, data, timestamp)
+        from_parts(text("type")?, text("id")?, data, timestamp, text("tenant")?)
     }
 }

@@ -5,7 +5,7 @@ use std::fmt;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use super::{EventId, Millis, SubscriptionName};
+use super::{EventId, Millis, SubscriptionName, TenantId};
 
 /// A stored delivery record that could not be decoded.
 #[derive(Clone, Debug, thiserror::Error)]
@@ -85,6 +85,9 @@ pub struct Delivery {
     /// subscription's configured headers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub headers: Option<Vec<(String, String)>>,
+    /// The tenant of the event, if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<TenantId>,
 }
 
 impl Delivery {

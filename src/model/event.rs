@@ -7,6 +7,8 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use super::TenantId;
+
 /// An event id: given by the producer or generated (`evt_` + UUIDv7).
 /// 1 to 128 of `A-Z a-z 0-9 - _ . : ~`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -122,6 +124,9 @@ pub struct Event {
     pub occurred_at: DateTime<Utc>,
     /// The JSON object payload, verbatim.
     pub data: Box<RawValue>,
+    /// The tenant it belongs to: it reaches that tenant's subscriptions and
+    /// the operator's; none: the operator's only.
+    pub tenant: Option<TenantId>,
 }
 
 impl Event {

@@ -104,13 +104,15 @@ pub enum DeliveryOutcome {
     Gone,
     /// Refused before sending (a non-public address, say).
     Refused,
+    /// Its subscription was deleted: never sent.
+    Cancelled,
 }
 
-label_values!(DeliveryOutcome { Delivered => "delivered", Retry => "retry", Dead => "dead", Filtered => "filtered", Parked => "parked", Gone => "gone", Refused => "refused" });
+label_values!(DeliveryOutcome { Delivered => "delivered", Retry => "retry", Dead => "dead", Filtered => "filtered", Parked => "parked", Gone => "gone", Refused => "refused", Cancelled => "cancelled" });
 
 impl DeliveryOutcome {
     /// Every outcome, in index order.
-    const ALL: [DeliveryOutcome; 7] = [
+    const ALL: [DeliveryOutcome; 8] = [
         DeliveryOutcome::Delivered,
         DeliveryOutcome::Retry,
         DeliveryOutcome::Dead,
@@ -118,6 +120,7 @@ impl DeliveryOutcome {
         DeliveryOutcome::Parked,
         DeliveryOutcome::Gone,
         DeliveryOutcome::Refused,
+        DeliveryOutcome::Cancelled,
     ];
 }
 
@@ -467,7 +470,7 @@ pub struct SubscriptionMetrics {
     /// The subscription's name, for the rare labels made on the fly.
     subscription: String,
     /// `hookd_deliveries_total`, one counter per [`DeliveryOutcome`].
-    deliveries: [Counter; 7],
+    deliveries: [Counter; 8],
     /// `hookd_attempt_duration_seconds` of this subscription.
     attempt_duration: Histogram,
     /// `hookd_plugin_calls_total`, one counter per [`PluginResult`].
