@@ -138,7 +138,12 @@ impl Reloader {
             }
         }
         let previous = self.endpoints.load();
-        match Endpoints::build(&snapshot.config, self.plugins.as_deref(), &self.metrics, Some(&previous)) {
+        match Endpoints::build(
+            &snapshot.config,
+            self.plugins.as_deref(),
+            &self.metrics,
+            Some(&previous),
+        ) {
             Ok(endpoints) => self.endpoints.store(Arc::new(endpoints)),
             Err(e) => error!(error = %e, "cannot apply the catalogue's change; the running subscriptions stay"),
         }
@@ -158,7 +163,8 @@ impl Reloader {
         }
         let previous = self.endpoints.load();
         let preview = self.catalog.preview(&config).await;
-        let endpoints = match Endpoints::build(&preview.config, self.plugins.as_deref(), &self.metrics, Some(&previous)) {
+        let endpoints = match Endpoints::build(&preview.config, self.plugins.as_deref(), &self.metrics, Some(&previous))
+        {
             Ok(e) => e,
             Err(e) => {
                 error!(error = %e, "config reload rejected ({why}); the running config stays");

@@ -29,8 +29,8 @@ use axum::routing::get;
 use axum::{Extension, Json, Router};
 use serde_json::{json, Value};
 
-use super::{ApiError, ApiState};
 use super::{may_see, not_found, require_reader};
+use super::{ApiError, ApiState};
 use crate::catalog::keys::Principal;
 use crate::config::SubscriptionName;
 use crate::history::{self, AttemptRecord, DeliveryState, DeliverySummary, EventRecord, ListFilter};

@@ -60,6 +60,11 @@ impl ApiClient {
         self
     }
 
+    /// The bearer key this client sends, if any.
+    pub fn key(&self) -> Option<&str> {
+        self.api_key.as_deref()
+    }
+
     /// The base URL this client talks to.
     pub fn base(&self) -> &str {
         &self.base
@@ -73,6 +78,34 @@ impl ApiClient {
     /// POSTs `body` (JSON) to `path` and returns the answer's JSON.
     pub async fn post(&self, path: &str, body: impl Into<Bytes>) -> Result<serde_json::Value, Error> {
         self.call(Method::POST, path, body.into()).await
+    }
+
+    /// PATCHes `path` with `body` (a JSON merge patch) and returns the
+    /// answer's JSON.
+    pub async fn patch(&self, path: &str, body: impl Into<Bytes>) -> Result<serde_json::Value, Error> {
+        self.call(Method::PATCH, path, body.into()).await
+    }
+
+    /// DELETEs `path` and returns the answer's JSON.
+    pub async fn delete(&self, path: &str) -> Result<serde_json::Value, Error> {
+        self.call(Method::DELETE, path, Bytes::new()).await
+    }
+
+    /// The same client, sending `key` as its bearer key.
+    pub fn with_key(&self, key: impl Into<String>) -> ApiClient {
+        ApiClient {
+            api_key: Some(key.into()),
+            ..self.clone()
+        }
+    }
+
+    /// The status of an error answer, if the call got one.
+    pub fn status_of(result: &Result<serde_json::Value, Error>) -> Option<u16> {
+        match result {
+            Err(Error::Status { status, .. }) => Some(status.as_u16()),
+            Ok(_) => Some(200),
+            Err(_) => None,
+        }
     }
 
     async fn call(&self, method: Method, path: &str, body: Bytes) -> Result<serde_json::Value, Error> {

@@ -177,7 +177,9 @@ async fn replay(
     let key = request.key.unwrap_or_else(|| uuid::Uuid::now_v7().simple().to_string());
     // The log keeps no tenant with an event: a tenant's event is known by
     // its tenant's subscriptions among the targets.
-    let tenant = targets.iter().find_map(|t| config.subscription(t.as_str())?.owner.clone());
+    let tenant = targets
+        .iter()
+        .find_map(|t| config.subscription(t.as_str())?.owner.clone());
     let shard = shard_of(&event_id, config.queue.shards);
     let now = now_ms();
     let deliveries: Vec<Delivery> = targets

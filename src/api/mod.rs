@@ -25,11 +25,11 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{Path, Query, Request, State};
-use axum::Extension;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::Extension;
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, value::RawValue};
@@ -37,10 +37,10 @@ use subtle::ConstantTimeEq;
 
 use crate::catalog::keys::Principal;
 use crate::catalog::{Catalog, Owner, Snapshot};
-use crate::model::SubscriptionName;
 use crate::config::{Config, Secret};
 use crate::history::History;
 use crate::ingest::{self, Ingestor, Source};
+use crate::model::SubscriptionName;
 use crate::notify::Alerts;
 use crate::queue::{now_ms, DeliveryId, Queue};
 use crate::telemetry::{metrics, Metrics};
@@ -343,7 +343,10 @@ fn authorize_event(principal: &Principal, event: &mut ingest::Event) -> Result<(
             Some(t) if t == bound => Ok(()),
             Some(t) => Err(forbidden(
                 principal,
-                &format!("event {} is for tenant `{t}`, but this key sends only for `{bound}`", event.id),
+                &format!(
+                    "event {} is for tenant `{t}`, but this key sends only for `{bound}`",
+                    event.id
+                ),
             )),
         },
         Principal::Tenant { .. } => Err(forbidden(principal, "sending events needs an admin or producer key")),

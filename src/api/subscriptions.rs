@@ -25,10 +25,10 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
-use axum::Extension;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::Extension;
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
@@ -39,9 +39,9 @@ use crate::catalog::{Error as CatalogError, Owner, SubscriptionSpec};
 use crate::config::{SubscriptionConfig, SubscriptionName};
 use crate::history::{DeliveryState, ListFilter};
 use crate::model::TenantId;
-use crate::queue::Lease;
 use crate::notify::Notification;
 use crate::queue::now_ms;
+use crate::queue::Lease;
 
 /// The subscription routes, mounted under `/v1`.
 pub fn routes() -> Router<Arc<ApiState>> {
@@ -151,7 +151,10 @@ async fn list(
     }
     if let Some(own) = principal.tenant() {
         if tenant.as_ref().is_some_and(|t| t != own) {
-            return Err(not_found(format!("no tenant `{}`", tenant.unwrap_or_else(|| own.clone()))));
+            return Err(not_found(format!(
+                "no tenant `{}`",
+                tenant.unwrap_or_else(|| own.clone())
+            )));
         }
         tenant = Some(own.clone());
     }
@@ -213,10 +216,13 @@ pub(super) fn object_body(body: &[u8], what: &str) -> Result<serde_json::Map<Str
 fn tenant_of_write(principal: &Principal, named: Option<Value>) -> Result<TenantId, ApiError> {
     let named = match named {
         None | Some(Value::Null) => None,
-        Some(Value::String(t)) => Some(
-            TenantId::parse(&t)
-                .map_err(|p| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", format!("tenant: {p}")))?,
-        ),
+        Some(Value::String(t)) => Some(TenantId::parse(&t).map_err(|p| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_field",
+                format!("tenant: {p}"),
+            )
+        })?),
         Some(_) => {
             return Err(ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
@@ -245,7 +251,10 @@ async fn create(
     Extension(principal): Extension<Principal>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let mut fields = object_body(&body, "name, url, events and optional headers, description, rate_limit, max_in_flight, max_retries, timeout")?;
+    let mut fields = object_body(
+        &body,
+        "name, url, events and optional headers, description, rate_limit, max_in_flight, max_retries, timeout",
+    )?;
     let tenant = tenant_of_write(&principal, fields.remove("tenant"))?;
     let spec: SubscriptionSpec = serde_json::from_value(Value::Object(fields))
         .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", e.to_string()))?;
@@ -356,7 +365,10 @@ async fn enable(
     let resumed = state.queue.unpark(&sub.name, now_ms()).await?;
     state.ingestor.wake();
     tracing::info!(subscription = %sub.name, resumed, "subscription enabled");
-    Ok(Json(json!({ "id": sub.name, "name": sub.name, "enabled": true, "changed": changed, "resumed": resumed })).into_response())
+    Ok(
+        Json(json!({ "id": sub.name, "name": sub.name, "enabled": true, "changed": changed, "resumed": resumed }))
+            .into_response(),
+    )
 }
 
 async fn disable(

@@ -234,7 +234,12 @@ async fn key_answers(state: &ApiState, tenant: Option<&TenantId>) -> Result<Vec<
         .collect())
 }
 
-async fn created(state: &ApiState, role: Role, tenant: Option<TenantId>, label: Option<String>) -> Result<Response, ApiError> {
+async fn created(
+    state: &ApiState,
+    role: Role,
+    tenant: Option<TenantId>,
+    label: Option<String>,
+) -> Result<Response, ApiError> {
     let (record, key) = state.catalog.create_key(role, tenant, label).await?;
     tracing::info!(key_id = %record.id, role = record.role.as_str(), tenant = ?record.tenant, "API key made");
     let answer = KeyCreated {

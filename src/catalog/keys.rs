@@ -191,7 +191,9 @@ mod tests {
             created_at: 0,
         };
         assert_eq!(
-            Principal::of(&record(Role::Tenant, Some(acme.clone()))).unwrap().tenant(),
+            Principal::of(&record(Role::Tenant, Some(acme.clone())))
+                .unwrap()
+                .tenant(),
             Some(&acme)
         );
         assert!(Principal::of(&record(Role::Tenant, None)).is_none());

@@ -577,7 +577,11 @@ impl Catalog {
             id: id.to_string(),
         }];
         let mut deleted = Vec::new();
-        for sub in snapshot.stored.values().filter(|s| &s.tenant == id && s.deleted_at.is_none()) {
+        for sub in snapshot
+            .stored
+            .values()
+            .filter(|s| &s.tenant == id && s.deleted_at.is_none())
+        {
             let mut tomb = sub.clone();
             tomb.deleted_at = Some(now);
             writes.push(Write::Put(record(Kind::Subscription, sub.id.as_str(), &tomb)));
@@ -667,7 +671,10 @@ impl Catalog {
     ) -> Result<(), Error> {
         let name = spec.name.trim();
         if name.is_empty() || name.len() > 200 || name != spec.name {
-            return Err(invalid("name", "must be 1 to 200 characters without leading or trailing spaces"));
+            return Err(invalid(
+                "name",
+                "must be 1 to 200 characters without leading or trailing spaces",
+            ));
         }
         if spec.description.as_ref().is_some_and(|d| d.len() > 2000) {
             return Err(invalid("description", "must be at most 2000 characters"));
@@ -714,10 +721,13 @@ impl Catalog {
         if let Some((plan, limits)) = snapshot.plan_of(tenant) {
             if let (Some(max), Some(limit)) = (limits.max_rate_limit, spec.rate_limit) {
                 if limit.per_second > max {
-                    return Err(Error::PlanLimit {
-                        plan: plan.to_owned(),
-                        limit: format!("rate_limit.per_second up to {max} (max_rate_limit)"),
-                    });
+                    return Err(invalid(
+                        "rate_limit.per_second",
+                        format!(
+                            "{} is above the {max} per second that plan `{plan}` allows (max_rate_limit)",
+                            limit.per_second
+                        ),
+                    ));
                 }
             }
             if let Some(max) = limits.max_subscriptions {
@@ -750,11 +760,7 @@ impl Catalog {
             });
         }
         self.check_spec(&snapshot, tenant, &spec, None)?;
-        let id = format!(
-            "{}{}",
-            crate::config::STORED_ID_PREFIX,
-            uuid::Uuid::now_v7().simple()
-        );
+        let id = format!("{}{}", crate::config::STORED_ID_PREFIX, uuid::Uuid::now_v7().simple());
         let now = now_ms();
         let sub = StoredSubscription {
             id: SubscriptionName::parse(&id).map_err(|p| invalid("id", p))?,

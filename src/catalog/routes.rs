@@ -68,10 +68,7 @@ impl Routes {
             (Some(list), Some(t)) => list.contains(t),
             (Some(_), None) => false,
         });
-        let own = tenant
-            .and_then(|t| self.by_tenant.get(t))
-            .into_iter()
-            .flatten();
+        let own = tenant.and_then(|t| self.by_tenant.get(t)).into_iter().flatten();
         operator
             .chain(own)
             .filter(move |r| r.wants(event_type))

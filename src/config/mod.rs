@@ -609,7 +609,10 @@ impl Config {
         }
         for (name, plan) in &self.plans {
             if plan.max_rate_limit.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
-                return Err(invalid(format!("plans.{name}.max_rate_limit"), "must be a number above 0"));
+                return Err(invalid(
+                    format!("plans.{name}.max_rate_limit"),
+                    "must be a number above 0",
+                ));
             }
         }
         let mut tenant_ids = std::collections::HashSet::new();

@@ -617,7 +617,10 @@ async fn attempt(shared: &Shared, claim: Claim, endpoint: Option<Arc<Endpoint>>)
         if snapshot.is_deleted(&delivery.subscription) {
             info!(delivery_id = %delivery.id, subscription = %delivery.subscription,
                 "subscription deleted: delivery cancelled");
-            shared.metrics.subscription(delivery.subscription.as_str()).delivery(DeliveryOutcome::Cancelled);
+            shared
+                .metrics
+                .subscription(delivery.subscription.as_str())
+                .delivery(DeliveryOutcome::Cancelled);
             shared.log_state(&delivery, DeliveryState::Cancelled, Some("subscription deleted".into()));
             let _ = shared.settle_tx.send(Settlement::Ack { id: delivery.id, lease });
             return;

@@ -1,0 +1,606 @@
+//! End to end, tenants: subscriptions made through the API by tenant keys,
+//! isolation between tenants on every route, plans, keys and their
+//! revocation, deletes cancelling pending deliveries, and several hookd
+//! processes sharing one Redis (or Cluster) seeing each other's changes
+//! within a second. Real receivers verify every signature with the secret
+//! the API handed out.
+
+mod support;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use hookd::api::client::ApiClient;
+use hookd::config::Config;
+use serde_json::{json, Value};
+use support::daemon::{Hookd, WAIT};
+use support::receiver::{Answer, Receiver, SECRET};
+use support::RedisServer;
+
+const ADMIN: &str = "admin-key";
+
+fn toml(dir: &Path, queue: &str, extra: &str) -> String {
+    format!(
+        "[server]\napi_keys = [\"{ADMIN}\"]\n[queue]\n{queue}\npoll_interval = \"20ms\"\n[delivery]\nallow_http = true\nallow_private_networks = true\nbackoff_initial = \"100ms\"\n[history]\nmax_age = \"1h\"\n\n[plans.free]\nmax_subscriptions = 2\nmax_rate_limit = 5\n{extra}",
+        queue = if queue.is_empty() { format!("data_dir = {:?}", dir.display().to_string()) } else { queue.to_string() },
+    )
+}
+
+fn status(result: &Result<Value, hookd::api::client::Error>) -> u16 {
+    ApiClient::status_of(result).expect("hookd answered")
+}
+
+/// Makes tenant `id` and a tenant key for it; returns a client with that key.
+async fn tenant(admin: &ApiClient, id: &str, plan: Option<&str>) -> ApiClient {
+    let mut body = json!({"id": id, "name": format!("{id} Inc.")});
+    if let Some(plan) = plan {
+        body["plan"] = plan.into();
+    }
+    let made = admin.post("/v1/tenants", body.to_string()).await.unwrap();
+    assert_eq!(made["id"], id);
+    let key = admin
+        .post(&format!("/v1/tenants/{id}/keys"), json!({"label": "tests"}).to_string())
+        .await
+        .unwrap();
+    assert_eq!(key["role"], "tenant");
+    let key = key["key"].as_str().expect("the key is shown once").to_owned();
+    admin.with_key(key)
+}
+
+/// Makes a subscription with `client` and trusts its secret at `path` on `rx`.
+async fn subscribe(client: &ApiClient, rx: &Receiver, path: &str, events: Value) -> Value {
+    let made = client
+        .post(
+            "/v1/subscriptions",
+            json!({"name": path, "url": rx.url(path), "events": events, "headers": {"x-team": path}}).to_string(),
+        )
+        .await
+        .unwrap();
+    let secret = made["secret"].as_str().expect("a new secret is shown on creation");
+    assert!(secret.starts_with("whsec_"), "{made}");
+    rx.trust(path, &[secret]);
+    made
+}
+
+fn embedded(dir: &Path, extra: &str) -> Config {
+    Config::from_toml(&toml(dir, "", extra)).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_reach_only_their_own_subscriptions() {
+    let rx = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    // An operator subscription for every event, and one for acme's only.
+    let extra = format!(
+        "[[subscriptions]]\nname = \"ops\"\nurl = \"{}\"\nevents = [\"*\"]\nsecrets = [\"{SECRET}\"]\n\n[[subscriptions]]\nname = \"acme-audit\"\nurl = \"{}\"\nevents = [\"*\"]\nsecrets = [\"{SECRET}\"]\ntenants = [\"acme\"]\n",
+        rx.url("ops"),
+        rx.url("acme-audit"),
+    );
+    let hookd = Hookd::start(embedded(dir.path(), &extra)).await;
+    let admin = hookd.api.clone();
+    let acme = tenant(&admin, "acme", None).await;
+    let globex = tenant(&admin, "globex", None).await;
+    let a = subscribe(&acme, &rx, "acme-coupons", json!(["coupon.*"])).await;
+    let g = subscribe(&globex, &rx, "globex-coupons", json!(["coupon.*"])).await;
+    assert!(a["id"].as_str().unwrap().starts_with("sub_"), "{a}");
+    assert_eq!(a["tenant"], "acme");
+    assert_eq!(a["name"], "acme-coupons");
+
+    // The same event id from two tenants is two events; one of no tenant
+    // reaches the operator's subscriptions only.
+    let event = |tenant: Option<&str>| {
+        let mut e = json!({"type": "coupon.redeemed", "id": "evt_same", "data": {"coupon": "SPRING10"}});
+        if let Some(t) = tenant {
+            e["tenant"] = t.into();
+        }
+        e
+    };
+    for t in [Some("acme"), Some("globex"), None] {
+        let accepted = hookd.send(event(t)).await;
+        assert_eq!(accepted["duplicate"], false, "{t:?}: {accepted}");
+    }
+    let again = hookd.send(event(Some("acme"))).await;
+    assert_eq!(again["duplicate"], true, "dedup is per tenant: {again}");
+    let arrivals = rx.wait_for(WAIT, "every delivery", |a| a.len() >= 6).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let arrivals_now = rx.arrivals();
+    assert_eq!(arrivals_now.len(), arrivals.len(), "nothing more arrives");
+    let count = |path: &str| arrivals_now.iter().filter(|a| a.path == path).count();
+    assert_eq!(count("acme-coupons"), 1, "acme's event only");
+    assert_eq!(count("globex-coupons"), 1, "globex's event only");
+    assert_eq!(count("ops"), 3, "the operator's catch-all gets all three");
+    assert_eq!(count("acme-audit"), 1, "limited to acme");
+    assert!(arrivals_now.iter().all(|a| a.verified), "every signature verifies");
+    let acme_arrival = arrivals_now.iter().find(|a| a.path == "acme-coupons").unwrap();
+    assert_eq!(acme_arrival.id, "evt_same");
+    assert_eq!(acme_arrival.headers["x-team"], "acme-coupons");
+    assert_eq!(acme_arrival.json()["data"]["coupon"], "SPRING10");
+
+    // Unknown tenants and reserved types are refused, naming the field.
+    let unknown = admin
+        .post(
+            "/v1/events",
+            json!({"type": "a.b", "data": {}, "tenant": "initech"}).to_string(),
+        )
+        .await;
+    assert_eq!(status(&unknown), 400);
+    assert!(unknown.unwrap_err().to_string().contains("tenant"));
+    let _ = g;
+    hookd.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_sees_and_touches_nothing_of_another() {
+    let rx = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let extra = format!(
+        "[[subscriptions]]\nname = \"ops\"\nurl = \"{}\"\nevents = [\"*\"]\nsecrets = [\"{SECRET}\"]\n",
+        rx.url("ops")
+    );
+    let hookd = Hookd::start(embedded(dir.path(), &extra)).await;
+    let admin = hookd.api.clone();
+    let acme = tenant(&admin, "acme", None).await;
+    let globex = tenant(&admin, "globex", None).await;
+    let a = subscribe(&acme, &rx, "acme-links", json!(["link.clicked"])).await;
+    let id = a["id"].as_str().unwrap().to_owned();
+    hookd
+        .send(json!({"type": "link.clicked", "id": "evt_a1", "tenant": "acme", "data": {"link": "l1"}}))
+        .await;
+    rx.wait_for(WAIT, "acme's delivery", |a| a.iter().any(|x| x.path == "acme-links"))
+        .await;
+    let delivered = acme.get(&format!("/v1/deliveries?subscription={id}")).await.unwrap();
+    let delivery = delivered["deliveries"][0]["id"].as_str().unwrap().to_owned();
+
+    // Acme sees its own.
+    assert_eq!(
+        acme.get(&format!("/v1/subscriptions/{id}")).await.unwrap()["id"],
+        id.as_str()
+    );
+    let listed = acme.get("/v1/subscriptions").await.unwrap();
+    let ids: Vec<&str> = listed["subscriptions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, vec![id.as_str()], "a tenant lists its own, not the operator's");
+    acme.get(&format!("/v1/deliveries/{delivery}/attempts")).await.unwrap();
+    let event = acme.get("/v1/events/evt_a1").await.unwrap();
+    assert_eq!(
+        event["deliveries"].as_array().unwrap().len(),
+        1,
+        "its own delivery, not the operator's: {event}"
+    );
+
+    // Globex gets a 404 for every one of acme's objects, and the
+    // operator's: existence does not leak.
+    let sub = format!("/v1/subscriptions/{id}");
+    let checks: Vec<(&str, Result<Value, _>)> = vec![
+        ("show", globex.get(&sub).await),
+        ("secret", globex.get(&format!("{sub}/secret")).await),
+        (
+            "patch",
+            globex.patch(&sub, json!({"url": rx.url("evil")}).to_string()).await,
+        ),
+        ("disable", globex.post(&format!("{sub}/disable"), "").await),
+        ("enable", globex.post(&format!("{sub}/enable"), "").await),
+        ("replay", globex.post(&format!("{sub}/replay"), "").await),
+        (
+            "deliveries",
+            globex.get(&format!("/v1/deliveries?subscription={id}")).await,
+        ),
+        (
+            "attempts",
+            globex.get(&format!("/v1/deliveries/{delivery}/attempts")).await,
+        ),
+        (
+            "retry",
+            globex.post(&format!("/v1/deliveries/{delivery}/retry"), "").await,
+        ),
+        ("event", globex.get("/v1/events/evt_a1").await),
+        ("operator's", globex.get("/v1/subscriptions/ops").await),
+        ("delete", globex.delete(&sub).await),
+    ];
+    for (what, result) in &checks {
+        assert_eq!(status(result), 404, "{what}: {result:?}");
+    }
+    let listed = globex.get("/v1/subscriptions").await.unwrap();
+    assert_eq!(listed["subscriptions"], json!([]), "globex lists nothing of acme's");
+    let replay = globex
+        .post("/v1/events/evt_a1/replay", json!({"subscriptions": [id]}).to_string())
+        .await;
+    assert_eq!(status(&replay), 400, "{replay:?}");
+    // Globex cannot make a subscription for acme either.
+    let forged = globex
+        .post(
+            "/v1/subscriptions",
+            json!({"tenant": "acme", "name": "x", "url": rx.url("x"), "events": ["*"]}).to_string(),
+        )
+        .await;
+    assert_eq!(status(&forged), 404, "{forged:?}");
+
+    // Admin routes are a 403 for tenant keys; TOML subscriptions are
+    // read-only through the API.
+    assert_eq!(status(&acme.get("/v1/tenants").await), 403);
+    assert_eq!(status(&acme.post("/v1/tenants/acme/keys", "{}").await), 403);
+    assert_eq!(
+        status(
+            &acme
+                .post("/v1/events", json!({"type": "a.b", "data": {}}).to_string())
+                .await
+        ),
+        403
+    );
+    assert_eq!(status(&admin.delete("/v1/subscriptions/ops").await), 409);
+    assert_eq!(status(&admin.patch("/v1/subscriptions/ops", "{}").await), 409);
+
+    // A producer key bound to acme sends acme's events only, and reads
+    // nothing.
+    let producer = admin
+        .post("/v1/tenants/acme/keys", json!({"role": "producer"}).to_string())
+        .await
+        .unwrap();
+    let producer = admin.with_key(producer["key"].as_str().unwrap());
+    let sent = producer
+        .post(
+            "/v1/events",
+            json!({"type": "link.clicked", "data": {"link": "l2"}}).to_string(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(sent["deliveries"], 2, "acme's and the operator's: {sent}");
+    let wrong = producer
+        .post(
+            "/v1/events",
+            json!({"type": "link.clicked", "tenant": "globex", "data": {}}).to_string(),
+        )
+        .await;
+    assert_eq!(status(&wrong), 403, "{wrong:?}");
+    assert_eq!(status(&producer.get("/v1/subscriptions").await), 403);
+
+    // A wrong key is a 401; keys are listed without the key itself.
+    assert_eq!(status(&admin.with_key("hk_nope").get("/v1/subscriptions").await), 401);
+    let keys = admin.get("/v1/tenants/acme/keys").await.unwrap();
+    let text = keys.to_string();
+    assert_eq!(keys["keys"].as_array().unwrap().len(), 2, "{keys}");
+    assert!(!text.contains("hk_"), "keys are never shown again: {text}");
+    hookd.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_are_validated_like_the_config_and_limited_by_plan() {
+    let rx = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = embedded(dir.path(), "");
+    config.delivery.allow_http = false;
+    let hookd = Hookd::start(config).await;
+    let admin = hookd.api.clone();
+    let acme = tenant(&admin, "acme", Some("free")).await;
+    let made = |body: Value| {
+        let acme = acme.clone();
+        async move { acme.post("/v1/subscriptions", body.to_string()).await }
+    };
+    let https = "https://hooks.example.com/in";
+    let cases = [
+        (
+            json!({"name": "a", "url": rx.url("a"), "events": ["*"]}),
+            422,
+            "url: http:// endpoints are refused",
+        ),
+        (json!({"name": "a", "url": https, "events": []}), 422, "events"),
+        (
+            json!({"name": "a", "url": https, "events": ["coupon..x"]}),
+            422,
+            "events",
+        ),
+        (
+            json!({"name": "a", "url": https, "events": ["*"], "headers": {"webhook-id": "x"}}),
+            422,
+            "headers.webhook-id",
+        ),
+        (
+            json!({"name": "a", "url": https, "events": ["*"], "colour": 1}),
+            422,
+            "unknown field `colour`",
+        ),
+        (
+            json!({"name": "a", "url": https, "events": ["*"], "rate_limit": {"per_second": 50}}),
+            422,
+            "rate_limit.per_second: 50 is above the 5",
+        ),
+        (json!({"url": https, "events": ["*"]}), 422, "missing field `name`"),
+    ];
+    for (body, want_status, want) in cases {
+        let result = made(body.clone()).await;
+        assert_eq!(status(&result), want_status, "{body}: {result:?}");
+        let message = result.unwrap_err().to_string();
+        assert!(message.contains(want), "{body}: {message}");
+    }
+    made(json!({"name": "one", "url": https, "events": ["*"]}))
+        .await
+        .unwrap();
+    let dup = made(json!({"name": "one", "url": https, "events": ["*"]})).await;
+    assert_eq!(status(&dup), 422, "names are unique per tenant: {dup:?}");
+    made(json!({"name": "two", "url": https, "events": ["*"], "rate_limit": {"per_second": 5}}))
+        .await
+        .unwrap();
+    let third = made(json!({"name": "three", "url": https, "events": ["*"]})).await;
+    assert_eq!(status(&third), 403, "{third:?}");
+    let message = third.unwrap_err().to_string();
+    assert!(message.contains("plan `free` allows 2 subscriptions"), "{message}");
+
+    // Changing the plan applies at once.
+    admin
+        .post("/v1/tenants", json!({"id": "x", "name": "unused"}).to_string())
+        .await
+        .unwrap();
+    let bad_plan = admin
+        .patch("/v1/tenants/acme", json!({"plan": "gold"}).to_string())
+        .await;
+    assert_eq!(status(&bad_plan), 422, "{bad_plan:?}");
+    admin
+        .patch("/v1/tenants/acme", json!({"plan": null}).to_string())
+        .await
+        .unwrap();
+    made(json!({"name": "three", "url": https, "events": ["*"]}))
+        .await
+        .unwrap();
+    hookd.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn patch_applies_to_deliveries_not_yet_attempted() {
+    let rx = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let hookd = Hookd::start(embedded(dir.path(), "")).await;
+    let acme = tenant(&hookd.api, "acme", None).await;
+    let made = subscribe(&acme, &rx, "before", json!(["stamp.rewarded"])).await;
+    let id = made["id"].as_str().unwrap();
+    let secret = acme.get(&format!("/v1/subscriptions/{id}/secret")).await.unwrap();
+    assert_eq!(secret["secret"], made["secret"], "the owner sees the secret again");
+    let patched = acme
+        .patch(
+            &format!("/v1/subscriptions/{id}"),
+            json!({"url": rx.url("after"), "events": ["stamp.*"], "description": "moved"}).to_string(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(patched["url"], rx.url("after"));
+    assert_eq!(patched["description"], "moved");
+    rx.trust("after", &[made["secret"].as_str().unwrap()]);
+    hookd
+        .send(json!({"type": "stamp.expired", "tenant": "acme", "data": {"card": "c1"}}))
+        .await;
+    let arrivals = rx
+        .wait_for(WAIT, "the delivery at the new URL", |a| {
+            a.iter().any(|x| x.path == "after")
+        })
+        .await;
+    assert!(arrivals.iter().all(|a| a.path == "after" && a.verified), "{arrivals:?}");
+    hookd.stop().await;
+}
+
+/// Waits until the delivery log shows `subscription`'s deliveries all in
+/// `state`, as seen by `client`.
+async fn wait_states(client: &ApiClient, subscription: &str, state: &str, count: usize) -> Value {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let page = client
+            .get(&format!("/v1/deliveries?subscription={subscription}"))
+            .await
+            .unwrap();
+        let items = page["deliveries"].as_array().unwrap();
+        if items.len() == count && items.iter().all(|d| d["state"] == state) {
+            return page;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {count} {state}: {page:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until the delivery log shows `count` deliveries of
+/// `subscription`, and `want` of them in `state`.
+async fn wait_count(client: &ApiClient, subscription: &str, count: usize, state: &str, want: usize) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let page = client
+            .get(&format!("/v1/deliveries?subscription={subscription}"))
+            .await
+            .unwrap();
+        let items = page["deliveries"].as_array().unwrap();
+        if items.len() == count && items.iter().filter(|d| d["state"] == state).count() == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {want} {state} of {count}: {page:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn deletes_cancel_pending_deliveries(mut config: Config) {
+    // Every retry waits an hour: deliveries stay pending until cancelled.
+    config.delivery.backoff_initial = Duration::from_secs(3600);
+    config.delivery.backoff_max = Duration::from_secs(3600);
+    let rx = Receiver::start_with(|_, _, _| Answer::Status(500, vec![])).await;
+    let hookd = Hookd::start(config).await;
+    let admin = hookd.api.clone();
+    let acme = tenant(&admin, "acme", None).await;
+    let one = subscribe(&acme, &rx, "one", json!(["coupon.*"])).await;
+    let two = subscribe(&acme, &rx, "two", json!(["coupon.*"])).await;
+    let (one, two) = (one["id"].as_str().unwrap(), two["id"].as_str().unwrap());
+    let send =
+        |n: u32| hookd.send(json!({"type": "coupon.redeemed", "id": format!("evt_{n}"), "tenant": "acme", "data": {}}));
+    for n in 0..3 {
+        send(n).await;
+    }
+    rx.wait_for(WAIT, "a first attempt of each", |a| a.len() >= 6).await;
+    wait_count(&acme, one, 3, "retrying", 3).await;
+    wait_count(&acme, two, 3, "retrying", 3).await;
+    // `two` disabled: its next delivery waits parked.
+    acme.post(&format!("/v1/subscriptions/{two}/disable"), "")
+        .await
+        .unwrap();
+    send(3).await;
+    wait_count(&acme, two, 4, "parked", 1).await;
+    rx.wait_for(WAIT, "evt_3's attempt at `one`", |a| a.len() >= 7).await;
+
+    acme.delete(&format!("/v1/subscriptions/{one}")).await.unwrap();
+    assert_eq!(status(&acme.get(&format!("/v1/subscriptions/{one}")).await), 404);
+    wait_states(&acme, one, "cancelled", 4).await;
+
+    // Deleting the tenant deletes its subscriptions, cancelling theirs
+    // (the parked one included), and revokes its keys.
+    admin.delete("/v1/tenants/acme").await.unwrap();
+    assert_eq!(
+        status(&acme.get("/v1/subscriptions").await),
+        401,
+        "its keys are revoked"
+    );
+    wait_states(&admin, two, "cancelled", 4).await;
+    let before = rx.arrivals().len();
+    assert_eq!(before, 7, "one attempt of each but the parked one");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(rx.arrivals().len(), before, "nothing is sent after the deletes");
+    hookd.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deletes_cancel_pending_deliveries_embedded() {
+    let dir = tempfile::tempdir().unwrap();
+    deletes_cancel_pending_deliveries(embedded(dir.path(), "")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deletes_cancel_pending_deliveries_redis() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let queue = format!("redis_url = \"{}\"\nkey_prefix = \"tenants_delete\"", redis.url());
+    deletes_cancel_pending_deliveries(Config::from_toml(&toml(dir.path(), &queue, "")).unwrap()).await;
+}
+
+/// Two hookd processes on one Redis (or Cluster): what one makes, the
+/// other follows within a second.
+async fn processes_share_the_catalogue(redis: &RedisServer, cluster: bool, prefix: &str) {
+    let rx = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let queue = format!(
+        "redis_url = \"{}\"\ncluster = {cluster}\nkey_prefix = \"{prefix}\"",
+        redis.url()
+    );
+    let config = Config::from_toml(&toml(dir.path(), &queue, "")).unwrap();
+    let first = Hookd::start(config.clone()).await;
+    let second = Hookd::start(config).await;
+    let acme = tenant(&first.api, "acme", None).await;
+    let made = subscribe(&acme, &rx, "shared", json!(["message.created"])).await;
+    let id = made["id"].as_str().unwrap().to_owned();
+
+    // Made through the first, in force on the second within a second:
+    // its tenant key works there, and its events are fanned out there.
+    let on_second = second.api.with_key(acme_key(&acme));
+    let started = Instant::now();
+    loop {
+        let sent = on_second
+            .post(
+                "/v1/events",
+                json!({"type": "message.created", "tenant": "acme", "data": {"text": "hi"}}).to_string(),
+            )
+            .await;
+        // A tenant key may not send: a 403 proves the key is known there.
+        if status(&sent) == 403 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "the key reached the second process within 1s: {sent:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let started = Instant::now();
+    loop {
+        let accepted = second
+            .send(json!({"type": "message.created", "tenant": "acme", "data": {"text": "hi"}}))
+            .await;
+        if accepted["deliveries"] == 1 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "the subscription reached the second process within 1s: {accepted}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let arrivals = rx
+        .wait_for(WAIT, "the delivery ingested on the second", |a| !a.is_empty())
+        .await;
+    assert!(arrivals.iter().all(|a| a.verified && a.path == "shared"));
+
+    // Revoked through the second, refused by the first within a second.
+    let keys = second.api.get("/v1/tenants/acme/keys").await.unwrap();
+    let key_id = keys["keys"][0]["id"].as_str().unwrap().to_owned();
+    second
+        .api
+        .delete(&format!("/v1/tenants/acme/keys/{key_id}"))
+        .await
+        .unwrap();
+    let started = Instant::now();
+    loop {
+        let seen = acme.get(&format!("/v1/subscriptions/{id}")).await;
+        if status(&seen) == 401 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "revoked on the first within 1s: {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The key's last use was recorded for the operator.
+    first.stop().await;
+    second.stop().await;
+}
+
+/// The bearer key a client of [`tenant`] sends.
+fn acme_key(client: &ApiClient) -> String {
+    client.key().expect("a tenant client has a key").to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processes_sharing_redis_follow_each_others_changes() {
+    let redis = RedisServer::start();
+    processes_share_the_catalogue(&redis, false, "tenants_shared").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processes_sharing_a_cluster_follow_each_others_changes() {
+    let redis = RedisServer::start_cluster();
+    processes_share_the_catalogue(&redis, true, "tenants_cluster").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_catalogue_survives_a_restart() {
+    let rx = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = embedded(dir.path(), "");
+    let hookd = Hookd::start(config.clone()).await;
+    let acme = tenant(&hookd.api, "acme", None).await;
+    let made = subscribe(&acme, &rx, "kept", json!(["*"])).await;
+    hookd.stop().await;
+    let hookd = Hookd::start(config).await;
+    let acme = hookd.api.with_key(acme_key(&acme));
+    let shown = acme
+        .get(&format!("/v1/subscriptions/{}", made["id"].as_str().unwrap()))
+        .await
+        .unwrap();
+    assert_eq!(shown["name"], "kept");
+    hookd
+        .send(json!({"type": "link.clicked", "tenant": "acme", "data": {}}))
+        .await;
+    rx.wait_for(WAIT, "delivery after restart", |a| a.iter().any(|x| x.verified))
+        .await;
+    hookd.stop().await;
+}
