@@ -52,6 +52,7 @@ fn events(n: usize, shards: u16) -> Vec<NewEvent> {
                     body: body.clone(),
                     last_error: None,
                     headers: None,
+                    tenant: None,
                 }],
                 event_id,
             }

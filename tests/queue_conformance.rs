@@ -90,6 +90,7 @@ fn delivery(event: &str, subscription: &str, shards: u16, body: &[u8]) -> Delive
         body: Bytes::copy_from_slice(body),
         last_error: None,
         headers: None,
+        tenant: None,
     }
 }
 

@@ -167,6 +167,7 @@ async fn replay(State(state): State<Arc<ApiState>>, Path(id): Path<String>, body
             body: record.body.clone(),
             last_error: None,
             headers: None,
+            tenant: None,
         })
         .collect();
     let event = NewEvent {

@@ -264,6 +264,7 @@ impl Ingestor {
                 body: body.get_or_insert_with(|| event.body()).clone(),
                 last_error: None,
                 headers: None,
+                tenant: None,
             })
             .collect();
         NewEvent {

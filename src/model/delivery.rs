@@ -5,7 +5,7 @@ use std::fmt;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use super::{EventId, Millis, SubscriptionName};
+use super::{EventId, Millis, SubscriptionName, TenantId};
 
 /// A stored delivery record that could not be decoded.
 #[derive(Clone, Debug, thiserror::Error)]
@@ -85,9 +85,19 @@ pub struct Delivery {
     /// subscription's configured headers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub headers: Option<Vec<(String, String)>>,
+    /// The tenant of the event, if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<TenantId>,
 }
 
 impl Delivery {
+    /// The tenant whose delivery log holds this delivery: the owner of its
+    /// subscription, which is the event's tenant for a subscription made
+    /// through the API (`sub_…`), none for the operator's.
+    pub fn owner(&self) -> Option<&TenantId> {
+        super::owner_of(&self.subscription, self.tenant.as_ref())
+    }
+
     /// Serializes the record for storage.
     pub fn encode(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("a delivery always serializes")

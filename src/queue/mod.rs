@@ -605,6 +605,7 @@ mod tests {
             body: bytes::Bytes::from_static(b"\x00\xffnot utf8"),
             last_error: Some("status 500".into()),
             headers: Some(vec![("x-plugin".into(), "1".into())]),
+            tenant: None,
         };
         assert_eq!(Delivery::decode(d.id.as_str(), &d.encode()).unwrap(), d);
         let corrupt = Delivery::decode("x", b"{").unwrap_err();
