@@ -92,6 +92,7 @@ fn created(event: &str, subscription: &str, at: Millis, shards: u16) -> Delivery
         last_error: None,
         next_attempt_at: None,
         note: None,
+        tenant: None,
     }
 }
 

@@ -137,6 +137,7 @@ fn created(event: &str, subscription: &str, at: Millis, shards: u16) -> Delivery
         last_error: None,
         next_attempt_at: None,
         note: None,
+        tenant: None,
     }
 }
 
@@ -187,6 +188,7 @@ fn event_record(event: &str, at: Millis, body: &[u8]) -> EventRecord {
         event_type: "coupon.redeemed".into(),
         created_at: at,
         body: Bytes::copy_from_slice(body),
+        tenant: None,
     }
 }
 
@@ -360,12 +362,16 @@ mod cases {
         .await
         .unwrap();
 
-        let found = h.event(&mine[0].event_id).await.unwrap();
+        let found = h.event(None, &mine[0].event_id).await.unwrap();
         assert_eq!(ids(&found), ids(&mine), "oldest first, every subscription");
         assert_eq!(found[1].state, DeliveryState::Delivered);
         let names: HashSet<&str> = found.iter().map(|s| s.subscription.as_str()).collect();
         assert_eq!(names, subs.into_iter().collect());
-        assert!(h.event(&EventId::parse("evt_never").unwrap()).await.unwrap().is_empty());
+        assert!(h
+            .event(None, &EventId::parse("evt_never").unwrap())
+            .await
+            .unwrap()
+            .is_empty());
     }
 
     pub async fn lists_filter_by_subscription_state_and_time(fx: &mut Fixture) {
@@ -442,6 +448,7 @@ mod cases {
             state: Some(DeliveryState::Pending),
             from: Some(T0 + 6),
             to: None,
+            tenant: None,
         };
         assert_eq!(ids(&all_pages(&*h, &crm_range, 1).await), newest_first(&crm[6..]));
         let empty = ListFilter {
@@ -612,7 +619,7 @@ mod cases {
         .await
         .unwrap();
         for want in [&json, &binary, &empty] {
-            let got = h.event_record(&want.id).await.unwrap().expect("recorded");
+            let got = h.event_record(None, &want.id).await.unwrap().expect("recorded");
             assert_eq!(&got, want, "read back exactly as recorded");
         }
         assert!(h.delivery(&d.id).await.unwrap().is_some());
@@ -630,20 +637,20 @@ mod cases {
         ])
         .await
         .unwrap();
-        assert_eq!(h.event_record(&binary.id).await.unwrap().as_ref(), Some(&binary));
-        assert_eq!(h.event_record(&twice.id).await.unwrap().as_ref(), Some(&twice));
+        assert_eq!(h.event_record(None, &binary.id).await.unwrap().as_ref(), Some(&binary));
+        assert_eq!(h.event_record(None, &twice.id).await.unwrap().as_ref(), Some(&twice));
 
         let unknown = EventId::parse("evt_rec_unknown").unwrap();
-        assert_eq!(h.event_record(&unknown).await.unwrap(), None);
+        assert_eq!(h.event_record(None, &unknown).await.unwrap(), None);
         assert!(
-            h.event(&binary.id).await.unwrap().is_empty(),
+            h.event(None, &binary.id).await.unwrap().is_empty(),
             "a record is not a delivery"
         );
 
         drop(h);
         fx.reopen().await;
-        assert_eq!(fx.h().event_record(&twice.id).await.unwrap(), Some(twice));
-        assert_eq!(fx.h().event_record(&binary.id).await.unwrap(), Some(binary));
+        assert_eq!(fx.h().event_record(None, &twice.id).await.unwrap(), Some(twice));
+        assert_eq!(fx.h().event_record(None, &binary.id).await.unwrap(), Some(binary));
     }
 
     pub async fn event_records_are_trimmed_by_age(fx: &mut Fixture) {
@@ -660,10 +667,10 @@ mod cases {
         let removed = trim_all(&*h, T0 + 1_000, Duration::from_secs(5), 1_000_000).await;
         assert_eq!(removed, 5);
         for e in &old {
-            assert_eq!(h.event_record(&e.id).await.unwrap(), None, "{} survived", e.id);
+            assert_eq!(h.event_record(None, &e.id).await.unwrap(), None, "{} survived", e.id);
         }
         for e in &young {
-            assert_eq!(h.event_record(&e.id).await.unwrap().as_ref(), Some(e));
+            assert_eq!(h.event_record(None, &e.id).await.unwrap().as_ref(), Some(e));
         }
         assert_eq!(all_pages(&*h, &ListFilter::default(), 100).await.len(), 5);
 
@@ -671,7 +678,7 @@ mod cases {
         let removed = trim_all(&*h, T0 + 60_000, Duration::from_secs(5), 1_000_000).await;
         assert_eq!(removed, 10);
         for e in &young {
-            assert_eq!(h.event_record(&e.id).await.unwrap(), None);
+            assert_eq!(h.event_record(None, &e.id).await.unwrap(), None);
         }
     }
 
@@ -685,7 +692,7 @@ mod cases {
         let removed = trim_all(&*h, T0, Duration::from_secs(3600), keep).await;
         let mut kept = Vec::new();
         for e in &all {
-            if let Some(found) = h.event_record(&e.id).await.unwrap() {
+            if let Some(found) = h.event_record(None, &e.id).await.unwrap() {
                 kept.push(found);
             }
         }
@@ -737,7 +744,7 @@ mod cases {
         assert_eq!(removed, 5);
         for d in &old {
             assert!(h.delivery(&d.id).await.unwrap().is_none(), "{} survived", d.id);
-            assert!(h.event(&d.event_id).await.unwrap().is_empty());
+            assert!(h.event(None, &d.event_id).await.unwrap().is_empty());
         }
         for d in &young {
             let (_, attempts) = h.delivery(&d.id).await.unwrap().expect("young ones stay");
@@ -870,7 +877,7 @@ mod cases {
         assert_eq!(summary.state, DeliveryState::Delivered);
         assert_eq!(attempts.len(), 2);
         assert_eq!(attempts[0].response_body, "down");
-        assert_eq!(ids(&h.event(&d.event_id).await.unwrap()), vec![d.id.clone()]);
+        assert_eq!(ids(&h.event(None, &d.event_id).await.unwrap()), vec![d.id.clone()]);
         assert_eq!(
             ids(&all_pages(&*h, &ListFilter::default(), 10).await),
             vec![d.id.clone()]

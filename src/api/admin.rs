@@ -209,8 +209,11 @@ async fn delivery_attempts(State(state): State<Arc<ApiState>>, Path(id): Path<St
 async fn event_deliveries(State(state): State<Arc<ApiState>>, Path(id): Path<String>) -> Result<Response, ApiError> {
     let event_id = EventId::parse(&id)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_id", format!("`{id}`: {e}")))?;
-    let (summaries, record) =
-        futures_util::future::try_join(state.history.event(&event_id), state.history.event_record(&event_id)).await?;
+    let (summaries, record) = futures_util::future::try_join(
+        state.history.event(None, &event_id),
+        state.history.event_record(None, &event_id),
+    )
+    .await?;
     if summaries.is_empty() && record.is_none() {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,

@@ -118,7 +118,7 @@ async fn replay(State(state): State<Arc<ApiState>>, Path(id): Path<String>, body
         .as_deref()
         .map(|names| ReplayRequest::named(names, &config))
         .transpose()?;
-    let record = state.history.event_record(&event_id).await?.ok_or_else(|| {
+    let record = state.history.event_record(None, &event_id).await?.ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",
@@ -132,7 +132,7 @@ async fn replay(State(state): State<Arc<ApiState>>, Path(id): Path<String>, body
         Some(named) => named,
         None => {
             let mut targets: Vec<SubscriptionName> = Vec::new();
-            for summary in state.history.event(&event_id).await? {
+            for summary in state.history.event(None, &event_id).await? {
                 if config.subscription(summary.subscription.as_str()).is_some()
                     && !targets.contains(&summary.subscription)
                 {
