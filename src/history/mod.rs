@@ -33,7 +33,9 @@
 //!   attempt count (the highest attempt number seen), last status and
 //!   error, next attempt time and `updated_at`. An attempt of a delivery
 //!   never created (its `Created` entry was lost or trimmed) creates the
-//!   summary from the attempt itself, so no attempt is dropped.
+//!   summary from the attempt itself, so no attempt is dropped; an
+//!   attempt does not carry its event's tenant, so that summary has none
+//!   (it is kept as of no tenant, in nobody's log).
 //! - [`Entry::State`] sets the state (filtered, parked, replayed…) and the
 //!   note of a known delivery; for an unknown one it does nothing.
 //! - [`Entry::Event`] stores an event's record, once per (tenant, event
@@ -70,15 +72,15 @@
 //! no item is returned twice, and none that existed when the first page was
 //! read is skipped. Time ranges are `[from, to)` on creation time. Every
 //! combination of the tenant, subscription and state filters has an index
-//! of its own ([`indices`]), so every listing is one range read per shard.
+//! of its own, so every listing is one range read per shard.
 //!
 //! ## Retention
 //!
 //! [`History::trim`] removes deliveries (with their attempts, index entries
 //! and counts) created before `now - max_age`, and the oldest beyond
 //! `max_count` deliveries **overall** (not per subscription: the bound is
-//! on storage, whatever the number of subscriptions). Event records go by
-//! the same rules, counted apart: those created before `now - max_age`,
+//! on storage, whatever the number of subscriptions or tenants). Event
+//! records (of every tenant) go by the same rules, counted apart: those created before `now - max_age`,
 //! and the oldest beyond `max_count` event records. Each call does a
 //! bounded amount of work ([`TRIM_BATCH`] deliveries and as many event
 //! records at most) and returns how many of both it removed; [`trim_loop`]
