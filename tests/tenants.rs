@@ -116,6 +116,63 @@ async fn tenants_reach_only_their_own_subscriptions() {
     assert_eq!(acme_arrival.headers["x-team"], "acme-coupons");
     assert_eq!(acme_arrival.json()["data"]["coupon"], "SPRING10");
 
+    // Each tenant's log holds its own deliveries; an event is looked up
+    // per tenant.
+    let wait_log = |client: ApiClient, path: &'static str| async move {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let page = client.get(path).await.unwrap();
+            if page["deliveries"].as_array().is_some_and(|d| !d.is_empty()) {
+                return page;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {path}: {page}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let own = wait_log(acme.clone(), "/v1/deliveries").await;
+    let own = own["deliveries"].as_array().unwrap();
+    assert_eq!(
+        own.len(),
+        1,
+        "acme's log: its own delivery, not the operator's: {own:?}"
+    );
+    assert_eq!(own[0]["subscription"], a["id"]);
+    let theirs = wait_log(globex.clone(), "/v1/deliveries").await;
+    assert_eq!(theirs["deliveries"].as_array().unwrap().len(), 1, "{theirs}");
+    assert_eq!(theirs["deliveries"][0]["subscription"], g["id"]);
+    let admin_view = admin.get("/v1/deliveries?tenant=acme").await.unwrap();
+    assert_eq!(admin_view["deliveries"].as_array().unwrap().len(), 1, "{admin_view}");
+    let plain = admin.get("/v1/events/evt_same").await.unwrap();
+    assert_eq!(
+        plain["deliveries"].as_array().unwrap().len(),
+        1,
+        "the event of no tenant went to `ops` only: {plain}"
+    );
+    let of_acme = admin.get("/v1/events/evt_same?tenant=acme").await.unwrap();
+    assert_eq!(
+        of_acme["deliveries"].as_array().unwrap().len(),
+        3,
+        "acme's event: ops, acme-audit, acme-coupons: {of_acme}"
+    );
+    let seen_by_acme = acme.get("/v1/events/evt_same").await.unwrap();
+    assert_eq!(
+        seen_by_acme["deliveries"].as_array().unwrap().len(),
+        1,
+        "{seen_by_acme}"
+    );
+    assert_eq!(status(&globex.get("/v1/events/evt_same?tenant=acme").await), 404);
+    // A tenant replays its own event to its own subscription, with the
+    // same webhook-id.
+    let replayed = acme
+        .post("/v1/events/evt_same/replay", json!({"key": "r1"}).to_string())
+        .await
+        .unwrap();
+    assert_eq!(replayed["deliveries"].as_array().unwrap().len(), 1, "{replayed}");
+    rx.wait_for(WAIT, "the replay", |x| {
+        x.iter().filter(|a| a.path == "acme-coupons").count() == 2
+    })
+    .await;
+
     // Unknown tenants and reserved types are refused, naming the field.
     let unknown = admin
         .post(
@@ -125,7 +182,6 @@ async fn tenants_reach_only_their_own_subscriptions() {
         .await;
     assert_eq!(status(&unknown), 400);
     assert!(unknown.unwrap_err().to_string().contains("tenant"));
-    let _ = g;
     hookd.stop().await;
 }
 

@@ -311,6 +311,7 @@ async fn replay_subscription(
         }
         Target::Retrying => {
             let filter = ListFilter {
+                tenant: None,
                 subscription: Some(walk.subscription.clone()),
                 state: Some(DeliveryState::Retrying),
                 from: walk.from,

@@ -325,6 +325,7 @@ fn event_record(event: &NewEvent) -> Option<EventRecord> {
         event_type: first.event_type.clone(),
         created_at: first.created_at,
         body: first.body.clone(),
+        tenant: first.tenant.clone(),
     })
 }
 
