@@ -86,6 +86,11 @@ impl ApiClient {
         self.call(Method::PATCH, path, body.into()).await
     }
 
+    /// PUTs `body` (JSON) to `path` and returns the answer's JSON.
+    pub async fn put(&self, path: &str, body: impl Into<Bytes>) -> Result<serde_json::Value, Error> {
+        self.call(Method::PUT, path, body.into()).await
+    }
+
     /// DELETEs `path` and returns the answer's JSON.
     pub async fn delete(&self, path: &str) -> Result<serde_json::Value, Error> {
         self.call(Method::DELETE, path, Bytes::new()).await

@@ -34,8 +34,7 @@
 //!   error, next attempt time and `updated_at`. An attempt of a delivery
 //!   never created (its `Created` entry was lost or trimmed) creates the
 //!   summary from the attempt itself, so no attempt is dropped; an
-//!   attempt does not carry its event's tenant, so that summary has none
-//!   (it is kept as of no tenant, in nobody's log).
+//!   attempt carries its event's tenant, so that summary is filed under it.
 //! - [`Entry::State`] sets the state (filtered, parked, replayed…) and the
 //!   note of a known delivery; for an unknown one it does nothing.
 //! - [`Entry::Event`] stores an event's record, once per (tenant, event
