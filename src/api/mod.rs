@@ -16,10 +16,10 @@
 
 pub mod admin;
 pub mod client;
+pub mod event_types;
 pub mod events;
 pub mod recover;
 pub mod subscriptions;
-pub mod event_types;
 pub mod tenants;
 
 use std::sync::Arc;
@@ -136,7 +136,9 @@ impl IntoResponse for ApiError {
         let body = Json(json!({"error": {"code": self.code, "message": self.message}}));
         let mut response = (self.status, body).into_response();
         if let Some(seconds) = self.retry_after {
-            response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from(seconds));
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(seconds));
         }
         response
     }
@@ -196,9 +198,9 @@ pub fn router(state: Arc<ApiState>) -> Router {
 /// - one of `server.api_keys`: an admin;
 /// - a key made through the API: its role and tenant (a revoked key is
 ///   gone from the snapshot, on every process within a second);
-/// - no key at all while `server.api_keys` is empty: an admin, as before
-///   tenants existed (an open API is for local use: tenant keys protect
-///   nothing while anyone may skip them);
+/// - any other key, or none, while `server.api_keys` is empty: an admin,
+///   as before tenants existed (an open API is for local use: tenant keys
+///   protect nothing while anyone may skip them);
 /// - anything else: 401.
 async fn authenticate(
     State(state): State<Arc<ApiState>>,
@@ -224,6 +226,8 @@ async fn authenticate(
         ),
     };
     let principal = match given {
+        // An open API (no `server.api_keys`) lets anyone in as an admin, as
+        // before tenants existed; a stored key still gets its own scope.
         None if state.api_keys.is_empty() => Principal::Admin { key: None },
         None => {
             return Err(ApiError::new(
@@ -246,6 +250,8 @@ async fn authenticate(
                     state.catalog.key_used(id);
                 }
                 principal
+            } else if state.api_keys.is_empty() {
+                Principal::Admin { key: None }
             } else {
                 return Err(ApiError::new(
                     StatusCode::UNAUTHORIZED,
