@@ -160,17 +160,23 @@ async fn operator_verbs_show_and_act_on_a_running_hookd() {
         })
         .await;
 
-    // subscriptions: NAME STATUS SINCE(date time) DELIVERED RETRYING DEAD ...
+    // subscriptions: ID NAME TENANT STATUS SINCE(date time) DELIVERED RETRYING DEAD ...
     let subs = hookd.cli(&["subscriptions"]).await;
-    assert!(subs.ok().starts_with("NAME "), "{}", subs.stdout);
+    assert!(subs.ok().starts_with("ID "), "{}", subs.stdout);
     let rows = subs.rows();
     assert_eq!(rows.len(), 2, "{}", subs.stdout);
     for row in &rows {
-        // NAME STATUS SINCE DELIVERED RETRYING DEAD LAST SUCCESS(date time) LAST FAILURE REASON
-        assert_eq!(row[1], "active", "{}", subs.stdout);
-        assert_eq!(row[2], "-", "never disabled: {}", subs.stdout);
+        // ID NAME TENANT STATUS SINCE DELIVERED RETRYING DEAD LAST SUCCESS(date time) LAST FAILURE REASON
         assert_eq!(
-            &row[3..6],
+            row[0], row[1],
+            "a config subscription's id is its name: {}",
+            subs.stdout
+        );
+        assert_eq!(row[2], "-", "the operator's: {}", subs.stdout);
+        assert_eq!(row[3], "active", "{}", subs.stdout);
+        assert_eq!(row[4], "-", "never disabled: {}", subs.stdout);
+        assert_eq!(
+            &row[5..8],
             ["5", "0", "0"],
             "delivered, retrying, dead: {}",
             subs.stdout
@@ -178,13 +184,13 @@ async fn operator_verbs_show_and_act_on_a_running_hookd() {
     }
     let flaky = rows.iter().find(|r| r[0] == "flaky").expect("flaky listed");
     assert_eq!(
-        flaky[6..].len(),
+        flaky[8..].len(),
         5,
         "a last success, a last failure (its 503s), no reason: {flaky:?}"
     );
-    assert_eq!(flaky[10], "-");
+    assert_eq!(flaky[12], "-");
     let crm = rows.iter().find(|r| r[0] == "crm").expect("crm listed");
-    assert_eq!(&crm[8..], ["-", "-"], "never failed, no reason: {crm:?}");
+    assert_eq!(&crm[10..], ["-", "-"], "never failed, no reason: {crm:?}");
     let crm = hookd.cli(&["subscriptions", "crm", "--json"]).await.json();
     assert_eq!(crm["name"], "crm");
     assert_eq!(crm["counts"]["delivered"], 5);
