@@ -242,7 +242,7 @@ async fn authenticate(
                 return Err(ApiError::new(
                     StatusCode::UNAUTHORIZED,
                     "unauthorized",
-                    "the API key is not valid (revoked, or never made)",
+                    "the API key is not valid",
                 ));
             }
         }

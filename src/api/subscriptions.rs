@@ -120,7 +120,7 @@ pub(super) fn find(state: &ApiState, principal: &Principal, id: &str) -> Result<
     let snapshot = state.catalog.snapshot();
     match snapshot.subscription(id) {
         Some((sub, _)) if may_see(&snapshot, principal, &sub.name) => Ok(sub.clone()),
-        _ => Err(not_found(format!("no subscription `{id}`"))),
+        _ => Err(not_found(format!("no subscription named `{id}`"))),
     }
 }
 

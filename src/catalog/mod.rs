@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{watch, Mutex};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, PlanConfig, SubscriptionConfig};
+use crate::config::{Config, EventTypeConfig, PlanConfig, SubscriptionConfig};
 use crate::model::{now_ms, Millis, RateLimit, Secret, SubscriptionName, TenantId};
 use keys::{KeyRecord, Principal, Role};
 pub use routes::Routes;
@@ -94,6 +94,52 @@ pub struct Tenant {
     /// When it last changed.
     #[serde(default)]
     pub updated_at: Millis,
+}
+
+/// One type of the event catalogue: what tenants may subscribe to.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventType {
+    /// Its dotted name.
+    pub name: String,
+    /// What it means.
+    #[serde(default)]
+    pub description: String,
+    /// A JSON Schema its events' `data` follows.
+    #[serde(default)]
+    pub schema: Option<serde_json::Value>,
+    /// An example `data`, sent by a subscription's test.
+    #[serde(default)]
+    pub example: Option<serde_json::Value>,
+    /// Still sent, but on its way out.
+    #[serde(default)]
+    pub deprecated: bool,
+    /// When it last changed (0 for a type of the config file).
+    #[serde(default)]
+    pub updated_at: Millis,
+}
+
+impl EventType {
+    fn of_config(t: &EventTypeConfig) -> EventType {
+        EventType {
+            name: t.name.clone(),
+            description: t.description.clone(),
+            schema: t.schema.clone(),
+            example: t.example.clone(),
+            deprecated: t.deprecated,
+            updated_at: 0,
+        }
+    }
+
+    fn as_config(&self) -> EventTypeConfig {
+        EventTypeConfig {
+            name: self.name.clone(),
+            description: self.description.clone(),
+            schema: self.schema.clone(),
+            example: self.example.clone(),
+            deprecated: self.deprecated,
+        }
+    }
 }
 
 /// One signing secret of a stored subscription.
@@ -228,6 +274,13 @@ pub struct Snapshot {
     pub keys: BTreeMap<String, KeyRecord>,
     /// Stored keys' ids by hash.
     by_hash: HashMap<String, String>,
+    /// The event catalogue by name, the config's and the stored types.
+    pub event_types: BTreeMap<String, (EventType, Origin)>,
+    /// The compiled schema of every type that has one.
+    schemas: HashMap<String, Arc<jsonschema::Validator>>,
+    /// When the next rotated-out secret expires: the snapshot is built
+    /// again then, so it stops signing.
+    pub next_expiry: Option<Millis>,
 }
 
 impl Snapshot {
@@ -251,6 +304,11 @@ impl Snapshot {
             .collect();
         let mut stored = HashMap::new();
         let mut keys = BTreeMap::new();
+        let mut event_types: BTreeMap<String, (EventType, Origin)> = file
+            .event_types
+            .iter()
+            .map(|t| (t.name.clone(), (EventType::of_config(t), Origin::Config)))
+            .collect();
         for record in records {
             let body = &record.body;
             match record.kind {
@@ -275,7 +333,13 @@ impl Snapshot {
                         tracing::error!(id = %record.id, error = %e, "stored subscription is corrupt; ignored")
                     }
                 },
-                Kind::EventType => {}
+                Kind::EventType => match serde_json::from_slice::<EventType>(body) {
+                    // The config file's type wins over a stored one of the same name.
+                    Ok(t) => {
+                        event_types.entry(t.name.clone()).or_insert((t, Origin::Api));
+                    }
+                    Err(e) => tracing::error!(id = %record.id, error = %e, "stored event type is corrupt; ignored"),
+                },
             }
         }
         let mut config = file.clone();
@@ -285,6 +349,20 @@ impl Snapshot {
             .collect();
         live.sort_by(|a, b| a.id.cmp(&b.id));
         config.subscriptions.extend(live.iter().map(|s| s.to_config(now)));
+        let schemas = event_types
+            .values()
+            .filter_map(|(t, _)| {
+                let validator = jsonschema::validator_for(t.schema.as_ref()?)
+                    .map_err(|e| tracing::error!(event_type = %t.name, error = %e, "event type schema does not compile; not checked"))
+                    .ok()?;
+                Some((t.name.clone(), Arc::new(validator)))
+            })
+            .collect();
+        let next_expiry = live
+            .iter()
+            .flat_map(|s| s.secrets.iter().filter_map(|secret| secret.expires_at))
+            .filter(|&at| at > now)
+            .min();
         let by_hash = keys
             .values()
             .filter(|k| k.tenant.as_ref().is_none_or(|t| tenants.contains_key(t)))
@@ -298,7 +376,30 @@ impl Snapshot {
             stored,
             keys,
             by_hash,
+            event_types,
+            schemas,
+            next_expiry,
         }
+    }
+
+    /// Checks `data` against the schema of `event_type`, if it has one:
+    /// the first failure as (where, what).
+    pub fn check_data(&self, event_type: &str, data: &serde_json::Value) -> Result<(), (String, String)> {
+        let Some(validator) = self.schemas.get(event_type) else {
+            return Ok(());
+        };
+        match validator.iter_errors(data).next() {
+            None => Ok(()),
+            Some(e) => {
+                let at = e.instance_path().to_string();
+                Err((if at.is_empty() { "/".into() } else { at }, e.to_string()))
+            }
+        }
+    }
+
+    /// Whether `event_type` has a schema to check.
+    pub fn has_schema(&self, event_type: &str) -> bool {
+        self.schemas.contains_key(event_type)
     }
 
     /// The principal a stored key stands for, with its record.
@@ -429,6 +530,13 @@ impl Catalog {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = tokio::time::sleep(POLL) => {}
+            }
+            if self.snapshot().next_expiry.is_some_and(|at| at <= now_ms()) {
+                // A rotated-out secret's grace is over: stop signing with it.
+                let records = self.records.lock().await;
+                let snapshot = Snapshot::build(&self.file.load(), records.0, &records.1);
+                drop(records);
+                self.publish(snapshot);
             }
             match self.refresh().await {
                 Ok(_) if failing => {
@@ -689,6 +797,17 @@ impl Catalog {
                 format!("tenant `{tenant}` already has a subscription named `{}`", spec.name),
             ));
         }
+        if !snapshot.event_types.is_empty() {
+            for pattern in &spec.events {
+                let parsed = crate::model::EventPattern::parse(pattern).map_err(|p| invalid("events", p))?;
+                if !snapshot.event_types.keys().any(|t| parsed.matches(t)) {
+                    return Err(invalid(
+                        "events",
+                        format!("`{pattern}` matches no type of the event catalogue (GET /v1/event-types)"),
+                    ));
+                }
+            }
+        }
         let probe = StoredSubscription {
             id: SubscriptionName::parse("sub_probe").map_err(|p| invalid("id", p))?,
             tenant: tenant.clone(),
@@ -830,6 +949,85 @@ impl Catalog {
         Ok(sub.id)
     }
 }
+
+impl Catalog {
+    /// Adds or replaces the stored event type `name` (checked as the
+    /// config file's are). A type of the config file is read-only.
+    pub async fn put_event_type(&self, mut event_type: EventType) -> Result<EventType, Error> {
+        let snapshot = self.snapshot();
+        if let Some((_, Origin::Config)) = snapshot.event_types.get(&event_type.name) {
+            return Err(Error::ReadOnly {
+                kind: "event type",
+                id: event_type.name,
+            });
+        }
+        event_type
+            .as_config()
+            .check()
+            .map_err(|(field, problem)| invalid(field, problem))?;
+        event_type.updated_at = now_ms();
+        self.apply(vec![Write::Put(record(Kind::EventType, &event_type.name, &event_type))])
+            .await?;
+        Ok(event_type)
+    }
+
+    /// Deletes the stored event type `name`.
+    pub async fn delete_event_type(&self, name: &str) -> Result<(), Error> {
+        match self.snapshot().event_types.get(name) {
+            None => Err(Error::NotFound {
+                kind: "event type",
+                id: name.to_owned(),
+            }),
+            Some((_, Origin::Config)) => Err(Error::ReadOnly {
+                kind: "event type",
+                id: name.to_owned(),
+            }),
+            Some((_, Origin::Api)) => {
+                self.apply(vec![Write::Delete {
+                    kind: Kind::EventType,
+                    id: name.to_owned(),
+                }])
+                .await
+            }
+        }
+    }
+
+    /// Gives the stored subscription `id` a new secret; the ones it had
+    /// keep signing for `grace` (every delivery meanwhile carries both
+    /// signatures), then stop. Returns the subscription and its new secret.
+    pub async fn rotate_secret(
+        &self,
+        id: &str,
+        tenant: Option<&TenantId>,
+        grace: Duration,
+    ) -> Result<(StoredSubscription, String), Error> {
+        if grace > MAX_GRACE {
+            return Err(invalid(
+                "grace",
+                format!("must be at most {}", humantime::format_duration(MAX_GRACE)),
+            ));
+        }
+        let mut sub = self.stored_subscription(id, tenant)?;
+        let now = now_ms();
+        let until = now + grace.as_millis() as Millis;
+        sub.secrets.retain(|s| s.expires_at.is_none_or(|at| at > now));
+        for old in &mut sub.secrets {
+            old.expires_at = Some(old.expires_at.map_or(until, |at| at.min(until)));
+        }
+        let secret = new_secret();
+        sub.secrets.push(StoredSecret {
+            value: secret.clone(),
+            expires_at: None,
+        });
+        sub.updated_at = now;
+        self.apply(vec![Write::Put(record(Kind::Subscription, sub.id.as_str(), &sub))])
+            .await?;
+        Ok((sub, secret))
+    }
+}
+
+/// Longest grace a rotated-out secret may keep signing.
+pub const MAX_GRACE: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// A new signing secret: `whsec_` and 32 random bytes in base64.
 pub fn new_secret() -> String {

@@ -94,6 +94,10 @@ pub struct Config {
     /// What each plan allows its tenants, by plan name.
     #[serde(default)]
     pub plans: BTreeMap<String, PlanConfig>,
+    /// The event catalogue: the types tenants may subscribe to (more are
+    /// added through the API).
+    #[serde(default)]
+    pub event_types: Vec<EventTypeConfig>,
     /// The file this was loaded from, watched for reloads (not a key).
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -148,6 +152,8 @@ pub struct IngestConfig {
     pub stream: bool,
     /// Consumer group used on the stream.
     pub stream_group: String,
+    /// Refuse events whose `data` fails their type's JSON Schema.
+    pub validate_schemas: bool,
 }
 
 /// `[delivery]`: attempts, retries and the endpoint policy.
@@ -463,6 +469,38 @@ pub struct SubscriptionConfig {
     pub owner: Option<TenantId>,
 }
 
+impl EventTypeConfig {
+    /// Checks the type as the config file and the API take it: a dotted
+    /// name outside `hookd.`, a schema that compiles, an example (an
+    /// object) that the schema accepts. Problems name the field.
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
+        crate::model::check_event_type(&self.name).map_err(|p| ("name", p))?;
+        if crate::model::is_internal(&self.name) {
+            return Err(("name", format!("`{}`: types under `hookd.` are hookd's own", self.name)));
+        }
+        if self.description.len() > 2000 {
+            return Err(("description", "must be at most 2000 characters".into()));
+        }
+        if let Some(example) = &self.example {
+            if !example.is_object() {
+                return Err(("example", "must be a JSON object (an event's `data`)".into()));
+            }
+        }
+        if let Some(schema) = &self.schema {
+            let validator = jsonschema::validator_for(schema).map_err(|e| ("schema", format!("is not a valid JSON Schema: {e}")))?;
+            if let Some(example) = &self.example {
+                if let Some(e) = validator.iter_errors(example).next() {
+                    return Err((
+                        "example",
+                        format!("does not match the schema at `{}`: {e}", e.instance_path()),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// `[[tenants]]`: a tenant declared by the operator.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -490,6 +528,44 @@ pub struct PlanConfig {
     /// Highest `rate_limit.per_second` a tenant may give a subscription.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_rate_limit: Option<f64>,
+    /// Events per second a tenant may send (beyond: 429 with Retry-After),
+    /// one bucket shared by every process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events_per_second: Option<f64>,
+    /// Events a tenant may send at once after a quiet spell; default:
+    /// `events_per_second` rounded up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u32>,
+}
+
+impl PlanConfig {
+    /// The ingest rate limit of the plan's tenants, if it has one.
+    pub fn ingest_limit(&self) -> Option<RateLimit> {
+        self.events_per_second.map(|per_second| RateLimit {
+            per_second,
+            burst: self.burst,
+        })
+    }
+}
+
+/// `[[event_types]]`: one type of the event catalogue.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventTypeConfig {
+    /// Its dotted name (`coupon.redeemed`).
+    pub name: String,
+    /// What it means, for the tenants reading the catalogue.
+    #[serde(default)]
+    pub description: String,
+    /// A JSON Schema its events' `data` follows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<serde_json::Value>,
+    /// An example `data`, sent by a subscription's test.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub example: Option<serde_json::Value>,
+    /// Still sent, but on its way out.
+    #[serde(default)]
+    pub deprecated: bool,
 }
 
 fn default_true() -> bool {
