@@ -405,7 +405,7 @@ async fn operator_verbs_show_and_act_on_a_running_hookd() {
     assert!(
         no_sub
             .failed()
-            .starts_with("error: hookd answered 404 Not Found: no subscription `nobody`"),
+            .starts_with("error: hookd answered 404 Not Found: no subscription named `nobody`"),
         "{}",
         no_sub.stderr
     );
@@ -421,7 +421,7 @@ async fn a_wrong_api_key_is_a_clear_error() {
         let stderr = run.failed();
         assert_eq!(
             stderr,
-            "error: hookd answered 401 Unauthorized: the API key is not valid (revoked, or never made)\n\
+            "error: hookd answered 401 Unauthorized: the API key is not valid\n\
              hint: give the API key with --api-key, HOOKD_API_KEY or the config's server.api_keys\n",
             "{verb:?}"
         );
