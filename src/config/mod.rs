@@ -487,7 +487,8 @@ impl EventTypeConfig {
             }
         }
         if let Some(schema) = &self.schema {
-            let validator = jsonschema::validator_for(schema).map_err(|e| ("schema", format!("is not a valid JSON Schema: {e}")))?;
+            let validator = jsonschema::validator_for(schema)
+                .map_err(|e| ("schema", format!("is not a valid JSON Schema: {e}")))?;
             if let Some(example) = &self.example {
                 if let Some(e) = validator.iter_errors(example).next() {
                     return Err((
