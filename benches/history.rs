@@ -54,6 +54,7 @@ fn delivery(subscription: &SubscriptionName, shards: u16) -> (DeliverySummary, A
         last_error: None,
         next_attempt_at: None,
         note: None,
+        tenant: None,
     };
     let header = |k: &str, v: &str| (k.to_owned(), v.to_owned());
     let attempt = AttemptRecord {
@@ -84,6 +85,7 @@ fn delivery(subscription: &SubscriptionName, shards: u16) -> (DeliverySummary, A
         error_kind: None,
         error: None,
         next_attempt_at: None,
+        tenant: None,
     };
     (summary, attempt)
 }

@@ -92,6 +92,7 @@ fn created(event: &str, subscription: &str, at: Millis, shards: u16) -> Delivery
         last_error: None,
         next_attempt_at: None,
         note: None,
+        tenant: None,
     }
 }
 
@@ -115,6 +116,7 @@ fn attempt(d: &DeliverySummary, n: u32, at: Millis, status: u16) -> AttemptRecor
         error_kind: failed.then_some(ErrorKind::Status),
         error: failed.then(|| format!("status {status}")),
         next_attempt_at: failed.then_some(at + 5_000),
+        tenant: d.tenant.clone(),
     }
 }
 

@@ -17,6 +17,7 @@ use hookd::history::{
     ListFilter, SubscriptionStats, REDACTED,
 };
 use hookd::ingest::EventId;
+use hookd::model::TenantId;
 use hookd::queue::{shard_of, DeliveryId, Millis};
 use support::{queue_config, test_config, unique_prefix, Home};
 
@@ -137,6 +138,7 @@ fn created(event: &str, subscription: &str, at: Millis, shards: u16) -> Delivery
         last_error: None,
         next_attempt_at: None,
         note: None,
+        tenant: None,
     }
 }
 
@@ -161,6 +163,7 @@ fn attempt(d: &DeliverySummary, n: u32, at: Millis, status: u16, body: &str) -> 
         error_kind: failed.then_some(ErrorKind::Status),
         error: failed.then(|| format!("status {status}")),
         next_attempt_at: failed.then_some(at + 5_000),
+        tenant: d.tenant.clone(),
     }
 }
 
@@ -175,6 +178,61 @@ fn many(prefix: &str, subscription: &str, start: Millis, n: usize, shards: u16) 
         .collect()
 }
 
+/// A tenant, by id.
+fn tenant(id: &str) -> TenantId {
+    TenantId::parse(id).expect("valid tenant id")
+}
+
+/// A new delivery of `tenant`'s `event` to `subscription`, created at `at`.
+fn created_for(tenant: &TenantId, event: &str, subscription: &str, at: Millis, shards: u16) -> DeliverySummary {
+    DeliverySummary {
+        tenant: Some(tenant.clone()),
+        ..created(event, subscription, at, shards)
+    }
+}
+
+/// The record of `tenant`'s `event`, accepted at `at`, with `body`.
+fn tenant_record(tenant: &TenantId, event: &str, at: Millis, body: &[u8]) -> EventRecord {
+    EventRecord {
+        tenant: Some(tenant.clone()),
+        ..event_record(event, at, body)
+    }
+}
+
+/// Only the tenant's deliveries, with `more` of the other filters.
+fn of_tenant(tenant: &TenantId, more: ListFilter) -> ListFilter {
+    ListFilter {
+        tenant: Some(tenant.clone()),
+        ..more
+    }
+}
+
+/// Every page of a listing, following cursors, checking that every page
+/// is full but the last and that none is empty: an index entry whose
+/// delivery is gone (left behind by trimming) would make a page short.
+async fn exact_pages(h: &dyn History, filter: &ListFilter, limit: usize) -> Vec<DeliverySummary> {
+    let mut out = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let page = h.list(filter, cursor.as_deref(), limit).await.expect("list");
+        match page.next_cursor {
+            Some(next) => {
+                assert_eq!(page.items.len(), limit, "a page before the last is full ({filter:?})");
+                out.extend(page.items);
+                cursor = Some(next);
+            }
+            None => {
+                assert!(
+                    !page.items.is_empty() || cursor.is_none(),
+                    "no empty last page after a cursor ({filter:?})"
+                );
+                out.extend(page.items);
+                return out;
+            }
+        }
+    }
+}
+
 async fn record_created(h: &dyn History, deliveries: &[DeliverySummary]) {
     let entries: Vec<Entry> = deliveries.iter().cloned().map(Entry::Created).collect();
     h.record(&entries).await.expect("record");
@@ -187,6 +245,7 @@ fn event_record(event: &str, at: Millis, body: &[u8]) -> EventRecord {
         event_type: "coupon.redeemed".into(),
         created_at: at,
         body: Bytes::copy_from_slice(body),
+        tenant: None,
     }
 }
 
@@ -360,12 +419,16 @@ mod cases {
         .await
         .unwrap();
 
-        let found = h.event(&mine[0].event_id).await.unwrap();
+        let found = h.event(None, &mine[0].event_id).await.unwrap();
         assert_eq!(ids(&found), ids(&mine), "oldest first, every subscription");
         assert_eq!(found[1].state, DeliveryState::Delivered);
         let names: HashSet<&str> = found.iter().map(|s| s.subscription.as_str()).collect();
         assert_eq!(names, subs.into_iter().collect());
-        assert!(h.event(&EventId::parse("evt_never").unwrap()).await.unwrap().is_empty());
+        assert!(h
+            .event(None, &EventId::parse("evt_never").unwrap())
+            .await
+            .unwrap()
+            .is_empty());
     }
 
     pub async fn lists_filter_by_subscription_state_and_time(fx: &mut Fixture) {
@@ -442,6 +505,7 @@ mod cases {
             state: Some(DeliveryState::Pending),
             from: Some(T0 + 6),
             to: None,
+            tenant: None,
         };
         assert_eq!(ids(&all_pages(&*h, &crm_range, 1).await), newest_first(&crm[6..]));
         let empty = ListFilter {
@@ -612,7 +676,7 @@ mod cases {
         .await
         .unwrap();
         for want in [&json, &binary, &empty] {
-            let got = h.event_record(&want.id).await.unwrap().expect("recorded");
+            let got = h.event_record(None, &want.id).await.unwrap().expect("recorded");
             assert_eq!(&got, want, "read back exactly as recorded");
         }
         assert!(h.delivery(&d.id).await.unwrap().is_some());
@@ -630,20 +694,20 @@ mod cases {
         ])
         .await
         .unwrap();
-        assert_eq!(h.event_record(&binary.id).await.unwrap().as_ref(), Some(&binary));
-        assert_eq!(h.event_record(&twice.id).await.unwrap().as_ref(), Some(&twice));
+        assert_eq!(h.event_record(None, &binary.id).await.unwrap().as_ref(), Some(&binary));
+        assert_eq!(h.event_record(None, &twice.id).await.unwrap().as_ref(), Some(&twice));
 
         let unknown = EventId::parse("evt_rec_unknown").unwrap();
-        assert_eq!(h.event_record(&unknown).await.unwrap(), None);
+        assert_eq!(h.event_record(None, &unknown).await.unwrap(), None);
         assert!(
-            h.event(&binary.id).await.unwrap().is_empty(),
+            h.event(None, &binary.id).await.unwrap().is_empty(),
             "a record is not a delivery"
         );
 
         drop(h);
         fx.reopen().await;
-        assert_eq!(fx.h().event_record(&twice.id).await.unwrap(), Some(twice));
-        assert_eq!(fx.h().event_record(&binary.id).await.unwrap(), Some(binary));
+        assert_eq!(fx.h().event_record(None, &twice.id).await.unwrap(), Some(twice));
+        assert_eq!(fx.h().event_record(None, &binary.id).await.unwrap(), Some(binary));
     }
 
     pub async fn event_records_are_trimmed_by_age(fx: &mut Fixture) {
@@ -660,10 +724,10 @@ mod cases {
         let removed = trim_all(&*h, T0 + 1_000, Duration::from_secs(5), 1_000_000).await;
         assert_eq!(removed, 5);
         for e in &old {
-            assert_eq!(h.event_record(&e.id).await.unwrap(), None, "{} survived", e.id);
+            assert_eq!(h.event_record(None, &e.id).await.unwrap(), None, "{} survived", e.id);
         }
         for e in &young {
-            assert_eq!(h.event_record(&e.id).await.unwrap().as_ref(), Some(e));
+            assert_eq!(h.event_record(None, &e.id).await.unwrap().as_ref(), Some(e));
         }
         assert_eq!(all_pages(&*h, &ListFilter::default(), 100).await.len(), 5);
 
@@ -671,7 +735,7 @@ mod cases {
         let removed = trim_all(&*h, T0 + 60_000, Duration::from_secs(5), 1_000_000).await;
         assert_eq!(removed, 10);
         for e in &young {
-            assert_eq!(h.event_record(&e.id).await.unwrap(), None);
+            assert_eq!(h.event_record(None, &e.id).await.unwrap(), None);
         }
     }
 
@@ -685,7 +749,7 @@ mod cases {
         let removed = trim_all(&*h, T0, Duration::from_secs(3600), keep).await;
         let mut kept = Vec::new();
         for e in &all {
-            if let Some(found) = h.event_record(&e.id).await.unwrap() {
+            if let Some(found) = h.event_record(None, &e.id).await.unwrap() {
                 kept.push(found);
             }
         }
@@ -737,7 +801,7 @@ mod cases {
         assert_eq!(removed, 5);
         for d in &old {
             assert!(h.delivery(&d.id).await.unwrap().is_none(), "{} survived", d.id);
-            assert!(h.event(&d.event_id).await.unwrap().is_empty());
+            assert!(h.event(None, &d.event_id).await.unwrap().is_empty());
         }
         for d in &young {
             let (_, attempts) = h.delivery(&d.id).await.unwrap().expect("young ones stay");
@@ -870,13 +934,386 @@ mod cases {
         assert_eq!(summary.state, DeliveryState::Delivered);
         assert_eq!(attempts.len(), 2);
         assert_eq!(attempts[0].response_body, "down");
-        assert_eq!(ids(&h.event(&d.event_id).await.unwrap()), vec![d.id.clone()]);
+        assert_eq!(ids(&h.event(None, &d.event_id).await.unwrap()), vec![d.id.clone()]);
         assert_eq!(
             ids(&all_pages(&*h, &ListFilter::default(), 10).await),
             vec![d.id.clone()]
         );
         let stats = h.stats(&d.subscription).await.unwrap();
         assert_eq!((stats.delivered, stats.last_failure_at), (1, Some(T0 + 1)));
+    }
+
+    pub async fn the_same_event_id_is_one_record_per_tenant(fx: &mut Fixture) {
+        let h = fx.h();
+        let shards = fx.shards();
+        let (a, b) = (tenant("a"), tenant("b"));
+        let id = "evt_shared";
+        let rec_a = tenant_record(&a, id, T0, br#"{"who":"a"}"#);
+        let rec_b = tenant_record(&b, id, T0 + 1, b"b's \x00 body");
+        let rec_none = event_record(id, T0 + 2, br#"{"who":"nobody"}"#);
+        // a's event goes to two of a's subscriptions and to the operator's
+        // crm; b's to one of b's; the untenanted one to crm.
+        let of_a = vec![
+            created_for(&a, id, "sub_a1", T0, shards),
+            created_for(&a, id, "sub_a2", T0 + 3, shards),
+            created_for(&a, id, "crm", T0 + 4, shards),
+        ];
+        let of_b = vec![created_for(&b, id, "sub_b1", T0 + 1, shards)];
+        let of_none = vec![created(id, "crm", T0 + 2, shards)];
+        let mut entries = vec![
+            Entry::Event(rec_a.clone()),
+            Entry::Event(rec_b.clone()),
+            Entry::Event(rec_none.clone()),
+        ];
+        entries.extend(of_a.iter().chain(&of_b).chain(&of_none).cloned().map(Entry::Created));
+        h.record(&entries).await.unwrap();
+        // Repeats win nothing, and one tenant's write cannot touch another's.
+        h.record(&[
+            Entry::Event(tenant_record(&a, id, T0 + 9, b"second a")),
+            Entry::Event(tenant_record(&b, id, T0 + 9, b"second b")),
+            Entry::Event(event_record(id, T0 + 9, b"second none")),
+        ])
+        .await
+        .unwrap();
+
+        let event = EventId::parse(id).unwrap();
+        let check = |h: Arc<dyn History>| {
+            let (a, b) = (a.clone(), b.clone());
+            let (rec_a, rec_b, rec_none) = (rec_a.clone(), rec_b.clone(), rec_none.clone());
+            let (of_a, of_b, of_none) = (of_a.clone(), of_b.clone(), of_none.clone());
+            let event = event.clone();
+            async move {
+                assert_eq!(h.event_record(Some(&a), &event).await.unwrap(), Some(rec_a));
+                assert_eq!(h.event_record(Some(&b), &event).await.unwrap(), Some(rec_b));
+                assert_eq!(h.event_record(None, &event).await.unwrap(), Some(rec_none));
+                assert_eq!(h.event_record(Some(&tenant("c")), &event).await.unwrap(), None);
+                for (who, want) in [(Some(&a), &of_a), (Some(&b), &of_b), (None, &of_none)] {
+                    let found = h.event(who, &event).await.unwrap();
+                    assert_eq!(ids(&found), ids(want), "deliveries of {who:?}'s {event}, oldest first");
+                    assert!(found.iter().all(|s| s.tenant.as_ref() == who));
+                }
+                assert!(h.event(Some(&tenant("c")), &event).await.unwrap().is_empty());
+            }
+        };
+        check(h.clone()).await;
+        drop(h);
+        fx.reopen().await;
+        check(fx.h()).await;
+    }
+
+    pub async fn an_attempt_first_files_its_delivery_under_its_tenant(fx: &mut Fixture) {
+        // The dispatcher's first attempt is often the first word the log
+        // has of a delivery: it must land in its tenant's log and event.
+        let h = fx.h();
+        let shards = fx.shards();
+        let a = tenant("a");
+        let d = created_for(&a, "evt_first", "sub_a1", T0, shards);
+        let op = created_for(&a, "evt_first", "crm", T0 + 1, shards);
+        let entries: Vec<Entry> = [&d, &op]
+            .into_iter()
+            .map(|x| attempted(attempt(x, 1, x.created_at, 500, ""), DeliveryState::Retrying))
+            .collect();
+        h.record(&entries).await.unwrap();
+        let listed = h.list(&of_tenant(&a, ListFilter::default()), None, 10).await.unwrap();
+        assert_eq!(
+            ids(&listed.items),
+            vec![d.id.clone()],
+            "the owner's log holds it, not the operator's"
+        );
+        assert_eq!(listed.items[0].tenant.as_ref(), Some(&a));
+        let of_event = h.event(Some(&a), &d.event_id).await.unwrap();
+        assert_eq!(of_event.len(), 2, "both deliveries are a's event's: {of_event:?}");
+        assert!(h.event(None, &d.event_id).await.unwrap().is_empty());
+    }
+
+    pub async fn a_tenant_lists_the_deliveries_it_owns(fx: &mut Fixture) {
+        let h = fx.h();
+        let shards = fx.shards();
+        let (a, b) = (tenant("a"), tenant("b"));
+        // a's events, each to a's sub_a1 (and every other one to sub_a2),
+        // and all of them to the operator's crm; b's and untenanted events
+        // interleaved in time, some to subscriptions named sub_….
+        let mut mine = Vec::new();
+        let mut others = Vec::new();
+        for i in 0..12 {
+            let at = T0 + 10 * i;
+            let ev = format!("evt_own_{i}");
+            mine.push(created_for(&a, &ev, "sub_a1", at, shards));
+            if i % 2 == 0 {
+                mine.push(created_for(&a, &ev, "sub_a2", at + 1, shards));
+            }
+            others.push(created_for(&a, &ev, "crm", at + 2, shards));
+            others.push(created_for(&b, &format!("evt_b_{i}"), "sub_b1", at + 3, shards));
+            others.push(created(&format!("evt_none_{i}"), "crm", at + 4, shards));
+            others.push(created(&format!("evt_none_{i}"), "sub_x", at + 5, shards));
+        }
+        // b's event to a subscription named like a's: in b's log, not a's.
+        others.push(created_for(&b, "evt_b_odd", "sub_a1", T0 + 7, shards));
+        let everything: Vec<DeliverySummary> = mine.iter().chain(&others).cloned().collect();
+        record_created(&*h, &everything).await;
+        // Move some of a's to delivered and dead, and a's crm ones too.
+        let delivered: Vec<DeliverySummary> = mine.iter().step_by(3).cloned().collect();
+        let dead: Vec<DeliverySummary> = mine.iter().skip(1).step_by(5).cloned().collect();
+        let mut entries = Vec::new();
+        for d in &delivered {
+            entries.push(attempted(
+                attempt(d, 1, d.created_at + 1, 200, "ok"),
+                DeliveryState::Delivered,
+            ));
+        }
+        for d in &dead {
+            entries.push(attempted(attempt(d, 6, d.created_at + 1, 500, ""), DeliveryState::Dead));
+        }
+        for d in others.iter().filter(|d| d.subscription.as_str() == "crm") {
+            entries.push(attempted(
+                attempt(d, 1, d.created_at + 1, 200, ""),
+                DeliveryState::Delivered,
+            ));
+        }
+        h.record(&entries).await.unwrap();
+
+        let listed = exact_pages(&*h, &of_tenant(&a, ListFilter::default()), 4).await;
+        assert_eq!(
+            ids(&listed),
+            newest_first(&mine),
+            "exactly a's sub_… deliveries, newest first"
+        );
+        assert!(listed
+            .iter()
+            .all(|s| s.tenant.as_ref() == Some(&a) && s.owner() == Some(&a)));
+        assert_eq!(
+            ids(&exact_pages(&*h, &of_tenant(&b, ListFilter::default()), 5).await),
+            newest_first(
+                &others[..]
+                    .iter()
+                    .filter(|d| d.owner() == Some(&b))
+                    .cloned()
+                    .collect::<Vec<_>>()
+            )
+        );
+        assert!(h
+            .list(&of_tenant(&tenant("c"), ListFilter::default()), None, 10)
+            .await
+            .unwrap()
+            .items
+            .is_empty());
+
+        // With a state: the state indices moved with the attempts.
+        let state = |s: DeliveryState| ListFilter {
+            state: Some(s),
+            ..ListFilter::default()
+        };
+        let in_state = |want: DeliveryState| -> Vec<DeliverySummary> {
+            let moved: Vec<&DeliverySummary> = delivered.iter().chain(&dead).collect();
+            mine.iter()
+                .filter(|d| {
+                    let now = if dead.iter().any(|x| x.id == d.id) {
+                        DeliveryState::Dead
+                    } else if moved.iter().any(|x| x.id == d.id) {
+                        DeliveryState::Delivered
+                    } else {
+                        DeliveryState::Pending
+                    };
+                    now == want
+                })
+                .cloned()
+                .collect()
+        };
+        for s in [DeliveryState::Delivered, DeliveryState::Dead, DeliveryState::Pending] {
+            let listed = exact_pages(&*h, &of_tenant(&a, state(s)), 2).await;
+            assert!(!in_state(s).is_empty());
+            assert_eq!(ids(&listed), newest_first(&in_state(s)), "a's {s}");
+            assert!(listed.iter().all(|x| x.state == s));
+        }
+
+        // With a subscription, and with both.
+        let sub = |name: &str| ListFilter {
+            subscription: Some(SubscriptionName::parse(name).unwrap()),
+            ..ListFilter::default()
+        };
+        let to = |name: &str| -> Vec<DeliverySummary> {
+            mine.iter()
+                .filter(|d| d.subscription.as_str() == name)
+                .cloned()
+                .collect()
+        };
+        assert_eq!(
+            ids(&exact_pages(&*h, &of_tenant(&a, sub("sub_a1")), 5).await),
+            newest_first(&to("sub_a1"))
+        );
+        assert_eq!(
+            ids(&exact_pages(&*h, &of_tenant(&a, sub("sub_a2")), 2).await),
+            newest_first(&to("sub_a2"))
+        );
+        let pending_a1: Vec<DeliverySummary> = in_state(DeliveryState::Pending)
+            .into_iter()
+            .filter(|d| d.subscription.as_str() == "sub_a1")
+            .collect();
+        let both = ListFilter {
+            state: Some(DeliveryState::Pending),
+            ..sub("sub_a1")
+        };
+        assert_eq!(
+            ids(&exact_pages(&*h, &of_tenant(&a, both), 2).await),
+            newest_first(&pending_a1)
+        );
+        // The operator's crm received a's events: none of it is a's.
+        assert!(exact_pages(&*h, &of_tenant(&a, sub("crm")), 3).await.is_empty());
+        let crm_delivered = ListFilter {
+            state: Some(DeliveryState::Delivered),
+            ..sub("crm")
+        };
+        assert!(exact_pages(&*h, &of_tenant(&a, crm_delivered.clone()), 3)
+            .await
+            .is_empty());
+        assert_eq!(
+            exact_pages(&*h, &crm_delivered, 100).await.len(),
+            others.iter().filter(|d| d.subscription.as_str() == "crm").count(),
+            "still listed without the tenant filter"
+        );
+        // With a time range: [T0 + 30, T0 + 81) holds a's events 3..=8.
+        let range = ListFilter {
+            from: Some(T0 + 30),
+            to: Some(T0 + 81),
+            ..ListFilter::default()
+        };
+        let in_range: Vec<DeliverySummary> = mine
+            .iter()
+            .filter(|d| (T0 + 30..T0 + 81).contains(&d.created_at))
+            .cloned()
+            .collect();
+        assert_eq!(
+            ids(&exact_pages(&*h, &of_tenant(&a, range), 2).await),
+            newest_first(&in_range)
+        );
+
+        // Summaries keep the tenant through attempts, in every read.
+        let (summary, _) = h.delivery(&delivered[0].id).await.unwrap().unwrap();
+        assert_eq!(
+            (summary.state, summary.tenant.as_ref()),
+            (DeliveryState::Delivered, Some(&a))
+        );
+        let crm_of_a = &others[0];
+        let (summary, _) = h.delivery(&crm_of_a.id).await.unwrap().unwrap();
+        assert_eq!(
+            (summary.tenant.as_ref(), summary.owner()),
+            (Some(&a), None),
+            "a's event, the operator's subscription"
+        );
+        let untenanted = others.iter().find(|d| d.tenant.is_none()).unwrap();
+        assert_eq!(h.delivery(&untenanted.id).await.unwrap().unwrap().0.tenant, None);
+    }
+
+    pub async fn trimming_removes_tenant_records_and_index_entries(fx: &mut Fixture) {
+        let h = fx.h();
+        let shards = fx.shards();
+        let a = tenant("a");
+        let mut old = Vec::new();
+        let mut young = Vec::new();
+        let mut records = Vec::new();
+        for i in 0..6 {
+            for (list, ev, at) in [
+                (&mut old, format!("evt_trim_old_{i}"), T0 - 10_000 + i),
+                (&mut young, format!("evt_trim_young_{i}"), T0 + i),
+            ] {
+                list.push(created_for(&a, &ev, "sub_a1", at, shards));
+                list.push(created_for(&a, &ev, "crm", at, shards));
+                records.push(tenant_record(&a, &ev, at, ev.as_bytes()));
+            }
+        }
+        let mut entries: Vec<Entry> = records.iter().cloned().map(Entry::Event).collect();
+        entries.extend(old.iter().chain(&young).cloned().map(Entry::Created));
+        for d in old.iter().chain(&young).step_by(2) {
+            entries.push(attempted(
+                attempt(d, 1, d.created_at + 1, 200, ""),
+                DeliveryState::Delivered,
+            ));
+        }
+        h.record(&entries).await.unwrap();
+        let owned = |list: &[DeliverySummary]| -> Vec<DeliverySummary> {
+            list.iter().filter(|d| d.owner() == Some(&a)).cloned().collect()
+        };
+        let all_of_a = of_tenant(&a, ListFilter::default());
+        let delivered_of_a = of_tenant(
+            &a,
+            ListFilter {
+                state: Some(DeliveryState::Delivered),
+                ..ListFilter::default()
+            },
+        );
+        let a1_of_a = of_tenant(
+            &a,
+            ListFilter {
+                subscription: Some(SubscriptionName::parse("sub_a1").unwrap()),
+                ..ListFilter::default()
+            },
+        );
+        let both: Vec<DeliverySummary> = old.iter().chain(&young).cloned().collect();
+        assert_eq!(ids(&exact_pages(&*h, &all_of_a, 1).await), newest_first(&owned(&both)));
+
+        // By age: the old ones go, records and index entries with them.
+        let removed = trim_all(&*h, T0 + 1_000, Duration::from_secs(5), 1_000_000).await;
+        assert_eq!(removed, 12 + 6, "12 old deliveries and 6 old records");
+        for d in &old {
+            assert!(h.delivery(&d.id).await.unwrap().is_none(), "{} survived", d.id);
+            assert!(h.event(Some(&a), &d.event_id).await.unwrap().is_empty());
+            assert_eq!(h.event_record(Some(&a), &d.event_id).await.unwrap(), None);
+        }
+        for d in &young {
+            let found = h.event(Some(&a), &d.event_id).await.unwrap();
+            assert_eq!(found.len(), 2, "{}: sub_a1 and crm", d.event_id);
+            assert!(h.event_record(Some(&a), &d.event_id).await.unwrap().is_some());
+        }
+        assert_eq!(ids(&exact_pages(&*h, &all_of_a, 1).await), newest_first(&owned(&young)));
+        assert_eq!(ids(&exact_pages(&*h, &a1_of_a, 1).await), newest_first(&owned(&young)));
+        let young_delivered: Vec<DeliverySummary> = owned(&young)
+            .into_iter()
+            .filter(|d| young.iter().step_by(2).any(|x| x.id == d.id))
+            .collect();
+        assert_eq!(
+            ids(&exact_pages(&*h, &delivered_of_a, 1).await),
+            newest_first(&young_delivered)
+        );
+
+        // By count: keep about 2 per shard, the newest.
+        let keep = 2 * usize::from(shards);
+        trim_all(&*h, T0 + 1_000, Duration::from_secs(3600), keep).await;
+        let left = exact_pages(&*h, &ListFilter::default(), 100).await;
+        assert!(left.len() <= keep, "{} left", left.len());
+        let listed = exact_pages(&*h, &all_of_a, 1).await;
+        assert_eq!(
+            ids(&listed),
+            newest_first(&owned(&left)),
+            "only kept deliveries are a's"
+        );
+        let mut kept_records = 0;
+        for d in &young {
+            if h.event_record(Some(&a), &d.event_id).await.unwrap().is_some() {
+                kept_records += 1;
+            }
+        }
+        assert!(kept_records / 2 <= keep, "{} records left", kept_records / 2);
+
+        // Down to nothing: no index entry of a's is left behind.
+        trim_all(&*h, T0 + 1_000, Duration::from_secs(3600), 0).await;
+        for filter in [&all_of_a, &delivered_of_a, &a1_of_a] {
+            let page = h.list(filter, None, 1).await.unwrap();
+            assert!(
+                page.items.is_empty() && page.next_cursor.is_none(),
+                "{filter:?}: {page:?}"
+            );
+        }
+        for d in &young {
+            assert!(h.event(Some(&a), &d.event_id).await.unwrap().is_empty());
+            assert_eq!(h.event_record(Some(&a), &d.event_id).await.unwrap(), None);
+        }
+        if let Home::Redis(_) = fx.home {
+            drop(h);
+            let raw = fx.raw().await;
+            for gone in ["tenant:", "evt_trim", "event:"] {
+                assert!(!raw.contains(gone), "`{gone}` left in Redis:\n{raw}");
+            }
+        }
     }
 
     pub async fn concurrent_writers_keep_counts_consistent(fx: &mut Fixture) {
@@ -944,6 +1381,10 @@ macro_rules! conformance {
             case!($open, secrets_are_never_stored);
             case!($open, data_survives_a_restart);
             case!($open, concurrent_writers_keep_counts_consistent);
+            case!($open, the_same_event_id_is_one_record_per_tenant);
+            case!($open, a_tenant_lists_the_deliveries_it_owns);
+            case!($open, an_attempt_first_files_its_delivery_under_its_tenant);
+            case!($open, trimming_removes_tenant_records_and_index_entries);
         }
     };
 }

@@ -138,7 +138,7 @@ async fn replays(config: Config, history: Arc<dyn History>, rx: &Receiver) {
     assert_eq!(logged["event"]["data"], crm[0].json(), "the body as JSON");
     assert!(logged["event"]["created_at"].as_str().is_some());
     let record = history
-        .event_record(&EventId::parse("evt_replay_1").unwrap())
+        .event_record(None, &EventId::parse("evt_replay_1").unwrap())
         .await
         .unwrap()
         .expect("recorded");
@@ -250,6 +250,7 @@ async fn replays(config: Config, history: Arc<dyn History>, rx: &Receiver) {
             event_type: "coupon.redeemed".into(),
             created_at: hookd::queue::now_ms(),
             body: Bytes::from_static(b"not json \xff"),
+            tenant: None,
         })])
         .await
         .unwrap();

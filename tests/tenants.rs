@@ -116,6 +116,63 @@ async fn tenants_reach_only_their_own_subscriptions() {
     assert_eq!(acme_arrival.headers["x-team"], "acme-coupons");
     assert_eq!(acme_arrival.json()["data"]["coupon"], "SPRING10");
 
+    // Each tenant's log holds its own deliveries; an event is looked up
+    // per tenant.
+    let wait_log = |client: ApiClient, path: &'static str| async move {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let page = client.get(path).await.unwrap();
+            if page["deliveries"].as_array().is_some_and(|d| !d.is_empty()) {
+                return page;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {path}: {page}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let own = wait_log(acme.clone(), "/v1/deliveries").await;
+    let own = own["deliveries"].as_array().unwrap();
+    assert_eq!(
+        own.len(),
+        1,
+        "acme's log: its own delivery, not the operator's: {own:?}"
+    );
+    assert_eq!(own[0]["subscription"], a["id"]);
+    let theirs = wait_log(globex.clone(), "/v1/deliveries").await;
+    assert_eq!(theirs["deliveries"].as_array().unwrap().len(), 1, "{theirs}");
+    assert_eq!(theirs["deliveries"][0]["subscription"], g["id"]);
+    let admin_view = admin.get("/v1/deliveries?tenant=acme").await.unwrap();
+    assert_eq!(admin_view["deliveries"].as_array().unwrap().len(), 1, "{admin_view}");
+    let plain = admin.get("/v1/events/evt_same").await.unwrap();
+    assert_eq!(
+        plain["deliveries"].as_array().unwrap().len(),
+        1,
+        "the event of no tenant went to `ops` only: {plain}"
+    );
+    let of_acme = admin.get("/v1/events/evt_same?tenant=acme").await.unwrap();
+    assert_eq!(
+        of_acme["deliveries"].as_array().unwrap().len(),
+        3,
+        "acme's event: ops, acme-audit, acme-coupons: {of_acme}"
+    );
+    let seen_by_acme = acme.get("/v1/events/evt_same").await.unwrap();
+    assert_eq!(
+        seen_by_acme["deliveries"].as_array().unwrap().len(),
+        1,
+        "{seen_by_acme}"
+    );
+    assert_eq!(status(&globex.get("/v1/events/evt_same?tenant=acme").await), 404);
+    // A tenant replays its own event to its own subscription, with the
+    // same webhook-id.
+    let replayed = acme
+        .post("/v1/events/evt_same/replay", json!({"key": "r1"}).to_string())
+        .await
+        .unwrap();
+    assert_eq!(replayed["deliveries"].as_array().unwrap().len(), 1, "{replayed}");
+    rx.wait_for(WAIT, "the replay", |x| {
+        x.iter().filter(|a| a.path == "acme-coupons").count() == 2
+    })
+    .await;
+
     // Unknown tenants and reserved types are refused, naming the field.
     let unknown = admin
         .post(
@@ -125,7 +182,6 @@ async fn tenants_reach_only_their_own_subscriptions() {
         .await;
     assert_eq!(status(&unknown), 400);
     assert!(unknown.unwrap_err().to_string().contains("tenant"));
-    let _ = g;
     hookd.stop().await;
 }
 
@@ -602,5 +658,182 @@ async fn the_catalogue_survives_a_restart() {
         .await;
     rx.wait_for(WAIT, "delivery after restart", |a| a.iter().any(|x| x.verified))
         .await;
+    hookd.stop().await;
+}
+
+/// POSTs `body` to hookd's `path` with bearer `key`; the status and the
+/// `Retry-After` header.
+async fn post_raw(base: &str, path: &str, key: &str, body: Value) -> (u16, Option<String>) {
+    use http_body_util::Full;
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+    let client: Client<_, Full<bytes::Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let request = http::Request::post(format!("{base}{path}"))
+        .header("authorization", format!("Bearer {key}"))
+        .header("content-type", "application/json")
+        .body(Full::new(bytes::Bytes::from(body.to_string())))
+        .unwrap();
+    let response = client.request(request).await.unwrap();
+    let retry_after = response
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_owned());
+    (response.status().as_u16(), retry_after)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plan_limits_its_tenants_ingest_rate() {
+    let dir = tempfile::tempdir().unwrap();
+    let extra = "[plans.metered]\nevents_per_second = 0.5\nburst = 2\n";
+    let hookd = Hookd::start(embedded(dir.path(), extra)).await;
+    tenant(&hookd.api, "acme", Some("metered")).await;
+    tenant(&hookd.api, "globex", Some("metered")).await;
+    let event = |t: &str| json!({"type": "link.clicked", "tenant": t, "data": {}});
+    for _ in 0..2 {
+        let (status, _) = post_raw(&hookd.url, "/v1/events", ADMIN, event("acme")).await;
+        assert_eq!(status, 202, "within the burst");
+    }
+    let (status, retry_after) = post_raw(&hookd.url, "/v1/events", ADMIN, event("acme")).await;
+    assert_eq!(status, 429, "beyond the plan's rate");
+    let wait: u64 = retry_after.expect("429 says when").parse().unwrap();
+    assert!((1..=2).contains(&wait), "a token every 2 s: {wait}");
+    let (status, _) = post_raw(&hookd.url, "/v1/events", ADMIN, event("globex")).await;
+    assert_eq!(status, 202, "another tenant has its own bucket");
+    let (status, _) = post_raw(&hookd.url, "/v1/events", ADMIN, json!({"type": "link.clicked", "data": {}})).await;
+    assert_eq!(status, 202, "events of no tenant are not limited by a plan");
+    // A new plan applies at once.
+    hookd
+        .api
+        .patch("/v1/tenants/acme", json!({"plan": null}).to_string())
+        .await
+        .unwrap();
+    let (status, _) = post_raw(&hookd.url, "/v1/events", ADMIN, event("acme")).await;
+    assert_eq!(status, 202, "no plan, no limit");
+    hookd.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_event_catalogue_shapes_subscriptions_tests_and_validation() {
+    let rx = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let extra = r#"
+[ingest]
+validate_schemas = true
+
+[[event_types]]
+name = "coupon.redeemed"
+description = "A customer redeemed a coupon."
+example = { coupon = "SPRING10", amount = 25 }
+schema = { type = "object", required = ["coupon", "amount"], properties = { coupon = { type = "string" }, amount = { type = "integer", minimum = 0 } } }
+"#;
+    let hookd = Hookd::start(embedded(dir.path(), extra)).await;
+    let admin = hookd.api.clone();
+    let acme = tenant(&admin, "acme", None).await;
+
+    // Any key reads the catalogue; admins add to it, checked.
+    admin
+        .put(
+            "/v1/event-types/stamp.rewarded",
+            json!({"description": "Ten stamps.", "example": {"card": "c1"}, "schema": {"type": "object"}}).to_string(),
+        )
+        .await
+        .unwrap();
+    let listed = acme.get("/v1/event-types").await.unwrap();
+    let names: Vec<&str> = listed["event_types"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
+    assert_eq!(names, vec!["coupon.redeemed", "stamp.rewarded"]);
+    assert_eq!(listed["event_types"][0]["source"], "config");
+    let bad = admin
+        .put("/v1/event-types/x.y", json!({"schema": {"type": "object"}, "example": [1]}).to_string())
+        .await;
+    assert_eq!(status(&bad), 422, "{bad:?}");
+    let bad = admin
+        .put("/v1/event-types/x.y", json!({"schema": {"type": "nonsense"}}).to_string())
+        .await;
+    assert!(bad.unwrap_err().to_string().contains("schema"), "the field is named");
+    assert_eq!(status(&acme.put("/v1/event-types/x.y", "{}").await), 403);
+    assert_eq!(status(&admin.delete("/v1/event-types/coupon.redeemed").await), 409, "the config's is read-only");
+
+    // Patterns must match the catalogue.
+    let nothing = acme
+        .post("/v1/subscriptions", json!({"name": "n", "url": rx.url("n"), "events": ["link.*"]}).to_string())
+        .await;
+    assert_eq!(status(&nothing), 422);
+    assert!(nothing.unwrap_err().to_string().contains("matches no type of the event catalogue"));
+    let made = subscribe(&acme, &rx, "coupons", json!(["coupon.*"])).await;
+    let id = made["id"].as_str().unwrap();
+
+    // A test sends the type's example through the real pipeline.
+    let test = acme
+        .post(&format!("/v1/subscriptions/{id}/test"), json!({"type": "coupon.redeemed"}).to_string())
+        .await
+        .unwrap();
+    let arrivals = rx.wait_for(WAIT, "the test event", |a| !a.is_empty()).await;
+    assert_eq!(arrivals[0].id, test["event_id"].as_str().unwrap());
+    assert!(arrivals[0].verified);
+    assert_eq!(arrivals[0].json()["data"], json!({"coupon": "SPRING10", "amount": 25}));
+    let not_wanted = acme
+        .post(&format!("/v1/subscriptions/{id}/test"), json!({"type": "stamp.rewarded"}).to_string())
+        .await;
+    assert_eq!(status(&not_wanted), 422, "{not_wanted:?}");
+
+    // Schemas are enforced at ingest, naming the failing path.
+    let wrong = admin
+        .post(
+            "/v1/events",
+            json!({"type": "coupon.redeemed", "tenant": "acme", "data": {"coupon": "X", "amount": "ten"}}).to_string(),
+        )
+        .await;
+    assert_eq!(status(&wrong), 400);
+    let message = wrong.unwrap_err().to_string();
+    assert!(message.contains("/amount"), "{message}");
+    let batch = admin
+        .post(
+            "/v1/events/batch",
+            json!([{"type": "coupon.redeemed", "data": {"coupon": "A", "amount": 1}}, {"type": "coupon.redeemed", "data": {}}]).to_string(),
+        )
+        .await;
+    assert_eq!(status(&batch), 400);
+    assert!(batch.unwrap_err().to_string().contains("event 1"), "the batch names the event");
+    hookd
+        .send(json!({"type": "coupon.redeemed", "tenant": "acme", "data": {"coupon": "Y", "amount": 3}}))
+        .await;
+    rx.wait_for(WAIT, "a valid event", |a| a.len() >= 2).await;
+    hookd.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_secret_signs_beside_the_new_one_until_its_grace_ends() {
+    use hookd::sign::Verifier;
+    let rx = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let hookd = Hookd::start(embedded(dir.path(), "")).await;
+    let acme = tenant(&hookd.api, "acme", None).await;
+    let made = subscribe(&acme, &rx, "rotating", json!(["*"])).await;
+    let id = made["id"].as_str().unwrap();
+    let old = made["secret"].as_str().unwrap().to_owned();
+    let rotated = acme
+        .post(&format!("/v1/subscriptions/{id}/rotate-secret"), json!({"grace": "2s"}).to_string())
+        .await
+        .unwrap();
+    let new = rotated["secret"].as_str().unwrap().to_owned();
+    assert_ne!(new, old);
+    rx.trust("rotating", &[&new]);
+    let shown = acme.get(&format!("/v1/subscriptions/{id}/secret")).await.unwrap();
+    assert_eq!(shown["secret"], new.as_str());
+    let verifies = |arrival: &support::receiver::Arrival, secret: &str| {
+        Verifier::new(&[secret]).unwrap().verify(&arrival.headers, &arrival.body).is_ok()
+    };
+    let send = |n: u32| hookd.send(json!({"type": "a.b", "id": format!("evt_r{n}"), "tenant": "acme", "data": {}}));
+    send(1).await;
+    let during = rx.wait_for(WAIT, "a delivery in the grace", |a| !a.is_empty()).await;
+    assert!(verifies(&during[0], &old) && verifies(&during[0], &new), "both verify during the grace");
+    let signatures = during[0].headers["webhook-signature"].to_str().unwrap().split(' ').count();
+    assert_eq!(signatures, 2);
+    tokio::time::sleep(Duration::from_millis(2600)).await;
+    send(2).await;
+    let after = rx.wait_for(WAIT, "a delivery after the grace", |a| a.len() >= 2).await;
+    assert!(verifies(&after[1], &new), "the new one verifies");
+    assert!(!verifies(&after[1], &old), "the old one no longer signs");
+    assert_eq!(after[1].headers["webhook-signature"].to_str().unwrap().split(' ').count(), 1);
     hookd.stop().await;
 }

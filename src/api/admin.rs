@@ -35,6 +35,7 @@ use crate::catalog::keys::Principal;
 use crate::config::SubscriptionName;
 use crate::history::{self, AttemptRecord, DeliveryState, DeliverySummary, EventRecord, ListFilter};
 use crate::ingest::EventId;
+use crate::model::TenantId;
 use crate::queue::{DeliveryId, Millis};
 
 /// Page size when the query gives none.
@@ -155,6 +156,7 @@ impl ListQuery {
                     q.filter.subscription = Some(SubscriptionName::parse(&value).map_err(|p| bad_param(&name, p))?)
                 }
                 "state" => q.filter.state = Some(value.parse::<DeliveryState>().map_err(|p| bad_param(&name, p))?),
+                "tenant" => q.filter.tenant = Some(TenantId::parse(&value).map_err(|p| bad_param(&name, p))?),
                 "from" => q.filter.from = Some(parse_time(&name, &value)?),
                 "to" => q.filter.to = Some(parse_time(&name, &value)?),
                 "cursor" => q.cursor = Some(value).filter(|c| !c.is_empty()),
@@ -168,7 +170,7 @@ impl ListQuery {
                 _ => {
                     return Err(bad_param(
                         &name,
-                        "unknown parameter; use subscription, state, from, to, cursor or limit",
+                        "unknown parameter; use subscription, state, tenant, from, to, cursor or limit",
                     ))
                 }
             }
@@ -190,20 +192,19 @@ async fn list_deliveries(
     require_reader(&principal)?;
     let Query(pairs) = query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
     let q = ListQuery::parse(pairs)?;
+    let mut q = q;
     if let Some(tenant) = principal.tenant() {
+        // A tenant's own log: deliveries to the subscriptions it owns.
         let snapshot = state.catalog.snapshot();
-        match &q.filter.subscription {
-            Some(sub) if !may_see(&snapshot, &principal, sub) => {
-                return Err(not_found(format!("no subscription `{sub}`")))
-            }
-            Some(_) => {}
-            None => {
-                return Err(bad_param(
-                    "subscription",
-                    format!("is needed with a key of tenant `{tenant}`: name one of its subscriptions"),
-                ))
+        if let Some(other) = q.filter.tenant.as_ref().filter(|t| *t != tenant) {
+            return Err(not_found(format!("tenant `{other}` does not exist")));
+        }
+        if let Some(sub) = &q.filter.subscription {
+            if !may_see(&snapshot, &principal, sub) {
+                return Err(not_found(format!("no subscription named `{sub}`")));
             }
         }
+        q.filter.tenant = Some(tenant.clone());
     }
     let page = state.history.list(&q.filter, q.cursor.as_deref(), q.limit).await?;
     let items: Vec<Value> = page.items.iter().map(summary_json).collect();
@@ -231,16 +232,49 @@ async fn delivery_attempts(
     }
 }
 
+/// `?tenant=` of the event routes: whose event (an event id is unique per
+/// tenant). A tenant key's own tenant; an admin names it, or means the
+/// event of no tenant.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct TenantQuery {
+    /// The tenant whose event it is.
+    pub tenant: Option<String>,
+}
+
+impl TenantQuery {
+    /// The tenant `principal` asks about: 404 for a tenant key naming
+    /// another tenant.
+    pub(super) fn resolve(&self, principal: &Principal) -> Result<Option<TenantId>, ApiError> {
+        let named = self
+            .tenant
+            .as_deref()
+            .map(|t| TenantId::parse(t).map_err(|p| bad_param("tenant", p)))
+            .transpose()?;
+        match (principal.tenant(), named) {
+            (Some(own), Some(t)) if &t != own => Err(not_found(format!("tenant `{t}` does not exist"))),
+            (Some(own), _) => Ok(Some(own.clone())),
+            (None, named) => Ok(named),
+        }
+    }
+}
+
 async fn event_deliveries(
     State(state): State<Arc<ApiState>>,
     Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
+    query: Result<Query<TenantQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     require_reader(&principal)?;
+    let Query(query) = query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
+    let tenant = query.resolve(&principal)?;
     let event_id = EventId::parse(&id)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_id", format!("`{id}`: {e}")))?;
-    let (mut summaries, mut record) =
-        futures_util::future::try_join(state.history.event(&event_id), state.history.event_record(&event_id)).await?;
+    let (mut summaries, mut record) = futures_util::future::try_join(
+        state.history.event(tenant.as_ref(), &event_id),
+        state.history.event_record(tenant.as_ref(), &event_id),
+    )
+    .await?;
     if !principal.is_admin() {
         // A tenant sees its own deliveries of the event, and the event
         // only through them.

@@ -1,8 +1,8 @@
 //! A small client of hookd's own HTTP API, used by the CLI verbs that talk
 //! to a running hookd (`send`, `dead`, `delivery`, and the operator verbs
 //! whose output [`crate::cli`] renders: `subscriptions`, `deliveries`,
-//! `attempts`, `event`, `retry`, `replay`, `enable`, `disable`, `tenants`,
-//! `keys`, `event-types`) and by the demo.
+//! `attempts`, `event`, `retry`, `replay`, `enable`, `disable`) and by the
+//! demo.
 
 use std::time::Duration;
 
@@ -86,8 +86,7 @@ impl ApiClient {
         self.call(Method::PATCH, path, body.into()).await
     }
 
-    /// PUTs `body` (JSON, the whole resource) to `path` and returns the
-    /// answer's JSON.
+    /// PUTs `body` (JSON) to `path` and returns the answer's JSON.
     pub async fn put(&self, path: &str, body: impl Into<Bytes>) -> Result<serde_json::Value, Error> {
         self.call(Method::PUT, path, body.into()).await
     }

@@ -28,7 +28,8 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -36,6 +37,7 @@ use axum::{Extension, Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 
+use super::admin::TenantQuery;
 use super::{bad_body, may_see, require_reader, ApiError, ApiState};
 use crate::catalog::keys::Principal;
 use crate::config::{Config, SubscriptionName};
@@ -111,9 +113,12 @@ async fn replay(
     State(state): State<Arc<ApiState>>,
     Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
+    query: Result<Query<TenantQuery>, QueryRejection>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     require_reader(&principal)?;
+    let Query(query) = query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
+    let tenant = query.resolve(&principal)?;
     let event_id = EventId::parse(&id)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_id", format!("`{id}`: {e}")))?;
     let request = ReplayRequest::parse(&body)?;
@@ -139,21 +144,25 @@ async fn replay(
         .as_deref()
         .map(|names| ReplayRequest::named(names, &config))
         .transpose()?;
-    let record = state.history.event_record(&event_id).await?.ok_or_else(|| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!(
-                "the delivery log has no record of event {event_id} (trimmed by history retention, \
+    let record = state
+        .history
+        .event_record(tenant.as_ref(), &event_id)
+        .await?
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!(
+                    "the delivery log has no record of event {event_id} (trimmed by history retention, \
                  or never recorded): it cannot be replayed"
-            ),
-        )
-    })?;
+                ),
+            )
+        })?;
     let targets = match named {
         Some(named) => named,
         None => {
             let mut targets: Vec<SubscriptionName> = Vec::new();
-            for summary in state.history.event(&event_id).await? {
+            for summary in state.history.event(tenant.as_ref(), &event_id).await? {
                 if config.subscription(summary.subscription.as_str()).is_some()
                     && visible(&summary.subscription)
                     && !targets.contains(&summary.subscription)
@@ -175,11 +184,6 @@ async fn replay(
         ));
     }
     let key = request.key.unwrap_or_else(|| uuid::Uuid::now_v7().simple().to_string());
-    // The log keeps no tenant with an event: a tenant's event is known by
-    // its tenant's subscriptions among the targets.
-    let tenant = targets
-        .iter()
-        .find_map(|t| config.subscription(t.as_str())?.owner.clone());
     let shard = shard_of(&event_id, config.queue.shards);
     let now = now_ms();
     let deliveries: Vec<Delivery> = targets

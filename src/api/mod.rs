@@ -19,6 +19,7 @@ pub mod client;
 pub mod events;
 pub mod recover;
 pub mod subscriptions;
+pub mod event_types;
 pub mod tenants;
 
 use std::sync::Arc;
@@ -115,6 +116,8 @@ pub struct ApiError {
     code: &'static str,
     /// What is wrong and what to do.
     message: String,
+    /// Seconds to wait before trying again (`Retry-After`), if it matters.
+    retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -123,6 +126,7 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after: (status == StatusCode::SERVICE_UNAVAILABLE).then_some(1),
         }
     }
 }
@@ -131,10 +135,8 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = Json(json!({"error": {"code": self.code, "message": self.message}}));
         let mut response = (self.status, body).into_response();
-        if self.status == StatusCode::SERVICE_UNAVAILABLE {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        if let Some(seconds) = self.retry_after {
+            response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from(seconds));
         }
         response
     }
@@ -148,6 +150,11 @@ impl From<ingest::Error> for ApiError {
                 ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", e.to_string())
             }
             ingest::Error::Queue(_) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string()),
+            ingest::Error::RateLimited { retry_after, .. } => ApiError {
+                // Whole seconds, rounded up: never sooner than a token.
+                retry_after: Some(retry_after.as_millis().div_ceil(1000).max(1) as u64),
+                ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", e.to_string())
+            },
         }
     }
 }
@@ -171,6 +178,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .merge(recover::routes())
         .merge(subscriptions::routes())
         .merge(tenants::routes())
+        .merge(event_types::routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
         .nest("/v1", v1)

@@ -314,6 +314,7 @@ async fn replay_subscription(
             // when ListFilter gains one.
             #[allow(clippy::needless_update)]
             let filter = ListFilter {
+                tenant: None,
                 subscription: Some(walk.subscription.clone()),
                 state: Some(DeliveryState::Retrying),
                 from: walk.from,

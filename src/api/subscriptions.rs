@@ -49,6 +49,8 @@ pub fn routes() -> Router<Arc<ApiState>> {
         .route("/subscriptions", get(list).post(create))
         .route("/subscriptions/{name}", get(show).patch(update).delete(delete))
         .route("/subscriptions/{name}/secret", get(secret))
+        .route("/subscriptions/{name}/rotate-secret", post(rotate_secret))
+        .route("/subscriptions/{name}/test", post(send_test))
         .route("/subscriptions/{name}/enable", post(enable))
         .route("/subscriptions/{name}/disable", post(disable))
 }
@@ -345,6 +347,118 @@ async fn secret(
     let secrets: Vec<&str> = sub.secrets.iter().map(|s| s.expose()).collect();
     tracing::info!(subscription = %sub.name, "subscription secret shown to its owner");
     Ok(Json(json!({ "id": sub.name, "secret": secrets.last(), "secrets": secrets })).into_response())
+}
+
+/// The body of `POST /v1/subscriptions/{id}/rotate-secret`.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RotateBody {
+    /// How long the secrets it had keep signing (`24h`).
+    #[serde(default, with = "humantime_serde")]
+    grace: Option<std::time::Duration>,
+}
+
+/// How long a rotated-out secret keeps signing unless the call says.
+pub const DEFAULT_GRACE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+async fn rotate_secret(
+    State(state): State<Arc<ApiState>>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    require_reader(&principal)?;
+    let body: RotateBody = if body.iter().all(u8::is_ascii_whitespace) {
+        RotateBody::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_field",
+                format!("send {{\"grace\": \"24h\"}} or nothing: {e}"),
+            )
+        })?
+    };
+    let grace = body.grace.unwrap_or(DEFAULT_GRACE);
+    let (sub, secret) = state.catalog.rotate_secret(&id, principal.tenant(), grace).await?;
+    let until = chrono::Utc::now() + chrono::Duration::from_std(grace).unwrap_or_default();
+    tracing::info!(subscription = %sub.id, grace = %humantime::format_duration(grace), "subscription secret rotated");
+    Ok(Json(json!({
+        "id": sub.id,
+        "secret": secret,
+        "previous_expire_at": if grace.is_zero() { Value::Null } else { json!(until) },
+    }))
+    .into_response())
+}
+
+/// The body of `POST /v1/subscriptions/{id}/test`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TestBody {
+    /// A type of the catalogue with an example.
+    #[serde(rename = "type")]
+    event_type: String,
+}
+
+async fn send_test(
+    State(state): State<Arc<ApiState>>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let sub = find(&state, &principal, &id)?;
+    let body: TestBody = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+            format!("send {{\"type\": \"coupon.redeemed\"}}: {e}"),
+        )
+    })?;
+    let unprocessable = |m: String| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", m);
+    let snapshot = state.catalog.snapshot();
+    let Some((event_type, _)) = snapshot.event_types.get(&body.event_type) else {
+        return Err(unprocessable(format!(
+            "type: `{}` is not in the event catalogue (GET /v1/event-types)",
+            body.event_type
+        )));
+    };
+    let Some(example) = &event_type.example else {
+        return Err(unprocessable(format!(
+            "type: `{}` has no example to send; PUT one with /v1/event-types/{}",
+            event_type.name, event_type.name
+        )));
+    };
+    let wants = sub
+        .events
+        .iter()
+        .filter_map(|p| crate::model::EventPattern::parse(p).ok())
+        .any(|p| p.matches(&event_type.name));
+    if !wants {
+        return Err(unprocessable(format!(
+            "type: subscription `{}` does not receive `{}` (its events: {})",
+            sub.name,
+            event_type.name,
+            sub.events.join(", ")
+        )));
+    }
+    let data = serde_json::value::to_raw_value(example).map_err(|e| unprocessable(format!("example: {e}")))?;
+    let event = crate::model::Event {
+        id: crate::model::EventId::generate(),
+        event_type: event_type.name.clone(),
+        occurred_at: chrono::Utc::now(),
+        data,
+        tenant: sub.owner.clone(),
+    };
+    let (accepted, delivery) = state
+        .ingestor
+        .ingest_to(event, &sub.name, crate::ingest::Source::Http)
+        .await?;
+    tracing::info!(subscription = %sub.name, event_id = %accepted.id, "test event sent");
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "event_id": accepted.id, "delivery_id": delivery })),
+    )
+        .into_response())
 }
 
 async fn enable(

@@ -26,10 +26,6 @@ pub const ENV_PREFIX: &str = "HOOKD_";
 /// (`HOOKD_CONFIG`, `HOOKD_URL`, `HOOKD_API_KEY`) and the log filter.
 const ENV_NOT_CONFIG: &[&str] = &["config", "url", "api_key", "log"];
 
-/// The start of the id of every subscription made through the API
-/// (`sub_…`); TOML subscription names may not use it.
-pub const STORED_ID_PREFIX: &str = "sub_";
-
 /// Headers that neither configuration nor plugins may set: hookd owns them.
 pub const PROTECTED_HEADERS: &[&str] = &[
     "webhook-id",
@@ -43,7 +39,7 @@ pub const PROTECTED_HEADERS: &[&str] = &[
     "connection",
 ];
 
-pub use crate::model::{RateLimit, Secret, SubscriptionName, TenantId};
+pub use crate::model::{RateLimit, Secret, SubscriptionName, TenantId, STORED_ID_PREFIX};
 
 /// A configuration problem, naming the key at fault.
 #[derive(Debug, thiserror::Error)]

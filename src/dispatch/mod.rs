@@ -748,6 +748,7 @@ async fn attempt(shared: &Shared, claim: Claim, endpoint: Option<Arc<Endpoint>>)
         error_kind: None,
         error: error.clone(),
         next_attempt_at: None,
+        tenant: delivery.tenant.clone(),
     };
     match &result {
         Ok(response) => {

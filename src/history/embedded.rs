@@ -26,11 +26,12 @@ use redb::{
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    apply, index_for, indices, parse_cursor, AttemptRecord, Counters, DeliverySummary, Entry, Error, EventRecord,
-    History, ListFilter, Page, SubscriptionStats, TRIM_BATCH,
+    apply, event_key, index_for, indices, parse_cursor, AttemptRecord, Counters, DeliverySummary, Entry, Error,
+    EventRecord, History, ListFilter, Page, SubscriptionStats, TRIM_BATCH,
 };
 use crate::config::{HistoryConfig, QueueConfig, SubscriptionName};
 use crate::ingest::EventId;
+use crate::model::TenantId;
 use crate::queue::embedded::{group_commit, Writer};
 use crate::queue::{DeliveryId, Millis};
 
@@ -47,16 +48,22 @@ const SUMMARIES: TableDefinition<&str, &[u8]> = TableDefinition::new("summaries"
 const ATTEMPTS: TableDefinition<(&str, u32), &[u8]> = TableDefinition::new("attempts");
 /// (index name, created at, delivery id): the listing indices, named as in
 /// the Redis backend (`time`, `sub:<name>`, `state:<state>`,
-/// `sub:<name>:state:<state>`); creation times below 0 are stored as 0.
+/// `sub:<name>:state:<state>`, and for a delivery with an owner
+/// ([`DeliverySummary::owner`]) the same four again prefixed by
+/// `tenant:<owner>:`, the first as `tenant:<owner>`); creation times below
+/// 0 are stored as 0.
 const INDEX: TableDefinition<(&str, i64, &str), ()> = TableDefinition::new("index");
-/// (event id, delivery id): an event's deliveries.
+/// (event key, delivery id): an event's deliveries; the event key is the
+/// event id for an event of no tenant, `<tenant>/<event id>` for a
+/// tenant's ([`event_key`]).
 const EVENTS: TableDefinition<(&str, &str), ()> = TableDefinition::new("events");
 /// Subscription name → its counters as JSON.
 const STATS: TableDefinition<&str, &[u8]> = TableDefinition::new("stats");
-/// Event id → its [`EventRecord`]: (type, created at, body as ingested).
-/// Written once per event id by [`Entry::Event`]; removed by trim.
+/// Event key ([`event_key`]: the event id, or `<tenant>/<event id>`) → its
+/// [`EventRecord`]: (type, created at, body as ingested). Written once per
+/// event key by [`Entry::Event`]; removed by trim.
 const EVENT_RECORDS: TableDefinition<&str, (&str, i64, &[u8])> = TableDefinition::new("event_records");
-/// (created at, event id): [`EVENT_RECORDS`] oldest first, for trimming;
+/// (created at, event key): [`EVENT_RECORDS`] oldest first, for trimming;
 /// creation times below 0 are stored as 0.
 const EVENT_TIMES: TableDefinition<(i64, &str), ()> = TableDefinition::new("event_times");
 
@@ -315,21 +322,24 @@ impl<'txn> Tables<'txn> {
         let after = &change.after;
         let sub = after.subscription.as_str();
         let at = after.created_at.max(0);
-        let [time, by_sub, by_state, by_both] = indices(sub, after.state);
+        let now = indices(sub, after.owner(), after.state);
         if change.before.is_none() {
-            self.index.insert((time.as_str(), at, id), ())?;
-            self.index.insert((by_sub.as_str(), at, id), ())?;
-            self.events.insert((after.event_id.as_str(), id), ())?;
+            for name in &now.fixed {
+                self.index.insert((name.as_str(), at, id), ())?;
+            }
+            let event = event_key(after.tenant.as_ref(), &after.event_id);
+            self.events.insert((event.as_str(), id), ())?;
         }
         if change.before != Some(after.state) {
             if let Some(before) = change.before {
-                let [_, _, old_state, old_both] = indices(sub, before);
-                self.index.remove((old_state.as_str(), at, id))?;
-                self.index.remove((old_both.as_str(), at, id))?;
+                for name in &indices(sub, after.owner(), before).by_state {
+                    self.index.remove((name.as_str(), at, id))?;
+                }
                 *self.counters(sub)?.counts.entry(before).or_default() -= 1;
             }
-            self.index.insert((by_state.as_str(), at, id), ())?;
-            self.index.insert((by_both.as_str(), at, id), ())?;
+            for name in &now.by_state {
+                self.index.insert((name.as_str(), at, id), ())?;
+            }
             *self.counters(sub)?.counts.entry(after.state).or_default() += 1;
         }
         if let Some(attempt) = &change.attempt {
@@ -355,10 +365,11 @@ impl<'txn> Tables<'txn> {
         Ok(())
     }
 
-    /// Stores an event's record unless one is stored already (the first
-    /// write wins).
+    /// Stores an event's record unless one is stored already for its
+    /// tenant and id (the first write wins).
     fn record_event(&mut self, record: &EventRecord) -> Result<(), StoreError> {
-        let id = record.id.as_str();
+        let key = event_key(record.tenant.as_ref(), &record.id);
+        let id = key.as_str();
         if self.event_records.get(id)?.is_some() {
             return Ok(());
         }
@@ -446,11 +457,12 @@ impl<'txn> Tables<'txn> {
             .and_then(|bytes| serde_json::from_slice::<DeliverySummary>(bytes.value()).ok());
         if let Some(summary) = summary {
             let sub = summary.subscription.as_str();
-            let [_, by_sub, by_state, by_both] = indices(sub, summary.state);
-            for name in [by_sub, by_state, by_both] {
+            let all = indices(sub, summary.owner(), summary.state);
+            for name in all.fixed.iter().chain(&all.by_state) {
                 self.index.remove((name.as_str(), at, id))?;
             }
-            self.events.remove((summary.event_id.as_str(), id))?;
+            let event = event_key(summary.tenant.as_ref(), &summary.event_id);
+            self.events.remove((event.as_str(), id))?;
             *self.counters(sub)?.counts.entry(summary.state).or_default() -= 1;
         }
         let seqs: Vec<u32> = self
@@ -507,8 +519,9 @@ impl History for EmbeddedHistory {
         .await
     }
 
-    async fn event(&self, event_id: &EventId) -> Result<Vec<DeliverySummary>, Error> {
-        let event = event_id.as_str().to_owned();
+    async fn event(&self, tenant: Option<&TenantId>, event_id: &EventId) -> Result<Vec<DeliverySummary>, Error> {
+        let event = event_key(tenant, event_id);
+        let tenant = tenant.cloned();
         self.read(move |txn| {
             let events = txn.open_table(EVENTS).map_err(read_err)?;
             let summaries = txn.open_table(SUMMARIES).map_err(read_err)?;
@@ -520,7 +533,10 @@ impl History for EmbeddedHistory {
                 let (key, _) = entry.map_err(read_err)?;
                 let (_, id) = key.value();
                 if let Some(bytes) = summaries.get(id).map_err(read_err)? {
-                    out.push(decode_summary(id, bytes.value())?);
+                    let summary = decode_summary(id, bytes.value())?;
+                    if summary.tenant == tenant {
+                        out.push(summary);
+                    }
                 }
             }
             out.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
@@ -529,11 +545,13 @@ impl History for EmbeddedHistory {
         .await
     }
 
-    async fn event_record(&self, event_id: &EventId) -> Result<Option<EventRecord>, Error> {
+    async fn event_record(&self, tenant: Option<&TenantId>, event_id: &EventId) -> Result<Option<EventRecord>, Error> {
         let event = event_id.clone();
+        let tenant = tenant.cloned();
         self.read(move |txn| {
             let records = txn.open_table(EVENT_RECORDS).map_err(read_err)?;
-            let Some(stored) = records.get(event.as_str()).map_err(read_err)? else {
+            let key = event_key(tenant.as_ref(), &event);
+            let Some(stored) = records.get(key.as_str()).map_err(read_err)? else {
                 return Ok(None);
             };
             let (event_type, created_at, body) = stored.value();
@@ -542,6 +560,7 @@ impl History for EmbeddedHistory {
                 created_at,
                 body: bytes::Bytes::copy_from_slice(body),
                 id: event,
+                tenant,
             }))
         })
         .await
@@ -642,10 +661,8 @@ mod tests {
 
     #[test]
     fn states_index_under_their_wire_names() {
-        let [time, sub, state, both] = indices("crm", DeliveryState::InFlight);
-        assert_eq!(
-            [time.as_str(), sub.as_str(), state.as_str(), both.as_str()],
-            ["time", "sub:crm", "state:in_flight", "sub:crm:state:in_flight"]
-        );
+        let all = indices("crm", None, DeliveryState::InFlight);
+        assert_eq!(all.fixed, ["time", "sub:crm"]);
+        assert_eq!(all.by_state, ["state:in_flight", "sub:crm:state:in_flight"]);
     }
 }

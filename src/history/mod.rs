@@ -33,13 +33,28 @@
 //!   attempt count (the highest attempt number seen), last status and
 //!   error, next attempt time and `updated_at`. An attempt of a delivery
 //!   never created (its `Created` entry was lost or trimmed) creates the
-//!   summary from the attempt itself, so no attempt is dropped.
+//!   summary from the attempt itself, so no attempt is dropped; an
+//!   attempt carries its event's tenant, so that summary is filed under it.
 //! - [`Entry::State`] sets the state (filtered, parked, replayed…) and the
 //!   note of a known delivery; for an unknown one it does nothing.
-//! - [`Entry::Event`] stores an event's record, once per event id: the
-//!   first write wins and repeats do nothing. Ingest records each accepted
-//!   event that has at least one delivery; [`History::event_record`] reads
-//!   it back byte for byte.
+//! - [`Entry::Event`] stores an event's record, once per (tenant, event
+//!   id): the first write wins and repeats do nothing. Ingest records each
+//!   accepted event that has at least one delivery;
+//!   [`History::event_record`] reads it back byte for byte.
+//!
+//! ## Tenants
+//!
+//! An event may belong to a tenant ([`DeliverySummary::tenant`],
+//! [`EventRecord::tenant`]), and two tenants may use the same event id for
+//! two different events. So event records and the event → deliveries index
+//! are keyed by (tenant, event id) ([`event_key`]): the same id recorded
+//! for tenants `a`, `b` and for none is three records, each with its own
+//! deliveries. A delivery is in the delivery log of its *owner*
+//! ([`DeliverySummary::owner`], [`crate::model::owner_of`]): the event's
+//! tenant if the subscription was made through the API (`sub_…`), nobody
+//! for the operator's subscriptions, whoever's events they receive.
+//! [`ListFilter::tenant`] lists one owner's deliveries from an index of
+//! their own, like the per-subscription ones.
 //!
 //! Before anything is stored, request and response headers named in
 //! [`ALWAYS_REDACTED`] have their values replaced by [`REDACTED`] (callers
@@ -54,15 +69,17 @@
 //! the position of the last item returned; the next page starts strictly
 //! after it. Entries recorded between pages therefore never shift a page:
 //! no item is returned twice, and none that existed when the first page was
-//! read is skipped. Time ranges are `[from, to)` on creation time.
+//! read is skipped. Time ranges are `[from, to)` on creation time. Every
+//! combination of the tenant, subscription and state filters has an index
+//! of its own, so every listing is one range read per shard.
 //!
 //! ## Retention
 //!
 //! [`History::trim`] removes deliveries (with their attempts, index entries
 //! and counts) created before `now - max_age`, and the oldest beyond
 //! `max_count` deliveries **overall** (not per subscription: the bound is
-//! on storage, whatever the number of subscriptions). Event records go by
-//! the same rules, counted apart: those created before `now - max_age`,
+//! on storage, whatever the number of subscriptions or tenants). Event
+//! records (of every tenant) go by the same rules, counted apart: those created before `now - max_age`,
 //! and the oldest beyond `max_count` event records. Each call does a
 //! bounded amount of work ([`TRIM_BATCH`] deliveries and as many event
 //! records at most) and returns how many of both it removed; [`trim_loop`]
@@ -89,6 +106,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{HistoryConfig, SubscriptionName};
 use crate::ingest::EventId;
+use crate::model::{owner_of, TenantId};
 use crate::queue::{Delivery, DeliveryId, Millis};
 
 /// The value stored in place of a secret header value.
@@ -296,6 +314,10 @@ pub struct AttemptRecord {
     pub error: Option<String>,
     /// When the next attempt is due, if one is scheduled.
     pub next_attempt_at: Option<Millis>,
+    /// The tenant of its event, so that an attempt that is the first word
+    /// the log has of its delivery files it under its tenant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<TenantId>,
 }
 
 /// A delivery and where it stands.
@@ -327,6 +349,10 @@ pub struct DeliverySummary {
     /// (`dropped by plugin: …`, `replayed by operator`).
     #[serde(default)]
     pub note: Option<String>,
+    /// The tenant of the event, if it has one ([`Delivery::tenant`]).
+    /// Absent in records written before tenants: read as none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<TenantId>,
 }
 
 impl DeliverySummary {
@@ -345,7 +371,16 @@ impl DeliverySummary {
             last_error: None,
             next_attempt_at: None,
             note: None,
+            tenant: delivery.tenant.clone(),
         }
+    }
+
+    /// The tenant whose delivery log holds this delivery: the owner of its
+    /// subscription, which is the event's tenant for a subscription made
+    /// through the API (`sub_…`), none for the operator's
+    /// ([`crate::model::owner_of`], as [`Delivery::owner`]).
+    pub fn owner(&self) -> Option<&TenantId> {
+        owner_of(&self.subscription, self.tenant.as_ref())
     }
 }
 
@@ -362,6 +397,9 @@ pub struct EventRecord {
     /// The exact body as ingested, before any plugin ran: what a replay
     /// delivers again.
     pub body: Bytes,
+    /// The tenant the event belongs to, if any: with `id`, what the record
+    /// is kept under ([`event_key`]).
+    pub tenant: Option<TenantId>,
 }
 
 /// One thing that happened to a delivery, or an event to keep.
@@ -387,7 +425,8 @@ pub enum Entry {
         /// Why, in words.
         note: Option<String>,
     },
-    /// An event was accepted: keep its record (once per event id).
+    /// An event was accepted: keep its record (once per tenant and event
+    /// id).
     Event(EventRecord),
 }
 
@@ -423,6 +462,9 @@ impl Entry {
 /// Which deliveries [`History::list`] returns.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ListFilter {
+    /// Only the deliveries in this tenant's log: those whose
+    /// [`DeliverySummary::owner`] is this tenant.
+    pub tenant: Option<TenantId>,
     /// Only this subscription's.
     pub subscription: Option<SubscriptionName>,
     /// Only those in this state now.
@@ -486,12 +528,15 @@ pub trait History: Send + Sync + 'static {
     /// A delivery's summary and its attempts, oldest first.
     async fn delivery(&self, id: &DeliveryId) -> Result<Option<(DeliverySummary, Vec<AttemptRecord>)>, Error>;
 
-    /// The deliveries of an event, over all its subscriptions, oldest first.
-    async fn event(&self, event_id: &EventId) -> Result<Vec<DeliverySummary>, Error>;
+    /// The deliveries of an event of `tenant` (`None`: of no tenant), over
+    /// all its subscriptions (whoever owns them), oldest first: those
+    /// whose [`DeliverySummary::tenant`] is `tenant`.
+    async fn event(&self, tenant: Option<&TenantId>, event_id: &EventId) -> Result<Vec<DeliverySummary>, Error>;
 
-    /// The record of an event ([`Entry::Event`]), body byte for byte;
-    /// `None` if it was never recorded or has been trimmed.
-    async fn event_record(&self, event_id: &EventId) -> Result<Option<EventRecord>, Error>;
+    /// The record of an event of `tenant` (`None`: of no tenant)
+    /// ([`Entry::Event`]), body byte for byte; `None` if it was never
+    /// recorded or has been trimmed.
+    async fn event_record(&self, tenant: Option<&TenantId>, event_id: &EventId) -> Result<Option<EventRecord>, Error>;
 
     /// Deliveries matching `filter`, newest first, at most `limit`, after
     /// `cursor` (a `next_cursor` of an earlier page of the same filter).
@@ -796,6 +841,7 @@ fn apply(current: Option<DeliverySummary>, entry: &Entry, body_limit: usize) -> 
                 last_error: None,
                 next_attempt_at: None,
                 note: None,
+                tenant: attempt.tenant.clone(),
             });
             after.state = *state;
             after.attempts = after.attempts.max(attempt.attempt);
@@ -827,26 +873,78 @@ fn apply(current: Option<DeliverySummary>, entry: &Entry, body_limit: usize) -> 
     }
 }
 
-/// The names of the listing indices a delivery belongs to, given its
-/// subscription and state: all, by subscription, by state, by both. The
-/// filter picks one ([`index_for`]). Subscription names cannot hold `:`.
-fn indices(subscription: &str, state: DeliveryState) -> [String; 4] {
-    [
-        "time".to_owned(),
-        format!("sub:{subscription}"),
-        format!("state:{state}"),
-        format!("sub:{subscription}:state:{state}"),
-    ]
+/// What an event's record and its deliveries are kept under: the event id
+/// for an event of no tenant (as before tenants, so older data reads),
+/// `<tenant>/<event id>` for a tenant's. Tenant ids and event ids cannot
+/// hold `/`, so the two never collide.
+pub fn event_key(tenant: Option<&TenantId>, event_id: &EventId) -> String {
+    match tenant {
+        None => event_id.as_str().to_owned(),
+        Some(tenant) => format!("{tenant}/{}", event_id.as_str()),
+    }
+}
+
+/// The name of the listing index of the deliveries owned by `tenant`, to
+/// `subscription`, in `state` (each `None`: any): `time` when all are
+/// `None`, else `tenant:<id>`, `sub:<name>` and `state:<state>`, those
+/// given, in that order, joined by `:` (`sub:crm:state:dead`,
+/// `tenant:acme:sub:sub_1`). Tenant ids and subscription names cannot hold
+/// `:`, so names never collide. The Redis scripts build the same names.
+fn index_name(tenant: Option<&str>, subscription: Option<&str>, state: Option<DeliveryState>) -> String {
+    let mut parts = Vec::with_capacity(3);
+    if let Some(tenant) = tenant {
+        parts.push(format!("tenant:{tenant}"));
+    }
+    if let Some(subscription) = subscription {
+        parts.push(format!("sub:{subscription}"));
+    }
+    if let Some(state) = state {
+        parts.push(format!("state:{state}"));
+    }
+    if parts.is_empty() {
+        "time".to_owned()
+    } else {
+        parts.join(":")
+    }
+}
+
+/// The listing indices of one delivery ([`indices`]).
+struct Indices {
+    /// Indices whose name has no state: written at creation.
+    fixed: Vec<String>,
+    /// Indices named after the state: moved when the state changes.
+    by_state: Vec<String>,
+}
+
+/// The listing indices a delivery belongs to, given its subscription, its
+/// owner ([`DeliverySummary::owner`]) and its state: every combination of
+/// the three filters that matches it. Without an owner, the four of
+/// before tenants (all, by subscription, by state, by both); with one,
+/// the same four again prefixed by `tenant:<owner>:`. The filter picks one
+/// ([`index_for`]).
+fn indices(subscription: &str, owner: Option<&TenantId>, state: DeliveryState) -> Indices {
+    let owners = [None, owner.map(TenantId::as_str)];
+    let owners = if owner.is_some() { &owners[..] } else { &owners[..1] };
+    let mut out = Indices {
+        fixed: Vec::new(),
+        by_state: Vec::new(),
+    };
+    for &tenant in owners {
+        for sub in [None, Some(subscription)] {
+            out.fixed.push(index_name(tenant, sub, None));
+            out.by_state.push(index_name(tenant, sub, Some(state)));
+        }
+    }
+    out
 }
 
 /// The listing index that answers `filter`.
 fn index_for(filter: &ListFilter) -> String {
-    match (&filter.subscription, filter.state) {
-        (None, None) => "time".to_owned(),
-        (Some(sub), None) => format!("sub:{sub}"),
-        (None, Some(state)) => format!("state:{state}"),
-        (Some(sub), Some(state)) => format!("sub:{sub}:state:{state}"),
-    }
+    index_name(
+        filter.tenant.as_ref().map(TenantId::as_str),
+        filter.subscription.as_ref().map(SubscriptionName::as_str),
+        filter.state,
+    )
 }
 
 #[cfg(test)]
@@ -869,6 +967,7 @@ mod tests {
             error_kind: Some(ErrorKind::Status),
             error: Some("status 500".into()),
             next_attempt_at: Some(6_000),
+            tenant: None,
         }
     }
 
@@ -955,6 +1054,7 @@ mod tests {
             event_type: "coupon.redeemed".into(),
             created_at: 1_000,
             body: Bytes::from_static(b"{}"),
+            tenant: None,
         };
         assert!(recorder.record(Entry::Event(event.clone())));
         let mut huge = event.clone();
@@ -966,14 +1066,87 @@ mod tests {
         );
         stop.cancel();
         writer.await.unwrap();
-        assert_eq!(history.event_record(&event.id).await.unwrap(), Some(event));
-        assert_eq!(history.event_record(&huge.id).await.unwrap(), None);
+        assert_eq!(history.event_record(None, &event.id).await.unwrap(), Some(event));
+        assert_eq!(history.event_record(None, &huge.id).await.unwrap(), None);
         assert!(!recorder.record(Entry::State {
             id: DeliveryId::new(0),
             state: DeliveryState::Parked,
             at: 5,
             note: None,
         }));
+    }
+
+    #[test]
+    fn every_filter_has_the_index_a_delivery_is_written_to() {
+        let acme = TenantId::parse("acme").unwrap();
+        let operators = indices("crm", None, DeliveryState::Dead);
+        assert_eq!(operators.fixed, ["time", "sub:crm"], "the names of before tenants");
+        assert_eq!(operators.by_state, ["state:dead", "sub:crm:state:dead"]);
+        let owned = indices("sub_1", Some(&acme), DeliveryState::Dead);
+        assert_eq!(
+            owned.fixed,
+            ["time", "sub:sub_1", "tenant:acme", "tenant:acme:sub:sub_1"]
+        );
+        assert_eq!(
+            owned.by_state,
+            [
+                "state:dead",
+                "sub:sub_1:state:dead",
+                "tenant:acme:state:dead",
+                "tenant:acme:sub:sub_1:state:dead"
+            ]
+        );
+        // Whatever the filter, its index is one the delivery is in.
+        for tenant in [None, Some(acme.clone())] {
+            for subscription in [None, Some(SubscriptionName::parse("sub_1").unwrap())] {
+                for state in [None, Some(DeliveryState::Dead)] {
+                    let filter = ListFilter {
+                        tenant: tenant.clone(),
+                        subscription: subscription.clone(),
+                        state,
+                        ..ListFilter::default()
+                    };
+                    let name = index_for(&filter);
+                    assert!(owned.fixed.contains(&name) || owned.by_state.contains(&name), "{name}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn tenant_events_are_kept_apart_from_plain_ones() {
+        let id = EventId::parse("evt_1").unwrap();
+        let acme = TenantId::parse("acme").unwrap();
+        assert_eq!(event_key(None, &id), "evt_1", "as before tenants");
+        assert_eq!(event_key(Some(&acme), &id), "acme/evt_1");
+    }
+
+    #[test]
+    fn summaries_carry_the_tenant_and_older_ones_read_as_none() {
+        let acme = TenantId::parse("acme").unwrap();
+        let delivery = Delivery {
+            id: DeliveryId::new(1),
+            event_id: EventId::parse("evt_1").unwrap(),
+            event_type: "coupon.redeemed".into(),
+            subscription: SubscriptionName::parse("sub_1").unwrap(),
+            created_at: 5,
+            attempts: 0,
+            body: Bytes::new(),
+            last_error: None,
+            headers: None,
+            tenant: Some(acme.clone()),
+        };
+        let summary = DeliverySummary::created(&delivery);
+        assert_eq!((summary.tenant.as_ref(), summary.owner()), (Some(&acme), Some(&acme)));
+        let operators = DeliverySummary {
+            subscription: SubscriptionName::parse("crm").unwrap(),
+            ..summary.clone()
+        };
+        assert_eq!(operators.owner(), None);
+        let mut json = serde_json::to_value(&summary).unwrap();
+        json.as_object_mut().unwrap().remove("tenant");
+        let old: DeliverySummary = serde_json::from_value(json).unwrap();
+        assert_eq!(old.tenant, None);
     }
 
     #[test]

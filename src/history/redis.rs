@@ -13,6 +13,14 @@
 //! docs of [`super`]), so Redis orders them as text: `ZREVRANGEBYLEX` pages
 //! them newest first from an exact cursor, and time ranges are lex ranges.
 //!
+//! An event of a tenant is kept under its event key (`<tenant>/<event id>`,
+//! [`super::event_key`]; the plain event id for an event of no tenant, as
+//! before tenants) in its event id's shard. A delivery with an owner
+//! ([`DeliverySummary::owner`]) is also in the owner's indices
+//! (`tenant:<owner>…`), which the scripts find through the summary's `o`
+//! field: the ownership rule is applied once, in Rust, when the delivery
+//! is created.
+//!
 //! Writes are one Lua script per shard group and call: on a single Redis
 //! every shard of a [`History::record`] call goes to one script run (one
 //! round trip); on a cluster each shard's run goes to its node, all
@@ -35,6 +43,7 @@ use super::{
 };
 use crate::config::{HistoryConfig, QueueConfig, SubscriptionName};
 use crate::ingest::EventId;
+use crate::model::TenantId;
 use crate::queue::redis::link::{Call, Failed, Redis};
 use crate::queue::{shard_of, DeliveryId, Millis};
 
@@ -44,9 +53,11 @@ pub fn shard_base(prefix: &str, shard: u16) -> String {
 }
 
 /// `{prefix}:h:{N}:d:<delivery id>`, a hash: the delivery's summary, one
-/// field per [`DeliverySummary`] field (absent options are absent fields)
-/// plus `m`, its listing position. Written by the record script; deleted by
-/// the trim script.
+/// field per [`DeliverySummary`] field (absent options are absent fields,
+/// so `tenant` is absent for an event of no tenant) plus `m`, its listing
+/// position, and `o`, its owner ([`DeliverySummary::owner`], absent if
+/// none), which names its `tenant:` indices. Written by the record script;
+/// deleted by the trim script.
 pub fn summary_key(prefix: &str, shard: u16, id: &str) -> String {
     format!("{}d:{id}", shard_base(prefix, shard))
 }
@@ -60,14 +71,19 @@ pub fn attempts_key(prefix: &str, shard: u16, id: &str) -> String {
 
 /// `{prefix}:h:{N}:<index>`, a sorted set of listing positions, all scored
 /// 0: `time` (every delivery of the shard), `sub:<name>`, `state:<state>`
-/// and `sub:<name>:state:<state>`. Written by the record script (state
-/// indices move with the state) and the trim script (removes).
+/// and `sub:<name>:state:<state>`; for the deliveries a tenant owns, also
+/// `tenant:<tenant>`, `tenant:<tenant>:sub:<name>`,
+/// `tenant:<tenant>:state:<state>` and
+/// `tenant:<tenant>:sub:<name>:state:<state>`. Written by the record script
+/// (state indices move with the state) and the trim script (removes).
 pub fn index_key(prefix: &str, shard: u16, index: &str) -> String {
     format!("{}{index}", shard_base(prefix, shard))
 }
 
-/// `{prefix}:h:{N}:event:<event id>`, a set: ids of the event's deliveries
-/// in shard `N`. Written by the record script; the trim script removes.
+/// `{prefix}:h:{N}:event:<event key>`, a set: ids of the event's deliveries
+/// in shard `N`. The event key is the event id for an event of no tenant,
+/// `<tenant>/<event id>` for a tenant's ([`super::event_key`]). Written by
+/// the record script; the trim script removes.
 pub fn event_key(prefix: &str, shard: u16, event: &str) -> String {
     format!("{}event:{event}", shard_base(prefix, shard))
 }
@@ -80,16 +96,18 @@ pub fn stats_key(prefix: &str, shard: u16, subscription: &str) -> String {
     format!("{}stats:{subscription}", shard_base(prefix, shard))
 }
 
-/// `{prefix}:h:{N}:e:<event id>`, a hash: the event's [`EventRecord`]:
-/// `type`, `created_at` (ms) and `body` (the bytes as ingested). `N` is the
-/// event's shard ([`shard_of`]). Written once by the record script (the
-/// first write wins); deleted by the trim script.
+/// `{prefix}:h:{N}:e:<event key>`, a hash: the event's [`EventRecord`]:
+/// `type`, `created_at` (ms) and `body` (the bytes as ingested). The event
+/// key is the event id, or `<tenant>/<event id>` for a tenant's event
+/// ([`super::event_key`]); `N` is the event id's shard ([`shard_of`]).
+/// Written once by the record script (the first write wins); deleted by the
+/// trim script.
 pub fn event_record_key(prefix: &str, shard: u16, event: &str) -> String {
     format!("{}e:{event}", shard_base(prefix, shard))
 }
 
-/// `{prefix}:h:{N}:events`, a sorted set: member = event id, score = its
-/// record's `created_at` (ms): the event records of shard `N`, oldest
+/// `{prefix}:h:{N}:events`, a sorted set: member = event key (as in
+/// [`event_record_key`]), score = its record's `created_at` (ms): the event records of shard `N`, oldest
 /// first, for trimming. Written by the record script; the trim script
 /// removes.
 pub fn event_times_key(prefix: &str, shard: u16) -> String {
@@ -104,7 +122,7 @@ const ENTRIES_PER_RUN: usize = 512;
 const BODY_BYTES_PER_RUN: usize = 4 << 20;
 
 /// Arguments per entry of [`RECORD_LUA`].
-const STRIDE: usize = 16;
+const STRIDE: usize = 18;
 
 /// Record. KEYS: the `time` index of each shard in the group (the other
 /// keys of a shard are derived from it). ARGV: [`STRIDE`] fields per entry:
@@ -113,21 +131,39 @@ const STRIDE: usize = 16;
 /// event type, subscription, state, time (created / started / at), updated
 /// or ended time, attempts or attempt number, last status, `=`last error,
 /// next attempt time, `=`note or the attempt's JSON or the event's body,
-/// `1` if the attempt succeeded. Empty fields are absent values; an event
-/// record uses only its event id, type, time and body. Applies the rules in the
-/// module docs of [`super`]; returns how many entries changed something.
+/// `1` if the attempt succeeded, the event's tenant, the delivery's owner
+/// ([`DeliverySummary::owner`]). Empty fields are absent values; an event
+/// record uses only its event id, type, time, body and tenant. Applies the
+/// rules in the module docs of [`super`]; returns how many entries changed
+/// something.
 const RECORD_LUA: &str = r#"
-local S = 16
-local function move(base, sub, m, old, new)
+local S = 18
+local function nz(v)
+  if v == '' then return false end
+  return v
+end
+local function evkey(ev, tenant)
+  if tenant then return tenant .. '/' .. ev end
+  return ev
+end
+local function move(base, sub, o, m, old, new)
   if old == new then return end
   local stats = base .. 'stats:' .. sub
   if old then
     redis.call('ZREM', base .. 'state:' .. old, m)
     redis.call('ZREM', base .. 'sub:' .. sub .. ':state:' .. old, m)
+    if o then
+      redis.call('ZREM', base .. 'tenant:' .. o .. ':state:' .. old, m)
+      redis.call('ZREM', base .. 'tenant:' .. o .. ':sub:' .. sub .. ':state:' .. old, m)
+    end
     redis.call('HINCRBY', stats, old, -1)
   end
   redis.call('ZADD', base .. 'state:' .. new, 0, m)
   redis.call('ZADD', base .. 'sub:' .. sub .. ':state:' .. new, 0, m)
+  if o then
+    redis.call('ZADD', base .. 'tenant:' .. o .. ':state:' .. new, 0, m)
+    redis.call('ZADD', base .. 'tenant:' .. o .. ':sub:' .. sub .. ':state:' .. new, 0, m)
+  end
   redis.call('HINCRBY', stats, new, 1)
 end
 local function opt(d, field, v, marked)
@@ -145,15 +181,23 @@ local function later(a, b)
 end
 local function create(base, d, i, state, updated, attempts)
   local id, m, ev, sub = ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 6]
+  local tenant, o = nz(ARGV[i + 16]), nz(ARGV[i + 17])
   redis.call('HSET', d, 'm', m, 'event_id', ev, 'event_type', ARGV[i + 5], 'subscription', sub,
     'state', state, 'created_at', ARGV[i + 8], 'updated_at', updated, 'attempts', attempts)
+  if tenant then redis.call('HSET', d, 'tenant', tenant) end
   redis.call('ZADD', base .. 'time', 0, m)
   redis.call('ZADD', base .. 'sub:' .. sub, 0, m)
-  redis.call('SADD', base .. 'event:' .. ev, id)
-  move(base, sub, m, nil, state)
+  if o then
+    redis.call('HSET', d, 'o', o)
+    redis.call('ZADD', base .. 'tenant:' .. o, 0, m)
+    redis.call('ZADD', base .. 'tenant:' .. o .. ':sub:' .. sub, 0, m)
+  end
+  redis.call('SADD', base .. 'event:' .. evkey(ev, tenant), id)
+  move(base, sub, o, m, nil, state)
+  return o
 end
 local function event(base, i)
-  local ev = ARGV[i + 4]
+  local ev = evkey(ARGV[i + 4], nz(ARGV[i + 16]))
   local r = base .. 'e:' .. ev
   if redis.call('EXISTS', r) == 1 then return 0 end
   redis.call('HSET', r, 'type', ARGV[i + 5], 'created_at', ARGV[i + 8], 'body', ARGV[i + 14])
@@ -169,8 +213,8 @@ for i = 1, #ARGV, S do
     applied = applied + event(base, i)
   else
     local d = base .. 'd:' .. id
-    local cur = redis.call('HMGET', d, 'm', 'subscription', 'state', 'updated_at', 'attempts')
-    local m, sub, state, updated, attempts = cur[1], cur[2], cur[3], cur[4], cur[5]
+    local cur = redis.call('HMGET', d, 'm', 'subscription', 'state', 'updated_at', 'attempts', 'o')
+    local m, sub, state, updated, attempts, o = cur[1], cur[2], cur[3], cur[4], cur[5], cur[6]
     if kind == 'c' then
       if not m then
         create(base, d, i, ARGV[i + 7], ARGV[i + 9], ARGV[i + 10])
@@ -183,11 +227,11 @@ for i = 1, #ARGV, S do
     elseif kind == 'a' then
       local new = ARGV[i + 7]
       if not m then
-        create(base, d, i, new, ARGV[i + 9], '0')
+        o = create(base, d, i, new, ARGV[i + 9], '0')
         m, sub, state, updated, attempts = ARGV[i + 3], ARGV[i + 6], new, ARGV[i + 9], '0'
       end
       redis.call('RPUSH', base .. 'a:' .. id, ARGV[i + 14])
-      move(base, sub, m, state, new)
+      move(base, sub, o, m, state, new)
       local n = ARGV[i + 10]
       if tonumber(attempts) > tonumber(n) then n = attempts end
       redis.call('HSET', d, 'state', new, 'attempts', n, 'updated_at', later(updated, ARGV[i + 9]))
@@ -201,7 +245,7 @@ for i = 1, #ARGV, S do
       applied = applied + 1
     elseif m then
       local new = ARGV[i + 7]
-      move(base, sub, m, state, new)
+      move(base, sub, o, m, state, new)
       redis.call('HSET', d, 'state', new, 'updated_at', later(updated, ARGV[i + 8]))
       opt(d, 'note', ARGV[i + 14], true)
       applied = applied + 1
@@ -216,8 +260,11 @@ return applied
 /// the shard keeps (and the most event records), the most of each to
 /// remove now, the age cutoff in ms (event records created before it go).
 /// Removes the oldest deliveries first, each with its summary, attempts,
-/// index entries, count and event membership; then the oldest event
-/// records by the same rules. Returns how many of both it removed.
+/// index entries (its owner's too, named by the summary's `o`), count and
+/// event membership (under its event key, from `event_id` and `tenant`);
+/// then the oldest event records (of every tenant: the members of
+/// `events` are event keys) by the same rules. Returns how many of both it
+/// removed.
 const TRIM_LUA: &str = r#"
 local time = KEYS[1]
 local base = string.sub(time, 1, -5)
@@ -234,17 +281,26 @@ end
 for _, m in ipairs(victims) do
   local id = string.sub(m, 17)
   local d = base .. 'd:' .. id
-  local f = redis.call('HMGET', d, 'subscription', 'state', 'event_id')
+  local f = redis.call('HMGET', d, 'subscription', 'state', 'event_id', 'tenant', 'o')
   redis.call('ZREM', time, m)
   if f[1] and f[2] then
     local sub, state = f[1], f[2]
     redis.call('ZREM', base .. 'sub:' .. sub, m)
     redis.call('ZREM', base .. 'state:' .. state, m)
     redis.call('ZREM', base .. 'sub:' .. sub .. ':state:' .. state, m)
+    if f[5] then
+      local t = base .. 'tenant:' .. f[5]
+      redis.call('ZREM', t, m)
+      redis.call('ZREM', t .. ':sub:' .. sub, m)
+      redis.call('ZREM', t .. ':state:' .. state, m)
+      redis.call('ZREM', t .. ':sub:' .. sub .. ':state:' .. state, m)
+    end
     redis.call('HINCRBY', base .. 'stats:' .. sub, state, -1)
   end
   if f[3] then
-    redis.call('SREM', base .. 'event:' .. f[3], id)
+    local ev = f[3]
+    if f[4] then ev = f[4] .. '/' .. ev end
+    redis.call('SREM', base .. 'event:' .. ev, id)
   end
   redis.call('DEL', d, base .. 'a:' .. id)
 end
@@ -341,6 +397,8 @@ impl RedisHistory {
                     call.opt(s.next_attempt_at);
                     call.marked(s.note.as_deref());
                     call.arg("");
+                    call.opt(s.tenant.as_ref());
+                    call.opt(s.owner());
                 }
                 Entry::Attempted { attempt, state } => {
                     let scrubbed = super::scrub(attempt, self.body_limit);
@@ -364,6 +422,8 @@ impl RedisHistory {
                     call.opt(attempt.next_attempt_at);
                     call.args.push(json);
                     call.arg(if *state == DeliveryState::Delivered { "1" } else { "0" });
+                    call.opt(attempt.tenant.as_ref());
+                    call.opt(crate::model::owner_of(&attempt.subscription, attempt.tenant.as_ref()));
                 }
                 Entry::State { state, at, note, .. } => {
                     call.arg("s");
@@ -378,7 +438,9 @@ impl RedisHistory {
                         call.arg("");
                     }
                     call.marked(note.as_deref());
-                    call.arg("");
+                    for _ in 0..3 {
+                        call.arg("");
+                    }
                 }
                 Entry::Event(record) => {
                     call.arg("e");
@@ -394,6 +456,8 @@ impl RedisHistory {
                         call.arg("");
                     }
                     call.args.push(record.body.to_vec());
+                    call.arg("");
+                    call.opt(record.tenant.as_ref());
                     call.arg("");
                 }
             }
@@ -505,13 +569,14 @@ impl History for RedisHistory {
         Ok(Some((summary, attempts)))
     }
 
-    async fn event(&self, event_id: &EventId) -> Result<Vec<DeliverySummary>, Error> {
+    async fn event(&self, tenant: Option<&TenantId>, event_id: &EventId) -> Result<Vec<DeliverySummary>, Error> {
         // The queue puts an event's deliveries in its shard; every shard is
         // asked anyway (one pipeline) so none placed elsewhere is missed.
+        let event = super::event_key(tenant, event_id);
         let batches = (0..self.shards)
             .map(|s| {
                 let mut cmd = ::redis::cmd("SMEMBERS");
-                cmd.arg(event_key(&self.prefix, s, event_id.as_str()));
+                cmd.arg(event_key(&self.prefix, s, &event));
                 vec![cmd]
             })
             .collect();
@@ -524,13 +589,14 @@ impl History for RedisHistory {
             }
         }
         let mut found = self.summaries(&ids).await?;
+        found.retain(|s| s.tenant.as_ref() == tenant);
         found.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
         Ok(found)
     }
 
-    async fn event_record(&self, event_id: &EventId) -> Result<Option<EventRecord>, Error> {
+    async fn event_record(&self, tenant: Option<&TenantId>, event_id: &EventId) -> Result<Option<EventRecord>, Error> {
         let s = shard_of(event_id, self.shards);
-        let key = event_record_key(&self.prefix, s, event_id.as_str());
+        let key = event_record_key(&self.prefix, s, &super::event_key(tenant, event_id));
         let mut cmd = ::redis::cmd("HMGET");
         cmd.arg(&key).arg("type").arg("created_at").arg("body");
         let reply = self
@@ -565,6 +631,7 @@ impl History for RedisHistory {
             event_type,
             created_at,
             body: bytes::Bytes::from(body),
+            tenant: tenant.cloned(),
         }))
     }
 
@@ -759,6 +826,11 @@ fn summary_from(id: &str, fields: &HashMap<String, String>) -> Result<DeliverySu
         last_error: fields.get("last_error").cloned(),
         next_attempt_at: number("next_attempt_at")?,
         note: fields.get("note").cloned(),
+        tenant: fields
+            .get("tenant")
+            .map(|t| TenantId::parse(t))
+            .transpose()
+            .map_err(corrupt)?,
     })
 }
 
@@ -835,6 +907,7 @@ mod tests {
                 event_type: "a.b".into(),
                 created_at: 0,
                 body: bytes::Bytes::from(vec![0u8; bytes]),
+                tenant: None,
             })
         };
         let sizes = |entries: &[Entry]| {

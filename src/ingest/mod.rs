@@ -19,10 +19,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot, Notify};
 
-use crate::catalog::{Catalog, Snapshot};
+use crate::catalog::Catalog;
 use crate::config::Config;
 use crate::history::{Entry, EventRecord, Recorder};
-use crate::model::TenantId;
+use crate::model::{SubscriptionName, TenantId};
 pub use crate::model::{check_event_type, is_internal, Event, EventId, EventPattern, INTERNAL_PREFIX};
 use crate::queue::{self, now_ms, Delivery, DeliveryId, Enqueued, NewEvent, Queue};
 pub use crate::telemetry::metrics::Source;
@@ -43,6 +43,16 @@ pub enum Error {
     /// The queue could not store the event; the producer should retry.
     #[error("event not accepted, retry later: {0}")]
     Queue(#[from] queue::Error),
+    /// The tenant sends faster than its plan allows.
+    #[error("tenant `{tenant}` sends more events per second than plan `{plan}` allows (events_per_second); retry after {} ms", retry_after.as_millis())]
+    RateLimited {
+        /// The tenant.
+        tenant: TenantId,
+        /// Its plan.
+        plan: String,
+        /// When a token will be free.
+        retry_after: Duration,
+    },
 }
 
 fn invalid(field: &'static str, problem: impl Into<String>) -> Error {
@@ -142,6 +152,10 @@ pub struct Ingestor {
     queued: Arc<Notify>,
     /// Counts events ingested (by source and type) and dedup hits.
     metrics: Arc<Metrics>,
+    /// Where the tenants' ingest rate buckets live.
+    queue: Arc<dyn Queue>,
+    /// Refuse events whose data fails their type's schema.
+    validate_schemas: bool,
 }
 
 impl Ingestor {
@@ -157,10 +171,12 @@ impl Ingestor {
         metrics: Arc<Metrics>,
     ) -> Ingestor {
         let (enqueue_tx, enqueue_rx) = mpsc::channel(ENQUEUE_BACKLOG);
-        tokio::spawn(enqueue_loop(queue, config.ingest.dedup_window, enqueue_rx, recorder));
+        tokio::spawn(enqueue_loop(queue.clone(), config.ingest.dedup_window, enqueue_rx, recorder));
         Ingestor {
             enqueue_tx,
             catalog,
+            queue,
+            validate_schemas: config.ingest.validate_schemas,
             shards: config.queue.shards,
             queued,
             metrics,
@@ -182,20 +198,107 @@ impl Ingestor {
     /// each, in order.
     pub async fn ingest_batch(&self, events: Vec<Event>, source: Source) -> Result<Vec<Accepted>, Error> {
         let now = now_ms();
-        let mut snapshot = self.catalog.snapshot();
-        if let Some(unknown) = events
+        let many = events.len() > 1;
+        for (n, event) in events.iter().enumerate() {
+            self.check(event).await.map_err(|e| match e {
+                Error::Invalid { field, problem } if many => Error::Invalid {
+                    field,
+                    problem: format!("{problem} (event {n})"),
+                },
+                e => e,
+            })?;
+        }
+        // The platform's own stream is not held to its tenants' plans.
+        if source != Source::Stream {
+            self.take_plan_tokens(&events, now).await?;
+        }
+        let snapshot = self.catalog.snapshot();
+        let batch: Vec<NewEvent> = events
             .iter()
-            .filter_map(|e| e.tenant.as_ref())
-            .find(|t| !snapshot.tenants.contains_key(*t))
-        {
-            // Made on another process a moment ago, perhaps: look again once.
-            let _ = self.catalog.refresh().await;
-            snapshot = self.catalog.snapshot();
-            if !snapshot.tenants.contains_key(unknown) {
-                return Err(invalid("tenant", format!("`{unknown}` does not exist")));
+            .map(|e| to_subscriptions(e, snapshot.routes.matching(&e.event_type, e.tenant.as_ref()), self.shards, now))
+            .collect();
+        self.submit(batch, &events, source).await
+    }
+
+    /// Queues `event` for `subscription` alone, whatever the others want
+    /// (a subscription's test event): one delivery, through the same
+    /// checks, dedup and log as any event. Returns its delivery's id.
+    pub async fn ingest_to(
+        &self,
+        event: Event,
+        subscription: &SubscriptionName,
+        source: Source,
+    ) -> Result<(Accepted, DeliveryId), Error> {
+        self.check(&event).await?;
+        let new = to_subscriptions(&event, std::iter::once(subscription), self.shards, now_ms());
+        let id = new.deliveries[0].id.clone();
+        let mut accepted = self.submit(vec![new], std::slice::from_ref(&event), source).await?;
+        Ok((accepted.remove(0), id))
+    }
+
+    /// Checks what the catalogue knows of `event`: its tenant exists, and
+    /// (with `ingest.validate_schemas`) its `data` matches its type's
+    /// JSON Schema, the failing path named.
+    pub async fn check(&self, event: &Event) -> Result<(), Error> {
+        let mut snapshot = self.catalog.snapshot();
+        if let Some(tenant) = &event.tenant {
+            if !snapshot.tenants.contains_key(tenant) {
+                // Made on another process a moment ago, perhaps: look again once.
+                let _ = self.catalog.refresh().await;
+                snapshot = self.catalog.snapshot();
+                if !snapshot.tenants.contains_key(tenant) {
+                    return Err(invalid("tenant", format!("`{tenant}` does not exist")));
+                }
             }
         }
-        let batch: Vec<NewEvent> = events.iter().map(|e| fan_out(&snapshot, e, self.shards, now)).collect();
+        if self.validate_schemas && snapshot.has_schema(&event.event_type) {
+            let data: serde_json::Value = serde_json::from_str(event.data.get())
+                .map_err(|e| invalid("data", format!("is not valid JSON: {e}")))?;
+            snapshot.check_data(&event.event_type, &data).map_err(|(at, what)| {
+                invalid(
+                    "data",
+                    format!("does not match the schema of `{}` at `{at}`: {what}", event.event_type),
+                )
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Takes one token per event from each tenant's plan bucket (in the
+    /// queue backend, shared by every process); refuses the call if a
+    /// tenant has not enough.
+    async fn take_plan_tokens(&self, events: &[Event], now: queue::Millis) -> Result<(), Error> {
+        let snapshot = self.catalog.snapshot();
+        let mut wanted: Vec<(&TenantId, u32)> = Vec::new();
+        for tenant in events.iter().filter_map(|e| e.tenant.as_ref()) {
+            match wanted.iter_mut().find(|(t, _)| *t == tenant) {
+                Some((_, n)) => *n += 1,
+                None => wanted.push((tenant, 1)),
+            }
+        }
+        for (tenant, want) in wanted {
+            let Some((plan, limits)) = snapshot.plan_of(tenant) else {
+                continue;
+            };
+            let Some(limit) = limits.ingest_limit() else {
+                continue;
+            };
+            let bucket = SubscriptionName::tenant_bucket(tenant);
+            let tokens = self.queue.take_tokens(&bucket, &limit, want, now).await?;
+            if tokens.granted < want {
+                let next = tokens.next_at.unwrap_or(now + 1000);
+                return Err(Error::RateLimited {
+                    tenant: tenant.clone(),
+                    plan: plan.to_owned(),
+                    retry_after: Duration::from_millis((next - now).max(1) as u64),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands fanned-out events to the enqueue task and answers for each.
+    async fn submit(&self, batch: Vec<NewEvent>, events: &[Event], source: Source) -> Result<Vec<Accepted>, Error> {
         let counts: Vec<(EventId, usize)> = batch.iter().map(|e| (e.event_id.clone(), e.deliveries.len())).collect();
         let (tx, rx) = oneshot::channel();
         let gone = || queue::Error::Invalid("the enqueue task has stopped".into());
@@ -205,7 +308,7 @@ impl Ingestor {
         let accepted = counts
             .into_iter()
             .zip(results)
-            .zip(&events)
+            .zip(events)
             .map(|(((id, count), r), event)| {
                 let duplicate = r == Enqueued::Duplicate;
                 if duplicate {
@@ -229,15 +332,19 @@ impl Ingestor {
     }
 }
 
-/// The deliveries of `event` to the subscriptions of `snapshot` that want
-/// it. An event of a tenant is deduplicated per tenant: its dedup key is
-/// `{tenant}/{id}`, so two tenants may use the same event id.
-fn fan_out(snapshot: &Snapshot, event: &Event, shards: u16, now: queue::Millis) -> NewEvent {
+/// The deliveries of `event` to the subscriptions `names` (those of the
+/// catalogue that want it, or one for a test). An event of a tenant is
+/// deduplicated per tenant: its dedup key is `{tenant}/{id}`, so two
+/// tenants may use the same event id.
+fn to_subscriptions<'a>(
+    event: &Event,
+    names: impl Iterator<Item = &'a SubscriptionName>,
+    shards: u16,
+    now: queue::Millis,
+) -> NewEvent {
     let shard = queue::shard_of(&event.id, shards);
     let mut body = None;
-    let deliveries = snapshot
-        .routes
-        .matching(&event.event_type, event.tenant.as_ref())
+    let deliveries = names
         .map(|name| Delivery {
             id: DeliveryId::new(shard),
             event_id: event.id.clone(),
@@ -325,6 +432,7 @@ fn event_record(event: &NewEvent) -> Option<EventRecord> {
         event_type: first.event_type.clone(),
         created_at: first.created_at,
         body: first.body.clone(),
+        tenant: first.tenant.clone(),
     })
 }
 

@@ -206,7 +206,10 @@ impl StreamConsumer {
         let mut rejected = Vec::new();
         for entry in &entries {
             match self.parse(&entry.map) {
-                Ok(event) => events.push(event),
+                Ok(event) => match self.ingestor.check(&event).await {
+                    Ok(()) => events.push(event),
+                    Err(reason) => rejected.push((entry, reason)),
+                },
                 Err(reason) => rejected.push((entry, reason)),
             }
         }

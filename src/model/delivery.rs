@@ -91,6 +91,13 @@ pub struct Delivery {
 }
 
 impl Delivery {
+    /// The tenant whose delivery log holds this delivery: the owner of its
+    /// subscription, which is the event's tenant for a subscription made
+    /// through the API (`sub_…`), none for the operator's.
+    pub fn owner(&self) -> Option<&TenantId> {
+        super::owner_of(&self.subscription, self.tenant.as_ref())
+    }
+
     /// Serializes the record for storage.
     pub fn encode(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("a delivery always serializes")

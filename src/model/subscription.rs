@@ -21,6 +21,13 @@ impl SubscriptionName {
         Ok(SubscriptionName(name.to_owned()))
     }
 
+    /// The name of `tenant`'s ingest rate bucket in the queue backend:
+    /// not a subscription's (`@` and `/` are never in one), so it never
+    /// shares a subscription's bucket.
+    pub fn tenant_bucket(tenant: &super::TenantId) -> SubscriptionName {
+        SubscriptionName(format!("@tenant/{tenant}"))
+    }
+
     /// The name as text.
     pub fn as_str(&self) -> &str {
         &self.0
