@@ -10,6 +10,7 @@
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{json, Value};
 
+use crate::api::event_types::EventTypeAnswer;
 use crate::api::tenants::{KeyAnswer, KeyCreated, TenantAnswer};
 
 /// Arguments a verb cannot send, or an answer it cannot read.
@@ -1250,12 +1251,10 @@ pub fn rotate_body(grace: Option<&str>) -> Result<Value, Error> {
     Ok(body)
 }
 
-/// The body of `POST /v1/subscriptions/{id}/test`.
-pub fn test_body(event_type: Option<&str>) -> Value {
-    match event_type {
-        Some(t) => json!({ "type": t }),
-        None => json!({}),
-    }
+/// The body of `POST /v1/subscriptions/{id}/test`: a type of the
+/// catalogue with an example, which hookd sends as the event's data.
+pub fn test_body(event_type: &str) -> Value {
+    json!({ "type": event_type })
 }
 
 /// The body of `PUT /v1/event-types/{name}`: the whole event type, so an
@@ -1479,14 +1478,17 @@ pub fn secret(answer: &Value) -> String {
     out
 }
 
-/// `hookd subscriptions rotate-secret`: the new secret, set apart.
-pub fn secret_rotated(id: &str, answer: &Value, grace: Option<&str>) -> String {
-    let old = match grace {
-        Some(grace) => format!("the previous secret keeps signing too for {grace}"),
-        None => "the previous secret keeps signing too for hookd's default grace".to_string(),
+/// `hookd subscriptions rotate-secret`: the new secret, set apart, and
+/// until when the previous ones keep signing (`previous_expire_at`; null
+/// with a zero grace).
+pub fn secret_rotated(answer: &Value) -> String {
+    let old = match &answer["previous_expire_at"] {
+        Value::Null => "the previous secret stopped signing at once".to_string(),
+        at => format!("the previous secret keeps signing too until {} UTC", when(at)),
     };
     format!(
-        "subscription {id}: new signing secret:\n\n    {}\n\n{old}; give the new one to the receiver now.\n",
+        "subscription {}: new signing secret:\n\n    {}\n\n{old}; give the new one to the receiver now.\n",
+        text(&answer["id"]),
         text(&answer["secret"])
     )
 }
@@ -1500,34 +1502,41 @@ pub fn test_sent(id: &str, answer: &Value) -> String {
     )
 }
 
+/// The types of `GET /v1/event-types`.
+#[derive(serde::Deserialize)]
+struct EventTypeList {
+    event_types: Vec<EventTypeAnswer>,
+}
+
 /// `hookd event-types list`: a table.
 pub fn event_types(answer: &Value) -> Result<String, Error> {
-    let list = answer["event_types"].as_array().ok_or_else(|| Error::Answer {
-        field: "event_types",
-        answer: clip(&answer.to_string(), 200),
-    })?;
-    let mut table = Table::new(&["NAME", "DEPRECATED", "SCHEMA", "EXAMPLE", "DESCRIPTION"]);
-    let given = |v: &Value| if v.is_null() { "-" } else { "yes" }.to_string();
-    for t in list {
+    let list: EventTypeList = typed(answer, "event_types")?;
+    let mut table = Table::new(&["NAME", "DEPRECATED", "SCHEMA", "EXAMPLE", "SOURCE", "DESCRIPTION"]);
+    let yes = |given: bool| if given { "yes" } else { "-" }.to_string();
+    for t in &list.event_types {
         table.row(vec![
-            text(&t["name"]),
-            if t["deprecated"] == true { "yes" } else { "-" }.into(),
-            given(&t["schema"]),
-            given(&t["example"]),
-            clip(&text(&t["description"]), ERROR_WIDTH),
+            t.name.clone(),
+            yes(t.deprecated),
+            yes(t.schema.is_some()),
+            yes(t.example.is_some()),
+            t.source.clone(),
+            clip(&or_dash(Some(&t.description)), ERROR_WIDTH),
         ]);
     }
     Ok(table.render())
 }
 
 /// `hookd event-types put`: one line.
-pub fn event_type_saved(name: &str, body: &Value) -> String {
-    let deprecated = if body["deprecated"] == true {
-        " (deprecated)"
-    } else {
-        ""
-    };
-    format!("event type {name} saved{deprecated}\n")
+pub fn event_type_saved(answer: &Value) -> Result<String, Error> {
+    let t: EventTypeAnswer = typed(answer, "name")?;
+    let deprecated = if t.deprecated { " (deprecated)" } else { "" };
+    let has = |given: bool, what: &str| if given { format!(", {what}") } else { String::new() };
+    Ok(format!(
+        "event type {} saved{deprecated}{}{}\n",
+        t.name,
+        has(t.schema.is_some(), "with a schema"),
+        has(t.example.is_some(), "with an example"),
+    ))
 }
 
 /// `hookd event-types delete`: one line.
@@ -2078,7 +2087,7 @@ mod tests {
         );
         assert_eq!(rotate_body(Some("24h")).unwrap(), json!({"grace": "24h"}));
         assert_eq!(rotate_body(None).unwrap(), json!({}));
-        assert_eq!(test_body(Some("coupon.redeemed")), json!({"type": "coupon.redeemed"}));
+        assert_eq!(test_body("coupon.redeemed"), json!({"type": "coupon.redeemed"}));
         assert_eq!(
             subscriptions_path(Some("acme"), Some(2), Some("sub_1")),
             "/v1/subscriptions?tenant=acme&limit=2&cursor=sub_1"
@@ -2293,30 +2302,37 @@ mod tests {
             "whsec_b\n"
         );
         assert_eq!(
-            secret_rotated("sub_1", &json!({"secret": "whsec_new"}), Some("24h")),
+            secret_rotated(&json!({"id": "sub_1", "secret": "whsec_new", "previous_expire_at": "2026-11-24T10:00:00.5Z"})),
             "subscription sub_1: new signing secret:\n\n    whsec_new\n\n\
-             the previous secret keeps signing too for 24h; give the new one to the receiver now.\n"
+             the previous secret keeps signing too until 2026-11-24 10:00:00 UTC; give the new one to the receiver now.\n"
+        );
+        assert!(
+            secret_rotated(&json!({"id": "sub_1", "secret": "whsec_new", "previous_expire_at": null}))
+                .contains("\nthe previous secret stopped signing at once; ")
         );
         assert_eq!(
             test_sent("sub_1", &json!({"event_id": "evt_t", "delivery_id": "dlv_t"})),
             "test event evt_t sent to sub_1: delivery dlv_t (follow it with `hookd attempts dlv_t`)\n"
         );
-        let listed = event_types(&json!({"event_types": [
-            {"name": "coupon.redeemed", "description": "a coupon was redeemed", "schema": {"type": "object"},
-             "example": null, "deprecated": false},
-            {"name": "stamp.old", "description": null, "schema": null, "example": {"a": 1}, "deprecated": true}
-        ]}))
-        .unwrap();
+        let redeemed = json!({"name": "coupon.redeemed", "description": "a coupon was redeemed",
+            "schema": {"type": "object"}, "example": null, "deprecated": false, "source": "config"});
+        let old = json!({"name": "stamp.old", "description": "", "schema": null, "example": {"a": 1},
+            "deprecated": true, "source": "api"});
+        let listed = event_types(&json!({"event_types": [redeemed, old]})).unwrap();
         assert_eq!(
             listed,
-            "NAME             DEPRECATED  SCHEMA  EXAMPLE  DESCRIPTION\n\
-             coupon.redeemed  -           yes     -        a coupon was redeemed\n\
-             stamp.old        yes         -       yes      -\n"
+            "NAME             DEPRECATED  SCHEMA  EXAMPLE  SOURCE  DESCRIPTION\n\
+             coupon.redeemed  -           yes     -        config  a coupon was redeemed\n\
+             stamp.old        yes         -       yes      api     -\n"
         );
         assert!(event_types(&json!({})).is_err());
         assert_eq!(
-            event_type_saved("stamp.old", &json!({"deprecated": true})),
-            "event type stamp.old saved (deprecated)\n"
+            event_type_saved(&old).unwrap(),
+            "event type stamp.old saved (deprecated), with an example\n"
+        );
+        assert_eq!(
+            event_type_saved(&redeemed).unwrap(),
+            "event type coupon.redeemed saved, with a schema\n"
         );
         assert_eq!(event_type_deleted("stamp.old"), "event type stamp.old deleted\n");
     }

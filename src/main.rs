@@ -398,7 +398,7 @@ enum SubscriptionsCommand {
     RotateSecret {
         /// Its id (sub_…).
         id: String,
-        /// How long the old secret keeps signing too, like 24h (default: hookd's).
+        /// How long the old secret keeps signing too, like 24h (hookd's default: 24h).
         #[arg(long, value_name = "DURATION")]
         grace: Option<String>,
         #[command(flatten)]
@@ -408,9 +408,10 @@ enum SubscriptionsCommand {
     Test {
         /// Its id (sub_…).
         id: String,
-        /// The event type of the test event, like coupon.redeemed (default: hookd's).
+        /// A type of the event catalogue with an example, like
+        /// coupon.redeemed: its example is sent as the event's data.
         #[arg(long = "type")]
-        event_type: Option<String>,
+        event_type: String,
         #[command(flatten)]
         call: Call,
     },
@@ -938,10 +939,10 @@ async fn subscriptions_command(command: SubscriptionsCommand) -> anyhow::Result<
             let answer = client(&call.remote)?
                 .post(&subscription_path(&id, "/rotate-secret"), body.to_string())
                 .await?;
-            show(&answer, call.json, |a| cli::secret_rotated(&id, a, grace.as_deref()))
+            show(&answer, call.json, cli::secret_rotated)
         }
         SubscriptionsCommand::Test { id, event_type, call } => {
-            let body = cli::test_body(event_type.as_deref());
+            let body = cli::test_body(&event_type);
             let answer = client(&call.remote)?
                 .post(&subscription_path(&id, "/test"), body.to_string())
                 .await?;
@@ -1049,7 +1050,7 @@ async fn event_types_command(command: EventTypesCommand) -> anyhow::Result<()> {
             let answer = client(&call.remote)?
                 .put(&format!("/v1/event-types/{}", cli::encode(&name)), body.to_string())
                 .await?;
-            show(&answer, call.json, |_| cli::event_type_saved(&name, &body))
+            show_checked(&answer, call.json, cli::event_type_saved)
         }
         EventTypesCommand::Delete { name, call } => {
             let answer = client(&call.remote)?
