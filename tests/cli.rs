@@ -993,3 +993,166 @@ async fn bad_tenant_key_and_subscription_arguments_are_clear() {
     );
     hookd.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_types_secret_rotation_and_test_events_from_the_cli() {
+    let rx = Receiver::start().await;
+    let hookd = Hookd::start(&rx, "").await;
+    hookd.cli(&["tenants", "create", "acme", "--name", "Acme"]).await.ok();
+
+    // The catalogue: a type with a schema and an example, one from a file.
+    let schema = r#"{"type": "object", "required": ["code"]}"#;
+    let put = hookd
+        .cli(&[
+            "event-types",
+            "put",
+            "coupon.redeemed",
+            "--description",
+            "A coupon was redeemed",
+            "--schema",
+            schema,
+            "--example",
+            r#"{"code": "SPRING10"}"#,
+        ])
+        .await;
+    assert_eq!(
+        put.ok(),
+        "event type coupon.redeemed saved, with a schema, with an example\n"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("stamp.json");
+    std::fs::write(&file, r#"{"type": "object"}"#).unwrap();
+    let put = hookd
+        .cli(&[
+            "event-types",
+            "put",
+            "stamp.old",
+            "--schema",
+            file.to_str().unwrap(),
+            "--deprecated",
+        ])
+        .await;
+    assert_eq!(put.ok(), "event type stamp.old saved (deprecated), with a schema\n");
+    let bad = hookd
+        .cli(&[
+            "event-types",
+            "put",
+            "coupon.bad",
+            "--schema",
+            schema,
+            "--example",
+            "{}",
+        ])
+        .await;
+    assert!(
+        bad.failed()
+            .starts_with("error: hookd answered 422 Unprocessable Entity: "),
+        "{}",
+        bad.stderr
+    );
+    let listed = hookd.cli(&["event-types", "list"]).await;
+    let rows = listed.rows();
+    assert_eq!(rows.len(), 2, "{}", listed.stdout);
+    // NAME DEPRECATED SCHEMA EXAMPLE SOURCE DESCRIPTION
+    assert_eq!(
+        &rows[0][..6],
+        ["coupon.redeemed", "-", "yes", "yes", "api", "A"],
+        "{}",
+        listed.stdout
+    );
+    assert_eq!(
+        &rows[1][..6],
+        ["stamp.old", "yes", "yes", "-", "api", "-"],
+        "{}",
+        listed.stdout
+    );
+    let json = hookd.cli(&["event-types", "list", "--json"]).await.json();
+    assert_eq!(json["event_types"][0]["example"], json!({"code": "SPRING10"}));
+
+    // A test event reaches the subscription, signed with its secret.
+    let sub = hookd
+        .cli(&[
+            "subscriptions",
+            "create",
+            "--tenant",
+            "acme",
+            "--name",
+            "coupons",
+            "--url",
+            &rx.url("coupons"),
+            "--event",
+            "coupon.redeemed",
+            "--json",
+        ])
+        .await
+        .json();
+    let id = sub["id"].as_str().unwrap().to_owned();
+    let first = sub["secret"].as_str().unwrap().to_owned();
+    rx.trust("coupons", &[&first]);
+    let sent = hookd
+        .cli(&["subscriptions", "test", &id, "--type", "coupon.redeemed"])
+        .await;
+    let out = sent.ok();
+    assert!(out.starts_with("test event "), "{out}");
+    assert!(out.contains(&format!(" sent to {id}: delivery dlv_")), "{out}");
+    let arrivals = rx
+        .wait_for(WAIT, "the test event", |a| a.iter().any(|a| a.path == "coupons"))
+        .await;
+    let arrival = arrivals.iter().find(|a| a.path == "coupons").unwrap();
+    assert!(arrival.verified);
+    assert_eq!(arrival.json()["data"], json!({"code": "SPRING10"}));
+
+    // Rotation: the new secret is printed; both sign during the grace.
+    let rotated = hookd
+        .cli(&["subscriptions", "rotate-secret", &id, "--grace", "1h"])
+        .await;
+    let out = rotated.ok();
+    let second = set_apart(out);
+    assert!(second.starts_with("whsec_") && second != first, "{out}");
+    assert!(out.contains("the previous secret keeps signing too until "), "{out}");
+    let secret = hookd.cli(&["subscriptions", "secret", &id]).await;
+    assert_eq!(
+        secret.ok(),
+        format!("{second}\nalso signing until their grace ends: {first}\n")
+    );
+    rx.trust("coupons", &[&second]);
+    hookd
+        .cli(&["subscriptions", "test", &id, "--type", "coupon.redeemed", "--json"])
+        .await
+        .json();
+    let arrivals = rx
+        .wait_for(WAIT, "the second test event", |a| {
+            a.iter().filter(|a| a.path == "coupons").count() == 2
+        })
+        .await;
+    assert!(
+        arrivals.iter().filter(|a| a.path == "coupons").all(|a| a.verified),
+        "the second is verified with the new secret alone"
+    );
+    let rotated = hookd
+        .cli(&["subscriptions", "rotate-secret", &id, "--json"])
+        .await
+        .json();
+    assert!(rotated["secret"].as_str().unwrap().starts_with("whsec_"));
+
+    // hookd's refusals; then the catalogue shrinks.
+    let wrong = hookd.cli(&["subscriptions", "test", &id, "--type", "stamp.old"]).await;
+    assert!(
+        wrong
+            .failed()
+            .starts_with("error: hookd answered 422 Unprocessable Entity: type: "),
+        "{}",
+        wrong.stderr
+    );
+    let deleted = hookd.cli(&["event-types", "delete", "stamp.old"]).await;
+    assert_eq!(deleted.ok(), "event type stamp.old deleted\n");
+    let left = hookd.cli(&["event-types", "list", "--json"]).await.json();
+    assert_eq!(left["event_types"].as_array().unwrap().len(), 1);
+    let gone = hookd.cli(&["event-types", "delete", "stamp.old"]).await;
+    assert!(
+        gone.failed().starts_with("error: hookd answered 404 Not Found: "),
+        "{}",
+        gone.stderr
+    );
+    hookd.stop().await;
+}
