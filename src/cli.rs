@@ -10,6 +10,9 @@
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{json, Value};
 
+use crate::api::event_types::EventTypeAnswer;
+use crate::api::tenants::{KeyAnswer, KeyCreated, TenantAnswer};
+
 /// Arguments a verb cannot send, or an answer it cannot read.
 #[derive(Debug, PartialEq, thiserror::Error)]
 pub enum Error {
@@ -38,6 +41,19 @@ pub enum Error {
     /// A bulk replay `--state` other than dead or retrying.
     #[error("--state `{0}`: a bulk replay takes dead or retrying")]
     ReplayState(String),
+    /// A flag's value that cannot be sent as given.
+    #[error("{flag} `{value}`: {why}")]
+    Arg {
+        /// The flag at fault.
+        flag: &'static str,
+        /// What was given.
+        value: String,
+        /// Why not, and what to give instead.
+        why: String,
+    },
+    /// Flags missing, or none given where one is needed.
+    #[error("{0}")]
+    Usage(String),
     /// hookd answered, but not in the shape this version expects.
     #[error("hookd's answer lacks `{field}`: is it a different version? ({answer})")]
     Answer {
@@ -492,11 +508,20 @@ const ERROR_WIDTH: usize = 80;
 /// `hookd subscriptions`: a table for the list answer
 /// (`{"subscriptions": [...]}`), a key/value block for one subscription.
 pub fn subscriptions(answer: &Value) -> String {
-    let Some(list) = answer["subscriptions"].as_array() else {
-        return subscription(answer);
-    };
+    match answer["subscriptions"].as_array() {
+        Some(list) => subscription_table(list),
+        None => subscription(answer),
+    }
+}
+
+/// The subscriptions of a list answer as a table: id (a TOML
+/// subscription's is its name), name, tenant (`-` for the operator's),
+/// status and health.
+pub fn subscription_table(list: &[Value]) -> String {
     let mut table = Table::new(&[
+        "ID",
         "NAME",
+        "TENANT",
         "STATUS",
         "SINCE",
         ">DELIVERED",
@@ -507,8 +532,11 @@ pub fn subscriptions(answer: &Value) -> String {
         "REASON",
     ]);
     for s in list {
+        let id = if s["id"].is_null() { &s["name"] } else { &s["id"] };
         table.row(vec![
+            text(id),
             text(&s["name"]),
+            text(&s["tenant"]),
             text(&s["status"]),
             when(&s["since"]),
             text(&s["counts"]["delivered"]),
@@ -522,28 +550,50 @@ pub fn subscriptions(answer: &Value) -> String {
     table.render()
 }
 
+/// The subscriptions of one page of `GET /v1/subscriptions`.
+pub fn subscription_items(answer: &Value) -> Result<&Vec<Value>, Error> {
+    answer["subscriptions"].as_array().ok_or_else(|| Error::Answer {
+        field: "subscriptions",
+        answer: clip(&answer.to_string(), 200),
+    })
+}
+
 /// Lines `key  value`, the keys padded to the widest.
 fn block(pairs: &[(&str, String)]) -> String {
     let width = pairs.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
     pairs.iter().map(|(k, v)| format!("{k:<width$}  {v}\n")).collect()
 }
 
-/// One subscription (`GET /v1/subscriptions/{name}`) as a key/value block.
+/// One subscription (`GET /v1/subscriptions/{id}`) as a key/value block.
+/// Header values are never shown (hookd answers their names only).
 pub fn subscription(s: &Value) -> String {
     let status = match s["disabled_reason"].as_str() {
         Some(reason) if s["status"] != "active" => format!("{} ({reason})", text(&s["status"])),
         _ => text(&s["status"]),
     };
-    let events = match s["events"].as_array() {
-        Some(events) => events.iter().map(text).collect::<Vec<_>>().join(", "),
-        None => text(&s["events"]),
+    let list = |value: &Value| match value.as_array() {
+        Some(items) if items.is_empty() => "-".to_string(),
+        Some(items) => items.iter().map(text).collect::<Vec<_>>().join(", "),
+        None => text(value),
     };
-    block(&[
-        ("name", text(&s["name"])),
+    let mut pairs = vec![("name", text(&s["name"]))];
+    if !s["id"].is_null() && s["id"] != s["name"] {
+        pairs.insert(0, ("id", text(&s["id"])));
+    }
+    pairs.extend([
+        ("tenant", text(&s["tenant"])),
+        ("description", text(&s["description"])),
         ("status", status),
         ("since", when(&s["since"])),
         ("url", text(&s["url"])),
-        ("events", events),
+        ("events", list(&s["events"])),
+        ("headers", list(&s["headers"])),
+        ("rate limit", rate_limit(&s["rate_limit"])),
+        ("max in flight", text(&s["max_in_flight"])),
+        ("max retries", text(&s["max_retries"])),
+        ("timeout", text(&s["timeout"])),
+        ("created", when(&s["created_at"])),
+        ("updated", when(&s["updated_at"])),
         ("delivered", text(&s["counts"]["delivered"])),
         ("retrying", text(&s["counts"]["retrying"])),
         ("dead", text(&s["counts"]["dead"])),
@@ -553,7 +603,17 @@ pub fn subscription(s: &Value) -> String {
         ("last success", when(&s["last_success_at"])),
         ("last failure", when(&s["last_failure_at"])),
         ("plugin", text(&s["plugin"])),
-    ])
+    ]);
+    block(&pairs)
+}
+
+/// A `rate_limit` answer (`{"per_second", "burst"}`) as `10/s, burst 20`.
+fn rate_limit(value: &Value) -> String {
+    match (&value["per_second"], &value["burst"]) {
+        (Value::Number(rate), Value::Number(burst)) => format!("{rate}/s, burst {burst}"),
+        (Value::Number(rate), _) => format!("{rate}/s"),
+        _ => text(value),
+    }
 }
 
 /// The deliveries of one page of `GET /v1/deliveries`.
@@ -886,6 +946,604 @@ pub fn disabled(answer: &Value, reason: Option<&str>) -> String {
     format!("{name} disabled{why}; its deliveries are parked until `hookd enable {name}`\n")
 }
 
+// ---- tenants, keys, subscriptions and event types: arguments ----
+
+/// A flag's value that cannot be sent as given.
+fn bad(flag: &'static str, value: &str, why: impl Into<String>) -> Error {
+    Error::Arg {
+        flag,
+        value: value.to_owned(),
+        why: why.into(),
+    }
+}
+
+/// A `--header NAME=VALUE` as its name and value.
+pub fn parse_header(text: &str) -> Result<(String, String), Error> {
+    match text.split_once('=') {
+        Some((name, value)) if !name.trim().is_empty() => Ok((name.trim().to_owned(), value.to_owned())),
+        _ => Err(bad("--header", text, "write NAME=VALUE, like --header x-team=billing")),
+    }
+}
+
+/// A `--rate-limit PER_SECOND[/BURST]` (`10`, `0.5`, `10/20`) as hookd's
+/// `{"per_second", "burst"}`; with `clear_burst` (an update) a missing
+/// burst is sent as null, so the merge patch does not keep the old one.
+pub fn parse_rate_limit(text: &str, clear_burst: bool) -> Result<Value, Error> {
+    let how = "write PER_SECOND or PER_SECOND/BURST, like 10 or 0.5/2 or 10/20";
+    let (rate, burst) = match text.split_once('/') {
+        Some((rate, burst)) => (rate, Some(burst)),
+        None => (text, None),
+    };
+    let per_second: f64 = rate
+        .trim()
+        .parse()
+        .ok()
+        .filter(|r: &f64| r.is_finite() && *r > 0.0)
+        .ok_or_else(|| bad("--rate-limit", text, format!("{how}; the rate is a number above 0")))?;
+    let mut limit = json!({ "per_second": per_second });
+    match burst {
+        Some(burst) => {
+            let burst: u32 = burst.trim().parse().ok().filter(|b| *b >= 1).ok_or_else(|| {
+                bad(
+                    "--rate-limit",
+                    text,
+                    format!("{how}; the burst is a whole number from 1"),
+                )
+            })?;
+            limit["burst"] = burst.into();
+        }
+        None if clear_burst => limit["burst"] = Value::Null,
+        None => {}
+    }
+    Ok(limit)
+}
+
+/// A duration flag (`--timeout 5s`, `--grace 24h`), checked and sent as given.
+pub fn parse_duration(flag: &'static str, text: &str) -> Result<String, Error> {
+    match humantime::parse_duration(text.trim()) {
+        Ok(d) if !d.is_zero() => Ok(text.trim().to_owned()),
+        _ => Err(bad(flag, text, "give a duration above zero, like 500ms, 5s, 24h")),
+    }
+}
+
+/// A flag whose value is JSON.
+pub fn parse_json(flag: &'static str, text: &str) -> Result<Value, Error> {
+    serde_json::from_str(text).map_err(|e| bad(flag, text, format!("not JSON: {e}")))
+}
+
+/// A flag whose value is a JSON object.
+pub fn parse_object(flag: &'static str, text: &str) -> Result<serde_json::Map<String, Value>, Error> {
+    match parse_json(flag, text)? {
+        Value::Object(map) => Ok(map),
+        _ => Err(bad(flag, text, r#"give a JSON object, like {"region": "eu"}"#)),
+    }
+}
+
+/// A `--schema FILE|JSON`: the text itself when it is JSON, else the JSON
+/// in the file of that name, read by `read`.
+pub fn parse_schema(text: &str, read: impl FnOnce(&str) -> std::io::Result<String>) -> Result<Value, Error> {
+    if let Ok(value) = serde_json::from_str::<Value>(text) {
+        return Ok(value);
+    }
+    let contents = read(text).map_err(|e| bad("--schema", text, format!("neither JSON nor a file to read ({e})")))?;
+    serde_json::from_str(&contents).map_err(|e| bad("--schema", text, format!("the file is not JSON: {e}")))
+}
+
+/// A tenant id given on the command line.
+pub fn parse_tenant(flag: &'static str, text: &str) -> Result<crate::model::TenantId, Error> {
+    crate::model::TenantId::parse(text).map_err(|why| bad(flag, text, why))
+}
+
+/// `GET /v1/subscriptions` of a tenant (all the caller may see without
+/// one), one page after `cursor`.
+pub fn subscriptions_path(tenant: Option<&str>, limit: Option<usize>, cursor: Option<&str>) -> String {
+    let limit = limit.map(|n| n.to_string());
+    let q = query(&[("tenant", tenant), ("limit", limit.as_deref()), ("cursor", cursor)]);
+    format!("/v1/subscriptions{q}")
+}
+
+/// The flags of `hookd subscriptions create` and `update`, as parsed.
+#[derive(Clone, Debug, Default)]
+pub struct SubscriptionArgs {
+    /// `--name`.
+    pub name: Option<String>,
+    /// `--url`.
+    pub url: Option<String>,
+    /// `--event` (repeatable): the event types, exact, `prefix.*` or `*`.
+    pub events: Vec<String>,
+    /// `--header NAME=VALUE` (repeatable).
+    pub headers: Vec<String>,
+    /// `--no-header NAME` (repeatable, update only): remove that header.
+    pub no_headers: Vec<String>,
+    /// `--description`.
+    pub description: Option<String>,
+    /// `--no-description` (update only).
+    pub no_description: bool,
+    /// `--tenant` (create only): the tenant it is for (an admin key must
+    /// name one; a tenant key's own is the default).
+    pub tenant: Option<String>,
+    /// `--rate-limit PER_SECOND[/BURST]`.
+    pub rate_limit: Option<String>,
+    /// `--no-rate-limit` (update only).
+    pub no_rate_limit: bool,
+    /// `--max-in-flight`.
+    pub max_in_flight: Option<usize>,
+    /// `--max-retries`.
+    pub max_retries: Option<u32>,
+    /// `--timeout` of one attempt.
+    pub timeout: Option<String>,
+}
+
+impl SubscriptionArgs {
+    /// The fields every subscription flag sets, for creation (`update`
+    /// false) or as a merge patch.
+    fn fields(&self, update: bool) -> Result<serde_json::Map<String, Value>, Error> {
+        let mut body = serde_json::Map::new();
+        if let Some(name) = &self.name {
+            body.insert("name".into(), name.as_str().into());
+        }
+        if let Some(url) = &self.url {
+            body.insert("url".into(), url.as_str().into());
+        }
+        if !self.events.is_empty() {
+            body.insert("events".into(), json!(self.events));
+        }
+        let mut headers = serde_json::Map::new();
+        for header in &self.headers {
+            let (name, value) = parse_header(header)?;
+            headers.insert(name, value.into());
+        }
+        for name in &self.no_headers {
+            if headers.contains_key(name.trim()) {
+                return Err(bad("--no-header", name, "the same header is also given with --header"));
+            }
+            headers.insert(name.trim().to_owned(), Value::Null);
+        }
+        if !headers.is_empty() {
+            body.insert("headers".into(), Value::Object(headers));
+        }
+        if let Some(description) = &self.description {
+            body.insert("description".into(), description.as_str().into());
+        } else if self.no_description {
+            body.insert("description".into(), Value::Null);
+        }
+        if let Some(limit) = &self.rate_limit {
+            body.insert("rate_limit".into(), parse_rate_limit(limit, update)?);
+        } else if self.no_rate_limit {
+            body.insert("rate_limit".into(), Value::Null);
+        }
+        if let Some(n) = self.max_in_flight {
+            body.insert("max_in_flight".into(), n.into());
+        }
+        if let Some(n) = self.max_retries {
+            body.insert("max_retries".into(), n.into());
+        }
+        if let Some(timeout) = &self.timeout {
+            body.insert("timeout".into(), parse_duration("--timeout", timeout)?.into());
+        }
+        Ok(body)
+    }
+
+    /// The body of `POST /v1/subscriptions`: `--name`, `--url` and at least
+    /// one `--event` are needed.
+    pub fn create_body(&self) -> Result<Value, Error> {
+        let missing: Vec<&str> = [
+            ("--name", self.name.is_none()),
+            ("--url", self.url.is_none()),
+            ("--event", self.events.is_empty()),
+        ]
+        .iter()
+        .filter(|(_, missing)| *missing)
+        .map(|(flag, _)| *flag)
+        .collect();
+        if !missing.is_empty() {
+            return Err(Error::Usage(format!(
+                "a new subscription needs --name, --url and --event (missing: {})",
+                missing.join(", ")
+            )));
+        }
+        let mut body = self.fields(false)?;
+        if let Some(tenant) = &self.tenant {
+            body.insert("tenant".into(), parse_tenant("--tenant", tenant)?.as_str().into());
+        }
+        Ok(Value::Object(body))
+    }
+
+    /// The merge patch of `PATCH /v1/subscriptions/{id}`: only the fields
+    /// given, null for those cleared; at least one.
+    pub fn patch(&self) -> Result<Value, Error> {
+        let body = self.fields(true)?;
+        if body.is_empty() {
+            return Err(Error::Usage(
+                "nothing to change: give at least one of --name, --url, --event, --header, --no-header, \
+                 --description, --no-description, --rate-limit, --no-rate-limit, --max-in-flight, \
+                 --max-retries, --timeout"
+                    .into(),
+            ));
+        }
+        Ok(Value::Object(body))
+    }
+}
+
+/// The body of `POST /v1/tenants`.
+pub fn tenant_create_body(id: &str, name: &str, plan: Option<&str>, metadata: Option<&str>) -> Result<Value, Error> {
+    let mut body = json!({ "id": parse_tenant("ID", id)?.as_str(), "name": name });
+    if let Some(plan) = plan {
+        body["plan"] = plan.into();
+    }
+    if let Some(metadata) = metadata {
+        body["metadata"] = Value::Object(parse_object("--metadata", metadata)?);
+    }
+    Ok(body)
+}
+
+/// The merge patch of `PATCH /v1/tenants/{id}`: `--no-plan` sends a null
+/// plan; `--metadata` is merged into the tenant's (a null value removes
+/// that key). At least one field.
+pub fn tenant_patch(
+    name: Option<&str>,
+    plan: Option<&str>,
+    no_plan: bool,
+    metadata: Option<&str>,
+) -> Result<Value, Error> {
+    let mut body = serde_json::Map::new();
+    if let Some(name) = name {
+        body.insert("name".into(), name.into());
+    }
+    if let Some(plan) = plan {
+        body.insert("plan".into(), plan.into());
+    } else if no_plan {
+        body.insert("plan".into(), Value::Null);
+    }
+    if let Some(metadata) = metadata {
+        body.insert("metadata".into(), Value::Object(parse_object("--metadata", metadata)?));
+    }
+    if body.is_empty() {
+        return Err(Error::Usage(
+            "nothing to change: give at least one of --name, --plan, --no-plan, --metadata".into(),
+        ));
+    }
+    Ok(Value::Object(body))
+}
+
+/// Where the keys of `tenant` (of no tenant without one) are listed and made.
+pub fn keys_path(tenant: Option<&str>) -> String {
+    match tenant {
+        Some(t) => format!("/v1/tenants/{}/keys", encode(t)),
+        None => "/v1/keys".into(),
+    }
+}
+
+/// `hookd keys create`: the path and body. A tenant's key is a `tenant`
+/// (default) or `producer` key; a key of no tenant an `admin` (default)
+/// or `producer` key.
+pub fn key_request(tenant: Option<&str>, role: Option<&str>, label: Option<&str>) -> Result<(String, Value), Error> {
+    if let Some(t) = tenant {
+        parse_tenant("--tenant", t)?;
+    }
+    let role = match (tenant, role) {
+        (Some(_), None) => "tenant",
+        (None, None) => "admin",
+        (Some(_), Some("admin")) => {
+            return Err(bad(
+                "--role",
+                "admin",
+                "an admin key belongs to no tenant: leave out --tenant",
+            ))
+        }
+        (None, Some("tenant")) => return Err(bad("--role", "tenant", "a tenant key needs --tenant ID")),
+        (_, Some(role @ ("admin" | "producer" | "tenant"))) => role,
+        (_, Some(other)) => return Err(bad("--role", other, "give admin, producer or tenant")),
+    };
+    let mut body = json!({ "role": role });
+    if let Some(label) = label {
+        body["label"] = label.into();
+    }
+    Ok((keys_path(tenant), body))
+}
+
+/// The body of `POST /v1/subscriptions/{id}/rotate-secret`.
+pub fn rotate_body(grace: Option<&str>) -> Result<Value, Error> {
+    let mut body = json!({});
+    if let Some(grace) = grace {
+        body["grace"] = parse_duration("--grace", grace)?.into();
+    }
+    Ok(body)
+}
+
+/// The body of `POST /v1/subscriptions/{id}/test`: a type of the
+/// catalogue with an example, which hookd sends as the event's data.
+pub fn test_body(event_type: &str) -> Value {
+    json!({ "type": event_type })
+}
+
+/// The body of `PUT /v1/event-types/{name}`: the whole event type, so an
+/// absent description, schema or example is left out (none), and
+/// `deprecated` is always sent.
+pub fn event_type_body(
+    description: Option<&str>,
+    schema: Option<Value>,
+    example: Option<&str>,
+    deprecated: bool,
+) -> Result<Value, Error> {
+    let mut body = json!({ "deprecated": deprecated });
+    if let Some(description) = description {
+        body["description"] = description.into();
+    }
+    if let Some(schema) = schema {
+        body["schema"] = schema;
+    }
+    if let Some(example) = example {
+        body["example"] = parse_json("--example", example)?;
+    }
+    Ok(body)
+}
+
+// ---- tenants, keys, subscriptions and event types: answers ----
+
+/// `answer` as `T`, or an error naming `field`.
+fn typed<T: serde::de::DeserializeOwned>(answer: &Value, field: &'static str) -> Result<T, Error> {
+    serde_json::from_value(answer.clone()).map_err(|_| Error::Answer {
+        field,
+        answer: clip(&answer.to_string(), 200),
+    })
+}
+
+/// An optional time as compact UTC, `-` when absent.
+fn when_opt(at: Option<DateTime<Utc>>) -> String {
+    at.map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+        .unwrap_or_else(|| "-".into())
+}
+
+/// An optional text as a cell.
+fn or_dash(value: Option<&str>) -> String {
+    value.filter(|v| !v.is_empty()).unwrap_or("-").to_owned()
+}
+
+/// The tenants of `GET /v1/tenants`.
+#[derive(serde::Deserialize)]
+struct TenantList {
+    tenants: Vec<TenantAnswer>,
+}
+
+/// The keys of `GET /v1/keys` or `GET /v1/tenants/{id}/keys`.
+#[derive(serde::Deserialize)]
+struct KeyList {
+    keys: Vec<KeyAnswer>,
+}
+
+/// `hookd tenants list`: a table.
+pub fn tenants(answer: &Value) -> Result<String, Error> {
+    let list: TenantList = typed(answer, "tenants")?;
+    let mut table = Table::new(&["ID", "NAME", "PLAN", ">SUBSCRIPTIONS", "SOURCE", "CREATED", "UPDATED"]);
+    for t in &list.tenants {
+        table.row(vec![
+            t.id.to_string(),
+            t.name.clone(),
+            or_dash(t.plan.as_deref()),
+            t.subscriptions.to_string(),
+            t.source.clone(),
+            when_opt(t.created_at),
+            when_opt(t.updated_at),
+        ]);
+    }
+    Ok(table.render())
+}
+
+/// `hookd tenants show`: a key/value block.
+pub fn tenant(answer: &Value) -> Result<String, Error> {
+    let t: TenantAnswer = typed(answer, "id")?;
+    let metadata = if t.metadata.is_empty() {
+        "-".to_string()
+    } else {
+        Value::Object(t.metadata.clone()).to_string()
+    };
+    Ok(block(&[
+        ("id", t.id.to_string()),
+        ("name", t.name.clone()),
+        ("plan", or_dash(t.plan.as_deref())),
+        ("metadata", metadata),
+        ("source", t.source.clone()),
+        ("subscriptions", t.subscriptions.to_string()),
+        ("created", when_opt(t.created_at)),
+        ("updated", when_opt(t.updated_at)),
+    ]))
+}
+
+/// `hookd tenants create` / `update`: one line.
+pub fn tenant_saved(answer: &Value, verb: &str) -> Result<String, Error> {
+    let t: TenantAnswer = typed(answer, "id")?;
+    let plan = t.plan.as_deref().map(|p| format!(", plan {p}")).unwrap_or_default();
+    Ok(format!("tenant {} ({}{plan}) {verb}\n", t.id, t.name))
+}
+
+/// `hookd tenants delete`: what went with it.
+pub fn tenant_deleted(answer: &Value) -> String {
+    let subs: Vec<String> = answer["subscriptions_deleted"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(text)
+        .collect();
+    let gone = match subs.len() {
+        0 => "no subscriptions".to_string(),
+        n => format!(
+            "{}: {}",
+            count(n as u64, "subscription", "subscriptions"),
+            subs.join(", ")
+        ),
+    };
+    format!(
+        "tenant {} deleted with {gone} (their pending deliveries cancelled) and its keys revoked\n",
+        text(&answer["id"])
+    )
+}
+
+/// `hookd keys list`: a table; never the keys themselves.
+pub fn keys(answer: &Value) -> Result<String, Error> {
+    let list: KeyList = typed(answer, "keys")?;
+    let mut table = Table::new(&["ID", "ROLE", "TENANT", "LABEL", "CREATED", "LAST USED"]);
+    for k in &list.keys {
+        table.row(vec![
+            k.id.clone(),
+            k.role.as_str().to_owned(),
+            k.tenant.as_ref().map(|t| t.to_string()).unwrap_or_else(|| "-".into()),
+            or_dash(k.label.as_deref()),
+            when_opt(k.created_at),
+            when_opt(k.last_used_at),
+        ]);
+    }
+    Ok(table.render())
+}
+
+/// `hookd keys create`: the key, set apart, and that it is shown this once.
+pub fn key_created(answer: &Value) -> Result<String, Error> {
+    let k: KeyCreated = typed(answer, "key")?;
+    let whose = match &k.tenant {
+        Some(t) => format!("{} key of tenant {t}", k.role.as_str()),
+        None => format!("{} key", k.role.as_str()),
+    };
+    Ok(format!(
+        "{} made ({whose}):\n\n    {}\n\nCopy it now: it will not be shown again (hookd keeps only its hash).\n\
+         Revoke it with `hookd keys revoke {}{}`.\n",
+        k.id,
+        k.key,
+        k.id,
+        k.tenant.as_ref().map(|t| format!(" --tenant {t}")).unwrap_or_default(),
+    ))
+}
+
+/// `hookd keys revoke`: one line.
+pub fn key_revoked(answer: &Value) -> String {
+    format!(
+        "key {} revoked: it stops working within a second\n",
+        text(&answer["id"])
+    )
+}
+
+/// `hookd subscriptions create`: its id and, set apart, its secret.
+pub fn subscription_created(answer: &Value) -> String {
+    let id = text(&answer["id"]);
+    let tenant = answer["tenant"]
+        .as_str()
+        .map(|t| format!(" for tenant {t}"))
+        .unwrap_or_default();
+    format!(
+        "subscription {id} ({}) made{tenant}\n\nsigning secret:\n\n    {}\n\n\
+         Verify its webhooks with this secret; `hookd subscriptions secret {id}` shows it again.\n",
+        text(&answer["name"]),
+        text(&answer["secret"]),
+    )
+}
+
+/// `hookd subscriptions update`: which fields changed.
+pub fn subscription_updated(answer: &Value, patch: &Value) -> String {
+    let fields: Vec<&str> = patch
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, _)| k.as_str())
+        .collect();
+    format!(
+        "subscription {} ({}) updated: {}\n",
+        text(&answer["id"]),
+        text(&answer["name"]),
+        fields.join(", ")
+    )
+}
+
+/// `hookd subscriptions delete`: one line.
+pub fn subscription_deleted(answer: &Value) -> String {
+    format!(
+        "subscription {} deleted; its pending deliveries are cancelled\n",
+        text(&answer["id"])
+    )
+}
+
+/// `hookd subscriptions secret`: the secret signing now, and any other
+/// still valid (during a rotation).
+pub fn secret(answer: &Value) -> String {
+    let current = text(&answer["secret"]);
+    let mut out = format!("{current}\n");
+    let others: Vec<String> = answer["secrets"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(text)
+        .filter(|s| *s != current)
+        .collect();
+    if !others.is_empty() {
+        out.push_str(&format!("also signing until their grace ends: {}\n", others.join(", ")));
+    }
+    out
+}
+
+/// `hookd subscriptions rotate-secret`: the new secret, set apart, and
+/// until when the previous ones keep signing (`previous_expire_at`; null
+/// with a zero grace).
+pub fn secret_rotated(answer: &Value) -> String {
+    let old = match &answer["previous_expire_at"] {
+        Value::Null => "the previous secret stopped signing at once".to_string(),
+        at => format!("the previous secret keeps signing too until {} UTC", when(at)),
+    };
+    format!(
+        "subscription {}: new signing secret:\n\n    {}\n\n{old}; give the new one to the receiver now.\n",
+        text(&answer["id"]),
+        text(&answer["secret"])
+    )
+}
+
+/// `hookd subscriptions test`: what was sent and how to follow it.
+pub fn test_sent(id: &str, answer: &Value) -> String {
+    let delivery = text(&answer["delivery_id"]);
+    format!(
+        "test event {} sent to {id}: delivery {delivery} (follow it with `hookd attempts {delivery}`)\n",
+        text(&answer["event_id"]),
+    )
+}
+
+/// The types of `GET /v1/event-types`.
+#[derive(serde::Deserialize)]
+struct EventTypeList {
+    event_types: Vec<EventTypeAnswer>,
+}
+
+/// `hookd event-types list`: a table.
+pub fn event_types(answer: &Value) -> Result<String, Error> {
+    let list: EventTypeList = typed(answer, "event_types")?;
+    let mut table = Table::new(&["NAME", "DEPRECATED", "SCHEMA", "EXAMPLE", "SOURCE", "DESCRIPTION"]);
+    let yes = |given: bool| if given { "yes" } else { "-" }.to_string();
+    for t in &list.event_types {
+        table.row(vec![
+            t.name.clone(),
+            yes(t.deprecated),
+            yes(t.schema.is_some()),
+            yes(t.example.is_some()),
+            t.source.clone(),
+            clip(&or_dash(Some(&t.description)), ERROR_WIDTH),
+        ]);
+    }
+    Ok(table.render())
+}
+
+/// `hookd event-types put`: one line.
+pub fn event_type_saved(answer: &Value) -> Result<String, Error> {
+    let t: EventTypeAnswer = typed(answer, "name")?;
+    let deprecated = if t.deprecated { " (deprecated)" } else { "" };
+    let has = |given: bool, what: &str| if given { format!(", {what}") } else { String::new() };
+    Ok(format!(
+        "event type {} saved{deprecated}{}{}\n",
+        t.name,
+        has(t.schema.is_some(), "with a schema"),
+        has(t.example.is_some(), "with an example"),
+    ))
+}
+
+/// `hookd event-types delete`: one line.
+pub fn event_type_deleted(name: &str) -> String {
+    format!("event type {name} deleted\n")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1139,13 +1797,36 @@ mod tests {
             "counts": {"delivered": 7, "retrying": 0, "dead": 0, "filtered": 0},
             "last_success_at": null, "last_failure_at": null
         });
-        let table = subscriptions(&json!({"subscriptions": [crm, billing]}));
+        let mut acme = billing.clone();
+        acme["id"] = json!("sub_7f3a");
+        acme["name"] = json!("orders");
+        acme["tenant"] = json!("acme");
+        let table = subscriptions(&json!({"subscriptions": [crm, billing, acme]}));
         assert_eq!(
             table,
-            "NAME     STATUS    SINCE                DELIVERED  RETRYING  DEAD  LAST SUCCESS         LAST FAILURE  REASON\n\
-             crm      disabled  2026-11-23 10:04:05       1840         3    12  2026-11-23 09:00:00  -             3 consecutive failed attempts\n\
-             billing  active    2026-11-20 08:00:00          7         0     0  -                    -             -\n"
+            "ID        NAME     TENANT  STATUS    SINCE                DELIVERED  RETRYING  DEAD  LAST SUCCESS         LAST FAILURE  REASON\n\
+             crm       crm      -       disabled  2026-11-23 10:04:05       1840         3    12  2026-11-23 09:00:00  -             3 consecutive failed attempts\n\
+             billing   billing  -       active    2026-11-20 08:00:00          7         0     0  -                    -             -\n\
+             sub_7f3a  orders   acme    active    2026-11-20 08:00:00          7         0     0  -                    -             -\n"
         );
+        let one = subscriptions(&json!({
+            "id": "sub_7f3a", "name": "orders", "tenant": "acme", "description": "order events",
+            "url": "https://acme.example/hooks", "events": ["order.*"], "headers": ["x-team"],
+            "rate_limit": {"per_second": 10.0, "burst": 20}, "max_in_flight": 4, "max_retries": null,
+            "timeout": "5s", "created_at": "2026-11-20T08:00:00Z", "status": "active"
+        }));
+        for line in [
+            "id                    sub_7f3a\n",
+            "name                  orders\n",
+            "tenant                acme\n",
+            "headers               x-team\n",
+            "rate limit            10.0/s, burst 20\n",
+            "max retries           -\n",
+            "timeout               5s\n",
+            "created               2026-11-20 08:00:00\n",
+        ] {
+            assert!(one.contains(line), "{line:?} in\n{one}");
+        }
         let one = subscriptions(&crm);
         assert!(
             one.contains("status                disabled (3 consecutive failed attempts)\n"),
@@ -1301,5 +1982,358 @@ mod tests {
             "DELIVERY  SUBSCRIPTION  EVENT TYPE  CREATED              ATTEMPTS  LAST ERROR\n\
              dlv_1     crm           a.b         2026-11-23 10:04:05         6  connect: refused\n"
         );
+    }
+    #[test]
+    fn subscription_flags_make_a_body_or_a_merge_patch() {
+        let args = SubscriptionArgs {
+            name: Some("orders".into()),
+            url: Some("https://acme.example/hooks".into()),
+            events: vec!["order.*".into(), "coupon.redeemed".into()],
+            headers: vec!["x-team=billing".into(), "authorization=Bearer a=b".into()],
+            tenant: Some("acme".into()),
+            rate_limit: Some("10/20".into()),
+            max_in_flight: Some(4),
+            timeout: Some("5s".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            args.create_body().unwrap(),
+            json!({
+                "name": "orders", "url": "https://acme.example/hooks", "events": ["order.*", "coupon.redeemed"],
+                "headers": {"x-team": "billing", "authorization": "Bearer a=b"}, "tenant": "acme",
+                "rate_limit": {"per_second": 10.0, "burst": 20}, "max_in_flight": 4, "timeout": "5s"
+            })
+        );
+        let missing = SubscriptionArgs {
+            name: Some("orders".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            missing.create_body().unwrap_err().to_string(),
+            "a new subscription needs --name, --url and --event (missing: --url, --event)"
+        );
+
+        // Only what is given; a rate without a burst clears the old burst.
+        let patch = SubscriptionArgs {
+            url: Some("https://acme.example/v2".into()),
+            rate_limit: Some("0.5".into()),
+            no_description: true,
+            no_headers: vec!["x-team".into()],
+            max_retries: Some(0),
+            ..Default::default()
+        };
+        assert_eq!(
+            patch.patch().unwrap(),
+            json!({
+                "url": "https://acme.example/v2", "rate_limit": {"per_second": 0.5, "burst": null},
+                "description": null, "headers": {"x-team": null}, "max_retries": 0
+            })
+        );
+        let clear = SubscriptionArgs {
+            no_rate_limit: true,
+            ..Default::default()
+        };
+        assert_eq!(clear.patch().unwrap(), json!({"rate_limit": null}));
+        assert!(SubscriptionArgs::default()
+            .patch()
+            .unwrap_err()
+            .to_string()
+            .starts_with("nothing to change: give at least one of --name"));
+    }
+
+    #[test]
+    fn bad_subscription_flags_say_what_to_write() {
+        let with = |f: fn(&mut SubscriptionArgs)| {
+            let mut args = SubscriptionArgs {
+                name: Some("n".into()),
+                url: Some("https://x.example".into()),
+                events: vec!["*".into()],
+                ..Default::default()
+            };
+            f(&mut args);
+            args.create_body().unwrap_err().to_string()
+        };
+        assert_eq!(
+            with(|a| a.headers = vec!["x-team".into()]),
+            "--header `x-team`: write NAME=VALUE, like --header x-team=billing"
+        );
+        assert_eq!(
+            with(|a| a.headers = vec!["=v".into()]),
+            "--header `=v`: write NAME=VALUE, like --header x-team=billing"
+        );
+        assert_eq!(
+            with(|a| a.rate_limit = Some("fast".into())),
+            "--rate-limit `fast`: write PER_SECOND or PER_SECOND/BURST, like 10 or 0.5/2 or 10/20; \
+             the rate is a number above 0"
+        );
+        assert_eq!(
+            with(|a| a.rate_limit = Some("10/0".into())),
+            "--rate-limit `10/0`: write PER_SECOND or PER_SECOND/BURST, like 10 or 0.5/2 or 10/20; \
+             the burst is a whole number from 1"
+        );
+        assert!(with(|a| a.rate_limit = Some("-1".into())).contains("above 0"));
+        assert_eq!(
+            with(|a| a.timeout = Some("soon".into())),
+            "--timeout `soon`: give a duration above zero, like 500ms, 5s, 24h"
+        );
+        assert!(with(|a| a.tenant = Some("Acme Inc".into()))
+            .starts_with("--tenant `Acme Inc`: `Acme Inc` is not a tenant id"));
+        assert_eq!(parse_header("a=b=c").unwrap(), ("a".into(), "b=c".into()));
+        assert_eq!(parse_header("x-empty=").unwrap(), ("x-empty".into(), "".into()));
+        assert_eq!(parse_rate_limit("10", false).unwrap(), json!({"per_second": 10.0}));
+        assert_eq!(
+            rotate_body(Some("1 fortnight")).unwrap_err().to_string(),
+            "--grace `1 fortnight`: give a duration above zero, like 500ms, 5s, 24h"
+        );
+        assert_eq!(rotate_body(Some("24h")).unwrap(), json!({"grace": "24h"}));
+        assert_eq!(rotate_body(None).unwrap(), json!({}));
+        assert_eq!(test_body("coupon.redeemed"), json!({"type": "coupon.redeemed"}));
+        assert_eq!(
+            subscriptions_path(Some("acme"), Some(2), Some("sub_1")),
+            "/v1/subscriptions?tenant=acme&limit=2&cursor=sub_1"
+        );
+        assert_eq!(subscriptions_path(None, None, None), "/v1/subscriptions");
+    }
+
+    #[test]
+    fn tenant_flags_make_a_body_or_a_merge_patch() {
+        assert_eq!(
+            tenant_create_body("acme", "Acme Inc.", Some("free"), Some(r#"{"region": "eu"}"#)).unwrap(),
+            json!({"id": "acme", "name": "Acme Inc.", "plan": "free", "metadata": {"region": "eu"}})
+        );
+        assert_eq!(
+            tenant_create_body("acme", "Acme Inc.", None, None).unwrap(),
+            json!({"id": "acme", "name": "Acme Inc."})
+        );
+        assert!(tenant_create_body("Acme", "A", None, None)
+            .unwrap_err()
+            .to_string()
+            .starts_with("ID `Acme`: `Acme` is not a tenant id"));
+        assert_eq!(
+            tenant_create_body("acme", "A", None, Some("[1]"))
+                .unwrap_err()
+                .to_string(),
+            r#"--metadata `[1]`: give a JSON object, like {"region": "eu"}"#
+        );
+        assert!(tenant_create_body("acme", "A", None, Some("{region"))
+            .unwrap_err()
+            .to_string()
+            .starts_with("--metadata `{region`: not JSON: "));
+        assert_eq!(
+            tenant_patch(None, None, true, Some(r#"{"region": null}"#)).unwrap(),
+            json!({"plan": null, "metadata": {"region": null}})
+        );
+        assert_eq!(
+            tenant_patch(Some("Acme"), Some("pro"), false, None).unwrap(),
+            json!({"name": "Acme", "plan": "pro"})
+        );
+        assert_eq!(
+            tenant_patch(None, None, false, None).unwrap_err().to_string(),
+            "nothing to change: give at least one of --name, --plan, --no-plan, --metadata"
+        );
+    }
+
+    #[test]
+    fn key_requests_pick_the_route_and_the_default_role() {
+        assert_eq!(
+            key_request(Some("acme"), None, Some("ci")).unwrap(),
+            (
+                "/v1/tenants/acme/keys".to_string(),
+                json!({"role": "tenant", "label": "ci"})
+            )
+        );
+        assert_eq!(
+            key_request(None, None, None).unwrap(),
+            ("/v1/keys".to_string(), json!({"role": "admin"}))
+        );
+        assert_eq!(
+            key_request(Some("acme"), Some("producer"), None).unwrap().1,
+            json!({"role": "producer"})
+        );
+        assert_eq!(
+            key_request(Some("acme"), Some("admin"), None).unwrap_err().to_string(),
+            "--role `admin`: an admin key belongs to no tenant: leave out --tenant"
+        );
+        assert_eq!(
+            key_request(None, Some("tenant"), None).unwrap_err().to_string(),
+            "--role `tenant`: a tenant key needs --tenant ID"
+        );
+        assert_eq!(keys_path(Some("acme")), "/v1/tenants/acme/keys");
+        assert_eq!(keys_path(None), "/v1/keys");
+    }
+
+    #[test]
+    fn event_type_flags_make_the_whole_type() {
+        let read = |path: &str| -> std::io::Result<String> {
+            match path {
+                "schema.json" => Ok(r#"{"type": "object"}"#.into()),
+                "broken.json" => Ok("{".into()),
+                _ => Err(std::io::Error::new(std::io::ErrorKind::NotFound, "No such file")),
+            }
+        };
+        assert_eq!(parse_schema("schema.json", read).unwrap(), json!({"type": "object"}));
+        assert_eq!(
+            parse_schema(r#"{"type": "string"}"#, read).unwrap(),
+            json!({"type": "string"})
+        );
+        assert_eq!(
+            parse_schema("missing.json", read).unwrap_err().to_string(),
+            "--schema `missing.json`: neither JSON nor a file to read (No such file)"
+        );
+        assert!(parse_schema("broken.json", read)
+            .unwrap_err()
+            .to_string()
+            .starts_with("--schema `broken.json`: the file is not JSON: "));
+        assert_eq!(
+            event_type_body(
+                Some("a coupon was redeemed"),
+                Some(json!({"type": "object"})),
+                Some(r#"{"code": "X"}"#),
+                false
+            )
+            .unwrap(),
+            json!({"description": "a coupon was redeemed", "schema": {"type": "object"},
+                   "example": {"code": "X"}, "deprecated": false})
+        );
+        assert_eq!(
+            event_type_body(None, None, None, true).unwrap(),
+            json!({"deprecated": true})
+        );
+        assert!(event_type_body(None, None, Some("{x"), false)
+            .unwrap_err()
+            .to_string()
+            .starts_with("--example `{x`: not JSON"));
+    }
+
+    #[test]
+    fn tenants_and_keys_render_from_their_typed_answers() {
+        let acme = json!({
+            "id": "acme", "name": "Acme Inc.", "plan": "free", "metadata": {"region": "eu"}, "source": "api",
+            "subscriptions": 2, "created_at": "2026-11-23T10:04:05.123Z", "updated_at": "2026-11-23T10:04:05.123Z"
+        });
+        let ops = json!({
+            "id": "ops", "name": "Operations", "plan": null, "metadata": {}, "source": "config",
+            "subscriptions": 0, "created_at": null, "updated_at": null
+        });
+        assert_eq!(
+            tenants(&json!({"tenants": [acme, ops]})).unwrap(),
+            "ID    NAME        PLAN  SUBSCRIPTIONS  SOURCE  CREATED              UPDATED\n\
+             acme  Acme Inc.   free              2  api     2026-11-23 10:04:05  2026-11-23 10:04:05\n\
+             ops   Operations  -                 0  config  -                    -\n"
+        );
+        let shown = tenant(&acme).unwrap();
+        assert!(shown.contains("metadata       {\"region\":\"eu\"}\n"), "{shown}");
+        assert!(tenant(&ops).unwrap().contains("plan           -\n"));
+        assert_eq!(
+            tenant_saved(&acme, "created").unwrap(),
+            "tenant acme (Acme Inc., plan free) created\n"
+        );
+        assert_eq!(
+            tenant_saved(&ops, "updated").unwrap(),
+            "tenant ops (Operations) updated\n"
+        );
+        assert!(tenants(&json!({"oops": []}))
+            .unwrap_err()
+            .to_string()
+            .starts_with("hookd's answer lacks `tenants`"));
+        assert_eq!(
+            tenant_deleted(&json!({"id": "acme", "deleted": true, "subscriptions_deleted": ["sub_1", "sub_2"]})),
+            "tenant acme deleted with 2 subscriptions: sub_1, sub_2 (their pending deliveries cancelled) \
+             and its keys revoked\n"
+        );
+        assert_eq!(
+            tenant_deleted(&json!({"id": "acme", "deleted": true, "subscriptions_deleted": []})),
+            "tenant acme deleted with no subscriptions (their pending deliveries cancelled) and its keys revoked\n"
+        );
+
+        let listed = keys(&json!({"keys": [
+            {"id": "key_1", "role": "tenant", "tenant": "acme", "label": "ci",
+             "created_at": "2026-11-23T10:04:05Z", "last_used_at": null},
+            {"id": "key_22", "role": "producer", "tenant": null, "label": null,
+             "created_at": "2026-11-23T10:04:05Z", "last_used_at": "2026-11-23T11:00:00Z"}
+        ]}))
+        .unwrap();
+        assert_eq!(
+            listed,
+            "ID      ROLE      TENANT  LABEL  CREATED              LAST USED\n\
+             key_1   tenant    acme    ci     2026-11-23 10:04:05  -\n\
+             key_22  producer  -       -      2026-11-23 10:04:05  2026-11-23 11:00:00\n"
+        );
+        let made =
+            key_created(&json!({"id": "key_1", "key": "hk_secret", "role": "tenant", "tenant": "acme"})).unwrap();
+        assert_eq!(
+            made,
+            "key_1 made (tenant key of tenant acme):\n\n    hk_secret\n\n\
+             Copy it now: it will not be shown again (hookd keeps only its hash).\n\
+             Revoke it with `hookd keys revoke key_1 --tenant acme`.\n"
+        );
+        let admin = key_created(&json!({"id": "key_2", "key": "hk_x", "role": "admin", "tenant": null})).unwrap();
+        assert!(admin.starts_with("key_2 made (admin key):\n"), "{admin}");
+        assert!(admin.ends_with("`hookd keys revoke key_2`.\n"), "{admin}");
+        assert!(key_created(&json!({"id": "key_3"})).is_err());
+        assert_eq!(
+            key_revoked(&json!({"id": "key_1", "revoked": true})),
+            "key key_1 revoked: it stops working within a second\n"
+        );
+    }
+
+    #[test]
+    fn subscription_actions_read_as_sentences() {
+        let made = json!({"id": "sub_1", "name": "orders", "tenant": "acme", "secret": "whsec_abc"});
+        assert_eq!(
+            subscription_created(&made),
+            "subscription sub_1 (orders) made for tenant acme\n\nsigning secret:\n\n    whsec_abc\n\n\
+             Verify its webhooks with this secret; `hookd subscriptions secret sub_1` shows it again.\n"
+        );
+        assert_eq!(
+            subscription_updated(&made, &json!({"url": "u", "events": ["a"]})),
+            "subscription sub_1 (orders) updated: events, url\n"
+        );
+        assert_eq!(
+            subscription_deleted(&json!({"id": "sub_1", "deleted": true})),
+            "subscription sub_1 deleted; its pending deliveries are cancelled\n"
+        );
+        assert_eq!(
+            secret(&json!({"id": "sub_1", "secret": "whsec_b", "secrets": ["whsec_a", "whsec_b"]})),
+            "whsec_b\nalso signing until their grace ends: whsec_a\n"
+        );
+        assert_eq!(
+            secret(&json!({"id": "sub_1", "secret": "whsec_b", "secrets": ["whsec_b"]})),
+            "whsec_b\n"
+        );
+        assert_eq!(
+            secret_rotated(&json!({"id": "sub_1", "secret": "whsec_new", "previous_expire_at": "2026-11-24T10:00:00.5Z"})),
+            "subscription sub_1: new signing secret:\n\n    whsec_new\n\n\
+             the previous secret keeps signing too until 2026-11-24 10:00:00 UTC; give the new one to the receiver now.\n"
+        );
+        assert!(
+            secret_rotated(&json!({"id": "sub_1", "secret": "whsec_new", "previous_expire_at": null}))
+                .contains("\nthe previous secret stopped signing at once; ")
+        );
+        assert_eq!(
+            test_sent("sub_1", &json!({"event_id": "evt_t", "delivery_id": "dlv_t"})),
+            "test event evt_t sent to sub_1: delivery dlv_t (follow it with `hookd attempts dlv_t`)\n"
+        );
+        let redeemed = json!({"name": "coupon.redeemed", "description": "a coupon was redeemed",
+            "schema": {"type": "object"}, "example": null, "deprecated": false, "source": "config"});
+        let old = json!({"name": "stamp.old", "description": "", "schema": null, "example": {"a": 1},
+            "deprecated": true, "source": "api"});
+        let listed = event_types(&json!({"event_types": [redeemed, old]})).unwrap();
+        assert_eq!(
+            listed,
+            "NAME             DEPRECATED  SCHEMA  EXAMPLE  SOURCE  DESCRIPTION\n\
+             coupon.redeemed  -           yes     -        config  a coupon was redeemed\n\
+             stamp.old        yes         -       yes      api     -\n"
+        );
+        assert!(event_types(&json!({})).is_err());
+        assert_eq!(
+            event_type_saved(&old).unwrap(),
+            "event type stamp.old saved (deprecated), with an example\n"
+        );
+        assert_eq!(
+            event_type_saved(&redeemed).unwrap(),
+            "event type coupon.redeemed saved, with a schema\n"
+        );
+        assert_eq!(event_type_deleted("stamp.old"), "event type stamp.old deleted\n");
     }
 }

@@ -121,16 +121,33 @@ enum Command {
         #[command(flatten)]
         remote: Remote,
     },
-    /// Subscriptions: status (active / disabled, why, since), delivered,
-    /// retrying and dead counts, last success and failure.
+    /// Subscriptions: list them (status, why, since; delivered, retrying and
+    /// dead counts; last success and failure), show one (`hookd
+    /// subscriptions NAME` or `show NAME`), make, change and delete them.
+    #[command(args_conflicts_with_subcommands = true)]
     Subscriptions {
-        /// Show only this one, in detail.
+        #[command(subcommand)]
+        command: Option<SubscriptionsCommand>,
+        /// Show only this one, in detail (same as `hookd subscriptions show ID`).
+        #[arg(conflicts_with_all = ["tenant", "limit", "cursor", "all"])]
         name: Option<String>,
-        /// Print the JSON answer instead of a table.
-        #[arg(long)]
-        json: bool,
         #[command(flatten)]
-        remote: Remote,
+        list: SubscriptionList,
+    },
+    /// Tenants: the platform's customers, each with its subscriptions and keys.
+    Tenants {
+        #[command(subcommand)]
+        command: TenantsCommand,
+    },
+    /// API keys: admin and producer keys of no tenant, and tenants' keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// The catalogue of event types: descriptions, schemas, examples.
+    EventTypes {
+        #[command(subcommand)]
+        command: EventTypesCommand,
     },
     /// The delivery log, newest first.
     Deliveries {
@@ -255,6 +272,279 @@ enum Command {
         json: bool,
         #[command(flatten)]
         remote: Remote,
+    },
+}
+
+/// `--json` and where the running hookd is: the flags every verb talking
+/// to hookd takes.
+#[derive(clap::Args)]
+struct Call {
+    /// Print hookd's JSON answer instead.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    remote: Remote,
+}
+
+/// The flags of the subscription listing.
+#[derive(clap::Args)]
+struct SubscriptionList {
+    /// Only this tenant's subscriptions (admin keys; a tenant key sees only its own).
+    #[arg(long)]
+    tenant: Option<String>,
+    /// Page size (1 to 1000; hookd's default is 100).
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Start after this cursor (as printed by `more: --cursor …`).
+    #[arg(long)]
+    cursor: Option<String>,
+    /// Follow the cursors to the last page.
+    #[arg(long)]
+    all: bool,
+    #[command(flatten)]
+    call: Call,
+}
+
+/// The flags setting a subscription's fields, for `create` and `update`.
+#[derive(clap::Args)]
+struct SubscriptionFields {
+    /// Its display name, unique within its tenant.
+    #[arg(long)]
+    name: Option<String>,
+    /// Where to POST the webhooks.
+    #[arg(long)]
+    url: Option<String>,
+    /// An event type it wants: exact, `prefix.*` or `*` (repeatable; on
+    /// update, the given list replaces the old one).
+    #[arg(long = "event", value_name = "PATTERN")]
+    events: Vec<String>,
+    /// A header sent with every request (repeatable).
+    #[arg(long = "header", value_name = "NAME=VALUE")]
+    headers: Vec<String>,
+    /// What it is for.
+    #[arg(long)]
+    description: Option<String>,
+    /// Most requests per second, and optionally the burst: 10, 0.5, 10/20.
+    #[arg(long, value_name = "PER_SECOND[/BURST]")]
+    rate_limit: Option<String>,
+    /// Most deliveries in flight at once.
+    #[arg(long, value_name = "N")]
+    max_in_flight: Option<usize>,
+    /// Retries after the first attempt.
+    #[arg(long, value_name = "N")]
+    max_retries: Option<u32>,
+    /// Timeout of one attempt, like 5s.
+    #[arg(long, value_name = "DURATION")]
+    timeout: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum SubscriptionsCommand {
+    /// List subscriptions (same as `hookd subscriptions` alone).
+    List {
+        #[command(flatten)]
+        list: SubscriptionList,
+    },
+    /// Show one subscription in detail.
+    Show {
+        /// Its id (a config file subscription's is its name).
+        id: String,
+        #[command(flatten)]
+        call: Call,
+    },
+    /// Make a subscription; prints its id and its signing secret.
+    Create {
+        #[command(flatten)]
+        fields: SubscriptionFields,
+        /// The tenant it is for (needed with an admin key; a tenant key's own by default).
+        #[arg(long)]
+        tenant: Option<String>,
+        #[command(flatten)]
+        call: Call,
+    },
+    /// Change a subscription: only the fields given are sent (a JSON merge patch).
+    Update {
+        /// Its id (sub_…).
+        id: String,
+        #[command(flatten)]
+        fields: SubscriptionFields,
+        /// Remove this header (repeatable).
+        #[arg(long = "no-header", value_name = "NAME")]
+        no_headers: Vec<String>,
+        /// Clear the description.
+        #[arg(long, conflicts_with = "description")]
+        no_description: bool,
+        /// Remove the rate limit.
+        #[arg(long, conflicts_with = "rate_limit")]
+        no_rate_limit: bool,
+        #[command(flatten)]
+        call: Call,
+    },
+    /// Delete a subscription; its pending deliveries are cancelled.
+    Delete {
+        /// Its id (sub_…).
+        id: String,
+        #[command(flatten)]
+        call: Call,
+    },
+    /// Print a subscription's signing secret.
+    Secret {
+        /// Its id (sub_…).
+        id: String,
+        #[command(flatten)]
+        call: Call,
+    },
+    /// Make a new signing secret; the old one keeps signing for the grace period.
+    RotateSecret {
+        /// Its id (sub_…).
+        id: String,
+        /// How long the old secret keeps signing too, like 24h (hookd's default: 24h).
+        #[arg(long, value_name = "DURATION")]
+        grace: Option<String>,
+        #[command(flatten)]
+        call: Call,
+    },
+    /// Send a test event to this subscription only.
+    Test {
+        /// Its id (sub_…).
+        id: String,
+        /// A type of the event catalogue with an example, like
+        /// coupon.redeemed: its example is sent as the event's data.
+        #[arg(long = "type")]
+        event_type: String,
+        #[command(flatten)]
+        call: Call,
+    },
+}
+
+#[derive(Subcommand)]
+enum TenantsCommand {
+    /// List the tenants.
+    List {
+        #[command(flatten)]
+        call: Call,
+    },
+    /// Show one tenant.
+    Show {
+        /// Tenant id.
+        id: String,
+        #[command(flatten)]
+        call: Call,
+    },
+    /// Make a tenant.
+    Create {
+        /// Tenant id: 1 to 63 of a-z, 0-9, `_` and `-`, like acme.
+        id: String,
+        /// Its display name.
+        #[arg(long)]
+        name: String,
+        /// Its plan (a key of the config's [plans]).
+        #[arg(long)]
+        plan: Option<String>,
+        /// Free-form data kept with it: a JSON object.
+        #[arg(long, value_name = "JSON")]
+        metadata: Option<String>,
+        #[command(flatten)]
+        call: Call,
+    },
+    /// Change a tenant: only the fields given are sent (a JSON merge patch).
+    Update {
+        /// Tenant id.
+        id: String,
+        /// A new display name.
+        #[arg(long)]
+        name: Option<String>,
+        /// A new plan, in force at once.
+        #[arg(long, conflicts_with = "no_plan")]
+        plan: Option<String>,
+        /// Remove its plan.
+        #[arg(long)]
+        no_plan: bool,
+        /// A JSON object merged into its metadata (a null value removes that key).
+        #[arg(long, value_name = "JSON")]
+        metadata: Option<String>,
+        #[command(flatten)]
+        call: Call,
+    },
+    /// Delete a tenant with its subscriptions (their pending deliveries
+    /// cancelled) and its keys.
+    Delete {
+        /// Tenant id.
+        id: String,
+        #[command(flatten)]
+        call: Call,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Make an API key; prints it this once.
+    Create {
+        /// Make a key of this tenant (default role: tenant); without it, a
+        /// key of no tenant (default role: admin).
+        #[arg(long)]
+        tenant: Option<String>,
+        /// What it may do.
+        #[arg(long, value_parser = ["admin", "producer", "tenant"])]
+        role: Option<String>,
+        /// A label for its owner.
+        #[arg(long)]
+        label: Option<String>,
+        #[command(flatten)]
+        call: Call,
+    },
+    /// List keys: of this tenant, or of no tenant (the key itself is never shown).
+    List {
+        /// This tenant's keys.
+        #[arg(long)]
+        tenant: Option<String>,
+        #[command(flatten)]
+        call: Call,
+    },
+    /// Revoke a key, on every hookd within a second.
+    Revoke {
+        /// Its id (key_…).
+        key_id: String,
+        /// The tenant it belongs to, if any.
+        #[arg(long)]
+        tenant: Option<String>,
+        #[command(flatten)]
+        call: Call,
+    },
+}
+
+#[derive(Subcommand)]
+enum EventTypesCommand {
+    /// List the event types.
+    List {
+        #[command(flatten)]
+        call: Call,
+    },
+    /// Declare or replace an event type.
+    Put {
+        /// Its name, like coupon.redeemed.
+        name: String,
+        /// What it means.
+        #[arg(long)]
+        description: Option<String>,
+        /// Its JSON Schema: a file, or the JSON itself.
+        #[arg(long, value_name = "FILE|JSON")]
+        schema: Option<String>,
+        /// An example payload (JSON).
+        #[arg(long, value_name = "JSON")]
+        example: Option<String>,
+        /// Mark it deprecated.
+        #[arg(long)]
+        deprecated: bool,
+        #[command(flatten)]
+        call: Call,
+    },
+    /// Delete an event type.
+    Delete {
+        /// Its name.
+        name: String,
+        #[command(flatten)]
+        call: Call,
     },
 }
 
@@ -392,14 +682,14 @@ async fn execute(command: Command) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&answer)?);
             Ok(())
         }
-        Command::Subscriptions { name, json, remote } => {
-            let path = match &name {
-                Some(name) => format!("/v1/subscriptions/{}", cli::encode(name)),
-                None => "/v1/subscriptions".into(),
-            };
-            let answer = client(&remote)?.get(&path).await?;
-            show(&answer, json, cli::subscriptions)
-        }
+        Command::Subscriptions { command, name, list } => match (command, name) {
+            (Some(command), _) => subscriptions_command(command).await,
+            (None, Some(name)) => show_subscription(&name, &list.call).await,
+            (None, None) => list_subscriptions(&list).await,
+        },
+        Command::Tenants { command } => tenants_command(command).await,
+        Command::Keys { command } => keys_command(command).await,
+        Command::EventTypes { command } => event_types_command(command).await,
         Command::Deliveries {
             subscription,
             state,
@@ -522,6 +812,253 @@ fn show(answer: &Value, json: bool, render: impl FnOnce(&Value) -> String) -> an
         print!("{}", render(answer));
     }
     Ok(())
+}
+
+/// Prints `answer` as pretty JSON, or as `render` has it when it can read it.
+fn show_checked(
+    answer: &Value,
+    json: bool,
+    render: impl FnOnce(&Value) -> Result<String, cli::Error>,
+) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(answer)?);
+    } else {
+        print!("{}", render(answer)?);
+    }
+    Ok(())
+}
+
+/// `/v1/subscriptions/{id}` and what follows it.
+fn subscription_path(id: &str, rest: &str) -> String {
+    format!("/v1/subscriptions/{}{rest}", cli::encode(id))
+}
+
+/// `hookd subscriptions NAME` / `hookd subscriptions show ID`.
+async fn show_subscription(id: &str, call: &Call) -> anyhow::Result<()> {
+    let answer = client(&call.remote)?.get(&subscription_path(id, "")).await?;
+    show(&answer, call.json, cli::subscriptions)
+}
+
+/// `hookd subscriptions`: one page (and the next cursor on stderr), or
+/// with `--all` every page.
+async fn list_subscriptions(list: &SubscriptionList) -> anyhow::Result<()> {
+    let api = client(&list.call.remote)?;
+    let tenant = list.tenant.as_deref();
+    if let Some(t) = tenant {
+        cli::parse_tenant("--tenant", t)?;
+    }
+    let mut cursor = list.cursor.clone();
+    let mut items = Vec::new();
+    loop {
+        let answer = api
+            .get(&cli::subscriptions_path(tenant, list.limit, cursor.as_deref()))
+            .await?;
+        let page = cli::subscription_items(&answer)?;
+        let next = cli::next_cursor(&answer);
+        if !list.all {
+            show(&answer, list.call.json, |_| cli::subscription_table(page))?;
+            if let Some(next) = next {
+                eprintln!("{}", cli::more_hint(next));
+            }
+            return Ok(());
+        }
+        items.extend(page.iter().cloned());
+        match next {
+            Some(next) if cursor.as_deref() == Some(next) => bail!("hookd answered the same cursor twice: {next}"),
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    let answer = serde_json::json!({ "subscriptions": items, "next_cursor": null });
+    show(&answer, list.call.json, |_| cli::subscription_table(&items))
+}
+
+impl SubscriptionFields {
+    /// The fields as [`cli::SubscriptionArgs`].
+    fn into_args(self) -> cli::SubscriptionArgs {
+        cli::SubscriptionArgs {
+            name: self.name,
+            url: self.url,
+            events: self.events,
+            headers: self.headers,
+            description: self.description,
+            rate_limit: self.rate_limit,
+            max_in_flight: self.max_in_flight,
+            max_retries: self.max_retries,
+            timeout: self.timeout,
+            ..Default::default()
+        }
+    }
+}
+
+async fn subscriptions_command(command: SubscriptionsCommand) -> anyhow::Result<()> {
+    match command {
+        SubscriptionsCommand::List { list } => list_subscriptions(&list).await,
+        SubscriptionsCommand::Show { id, call } => show_subscription(&id, &call).await,
+        SubscriptionsCommand::Create { fields, tenant, call } => {
+            let args = cli::SubscriptionArgs {
+                tenant,
+                ..fields.into_args()
+            };
+            let body = args.create_body()?;
+            let answer = client(&call.remote)?
+                .post("/v1/subscriptions", body.to_string())
+                .await?;
+            show(&answer, call.json, cli::subscription_created)
+        }
+        SubscriptionsCommand::Update {
+            id,
+            fields,
+            no_headers,
+            no_description,
+            no_rate_limit,
+            call,
+        } => {
+            let args = cli::SubscriptionArgs {
+                no_headers,
+                no_description,
+                no_rate_limit,
+                ..fields.into_args()
+            };
+            let patch = args.patch()?;
+            let answer = client(&call.remote)?
+                .patch(&subscription_path(&id, ""), patch.to_string())
+                .await?;
+            show(&answer, call.json, |a| cli::subscription_updated(a, &patch))
+        }
+        SubscriptionsCommand::Delete { id, call } => {
+            let answer = client(&call.remote)?.delete(&subscription_path(&id, "")).await?;
+            show(&answer, call.json, cli::subscription_deleted)
+        }
+        SubscriptionsCommand::Secret { id, call } => {
+            let answer = client(&call.remote)?.get(&subscription_path(&id, "/secret")).await?;
+            show(&answer, call.json, cli::secret)
+        }
+        SubscriptionsCommand::RotateSecret { id, grace, call } => {
+            let body = cli::rotate_body(grace.as_deref())?;
+            let answer = client(&call.remote)?
+                .post(&subscription_path(&id, "/rotate-secret"), body.to_string())
+                .await?;
+            show(&answer, call.json, cli::secret_rotated)
+        }
+        SubscriptionsCommand::Test { id, event_type, call } => {
+            let body = cli::test_body(&event_type);
+            let answer = client(&call.remote)?
+                .post(&subscription_path(&id, "/test"), body.to_string())
+                .await?;
+            show(&answer, call.json, |a| cli::test_sent(&id, a))
+        }
+    }
+}
+
+/// `/v1/tenants/{id}`.
+fn tenant_path(id: &str) -> String {
+    format!("/v1/tenants/{}", cli::encode(id))
+}
+
+async fn tenants_command(command: TenantsCommand) -> anyhow::Result<()> {
+    match command {
+        TenantsCommand::List { call } => {
+            let answer = client(&call.remote)?.get("/v1/tenants").await?;
+            show_checked(&answer, call.json, cli::tenants)
+        }
+        TenantsCommand::Show { id, call } => {
+            let answer = client(&call.remote)?.get(&tenant_path(&id)).await?;
+            show_checked(&answer, call.json, cli::tenant)
+        }
+        TenantsCommand::Create {
+            id,
+            name,
+            plan,
+            metadata,
+            call,
+        } => {
+            let body = cli::tenant_create_body(&id, &name, plan.as_deref(), metadata.as_deref())?;
+            let answer = client(&call.remote)?.post("/v1/tenants", body.to_string()).await?;
+            show_checked(&answer, call.json, |a| cli::tenant_saved(a, "created"))
+        }
+        TenantsCommand::Update {
+            id,
+            name,
+            plan,
+            no_plan,
+            metadata,
+            call,
+        } => {
+            let patch = cli::tenant_patch(name.as_deref(), plan.as_deref(), no_plan, metadata.as_deref())?;
+            let answer = client(&call.remote)?
+                .patch(&tenant_path(&id), patch.to_string())
+                .await?;
+            show_checked(&answer, call.json, |a| cli::tenant_saved(a, "updated"))
+        }
+        TenantsCommand::Delete { id, call } => {
+            let answer = client(&call.remote)?.delete(&tenant_path(&id)).await?;
+            show(&answer, call.json, cli::tenant_deleted)
+        }
+    }
+}
+
+async fn keys_command(command: KeysCommand) -> anyhow::Result<()> {
+    match command {
+        KeysCommand::Create {
+            tenant,
+            role,
+            label,
+            call,
+        } => {
+            let (path, body) = cli::key_request(tenant.as_deref(), role.as_deref(), label.as_deref())?;
+            let answer = client(&call.remote)?.post(&path, body.to_string()).await?;
+            show_checked(&answer, call.json, cli::key_created)
+        }
+        KeysCommand::List { tenant, call } => {
+            if let Some(t) = &tenant {
+                cli::parse_tenant("--tenant", t)?;
+            }
+            let answer = client(&call.remote)?.get(&cli::keys_path(tenant.as_deref())).await?;
+            show_checked(&answer, call.json, cli::keys)
+        }
+        KeysCommand::Revoke { key_id, tenant, call } => {
+            if let Some(t) = &tenant {
+                cli::parse_tenant("--tenant", t)?;
+            }
+            let path = format!("{}/{}", cli::keys_path(tenant.as_deref()), cli::encode(&key_id));
+            let answer = client(&call.remote)?.delete(&path).await?;
+            show(&answer, call.json, cli::key_revoked)
+        }
+    }
+}
+
+async fn event_types_command(command: EventTypesCommand) -> anyhow::Result<()> {
+    match command {
+        EventTypesCommand::List { call } => {
+            let answer = client(&call.remote)?.get("/v1/event-types").await?;
+            show_checked(&answer, call.json, cli::event_types)
+        }
+        EventTypesCommand::Put {
+            name,
+            description,
+            schema,
+            example,
+            deprecated,
+            call,
+        } => {
+            let schema = schema
+                .as_deref()
+                .map(|s| cli::parse_schema(s, |path| std::fs::read_to_string(path)))
+                .transpose()?;
+            let body = cli::event_type_body(description.as_deref(), schema, example.as_deref(), deprecated)?;
+            let answer = client(&call.remote)?
+                .put(&format!("/v1/event-types/{}", cli::encode(&name)), body.to_string())
+                .await?;
+            show_checked(&answer, call.json, cli::event_type_saved)
+        }
+        EventTypesCommand::Delete { name, call } => {
+            let answer = client(&call.remote)?
+                .delete(&format!("/v1/event-types/{}", cli::encode(&name)))
+                .await?;
+            show(&answer, call.json, |_| cli::event_type_deleted(&name))
+        }
+    }
 }
 
 /// `hookd deliveries`: one page (and the next cursor on stderr), or with

@@ -160,17 +160,23 @@ async fn operator_verbs_show_and_act_on_a_running_hookd() {
         })
         .await;
 
-    // subscriptions: NAME STATUS SINCE(date time) DELIVERED RETRYING DEAD ...
+    // subscriptions: ID NAME TENANT STATUS SINCE(date time) DELIVERED RETRYING DEAD ...
     let subs = hookd.cli(&["subscriptions"]).await;
-    assert!(subs.ok().starts_with("NAME "), "{}", subs.stdout);
+    assert!(subs.ok().starts_with("ID "), "{}", subs.stdout);
     let rows = subs.rows();
     assert_eq!(rows.len(), 2, "{}", subs.stdout);
     for row in &rows {
-        // NAME STATUS SINCE DELIVERED RETRYING DEAD LAST SUCCESS(date time) LAST FAILURE REASON
-        assert_eq!(row[1], "active", "{}", subs.stdout);
-        assert_eq!(row[2], "-", "never disabled: {}", subs.stdout);
+        // ID NAME TENANT STATUS SINCE DELIVERED RETRYING DEAD LAST SUCCESS(date time) LAST FAILURE REASON
         assert_eq!(
-            &row[3..6],
+            row[0], row[1],
+            "a config subscription's id is its name: {}",
+            subs.stdout
+        );
+        assert_eq!(row[2], "-", "the operator's: {}", subs.stdout);
+        assert_eq!(row[3], "active", "{}", subs.stdout);
+        assert_eq!(row[4], "-", "never disabled: {}", subs.stdout);
+        assert_eq!(
+            &row[5..8],
             ["5", "0", "0"],
             "delivered, retrying, dead: {}",
             subs.stdout
@@ -178,13 +184,13 @@ async fn operator_verbs_show_and_act_on_a_running_hookd() {
     }
     let flaky = rows.iter().find(|r| r[0] == "flaky").expect("flaky listed");
     assert_eq!(
-        flaky[6..].len(),
+        flaky[8..].len(),
         5,
         "a last success, a last failure (its 503s), no reason: {flaky:?}"
     );
-    assert_eq!(flaky[10], "-");
+    assert_eq!(flaky[12], "-");
     let crm = rows.iter().find(|r| r[0] == "crm").expect("crm listed");
-    assert_eq!(&crm[8..], ["-", "-"], "never failed, no reason: {crm:?}");
+    assert_eq!(&crm[10..], ["-", "-"], "never failed, no reason: {crm:?}");
     let crm = hookd.cli(&["subscriptions", "crm", "--json"]).await.json();
     assert_eq!(crm["name"], "crm");
     assert_eq!(crm["counts"]["delivered"], 5);
@@ -606,6 +612,547 @@ async fn send_is_counted_as_the_cli_source() {
     assert!(
         text.contains(r#"hookd_events_ingested_total{source="cli",type="coupon.redeemed"} 1"#),
         "{text}"
+    );
+    hookd.stop().await;
+}
+
+/// The line of a `keys create` or `subscriptions create` output that holds
+/// the key or secret: the one indented by four spaces.
+fn set_apart(out: &str) -> String {
+    out.lines()
+        .find_map(|l| l.strip_prefix("    "))
+        .unwrap_or_else(|| panic!("a line set apart in:\n{out}"))
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_keys_and_subscriptions_from_the_cli() {
+    let rx = Receiver::start().await;
+    let hookd = Hookd::start(&rx, "\n[plans.free]\nmax_subscriptions = 5\n").await;
+
+    // Tenants: create, list, show, update (a merge patch), as JSON too.
+    let made = hookd
+        .cli(&[
+            "tenants",
+            "create",
+            "acme",
+            "--name",
+            "Acme Inc.",
+            "--plan",
+            "free",
+            "--metadata",
+            r#"{"region": "eu"}"#,
+        ])
+        .await;
+    assert_eq!(made.ok(), "tenant acme (Acme Inc., plan free) created\n");
+    let globex = hookd
+        .cli(&["tenants", "create", "globex", "--name", "Globex", "--json"])
+        .await
+        .json();
+    assert_eq!(globex["id"], "globex");
+    assert_eq!(globex["source"], "api");
+    let listed = hookd.cli(&["tenants", "list"]).await;
+    assert!(listed.ok().starts_with("ID      NAME "), "{}", listed.stdout);
+    let tenant_ids: Vec<String> = listed.rows().iter().map(|r| r[0].clone()).collect();
+    assert_eq!(tenant_ids, ["acme", "globex"], "{}", listed.stdout);
+    let shown = hookd.cli(&["tenants", "show", "acme"]).await;
+    assert!(shown.ok().contains("plan           free\n"), "{}", shown.stdout);
+    let updated = hookd
+        .cli(&[
+            "tenants",
+            "update",
+            "acme",
+            "--no-plan",
+            "--metadata",
+            r#"{"tier": "gold"}"#,
+        ])
+        .await;
+    assert_eq!(updated.ok(), "tenant acme (Acme Inc.) updated\n");
+    let acme = hookd.cli(&["tenants", "show", "acme", "--json"]).await.json();
+    assert_eq!(acme["plan"], Value::Null);
+    assert_eq!(acme["metadata"], json!({"region": "eu", "tier": "gold"}));
+    let again = hookd.cli(&["tenants", "create", "acme", "--name", "Acme"]).await;
+    assert!(
+        again.failed().starts_with("error: hookd answered 409 Conflict: "),
+        "{}",
+        again.stderr
+    );
+
+    // A tenant key, printed once; it works as --api-key.
+    let key_run = hookd
+        .cli(&["keys", "create", "--tenant", "acme", "--label", "cli-test"])
+        .await;
+    let out = key_run.ok();
+    assert!(out.contains("it will not be shown again"), "{out}");
+    let key = set_apart(out);
+    assert!(key.starts_with("hk_"), "{out}");
+    let key_id = out.split_whitespace().next().unwrap().to_owned();
+    assert!(key_id.starts_with("key_"), "{out}");
+
+    let created = hookd
+        .cli_with_key(
+            &[
+                "subscriptions",
+                "create",
+                "--name",
+                "orders",
+                "--url",
+                &rx.url("orders"),
+                "--event",
+                "order.*",
+                "--event",
+                "coupon.redeemed",
+                "--header",
+                "x-team=orders",
+                "--rate-limit",
+                "5/10",
+                "--timeout",
+                "5s",
+            ],
+            &key,
+        )
+        .await;
+    let out = created.ok();
+    let sub_id = out
+        .strip_prefix("subscription ")
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("an id: {out}"))
+        .to_owned();
+    assert!(sub_id.starts_with("sub_"), "{out}");
+    assert!(
+        out.starts_with(&format!("subscription {sub_id} (orders) made for tenant acme\n")),
+        "{out}"
+    );
+    let secret = set_apart(out);
+    assert!(secret.starts_with("whsec_"), "{out}");
+    rx.trust("orders", &[&secret]);
+
+    // The admin makes one for globex; the JSON answer carries the secret.
+    let g = hookd
+        .cli(&[
+            "subscriptions",
+            "create",
+            "--tenant",
+            "globex",
+            "--name",
+            "g-orders",
+            "--url",
+            &rx.url("g-orders"),
+            "--event",
+            "order.*",
+            "--json",
+        ])
+        .await
+        .json();
+    assert_eq!(g["tenant"], "globex");
+    assert!(g["secret"].as_str().unwrap().starts_with("whsec_"), "{g}");
+    let g_id = g["id"].as_str().unwrap().to_owned();
+
+    // Listing: a tenant key sees only its own; the admin all, page by page.
+    let own = hookd.cli_with_key(&["subscriptions"], &key).await;
+    let rows = own.rows();
+    assert_eq!(rows.len(), 1, "{}", own.stdout);
+    assert_eq!(
+        &rows[0][..4],
+        [sub_id.as_str(), "orders", "acme", "active"],
+        "{}",
+        own.stdout
+    );
+    let page = hookd.cli(&["subscriptions", "--limit", "1"]).await;
+    assert_eq!(page.rows().len(), 1, "{}", page.stdout);
+    assert!(page.stderr.starts_with("more: --cursor "), "{}", page.stderr);
+    let all = hookd.cli(&["subscriptions", "--limit", "1", "--all"]).await;
+    let mut names: Vec<String> = all.rows().iter().map(|r| r[1].clone()).collect();
+    names.sort();
+    assert_eq!(names, ["crm", "flaky", "g-orders", "orders"], "{}", all.stdout);
+    assert!(!all.stderr.contains("more:"), "{}", all.stderr);
+    let all_json = hookd
+        .cli(&["subscriptions", "list", "--limit", "1", "--all", "--json"])
+        .await
+        .json();
+    assert_eq!(all_json["subscriptions"].as_array().unwrap().len(), 4);
+    let globex_only = hookd.cli(&["subscriptions", "--tenant", "globex"]).await;
+    assert_eq!(globex_only.rows().len(), 1, "{}", globex_only.stdout);
+    assert_eq!(globex_only.rows()[0][0], g_id);
+
+    // The printed secret signs what is delivered.
+    hookd
+        .send(json!({"type": "order.placed", "id": "evt_acme_1", "tenant": "acme", "data": {}}))
+        .await;
+    let arrived = rx
+        .wait_for(WAIT, "acme's order at orders", |a| a.iter().any(|a| a.path == "orders"))
+        .await;
+    let arrival = arrived.iter().find(|a| a.path == "orders").unwrap();
+    assert!(arrival.verified, "signed with the printed secret");
+    assert_eq!(arrival.headers["x-team"], "orders");
+
+    // Update: only the fields given; show it; the secret again.
+    let changed = hookd
+        .cli_with_key(
+            &[
+                "subscriptions",
+                "update",
+                &sub_id,
+                "--description",
+                "acme's orders",
+                "--no-rate-limit",
+                "--max-retries",
+                "2",
+            ],
+            &key,
+        )
+        .await;
+    assert_eq!(
+        changed.ok(),
+        format!("subscription {sub_id} (orders) updated: description, max_retries, rate_limit\n")
+    );
+    let one = hookd
+        .cli_with_key(&["subscriptions", "show", &sub_id, "--json"], &key)
+        .await
+        .json();
+    assert_eq!(one["description"], "acme's orders");
+    assert_eq!(one["rate_limit"], Value::Null);
+    assert_eq!(one["max_retries"], 2);
+    assert_eq!(one["url"], rx.url("orders"), "unchanged");
+    assert_eq!(one["headers"], json!(["x-team"]));
+    let block = hookd.cli_with_key(&["subscriptions", &sub_id], &key).await;
+    assert!(block.ok().contains("tenant                acme\n"), "{}", block.stdout);
+    assert!(block.ok().contains("timeout               5s\n"), "{}", block.stdout);
+    let shown_secret = hookd.cli_with_key(&["subscriptions", "secret", &sub_id], &key).await;
+    assert_eq!(shown_secret.ok(), format!("{secret}\n"));
+    let others = hookd.cli_with_key(&["subscriptions", "show", &g_id], &key).await;
+    assert!(
+        others.failed().starts_with("error: hookd answered 404 Not Found: "),
+        "another tenant's is unknown: {}",
+        others.stderr
+    );
+
+    // Delete.
+    let deleted = hookd.cli_with_key(&["subscriptions", "delete", &sub_id], &key).await;
+    assert_eq!(
+        deleted.ok(),
+        format!("subscription {sub_id} deleted; its pending deliveries are cancelled\n")
+    );
+    let gone = hookd.cli_with_key(&["subscriptions", "show", &sub_id], &key).await;
+    assert!(
+        gone.failed().starts_with("error: hookd answered 404 Not Found: "),
+        "{}",
+        gone.stderr
+    );
+    assert_eq!(hookd.cli_with_key(&["subscriptions"], &key).await.rows().len(), 0);
+
+    // Keys: listed (never shown), a producer key of no tenant, revoked.
+    let keys = hookd.cli(&["keys", "list", "--tenant", "acme"]).await;
+    let rows = keys.rows();
+    assert_eq!(rows.len(), 1, "{}", keys.stdout);
+    assert_eq!(
+        &rows[0][..4],
+        [key_id.as_str(), "tenant", "acme", "cli-test"],
+        "{}",
+        keys.stdout
+    );
+    assert!(!keys.stdout.contains(&key), "{}", keys.stdout);
+    let producer = hookd
+        .cli(&["keys", "create", "--role", "producer", "--label", "feeder", "--json"])
+        .await
+        .json();
+    assert_eq!(producer["role"], "producer");
+    assert_eq!(producer["tenant"], Value::Null);
+    let producer_id = producer["id"].as_str().unwrap().to_owned();
+    let listed = hookd.cli(&["keys", "list", "--json"]).await.json();
+    assert_eq!(ids(&listed["keys"]), BTreeSet::from([producer_id.clone()]));
+    let revoked = hookd.cli(&["keys", "revoke", &producer_id]).await;
+    assert_eq!(
+        revoked.ok(),
+        format!("key {producer_id} revoked: it stops working within a second\n")
+    );
+    let revoked = hookd.cli(&["keys", "revoke", &key_id, "--tenant", "acme"]).await;
+    assert!(revoked.ok().starts_with(&format!("key {key_id} revoked")));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    loop {
+        let run = hookd.cli_with_key(&["subscriptions"], &key).await;
+        if run.code == Some(1) {
+            assert!(
+                run.stderr.starts_with("error: hookd answered 401 Unauthorized: "),
+                "{}",
+                run.stderr
+            );
+            assert!(run.stderr.contains("hint: give the API key"), "{}", run.stderr);
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the revoked key still works");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+
+    // Deleting a tenant takes its subscriptions with it.
+    let deleted = hookd.cli(&["tenants", "delete", "globex"]).await;
+    assert_eq!(
+        deleted.ok(),
+        format!(
+            "tenant globex deleted with 1 subscription: {g_id} (their pending deliveries cancelled) \
+             and its keys revoked\n"
+        )
+    );
+    let left = hookd.cli(&["tenants", "list", "--json"]).await.json();
+    assert_eq!(ids(&left["tenants"]), BTreeSet::from(["acme".to_string()]));
+    assert_eq!(hookd.cli(&["subscriptions"]).await.rows().len(), 2, "crm and flaky");
+    hookd.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_tenant_key_and_subscription_arguments_are_clear() {
+    let rx = Receiver::start().await;
+    let hookd = Hookd::start(&rx, "").await;
+    let url = rx.url("x");
+    let cases: [(&[&str], &str); 8] = [
+        (
+            &[
+                "subscriptions",
+                "create",
+                "--tenant",
+                "acme",
+                "--name",
+                "x",
+                "--url",
+                &url,
+                "--event",
+                "a.b",
+                "--header",
+                "x-team",
+            ],
+            "error: --header `x-team`: write NAME=VALUE, like --header x-team=billing\n",
+        ),
+        (
+            &["subscriptions", "create", "--name", "x"],
+            "error: a new subscription needs --name, --url and --event (missing: --url, --event)\n",
+        ),
+        (
+            &["subscriptions", "update", "sub_1", "--rate-limit", "lots"],
+            "error: --rate-limit `lots`: write PER_SECOND or PER_SECOND/BURST, like 10 or 0.5/2 or 10/20; \
+             the rate is a number above 0\n",
+        ),
+        (
+            &["subscriptions", "update", "sub_1"],
+            "error: nothing to change: give at least one of --name, --url, --event, --header, --no-header, \
+             --description, --no-description, --rate-limit, --no-rate-limit, --max-in-flight, --max-retries, \
+             --timeout\n",
+        ),
+        (
+            &["subscriptions", "rotate-secret", "sub_1", "--grace", "a while"],
+            "error: --grace `a while`: give a duration above zero, like 500ms, 5s, 24h\n",
+        ),
+        (
+            &["keys", "create", "--tenant", "acme", "--role", "admin"],
+            "error: --role `admin`: an admin key belongs to no tenant: leave out --tenant\n",
+        ),
+        (
+            &["tenants", "create", "acme", "--name", "Acme", "--metadata", "[]"],
+            "error: --metadata `[]`: give a JSON object, like {\"region\": \"eu\"}\n",
+        ),
+        (
+            &["tenants", "update", "acme"],
+            "error: nothing to change: give at least one of --name, --plan, --no-plan, --metadata\n",
+        ),
+    ];
+    for (args, expected) in cases {
+        let run = hookd.cli(args).await;
+        assert_eq!(run.failed(), expected, "{args:?}");
+        assert_eq!(run.stdout, "");
+    }
+    // hookd's own refusals: its message, exit 1.
+    let admin_sub = hookd
+        .cli(&[
+            "subscriptions",
+            "create",
+            "--name",
+            "x",
+            "--url",
+            &url,
+            "--event",
+            "a.b",
+        ])
+        .await;
+    assert!(
+        admin_sub
+            .failed()
+            .starts_with("error: hookd answered 422 Unprocessable Entity: tenant: an admin key must name the tenant"),
+        "{}",
+        admin_sub.stderr
+    );
+    let no_tenant = hookd.cli(&["tenants", "show", "nobody"]).await;
+    assert_eq!(
+        no_tenant.failed(),
+        "error: hookd answered 404 Not Found: tenant `nobody` does not exist\n"
+    );
+    // A config subscription is read-only here.
+    let read_only = hookd.cli(&["subscriptions", "delete", "crm"]).await;
+    assert!(
+        read_only.failed().starts_with("error: hookd answered 409 Conflict: "),
+        "{}",
+        read_only.stderr
+    );
+    hookd.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_types_secret_rotation_and_test_events_from_the_cli() {
+    let rx = Receiver::start().await;
+    let hookd = Hookd::start(&rx, "").await;
+    hookd.cli(&["tenants", "create", "acme", "--name", "Acme"]).await.ok();
+
+    // The catalogue: a type with a schema and an example, one from a file.
+    let schema = r#"{"type": "object", "required": ["code"]}"#;
+    let put = hookd
+        .cli(&[
+            "event-types",
+            "put",
+            "coupon.redeemed",
+            "--description",
+            "A coupon was redeemed",
+            "--schema",
+            schema,
+            "--example",
+            r#"{"code": "SPRING10"}"#,
+        ])
+        .await;
+    assert_eq!(
+        put.ok(),
+        "event type coupon.redeemed saved, with a schema, with an example\n"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("stamp.json");
+    std::fs::write(&file, r#"{"type": "object"}"#).unwrap();
+    let put = hookd
+        .cli(&[
+            "event-types",
+            "put",
+            "stamp.old",
+            "--schema",
+            file.to_str().unwrap(),
+            "--deprecated",
+        ])
+        .await;
+    assert_eq!(put.ok(), "event type stamp.old saved (deprecated), with a schema\n");
+    let bad = hookd
+        .cli(&[
+            "event-types",
+            "put",
+            "coupon.bad",
+            "--schema",
+            schema,
+            "--example",
+            "{}",
+        ])
+        .await;
+    assert!(
+        bad.failed()
+            .starts_with("error: hookd answered 422 Unprocessable Entity: "),
+        "{}",
+        bad.stderr
+    );
+    let listed = hookd.cli(&["event-types", "list"]).await;
+    let rows = listed.rows();
+    assert_eq!(rows.len(), 2, "{}", listed.stdout);
+    // NAME DEPRECATED SCHEMA EXAMPLE SOURCE DESCRIPTION
+    assert_eq!(
+        &rows[0][..6],
+        ["coupon.redeemed", "-", "yes", "yes", "api", "A"],
+        "{}",
+        listed.stdout
+    );
+    assert_eq!(
+        &rows[1][..6],
+        ["stamp.old", "yes", "yes", "-", "api", "-"],
+        "{}",
+        listed.stdout
+    );
+    let json = hookd.cli(&["event-types", "list", "--json"]).await.json();
+    assert_eq!(json["event_types"][0]["example"], json!({"code": "SPRING10"}));
+
+    // A test event reaches the subscription, signed with its secret.
+    let sub = hookd
+        .cli(&[
+            "subscriptions",
+            "create",
+            "--tenant",
+            "acme",
+            "--name",
+            "coupons",
+            "--url",
+            &rx.url("coupons"),
+            "--event",
+            "coupon.redeemed",
+            "--json",
+        ])
+        .await
+        .json();
+    let id = sub["id"].as_str().unwrap().to_owned();
+    let first = sub["secret"].as_str().unwrap().to_owned();
+    rx.trust("coupons", &[&first]);
+    let sent = hookd
+        .cli(&["subscriptions", "test", &id, "--type", "coupon.redeemed"])
+        .await;
+    let out = sent.ok();
+    assert!(out.starts_with("test event "), "{out}");
+    assert!(out.contains(&format!(" sent to {id}: delivery dlv_")), "{out}");
+    let arrivals = rx
+        .wait_for(WAIT, "the test event", |a| a.iter().any(|a| a.path == "coupons"))
+        .await;
+    let arrival = arrivals.iter().find(|a| a.path == "coupons").unwrap();
+    assert!(arrival.verified);
+    assert_eq!(arrival.json()["data"], json!({"code": "SPRING10"}));
+
+    // Rotation: the new secret is printed; both sign during the grace.
+    let rotated = hookd
+        .cli(&["subscriptions", "rotate-secret", &id, "--grace", "1h"])
+        .await;
+    let out = rotated.ok();
+    let second = set_apart(out);
+    assert!(second.starts_with("whsec_") && second != first, "{out}");
+    assert!(out.contains("the previous secret keeps signing too until "), "{out}");
+    let secret = hookd.cli(&["subscriptions", "secret", &id]).await;
+    assert_eq!(
+        secret.ok(),
+        format!("{second}\nalso signing until their grace ends: {first}\n")
+    );
+    rx.trust("coupons", &[&second]);
+    hookd
+        .cli(&["subscriptions", "test", &id, "--type", "coupon.redeemed", "--json"])
+        .await
+        .json();
+    let arrivals = rx
+        .wait_for(WAIT, "the second test event", |a| {
+            a.iter().filter(|a| a.path == "coupons").count() == 2
+        })
+        .await;
+    assert!(
+        arrivals.iter().filter(|a| a.path == "coupons").all(|a| a.verified),
+        "the second is verified with the new secret alone"
+    );
+    let rotated = hookd
+        .cli(&["subscriptions", "rotate-secret", &id, "--json"])
+        .await
+        .json();
+    assert!(rotated["secret"].as_str().unwrap().starts_with("whsec_"));
+
+    // hookd's refusals; then the catalogue shrinks.
+    let wrong = hookd.cli(&["subscriptions", "test", &id, "--type", "stamp.old"]).await;
+    assert!(
+        wrong
+            .failed()
+            .starts_with("error: hookd answered 422 Unprocessable Entity: type: "),
+        "{}",
+        wrong.stderr
+    );
+    let deleted = hookd.cli(&["event-types", "delete", "stamp.old"]).await;
+    assert_eq!(deleted.ok(), "event type stamp.old deleted\n");
+    let left = hookd.cli(&["event-types", "list", "--json"]).await.json();
+    assert_eq!(left["event_types"].as_array().unwrap().len(), 1);
+    let gone = hookd.cli(&["event-types", "delete", "stamp.old"]).await;
+    assert!(
+        gone.failed().starts_with("error: hookd answered 404 Not Found: "),
+        "{}",
+        gone.stderr
     );
     hookd.stop().await;
 }
