@@ -310,11 +310,7 @@ async fn replay_subscription(
             full && !ended
         }
         Target::Retrying => {
-            // Every field is set today; the update keeps this compiling
-            // when ListFilter gains one.
-            #[allow(clippy::needless_update)]
             let filter = ListFilter {
-                tenant: None,
                 subscription: Some(walk.subscription.clone()),
                 state: Some(DeliveryState::Retrying),
                 from: walk.from,
