@@ -320,6 +320,12 @@ async fn a_tenant_sees_and_touches_nothing_of_another() {
     let text = keys.to_string();
     assert_eq!(keys["keys"].as_array().unwrap().len(), 2, "{keys}");
     assert!(!text.contains("hk_"), "keys are never shown again: {text}");
+    let roles: Vec<&str> = keys["keys"].as_array().unwrap().iter().map(|k| k["role"].as_str().unwrap()).collect();
+    assert!(roles.contains(&"tenant") && roles.contains(&"producer"), "{keys}");
+    assert!(
+        keys["keys"].as_array().unwrap().iter().all(|k| k["last_used_at"].is_string()),
+        "both keys were used, and say when: {keys}"
+    );
     hookd.stop().await;
 }
 
@@ -615,7 +621,6 @@ async fn processes_share_the_catalogue(redis: &RedisServer, cluster: bool, prefi
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // The key's last use was recorded for the operator.
     first.stop().await;
     second.stop().await;
 }
