@@ -16,12 +16,25 @@
 //!                       fan out)    due set)  classify, retry)
 //! ```
 //!
+//! - [`model`]: the leaf of shared types every stage uses (event ids,
+//!   types and patterns, subscription names, deliveries, tenants, secrets,
+//!   the clock's unit); it imports nothing else of hookd.
+//! - [`catalog`]: tenants, API keys ([`catalog::keys`]), plans, the event
+//!   catalogue and every subscription — the config file's and those made
+//!   through the API, kept in a [`catalog::store::CatalogStore`] (Redis or
+//!   `catalog.redb`) — published as one immutable, versioned
+//!   [`catalog::Snapshot`] that ingest, dispatch and the API read. Every
+//!   process polls the store's version every 250 ms, so a change made
+//!   anywhere is in force everywhere within a second. Fan-out's index
+//!   ([`catalog::Routes`]) is by tenant.
 //! - [`config`]: the TOML file, loaded with figment over compiled-in
 //!   defaults (`src/config/defaults.toml`) and `HOOKD_` variables, validated
 //!   with errors that name the key. Secrets print as `[redacted]`.
-//! - [`ingest`]: one validation path for every source ([`ingest::parse_event`]),
-//!   fan-out to matching subscriptions ([`ingest::Ingestor`]), and the
-//!   Redis stream consumer ([`ingest::stream`]).
+//! - [`ingest`]: one validation path for every source ([`ingest::parse_event`],
+//!   then the catalogue's checks: the tenant exists, the schema holds),
+//!   plan rate limits, fan-out to the matching subscriptions of the
+//!   snapshot in force ([`ingest::Ingestor`]), and the Redis stream
+//!   consumer ([`ingest::stream`]).
 //! - [`queue`]: the [`queue::Queue`] trait and its two backends: Redis
 //!   sorted sets (many processes, one Redis or a Cluster) and an embedded
 //!   redb store (one process, no setup). Dedup and enqueue are one atomic
@@ -46,7 +59,12 @@
 //! - [`api`]: the HTTP API (ingest, dead deliveries and replay, the
 //!   delivery log in [`api::admin`], replaying an event to its
 //!   subscriptions in [`api::events`], retrying and bulk replay of failed
-//!   deliveries in [`api::recover`], health) and a client of it for the CLI.
+//!   deliveries in [`api::recover`], subscriptions in
+//!   [`api::subscriptions`], tenants and keys in [`api::tenants`], the
+//!   event catalogue in [`api::event_types`], health) and a client of it
+//!   for the CLI. Every request is made by a
+//!   [`catalog::keys::Principal`] (admin, producer, tenant); a tenant sees
+//!   its own objects only, another's being a 404.
 //! - [`cli`]: the operator verbs' side of that API (`hookd subscriptions`,
 //!   `deliveries`, `attempts`, `event`, `retry`, `replay`, `enable`,
 //!   `disable`, `dead`): argument checks, and the tables printed from the
@@ -59,7 +77,9 @@
 //! - [`plugin`]: the only module that knows wasmtime: WebAssembly plugins
 //!   that drop or reshape a delivery before it is signed, sandboxed with a
 //!   deadline and a memory cap.
-//! - `reload` (private): hot reload of the config and plugin files.
+//! - `reload` (private): hot reload of the config and plugin files, handed
+//!   to the catalogue; it rebuilds the dispatcher's endpoints whenever the
+//!   catalogue publishes.
 //! - [`demo`]: `hookd demo`, hookd and a verifying receiver in one process.
 //!
 //! `main` is thin: it parses the CLI, loads the config, sets up logging and
@@ -80,6 +100,25 @@
 //!   so an accepted event is never lost; claims and settlements are made
 //!   durable at least every second. A crash can undo up to a second of
 //!   acknowledgements: those deliveries are sent again (at least once).
+//! - A subscription made through the API is, downstream of the catalogue,
+//!   a [`config::SubscriptionConfig`] named by its id (`sub_…`) with an
+//!   `owner`: fan-out, endpoints, health, parking and the log treat both
+//!   kinds alike. TOML names may not start with `sub_`. Deleting one
+//!   leaves a tombstone in the store, so a process meeting its deliveries
+//!   cancels them (recorded as `cancelled`) instead of waiting to learn of
+//!   it; a delivery for a `sub_…` id not known yet is deferred while the
+//!   catalogue refreshes.
+//! - The catalogue store is versioned records, not one structure per
+//!   kind: every process reloads the whole catalogue when the version
+//!   moves (one `GET` every 250 ms otherwise). Changes are rare next to
+//!   deliveries; a change feed can replace the reload if catalogues grow
+//!   large. Key use times live apart and do not bump the version.
+//! - Subscription state, health and rate buckets (a tenant's ingest bucket
+//!   too) are still methods of the `Queue` trait; DESIGN.md puts them in a
+//!   store trait of their own, which is yet to be split out.
+//! - An API with no `server.api_keys` stays open to anyone as an admin, as
+//!   before tenants; a stored key presented to it still gets its own
+//!   scope. Tenant keys protect nothing until `server.api_keys` is set.
 //! - Two modules beyond DESIGN.md's list: `history` (the delivery log has
 //!   its own store beside the queue, since the queue forgets a delivery once
 //!   it is acknowledged) and `reload` (hot reload of the config and plugin

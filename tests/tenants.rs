@@ -320,10 +320,19 @@ async fn a_tenant_sees_and_touches_nothing_of_another() {
     let text = keys.to_string();
     assert_eq!(keys["keys"].as_array().unwrap().len(), 2, "{keys}");
     assert!(!text.contains("hk_"), "keys are never shown again: {text}");
-    let roles: Vec<&str> = keys["keys"].as_array().unwrap().iter().map(|k| k["role"].as_str().unwrap()).collect();
+    let roles: Vec<&str> = keys["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["role"].as_str().unwrap())
+        .collect();
     assert!(roles.contains(&"tenant") && roles.contains(&"producer"), "{keys}");
     assert!(
-        keys["keys"].as_array().unwrap().iter().all(|k| k["last_used_at"].is_string()),
+        keys["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|k| k["last_used_at"].is_string()),
         "both keys were used, and say when: {keys}"
     );
     hookd.stop().await;

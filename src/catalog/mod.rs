@@ -559,7 +559,7 @@ impl Catalog {
     }
 
     /// Notes that the stored key `id` was used now (written within
-    /// [`USE_FLUSH`]).
+    /// a few seconds).
     pub fn key_used(&self, id: &str) {
         if let Ok(mut uses) = self.uses.lock() {
             uses.insert(id.to_owned(), now_ms());
