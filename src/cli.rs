@@ -441,6 +441,25 @@ impl Table {
 }
 
 /// A value as a cell: `-` when absent or empty.
+/// A subscription's plugin: a registered one by name with its config's
+/// keys, a file by its path.
+fn plugin_text(value: &Value) -> String {
+    match value.get("name") {
+        Some(name) => {
+            let keys: Vec<String> = value["config_keys"]
+                .as_array()
+                .map(|k| k.iter().map(text).collect())
+                .unwrap_or_default();
+            if keys.is_empty() {
+                text(name)
+            } else {
+                format!("{} (config: {})", text(name), keys.join(", "))
+            }
+        }
+        None => text(value),
+    }
+}
+
 fn text(value: &Value) -> String {
     match value {
         Value::Null => "-".into(),
@@ -602,7 +621,7 @@ pub fn subscription(s: &Value) -> String {
         ("failing since", when(&s["failing_since"])),
         ("last success", when(&s["last_success_at"])),
         ("last failure", when(&s["last_failure_at"])),
-        ("plugin", text(&s["plugin"])),
+        ("plugin", plugin_text(&s["plugin"])),
     ]);
     block(&pairs)
 }

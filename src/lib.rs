@@ -254,7 +254,13 @@ pub async fn run_with_backends(
         recorder.clone(),
         metrics.clone(),
     ));
-    let plugins = if config.subscriptions.iter().any(|s| s.plugin.is_some()) {
+    let plugins = if catalog
+        .snapshot()
+        .config
+        .subscriptions
+        .iter()
+        .any(|s| s.plugin.is_some())
+    {
         Some(Arc::new(
             plugin::Plugins::new(&config.plugins).context("cannot start the plugin engine")?,
         ))

@@ -907,3 +907,63 @@ async fn a_rotated_secret_signs_beside_the_new_one_until_its_grace_ends() {
     );
     hookd.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_use_the_operators_registered_plugins_by_name() {
+    let rx = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let extra = format!(
+        "[plugins]\ncache_dir = {:?}\ndeadline = \"2s\"\n[plugins.registry.jq]\npath = {:?}\ndescription = \"jq\"\n",
+        support::plugins::shared_cache().display().to_string(),
+        support::plugins::wasm("jq").display().to_string(),
+    );
+    let hookd = Hookd::start(embedded(dir.path(), &extra)).await;
+    let acme = tenant(&hookd.api, "acme", None).await;
+    let unknown = acme
+        .post(
+            "/v1/subscriptions",
+            json!({"name": "p", "url": rx.url("p"), "events": ["*"], "plugin": {"name": "slack"}}).to_string(),
+        )
+        .await;
+    assert_eq!(status(&unknown), 422);
+    assert!(unknown
+        .unwrap_err()
+        .to_string()
+        .contains("plugin.name: `slack` is not a registered plugin; use one of: jq"));
+    let path = acme
+        .post(
+            "/v1/subscriptions",
+            json!({"name": "p", "url": rx.url("p"), "events": ["*"], "plugin": {"path": "/etc/passwd"}}).to_string(),
+        )
+        .await;
+    assert_eq!(status(&path), 422, "the API never takes a file path: {path:?}");
+    let made = acme
+        .post(
+            "/v1/subscriptions",
+            json!({
+                "name": "shaped", "url": rx.url("shaped"), "events": ["coupon.*"],
+                "plugin": {"name": "jq", "config": {"filter": "select(.data.amount >= 10) | {code: .data.coupon}"}}
+            })
+            .to_string(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        made["plugin"],
+        json!({"name": "jq", "config_keys": ["filter"]}),
+        "no path, no config values"
+    );
+    rx.trust("shaped", &[made["secret"].as_str().unwrap()]);
+    for (n, amount) in [(1, 5), (2, 25)] {
+        hookd
+            .send(json!({"type": "coupon.redeemed", "id": format!("evt_p{n}"), "tenant": "acme", "data": {"coupon": "C", "amount": amount}}))
+            .await;
+    }
+    let arrivals = rx.wait_for(WAIT, "the reshaped delivery", |a| !a.is_empty()).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(rx.arrivals().len(), 1, "the small one is filtered out");
+    assert_eq!(arrivals[0].id, "evt_p2");
+    assert_eq!(arrivals[0].json(), json!({"code": "C"}));
+    assert!(arrivals[0].verified);
+    hookd.stop().await;
+}

@@ -111,7 +111,12 @@ async fn describe(state: &ApiState, sub: &SubscriptionConfig) -> Result<Value, A
             "dead": stats.dead,
             "filtered": stats.filtered,
         },
-        "plugin": sub.plugin.as_ref().map(|p| p.path.display().to_string()),
+        // A stored subscription's registered plugin by name, its config's
+        // keys only (values may be credentials); a TOML one's file.
+        "plugin": match spec {
+            Some(spec) => spec.plugin.as_ref().map(|p| json!({"name": p.name, "config_keys": p.config.keys().collect::<Vec<_>>()})),
+            None => sub.plugin.as_ref().map(|p| json!(p.path.display().to_string())),
+        },
     }))
 }
 

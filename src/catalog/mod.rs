@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{watch, Mutex};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, EventTypeConfig, PlanConfig, SubscriptionConfig};
+use crate::config::{Config, EventTypeConfig, PlanConfig, RegisteredPlugin, SubscriptionConfig};
 use crate::model::{now_ms, Millis, RateLimit, Secret, SubscriptionName, TenantId};
 use keys::{KeyRecord, Principal, Role};
 pub use routes::Routes;
@@ -183,6 +183,20 @@ pub struct SubscriptionSpec {
     /// Timeout of one attempt.
     #[serde(default, skip_serializing_if = "Option::is_none", with = "humantime_serde")]
     pub timeout: Option<Duration>,
+    /// A plugin of the operator's registry, and its config.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plugin: Option<PluginRef>,
+}
+
+/// A subscription's use of a registered plugin (`[plugins.registry.NAME]`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginRef {
+    /// The registered plugin's name.
+    pub name: String,
+    /// Settings handed to the plugin on every call.
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
 }
 
 /// A subscription made through the API, as stored.
@@ -216,21 +230,30 @@ impl StoredSubscription {
     }
 
     /// The subscription as every stage downstream sees it: named by its
-    /// id, owned by its tenant.
-    fn to_config(&self, now: Millis) -> SubscriptionConfig {
+    /// id, owned by its tenant, its plugin resolved in `registry`. A plugin
+    /// no longer registered leaves it disabled (its deliveries parked, never
+    /// sent without the plugin meant to filter them) until it is again.
+    fn to_config(&self, now: Millis, registry: &BTreeMap<String, RegisteredPlugin>) -> SubscriptionConfig {
         let s = &self.spec;
+        let plugin = s
+            .plugin
+            .as_ref()
+            .map(|p| registry.get(&p.name).map(|r| r.with_config(p.config.clone())));
+        if let Some(None) = &plugin {
+            tracing::error!(subscription = %self.id, "its plugin is no longer in plugins.registry: the subscription is disabled until it is");
+        }
         SubscriptionConfig {
             name: self.id.clone(),
             url: s.url.clone(),
             events: s.events.clone(),
             secrets: self.active_secrets(now).map(|s| Secret::new(s.value.clone())).collect(),
             headers: s.headers.clone(),
-            enabled: true,
+            enabled: !matches!(plugin, Some(None)),
             timeout: s.timeout,
             max_retries: s.max_retries,
             max_in_flight: s.max_in_flight,
             rate_limit: s.rate_limit,
-            plugin: None,
+            plugin: plugin.flatten(),
             notify_to: None,
             tenants: None,
             owner: Some(self.tenant.clone()),
@@ -348,7 +371,9 @@ impl Snapshot {
             .filter(|s| s.deleted_at.is_none() && tenants.contains_key(&s.tenant))
             .collect();
         live.sort_by(|a, b| a.id.cmp(&b.id));
-        config.subscriptions.extend(live.iter().map(|s| s.to_config(now)));
+        config
+            .subscriptions
+            .extend(live.iter().map(|s| s.to_config(now, &file.plugins.registry)));
         let schemas = event_types
             .values()
             .filter_map(|(t, _)| {
@@ -820,8 +845,29 @@ impl Catalog {
             updated_at: 0,
             deleted_at: None,
         };
+        if let Some(plugin) = &spec.plugin {
+            let registry = &snapshot.config.plugins.registry;
+            if !registry.contains_key(&plugin.name) {
+                let names: Vec<&str> = registry.keys().map(String::as_str).collect();
+                return Err(invalid(
+                    "plugin.name",
+                    if names.is_empty() {
+                        format!("`{}` is not a registered plugin: this hookd offers none", plugin.name)
+                    } else {
+                        format!(
+                            "`{}` is not a registered plugin; use one of: {}",
+                            plugin.name,
+                            names.join(", ")
+                        )
+                    },
+                ));
+            }
+            if plugin.config.keys().any(|k| k.is_empty()) {
+                return Err(invalid("plugin.config", "keys must not be empty"));
+            }
+        }
         probe
-            .to_config(0)
+            .to_config(0, &snapshot.config.plugins.registry)
             .check_fields("", &snapshot.config.delivery)
             .map_err(|e| match e {
                 crate::config::Error::Invalid { key, problem } => Error::Invalid { field: key, problem },

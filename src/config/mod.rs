@@ -216,6 +216,44 @@ pub struct PluginsConfig {
     pub max_instances: u32,
     /// Largest body a plugin may return; a larger one fails the delivery.
     pub max_body_bytes: ByteSize,
+    /// Plugins subscriptions made through the API may use, by name: the API
+    /// never takes a file path.
+    #[serde(default)]
+    pub registry: BTreeMap<String, RegisteredPlugin>,
+}
+
+/// `[plugins.registry.NAME]`: a plugin the operator offers to
+/// subscriptions made through the API, which name it and give its config.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegisteredPlugin {
+    /// The component (`.wasm`).
+    pub path: PathBuf,
+    /// What tenants read about it.
+    #[serde(default)]
+    pub description: String,
+    /// Override of `plugins.deadline`.
+    #[serde(default, with = "humantime_serde")]
+    pub deadline: Option<Duration>,
+    /// Override of `plugins.memory_limit` (which it may not exceed).
+    #[serde(default)]
+    pub memory_limit: Option<ByteSize>,
+    /// Override of `plugins.fresh_instance`.
+    #[serde(default)]
+    pub fresh_instance: Option<bool>,
+}
+
+impl RegisteredPlugin {
+    /// The plugin table of a subscription using it with `config`.
+    pub fn with_config(&self, config: BTreeMap<String, String>) -> PluginConfig {
+        PluginConfig {
+            path: self.path.clone(),
+            config,
+            deadline: self.deadline,
+            memory_limit: self.memory_limit,
+            fresh_instance: self.fresh_instance,
+        }
+    }
 }
 
 /// A size in bytes, written as a number of bytes (`65536`) or with a unit
@@ -899,6 +937,17 @@ impl PluginsConfig {
         }
         if self.max_body_bytes.bytes() == 0 {
             return Err(invalid("plugins.max_body_bytes", "must be greater than zero"));
+        }
+        for (name, plugin) in &self.registry {
+            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b)) {
+                return Err(invalid(
+                    format!("plugins.registry.{name}"),
+                    "names are letters, digits, `-` and `_`",
+                ));
+            }
+            plugin
+                .with_config(BTreeMap::new())
+                .validate(&format!("plugins.registry.{name}"), self)?;
         }
         Ok(())
     }
