@@ -35,7 +35,9 @@
 //!   plan rate limits, fan-out to the matching subscriptions of the
 //!   snapshot in force ([`ingest::Ingestor`]), and the Redis stream
 //!   consumer ([`ingest::stream`]).
-//! - [`queue`]: the [`queue::Queue`] trait and its two backends: Redis
+//! - [`queue`]: the [`queue::Queue`] trait (the delivery lifecycle) and,
+//!   beside it, [`queue::StateStore`] (subscription state, health, rate
+//!   buckets), and their two backends: Redis
 //!   sorted sets (many processes, one Redis or a Cluster) and an embedded
 //!   redb store (one process, no setup). Dedup and enqueue are one atomic
 //!   step; claims are leased so a crashed worker's deliveries fall due again.
@@ -114,8 +116,9 @@
 //!   deliveries; a change feed can replace the reload if catalogues grow
 //!   large. Key use times live apart and do not bump the version.
 //! - Subscription state, health and rate buckets (a tenant's ingest bucket
-//!   too) are still methods of the `Queue` trait; DESIGN.md puts them in a
-//!   store trait of their own, which is yet to be split out.
+//!   too) have a trait of their own, [`queue::StateStore`], beside
+//!   [`queue::Queue`]; both are implemented by the same backend (one Redis,
+//!   one redb file), handed around together as a [`queue::Backend`].
 //! - An API with no `server.api_keys` stays open to anyone as an admin, as
 //!   before tenants; a stored key presented to it still gets its own
 //!   scope. Tenant keys protect nothing until `server.api_keys` is set.
@@ -172,14 +175,14 @@ use tracing::info;
 
 use config::Config;
 use history::History;
-use queue::Queue;
+use queue::{Backend, Queue};
 
-/// Opens the queue backend `config` selects: Redis with a `redis_url`,
-/// the embedded store otherwise.
-pub async fn open_queue(config: &Config) -> anyhow::Result<Arc<dyn Queue>> {
+/// Opens the queue backend `config` selects (Redis with a `redis_url`,
+/// the embedded store otherwise): its queue and its state store.
+pub async fn open_queue(config: &Config) -> anyhow::Result<Backend> {
     Ok(match &config.queue.redis_url {
-        Some(_) => Arc::new(queue::redis::RedisQueue::connect(&config.queue).await?),
-        None => Arc::new(queue::embedded::EmbeddedQueue::open(&config.queue)?),
+        Some(_) => Backend::new(Arc::new(queue::redis::RedisQueue::connect(&config.queue).await?)),
+        None => Backend::new(Arc::new(queue::embedded::EmbeddedQueue::open(&config.queue)?)),
     })
 }
 
@@ -208,28 +211,28 @@ pub async fn open_catalog_store(config: &Config) -> anyhow::Result<Arc<dyn catal
 /// backend) and the dispatcher, until `shutdown` is cancelled. Then stops
 /// accepting, lets in-flight requests and deliveries finish, and returns.
 pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let queue = open_queue(&config).await.context("cannot open the queue")?;
-    run_with_queue(config, queue, listener, shutdown).await
+    let backend = open_queue(&config).await.context("cannot open the queue")?;
+    run_with_queue(config, backend, listener, shutdown).await
 }
 
 /// [`run`] with a queue already opened; opens the history itself.
 pub async fn run_with_queue(
     config: Config,
-    queue: Arc<dyn Queue>,
+    backend: Backend,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let history = open_history(&config)
         .await
         .context("cannot open the delivery history")?;
-    run_with_backends(config, queue, history, listener, shutdown).await
+    run_with_backends(config, backend, history, listener, shutdown).await
 }
 
 /// [`run`] with the queue and the history already opened (tests share
 /// them with the running hookd this way).
 pub async fn run_with_backends(
     config: Config,
-    queue: Arc<dyn Queue>,
+    backend: Backend,
     history: Arc<dyn History>,
     listener: TcpListener,
     shutdown: CancellationToken,
@@ -249,7 +252,7 @@ pub async fn run_with_backends(
     let ingestor = Arc::new(ingest::Ingestor::new(
         &config,
         catalog.clone(),
-        queue.clone(),
+        backend.clone(),
         queued.clone(),
         recorder.clone(),
         metrics.clone(),
@@ -282,10 +285,10 @@ pub async fn run_with_backends(
             catalog: catalog.clone(),
         };
         let dispatcher =
-            dispatch::Dispatcher::new(&config, queue.clone(), endpoints.clone(), queued.clone(), services)?;
+            dispatch::Dispatcher::new(&config, backend.clone(), endpoints.clone(), queued.clone(), services)?;
         tasks.spawn(dispatcher.run(shutdown.clone()));
     }
-    tasks.spawn(sample_depth(queue.clone(), metrics.clone(), shutdown.clone()));
+    tasks.spawn(sample_depth(backend.queue.clone(), metrics.clone(), shutdown.clone()));
     if config.ingest.stream {
         if let Some(consumer) = ingest::stream::StreamConsumer::new(&config, ingestor.clone()) {
             tasks.spawn(consumer.run(shutdown.clone()));
@@ -306,18 +309,18 @@ pub async fn run_with_backends(
         config.history.clone(),
         shutdown.clone(),
     ));
-    let state = api::ApiState::new(&config, catalog, ingestor, queue, history, metrics, alerts);
+    let state = api::ApiState::new(&config, catalog, ingestor, backend, history, metrics, alerts);
     let state = Arc::new(api::ApiState {
         endpoints: api_endpoints,
         ..state
     });
     let addr = listener.local_addr()?;
-    let backend = if config.queue.redis_url.is_some() {
+    let kind = if config.queue.redis_url.is_some() {
         "redis"
     } else {
         "embedded"
     };
-    info!(%addr, subscriptions = config.subscriptions.len(), backend, "hookd serving");
+    info!(%addr, subscriptions = config.subscriptions.len(), backend = kind, "hookd serving");
     axum::serve(listener, api::router(state))
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())
         .await

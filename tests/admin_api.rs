@@ -269,7 +269,7 @@ async fn admin_routes_read_the_embedded_history() {
     let running = serve(|listener, shutdown| {
         tokio::spawn(hookd::run_with_backends(
             config,
-            queue,
+            hookd::queue::Backend::new(queue),
             history.clone(),
             listener,
             shutdown,

@@ -14,8 +14,8 @@ use hookd::ingest::EventId;
 use hookd::queue::embedded::EmbeddedQueue;
 use hookd::queue::redis::RedisQueue;
 use hookd::queue::{
-    now_ms, shard_of, Claim, Delivery, DeliveryId, Depth, Enqueued, Error, HealthUpdate, Lease, Millis, NewEvent,
-    Queue, Settlement, Standing, SubscriptionState,
+    now_ms, shard_of, Backend, Claim, Delivery, DeliveryId, Depth, Enqueued, Error, HealthUpdate, Lease, Millis,
+    NewEvent, Queue, Settlement, Standing, StateStore, SubscriptionState,
 };
 use support::{queue_config, unique_prefix, Home};
 
@@ -32,8 +32,8 @@ struct Fixture {
     config: QueueConfig,
     /// Its data.
     home: Home,
-    /// The open queue.
-    queue: Option<Arc<dyn Queue>>,
+    /// The open backend: its queue and its state store.
+    queue: Option<Backend>,
 }
 
 impl Fixture {
@@ -47,27 +47,35 @@ impl Fixture {
         fx
     }
 
-    async fn connect(&self) -> Arc<dyn Queue> {
+    async fn connect(&self) -> Backend {
         match self.home {
-            Home::Redis(_) => Arc::new(
+            Home::Redis(_) => Backend::new(Arc::new(
                 RedisQueue::connect(&self.config)
                     .await
                     .expect("connect to the test redis"),
-            ),
-            Home::Embedded { .. } => Arc::new(EmbeddedQueue::open(&self.config).expect("open the embedded store")),
+            )),
+            Home::Embedded { .. } => Backend::new(Arc::new(
+                EmbeddedQueue::open(&self.config).expect("open the embedded store"),
+            )),
         }
     }
 
     fn q(&self) -> Arc<dyn Queue> {
-        self.queue.clone().expect("queue is open")
+        self.queue.as_ref().expect("queue is open").queue.clone()
+    }
+
+    /// The backend's state store.
+    fn s(&self) -> Arc<dyn StateStore> {
+        self.queue.as_ref().expect("queue is open").state.clone()
     }
 
     /// Closes the queue, restarts Redis (from its append-only file), and
     /// opens the queue again.
     async fn reopen(&mut self) {
-        let queue = self.queue.take().expect("queue is open");
-        assert_eq!(Arc::strong_count(&queue), 1, "a test still holds the queue");
-        drop(queue);
+        let backend = self.queue.take().expect("queue is open");
+        // Its queue and its state store: two handles of one backend.
+        assert_eq!(Arc::strong_count(&backend.queue), 2, "a test still holds the queue");
+        drop(backend);
         self.home.restart();
         self.queue = Some(self.connect().await);
     }
@@ -549,7 +557,7 @@ mod cases {
     }
 
     pub async fn rate_limit_buckets_grant_the_burst_then_the_rate(fx: &mut Fixture) {
-        let q = fx.q();
+        let s = fx.s();
         let crm = SubscriptionName::parse("crm").unwrap();
         let billing = SubscriptionName::parse("billing").unwrap();
         let limit = RateLimit {
@@ -557,18 +565,18 @@ mod cases {
             burst: Some(2),
         };
         let t = now_ms();
-        let first = q.take_tokens(&crm, &limit, 12, t).await.unwrap();
+        let first = s.take_tokens(&crm, &limit, 12, t).await.unwrap();
         assert_eq!(first.granted, 2, "the burst");
         assert_eq!(first.next_at, Some(t + 200));
-        let early = q.take_tokens(&crm, &limit, 1, t + 100).await.unwrap();
+        let early = s.take_tokens(&crm, &limit, 1, t + 100).await.unwrap();
         assert_eq!((early.granted, early.next_at), (0, Some(t + 200)));
-        let due = q.take_tokens(&crm, &limit, 3, t + 200).await.unwrap();
+        let due = s.take_tokens(&crm, &limit, 3, t + 200).await.unwrap();
         assert_eq!((due.granted, due.next_at), (1, Some(t + 400)));
         // Each subscription has its own bucket.
-        let other = q.take_tokens(&billing, &limit, 2, t + 200).await.unwrap();
+        let other = s.take_tokens(&billing, &limit, 2, t + 200).await.unwrap();
         assert_eq!((other.granted, other.next_at), (2, None));
         // After a quiet spell the burst is back, never more.
-        let later = q.take_tokens(&crm, &limit, 5, t + 60_000).await.unwrap();
+        let later = s.take_tokens(&crm, &limit, 5, t + 60_000).await.unwrap();
         assert_eq!((later.granted, later.next_at), (2, Some(t + 60_200)));
     }
 
@@ -1070,12 +1078,12 @@ mod cases {
     }
 
     pub async fn subscription_state_defaults_and_toggles(fx: &mut Fixture) {
-        let q = fx.q();
+        let s = fx.s();
         let crm = sub("crm");
-        assert_eq!(q.subscription_state(&crm).await.unwrap(), SubscriptionState::default());
+        assert_eq!(s.subscription_state(&crm).await.unwrap(), SubscriptionState::default());
         assert!(SubscriptionState::default().enabled);
-        assert!(q.subscription_states().await.unwrap().is_empty());
-        assert!(!q.set_enabled(&crm, true, None, 5).await.unwrap(), "already enabled");
+        assert!(s.subscription_states().await.unwrap().is_empty());
+        assert!(!s.set_enabled(&crm, true, None, 5).await.unwrap(), "already enabled");
 
         let failing = HealthUpdate {
             subscription: crm.clone(),
@@ -1085,13 +1093,13 @@ mod cases {
             last_success_at: None,
             last_failure_at: Some(90),
         };
-        q.record_health(&[failing]).await.unwrap();
-        assert!(q.set_enabled(&crm, false, Some("410 Gone".into()), 100).await.unwrap());
+        s.record_health(&[failing]).await.unwrap();
+        assert!(s.set_enabled(&crm, false, Some("410 Gone".into()), 100).await.unwrap());
         assert!(
-            !q.set_enabled(&crm, false, Some("again".into()), 200).await.unwrap(),
+            !s.set_enabled(&crm, false, Some("again".into()), 200).await.unwrap(),
             "idempotent"
         );
-        let disabled = q.subscription_state(&crm).await.unwrap();
+        let disabled = s.subscription_state(&crm).await.unwrap();
         assert_eq!(
             disabled,
             SubscriptionState {
@@ -1104,10 +1112,10 @@ mod cases {
                 last_failure_at: Some(90),
             }
         );
-        assert!(q.set_enabled(&crm, true, Some("operator".into()), 300).await.unwrap());
-        assert!(!q.set_enabled(&crm, true, None, 400).await.unwrap());
+        assert!(s.set_enabled(&crm, true, Some("operator".into()), 300).await.unwrap());
+        assert!(!s.set_enabled(&crm, true, None, 400).await.unwrap());
         assert_eq!(
-            q.subscription_state(&crm).await.unwrap(),
+            s.subscription_state(&crm).await.unwrap(),
             SubscriptionState {
                 enabled: true,
                 reason: Some("operator".into()),
@@ -1119,8 +1127,8 @@ mod cases {
             },
             "enabling resets the counters, keeps the history"
         );
-        assert!(q.set_enabled(&sub("billing"), false, None, 500).await.unwrap());
-        let all = q.subscription_states().await.unwrap();
+        assert!(s.set_enabled(&sub("billing"), false, None, 500).await.unwrap());
+        let all = s.subscription_states().await.unwrap();
         let names: Vec<&str> = all.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, vec!["billing", "crm"]);
         assert_eq!(all[0].1.reason, None);
@@ -1129,7 +1137,7 @@ mod cases {
     }
 
     pub async fn health_is_counted_by_the_rules(fx: &mut Fixture) {
-        let q = fx.q();
+        let s = fx.s();
         // (batches in turn as (successes, failures, last was a success),
         //  then consecutive_failures and failing_since after the last)
         type Batch = (u32, u32, bool);
@@ -1154,10 +1162,10 @@ mod cases {
                     last_failure_at: (failed > 0).then_some(at),
                 };
                 model.apply(&update);
-                let states = q.record_health(std::slice::from_ref(&update)).await.unwrap();
+                let states = s.record_health(std::slice::from_ref(&update)).await.unwrap();
                 assert_eq!(states, vec![(sub(name), model.clone())], "{name}, batch {n}");
             }
-            let state = q.subscription_state(&sub(name)).await.unwrap();
+            let state = s.subscription_state(&sub(name)).await.unwrap();
             assert_eq!(state, model, "{name}");
             assert_eq!(
                 (state.consecutive_failures, state.failing_since),
@@ -1176,7 +1184,7 @@ mod cases {
             last_success_at: None,
             last_failure_at: Some(at),
         };
-        let states = q
+        let states = s
             .record_health(&[
                 update("multi_a", 1, 10),
                 update("multi_b", 2, 20),
@@ -1201,26 +1209,27 @@ mod cases {
         // An inconsistent update refuses the whole call.
         let mut bad = update("multi_b", 1, 30);
         bad.last_failure_at = None;
-        let err = q.record_health(&[update("multi_b", 1, 30), bad]).await.unwrap_err();
+        let err = s.record_health(&[update("multi_b", 1, 30), bad]).await.unwrap_err();
         assert!(matches!(err, Error::Invalid(_)), "{err}");
         assert_eq!(
-            q.subscription_state(&sub("multi_b"))
+            s.subscription_state(&sub("multi_b"))
                 .await
                 .unwrap()
                 .consecutive_failures,
             2
         );
-        assert_eq!(q.subscription_states().await.unwrap().len(), cases.len() + 2);
+        assert_eq!(s.subscription_states().await.unwrap().len(), cases.len() + 2);
     }
 
     pub async fn parking_and_state_survive_a_restart(fx: &mut Fixture) {
         let q = fx.q();
+        let s = fx.s();
         let ids: Vec<String> = (0..20).map(|n| format!("evt_park_durable_{n}")).collect();
         let ds = enqueue_singles(&*q, &ids, fx.shards()).await;
         let claimed = claim_all(&*q, now_ms()).await;
         park(&*q, &claimed).await;
         let crm = sub("crm");
-        q.record_health(&[HealthUpdate {
+        s.record_health(&[HealthUpdate {
             subscription: crm.clone(),
             successes: 1,
             failures: 6,
@@ -1230,23 +1239,24 @@ mod cases {
         }])
         .await
         .unwrap();
-        assert!(q
+        assert!(s
             .set_enabled(&crm, false, Some("failing for 1h".into()), 60)
             .await
             .unwrap());
-        let state = q.subscription_state(&crm).await.unwrap();
-        drop(q);
+        let state = s.subscription_state(&crm).await.unwrap();
+        drop((q, s));
 
         fx.reopen().await;
         let q = fx.q();
-        assert_eq!(q.subscription_state(&crm).await.unwrap(), state);
-        assert_eq!(q.subscription_states().await.unwrap(), vec![(crm.clone(), state)]);
+        let s = fx.s();
+        assert_eq!(s.subscription_state(&crm).await.unwrap(), state);
+        assert_eq!(s.subscription_states().await.unwrap(), vec![(crm.clone(), state)]);
         assert_eq!(q.depth(now_ms()).await.unwrap().parked, 20);
         assert!(matches!(
             q.get(&ds[0].id).await.unwrap(),
             Some((_, Standing::Parked { .. }))
         ));
-        assert!(q.set_enabled(&crm, true, None, 70).await.unwrap());
+        assert!(s.set_enabled(&crm, true, None, 70).await.unwrap());
         assert_eq!(q.unpark(&crm, now_ms()).await.unwrap(), 20);
         assert_eq!(claim_all(&*q, now_ms()).await.len(), 20);
     }
@@ -1357,43 +1367,43 @@ mod redis_only {
     #[tokio::test]
     async fn corrupt_subscription_state_is_reported() {
         let fx = Fixture::open(Home::redis("corrupt_state")).await;
-        let q = fx.q();
+        let s = fx.s();
         let crm = SubscriptionName::parse("crm").unwrap();
-        assert!(q.set_enabled(&crm, false, None, 1).await.unwrap());
+        assert!(s.set_enabled(&crm, false, None, 1).await.unwrap());
         let Home::Redis(server) = &fx.home else { unreachable!() };
         let key = hookd::queue::redis::subscription_key(&fx.config.key_prefix, &crm);
         assert_eq!(server.command(&["HSET", &key, "since", "yesterday"]), "0");
-        let err = q.subscription_state(&crm).await.unwrap_err();
+        let err = s.subscription_state(&crm).await.unwrap_err();
         assert!(
             matches!(&err, Error::CorruptState { subscription, .. } if subscription == "crm"),
             "{err}"
         );
         assert!(err.to_string().contains("since"), "{err}");
-        assert!(q.subscription_states().await.is_err());
+        assert!(s.subscription_states().await.is_err());
     }
 
     /// Two `RedisQueue`s on one Redis, as two hookd processes would be.
     async fn processes_share_state_and_parking(fx: Fixture) {
+        let s = fx.s();
         let first = fx.q();
-        let second: Arc<dyn Queue> = Arc::new(RedisQueue::connect(&fx.config).await.expect("second connection"));
+        let second = Backend::new(Arc::new(
+            RedisQueue::connect(&fx.config).await.expect("second connection"),
+        ));
         let crm = SubscriptionName::parse("crm").unwrap();
 
-        assert!(first
-            .set_enabled(&crm, false, Some("410 Gone".into()), 10)
-            .await
-            .unwrap());
-        let seen = second.subscription_state(&crm).await.unwrap();
+        assert!(s.set_enabled(&crm, false, Some("410 Gone".into()), 10).await.unwrap());
+        let seen = second.state.subscription_state(&crm).await.unwrap();
         assert!(!seen.enabled);
         assert_eq!(seen.reason.as_deref(), Some("410 Gone"));
         assert!(
-            !second.set_enabled(&crm, false, None, 20).await.unwrap(),
+            !second.state.set_enabled(&crm, false, None, 20).await.unwrap(),
             "already disabled"
         );
 
         // Health from both, concurrently, adds up.
         let tasks: Vec<_> = (0..20)
             .map(|n| {
-                let q = if n % 2 == 0 { first.clone() } else { second.clone() };
+                let store = if n % 2 == 0 { s.clone() } else { second.state.clone() };
                 let crm = crm.clone();
                 tokio::spawn(async move {
                     let update = HealthUpdate {
@@ -1404,17 +1414,20 @@ mod redis_only {
                         last_success_at: None,
                         last_failure_at: Some(100 + n),
                     };
-                    q.record_health(&[update]).await.expect("record health");
+                    store.record_health(&[update]).await.expect("record health");
                 })
             })
             .collect();
         for t in tasks {
             t.await.unwrap();
         }
-        let state = first.subscription_state(&crm).await.unwrap();
+        let state = s.subscription_state(&crm).await.unwrap();
         assert_eq!(state.consecutive_failures, 20);
         assert_eq!(state.last_failure_at, Some(119));
-        assert_eq!(second.subscription_states().await.unwrap(), vec![(crm.clone(), state)]);
+        assert_eq!(
+            second.state.subscription_states().await.unwrap(),
+            vec![(crm.clone(), state)]
+        );
 
         // One parks, the other unparks.
         let ids: Vec<String> = (0..30).map(|n| format!("evt_two_{n}")).collect();
@@ -1428,10 +1441,10 @@ mod redis_only {
             })
             .collect();
         first.settle(&parks).await.unwrap();
-        assert_eq!(second.depth(now_ms()).await.unwrap().parked, 30);
-        assert!(second.set_enabled(&crm, true, None, 200).await.unwrap());
-        assert_eq!(first.subscription_state(&crm).await.unwrap().consecutive_failures, 0);
-        assert_eq!(second.unpark(&crm, now_ms()).await.unwrap(), 30);
+        assert_eq!(second.queue.depth(now_ms()).await.unwrap().parked, 30);
+        assert!(second.state.set_enabled(&crm, true, None, 200).await.unwrap());
+        assert_eq!(s.subscription_state(&crm).await.unwrap().consecutive_failures, 0);
+        assert_eq!(second.queue.unpark(&crm, now_ms()).await.unwrap(), 30);
         assert_eq!(first.claim(now_ms(), LEASE, 100).await.unwrap().claims.len(), 30);
     }
 

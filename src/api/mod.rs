@@ -43,7 +43,7 @@ use crate::history::History;
 use crate::ingest::{self, Ingestor, Source};
 use crate::model::SubscriptionName;
 use crate::notify::Alerts;
-use crate::queue::{now_ms, DeliveryId, Queue};
+use crate::queue::{now_ms, Backend, DeliveryId, Queue, StateStore};
 use crate::telemetry::{metrics, Metrics};
 use arc_swap::ArcSwap;
 
@@ -57,6 +57,8 @@ pub struct ApiState {
     pub ingestor: Arc<Ingestor>,
     /// Read and act on queued and dead deliveries.
     pub queue: Arc<dyn Queue>,
+    /// Subscription state: enable, disable, health.
+    pub state: Arc<dyn StateStore>,
     /// The delivery log the admin routes read.
     pub history: Arc<dyn History>,
     /// Accepted bearer keys; empty means no authentication.
@@ -82,7 +84,7 @@ impl ApiState {
         config: &Config,
         catalog: Arc<Catalog>,
         ingestor: Arc<Ingestor>,
-        queue: Arc<dyn Queue>,
+        backend: Backend,
         history: Arc<dyn History>,
         metrics: Arc<Metrics>,
         alerts: Alerts,
@@ -90,7 +92,8 @@ impl ApiState {
         ApiState {
             metrics,
             ingestor,
-            queue,
+            queue: backend.queue,
+            state: backend.state,
             history,
             api_keys: config.server.api_keys.clone(),
             max_body_bytes: config.ingest.max_body_bytes,

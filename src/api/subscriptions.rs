@@ -62,7 +62,7 @@ fn when(ms: Option<i64>) -> Value {
 }
 
 async fn describe(state: &ApiState, sub: &SubscriptionConfig) -> Result<Value, ApiError> {
-    let s = state.queue.subscription_state(&sub.name).await?;
+    let s = state.state.subscription_state(&sub.name).await?;
     let stats = state.history.stats(&sub.name).await.map_err(|e| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -472,7 +472,7 @@ async fn enable(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let sub = find(&state, &principal, &id)?;
-    let changed = state.queue.set_enabled(&sub.name, true, None, now_ms()).await?;
+    let changed = state.state.set_enabled(&sub.name, true, None, now_ms()).await?;
     // Before unparking, so this process does not park them again.
     state.endpoints.load().set_disabled(&sub.name, false);
     if changed {
@@ -510,7 +510,7 @@ async fn disable(
     });
     let name: SubscriptionName = sub.name;
     let changed = state
-        .queue
+        .state
         .set_enabled(&name, false, Some(reason.clone()), now_ms())
         .await?;
     state.endpoints.load().set_disabled(&name, true);

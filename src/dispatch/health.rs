@@ -28,7 +28,7 @@ use tracing::{error, info, warn};
 use super::Endpoints;
 use crate::config::SubscriptionName;
 use crate::notify::{Alerts, Notification};
-use crate::queue::{now_ms, HealthUpdate, Millis, Queue};
+use crate::queue::{now_ms, HealthUpdate, Millis, Queue, StateStore};
 
 /// How often the backend's subscription states are mirrored here.
 pub const STATE_SYNC: Duration = Duration::from_secs(1);
@@ -93,7 +93,7 @@ pub(crate) fn fold(reports: &[Report]) -> Vec<HealthUpdate> {
 /// Disables `name` in the backend and here, raising the notification if
 /// this call changed it.
 async fn disable(
-    queue: &dyn Queue,
+    state: &dyn StateStore,
     endpoints: &ArcSwap<Endpoints>,
     alerts: &Alerts,
     name: &SubscriptionName,
@@ -102,7 +102,7 @@ async fn disable(
     if let Some(endpoint) = endpoints.load().map.get(name) {
         endpoint.disabled.set(true);
     }
-    match queue.set_enabled(name, false, Some(reason.clone()), now_ms()).await {
+    match state.set_enabled(name, false, Some(reason.clone()), now_ms()).await {
         Ok(true) => {
             warn!(subscription = %name, reason = %reason, "subscription disabled: its deliveries are parked until it is enabled again");
             alerts.raise(Notification::SubscriptionDisabled {
@@ -118,7 +118,7 @@ async fn disable(
 
 /// Writes health updates and disables subscriptions over a threshold.
 pub(crate) async fn health_loop(
-    queue: Arc<dyn Queue>,
+    state: Arc<dyn StateStore>,
     endpoints: Arc<ArcSwap<Endpoints>>,
     alerts: Alerts,
     thresholds: Thresholds,
@@ -129,7 +129,7 @@ pub(crate) async fn health_loop(
         for report in &batch {
             if let Report::Gone { subscription } = report {
                 disable(
-                    queue.as_ref(),
+                    state.as_ref(),
                     &endpoints,
                     &alerts,
                     subscription,
@@ -143,7 +143,7 @@ pub(crate) async fn health_loop(
         if updates.is_empty() {
             continue;
         }
-        let states = match queue.record_health(&updates).await {
+        let states = match state.record_health(&updates).await {
             Ok(states) => states,
             Err(e) => {
                 error!(error = %e, "cannot record subscription health");
@@ -151,25 +151,25 @@ pub(crate) async fn health_loop(
             }
         };
         let now = now_ms();
-        for (name, state) in states {
-            if !state.enabled {
+        for (name, now_state) in states {
+            if !now_state.enabled {
                 continue;
             }
-            let by_count = thresholds.failures > 0 && state.consecutive_failures >= thresholds.failures;
+            let by_count = thresholds.failures > 0 && now_state.consecutive_failures >= thresholds.failures;
             let by_time = !thresholds.duration.is_zero()
-                && state
+                && now_state
                     .failing_since
                     .is_some_and(|since| now - since >= thresholds.duration.as_millis() as i64);
             if by_count || by_time {
                 let reason = if by_count {
-                    format!("{} consecutive failed attempts", state.consecutive_failures)
+                    format!("{} consecutive failed attempts", now_state.consecutive_failures)
                 } else {
                     format!(
                         "failing for more than {}",
                         humantime::format_duration(thresholds.duration)
                     )
                 };
-                disable(queue.as_ref(), &endpoints, &alerts, &name, reason).await;
+                disable(state.as_ref(), &endpoints, &alerts, &name, reason).await;
             }
         }
     }
@@ -179,6 +179,7 @@ pub(crate) async fn health_loop(
 /// `shutdown`, and unparks enabled subscriptions now and then.
 pub(crate) async fn state_loop(
     queue: Arc<dyn Queue>,
+    state: Arc<dyn StateStore>,
     endpoints: Arc<ArcSwap<Endpoints>>,
     queued: Arc<Notify>,
     shutdown: CancellationToken,
@@ -189,7 +190,7 @@ pub(crate) async fn state_loop(
         // way wins over what it read.
         let current = endpoints.load_full();
         let before: HashMap<_, _> = current.map.iter().map(|(n, e)| (n, e.disabled.snapshot())).collect();
-        match queue.subscription_states().await {
+        match state.subscription_states().await {
             Ok(states) => {
                 let states: HashMap<_, _> = states.into_iter().collect();
                 for (name, endpoint) in &current.map {

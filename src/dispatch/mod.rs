@@ -45,7 +45,7 @@ use crate::deliver::{self, Client};
 use crate::history::{self, AttemptRecord, DeliveryState, DeliverySummary, Entry, ErrorKind, Recorder};
 use crate::notify::{Alerts, Notification};
 use crate::plugin::{self, Plugin, Plugins, Verdict};
-use crate::queue::{now_ms, rate, Claim, Delivery, Millis, Queue, Settlement};
+use crate::queue::{now_ms, rate, Backend, Claim, Delivery, Millis, Queue, Settlement, StateStore};
 use crate::sign::{self, Signer};
 use crate::telemetry::metrics::{DeliveryOutcome, Metrics, PluginResult, SubscriptionMetrics};
 use policy::{classify, Attempted, Outcome, RetryPolicy};
@@ -321,6 +321,8 @@ impl Endpoints {
 struct Shared {
     /// Where deliveries wait.
     queue: Arc<dyn Queue>,
+    /// Subscription state, health and rate buckets.
+    state: Arc<dyn StateStore>,
     /// The outbound HTTP client, shared by every delivery.
     client: Client,
     /// The current subscriptions; swapped whole on reload.
@@ -375,7 +377,7 @@ impl Dispatcher {
     /// A dispatcher delivering to `endpoints` (which a reload may swap).
     pub fn new(
         config: &Config,
-        queue: Arc<dyn Queue>,
+        backend: Backend,
         endpoints: Arc<ArcSwap<Endpoints>>,
         queued: Arc<Notify>,
         services: Services,
@@ -385,7 +387,8 @@ impl Dispatcher {
         let (health_tx, health_rx) = mpsc::unbounded_channel();
         Ok(Dispatcher {
             shared: Arc::new(Shared {
-                queue,
+                queue: backend.queue,
+                state: backend.state,
                 client,
                 endpoints,
                 settle_tx,
@@ -424,7 +427,7 @@ impl Dispatcher {
         } = self;
         let settler = tokio::spawn(settle_loop(shared.queue.clone(), settle_rx));
         let health = tokio::spawn(health::health_loop(
-            shared.queue.clone(),
+            shared.state.clone(),
             shared.endpoints.clone(),
             shared.alerts.clone(),
             thresholds,
@@ -432,6 +435,7 @@ impl Dispatcher {
         ));
         let states = tokio::spawn(health::state_loop(
             shared.queue.clone(),
+            shared.state.clone(),
             shared.endpoints.clone(),
             queued.clone(),
             shutdown.clone(),
@@ -534,9 +538,9 @@ impl Dispatcher {
             // waiting never costs a retry), one interval apart, in order.
             let now = now_ms();
             let grants = futures_util::future::join_all(wanted.into_iter().map(|(name, (limit, want))| {
-                let queue = shared.queue.clone();
+                let state = shared.state.clone();
                 async move {
-                    let tokens = queue.take_tokens(&name, &limit, want, now).await;
+                    let tokens = state.take_tokens(&name, &limit, want, now).await;
                     (name, limit, tokens)
                 }
             }))

@@ -24,7 +24,7 @@ use crate::config::Config;
 use crate::history::{Entry, EventRecord, Recorder};
 pub use crate::model::{check_event_type, is_internal, Event, EventId, EventPattern, INTERNAL_PREFIX};
 use crate::model::{SubscriptionName, TenantId};
-use crate::queue::{self, now_ms, Delivery, DeliveryId, Enqueued, NewEvent, Queue};
+use crate::queue::{self, now_ms, Backend, Delivery, DeliveryId, Enqueued, NewEvent, Queue, StateStore};
 pub use crate::telemetry::metrics::Source;
 use crate::telemetry::Metrics;
 
@@ -153,7 +153,7 @@ pub struct Ingestor {
     /// Counts events ingested (by source and type) and dedup hits.
     metrics: Arc<Metrics>,
     /// Where the tenants' ingest rate buckets live.
-    queue: Arc<dyn Queue>,
+    state: Arc<dyn StateStore>,
     /// Refuse events whose data fails their type's schema.
     validate_schemas: bool,
 }
@@ -165,14 +165,14 @@ impl Ingestor {
     pub fn new(
         config: &Config,
         catalog: Arc<Catalog>,
-        queue: Arc<dyn Queue>,
+        backend: Backend,
         queued: Arc<Notify>,
         recorder: Recorder,
         metrics: Arc<Metrics>,
     ) -> Ingestor {
         let (enqueue_tx, enqueue_rx) = mpsc::channel(ENQUEUE_BACKLOG);
         tokio::spawn(enqueue_loop(
-            queue.clone(),
+            backend.queue,
             config.ingest.dedup_window,
             enqueue_rx,
             recorder,
@@ -180,7 +180,7 @@ impl Ingestor {
         Ingestor {
             enqueue_tx,
             catalog,
-            queue,
+            state: backend.state,
             validate_schemas: config.ingest.validate_schemas,
             shards: config.queue.shards,
             queued,
@@ -296,7 +296,7 @@ impl Ingestor {
                 continue;
             };
             let bucket = SubscriptionName::tenant_bucket(tenant);
-            let tokens = self.queue.take_tokens(&bucket, &limit, want, now).await?;
+            let tokens = self.state.take_tokens(&bucket, &limit, want, now).await?;
             if tokens.granted < want {
                 let next = tokens.next_at.unwrap_or(now + 1000);
                 return Err(Error::RateLimited {

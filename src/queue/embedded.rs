@@ -33,7 +33,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{
     Claim, Claimed, Delivery, DeliveryId, Depth, Enqueued, Error, HealthUpdate, Lease, Millis, NewEvent, Queue,
-    Settlement, Standing, SubscriptionState,
+    Settlement, Standing, StateStore, SubscriptionState,
 };
 use crate::config::{QueueConfig, SubscriptionName};
 
@@ -1033,6 +1033,13 @@ impl Queue for EmbeddedQueue {
         }
     }
 
+    async fn ping(&self) -> Result<(), Error> {
+        self.read(|_| Ok(())).await
+    }
+}
+
+#[async_trait::async_trait]
+impl StateStore for EmbeddedQueue {
     async fn subscription_state(&self, subscription: &SubscriptionName) -> Result<SubscriptionState, Error> {
         let name = subscription.as_str().to_owned();
         self.read(move |txn| {
@@ -1105,9 +1112,5 @@ impl Queue for EmbeddedQueue {
         let (tat, tokens) = super::rate::take(buckets.get(subscription).copied(), limit, want, now);
         buckets.insert(subscription.clone(), tat);
         Ok(tokens)
-    }
-
-    async fn ping(&self) -> Result<(), Error> {
-        self.read(|_| Ok(())).await
     }
 }

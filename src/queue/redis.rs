@@ -30,7 +30,7 @@ use ::redis::{Script, Value};
 
 use super::{
     Claim, Claimed, Delivery, DeliveryId, Depth, Enqueued, Error, HealthUpdate, Lease, Millis, NewEvent, Queue,
-    Settlement, Standing, SubscriptionState,
+    Settlement, Standing, StateStore, SubscriptionState,
 };
 use crate::config::{QueueConfig, SubscriptionName};
 
@@ -1108,6 +1108,13 @@ impl Queue for RedisQueue {
         Ok(moved)
     }
 
+    async fn ping(&self) -> Result<(), Error> {
+        Ok(self.redis.ping().await?)
+    }
+}
+
+#[async_trait::async_trait]
+impl StateStore for RedisQueue {
     async fn subscription_state(&self, subscription: &SubscriptionName) -> Result<SubscriptionState, Error> {
         let mut cmd = ::redis::cmd("HGETALL");
         cmd.arg(subscription_key(&self.prefix, subscription));
@@ -1264,10 +1271,6 @@ impl Queue for RedisQueue {
             granted: granted.clamp(0, i64::from(want)) as u32,
             next_at: (next_at >= 0).then_some(next_at),
         })
-    }
-
-    async fn ping(&self) -> Result<(), Error> {
-        Ok(self.redis.ping().await?)
     }
 }
 
