@@ -38,10 +38,11 @@ use crate::catalog::keys::Principal;
 use crate::catalog::{Error as CatalogError, Owner, SubscriptionSpec};
 use crate::config::{SubscriptionConfig, SubscriptionName};
 use crate::history::{DeliveryState, ListFilter};
-use crate::model::TenantId;
+use crate::model::{RateLimit, TenantId};
 use crate::notify::Notification;
 use crate::queue::now_ms;
 use crate::queue::Lease;
+use serde::{Deserialize, Serialize};
 
 /// The subscription routes, mounted under `/v1`.
 pub fn routes() -> Router<Arc<ApiState>> {
@@ -55,13 +56,81 @@ pub fn routes() -> Router<Arc<ApiState>> {
         .route("/subscriptions/{name}/disable", post(disable))
 }
 
-fn when(ms: Option<i64>) -> Value {
-    ms.and_then(chrono::DateTime::from_timestamp_millis)
-        .map(|t| json!(t))
-        .unwrap_or(Value::Null)
+/// A time for an answer: `None` when absent (or the 0 of "never").
+fn time(ms: Option<i64>) -> Option<chrono::DateTime<chrono::Utc>> {
+    ms.filter(|&ms| ms > 0)
+        .and_then(chrono::DateTime::from_timestamp_millis)
 }
 
-async fn describe(state: &ApiState, sub: &SubscriptionConfig) -> Result<Value, ApiError> {
+/// The delivery log's counts of a subscription's retained deliveries.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counts {
+    /// Acknowledged with a 2xx.
+    pub delivered: u64,
+    /// Failed, waiting for a retry.
+    pub retrying: u64,
+    /// Failed for good.
+    pub dead: u64,
+    /// Dropped by a plugin.
+    pub filtered: u64,
+}
+
+/// A subscription as the API shows it (`GET /v1/subscriptions/{id}`, an
+/// item of the list, and the answer of a creation or change), for the
+/// server and its clients alike.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SubscriptionAnswer {
+    /// `sub_…`, or a TOML subscription's name.
+    pub id: SubscriptionName,
+    /// Its display name (a TOML subscription's is its id).
+    pub name: String,
+    /// The tenant owning it; none for the operator's.
+    pub tenant: Option<TenantId>,
+    /// What it is for.
+    pub description: Option<String>,
+    /// Where it is sent.
+    pub url: String,
+    /// Its event patterns.
+    pub events: Vec<String>,
+    /// Its custom headers' names (values may be credentials: never shown).
+    pub headers: Vec<String>,
+    /// Its request rate limit.
+    pub rate_limit: Option<RateLimit>,
+    /// Its in-flight cap, if it sets one.
+    pub max_in_flight: Option<usize>,
+    /// Its retries, if it sets them.
+    pub max_retries: Option<u32>,
+    /// Its attempt timeout, if it sets one (`5s`).
+    pub timeout: Option<String>,
+    /// When it was made through the API.
+    pub created_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// When it last changed through the API.
+    pub updated_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// `active` or `disabled`.
+    pub status: String,
+    /// Why it is disabled.
+    pub disabled_reason: Option<String>,
+    /// Since when it is enabled or disabled; null while that never changed.
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+    /// Failed attempts in a row.
+    pub consecutive_failures: u64,
+    /// Failing since, if it is.
+    pub failing_since: Option<chrono::DateTime<chrono::Utc>>,
+    /// Its last success.
+    pub last_success_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Its last failure.
+    pub last_failure_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// The delivery log's counts.
+    pub counts: Counts,
+    /// A stored subscription's registered plugin (`{"name", "config_keys"}`:
+    /// config values may be credentials), or a TOML one's file.
+    pub plugin: Option<Value>,
+    /// Its new signing secret: in the answer of a creation only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+}
+
+async fn describe(state: &ApiState, sub: &SubscriptionConfig) -> Result<SubscriptionAnswer, ApiError> {
     let s = state.state.subscription_state(&sub.name).await?;
     let stats = state.history.stats(&sub.name).await.map_err(|e| {
         ApiError::new(
@@ -82,42 +151,42 @@ async fn describe(state: &ApiState, sub: &SubscriptionConfig) -> Result<Value, A
         _ => (None, None),
     };
     let spec = stored.map(|s| &s.spec);
-    Ok(json!({
-        "id": sub.name,
-        "name": spec.map_or(sub.name.as_str(), |s| s.name.as_str()),
-        "tenant": owner,
-        "description": spec.and_then(|s| s.description.as_deref()),
-        "url": sub.url,
-        "events": sub.events,
-        // Custom header values may be credentials: names only.
-        "headers": sub.headers.keys().collect::<Vec<_>>(),
-        "rate_limit": sub.rate_limit,
-        "max_in_flight": sub.max_in_flight,
-        "max_retries": sub.max_retries,
-        "timeout": sub.timeout.map(|t| humantime::format_duration(t).to_string()),
-        "created_at": when(stored.map(|s| s.created_at)),
-        "updated_at": when(stored.map(|s| s.updated_at)),
-        "status": if active { "active" } else { "disabled" },
-        "disabled_reason": if active { None } else { reason },
-        // null while `enabled` never changed.
-        "since": when(Some(s.since).filter(|&ms| ms > 0)),
-        "consecutive_failures": s.consecutive_failures,
-        "failing_since": when(s.failing_since),
-        "last_success_at": when(s.last_success_at.or(stats.last_success_at)),
-        "last_failure_at": when(s.last_failure_at.or(stats.last_failure_at)),
-        "counts": {
-            "delivered": stats.delivered,
-            "retrying": stats.retrying,
-            "dead": stats.dead,
-            "filtered": stats.filtered,
+    Ok(SubscriptionAnswer {
+        id: sub.name.clone(),
+        name: spec.map_or(sub.name.as_str(), |s| s.name.as_str()).to_owned(),
+        tenant: owner,
+        description: spec.and_then(|s| s.description.clone()),
+        url: sub.url.clone(),
+        events: sub.events.clone(),
+        headers: sub.headers.keys().cloned().collect(),
+        rate_limit: sub.rate_limit,
+        max_in_flight: sub.max_in_flight,
+        max_retries: sub.max_retries,
+        timeout: sub.timeout.map(|t| humantime::format_duration(t).to_string()),
+        created_at: time(stored.map(|s| s.created_at)),
+        updated_at: time(stored.map(|s| s.updated_at)),
+        status: if active { "active" } else { "disabled" }.into(),
+        disabled_reason: if active { None } else { reason },
+        since: time(Some(s.since)),
+        consecutive_failures: s.consecutive_failures,
+        failing_since: time(s.failing_since),
+        last_success_at: time(s.last_success_at.or(stats.last_success_at)),
+        last_failure_at: time(s.last_failure_at.or(stats.last_failure_at)),
+        counts: Counts {
+            delivered: stats.delivered,
+            retrying: stats.retrying,
+            dead: stats.dead,
+            filtered: stats.filtered,
         },
-        // A stored subscription's registered plugin by name, its config's
-        // keys only (values may be credentials); a TOML one's file.
-        "plugin": match spec {
-            Some(spec) => spec.plugin.as_ref().map(|p| json!({"name": p.name, "config_keys": p.config.keys().collect::<Vec<_>>()})),
+        plugin: match spec {
+            Some(spec) => spec
+                .plugin
+                .as_ref()
+                .map(|p| json!({"name": p.name, "config_keys": p.config.keys().collect::<Vec<_>>()})),
             None => sub.plugin.as_ref().map(|p| json!(p.path.display().to_string())),
         },
-    }))
+        secret: None,
+    })
 }
 
 /// The subscription `id` as `principal` may see it, or a 404 naming it
@@ -268,7 +337,7 @@ async fn create(
     let stored = state.catalog.create_subscription(&tenant, spec).await?;
     let sub = find(&state, &principal, stored.id.as_str())?;
     let mut answer = describe(&state, &sub).await?;
-    answer["secret"] = json!(stored.secrets.last().map(|s| s.value.as_str()));
+    answer.secret = stored.secrets.last().map(|s| s.value.clone());
     tracing::info!(subscription = %stored.id, tenant = %tenant, "subscription made");
     Ok((StatusCode::CREATED, Json(answer)).into_response())
 }
