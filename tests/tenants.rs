@@ -66,8 +66,37 @@ fn embedded(dir: &Path, extra: &str) -> Config {
     Config::from_toml(&toml(dir, "", extra)).unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tenants_reach_only_their_own_subscriptions() {
+/// Where a test's hookd keeps its queue, log and catalogue.
+#[derive(Clone, Copy, Debug)]
+enum Backend {
+    Embedded,
+    Redis,
+    Cluster,
+}
+
+/// A config on `backend` (with the Redis server it needs, kept alive by
+/// the caller) and `extra` TOML.
+fn config_on(backend: Backend, dir: &Path, prefix: &str, extra: &str) -> (Config, Option<RedisServer>) {
+    let (redis, queue) = match backend {
+        Backend::Embedded => (None, String::new()),
+        Backend::Redis | Backend::Cluster => {
+            let cluster = matches!(backend, Backend::Cluster);
+            let redis = if cluster {
+                RedisServer::start_cluster()
+            } else {
+                RedisServer::start()
+            };
+            let queue = format!(
+                "redis_url = \"{}\"\ncluster = {cluster}\nkey_prefix = \"{prefix}\"",
+                redis.url()
+            );
+            (Some(redis), queue)
+        }
+    };
+    (Config::from_toml(&toml(dir, &queue, extra)).unwrap(), redis)
+}
+
+async fn tenants_reach_only_their_own_subscriptions(backend: Backend) {
     let rx = Receiver::start().await;
     let dir = tempfile::tempdir().unwrap();
     // An operator subscription for every event, and one for acme's only.
@@ -76,7 +105,8 @@ async fn tenants_reach_only_their_own_subscriptions() {
         rx.url("ops"),
         rx.url("acme-audit"),
     );
-    let hookd = Hookd::start(embedded(dir.path(), &extra)).await;
+    let (config, _redis) = config_on(backend, dir.path(), "tenants_fanout", &extra);
+    let hookd = Hookd::start(config).await;
     let admin = hookd.api.clone();
     let acme = tenant(&admin, "acme", None).await;
     let globex = tenant(&admin, "globex", None).await;
@@ -185,15 +215,15 @@ async fn tenants_reach_only_their_own_subscriptions() {
     hookd.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_tenant_sees_and_touches_nothing_of_another() {
+async fn a_tenant_sees_and_touches_nothing_of_another(backend: Backend) {
     let rx = Receiver::start().await;
     let dir = tempfile::tempdir().unwrap();
     let extra = format!(
         "[[subscriptions]]\nname = \"ops\"\nurl = \"{}\"\nevents = [\"*\"]\nsecrets = [\"{SECRET}\"]\n",
         rx.url("ops")
     );
-    let hookd = Hookd::start(embedded(dir.path(), &extra)).await;
+    let (config, _redis) = config_on(backend, dir.path(), "tenants_isolation", &extra);
+    let hookd = Hookd::start(config).await;
     let admin = hookd.api.clone();
     let acme = tenant(&admin, "acme", None).await;
     let globex = tenant(&admin, "globex", None).await;
@@ -967,3 +997,25 @@ async fn tenants_use_the_operators_registered_plugins_by_name() {
     assert!(arrivals[0].verified);
     hookd.stop().await;
 }
+
+/// The two cases that every backend must pass alike: fan-out and dedup by
+/// tenant, and isolation on every route.
+macro_rules! on_every_backend {
+    ($($module:ident => $backend:expr),*) => {$(
+        mod $module {
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn tenants_reach_only_their_own_subscriptions() {
+                super::tenants_reach_only_their_own_subscriptions($backend).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_tenant_sees_and_touches_nothing_of_another() {
+                super::a_tenant_sees_and_touches_nothing_of_another($backend).await;
+            }
+        }
+    )*};
+}
+
+on_every_backend!(embedded => Backend::Embedded, redis => Backend::Redis, cluster => Backend::Cluster);
