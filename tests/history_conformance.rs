@@ -1001,6 +1001,30 @@ mod cases {
         check(fx.h()).await;
     }
 
+    pub async fn a_note_logged_after_the_first_attempt_is_kept(fx: &mut Fixture) {
+        // A replay's deliveries are logged by the API while the dispatcher
+        // may already have logged their first attempt.
+        let h = fx.h();
+        let d = created("evt_note", "crm", T0, fx.shards());
+        h.record(&[attempted(attempt(&d, 1, T0, 500, ""), DeliveryState::Retrying)])
+            .await
+            .unwrap();
+        let noted = DeliverySummary {
+            note: Some("replay of event evt_note".into()),
+            ..d.clone()
+        };
+        h.record(&[Entry::Created(noted.clone()), Entry::Created(d.clone())])
+            .await
+            .unwrap();
+        let (summary, attempts) = h.delivery(&d.id).await.unwrap().expect("logged");
+        assert_eq!(summary.note.as_deref(), Some("replay of event evt_note"));
+        assert_eq!(summary.state, DeliveryState::Retrying, "the attempt's state stays");
+        assert_eq!(attempts.len(), 1);
+        let listed = h.list(&ListFilter::default(), None, 10).await.unwrap();
+        assert_eq!(ids(&listed.items), vec![d.id.clone()], "listed once");
+        assert_eq!(h.stats(&d.subscription).await.unwrap().retrying, 1, "counted once");
+    }
+
     pub async fn an_attempt_first_files_its_delivery_under_its_tenant(fx: &mut Fixture) {
         // The dispatcher's first attempt is often the first word the log
         // has of a delivery: it must land in its tenant's log and event.
@@ -1384,6 +1408,7 @@ macro_rules! conformance {
             case!($open, the_same_event_id_is_one_record_per_tenant);
             case!($open, a_tenant_lists_the_deliveries_it_owns);
             case!($open, an_attempt_first_files_its_delivery_under_its_tenant);
+            case!($open, a_note_logged_after_the_first_attempt_is_kept);
             case!($open, trimming_removes_tenant_records_and_index_entries);
         }
     };

@@ -28,7 +28,10 @@
 //! the indices and counters it moves:
 //!
 //! - [`Entry::Created`] stores the summary of a new delivery; for a
-//!   delivery already known it does nothing (fan-out may be retried).
+//!   delivery already known it only gives it its note if it has none (its
+//!   first attempt may be logged before it: a replay's `replay of event …`
+//!   is kept all the same), and otherwise does nothing (fan-out may be
+//!   retried).
 //! - [`Entry::Attempted`] appends the attempt and sets the summary's state,
 //!   attempt count (the highest attempt number seen), last status and
 //!   error, next attempt time and `updated_at`. An attempt of a delivery
@@ -817,6 +820,16 @@ struct Change {
 fn apply(current: Option<DeliverySummary>, entry: &Entry, body_limit: usize) -> Option<Change> {
     match entry {
         Entry::Created(summary) => match current {
+            Some(mut known) if known.note.is_none() && summary.note.is_some() => {
+                let before = Some(known.state);
+                known.note = summary.note.clone();
+                Some(Change {
+                    before,
+                    after: known,
+                    attempt: None,
+                    success: None,
+                })
+            }
             Some(_) => None,
             None => Some(Change {
                 before: None,

@@ -223,6 +223,10 @@ for i = 1, #ARGV, S do
         opt(d, 'next_attempt_at', ARGV[i + 13], false)
         opt(d, 'note', ARGV[i + 14], true)
         applied = applied + 1
+      elseif ARGV[i + 14] ~= '' and redis.call('HEXISTS', d, 'note') == 0 then
+        -- Logged first by its attempt: it still gets its note.
+        opt(d, 'note', ARGV[i + 14], true)
+        applied = applied + 1
       end
     elseif kind == 'a' then
       local new = ARGV[i + 7]
