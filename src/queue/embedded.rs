@@ -1017,6 +1017,25 @@ impl Queue for EmbeddedQueue {
     }
 
     async fn unpark(&self, subscription: &SubscriptionName, now: Millis) -> Result<u64, Error> {
+        // Most calls find nothing parked (the dispatcher sweeps every
+        // enabled subscription now and then): a read answers those without
+        // a durable write through the writer thread.
+        let name = subscription.as_str().to_owned();
+        let any = self
+            .read(move |txn| {
+                let parked = txn.open_table(PARKED).map_err(read_err)?;
+                let first = parked
+                    .range((name.as_str(), i64::MIN, "")..)
+                    .map_err(read_err)?
+                    .next()
+                    .transpose()
+                    .map_err(read_err)?;
+                Ok(first.is_some_and(|(key, _)| key.value().0 == name))
+            })
+            .await?;
+        if !any {
+            return Ok(0);
+        }
         let mut moved = 0;
         loop {
             let n = self
