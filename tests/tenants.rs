@@ -699,7 +699,13 @@ async fn a_plan_limits_its_tenants_ingest_rate() {
     assert!((1..=2).contains(&wait), "a token every 2 s: {wait}");
     let (status, _) = post_raw(&hookd.url, "/v1/events", ADMIN, event("globex")).await;
     assert_eq!(status, 202, "another tenant has its own bucket");
-    let (status, _) = post_raw(&hookd.url, "/v1/events", ADMIN, json!({"type": "link.clicked", "data": {}})).await;
+    let (status, _) = post_raw(
+        &hookd.url,
+        "/v1/events",
+        ADMIN,
+        json!({"type": "link.clicked", "data": {}}),
+    )
+    .await;
     assert_eq!(status, 202, "events of no tenant are not limited by a plan");
     // A new plan applies at once.
     hookd
@@ -739,32 +745,56 @@ schema = { type = "object", required = ["coupon", "amount"], properties = { coup
         .await
         .unwrap();
     let listed = acme.get("/v1/event-types").await.unwrap();
-    let names: Vec<&str> = listed["event_types"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> = listed["event_types"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
     assert_eq!(names, vec!["coupon.redeemed", "stamp.rewarded"]);
     assert_eq!(listed["event_types"][0]["source"], "config");
     let bad = admin
-        .put("/v1/event-types/x.y", json!({"schema": {"type": "object"}, "example": [1]}).to_string())
+        .put(
+            "/v1/event-types/x.y",
+            json!({"schema": {"type": "object"}, "example": [1]}).to_string(),
+        )
         .await;
     assert_eq!(status(&bad), 422, "{bad:?}");
     let bad = admin
-        .put("/v1/event-types/x.y", json!({"schema": {"type": "nonsense"}}).to_string())
+        .put(
+            "/v1/event-types/x.y",
+            json!({"schema": {"type": "nonsense"}}).to_string(),
+        )
         .await;
     assert!(bad.unwrap_err().to_string().contains("schema"), "the field is named");
     assert_eq!(status(&acme.put("/v1/event-types/x.y", "{}").await), 403);
-    assert_eq!(status(&admin.delete("/v1/event-types/coupon.redeemed").await), 409, "the config's is read-only");
+    assert_eq!(
+        status(&admin.delete("/v1/event-types/coupon.redeemed").await),
+        409,
+        "the config's is read-only"
+    );
 
     // Patterns must match the catalogue.
     let nothing = acme
-        .post("/v1/subscriptions", json!({"name": "n", "url": rx.url("n"), "events": ["link.*"]}).to_string())
+        .post(
+            "/v1/subscriptions",
+            json!({"name": "n", "url": rx.url("n"), "events": ["link.*"]}).to_string(),
+        )
         .await;
     assert_eq!(status(&nothing), 422);
-    assert!(nothing.unwrap_err().to_string().contains("matches no type of the event catalogue"));
+    assert!(nothing
+        .unwrap_err()
+        .to_string()
+        .contains("matches no type of the event catalogue"));
     let made = subscribe(&acme, &rx, "coupons", json!(["coupon.*"])).await;
     let id = made["id"].as_str().unwrap();
 
     // A test sends the type's example through the real pipeline.
     let test = acme
-        .post(&format!("/v1/subscriptions/{id}/test"), json!({"type": "coupon.redeemed"}).to_string())
+        .post(
+            &format!("/v1/subscriptions/{id}/test"),
+            json!({"type": "coupon.redeemed"}).to_string(),
+        )
         .await
         .unwrap();
     let arrivals = rx.wait_for(WAIT, "the test event", |a| !a.is_empty()).await;
@@ -772,7 +802,10 @@ schema = { type = "object", required = ["coupon", "amount"], properties = { coup
     assert!(arrivals[0].verified);
     assert_eq!(arrivals[0].json()["data"], json!({"coupon": "SPRING10", "amount": 25}));
     let not_wanted = acme
-        .post(&format!("/v1/subscriptions/{id}/test"), json!({"type": "stamp.rewarded"}).to_string())
+        .post(
+            &format!("/v1/subscriptions/{id}/test"),
+            json!({"type": "stamp.rewarded"}).to_string(),
+        )
         .await;
     assert_eq!(status(&not_wanted), 422, "{not_wanted:?}");
 
@@ -793,7 +826,10 @@ schema = { type = "object", required = ["coupon", "amount"], properties = { coup
         )
         .await;
     assert_eq!(status(&batch), 400);
-    assert!(batch.unwrap_err().to_string().contains("event 1"), "the batch names the event");
+    assert!(
+        batch.unwrap_err().to_string().contains("event 1"),
+        "the batch names the event"
+    );
     hookd
         .send(json!({"type": "coupon.redeemed", "tenant": "acme", "data": {"coupon": "Y", "amount": 3}}))
         .await;
@@ -812,7 +848,10 @@ async fn a_rotated_secret_signs_beside_the_new_one_until_its_grace_ends() {
     let id = made["id"].as_str().unwrap();
     let old = made["secret"].as_str().unwrap().to_owned();
     let rotated = acme
-        .post(&format!("/v1/subscriptions/{id}/rotate-secret"), json!({"grace": "2s"}).to_string())
+        .post(
+            &format!("/v1/subscriptions/{id}/rotate-secret"),
+            json!({"grace": "2s"}).to_string(),
+        )
         .await
         .unwrap();
     let new = rotated["secret"].as_str().unwrap().to_owned();
@@ -821,19 +860,36 @@ async fn a_rotated_secret_signs_beside_the_new_one_until_its_grace_ends() {
     let shown = acme.get(&format!("/v1/subscriptions/{id}/secret")).await.unwrap();
     assert_eq!(shown["secret"], new.as_str());
     let verifies = |arrival: &support::receiver::Arrival, secret: &str| {
-        Verifier::new(&[secret]).unwrap().verify(&arrival.headers, &arrival.body).is_ok()
+        Verifier::new(&[secret])
+            .unwrap()
+            .verify(&arrival.headers, &arrival.body)
+            .is_ok()
     };
     let send = |n: u32| hookd.send(json!({"type": "a.b", "id": format!("evt_r{n}"), "tenant": "acme", "data": {}}));
     send(1).await;
     let during = rx.wait_for(WAIT, "a delivery in the grace", |a| !a.is_empty()).await;
-    assert!(verifies(&during[0], &old) && verifies(&during[0], &new), "both verify during the grace");
-    let signatures = during[0].headers["webhook-signature"].to_str().unwrap().split(' ').count();
+    assert!(
+        verifies(&during[0], &old) && verifies(&during[0], &new),
+        "both verify during the grace"
+    );
+    let signatures = during[0].headers["webhook-signature"]
+        .to_str()
+        .unwrap()
+        .split(' ')
+        .count();
     assert_eq!(signatures, 2);
     tokio::time::sleep(Duration::from_millis(2600)).await;
     send(2).await;
     let after = rx.wait_for(WAIT, "a delivery after the grace", |a| a.len() >= 2).await;
     assert!(verifies(&after[1], &new), "the new one verifies");
     assert!(!verifies(&after[1], &old), "the old one no longer signs");
-    assert_eq!(after[1].headers["webhook-signature"].to_str().unwrap().split(' ').count(), 1);
+    assert_eq!(
+        after[1].headers["webhook-signature"]
+            .to_str()
+            .unwrap()
+            .split(' ')
+            .count(),
+        1
+    );
     hookd.stop().await;
 }

@@ -16,10 +16,10 @@
 
 pub mod admin;
 pub mod client;
+pub mod event_types;
 pub mod events;
 pub mod recover;
 pub mod subscriptions;
-pub mod event_types;
 pub mod tenants;
 
 use std::sync::Arc;
@@ -136,7 +136,9 @@ impl IntoResponse for ApiError {
         let body = Json(json!({"error": {"code": self.code, "message": self.message}}));
         let mut response = (self.status, body).into_response();
         if let Some(seconds) = self.retry_after {
-            response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from(seconds));
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(seconds));
         }
         response
     }

@@ -22,8 +22,8 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use crate::catalog::Catalog;
 use crate::config::Config;
 use crate::history::{Entry, EventRecord, Recorder};
-use crate::model::{SubscriptionName, TenantId};
 pub use crate::model::{check_event_type, is_internal, Event, EventId, EventPattern, INTERNAL_PREFIX};
+use crate::model::{SubscriptionName, TenantId};
 use crate::queue::{self, now_ms, Delivery, DeliveryId, Enqueued, NewEvent, Queue};
 pub use crate::telemetry::metrics::Source;
 use crate::telemetry::Metrics;
@@ -171,7 +171,12 @@ impl Ingestor {
         metrics: Arc<Metrics>,
     ) -> Ingestor {
         let (enqueue_tx, enqueue_rx) = mpsc::channel(ENQUEUE_BACKLOG);
-        tokio::spawn(enqueue_loop(queue.clone(), config.ingest.dedup_window, enqueue_rx, recorder));
+        tokio::spawn(enqueue_loop(
+            queue.clone(),
+            config.ingest.dedup_window,
+            enqueue_rx,
+            recorder,
+        ));
         Ingestor {
             enqueue_tx,
             catalog,
@@ -215,7 +220,14 @@ impl Ingestor {
         let snapshot = self.catalog.snapshot();
         let batch: Vec<NewEvent> = events
             .iter()
-            .map(|e| to_subscriptions(e, snapshot.routes.matching(&e.event_type, e.tenant.as_ref()), self.shards, now))
+            .map(|e| {
+                to_subscriptions(
+                    e,
+                    snapshot.routes.matching(&e.event_type, e.tenant.as_ref()),
+                    self.shards,
+                    now,
+                )
+            })
             .collect();
         self.submit(batch, &events, source).await
     }
