@@ -316,7 +316,6 @@ async fn replay_subscription(
                 state: Some(DeliveryState::Retrying),
                 from: walk.from,
                 to: walk.to,
-                ..ListFilter::default()
             };
             let page = state.history.list(&filter, walk.log_cursor.as_deref(), limit).await?;
             for summary in page.items {
