@@ -16,16 +16,43 @@
 //!   ingest-to-delivery latency.
 //!
 //! Without `--redis` hookd uses its embedded store in a temporary directory.
+//!
+//! Catalogue scale: with `--tenants N --tenant-subscriptions M` (both 0 by
+//! default: one TOML subscription for every event, as before), hookd gets an
+//! admin key (`server.api_keys`) and the tool makes N tenants (`t0000`…)
+//! with M subscriptions each through the API (`POST /v1/tenants`,
+//! `POST /v1/subscriptions` with the admin key naming `"tenant"`), before
+//! sending anything. Each subscription posts to its own path on the
+//! receiver (`/hook/{tenant}/{n}`) and the receiver verifies it with the
+//! secret the API handed out for that subscription alone. Their patterns
+//! mix exact types, `prefix.*` and `*`: a tenant's subscription 0 wants
+//! `*`, the others (1 to 9, then again) want types the tool never sends
+//! (`order.created`, `coupon.*` is not among them: `coupon.code.*`, …).
+//! The events are sent as events of one tenant (`t0042`, or the last one if
+//! there are fewer), with the admin key, so exactly one subscription wants
+//! each, as in the default run; the TOML subscription is kept but wants
+//! only `load.operator`, which is never sent. The tool counts deliveries
+//! to any other path and prints them (they should be 0). In `e2e` mode one
+//! warm-up event is delivered (and not counted) after the setup, so the
+//! dispatcher's endpoints are known to be rebuilt before timing starts.
+//!
+//! ```text
+//! cargo run --release --example load -- --mode e2e --tenants 1000 --tenant-subscriptions 10
+//! ```
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use clap::Parser;
+use futures_util::StreamExt as _;
+use hookd::api::client::ApiClient;
+use hookd::sign::Verifier;
 use http_body_util::{BodyExt, Full};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -34,6 +61,24 @@ use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+/// The admin key hookd is given with `--tenants`.
+const ADMIN_KEY: &str = "load-admin-key";
+/// The event type the tool sends.
+const EVENT_TYPE: &str = "coupon.redeemed";
+/// The patterns of each tenant's subscriptions, by index modulo 10: only
+/// the first wants [`EVENT_TYPE`].
+const PATTERNS: [&[&str]; 10] = [
+    &["*"],
+    &["order.created"],
+    &["order.*"],
+    &["invoice.paid"],
+    &["invoice.*"],
+    &["coupon.expired"],
+    &["coupon.code.*"],
+    &["link.clicked"],
+    &["link.*"],
+    &["stamp.rewarded", "stamp.expired"],
+];
 
 #[derive(Parser)]
 struct Args {
@@ -55,15 +100,50 @@ struct Args {
     /// The hookd binary (default: target/release/hookd next to this example).
     #[arg(long)]
     hookd: Option<PathBuf>,
-    /// Extra TOML appended to the subscription (e.g. a plugin table).
+    /// Extra TOML appended to the TOML subscription (e.g. a plugin table).
     #[arg(long, default_value = "")]
     subscription_extra: String,
+    /// Tenants to make through the API (with --tenant-subscriptions).
+    #[arg(long, default_value_t = 0)]
+    tenants: usize,
+    /// Subscriptions to make through the API for each tenant.
+    #[arg(long, default_value_t = 0)]
+    tenant_subscriptions: usize,
+    /// API calls in flight at once while making tenants and subscriptions.
+    #[arg(long, default_value_t = 8)]
+    setup_concurrency: usize,
+}
+
+/// The tenants made through the API, and the one whose events are sent.
+#[derive(Clone)]
+struct Tenants {
+    count: usize,
+    per: usize,
+    /// The tenant the events are sent as.
+    sender: String,
+}
+
+impl Tenants {
+    fn id(n: usize) -> String {
+        format!("t{n:04}")
+    }
+
+    /// The one receiver path that should see the events.
+    fn expected_path(&self) -> String {
+        format!("/hook/{}/0", self.sender)
+    }
 }
 
 /// What the receiver saw.
 struct Seen {
     count: AtomicUsize,
     rejected: AtomicUsize,
+    /// Deliveries to a path other than the expected one.
+    unexpected: AtomicUsize,
+    /// The path every delivery should reach.
+    expected_path: RwLock<String>,
+    /// The secret of each receiver path.
+    verifiers: RwLock<HashMap<String, Arc<Verifier>>>,
     latencies_us: Mutex<Vec<u64>>,
     first: Mutex<Option<Instant>>,
     last: Mutex<Option<Instant>>,
@@ -76,20 +156,34 @@ fn unix_nanos() -> u128 {
         .as_nanos()
 }
 
+impl Seen {
+    /// Forgets every delivery seen so far (after a warm-up).
+    fn reset(&self) {
+        self.count.store(0, Ordering::Relaxed);
+        self.rejected.store(0, Ordering::Relaxed);
+        self.unexpected.store(0, Ordering::Relaxed);
+        self.latencies_us.lock().unwrap().clear();
+        *self.first.lock().unwrap() = None;
+        *self.last.lock().unwrap() = None;
+    }
+}
+
 async fn receiver(listener: TcpListener, seen: Arc<Seen>) {
-    let verifier = Arc::new(hookd::sign::Verifier::new(&[SECRET]).expect("secret"));
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
-        let (seen, verifier) = (seen.clone(), verifier.clone());
+        let seen = seen.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req: Request<hyper::body::Incoming>| {
-                let (seen, verifier) = (seen.clone(), verifier.clone());
+                let seen = seen.clone();
                 async move {
                     let (parts, body) = req.into_parts();
                     let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-                    if verifier.verify(&parts.headers, &body).is_err() {
+                    let path = parts.uri.path();
+                    // Each path is verified with its own subscription's secret.
+                    let verifier = seen.verifiers.read().unwrap().get(path).cloned();
+                    if verifier.is_none_or(|v| v.verify(&parts.headers, &body).is_err()) {
                         seen.rejected.fetch_add(1, Ordering::Relaxed);
                         return Ok::<_, hyper::Error>(
                             Response::builder().status(400).body(Full::new(Bytes::new())).unwrap(),
@@ -102,6 +196,9 @@ async fn receiver(listener: TcpListener, seen: Arc<Seen>) {
                             let us = (arrived_ns.saturating_sub(sent) / 1000) as u64;
                             seen.latencies_us.lock().unwrap().push(us);
                         }
+                    }
+                    if *seen.expected_path.read().unwrap() != path {
+                        seen.unexpected.fetch_add(1, Ordering::Relaxed);
                     }
                     seen.first.lock().unwrap().get_or_insert(now);
                     *seen.last.lock().unwrap() = Some(now);
@@ -145,7 +242,7 @@ fn start_hookd(binary: &PathBuf, config: &PathBuf) -> Hookd {
 }
 
 async fn wait_ready(addr: SocketAddr) {
-    let api = hookd::api::client::ApiClient::new(&format!("http://{addr}"), None);
+    let api = ApiClient::new(&format!("http://{addr}"), None);
     for _ in 0..400 {
         if api.get("/readyz").await.is_ok() {
             return;
@@ -155,8 +252,80 @@ async fn wait_ready(addr: SocketAddr) {
     panic!("hookd did not become ready on {addr}");
 }
 
-/// One producer connection posting events one per request.
-async fn producer(addr: SocketAddr, ids: std::ops::Range<usize>, interval: Option<Duration>, run: &str) -> usize {
+/// Makes the tenants and their subscriptions through the API, each
+/// subscription's secret trusted at its own path on the receiver.
+async fn make_tenants(api: &ApiClient, rx_addr: SocketAddr, tenants: &Tenants, concurrency: usize, seen: &Seen) {
+    let started = Instant::now();
+    let concurrency = concurrency.max(1);
+    futures_util::stream::iter(0..tenants.count)
+        .map(|n| async move {
+            let id = Tenants::id(n);
+            let body = serde_json::json!({"id": id, "name": format!("Load tenant {n}")});
+            api.post("/v1/tenants", body.to_string())
+                .await
+                .unwrap_or_else(|e| panic!("make tenant {id}: {e}"));
+        })
+        .buffer_unordered(concurrency)
+        .collect::<()>()
+        .await;
+    let tenants_secs = started.elapsed().as_secs_f64();
+    let pairs = (0..tenants.count).flat_map(|t| (0..tenants.per).map(move |j| (t, j)));
+    let made: Vec<(String, String)> = futures_util::stream::iter(pairs)
+        .map(|(t, j)| async move {
+            let id = Tenants::id(t);
+            let path = format!("/hook/{id}/{j}");
+            let body = serde_json::json!({
+                "tenant": id,
+                "name": format!("s{j}"),
+                "url": format!("http://{rx_addr}{path}"),
+                "events": PATTERNS[j % PATTERNS.len()],
+            });
+            let made = api
+                .post("/v1/subscriptions", body.to_string())
+                .await
+                .unwrap_or_else(|e| panic!("make subscription {path}: {e}"));
+            let secret = made["secret"].as_str().expect("a new subscription's secret").to_owned();
+            (path, secret)
+        })
+        .buffer_unordered(concurrency)
+        .collect()
+        .await;
+    let mut verifiers = seen.verifiers.write().unwrap();
+    for (path, secret) in made {
+        verifiers.insert(path, Arc::new(Verifier::new(&[secret]).expect("secret")));
+    }
+    println!(
+        "made {} tenants in {tenants_secs:.1}s and {} subscriptions through the API in {:.1}s ({} at once); events go to tenant {}",
+        tenants.count,
+        tenants.count * tenants.per,
+        started.elapsed().as_secs_f64() - tenants_secs,
+        concurrency,
+        tenants.sender
+    );
+}
+
+/// One event's JSON (of `tenant`, if any), carrying its send time if `sent`.
+fn event_json(run: &str, n: impl std::fmt::Display, tenant: Option<&str>, sent: bool) -> String {
+    let tenant = tenant.map(|t| format!(r#","tenant":"{t}""#)).unwrap_or_default();
+    let sent = if sent {
+        format!(r#","sent_ns":"{}""#, unix_nanos())
+    } else {
+        String::new()
+    };
+    format!(
+        r#"{{"type":"{EVENT_TYPE}","id":"evt_{run}_{n}","data":{{"coupon":"SPRING10","amount":12.5,"customer":"cus_{n}"{sent}}}{tenant}}}"#
+    )
+}
+
+/// One producer connection posting events one per request (as `tenant`,
+/// with the admin key, if given).
+async fn producer(
+    addr: SocketAddr,
+    ids: std::ops::Range<usize>,
+    interval: Option<Duration>,
+    run: &str,
+    tenant: Option<&str>,
+) -> usize {
     let stream = TcpStream::connect(addr).await.expect("connect to hookd");
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
@@ -171,14 +340,12 @@ async fn producer(addr: SocketAddr, ids: std::ops::Range<usize>, interval: Optio
                 tokio::time::sleep(wait).await;
             }
         }
-        let body = format!(
-            r#"{{"type":"coupon.redeemed","id":"evt_{run}_{n}","data":{{"coupon":"SPRING10","amount":12.5,"customer":"cus_{n}","sent_ns":"{}"}}}}"#,
-            unix_nanos()
-        );
-        let req = Request::post(format!("http://{addr}/v1/events"))
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(body)))
-            .expect("request");
+        let body = event_json(run, n, tenant, true);
+        let mut req = Request::post(format!("http://{addr}/v1/events")).header("content-type", "application/json");
+        if tenant.is_some() {
+            req = req.header("authorization", format!("Bearer {ADMIN_KEY}"));
+        }
+        let req = req.body(Full::new(Bytes::from(body))).expect("request");
         if let Ok(resp) = sender.send_request(req).await {
             if resp.status() == StatusCode::ACCEPTED {
                 ok += 1;
@@ -211,9 +378,25 @@ async fn main() {
     std::fs::create_dir_all(&dir).expect("temp dir");
     let run = format!("{}", unix_nanos() % 1_000_000_000);
 
+    let tenants = match (args.tenants, args.tenant_subscriptions) {
+        (0, 0) => None,
+        (0, _) | (_, 0) => panic!("--tenants and --tenant-subscriptions go together"),
+        (count, per) => Some(Tenants {
+            count,
+            per,
+            sender: Tenants::id(42.min(count - 1)),
+        }),
+    };
+    let sender = tenants.as_ref().map(|t| t.sender.clone());
     let seen = Arc::new(Seen {
         count: AtomicUsize::new(0),
         rejected: AtomicUsize::new(0),
+        unexpected: AtomicUsize::new(0),
+        expected_path: RwLock::new(tenants.as_ref().map_or("/hook".to_owned(), Tenants::expected_path)),
+        verifiers: RwLock::new(HashMap::from([(
+            "/hook".to_owned(),
+            Arc::new(Verifier::new(&[SECRET]).expect("secret")),
+        )])),
         latencies_us: Mutex::new(Vec::with_capacity(args.events)),
         first: Mutex::new(None),
         last: Mutex::new(None),
@@ -231,10 +414,16 @@ async fn main() {
         Some(url) => format!("redis_url = \"{url}\"\nkey_prefix = \"load{run}\""),
         None => format!("data_dir = {:?}", dir.join("data").display().to_string()),
     };
+    // With tenants: an admin key, and the TOML subscription wants only a
+    // type never sent, so one subscription (the tenant's) wants each event.
+    let (keys, toml_events) = match &tenants {
+        Some(_) => (format!("api_keys = [\"{ADMIN_KEY}\"]\n"), "load.operator"),
+        None => (String::new(), "*"),
+    };
     let config = |dispatch: bool| {
         let path = dir.join(format!("hookd-{dispatch}.toml"));
         let text = format!(
-            "[server]\nlisten = \"{addr}\"\n[queue]\n{queue}\n[ingest]\nmax_batch = 1000\n[delivery]\ndispatch = {dispatch}\nallow_http = true\nallow_private_networks = true\nmax_in_flight = 512\nmax_in_flight_per_subscription = 512\n[[subscriptions]]\nname = \"load\"\nurl = \"http://{rx_addr}/hook\"\nevents = [\"*\"]\nsecrets = [\"{SECRET}\"]\n{}\n",
+            "[server]\nlisten = \"{addr}\"\n{keys}[queue]\n{queue}\n[ingest]\nmax_batch = 1000\n[delivery]\ndispatch = {dispatch}\nallow_http = true\nallow_private_networks = true\nmax_in_flight = 512\nmax_in_flight_per_subscription = 512\n[[subscriptions]]\nname = \"load\"\nurl = \"http://{rx_addr}/hook\"\nevents = [\"{toml_events}\"]\nsecrets = [\"{SECRET}\"]\n{}\n",
             args.subscription_extra
         );
         std::fs::write(&path, text).expect("write config");
@@ -242,15 +431,28 @@ async fn main() {
     };
 
     let backend = if args.redis.is_some() { "redis" } else { "embedded" };
+    let api = ApiClient::new(
+        &format!("http://{addr}"),
+        tenants.as_ref().map(|_| ADMIN_KEY.to_owned()),
+    );
+    let shape = match &tenants {
+        Some(t) => format!(
+            "{} tenants x {} API subscriptions, events of {}",
+            t.count, t.per, t.sender
+        ),
+        None => "1 TOML subscription".to_owned(),
+    };
     match args.mode.as_str() {
         "backlog" => {
             let ingest_only = start_hookd(&binary, &config(false));
             wait_ready(addr).await;
-            let api = hookd::api::client::ApiClient::new(&format!("http://{addr}"), None);
+            if let Some(tenants) = &tenants {
+                make_tenants(&api, rx_addr, tenants, args.setup_concurrency, &seen).await;
+            }
             let queued_at = Instant::now();
             for start in (0..args.events).step_by(1000) {
                 let batch: Vec<String> = (start..(start + 1000).min(args.events))
-                    .map(|n| format!(r#"{{"type":"coupon.redeemed","id":"evt_{run}_{n}","data":{{"coupon":"SPRING10","amount":12.5,"customer":"cus_{n}"}}}}"#))
+                    .map(|n| event_json(&run, n, sender.as_deref(), false))
                     .collect();
                 api.post("/v1/events/batch", format!("[{}]", batch.join(",")))
                     .await
@@ -278,23 +480,44 @@ async fn main() {
             let last = seen.last.lock().unwrap().expect("last");
             let secs = (last - first).as_secs_f64();
             println!(
-                "backlog drain ({backend}): {} signed deliveries in {secs:.2}s = {:.0} deliveries/s (first delivery {:.2}s after start; {} rejected signatures)",
+                "backlog drain ({backend}, {shape}): {} signed deliveries in {secs:.2}s = {:.0} deliveries/s (first delivery {:.2}s after start; {} rejected signatures; {} to other subscriptions)",
                 args.events,
                 args.events as f64 / secs,
                 (first - started).as_secs_f64(),
-                seen.rejected.load(Ordering::Relaxed)
+                seen.rejected.load(Ordering::Relaxed),
+                seen.unexpected.load(Ordering::Relaxed)
             );
         }
         "e2e" => {
             let _hookd = start_hookd(&binary, &config(true));
             wait_ready(addr).await;
+            if let Some(tenants) = &tenants {
+                make_tenants(&api, rx_addr, tenants, args.setup_concurrency, &seen).await;
+                // One delivery through the new catalogue before timing:
+                // the dispatcher's endpoints follow the catalogue's last
+                // publication asynchronously.
+                api.post("/v1/events", event_json(&run, "warmup", sender.as_deref(), false))
+                    .await
+                    .expect("warm-up event");
+                let deadline = Instant::now() + Duration::from_secs(60);
+                while seen.count.load(Ordering::Relaxed) == 0 {
+                    assert!(
+                        Instant::now() < deadline,
+                        "the warm-up event was not delivered within 60s"
+                    );
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                seen.reset();
+            }
             let per = args.events / args.connections;
             let interval = (args.rate > 0).then(|| Duration::from_secs_f64(args.connections as f64 / args.rate as f64));
             let started = Instant::now();
             let tasks: Vec<_> = (0..args.connections)
                 .map(|c| {
-                    let run = run.clone();
-                    tokio::spawn(async move { producer(addr, c * per..(c + 1) * per, interval, &run).await })
+                    let (run, sender) = (run.clone(), sender.clone());
+                    tokio::spawn(async move {
+                        producer(addr, c * per..(c + 1) * per, interval, &run, sender.as_deref()).await
+                    })
                 })
                 .collect();
             let mut accepted = 0;
@@ -310,12 +533,14 @@ async fn main() {
             let mut lat = seen.latencies_us.lock().unwrap().clone();
             lat.sort_unstable();
             println!(
-                "e2e ({backend}, {} connections, rate {}): {accepted}/{total} accepted in {post_secs:.2}s ({:.0} ingests/s), {} delivered in {secs:.2}s = {:.0} deliveries/s",
+                "e2e ({backend}, {shape}, {} connections, rate {}): {accepted}/{total} accepted in {post_secs:.2}s ({:.0} ingests/s), {} delivered in {secs:.2}s = {:.0} deliveries/s ({} rejected signatures; {} to other subscriptions)",
                 args.connections,
                 if args.rate == 0 { "max".to_string() } else { format!("{}/s", args.rate) },
                 accepted as f64 / post_secs,
                 seen.count.load(Ordering::Relaxed),
-                seen.count.load(Ordering::Relaxed) as f64 / secs
+                seen.count.load(Ordering::Relaxed) as f64 / secs,
+                seen.rejected.load(Ordering::Relaxed),
+                seen.unexpected.load(Ordering::Relaxed)
             );
             println!(
                 "ingest-to-delivery latency ms: p50 {:.2}  p90 {:.2}  p99 {:.2}  max {:.2}",

@@ -348,7 +348,10 @@ impl Ingestor {
 /// catalogue that want it, or one for a test). An event of a tenant is
 /// deduplicated per tenant: its dedup key is `{tenant}/{id}`, so two
 /// tenants may use the same event id.
-fn to_subscriptions<'a>(
+///
+/// Public for `benches/catalog.rs` only.
+#[doc(hidden)]
+pub fn to_subscriptions<'a>(
     event: &Event,
     names: impl Iterator<Item = &'a SubscriptionName>,
     shards: u16,
