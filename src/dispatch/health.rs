@@ -34,6 +34,10 @@ use crate::queue::{now_ms, HealthUpdate, Millis, Queue, StateStore};
 pub const STATE_SYNC: Duration = Duration::from_secs(1);
 /// Every this many state syncs, enabled subscriptions are unparked again.
 const UNPARK_EVERY: u32 = 5;
+/// Most subscriptions one sweep looks at for parked deliveries; the next
+/// sweep goes on from there, so a catalogue of many subscriptions is swept
+/// a slice at a time instead of all at once.
+const UNPARK_SWEEP: usize = 100;
 
 /// One attempt's outcome, as health needs it.
 #[derive(Clone, Debug)]
@@ -185,6 +189,8 @@ pub(crate) async fn state_loop(
     shutdown: CancellationToken,
 ) {
     let mut round: u32 = 0;
+    // Where the sweep for parked deliveries goes on from.
+    let mut sweep_after: Option<SubscriptionName> = None;
     loop {
         // Versions before the read: a local change made while it is under
         // way wins over what it read.
@@ -193,6 +199,7 @@ pub(crate) async fn state_loop(
         match state.subscription_states().await {
             Ok(states) => {
                 let states: HashMap<_, _> = states.into_iter().collect();
+                let mut sweep = Vec::new();
                 for (name, endpoint) in &current.map {
                     let enabled_in_backend = states.get(name).is_none_or(|s| s.enabled);
                     if let Some(&snapshot) = before.get(name) {
@@ -200,7 +207,24 @@ pub(crate) async fn state_loop(
                             .disabled
                             .mirror(snapshot, !(enabled_in_backend && endpoint.configured_enabled));
                     }
-                    if round.is_multiple_of(UNPARK_EVERY) && enabled_in_backend && endpoint.configured_enabled {
+                    if enabled_in_backend && endpoint.configured_enabled {
+                        sweep.push(name);
+                    }
+                }
+                if round.is_multiple_of(UNPARK_EVERY) {
+                    // The next slice, in name order, after the last one.
+                    sweep.sort();
+                    let start = match &sweep_after {
+                        Some(last) => sweep.partition_point(|n| *n <= last),
+                        None => 0,
+                    };
+                    let slice: Vec<&SubscriptionName> = sweep.iter().skip(start).take(UNPARK_SWEEP).copied().collect();
+                    sweep_after = if start + slice.len() >= sweep.len() {
+                        None
+                    } else {
+                        slice.last().map(|n| (*n).clone())
+                    };
+                    for name in slice {
                         match queue.unpark(name, now_ms()).await {
                             Ok(0) => {}
                             Ok(n) => {
