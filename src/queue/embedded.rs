@@ -154,7 +154,7 @@ enum Op {
         now: Millis,
         reply: Reply<u64>,
     },
-    /// [`Queue::set_enabled`].
+    /// [`StateStore::set_enabled`].
     SetEnabled {
         subscription: SubscriptionName,
         enabled: bool,
@@ -162,7 +162,7 @@ enum Op {
         now: Millis,
         reply: Reply<bool>,
     },
-    /// [`Queue::record_health`].
+    /// [`StateStore::record_health`].
     RecordHealth {
         updates: Vec<HealthUpdate>,
         reply: Reply<Vec<(SubscriptionName, SubscriptionState)>>,

@@ -18,7 +18,7 @@ use serde::Serialize;
 use super::Millis;
 use crate::config::RateLimit;
 
-/// What [`super::Queue::take_tokens`] granted.
+/// What [`super::StateStore::take_tokens`] granted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct Tokens {
     /// How many of the requests asked for may go now (the first ones).

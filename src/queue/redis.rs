@@ -20,7 +20,7 @@
 //!
 //! Subscription state lives outside the shards, under the fixed hash tag
 //! `{s}` ([`STATE_TAG`]): every subscription's hash and their index are in
-//! one slot, so [`Queue::record_health`] is one script run even on a
+//! one slot, so [`StateStore::record_health`] is one script run even on a
 //! cluster. They are few and small.
 
 use std::sync::LazyLock;

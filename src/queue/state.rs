@@ -147,7 +147,7 @@ impl SubscriptionState {
 }
 
 /// One settle batch's attempt outcomes for one subscription, for
-/// [`Queue::record_health`].
+/// [`StateStore::record_health`].
 ///
 /// Applied atomically per subscription:
 /// - the batch ended in a success (`last_outcome_success`): the run of
