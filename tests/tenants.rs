@@ -481,27 +481,6 @@ async fn patch_applies_to_deliveries_not_yet_attempted() {
     hookd.stop().await;
 }
 
-/// Waits until the delivery log shows `subscription`'s deliveries all in
-/// `state`, as seen by `client`.
-async fn wait_states(client: &ApiClient, subscription: &str, state: &str, count: usize) -> Value {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let page = client
-            .get(&format!("/v1/deliveries?subscription={subscription}"))
-            .await
-            .unwrap();
-        let items = page["deliveries"].as_array().unwrap();
-        if items.len() == count && items.iter().all(|d| d["state"] == state) {
-            return page;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {count} {state}: {page:#}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// Waits until the delivery log shows `count` deliveries of
 /// `subscription`, and `want` of them in `state`.
 async fn wait_count(client: &ApiClient, subscription: &str, count: usize, state: &str, want: usize) {
@@ -521,6 +500,12 @@ async fn wait_count(client: &ApiClient, subscription: &str, count: usize, state:
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Waits until the delivery log shows `subscription`'s `count`
+/// deliveries all in `state`, as seen by `client`.
+async fn wait_states(client: &ApiClient, subscription: &str, state: &str, count: usize) {
+    wait_count(client, subscription, count, state, count).await;
 }
 
 async fn deletes_cancel_pending_deliveries(mut config: Config) {
