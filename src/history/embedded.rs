@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use redb::{
-    Database, DatabaseError, Durability, ReadTransaction, ReadableTable, ReadableTableMetadata, Table, TableDefinition,
+    Database, Durability, ReadTransaction, ReadableTable, ReadableTableMetadata, Table, TableDefinition,
     WriteTransaction,
 };
 use tokio::sync::{mpsc, oneshot};
@@ -32,7 +32,7 @@ use super::{
 use crate::config::{HistoryConfig, QueueConfig, SubscriptionName};
 use crate::ingest::EventId;
 use crate::model::TenantId;
-use crate::queue::embedded::{group_commit, Writer};
+use crate::queue::embedded::{create_database, group_commit, Unopened, Writer};
 use crate::queue::{DeliveryId, Millis};
 
 /// The store's file inside `queue.data_dir`.
@@ -137,24 +137,17 @@ impl EmbeddedHistory {
     /// Opens (creating if needed) `history.redb` in `queue.data_dir`. Fails
     /// with [`Error::InUse`] if another process has it open.
     pub fn open(queue: &QueueConfig, history: &HistoryConfig) -> Result<EmbeddedHistory, Error> {
-        let dir = &queue.data_dir;
-        std::fs::create_dir_all(dir).map_err(|e| {
-            Error::Store(format!(
-                "cannot create {}: {e}; check its permissions or set queue.data_dir",
-                dir.display()
-            ))
+        let (db, path) = create_database(
+            &queue.data_dir,
+            FILE_NAME,
+            "move the file aside to start an empty history",
+        )
+        .map_err(|e| match e {
+            Unopened::InUse => Error::InUse {
+                path: queue.data_dir.join(FILE_NAME),
+            },
+            Unopened::Failed(message) => Error::Store(message),
         })?;
-        let path = dir.join(FILE_NAME);
-        let db = match Database::create(&path) {
-            Ok(db) => db,
-            Err(DatabaseError::DatabaseAlreadyOpen) => return Err(Error::InUse { path }),
-            Err(e) => {
-                return Err(Error::Store(format!(
-                    "cannot open {}: {e}; move the file aside to start an empty history",
-                    path.display()
-                )))
-            }
-        };
         create_tables(&db)?;
         let db = Arc::new(db);
         let writer_db = db.clone();

@@ -245,23 +245,10 @@ impl EmbeddedQueue {
     /// [`Error::InUse`] if another process has it open.
     pub fn open(config: &QueueConfig) -> Result<EmbeddedQueue, Error> {
         let dir = config.data_dir.clone();
-        std::fs::create_dir_all(&dir).map_err(|e| {
-            Error::Store(format!(
-                "cannot create {}: {e}; check its permissions or set queue.data_dir",
-                dir.display()
-            ))
+        let (db, _) = create_database(&dir, FILE_NAME, "move the file aside to start empty").map_err(|e| match e {
+            Unopened::InUse => Error::InUse { dir: dir.clone() },
+            Unopened::Failed(message) => Error::Store(message),
         })?;
-        let path = dir.join(FILE_NAME);
-        let db = match Database::create(&path) {
-            Ok(db) => db,
-            Err(DatabaseError::DatabaseAlreadyOpen) => return Err(Error::InUse { dir }),
-            Err(e) => {
-                return Err(Error::Store(format!(
-                    "cannot open {}: {e}; move the file aside to start empty",
-                    path.display()
-                )))
-            }
-        };
         create_tables(&db)?;
         let db = Arc::new(db);
         let writer_db = db.clone();
@@ -365,6 +352,37 @@ pub(crate) fn group_commit<Op, Out, E: std::fmt::Display>(
 /// The writer thread of an embedded store and the channel to it: started
 /// with the store, and on drop told to stop (its channel closes) and
 /// joined, so the store's file is unlocked once the store is dropped.
+/// Why a redb file of the embedded store could not be opened.
+pub(crate) enum Unopened {
+    /// Another hookd (or this one) has it open.
+    InUse,
+    /// The directory or the file could not be made or read: what happened
+    /// and what to do.
+    Failed(String),
+}
+
+/// Opens (creating it, and `dir`, if needed) the redb file `name` in
+/// `dir`, the one way every embedded store (queue, history, catalogue)
+/// opens its file. `start_empty` ends the message of an unreadable file
+/// (`move it aside to start an empty history`).
+pub(crate) fn create_database(dir: &Path, name: &str, start_empty: &str) -> Result<(Database, PathBuf), Unopened> {
+    std::fs::create_dir_all(dir).map_err(|e| {
+        Unopened::Failed(format!(
+            "cannot create {}: {e}; check its permissions or set queue.data_dir",
+            dir.display()
+        ))
+    })?;
+    let path = dir.join(name);
+    match Database::create(&path) {
+        Ok(db) => Ok((db, path)),
+        Err(DatabaseError::DatabaseAlreadyOpen) => Err(Unopened::InUse),
+        Err(e) => Err(Unopened::Failed(format!(
+            "cannot open {}: {e}; {start_empty}",
+            path.display()
+        ))),
+    }
+}
+
 pub(crate) struct Writer<Op> {
     /// Sends operations to the thread; dropped first so it exits.
     ops: Option<mpsc::UnboundedSender<Op>>,

@@ -11,7 +11,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use redb::{Database, DatabaseError, ReadableTable, TableDefinition};
+use crate::queue::embedded::{create_database, Unopened};
+use redb::{Database, ReadableTable, TableDefinition};
 
 use super::{CatalogStore, Contents, Error, Kind, Record, Write};
 use crate::config::QueueConfig;
@@ -48,24 +49,17 @@ impl EmbeddedCatalog {
     /// in `queue.data_dir`. Fails with [`Error::InUse`] if it is already
     /// open, in this process or another.
     pub fn open(config: &QueueConfig) -> Result<EmbeddedCatalog, Error> {
-        let dir = &config.data_dir;
-        std::fs::create_dir_all(dir).map_err(|e| {
-            Error::Store(format!(
-                "cannot create {}: {e}; check its permissions or set queue.data_dir",
-                dir.display()
-            ))
+        let (db, path) = create_database(
+            &config.data_dir,
+            FILE_NAME,
+            "restore it from a backup, or move it aside to start an empty catalogue",
+        )
+        .map_err(|e| match e {
+            Unopened::InUse => Error::InUse {
+                path: config.data_dir.join(FILE_NAME),
+            },
+            Unopened::Failed(message) => Error::Store(message),
         })?;
-        let path = dir.join(FILE_NAME);
-        let db = match Database::create(&path) {
-            Ok(db) => db,
-            Err(DatabaseError::DatabaseAlreadyOpen) => return Err(Error::InUse { path }),
-            Err(e) => {
-                return Err(Error::Store(format!(
-                    "cannot open {}: {e}; restore it from a backup, or move it aside to start an empty catalogue",
-                    path.display()
-                )))
-            }
-        };
         let txn = db.begin_write().map_err(|e| failed(&path, "begin write", e))?;
         {
             txn.open_table(RECORDS).map_err(|e| failed(&path, "create tables", e))?;
