@@ -131,9 +131,17 @@ impl Catalog {
 
     /// Swaps in a new config file (a reload) and publishes.
     pub async fn set_file(&self, file: Config) {
+        self.republish(Some(file)).await;
+    }
+
+    /// Builds the snapshot again from the stored records in force (and
+    /// `file`, if given, as the new config file) and publishes it.
+    async fn republish(&self, file: Option<Config>) {
         let records = self.records.lock().await;
-        let snapshot = Snapshot::build(&file, records.0, &records.1);
-        self.file.store(Arc::new(file));
+        if let Some(file) = file {
+            self.file.store(Arc::new(file));
+        }
+        let snapshot = Snapshot::build(&self.file.load(), records.0, &records.1);
         self.publish(snapshot);
     }
 
@@ -169,10 +177,7 @@ impl Catalog {
             }
             if self.snapshot().next_expiry.is_some_and(|at| at <= now_ms()) {
                 // A rotated-out secret's grace is over: stop signing with it.
-                let records = self.records.lock().await;
-                let snapshot = Snapshot::build(&self.file.load(), records.0, &records.1);
-                drop(records);
-                self.publish(snapshot);
+                self.republish(None).await;
             }
             match self.refresh().await {
                 Ok(_) if failing => {
