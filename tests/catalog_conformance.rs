@@ -448,6 +448,62 @@ mod cases {
         );
     }
 
+    pub async fn sessions_expire_and_take_once(fx: &mut Fixture) {
+        let c = fx.c();
+        let now = hookd::model::now_ms();
+        assert_eq!(c.session("s_none", now).await.unwrap(), None);
+        c.put_session("s_a", RAW, now + 60_000).await.unwrap();
+        assert_eq!(c.session("s_a", now).await.unwrap().as_deref(), Some(RAW));
+        assert_eq!(
+            c.session("s_a", now).await.unwrap().as_deref(),
+            Some(RAW),
+            "reading keeps it"
+        );
+        assert_eq!(
+            c.session("s_a", now + 60_000).await.unwrap(),
+            None,
+            "gone at its expiry"
+        );
+        // A put replaces, and sessions are neither records nor versioned.
+        c.put_session("s_a", b"second", now + 60_000).await.unwrap();
+        assert_eq!(c.session("s_a", now).await.unwrap().as_deref(), Some(&b"second"[..]));
+        assert_eq!(c.version().await.unwrap(), 0);
+        assert_eq!(c.load().await.unwrap(), Contents::default());
+        c.delete_session("s_a").await.unwrap();
+        c.delete_session("s_a").await.unwrap();
+        assert_eq!(c.session("s_a", now).await.unwrap(), None);
+        // Taking spends: once, by one of many takers.
+        c.put_session("l_once", b"link", now + 60_000).await.unwrap();
+        let takers: Vec<_> = (0..8)
+            .map(|_| {
+                let c = c.clone();
+                tokio::spawn(async move { c.take_session("l_once", now).await.unwrap() })
+            })
+            .collect();
+        let mut got = Vec::new();
+        for t in takers {
+            got.extend(t.await.unwrap());
+        }
+        assert_eq!(got, vec![b"link".to_vec()], "one taker gets it");
+        assert_eq!(c.session("l_once", now).await.unwrap(), None);
+        // An expired link cannot be taken; one that really expired in the
+        // store (Redis drops it) reads as gone too.
+        c.put_session("l_old", b"link", now + 60_000).await.unwrap();
+        assert_eq!(c.take_session("l_old", now + 60_001).await.unwrap(), None);
+        c.put_session("l_short", b"link", hookd::model::now_ms() + 150)
+            .await
+            .unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert_eq!(c.session("l_short", hookd::model::now_ms()).await.unwrap(), None);
+        // Many expired ones are swept as new ones come (embedded), or
+        // expire in Redis; either way the live one stays.
+        for n in 0..100 {
+            c.put_session(&format!("s_dead{n}"), b"x", now - 1).await.unwrap();
+        }
+        c.put_session("s_live", b"live", now + 60_000).await.unwrap();
+        assert_eq!(c.session("s_live", now).await.unwrap().as_deref(), Some(&b"live"[..]));
+    }
+
     /// Shared backends only: two clients (two processes) of one store.
     pub async fn two_clients_see_each_others_writes(fx: &mut Fixture) {
         let first = fx.c();
@@ -483,6 +539,18 @@ mod cases {
         let (a, b) = tokio::join!(first.apply(&one), second.apply(&two));
         assert!(a.is_ok() != b.is_ok(), "{a:?} {b:?}");
         assert_eq!(second.version().await.unwrap(), 3);
+        // A session kept by one process is known to the other.
+        let now = hookd::model::now_ms();
+        first.put_session("s_shared", b"s", now + 60_000).await.unwrap();
+        assert_eq!(
+            second.session("s_shared", now).await.unwrap().as_deref(),
+            Some(&b"s"[..])
+        );
+        assert_eq!(
+            second.take_session("s_shared", now).await.unwrap().as_deref(),
+            Some(&b"s"[..])
+        );
+        assert_eq!(first.session("s_shared", now).await.unwrap(), None);
     }
 }
 
@@ -513,6 +581,7 @@ macro_rules! conformance {
             case!($open, record_uses_keeps_the_later_time_and_bumps_nothing);
             case!($open, data_survives_reopening);
             case!($open, concurrent_creates_of_one_id_have_one_winner);
+            case!($open, sessions_expire_and_take_once);
             $(case!($open, $extra);)*
         }
     };
@@ -527,7 +596,7 @@ conformance!(embedded, Home::embedded);
 /// What only the Redis backend does.
 mod redis_only {
     use super::*;
-    use hookd::catalog::store::redis::{records_key, uses_key, version_key};
+    use hookd::catalog::store::redis::{records_key, session_key, uses_key, version_key};
 
     #[tokio::test]
     async fn every_key_is_under_the_prefix_and_one_hash_tag() {
@@ -536,11 +605,17 @@ mod redis_only {
             let c = fx.c();
             c.apply(&[create(Kind::Tenant, "t1", b"x")]).await.unwrap();
             c.record_uses(&[("key_1".into(), 1)]).await.unwrap();
+            c.put_session("s_1", b"s", hookd::model::now_ms() + 60_000)
+                .await
+                .unwrap();
             let Home::Redis(server) = &fx.home else { unreachable!() };
             let prefix = &fx.config.key_prefix;
             let mut keys: Vec<String> = server.command(&["KEYS", "*"]).lines().map(str::to_owned).collect();
             keys.sort();
-            let mut expected = vec![records_key(prefix), uses_key(prefix), version_key(prefix)];
+            let session = session_key(prefix, "s_1");
+            let ttl: i64 = server.command(&["PTTL", &session]).trim().parse().unwrap();
+            assert!(ttl > 50_000 && ttl <= 60_000, "the session expires in Redis too: {ttl}");
+            let mut expected = vec![records_key(prefix), uses_key(prefix), version_key(prefix), session];
             expected.sort();
             assert_eq!(keys, expected);
             assert!(keys.iter().all(|k| k.starts_with(&format!("{prefix}:{{catalog}}:"))));

@@ -28,6 +28,13 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// Key id → when the key was last used (ms).
 const USES: TableDefinition<&str, i64> = TableDefinition::new("uses");
 
+/// Session id → its expiry and body ([`super::encode_session`]).
+const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
+
+/// Most expired sessions one [`CatalogStore::put_session`] sweeps away, so
+/// the table stays bounded without a sweep of its own.
+const SWEEP: usize = 64;
+
 /// The key of the version in [`META`].
 const VERSION: &str = "version";
 
@@ -238,6 +245,86 @@ impl CatalogStore for EmbeddedCatalog {
                 out.push((key.value().to_owned(), at.value()));
             }
             Ok(out)
+        })
+        .await
+    }
+
+    async fn put_session(&self, id: &str, body: &[u8], expires_at: Millis) -> Result<(), Error> {
+        let (id, stored) = (id.to_owned(), super::encode_session(body, expires_at));
+        let now = crate::model::now_ms();
+        self.blocking(move |db, path| {
+            let txn = db.begin_write().map_err(|e| failed(path, "begin write", e))?;
+            {
+                let mut table = txn.open_table(SESSIONS).map_err(|e| failed(path, "open sessions", e))?;
+                // Sweeps a few expired ones on the way: each put pays for
+                // the sessions that ended before it.
+                let mut expired = Vec::new();
+                for entry in table.iter().map_err(|e| failed(path, "read sessions", e))? {
+                    let (key, value) = entry.map_err(|e| failed(path, "read sessions", e))?;
+                    if super::live_session(value.value(), now).is_none() {
+                        expired.push(key.value().to_owned());
+                        if expired.len() == SWEEP {
+                            break;
+                        }
+                    }
+                }
+                for key in &expired {
+                    table
+                        .remove(key.as_str())
+                        .map_err(|e| failed(path, "sweep sessions", e))?;
+                }
+                table
+                    .insert(id.as_str(), stored.as_slice())
+                    .map_err(|e| failed(path, "write a session", e))?;
+            }
+            txn.commit().map_err(|e| failed(path, "commit", e))
+        })
+        .await
+    }
+
+    async fn session(&self, id: &str, now: Millis) -> Result<Option<Vec<u8>>, Error> {
+        let id = id.to_owned();
+        self.blocking(move |db, path| {
+            let txn = db.begin_read().map_err(|e| failed(path, "begin read", e))?;
+            let table = match txn.open_table(SESSIONS) {
+                Ok(table) => table,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+                Err(e) => return Err(failed(path, "open sessions", e)),
+            };
+            let stored = table.get(id.as_str()).map_err(|e| failed(path, "read a session", e))?;
+            Ok(stored.and_then(|v| super::live_session(v.value(), now)))
+        })
+        .await
+    }
+
+    async fn take_session(&self, id: &str, now: Millis) -> Result<Option<Vec<u8>>, Error> {
+        let id = id.to_owned();
+        self.blocking(move |db, path| {
+            let txn = db.begin_write().map_err(|e| failed(path, "begin write", e))?;
+            let taken = {
+                let mut table = txn.open_table(SESSIONS).map_err(|e| failed(path, "open sessions", e))?;
+                let removed = table
+                    .remove(id.as_str())
+                    .map_err(|e| failed(path, "take a session", e))?;
+                removed.and_then(|v| super::live_session(v.value(), now))
+            };
+            txn.commit().map_err(|e| failed(path, "commit", e))?;
+            Ok(taken)
+        })
+        .await
+    }
+
+    async fn delete_session(&self, id: &str) -> Result<(), Error> {
+        let id = id.to_owned();
+        self.blocking(move |db, path| {
+            let txn = db.begin_write().map_err(|e| failed(path, "begin write", e))?;
+            {
+                let mut table = txn.open_table(SESSIONS).map_err(|e| failed(path, "open sessions", e))?;
+                table
+                    .remove(id.as_str())
+                    .map_err(|e| failed(path, "end a session", e))?;
+            }
+            txn.commit().map_err(|e| failed(path, "commit", e))
         })
         .await
     }

@@ -17,7 +17,10 @@
 //!
 //! Key use times ([`CatalogStore::record_uses`]) are kept apart from the
 //! records and do not bump the version: a key used on every request must
-//! not make every process reload the catalogue.
+//! not make every process reload the catalogue. So are the console's
+//! sessions and sign-in links ([`CatalogStore::put_session`]): short-lived
+//! entries with an expiry, shared by every process so that a browser may
+//! land on any of them.
 
 pub mod embedded;
 pub mod redis;
@@ -172,4 +175,37 @@ pub trait CatalogStore: Send + Sync + 'static {
     /// The last use of every key that has one, by key id. Uses of deleted
     /// keys may linger; callers look up the keys they have.
     async fn uses(&self) -> Result<Vec<(String, Millis)>, Error>;
+
+    /// Keeps a session (or a one-time link) under `id` until `expires_at`,
+    /// replacing one of the same id. `id` is a digest of what the browser
+    /// holds, never the secret itself. Not versioned.
+    async fn put_session(&self, id: &str, body: &[u8], expires_at: Millis) -> Result<(), Error>;
+
+    /// The session `id`, unless it is gone or expired by `now`.
+    async fn session(&self, id: &str, now: Millis) -> Result<Option<Vec<u8>>, Error>;
+
+    /// The session `id` (unless gone or expired by `now`), removed in the
+    /// same step: of two callers taking the same id, at most one gets it.
+    /// How one-time links are spent.
+    async fn take_session(&self, id: &str, now: Millis) -> Result<Option<Vec<u8>>, Error>;
+
+    /// Removes the session `id`, if there is one.
+    async fn delete_session(&self, id: &str) -> Result<(), Error>;
+}
+
+/// A stored session: when it expires, then its body. Both backends keep
+/// this encoding, so an expiry is checked where the session is read.
+pub(crate) fn encode_session(body: &[u8], expires_at: Millis) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 + body.len());
+    out.extend_from_slice(&expires_at.to_be_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
+/// The body of a stored session still valid at `now`; `None` if it
+/// expired (or is too short to be one).
+pub(crate) fn live_session(stored: &[u8], now: Millis) -> Option<Vec<u8>> {
+    let (at, body) = stored.split_at_checked(8)?;
+    let expires_at = Millis::from_be_bytes(at.try_into().ok()?);
+    (now < expires_at).then(|| body.to_vec())
 }

@@ -8,7 +8,9 @@
 //!   byte;
 //! - [`version_key`], an integer: the catalogue's version, absent for a
 //!   store never written (version 0);
-//! - [`uses_key`], a hash: key id → its last use (ms).
+//! - [`uses_key`], a hash: key id → its last use (ms);
+//! - [`session_key`], one string per console session or one-time link:
+//!   its expiry then its body, expiring in Redis at the same time.
 //!
 //! Every call is one script run, so a reader never sees a change half
 //! applied and [`CatalogStore::apply`] is atomic on a single Redis and on a
@@ -49,6 +51,13 @@ pub fn version_key(prefix: &str) -> String {
 /// versioned.
 pub fn uses_key(prefix: &str) -> String {
     format!("{}uses", base(prefix))
+}
+
+/// `{prefix}:{catalog}:session:<id>`, a string: a console session or
+/// one-time link ([`CatalogStore::put_session`]), removed by Redis when it
+/// expires.
+pub fn session_key(prefix: &str, id: &str) -> String {
+    format!("{}session:{id}", base(prefix))
 }
 
 /// The field of a record in [`records_key`]: `<kind>/<id>`.
@@ -124,6 +133,35 @@ const USES_LUA: &str = r#"
 return redis.call('HGETALL', KEYS[1])
 "#;
 
+/// Put a session. KEYS: the session. ARGV: the stored value, its expiry
+/// (ms since the epoch).
+const PUT_SESSION_LUA: &str = r#"
+redis.call('SET', KEYS[1], ARGV[1], 'PXAT', ARGV[2])
+return 0
+"#;
+
+/// Read a session. KEYS: the session. Returns it, or nil.
+const SESSION_LUA: &str = r#"
+return redis.call('GET', KEYS[1])
+"#;
+
+/// Take a session. KEYS: the session. Returns it (nil if absent) and
+/// removes it, in one step.
+const TAKE_SESSION_LUA: &str = r#"
+local v = redis.call('GET', KEYS[1])
+if v then redis.call('DEL', KEYS[1]) end
+return v
+"#;
+
+/// Delete a session. KEYS: the session.
+const DELETE_SESSION_LUA: &str = r#"
+return redis.call('DEL', KEYS[1])
+"#;
+
+static PUT_SESSION: LazyLock<Script> = LazyLock::new(|| Script::new(PUT_SESSION_LUA));
+static SESSION: LazyLock<Script> = LazyLock::new(|| Script::new(SESSION_LUA));
+static TAKE_SESSION: LazyLock<Script> = LazyLock::new(|| Script::new(TAKE_SESSION_LUA));
+static DELETE_SESSION: LazyLock<Script> = LazyLock::new(|| Script::new(DELETE_SESSION_LUA));
 static VERSION: LazyLock<Script> = LazyLock::new(|| Script::new(VERSION_LUA));
 static APPLY: LazyLock<Script> = LazyLock::new(|| Script::new(APPLY_LUA));
 static LOAD: LazyLock<Script> = LazyLock::new(|| Script::new(LOAD_LUA));
@@ -181,6 +219,29 @@ impl RedisCatalog {
         Call {
             keys: vec![uses_key(&self.prefix)],
             args: Vec::new(),
+        }
+    }
+
+    /// A call on one session's key.
+    fn session_call(&self, id: &str) -> Call {
+        Call {
+            keys: vec![session_key(&self.prefix, id)],
+            args: Vec::new(),
+        }
+    }
+
+    /// A session read by `script` ([`SESSION`] or [`TAKE_SESSION`]),
+    /// still valid at `now`.
+    async fn read_session(
+        &self,
+        what: &str,
+        script: &'static Script,
+        id: &str,
+        now: Millis,
+    ) -> Result<Option<Vec<u8>>, Error> {
+        match self.run(what, script, self.session_call(id)).await? {
+            Value::Nil => Ok(None),
+            stored => Ok(super::live_session(&bytes_of(stored)?, now)),
         }
     }
 
@@ -325,6 +386,28 @@ impl CatalogStore for RedisCatalog {
                 Ok((key, at))
             })
             .collect()
+    }
+
+    async fn put_session(&self, id: &str, body: &[u8], expires_at: Millis) -> Result<(), Error> {
+        let mut call = self.session_call(id);
+        call.args.push(super::encode_session(body, expires_at));
+        call.arg(expires_at);
+        self.run("keep a console session", &PUT_SESSION, call).await?;
+        Ok(())
+    }
+
+    async fn session(&self, id: &str, now: Millis) -> Result<Option<Vec<u8>>, Error> {
+        self.read_session("read a console session", &SESSION, id, now).await
+    }
+
+    async fn take_session(&self, id: &str, now: Millis) -> Result<Option<Vec<u8>>, Error> {
+        self.read_session("spend a one-time link", &TAKE_SESSION, id, now).await
+    }
+
+    async fn delete_session(&self, id: &str) -> Result<(), Error> {
+        self.run("end a console session", &DELETE_SESSION, self.session_call(id))
+            .await?;
+        Ok(())
     }
 }
 
