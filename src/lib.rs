@@ -48,7 +48,10 @@
 //!   response, the error kind) and every event's body as ingested, in Redis
 //!   or a redb file of its own, trimmed by age and count in the background;
 //!   written by ingest and the dispatcher through one non-blocking
-//!   [`history::Recorder`], read by the admin API and event replay.
+//!   [`history::Recorder`], read by the admin API and event replay. It
+//!   also keeps per-minute aggregates of attempts (outcome, a latency
+//!   histogram, for all and per tenant: [`history::activity`]) as they are
+//!   recorded, for the overview of `GET /v1/stats`.
 //! - [`dispatch`]: the claim loop, bounded concurrency overall and per
 //!   subscription, per-subscription rate limits (buckets in the queue
 //!   backend, [`queue::rate`]), the
@@ -63,7 +66,8 @@
 //!   subscriptions in [`api::events`], retrying and bulk replay of failed
 //!   deliveries in [`api::recover`], subscriptions in
 //!   [`api::subscriptions`], tenants and keys in [`api::tenants`], the
-//!   event catalogue in [`api::event_types`], health) and a client of it
+//!   event catalogue in [`api::event_types`], the overview of delivery
+//!   activity in [`api::stats`], health) and a client of it
 //!   for the CLI. Every request is made by a
 //!   [`catalog::keys::Principal`] (admin, producer, tenant); a tenant sees
 //!   its own objects only, another's being a 404.

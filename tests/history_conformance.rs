@@ -10,11 +10,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use hookd::config::{HistoryConfig, QueueConfig, SubscriptionName};
+use hookd::history::activity::{MAX_MINUTES, MINUTE_MS};
 use hookd::history::embedded::EmbeddedHistory;
 use hookd::history::redis::RedisHistory;
 use hookd::history::{
-    redact_headers, AttemptRecord, DeliveryState, DeliverySummary, Entry, Error, ErrorKind, EventRecord, History,
-    ListFilter, SubscriptionStats, REDACTED,
+    redact_headers, Activity, AttemptCounts, AttemptRecord, DeliveryState, DeliverySummary, Entry, Error, ErrorKind,
+    EventRecord, History, ListFilter, SubscriptionStats, TenantVolume, REDACTED,
 };
 use hookd::ingest::EventId;
 use hookd::model::TenantId;
@@ -23,6 +24,9 @@ use support::{queue_config, test_config, unique_prefix, Home};
 
 /// A fixed "now" the tests' times are relative to.
 const T0: Millis = 1_700_000_000_000;
+/// The start of a minute, shortly after [`T0`]: the activity cases' times
+/// are relative to it.
+const M: Millis = 1_700_000_040_000;
 /// The response body limit of the tests' stores.
 const BODY_LIMIT: usize = 64;
 /// Secret values the redaction test sends; none may reach storage.
@@ -169,6 +173,60 @@ fn attempt(d: &DeliverySummary, n: u32, at: Millis, status: u16, body: &str) -> 
 
 fn attempted(attempt: AttemptRecord, state: DeliveryState) -> Entry {
     Entry::Attempted { attempt, state }
+}
+
+/// Attempt `n` of `d` started at `at`, answered `status` (`None`: timed
+/// out) after `ms`, as the dispatcher records it.
+fn timed(d: &DeliverySummary, n: u32, at: Millis, status: Option<u16>, ms: u64) -> Entry {
+    let mut a = attempt(d, n, at, status.unwrap_or(0), "");
+    a.status = status;
+    a.duration_ms = ms;
+    if status.is_none() {
+        a.error_kind = Some(ErrorKind::Timeout);
+        a.error = Some("timeout".into());
+    }
+    let state = if a.error.is_none() {
+        DeliveryState::Delivered
+    } else {
+        DeliveryState::Retrying
+    };
+    attempted(a, state)
+}
+
+/// A minute as the cases check it: (start, succeeded, failed, p50, p99).
+type Minute = (Millis, u64, u64, Option<u64>, Option<u64>);
+
+/// Every minute of `activity`, as [`Minute`]s.
+fn minutes(activity: &Activity) -> Vec<Minute> {
+    activity
+        .minutes
+        .iter()
+        .map(|m| {
+            let c = &m.counts;
+            (m.at, c.succeeded, c.failed, c.p50_ms(), c.p99_ms())
+        })
+        .collect()
+}
+
+/// Counts of `succeeded` and `failed` attempts whose latencies fell in the
+/// buckets of `durations` (ms).
+fn counts(succeeded: u64, failed: u64, durations: &[u64]) -> AttemptCounts {
+    let mut c = AttemptCounts {
+        succeeded,
+        failed,
+        ..AttemptCounts::default()
+    };
+    for &ms in durations {
+        c.latency[hookd::history::activity::latency_bucket(ms)] += 1;
+    }
+    c
+}
+
+fn volume(tenant_id: &str, attempts: u64) -> TenantVolume {
+    TenantVolume {
+        tenant: tenant(tenant_id),
+        attempts,
+    }
 }
 
 /// `n` deliveries to `subscription`, created one ms apart from `start`.
@@ -941,6 +999,8 @@ mod cases {
         );
         let stats = h.stats(&d.subscription).await.unwrap();
         assert_eq!((stats.delivered, stats.last_failure_at), (1, Some(T0 + 1)));
+        let activity = h.activity(None, T0, T0 + 1).await.unwrap();
+        assert_eq!(activity.totals(), counts(1, 1, &[25, 25]), "the activity survives too");
     }
 
     pub async fn the_same_event_id_is_one_record_per_tenant(fx: &mut Fixture) {
@@ -1371,6 +1431,147 @@ mod cases {
             ..ListFilter::default()
         };
         assert!(all_pages(&*h, &retrying, 100).await.is_empty());
+        let activity = h.activity(None, T0, T0 + 1).await.unwrap();
+        assert_eq!(
+            activity.totals(),
+            counts(64, 64, &[25; 128]),
+            "no attempt lost or counted twice"
+        );
+    }
+
+    pub async fn activity_counts_attempts_per_minute_by_outcome_and_owner(fx: &mut Fixture) {
+        let h = fx.h();
+        let shards = fx.shards();
+        assert_eq!(M % MINUTE_MS, 0, "M starts a minute");
+        let (acme, globex) = (tenant("acme"), tenant("globex"));
+        let a1 = created_for(&acme, "evt_act_1", "sub_a1", M, shards);
+        let g1 = created_for(&globex, "evt_act_2", "sub_g1", M, shards);
+        // The operator's subscription gets acme's event: nobody owns it.
+        let ops = created_for(&acme, "evt_act_3", "crm", M, shards);
+        let plain = created("evt_act_4", "crm", M, shards);
+        record_created(&*h, &[a1.clone(), g1.clone(), ops.clone(), plain.clone()]).await;
+        let m2 = M + 2 * MINUTE_MS;
+        // Two batches, minutes M and M + 2 in each: deltas add up.
+        h.record(&[
+            timed(&a1, 1, M + 1_000, Some(500), 3),
+            timed(&a1, 2, M + 30_000, Some(200), 40),
+            timed(&plain, 1, m2 + 5, Some(204), 45_000),
+        ])
+        .await
+        .unwrap();
+        h.record(&[
+            timed(&g1, 1, M + MINUTE_MS - 1, Some(201), 150),
+            timed(&ops, 1, M, None, 10_000),
+            timed(&a1, 3, m2, Some(200), 1),
+        ])
+        .await
+        .unwrap();
+
+        // Every attempt, minute by minute, quiet ones included; quantiles
+        // are bucket bounds, 30,000 for one past the last.
+        let all = h.activity(None, M + 30_000, m2 + 1).await.unwrap();
+        assert_eq!((all.from, all.to), (M, M + 3 * MINUTE_MS), "whole minutes");
+        assert_eq!(
+            minutes(&all),
+            vec![
+                (M, 2, 2, Some(50), Some(10_000)),
+                (M + MINUTE_MS, 0, 0, None, None),
+                (m2, 2, 0, Some(1), Some(30_000)),
+            ]
+        );
+        assert_eq!(all.minutes[0].counts, counts(2, 2, &[3, 40, 150, 10_000]));
+        assert_eq!(all.minutes[2].counts, counts(2, 0, &[1, 45_000]));
+        let totals = all.totals();
+        assert_eq!(totals, counts(4, 2, &[3, 40, 150, 10_000, 1, 45_000]));
+        assert_eq!((totals.p50_ms(), totals.p99_ms()), (Some(50), Some(30_000)));
+        assert_eq!(
+            all.tenants,
+            vec![volume("acme", 3), volume("globex", 1)],
+            "by owner, most first: the operator's attempt is nobody's"
+        );
+
+        // A tenant's view: the attempts to the subscriptions it owns.
+        let of_acme = h.activity(Some(&acme), M, m2 + 1).await.unwrap();
+        assert_eq!(
+            minutes(&of_acme),
+            vec![
+                (M, 1, 1, Some(5), Some(50)),
+                (M + MINUTE_MS, 0, 0, None, None),
+                (m2, 1, 0, Some(1), Some(1)),
+            ]
+        );
+        assert!(of_acme.tenants.is_empty(), "volumes are the all view's");
+        let of_globex = h.activity(Some(&globex), M, m2 + 1).await.unwrap();
+        assert_eq!(of_globex.totals(), counts(1, 0, &[150]));
+        let nobody = h.activity(Some(&tenant("nobody")), M, m2 + 1).await.unwrap();
+        assert_eq!(nobody.minutes.len(), 3);
+        assert_eq!(nobody.totals(), AttemptCounts::default());
+
+        // Window bounds: `to` is exclusive, `from` counts from its minute;
+        // volumes are the window's.
+        let first_two = h.activity(None, M, m2).await.unwrap();
+        assert_eq!(
+            first_two.minutes.iter().map(|m| m.at).collect::<Vec<_>>(),
+            vec![M, M + MINUTE_MS]
+        );
+        assert_eq!(first_two.tenants, vec![volume("acme", 2), volume("globex", 1)]);
+        let last = h.activity(None, M + MINUTE_MS, m2 + MINUTE_MS).await.unwrap();
+        assert_eq!(last.tenants, vec![volume("acme", 1)]);
+        assert!(h.activity(None, m2, m2).await.unwrap().minutes.is_empty());
+        // A day ending in m2 is 1,441 minutes; a longer window its latest.
+        let day = h.activity(None, m2 - 24 * 60 * MINUTE_MS, m2 + 1).await.unwrap();
+        assert_eq!(day.minutes.len(), MAX_MINUTES);
+        assert_eq!((day.from, day.to), (m2 - 24 * 60 * MINUTE_MS, m2 + MINUTE_MS));
+        assert_eq!(day.totals(), totals);
+        let week = h.activity(None, m2 - 7 * 24 * 60 * MINUTE_MS, m2 + 1).await.unwrap();
+        assert_eq!(week, day);
+    }
+
+    pub async fn activity_outlives_the_log_and_expires_after_a_day(fx: &mut Fixture) {
+        let h = fx.h();
+        let shards = fx.shards();
+        let acme = tenant("acme");
+        let old = created_for(&acme, "evt_act_old", "sub_a1", M, shards);
+        let young = created_for(&acme, "evt_act_young", "sub_a1", M + 24 * 3_600_000, shards);
+        record_created(&*h, &[old.clone(), young.clone()]).await;
+        h.record(&[
+            timed(&old, 1, M, Some(200), 20),
+            timed(&young, 1, young.created_at, Some(500), 20),
+        ])
+        .await
+        .unwrap();
+        let of = |at: Millis| {
+            let h = h.clone();
+            let acme = acme.clone();
+            async move {
+                let all = h.activity(None, at, at + 1).await.unwrap().totals().attempts();
+                let own = h.activity(Some(&acme), at, at + 1).await.unwrap().totals().attempts();
+                (all, own)
+            }
+        };
+
+        // Trimming the log does not lower the counts.
+        trim_all(&*h, M + 3_600_000, Duration::from_secs(60), 1_000).await;
+        assert!(h.delivery(&old.id).await.unwrap().is_none(), "the log is trimmed");
+        assert!(h.delivery(&young.id).await.unwrap().is_some());
+        assert_eq!(of(M).await, (1, 1), "counts outlive the log's retention");
+        match &fx.home {
+            Home::Embedded { .. } => {
+                // Trim removes minutes older than 25 h before its `now`.
+                trim_all(&*h, M + 26 * 3_600_000, Duration::from_secs(7 * 24 * 3600), 1_000).await;
+                assert_eq!(of(M).await, (0, 0), "the old minute is gone");
+                assert_eq!(of(young.created_at).await, (1, 1), "a day later: kept");
+            }
+            Home::Redis(server) => {
+                // Keys expire a bit over a day after their last count.
+                let prefix = &fx.queue.key_prefix;
+                for tenant in [None, Some("acme")] {
+                    let key = hookd::history::redis::activity_key(prefix, shards, M, tenant);
+                    let ttl: u64 = server.command(&["TTL", &key]).parse().expect("a TTL");
+                    assert!((24 * 3600..=25 * 3600).contains(&ttl), "{key}: TTL {ttl}");
+                }
+            }
+        }
     }
 }
 
@@ -1410,6 +1611,8 @@ macro_rules! conformance {
             case!($open, an_attempt_first_files_its_delivery_under_its_tenant);
             case!($open, a_note_logged_after_the_first_attempt_is_kept);
             case!($open, trimming_removes_tenant_records_and_index_entries);
+            case!($open, activity_counts_attempts_per_minute_by_outcome_and_owner);
+            case!($open, activity_outlives_the_log_and_expires_after_a_day);
         }
     };
 }

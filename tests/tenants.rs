@@ -11,6 +11,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use hookd::api::client::ApiClient;
+use hookd::api::stats::Stats;
 use hookd::config::Config;
 use serde_json::{json, Value};
 use support::daemon::{Hookd, WAIT};
@@ -983,8 +984,144 @@ async fn tenants_use_the_operators_registered_plugins_by_name() {
     hookd.stop().await;
 }
 
-/// The two cases that every backend must pass alike: fan-out and dedup by
-/// tenant, and isolation on every route.
+/// The stats a client gets, typed as the server answers them.
+async fn stats_of(client: &ApiClient, query: &str) -> Stats {
+    let answer = client.get(&format!("/v1/stats{query}")).await.unwrap();
+    serde_json::from_value(answer).expect("a Stats answer")
+}
+
+/// The overview of `GET /v1/stats`, from real deliveries to a receiver
+/// answering 200 and one answering 500: an admin sees every attempt, the
+/// queue's depth and the attempts per tenant, failing subscriptions worst
+/// first; a tenant its own only; a producer nothing.
+async fn stats_show_each_caller_its_own_activity(backend: Backend) {
+    let ok = Receiver::start_with(|_, _, _| Answer::Status(200, vec![])).await;
+    let down = Receiver::start_with(|_, _, _| Answer::Status(500, vec![])).await;
+    let dir = tempfile::tempdir().unwrap();
+    let extra = format!(
+        "[[subscriptions]]\nname = \"ops\"\nurl = \"{}\"\nevents = [\"*\"]\nsecrets = [\"{SECRET}\"]\n",
+        ok.url("ops")
+    );
+    let (mut config, _redis) = config_on(backend, dir.path(), "tenants_stats", &extra);
+    // A failed attempt is the delivery's last: exact counts, and a dead one.
+    config.delivery.max_retries = 0;
+    let hookd = Hookd::start(config).await;
+    let admin = hookd.api.clone();
+    let acme = tenant(&admin, "acme", None).await;
+    let globex = tenant(&admin, "globex", None).await;
+    let up = subscribe(&acme, &ok, "acme-up", json!(["coupon.*"])).await;
+    let failing = subscribe(&globex, &down, "globex-down", json!(["coupon.*"])).await;
+    let (up, failing) = (up["id"].as_str().unwrap(), failing["id"].as_str().unwrap());
+    for (id, tenant) in [("evt_s1", "acme"), ("evt_s2", "acme"), ("evt_s3", "globex")] {
+        hookd
+            .send(json!({"type": "coupon.redeemed", "id": id, "tenant": tenant, "data": {"coupon": "C"}}))
+            .await;
+    }
+    // acme-up 2 and ops 3 succeed; globex-down fails once and is dead.
+    let answer = hookd
+        .wait_for("/v1/stats", "every attempt counted, settled and in the health", |s| {
+            s["totals"]["succeeded"] == 5
+                && s["totals"]["failed"] == 1
+                && s["queue"] == json!({"due": 0, "scheduled": 0, "parked": 0, "dead": 1})
+                && s["failing"].as_array().is_some_and(|f| f.len() == 1)
+        })
+        .await;
+    assert_eq!(down.at("globex-down").len(), 1);
+    assert!(ok.arrivals().iter().all(|a| a.verified));
+
+    // The admin's view: every minute of the hour, the queue, the tenants.
+    let all: Stats = serde_json::from_value(answer.clone()).expect("a Stats answer");
+    assert_eq!(all.window, hookd::api::stats::Window::Hour);
+    assert_eq!(all.minutes.len(), 61, "60 minutes and the one under way");
+    assert_eq!(all.minutes[0].at, all.from);
+    assert_eq!(all.to - all.from, chrono::Duration::minutes(61));
+    assert!(all
+        .minutes
+        .windows(2)
+        .all(|w| w[1].at - w[0].at == chrono::Duration::minutes(1)));
+    assert!(
+        all.to > chrono::Utc::now() - chrono::Duration::seconds(1),
+        "the minute under way is in"
+    );
+    let sum: u64 = all.minutes.iter().map(|m| m.succeeded + m.failed).sum();
+    assert_eq!(sum, 6, "the minutes add up to the totals");
+    assert!(all
+        .minutes
+        .iter()
+        .all(|m| (m.p50_ms.is_some()) == (m.succeeded + m.failed > 0)));
+    assert!(all.totals.p50_ms.is_some() && all.totals.p99_ms >= all.totals.p50_ms);
+    let tenants: Vec<(&str, u64)> = all
+        .tenants
+        .as_ref()
+        .expect("tenants, for an admin")
+        .iter()
+        .map(|t| (t.tenant.as_str(), t.attempts))
+        .collect();
+    assert_eq!(
+        tenants,
+        vec![("acme", 2), ("globex", 1)],
+        "by owner: the operator's are nobody's"
+    );
+    assert_eq!(all.failing.len(), 1, "{answer:#}");
+    let worst = &all.failing[0];
+    assert_eq!(
+        (
+            worst.id.as_str(),
+            worst.name.as_str(),
+            worst.tenant.as_ref().map(|t| t.as_str())
+        ),
+        (failing, "globex-down", Some("globex"))
+    );
+    assert_eq!((worst.status.as_str(), worst.consecutive_failures), ("active", 1));
+    assert!(
+        worst.failing_since.is_some() && worst.last_failure_at.is_some(),
+        "{answer:#}"
+    );
+    let day = stats_of(&admin, "?window=day").await;
+    assert_eq!(day.minutes.len(), 1441);
+    assert_eq!((day.totals.succeeded, day.totals.failed), (5, 1));
+
+    // A tenant's view: its own attempts and subscriptions, nothing else.
+    let of_acme = acme.get("/v1/stats").await.unwrap();
+    assert!(
+        of_acme.get("queue").is_none() && of_acme.get("tenants").is_none(),
+        "{of_acme:#}"
+    );
+    let of_acme: Stats = serde_json::from_value(of_acme).unwrap();
+    assert_eq!((of_acme.totals.succeeded, of_acme.totals.failed), (2, 0));
+    assert!(of_acme.failing.is_empty());
+    let of_globex = stats_of(&globex, "?window=hour").await;
+    assert_eq!((of_globex.totals.succeeded, of_globex.totals.failed), (0, 1));
+    assert_eq!(of_globex.failing.len(), 1);
+    let seen_by_admin = stats_of(&admin, "?tenant=globex").await;
+    assert_eq!(
+        (seen_by_admin.totals, seen_by_admin.failing, seen_by_admin.queue),
+        (of_globex.totals, of_globex.failing, None),
+        "an admin sees globex's view"
+    );
+    assert_eq!(status(&acme.get("/v1/stats?tenant=globex").await), 404);
+    assert_eq!(status(&admin.get("/v1/stats?tenant=nobody").await), 404);
+    assert_eq!(status(&admin.get("/v1/stats?window=week").await), 400);
+    let producer = admin
+        .post("/v1/tenants/acme/keys", json!({"role": "producer"}).to_string())
+        .await
+        .unwrap();
+    let producer = admin.with_key(producer["key"].as_str().unwrap());
+    assert_eq!(status(&producer.get("/v1/stats").await), 403);
+
+    // Disabled comes first, then the most failures in a row.
+    acme.post(&format!("/v1/subscriptions/{up}/disable"), "").await.unwrap();
+    let all = stats_of(&admin, "").await;
+    let order: Vec<(&str, &str)> = all.failing.iter().map(|f| (f.id.as_str(), f.status.as_str())).collect();
+    assert_eq!(order, vec![(up, "disabled"), (failing, "active")]);
+    let of_acme = stats_of(&acme, "").await;
+    assert_eq!(of_acme.failing.len(), 1, "its own only");
+    assert_eq!(of_acme.failing[0].id.as_str(), up);
+    hookd.stop().await;
+}
+
+/// The cases that every backend must pass alike: fan-out and dedup by
+/// tenant, isolation on every route, and the stats each caller sees.
 macro_rules! on_every_backend {
     ($($module:ident => $backend:expr),*) => {$(
         mod $module {
@@ -998,6 +1135,11 @@ macro_rules! on_every_backend {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn a_tenant_sees_and_touches_nothing_of_another() {
                 super::a_tenant_sees_and_touches_nothing_of_another($backend).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn stats_show_each_caller_its_own_activity() {
+                super::stats_show_each_caller_its_own_activity($backend).await;
             }
         }
     )*};

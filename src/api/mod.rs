@@ -8,6 +8,9 @@
 //!   [`events`]: an event replayed to its subscriptions from the log;
 //!   [`recover`]: retry one delivery now, replay a subscription's failed
 //!   deliveries in bulk; [`subscriptions`]: status, enable, disable.
+//! - [`stats`]: `GET /v1/stats?window=hour|day`, attempts per minute by
+//!   outcome and latency, failing subscriptions, queue depth and volume per
+//!   tenant: an overview for a console.
 //! - `GET /healthz` (the process is up), `GET /readyz` (the queue answers).
 //! - `GET /metrics`: Prometheus metrics (OpenMetrics text), no authentication.
 //!
@@ -19,6 +22,7 @@ pub mod client;
 pub mod event_types;
 pub mod events;
 pub mod recover;
+pub mod stats;
 pub mod subscriptions;
 pub mod tenants;
 
@@ -184,6 +188,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .merge(subscriptions::routes())
         .merge(tenants::routes())
         .merge(event_types::routes())
+        .merge(stats::routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
         .nest("/v1", v1)

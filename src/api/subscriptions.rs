@@ -130,7 +130,9 @@ pub struct SubscriptionAnswer {
     pub secret: Option<String>,
 }
 
-async fn describe(state: &ApiState, sub: &SubscriptionConfig) -> Result<SubscriptionAnswer, ApiError> {
+/// `sub` as the API shows it: its state and health from the state store,
+/// its counts from the delivery log, its owner and spec from the catalogue.
+pub(super) async fn describe(state: &ApiState, sub: &SubscriptionConfig) -> Result<SubscriptionAnswer, ApiError> {
     let s = state.state.subscription_state(&sub.name).await?;
     let stats = state.history.stats(&sub.name).await.map_err(|e| {
         ApiError::new(

@@ -7,6 +7,12 @@
 //! answers each caller (group commit). Reads use their own read
 //! transactions on the blocking pool.
 //!
+//! The per-minute activity ([`super::activity`]) is a table of its own:
+//! (minute, view) → the minute's counts, added to in the transaction that
+//! records the attempts; [`History::trim`] removes minutes older than
+//! [`activity::RETENTION`] (up to [`TRIM_BATCH`] a call, not counted in
+//! what it returns: those are deliveries and event records).
+//!
 //! Commits are not fsynced one by one: the writer forces a durable commit
 //! at least every [`DURABLE_EVERY`] and on close, so a crash loses at most
 //! that much of the log (a clean close loses nothing). The log is a record
@@ -25,9 +31,10 @@ use redb::{
 };
 use tokio::sync::{mpsc, oneshot};
 
+use super::activity::{self, MinuteKey, MinuteRecord};
 use super::{
-    apply, event_key, index_for, indices, parse_cursor, AttemptRecord, Counters, DeliverySummary, Entry, Error,
-    EventRecord, History, ListFilter, Page, SubscriptionStats, TRIM_BATCH,
+    apply, event_key, index_for, indices, parse_cursor, Activity, AttemptRecord, Counters, DeliverySummary, Entry,
+    Error, EventRecord, History, ListFilter, Page, SubscriptionStats, TRIM_BATCH,
 };
 use crate::config::{HistoryConfig, QueueConfig, SubscriptionName};
 use crate::ingest::EventId;
@@ -66,6 +73,16 @@ const EVENT_RECORDS: TableDefinition<&str, (&str, i64, &[u8])> = TableDefinition
 /// (created at, event key): [`EVENT_RECORDS`] oldest first, for trimming;
 /// creation times below 0 are stored as 0.
 const EVENT_TIMES: TableDefinition<(i64, &str), ()> = TableDefinition::new("event_times");
+/// (minute start, view) → that minute's [`MinuteRecord`] JSON: the
+/// attempts counted in it ([`super::activity`]). The view is
+/// [`ALL_VIEW`] for every attempt (with each tenant's volume), a tenant id
+/// for that tenant's own. Added to by every record of attempts; minutes
+/// older than [`activity::RETENTION`] removed by trim.
+const ACTIVITY: TableDefinition<(i64, &str), &[u8]> = TableDefinition::new("activity");
+
+/// The view name of every attempt in [`ACTIVITY`]: empty, which no tenant
+/// id is.
+const ALL_VIEW: &str = "";
 
 /// Most calls the writer applies in one transaction.
 const MAX_GROUP: usize = 256;
@@ -81,6 +98,8 @@ enum Op {
     Trim {
         /// Deliveries and event records created before this go.
         cutoff: Millis,
+        /// Activity minutes that started before this go.
+        activity_cutoff: Millis,
         /// Most deliveries kept, and most event records.
         max_count: usize,
         reply: Reply<u64>,
@@ -223,9 +242,16 @@ fn apply_group(db: &Database, group: &[Op], durable: bool, body_limit: usize) ->
                     for entry in entries {
                         tables.record(entry, body_limit)?;
                     }
+                    tables.count_activity(entries)?;
                     0
                 }
-                Op::Trim { cutoff, max_count, .. } => {
+                Op::Trim {
+                    cutoff,
+                    activity_cutoff,
+                    max_count,
+                    ..
+                } => {
+                    tables.trim_activity(*activity_cutoff)?;
                     tables.trim(*cutoff, *max_count)? + tables.trim_events(*cutoff, *max_count)?
                 }
             });
@@ -253,6 +279,8 @@ struct Tables<'txn> {
     event_records: Table<'txn, &'static str, (&'static str, i64, &'static [u8])>,
     /// [`EVENT_TIMES`].
     event_times: Table<'txn, (i64, &'static str), ()>,
+    /// [`ACTIVITY`].
+    activity: Table<'txn, (i64, &'static str), &'static [u8]>,
     /// Counters read and changed in this transaction, by subscription.
     counters: HashMap<String, Counters>,
 }
@@ -267,6 +295,7 @@ impl<'txn> Tables<'txn> {
             stats: txn.open_table(STATS)?,
             event_records: txn.open_table(EVENT_RECORDS)?,
             event_times: txn.open_table(EVENT_TIMES)?,
+            activity: txn.open_table(ACTIVITY)?,
             counters: HashMap::new(),
         })
     }
@@ -355,6 +384,40 @@ impl<'txn> Tables<'txn> {
         }
         let json = serde_json::to_vec(after).unwrap_or_default();
         self.summaries.insert(id, json.as_slice())?;
+        Ok(())
+    }
+
+    /// Adds the attempts among `entries` to their minutes' activity
+    /// ([`activity::deltas`]): one read and one write per minute and view.
+    fn count_activity(&mut self, entries: &[Entry]) -> Result<(), StoreError> {
+        for (MinuteKey { minute, view }, delta) in activity::deltas(entries) {
+            let view = view.as_ref().map_or(ALL_VIEW, TenantId::as_str);
+            let mut record = match self.activity.get((minute, view))? {
+                Some(bytes) => serde_json::from_slice::<MinuteRecord>(bytes.value()).unwrap_or_else(|e| {
+                    tracing::error!(minute, view, error = %e, "corrupt activity minute; counting it again from zero");
+                    MinuteRecord::default()
+                }),
+                None => MinuteRecord::default(),
+            };
+            record.add(&delta);
+            let json = serde_json::to_vec(&record).unwrap_or_default();
+            self.activity.insert((minute, view), json.as_slice())?;
+        }
+        Ok(())
+    }
+
+    /// Removes up to [`TRIM_BATCH`] activity minutes that started before
+    /// `cutoff`, oldest first.
+    fn trim_activity(&mut self, cutoff: Millis) -> Result<(), StoreError> {
+        let mut old: Vec<(i64, String)> = Vec::new();
+        for entry in self.activity.range((i64::MIN, "")..(cutoff, ""))?.take(TRIM_BATCH) {
+            let (key, _) = entry?;
+            let (minute, view) = key.value();
+            old.push((minute, view.to_owned()));
+        }
+        for (minute, view) in &old {
+            self.activity.remove((*minute, view.as_str()))?;
+        }
         Ok(())
     }
 
@@ -635,11 +698,38 @@ impl History for EmbeddedHistory {
         .await
     }
 
+    async fn activity(&self, tenant: Option<&TenantId>, from: Millis, to: Millis) -> Result<Activity, Error> {
+        let view = tenant.map_or(ALL_VIEW, TenantId::as_str).to_owned();
+        let minutes = activity::window_minutes(from, to);
+        self.read(move |txn| {
+            let table = txn.open_table(ACTIVITY).map_err(read_err)?;
+            let mut records = Vec::with_capacity(minutes.len());
+            for &minute in &minutes {
+                let record = match table.get((minute, view.as_str())).map_err(read_err)? {
+                    Some(bytes) => {
+                        Some(
+                            serde_json::from_slice::<MinuteRecord>(bytes.value()).map_err(|e| Error::Corrupt {
+                                key: format!("activity of minute {minute}, view `{view}`"),
+                                reason: e.to_string(),
+                            })?,
+                        )
+                    }
+                    None => None,
+                };
+                records.push(record);
+            }
+            Ok(activity::assemble(&minutes, records))
+        })
+        .await
+    }
+
     async fn trim(&self, now: Millis, max_age: Duration, max_count: usize) -> Result<u64, Error> {
         let age = Millis::try_from(max_age.as_millis()).unwrap_or(Millis::MAX);
         let cutoff = now.saturating_sub(age);
+        let retention = Millis::try_from(activity::RETENTION.as_millis()).unwrap_or(Millis::MAX);
         self.submit(|reply| Op::Trim {
             cutoff,
+            activity_cutoff: now.saturating_sub(retention),
             max_count,
             reply,
         })

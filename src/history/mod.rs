@@ -76,6 +76,16 @@
 //! combination of the tenant, subscription and state filters has an index
 //! of its own, so every listing is one range read per shard.
 //!
+//! ## Activity
+//!
+//! [`History::record`] also keeps, per minute, how many attempts succeeded
+//! (2xx) and failed and a latency histogram, for every attempt and for each
+//! tenant's own ([`activity`]): one function computes a batch's deltas per
+//! minute and view, which each backend then adds once per key. Read with
+//! [`History::activity`] for an overview of the last hour or day; kept for
+//! [`activity::RETENTION`] (the Redis keys expire, the embedded store's
+//! [`History::trim`] removes older minutes), whatever the log's retention.
+//!
 //! ## Retention
 //!
 //! [`History::trim`] removes deliveries (with their attempts, index entries
@@ -91,6 +101,7 @@
 //! shards are filled evenly by the hash of event ids, so the total stays
 //! close to `max_count`.
 
+pub mod activity;
 pub mod embedded;
 pub mod redis;
 
@@ -111,6 +122,8 @@ use crate::config::{HistoryConfig, SubscriptionName};
 use crate::ingest::EventId;
 use crate::model::{owner_of, TenantId};
 use crate::queue::{Delivery, DeliveryId, Millis};
+
+pub use activity::{Activity, AttemptCounts, MinuteActivity, TenantVolume};
 
 /// The value stored in place of a secret header value.
 pub const REDACTED: &str = "[redacted]";
@@ -553,6 +566,15 @@ pub trait History: Send + Sync + 'static {
     /// Counts of a subscription's retained deliveries. Cheap: kept as
     /// counters, never a scan.
     async fn stats(&self, subscription: &SubscriptionName) -> Result<SubscriptionStats, Error>;
+
+    /// The attempts per minute of `tenant`'s view (the attempts to the
+    /// subscriptions it owns), or with `None` of every attempt along with
+    /// each tenant's volume, over the whole minutes of `[from, to)` (from
+    /// the minute `from` falls in; at most [`activity::MAX_MINUTES`], the
+    /// latest), quiet minutes included. Cheap: kept as per-minute
+    /// aggregates while attempts are recorded (see [`activity`]), read with
+    /// one bounded request, never a scan of the log.
+    async fn activity(&self, tenant: Option<&TenantId>, from: Millis, to: Millis) -> Result<Activity, Error>;
 
     /// Removes up to [`TRIM_BATCH`] deliveries created before
     /// `now - max_age` or beyond `max_count` (oldest first), with their

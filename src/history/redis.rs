@@ -29,17 +29,26 @@
 //! Reads that span shards (listing, an event, stats) query every shard and
 //! merge: one pipeline on a single Redis, one per shard concurrently on a
 //! cluster.
+//!
+//! The per-minute activity ([`super::activity`]) is one hash per minute and
+//! view ([`activity_key`]), in the shard the minute's number names, so the
+//! minutes of a day spread over every shard. After a record call's scripts,
+//! its deltas go in one more round of pipelines: an `HINCRBY` per field
+//! changed and one `EXPIRE` ([`activity::RETENTION`]) per key. They are not
+//! atomic with the scripts: a failure between the two loses that batch's
+//! counts, never more (the log itself is best effort the same way).
 
 use std::collections::HashMap;
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use ::redis::{Script, Value};
+use ::redis::{Cmd, Script, Value};
 use futures_util::future::try_join_all;
 
+use super::activity::{self, MinuteRecord, LATENCY_BUCKETS};
 use super::{
-    parse_cursor, position, time_prefix, AttemptRecord, Counters, DeliveryState, DeliverySummary, Entry, Error,
-    EventRecord, History, ListFilter, Page, SubscriptionStats, TRIM_BATCH,
+    parse_cursor, position, time_prefix, Activity, AttemptRecord, Counters, DeliveryState, DeliverySummary, Entry,
+    Error, EventRecord, History, ListFilter, Page, SubscriptionStats, TRIM_BATCH,
 };
 use crate::config::{HistoryConfig, QueueConfig, SubscriptionName};
 use crate::ingest::EventId;
@@ -112,6 +121,75 @@ pub fn event_record_key(prefix: &str, shard: u16, event: &str) -> String {
 /// removes.
 pub fn event_times_key(prefix: &str, shard: u16) -> String {
     format!("{}events", shard_base(prefix, shard))
+}
+
+/// `{prefix}:h:{N}:m:<minute>` (the all view) and
+/// `{prefix}:h:{N}:m:<minute>:<tenant>` (a tenant's view), hashes: the
+/// attempts counted in the minute that starts at `<minute>` (ms)
+/// ([`super::activity`]): `s` succeeded, `f` failed, `l0` … `l14` per
+/// latency bucket, and in the all view `t:<tenant>` the attempts each
+/// tenant owns. `N` is [`activity_shard`]. Added to (`HINCRBY`) after each
+/// record call, which also sets its `EXPIRE` to [`activity::RETENTION`].
+pub fn activity_key(prefix: &str, shards: u16, minute: Millis, tenant: Option<&str>) -> String {
+    let base = shard_base(prefix, activity_shard(minute, shards));
+    match tenant {
+        None => format!("{base}m:{minute}"),
+        Some(tenant) => format!("{base}m:{minute}:{tenant}"),
+    }
+}
+
+/// The shard of a minute's activity keys: the minute's number (since the
+/// epoch) modulo the shards, so consecutive minutes go to every shard in
+/// turn.
+pub fn activity_shard(minute: Millis, shards: u16) -> u16 {
+    let shards = Millis::from(shards.max(1));
+    u16::try_from(minute.div_euclid(activity::MINUTE_MS).rem_euclid(shards)).unwrap_or(0)
+}
+
+/// The fields of an [`activity_key`] hash a delta changes, with how much:
+/// only those it changes.
+fn activity_fields(record: &MinuteRecord) -> Vec<(String, u64)> {
+    let counts = &record.counts;
+    let mut fields = vec![("s".to_owned(), counts.succeeded), ("f".to_owned(), counts.failed)];
+    for (i, &n) in counts.latency.iter().enumerate() {
+        fields.push((format!("l{i}"), n));
+    }
+    for (tenant, &n) in &record.tenants {
+        fields.push((format!("t:{tenant}"), n));
+    }
+    fields.retain(|(_, n)| *n > 0);
+    fields
+}
+
+/// A minute's record from its [`activity_key`] hash's fields.
+fn activity_from(key: &str, fields: HashMap<String, String>) -> Result<MinuteRecord, Error> {
+    let mut record = MinuteRecord::default();
+    for (field, value) in fields {
+        let n = value.parse::<u64>().map_err(|_| Error::Corrupt {
+            key: key.to_owned(),
+            reason: format!("field {field} is not a count: {value}"),
+        })?;
+        match field.as_str() {
+            "s" => record.counts.succeeded = n,
+            "f" => record.counts.failed = n,
+            _ => {
+                if let Some(tenant) = field.strip_prefix("t:") {
+                    let tenant = TenantId::parse(tenant).map_err(|reason| Error::Corrupt {
+                        key: key.to_owned(),
+                        reason,
+                    })?;
+                    record.tenants.insert(tenant, n);
+                } else if let Some(i) = field
+                    .strip_prefix('l')
+                    .and_then(|i| i.parse::<usize>().ok())
+                    .filter(|&i| i < LATENCY_BUCKETS)
+                {
+                    record.counts.latency[i] = n;
+                }
+            }
+        }
+    }
+    Ok(record)
 }
 
 /// Most entries one record script run applies, so no run holds Redis long.
@@ -470,6 +548,36 @@ impl RedisHistory {
         Ok(call)
     }
 
+    /// Adds the attempts among `entries` to their minutes' activity
+    /// ([`activity::deltas`]): per minute and view, one `HINCRBY` per field
+    /// it changes and one `EXPIRE`, in one pipeline per shard.
+    async fn count_activity(&self, entries: &[Entry]) -> Result<(), Error> {
+        let deltas = activity::deltas(entries);
+        if deltas.is_empty() {
+            return Ok(());
+        }
+        let mut batches: Vec<Vec<Cmd>> = (0..self.shards).map(|_| Vec::new()).collect();
+        for (key, delta) in &deltas {
+            let name = activity_key(
+                &self.prefix,
+                self.shards,
+                key.minute,
+                key.view.as_ref().map(TenantId::as_str),
+            );
+            let batch = &mut batches[usize::from(activity_shard(key.minute, self.shards))];
+            for (field, n) in activity_fields(delta) {
+                let mut cmd = ::redis::cmd("HINCRBY");
+                cmd.arg(&name).arg(field).arg(n);
+                batch.push(cmd);
+            }
+            let mut expire = ::redis::cmd("EXPIRE");
+            expire.arg(&name).arg(activity::RETENTION.as_secs());
+            batch.push(expire);
+        }
+        self.redis.per_shard("count activity", batches).await?;
+        Ok(())
+    }
+
     /// The summaries of `ids` (each with its shard), in the order given;
     /// ids whose summary is gone (trimmed meanwhile) are left out.
     async fn summaries(&self, ids: &[(u16, String)]) -> Result<Vec<DeliverySummary>, Error> {
@@ -535,7 +643,7 @@ impl History for RedisHistory {
             });
         }
         try_join_all(runs).await?;
-        Ok(())
+        self.count_activity(entries).await
     }
 
     async fn delivery(&self, id: &DeliveryId) -> Result<Option<(DeliverySummary, Vec<AttemptRecord>)>, Error> {
@@ -741,6 +849,40 @@ impl History for RedisHistory {
         Ok(total.stats())
     }
 
+    async fn activity(&self, tenant: Option<&TenantId>, from: Millis, to: Millis) -> Result<Activity, Error> {
+        let minutes = activity::window_minutes(from, to);
+        let tenant = tenant.map(TenantId::as_str);
+        let key = |minute| activity_key(&self.prefix, self.shards, minute, tenant);
+        let shard = |minute| usize::from(activity_shard(minute, self.shards));
+        let mut batches: Vec<Vec<Cmd>> = (0..self.shards).map(|_| Vec::new()).collect();
+        for &minute in &minutes {
+            let mut cmd = ::redis::cmd("HGETALL");
+            cmd.arg(key(minute));
+            batches[shard(minute)].push(cmd);
+        }
+        let mut replies: Vec<_> = self
+            .redis
+            .per_shard("read activity", batches)
+            .await?
+            .into_iter()
+            .map(Vec::into_iter)
+            .collect();
+        let mut records = Vec::with_capacity(minutes.len());
+        for &minute in &minutes {
+            let reply = replies
+                .get_mut(shard(minute))
+                .and_then(Iterator::next)
+                .unwrap_or(Value::Nil);
+            let fields = fields_of(reply)?;
+            records.push(if fields.is_empty() {
+                None
+            } else {
+                Some(activity_from(&key(minute), fields)?)
+            });
+        }
+        Ok(activity::assemble(&minutes, records))
+    }
+
     async fn trim(&self, now: Millis, max_age: Duration, max_count: usize) -> Result<u64, Error> {
         let age = Millis::try_from(max_age.as_millis()).unwrap_or(Millis::MAX);
         let cutoff_ms = now.saturating_sub(age);
@@ -901,6 +1043,35 @@ mod tests {
         assert_eq!(stats_key("hookd", 3, "crm"), "hookd:h:{3}:stats:crm");
         assert_eq!(event_record_key("hookd", 3, "evt_1"), "hookd:h:{3}:e:evt_1");
         assert_eq!(event_times_key("hookd", 3), "hookd:h:{3}:events");
+        let minute = 1_700_000_040_000; // minute number 28,333,334
+        assert_eq!(activity_shard(minute, 8), 6);
+        assert_eq!(activity_key("hookd", 8, minute, None), "hookd:h:{6}:m:1700000040000");
+        assert_eq!(
+            activity_key("hookd", 8, minute, Some("acme")),
+            "hookd:h:{6}:m:1700000040000:acme"
+        );
+        assert_eq!(
+            activity_shard(minute + activity::MINUTE_MS, 8),
+            7,
+            "the next minute, the next shard"
+        );
+        assert_eq!(activity_shard(minute, 1), 0);
+    }
+
+    #[test]
+    fn activity_fields_read_back() {
+        let mut record = MinuteRecord::default();
+        record.counts.succeeded = 3;
+        record.counts.latency[0] = 1;
+        record.counts.latency[LATENCY_BUCKETS - 1] = 2;
+        record.tenants.insert(TenantId::parse("acme").unwrap(), 3);
+        let fields = activity_fields(&record);
+        let names: Vec<&str> = fields.iter().map(|(f, _)| f.as_str()).collect();
+        assert_eq!(names, ["s", "l0", "l14", "t:acme"], "only the fields it changes");
+        let back = fields.into_iter().map(|(f, n)| (f, n.to_string())).collect();
+        assert_eq!(activity_from("k", back).unwrap(), record);
+        let bad = HashMap::from([("s".to_owned(), "x".to_owned())]);
+        assert!(matches!(activity_from("k", bad), Err(Error::Corrupt { .. })));
     }
 
     #[test]

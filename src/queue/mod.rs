@@ -47,7 +47,7 @@ pub use state::{HealthUpdate, StateStore, SubscriptionState};
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub use crate::model::{now_ms, Delivery, DeliveryId, Millis};
 use crate::model::{EventId, SubscriptionName};
@@ -234,7 +234,7 @@ pub enum Standing {
 ///
 /// A leased delivery's due time is its lease's end, so until then it counts
 /// as `scheduled`; it is `due` again once the lease runs out.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Depth {
     /// Due now (including leases that ran out).
     pub due: u64,
