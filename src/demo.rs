@@ -105,7 +105,7 @@ pub async fn run(keep: bool) -> anyhow::Result<()> {
         ("chat-bot", "[\"message.*\", \"conversation.updated\"]"),
     ];
     let mut toml = format!(
-        "[queue]\ndata_dir = {dir:?}\n\n[delivery]\nallow_http = true\nallow_private_networks = true\nbackoff_initial = \"1s\"\n",
+        "[queue]\ndata_dir = {dir:?}\n\n[console]\nlink_ttl = \"1h\"\n\n[delivery]\nallow_http = true\nallow_private_networks = true\nbackoff_initial = \"1s\"\n",
         dir = data_dir.display().to_string()
     );
     let mut verifiers = HashMap::new();
@@ -141,7 +141,13 @@ pub async fn run(keep: bool) -> anyhow::Result<()> {
         "  hookd API   http://{hookd_addr}  (embedded store in {})",
         data_dir.display()
     );
-    println!("  receiver    http://{receiver_addr}/{{crm,analytics,chat-bot}}  verifying every signature\n");
+    println!("  receiver    http://{receiver_addr}/{{crm,analytics,chat-bot}}  verifying every signature");
+    let api = ApiClient::new(&format!("http://{hookd_addr}"), None);
+    let link = api.post("/v1/console/link", "").await?;
+    println!(
+        "  console     {}  (opens once, within the hour, signed in as the operator)\n",
+        link["url"].as_str().unwrap_or("?")
+    );
 
     let samples = [
         (
@@ -180,7 +186,6 @@ pub async fn run(keep: bool) -> anyhow::Result<()> {
             r#"{"coupon":"SPRING10","amount":25.0,"customer":"cus_42"}"#,
         ),
     ];
-    let api = ApiClient::new(&format!("http://{hookd_addr}"), None);
     let mut expected = 0;
     println!(
         "sending {} events to POST /v1/events (→), webhooks arriving at the receiver (✓):",
@@ -209,9 +214,23 @@ pub async fn run(keep: bool) -> anyhow::Result<()> {
     );
     if keep {
         println!(
-            "hookd keeps running: try\n  cargo run -- send --server http://{hookd_addr} --type coupon.redeemed --data '{{\"coupon\":\"X\",\"amount\":3}}'\nCtrl-C to stop."
+            "hookd keeps running, sending a link click every 5 s (watch them in the console): try\n  cargo run -- send --server http://{hookd_addr} --type coupon.redeemed --data '{{\"coupon\":\"X\",\"amount\":3}}'\nCtrl-C to stop."
         );
-        let _ = tokio::signal::ctrl_c().await;
+        let ctrl_c = tokio::signal::ctrl_c();
+        tokio::pin!(ctrl_c);
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        tick.tick().await;
+        for n in 1.. {
+            tokio::select! {
+                _ = &mut ctrl_c => break,
+                _ = tick.tick() => {
+                    let event = format!(r#"{{"type":"link.clicked","data":{{"link":"https://go.example.com/spring","click":{n}}}}}"#);
+                    if let Err(e) = api.post("/v1/events", event).await {
+                        println!("  ✗ could not send a link click: {e}");
+                    }
+                }
+            }
+        }
     }
     shutdown.cancel();
     hookd.await.context("hookd task failed")??;

@@ -155,6 +155,7 @@ pub mod api;
 pub mod catalog;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod deliver;
 pub mod demo;
 pub mod dispatch;

@@ -10,7 +10,11 @@
 //!   deliveries in bulk; [`subscriptions`]: status, enable, disable.
 //! - [`stats`]: `GET /v1/stats?window=hour|day`, attempts per minute by
 //!   outcome and latency, failing subscriptions, queue depth and volume per
-//!   tenant: an overview for a console.
+//!   tenant: the console's overview.
+//! - [`plugins`]: the operator's plugin registry, and one run of a plugin
+//!   on an event, as `hookd plugin run` does.
+//! - [`portal`]: one-time links into the console (a tenant's portal, the
+//!   operator's console).
 //! - `GET /healthz` (the process is up), `GET /readyz` (the queue answers).
 //! - `GET /metrics`: Prometheus metrics (OpenMetrics text), no authentication.
 //!
@@ -21,6 +25,8 @@ pub mod admin;
 pub mod client;
 pub mod event_types;
 pub mod events;
+pub mod plugins;
+pub mod portal;
 pub mod recover;
 pub mod stats;
 pub mod subscriptions;
@@ -80,6 +86,8 @@ pub struct ApiState {
     pub catalog: Arc<Catalog>,
     /// This process's subscriptions, told at once about enable and disable.
     pub endpoints: Arc<ArcSwap<crate::dispatch::Endpoints>>,
+    /// The console's settings (`[console]`).
+    pub console: crate::config::ConsoleConfig,
 }
 
 impl ApiState {
@@ -105,6 +113,7 @@ impl ApiState {
             alerts,
             catalog,
             endpoints: Arc::new(ArcSwap::from_pointee(crate::dispatch::Endpoints::default())),
+            console: config.console.clone(),
         }
     }
 
@@ -174,8 +183,20 @@ impl From<crate::queue::Error> for ApiError {
     }
 }
 
-/// The API's routes.
+/// The API's routes, and the console's at `/console` unless
+/// `console.enabled` is false.
 pub fn router(state: Arc<ApiState>) -> Router {
+    let api = api_router(state.clone());
+    let app = if state.console.enabled {
+        api.clone().merge(crate::console::routes(state, api))
+    } else {
+        api
+    };
+    app.fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
+}
+
+/// The API's own routes, without the console.
+fn api_router(state: Arc<ApiState>) -> Router {
     let v1 = Router::new()
         .route("/events", post(post_event))
         .route("/events/batch", post(post_batch))
@@ -187,6 +208,8 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .merge(recover::routes())
         .merge(subscriptions::routes())
         .merge(tenants::routes())
+        .merge(portal::routes())
+        .merge(plugins::routes())
         .merge(event_types::routes())
         .merge(stats::routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
@@ -195,7 +218,6 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(ready))
         .route("/metrics", get(render_metrics))
-        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
         .with_state(state)
 }
 
@@ -216,57 +238,24 @@ async fn authenticate(
     mut request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    let snapshot = state.catalog.snapshot();
-    let given = match headers.get(header::AUTHORIZATION) {
-        None => None,
-        Some(value) => Some(
-            value
-                .to_str()
-                .ok()
-                .and_then(|v| v.strip_prefix("Bearer "))
-                .ok_or_else(|| {
-                    ApiError::new(
-                        StatusCode::UNAUTHORIZED,
-                        "unauthorized",
-                        "send `Authorization: Bearer <api key>`",
-                    )
-                })?,
-        ),
-    };
-    let principal = match given {
-        // An open API (no `server.api_keys`) lets anyone in as an admin, as
-        // before tenants existed; a stored key still gets its own scope.
-        None if state.api_keys.is_empty() => Principal::Admin { key: None },
+    // The console calls in process as its session's principal.
+    let principal = match request.extensions().get::<crate::console::Vouched>() {
+        Some(vouched) => vouched.0.clone(),
         None => {
-            return Err(ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "send `Authorization: Bearer <api key>`",
-            ))
-        }
-        Some(given) => {
-            // Compare against every configured key, in constant time,
-            // without early exit.
-            let mut ok = subtle::Choice::from(0);
-            for key in &state.api_keys {
-                ok |= key.expose().as_bytes().ct_eq(given.as_bytes());
-            }
-            if bool::from(ok) {
-                Principal::Admin { key: None }
-            } else if let Some(principal) = snapshot.principal_of_key(given) {
-                if let Some(id) = principal.key_id() {
-                    state.catalog.key_used(id);
-                }
-                principal
-            } else if state.api_keys.is_empty() {
-                Principal::Admin { key: None }
-            } else {
-                return Err(ApiError::new(
-                    StatusCode::UNAUTHORIZED,
-                    "unauthorized",
-                    "the API key is not valid",
-                ));
-            }
+            let given =
+                match headers.get(header::AUTHORIZATION) {
+                    None => None,
+                    Some(value) => Some(value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")).ok_or_else(
+                        || {
+                            ApiError::new(
+                                StatusCode::UNAUTHORIZED,
+                                "unauthorized",
+                                "send `Authorization: Bearer <api key>`",
+                            )
+                        },
+                    )?),
+                };
+            principal_of(&state, given)?
         }
     };
     let span = tracing::info_span!("request", principal = %principal);
@@ -283,6 +272,41 @@ pub(crate) fn forbidden(principal: &Principal, what: &str) -> ApiError {
         "forbidden",
         format!("{what}; this key ({principal}) may not"),
     )
+}
+
+/// Who `given` (a bearer key, or none) is, as [`authenticate`] describes;
+/// 401 if nobody.
+pub(crate) fn principal_of(state: &ApiState, given: Option<&str>) -> Result<Principal, ApiError> {
+    let unauthorized = |message: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message);
+    let Some(given) = given else {
+        // An open API (no `server.api_keys`) lets anyone in as an admin, as
+        // before tenants existed; a stored key still gets its own scope.
+        return if state.api_keys.is_empty() {
+            Ok(Principal::Admin { key: None })
+        } else {
+            Err(unauthorized("send `Authorization: Bearer <api key>`"))
+        };
+    };
+    // Compare against every configured key, in constant time, without
+    // early exit.
+    let mut ok = subtle::Choice::from(0);
+    for key in &state.api_keys {
+        ok |= key.expose().as_bytes().ct_eq(given.as_bytes());
+    }
+    if bool::from(ok) {
+        return Ok(Principal::Admin { key: None });
+    }
+    if let Some(principal) = state.catalog.snapshot().principal_of_key(given) {
+        if let Some(id) = principal.key_id() {
+            state.catalog.key_used(id);
+        }
+        return Ok(principal);
+    }
+    if state.api_keys.is_empty() {
+        Ok(Principal::Admin { key: None })
+    } else {
+        Err(unauthorized("the API key is not valid"))
+    }
 }
 
 /// Refuses anyone but an admin with a 403.

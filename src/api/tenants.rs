@@ -167,6 +167,11 @@ async fn create_tenant(
 ) -> Result<Response, ApiError> {
     require_admin(&principal)?;
     let fields = object_body(&body, "id, name and optional plan, metadata")?;
+    // Name the field at fault: serde's message would not.
+    if let Some(Value::String(id)) = fields.get("id") {
+        TenantId::parse(id)
+            .map_err(|p| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", format!("id: {p}")))?;
+    }
     let tenant: Tenant = serde_json::from_value(Value::Object(fields))
         .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", e.to_string()))?;
     let tenant = state.catalog.create_tenant(tenant).await?;

@@ -112,6 +112,12 @@ impl Catalog {
         }))
     }
 
+    /// The store the catalogue lives in, shared with the console's
+    /// sessions.
+    pub fn store(&self) -> Arc<dyn CatalogStore> {
+        self.store.clone()
+    }
+
     /// The snapshot in force.
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.snapshot.load_full()

@@ -81,6 +81,8 @@ pub struct Config {
     pub notify: NotifyConfig,
     /// The delivery log: what is kept of every attempt, and for how long.
     pub history: HistoryConfig,
+    /// The web console and tenant portal.
+    pub console: ConsoleConfig,
     /// Who receives which events.
     #[serde(default)]
     pub subscriptions: Vec<SubscriptionConfig>,
@@ -455,6 +457,26 @@ pub struct HistoryConfig {
     pub response_body_limit: usize,
 }
 
+/// `[console]`: the web console and tenant portal at `/console`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleConfig {
+    /// Whether `/console` is served at all.
+    pub enabled: bool,
+    /// How long a console session lasts after signing in.
+    #[serde(with = "humantime_serde")]
+    pub session_ttl: Duration,
+    /// How long a one-time sign-in link (a tenant's portal link) may wait
+    /// before it is opened.
+    #[serde(with = "humantime_serde")]
+    pub link_ttl: Duration,
+    /// The address browsers reach hookd at (`https://hooks.example.com`),
+    /// for the links hookd hands out; unset, the request's `Host`. An
+    /// `https://` address also marks the session cookie `Secure`.
+    #[serde(default)]
+    pub public_url: Option<String>,
+}
+
 /// One `[[subscriptions]]` entry.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -661,6 +683,24 @@ impl Config {
             let url = url.expose();
             if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
                 return Err(invalid("queue.redis_url", "must start with redis:// or rediss://"));
+            }
+        }
+        let c = &self.console;
+        if c.session_ttl < Duration::from_secs(60) || c.session_ttl > Duration::from_secs(30 * 86_400) {
+            return Err(invalid("console.session_ttl", "must be between 1m and 30d"));
+        }
+        if c.link_ttl < Duration::from_secs(10) || c.link_ttl > Duration::from_secs(86_400) {
+            return Err(invalid("console.link_ttl", "must be between 10s and 24h"));
+        }
+        if let Some(url) = &c.public_url {
+            let ok = (url.starts_with("https://") || url.starts_with("http://"))
+                && !url.contains(['?', '#', ' '])
+                && url.len() > "https://".len();
+            if !ok {
+                return Err(invalid(
+                    "console.public_url",
+                    "must be an http:// or https:// address without query or fragment, like https://hooks.example.com",
+                ));
             }
         }
         let i = &self.ingest;

@@ -1,0 +1,114 @@
+//! One-time links into the console (admin keys only):
+//!
+//! - `POST /v1/tenants/{id}/portal`: into the tenant's portal, so that a
+//!   platform sends its customers from its own dashboard straight to
+//!   their webhooks;
+//! - `POST /v1/console/link`: into the operator's console (how `hookd
+//!   demo` opens it with nothing to type).
+//!
+//! Both answer `201 {"url", "expires_at"}`. The link opens once, within
+//! `console.link_ttl` (10 minutes by default), and starts a session scoped
+//! to the tenant: it sees and acts on that tenant's objects only, through
+//! the same authorization as a tenant key. The URL is built on
+//! `console.public_url`, or else on the request's `Host` (and
+//! `X-Forwarded-Proto`).
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Extension, Json, Router};
+use serde::{Deserialize, Serialize};
+
+use super::{not_found, require_admin, ApiError, ApiState};
+use crate::catalog::keys::Principal;
+use crate::console::session::{Role, Sessions};
+use crate::model::TenantId;
+
+/// The route, for [`super::router`] to merge under `/v1`.
+pub fn routes() -> Router<Arc<ApiState>> {
+    Router::new()
+        .route("/tenants/{id}/portal", post(portal_link))
+        .route("/console/link", post(operator_link))
+}
+
+/// The answer: where to send the browser, and until when the link opens.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PortalLink {
+    /// The link: `…/console/link/<token>`.
+    pub url: String,
+    /// When it stops opening.
+    pub expires_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// Where browsers reach this hookd: `console.public_url`, or the
+/// request's scheme and host.
+fn base_url(state: &ApiState, headers: &HeaderMap) -> Result<String, ApiError> {
+    if let Some(url) = &state.console.public_url {
+        return Ok(url.trim_end_matches('/').to_owned());
+    }
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| !h.is_empty() && !h.contains(['/', ' ', '@']))
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "no_host",
+                "the request has no Host to build the link on: set console.public_url",
+            )
+        })?;
+    let https = headers
+        .get("x-forwarded-proto")
+        .is_some_and(|p| p.as_bytes().eq_ignore_ascii_case(b"https"));
+    Ok(format!("{}://{host}", if https { "https" } else { "http" }))
+}
+
+async fn portal_link(
+    State(state): State<Arc<ApiState>>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    require_admin(&principal)?;
+    let tenant = TenantId::parse(&id).map_err(|p| ApiError::new(StatusCode::BAD_REQUEST, "invalid_id", p))?;
+    if !state.catalog.snapshot().tenants.contains_key(&tenant) {
+        return Err(not_found(format!("tenant `{tenant}` does not exist")));
+    }
+    tracing::info!(tenant = %tenant, "portal link made");
+    issue(&state, &headers, Role::Tenant { tenant }).await
+}
+
+async fn operator_link(
+    State(state): State<Arc<ApiState>>,
+    Extension(principal): Extension<Principal>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    require_admin(&principal)?;
+    tracing::info!("operator console link made");
+    issue(&state, &headers, Role::Operator).await
+}
+
+/// A link for `role`, as the 201 answer.
+async fn issue(state: &ApiState, headers: &HeaderMap, role: Role) -> Result<Response, ApiError> {
+    if !state.console.enabled {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "console_disabled",
+            "the console is off (console.enabled = false): there is nothing to link to",
+        ));
+    }
+    let base = base_url(state, headers)?;
+    let sessions = Sessions::new(state.catalog.store(), &state.console);
+    let (token, expires_at) = sessions
+        .issue_link(role)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string()))?;
+    let answer = PortalLink {
+        url: format!("{base}/console/link/{token}"),
+        expires_at: chrono::DateTime::from_timestamp_millis(expires_at).unwrap_or_default(),
+    };
+    Ok((StatusCode::CREATED, Json(answer)).into_response())
+}
