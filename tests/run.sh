@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs hookd's whole test suite, installing what the tests need first:
-# redis-server and python3-aiosmtpd (apt) and the wasm32-wasip2 target
-# (rustup) for the plugins.
+# redis-server, python3-aiosmtpd, chromium and chromium-driver (apt) and the
+# wasm32-wasip2 target (rustup) for the plugins.
 #   bash tests/run.sh            # everything
 #   bash tests/run.sh pipeline   # extra args go to `cargo test`
 set -euo pipefail
@@ -10,10 +10,11 @@ cd "$(dirname "$0")/.."
 say() { printf '\n== %s\n' "$*"; }
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
-if ! command -v redis-server >/dev/null 2>&1 || ! /usr/bin/python3 -c 'import aiosmtpd' >/dev/null 2>&1; then
-  say "installing redis-server and python3-aiosmtpd (apt)"
+if ! command -v redis-server >/dev/null 2>&1 || ! /usr/bin/python3 -c 'import aiosmtpd' >/dev/null 2>&1 \
+  || [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
+  say "installing redis-server, python3-aiosmtpd, chromium and chromium-driver (apt)"
   as_root apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq redis-server python3-aiosmtpd >/dev/null
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq redis-server python3-aiosmtpd chromium chromium-driver >/dev/null
   # The tests start their own servers on free ports; the packaged service is not needed.
   (as_root service redis-server stop || true) >/dev/null 2>&1
 fi

@@ -4,6 +4,7 @@
 //! Each test crate that says `mod support;` uses only part of this.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod daemon;
 pub mod plugins;
 pub mod receiver;
