@@ -67,10 +67,17 @@
 //!   deliveries in [`api::recover`], subscriptions in
 //!   [`api::subscriptions`], tenants and keys in [`api::tenants`], the
 //!   event catalogue in [`api::event_types`], the overview of delivery
-//!   activity in [`api::stats`], health) and a client of it
+//!   activity in [`api::stats`], the plugin registry in [`api::plugins`],
+//!   one-time console links in [`api::portal`], health) and a client of it
 //!   for the CLI. Every request is made by a
 //!   [`catalog::keys::Principal`] (admin, producer, tenant); a tenant sees
 //!   its own objects only, another's being a 404.
+//! - [`console`]: the web console and tenant portal at `/console`: HTML
+//!   rendered on the server with maud, no script, one embedded stylesheet.
+//!   Its pages read and act through the API's own routes, called in
+//!   process as the session's principal, so a tenant's portal has exactly
+//!   a tenant key's reach. Sessions and one-time links live in the
+//!   catalogue store ([`console::session`]), shared by every process.
 //! - [`cli`]: the operator verbs' side of that API (`hookd subscriptions`,
 //!   `deliveries`, `attempts`, `event`, `retry`, `replay`, `enable`,
 //!   `disable`, `dead`): argument checks, and the tables printed from the
@@ -123,6 +130,12 @@
 //!   too) have a trait of their own, [`queue::StateStore`], beside
 //!   [`queue::Queue`]; both are implemented by the same backend (one Redis,
 //!   one redb file), handed around together as a [`queue::Backend`].
+//! - The console is not a separate app calling the API over HTTP: it is
+//!   server-rendered in the same process and calls the API's router in
+//!   process, with the session's principal attached as a request extension
+//!   (`console::Vouched`) that the network can never set. Sessions are not
+//!   versioned catalogue records (a sign-in must not make every process
+//!   reload the catalogue); they live beside the records with an expiry.
 //! - An API with no `server.api_keys` stays open to anyone as an admin, as
 //!   before tenants; a stored key presented to it still gets its own
 //!   scope. Tenant keys protect nothing until `server.api_keys` is set.
