@@ -34,7 +34,7 @@ pub mod view;
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{FromRef, FromRequestParts, Request, State};
+use axum::extract::{FromRequestParts, Request};
 use axum::http::{header, request::Parts, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Redirect, Response};
@@ -181,12 +181,6 @@ pub struct Console {
     pub state: Arc<ApiState>,
     /// Whether cookies are `Secure` (the console is reached over https).
     pub secure: bool,
-}
-
-impl FromRef<Console> for Api {
-    fn from_ref(console: &Console) -> Api {
-        console.api.clone()
-    }
 }
 
 /// The console's routes, for [`crate::api::router`] to merge; `api` is the
@@ -366,6 +360,3 @@ pub fn session_cookie(console: &Console, token: String, max_age: cookie::time::D
 pub fn render(ctx: &Ctx, title: &str, body: Markup) -> Response {
     view::page(Some(ctx), title, None, body).into_response()
 }
-
-/// Makes the console's answer for `State` extraction in pages.
-pub type ConsoleState = State<Console>;

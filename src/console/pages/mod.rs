@@ -10,7 +10,7 @@ pub mod overview;
 pub mod subscriptions;
 
 use axum::extract::{Path, Query, State};
-use axum::http::{header, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Form, Router};
@@ -211,12 +211,6 @@ async fn event_types(State(console): State<Console>, ctx: Ctx) -> Response {
         }
     };
     render(&ctx, "Event types", body)
-}
-
-/// The `Location` of a redirect after a form, for handlers answering
-/// `303 See Other` by hand.
-pub fn see_other(to: &str) -> Response {
-    (StatusCode::SEE_OTHER, [(header::LOCATION, to.to_owned())]).into_response()
 }
 
 /// A path segment, percent-encoded, for building API paths from ids the
