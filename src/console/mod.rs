@@ -183,6 +183,28 @@ pub struct Console {
     pub secure: bool,
 }
 
+impl Console {
+    /// A form's action: checks its CSRF token, then calls `method path`
+    /// with `body` as the session's principal. A refused form or a failed
+    /// call is the page to show instead.
+    pub async fn act(
+        &self,
+        ctx: &Ctx,
+        form: &Fields,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Answer, Response> {
+        ctx.check(form)?;
+        let answer = self.api.call(&ctx.principal, method, path, body).await;
+        if answer.ok() {
+            Ok(answer)
+        } else {
+            Err(view::failure(answer.status, &answer.message()))
+        }
+    }
+}
+
 /// The console's routes, for [`crate::api::router`] to merge; `api` is the
 /// API's router without them.
 pub fn routes(state: Arc<ApiState>, api: Router) -> Router {

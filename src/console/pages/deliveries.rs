@@ -272,20 +272,17 @@ async fn retry(
     Path(id): Path<String>,
     Form(fields): Form<Fields>,
 ) -> Response {
-    if let Err(refused) = ctx.check(&fields) {
-        return refused;
-    }
-    let answer = console
-        .api
-        .call(
-            &ctx.principal,
+    if let Err(page) = console
+        .act(
+            &ctx,
+            &fields,
             Method::POST,
             &format!("/v1/deliveries/{}/retry", segment(&id)),
             Some(json!({})),
         )
-        .await;
-    if !answer.ok() {
-        return view::failure(answer.status, &answer.message());
+        .await
+    {
+        return page;
     }
     Redirect::to(&format!("/console/deliveries/{}?done=retry", segment(&id))).into_response()
 }

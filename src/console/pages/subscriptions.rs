@@ -532,21 +532,19 @@ async fn reveal_secret(
     Path(id): Path<String>,
     Form(fields): Form<Fields>,
 ) -> Response {
-    if let Err(refused) = ctx.check(&fields) {
-        return refused;
-    }
-    let answer = console
-        .api
-        .call(
-            &ctx.principal,
+    let answer = match console
+        .act(
+            &ctx,
+            &fields,
             Method::GET,
             &format!("/v1/subscriptions/{}/secret", segment(&id)),
             None,
         )
-        .await;
-    if !answer.ok() {
-        return view::failure(answer.status, &answer.message());
-    }
+        .await
+    {
+        Ok(answer) => answer,
+        Err(page) => return page,
+    };
     let secrets: Vec<String> = answer.body["secrets"]
         .as_array()
         .map(|a| {
@@ -583,22 +581,20 @@ async fn rotate_secret(
     Path(id): Path<String>,
     Form(fields): Form<Fields>,
 ) -> Response {
-    if let Err(refused) = ctx.check(&fields) {
-        return refused;
-    }
     let grace = fields.text("grace").unwrap_or_else(|| "24h".into());
-    let answer = console
-        .api
-        .call(
-            &ctx.principal,
+    let answer = match console
+        .act(
+            &ctx,
+            &fields,
             Method::POST,
             &format!("/v1/subscriptions/{}/rotate-secret", segment(&id)),
             Some(json!({ "grace": grace })),
         )
-        .await;
-    if !answer.ok() {
-        return view::failure(answer.status, &answer.message());
-    }
+        .await
+    {
+        Ok(answer) => answer,
+        Err(page) => return page,
+    };
     let secret = answer.body["secret"].as_str().unwrap_or("").to_owned();
     shown(&console, &ctx, &id, html! {
         (view::secret_box("New signing secret", &secret,
