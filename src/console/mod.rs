@@ -48,7 +48,7 @@ use tower::ServiceExt as _;
 
 use crate::api::ApiState;
 use crate::catalog::keys::Principal;
-use session::{Role, Session, Sessions};
+use session::{Role, Session, Sessions, Via};
 
 /// Largest API answer a page reads.
 const MAX_ANSWER: usize = 64 * 1024 * 1024;
@@ -184,6 +184,20 @@ pub struct Console {
 }
 
 impl Console {
+    /// Whether `tenant` exists, reading the catalogue store again if this
+    /// process has not heard of it yet (a link made on another process a
+    /// moment ago).
+    pub async fn tenant_exists(&self, tenant: &crate::model::TenantId) -> bool {
+        let catalog = &self.state.catalog;
+        if catalog.snapshot().tenants.contains_key(tenant) {
+            return true;
+        }
+        if let Err(e) = catalog.refresh().await {
+            tracing::warn!(error = %e, "cannot refresh the catalogue");
+        }
+        catalog.snapshot().tenants.contains_key(tenant)
+    }
+
     /// A form's action: checks its CSRF token, then calls `method path`
     /// with `body` as the session's principal. A refused form or a failed
     /// call is the page to show instead.
@@ -332,18 +346,38 @@ impl FromRequestParts<Console> for Ctx {
             Ok(None) => return Err(Redirect::to("/console/sign-in?ended=1").into_response()),
             Err(e) => return Err(view::failure(StatusCode::SERVICE_UNAVAILABLE, &e.to_string())),
         };
-        // A portal of a tenant deleted since is over.
-        if let Role::Tenant { tenant } = &session.role {
-            if !console.state.catalog.snapshot().tenants.contains_key(tenant) {
-                let _ = console.sessions.end(&token).await;
-                return Err(Redirect::to("/console/sign-in?ended=1").into_response());
-            }
+        if !still_valid(console, &session).await {
+            let _ = console.sessions.end(&token).await;
+            return Err(Redirect::to("/console/sign-in?ended=1").into_response());
         }
         Ok(Ctx {
             principal: session.role.principal(),
             session,
             token,
         })
+    }
+}
+
+/// Whether a session may go on: its tenant still exists, the key it
+/// signed in with is neither revoked nor gone from `server.api_keys`, and
+/// a session of an open API ends once the API has keys.
+async fn still_valid(console: &Console, session: &Session) -> bool {
+    if let Role::Tenant { tenant } = &session.role {
+        if !console.tenant_exists(tenant).await {
+            return false;
+        }
+    }
+    let snapshot = console.state.catalog.snapshot();
+    match &session.via {
+        Some(Via::Key { id }) => snapshot.keys.contains_key(id),
+        Some(Via::ConfigKey { hash }) => console
+            .state
+            .api_keys
+            .iter()
+            .any(|k| crate::catalog::keys::hash(k.expose()) == *hash),
+        Some(Via::Link) => true,
+        // Signed in to an open API: only while it stays open.
+        None => console.state.api_keys.is_empty(),
     }
 }
 

@@ -59,12 +59,34 @@ impl Role {
     }
 }
 
+/// The key a session was signed in with, so that it ends with the key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Via {
+    /// A key made through the API: its id, while it is not revoked.
+    Key {
+        /// `key_…`.
+        id: String,
+    },
+    /// One of `server.api_keys`: its hash, while the config holds it.
+    ConfigKey {
+        /// [`crate::catalog::keys::hash`] of the key.
+        hash: String,
+    },
+    /// A one-time link an admin made: the session lives its time (a
+    /// tenant's, while its tenant exists).
+    Link,
+}
+
 /// A signed-in browser.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Session {
     /// Whom it acts for.
     #[serde(flatten)]
     pub role: Role,
+    /// How it signed in; none on an open API (no `server.api_keys`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<Via>,
     /// The token every state-changing form of this session carries.
     pub csrf: String,
     /// When it ends.
@@ -114,12 +136,13 @@ impl Sessions {
         }
     }
 
-    /// Starts a session for `role`: its token (the cookie's value) and
-    /// the session.
-    pub async fn start(&self, role: Role) -> Result<(String, Session), Error> {
+    /// Starts a session for `role`, signed in `via` a key (or a link):
+    /// its token (the cookie's value) and the session.
+    pub async fn start(&self, role: Role, via: Option<Via>) -> Result<(String, Session), Error> {
         let token = token();
         let session = Session {
             role,
+            via,
             csrf: self::token(),
             expires_at: now_ms().saturating_add(millis(self.session_ttl)),
         };
@@ -194,11 +217,19 @@ mod tests {
             role: Role::Tenant {
                 tenant: TenantId::parse("acme").unwrap(),
             },
+            via: None,
             csrf: "x".into(),
             expires_at: 5,
         };
         let text = serde_json::to_string(&session).unwrap();
         assert_eq!(text, r#"{"role":"tenant","tenant":"acme","csrf":"x","expires_at":5}"#);
         assert_eq!(serde_json::from_str::<Session>(&text).unwrap(), session);
+        let signed_in = Session {
+            via: Some(Via::Key { id: "key_1".into() }),
+            ..session
+        };
+        let text = serde_json::to_string(&signed_in).unwrap();
+        assert!(text.contains(r#""via":{"kind":"key","id":"key_1"}"#), "{text}");
+        assert_eq!(serde_json::from_str::<Session>(&text).unwrap(), signed_in);
     }
 }

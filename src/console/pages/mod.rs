@@ -18,9 +18,10 @@ use axum_extra::extract::cookie::{Cookie, CookieJar};
 use maud::html;
 use serde::Deserialize;
 
-use super::session::Role;
+use super::session::{Role, Via};
 use super::{render, session_cookie, view, Console, Ctx, Fields};
 use crate::api::event_types::EventTypeAnswer;
+use crate::catalog::keys;
 use crate::catalog::keys::Principal;
 
 /// Every page and form of the console.
@@ -83,9 +84,14 @@ fn sign_in_page(console: &Console, notice: Option<&str>, error: Option<&str>) ->
 
 async fn sign_in(State(console): State<Console>, jar: CookieJar, Form(form): Form<Fields>) -> Response {
     let key = form.get("key").map(str::trim).filter(|k| !k.is_empty());
-    let role = match crate::api::principal_of(&console.state, key) {
-        Ok(Principal::Admin { .. }) => Role::Operator,
-        Ok(Principal::Tenant { tenant, .. }) => Role::Tenant { tenant },
+    let config_key = || {
+        key.filter(|_| !console.state.api_keys.is_empty())
+            .map(|k| Via::ConfigKey { hash: keys::hash(k) })
+    };
+    let (role, via) = match crate::api::principal_of(&console.state, key) {
+        Ok(Principal::Admin { key: Some(id) }) => (Role::Operator, Some(Via::Key { id })),
+        Ok(Principal::Admin { key: None }) => (Role::Operator, config_key()),
+        Ok(Principal::Tenant { tenant, key }) => (Role::Tenant { tenant }, Some(Via::Key { id: key })),
         Ok(Principal::Producer { .. }) => {
             return sign_in_page(
                 &console,
@@ -95,12 +101,13 @@ async fn sign_in(State(console): State<Console>, jar: CookieJar, Form(form): For
         }
         Err(_) => return sign_in_page(&console, None, Some("this key is not valid")),
     };
-    start(&console, jar, role).await
+    start(&console, jar, role, via).await
 }
 
-/// Starts a session for `role` and sends the browser to the overview.
-async fn start(console: &Console, jar: CookieJar, role: Role) -> Response {
-    match console.sessions.start(role).await {
+/// Starts a session for `role` (signed in `via` a key, or a link) and
+/// sends the browser to the overview.
+async fn start(console: &Console, jar: CookieJar, role: Role, via: Option<Via>) -> Response {
+    match console.sessions.start(role, via).await {
         Ok((token, _)) => {
             let ttl = cookie::time::Duration::seconds(console.state.console.session_ttl.as_secs() as i64);
             let jar = jar.add(session_cookie(console, token, ttl));
@@ -172,11 +179,11 @@ async fn link_open(State(console): State<Console>, jar: CookieJar, Path(token): 
     match console.sessions.redeem_link(&token).await {
         Ok(Some(role)) => {
             if let Some(tenant) = role.tenant() {
-                if !console.state.catalog.snapshot().tenants.contains_key(tenant) {
+                if !console.tenant_exists(tenant).await {
                     return spent_link();
                 }
             }
-            start(&console, jar, role).await
+            start(&console, jar, role, Some(Via::Link)).await
         }
         Ok(None) => spent_link(),
         Err(e) => view::failure(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
