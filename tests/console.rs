@@ -254,6 +254,31 @@ async fn operator_and_tenant_portals_in_a_real_browser() {
         assert!(log.contains(&flaky) && log.contains(&orders), "{log}");
         shot(&c, "deliveries").await;
 
+        // On a phone-sized screen no page is wider than the screen: wide
+        // tables scroll inside their box.
+        c.set_window_size(390, 844).await.unwrap();
+        for page in [
+            "/console".to_owned(),
+            "/console/deliveries".to_owned(),
+            format!("/console/subscriptions/{flaky}"),
+            "/console/subscriptions/new".to_owned(),
+        ] {
+            c.goto(&format!("{base}{page}")).await.unwrap();
+            let (wide, screen) = (
+                c.execute("return document.documentElement.scrollWidth", vec![])
+                    .await
+                    .unwrap(),
+                c.execute("return window.innerWidth", vec![]).await.unwrap(),
+            );
+            assert!(
+                wide.as_u64().unwrap() <= screen.as_u64().unwrap(),
+                "{page} is {wide}px wide on a {screen}px screen"
+            );
+        }
+        c.goto(&format!("{base}/console/deliveries")).await.unwrap();
+        shot(&c, "phone-deliveries").await;
+        c.set_window_size(1280, 1000).await.unwrap();
+
         // Reveal shows the secret only when asked.
         c.goto(&format!("{base}/console/subscriptions/{orders}")).await.unwrap();
         assert!(!main_text(&c).await.contains("whsec_"), "no secret until revealed");
