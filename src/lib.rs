@@ -339,10 +339,7 @@ pub async fn run_with_backends(
         "embedded"
     };
     info!(%addr, subscriptions = config.subscriptions.len(), backend = kind, "hookd serving");
-    axum::serve(listener, api::router(state))
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .await
-        .context("HTTP server failed")?;
+    api::serve::serve(listener, api::router(state), &config.server, shutdown.clone()).await;
     tasks.close();
     tasks.wait().await;
     notifier_stop.cancel();

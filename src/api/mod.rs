@@ -28,6 +28,7 @@ pub mod events;
 pub mod plugins;
 pub mod portal;
 pub mod recover;
+pub mod serve;
 pub mod stats;
 pub mod subscriptions;
 pub mod tenants;
@@ -88,6 +89,8 @@ pub struct ApiState {
     pub endpoints: Arc<ArcSwap<crate::dispatch::Endpoints>>,
     /// The console's settings (`[console]`).
     pub console: crate::config::ConsoleConfig,
+    /// Whether `GET /metrics` needs an admin key.
+    pub metrics_require_key: bool,
 }
 
 impl ApiState {
@@ -114,6 +117,7 @@ impl ApiState {
             catalog,
             endpoints: Arc::new(ArcSwap::from_pointee(crate::dispatch::Endpoints::default())),
             console: config.console.clone(),
+            metrics_require_key: config.server.metrics_require_key,
         }
     }
 
@@ -137,7 +141,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+    pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
         ApiError {
             status,
             code,
@@ -242,20 +246,14 @@ async fn authenticate(
     let principal = match request.extensions().get::<crate::console::Vouched>() {
         Some(vouched) => vouched.0.clone(),
         None => {
-            let given =
-                match headers.get(header::AUTHORIZATION) {
-                    None => None,
-                    Some(value) => Some(value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")).ok_or_else(
-                        || {
-                            ApiError::new(
-                                StatusCode::UNAUTHORIZED,
-                                "unauthorized",
-                                "send `Authorization: Bearer <api key>`",
-                            )
-                        },
-                    )?),
-                };
-            principal_of(&state, given)?
+            if !same_site(request.method(), &headers) {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "cross_site",
+                    "a browser page of another site may not change anything here (its Origin is not this host)",
+                ));
+            }
+            principal_of(&state, bearer(&headers)?)?
         }
     };
     let span = tracing::info_span!("request", principal = %principal);
@@ -272,6 +270,53 @@ pub(crate) fn forbidden(principal: &Principal, what: &str) -> ApiError {
         "forbidden",
         format!("{what}; this key ({principal}) may not"),
     )
+}
+
+/// The bearer key of a request, if it sends one; the scheme is matched
+/// without regard to case (RFC 9110). Anything else in `Authorization`
+/// is a 401.
+fn bearer(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .ok()
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, key)| Some(key.trim()))
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "send `Authorization: Bearer <api key>`",
+            )
+        })
+}
+
+/// Whether a request may change something: any but a browser's from a
+/// page of another site. Browsers send `Origin` (and `Sec-Fetch-Site`)
+/// with every cross-site POST; API clients send neither.
+fn same_site(method: &axum::http::Method, headers: &HeaderMap) -> bool {
+    use axum::http::Method;
+    if matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
+        return true;
+    }
+    if headers
+        .get("sec-fetch-site")
+        .is_some_and(|v| v.as_bytes() == b"cross-site")
+    {
+        return false;
+    }
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()) else {
+        return true;
+    };
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
+    let rest = origin
+        .strip_prefix("https://")
+        .or_else(|| origin.strip_prefix("http://"))
+        .unwrap_or("");
+    !host.is_empty() && rest == host
 }
 
 /// Who `given` (a bearer key, or none) is, as [`authenticate`] describes;
@@ -554,6 +599,22 @@ async fn ready(State(state): State<Arc<ApiState>>) -> Response {
     }
 }
 
-async fn render_metrics(State(state): State<Arc<ApiState>>) -> Response {
+async fn render_metrics(State(state): State<Arc<ApiState>>, headers: HeaderMap) -> Response {
+    if state.metrics_require_key {
+        // Only an admin reads the metrics when they are behind a key.
+        let principal = bearer(&headers).and_then(|key| match key {
+            Some(key) => principal_of(&state, Some(key)),
+            None => Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "server.metrics_require_key is set: send `Authorization: Bearer <admin key>`",
+            )),
+        });
+        match principal {
+            Ok(p) if p.is_admin() => {}
+            Ok(p) => return forbidden(&p, "reading the metrics needs an admin key").into_response(),
+            Err(e) => return e.into_response(),
+        }
+    }
     ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], state.metrics.render()).into_response()
 }

@@ -109,6 +109,25 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Bearer keys accepted under `/v1`; empty means no authentication.
     pub api_keys: Vec<Secret>,
+    /// Serve an API without keys on an address beyond loopback: refused
+    /// unless this says so.
+    pub allow_unauthenticated: bool,
+    /// Whether `GET /metrics` needs an admin key too.
+    pub metrics_require_key: bool,
+    /// Most connections served at once; more wait to be accepted.
+    pub max_connections: usize,
+    /// How long a client may take to send a request's head (and an idle
+    /// keep-alive connection to start its next request).
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// How long one request may take, its body read included; beyond it
+    /// the answer is a 408.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// How long shutdown waits for requests in progress before closing
+    /// their connections.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
 }
 
 /// `[queue]`: where deliveries wait.
@@ -683,6 +702,29 @@ impl Config {
             let url = url.expose();
             if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
                 return Err(invalid("queue.redis_url", "must start with redis:// or rediss://"));
+            }
+        }
+        let srv = &self.server;
+        if srv.api_keys.is_empty() && !srv.listen.ip().is_loopback() && !srv.allow_unauthenticated {
+            return Err(invalid(
+                "server.api_keys",
+                format!(
+                    "is empty while server.listen ({}) is beyond loopback: anyone reaching it would be an admin. \
+                     Set a key, listen on 127.0.0.1, or set server.allow_unauthenticated = true if that is meant",
+                    srv.listen
+                ),
+            ));
+        }
+        if srv.max_connections == 0 {
+            return Err(invalid("server.max_connections", "must be at least 1"));
+        }
+        for (key, d) in [
+            ("server.header_read_timeout", srv.header_read_timeout),
+            ("server.request_timeout", srv.request_timeout),
+            ("server.shutdown_timeout", srv.shutdown_timeout),
+        ] {
+            if d.is_zero() || d > Duration::from_secs(3600) {
+                return Err(invalid(key, "must be between 1ms and 1h"));
             }
         }
         let c = &self.console;

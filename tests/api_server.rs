@@ -1,0 +1,188 @@
+//! The API listener under hostile clients, over raw TCP: a slow head is
+//! cut at `server.header_read_timeout`, a trickling body answered 408 at
+//! `server.request_timeout`, connections beyond `server.max_connections`
+//! wait, and shutdown ends within `server.shutdown_timeout` whatever the
+//! clients do. Also: an open API beyond loopback refused at start, the
+//! bearer scheme in any case, cross-site posts refused, `/metrics` behind
+//! a key when asked.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use hookd::config::Config;
+use serde_json::json;
+use support::daemon::Hookd;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const ADMIN: &str = "server-admin-key";
+
+fn config(dir: &std::path::Path, server: &str) -> Config {
+    Config::from_toml(&format!(
+        "[server]\napi_keys = [\"{ADMIN}\"]\n{server}\n[queue]\ndata_dir = {:?}\n",
+        dir.display().to_string()
+    ))
+    .unwrap()
+}
+
+fn addr(hookd: &Hookd) -> String {
+    hookd.url.trim_start_matches("http://").to_owned()
+}
+
+/// Reads until the peer closes or `limit` passes; returns what came and
+/// whether it closed.
+async fn read_all(stream: &mut TcpStream, limit: Duration) -> (String, bool) {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Err(_) => return (String::from_utf8_lossy(&out).into_owned(), false),
+            Ok(Ok(0)) | Ok(Err(_)) => return (String::from_utf8_lossy(&out).into_owned(), true),
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_are_cut_off_and_shutdown_is_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let hookd = Hookd::start(config(
+        dir.path(),
+        "header_read_timeout = \"300ms\"\nrequest_timeout = \"500ms\"\nshutdown_timeout = \"500ms\"",
+    ))
+    .await;
+
+    // A head that never ends: the connection is closed.
+    let mut slow_head = TcpStream::connect(addr(&hookd)).await.unwrap();
+    slow_head
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let (_, closed) = read_all(&mut slow_head, Duration::from_secs(5)).await;
+    assert!(closed, "a head that never ends is cut");
+    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+
+    // An idle keep-alive connection is closed too.
+    let mut idle = TcpStream::connect(addr(&hookd)).await.unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let (answer, closed) = read_all(&mut idle, Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(closed, "an idle keep-alive connection is closed");
+
+    // A body that trickles: 408 at the request timeout, nothing ingested.
+    let mut trickle = TcpStream::connect(addr(&hookd)).await.unwrap();
+    let head = format!(
+        "POST /v1/events HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {ADMIN}\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{{\"type\""
+    );
+    trickle.write_all(head.as_bytes()).await.unwrap();
+    let started = Instant::now();
+    let (answer, _) = read_all(&mut trickle, Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("server.request_timeout"), "{answer}");
+    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+
+    // Shutdown with a client in the middle of a request ends in bounded time.
+    let mut stuck = TcpStream::connect(addr(&hookd)).await.unwrap();
+    stuck
+        .write_all(b"POST /v1/events HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n{")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let started = Instant::now();
+    hookd.stop().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "shutdown took {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_cap_wait_their_turn() {
+    let dir = tempfile::tempdir().unwrap();
+    let hookd = Hookd::start(config(dir.path(), "max_connections = 2\nheader_read_timeout = \"20s\"")).await;
+    // Two connections hold both places (one keeps a head open).
+    let mut first = TcpStream::connect(addr(&hookd)).await.unwrap();
+    first.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n").await.unwrap();
+    let mut second = TcpStream::connect(addr(&hookd)).await.unwrap();
+    second.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // A third is not served while they are open...
+    let mut third = TcpStream::connect(addr(&hookd)).await.unwrap();
+    third
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let (answer, _) = read_all(&mut third, Duration::from_millis(500)).await;
+    assert!(answer.is_empty(), "served beyond the cap: {answer}");
+    // ... and is once one of them ends.
+    drop(first);
+    let (answer, _) = read_all(&mut third, Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    drop(second);
+    hookd.stop().await;
+}
+
+#[test]
+fn an_open_api_beyond_loopback_is_refused_unless_meant() {
+    let open = "[server]\nlisten = \"0.0.0.0:8080\"\n";
+    let err = Config::from_toml(open).expect_err("no keys on 0.0.0.0").to_string();
+    assert!(err.contains("server.api_keys"), "{err}");
+    assert!(err.contains("allow_unauthenticated"), "{err}");
+    Config::from_toml(&format!("{open}allow_unauthenticated = true\n")).expect("said explicitly");
+    Config::from_toml(&format!("{open}api_keys = [\"k\"]\n")).expect("with a key");
+    Config::from_toml("[server]\nlisten = \"127.0.0.1:8080\"\n").expect("loopback stays open for local use");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bearer_in_any_case_cross_site_refused_metrics_behind_a_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let hookd = Hookd::start(config(dir.path(), "metrics_require_key = true")).await;
+    let a = addr(&hookd);
+    let exchange = |request: String| {
+        let a = a.clone();
+        async move {
+            let mut s = TcpStream::connect(a).await.unwrap();
+            s.write_all(request.as_bytes()).await.unwrap();
+            read_all(&mut s, Duration::from_secs(5)).await.0
+        }
+    };
+    let event = json!({"type": "link.clicked", "data": {"n": 1}}).to_string();
+    let post = |auth: &str, origin: &str| {
+        format!(
+            "POST /v1/events HTTP/1.1\r\nhost: {a}\r\n{auth}{origin}content-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{event}",
+            event.len()
+        )
+    };
+    for scheme in ["Bearer", "bearer", "BEARER"] {
+        let answer = exchange(post(&format!("authorization: {scheme} {ADMIN}\r\n"), "")).await;
+        assert!(answer.starts_with("HTTP/1.1 202"), "{scheme}: {answer}");
+    }
+    let answer = exchange(post(&format!("authorization: Basic {ADMIN}\r\n"), "")).await;
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    // A page of another site may not post, even with a key; this host's may.
+    let auth = format!("authorization: Bearer {ADMIN}\r\n");
+    let answer = exchange(post(&auth, "origin: http://evil.example\r\n")).await;
+    assert!(
+        answer.starts_with("HTTP/1.1 403") && answer.contains("cross_site"),
+        "{answer}"
+    );
+    let answer = exchange(post(&auth, "sec-fetch-site: cross-site\r\n")).await;
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    let answer = exchange(post(&auth, &format!("origin: http://{a}\r\n"))).await;
+    assert!(answer.starts_with("HTTP/1.1 202"), "{answer}");
+    // /metrics needs an admin key now.
+    let metrics = |auth: &str| format!("GET /metrics HTTP/1.1\r\nhost: x\r\n{auth}connection: close\r\n\r\n");
+    assert!(exchange(metrics("")).await.starts_with("HTTP/1.1 401"));
+    let answer = exchange(metrics(&auth)).await;
+    assert!(
+        answer.starts_with("HTTP/1.1 200") && answer.contains("hookd_events_ingested_total"),
+        "{answer}"
+    );
+    hookd.stop().await;
+}
