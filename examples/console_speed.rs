@@ -39,7 +39,7 @@ fn arg(name: &str, default: usize) -> usize {
 fn delivered(subscription: &SubscriptionName, at: i64, n: usize) -> Entry {
     let event_id = EventId::generate();
     let header = |k: &str, v: &str| (k.to_owned(), v.to_owned());
-    let ok = n % 50 != 0;
+    let ok = !n.is_multiple_of(50);
     Entry::Attempted {
         attempt: AttemptRecord {
             delivery_id: DeliveryId::new(shard_of(&event_id, 16)),
