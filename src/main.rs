@@ -92,7 +92,8 @@ enum Command {
         #[command(subcommand)]
         command: PluginCommand,
     },
-    /// Validate a config file and print the effective config, secrets redacted.
+    /// Validate a config file and print the effective config, secrets
+    /// redacted, then the `whpk_` public key of each `whsk_` secret.
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
@@ -617,6 +618,13 @@ async fn execute(command: Command) -> anyhow::Result<()> {
         } => {
             let config = Config::load(config.as_deref())?;
             print!("{}", config.to_redacted_toml());
+            let public = config.public_keys();
+            if !public.is_empty() {
+                println!("\n# Ed25519 public keys of the whsk_ secrets: give these to receivers, which verify v1a signatures with them");
+                for (key, public) in public {
+                    println!("# {key}: {public}");
+                }
+            }
             eprintln!("config is valid: {} subscription(s)", config.subscriptions.len());
             Ok(())
         }

@@ -28,14 +28,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use base64::Engine as _;
-use rand::RngCore as _;
 use serde::Serialize;
 use tokio::sync::{watch, Mutex};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::model::{now_ms, Millis, SubscriptionName, TenantId};
+use crate::sign::Scheme;
 use keys::{KeyRecord, Role};
 pub use records::{EventType, Origin, Owner, PluginRef, StoredSecret, StoredSubscription, SubscriptionSpec, Tenant};
 pub use routes::Routes;
@@ -697,11 +696,10 @@ impl Catalog {
 /// Longest grace a rotated-out secret may keep signing.
 pub const MAX_GRACE: Duration = Duration::from_secs(30 * 24 * 3600);
 
-/// A new signing secret: `whsec_` and 32 random bytes in base64.
+/// A new HMAC signing secret: `whsec_` and 32 random bytes in base64
+/// ([`Scheme::new_secret`] makes either kind).
 pub fn new_secret() -> String {
-    let mut bytes = [0u8; 32];
-    rand::rng().fill_bytes(&mut bytes);
-    format!("whsec_{}", base64::engine::general_purpose::STANDARD.encode(bytes))
+    Scheme::Hmac.new_secret()
 }
 
 /// The store record of `value`.
@@ -751,7 +749,14 @@ mod tests {
     #[test]
     fn new_secrets_are_valid_signing_secrets() {
         let secret = new_secret();
-        assert!(crate::config::decode_secret(&secret).is_ok(), "{secret}");
+        let key = crate::sign::SigningKey::parse(&secret).unwrap();
+        assert_eq!(key.scheme(), Scheme::Hmac, "{secret}");
+        assert_eq!(key.public_key(), None);
         assert_ne!(secret, new_secret());
+        let secret = Scheme::Ed25519.new_secret();
+        let key = crate::sign::SigningKey::parse(&secret).unwrap();
+        assert_eq!(key.scheme(), Scheme::Ed25519, "{secret}");
+        assert!(key.public_key().unwrap().starts_with("whpk_"));
+        assert_ne!(secret, Scheme::Ed25519.new_secret());
     }
 }
