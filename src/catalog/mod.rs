@@ -532,11 +532,12 @@ impl Catalog {
         Ok(())
     }
 
-    /// Makes a subscription for `tenant` with a new secret.
+    /// Makes a subscription for `tenant` with a new secret of `scheme`.
     pub async fn create_subscription(
         &self,
         tenant: &TenantId,
         spec: SubscriptionSpec,
+        scheme: Scheme,
     ) -> Result<StoredSubscription, Error> {
         let snapshot = self.snapshot();
         if !snapshot.tenants.contains_key(tenant) {
@@ -553,7 +554,7 @@ impl Catalog {
             tenant: tenant.clone(),
             spec,
             secrets: vec![StoredSecret {
-                value: new_secret(),
+                value: scheme.new_secret(),
                 expires_at: None,
             }],
             created_at: now,
@@ -659,14 +660,17 @@ impl Catalog {
         }
     }
 
-    /// Gives the stored subscription `id` a new secret; the ones it had
-    /// keep signing for `grace` (every delivery meanwhile carries both
-    /// signatures), then stop. Returns the subscription and its new secret.
+    /// Gives the stored subscription `id` a new secret of `scheme` (none:
+    /// the scheme of its newest secret, so an HMAC subscription stays
+    /// HMAC); the ones it had keep signing for `grace` (every delivery
+    /// meanwhile carries both signatures, of either scheme), then stop.
+    /// Returns the subscription and its new secret.
     pub async fn rotate_secret(
         &self,
         id: &str,
         tenant: Option<&TenantId>,
         grace: Duration,
+        scheme: Option<Scheme>,
     ) -> Result<(StoredSubscription, String), Error> {
         if grace > MAX_GRACE {
             return Err(invalid(
@@ -681,7 +685,13 @@ impl Catalog {
         for old in &mut sub.secrets {
             old.expires_at = Some(old.expires_at.map_or(until, |at| at.min(until)));
         }
-        let secret = new_secret();
+        let scheme = scheme.unwrap_or_else(|| {
+            sub.secrets
+                .last()
+                .and_then(|s| crate::sign::SigningKey::parse(&s.value).ok())
+                .map_or(Scheme::Hmac, |k| k.scheme())
+        });
+        let secret = scheme.new_secret();
         sub.secrets.push(StoredSecret {
             value: secret.clone(),
             expires_at: None,
