@@ -5,7 +5,9 @@
 //! cargo run --example receiver -- --listen 127.0.0.1:9000 --secret whsec_...
 //! ```
 //!
-//! Give `--secret` twice while rotating keys: a webhook signed by either is
+//! `--secret` is the subscription's `whsec_` secret (`v1` signatures) or,
+//! for an Ed25519 subscription, its `whpk_` public key (`v1a`). Give it
+//! twice while rotating keys, of either kind: a webhook signed by either is
 //! accepted. Answers:
 //!
 //! - `204 No Content`: verified and processed;
@@ -46,7 +48,8 @@ struct Args {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:9000")]
     listen: SocketAddr,
-    /// Signing secret (`whsec_…`) of the subscription; repeat while rotating.
+    /// The subscription's signing secret (`whsec_…`) or Ed25519 public key
+    /// (`whpk_…`); repeat while rotating.
     #[arg(long = "secret", required = true, env = "WEBHOOK_SECRET")]
     secrets: Vec<String>,
     /// Largest accepted distance between `webhook-timestamp` and now, in seconds.

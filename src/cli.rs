@@ -1261,11 +1261,15 @@ pub fn key_request(tenant: Option<&str>, role: Option<&str>, label: Option<&str>
     Ok((keys_path(tenant), body))
 }
 
-/// The body of `POST /v1/subscriptions/{id}/rotate-secret`.
-pub fn rotate_body(grace: Option<&str>) -> Result<Value, Error> {
+/// The body of `POST /v1/subscriptions/{id}/rotate-secret`: the grace
+/// and the new secret's kind (`hmac`, `ed25519`), if given.
+pub fn rotate_body(grace: Option<&str>, kind: Option<&str>) -> Result<Value, Error> {
     let mut body = json!({});
     if let Some(grace) = grace {
         body["grace"] = parse_duration("--grace", grace)?.into();
+    }
+    if let Some(kind) = kind {
+        body["kind"] = kind.into();
     }
     Ok(body)
 }
@@ -1447,12 +1451,33 @@ pub fn subscription_created(answer: &Value) -> String {
         .as_str()
         .map(|t| format!(" for tenant {t}"))
         .unwrap_or_default();
+    let public = public_keys(answer);
+    if public.is_empty() {
+        return format!(
+            "subscription {id} ({}) made{tenant}\n\nsigning secret:\n\n    {}\n\n\
+             Verify its webhooks with this secret; `hookd subscriptions secret {id}` shows it again.\n",
+            text(&answer["name"]),
+            text(&answer["secret"]),
+        );
+    }
     format!(
-        "subscription {id} ({}) made{tenant}\n\nsigning secret:\n\n    {}\n\n\
-         Verify its webhooks with this secret; `hookd subscriptions secret {id}` shows it again.\n",
+        "subscription {id} ({}) made{tenant}\n\nEd25519 secret key (keep it; hookd signs with it):\n\n    {}\n\n\
+         public key (give it to the receiver, which verifies v1a signatures with it):\n\n    {}\n\n\
+         `hookd subscriptions secret {id}` shows both again.\n",
         text(&answer["name"]),
         text(&answer["secret"]),
+        public.join("\n    "),
     )
+}
+
+/// The `whpk_…` keys of an answer's `public_keys`.
+fn public_keys(answer: &Value) -> Vec<String> {
+    answer["public_keys"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(text)
+        .collect()
 }
 
 /// `hookd subscriptions update`: which fields changed.
@@ -1494,6 +1519,13 @@ pub fn secret(answer: &Value) -> String {
     if !others.is_empty() {
         out.push_str(&format!("also signing until their grace ends: {}\n", others.join(", ")));
     }
+    let public = public_keys(answer);
+    if !public.is_empty() {
+        out.push_str(&format!(
+            "public keys (receivers verify v1a signatures with these): {}\n",
+            public.join(", ")
+        ));
+    }
     out
 }
 
@@ -1505,11 +1537,19 @@ pub fn secret_rotated(answer: &Value) -> String {
         Value::Null => "the previous secret stopped signing at once".to_string(),
         at => format!("the previous secret keeps signing too until {} UTC", when(at)),
     };
-    format!(
-        "subscription {}: new signing secret:\n\n    {}\n\n{old}; give the new one to the receiver now.\n",
-        text(&answer["id"]),
-        text(&answer["secret"])
-    )
+    match answer["public_key"].as_str() {
+        None => format!(
+            "subscription {}: new signing secret:\n\n    {}\n\n{old}; give the new one to the receiver now.\n",
+            text(&answer["id"]),
+            text(&answer["secret"])
+        ),
+        Some(public) => format!(
+            "subscription {}: new Ed25519 secret key:\n\n    {}\n\nits public key:\n\n    {public}\n\n\
+             {old}; give the new public key to the receiver now.\n",
+            text(&answer["id"]),
+            text(&answer["secret"])
+        ),
+    }
 }
 
 /// `hookd subscriptions test`: what was sent and how to follow it.
@@ -2101,11 +2141,12 @@ mod tests {
         assert_eq!(parse_header("x-empty=").unwrap(), ("x-empty".into(), "".into()));
         assert_eq!(parse_rate_limit("10", false).unwrap(), json!({"per_second": 10.0}));
         assert_eq!(
-            rotate_body(Some("1 fortnight")).unwrap_err().to_string(),
+            rotate_body(Some("1 fortnight"), None).unwrap_err().to_string(),
             "--grace `1 fortnight`: give a duration above zero, like 500ms, 5s, 24h"
         );
-        assert_eq!(rotate_body(Some("24h")).unwrap(), json!({"grace": "24h"}));
-        assert_eq!(rotate_body(None).unwrap(), json!({}));
+        assert_eq!(rotate_body(Some("24h"), None).unwrap(), json!({"grace": "24h"}));
+        assert_eq!(rotate_body(None, None).unwrap(), json!({}));
+        assert_eq!(rotate_body(None, Some("ed25519")).unwrap(), json!({"kind": "ed25519"}));
         assert_eq!(test_body("coupon.redeemed"), json!({"type": "coupon.redeemed"}));
         assert_eq!(
             subscriptions_path(Some("acme"), Some(2), Some("sub_1")),
@@ -2328,6 +2369,32 @@ mod tests {
         assert!(
             secret_rotated(&json!({"id": "sub_1", "secret": "whsec_new", "previous_expire_at": null}))
                 .contains("\nthe previous secret stopped signing at once; ")
+        );
+        let made =
+            json!({"id": "sub_2", "name": "o", "tenant": "acme", "secret": "whsk_sk", "public_keys": ["whpk_pk"]});
+        let shown = subscription_created(&made);
+        assert!(
+            shown.contains("Ed25519 secret key (keep it; hookd signs with it):\n\n    whsk_sk\n"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("verifies v1a signatures with it):\n\n    whpk_pk\n"),
+            "{shown}"
+        );
+        assert_eq!(
+            secret(&json!({"id": "sub_2", "secret": "whsk_b", "secrets": ["whsec_a", "whsk_b"], "public_keys": ["whpk_b"]})),
+            "whsk_b\nalso signing until their grace ends: whsec_a\npublic keys (receivers verify v1a signatures with these): whpk_b\n"
+        );
+        let rotated = secret_rotated(
+            &json!({"id": "sub_2", "secret": "whsk_new", "public_key": "whpk_new", "previous_expire_at": null}),
+        );
+        assert!(
+            rotated.contains("new Ed25519 secret key:\n\n    whsk_new\n\nits public key:\n\n    whpk_new\n"),
+            "{rotated}"
+        );
+        assert!(
+            rotated.ends_with("give the new public key to the receiver now.\n"),
+            "{rotated}"
         );
         assert_eq!(
             test_sent("sub_1", &json!({"event_id": "evt_t", "delivery_id": "dlv_t"})),

@@ -12,8 +12,9 @@
 //! ```text
 //!  POST /v1/events ─┐
 //!  XADD …:events ───┼─► ingest ─► queue ─► dispatch ─► sign ─► deliver ─► endpoint
-//!  hookd send ──────┘  (validate,  (dedup,   (claim,     (HMAC)  (hyper)
-//!                       fan out)    due set)  classify, retry)
+//!  hookd send ──────┘  (validate,  (dedup,   (claim,     (HMAC,  (hyper)
+//!                       fan out)    due set)  classify,   Ed25519)
+//!                                             retry)
 //! ```
 //!
 //! - [`model`]: the leaf of shared types every stage uses (event ids,
@@ -57,8 +58,11 @@
 //!   backend, [`queue::rate`]), the
 //!   pure outcome classification and retry policy ([`dispatch::policy`]),
 //!   and batched settlements.
-//! - [`sign`]: Standard Webhooks signatures, `content-digest`, and the
-//!   [`sign::Verifier`] receivers use.
+//! - [`sign`]: Standard Webhooks signatures (`v1` HMAC-SHA256 under
+//!   `whsec_` secrets, `v1a` Ed25519 under `whsk_` secret keys, with their
+//!   `whpk_` public keys), `content-digest`, the one reader of secrets
+//!   ([`sign::SigningKey`]) the config's checks share, and the
+//!   [`sign::Verifier`] receivers use (secrets and public keys alike).
 //! - [`deliver`]: the outbound HTTP client (hyper, rustls, HTTP/1.1 and
 //!   HTTP/2), which refuses non-public addresses after DNS resolution.
 //! - [`api`]: the HTTP API (ingest, dead deliveries and replay, the

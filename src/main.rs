@@ -92,7 +92,8 @@ enum Command {
         #[command(subcommand)]
         command: PluginCommand,
     },
-    /// Validate a config file and print the effective config, secrets redacted.
+    /// Validate a config file and print the effective config, secrets
+    /// redacted, then the `whpk_` public key of each `whsk_` secret.
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
@@ -356,6 +357,11 @@ enum SubscriptionsCommand {
     Create {
         #[command(flatten)]
         fields: SubscriptionFields,
+        /// Its signature scheme: hmac (a whsec_ secret, v1 signatures; the
+        /// default) or ed25519 (a whsk_ secret key, v1a signatures, which
+        /// its receiver verifies with the whpk_ public key printed).
+        #[arg(long, value_parser = ["hmac", "ed25519"])]
+        signature: Option<String>,
         /// The tenant it is for (needed with an admin key; a tenant key's own by default).
         #[arg(long)]
         tenant: Option<String>,
@@ -401,6 +407,10 @@ enum SubscriptionsCommand {
         /// How long the old secret keeps signing too, like 24h (hookd's default: 24h).
         #[arg(long, value_name = "DURATION")]
         grace: Option<String>,
+        /// The new secret's kind: hmac (whsec_) or ed25519 (whsk_); by
+        /// default the kind of the newest secret.
+        #[arg(long, value_parser = ["hmac", "ed25519"])]
+        kind: Option<String>,
         #[command(flatten)]
         call: Call,
     },
@@ -617,6 +627,13 @@ async fn execute(command: Command) -> anyhow::Result<()> {
         } => {
             let config = Config::load(config.as_deref())?;
             print!("{}", config.to_redacted_toml());
+            let public = config.public_keys();
+            if !public.is_empty() {
+                println!("\n# Ed25519 public keys of the whsk_ secrets: give these to receivers, which verify v1a signatures with them");
+                for (key, public) in public {
+                    println!("# {key}: {public}");
+                }
+            }
             eprintln!("config is valid: {} subscription(s)", config.subscriptions.len());
             Ok(())
         }
@@ -895,12 +912,20 @@ async fn subscriptions_command(command: SubscriptionsCommand) -> anyhow::Result<
     match command {
         SubscriptionsCommand::List { list } => list_subscriptions(&list).await,
         SubscriptionsCommand::Show { id, call } => show_subscription(&id, &call).await,
-        SubscriptionsCommand::Create { fields, tenant, call } => {
+        SubscriptionsCommand::Create {
+            fields,
+            signature,
+            tenant,
+            call,
+        } => {
             let args = cli::SubscriptionArgs {
                 tenant,
                 ..fields.into_args()
             };
-            let body = args.create_body()?;
+            let mut body = args.create_body()?;
+            if let Some(signature) = signature {
+                body["signature"] = signature.into();
+            }
             let answer = client(&call.remote)?
                 .post("/v1/subscriptions", body.to_string())
                 .await?;
@@ -934,8 +959,8 @@ async fn subscriptions_command(command: SubscriptionsCommand) -> anyhow::Result<
             let answer = client(&call.remote)?.get(&subscription_path(&id, "/secret")).await?;
             show(&answer, call.json, cli::secret)
         }
-        SubscriptionsCommand::RotateSecret { id, grace, call } => {
-            let body = cli::rotate_body(grace.as_deref())?;
+        SubscriptionsCommand::RotateSecret { id, grace, kind, call } => {
+            let body = cli::rotate_body(grace.as_deref(), kind.as_deref())?;
             let answer = client(&call.remote)?
                 .post(&subscription_path(&id, "/rotate-secret"), body.to_string())
                 .await?;

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs hookd's whole test suite, installing what the tests need first:
-# redis-server, python3-aiosmtpd, chromium and chromium-driver (apt) and the
-# wasm32-wasip2 target (rustup) for the plugins.
+# redis-server, python3-aiosmtpd, python3-cryptography (the v1a interop
+# check), chromium and chromium-driver (apt) and the wasm32-wasip2 target
+# (rustup) for the plugins.
 #   bash tests/run.sh            # everything
 #   bash tests/run.sh pipeline   # extra args go to `cargo test`
 set -euo pipefail
@@ -11,10 +12,13 @@ say() { printf '\n== %s\n' "$*"; }
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 if ! command -v redis-server >/dev/null 2>&1 || ! /usr/bin/python3 -c 'import aiosmtpd' >/dev/null 2>&1 \
+  || ! /usr/bin/python3 -c 'import cryptography.hazmat.primitives.asymmetric.ed25519' >/dev/null 2>&1 \
   || [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
-  say "installing redis-server, python3-aiosmtpd, chromium and chromium-driver (apt)"
+  say "installing redis-server, python3-aiosmtpd, python3-cryptography, chromium and chromium-driver (apt)"
   as_root apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq redis-server python3-aiosmtpd chromium chromium-driver >/dev/null
+  # Debian's python3 is externally managed (PEP 668): Python's cryptography
+  # comes from apt like aiosmtpd, not pip.
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq redis-server python3-aiosmtpd python3-cryptography chromium chromium-driver >/dev/null
   # The tests start their own servers on free ports; the packaged service is not needed.
   (as_root service redis-server stop || true) >/dev/null 2>&1
 fi

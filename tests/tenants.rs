@@ -924,6 +924,171 @@ async fn a_rotated_secret_signs_beside_the_new_one_until_its_grace_ends() {
     hookd.stop().await;
 }
 
+/// The `v1a` signature of an arrival checked by Python's `cryptography`
+/// with the `whpk_` key `public`, over `body`.
+fn python_verifies(public: &str, arrival: &support::receiver::Arrival, body: &[u8]) -> bool {
+    let header = |name: &str| arrival.headers[name].to_str().unwrap().to_owned();
+    support::interop::python_verifies_v1a(
+        public,
+        &header("webhook-id"),
+        &header("webhook-timestamp"),
+        &header("webhook-signature"),
+        body,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ed25519_subscriptions_sign_v1a_that_receivers_verify_with_the_public_key() {
+    use hookd::sign::{public_key_of, Verifier};
+    let rx = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let hookd = Hookd::start(embedded(dir.path(), "")).await;
+    let acme = tenant(&hookd.api, "acme", None).await;
+
+    // An HMAC subscription's answers keep their shape: no public keys.
+    let hmac = subscribe(&acme, &rx, "hmac", json!(["*"])).await;
+    assert!(hmac.get("public_keys").is_none(), "{hmac}");
+
+    let made = acme
+        .post(
+            "/v1/subscriptions",
+            json!({"name": "signed", "url": rx.url("signed"), "events": ["*"], "signature": "ed25519"}).to_string(),
+        )
+        .await
+        .unwrap();
+    let id = made["id"].as_str().unwrap().to_owned();
+    let secret = made["secret"].as_str().unwrap().to_owned();
+    assert!(secret.starts_with("whsk_"), "{made}");
+    let public = public_key_of(&secret).unwrap();
+    assert_eq!(made["public_keys"], json!([public]), "{made}");
+    // The receiver holds the public key only.
+    rx.trust("signed", &[&public]);
+    let shown = acme.get(&format!("/v1/subscriptions/{id}")).await.unwrap();
+    assert_eq!(shown["public_keys"], json!([public]));
+    assert!(shown.get("secret").is_none(), "{shown}");
+    let owner = acme.get(&format!("/v1/subscriptions/{id}/secret")).await.unwrap();
+    assert_eq!(owner["secret"], secret.as_str());
+    assert_eq!(owner["public_keys"], json!([public]));
+    let listed = acme.get("/v1/subscriptions").await.unwrap();
+    let item = listed["subscriptions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == id.as_str())
+        .unwrap();
+    assert_eq!(item["public_keys"], json!([public]));
+    let refused = acme
+        .post(
+            "/v1/subscriptions",
+            json!({"name": "x", "url": rx.url("x"), "events": ["*"], "signature": "rsa"}).to_string(),
+        )
+        .await;
+    assert_eq!(status(&refused), 422);
+    assert!(format!("{refused:?}").contains("signature"), "{refused:?}");
+
+    let send =
+        |n: u32| hookd.send(json!({"type": "a.b", "id": format!("evt_e{n}"), "tenant": "acme", "data": {"n": n}}));
+    send(1).await;
+    let first = rx
+        .wait_for(WAIT, "a v1a delivery", |a| a.iter().any(|a| a.path == "signed"))
+        .await;
+    let first = first.iter().find(|a| a.path == "signed").unwrap().clone();
+    assert!(first.verified, "the receiver verifies v1a with the public key");
+    let signature = first.headers["webhook-signature"].to_str().unwrap().to_owned();
+    assert!(signature.starts_with("v1a,") && !signature.contains(' '), "{signature}");
+    assert!(
+        python_verifies(&public, &first, &first.body),
+        "Python's cryptography verifies hookd's v1a signature: {signature}"
+    );
+    let mut tampered = first.body.to_vec();
+    tampered[0] = b' ';
+    assert!(!python_verifies(&public, &first, &tampered), "nor a tampered body");
+    let other = public_key_of(&hookd::sign::Scheme::Ed25519.new_secret()).unwrap();
+    assert!(!python_verifies(&other, &first, &first.body), "nor another key");
+
+    // A rotation to HMAC: both sign during the grace, v1a and v1.
+    let rotated = acme
+        .post(
+            &format!("/v1/subscriptions/{id}/rotate-secret"),
+            json!({"grace": "1h", "kind": "hmac"}).to_string(),
+        )
+        .await
+        .unwrap();
+    let hmac_secret = rotated["secret"].as_str().unwrap().to_owned();
+    assert!(hmac_secret.starts_with("whsec_"), "{rotated}");
+    assert!(rotated.get("public_key").is_none(), "{rotated}");
+    let shown = acme.get(&format!("/v1/subscriptions/{id}")).await.unwrap();
+    assert_eq!(shown["public_keys"], json!([public]), "the old key still signs");
+    send(2).await;
+    let arrivals = rx
+        .wait_for(WAIT, "a mixed delivery", |a| {
+            a.iter().filter(|a| a.path == "signed").count() >= 2
+        })
+        .await;
+    let mixed = arrivals.iter().filter(|a| a.path == "signed").nth(1).unwrap();
+    assert!(mixed.verified);
+    let signature = mixed.headers["webhook-signature"].to_str().unwrap();
+    let schemes: Vec<&str> = signature.split(' ').map(|s| s.split(',').next().unwrap()).collect();
+    assert_eq!(schemes, ["v1a", "v1"], "{signature}");
+    for key in [&public, &hmac_secret, &secret] {
+        assert!(
+            Verifier::new(&[key.as_str()])
+                .unwrap()
+                .verify(&mixed.headers, &mixed.body)
+                .is_ok(),
+            "{key} verifies the mixed header"
+        );
+    }
+    assert!(python_verifies(&public, mixed, &mixed.body));
+
+    // And back to Ed25519 at once, with a rotation of no grace and no
+    // kind: the newest secret's kind (HMAC) is kept unless asked.
+    let same = acme
+        .post(
+            &format!("/v1/subscriptions/{id}/rotate-secret"),
+            json!({"grace": "0s"}).to_string(),
+        )
+        .await
+        .unwrap();
+    assert!(same["secret"].as_str().unwrap().starts_with("whsec_"), "{same}");
+    let back = acme
+        .post(
+            &format!("/v1/subscriptions/{id}/rotate-secret"),
+            json!({"grace": "0s", "kind": "ed25519"}).to_string(),
+        )
+        .await
+        .unwrap();
+    let new_public = back["public_key"].as_str().unwrap().to_owned();
+    assert_eq!(
+        Some(new_public.clone()),
+        public_key_of(back["secret"].as_str().unwrap())
+    );
+    let shown = acme.get(&format!("/v1/subscriptions/{id}")).await.unwrap();
+    assert_eq!(shown["public_keys"], json!([new_public]));
+    let bad = acme
+        .post(
+            &format!("/v1/subscriptions/{id}/rotate-secret"),
+            json!({"kind": "dsa"}).to_string(),
+        )
+        .await;
+    assert_eq!(status(&bad), 422);
+    rx.trust("signed", &[&new_public]);
+    send(3).await;
+    let arrivals = rx
+        .wait_for(WAIT, "a delivery under the new key", |a| {
+            a.iter().filter(|a| a.path == "signed").count() >= 3
+        })
+        .await;
+    let last = arrivals.iter().filter(|a| a.path == "signed").nth(2).unwrap();
+    assert!(last.verified);
+    assert!(python_verifies(&new_public, last, &last.body));
+    assert!(
+        !python_verifies(&public, last, &last.body),
+        "the old key no longer signs"
+    );
+    hookd.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tenants_use_the_operators_registered_plugins_by_name() {
     let rx = Receiver::start().await;

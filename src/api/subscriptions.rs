@@ -4,6 +4,8 @@
 //!
 //! - `POST /v1/subscriptions`: make one (a tenant key for its tenant, an
 //!   admin key naming `"tenant"`) → 201 with its `id` and its `secret`.
+//!   `"signature": "ed25519"` gives it a `whsk_` Ed25519 secret key (`v1a`
+//!   signatures) instead of the default `"hmac"` `whsec_` secret (`v1`).
 //! - `GET /v1/subscriptions`: the caller's (an admin's: all; `?tenant=`
 //!   narrows), by id, cursor-paginated (`cursor`, `limit`).
 //! - `GET|PATCH|DELETE /v1/subscriptions/{id}`: one of them; `PATCH` is a
@@ -12,10 +14,15 @@
 //!   (each recorded as cancelled). A TOML subscription is read-only here
 //!   (409): change the file.
 //! - `GET /v1/subscriptions/{id}/secret`: its signing secrets, to its owner.
+//! - `POST /v1/subscriptions/{id}/rotate-secret`: a new secret (`"kind":
+//!   "hmac"` or `"ed25519"`; by default the kind of its newest), the old
+//!   ones signing on for `"grace"` (24h by default).
 //! - `POST /v1/subscriptions/{id}/disable`, `.../enable`: park its
 //!   deliveries and send nothing, or resume them in order.
 //!
-//! Each answer shows status (active, or disabled and why, since when:
+//! Each answer shows `public_keys`, the `whpk_…` keys receivers verify
+//! `v1a` signatures with (absent for HMAC-only subscriptions: those have
+//! nothing public), status (active, or disabled and why, since when:
 //! null if it never changed), health counters, and the delivered /
 //! retrying / dead / filtered counts of the delivery log. A tenant key sees
 //! only its tenant's subscriptions: any other id is a 404.
@@ -42,6 +49,7 @@ use crate::model::{RateLimit, TenantId};
 use crate::notify::Notification;
 use crate::queue::now_ms;
 use crate::queue::Lease;
+use crate::sign::{self, Scheme};
 use serde::{Deserialize, Serialize};
 
 /// The subscription routes, mounted under `/v1`.
@@ -125,9 +133,22 @@ pub struct SubscriptionAnswer {
     /// A stored subscription's registered plugin (`{"name", "config_keys"}`:
     /// config values may be credentials), or a TOML one's file.
     pub plugin: Option<Value>,
+    /// The `whpk_…` public keys of its Ed25519 secrets signing now, which
+    /// receivers verify `v1a` signatures with; absent when it signs with
+    /// HMAC only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub public_keys: Vec<String>,
     /// Its new signing secret: in the answer of a creation only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret: Option<String>,
+}
+
+/// The `whpk_…` public keys of `sub`'s Ed25519 secrets, in order.
+fn public_keys(sub: &SubscriptionConfig) -> Vec<String> {
+    sub.secrets
+        .iter()
+        .filter_map(|s| sign::public_key_of(s.expose()))
+        .collect()
 }
 
 /// `sub` as the API shows it: its state and health from the state store,
@@ -187,6 +208,7 @@ pub(super) async fn describe(state: &ApiState, sub: &SubscriptionConfig) -> Resu
                 .map(|p| json!({"name": p.name, "config_keys": p.config.keys().collect::<Vec<_>>()})),
             None => sub.plugin.as_ref().map(|p| json!(p.path.display().to_string())),
         },
+        public_keys: public_keys(sub),
         secret: None,
     })
 }
@@ -331,17 +353,33 @@ async fn create(
 ) -> Result<Response, ApiError> {
     let mut fields = object_body(
         &body,
-        "name, url, events and optional headers, description, rate_limit, max_in_flight, max_retries, timeout",
+        "name, url, events and optional headers, description, rate_limit, max_in_flight, max_retries, timeout, signature",
     )?;
     let tenant = tenant_of_write(&principal, fields.remove("tenant"))?;
+    let scheme = scheme_field("signature", fields.remove("signature"))?.unwrap_or_default();
     let spec: SubscriptionSpec = serde_json::from_value(Value::Object(fields))
         .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", e.to_string()))?;
-    let stored = state.catalog.create_subscription(&tenant, spec).await?;
+    let stored = state.catalog.create_subscription(&tenant, spec, scheme).await?;
     let sub = find(&state, &principal, stored.id.as_str())?;
     let mut answer = describe(&state, &sub).await?;
     answer.secret = stored.secrets.last().map(|s| s.value.clone());
-    tracing::info!(subscription = %stored.id, tenant = %tenant, "subscription made");
+    tracing::info!(subscription = %stored.id, tenant = %tenant, ?scheme, "subscription made");
     Ok((StatusCode::CREATED, Json(answer)).into_response())
+}
+
+/// A signature scheme named in a body (`"hmac"` or `"ed25519"`), or a 422
+/// naming `field`; none when absent or null.
+fn scheme_field(field: &str, value: Option<Value>) -> Result<Option<Scheme>, ApiError> {
+    match value {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => serde_json::from_value(v).map(Some).map_err(|_| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_field",
+                format!("{field}: must be \"hmac\" (whsec_ secret, v1 signatures) or \"ed25519\" (whsk_ secret key, v1a signatures)"),
+            )
+        }),
+    }
 }
 
 async fn update(
@@ -422,7 +460,12 @@ async fn secret(
     let sub = find(&state, &principal, &id)?;
     let secrets: Vec<&str> = sub.secrets.iter().map(|s| s.expose()).collect();
     tracing::info!(subscription = %sub.name, "subscription secret shown to its owner");
-    Ok(Json(json!({ "id": sub.name, "secret": secrets.last(), "secrets": secrets })).into_response())
+    let mut answer = json!({ "id": sub.name, "secret": secrets.last(), "secrets": secrets });
+    let public = public_keys(&sub);
+    if !public.is_empty() {
+        answer["public_keys"] = json!(public);
+    }
+    Ok(Json(answer).into_response())
 }
 
 /// The body of `POST /v1/subscriptions/{id}/rotate-secret`.
@@ -432,6 +475,9 @@ struct RotateBody {
     /// How long the secrets it had keep signing (`24h`).
     #[serde(default, with = "humantime_serde")]
     grace: Option<std::time::Duration>,
+    /// The new secret's scheme; by default the newest secret's.
+    #[serde(default)]
+    kind: Option<Scheme>,
 }
 
 /// How long a rotated-out secret keeps signing unless the call says.
@@ -451,20 +497,28 @@ async fn rotate_secret(
             ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "invalid_field",
-                format!("send {{\"grace\": \"24h\"}} or nothing: {e}"),
+                format!(
+                    "send {{\"grace\": \"24h\", \"kind\": \"hmac\" or \"ed25519\"}} (either optional) or nothing: {e}"
+                ),
             )
         })?
     };
     let grace = body.grace.unwrap_or(DEFAULT_GRACE);
-    let (sub, secret) = state.catalog.rotate_secret(&id, principal.tenant(), grace).await?;
+    let (sub, secret) = state
+        .catalog
+        .rotate_secret(&id, principal.tenant(), grace, body.kind)
+        .await?;
     let until = chrono::Utc::now() + chrono::Duration::from_std(grace).unwrap_or_default();
     tracing::info!(subscription = %sub.id, grace = %humantime::format_duration(grace), "subscription secret rotated");
-    Ok(Json(json!({
+    let mut answer = json!({
         "id": sub.id,
         "secret": secret,
         "previous_expire_at": if grace.is_zero() { Value::Null } else { json!(until) },
-    }))
-    .into_response())
+    });
+    if let Some(public) = sign::public_key_of(&secret) {
+        answer["public_key"] = json!(public);
+    }
+    Ok(Json(answer).into_response())
 }
 
 /// The body of `POST /v1/subscriptions/{id}/test`.

@@ -28,14 +28,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use base64::Engine as _;
-use rand::RngCore as _;
 use serde::Serialize;
 use tokio::sync::{watch, Mutex};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::model::{now_ms, Millis, SubscriptionName, TenantId};
+use crate::sign::Scheme;
 use keys::{KeyRecord, Role};
 pub use records::{EventType, Origin, Owner, PluginRef, StoredSecret, StoredSubscription, SubscriptionSpec, Tenant};
 pub use routes::Routes;
@@ -533,11 +532,12 @@ impl Catalog {
         Ok(())
     }
 
-    /// Makes a subscription for `tenant` with a new secret.
+    /// Makes a subscription for `tenant` with a new secret of `scheme`.
     pub async fn create_subscription(
         &self,
         tenant: &TenantId,
         spec: SubscriptionSpec,
+        scheme: Scheme,
     ) -> Result<StoredSubscription, Error> {
         let snapshot = self.snapshot();
         if !snapshot.tenants.contains_key(tenant) {
@@ -554,7 +554,7 @@ impl Catalog {
             tenant: tenant.clone(),
             spec,
             secrets: vec![StoredSecret {
-                value: new_secret(),
+                value: scheme.new_secret(),
                 expires_at: None,
             }],
             created_at: now,
@@ -660,14 +660,17 @@ impl Catalog {
         }
     }
 
-    /// Gives the stored subscription `id` a new secret; the ones it had
-    /// keep signing for `grace` (every delivery meanwhile carries both
-    /// signatures), then stop. Returns the subscription and its new secret.
+    /// Gives the stored subscription `id` a new secret of `scheme` (none:
+    /// the scheme of its newest secret, so an HMAC subscription stays
+    /// HMAC); the ones it had keep signing for `grace` (every delivery
+    /// meanwhile carries both signatures, of either scheme), then stop.
+    /// Returns the subscription and its new secret.
     pub async fn rotate_secret(
         &self,
         id: &str,
         tenant: Option<&TenantId>,
         grace: Duration,
+        scheme: Option<Scheme>,
     ) -> Result<(StoredSubscription, String), Error> {
         if grace > MAX_GRACE {
             return Err(invalid(
@@ -682,7 +685,13 @@ impl Catalog {
         for old in &mut sub.secrets {
             old.expires_at = Some(old.expires_at.map_or(until, |at| at.min(until)));
         }
-        let secret = new_secret();
+        let scheme = scheme.unwrap_or_else(|| {
+            sub.secrets
+                .last()
+                .and_then(|s| crate::sign::SigningKey::parse(&s.value).ok())
+                .map_or(Scheme::Hmac, |k| k.scheme())
+        });
+        let secret = scheme.new_secret();
         sub.secrets.push(StoredSecret {
             value: secret.clone(),
             expires_at: None,
@@ -697,11 +706,10 @@ impl Catalog {
 /// Longest grace a rotated-out secret may keep signing.
 pub const MAX_GRACE: Duration = Duration::from_secs(30 * 24 * 3600);
 
-/// A new signing secret: `whsec_` and 32 random bytes in base64.
+/// A new HMAC signing secret: `whsec_` and 32 random bytes in base64
+/// ([`Scheme::new_secret`] makes either kind).
 pub fn new_secret() -> String {
-    let mut bytes = [0u8; 32];
-    rand::rng().fill_bytes(&mut bytes);
-    format!("whsec_{}", base64::engine::general_purpose::STANDARD.encode(bytes))
+    Scheme::Hmac.new_secret()
 }
 
 /// The store record of `value`.
@@ -751,7 +759,14 @@ mod tests {
     #[test]
     fn new_secrets_are_valid_signing_secrets() {
         let secret = new_secret();
-        assert!(crate::config::decode_secret(&secret).is_ok(), "{secret}");
+        let key = crate::sign::SigningKey::parse(&secret).unwrap();
+        assert_eq!(key.scheme(), Scheme::Hmac, "{secret}");
+        assert_eq!(key.public_key(), None);
         assert_ne!(secret, new_secret());
+        let secret = Scheme::Ed25519.new_secret();
+        let key = crate::sign::SigningKey::parse(&secret).unwrap();
+        assert_eq!(key.scheme(), Scheme::Ed25519, "{secret}");
+        assert!(key.public_key().unwrap().starts_with("whpk_"));
+        assert_ne!(secret, Scheme::Ed25519.new_secret());
     }
 }

@@ -81,8 +81,8 @@ impl EventType {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoredSecret {
-    /// `whsec_…`, kept in the store as is (the store is as trusted as the
-    /// queue, which holds the payloads).
+    /// `whsec_…` (HMAC) or `whsk_…` (Ed25519), kept in the store as is (the
+    /// store is as trusted as the queue, which holds the payloads).
     pub value: String,
     /// When it stops signing (a rotated-out secret in its grace period).
     #[serde(default, skip_serializing_if = "Option::is_none")]

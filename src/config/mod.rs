@@ -11,7 +11,6 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use base64::Engine as _;
 use figment::providers::{Env, Format, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize, Serializer};
@@ -506,7 +505,10 @@ pub struct SubscriptionConfig {
     pub url: String,
     /// Event type patterns: exact (`link.clicked`), prefix (`coupon.*`) or `*`.
     pub events: Vec<String>,
-    /// Signing secrets (`whsec_…`); each signs, so keys can be rotated.
+    /// Signing secrets, each signing every delivery (so keys can be
+    /// rotated): `whsec_…` (HMAC-SHA256, `v1` signatures) or `whsk_…`
+    /// (Ed25519, `v1a`; receivers verify with the `whpk_…` public key that
+    /// `hookd config check` prints).
     pub secrets: Vec<Secret>,
     /// Extra headers sent with every request.
     #[serde(default)]
@@ -867,6 +869,21 @@ impl Config {
         self.subscriptions.iter().find(|s| s.name.as_str() == name)
     }
 
+    /// The `whpk_…` public key of every `whsk_` secret, with the key naming
+    /// it (`subscriptions.crm.secrets[1]`): not secrets, but what receivers
+    /// verify `v1a` signatures with.
+    pub fn public_keys(&self) -> Vec<(String, String)> {
+        self.subscriptions
+            .iter()
+            .flat_map(|sub| {
+                sub.secrets.iter().enumerate().filter_map(move |(n, secret)| {
+                    crate::sign::public_key_of(secret.expose())
+                        .map(|public| (format!("subscriptions.{}.secrets[{n}]", sub.name), public))
+                })
+            })
+            .collect()
+    }
+
     /// The effective configuration as TOML, secrets shown as `[redacted]`.
     pub fn to_redacted_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
@@ -965,11 +982,11 @@ impl SubscriptionConfig {
         if self.secrets.is_empty() {
             return Err(invalid(
                 format!("{prefix}secrets"),
-                "must hold at least one whsec_ secret",
+                "must hold at least one whsec_ or whsk_ secret",
             ));
         }
         for (n, secret) in self.secrets.iter().enumerate() {
-            decode_secret(secret.expose()).map_err(|p| invalid(format!("{prefix}secrets[{n}]"), p))?;
+            crate::sign::SigningKey::parse(secret.expose()).map_err(|p| invalid(format!("{prefix}secrets[{n}]"), p))?;
         }
         for (name, value) in &self.headers {
             let lower = name.to_ascii_lowercase();
@@ -1075,20 +1092,6 @@ impl PluginConfig {
     }
 }
 
-/// Decodes a `whsec_<base64>` signing secret into its key bytes.
-pub fn decode_secret(secret: &str) -> Result<Vec<u8>, String> {
-    let b64 = secret
-        .strip_prefix("whsec_")
-        .ok_or_else(|| "must start with `whsec_` followed by base64".to_string())?;
-    let key = base64::engine::general_purpose::STANDARD
-        .decode(b64)
-        .map_err(|_| "the part after `whsec_` is not valid base64".to_string())?;
-    if !(24..=64).contains(&key.len()) {
-        return Err(format!("decodes to {} bytes; use 24 to 64 random bytes", key.len()));
-    }
-    Ok(key)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1169,6 +1172,34 @@ mod tests {
         for (text, key) in cases {
             let err = Config::from_toml(text).unwrap_err().to_string();
             assert!(err.contains(key), "{text:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn ed25519_secrets_are_accepted_and_their_public_keys_listed() {
+        const SK: &str = "whsk_VEVTVFNJR05JTkdLRVlET05PVFVTRVRISVNGT1JBTlk=";
+        const PK: &str = "whpk_ZlN4eg7dSSqi0moX9hQUk3orrOouK3QVQSlJa248c/g=";
+        let text = sub("").replace(&format!("\"{SECRET}\""), &format!("\"{SECRET}\", \"{SK}\""));
+        let c = Config::from_toml(&text).unwrap();
+        assert_eq!(
+            c.public_keys(),
+            vec![("subscriptions.crm.secrets[1]".to_string(), PK.to_string())]
+        );
+        let shown = format!("{} {:?}", c.to_redacted_toml(), c);
+        assert!(!shown.contains(&SK[5..]), "{shown}");
+        let cases = [
+            ("whsk_AAAA", "decodes to 3 bytes"),
+            ("whsk_!!", "not valid base64"),
+            (PK, "public key"),
+        ];
+        for (bad, why) in cases {
+            let err = Config::from_toml(&sub("").replace(SECRET, bad))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("subscriptions.crm.secrets[0]") && err.contains(why),
+                "{bad}: {err}"
+            );
         }
     }
 

@@ -6,6 +6,7 @@
 
 pub mod browser;
 pub mod daemon;
+pub mod interop;
 pub mod plugins;
 pub mod receiver;
 
