@@ -308,6 +308,29 @@ async fn operator_and_tenant_portals_in_a_real_browser() {
         assert_eq!(find(&c, "#total-succeeded").await.text().await.unwrap(), "2");
         assert_eq!(find(&c, "#total-failed").await.text().await.unwrap(), "1");
         shot(&c, "overview").await;
+
+        // An Ed25519 subscription: the receiver holds only the public key
+        // the page shows, and verifies the v1a signature with it.
+        c.goto(&format!("{base}/console/subscriptions/new")).await.unwrap();
+        fill(&c, "name", "signed").await;
+        fill(&c, "url", &rx.url("signed")).await;
+        fill(&c, "events", "coupon.*").await;
+        find(&c, "#f-signature").await.select_by_value("ed25519").await.unwrap();
+        click(&c, "Create").await;
+        let key = find(&c, "[data-secret]").await.text().await.unwrap();
+        assert!(key.starts_with("whsk_"), "{key}");
+        let public = find(&c, "[data-public-key]").await.text().await.unwrap();
+        assert!(public.starts_with("whpk_"), "{public}");
+        rx.trust("signed", &[&public]);
+        click(&c, "Go to signed").await;
+        assert_eq!(find(&c, "[data-public-key]").await.text().await.unwrap(), public);
+        click(&c, "Send test event").await;
+        wait_for_text(&c, "✓ delivered").await;
+        let signed = rx.at("signed");
+        assert_eq!(signed.len(), 1);
+        assert!(signed[0].verified, "verified with the public key alone");
+        let header = signed[0].headers["webhook-signature"].to_str().unwrap();
+        assert!(header.starts_with("v1a,"), "{header}");
         sign_out(&c).await;
 
         // globex's portal sees none of acme's objects, even by their URLs.

@@ -18,7 +18,8 @@ use crate::console::view::{self, FieldErrors};
 use crate::console::{render, Console, Ctx, Fields};
 
 /// The fields of the subscription form, as the API names them.
-const FIELDS: [&str; 10] = [
+const FIELDS: [&str; 11] = [
+    "signature",
     "tenant",
     "name",
     "url",
@@ -152,6 +153,7 @@ struct Values {
     max_in_flight: String,
     max_retries: String,
     timeout: String,
+    signature: String,
 }
 
 impl Values {
@@ -168,6 +170,7 @@ impl Values {
             max_in_flight: get("max_in_flight"),
             max_retries: get("max_retries"),
             timeout: get("timeout"),
+            signature: get("signature"),
         }
     }
 
@@ -189,6 +192,7 @@ impl Values {
             max_in_flight: s.max_in_flight.map(|n| n.to_string()).unwrap_or_default(),
             max_retries: s.max_retries.map(|n| n.to_string()).unwrap_or_default(),
             timeout: s.timeout.clone().unwrap_or_default(),
+            signature: String::new(),
         }
     }
 }
@@ -203,6 +207,15 @@ fn form(ctx: &Ctx, action: &str, v: &Values, existing: Option<&SubscriptionAnswe
                 (view::field("tenant", "Tenant", &v.tenant, "The tenant it belongs to (its id).", errors))
             }
             (view::field("name", "Name", &v.name, "Unique among the tenant's subscriptions.", errors))
+            @if existing.is_none() {
+                div.field {
+                    label for="f-signature" { "Signature" }
+                    select id="f-signature" name="signature" {
+                        option value="hmac" selected[v.signature != "ed25519"] { "HMAC-SHA256 (v1): a shared secret" }
+                        option value="ed25519" selected[v.signature == "ed25519"] { "Ed25519 (v1a): receivers hold only a public key" }
+                    }
+                }
+            }
             (view::field("url", "Endpoint URL", &v.url, "Where the webhooks are POSTed: https://…", errors))
             (view::field("events", "Event types", &v.events, "Comma-separated: exact (coupon.redeemed), prefix (coupon.*) or *.", errors))
             @if existing.is_some_and(|s| !s.headers.is_empty()) {
@@ -232,6 +245,11 @@ fn body_of(form: &Fields, edit: bool) -> Result<Value, FieldErrors> {
             out.insert(name.into(), Value::Null);
         }
     };
+    if !edit {
+        if let Some(kind) = form.text("signature") {
+            out.insert("signature".into(), json!(kind));
+        }
+    }
     for name in ["tenant", "name", "url", "description", "timeout"] {
         match form.text(name) {
             Some(v) => {
@@ -343,8 +361,14 @@ async fn create(State(console): State<Console>, ctx: Ctx, Form(fields): Form<Fie
     };
     let body = html! {
         (view::notice("Subscription created."))
-        (view::secret_box("Signing secret", created.secret.as_deref().unwrap_or(""),
-            "Give it to the receiver now to verify signatures; it is shown again only on an explicit reveal."))
+        @if created.public_keys.is_empty() {
+            (view::secret_box("Signing secret", created.secret.as_deref().unwrap_or(""),
+                "Give it to the receiver now to verify signatures; it is shown again only on an explicit reveal."))
+        } @else {
+            (view::secret_box("Signing key (Ed25519)", created.secret.as_deref().unwrap_or(""),
+                "Keep it secret: hookd signs with it. Receivers need only the public key below."))
+            p { "Public key for receivers: " @for k in &created.public_keys { code data-public-key { (k) } } }
+        }
         p { a.button href=(format!("/console/subscriptions/{}", segment(created.id.as_str()))) { "Go to " (created.name) } }
     };
     render(&ctx, &format!("Subscription {}", created.name), body)
@@ -405,6 +429,9 @@ fn detail(ctx: &Ctx, s: &SubscriptionAnswer, types: &[String], notice: Option<&s
             @if !s.headers.is_empty() { dt { "Headers" } dd { (s.headers.join(", ")) " (values hidden)" } }
             @if let Some(d) = &s.description { dt { "Description" } dd { (d) } }
             @if let Some(p) = &s.plugin { dt { "Plugin" } dd { code { (p) } } }
+            @if !s.public_keys.is_empty() {
+                dt { "Public keys" } dd { @for k in &s.public_keys { code data-public-key { (k) } " " } }
+            }
         }
         div.actions {
             a.button href=(format!("/console/deliveries{}", query(&[("subscription", s.id.as_str())]))) { "Its deliveries" }
@@ -440,6 +467,12 @@ fn detail(ctx: &Ctx, s: &SubscriptionAnswer, types: &[String], notice: Option<&s
                     (view::csrf(ctx))
                     label for="f-grace" { "Old secret keeps signing for" }
                     input id="f-grace" name="grace" value="24h";
+                    label for="f-kind" { "New secret" }
+                    select id="f-kind" name="kind" {
+                        option value="" { "same kind" }
+                        option value="hmac" { "HMAC (v1)" }
+                        option value="ed25519" { "Ed25519 (v1a)" }
+                    }
                     button type="submit" { "Rotate" }
                 }
             }
@@ -588,7 +621,10 @@ async fn rotate_secret(
             &fields,
             Method::POST,
             &format!("/v1/subscriptions/{}/rotate-secret", segment(&id)),
-            Some(json!({ "grace": grace })),
+            Some(match fields.text("kind") {
+                Some(kind) => json!({ "grace": grace, "kind": kind }),
+                None => json!({ "grace": grace }),
+            }),
         )
         .await
     {
@@ -596,9 +632,11 @@ async fn rotate_secret(
         Err(page) => return page,
     };
     let secret = answer.body["secret"].as_str().unwrap_or("").to_owned();
+    let public = answer.body["public_key"].as_str().map(str::to_owned);
     shown(&console, &ctx, &id, html! {
         (view::secret_box("New signing secret", &secret,
             &format!("The previous secret keeps signing beside it for {grace}: give this one to the receiver now.")))
+        @if let Some(k) = &public { p { "Public key for receivers: " code data-public-key { (k) } } }
     })
     .await
 }
