@@ -37,7 +37,7 @@ use hookd::catalog::store::embedded::EmbeddedCatalog;
 use hookd::catalog::store::{CatalogStore, Kind, Record, Write};
 use hookd::catalog::{new_secret, Catalog, StoredSecret, StoredSubscription, SubscriptionSpec, Tenant};
 use hookd::config::{Config, SubscriptionName, TenantId};
-use hookd::dispatch::Endpoints;
+use hookd::dispatch::{Endpoints, LoadedPlugins};
 use hookd::ingest::{parse_event, to_subscriptions, Event};
 use hookd::queue::now_ms;
 use hookd::telemetry::Metrics;
@@ -230,10 +230,14 @@ fn catalog_benches(c: &mut Criterion) {
         });
         let metrics = Metrics::new();
         let snapshot = fixture.catalog.snapshot();
-        let previous = Endpoints::build(&snapshot.config, None, &metrics, None).expect("endpoints");
+        let previous =
+            Endpoints::build(&snapshot.config, &LoadedPlugins::default(), &metrics, None).expect("endpoints");
         group.bench_function(format!("endpoints_build/{name}"), |b| {
             b.iter(|| {
-                black_box(Endpoints::build(&snapshot.config, None, &metrics, Some(&previous)).expect("endpoints"))
+                black_box(
+                    Endpoints::build(&snapshot.config, &LoadedPlugins::default(), &metrics, Some(&previous))
+                        .expect("endpoints"),
+                )
             })
         });
     }

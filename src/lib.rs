@@ -93,7 +93,12 @@
 //!   ([`telemetry::Metrics`], served at `GET /metrics`).
 //! - [`plugin`]: the only module that knows wasmtime: WebAssembly plugins
 //!   that drop or reshape a delivery before it is signed, sandboxed with a
-//!   deadline and a memory cap.
+//!   deadline on the whole call in wall time (the wait for an instance slot
+//!   included) and a memory cap on each instance's total, with the memory
+//!   idle warm instances keep bounded too. Plugins compile on tokio's
+//!   blocking pool; the API serves while they do, and the dispatcher starts
+//!   once they are loaded. [`plugin::Input::for_delivery`] builds what a
+//!   plugin is given, for deliveries and `hookd plugin run` alike.
 //! - `reload` (private): hot reload of the config and plugin files, handed
 //!   to the catalogue; it rebuilds the dispatcher's endpoints whenever the
 //!   catalogue publishes.
@@ -292,48 +297,30 @@ pub async fn run_with_backends(
     } else {
         None
     };
-    let endpoints = dispatch::Endpoints::build(&catalog.snapshot().config, plugins.as_deref(), &metrics, None)?;
-    let endpoints = Arc::new(arc_swap::ArcSwap::from_pointee(endpoints));
+    // Everything below stops on `stop`: the caller's shutdown, or a
+    // start-up failure once the API is already serving.
+    let stop = shutdown.child_token();
     let tasks = TaskTracker::new();
     // The notifier flushes its digest after the dispatcher stops raising.
     let notifier_stop = CancellationToken::new();
     let (notifier, notifier_task) = notify::Notifier::start(&config, metrics.clone(), notifier_stop.clone())?;
     let alerts = notify::Alerts::new(notifier, ingestor.clone());
-    if config.delivery.dispatch {
-        let services = dispatch::Services {
-            recorder: recorder.clone(),
-            metrics: metrics.clone(),
-            alerts: alerts.clone(),
-            catalog: catalog.clone(),
-        };
-        let dispatcher =
-            dispatch::Dispatcher::new(&config, backend.clone(), endpoints.clone(), queued.clone(), services)?;
-        tasks.spawn(dispatcher.run(shutdown.clone()));
-    }
-    tasks.spawn(sample_depth(backend.queue.clone(), metrics.clone(), shutdown.clone()));
-    if config.ingest.stream {
-        if let Some(consumer) = ingest::stream::StreamConsumer::new(&config, ingestor.clone()) {
-            tasks.spawn(consumer.run(shutdown.clone()));
-        }
-    }
-    tasks.spawn(catalog.clone().run(shutdown.clone()));
-    let api_endpoints = endpoints.clone();
-    let reloader = reload::Reloader {
-        catalog: catalog.clone(),
-        config: config.clone(),
-        plugins,
-        endpoints,
-        metrics: metrics.clone(),
-    };
-    tasks.spawn(reloader.run(shutdown.clone()));
-    tasks.spawn(history::trim_loop(
+    // The API serves from here on, while plugins compile (seconds each,
+    // cold) on the blocking pool; the dispatcher starts once they are
+    // loaded. Until then the API's view of the endpoints is empty (enable
+    // and disable act through the queue backend all the same).
+    let endpoints = Arc::new(arc_swap::ArcSwap::from_pointee(dispatch::Endpoints::default()));
+    let state = api::ApiState::new(
+        &config,
+        catalog.clone(),
+        ingestor.clone(),
+        backend.clone(),
         history.clone(),
-        config.history.clone(),
-        shutdown.clone(),
-    ));
-    let state = api::ApiState::new(&config, catalog, ingestor, backend, history, metrics, alerts);
+        metrics.clone(),
+        alerts.clone(),
+    );
     let state = Arc::new(api::ApiState {
-        endpoints: api_endpoints,
+        endpoints: endpoints.clone(),
         ..state
     });
     let addr = listener.local_addr()?;
@@ -343,13 +330,85 @@ pub async fn run_with_backends(
         "embedded"
     };
     info!(%addr, subscriptions = config.subscriptions.len(), backend = kind, "hookd serving");
-    api::serve::serve(listener, api::router(state), &config.server, shutdown.clone()).await;
+    let server = tokio::spawn({
+        let server_config = config.server.clone();
+        let stop = stop.clone();
+        async move { api::serve::serve(listener, api::router(state), &server_config, stop).await }
+    });
+    tasks.spawn(sample_depth(backend.queue.clone(), metrics.clone(), stop.clone()));
+    if config.ingest.stream {
+        if let Some(consumer) = ingest::stream::StreamConsumer::new(&config, ingestor.clone()) {
+            tasks.spawn(consumer.run(stop.clone()));
+        }
+    }
+    tasks.spawn(catalog.clone().run(stop.clone()));
+    tasks.spawn(history::trim_loop(
+        history.clone(),
+        config.history.clone(),
+        stop.clone(),
+    ));
+
+    let snapshot = catalog.snapshot();
+    let prepare = async {
+        let loaded = dispatch::LoadedPlugins::load(&snapshot.config, plugins.as_deref()).await?;
+        dispatch::Endpoints::build(&snapshot.config, &loaded, &metrics, None)
+    };
+    let prepared = tokio::select! {
+        prepared = prepare => Some(prepared),
+        _ = stop.cancelled() => None,
+    };
+    let mut failed = None;
+    match prepared {
+        Some(Ok(built)) => {
+            endpoints.store(Arc::new(built));
+            let started = (|| {
+                if config.delivery.dispatch {
+                    let services = dispatch::Services {
+                        recorder: recorder.clone(),
+                        metrics: metrics.clone(),
+                        alerts: alerts.clone(),
+                        catalog: catalog.clone(),
+                    };
+                    let dispatcher = dispatch::Dispatcher::new(
+                        &config,
+                        backend.clone(),
+                        endpoints.clone(),
+                        queued.clone(),
+                        services,
+                    )?;
+                    tasks.spawn(dispatcher.run(stop.clone()));
+                }
+                Ok::<_, dispatch::Error>(())
+            })();
+            if let Err(e) = started {
+                failed = Some(anyhow::Error::from(e));
+            }
+            let reloader = reload::Reloader {
+                catalog: catalog.clone(),
+                config: config.clone(),
+                plugins,
+                endpoints,
+                metrics: metrics.clone(),
+            };
+            tasks.spawn(reloader.run(stop.clone()));
+        }
+        Some(Err(e)) => failed = Some(e.into()),
+        // Told to stop while plugins were loading: nothing was delivered.
+        None => {}
+    }
+    if failed.is_some() {
+        stop.cancel();
+    }
+    server.await.context("HTTP server task failed")?;
     tasks.close();
     tasks.wait().await;
     notifier_stop.cancel();
     let _ = notifier_task.await;
     recorder_stop.cancel();
     let _ = recorder_task.await;
+    if let Some(e) = failed {
+        return Err(e);
+    }
     info!("hookd stopped");
     Ok(())
 }

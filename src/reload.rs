@@ -4,7 +4,8 @@
 //! every [`POLL`] by modification time and size, which sees an in-place
 //! write and an atomic rename alike), the file is loaded and validated
 //! again, every plugin is loaded again (compiled artifacts come from the
-//! disk cache), and the new subscriptions are swapped in whole: the
+//! disk cache; compiling runs on tokio's blocking pool, never on a runtime
+//! worker), and the new subscriptions are swapped in whole: the
 //! ingestor's filters and the dispatcher's endpoints. Deliveries in flight
 //! finish with the snapshot they started with; queued deliveries are
 //! untouched. A config or plugin that does not load is rejected with its
@@ -31,7 +32,7 @@ use tracing::{error, info, warn};
 
 use crate::catalog::Catalog;
 use crate::config::Config;
-use crate::dispatch::Endpoints;
+use crate::dispatch::{Endpoints, LoadedPlugins};
 use crate::plugin::Plugins;
 use crate::telemetry::Metrics;
 
@@ -97,7 +98,7 @@ impl Reloader {
                         return;
                     }
                     published.borrow_and_update();
-                    self.rebuild();
+                    self.rebuild().await;
                     continue;
                 }
             };
@@ -125,8 +126,9 @@ impl Reloader {
     }
 
     /// Rebuilds the endpoints from the catalogue's snapshot in force,
-    /// keeping the running ones if that fails.
-    fn rebuild(&mut self) {
+    /// keeping the running ones if that fails. Plugins load on the
+    /// blocking pool.
+    async fn rebuild(&mut self) {
         let snapshot = self.catalog.snapshot();
         if snapshot.config.subscriptions.iter().any(|s| s.plugin.is_some()) && self.plugins.is_none() {
             match Plugins::new(&snapshot.config.plugins) {
@@ -137,13 +139,15 @@ impl Reloader {
                 }
             }
         }
+        let loaded = match LoadedPlugins::load(&snapshot.config, self.plugins.as_deref()).await {
+            Ok(loaded) => loaded,
+            Err(e) => {
+                error!(error = %e, "cannot apply the catalogue's change; the running subscriptions stay");
+                return;
+            }
+        };
         let previous = self.endpoints.load();
-        match Endpoints::build(
-            &snapshot.config,
-            self.plugins.as_deref(),
-            &self.metrics,
-            Some(&previous),
-        ) {
+        match Endpoints::build(&snapshot.config, &loaded, &self.metrics, Some(&previous)) {
             Ok(endpoints) => self.endpoints.store(Arc::new(endpoints)),
             Err(e) => error!(error = %e, "cannot apply the catalogue's change; the running subscriptions stay"),
         }
@@ -161,10 +165,16 @@ impl Reloader {
                 }
             }
         }
-        let previous = self.endpoints.load();
         let preview = self.catalog.preview(&config).await;
-        let endpoints = match Endpoints::build(&preview.config, self.plugins.as_deref(), &self.metrics, Some(&previous))
-        {
+        let loaded = match LoadedPlugins::load(&preview.config, self.plugins.as_deref()).await {
+            Ok(loaded) => loaded,
+            Err(e) => {
+                error!(error = %e, "config reload rejected ({why}); the running config stays");
+                return;
+            }
+        };
+        let previous = self.endpoints.load();
+        let endpoints = match Endpoints::build(&preview.config, &loaded, &self.metrics, Some(&previous)) {
             Ok(e) => e,
             Err(e) => {
                 error!(error = %e, "config reload rejected ({why}); the running config stays");

@@ -132,6 +132,117 @@ async fn a_hostile_plugin_fails_only_its_own_delivery() {
     hookd.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sleeping_plugin_fails_at_its_deadline_and_does_not_stall_shutdown() {
+    let rx = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let toml = base_toml(dir.path(), "").replace("deadline = \"2s\"", "deadline = \"500ms\"")
+        + &subscription("sleepy", &rx.url("sleepy"), r#"["*"]"#, &plugin("hostile-sleep", ""))
+        + &subscription("fine", &rx.url("fine"), r#"["*"]"#, "");
+    let hookd = Hookd::start(Config::from_toml(&toml).unwrap()).await;
+    hookd
+        .send(json!({"type": "link.clicked", "id": "evt_sleep", "data": {}}))
+        .await;
+    rx.wait_for(WAIT, "the healthy delivery", |a| a.iter().any(|a| a.path == "fine"))
+        .await;
+    let dead = hookd
+        .wait_for("/v1/deliveries/dead", "the sleeping plugin's delivery to fail", |v| {
+            v["deliveries"].as_array().is_some_and(|d| !d.is_empty())
+        })
+        .await;
+    let error = dead["deliveries"][0]["last_error"].as_str().unwrap();
+    assert!(
+        error.starts_with("plugin_error:") && error.contains("deadline exceeded after 500 ms"),
+        "{error}"
+    );
+    assert!(rx.at("sleepy").is_empty());
+
+    // A call asleep in the plugin when hookd is told to stop ends at its
+    // deadline; shutdown does not wait for the sleep.
+    hookd
+        .send(json!({"type": "link.clicked", "id": "evt_sleep_2", "data": {}}))
+        .await;
+    rx.wait_for(WAIT, "the second healthy delivery", |a| {
+        a.iter().filter(|a| a.path == "fine").count() == 2
+    })
+    .await;
+    let started = std::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(10), hookd.stop())
+        .await
+        .expect("shutdown is not stalled by a sleeping plugin");
+    eprintln!("shutdown with a sleeping plugin took {:?}", started.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugin_run_gives_a_plugin_what_the_daemon_gives_it() {
+    let rx = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let toml =
+        base_toml(dir.path(), "") + &subscription("echo", &rx.url("echo"), r#"["coupon.*"]"#, &plugin("echo", ""));
+    let config = Config::from_toml(&toml).unwrap();
+    let settings = config.plugins.clone();
+    let hookd = Hookd::start(config).await;
+    let event = json!({"type": "coupon.redeemed", "id": "evt_echo", "timestamp": "2026-11-23T10:00:00Z", "data": {"coupon": "SPRING"}});
+    hookd.send(event.clone()).await;
+    let arrivals = rx.wait_for(WAIT, "the echoed delivery", |a| !a.is_empty()).await;
+    let daemon = arrivals[0].json();
+    hookd.stop().await;
+
+    let report = hookd::plugin::run_once(&settings, &wasm("echo"), event.to_string().as_bytes(), vec![])
+        .await
+        .unwrap();
+    let (body, _) = report.request.expect("delivered");
+    let run: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        run, daemon,
+        "`hookd plugin run` and the daemon give the plugin the same input"
+    );
+    assert_eq!(
+        daemon["timestamp"],
+        json!(1_795_428_000_000_i64),
+        "when the event happened, as the WIT contract says"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_answers_while_plugins_compile() {
+    let rx = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    // A cache of its own, empty: every plugin compiles cold.
+    let cold = dir.path().join("cold-cache");
+    let toml = base_toml(dir.path(), "").replace(
+        &format!("cache_dir = {:?}", shared_cache().display().to_string()),
+        &format!("cache_dir = {:?}", cold.display().to_string()),
+    ) + &subscription(
+        "jq",
+        &rx.url("jq"),
+        r#"["coupon.*"]"#,
+        &plugin("jq", "filter = '{id: .data.coupon}'"),
+    ) + &subscription("slack", &rx.url("slack"), r#"["coupon.*"]"#, &plugin("slack", ""))
+        + &subscription("plain", &rx.url("plain"), r#"["coupon.*"]"#, "");
+    let started = std::time::Instant::now();
+    let hookd = Hookd::start(Config::from_toml(&toml).unwrap()).await;
+    let answered = tokio::time::timeout(
+        Duration::from_secs(2),
+        hookd.send(json!({"type": "coupon.redeemed", "id": "evt_cold", "data": {"coupon": "SPRING"}})),
+    )
+    .await;
+    eprintln!(
+        "POST /v1/events answered after {:?} with plugins compiling cold",
+        started.elapsed()
+    );
+    assert!(answered.is_ok(), "POST /v1/events got no answer while plugins compiled");
+    rx.wait_for(
+        Duration::from_secs(60),
+        "every delivery once the plugins are loaded",
+        |a| a.len() >= 3,
+    )
+    .await;
+    eprintln!("delivered through the plugins after {:?}", started.elapsed());
+    assert_eq!(rx.at("jq")[0].json(), json!({"id": "SPRING"}));
+    hookd.stop().await;
+}
+
 async fn failing_endpoint_is_disabled_then_resumed(queue: &str) {
     let rx = Receiver::start_with(|path, _, _| {
         if path == "flaky" {

@@ -6,7 +6,7 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hookd::config::{ByteSize, Config, PluginConfig, PluginsConfig};
@@ -278,6 +278,119 @@ async fn a_memory_bomb_hits_the_memory_limit() {
         "{err}"
     );
     assert!(err.to_string().contains("memory limit of 16MiB exceeded"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sleeping_plugin_is_stopped_at_its_deadline_in_wall_time() {
+    // One call slot (two instances, half of them for idle warm ones): the
+    // second sleeper waits for the slot the first holds.
+    let mut s = settings(&shared_cache());
+    s.max_instances = 2;
+    let plugins = Plugins::new(&s).unwrap();
+    let deadline = Duration::from_millis(300);
+    let mut cfg = plugin_config("hostile-sleep", &[]);
+    cfg.deadline = Some(deadline);
+    let sleeper = plugins.load("sleeper", &cfg).unwrap();
+    let good = plugins.load("good", &plugin_config("coupon-filter", &[])).unwrap();
+
+    let started = Instant::now();
+    let (first, second) = tokio::time::timeout(Duration::from_secs(20), async {
+        tokio::join!(
+            sleeper.transform(input("a.b", json!({}))),
+            sleeper.transform(input("a.b", json!({})))
+        )
+    })
+    .await
+    .expect("a plugin blocked in a WASI sleep is cut off (it sleeps an hour)");
+    let took = started.elapsed();
+    for err in [first.unwrap_err(), second.unwrap_err()] {
+        assert!(
+            matches!(&err, Error::Deadline { plugin, limit } if plugin == "sleeper" && *limit == deadline),
+            "{err}"
+        );
+    }
+    // Both calls end at the deadline in wall time: the second one's wait
+    // for the slot counts against its own deadline.
+    eprintln!("two sleeping calls with a {deadline:?} deadline took {took:?}");
+    assert!(took >= deadline, "{took:?}");
+    assert!(took < deadline + Duration::from_millis(1500), "{took:?}");
+
+    // The slot is free again and the timed-out instances were discarded.
+    let started = Instant::now();
+    let fine = good.transform(input("coupon.redeemed", json!({"amount": 1}))).await;
+    assert_eq!(fine.unwrap(), unchanged());
+    assert!(started.elapsed() < Duration::from_secs(2));
+    let again = tokio::time::timeout(Duration::from_secs(20), sleeper.transform(input("a.b", json!({}))))
+        .await
+        .expect("cut off again");
+    assert!(matches!(again, Err(Error::Deadline { .. })), "{again:?}");
+}
+
+#[tokio::test]
+async fn idle_warm_instances_keep_only_so_much_memory() {
+    let mut s = settings(&shared_cache());
+    s.warm_memory = ByteSize(24 << 20);
+    let plugins = Plugins::new(&s).unwrap();
+    let small = plugins
+        .load("small", &plugin_config("hostile-memory-bomb", &[("keep_mib", "0")]))
+        .unwrap();
+    assert_eq!(
+        instance_calls(&small.transform(input("a.b", json!({}))).await.unwrap()),
+        1
+    );
+    assert_eq!(
+        instance_calls(&small.transform(input("a.b", json!({}))).await.unwrap()),
+        2,
+        "a small instance is kept warm"
+    );
+    // An instance that grew to ~30 MiB would push what idle instances hold
+    // past 24 MiB: it is dropped after its call, not kept.
+    let big = plugins
+        .load("big", &plugin_config("hostile-memory-bomb", &[("keep_mib", "30")]))
+        .unwrap();
+    assert_eq!(
+        instance_calls(&big.transform(input("a.b", json!({}))).await.unwrap()),
+        1
+    );
+    assert_eq!(
+        instance_calls(&big.transform(input("a.b", json!({}))).await.unwrap()),
+        1,
+        "the grown instance was not kept warm"
+    );
+    // The small one is still warm.
+    assert_eq!(
+        instance_calls(&small.transform(input("a.b", json!({}))).await.unwrap()),
+        3
+    );
+}
+
+#[test]
+fn a_cache_directory_others_may_write_is_not_trusted() {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let cfg = plugin_config("coupon-filter", &[]);
+    let first = Plugins::new(&settings(&cache)).unwrap().load("crm", &cfg).unwrap();
+    assert!(first.info().artifact.is_some());
+    let mode = std::fs::metadata(&cache).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o700, "created private: {mode:o}");
+
+    // Anyone may now plant native code there: hookd must not map it.
+    std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let second = Plugins::new(&settings(&cache)).unwrap().load("crm", &cfg).unwrap();
+    assert!(
+        !second.info().from_cache,
+        "an artifact from a world-writable directory was loaded"
+    );
+    assert!(second.info().artifact.is_none());
+
+    // A private directory with an artifact others may write is not trusted either.
+    std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let artifact = first.info().artifact.clone().unwrap();
+    std::fs::set_permissions(&artifact, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let third = Plugins::new(&settings(&cache)).unwrap().load("crm", &cfg).unwrap();
+    assert!(!third.info().from_cache, "a world-writable artifact was loaded");
 }
 
 fn instance_calls(verdict: &Verdict) -> u64 {

@@ -214,15 +214,17 @@ pub struct DeliveryConfig {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PluginsConfig {
-    /// How long one plugin call may run (counted while the plugin runs, in
-    /// 1 ms ticks); the default of `subscriptions.plugin.deadline`.
+    /// How long one plugin call may take in wall time, the wait for an
+    /// instance slot included; the default of
+    /// `subscriptions.plugin.deadline`.
     #[serde(with = "humantime_serde")]
     pub deadline: Duration,
-    /// Memory cap of one plugin instance: the default of
-    /// `subscriptions.plugin.memory_limit`, and its ceiling.
+    /// Memory cap of one plugin instance, all its memories together: the
+    /// default of `subscriptions.plugin.memory_limit`, and its ceiling.
     pub memory_limit: ByteSize,
     /// Directory of compiled plugins, reused across restarts. hookd loads
-    /// native code from it: only hookd may write there.
+    /// native code from it: not used unless hookd's user owns it and
+    /// group and others may not write it.
     pub cache_dir: PathBuf,
     /// Start a fresh instance for every event instead of reusing warm ones;
     /// the default of `subscriptions.plugin.fresh_instance`.
@@ -231,6 +233,10 @@ pub struct PluginsConfig {
     pub log_rate: u32,
     /// Idle warm instances kept per plugin, ready for the next event.
     pub warm_instances: usize,
+    /// The most memory idle warm instances may hold, over all plugins: an
+    /// instance that would push the total past it is dropped after its call
+    /// instead of kept.
+    pub warm_memory: ByteSize,
     /// Plugin instances that may exist at once in this process, over all
     /// plugins; calls beyond what is left after the idle ones wait.
     pub max_instances: u32,

@@ -126,7 +126,7 @@ impl Endpoint {
     fn new(
         config: &Config,
         sub: &SubscriptionConfig,
-        plugins: Option<&Plugins>,
+        plugins: &LoadedPlugins,
         metrics: &Metrics,
         previous: Option<&Endpoint>,
     ) -> Result<Endpoint, Error> {
@@ -142,8 +142,8 @@ impl Endpoint {
             headers.insert(name, value);
         }
         let signer = Signer::new(&sub.secrets).map_err(|e| fail(e.to_string()))?;
-        let plugin = match (&sub.plugin, plugins) {
-            (Some(cfg), Some(plugins)) => Some(plugins.load(sub.name.as_str(), cfg)?),
+        let plugin = match (&sub.plugin, plugins.0.get(&sub.name)) {
+            (Some(_), Some(plugin)) => Some(plugin.clone()),
             (Some(_), None) => return Err(fail("has a plugin but the plugin engine is not running".into())),
             (None, _) => None,
         };
@@ -213,7 +213,7 @@ impl Endpoint {
         }
     }
 
-    /// The configured custom headers as pairs, as a plugin sees them.
+    /// The configured custom headers as pairs.
     fn header_pairs(&self) -> Vec<(String, String)> {
         self.headers
             .iter()
@@ -269,6 +269,29 @@ impl Switch {
     }
 }
 
+/// The plugins of a config's subscriptions, loaded, by subscription.
+#[derive(Default)]
+pub struct LoadedPlugins(HashMap<SubscriptionName, Plugin>);
+
+impl LoadedPlugins {
+    /// Loads the plugin of every subscription of `config` that has one,
+    /// with `plugins` (none if `config` has no plugin). Compiling runs on
+    /// tokio's blocking pool, never on a runtime worker, so the API answers
+    /// and deliveries go on meanwhile.
+    pub async fn load(config: &Config, plugins: Option<&Plugins>) -> Result<LoadedPlugins, Error> {
+        let mut loaded = HashMap::new();
+        let Some(plugins) = plugins else {
+            return Ok(LoadedPlugins(loaded));
+        };
+        for sub in &config.subscriptions {
+            if let Some(cfg) = &sub.plugin {
+                loaded.insert(sub.name.clone(), plugins.load_async(sub.name.as_str(), cfg).await?);
+            }
+        }
+        Ok(LoadedPlugins(loaded))
+    }
+}
+
 /// Every subscription, ready to deliver to: one immutable snapshot.
 #[derive(Default)]
 pub struct Endpoints {
@@ -277,12 +300,13 @@ pub struct Endpoints {
 }
 
 impl Endpoints {
-    /// Prepares `config`'s subscriptions, loading their plugins with
-    /// `plugins`. `previous` (the snapshot being replaced on reload) lends
-    /// its in-flight counts and 410 Gone states to unchanged subscriptions.
+    /// Prepares `config`'s subscriptions, with their `plugins` loaded by
+    /// [`LoadedPlugins::load`]. `previous` (the snapshot being replaced on
+    /// reload) lends its in-flight counts and 410 Gone states to unchanged
+    /// subscriptions.
     pub fn build(
         config: &Config,
-        plugins: Option<&Plugins>,
+        plugins: &LoadedPlugins,
         metrics: &Metrics,
         previous: Option<&Endpoints>,
     ) -> Result<Endpoints, Error> {
@@ -877,13 +901,7 @@ async fn transform(
     endpoint: &Endpoint,
     delivery: &mut Delivery,
 ) -> Result<Option<String>, plugin::Error> {
-    let input = plugin::Input {
-        event_id: delivery.event_id.to_string(),
-        event_type: delivery.event_type.clone(),
-        timestamp: delivery.created_at,
-        body: delivery.body.clone(),
-        headers: endpoint.header_pairs(),
-    };
+    let input = plugin::Input::for_delivery(delivery, &endpoint.header_pairs());
     let headers = input.headers.clone();
     let verdict = plugin.transform(input).await?;
     match verdict.apply(&delivery.body, &headers) {

@@ -6,8 +6,11 @@
 //! other engine settings) gets another name.
 //!
 //! Artifacts are native code that wasmtime loads without verification, so
-//! the directory is created private to hookd's user; whoever can write
-//! there can run code inside hookd. Artifacts are memory-mapped while in
+//! the directory is created private to hookd's user (mode 0700); whoever
+//! can write there can run code inside hookd. A directory or an artifact
+//! that another user owns, or that group or others may write, is not
+//! trusted: hookd warns (naming the path and the fix) and compiles without
+//! the cache. Artifacts are memory-mapped while in
 //! use: deleting the directory or a file is safe at any time (and costs a
 //! compilation at the next start), but truncating or rewriting a file in
 //! place under a running hookd crashes it (SIGBUS). hookd itself only ever
@@ -77,7 +80,14 @@ pub(crate) fn compile(engine: &Engine, bytes: &[u8], cache_dir: &Path) -> Result
             None
         }
     };
-    if let Some(path) = artifact.as_deref().filter(|p| p.is_file()) {
+    let trusted = artifact.as_deref().filter(|p| p.is_file()).filter(|p| match check_private(p) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(artifact = %p.display(), error = %e, "cached plugin artifact not trusted; compiling again");
+            false
+        }
+    });
+    if let Some(path) = trusted {
         // SAFETY: the file is an artifact this code wrote, named by the
         // digest of its source and the engine's compatibility hash, in a
         // directory private to hookd (see the module docs).
@@ -115,20 +125,42 @@ pub(crate) fn compile(engine: &Engine, bytes: &[u8], cache_dir: &Path) -> Result
     })
 }
 
-/// Creates `dir` (and parents) if missing; the last level is private to
-/// this user on Unix.
+/// Creates `dir` (and missing parents) private to this user (mode 0700),
+/// or checks that the existing one is.
 fn ensure_private_dir(dir: &Path) -> std::io::Result<()> {
-    if dir.is_dir() {
-        return Ok(());
+    use std::os::unix::fs::DirBuilderExt as _;
+    if !dir.is_dir() {
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
     }
-    let mut builder = std::fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::DirBuilderExt as _;
-        builder.mode(0o700);
+    check_private(dir)
+}
+
+/// Whether only this process's user may write `path`: it owns it, and
+/// neither group nor others may write it. An error says what to do.
+fn check_private(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+    let meta = std::fs::metadata(path)?;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    let shown = path.display();
+    let fix = if meta.is_dir() {
+        "hookd loads native code from it"
+    } else {
+        "hookd would load it as native code"
+    };
+    if meta.uid() != me {
+        return Err(std::io::Error::other(format!(
+            "{shown} is owned by uid {}, not by hookd's user (uid {me}); {fix}: `chown {me} {shown}`, or set plugins.cache_dir to a directory of hookd's own",
+            meta.uid()
+        )));
     }
-    builder.create(dir)
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o022 != 0 {
+        return Err(std::io::Error::other(format!(
+            "{shown} may be written by group or others (mode {mode:03o}); {fix}: `chmod go-w {shown}`, or set plugins.cache_dir to a directory of hookd's own",
+        )));
+    }
+    Ok(())
 }
 
 /// Writes `bytes` to a temporary file beside `path`, then renames it into
@@ -136,7 +168,14 @@ fn ensure_private_dir(dir: &Path) -> std::io::Result<()> {
 fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension(format!("{EXTENSION}.{}.tmp", std::process::id()));
     let result = (|| {
-        let mut file = std::fs::File::create(&tmp)?;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        // Private whatever the umask, so a later start trusts it.
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
         file.write_all(bytes)?;
         file.sync_all()?;
         std::fs::rename(&tmp, path)

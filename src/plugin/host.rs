@@ -33,7 +33,8 @@ pub(crate) struct HostState {
     wasi: WasiCtx,
     /// WASI's resource handles (streams, pollables).
     table: ResourceTable,
-    /// The memory cap and whether the guest hit it.
+    /// The memory cap over the instance's memories and tables, and whether
+    /// the guest hit it.
     pub(crate) limits: Limits,
     /// Ticks the current call may run before it is interrupted.
     pub(crate) tick_budget: u64,
@@ -63,10 +64,7 @@ impl HostState {
         HostState {
             wasi: wasi.build(),
             table: ResourceTable::new(),
-            limits: Limits {
-                memory_limit,
-                memory_hit: false,
-            },
+            limits: Limits::new(memory_limit),
             tick_budget: 0,
             ticks_used: 0,
             deadline_hit: false,
@@ -96,12 +94,40 @@ impl WasiView for HostState {
     }
 }
 
-/// The memory cap of one instance.
+/// Most table elements one instance may hold, over all its tables.
+const MAX_TABLE_ELEMENTS: usize = 100_000;
+
+/// The memory cap of one instance, over every linear memory and table of
+/// it: wasmtime asks the limiter about each memory separately, so the
+/// limiter keeps the instance's running total itself.
 pub(crate) struct Limits {
-    /// Largest linear memory allowed, in bytes.
+    /// Most bytes of linear memory the instance may hold, all memories
+    /// together.
     memory_limit: usize,
+    /// Bytes of linear memory the instance holds now, all memories
+    /// together (memories never shrink).
+    memory_total: usize,
+    /// Table elements the instance holds now, all tables together.
+    table_total: usize,
     /// Whether a growth past the cap was refused during the current call.
     pub(crate) memory_hit: bool,
+}
+
+impl Limits {
+    /// A cap of `memory_limit` bytes for one instance.
+    pub(crate) fn new(memory_limit: usize) -> Limits {
+        Limits {
+            memory_limit,
+            memory_total: 0,
+            table_total: 0,
+            memory_hit: false,
+        }
+    }
+
+    /// Bytes of linear memory the instance holds, all memories together.
+    pub(crate) fn memory_total(&self) -> usize {
+        self.memory_total
+    }
 }
 
 /// Raised (as a trap) when a guest grows its memory past the cap.
@@ -115,18 +141,26 @@ pub(crate) struct MemoryLimitHit;
 pub(crate) struct DeadlineHit;
 
 impl wasmtime::ResourceLimiter for Limits {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
-        if desired > self.memory_limit {
+    fn memory_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        // Called for every memory as it is created (from 0) and grown.
+        let total = (self.memory_total - current.min(self.memory_total)).saturating_add(desired);
+        if total > self.memory_limit {
             // Trap rather than fail the grow: a guest allocator would turn a
             // failed grow into an abort that looks like any other panic.
             self.memory_hit = true;
             return Err(wasmtime::Error::new(MemoryLimitHit));
         }
+        self.memory_total = total;
         Ok(true)
     }
 
-    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
-        Ok(desired <= 100_000)
+    fn table_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        let total = (self.table_total - current.min(self.table_total)).saturating_add(desired);
+        if total > MAX_TABLE_ELEMENTS {
+            return Ok(false);
+        }
+        self.table_total = total;
+        Ok(true)
     }
 
     fn instances(&self) -> usize {
@@ -358,6 +392,30 @@ mod tests {
         assert_eq!(rate.admit(), None);
         rate.window.lock().unwrap().0 -= std::time::Duration::from_secs(2);
         assert_eq!(rate.admit(), Some(2), "the next message reports the drops");
+    }
+
+    #[test]
+    fn the_memory_cap_holds_over_every_memory_of_an_instance() {
+        use wasmtime::ResourceLimiter as _;
+        const MIB: usize = 1 << 20;
+        let mut limits = Limits::new(16 * MIB);
+        // Two memories created and grown, each under the cap alone.
+        assert!(limits.memory_growing(0, 4 * MIB, None).unwrap());
+        assert!(limits.memory_growing(0, 4 * MIB, None).unwrap());
+        assert!(limits.memory_growing(4 * MIB, 10 * MIB, None).unwrap());
+        assert_eq!(limits.memory_total(), 14 * MIB);
+        assert!(!limits.memory_hit);
+        // The second one's growth to 10 MiB would make 20 MiB in all.
+        assert!(limits.memory_growing(4 * MIB, 10 * MIB, None).is_err());
+        assert!(limits.memory_hit);
+        assert_eq!(limits.memory_total(), 14 * MIB, "a refused growth is not counted");
+        assert!(limits.memory_growing(4 * MIB, 6 * MIB, None).unwrap());
+        assert_eq!(limits.memory_total(), 16 * MIB);
+
+        // Tables likewise, by elements.
+        assert!(limits.table_growing(0, MAX_TABLE_ELEMENTS / 2, None).unwrap());
+        assert!(!limits.table_growing(0, MAX_TABLE_ELEMENTS / 2 + 1, None).unwrap());
+        assert!(limits.table_growing(0, MAX_TABLE_ELEMENTS / 2, None).unwrap());
     }
 
     #[test]

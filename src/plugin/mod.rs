@@ -12,7 +12,9 @@
 //!
 //! [`Plugins::load`] reads the component, compiles it once (or maps the
 //! artifact cached on disk, see `cache.rs`), links it and keeps an
-//! `InstancePre`. [`Plugin::transform`] takes a warm instance (a `Store` and
+//! `InstancePre`; async code calls [`Plugins::load_async`], which does so
+//! on tokio's blocking pool, so a compile (seconds, cold) never holds a
+//! runtime worker. [`Plugin::transform`] takes a warm instance (a `Store` and
 //! its instance) from the plugin's small pool, or instantiates one, calls
 //! the guest's `transform`, checks the verdict (`output.rs`), and puts the
 //! instance back. An instance that trapped, ran out of time or memory is
@@ -27,13 +29,26 @@
 //!   see `ticker.rs`) a running guest yields to the tokio scheduler, so no
 //!   guest ever holds a worker thread for more than about a tick, and a
 //!   warm call costs a fiber switch rather than a hop to another thread.
-//!   The deadline counts the ticks a call *ran* (a yielded call waiting for
-//!   the scheduler is not charged), so a busy hookd does not fail healthy
-//!   plugins. An endless loop is interrupted when its ticks run out.
-//! - **Memory**: a `ResourceLimiter` on each store refuses growth past the
-//!   plugin's cap by trapping (so the failure is reported as a memory error,
-//!   not as the allocator abort it would otherwise turn into). The pooling
-//!   allocator bounds every slot at `plugins.memory_limit`.
+//! - **The deadline is wall time, for the whole call**: the wait for an
+//!   instance slot, instantiation, the guest's run and whatever it blocks
+//!   on in WASI (a sleep, a `poll`) together, by a `tokio::time::timeout`
+//!   around the call. Past it the call's future is dropped, which stops
+//!   the guest and discards its instance (never kept warm), frees its slot,
+//!   and fails the delivery with [`Error::Deadline`], well within its lease
+//!   (at most 10 s against a lease of a minute) and without holding up a
+//!   shutdown. Epoch ticks are what make a running guest yield so that the
+//!   timeout can fire; they also count the ticks a call ran and interrupt
+//!   it when they run out, which a busy hookd may reach after the wall
+//!   deadline, never before.
+//! - **Memory**: a `ResourceLimiter` on each store keeps the instance's
+//!   total over all its linear memories (a component may have several)
+//!   and refuses growth past the plugin's cap by trapping (so the failure
+//!   is reported as a memory error, not as the allocator abort it would
+//!   otherwise turn into); tables are bounded in total likewise. The
+//!   pooling allocator bounds every slot at `plugins.memory_limit`. Idle
+//!   warm instances keep what they grew, so what they hold together is
+//!   bounded by `plugins.warm_memory`: an instance that would go past it
+//!   is dropped after its call instead of kept.
 //! - **Concurrency**: at most `plugins.max_instances` instances exist; half
 //!   may sit idle as warm instances (`plugins.warm_instances` per plugin),
 //!   and calls beyond the other half wait for a slot.
@@ -48,6 +63,9 @@
 //!   in the trap message when a plugin panics. Clocks are *frozen at the
 //!   Unix epoch*: plugins get no time source (the event carries its time),
 //!   which keeps them deterministic and takes away timing side channels.
+//!   WASI's timers (`subscribe-duration`, `subscribe-instant`, what a
+//!   guest's sleep blocks on) still wait in real time, so a guest can block
+//!   without running: the wall-clock deadline is what bounds that.
 //!   Randomness is left as WASI provides it: hash maps need seeds, and
 //!   random bytes grant no access to anything.
 //! - **Logging** (`log` import) goes to `tracing` under the target
@@ -61,7 +79,7 @@ mod run;
 mod ticker;
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -73,6 +91,7 @@ use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Stor
 pub use run::{run_once, RunReport};
 
 use crate::config::{ByteSize, PluginConfig, PluginsConfig};
+use crate::model::Delivery;
 use host::bindings::hookd::plugin::types as wit;
 use host::bindings::{Transformer, TransformerPre};
 use host::{HostState, LogSink, RateLimit};
@@ -178,7 +197,9 @@ impl Error {
     }
 }
 
-/// What a plugin is given: one event about to be delivered.
+/// What a plugin is given: one event about to be delivered. Built by
+/// [`Input::for_delivery`] only, for the dispatcher and `hookd plugin run`
+/// alike, so a run shows what a delivery would get.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Input {
     /// The event id (sent as `webhook-id`).
@@ -191,6 +212,49 @@ pub struct Input {
     pub body: Bytes,
     /// The headers hookd is about to send, before signing.
     pub headers: Vec<(String, String)>,
+}
+
+impl Input {
+    /// What the plugin of `delivery`'s subscription is given on its first
+    /// attempt, the subscription having the custom `headers`: the body as
+    /// it stands, the time the event happened (the `timestamp` of its
+    /// envelope, as the WIT contract says; when hookd accepted it if the
+    /// body has none) and the headers hookd would send before signing
+    /// (`content-type`, then the custom ones).
+    pub fn for_delivery(delivery: &Delivery, headers: &[(String, String)]) -> Input {
+        let mut sent = vec![(CONTENT_TYPE.to_owned(), JSON.to_owned())];
+        // hookd sets the content type itself, whatever is configured.
+        sent.extend(
+            headers
+                .iter()
+                .filter(|(name, _)| !name.eq_ignore_ascii_case(CONTENT_TYPE))
+                .cloned(),
+        );
+        Input {
+            event_id: delivery.event_id.to_string(),
+            event_type: delivery.event_type.clone(),
+            timestamp: occurred_at(&delivery.body).unwrap_or(delivery.created_at),
+            body: delivery.body.clone(),
+            headers: sent,
+        }
+    }
+}
+
+/// The header every delivery carries, as a plugin sees it.
+const CONTENT_TYPE: &str = "content-type";
+/// Its value.
+const JSON: &str = "application/json";
+
+/// The `timestamp` of a Standard Webhooks envelope, in milliseconds.
+fn occurred_at(body: &[u8]) -> Option<i64> {
+    #[derive(serde::Deserialize)]
+    struct Envelope<'a> {
+        #[serde(borrow)]
+        timestamp: Option<std::borrow::Cow<'a, str>>,
+    }
+    let envelope: Envelope = serde_json::from_slice(body).ok()?;
+    let at = chrono::DateTime::parse_from_rfc3339(&envelope.timestamp?).ok()?;
+    Some(at.timestamp_millis())
 }
 
 /// What a plugin decided, checked: header names are valid, lowercase and not
@@ -281,6 +345,10 @@ struct Shared {
     idle_total: AtomicUsize,
     /// The most idle warm instances kept over all plugins.
     idle_cap: usize,
+    /// Bytes of linear memory idle warm instances hold, over all plugins.
+    idle_memory: AtomicU64,
+    /// The most bytes they may hold (`plugins.warm_memory`).
+    warm_memory: u64,
     /// Advances the epoch while guest code runs; stops when this is dropped.
     ticker: Ticker,
 }
@@ -317,6 +385,9 @@ struct Warm {
     store: Store<HostState>,
     /// The instance's exports.
     instance: Transformer,
+    /// Bytes of linear memory it held when put back idle (counted in
+    /// `Shared::idle_memory` while it sits there).
+    memory: u64,
 }
 
 impl Plugins {
@@ -354,16 +425,36 @@ impl Plugins {
                 calls: Semaphore::new((max_instances as usize - idle_cap).max(1)),
                 idle_total: AtomicUsize::new(0),
                 idle_cap,
+                idle_memory: AtomicU64::new(0),
+                warm_memory: settings.warm_memory.bytes(),
                 ticker,
             }),
         })
+    }
+
+    /// [`Plugins::load`] on tokio's blocking pool: compiling never holds a
+    /// runtime worker, so the API and deliveries go on while it runs. What
+    /// async code (start-up, reload, `hookd plugin run`) calls.
+    pub async fn load_async(&self, subscription: &str, cfg: &PluginConfig) -> Result<Plugin, Error> {
+        let plugins = Plugins {
+            shared: self.shared.clone(),
+        };
+        let (name, cfg) = (subscription.to_owned(), cfg.clone());
+        tokio::task::spawn_blocking(move || plugins.load(&name, &cfg))
+            .await
+            .unwrap_or_else(|e| {
+                Err(Error::Load {
+                    plugin: subscription.to_owned(),
+                    reason: format!("compiling it failed: {e}"),
+                })
+            })
     }
 
     /// Loads the plugin of `subscription`: reads the component, compiles it
     /// (or loads it from `plugins.cache_dir`) and links it.
     ///
     /// Compiling blocks the thread (for up to seconds, for a large plugin
-    /// not yet cached): call this at start-up, or from `spawn_blocking`.
+    /// not yet cached): async code calls [`Plugins::load_async`].
     pub fn load(&self, subscription: &str, cfg: &PluginConfig) -> Result<Plugin, Error> {
         let settings = &self.shared.settings;
         let path = &cfg.path;
@@ -455,25 +546,26 @@ fn ticks_for(deadline: Duration) -> u64 {
 impl Plugin {
     /// Runs the plugin on one event and returns its checked verdict.
     ///
-    /// The guest runs inside this future, yielding every tick; dropping the
-    /// future stops it (and discards its instance). Calls beyond the
-    /// engine's free instance slots wait for one.
+    /// The whole call (the wait for an instance slot, instantiation, the
+    /// guest's run, whatever it waits for in WASI) is bounded by the
+    /// plugin's deadline in wall time: past it the call fails with
+    /// [`Error::Deadline`] and its instance is discarded. The guest runs
+    /// inside this future, yielding every tick; dropping the future stops
+    /// it (and discards its instance).
     pub async fn transform(&self, input: Input) -> Result<Verdict, Error> {
         let inner = &*self.inner;
-        // The semaphore is never closed, so this only waits.
-        let _slot = inner.shared.calls.acquire().await;
-        let mut warm = match inner.take_idle() {
-            Some(warm) => warm,
-            None => inner.instantiate(&input.event_id).await?,
-        };
-        let result = inner.call(&mut warm, input).await;
-        match &result {
-            Err(Error::Deadline { .. } | Error::Memory { .. } | Error::Trap { .. }) => {
-                tracing::debug!(subscription = %inner.name, "plugin instance discarded after a failure");
+        match tokio::time::timeout(inner.info.deadline, inner.transform(input)).await {
+            Ok(result) => result,
+            Err(_elapsed) => {
+                // The call's future, its slot and its instance are dropped:
+                // an instance stopped mid-call is never kept warm.
+                tracing::debug!(subscription = %inner.name, "plugin call stopped at its deadline (wall time); instance discarded");
+                Err(Error::Deadline {
+                    plugin: inner.name.to_string(),
+                    limit: inner.info.deadline,
+                })
             }
-            _ => inner.put_back(warm),
         }
-        result
     }
 
     /// Where the plugin came from and its effective settings.
@@ -483,14 +575,35 @@ impl Plugin {
 }
 
 impl PluginInner {
+    /// [`Plugin::transform`] without its wall-clock bound.
+    async fn transform(&self, input: Input) -> Result<Verdict, Error> {
+        // The semaphore is never closed, so this only waits.
+        let _slot = self.shared.calls.acquire().await;
+        let mut warm = match self.take_idle() {
+            Some(warm) => warm,
+            None => self.instantiate(&input.event_id).await?,
+        };
+        let result = self.call(&mut warm, input).await;
+        match &result {
+            Err(Error::Deadline { .. } | Error::Memory { .. } | Error::Trap { .. }) => {
+                tracing::debug!(subscription = %self.name, "plugin instance discarded after a failure");
+            }
+            _ => self.put_back(warm),
+        }
+        result
+    }
+
     fn take_idle(&self) -> Option<Warm> {
         let warm = self.idle.lock().unwrap_or_else(PoisonError::into_inner).pop()?;
         self.shared.idle_total.fetch_sub(1, Ordering::AcqRel);
+        self.shared.idle_memory.fetch_sub(warm.memory, Ordering::AcqRel);
         Some(warm)
     }
 
-    /// Keeps `warm` for the next call, if there is room.
-    fn put_back(&self, warm: Warm) {
+    /// Keeps `warm` for the next call, if there is room: a free idle
+    /// place, and room for the memory it holds within
+    /// `plugins.warm_memory`.
+    fn put_back(&self, mut warm: Warm) {
         if self.info.fresh_instance {
             return;
         }
@@ -499,13 +612,27 @@ impl PluginInner {
             return;
         }
         let shared = &self.shared;
+        let memory = warm.store.data().limits.memory_total() as u64;
+        let memory_reserved = shared
+            .idle_memory
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                let total = held.checked_add(memory)?;
+                (total <= shared.warm_memory).then_some(total)
+            });
+        if memory_reserved.is_err() {
+            tracing::debug!(subscription = %self.name, memory, "plugin instance dropped: idle instances hold plugins.warm_memory already");
+            return;
+        }
         let reserved = shared
             .idle_total
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < shared.idle_cap).then_some(n + 1)
             });
         if reserved.is_ok() {
+            warm.memory = memory;
             idle.push(warm);
+        } else {
+            shared.idle_memory.fetch_sub(memory, Ordering::AcqRel);
         }
     }
 
@@ -534,14 +661,18 @@ impl PluginInner {
         store.set_epoch_deadline(1);
         let _running = self.shared.ticker.active();
         match self.pre.instantiate_async(&mut store).await {
-            Ok(instance) => Ok(Warm { store, instance }),
+            Ok(instance) => Ok(Warm {
+                store,
+                instance,
+                memory: 0,
+            }),
             Err(e) => Err(self.failure(&store, &e, "instantiation failed")),
         }
     }
 
     /// One guest call on `warm`.
     async fn call(&self, warm: &mut Warm, input: Input) -> Result<Verdict, Error> {
-        let Warm { store, instance } = warm;
+        let Warm { store, instance, .. } = warm;
         store.data_mut().begin_call(&input.event_id, self.tick_budget);
         store.set_epoch_deadline(1);
         let event = wit::Event {
@@ -611,6 +742,8 @@ impl Drop for PluginInner {
     fn drop(&mut self) {
         let idle = self.idle.get_mut().unwrap_or_else(PoisonError::into_inner);
         self.shared.idle_total.fetch_sub(idle.len(), Ordering::AcqRel);
+        let memory = idle.iter().map(|w| w.memory).sum();
+        self.shared.idle_memory.fetch_sub(memory, Ordering::AcqRel);
     }
 }
 
@@ -630,6 +763,33 @@ mod tests {
         assert_eq!(ticks_for(Duration::from_millis(20)), 21);
         assert_eq!(ticks_for(Duration::from_micros(1500)), 3);
         assert_eq!(ticks_for(Duration::from_millis(1)), 2);
+    }
+
+    #[test]
+    fn input_gives_when_the_event_happened_and_the_headers_sent() {
+        let json = br#"{"type":"a.b","id":"evt_1","timestamp":"2026-11-23T10:00:00Z","data":{}}"#;
+        let event = crate::ingest::parse_event(json).unwrap();
+        let name = crate::config::SubscriptionName::parse("crm").unwrap();
+        let new = crate::ingest::to_subscriptions(&event, std::iter::once(&name), 1, 42);
+        let custom = [
+            ("x-team".to_string(), "crm".to_string()),
+            ("Content-Type".to_string(), "text/plain".to_string()),
+        ];
+        let input = Input::for_delivery(&new.deliveries[0], &custom);
+        assert_eq!(
+            input.timestamp, 1_795_428_000_000,
+            "the envelope's, not the creation time"
+        );
+        assert_eq!(
+            input.headers,
+            vec![
+                ("content-type".to_string(), "application/json".to_string()),
+                ("x-team".to_string(), "crm".to_string()),
+            ]
+        );
+        let mut odd = new.deliveries[0].clone();
+        odd.body = Bytes::from_static(b"not json");
+        assert_eq!(Input::for_delivery(&odd, &[]).timestamp, 42);
     }
 
     #[test]

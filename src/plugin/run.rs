@@ -8,10 +8,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::{Error, Input, PluginInfo, Plugins, Verdict};
-use crate::config::{PluginConfig, PluginsConfig};
-
-/// The headers hookd sends before signing, as a plugin sees them.
-const BASE_HEADERS: &[(&str, &str)] = &[("content-type", "application/json")];
+use crate::config::{PluginConfig, PluginsConfig, SubscriptionName};
+use crate::model::now_ms;
 
 /// What one plugin run did.
 #[derive(Clone, Debug)]
@@ -56,19 +54,17 @@ pub async fn run_once(
         memory_limit: None,
         fresh_instance: None,
     };
-    let plugin = blocking(|| plugins.load(&name, &cfg))?;
-    let body = event.body();
-    let headers: Vec<(String, String)> = BASE_HEADERS
-        .iter()
-        .map(|(n, v)| (n.to_string(), v.to_string()))
-        .collect();
-    let input = Input {
-        event_id: event.id.to_string(),
-        event_type: event.event_type.clone(),
-        timestamp: event.occurred_at.timestamp_millis(),
-        body: body.clone(),
-        headers: headers.clone(),
-    };
+    let plugin = plugins.load_async(&name, &cfg).await?;
+    // The delivery ingest would make of it, and the input the dispatcher
+    // would give the plugin on its first attempt (a subscription without
+    // custom headers).
+    let subscription =
+        SubscriptionName::parse(&name).unwrap_or_else(|_| SubscriptionName::parse("plugin").expect("a valid name"));
+    let delivery = crate::ingest::to_subscriptions(&event, std::iter::once(&subscription), 1, now_ms())
+        .deliveries
+        .remove(0);
+    let input = Input::for_delivery(&delivery, &[]);
+    let (body, headers) = (input.body.clone(), input.headers.clone());
     let started = Instant::now();
     let verdict = plugin.transform(input).await?;
     let elapsed = started.elapsed();
@@ -126,14 +122,5 @@ fn micros(d: Duration) -> String {
         format!("{} µs", d.as_micros())
     } else {
         format!("{} ms", d.as_millis())
-    }
-}
-
-/// Runs blocking work (compiling a plugin): through `block_in_place` on a
-/// multi-threaded runtime, directly otherwise (a CLI run starves nothing).
-fn blocking<R>(f: impl FnOnce() -> R) -> R {
-    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
-        _ => f(),
     }
 }

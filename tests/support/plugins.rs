@@ -13,12 +13,14 @@ const PLUGINS: &[&str] = &[
     "slack",
     "jq",
     "reshape",
+    "echo",
     "hostile-endless-loop",
     "hostile-memory-bomb",
     "hostile-panic",
     "hostile-protected-header",
     "hostile-garbage",
     "hostile-wrong-world",
+    "hostile-sleep",
 ];
 
 pub fn repo() -> &'static Path {
