@@ -264,6 +264,9 @@ pub async fn run_with_backends(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    // The watched files as they are now: a change made while the API
+    // already serves and plugins still load is a change to reload.
+    let watched = reload::Watched::now(&config);
     let queued = Arc::new(Notify::new());
     let metrics = Arc::new(telemetry::Metrics::new());
     // One writer of the delivery log for ingest and the dispatcher; it
@@ -390,7 +393,7 @@ pub async fn run_with_backends(
                 endpoints,
                 metrics: metrics.clone(),
             };
-            tasks.spawn(reloader.run(stop.clone()));
+            tasks.spawn(reloader.run(watched, stop.clone()));
         }
         Some(Err(e)) => failed = Some(e.into()),
         // Told to stop while plugins were loading: nothing was delivered.

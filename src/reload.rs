@@ -12,10 +12,16 @@
 //! reason in the log, and the running one stays.
 //!
 //! What is reloaded: `[[subscriptions]]` (and their plugins), `[[tenants]]`,
-//! `[plans]` and the delivery settings they take defaults from, handed to
-//! the [`Catalog`], which publishes them with the stored subscriptions.
-//! `[server]`, `[queue]` and `[ingest]` take effect at the next restart; a
-//! change there is logged.
+//! `[plans]`, `[[event_types]]`, `[plugins.registry]`, `server.api_keys`
+//! and `server.metrics_require_key` (a removed key stops working at once),
+//! and the delivery settings subscriptions take their defaults from,
+//! handed to the [`Catalog`], which publishes them with the stored
+//! subscriptions. Every other setting is built into something at start
+//! (the listener, the queue, the HTTP client and its address guard, the
+//! plugin engine, the notifier, the log's trimming, the console): a file
+//! changing one of them is refused whole, naming each such key and saying
+//! a restart is needed ([`restart_needed`]), and the running config stays.
+//! Nothing is ever kept silently.
 //!
 //! The reloader also follows the catalogue: whenever it publishes (a
 //! subscription made, changed or deleted through the API on any process),
@@ -28,7 +34,7 @@ use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{error, info};
 
 use crate::catalog::Catalog;
 use crate::config::Config;
@@ -74,10 +80,22 @@ fn watched(config: &Config) -> Vec<PathBuf> {
     files
 }
 
+/// The watched files as they were at one moment.
+pub(crate) struct Watched(Vec<Stamp>);
+
+impl Watched {
+    /// `config`'s watched files as they are now: taken when hookd starts,
+    /// so a change made before the reloader runs (plugins still loading)
+    /// is reloaded too.
+    pub(crate) fn now(config: &Config) -> Watched {
+        Watched(watched(config).iter().map(stamp).collect())
+    }
+}
+
 impl Reloader {
-    /// Reloads on SIGHUP, file changes or catalogue publications until
-    /// `shutdown`.
-    pub async fn run(mut self, shutdown: CancellationToken) {
+    /// Reloads on SIGHUP, file changes (since `since`) or catalogue
+    /// publications until `shutdown`.
+    pub async fn run(mut self, since: Watched, shutdown: CancellationToken) {
         // Built in code, not from a file: plugins and the catalogue can
         // still change.
         let source = self.config.source.clone();
@@ -87,7 +105,7 @@ impl Reloader {
         };
         let mut published = self.catalog.subscribe();
         published.borrow_and_update();
-        let mut stamps: Vec<Stamp> = watched(&self.config).iter().map(stamp).collect();
+        let mut stamps: Vec<Stamp> = since.0;
         loop {
             let signalled = tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -156,6 +174,15 @@ impl Reloader {
     /// Builds the new subscriptions from `config` and swaps them in, or
     /// keeps the running ones if anything fails to load.
     async fn apply(&mut self, config: Config, why: &str) {
+        let needed = restart_needed(&self.config, &config);
+        if !needed.is_empty() {
+            error!(
+                changed = %needed.join(", "),
+                "config reload rejected ({why}): {} cannot change while hookd runs; restart needed. The running config stays",
+                needed.join(", ")
+            );
+            return;
+        }
         if config.subscriptions.iter().any(|s| s.plugin.is_some()) && self.plugins.is_none() {
             match Plugins::new(&config.plugins) {
                 Ok(p) => self.plugins = Some(Arc::new(p)),
@@ -181,33 +208,103 @@ impl Reloader {
                 return;
             }
         };
-        for (section, before, after) in [
-            (
-                "server",
-                toml::to_string(&self.config.server),
-                toml::to_string(&config.server),
-            ),
-            (
-                "queue",
-                toml::to_string(&self.config.queue),
-                toml::to_string(&config.queue),
-            ),
-            (
-                "ingest",
-                toml::to_string(&self.config.ingest),
-                toml::to_string(&config.ingest),
-            ),
-        ] {
-            if before.ok() != after.ok() {
-                warn!(
-                    section,
-                    "config reload: [{section}] changed; it takes effect at the next restart"
-                );
-            }
-        }
         self.endpoints.store(Arc::new(endpoints));
         info!(subscriptions = config.subscriptions.len(), "config reloaded ({why})");
         self.catalog.set_file(config.clone()).await;
         self.config = config;
+    }
+}
+
+/// Settings that take effect only at start, by key: `[server]` but for
+/// its keys, `[queue]`, `[ingest]`, `[notify]`, `[history]`, `[console]`,
+/// `[plugins]` but for its registry, and the delivery settings built into
+/// the HTTP client and the dispatcher.
+const RELOADABLE: &[&str] = &[
+    "server.api_keys",
+    "server.metrics_require_key",
+    "plugins.registry",
+    "delivery.timeout",
+    "delivery.max_retries",
+    "delivery.backoff_initial",
+    "delivery.backoff_multiplier",
+    "delivery.backoff_max",
+    "delivery.max_in_flight_per_subscription",
+    "delivery.response_body_limit",
+];
+
+/// The sections compared; subscriptions, tenants, plans and event types
+/// always reload.
+const SECTIONS: &[&str] = &[
+    "server", "queue", "ingest", "delivery", "plugins", "notify", "history", "console",
+];
+
+/// The keys whose change from `old` to `new` needs a restart, as
+/// `section.key` with the values (secrets named, never shown).
+pub(crate) fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
+    let table = |c: &Config| {
+        toml::Value::try_from(c)
+            .ok()
+            .and_then(|v| v.as_table().cloned())
+            .unwrap_or_default()
+    };
+    let (before, after) = (table(old), table(new));
+    let mut changed = Vec::new();
+    for section in SECTIONS {
+        let empty = toml::map::Map::new();
+        let b = before.get(*section).and_then(|v| v.as_table()).unwrap_or(&empty);
+        let a = after.get(*section).and_then(|v| v.as_table()).unwrap_or(&empty);
+        let mut keys: Vec<&String> = b.keys().chain(a.keys()).collect();
+        keys.sort();
+        keys.dedup();
+        for key in keys {
+            let name = format!("{section}.{key}");
+            if RELOADABLE.contains(&name.as_str()) || b.get(key) == a.get(key) {
+                continue;
+            }
+            let show = |v: Option<&toml::Value>| v.map(|v| v.to_string()).unwrap_or_else(|| "unset".into());
+            changed.push(format!("{name} ({} → {})", show(b.get(key)), show(a.get(key))));
+        }
+    }
+    // Secrets serialize as `[redacted]`: compare them as they are.
+    if old.queue.redis_url != new.queue.redis_url {
+        changed.push("queue.redis_url (changed)".into());
+    }
+    if old.notify.smtp_password != new.notify.smtp_password {
+        changed.push("notify.smtp_password (changed)".into());
+    }
+    changed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(extra: &str) -> Config {
+        Config::from_toml(extra).unwrap()
+    }
+
+    #[test]
+    fn start_only_settings_need_a_restart_and_keys_do_not() {
+        let base = config("[server]\napi_keys = [\"a\"]\n");
+        assert!(restart_needed(&base, &base).is_empty());
+        let keys = config("[server]\napi_keys = [\"b\"]\nmetrics_require_key = true\n");
+        assert!(
+            restart_needed(&base, &keys).is_empty(),
+            "{:?}",
+            restart_needed(&base, &keys)
+        );
+        let shards = config("[server]\napi_keys = [\"a\"]\n[queue]\nshards = 32\n");
+        assert_eq!(restart_needed(&base, &shards), vec!["queue.shards (8 → 32)".to_owned()]);
+        let guard =
+            config("[server]\napi_keys = [\"a\"]\n[delivery]\nallow_private_networks = true\nbackoff_max = \"1h\"\n");
+        assert_eq!(
+            restart_needed(&base, &guard),
+            vec!["delivery.allow_private_networks (false → true)".to_owned()]
+        );
+        let redis = config("[server]\napi_keys = [\"a\"]\n[queue]\nredis_url = \"redis://127.0.0.1:1\"\n");
+        let other = config("[server]\napi_keys = [\"a\"]\n[queue]\nredis_url = \"redis://127.0.0.1:2\"\n");
+        let needed = restart_needed(&redis, &other);
+        assert_eq!(needed, vec!["queue.redis_url (changed)".to_owned()]);
+        assert!(!needed.concat().contains("127.0.0.1"), "secrets are named, not shown");
     }
 }

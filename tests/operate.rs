@@ -4,7 +4,7 @@
 mod support;
 
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hookd::api::client::ApiClient;
 use hookd::config::Config;
@@ -403,6 +403,53 @@ async fn config_reload_adds_subscriptions_and_rejects_a_broken_file() {
     assert_eq!(answer["deliveries"], 2);
     rx.wait_for(WAIT, "delivery to the new subscription", |a| {
         a.iter().any(|a| a.path == "second" && a.id == "evt_3")
+    })
+    .await;
+    hookd.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_revokes_keys_and_refuses_what_needs_a_restart() {
+    let rx = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hookd.toml");
+    let base = base_toml(&dir.path().join("data"), "");
+    let first = subscription("first", &rx.url("first"), r#"["*"]"#, "");
+    let with_keys = |keys: &str| format!("[server]\napi_keys = [{keys}]\n") + &base + &first;
+    std::fs::write(&path, with_keys("\"old-key\"")).unwrap();
+    let hookd = Hookd::start(Config::load(Some(&path)).unwrap()).await;
+    let old = ApiClient::new(&hookd.url, Some("old-key".into()));
+    let new = ApiClient::new(&hookd.url, Some("second-key".into()));
+    assert!(old.get("/v1/subscriptions").await.is_ok());
+    assert_eq!(ApiClient::status_of(&new.get("/v1/subscriptions").await), Some(401));
+
+    // A key removed from the file stops working, without a restart.
+    std::fs::write(&path, with_keys("\"second-key\"")).unwrap();
+    let deadline = Instant::now() + WAIT;
+    while ApiClient::status_of(&old.get("/v1/subscriptions").await) != Some(401) {
+        assert!(Instant::now() < deadline, "the removed key still works");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(new.get("/v1/subscriptions").await.is_ok());
+
+    // A change that needs a restart is refused whole: the subscription
+    // added beside it is not taken, the shards stay and enqueues work.
+    let shards = with_keys("\"second-key\"").replace("[queue]\n", "[queue]\nshards = 32\n")
+        + &subscription("second", &rx.url("second"), r#"["*"]"#, "");
+    std::fs::write(&path, shards).unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let listed = new.get("/v1/subscriptions").await.unwrap();
+    assert_eq!(listed["subscriptions"].as_array().unwrap().len(), 1, "{listed}");
+    let answer = new
+        .post(
+            "/v1/events",
+            json!({"type": "a.b", "id": "evt_after", "data": {}}).to_string(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(answer["deliveries"], 1);
+    rx.wait_for(WAIT, "the event after the refused reload", |a| {
+        a.iter().any(|a| a.id == "evt_after")
     })
     .await;
     hookd.stop().await;

@@ -49,7 +49,7 @@ use subtle::ConstantTimeEq;
 
 use crate::catalog::keys::Principal;
 use crate::catalog::{Catalog, Owner, Snapshot};
-use crate::config::{Config, Secret};
+use crate::config::Config;
 use crate::history::History;
 use crate::ingest::{self, Ingestor, Source};
 use crate::model::SubscriptionName;
@@ -72,8 +72,6 @@ pub struct ApiState {
     pub state: Arc<dyn StateStore>,
     /// The delivery log the admin routes read.
     pub history: Arc<dyn History>,
-    /// Accepted bearer keys; empty means no authentication.
-    pub api_keys: Vec<Secret>,
     /// Largest event body.
     pub max_body_bytes: usize,
     /// Largest batch, in events.
@@ -89,8 +87,6 @@ pub struct ApiState {
     pub endpoints: Arc<ArcSwap<crate::dispatch::Endpoints>>,
     /// The console's settings (`[console]`).
     pub console: crate::config::ConsoleConfig,
-    /// Whether `GET /metrics` needs an admin key.
-    pub metrics_require_key: bool,
 }
 
 impl ApiState {
@@ -110,15 +106,42 @@ impl ApiState {
             queue: backend.queue,
             state: backend.state,
             history,
-            api_keys: config.server.api_keys.clone(),
             max_body_bytes: config.ingest.max_body_bytes,
             max_batch: config.ingest.max_batch,
             alerts,
             catalog,
             endpoints: Arc::new(ArcSwap::from_pointee(crate::dispatch::Endpoints::default())),
             console: config.console.clone(),
-            metrics_require_key: config.server.metrics_require_key,
         }
+    }
+
+    /// Whether the API is open: no `server.api_keys` in the config in force
+    /// (a reload changes them).
+    pub fn open(&self) -> bool {
+        self.catalog.snapshot().config.server.api_keys.is_empty()
+    }
+
+    /// Whether `given` is one of `server.api_keys` in force, compared in
+    /// constant time against every one, without early exit.
+    pub fn is_config_key(&self, given: &str) -> bool {
+        let snapshot = self.catalog.snapshot();
+        let mut ok = subtle::Choice::from(0);
+        for key in &snapshot.config.server.api_keys {
+            ok |= key.expose().as_bytes().ct_eq(given.as_bytes());
+        }
+        bool::from(ok)
+    }
+
+    /// Whether one of `server.api_keys` in force has this hash
+    /// ([`crate::catalog::keys::hash`]).
+    pub fn has_config_key_hash(&self, hash: &str) -> bool {
+        let snapshot = self.catalog.snapshot();
+        snapshot
+            .config
+            .server
+            .api_keys
+            .iter()
+            .any(|k| crate::catalog::keys::hash(k.expose()) == hash)
     }
 
     /// Largest batch body: the per-event limit times 16.
@@ -326,19 +349,13 @@ pub(crate) fn principal_of(state: &ApiState, given: Option<&str>) -> Result<Prin
     let Some(given) = given else {
         // An open API (no `server.api_keys`) lets anyone in as an admin, as
         // before tenants existed; a stored key still gets its own scope.
-        return if state.api_keys.is_empty() {
+        return if state.open() {
             Ok(Principal::Admin { key: None })
         } else {
             Err(unauthorized("send `Authorization: Bearer <api key>`"))
         };
     };
-    // Compare against every configured key, in constant time, without
-    // early exit.
-    let mut ok = subtle::Choice::from(0);
-    for key in &state.api_keys {
-        ok |= key.expose().as_bytes().ct_eq(given.as_bytes());
-    }
-    if bool::from(ok) {
+    if state.is_config_key(given) {
         return Ok(Principal::Admin { key: None });
     }
     if let Some(principal) = state.catalog.snapshot().principal_of_key(given) {
@@ -347,7 +364,7 @@ pub(crate) fn principal_of(state: &ApiState, given: Option<&str>) -> Result<Prin
         }
         return Ok(principal);
     }
-    if state.api_keys.is_empty() {
+    if state.open() {
         Ok(Principal::Admin { key: None })
     } else {
         Err(unauthorized("the API key is not valid"))
@@ -600,7 +617,7 @@ async fn ready(State(state): State<Arc<ApiState>>) -> Response {
 }
 
 async fn render_metrics(State(state): State<Arc<ApiState>>, headers: HeaderMap) -> Response {
-    if state.metrics_require_key {
+    if state.catalog.snapshot().config.server.metrics_require_key {
         // Only an admin reads the metrics when they are behind a key.
         let principal = bearer(&headers).and_then(|key| match key {
             Some(key) => principal_of(&state, Some(key)),

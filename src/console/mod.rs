@@ -370,14 +370,10 @@ async fn still_valid(console: &Console, session: &Session) -> bool {
     let snapshot = console.state.catalog.snapshot();
     match &session.via {
         Some(Via::Key { id }) => snapshot.keys.contains_key(id),
-        Some(Via::ConfigKey { hash }) => console
-            .state
-            .api_keys
-            .iter()
-            .any(|k| crate::catalog::keys::hash(k.expose()) == *hash),
+        Some(Via::ConfigKey { hash }) => console.state.has_config_key_hash(hash),
         Some(Via::Link) => true,
         // Signed in to an open API: only while it stays open.
-        None => console.state.api_keys.is_empty(),
+        None => console.state.open(),
     }
 }
 

@@ -52,7 +52,7 @@ async fn sign_in_form(State(console): State<Console>, Query(q): Query<SignInQuer
 }
 
 fn sign_in_page(console: &Console, notice: Option<&str>, error: Option<&str>) -> Response {
-    let open = console.state.api_keys.is_empty();
+    let open = console.state.open();
     let body = html! {
         @if let Some(text) = notice { (view::notice(text)) }
         form.card method="post" action="/console/sign-in" {
@@ -85,7 +85,7 @@ fn sign_in_page(console: &Console, notice: Option<&str>, error: Option<&str>) ->
 async fn sign_in(State(console): State<Console>, jar: CookieJar, Form(form): Form<Fields>) -> Response {
     let key = form.get("key").map(str::trim).filter(|k| !k.is_empty());
     let config_key = || {
-        key.filter(|_| !console.state.api_keys.is_empty())
+        key.filter(|_| !console.state.open())
             .map(|k| Via::ConfigKey { hash: keys::hash(k) })
     };
     let (role, via) = match crate::api::principal_of(&console.state, key) {
