@@ -73,7 +73,9 @@
 //!   event catalogue in [`api::event_types`], the overview of delivery
 //!   activity in [`api::stats`], the plugin registry in [`api::plugins`],
 //!   one-time console links in [`api::portal`], health) and a client of it
-//!   for the CLI. Every request is made by a
+//!   for the CLI. [`api::serve`] runs it on hyper with the limits a public
+//!   listener needs: a connection cap, head and request timeouts, a
+//!   bounded shutdown; cross-site browser posts are refused. Every request is made by a
 //!   [`catalog::keys::Principal`] (admin, producer, tenant); a tenant sees
 //!   its own objects only, another's being a 404.
 //! - [`console`]: the web console and tenant portal at `/console`: HTML
