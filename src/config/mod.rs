@@ -519,7 +519,8 @@ pub struct SubscriptionConfig {
     /// Extra headers sent with every request.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
-    /// Whether deliveries are sent at all; false parks nothing and sends nothing.
+    /// Whether deliveries are sent; false sends nothing and parks its
+    /// deliveries (kept, not dropped) until it is enabled.
     #[serde(default = "default_true")]
     pub enabled: bool,
     /// Override of `delivery.timeout`.

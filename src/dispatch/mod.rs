@@ -233,20 +233,20 @@ impl Endpoint {
 pub(crate) struct Switch(AtomicU64);
 
 impl Switch {
-    fn new(on: bool) -> Switch {
-        Switch(AtomicU64::new(u64::from(on)))
+    fn new(disabled: bool) -> Switch {
+        Switch(AtomicU64::new(u64::from(disabled)))
     }
 
     /// Whether the subscription is disabled.
-    pub(crate) fn is_on(&self) -> bool {
+    pub(crate) fn is_disabled(&self) -> bool {
         self.0.load(Ordering::Acquire) & 1 == 1
     }
 
     /// Disables (`true`) or enables, as a change newer than any mirror
     /// under way.
-    pub(crate) fn set(&self, on: bool) {
+    pub(crate) fn set(&self, disabled: bool) {
         let _ = self.0.fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| {
-            Some((((s >> 1) + 1) << 1) | u64::from(on))
+            Some((((s >> 1) + 1) << 1) | u64::from(disabled))
         });
     }
 
@@ -257,11 +257,11 @@ impl Switch {
 
     /// Sets the state read from the backend by a read that started at
     /// `snapshot`, unless the switch was [`set`](Switch::set) since.
-    pub(crate) fn mirror(&self, snapshot: u64, on: bool) -> bool {
+    pub(crate) fn mirror(&self, snapshot: u64, disabled: bool) -> bool {
         self.0
             .compare_exchange(
                 snapshot,
-                (snapshot & !1) | u64::from(on),
+                (snapshot & !1) | u64::from(disabled),
                 Ordering::AcqRel,
                 Ordering::Acquire,
             )
@@ -538,7 +538,7 @@ impl Dispatcher {
                 let endpoint = endpoints.map.get(&claim.delivery.subscription).cloned();
                 // The subscription's own cap, taken here in claim order.
                 let permit = match &endpoint {
-                    Some(e) if !e.disabled.is_on() => match e.permits.clone().try_acquire_owned() {
+                    Some(e) if !e.disabled.is_disabled() => match e.permits.clone().try_acquire_owned() {
                         Ok(p) => Some(p),
                         Err(_) => {
                             held.insert(claim.delivery.subscription.clone());
@@ -677,7 +677,7 @@ async fn attempt(shared: &Shared, claim: Claim, endpoint: Option<Arc<Endpoint>>)
         let _ = shared.settle_tx.send(Settlement::Dead { delivery, lease });
         return;
     };
-    if endpoint.disabled.is_on() {
+    if endpoint.disabled.is_disabled() {
         endpoint.metrics.delivery(DeliveryOutcome::Parked);
         shared.log_state(&delivery, DeliveryState::Parked, Some("subscription disabled".into()));
         let _ = shared.settle_tx.send(Settlement::Park { id: delivery.id, lease });
@@ -956,14 +956,14 @@ mod tests {
         let before = switch.snapshot();
         switch.set(false);
         assert!(!switch.mirror(before, true), "the stale read is dropped");
-        assert!(!switch.is_on());
+        assert!(!switch.is_disabled());
         // The next round reads the backend after the change, and agrees.
         let before = switch.snapshot();
         assert!(switch.mirror(before, false));
-        assert!(!switch.is_on());
+        assert!(!switch.is_disabled());
         // A change made elsewhere (another process) is mirrored.
         let before = switch.snapshot();
         assert!(switch.mirror(before, true));
-        assert!(switch.is_on());
+        assert!(switch.is_disabled());
     }
 }
