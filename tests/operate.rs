@@ -455,6 +455,56 @@ async fn reload_revokes_keys_and_refuses_what_needs_a_restart() {
     hookd.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_after_a_plugin_use_the_headers_in_force() {
+    // The first attempt fails; the retry waits long enough for a reload.
+    let rx = Receiver::start_with(|_, _, attempt| {
+        if attempt == 1 {
+            Answer::Status(500, vec![])
+        } else {
+            Answer::ok()
+        }
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hookd.toml");
+    let base =
+        base_toml(&dir.path().join("data"), "").replace("backoff_initial = \"100ms\"", "backoff_initial = \"4s\"");
+    let with_key = |key: &str| {
+        base.clone()
+            + &subscription(
+                "keyed",
+                &rx.url("keyed"),
+                r#"["coupon.*"]"#,
+                &format!(
+                    "headers = {{ \"x-api-key\" = \"{key}\" }}\n{}",
+                    plugin("redactor", "fields = \"customer.email\"")
+                ),
+            )
+    };
+    std::fs::write(&path, with_key("old-credential")).unwrap();
+    let hookd = Hookd::start(Config::load(Some(&path)).unwrap()).await;
+    hookd
+        .send(json!({"type": "coupon.redeemed", "id": "evt_keyed", "data": {"customer": {"email": "a@b.c"}}}))
+        .await;
+    let first = rx.wait_for(WAIT, "the first attempt", |a| a.len() == 1).await;
+    assert_eq!(first[0].headers["x-api-key"], "old-credential");
+    assert_eq!(
+        first[0].json()["data"]["customer"]["email"],
+        "[redacted]",
+        "the plugin ran"
+    );
+
+    // The credential rotates in the config; the retry sends the new one,
+    // with the plugin's body.
+    std::fs::write(&path, with_key("rotated-credential")).unwrap();
+    let all = rx.wait_for(WAIT, "the retry", |a| a.len() == 2).await;
+    assert_eq!(all[1].headers["x-api-key"], "rotated-credential");
+    assert_eq!(all[1].json()["data"]["customer"]["email"], "[redacted]");
+    assert!(all.iter().all(|a| a.verified));
+    hookd.stop().await;
+}
+
 /// Walks a bulk replay to its end, `limit` deliveries a call, and returns
 /// (replayed, pages, the first page's cursor).
 async fn bulk_replay(api: &ApiClient, subscription: &str, body: Value) -> (u64, usize, Option<String>) {

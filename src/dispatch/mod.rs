@@ -15,8 +15,9 @@
 //!
 //! Between claim and sign, a subscription's plugin runs on the delivery's
 //! first attempt: `drop` ends it as filtered, `deliver` may replace the body
-//! and headers, which are stored with the delivery so retries resend the
-//! same bytes; a plugin error fails the delivery (dead, replayable once the
+//! (stored with the delivery, so retries resend the same bytes) and change
+//! headers (only the changes are stored, applied at each attempt to the
+//! subscription's headers in force); a plugin error fails the delivery (dead, replayable once the
 //! plugin is fixed).
 //!
 //! The subscriptions ([`Endpoints`]) are one immutable snapshot behind an
@@ -43,6 +44,7 @@ use crate::catalog::Catalog;
 use crate::config::{Config, RateLimit, SubscriptionConfig, SubscriptionName, STORED_ID_PREFIX};
 use crate::deliver::{self, Client};
 use crate::history::{self, AttemptRecord, DeliveryState, DeliverySummary, Entry, ErrorKind, Recorder};
+use crate::model::PluginHeaders;
 use crate::notify::{Alerts, Notification};
 use crate::plugin::{self, Plugin, Plugins, Verdict};
 use crate::queue::{now_ms, rate, Backend, Claim, Delivery, Millis, Queue, Settlement, StateStore};
@@ -177,8 +179,10 @@ impl Endpoint {
     /// The request for one attempt: signed now, with every hookd header.
     fn request(&self, delivery: &Delivery, now_secs: i64) -> deliver::Request {
         let mut headers = match &delivery.headers {
-            // Fixed by the plugin: validated when it produced them.
-            Some(fixed) => fixed
+            // The plugin's changes (validated when it made them) to the
+            // headers in force now.
+            Some(changes) => changes
+                .apply(&self.header_pairs())
                 .iter()
                 .filter_map(|(n, v)| {
                     Some((
@@ -894,7 +898,7 @@ impl Shared {
 }
 
 /// Runs the subscription's plugin on a delivery's first attempt. `None`:
-/// send it (body and headers now fixed in the delivery); `Some(reason)`:
+/// send it (its body and header changes now kept in the delivery); `Some(reason)`:
 /// the plugin dropped it (filtered).
 async fn transform(
     plugin: &Plugin,
@@ -902,19 +906,24 @@ async fn transform(
     delivery: &mut Delivery,
 ) -> Result<Option<String>, plugin::Error> {
     let input = plugin::Input::for_delivery(delivery, &endpoint.header_pairs());
-    let headers = input.headers.clone();
-    let verdict = plugin.transform(input).await?;
-    match verdict.apply(&delivery.body, &headers) {
-        Some((body, headers)) => {
-            delivery.body = body;
-            delivery.headers = Some(headers);
+    match plugin.transform(input).await? {
+        Verdict::Deliver {
+            body,
+            set_headers,
+            remove_headers,
+        } => {
+            if let Some(body) = body {
+                delivery.body = body;
+            }
+            // Only the plugin's own changes are kept: the configured
+            // values (credentials, perhaps) are taken fresh at each attempt.
+            delivery.headers = Some(PluginHeaders::Patch {
+                set: set_headers,
+                remove: remove_headers,
+            });
             Ok(None)
         }
-        None => {
-            let reason = match verdict {
-                Verdict::Drop { reason } => reason,
-                Verdict::Deliver { .. } => String::new(),
-            };
+        Verdict::Drop { reason } => {
             info!(event_id = %delivery.event_id, delivery_id = %delivery.id, subscription = %endpoint.name,
                 reason = %reason, "plugin dropped the delivery: filtered");
             Ok(Some(reason))

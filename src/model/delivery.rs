@@ -58,6 +58,42 @@ impl fmt::Display for DeliveryId {
     }
 }
 
+/// A plugin's changes to a delivery's custom headers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum PluginHeaders {
+    /// Headers it set (replacing same-named ones) and removed, applied to
+    /// the subscription's headers at each attempt: removals first.
+    Patch {
+        /// Set, lowercase names.
+        set: Vec<(String, String)>,
+        /// Removed, lowercase names.
+        remove: Vec<String>,
+    },
+    /// The whole list, as deliveries queued by earlier versions stored
+    /// it: sent as it is.
+    Fixed(Vec<(String, String)>),
+}
+
+impl PluginHeaders {
+    /// The custom headers of one attempt: `configured` (the subscription's
+    /// in force now) with these changes.
+    pub fn apply(&self, configured: &[(String, String)]) -> Vec<(String, String)> {
+        match self {
+            PluginHeaders::Fixed(all) => all.clone(),
+            PluginHeaders::Patch { set, remove } => {
+                let touched = |name: &str| {
+                    remove.iter().any(|r| r.eq_ignore_ascii_case(name))
+                        || set.iter().any(|(s, _)| s.eq_ignore_ascii_case(name))
+                };
+                let mut out: Vec<(String, String)> = configured.iter().filter(|(n, _)| !touched(n)).cloned().collect();
+                out.extend(set.iter().cloned());
+                out
+            }
+        }
+    }
+}
+
 /// One delivery: what is sent to one subscription for one event.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Delivery {
@@ -79,12 +115,13 @@ pub struct Delivery {
     /// Why the last attempt failed, if it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
-    /// The custom headers to send, fixed when the subscription's plugin ran
-    /// (on the first attempt, with `body`), so retries resend exactly what
-    /// the plugin produced. `None`: no plugin has run; send the
-    /// subscription's configured headers.
+    /// What the subscription's plugin did to the headers, kept when it
+    /// ran (on the first attempt, with `body`) so retries send the same
+    /// changes. `None`: no plugin has run. Either way every attempt starts
+    /// from the subscription's custom headers in force then, so a rotated
+    /// credential header is used by retries and never stored here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub headers: Option<Vec<(String, String)>>,
+    pub headers: Option<PluginHeaders>,
     /// The tenant of the event, if it has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tenant: Option<TenantId>,
@@ -127,5 +164,33 @@ mod body_b64 {
             .decode(text.as_bytes())
             .map(Bytes::from)
             .map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod plugin_headers_tests {
+    use super::*;
+
+    fn pairs(p: &[(&str, &str)]) -> Vec<(String, String)> {
+        p.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn a_patch_applies_to_the_headers_in_force_and_old_lists_still_read() {
+        let patch = PluginHeaders::Patch {
+            set: pairs(&[("x-shape", "slack")]),
+            remove: vec!["x-team".into()],
+        };
+        let now = pairs(&[("x-api-key", "rotated"), ("x-team", "a")]);
+        assert_eq!(
+            patch.apply(&now),
+            pairs(&[("x-api-key", "rotated"), ("x-shape", "slack")])
+        );
+        let text = serde_json::to_string(&patch).unwrap();
+        assert!(!text.contains("rotated"), "configured values are not stored: {text}");
+        assert_eq!(serde_json::from_str::<PluginHeaders>(&text).unwrap(), patch);
+        // A delivery queued by an earlier version kept the whole list.
+        let old: PluginHeaders = serde_json::from_str(r#"[["x-api-key","old"]]"#).unwrap();
+        assert_eq!(old.apply(&now), pairs(&[("x-api-key", "old")]));
     }
 }

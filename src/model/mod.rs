@@ -12,7 +12,7 @@ mod secret;
 mod subscription;
 mod tenant;
 
-pub use delivery::{CorruptRecord, Delivery, DeliveryId};
+pub use delivery::{CorruptRecord, Delivery, DeliveryId, PluginHeaders};
 pub use event::{check_event_type, is_internal, Event, EventId, EventPattern, INTERNAL_PREFIX};
 pub use secret::Secret;
 pub use subscription::{RateLimit, SubscriptionName};

@@ -439,7 +439,10 @@ mod tests {
             attempts: 2,
             body: bytes::Bytes::from_static(b"\x00\xffnot utf8"),
             last_error: Some("status 500".into()),
-            headers: Some(vec![("x-plugin".into(), "1".into())]),
+            headers: Some(crate::model::PluginHeaders::Patch {
+                set: vec![("x-plugin".into(), "1".into())],
+                remove: vec!["x-team".into()],
+            }),
             tenant: None,
         };
         assert_eq!(Delivery::decode(d.id.as_str(), &d.encode()).unwrap(), d);
