@@ -269,6 +269,7 @@ pub async fn run_with_backends(
     // The watched files as they are now: a change made while the API
     // already serves and plugins still load is a change to reload.
     let watched = reload::Watched::now(&config);
+    let tls = api::serve::tls_acceptor(&config.server)?;
     let queued = Arc::new(Notify::new());
     let metrics = Arc::new(telemetry::Metrics::new());
     // One writer of the delivery log for ingest and the dispatcher; it
@@ -338,7 +339,7 @@ pub async fn run_with_backends(
     let server = tokio::spawn({
         let server_config = config.server.clone();
         let stop = stop.clone();
-        async move { api::serve::serve(listener, api::router(state), &server_config, stop).await }
+        async move { api::serve::serve(listener, api::router(state), &server_config, tls, stop).await }
     });
     tasks.spawn(sample_depth(backend.queue.clone(), metrics.clone(), stop.clone()));
     if config.ingest.stream {

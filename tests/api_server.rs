@@ -186,3 +186,70 @@ async fn bearer_in_any_case_cross_site_refused_metrics_behind_a_key() {
     );
     hookd.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_only_when_a_certificate_is_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, certified.cert.pem()).unwrap();
+    std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
+    let tls = format!(
+        "tls_cert = {:?}\ntls_key = {:?}",
+        cert.display().to_string(),
+        key.display().to_string()
+    );
+    let hookd = Hookd::start(config(dir.path(), &tls)).await;
+    let a = addr(&hookd);
+
+    // A client trusting the certificate talks HTTPS.
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(certified.cert.der().clone()).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(client));
+    let tcp = TcpStream::connect(&a).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut secure = connector.connect(name, tcp).await.expect("TLS handshake");
+    let form = format!("key={ADMIN}");
+    let request = format!(
+        "POST /console/sign-in HTTP/1.1\r\nhost: {a}\r\norigin: https://{a}\r\ncontent-type: application/x-www-form-urlencoded\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{form}",
+        form.len()
+    );
+    secure.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    let _ = secure.read_to_string(&mut answer).await;
+    assert!(answer.starts_with("HTTP/1.1 303"), "{answer}");
+    let cookie = answer
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("set-cookie: hookd_session="))
+        .unwrap_or_else(|| panic!("{answer}"));
+    assert!(cookie.contains("Secure") && cookie.contains("HttpOnly"), "{cookie}");
+
+    // Plain HTTP gets no answer.
+    let mut plain = TcpStream::connect(&a).await.unwrap();
+    plain
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let (answer, _) = read_all(&mut plain, Duration::from_secs(5)).await;
+    assert!(!answer.starts_with("HTTP/1.1 200"), "{answer}");
+    hookd.stop().await;
+
+    // A key that is not the certificate's is refused at start, naming it.
+    let other = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    std::fs::write(&key, other.signing_key.serialize_pem()).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let err = hookd::run(
+        config(dir.path(), &tls),
+        listener,
+        tokio_util::sync::CancellationToken::new(),
+    )
+    .await
+    .expect_err("a key of another certificate");
+    assert!(format!("{err:#}").contains("server.tls_key"), "{err:#}");
+}

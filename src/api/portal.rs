@@ -60,9 +60,10 @@ fn base_url(state: &ApiState, headers: &HeaderMap) -> Result<String, ApiError> {
                 "the request has no Host to build the link on: set console.public_url",
             )
         })?;
-    let https = headers
-        .get("x-forwarded-proto")
-        .is_some_and(|p| p.as_bytes().eq_ignore_ascii_case(b"https"));
+    let https = state.catalog.snapshot().config.server.tls_cert.is_some()
+        || headers
+            .get("x-forwarded-proto")
+            .is_some_and(|p| p.as_bytes().eq_ignore_ascii_case(b"https"));
     Ok(format!("{}://{host}", if https { "https" } else { "http" }))
 }
 

@@ -8,7 +8,10 @@
 //! - `request_timeout` for a whole request, its body read included (a
 //!   trickling body gets a 408);
 //! - a bounded shutdown: requests in progress get `shutdown_timeout`, then
-//!   their connections are closed.
+//!   their connections are closed;
+//! - HTTPS only when `tls_cert` and `tls_key` are set ([`tls_acceptor`]):
+//!   HTTP/2 or HTTP/1.1 by ALPN, the handshake bounded by
+//!   `header_read_timeout`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -49,10 +52,54 @@ pub async fn time_limit(limit: Duration, request: Request, next: Next) -> Respon
     }
 }
 
+/// A TLS acceptor for `server.tls_cert` and `server.tls_key`, or `None`
+/// when they are not set; an error names the key and the file.
+pub fn tls_acceptor(config: &ServerConfig) -> anyhow::Result<Option<tokio_rustls::TlsAcceptor>> {
+    use anyhow::Context as _;
+    let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else {
+        return Ok(None);
+    };
+    let pem = std::fs::read(cert).with_context(|| format!("server.tls_cert: cannot read {}", cert.display()))?;
+    let chain: Vec<_> = rustls_pemfile::certs(&mut pem.as_slice())
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("server.tls_cert: {} is not a PEM certificate chain", cert.display()))?;
+    anyhow::ensure!(
+        !chain.is_empty(),
+        "server.tls_cert: {} holds no certificate",
+        cert.display()
+    );
+    let pem = std::fs::read(key).with_context(|| format!("server.tls_key: cannot read {}", key.display()))?;
+    let private = rustls_pemfile::private_key(&mut pem.as_slice())
+        .ok()
+        .flatten()
+        .with_context(|| format!("server.tls_key: {} holds no PEM private key", key.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol versions")?
+        .with_no_client_auth()
+        .with_single_cert(chain, private)
+        .with_context(|| {
+            format!(
+                "server.tls_key: {} does not match server.tls_cert {}",
+                key.display(),
+                cert.display()
+            )
+        })?;
+    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Some(tokio_rustls::TlsAcceptor::from(Arc::new(tls))))
+}
+
 /// Serves `app` on `listener` under `config`'s limits until `shutdown`,
 /// then lets requests in progress finish for at most
-/// `config.shutdown_timeout`.
-pub async fn serve(listener: TcpListener, app: Router, config: &ServerConfig, shutdown: CancellationToken) {
+/// `config.shutdown_timeout`. With `tls`, every connection is HTTPS.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    config: &ServerConfig,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    shutdown: CancellationToken,
+) {
     let app = app.layer(axum::middleware::from_fn({
         let limit = config.request_timeout;
         move |request, next| time_limit(limit, request, next)
@@ -87,16 +134,44 @@ pub async fn serve(listener: TcpListener, app: Router, config: &ServerConfig, sh
         };
         let _ = stream.set_nodelay(true);
         let service = TowerToHyperService::new(app.clone());
-        let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "connection ended with an error");
+        match &tls {
+            None => {
+                let connection = builder
+                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                    .into_owned();
+                let connection = graceful.watch(connection);
+                tokio::spawn(async move {
+                    if let Err(e) = connection.await {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                    drop(permit);
+                });
             }
-            drop(permit);
-        });
+            Some(acceptor) => {
+                // The handshake runs in the connection's task, bounded like
+                // a request's head, so a silent client holds nothing else.
+                let handshake = tokio::time::timeout(config.header_read_timeout, acceptor.accept(stream));
+                let (builder, watcher) = (builder.clone(), graceful.watcher());
+                tokio::spawn(async move {
+                    let stream = match handshake.await {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(e)) => {
+                            tracing::debug!(error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!("TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    if let Err(e) = watcher.watch(connection.into_owned()).await {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                    drop(permit);
+                });
+            }
+        }
     }
     drop(listener);
     tokio::select! {

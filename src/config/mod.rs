@@ -127,6 +127,13 @@ pub struct ServerConfig {
     /// their connections.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// PEM certificate chain: set with `tls_key`, the API (and the
+    /// console) is served over HTTPS only.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// `[queue]`: where deliveries wait.
@@ -722,6 +729,16 @@ impl Config {
                      Set a key, listen on 127.0.0.1, or set server.allow_unauthenticated = true if that is meant",
                     srv.listen
                 ),
+            ));
+        }
+        if srv.tls_cert.is_some() != srv.tls_key.is_some() {
+            return Err(invalid(
+                if srv.tls_cert.is_some() {
+                    "server.tls_key"
+                } else {
+                    "server.tls_cert"
+                },
+                "set server.tls_cert and server.tls_key together, or neither",
             ));
         }
         if srv.max_connections == 0 {

@@ -229,7 +229,8 @@ pub fn routes(state: Arc<ApiState>, api: Router) -> Router {
             .console
             .public_url
             .as_deref()
-            .is_some_and(|u| u.starts_with("https://")),
+            .is_some_and(|u| u.starts_with("https://"))
+            || state.catalog.snapshot().config.server.tls_cert.is_some(),
         state,
     };
     pages::routes()
