@@ -106,6 +106,9 @@ pub async fn serve(
     }));
     let permits = Arc::new(Semaphore::new(config.max_connections));
     let graceful = GracefulShutdown::new();
+    // Every connection's task, so that none outlives the server (each
+    // holds the API's state: the queue, the log).
+    let mut connections = tokio::task::JoinSet::new();
     let mut builder = Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -133,6 +136,7 @@ pub async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
+        while connections.try_join_next().is_some() {}
         let service = TowerToHyperService::new(app.clone());
         match &tls {
             None => {
@@ -140,7 +144,7 @@ pub async fn serve(
                     .serve_connection_with_upgrades(TokioIo::new(stream), service)
                     .into_owned();
                 let connection = graceful.watch(connection);
-                tokio::spawn(async move {
+                connections.spawn(async move {
                     if let Err(e) = connection.await {
                         tracing::debug!(error = %e, "connection ended with an error");
                     }
@@ -152,7 +156,7 @@ pub async fn serve(
                 // a request's head, so a silent client holds nothing else.
                 let handshake = tokio::time::timeout(config.header_read_timeout, acceptor.accept(stream));
                 let (builder, watcher) = (builder.clone(), graceful.watcher());
-                tokio::spawn(async move {
+                connections.spawn(async move {
                     let stream = match handshake.await {
                         Ok(Ok(stream)) => stream,
                         Ok(Err(e)) => {
@@ -183,4 +187,8 @@ pub async fn serve(
             );
         }
     }
+    // Closes what is left: connections past the timeout, and handshakes
+    // that never finished.
+    connections.abort_all();
+    while connections.join_next().await.is_some() {}
 }
