@@ -32,8 +32,8 @@
 //!   defaults (`src/config/defaults.toml`) and `HOOKD_` variables, validated
 //!   with errors that name the key. Secrets print as `[redacted]`.
 //! - [`ingest`]: one validation path for every source ([`ingest::parse_event`],
-//!   then the catalogue's checks: the tenant exists, the schema holds),
-//!   plan rate limits, fan-out to the matching subscriptions of the
+//!   `data`'s nesting bounded by `ingest.max_depth`, then the catalogue's
+//!   checks: the tenant exists, the schema holds), plan rate limits, fan-out to the matching subscriptions of the
 //!   snapshot in force ([`ingest::Ingestor`]), and the Redis stream
 //!   consumer ([`ingest::stream`]).
 //! - [`queue`]: the [`queue::Queue`] trait (the delivery lifecycle) and,

@@ -1156,3 +1156,19 @@ async fn event_types_secret_rotation_and_test_events_from_the_cli() {
     );
     hookd.stop().await;
 }
+
+/// `hookd send` hands deeply nested data to hookd, which refuses it naming
+/// `ingest.max_depth` (not a client-side JSON recursion error).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_refuses_deep_data_naming_the_limit() {
+    let rx = Receiver::start().await;
+    let hookd = Hookd::start(&rx, "").await;
+    let data = format!("{{\"a\":{}{}}}", "[".repeat(1000), "]".repeat(1000));
+    let sent = hookd.cli(&["send", "--type", "coupon.redeemed", "--data", &data]).await;
+    let err = sent.failed();
+    assert!(
+        err.contains("400") && err.contains("1001 levels deep") && err.contains("ingest.max_depth"),
+        "{err}"
+    );
+    hookd.stop().await;
+}

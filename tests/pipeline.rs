@@ -408,6 +408,29 @@ async fn bad_input_gets_a_clear_error() {
             .to_string();
         assert!(err.contains(want), "{body}: {err}");
     }
+    // Nested deeper than ingest.max_depth (64 by default): a 400 naming
+    // the limit, alone or in a batch.
+    let deep = format!(
+        r#"{{"type": "a.b", "data": {{"a": {}{}}}}}"#,
+        "[".repeat(100),
+        "]".repeat(100)
+    );
+    let err = hookd
+        .api
+        .post("/v1/events", deep.clone())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("400") && err.contains("`data` nests 101 levels deep, over the limit of 64 (ingest.max_depth)"),
+        "{err}"
+    );
+    let batch = format!(r#"[{{"type": "a.b", "data": {{}}}}, {deep}]"#);
+    let err = hookd.api.post("/v1/events/batch", batch).await.unwrap_err().to_string();
+    assert!(
+        err.contains("400") && err.contains("event 1: ") && err.contains("ingest.max_depth"),
+        "{err}"
+    );
     let big = json!({"type": "a.b", "data": {"x": "y".repeat(2000)}}).to_string();
     let err = hookd.api.post("/v1/events", big).await.unwrap_err().to_string();
     assert!(err.contains("413") && err.contains("1024"), "{err}");
@@ -485,6 +508,11 @@ async fn redis_stream_producers_are_delivered_and_malformed_entries_set_aside() 
         .await
         .unwrap();
     let _: String = add(vec![("data", "{}".into())]).query_async(&mut conn).await.unwrap();
+    let deep = format!("{{\"a\":{}{}}}", "[".repeat(100_000), "]".repeat(100_000));
+    let _: String = add(vec![("type", "coupon.redeemed".into()), ("data", deep)])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
     let _: String = add(vec![
         ("type", "coupon.redeemed".into()),
         ("data", r#"{"amount":8}"#.into()),
@@ -508,12 +536,12 @@ async fn redis_stream_producers_are_delivered_and_malformed_entries_set_aside() 
             .query_async(&mut conn)
             .await
             .unwrap();
-        if r.ids.len() >= 2 || std::time::Instant::now() > deadline {
+        if r.ids.len() >= 3 || std::time::Instant::now() > deadline {
             break r;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    assert_eq!(rejected.ids.len(), 2, "both malformed entries are set aside");
+    assert_eq!(rejected.ids.len(), 3, "every malformed entry is set aside");
     let reasons: Vec<String> = rejected
         .ids
         .iter()
@@ -521,6 +549,10 @@ async fn redis_stream_producers_are_delivered_and_malformed_entries_set_aside() 
         .collect();
     assert!(reasons[0].contains("must be a JSON object"), "{reasons:?}");
     assert!(reasons[1].contains("`type` is missing"), "{reasons:?}");
+    assert!(
+        reasons[2].contains("nests 100001 levels deep, over the limit of 64 (ingest.max_depth)"),
+        "{reasons:?}"
+    );
     assert_eq!(
         rejected.ids[0].get::<String>("field:data").unwrap(),
         "[1,2]",

@@ -78,6 +78,8 @@ pub struct ApiState {
     pub max_body_bytes: usize,
     /// Largest batch, in events.
     pub max_batch: usize,
+    /// Deepest nesting of an event's `data` (`ingest.max_depth`).
+    pub max_depth: usize,
     /// The process's metrics, rendered at `GET /metrics`.
     pub metrics: Arc<Metrics>,
     /// Notifications raised by operator actions (disable, enable).
@@ -113,6 +115,7 @@ impl ApiState {
             api_keys: config.server.api_keys.clone(),
             max_body_bytes: config.ingest.max_body_bytes,
             max_batch: config.ingest.max_batch,
+            max_depth: config.ingest.max_depth,
             alerts,
             catalog,
             endpoints: Arc::new(ArcSwap::from_pointee(crate::dispatch::Endpoints::default())),
@@ -451,7 +454,7 @@ async fn post_event(
     body: Body,
 ) -> Result<Response, ApiError> {
     let body = read_body(body, state.max_body_bytes).await?;
-    let mut event = ingest::parse_event(&body)?;
+    let mut event = ingest::parse_event(&body, state.max_depth)?;
     authorize_event(&principal, &mut event)?;
     let accepted = state.ingestor.ingest(event, source_of(&headers)).await?;
     Ok((StatusCode::ACCEPTED, Json(accepted)).into_response())
@@ -492,7 +495,7 @@ async fn post_batch(
                 format!("event {n}: {e}"),
             ));
         }
-        let mut event = ingest::parse_event(text)
+        let mut event = ingest::parse_event(text, state.max_depth)
             .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_event", format!("event {n}: {e}")))?;
         authorize_event(&principal, &mut event)?;
         events.push(event);

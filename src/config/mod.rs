@@ -170,6 +170,8 @@ pub struct IngestConfig {
     pub stream_group: String,
     /// Refuse events whose `data` fails their type's JSON Schema.
     pub validate_schemas: bool,
+    /// Deepest nesting of objects and arrays accepted in `data` (`{}` is 1).
+    pub max_depth: usize,
 }
 
 /// `[delivery]`: attempts, retries and the endpoint policy.
@@ -385,6 +387,10 @@ pub struct PluginConfig {
     #[serde(default)]
     pub fresh_instance: Option<bool>,
 }
+
+/// Largest `ingest.max_depth` accepted: the envelope adds a level, and many
+/// receivers' JSON parsers (serde_json's among them) stop at 128.
+pub const MAX_DEPTH_LIMIT: usize = 100;
 
 /// Longest plugin deadline accepted: a plugin runs inside a delivery.
 pub const MAX_PLUGIN_DEADLINE: Duration = Duration::from_secs(10);
@@ -757,6 +763,12 @@ impl Config {
         if i.max_body_bytes < 64 {
             return Err(invalid("ingest.max_body_bytes", "must be at least 64"));
         }
+        if !(1..=MAX_DEPTH_LIMIT).contains(&i.max_depth) {
+            return Err(invalid(
+                "ingest.max_depth",
+                format!("must be 1 to {MAX_DEPTH_LIMIT}: deeper data breaks common receivers' JSON parsers"),
+            ));
+        }
         if i.max_batch == 0 {
             return Err(invalid("ingest.max_batch", "must be at least 1"));
         }
@@ -1115,6 +1127,7 @@ mod tests {
         let c = Config::from_toml("").unwrap();
         assert_eq!(c.delivery.max_retries, 5);
         assert_eq!(c.ingest.max_body_bytes, 256 * 1024);
+        assert_eq!(c.ingest.max_depth, crate::ingest::DEFAULT_MAX_DEPTH);
         assert_eq!(c.ingest.dedup_window, Duration::from_secs(24 * 3600));
         assert!(c.queue.redis_url.is_none());
     }
@@ -1138,6 +1151,8 @@ mod tests {
             ("[delivery]\ntimeout = \"soon\"", "timeout"),
             ("[queue]\nshards = 0", "queue.shards"),
             ("[queue]\nredis_url = \"http://x\"", "queue.redis_url"),
+            ("[ingest]\nmax_depth = 0", "ingest.max_depth"),
+            ("[ingest]\nmax_depth = 101", "ingest.max_depth"),
             ("[delivery]\nbackoff_multiplier = 0.5", "delivery.backoff_multiplier"),
             ("[history]\nmax_count = 0", "history.max_count"),
             ("[history]\nmax_age = \"1s\"", "history.max_age"),
