@@ -573,3 +573,56 @@ async fn redis_stream_producers_are_delivered_and_malformed_entries_set_aside() 
     assert_eq!(rx.arrivals().len(), 1, "the repeated stream id was a duplicate");
     hookd.stop().await;
 }
+
+/// An attempt keeps at most 64 response headers and 8 KiB of them, marking
+/// what was cut; the dead listing answers without bodies (their size
+/// instead), while one delivery's answer keeps its body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn response_headers_are_capped_and_the_dead_list_has_no_bodies() {
+    let rx = Receiver::start_with(|_, _, _| {
+        let headers = (0..90)
+            .map(|n| (&*Box::leak(format!("x-h{n}").into_boxed_str()), "v".repeat(300)))
+            .collect();
+        Answer::Status(500, headers)
+    })
+    .await;
+    let hookd = Hookd::start(
+        Backend::Embedded,
+        &subscription("crm", &rx.url("crm"), r#"["*"]"#, "max_retries = 0"),
+    )
+    .await;
+    hookd
+        .send(json!({"type": "coupon.redeemed", "id": "evt_big", "data": {"pad": "p".repeat(5000)}}))
+        .await;
+    let dead = wait_for_dead(&hookd, 1).await;
+    let d = &dead[0];
+    assert!(d.get("body").is_none(), "no body in the dead listing: {d}");
+    let id = d["id"].as_str().unwrap();
+    let shown = hookd.api.get(&format!("/v1/deliveries/{id}")).await.unwrap();
+    let body = shown["body"].as_str().unwrap();
+    assert!(body.contains(&"p".repeat(5000)), "one delivery keeps its body");
+    assert_eq!(d["body_bytes"], body.len());
+
+    let deadline = std::time::Instant::now() + WAIT;
+    let attempts = loop {
+        let answer = hookd.api.get(&format!("/v1/deliveries/{id}/attempts")).await;
+        if let Ok(a) = answer {
+            if a["attempts"].as_array().is_some_and(|a| !a.is_empty()) {
+                break a["attempts"].clone();
+            }
+        }
+        assert!(std::time::Instant::now() < deadline, "no attempt logged");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let headers: Vec<(String, String)> = serde_json::from_value(attempts[0]["response_headers"].clone()).unwrap();
+    let bytes: usize = headers.iter().map(|(n, v)| n.len() + v.len()).sum();
+    assert!(
+        headers.len() <= 64 && bytes <= 8192 + 200,
+        "{} headers, {bytes} bytes",
+        headers.len()
+    );
+    let (name, value) = headers.last().unwrap();
+    assert_eq!(name, "[truncated]", "{headers:?}");
+    assert!(value.contains("not kept"), "{value}");
+    hookd.stop().await;
+}

@@ -4,6 +4,10 @@
 //! - `POST /v1/events/batch`: a JSON array of events, accepted all or none.
 //! - `GET /v1/deliveries/dead`, `GET /v1/deliveries/{id}`,
 //!   `POST /v1/deliveries/{id}/replay`: dead deliveries, kept and replayable.
+//!   The dead listing (`?limit=`, 100 by default, at most 1000) answers
+//!   without bodies, giving each one's size in `body_bytes`, so a page
+//!   stays small whatever the bodies weigh; `GET /v1/deliveries/{id}` has
+//!   the full `body`.
 //! - [`admin`]: the delivery log (deliveries, attempts, events);
 //!   [`events`]: an event replayed to its subscriptions from the log;
 //!   [`recover`]: retry one delivery now, replay a subscription's failed
@@ -522,7 +526,15 @@ async fn list_dead(
     let items: Vec<_> = dead
         .iter()
         .filter(|d| may_see(&snapshot, &principal, &d.subscription))
-        .map(delivery_json)
+        .map(|d| {
+            // Bodies may be a MiB each: the listing gives their size only.
+            let mut item = delivery_json(d);
+            if let Some(item) = item.as_object_mut() {
+                item.remove("body");
+                item.insert("body_bytes".into(), d.body.len().into());
+            }
+            item
+        })
         .collect();
     Ok(Json(json!({ "deliveries": items })).into_response())
 }

@@ -781,6 +781,7 @@ async fn attempt(shared: &Shared, claim: Claim, endpoint: Option<Arc<Endpoint>>)
     match &result {
         Ok(response) => {
             record.response_headers = history::redact_headers(&response.headers, &[]);
+            history::cap_headers(&mut record.response_headers);
             record.response_body = history::body_excerpt(&response.body, response.body.len());
             if outcome != Outcome::Delivered {
                 record.error_kind = Some(ErrorKind::Status);
