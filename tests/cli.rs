@@ -1172,3 +1172,65 @@ async fn send_refuses_deep_data_naming_the_limit() {
     );
     hookd.stop().await;
 }
+
+/// Text logs written to a file carry no ANSI colour codes, and what came
+/// from outside (a stream entry's field name) cannot start a line of its
+/// own: control characters are escaped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_logs_to_a_file_have_no_colour_and_no_forged_lines() {
+    let redis = support::RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = support::unique_prefix("logs");
+    let path = dir.path().join("hookd.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{}\"\n[queue]\nredis_url = \"{}\"\nkey_prefix = \"{prefix}\"\n",
+            support::free_port(),
+            redis.url()
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("hookd.log");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_hookd"))
+        .args(["serve", "--config"])
+        .arg(&path)
+        .env_remove("HOOKD_CONFIG")
+        .env_remove("HOOKD_LOG")
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("cannot run the hookd binary");
+    let forged = "x\n2026-01-01T00:00:00.000000Z  INFO hookd: forged\r\u{1b}[2K";
+    redis.command(&[
+        "XADD",
+        &format!("{prefix}:events"),
+        "*",
+        "type",
+        "a.b",
+        "data",
+        "{}",
+        forged,
+        "1",
+    ]);
+    let deadline = std::time::Instant::now() + WAIT;
+    let text = loop {
+        let text = std::fs::read_to_string(&log).unwrap();
+        if text.contains("malformed entry") || std::time::Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(text.contains("malformed entry"), "{text}");
+    assert!(!text.contains('\u{1b}'), "no escape codes in a file:\n{text:?}");
+    assert!(!text.contains('\r'), "{text:?}");
+    assert!(
+        text.lines()
+            .all(|l| !l.contains("INFO hookd: forged") || l.contains("malformed entry")),
+        "a forged line:\n{text}"
+    );
+    assert!(text.contains(r"x\n2026-01-01"), "the newline shown escaped:\n{text}");
+}

@@ -703,7 +703,7 @@ async fn attempt(shared: &Shared, claim: Claim, endpoint: Option<Arc<Endpoint>>)
                 endpoint.metrics.plugin_error(e.kind());
                 endpoint.metrics.delivery(DeliveryOutcome::Dead);
                 warn!(event_id = %delivery.event_id, delivery_id = %delivery.id, subscription = %endpoint.name,
-                    error = %e, "plugin failed: delivery is dead (replay it once the plugin is fixed)");
+                    error = %crate::telemetry::escape(&e.to_string()), "plugin failed: delivery is dead (replay it once the plugin is fixed)");
                 delivery.last_error = Some(format!("plugin_error: {e}"));
                 shared.log_state(&delivery, DeliveryState::Dead, delivery.last_error.clone());
                 shared.alerts.raise(Notification::dead(&delivery, chrono::Utc::now()));

@@ -225,7 +225,9 @@ impl StreamConsumer {
         }
         let mut pipe = redis::pipe();
         for (entry, reason) in &rejected {
-            warn!(stream = %self.key, entry = %entry.id, reason = %reason, "event stream: malformed entry moved to {}", self.rejected);
+            // The reason may quote the entry's fields: escaped.
+            let shown = crate::telemetry::escape(&reason.to_string()).into_owned();
+            warn!(stream = %self.key, entry = %entry.id, reason = %shown, "event stream: malformed entry moved to {}", self.rejected);
             let cmd = pipe
                 .cmd("XADD")
                 .arg(&self.rejected)
