@@ -1157,6 +1157,57 @@ async fn event_types_secret_rotation_and_test_events_from_the_cli() {
     hookd.stop().await;
 }
 
+/// `hookd config check` shows where things go but no credential: custom
+/// header values, plugin config values, URL userinfo and query values of
+/// endpoint and Redis URLs are `[redacted]`; names and hosts stay.
+#[test]
+fn config_check_redacts_header_plugin_and_url_credentials() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugin = dir.path().join("p.wasm");
+    std::fs::write(&plugin, b"").unwrap();
+    let path = dir.path().join("hookd.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[queue]\nredis_url = \"redis://hookd:redis-pass-1@127.0.0.1:6379/0\"\n\
+             [[subscriptions]]\nname = \"crm\"\nurl = \"https://crm-user:url-pass-2@crm.example.com/in?token=query-tok-3&v=2\"\n\
+             events = [\"*\"]\nsecrets = [\"{SECRET}\"]\nheaders = {{ \"x-api-key\" = \"header-key-4\" }}\n\
+             [subscriptions.plugin]\npath = {:?}\nconfig = {{ api_token = \"plugin-tok-5\" }}\n",
+            plugin.display().to_string()
+        ),
+    )
+    .unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_hookd"))
+        .args(["config", "check", "--config"])
+        .arg(&path)
+        .env_remove("HOOKD_CONFIG")
+        .output()
+        .expect("cannot run the hookd binary");
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    let shown = format!("{stdout}\n{stderr}");
+    for secret in [
+        "redis-pass-1",
+        "url-pass-2",
+        "query-tok-3",
+        "header-key-4",
+        "plugin-tok-5",
+        "crm-user",
+    ] {
+        assert!(!shown.contains(secret), "{secret} shown:\n{shown}");
+    }
+    for kept in [
+        "crm.example.com/in?token=",
+        "x-api-key",
+        "api_token",
+        "127.0.0.1:6379",
+        "v=",
+    ] {
+        assert!(shown.contains(kept), "{kept} missing:\n{shown}");
+    }
+}
+
 /// `hookd send` hands deeply nested data to hookd, which refuses it naming
 /// `ingest.max_depth` (not a client-side JSON recursion error).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -626,3 +626,25 @@ async fn response_headers_are_capped_and_the_dead_list_has_no_bodies() {
     assert!(value.contains("not kept"), "{value}");
     hookd.stop().await;
 }
+
+/// The API's subscription answers show an endpoint URL without its
+/// userinfo or query values, and no header value.
+#[tokio::test]
+async fn subscription_answers_redact_url_credentials() {
+    let hookd = Hookd::start(
+        Backend::Embedded,
+        &subscription(
+            "crm",
+            "https://hook-user:url-pass@crm.example.com/in?token=query-tok",
+            r#"["*"]"#,
+            r#"headers = { "x-api-key" = "header-key" }"#,
+        ),
+    )
+    .await;
+    let answer = hookd.api.get("/v1/subscriptions/crm").await.unwrap().to_string();
+    for secret in ["hook-user", "url-pass", "query-tok", "header-key"] {
+        assert!(!answer.contains(secret), "{secret} shown: {answer}");
+    }
+    assert!(answer.contains("crm.example.com/in?token=[redacted]"), "{answer}");
+    hookd.stop().await;
+}

@@ -55,6 +55,32 @@ pub enum Error {
     Missing { path: PathBuf },
 }
 
+/// Serializes a URL (an endpoint's, or Redis's kept as a [`Secret`]) as
+/// [`crate::model::redact_url`] shows it.
+fn serialize_redacted_url<U: AsUrl, S: serde::Serializer>(url: &U, s: S) -> Result<S::Ok, S::Error> {
+    match url.as_url() {
+        Some(url) => s.serialize_str(&crate::model::redact_url(url)),
+        None => s.serialize_none(),
+    }
+}
+
+/// The URL text of a field [`serialize_redacted_url`] shows.
+trait AsUrl {
+    fn as_url(&self) -> Option<&str>;
+}
+
+impl AsUrl for String {
+    fn as_url(&self) -> Option<&str> {
+        Some(self)
+    }
+}
+
+impl AsUrl for Option<Secret> {
+    fn as_url(&self) -> Option<&str> {
+        self.as_ref().map(Secret::expose)
+    }
+}
+
 fn invalid(key: impl Into<String>, problem: impl Into<String>) -> Error {
     Error::Invalid {
         key: key.into(),
@@ -133,7 +159,9 @@ pub struct ServerConfig {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct QueueConfig {
-    /// Redis URL; absent selects the embedded store.
+    /// Redis URL; absent selects the embedded store. Shown with its
+    /// userinfo and parameters redacted ([`crate::model::redact_url`]).
+    #[serde(serialize_with = "serialize_redacted_url")]
     pub redis_url: Option<Secret>,
     /// Treat `redis_url` as a seed node of a Redis Cluster.
     pub cluster: bool,
@@ -375,7 +403,12 @@ pub struct PluginConfig {
     pub path: PathBuf,
     /// Settings handed to the plugin on every call, as text. Numbers and
     /// booleans are accepted and passed as their text (`10`, `true`).
-    #[serde(default, deserialize_with = "string_table")]
+    /// They may carry credentials: their values are shown as `[redacted]`.
+    #[serde(
+        default,
+        deserialize_with = "string_table",
+        serialize_with = "crate::model::serialize_redacted_values"
+    )]
     pub config: BTreeMap<String, String>,
     /// Override of `plugins.deadline`.
     #[serde(default, with = "humantime_serde")]
@@ -513,7 +546,9 @@ pub struct ConsoleConfig {
 pub struct SubscriptionConfig {
     /// Unique name; appears in logs, metrics and the admin API.
     pub name: SubscriptionName,
-    /// Endpoint URL receiving the POSTs.
+    /// Endpoint URL receiving the POSTs. Shown with its userinfo and
+    /// parameters redacted ([`crate::model::redact_url`]).
+    #[serde(serialize_with = "serialize_redacted_url")]
     pub url: String,
     /// Event type patterns: exact (`link.clicked`), prefix (`coupon.*`) or `*`.
     pub events: Vec<String>,
@@ -522,8 +557,9 @@ pub struct SubscriptionConfig {
     /// (Ed25519, `v1a`; receivers verify with the `whpk_…` public key that
     /// `hookd config check` prints).
     pub secrets: Vec<Secret>,
-    /// Extra headers sent with every request.
-    #[serde(default)]
+    /// Extra headers sent with every request. They may carry credentials:
+    /// their values are shown as `[redacted]`.
+    #[serde(default, serialize_with = "crate::model::serialize_redacted_values")]
     pub headers: BTreeMap<String, String>,
     /// Whether deliveries are sent at all; false parks nothing and sends nothing.
     #[serde(default = "default_true")]
@@ -902,7 +938,9 @@ impl Config {
             .collect()
     }
 
-    /// The effective configuration as TOML, secrets shown as `[redacted]`.
+    /// The effective configuration as TOML, secrets shown as `[redacted]`:
+    /// secrets and keys, custom header values, plugin settings' values,
+    /// and the userinfo and parameter values of endpoint and Redis URLs.
     pub fn to_redacted_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
     }
@@ -970,10 +1008,12 @@ impl SubscriptionConfig {
     /// alike: URL policy, event patterns, secrets, headers and limits.
     /// Problems name the field as `{prefix}{field}` (`url`, `headers.x-a`).
     pub fn check_fields(&self, prefix: &str, delivery: &DeliveryConfig) -> Result<(), Error> {
-        let uri: http::Uri = self
-            .url
-            .parse()
-            .map_err(|e| invalid(format!("{prefix}url"), format!("`{}` is not a URL: {e}", self.url)))?;
+        let uri: http::Uri = self.url.parse().map_err(|e| {
+            invalid(
+                format!("{prefix}url"),
+                format!("`{}` is not a URL: {e}", crate::model::redact_url(&self.url)),
+            )
+        })?;
         match uri.scheme_str() {
             Some("https") => {}
             Some("http") if delivery.allow_http => {}
