@@ -177,6 +177,7 @@ fn event(tenant: Option<&str>) -> Event {
             r#"{{"type":"coupon.redeemed","id":"evt_bench","data":{{"coupon":"SPRING10","amount":12.5,"customer":"cus_1"}}{tenant}}}"#
         )
         .as_bytes(),
+        hookd::ingest::DEFAULT_MAX_DEPTH,
     )
     .expect("event")
 }

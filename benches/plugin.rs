@@ -41,6 +41,7 @@ fn load(plugins: &Plugins, name: &str, config: &[(&str, &str)], fresh: bool) -> 
 fn input() -> Input {
     let event = hookd::ingest::parse_event(
         br#"{"type":"coupon.redeemed","id":"evt_1","data":{"coupon":"SPRING","amount":12,"store":"Lisbon"},"timestamp":"2026-11-23T10:00:00Z"}"#,
+        hookd::ingest::DEFAULT_MAX_DEPTH,
     )
     .expect("valid event");
     Input {

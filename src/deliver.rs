@@ -288,12 +288,16 @@ impl Client {
                     "http:// endpoints are refused: use https, or set delivery.allow_http = true".into(),
                 ))
             }
-            _ => return Err(Failure::Protocol(format!("`{url}` is not an https:// URL"))),
+            _ => {
+                return Err(Failure::Protocol(format!(
+                    "`{}` is not an https:// URL",
+                    crate::model::redact_url(&url.to_string())
+                )))
+            }
         }
-        let host = url
-            .host()
-            .filter(|h| !h.is_empty())
-            .ok_or_else(|| Failure::Protocol(format!("`{url}` has no host")))?;
+        let host = url.host().filter(|h| !h.is_empty()).ok_or_else(|| {
+            Failure::Protocol(format!("`{}` has no host", crate::model::redact_url(&url.to_string())))
+        })?;
         if self.allow_private_networks {
             return Ok(());
         }

@@ -30,10 +30,12 @@
 //!   ([`catalog::Routes`]) is by tenant.
 //! - [`config`]: the TOML file, loaded with figment over compiled-in
 //!   defaults (`src/config/defaults.toml`) and `HOOKD_` variables, validated
-//!   with errors that name the key. Secrets print as `[redacted]`.
+//!   with errors that name the key. Secrets print as `[redacted]`, and so
+//!   do custom header values, plugin settings and the userinfo and
+//!   parameters of URLs ([`model::redact_url`], the one URL redaction).
 //! - [`ingest`]: one validation path for every source ([`ingest::parse_event`],
-//!   then the catalogue's checks: the tenant exists, the schema holds),
-//!   plan rate limits, fan-out to the matching subscriptions of the
+//!   `data`'s nesting bounded by `ingest.max_depth`, then the catalogue's
+//!   checks: the tenant exists, the schema holds), plan rate limits, fan-out to the matching subscriptions of the
 //!   snapshot in force ([`ingest::Ingestor`]), and the Redis stream
 //!   consumer ([`ingest::stream`]).
 //! - [`queue`]: the [`queue::Queue`] trait (the delivery lifecycle) and,

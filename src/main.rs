@@ -644,16 +644,32 @@ async fn execute(command: Command) -> anyhow::Result<()> {
             tenant,
             remote,
         } => {
-            let data: serde_json::Value = serde_json::from_str(&data).context("--data is not valid JSON")?;
-            let mut event = serde_json::json!({ "type": event_type, "data": data });
-            if let Some(id) = id {
-                event["id"] = id.into();
+            // As text: hookd checks it (its depth against ingest.max_depth too).
+            let data: Box<serde_json::value::RawValue> =
+                serde_json::from_str(&data).context("--data is not valid JSON")?;
+            if let Some(tenant) = &tenant {
+                hookd::model::TenantId::parse(tenant).map_err(|p| anyhow::anyhow!("--tenant: {p}"))?;
             }
-            if let Some(tenant) = tenant {
-                hookd::model::TenantId::parse(&tenant).map_err(|p| anyhow::anyhow!("--tenant: {p}"))?;
-                event["tenant"] = tenant.into();
+            /// The event as sent, `data` copied as written.
+            #[derive(serde::Serialize)]
+            struct Sent {
+                #[serde(rename = "type")]
+                event_type: String,
+                data: Box<serde_json::value::RawValue>,
+                #[serde(skip_serializing_if = "Option::is_none")]
+                id: Option<String>,
+                #[serde(skip_serializing_if = "Option::is_none")]
+                tenant: Option<String>,
             }
-            let answer = client(&remote)?.post("/v1/events", event.to_string()).await?;
+            let event = Sent {
+                event_type,
+                data,
+                id,
+                tenant,
+            };
+            let answer = client(&remote)?
+                .post("/v1/events", serde_json::to_string(&event)?)
+                .await?;
             println!("{answer}");
             Ok(())
         }

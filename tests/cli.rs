@@ -1156,3 +1156,132 @@ async fn event_types_secret_rotation_and_test_events_from_the_cli() {
     );
     hookd.stop().await;
 }
+
+/// `hookd config check` shows where things go but no credential: custom
+/// header values, plugin config values, URL userinfo and query values of
+/// endpoint and Redis URLs are `[redacted]`; names and hosts stay.
+#[test]
+fn config_check_redacts_header_plugin_and_url_credentials() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugin = dir.path().join("p.wasm");
+    std::fs::write(&plugin, b"").unwrap();
+    let path = dir.path().join("hookd.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[queue]\nredis_url = \"redis://hookd:redis-pass-1@127.0.0.1:6379/0\"\n\
+             [[subscriptions]]\nname = \"crm\"\nurl = \"https://crm-user:url-pass-2@crm.example.com/in?token=query-tok-3&v=2\"\n\
+             events = [\"*\"]\nsecrets = [\"{SECRET}\"]\nheaders = {{ \"x-api-key\" = \"header-key-4\" }}\n\
+             [subscriptions.plugin]\npath = {:?}\nconfig = {{ api_token = \"plugin-tok-5\" }}\n",
+            plugin.display().to_string()
+        ),
+    )
+    .unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_hookd"))
+        .args(["config", "check", "--config"])
+        .arg(&path)
+        .env_remove("HOOKD_CONFIG")
+        .output()
+        .expect("cannot run the hookd binary");
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    let shown = format!("{stdout}\n{stderr}");
+    for secret in [
+        "redis-pass-1",
+        "url-pass-2",
+        "query-tok-3",
+        "header-key-4",
+        "plugin-tok-5",
+        "crm-user",
+    ] {
+        assert!(!shown.contains(secret), "{secret} shown:\n{shown}");
+    }
+    for kept in [
+        "crm.example.com/in?token=",
+        "x-api-key",
+        "api_token",
+        "127.0.0.1:6379",
+        "v=",
+    ] {
+        assert!(shown.contains(kept), "{kept} missing:\n{shown}");
+    }
+}
+
+/// `hookd send` hands deeply nested data to hookd, which refuses it naming
+/// `ingest.max_depth` (not a client-side JSON recursion error).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_refuses_deep_data_naming_the_limit() {
+    let rx = Receiver::start().await;
+    let hookd = Hookd::start(&rx, "").await;
+    let data = format!("{{\"a\":{}{}}}", "[".repeat(1000), "]".repeat(1000));
+    let sent = hookd.cli(&["send", "--type", "coupon.redeemed", "--data", &data]).await;
+    let err = sent.failed();
+    assert!(
+        err.contains("400") && err.contains("1001 levels deep") && err.contains("ingest.max_depth"),
+        "{err}"
+    );
+    hookd.stop().await;
+}
+
+/// Text logs written to a file carry no ANSI colour codes, and what came
+/// from outside (a stream entry's field name) cannot start a line of its
+/// own: control characters are escaped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_logs_to_a_file_have_no_colour_and_no_forged_lines() {
+    let redis = support::RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = support::unique_prefix("logs");
+    let path = dir.path().join("hookd.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{}\"\n[queue]\nredis_url = \"{}\"\nkey_prefix = \"{prefix}\"\n",
+            support::free_port(),
+            redis.url()
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("hookd.log");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_hookd"))
+        .args(["serve", "--config"])
+        .arg(&path)
+        .env_remove("HOOKD_CONFIG")
+        .env_remove("HOOKD_LOG")
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("cannot run the hookd binary");
+    let forged = "x\n2026-01-01T00:00:00.000000Z  INFO hookd: forged\r\u{1b}[2K";
+    redis.command(&[
+        "XADD",
+        &format!("{prefix}:events"),
+        "*",
+        "type",
+        "a.b",
+        "data",
+        "{}",
+        forged,
+        "1",
+    ]);
+    let deadline = std::time::Instant::now() + WAIT;
+    let text = loop {
+        let text = std::fs::read_to_string(&log).unwrap();
+        if text.contains("malformed entry") || std::time::Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(text.contains("malformed entry"), "{text}");
+    assert!(!text.contains('\u{1b}'), "no escape codes in a file:\n{text:?}");
+    assert!(!text.contains('\r'), "{text:?}");
+    assert!(
+        text.lines()
+            .all(|l| !l.contains("INFO hookd: forged") || l.contains("malformed entry")),
+        "a forged line:\n{text}"
+    );
+    assert!(text.contains(r"x\n2026-01-01"), "the newline shown escaped:\n{text}");
+}

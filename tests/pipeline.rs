@@ -408,6 +408,29 @@ async fn bad_input_gets_a_clear_error() {
             .to_string();
         assert!(err.contains(want), "{body}: {err}");
     }
+    // Nested deeper than ingest.max_depth (64 by default): a 400 naming
+    // the limit, alone or in a batch.
+    let deep = format!(
+        r#"{{"type": "a.b", "data": {{"a": {}{}}}}}"#,
+        "[".repeat(100),
+        "]".repeat(100)
+    );
+    let err = hookd
+        .api
+        .post("/v1/events", deep.clone())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("400") && err.contains("`data` nests 101 levels deep, over the limit of 64 (ingest.max_depth)"),
+        "{err}"
+    );
+    let batch = format!(r#"[{{"type": "a.b", "data": {{}}}}, {deep}]"#);
+    let err = hookd.api.post("/v1/events/batch", batch).await.unwrap_err().to_string();
+    assert!(
+        err.contains("400") && err.contains("event 1: ") && err.contains("ingest.max_depth"),
+        "{err}"
+    );
     let big = json!({"type": "a.b", "data": {"x": "y".repeat(2000)}}).to_string();
     let err = hookd.api.post("/v1/events", big).await.unwrap_err().to_string();
     assert!(err.contains("413") && err.contains("1024"), "{err}");
@@ -485,6 +508,11 @@ async fn redis_stream_producers_are_delivered_and_malformed_entries_set_aside() 
         .await
         .unwrap();
     let _: String = add(vec![("data", "{}".into())]).query_async(&mut conn).await.unwrap();
+    let deep = format!("{{\"a\":{}{}}}", "[".repeat(100_000), "]".repeat(100_000));
+    let _: String = add(vec![("type", "coupon.redeemed".into()), ("data", deep)])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
     let _: String = add(vec![
         ("type", "coupon.redeemed".into()),
         ("data", r#"{"amount":8}"#.into()),
@@ -508,12 +536,12 @@ async fn redis_stream_producers_are_delivered_and_malformed_entries_set_aside() 
             .query_async(&mut conn)
             .await
             .unwrap();
-        if r.ids.len() >= 2 || std::time::Instant::now() > deadline {
+        if r.ids.len() >= 3 || std::time::Instant::now() > deadline {
             break r;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    assert_eq!(rejected.ids.len(), 2, "both malformed entries are set aside");
+    assert_eq!(rejected.ids.len(), 3, "every malformed entry is set aside");
     let reasons: Vec<String> = rejected
         .ids
         .iter()
@@ -521,6 +549,10 @@ async fn redis_stream_producers_are_delivered_and_malformed_entries_set_aside() 
         .collect();
     assert!(reasons[0].contains("must be a JSON object"), "{reasons:?}");
     assert!(reasons[1].contains("`type` is missing"), "{reasons:?}");
+    assert!(
+        reasons[2].contains("nests 100001 levels deep, over the limit of 64 (ingest.max_depth)"),
+        "{reasons:?}"
+    );
     assert_eq!(
         rejected.ids[0].get::<String>("field:data").unwrap(),
         "[1,2]",
@@ -539,5 +571,80 @@ async fn redis_stream_producers_are_delivered_and_malformed_entries_set_aside() 
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(rx.arrivals().len(), 1, "the repeated stream id was a duplicate");
+    hookd.stop().await;
+}
+
+/// An attempt keeps at most 64 response headers and 8 KiB of them, marking
+/// what was cut; the dead listing answers without bodies (their size
+/// instead), while one delivery's answer keeps its body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn response_headers_are_capped_and_the_dead_list_has_no_bodies() {
+    let rx = Receiver::start_with(|_, _, _| {
+        let headers = (0..90)
+            .map(|n| (&*Box::leak(format!("x-h{n}").into_boxed_str()), "v".repeat(300)))
+            .collect();
+        Answer::Status(500, headers)
+    })
+    .await;
+    let hookd = Hookd::start(
+        Backend::Embedded,
+        &subscription("crm", &rx.url("crm"), r#"["*"]"#, "max_retries = 0"),
+    )
+    .await;
+    hookd
+        .send(json!({"type": "coupon.redeemed", "id": "evt_big", "data": {"pad": "p".repeat(5000)}}))
+        .await;
+    let dead = wait_for_dead(&hookd, 1).await;
+    let d = &dead[0];
+    assert!(d.get("body").is_none(), "no body in the dead listing: {d}");
+    let id = d["id"].as_str().unwrap();
+    let shown = hookd.api.get(&format!("/v1/deliveries/{id}")).await.unwrap();
+    let body = shown["body"].as_str().unwrap();
+    assert!(body.contains(&"p".repeat(5000)), "one delivery keeps its body");
+    assert_eq!(d["body_bytes"], body.len());
+
+    let deadline = std::time::Instant::now() + WAIT;
+    let attempts = loop {
+        let answer = hookd.api.get(&format!("/v1/deliveries/{id}/attempts")).await;
+        if let Ok(a) = answer {
+            if a["attempts"].as_array().is_some_and(|a| !a.is_empty()) {
+                break a["attempts"].clone();
+            }
+        }
+        assert!(std::time::Instant::now() < deadline, "no attempt logged");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let headers: Vec<(String, String)> = serde_json::from_value(attempts[0]["response_headers"].clone()).unwrap();
+    let bytes: usize = headers.iter().map(|(n, v)| n.len() + v.len()).sum();
+    assert!(
+        headers.len() <= 64 && bytes <= 8192 + 200,
+        "{} headers, {bytes} bytes",
+        headers.len()
+    );
+    let (name, value) = headers.last().unwrap();
+    assert_eq!(name, "[truncated]", "{headers:?}");
+    assert!(value.contains("not kept"), "{value}");
+    hookd.stop().await;
+}
+
+/// The API's subscription answers show an endpoint URL without its
+/// userinfo or query values, and no header value.
+#[tokio::test]
+async fn subscription_answers_redact_url_credentials() {
+    let hookd = Hookd::start(
+        Backend::Embedded,
+        &subscription(
+            "crm",
+            "https://hook-user:url-pass@crm.example.com/in?token=query-tok",
+            r#"["*"]"#,
+            r#"headers = { "x-api-key" = "header-key" }"#,
+        ),
+    )
+    .await;
+    let answer = hookd.api.get("/v1/subscriptions/crm").await.unwrap().to_string();
+    for secret in ["hook-user", "url-pass", "query-tok", "header-key"] {
+        assert!(!answer.contains(secret), "{secret} shown: {answer}");
+    }
+    assert!(answer.contains("crm.example.com/in?token=[redacted]"), "{answer}");
     hookd.stop().await;
 }

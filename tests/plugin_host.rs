@@ -41,7 +41,8 @@ fn load(name: &str, config: &[(&str, &str)]) -> Plugin {
 /// The input hookd builds for an event of `event_type` with `data`.
 fn input(event_type: &str, data: Value) -> Input {
     let json = json!({"type": event_type, "id": "evt_1", "data": data, "timestamp": "2026-11-23T10:00:00Z"});
-    let event = hookd::ingest::parse_event(json.to_string().as_bytes()).expect("valid event");
+    let event =
+        hookd::ingest::parse_event(json.to_string().as_bytes(), hookd::ingest::DEFAULT_MAX_DEPTH).expect("valid event");
     Input {
         event_id: event.id.to_string(),
         event_type: event.event_type.clone(),

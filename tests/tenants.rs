@@ -479,6 +479,40 @@ async fn patch_applies_to_deliveries_not_yet_attempted() {
         })
         .await;
     assert!(arrivals.iter().all(|a| a.path == "after" && a.verified), "{arrivals:?}");
+
+    // Answers show the URL's userinfo and parameter values redacted; a
+    // PATCH handing it back as shown (the console's edit form does) keeps
+    // the real one.
+    let secret_url = rx.url("after") + "?token=tok-9";
+    let shown = acme
+        .patch(
+            &format!("/v1/subscriptions/{id}"),
+            json!({"url": secret_url}).to_string(),
+        )
+        .await
+        .unwrap();
+    let shown_url = shown["url"].as_str().unwrap().to_owned();
+    assert!(!shown_url.contains("tok-9"), "{shown_url}");
+    assert_eq!(shown_url, rx.url("after") + "?token=[redacted]");
+    let again = acme
+        .patch(
+            &format!("/v1/subscriptions/{id}"),
+            json!({"url": shown_url, "description": "again"}).to_string(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(again["url"], shown_url);
+    assert_eq!(again["description"], "again");
+    hookd
+        .send(json!({"type": "stamp.expired", "id": "evt_query", "tenant": "acme", "data": {}}))
+        .await;
+    let arrivals = rx
+        .wait_for(WAIT, "the delivery after the round trip", |a| {
+            a.iter().any(|x| x.id == "evt_query")
+        })
+        .await;
+    let last = arrivals.iter().find(|x| x.id == "evt_query").unwrap();
+    assert_eq!(last.query.as_deref(), Some("token=tok-9"), "the real URL is kept");
     hookd.stop().await;
 }
 

@@ -4,6 +4,10 @@
 //! - `POST /v1/events/batch`: a JSON array of events, accepted all or none.
 //! - `GET /v1/deliveries/dead`, `GET /v1/deliveries/{id}`,
 //!   `POST /v1/deliveries/{id}/replay`: dead deliveries, kept and replayable.
+//!   The dead listing (`?limit=`, 100 by default, at most 1000) answers
+//!   without bodies, giving each one's size in `body_bytes`, so a page
+//!   stays small whatever the bodies weigh; `GET /v1/deliveries/{id}` has
+//!   the full `body`.
 //! - [`admin`]: the delivery log (deliveries, attempts, events);
 //!   [`events`]: an event replayed to its subscriptions from the log;
 //!   [`recover`]: retry one delivery now, replay a subscription's failed
@@ -76,6 +80,8 @@ pub struct ApiState {
     pub max_body_bytes: usize,
     /// Largest batch, in events.
     pub max_batch: usize,
+    /// Deepest nesting of an event's `data` (`ingest.max_depth`).
+    pub max_depth: usize,
     /// The process's metrics, rendered at `GET /metrics`.
     pub metrics: Arc<Metrics>,
     /// Notifications raised by operator actions (disable, enable).
@@ -108,6 +114,7 @@ impl ApiState {
             history,
             max_body_bytes: config.ingest.max_body_bytes,
             max_batch: config.ingest.max_batch,
+            max_depth: config.ingest.max_depth,
             alerts,
             catalog,
             endpoints: Arc::new(ArcSwap::from_pointee(crate::dispatch::Endpoints::default())),
@@ -468,7 +475,7 @@ async fn post_event(
     body: Body,
 ) -> Result<Response, ApiError> {
     let body = read_body(body, state.max_body_bytes).await?;
-    let mut event = ingest::parse_event(&body)?;
+    let mut event = ingest::parse_event(&body, state.max_depth)?;
     authorize_event(&principal, &mut event)?;
     let accepted = state.ingestor.ingest(event, source_of(&headers)).await?;
     Ok((StatusCode::ACCEPTED, Json(accepted)).into_response())
@@ -509,7 +516,7 @@ async fn post_batch(
                 format!("event {n}: {e}"),
             ));
         }
-        let mut event = ingest::parse_event(text)
+        let mut event = ingest::parse_event(text, state.max_depth)
             .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_event", format!("event {n}: {e}")))?;
         authorize_event(&principal, &mut event)?;
         events.push(event);
@@ -536,7 +543,15 @@ async fn list_dead(
     let items: Vec<_> = dead
         .iter()
         .filter(|d| may_see(&snapshot, &principal, &d.subscription))
-        .map(delivery_json)
+        .map(|d| {
+            // Bodies may be a MiB each: the listing gives their size only.
+            let mut item = delivery_json(d);
+            if let Some(item) = item.as_object_mut() {
+                item.remove("body");
+                item.insert("body_bytes".into(), d.body.len().into());
+            }
+            item
+        })
         .collect();
     Ok(Json(json!({ "deliveries": items })).into_response())
 }

@@ -96,7 +96,9 @@ pub struct SubscriptionAnswer {
     pub tenant: Option<TenantId>,
     /// What it is for.
     pub description: Option<String>,
-    /// Where it is sent.
+    /// Where it is sent, its userinfo and parameter values redacted
+    /// ([`crate::model::redact_url`]; a PATCH handing it back unchanged
+    /// leaves the URL as it is).
     pub url: String,
     /// Its event patterns.
     pub events: Vec<String>,
@@ -179,7 +181,7 @@ pub(super) async fn describe(state: &ApiState, sub: &SubscriptionConfig) -> Resu
         name: spec.map_or(sub.name.as_str(), |s| s.name.as_str()).to_owned(),
         tenant: owner,
         description: spec.and_then(|s| s.description.clone()),
-        url: sub.url.clone(),
+        url: crate::model::redact_url(&sub.url),
         events: sub.events.clone(),
         headers: sub.headers.keys().cloned().collect(),
         rate_limit: sub.rate_limit,

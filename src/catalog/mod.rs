@@ -593,9 +593,16 @@ impl Catalog {
         &self,
         id: &str,
         tenant: Option<&TenantId>,
-        patch: serde_json::Value,
+        mut patch: serde_json::Value,
     ) -> Result<StoredSubscription, Error> {
         let mut sub = self.stored_subscription(id, tenant)?;
+        // Answers show the URL redacted (`model::redact_url`); handed back
+        // as shown (the console's edit form does), it changes nothing.
+        if let Some(fields) = patch.as_object_mut() {
+            if fields.get("url").and_then(|u| u.as_str()) == Some(&crate::model::redact_url(&sub.spec.url)) {
+                fields.remove("url");
+            }
+        }
         let mut value = serde_json::to_value(&sub.spec).map_err(|e| invalid("body", e.to_string()))?;
         merge(&mut value, patch);
         let spec: SubscriptionSpec = serde_json::from_value(value).map_err(|e| invalid("body", e.to_string()))?;

@@ -55,6 +55,32 @@ pub enum Error {
     Missing { path: PathBuf },
 }
 
+/// Serializes a URL (an endpoint's, or Redis's kept as a [`Secret`]) as
+/// [`crate::model::redact_url`] shows it.
+fn serialize_redacted_url<U: AsUrl, S: serde::Serializer>(url: &U, s: S) -> Result<S::Ok, S::Error> {
+    match url.as_url() {
+        Some(url) => s.serialize_str(&crate::model::redact_url(url)),
+        None => s.serialize_none(),
+    }
+}
+
+/// The URL text of a field [`serialize_redacted_url`] shows.
+trait AsUrl {
+    fn as_url(&self) -> Option<&str>;
+}
+
+impl AsUrl for String {
+    fn as_url(&self) -> Option<&str> {
+        Some(self)
+    }
+}
+
+impl AsUrl for Option<Secret> {
+    fn as_url(&self) -> Option<&str> {
+        self.as_ref().map(Secret::expose)
+    }
+}
+
 fn invalid(key: impl Into<String>, problem: impl Into<String>) -> Error {
     Error::Invalid {
         key: key.into(),
@@ -140,7 +166,9 @@ pub struct ServerConfig {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct QueueConfig {
-    /// Redis URL; absent selects the embedded store.
+    /// Redis URL; absent selects the embedded store. Shown with its
+    /// userinfo and parameters redacted ([`crate::model::redact_url`]).
+    #[serde(serialize_with = "serialize_redacted_url")]
     pub redis_url: Option<Secret>,
     /// Treat `redis_url` as a seed node of a Redis Cluster.
     pub cluster: bool,
@@ -177,6 +205,8 @@ pub struct IngestConfig {
     pub stream_group: String,
     /// Refuse events whose `data` fails their type's JSON Schema.
     pub validate_schemas: bool,
+    /// Deepest nesting of objects and arrays accepted in `data` (`{}` is 1).
+    pub max_depth: usize,
 }
 
 /// `[delivery]`: attempts, retries and the endpoint policy.
@@ -380,7 +410,12 @@ pub struct PluginConfig {
     pub path: PathBuf,
     /// Settings handed to the plugin on every call, as text. Numbers and
     /// booleans are accepted and passed as their text (`10`, `true`).
-    #[serde(default, deserialize_with = "string_table")]
+    /// They may carry credentials: their values are shown as `[redacted]`.
+    #[serde(
+        default,
+        deserialize_with = "string_table",
+        serialize_with = "crate::model::serialize_redacted_values"
+    )]
     pub config: BTreeMap<String, String>,
     /// Override of `plugins.deadline`.
     #[serde(default, with = "humantime_serde")]
@@ -392,6 +427,10 @@ pub struct PluginConfig {
     #[serde(default)]
     pub fresh_instance: Option<bool>,
 }
+
+/// Largest `ingest.max_depth` accepted: the envelope adds a level, and many
+/// receivers' JSON parsers (serde_json's among them) stop at 128.
+pub const MAX_DEPTH_LIMIT: usize = 100;
 
 /// Longest plugin deadline accepted: a plugin runs inside a delivery.
 pub const MAX_PLUGIN_DEADLINE: Duration = Duration::from_secs(10);
@@ -514,7 +553,9 @@ pub struct ConsoleConfig {
 pub struct SubscriptionConfig {
     /// Unique name; appears in logs, metrics and the admin API.
     pub name: SubscriptionName,
-    /// Endpoint URL receiving the POSTs.
+    /// Endpoint URL receiving the POSTs. Shown with its userinfo and
+    /// parameters redacted ([`crate::model::redact_url`]).
+    #[serde(serialize_with = "serialize_redacted_url")]
     pub url: String,
     /// Event type patterns: exact (`link.clicked`), prefix (`coupon.*`) or `*`.
     pub events: Vec<String>,
@@ -523,8 +564,9 @@ pub struct SubscriptionConfig {
     /// (Ed25519, `v1a`; receivers verify with the `whpk_…` public key that
     /// `hookd config check` prints).
     pub secrets: Vec<Secret>,
-    /// Extra headers sent with every request.
-    #[serde(default)]
+    /// Extra headers sent with every request. They may carry credentials:
+    /// their values are shown as `[redacted]`.
+    #[serde(default, serialize_with = "crate::model::serialize_redacted_values")]
     pub headers: BTreeMap<String, String>,
     /// Whether deliveries are sent; false sends nothing and parks its
     /// deliveries (kept, not dropped) until it is enabled.
@@ -775,6 +817,12 @@ impl Config {
         if i.max_body_bytes < 64 {
             return Err(invalid("ingest.max_body_bytes", "must be at least 64"));
         }
+        if !(1..=MAX_DEPTH_LIMIT).contains(&i.max_depth) {
+            return Err(invalid(
+                "ingest.max_depth",
+                format!("must be 1 to {MAX_DEPTH_LIMIT}: deeper data breaks common receivers' JSON parsers"),
+            ));
+        }
         if i.max_batch == 0 {
             return Err(invalid("ingest.max_batch", "must be at least 1"));
         }
@@ -908,7 +956,9 @@ impl Config {
             .collect()
     }
 
-    /// The effective configuration as TOML, secrets shown as `[redacted]`.
+    /// The effective configuration as TOML, secrets shown as `[redacted]`:
+    /// secrets and keys, custom header values, plugin settings' values,
+    /// and the userinfo and parameter values of endpoint and Redis URLs.
     pub fn to_redacted_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
     }
@@ -976,10 +1026,12 @@ impl SubscriptionConfig {
     /// alike: URL policy, event patterns, secrets, headers and limits.
     /// Problems name the field as `{prefix}{field}` (`url`, `headers.x-a`).
     pub fn check_fields(&self, prefix: &str, delivery: &DeliveryConfig) -> Result<(), Error> {
-        let uri: http::Uri = self
-            .url
-            .parse()
-            .map_err(|e| invalid(format!("{prefix}url"), format!("`{}` is not a URL: {e}", self.url)))?;
+        let uri: http::Uri = self.url.parse().map_err(|e| {
+            invalid(
+                format!("{prefix}url"),
+                format!("`{}` is not a URL: {e}", crate::model::redact_url(&self.url)),
+            )
+        })?;
         match uri.scheme_str() {
             Some("https") => {}
             Some("http") if delivery.allow_http => {}
@@ -1133,6 +1185,7 @@ mod tests {
         let c = Config::from_toml("").unwrap();
         assert_eq!(c.delivery.max_retries, 5);
         assert_eq!(c.ingest.max_body_bytes, 256 * 1024);
+        assert_eq!(c.ingest.max_depth, crate::ingest::DEFAULT_MAX_DEPTH);
         assert_eq!(c.ingest.dedup_window, Duration::from_secs(24 * 3600));
         assert!(c.queue.redis_url.is_none());
     }
@@ -1156,6 +1209,8 @@ mod tests {
             ("[delivery]\ntimeout = \"soon\"", "timeout"),
             ("[queue]\nshards = 0", "queue.shards"),
             ("[queue]\nredis_url = \"http://x\"", "queue.redis_url"),
+            ("[ingest]\nmax_depth = 0", "ingest.max_depth"),
+            ("[ingest]\nmax_depth = 101", "ingest.max_depth"),
             ("[delivery]\nbackoff_multiplier = 0.5", "delivery.backoff_multiplier"),
             ("[history]\nmax_count = 0", "history.max_count"),
             ("[history]\nmax_age = \"1s\"", "history.max_age"),

@@ -707,7 +707,7 @@ async fn attempt(shared: &Shared, claim: Claim, endpoint: Option<Arc<Endpoint>>)
                 endpoint.metrics.plugin_error(e.kind());
                 endpoint.metrics.delivery(DeliveryOutcome::Dead);
                 warn!(event_id = %delivery.event_id, delivery_id = %delivery.id, subscription = %endpoint.name,
-                    error = %e, "plugin failed: delivery is dead (replay it once the plugin is fixed)");
+                    error = %crate::telemetry::escape(&e.to_string()), "plugin failed: delivery is dead (replay it once the plugin is fixed)");
                 delivery.last_error = Some(format!("plugin_error: {e}"));
                 shared.log_state(&delivery, DeliveryState::Dead, delivery.last_error.clone());
                 shared.alerts.raise(Notification::dead(&delivery, chrono::Utc::now()));
@@ -785,6 +785,7 @@ async fn attempt(shared: &Shared, claim: Claim, endpoint: Option<Arc<Endpoint>>)
     match &result {
         Ok(response) => {
             record.response_headers = history::redact_headers(&response.headers, &[]);
+            history::cap_headers(&mut record.response_headers);
             record.response_body = history::body_excerpt(&response.body, response.body.len());
             if outcome != Outcome::Delivered {
                 record.error_kind = Some(ErrorKind::Status);

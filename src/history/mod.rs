@@ -62,8 +62,10 @@
 //! Before anything is stored, request and response headers named in
 //! [`ALWAYS_REDACTED`] have their values replaced by [`REDACTED`] (callers
 //! should already have done so with [`redact_headers`]; the store does it
-//! again so a slip cannot leak a signature), and response bodies are cut to
-//! `history.response_body_limit` bytes.
+//! again so a slip cannot leak a signature), response headers are cut to
+//! [`MAX_RESPONSE_HEADERS`] and [`MAX_RESPONSE_HEADER_BYTES`] (marked by a
+//! last [`TRUNCATED_HEADER`] entry, [`cap_headers`]), and response bodies
+//! are cut to `history.response_body_limit` bytes.
 //!
 //! ## Listing and cursors
 //!
@@ -298,6 +300,14 @@ impl ErrorKind {
     }
 }
 
+/// Most response headers kept per attempt ([`cap_headers`]).
+pub const MAX_RESPONSE_HEADERS: usize = 64;
+/// Most bytes of response header names and values kept per attempt.
+pub const MAX_RESPONSE_HEADER_BYTES: usize = 8 * 1024;
+/// The name of the entry that ends response headers cut by
+/// [`cap_headers`]; no real header has it (`[` is not allowed in a name).
+pub const TRUNCATED_HEADER: &str = "[truncated]";
+
 /// One attempt to deliver, as recorded.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct AttemptRecord {
@@ -319,7 +329,9 @@ pub struct AttemptRecord {
     pub request_headers: Vec<(String, String)>,
     /// The response status, if a response came.
     pub status: Option<u16>,
-    /// Response headers, if a response came.
+    /// Response headers, if a response came: at most
+    /// [`MAX_RESPONSE_HEADERS`] and [`MAX_RESPONSE_HEADER_BYTES`] of them,
+    /// then a [`TRUNCATED_HEADER`] entry if any were cut ([`cap_headers`]).
     pub response_headers: Vec<(String, String)>,
     /// The first bytes of the response body, lossy UTF-8
     /// ([`body_excerpt`]); cut to `history.response_body_limit` on store.
@@ -730,6 +742,37 @@ pub fn redact_headers(headers: &http::HeaderMap, secret_header_names: &[&str]) -
         .collect()
 }
 
+/// Cuts response headers to the first [`MAX_RESPONSE_HEADERS`] that fit
+/// in [`MAX_RESPONSE_HEADER_BYTES`] (names and values), in their order,
+/// then appends a [`TRUNCATED_HEADER`] entry saying how many headers and
+/// bytes were not kept. Headers already cut are left as they are.
+pub fn cap_headers(headers: &mut Vec<(String, String)>) {
+    if headers.last().is_some_and(|(name, _)| name == TRUNCATED_HEADER) {
+        return;
+    }
+    let mut bytes = 0;
+    let kept = headers
+        .iter()
+        .take(MAX_RESPONSE_HEADERS)
+        .take_while(|(name, value)| {
+            bytes += name.len() + value.len();
+            bytes <= MAX_RESPONSE_HEADER_BYTES
+        })
+        .count();
+    if kept == headers.len() {
+        return;
+    }
+    let cut: usize = headers[kept..].iter().map(|(n, v)| n.len() + v.len()).sum();
+    let count = headers.len() - kept;
+    headers.truncate(kept);
+    headers.push((
+        TRUNCATED_HEADER.to_owned(),
+        format!(
+            "{count} more headers ({cut} bytes) not kept: hookd keeps {MAX_RESPONSE_HEADERS} headers and {MAX_RESPONSE_HEADER_BYTES} bytes of them"
+        ),
+    ));
+}
+
 /// The first `limit` bytes of a response body as text: lossy UTF-8, never
 /// longer than `limit` bytes.
 pub fn body_excerpt(body: &[u8], limit: usize) -> String {
@@ -750,7 +793,8 @@ fn truncate_at_char(text: &mut String, limit: usize) {
 }
 
 /// Makes an attempt safe and small enough to store: secret header values
-/// replaced, the body cut to `body_limit` bytes.
+/// replaced, response headers capped ([`cap_headers`]), the body cut to
+/// `body_limit` bytes.
 fn scrub(attempt: &AttemptRecord, body_limit: usize) -> AttemptRecord {
     let mut attempt = attempt.clone();
     for (name, value) in attempt
@@ -762,6 +806,7 @@ fn scrub(attempt: &AttemptRecord, body_limit: usize) -> AttemptRecord {
             *value = REDACTED.to_owned();
         }
     }
+    cap_headers(&mut attempt.response_headers);
     truncate_at_char(&mut attempt.response_body, body_limit);
     attempt
 }
@@ -1014,6 +1059,40 @@ mod tests {
         }
         let err = "done".parse::<DeliveryState>().unwrap_err();
         assert!(err.contains("in_flight"), "{err}");
+    }
+
+    #[test]
+    fn response_headers_are_capped_and_the_cut_marked() {
+        let header = |n: usize, len: usize| (format!("x-{n:03}"), "v".repeat(len));
+        let cases = [
+            // (headers, size of each value, kept)
+            (10, 10, 10),
+            (MAX_RESPONSE_HEADERS, 10, MAX_RESPONSE_HEADERS),
+            (MAX_RESPONSE_HEADERS + 1, 10, MAX_RESPONSE_HEADERS),
+            (90, 300, MAX_RESPONSE_HEADER_BYTES / 305),
+            (1, MAX_RESPONSE_HEADER_BYTES, 0),
+        ];
+        for (count, len, kept) in cases {
+            let mut headers: Vec<_> = (0..count).map(|n| header(n, len)).collect();
+            cap_headers(&mut headers);
+            let bytes: usize = headers[..kept].iter().map(|(n, v)| n.len() + v.len()).sum();
+            assert!(bytes <= MAX_RESPONSE_HEADER_BYTES, "{count} x {len}");
+            assert_eq!(
+                headers[..kept],
+                (0..kept).map(|n| header(n, len)).collect::<Vec<_>>()[..]
+            );
+            if kept == count {
+                assert_eq!(headers.len(), count);
+            } else {
+                assert_eq!(headers.len(), kept + 1, "{count} x {len}");
+                let (name, value) = &headers[kept];
+                assert_eq!(name, TRUNCATED_HEADER);
+                assert!(value.starts_with(&format!("{} more headers", count - kept)), "{value}");
+                let again = headers.clone();
+                cap_headers(&mut headers);
+                assert_eq!(headers, again, "capping twice changes nothing");
+            }
+        }
     }
 
     #[test]

@@ -77,9 +77,15 @@ struct EventInput<'a> {
     tenant: Option<std::borrow::Cow<'a, str>>,
 }
 
+/// The nesting depth `data` may have when no config says otherwise
+/// (`ingest.max_depth`'s default; `hookd plugin run` uses it).
+pub const DEFAULT_MAX_DEPTH: usize = 64;
+
 /// Parses and validates one event from its JSON text:
-/// `{"type": "coupon.redeemed", "id": "optional", "data": {...}, "timestamp": "optional RFC 3339"}`.
-pub fn parse_event(json: &[u8]) -> Result<Event, Error> {
+/// `{"type": "coupon.redeemed", "id": "optional", "data": {...}, "timestamp": "optional RFC 3339"}`,
+/// whose `data` nests at most `max_depth` objects and arrays deep
+/// (`ingest.max_depth`).
+pub fn parse_event(json: &[u8], max_depth: usize) -> Result<Event, Error> {
     let input: EventInput<'_> =
         serde_json::from_slice(json).map_err(|e| invalid("body", format!("is not a valid event object: {e}")))?;
     from_parts(
@@ -88,16 +94,19 @@ pub fn parse_event(json: &[u8]) -> Result<Event, Error> {
         input.data.map(RawValue::get),
         input.timestamp,
         input.tenant.as_deref(),
+        max_depth,
     )
 }
 
-/// Validates an event given as separate parts (as a Redis stream entry is).
+/// Validates an event given as separate parts (as a Redis stream entry is);
+/// `data` may nest at most `max_depth` deep.
 pub fn from_parts(
     event_type: Option<&str>,
     id: Option<&str>,
     data: Option<&str>,
     timestamp: Option<DateTime<Utc>>,
     tenant: Option<&str>,
+    max_depth: usize,
 ) -> Result<Event, Error> {
     let event_type = event_type.ok_or_else(|| invalid("type", "is missing"))?;
     check_event_type(event_type).map_err(|p| invalid("type", p))?;
@@ -117,6 +126,13 @@ pub fn from_parts(
     if !data.get().trim_start().starts_with('{') {
         return Err(invalid("data", "must be a JSON object"));
     }
+    let depth = json_depth(data.get());
+    if depth > max_depth {
+        return Err(invalid(
+            "data",
+            format!("nests {depth} levels deep, over the limit of {max_depth} (ingest.max_depth)"),
+        ));
+    }
     let tenant = tenant
         .map(|t| TenantId::parse(t).map_err(|p| invalid("tenant", p)))
         .transpose()?;
@@ -127,6 +143,36 @@ pub fn from_parts(
         data,
         tenant,
     })
+}
+
+/// How deep the objects and arrays of the valid JSON `text` nest: `{}` is
+/// 1, `{"a":[{}]}` is 3. A byte scan with no recursion, so any depth is
+/// measured safely (serde_json's `RawValue` checks syntax without a depth
+/// limit).
+fn json_depth(text: &str) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let (mut in_string, mut escaped) = (false, false);
+    for b in text.bytes() {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
 }
 
 /// What happened to an ingested event.
@@ -482,10 +528,14 @@ mod tests {
 
     #[test]
     fn events_parse_and_name_what_is_wrong() {
-        let e = parse_event(br#"{"type":"coupon.redeemed","id":"evt_1","data":{"amount":12}}"#).unwrap();
+        let e = parse_event(
+            br#"{"type":"coupon.redeemed","id":"evt_1","data":{"amount":12}}"#,
+            DEFAULT_MAX_DEPTH,
+        )
+        .unwrap();
         assert_eq!(e.id.as_str(), "evt_1");
         assert_eq!(e.data.get(), r#"{"amount":12}"#);
-        let generated = parse_event(br#"{"type":"link.clicked","data":{}}"#).unwrap();
+        let generated = parse_event(br#"{"type":"link.clicked","data":{}}"#, DEFAULT_MAX_DEPTH).unwrap();
         assert!(generated.id.as_str().starts_with("evt_"));
 
         let cases: &[(&[u8], &str)] = &[
@@ -499,18 +549,61 @@ mod tests {
             (br#"{"type":"hookd.delivery.dead","data":{}}"#, "reserved"),
         ];
         for (json, want) in cases {
-            let err = parse_event(json).unwrap_err().to_string();
+            let err = parse_event(json, DEFAULT_MAX_DEPTH).unwrap_err().to_string();
             assert!(err.contains(want), "{}: {err}", String::from_utf8_lossy(json));
         }
     }
 
     #[test]
     fn body_is_the_standard_webhooks_envelope() {
-        let e = parse_event(br#"{"type":"stamp.rewarded","data":{"stamps":10},"timestamp":"2026-11-23T10:00:00Z"}"#)
-            .unwrap();
+        let e = parse_event(
+            br#"{"type":"stamp.rewarded","data":{"stamps":10},"timestamp":"2026-11-23T10:00:00Z"}"#,
+            DEFAULT_MAX_DEPTH,
+        )
+        .unwrap();
         assert_eq!(
             &e.body()[..],
             br#"{"type":"stamp.rewarded","timestamp":"2026-11-23T10:00:00.000Z","data":{"stamps":10}}"#
+        );
+    }
+
+    #[test]
+    fn depth_counts_objects_and_arrays_not_strings() {
+        let cases = [
+            ("{}", 1),
+            (r#"{"a":1}"#, 1),
+            (r#"{"a":[{}]}"#, 3),
+            (r#"{"a":"{[{[","b":{}}"#, 2),
+            (r#"{"a":"\"{","b":"\\","c":{}}"#, 2),
+            (r#"{"a":{},"b":{},"c":[]}"#, 2),
+        ];
+        for (text, want) in cases {
+            assert_eq!(json_depth(text), want, "{text}");
+        }
+    }
+
+    /// `data` nested beyond the limit is refused, naming the limit and its
+    /// key, however deep it goes (100,000 levels does not overflow a stack).
+    #[test]
+    fn deep_data_is_refused_naming_the_limit() {
+        let nested = |depth: usize| {
+            let data = format!("{}{}", r#"{"a":"#.repeat(depth - 1) + "{}", "}".repeat(depth - 1));
+            format!(r#"{{"type":"a.b","data":{data}}}"#)
+        };
+        assert!(parse_event(nested(64).as_bytes(), 64).is_ok());
+        for depth in [65, 100_000] {
+            let err = parse_event(nested(depth).as_bytes(), 64).unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("`data` nests {depth} levels deep"))
+                    && err.contains("limit of 64 (ingest.max_depth)"),
+                "{err}"
+            );
+        }
+        let err = from_parts(Some("a.b"), None, Some(r#"{"a":[[1]]}"#), None, None, 2).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("nests 3 levels deep, over the limit of 2 (ingest.max_depth)"),
+            "{err}"
         );
     }
 }

@@ -53,6 +53,8 @@ pub struct StreamConsumer {
     consumer: String,
     /// Largest accepted `data` field.
     max_body_bytes: usize,
+    /// Deepest nesting of `data` (`ingest.max_depth`).
+    max_depth: usize,
     /// Pending entries idle this long belong to a consumer presumed dead.
     claim_idle: Duration,
     /// Redis URL.
@@ -73,6 +75,7 @@ impl StreamConsumer {
             group: config.ingest.stream_group.clone(),
             consumer: format!("hookd-{}-{}", std::process::id(), uuid::Uuid::now_v7().simple()),
             max_body_bytes: config.ingest.max_body_bytes,
+            max_depth: config.ingest.max_depth,
             claim_idle: config.queue.lease,
             url,
             cluster: config.queue.cluster,
@@ -222,7 +225,9 @@ impl StreamConsumer {
         }
         let mut pipe = redis::pipe();
         for (entry, reason) in &rejected {
-            warn!(stream = %self.key, entry = %entry.id, reason = %reason, "event stream: malformed entry moved to {}", self.rejected);
+            // The reason may quote the entry's fields: escaped.
+            let shown = crate::telemetry::escape(&reason.to_string()).into_owned();
+            warn!(stream = %self.key, entry = %entry.id, reason = %shown, "event stream: malformed entry moved to {}", self.rejected);
             let cmd = pipe
                 .cmd("XADD")
                 .arg(&self.rejected)
@@ -287,6 +292,13 @@ impl StreamConsumer {
             ),
             None => None,
         };
-        from_parts(text("type")?, text("id")?, data, timestamp, text("tenant")?)
+        from_parts(
+            text("type")?,
+            text("id")?,
+            data,
+            timestamp,
+            text("tenant")?,
+            self.max_depth,
+        )
     }
 }

@@ -14,7 +14,7 @@ mod tenant;
 
 pub use delivery::{CorruptRecord, Delivery, DeliveryId, PluginHeaders};
 pub use event::{check_event_type, is_internal, Event, EventId, EventPattern, INTERNAL_PREFIX};
-pub use secret::Secret;
+pub use secret::{redact_url, serialize_redacted_values, Secret};
 pub use subscription::{RateLimit, SubscriptionName};
 pub use tenant::TenantId;
 

@@ -1,6 +1,8 @@
-//! Secret values that never print.
+//! Secret values that never print, and the one redaction of URLs.
 
 use std::fmt;
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize, Serializer};
 
@@ -30,5 +32,94 @@ impl fmt::Debug for Secret {
 impl Serialize for Secret {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str("[redacted]")
+    }
+}
+
+/// What a redacted value shows instead.
+const REDACTED: &str = "[redacted]";
+
+/// `url` safe to show: its userinfo (`user:password@`) and the value of
+/// every query and fragment parameter (`?token=…`) replaced by
+/// `[redacted]`, keeping the scheme, host, port, path and parameter names
+/// (`https://[redacted]@crm.example.com/in?token=[redacted]`). The one
+/// redaction of URLs, for the config check, logs and API answers alike
+/// (endpoint and Redis URLs). Text that is not a URL comes back with the
+/// same rules applied as far as they go.
+pub fn redact_url(url: &str) -> String {
+    let (scheme, rest) = match url.find("://") {
+        Some(at) => url.split_at(at + 3),
+        None => ("", url),
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let mut out = String::with_capacity(url.len() + 16);
+    out.push_str(scheme);
+    match authority.rfind('@') {
+        Some(at) => {
+            out.push_str(REDACTED);
+            out.push_str(&authority[at..]);
+        }
+        None => out.push_str(authority),
+    }
+    let params_at = tail.find(['?', '#']).unwrap_or(tail.len());
+    let (path, mut params) = tail.split_at(params_at);
+    out.push_str(path);
+    // `?a=1&b=2#c=3`: each of the query's and the fragment's parameters.
+    while let Some(sep) = params.chars().next() {
+        out.push(sep);
+        params = &params[1..];
+        let end = params.find(['&', '#', ';']).unwrap_or(params.len());
+        let (param, rest) = params.split_at(end);
+        match param.split_once('=') {
+            Some((name, _)) => {
+                out.push_str(name);
+                out.push('=');
+                out.push_str(REDACTED);
+            }
+            None if param.is_empty() => {}
+            None => out.push_str(REDACTED),
+        }
+        params = rest;
+    }
+    out
+}
+
+/// Serializes a map's keys as they are and every value as `[redacted]`
+/// (a subscription's custom headers, a plugin's settings), for
+/// `#[serde(serialize_with)]`.
+pub fn serialize_redacted_values<S: Serializer>(map: &BTreeMap<String, String>, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_map(map.keys().map(|k| (k, REDACTED)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn urls_lose_userinfo_and_parameter_values() {
+        let cases = [
+            ("https://crm.example.com/webhooks", "https://crm.example.com/webhooks"),
+            (
+                "https://user:pass@crm.example.com:8443/in?token=abc&v=2",
+                "https://[redacted]@crm.example.com:8443/in?token=[redacted]&v=[redacted]",
+            ),
+            ("redis://:pw@127.0.0.1:6379/0", "redis://[redacted]@127.0.0.1:6379/0"),
+            (
+                "rediss://default:pw@redis.internal",
+                "rediss://[redacted]@redis.internal",
+            ),
+            ("https://h/p?abc123", "https://h/p?[redacted]"),
+            (
+                "https://h/p?a=1#access_token=x",
+                "https://h/p?a=[redacted]#access_token=[redacted]",
+            ),
+            ("https://h?a=1&&b", "https://h?a=[redacted]&&[redacted]"),
+            ("https://h/a@b/c", "https://h/a@b/c"),
+            ("https://u@h", "https://[redacted]@h"),
+            ("no url at all", "no url at all"),
+        ];
+        for (url, want) in cases {
+            assert_eq!(redact_url(url), want, "{url}");
+        }
     }
 }

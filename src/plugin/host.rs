@@ -216,7 +216,8 @@ impl LogSink {
         let Some(dropped) = self.rate.admit() else {
             return;
         };
-        let message = truncate(message, MAX_LOG_MESSAGE);
+        // The guest's text: escaped, so it cannot forge log lines.
+        let message = crate::telemetry::escape(truncate(message, MAX_LOG_MESSAGE));
         let (subscription, event_id) = (&*self.subscription, self.event_id.as_str());
         macro_rules! emit {
             ($level:expr) => {

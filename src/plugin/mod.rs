@@ -768,7 +768,7 @@ mod tests {
     #[test]
     fn input_gives_when_the_event_happened_and_the_headers_sent() {
         let json = br#"{"type":"a.b","id":"evt_1","timestamp":"2026-11-23T10:00:00Z","data":{}}"#;
-        let event = crate::ingest::parse_event(json).unwrap();
+        let event = crate::ingest::parse_event(json, crate::ingest::DEFAULT_MAX_DEPTH).unwrap();
         let name = crate::config::SubscriptionName::parse("crm").unwrap();
         let new = crate::ingest::to_subscriptions(&event, std::iter::once(&name), 1, 42);
         let custom = [

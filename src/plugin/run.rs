@@ -41,7 +41,8 @@ pub async fn run_once(
     event_json: &[u8],
     config: Vec<(String, String)>,
 ) -> Result<RunReport, Error> {
-    let event = crate::ingest::parse_event(event_json).map_err(|e| Error::Event { reason: e.to_string() })?;
+    let event = crate::ingest::parse_event(event_json, crate::ingest::DEFAULT_MAX_DEPTH)
+        .map_err(|e| Error::Event { reason: e.to_string() })?;
     let name = path
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())

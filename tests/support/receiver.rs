@@ -41,6 +41,8 @@ impl Answer {
 pub struct Arrival {
     /// The path segment (the subscription the test routed there).
     pub path: String,
+    /// The query string, if the URL had one.
+    pub query: Option<String>,
     /// `webhook-id`.
     pub id: String,
     /// All headers.
@@ -169,6 +171,7 @@ impl Drop for Receiver {
 async fn handle(
     State(inner): State<Arc<Inner>>,
     Path(path): Path<String>,
+    uri: axum::http::Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
@@ -190,6 +193,7 @@ async fn handle(
     };
     inner.arrivals.lock().unwrap().push(Arrival {
         path: path.clone(),
+        query: uri.query().map(str::to_owned),
         id: id.clone(),
         headers,
         body,
