@@ -258,7 +258,9 @@ pub(crate) fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
         keys.dedup();
         for key in keys {
             let name = format!("{section}.{key}");
-            if RELOADABLE.contains(&name.as_str()) || b.get(key) == a.get(key) {
+            // Secrets are compared below, as they are.
+            let secret = name == "queue.redis_url" || name == "notify.smtp_password";
+            if secret || RELOADABLE.contains(&name.as_str()) || b.get(key) == a.get(key) {
                 continue;
             }
             let show = |v: Option<&toml::Value>| v.map(|v| v.to_string()).unwrap_or_else(|| "unset".into());
