@@ -191,6 +191,10 @@ pub struct DeliveryConfig {
     /// Upper bound of a retry delay.
     #[serde(with = "humantime_serde")]
     pub backoff_max: Duration,
+    /// Upper bound of a delay asked for with `Retry-After` (429, 503),
+    /// honoured beyond `backoff_max` up to this.
+    #[serde(with = "humantime_serde")]
+    pub retry_after_max: Duration,
     /// Allow `http://` endpoint URLs.
     pub allow_http: bool,
     /// Allow endpoints on loopback, private and other non-public addresses.
@@ -778,6 +782,9 @@ impl Config {
                 "delivery.backoff_max",
                 "must not be less than delivery.backoff_initial",
             ));
+        }
+        if d.retry_after_max > Duration::from_secs(30 * 86_400) {
+            return Err(invalid("delivery.retry_after_max", "must be at most 30d"));
         }
         if d.max_in_flight == 0 {
             return Err(invalid("delivery.max_in_flight", "must be at least 1"));
