@@ -365,16 +365,59 @@ pub(crate) enum Unopened {
 /// `dir`, the one way every embedded store (queue, history, catalogue)
 /// opens its file. `start_empty` ends the message of an unreadable file
 /// (`move it aside to start an empty history`).
+///
+/// The stores hold event bodies and subscription secrets: a directory it
+/// creates is private to hookd's user (mode 0700, missing parents too),
+/// and so is each file (0600; an existing file open to others is narrowed
+/// to it). An existing directory open to others is kept as it is, with a
+/// warning.
 pub(crate) fn create_database(dir: &Path, name: &str, start_empty: &str) -> Result<(Database, PathBuf), Unopened> {
-    std::fs::create_dir_all(dir).map_err(|e| {
+    use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
+    let cannot_create = |e: std::io::Error| {
         Unopened::Failed(format!(
             "cannot create {}: {e}; check its permissions or set queue.data_dir",
             dir.display()
         ))
-    })?;
+    };
+    if !dir.is_dir() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(cannot_create)?;
+    } else if let Ok(meta) = std::fs::metadata(dir) {
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            tracing::warn!(dir = %dir.display(), mode = format!("{mode:03o}"),
+                "the data directory is open to group or others: `chmod 700` it");
+        }
+    }
     let path = dir.join(name);
+    // Made private before redb writes anything into it.
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+    {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(cannot_create(e)),
+    }
     match Database::create(&path) {
-        Ok(db) => Ok((db, path)),
+        Ok(db) => {
+            let narrowed = std::fs::metadata(&path).and_then(|meta| {
+                let mode = meta.permissions().mode() & 0o777;
+                if mode & 0o077 != 0 {
+                    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+                }
+                Ok(())
+            });
+            if let Err(e) = narrowed {
+                tracing::warn!(file = %path.display(), error = %e, "cannot make the store private (mode 0600)");
+            }
+            Ok((db, path))
+        }
         Err(DatabaseError::DatabaseAlreadyOpen) => Err(Unopened::InUse),
         Err(e) => Err(Unopened::Failed(format!(
             "cannot open {}: {e}; {start_empty}",
@@ -1149,5 +1192,35 @@ impl StateStore for EmbeddedQueue {
         let (tat, tokens) = super::rate::take(buckets.get(subscription).copied(), limit, want, now);
         buckets.insert(subscription.clone(), tat);
         Ok(tokens)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use super::*;
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn the_data_dir_and_its_files_are_private() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("nested").join("hookd-data");
+        let config = QueueConfig {
+            data_dir: dir.clone(),
+            ..crate::config::Config::from_toml("").unwrap().queue
+        };
+        let queue = EmbeddedQueue::open(&config).unwrap();
+        assert_eq!(mode(&dir), 0o700, "the data directory");
+        assert_eq!(mode(&tmp.path().join("nested")), 0o700, "a parent it created");
+        assert_eq!(mode(&dir.join(FILE_NAME)), 0o600, "the store's file");
+        drop(queue);
+        // A file left open to others by an older hookd is narrowed.
+        std::fs::set_permissions(dir.join(FILE_NAME), std::fs::Permissions::from_mode(0o644)).unwrap();
+        let _queue = EmbeddedQueue::open(&config).unwrap();
+        assert_eq!(mode(&dir.join(FILE_NAME)), 0o600, "an existing file");
     }
 }
