@@ -32,8 +32,8 @@ use redb::{
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    Claim, Claimed, Delivery, DeliveryId, Depth, Enqueued, Error, HealthUpdate, Lease, Millis, NewEvent, Queue,
-    Settlement, Standing, StateStore, SubscriptionState,
+    Claim, Claimed, Delivery, DeliveryId, Depth, Enqueued, Error, Expired, HealthUpdate, Lease, Millis, NewEvent,
+    Queue, Settlement, Standing, StateStore, SubscriptionState,
 };
 use crate::config::{QueueConfig, SubscriptionName};
 
@@ -148,6 +148,12 @@ enum Op {
         now: Millis,
         reply: Reply<bool>,
     },
+    /// [`Queue::expire_dead`].
+    ExpireDead {
+        before: Millis,
+        limit: usize,
+        reply: Reply<(Vec<RawClaim>, u64)>,
+    },
     /// One batch of [`Queue::unpark`]: moves at most [`UNPARK_BATCH`].
     Unpark {
         subscription: String,
@@ -177,6 +183,7 @@ enum Outcome {
     Replayed(Result<bool, Error>),
     Rescheduled(bool),
     Unparked(u64),
+    Expired(Vec<RawClaim>, u64),
     Enabled(Result<bool, Error>),
     Recorded(Result<Vec<(SubscriptionName, SubscriptionState)>, Error>),
 }
@@ -517,6 +524,7 @@ fn answer(op: Op, outcome: Outcome) {
         (Op::Replay { reply, .. }, Outcome::Replayed(r)) => drop(reply.send(r)),
         (Op::Reschedule { reply, .. }, Outcome::Rescheduled(r)) => drop(reply.send(Ok(r))),
         (Op::Unpark { reply, .. }, Outcome::Unparked(n)) => drop(reply.send(Ok(n))),
+        (Op::ExpireDead { reply, .. }, Outcome::Expired(raw, n)) => drop(reply.send(Ok((raw, n)))),
         (Op::SetEnabled { reply, .. }, Outcome::Enabled(r)) => drop(reply.send(r)),
         (Op::RecordHealth { reply, .. }, Outcome::Recorded(r)) => drop(reply.send(r)),
         (op, _) => fail(op, Error::Store("internal error: mismatched writer outcome".into())),
@@ -531,6 +539,7 @@ fn fail(op: Op, e: Error) {
         Op::Replay { reply, .. } => drop(reply.send(Err(e))),
         Op::Reschedule { reply, .. } => drop(reply.send(Err(e))),
         Op::Unpark { reply, .. } => drop(reply.send(Err(e))),
+        Op::ExpireDead { reply, .. } => drop(reply.send(Err(e))),
         Op::SetEnabled { reply, .. } => drop(reply.send(Err(e))),
         Op::RecordHealth { reply, .. } => drop(reply.send(Err(e))),
     }
@@ -605,6 +614,10 @@ impl<'txn> Tables<'txn> {
                 Outcome::Rescheduled(moved)
             }
             Op::Unpark { subscription, now, .. } => Outcome::Unparked(self.unpark(subscription, *now)?),
+            Op::ExpireDead { before, limit, .. } => {
+                let (raw, removed) = self.expire_dead(*before, *limit)?;
+                Outcome::Expired(raw, removed)
+            }
             Op::SetEnabled {
                 subscription,
                 enabled,
@@ -732,6 +745,31 @@ impl<'txn> Tables<'txn> {
             }
         }
         Ok(())
+    }
+
+    /// Removes up to `limit` dead deliveries that died at or before
+    /// `before`, oldest first: their (id, record) pairs, and how many.
+    fn expire_dead(&mut self, before: Millis, limit: usize) -> Result<(Vec<RawClaim>, u64), StoreError> {
+        let batch: Vec<(i64, String)> = self
+            .dead
+            .range(..(before.saturating_add(1), ""))?
+            .take(limit)
+            .map(|entry| {
+                entry.map(|(key, _)| {
+                    let (at, id) = key.value();
+                    (at, id.to_owned())
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        let mut raw = Vec::with_capacity(batch.len());
+        for (at, id) in &batch {
+            self.dead.remove((*at, id.as_str()))?;
+            self.dead_at.remove(id.as_str())?;
+            if let Some(record) = self.records.remove(id.as_str())?.map(|g| g.value().to_vec()) {
+                raw.push((id.clone(), record));
+            }
+        }
+        Ok((raw, batch.len() as u64))
     }
 
     /// Moves up to [`UNPARK_BATCH`] of `subscription`'s parked deliveries,
@@ -1054,6 +1092,14 @@ impl Queue for EmbeddedQueue {
             reply,
         })
         .await
+    }
+
+    async fn expire_dead(&self, before: Millis, limit: usize) -> Result<Expired, Error> {
+        if limit == 0 {
+            return Ok(Expired::default());
+        }
+        let (raw, removed) = self.submit(|reply| Op::ExpireDead { before, limit, reply }).await?;
+        Ok(Expired::decode(raw, removed))
     }
 
     async fn depth(&self, now: Millis) -> Result<Depth, Error> {
