@@ -172,6 +172,12 @@
 //!   started, so it never replays one twice. Event replay re-enqueues the
 //!   event's stored body under a dedup key of its own
 //!   (`{event_id}/replay/{key}`), keeping the `webhook-id`.
+//! - Dead deliveries are not kept forever: after `queue.dead_retention`
+//!   (30d) a background sweep forgets them ([`queue::Queue::expire_dead`])
+//!   and the log records them as `expired`. Parked deliveries do not
+//!   expire: they belong to a disabled subscription and wait for an
+//!   operator, whose enable sends them; dropping them on a timer would
+//!   lose events nobody chose to give up.
 
 pub mod api;
 pub mod catalog;
@@ -336,6 +342,15 @@ pub async fn run_with_backends(
         async move { api::serve::serve(listener, api::router(state), &server_config, stop).await }
     });
     tasks.spawn(sample_depth(backend.queue.clone(), metrics.clone(), stop.clone()));
+    if !config.queue.dead_retention.is_zero() {
+        tasks.spawn(expire_dead_loop(
+            backend.queue.clone(),
+            config.queue.dead_retention,
+            recorder.clone(),
+            metrics.clone(),
+            stop.clone(),
+        ));
+    }
     if config.ingest.stream {
         if let Some(consumer) = ingest::stream::StreamConsumer::new(&config, ingestor.clone()) {
             tasks.spawn(consumer.run(stop.clone()));
@@ -432,6 +447,71 @@ async fn sample_depth(queue: Arc<dyn Queue>, metrics: Arc<telemetry::Metrics>, s
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(DEPTH_SAMPLE) => {}
+        }
+    }
+}
+
+/// How often dead deliveries past `queue.dead_retention` are looked for.
+const EXPIRE_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+/// Most dead deliveries forgotten in one queue call; a sweep makes as
+/// many calls as it needs, pausing [`EXPIRE_PAUSE`] between them.
+const EXPIRE_BATCH: usize = 500;
+/// The pause between two batches of one sweep, so a backlog of expired
+/// deliveries never keeps the backend busy.
+const EXPIRE_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Forgets dead deliveries that died more than `retention` ago until
+/// `shutdown`, recording each as `expired` in the delivery log and
+/// counting them in `hookd_dead_expired_total`. Every process sharing a
+/// Redis runs it; each delivery is forgotten once.
+async fn expire_dead_loop(
+    queue: Arc<dyn Queue>,
+    retention: std::time::Duration,
+    recorder: history::Recorder,
+    metrics: Arc<telemetry::Metrics>,
+    shutdown: CancellationToken,
+) {
+    let retention_ms = queue::Millis::try_from(retention.as_millis()).unwrap_or(queue::Millis::MAX);
+    let note = format!(
+        "dead longer than queue.dead_retention ({}): forgotten, no longer replayable",
+        humantime::format_duration(retention)
+    );
+    loop {
+        loop {
+            let now = queue::now_ms();
+            let expired = match queue.expire_dead(now.saturating_sub(retention_ms), EXPIRE_BATCH).await {
+                Ok(expired) => expired,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot expire old dead deliveries");
+                    break;
+                }
+            };
+            metrics.dead_expired(expired.removed);
+            if expired.removed > 0 {
+                info!(
+                    count = expired.removed,
+                    "dead deliveries past queue.dead_retention forgotten"
+                );
+            }
+            for delivery in expired.deliveries {
+                recorder.record(history::Entry::State {
+                    id: delivery.id,
+                    state: history::DeliveryState::Expired,
+                    at: now,
+                    note: Some(note.clone()),
+                });
+            }
+            if expired.removed < EXPIRE_BATCH as u64 {
+                break;
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(EXPIRE_PAUSE) => {}
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(EXPIRE_EVERY) => {}
         }
     }
 }

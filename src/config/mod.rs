@@ -151,6 +151,11 @@ pub struct QueueConfig {
     /// Longest dispatcher sleep when nothing is due.
     #[serde(with = "humantime_serde")]
     pub poll_interval: Duration,
+    /// How long a dead delivery is kept for replay before it is forgotten
+    /// (recorded as `expired` in the delivery log); zero: kept forever.
+    /// Parked deliveries are kept however old.
+    #[serde(with = "humantime_serde")]
+    pub dead_retention: Duration,
 }
 
 /// `[ingest]`: how events are accepted.
@@ -704,6 +709,12 @@ impl Config {
         if q.pool_size == 0 {
             return Err(invalid("queue.pool_size", "must be at least 1"));
         }
+        if !q.dead_retention.is_zero() && q.dead_retention < Duration::from_secs(3600) {
+            return Err(invalid(
+                "queue.dead_retention",
+                "must be at least 1h, or 0s to keep dead deliveries forever",
+            ));
+        }
         if q.key_prefix.is_empty() || q.key_prefix.contains(['{', '}', ' ']) {
             return Err(invalid(
                 "queue.key_prefix",
@@ -1153,6 +1164,8 @@ mod tests {
                 "history.response_body_limit",
             ),
             ("[history]\nmax_days = 1", "max_days"),
+            ("[queue]\ndead_retention = \"10m\"", "queue.dead_retention"),
+            ("[delivery]\nretry_after_max = \"60d\"", "delivery.retry_after_max"),
         ];
         for (text, key) in cases {
             let err = Config::from_toml(text).unwrap_err().to_string();
