@@ -33,9 +33,9 @@
 //!   with errors that name the key. Secrets print as `[redacted]`.
 //! - [`ingest`]: one validation path for every source ([`ingest::parse_event`],
 //!   then the catalogue's checks: the tenant exists, the schema holds),
-//!   plan rate limits, fan-out to the matching subscriptions of the
-//!   snapshot in force ([`ingest::Ingestor`]), and the Redis stream
-//!   consumer ([`ingest::stream`]).
+//!   plan rate limits, backpressure on a queue too deep, fan-out to the
+//!   matching subscriptions of the snapshot in force ([`ingest::Ingestor`]),
+//!   and the Redis stream consumer ([`ingest::stream`]).
 //! - [`queue`]: the [`queue::Queue`] trait (the delivery lifecycle) and,
 //!   beside it, [`queue::StateStore`] (subscription state, health, rate
 //!   buckets), and their two backends: Redis
@@ -178,6 +178,9 @@
 //!   expire: they belong to a disabled subscription and wait for an
 //!   operator, whose enable sends them; dropping them on a timer would
 //!   lose events nobody chose to give up.
+//! - Ingest's backpressure (`ingest.max_queue_depth`) reads the queue depth
+//!   the metrics sampler takes every 5 s ([`ingest::Backpressure`]), not a
+//!   count per event: the bound is approximate by one sample's worth.
 
 pub mod api;
 pub mod catalog;
@@ -341,7 +344,12 @@ pub async fn run_with_backends(
         let stop = stop.clone();
         async move { api::serve::serve(listener, api::router(state), &server_config, stop).await }
     });
-    tasks.spawn(sample_depth(backend.queue.clone(), metrics.clone(), stop.clone()));
+    tasks.spawn(sample_depth(
+        backend.queue.clone(),
+        metrics.clone(),
+        ingestor.backpressure().clone(),
+        stop.clone(),
+    ));
     if !config.queue.dead_retention.is_zero() {
         tasks.spawn(expire_dead_loop(
             backend.queue.clone(),
@@ -428,11 +436,18 @@ pub async fn run_with_backends(
     Ok(())
 }
 
-/// How often the queue depth gauges are refreshed.
-const DEPTH_SAMPLE: std::time::Duration = std::time::Duration::from_secs(5);
+/// How often the queue depth gauges and ingest's backpressure are
+/// refreshed.
+pub(crate) const DEPTH_SAMPLE: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Refreshes the queue depth gauges until `shutdown`.
-async fn sample_depth(queue: Arc<dyn Queue>, metrics: Arc<telemetry::Metrics>, shutdown: CancellationToken) {
+/// Refreshes the queue depth gauges and ingest's backpressure until
+/// `shutdown`.
+async fn sample_depth(
+    queue: Arc<dyn Queue>,
+    metrics: Arc<telemetry::Metrics>,
+    backpressure: Arc<ingest::Backpressure>,
+    shutdown: CancellationToken,
+) {
     use telemetry::metrics::QueueState;
     loop {
         match queue.depth(queue::now_ms()).await {
@@ -441,6 +456,7 @@ async fn sample_depth(queue: Arc<dyn Queue>, metrics: Arc<telemetry::Metrics>, s
                 metrics.set_queue_depth(QueueState::Scheduled, depth.scheduled);
                 metrics.set_queue_depth(QueueState::Parked, depth.parked);
                 metrics.set_queue_depth(QueueState::Dead, depth.dead);
+                backpressure.observe(&depth);
             }
             Err(e) => tracing::warn!(error = %e, "cannot sample the queue depth"),
         }

@@ -175,6 +175,10 @@ pub struct IngestConfig {
     pub stream_group: String,
     /// Refuse events whose `data` fails their type's JSON Schema.
     pub validate_schemas: bool,
+    /// Deliveries due or scheduled beyond which producers' events are
+    /// refused (503 with `Retry-After`) and the stream is not read; 0:
+    /// unbounded.
+    pub max_queue_depth: u64,
 }
 
 /// `[delivery]`: attempts, retries and the endpoint policy.

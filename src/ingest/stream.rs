@@ -147,10 +147,27 @@ impl StreamConsumer {
         }
         info!(stream = %self.key, group = %self.group, consumer = %self.consumer, "reading the event stream");
         let mut next_autoclaim = tokio::time::Instant::now();
+        let mut paused = false;
         loop {
             if tokio::time::Instant::now() >= next_autoclaim {
                 self.autoclaim(conn).await?;
                 next_autoclaim = tokio::time::Instant::now() + self.claim_idle / 4;
+            }
+            // Backpressure: entries wait in the stream while the queue is
+            // too deep; nothing read is dropped.
+            if self.ingestor.backpressure().is_over() {
+                if !paused {
+                    warn!(stream = %self.key, "event stream: paused, the queue is over ingest.max_queue_depth");
+                    paused = true;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(BLOCK) => continue,
+                    _ = shutdown.cancelled() => return Ok(()),
+                }
+            }
+            if paused {
+                info!(stream = %self.key, "event stream: resumed");
+                paused = false;
             }
             let mut read = redis::cmd("XREADGROUP");
             read.arg("GROUP")
