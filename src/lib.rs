@@ -313,7 +313,10 @@ pub async fn run_with_backends(
     // The notifier flushes its digest after the dispatcher stops raising.
     let notifier_stop = CancellationToken::new();
     let (notifier, notifier_task) = notify::Notifier::start(&config, metrics.clone(), notifier_stop.clone())?;
-    let alerts = notify::Alerts::new(notifier, ingestor.clone());
+    // Notification events are ingested by a task of their own, stopped
+    // after the dispatcher, so the last dead deliveries' events are queued.
+    let alerts_stop = CancellationToken::new();
+    let (alerts, alerts_task) = notify::Alerts::start(notifier, ingestor.clone(), alerts_stop.clone());
     // The API serves from here on, while plugins compile (seconds each,
     // cold) on the blocking pool; the dispatcher starts once they are
     // loaded. Until then the API's view of the endpoints is empty (enable
@@ -425,6 +428,8 @@ pub async fn run_with_backends(
     server.await.context("HTTP server task failed")?;
     tasks.close();
     tasks.wait().await;
+    alerts_stop.cancel();
+    let _ = alerts_task.await;
     notifier_stop.cancel();
     let _ = notifier_task.await;
     recorder_stop.cancel();
