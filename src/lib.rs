@@ -536,3 +536,97 @@ async fn expire_dead_loop(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::history::{DeliveryState, DeliverySummary, Entry};
+    use crate::model::{Delivery, DeliveryId, EventId, SubscriptionName};
+    use crate::queue::{NewEvent, Settlement};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_sweep_forgets_old_dead_deliveries_and_logs_them_expired() {
+        let dir = tempfile::tempdir().unwrap();
+        let config =
+            Config::from_toml(&format!("[queue]\ndata_dir = {:?}\n", dir.path().display().to_string())).unwrap();
+        let backend = open_queue(&config).await.unwrap();
+        let history = open_history(&config).await.unwrap();
+        let queue = backend.queue.clone();
+        let event_id = EventId::parse("evt_old").unwrap();
+        let delivery = Delivery {
+            id: DeliveryId::new(queue::shard_of(&event_id, config.queue.shards)),
+            event_id: event_id.clone(),
+            event_type: "coupon.redeemed".into(),
+            subscription: SubscriptionName::parse("crm").unwrap(),
+            created_at: queue::now_ms(),
+            attempts: 1,
+            body: bytes::Bytes::from_static(b"{}"),
+            last_error: Some("endpoint answered 500".into()),
+            headers: None,
+            tenant: None,
+        };
+        let new = NewEvent {
+            event_id,
+            dedup_key: None,
+            deliveries: vec![delivery.clone()],
+        };
+        queue.enqueue(&[new], std::time::Duration::from_secs(60)).await.unwrap();
+        let claim = queue
+            .claim(queue::now_ms(), std::time::Duration::from_secs(60), 1)
+            .await
+            .unwrap()
+            .claims
+            .remove(0);
+        queue
+            .settle(&[Settlement::Dead {
+                delivery: claim.delivery,
+                lease: claim.lease,
+            }])
+            .await
+            .unwrap();
+        history
+            .record(&[
+                Entry::Created(DeliverySummary::created(&delivery)),
+                Entry::State {
+                    id: delivery.id.clone(),
+                    state: DeliveryState::Dead,
+                    at: queue::now_ms(),
+                    note: None,
+                },
+            ])
+            .await
+            .unwrap();
+
+        let stop = CancellationToken::new();
+        let (recorder, recorder_task) = history::Recorder::start(history.clone(), stop.clone());
+        let metrics = Arc::new(telemetry::Metrics::new());
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        let sweep = tokio::spawn(expire_dead_loop(
+            queue.clone(),
+            std::time::Duration::from_millis(1),
+            recorder,
+            metrics.clone(),
+            stop.clone(),
+        ));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let summary = loop {
+            let (summary, _) = history.delivery(&delivery.id).await.unwrap().expect("logged");
+            if summary.state == DeliveryState::Expired {
+                break summary;
+            }
+            assert!(std::time::Instant::now() < deadline, "not expired: {summary:?}");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        };
+        assert_eq!(summary.state.as_str(), "expired");
+        assert!(queue.get(&delivery.id).await.unwrap().is_none(), "gone from the queue");
+        assert!(!queue.replay(&delivery.id, queue::now_ms()).await.unwrap());
+        assert!(
+            metrics.render().contains("hookd_dead_expired_total 1"),
+            "{}",
+            metrics.render()
+        );
+        stop.cancel();
+        sweep.await.unwrap();
+        recorder_task.await.unwrap();
+    }
+}
