@@ -35,9 +35,10 @@
 //!   parameters of URLs ([`model::redact_url`], the one URL redaction).
 //! - [`ingest`]: one validation path for every source ([`ingest::parse_event`],
 //!   `data`'s nesting bounded by `ingest.max_depth`, then the catalogue's
-//!   checks: the tenant exists, the schema holds), plan rate limits, fan-out to the matching subscriptions of the
-//!   snapshot in force ([`ingest::Ingestor`]), and the Redis stream
-//!   consumer ([`ingest::stream`]).
+//!   checks: the tenant exists, the schema holds), plan rate limits,
+//!   backpressure on a queue too deep, fan-out to the matching
+//!   subscriptions of the snapshot in force ([`ingest::Ingestor`]), and the
+//!   Redis stream consumer ([`ingest::stream`]).
 //! - [`queue`]: the [`queue::Queue`] trait (the delivery lifecycle) and,
 //!   beside it, [`queue::StateStore`] (subscription state, health, rate
 //!   buckets), and their two backends: Redis
@@ -176,6 +177,15 @@
 //!   started, so it never replays one twice. Event replay re-enqueues the
 //!   event's stored body under a dedup key of its own
 //!   (`{event_id}/replay/{key}`), keeping the `webhook-id`.
+//! - Dead deliveries are not kept forever: after `queue.dead_retention`
+//!   (30d) a background sweep forgets them ([`queue::Queue::expire_dead`])
+//!   and the log records them as `expired`. Parked deliveries do not
+//!   expire: they belong to a disabled subscription and wait for an
+//!   operator, whose enable sends them; dropping them on a timer would
+//!   lose events nobody chose to give up.
+//! - Ingest's backpressure (`ingest.max_queue_depth`) reads the queue depth
+//!   the metrics sampler takes every 5 s ([`ingest::Backpressure`]), not a
+//!   count per event: the bound is approximate by one sample's worth.
 
 pub mod api;
 pub mod catalog;
@@ -312,7 +322,10 @@ pub async fn run_with_backends(
     // The notifier flushes its digest after the dispatcher stops raising.
     let notifier_stop = CancellationToken::new();
     let (notifier, notifier_task) = notify::Notifier::start(&config, metrics.clone(), notifier_stop.clone())?;
-    let alerts = notify::Alerts::new(notifier, ingestor.clone());
+    // Notification events are ingested by a task of their own, stopped
+    // after the dispatcher, so the last dead deliveries' events are queued.
+    let alerts_stop = CancellationToken::new();
+    let (alerts, alerts_task) = notify::Alerts::start(notifier, ingestor.clone(), alerts_stop.clone());
     // The API serves from here on, while plugins compile (seconds each,
     // cold) on the blocking pool; the dispatcher starts once they are
     // loaded. Until then the API's view of the endpoints is empty (enable
@@ -343,7 +356,21 @@ pub async fn run_with_backends(
         let stop = stop.clone();
         async move { api::serve::serve(listener, api::router(state), &server_config, tls, stop).await }
     });
-    tasks.spawn(sample_depth(backend.queue.clone(), metrics.clone(), stop.clone()));
+    tasks.spawn(sample_depth(
+        backend.queue.clone(),
+        metrics.clone(),
+        ingestor.backpressure().clone(),
+        stop.clone(),
+    ));
+    if !config.queue.dead_retention.is_zero() {
+        tasks.spawn(expire_dead_loop(
+            backend.queue.clone(),
+            config.queue.dead_retention,
+            recorder.clone(),
+            metrics.clone(),
+            stop.clone(),
+        ));
+    }
     if config.ingest.stream {
         if let Some(consumer) = ingest::stream::StreamConsumer::new(&config, ingestor.clone()) {
             tasks.spawn(consumer.run(stop.clone()));
@@ -410,6 +437,8 @@ pub async fn run_with_backends(
     server.await.context("HTTP server task failed")?;
     tasks.close();
     tasks.wait().await;
+    alerts_stop.cancel();
+    let _ = alerts_task.await;
     notifier_stop.cancel();
     let _ = notifier_task.await;
     recorder_stop.cancel();
@@ -421,11 +450,18 @@ pub async fn run_with_backends(
     Ok(())
 }
 
-/// How often the queue depth gauges are refreshed.
-const DEPTH_SAMPLE: std::time::Duration = std::time::Duration::from_secs(5);
+/// How often the queue depth gauges and ingest's backpressure are
+/// refreshed.
+pub(crate) const DEPTH_SAMPLE: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Refreshes the queue depth gauges until `shutdown`.
-async fn sample_depth(queue: Arc<dyn Queue>, metrics: Arc<telemetry::Metrics>, shutdown: CancellationToken) {
+/// Refreshes the queue depth gauges and ingest's backpressure until
+/// `shutdown`.
+async fn sample_depth(
+    queue: Arc<dyn Queue>,
+    metrics: Arc<telemetry::Metrics>,
+    backpressure: Arc<ingest::Backpressure>,
+    shutdown: CancellationToken,
+) {
     use telemetry::metrics::QueueState;
     loop {
         match queue.depth(queue::now_ms()).await {
@@ -434,6 +470,7 @@ async fn sample_depth(queue: Arc<dyn Queue>, metrics: Arc<telemetry::Metrics>, s
                 metrics.set_queue_depth(QueueState::Scheduled, depth.scheduled);
                 metrics.set_queue_depth(QueueState::Parked, depth.parked);
                 metrics.set_queue_depth(QueueState::Dead, depth.dead);
+                backpressure.observe(&depth);
             }
             Err(e) => tracing::warn!(error = %e, "cannot sample the queue depth"),
         }
@@ -441,5 +478,164 @@ async fn sample_depth(queue: Arc<dyn Queue>, metrics: Arc<telemetry::Metrics>, s
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(DEPTH_SAMPLE) => {}
         }
+    }
+}
+
+/// How often dead deliveries past `queue.dead_retention` are looked for.
+const EXPIRE_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+/// Most dead deliveries forgotten in one queue call; a sweep makes as
+/// many calls as it needs, pausing [`EXPIRE_PAUSE`] between them.
+const EXPIRE_BATCH: usize = 500;
+/// The pause between two batches of one sweep, so a backlog of expired
+/// deliveries never keeps the backend busy.
+const EXPIRE_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Forgets dead deliveries that died more than `retention` ago until
+/// `shutdown`, recording each as `expired` in the delivery log and
+/// counting them in `hookd_dead_expired_total`. Every process sharing a
+/// Redis runs it; each delivery is forgotten once.
+async fn expire_dead_loop(
+    queue: Arc<dyn Queue>,
+    retention: std::time::Duration,
+    recorder: history::Recorder,
+    metrics: Arc<telemetry::Metrics>,
+    shutdown: CancellationToken,
+) {
+    let retention_ms = queue::Millis::try_from(retention.as_millis()).unwrap_or(queue::Millis::MAX);
+    let note = format!(
+        "dead longer than queue.dead_retention ({}): forgotten, no longer replayable",
+        humantime::format_duration(retention)
+    );
+    loop {
+        loop {
+            let now = queue::now_ms();
+            let expired = match queue.expire_dead(now.saturating_sub(retention_ms), EXPIRE_BATCH).await {
+                Ok(expired) => expired,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot expire old dead deliveries");
+                    break;
+                }
+            };
+            metrics.dead_expired(expired.removed);
+            if expired.removed > 0 {
+                info!(
+                    count = expired.removed,
+                    "dead deliveries past queue.dead_retention forgotten"
+                );
+            }
+            for delivery in expired.deliveries {
+                recorder.record(history::Entry::State {
+                    id: delivery.id,
+                    state: history::DeliveryState::Expired,
+                    at: now,
+                    note: Some(note.clone()),
+                });
+            }
+            if expired.removed < EXPIRE_BATCH as u64 {
+                break;
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(EXPIRE_PAUSE) => {}
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(EXPIRE_EVERY) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::history::{DeliveryState, DeliverySummary, Entry};
+    use crate::model::{Delivery, DeliveryId, EventId, SubscriptionName};
+    use crate::queue::{NewEvent, Settlement};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_sweep_forgets_old_dead_deliveries_and_logs_them_expired() {
+        let dir = tempfile::tempdir().unwrap();
+        let config =
+            Config::from_toml(&format!("[queue]\ndata_dir = {:?}\n", dir.path().display().to_string())).unwrap();
+        let backend = open_queue(&config).await.unwrap();
+        let history = open_history(&config).await.unwrap();
+        let queue = backend.queue.clone();
+        let event_id = EventId::parse("evt_old").unwrap();
+        let delivery = Delivery {
+            id: DeliveryId::new(queue::shard_of(&event_id, config.queue.shards)),
+            event_id: event_id.clone(),
+            event_type: "coupon.redeemed".into(),
+            subscription: SubscriptionName::parse("crm").unwrap(),
+            created_at: queue::now_ms(),
+            attempts: 1,
+            body: bytes::Bytes::from_static(b"{}"),
+            last_error: Some("endpoint answered 500".into()),
+            headers: None,
+            tenant: None,
+        };
+        let new = NewEvent {
+            event_id,
+            dedup_key: None,
+            deliveries: vec![delivery.clone()],
+        };
+        queue.enqueue(&[new], std::time::Duration::from_secs(60)).await.unwrap();
+        let claim = queue
+            .claim(queue::now_ms(), std::time::Duration::from_secs(60), 1)
+            .await
+            .unwrap()
+            .claims
+            .remove(0);
+        queue
+            .settle(&[Settlement::Dead {
+                delivery: claim.delivery,
+                lease: claim.lease,
+            }])
+            .await
+            .unwrap();
+        history
+            .record(&[
+                Entry::Created(DeliverySummary::created(&delivery)),
+                Entry::State {
+                    id: delivery.id.clone(),
+                    state: DeliveryState::Dead,
+                    at: queue::now_ms(),
+                    note: None,
+                },
+            ])
+            .await
+            .unwrap();
+
+        let stop = CancellationToken::new();
+        let (recorder, recorder_task) = history::Recorder::start(history.clone(), stop.clone());
+        let metrics = Arc::new(telemetry::Metrics::new());
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        let sweep = tokio::spawn(expire_dead_loop(
+            queue.clone(),
+            std::time::Duration::from_millis(1),
+            recorder,
+            metrics.clone(),
+            stop.clone(),
+        ));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let summary = loop {
+            let (summary, _) = history.delivery(&delivery.id).await.unwrap().expect("logged");
+            if summary.state == DeliveryState::Expired {
+                break summary;
+            }
+            assert!(std::time::Instant::now() < deadline, "not expired: {summary:?}");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        };
+        assert_eq!(summary.state.as_str(), "expired");
+        assert!(queue.get(&delivery.id).await.unwrap().is_none(), "gone from the queue");
+        assert!(!queue.replay(&delivery.id, queue::now_ms()).await.unwrap());
+        assert!(
+            metrics.render().contains("hookd_dead_expired_total 1"),
+            "{}",
+            metrics.render()
+        );
+        stop.cancel();
+        sweep.await.unwrap();
+        recorder_task.await.unwrap();
     }
 }

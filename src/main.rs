@@ -156,7 +156,7 @@ enum Command {
         #[arg(long)]
         subscription: Option<String>,
         /// Only deliveries in this state: pending, in_flight, delivered,
-        /// filtered, retrying, dead, parked.
+        /// filtered, retrying, dead, parked, cancelled, expired.
         #[arg(long)]
         state: Option<String>,
         /// Created at or after: RFC 3339, or how long ago (30m, 1h, 2d).

@@ -12,10 +12,13 @@
 //!   `notify_to` for notifications about that subscription. SMTP failures
 //!   are logged with the reason and retried with backoff; pending digests
 //!   are flushed on shutdown.
-//! - **A `hookd.*` event** ([`Notification::to_event`]) that the dispatcher
-//!   ingests through the normal pipeline, so a subscription can receive
+//! - **A `hookd.*` event** ([`Notification::to_event`]) ingested through
+//!   the normal pipeline, so a subscription can receive
 //!   `hookd.subscription.disabled`, `hookd.subscription.recovered` and
-//!   `hookd.delivery.dead` like any other event.
+//!   `hookd.delivery.dead` like any other event. [`Alerts::raise`] never
+//!   blocks either: one bounded queue feeds one task, tracked and stopped
+//!   after the dispatcher, that ingests the events in batches (when the
+//!   queue is full an event is dropped and logged).
 //!
 //! ## Loops
 //!
@@ -894,36 +897,102 @@ mod tests {
     }
 }
 
+/// Notification events waiting to be ingested; beyond this, dropped (and
+/// logged), as email is beyond [`QUEUE_CAPACITY`].
+const EVENT_CAPACITY: usize = 10_000;
+/// Most notification events ingested in one batch.
+const EVENT_BATCH: usize = 256;
+
 /// Raises notifications both ways: into the email digest, and as a
 /// `hookd.*` event through the normal pipeline, so subscriptions can
-/// receive them like any other event.
+/// receive them like any other event. The events go through one bounded
+/// queue to one task ([`Alerts::start`]), which ingests them in batches:
+/// a burst of dead deliveries costs no task each.
 #[derive(Clone)]
 pub struct Alerts {
     /// The email digests.
     notifier: Notifier,
-    /// Where the `hookd.*` events go.
-    ingestor: Arc<crate::ingest::Ingestor>,
+    /// To the task that ingests the `hookd.*` events.
+    events: mpsc::Sender<Notification>,
+    /// Events dropped because the queue was full, for the log.
+    dropped: Arc<AtomicU64>,
 }
 
 impl Alerts {
-    /// Alerts through `notifier` and `ingestor`.
-    pub fn new(notifier: Notifier, ingestor: Arc<crate::ingest::Ingestor>) -> Alerts {
-        Alerts { notifier, ingestor }
+    /// Alerts through `notifier`, and `ingestor` for the events, which a
+    /// task of its own ingests until `shutdown`; then it ingests what is
+    /// still queued and ends. Must be called within a tokio runtime.
+    pub fn start(
+        notifier: Notifier,
+        ingestor: Arc<crate::ingest::Ingestor>,
+        shutdown: CancellationToken,
+    ) -> (Alerts, JoinHandle<()>) {
+        let (events, rx) = mpsc::channel(EVENT_CAPACITY);
+        let task = tokio::spawn(ingest_events(ingestor, rx, shutdown));
+        let alerts = Alerts {
+            notifier,
+            events,
+            dropped: Arc::new(AtomicU64::new(0)),
+        };
+        (alerts, task)
     }
 
-    /// Emails `notification` (in the next digest) and ingests its event,
-    /// unless it is about a `hookd.*` event itself (no loops). Never blocks.
+    /// Emails `notification` (in the next digest) and queues its event,
+    /// unless it is about a `hookd.*` event itself (no loops). Never blocks:
+    /// when the event queue is full the event is dropped and logged.
     pub fn raise(&self, notification: Notification) {
         self.notifier.push(notification.clone());
         if notification.is_about_hookd_event() {
             return;
         }
-        let ingestor = self.ingestor.clone();
-        tokio::spawn(async move {
-            let event = notification.to_event();
-            if let Err(e) = ingestor.ingest(event, crate::ingest::Source::Internal).await {
-                warn!(error = %e, kind = notification.event_type(), "could not queue the notification event");
+        if let Err(e) = self.events.try_send(notification) {
+            let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            // The first, then every thousandth: a flood must not flood the log.
+            if dropped == 1 || dropped.is_multiple_of(1000) {
+                let (why, n) = match &e {
+                    mpsc::error::TrySendError::Full(n) => ("the notification event queue is full", n),
+                    mpsc::error::TrySendError::Closed(n) => ("hookd is stopping", n),
+                };
+                warn!(dropped_total = dropped, kind = n.event_type(), subscription = %n.subscription(),
+                    "notification event not queued: {why}");
             }
-        });
+        }
+    }
+}
+
+/// Ingests notification events in batches until `shutdown`, then what is
+/// still queued.
+async fn ingest_events(
+    ingestor: Arc<crate::ingest::Ingestor>,
+    mut rx: mpsc::Receiver<Notification>,
+    shutdown: CancellationToken,
+) {
+    let mut batch = Vec::with_capacity(EVENT_BATCH);
+    loop {
+        let more = tokio::select! {
+            n = rx.recv_many(&mut batch, EVENT_BATCH) => n > 0,
+            _ = shutdown.cancelled() => {
+                rx.close();
+                rx.recv_many(&mut batch, EVENT_BATCH).await > 0
+            }
+        };
+        if !more {
+            return;
+        }
+        let events: Vec<Event> = batch.drain(..).map(|n| n.to_event()).collect();
+        if let Err(e) = ingestor
+            .ingest_batch(events.clone(), crate::ingest::Source::Internal)
+            .await
+        {
+            // A batch is all or nothing: one refused event (its tenant
+            // deleted meanwhile, say) must not take the others with it.
+            debug!(error = %e, count = events.len(), "notification events: batch refused, queueing one by one");
+            for event in events {
+                let kind = event.event_type.clone();
+                if let Err(e) = ingestor.ingest(event, crate::ingest::Source::Internal).await {
+                    warn!(error = %e, kind = %kind, "could not queue the notification event");
+                }
+            }
+        }
     }
 }

@@ -582,3 +582,89 @@ async fn push_never_blocks_and_counts_what_it_cannot_queue() {
         "{text}"
     );
 }
+
+/// hookd's pieces an [`hookd::notify::Alerts`] needs, on an embedded store
+/// with a subscription to `hookd.delivery.dead` and no dispatcher.
+struct Pipeline {
+    backend: hookd::queue::Backend,
+    ingestor: Arc<hookd::ingest::Ingestor>,
+    notifier: Notifier,
+    _dir: tempfile::TempDir,
+}
+
+impl Pipeline {
+    async fn start() -> Pipeline {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "[queue]\ndata_dir = {:?}\n[delivery]\ndispatch = false\n\
+             [[subscriptions]]\nname = \"ops\"\nurl = \"https://ops.example.com/hooks\"\nevents = [\"hookd.delivery.dead\"]\nsecrets = [\"{SECRET}\"]\n",
+            dir.path().display().to_string()
+        );
+        let config = Config::from_toml(&text).unwrap();
+        let backend = hookd::open_queue(&config).await.unwrap();
+        let history = hookd::open_history(&config).await.unwrap();
+        let (recorder, _) = hookd::history::Recorder::start(history, CancellationToken::new());
+        let store = hookd::open_catalog_store(&config).await.unwrap();
+        let catalog = hookd::catalog::Catalog::open(config.clone(), store).await.unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let ingestor = Arc::new(hookd::ingest::Ingestor::new(
+            &config,
+            catalog,
+            backend.clone(),
+            Arc::new(tokio::sync::Notify::new()),
+            recorder,
+            metrics.clone(),
+        ));
+        // No smtp_host: email is off.
+        let (notifier, _) = Notifier::start(&config, metrics, CancellationToken::new()).unwrap();
+        Pipeline {
+            backend,
+            ingestor,
+            notifier,
+            _dir: dir,
+        }
+    }
+
+    /// Waits until `n` deliveries are due.
+    async fn expect_due(&self, n: u64) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let due = self.backend.queue.depth(hookd::queue::now_ms()).await.unwrap().due;
+            if due == n {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{due} of {n} notification events queued");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_dead_deliveries_spawns_no_task_each_and_loses_no_event() {
+    let pipeline = Pipeline::start().await;
+    let stop = CancellationToken::new();
+    let (alerts, task) =
+        hookd::notify::Alerts::start(pipeline.notifier.clone(), pipeline.ingestor.clone(), stop.clone());
+    let runtime = tokio::runtime::Handle::current().metrics();
+    let before = runtime.num_alive_tasks();
+    for n in 0..2000 {
+        alerts.raise(dead("crm", n));
+    }
+    let alive = runtime.num_alive_tasks();
+    assert!(
+        alive < before + 50,
+        "raising 2000 alerts left {} more tasks alive",
+        alive - before
+    );
+    pipeline.expect_due(2000).await;
+    // Those still queued at shutdown are ingested before the task ends.
+    for n in 2000..2100 {
+        alerts.raise(dead("crm", n));
+    }
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(30), task)
+        .await
+        .expect("the alerts task ends after shutdown")
+        .unwrap();
+    pipeline.expect_due(2100).await;
+}

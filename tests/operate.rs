@@ -348,6 +348,54 @@ async fn failing_endpoint_is_disabled_then_resumed(queue: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttling_answers_do_not_disable_a_subscription() {
+    // 429 and 503 only: the endpoint is up and asks for patience.
+    let rx = Receiver::start_with(|_, id, _| {
+        if id.ends_with(['0', '2', '4']) {
+            Answer::Status(429, vec![])
+        } else {
+            Answer::Status(503, vec![])
+        }
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let toml = base_toml(dir.path(), "").replace(
+        "backoff_initial = \"100ms\"",
+        "backoff_initial = \"100ms\"\nmax_retries = 0\ndisable_after_failures = 3",
+    ) + &subscription("busy", &rx.url("busy"), r#"["order.*"]"#, "max_in_flight = 1");
+    let hookd = Hookd::start(Config::from_toml(&toml).unwrap()).await;
+    for n in 0..6 {
+        hookd
+            .send(json!({"type": "order.placed", "id": format!("evt_busy_{n}"), "data": {"n": n}}))
+            .await;
+    }
+    // No retries left: each delivery ends dead, or parked if the
+    // subscription was (wrongly) disabled.
+    let list = hookd
+        .wait_for("/v1/deliveries?subscription=busy", "6 settled deliveries", |v| {
+            v["deliveries"]
+                .as_array()
+                .is_some_and(|d| d.len() == 6 && d.iter().all(|d| d["state"] == "dead" || d["state"] == "parked"))
+        })
+        .await;
+    // Health is written in the background: give it a moment.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let sub = hookd.api.get("/v1/subscriptions/busy").await.unwrap();
+    assert_eq!(
+        sub["status"], "active",
+        "six 429/503 answers in a row disable nothing: {sub}"
+    );
+    let dead = list["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["state"] == "dead")
+        .count();
+    assert_eq!(dead, 6, "every delivery was attempted: {list:#}");
+    hookd.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failing_endpoint_is_disabled_then_resumed_embedded() {
     failing_endpoint_is_disabled_then_resumed("").await;
 }

@@ -117,6 +117,7 @@ on_both_backends!(
     gone_stops_deliveries_to_the_subscription,
     private_addresses_are_refused_without_retry,
     batch_ingest_is_all_or_nothing,
+    a_queue_beyond_max_queue_depth_refuses_ingest_with_503,
 );
 
 async fn delivers_signed_webhooks_to_matching_subscriptions(backend: Backend) {
@@ -646,5 +647,145 @@ async fn subscription_answers_redact_url_credentials() {
         assert!(!answer.contains(secret), "{secret} shown: {answer}");
     }
     assert!(answer.contains("crm.example.com/in?token=[redacted]"), "{answer}");
+    hookd.stop().await;
+}
+
+/// POSTs `body` to `path` over a raw connection: the status, the
+/// `Retry-After` header if any, and the body.
+async fn raw_post(base: &str, path: &str, body: &str) -> (u16, Option<String>, String) {
+    raw(base, "POST", path, body).await
+}
+
+/// A request over a raw connection: the status, the `Retry-After` header
+/// if any, and the body.
+async fn raw(base: &str, method: &str, path: &str, body: &str) -> (u16, Option<String>, String) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let addr = base.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer test-key\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.unwrap();
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let retry_after = head.lines().find_map(|l| {
+        l.to_ascii_lowercase()
+            .strip_prefix("retry-after:")
+            .map(|v| v.trim().to_owned())
+    });
+    (status, retry_after, body.to_owned())
+}
+
+async fn a_queue_beyond_max_queue_depth_refuses_ingest_with_503(backend: Backend) {
+    let redis = matches!(backend, Backend::Redis);
+    // The endpoint asks for an hour's patience: every delivery stays
+    // scheduled, so the queue grows.
+    let rx = Receiver::start_with(|_, _, _| Answer::Status(503, vec![("retry-after", "3600".into())])).await;
+    let hookd = Hookd::start(
+        backend,
+        &format!(
+            "[ingest]\nmax_queue_depth = 3\n{}",
+            subscription("crm", &rx.url("crm"), r#"["*"]"#, "")
+        ),
+    )
+    .await;
+    let base = hookd.api_base();
+    for n in 0..4 {
+        hookd
+            .send(json!({"type": "order.placed", "id": format!("evt_deep_{n}"), "data": {"n": n}}))
+            .await;
+    }
+    rx.wait_for(WAIT, "4 first attempts", |a| a.len() >= 4).await;
+    // The depth is sampled every 5 s: within a few, producers are refused.
+    let event = json!({"type": "order.placed", "id": "evt_refused", "data": {}}).to_string();
+    let deadline = std::time::Instant::now() + WAIT;
+    let (status, retry_after, body) = loop {
+        let answer = raw_post(&base, "/v1/events", &event).await;
+        if answer.0 != 202 && answer.0 != 200 {
+            break answer;
+        }
+        assert!(std::time::Instant::now() < deadline, "never refused: {answer:?}");
+        // Accepted meanwhile (a duplicate after the first): not sampled yet.
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert_eq!(status, 503, "{body}");
+    let retry_after: u64 = retry_after.expect("a Retry-After header").parse().unwrap();
+    assert!((1..=60).contains(&retry_after), "{retry_after}");
+    assert!(
+        body.contains("ingest.max_queue_depth"),
+        "the message names the key: {body}"
+    );
+    let batch = json!([{"type": "order.placed", "id": "evt_refused_b", "data": {}}]).to_string();
+    let (status, retry_after, body) = raw_post(&base, "/v1/events/batch", &batch).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        retry_after.is_some() && body.contains("ingest.max_queue_depth"),
+        "{body}"
+    );
+    let (_, _, metrics) = raw(&base, "GET", "/metrics", "").await;
+    let refused: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("hookd_ingest_refused_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0);
+    assert!(refused >= 2.0, "refusals are counted: {refused}");
+
+    // The stream is not read meanwhile, and nothing in it is lost.
+    let mut conn = None;
+    let stream = format!("{}:events", hookd.prefix);
+    if redis {
+        let client = redis::Client::open(hookd.redis_url.clone().unwrap()).unwrap();
+        let mut c = client.get_multiplexed_async_connection().await.unwrap();
+        let _: String = redis::cmd("XADD")
+            .arg(&stream)
+            .arg("*")
+            .arg("type")
+            .arg("order.placed")
+            .arg("data")
+            .arg("{}")
+            .arg("id")
+            .arg("evt_streamed")
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let len: usize = redis::cmd("XLEN").arg(&stream).query_async(&mut c).await.unwrap();
+        assert_eq!(len, 1, "the entry waits in the stream");
+        assert!(!rx.arrivals().iter().any(|a| a.id == "evt_streamed"));
+        conn = Some(c);
+    }
+
+    // The endpoint recovers and the retries are pulled forward: the queue
+    // drains, producers are accepted again and the stream resumes.
+    rx.answer_with(|_, _, _| Answer::ok());
+    let list = hookd
+        .api
+        .get("/v1/deliveries?subscription=crm&state=retrying")
+        .await
+        .unwrap();
+    for d in list["deliveries"].as_array().unwrap() {
+        let id = d["id"].as_str().unwrap();
+        hookd.api.post(&format!("/v1/deliveries/{id}/retry"), "").await.unwrap();
+    }
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let (status, _, body) = raw_post(&base, "/v1/events", &event).await;
+        if status == 202 || status == 200 {
+            break;
+        }
+        assert_eq!(status, 503, "{body}");
+        assert!(std::time::Instant::now() < deadline, "still refused: {body}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    if let Some(mut c) = conn {
+        rx.wait_for(WAIT, "the streamed event", |a| a.iter().any(|a| a.id == "evt_streamed"))
+            .await;
+        let len: usize = redis::cmd("XLEN").arg(&stream).query_async(&mut c).await.unwrap();
+        assert_eq!(len, 0);
+    }
     hookd.stop().await;
 }

@@ -1260,6 +1260,82 @@ mod cases {
         assert_eq!(q.unpark(&crm, now_ms()).await.unwrap(), 20);
         assert_eq!(claim_all(&*q, now_ms()).await.len(), 20);
     }
+
+    pub async fn dead_deliveries_expire_oldest_first_in_bounded_batches(fx: &mut Fixture) {
+        let q = fx.q();
+        let s = fx.s();
+        let ids: Vec<String> = (0..6).map(|n| format!("evt_expire_{n}")).collect();
+        let ds = enqueue_singles(&*q, &ids, fx.shards()).await;
+        let claims = q.claim(now_ms(), LEASE, 10).await.unwrap().claims;
+        assert_eq!(claims.len(), 6);
+        let by_id = |id: &DeliveryId| claims.iter().find(|c| &c.delivery.id == id).unwrap().clone();
+        let die = |c: Claim| {
+            let mut delivery = c.delivery;
+            delivery.last_error = Some("endpoint answered 500".into());
+            Settlement::Dead {
+                delivery,
+                lease: c.lease,
+            }
+        };
+        // Three die before the cutoff, two after it; one is parked.
+        q.settle(&ds[..3].iter().map(|d| die(by_id(&d.id))).collect::<Vec<_>>())
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let cutoff = now_ms();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        q.settle(&ds[3..5].iter().map(|d| die(by_id(&d.id))).collect::<Vec<_>>())
+            .await
+            .unwrap();
+        let crm = SubscriptionName::parse("crm").unwrap();
+        assert!(s.set_enabled(&crm, false, None, 1).await.unwrap());
+        let parked = by_id(&ds[5].id);
+        q.settle(&[Settlement::Park {
+            id: parked.delivery.id.clone(),
+            lease: parked.lease,
+        }])
+        .await
+        .unwrap();
+
+        let mut expired = Vec::new();
+        loop {
+            let batch = q.expire_dead(cutoff, 2).await.unwrap();
+            assert!(batch.removed <= 2, "at most the limit: {}", batch.removed);
+            assert_eq!(batch.removed, batch.deliveries.len() as u64);
+            if batch.removed == 0 {
+                break;
+            }
+            expired.extend(batch.deliveries);
+        }
+        let mut got: Vec<DeliveryId> = expired.iter().map(|d| d.id.clone()).collect();
+        got.sort();
+        let mut want: Vec<DeliveryId> = ds[..3].iter().map(|d| d.id.clone()).collect();
+        want.sort();
+        assert_eq!(got, want, "exactly those dead before the cutoff");
+        for d in &expired {
+            assert_eq!(
+                d.last_error.as_deref(),
+                Some("endpoint answered 500"),
+                "the record as it died"
+            );
+            assert_eq!(d.body, ds.iter().find(|x| x.id == d.id).unwrap().body);
+            assert!(q.get(&d.id).await.unwrap().is_none(), "forgotten");
+            assert!(!q.replay(&d.id, now_ms()).await.unwrap(), "no longer replayable");
+        }
+        for d in &ds[3..5] {
+            assert!(matches!(q.get(&d.id).await.unwrap(), Some((_, Standing::Dead { .. }))));
+        }
+        assert!(matches!(
+            q.get(&ds[5].id).await.unwrap(),
+            Some((_, Standing::Parked { .. }))
+        ));
+        let depth = q.depth(now_ms()).await.unwrap();
+        assert_eq!((depth.dead, depth.parked), (2, 1));
+        // Nothing dies after now: a cutoff in the future takes the rest.
+        assert_eq!(q.expire_dead(now_ms() + 1, 100).await.unwrap().removed, 2);
+        assert_eq!(q.depth(now_ms()).await.unwrap().dead, 0);
+        assert_eq!(q.expire_dead(now_ms() + 1, 100).await.unwrap().removed, 0);
+    }
 }
 
 macro_rules! case {
@@ -1290,6 +1366,7 @@ macro_rules! conformance {
             case!($open, defer_keeps_the_record);
             case!($open, dead_deliveries_are_listed_and_replayable);
             case!($open, dead_walk_visits_each_once_in_death_order);
+            case!($open, dead_deliveries_expire_oldest_first_in_bounded_batches);
             case!($open, reschedule_needs_the_current_due);
             case!($open, rate_limit_buckets_grant_the_burst_then_the_rate);
             case!($open, depth_counts_due_scheduled_and_dead);

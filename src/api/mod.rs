@@ -202,6 +202,10 @@ impl From<ingest::Error> for ApiError {
                 ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", e.to_string())
             }
             ingest::Error::Queue(_) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string()),
+            ingest::Error::Overloaded { retry_after, .. } => ApiError {
+                retry_after: Some(retry_after.as_secs().max(1)),
+                ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "queue_full", e.to_string())
+            },
             ingest::Error::RateLimited { retry_after, .. } => ApiError {
                 // Whole seconds, rounded up: never sooner than a token.
                 retry_after: Some(retry_after.as_millis().div_ceil(1000).max(1) as u64),

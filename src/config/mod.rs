@@ -186,6 +186,11 @@ pub struct QueueConfig {
     /// Longest dispatcher sleep when nothing is due.
     #[serde(with = "humantime_serde")]
     pub poll_interval: Duration,
+    /// How long a dead delivery is kept for replay before it is forgotten
+    /// (recorded as `expired` in the delivery log); zero: kept forever.
+    /// Parked deliveries are kept however old.
+    #[serde(with = "humantime_serde")]
+    pub dead_retention: Duration,
 }
 
 /// `[ingest]`: how events are accepted.
@@ -207,6 +212,10 @@ pub struct IngestConfig {
     pub validate_schemas: bool,
     /// Deepest nesting of objects and arrays accepted in `data` (`{}` is 1).
     pub max_depth: usize,
+    /// Deliveries due or scheduled beyond which producers' events are
+    /// refused (503 with `Retry-After`) and the stream is not read; 0:
+    /// unbounded.
+    pub max_queue_depth: u64,
 }
 
 /// `[delivery]`: attempts, retries and the endpoint policy.
@@ -228,6 +237,10 @@ pub struct DeliveryConfig {
     /// Upper bound of a retry delay.
     #[serde(with = "humantime_serde")]
     pub backoff_max: Duration,
+    /// Upper bound of a delay asked for with `Retry-After` (429, 503),
+    /// honoured beyond `backoff_max` up to this.
+    #[serde(with = "humantime_serde")]
+    pub retry_after_max: Duration,
     /// Allow `http://` endpoint URLs.
     pub allow_http: bool,
     /// Allow endpoints on loopback, private and other non-public addresses.
@@ -750,6 +763,12 @@ impl Config {
         if q.pool_size == 0 {
             return Err(invalid("queue.pool_size", "must be at least 1"));
         }
+        if !q.dead_retention.is_zero() && q.dead_retention < Duration::from_secs(3600) {
+            return Err(invalid(
+                "queue.dead_retention",
+                "must be at least 1h, or 0s to keep dead deliveries forever",
+            ));
+        }
         if q.key_prefix.is_empty() || q.key_prefix.contains(['{', '}', ' ']) {
             return Err(invalid(
                 "queue.key_prefix",
@@ -844,6 +863,9 @@ impl Config {
                 "delivery.backoff_max",
                 "must not be less than delivery.backoff_initial",
             ));
+        }
+        if d.retry_after_max > Duration::from_secs(30 * 86_400) {
+            return Err(invalid("delivery.retry_after_max", "must be at most 30d"));
         }
         if d.max_in_flight == 0 {
             return Err(invalid("delivery.max_in_flight", "must be at least 1"));
@@ -1219,6 +1241,8 @@ mod tests {
                 "history.response_body_limit",
             ),
             ("[history]\nmax_days = 1", "max_days"),
+            ("[queue]\ndead_retention = \"10m\"", "queue.dead_retention"),
+            ("[delivery]\nretry_after_max = \"60d\"", "delivery.retry_after_max"),
         ];
         for (text, key) in cases {
             let err = Config::from_toml(text).unwrap_err().to_string();

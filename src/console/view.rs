@@ -135,7 +135,7 @@ pub fn pretty(value: &serde_json::Value) -> String {
 pub fn state(text: &str) -> Markup {
     let sign = match text {
         "delivered" | "active" => "✓",
-        "dead" | "cancelled" | "disabled" => "✗",
+        "dead" | "cancelled" | "expired" | "disabled" => "✗",
         "filtered" => "–",
         _ => "…",
     };

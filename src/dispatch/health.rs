@@ -6,7 +6,8 @@
 //! failing since) shared by every hookd process and across restarts. A
 //! subscription over a threshold (`delivery.disable_after_failures`
 //! consecutive failed attempts, or failing for `delivery.disable_after`),
-//! or whose endpoint answered 410 Gone, is disabled in the backend: from
+//! or whose endpoint answered 410 Gone, is disabled in the backend (429 and
+//! 503 answers count neither way: [`report_of`]): from
 //! then on its deliveries are parked, not attempted and not dropped, until
 //! an operator enables it again, which puts them back in the queue in order.
 //!
@@ -25,6 +26,7 @@ use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use super::policy::Outcome;
 use super::Endpoints;
 use crate::config::SubscriptionName;
 use crate::notify::{Alerts, Notification};
@@ -48,6 +50,25 @@ pub(crate) enum Report {
     Failure { subscription: SubscriptionName, at: Millis },
     /// The endpoint answered 410 Gone: disable at once.
     Gone { subscription: SubscriptionName },
+}
+
+/// What an attempt reports to health, if anything: a 2xx a success, a
+/// 410 Gone disables, a 429 or 503 nothing (the endpoint is up and asks
+/// for patience: it neither counts toward automatic deactivation nor
+/// resets the count), and every other failure counts toward it.
+pub(crate) fn report_of(
+    subscription: &SubscriptionName,
+    outcome: Outcome,
+    status: Option<u16>,
+    at: Millis,
+) -> Option<Report> {
+    let subscription = subscription.clone();
+    Some(match outcome {
+        Outcome::Delivered => Report::Success { subscription, at },
+        Outcome::Gone => Report::Gone { subscription },
+        Outcome::Retry { .. } if matches!(status, Some(429 | 503)) => return None,
+        _ => Report::Failure { subscription, at },
+    })
 }
 
 /// Thresholds of automatic deactivation.
@@ -252,6 +273,39 @@ mod tests {
 
     fn name(s: &str) -> SubscriptionName {
         SubscriptionName::parse(s).unwrap()
+    }
+
+    #[test]
+    fn throttling_answers_do_not_count_toward_deactivation() {
+        let sub = name("a");
+        let retry = Outcome::Retry { not_before: None };
+        let cases: &[(Outcome, Option<u16>, &str)] = &[
+            (Outcome::Delivered, Some(200), "success"),
+            (Outcome::Gone, Some(410), "gone"),
+            (retry, Some(500), "failure"),
+            (retry, Some(404), "failure"),
+            (retry, None, "failure"),
+            (Outcome::Refused, None, "failure"),
+            // The endpoint is up and asks for patience: neither way.
+            (retry, Some(429), "none"),
+            (retry, Some(503), "none"),
+            (
+                Outcome::Retry {
+                    not_before: Some(Duration::from_secs(30)),
+                },
+                Some(429),
+                "none",
+            ),
+        ];
+        for (outcome, status, want) in cases {
+            let got = match report_of(&sub, *outcome, *status, 7) {
+                Some(Report::Success { .. }) => "success",
+                Some(Report::Gone { .. }) => "gone",
+                Some(Report::Failure { .. }) => "failure",
+                None => "none",
+            };
+            assert_eq!(got, *want, "{outcome:?} {status:?}");
+        }
     }
 
     #[test]

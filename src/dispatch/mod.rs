@@ -751,20 +751,9 @@ async fn attempt(shared: &Shared, claim: Claim, endpoint: Option<Arc<Endpoint>>)
     let status = result.as_ref().ok().map(|r| r.status.as_u16());
     let elapsed_ms = elapsed.as_millis() as u64;
     let now = now_ms();
-    let report = match outcome {
-        Outcome::Delivered => health::Report::Success {
-            subscription: delivery.subscription.clone(),
-            at: now,
-        },
-        Outcome::Gone => health::Report::Gone {
-            subscription: delivery.subscription.clone(),
-        },
-        _ => health::Report::Failure {
-            subscription: delivery.subscription.clone(),
-            at: now,
-        },
-    };
-    let _ = shared.health_tx.send(report);
+    if let Some(report) = health::report_of(&delivery.subscription, outcome, status, now) {
+        let _ = shared.health_tx.send(report);
+    }
     let mut record = AttemptRecord {
         delivery_id: delivery.id.clone(),
         event_id: delivery.event_id.clone(),

@@ -35,7 +35,7 @@ pub enum Outcome {
 }
 
 /// Maps an attempt to its outcome: 2xx delivered; 410 gone; 429 and 503
-/// retry honouring `Retry-After`; every other status (3xx included:
+/// retry honouring `Retry-After` (up to `delivery.retry_after_max`); every other status (3xx included:
 /// redirects are not followed), timeouts, connection and TLS errors retry;
 /// permanent failures are refused.
 pub fn classify(attempted: Attempted<'_>, now: DateTime<Utc>) -> Outcome {
@@ -74,8 +74,11 @@ pub struct RetryPolicy {
     pub initial: Duration,
     /// Growth factor per retry.
     pub multiplier: f64,
-    /// Cap of any delay, `Retry-After` included.
+    /// Cap of a backoff delay.
     pub max: Duration,
+    /// Cap of a delay an endpoint asks for with `Retry-After`, which may
+    /// be beyond `max` (`delivery.retry_after_max`).
+    pub retry_after_max: Duration,
 }
 
 /// Relative jitter applied to each delay: +/- 20 %.
@@ -90,6 +93,7 @@ impl RetryPolicy {
             initial: config.backoff_initial,
             multiplier: config.backoff_multiplier,
             max: config.backoff_max,
+            retry_after_max: config.retry_after_max,
         }
     }
 
@@ -103,7 +107,7 @@ impl RetryPolicy {
 
     /// When to try again after `attempts` attempts have failed, or `None`
     /// when retries are used up. `not_before` (from `Retry-After`) wins
-    /// over a shorter backoff, within the policy's cap.
+    /// over a shorter backoff, even beyond `max`, up to `retry_after_max`.
     pub fn next(&self, attempts: u32, not_before: Option<Duration>, rng: &mut impl Rng) -> Option<Duration> {
         if attempts > self.max_retries {
             return None;
@@ -111,7 +115,7 @@ impl RetryPolicy {
         let base = self.base_delay(attempts);
         let jittered = base.mul_f64(1.0 + rng.random_range(-JITTER..=JITTER)).min(self.max);
         Some(match not_before {
-            Some(asked) => asked.min(self.max).max(jittered),
+            Some(asked) => asked.min(self.retry_after_max).max(jittered),
             None => jittered,
         })
     }
@@ -248,6 +252,7 @@ mod tests {
             initial: Duration::from_secs(5),
             multiplier: 4.0,
             max: Duration::from_secs(3600),
+            retry_after_max: Duration::from_secs(86_400),
         }
     }
 
@@ -292,11 +297,29 @@ mod tests {
             p.next(1, Some(Duration::from_secs(60)), &mut rng),
             Some(Duration::from_secs(60))
         );
-        assert_eq!(
-            p.next(1, Some(Duration::from_secs(86_400)), &mut rng),
-            Some(Duration::from_secs(3600))
-        );
         let short = p.next(3, Some(Duration::from_secs(1)), &mut rng).unwrap();
         assert!(short >= Duration::from_secs(64), "{short:?}");
+    }
+
+    #[test]
+    fn retry_after_beyond_backoff_max_is_honoured_up_to_retry_after_max() {
+        // backoff_max is 1h, retry_after_max 24h.
+        let p = policy();
+        let mut rng = StdRng::seed_from_u64(2);
+        let cases = [(7_200, 7_200), (86_400, 86_400), (3 * 86_400, 86_400)];
+        for (asked, want) in cases {
+            assert_eq!(
+                p.next(1, Some(Duration::from_secs(asked)), &mut rng),
+                Some(Duration::from_secs(want)),
+                "Retry-After: {asked}"
+            );
+        }
+        // A cap below backoff_max never shortens the backoff itself.
+        let low = RetryPolicy {
+            retry_after_max: Duration::from_secs(10),
+            ..p
+        };
+        let d = low.next(5, Some(Duration::from_secs(86_400)), &mut rng).unwrap();
+        assert!(d >= Duration::from_secs(1024), "{d:?}");
     }
 }

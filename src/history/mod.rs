@@ -217,11 +217,14 @@ pub enum DeliveryState {
     Parked,
     /// Never to be sent: its subscription was deleted.
     Cancelled,
+    /// Dead longer than `queue.dead_retention`: forgotten by the queue, no
+    /// longer replayable.
+    Expired,
 }
 
 impl DeliveryState {
     /// Every state, in declaration order.
-    pub const ALL: [DeliveryState; 8] = [
+    pub const ALL: [DeliveryState; 9] = [
         DeliveryState::Pending,
         DeliveryState::InFlight,
         DeliveryState::Delivered,
@@ -230,6 +233,7 @@ impl DeliveryState {
         DeliveryState::Dead,
         DeliveryState::Parked,
         DeliveryState::Cancelled,
+        DeliveryState::Expired,
     ];
 
     /// The state's wire name (`in_flight`), as in JSON and storage keys.
@@ -243,6 +247,7 @@ impl DeliveryState {
             DeliveryState::Dead => "dead",
             DeliveryState::Parked => "parked",
             DeliveryState::Cancelled => "cancelled",
+            DeliveryState::Expired => "expired",
         }
     }
 }

@@ -43,6 +43,20 @@ pub enum Error {
     /// The queue could not store the event; the producer should retry.
     #[error("event not accepted, retry later: {0}")]
     Queue(#[from] queue::Error),
+    /// The queue holds more deliveries due or scheduled than
+    /// `ingest.max_queue_depth`: the producer should retry later.
+    #[error(
+        "the queue holds {depth} deliveries due or scheduled, over ingest.max_queue_depth ({limit}); \
+         retry after {} s", retry_after.as_secs()
+    )]
+    Overloaded {
+        /// Deliveries due or scheduled, as last sampled.
+        depth: u64,
+        /// `ingest.max_queue_depth`.
+        limit: u64,
+        /// When the depth is sampled again.
+        retry_after: Duration,
+    },
     /// The tenant sends faster than its plan allows.
     #[error("tenant `{tenant}` sends more events per second than plan `{plan}` allows (events_per_second); retry after {} ms", retry_after.as_millis())]
     RateLimited {
@@ -186,8 +200,60 @@ pub struct Accepted {
     pub deliveries: usize,
 }
 
+/// Backpressure at ingest: the queue's depth (due and scheduled
+/// deliveries) as last sampled, against `ingest.max_queue_depth`. Sampled
+/// in the background (with the depth gauges), never per event.
+#[derive(Debug)]
+pub struct Backpressure {
+    /// `ingest.max_queue_depth`; 0: unbounded.
+    limit: u64,
+    /// Due plus scheduled deliveries, as last sampled.
+    depth: std::sync::atomic::AtomicU64,
+    /// How long until the next sample: what a refusal's `Retry-After` says.
+    resample: Duration,
+}
+
+impl Backpressure {
+    /// Refuses beyond `limit` (0: never), the depth resampled every `resample`.
+    pub fn new(limit: u64, resample: Duration) -> Backpressure {
+        Backpressure {
+            limit,
+            depth: std::sync::atomic::AtomicU64::new(0),
+            resample,
+        }
+    }
+
+    /// Takes a new sample of the queue's depth.
+    pub fn observe(&self, depth: &queue::Depth) {
+        self.depth.store(
+            depth.due.saturating_add(depth.scheduled),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
+    /// The refusal to answer while the last sample is beyond the limit.
+    pub fn check(&self) -> Result<(), Error> {
+        let depth = self.depth.load(std::sync::atomic::Ordering::Relaxed);
+        if self.limit > 0 && depth > self.limit {
+            return Err(Error::Overloaded {
+                depth,
+                limit: self.limit,
+                retry_after: self.resample,
+            });
+        }
+        Ok(())
+    }
+
+    /// Whether the last sample is beyond the limit.
+    pub fn is_over(&self) -> bool {
+        self.check().is_err()
+    }
+}
+
 /// Fans events out to subscriptions and queues them.
 pub struct Ingestor {
+    /// Refuses producers' events while the queue is too deep.
+    backpressure: Arc<Backpressure>,
     /// Hands batches to the enqueue task, which writes them to the queue.
     enqueue_tx: mpsc::Sender<PendingEnqueue>,
     /// Subscriptions and tenants: fan-out reads the snapshot in force.
@@ -224,6 +290,7 @@ impl Ingestor {
             recorder,
         ));
         Ingestor {
+            backpressure: Arc::new(Backpressure::new(config.ingest.max_queue_depth, crate::DEPTH_SAMPLE)),
             enqueue_tx,
             catalog,
             state: backend.state,
@@ -232,6 +299,12 @@ impl Ingestor {
             queued,
             metrics,
         }
+    }
+
+    /// The backpressure gauge: fed by the depth sampler, read by ingest
+    /// and the stream consumer.
+    pub fn backpressure(&self) -> &Arc<Backpressure> {
+        &self.backpressure
     }
 
     /// Wakes the local dispatcher (after a replay, say).
@@ -249,6 +322,15 @@ impl Ingestor {
     /// each, in order.
     pub async fn ingest_batch(&self, events: Vec<Event>, source: Source) -> Result<Vec<Accepted>, Error> {
         let now = now_ms();
+        // Producers' events wait while the queue is too deep; the stream
+        // consumer stops reading instead (what it read is queued), and
+        // hookd's own notifications are few.
+        if !matches!(source, Source::Stream | Source::Internal) {
+            if let Err(e) = self.backpressure.check() {
+                self.metrics.ingest_refused(events.len() as u64);
+                return Err(e);
+            }
+        }
         let many = events.len() > 1;
         for (n, event) in events.iter().enumerate() {
             self.check(event).await.map_err(|e| match e {

@@ -7,7 +7,9 @@
 //! and queue loses nothing: the entry stays pending and is claimed again
 //! (`XAUTOCLAIM`) once idle for the queue lease. A malformed entry is
 //! copied to `<prefix>:events:rejected` with its reason, then
-//! acknowledged: never retried forever, never silently dropped.
+//! acknowledged: never retried forever, never silently dropped. While
+//! the queue is over `ingest.max_queue_depth` ([`super::Backpressure`])
+//! nothing is read or claimed: entries wait in the stream.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -150,7 +152,24 @@ impl StreamConsumer {
         }
         info!(stream = %self.key, group = %self.group, consumer = %self.consumer, "reading the event stream");
         let mut next_autoclaim = tokio::time::Instant::now();
+        let mut paused = false;
         loop {
+            // Backpressure: entries wait in the stream while the queue is
+            // too deep; nothing read is dropped.
+            if self.ingestor.backpressure().is_over() {
+                if !paused {
+                    warn!(stream = %self.key, "event stream: paused, the queue is over ingest.max_queue_depth");
+                    paused = true;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(BLOCK) => continue,
+                    _ = shutdown.cancelled() => return Ok(()),
+                }
+            }
+            if paused {
+                info!(stream = %self.key, "event stream: resumed");
+                paused = false;
+            }
             if tokio::time::Instant::now() >= next_autoclaim {
                 self.autoclaim(conn).await?;
                 next_autoclaim = tokio::time::Instant::now() + self.claim_idle / 4;

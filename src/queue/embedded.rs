@@ -32,8 +32,8 @@ use redb::{
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    Claim, Claimed, Delivery, DeliveryId, Depth, Enqueued, Error, HealthUpdate, Lease, Millis, NewEvent, Queue,
-    Settlement, Standing, StateStore, SubscriptionState,
+    Claim, Claimed, Delivery, DeliveryId, Depth, Enqueued, Error, Expired, HealthUpdate, Lease, Millis, NewEvent,
+    Queue, Settlement, Standing, StateStore, SubscriptionState,
 };
 use crate::config::{QueueConfig, SubscriptionName};
 
@@ -148,6 +148,12 @@ enum Op {
         now: Millis,
         reply: Reply<bool>,
     },
+    /// [`Queue::expire_dead`].
+    ExpireDead {
+        before: Millis,
+        limit: usize,
+        reply: Reply<(Vec<RawClaim>, u64)>,
+    },
     /// One batch of [`Queue::unpark`]: moves at most [`UNPARK_BATCH`].
     Unpark {
         subscription: String,
@@ -177,6 +183,7 @@ enum Outcome {
     Replayed(Result<bool, Error>),
     Rescheduled(bool),
     Unparked(u64),
+    Expired(Vec<RawClaim>, u64),
     Enabled(Result<bool, Error>),
     Recorded(Result<Vec<(SubscriptionName, SubscriptionState)>, Error>),
 }
@@ -365,16 +372,59 @@ pub(crate) enum Unopened {
 /// `dir`, the one way every embedded store (queue, history, catalogue)
 /// opens its file. `start_empty` ends the message of an unreadable file
 /// (`move it aside to start an empty history`).
+///
+/// The stores hold event bodies and subscription secrets: a directory it
+/// creates is private to hookd's user (mode 0700, missing parents too),
+/// and so is each file (0600; an existing file open to others is narrowed
+/// to it). An existing directory open to others is kept as it is, with a
+/// warning.
 pub(crate) fn create_database(dir: &Path, name: &str, start_empty: &str) -> Result<(Database, PathBuf), Unopened> {
-    std::fs::create_dir_all(dir).map_err(|e| {
+    use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
+    let cannot_create = |e: std::io::Error| {
         Unopened::Failed(format!(
             "cannot create {}: {e}; check its permissions or set queue.data_dir",
             dir.display()
         ))
-    })?;
+    };
+    if !dir.is_dir() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(cannot_create)?;
+    } else if let Ok(meta) = std::fs::metadata(dir) {
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            tracing::warn!(dir = %dir.display(), mode = format!("{mode:03o}"),
+                "the data directory is open to group or others: `chmod 700` it");
+        }
+    }
     let path = dir.join(name);
+    // Made private before redb writes anything into it.
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+    {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(cannot_create(e)),
+    }
     match Database::create(&path) {
-        Ok(db) => Ok((db, path)),
+        Ok(db) => {
+            let narrowed = std::fs::metadata(&path).and_then(|meta| {
+                let mode = meta.permissions().mode() & 0o777;
+                if mode & 0o077 != 0 {
+                    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+                }
+                Ok(())
+            });
+            if let Err(e) = narrowed {
+                tracing::warn!(file = %path.display(), error = %e, "cannot make the store private (mode 0600)");
+            }
+            Ok((db, path))
+        }
         Err(DatabaseError::DatabaseAlreadyOpen) => Err(Unopened::InUse),
         Err(e) => Err(Unopened::Failed(format!(
             "cannot open {}: {e}; {start_empty}",
@@ -474,6 +524,7 @@ fn answer(op: Op, outcome: Outcome) {
         (Op::Replay { reply, .. }, Outcome::Replayed(r)) => drop(reply.send(r)),
         (Op::Reschedule { reply, .. }, Outcome::Rescheduled(r)) => drop(reply.send(Ok(r))),
         (Op::Unpark { reply, .. }, Outcome::Unparked(n)) => drop(reply.send(Ok(n))),
+        (Op::ExpireDead { reply, .. }, Outcome::Expired(raw, n)) => drop(reply.send(Ok((raw, n)))),
         (Op::SetEnabled { reply, .. }, Outcome::Enabled(r)) => drop(reply.send(r)),
         (Op::RecordHealth { reply, .. }, Outcome::Recorded(r)) => drop(reply.send(r)),
         (op, _) => fail(op, Error::Store("internal error: mismatched writer outcome".into())),
@@ -488,6 +539,7 @@ fn fail(op: Op, e: Error) {
         Op::Replay { reply, .. } => drop(reply.send(Err(e))),
         Op::Reschedule { reply, .. } => drop(reply.send(Err(e))),
         Op::Unpark { reply, .. } => drop(reply.send(Err(e))),
+        Op::ExpireDead { reply, .. } => drop(reply.send(Err(e))),
         Op::SetEnabled { reply, .. } => drop(reply.send(Err(e))),
         Op::RecordHealth { reply, .. } => drop(reply.send(Err(e))),
     }
@@ -562,6 +614,10 @@ impl<'txn> Tables<'txn> {
                 Outcome::Rescheduled(moved)
             }
             Op::Unpark { subscription, now, .. } => Outcome::Unparked(self.unpark(subscription, *now)?),
+            Op::ExpireDead { before, limit, .. } => {
+                let (raw, removed) = self.expire_dead(*before, *limit)?;
+                Outcome::Expired(raw, removed)
+            }
             Op::SetEnabled {
                 subscription,
                 enabled,
@@ -689,6 +745,31 @@ impl<'txn> Tables<'txn> {
             }
         }
         Ok(())
+    }
+
+    /// Removes up to `limit` dead deliveries that died at or before
+    /// `before`, oldest first: their (id, record) pairs, and how many.
+    fn expire_dead(&mut self, before: Millis, limit: usize) -> Result<(Vec<RawClaim>, u64), StoreError> {
+        let batch: Vec<(i64, String)> = self
+            .dead
+            .range(..(before.saturating_add(1), ""))?
+            .take(limit)
+            .map(|entry| {
+                entry.map(|(key, _)| {
+                    let (at, id) = key.value();
+                    (at, id.to_owned())
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        let mut raw = Vec::with_capacity(batch.len());
+        for (at, id) in &batch {
+            self.dead.remove((*at, id.as_str()))?;
+            self.dead_at.remove(id.as_str())?;
+            if let Some(record) = self.records.remove(id.as_str())?.map(|g| g.value().to_vec()) {
+                raw.push((id.clone(), record));
+            }
+        }
+        Ok((raw, batch.len() as u64))
     }
 
     /// Moves up to [`UNPARK_BATCH`] of `subscription`'s parked deliveries,
@@ -1013,6 +1094,14 @@ impl Queue for EmbeddedQueue {
         .await
     }
 
+    async fn expire_dead(&self, before: Millis, limit: usize) -> Result<Expired, Error> {
+        if limit == 0 {
+            return Ok(Expired::default());
+        }
+        let (raw, removed) = self.submit(|reply| Op::ExpireDead { before, limit, reply }).await?;
+        Ok(Expired::decode(raw, removed))
+    }
+
     async fn depth(&self, now: Millis) -> Result<Depth, Error> {
         self.read(move |txn| {
             let due = txn.open_table(DUE).map_err(read_err)?;
@@ -1149,5 +1238,35 @@ impl StateStore for EmbeddedQueue {
         let (tat, tokens) = super::rate::take(buckets.get(subscription).copied(), limit, want, now);
         buckets.insert(subscription.clone(), tat);
         Ok(tokens)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use super::*;
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn the_data_dir_and_its_files_are_private() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("nested").join("hookd-data");
+        let config = QueueConfig {
+            data_dir: dir.clone(),
+            ..crate::config::Config::from_toml("").unwrap().queue
+        };
+        let queue = EmbeddedQueue::open(&config).unwrap();
+        assert_eq!(mode(&dir), 0o700, "the data directory");
+        assert_eq!(mode(&tmp.path().join("nested")), 0o700, "a parent it created");
+        assert_eq!(mode(&dir.join(FILE_NAME)), 0o600, "the store's file");
+        drop(queue);
+        // A file left open to others by an older hookd is narrowed.
+        std::fs::set_permissions(dir.join(FILE_NAME), std::fs::Permissions::from_mode(0o644)).unwrap();
+        let _queue = EmbeddedQueue::open(&config).unwrap();
+        assert_eq!(mode(&dir.join(FILE_NAME)), 0o600, "an existing file");
     }
 }

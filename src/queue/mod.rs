@@ -30,6 +30,9 @@
 //!   all back, due at their `created_at`, so they are claimed oldest first,
 //!   before anything enqueued after them. A delivery is in exactly one of
 //!   due, parked or dead; settlements only touch due ones.
+//! - [`Queue::expire_dead`] forgets dead deliveries older than a cutoff
+//!   (`queue.dead_retention`), in bounded batches; parked ones are kept
+//!   however old, since an operator's enable resumes them.
 //! - Beside the queue, each backend is a [`StateStore`]: every
 //!   subscription's [`SubscriptionState`] (enabled or not, why, since when,
 //!   and its failure health) and the rate buckets ([`rate`]), kept in the
@@ -246,6 +249,33 @@ pub struct Depth {
     pub parked: u64,
 }
 
+/// What one [`Queue::expire_dead`] forgot.
+#[derive(Clone, Debug, Default)]
+pub struct Expired {
+    /// How many dead deliveries were removed, corrupt records included.
+    pub removed: u64,
+    /// The removed deliveries whose records could be read, as they died.
+    pub deliveries: Vec<Delivery>,
+}
+
+impl Expired {
+    /// Decodes the removed (id, record) pairs; a corrupt record is counted,
+    /// logged and left out (it is gone all the same).
+    pub(crate) fn decode(raw: Vec<(String, Vec<u8>)>, removed: u64) -> Expired {
+        let deliveries = raw
+            .into_iter()
+            .filter_map(|(id, record)| match Delivery::decode(&id, &record) {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    tracing::error!(delivery = %id, error = %e, "expired a dead delivery whose record is corrupt");
+                    None
+                }
+            })
+            .collect();
+        Expired { removed, deliveries }
+    }
+}
+
 /// One backend seen as its two stores: the delivery lifecycle and the
 /// subscriptions' state (both kept in one Redis or one redb file).
 #[derive(Clone)]
@@ -312,6 +342,14 @@ pub trait Queue: Send + Sync + 'static {
     /// delivery still has that due time: false if it was claimed, settled,
     /// parked or moved since, so a delivery in flight is never sent twice.
     async fn reschedule(&self, id: &DeliveryId, expected: Lease, due: Millis) -> Result<bool, Error>;
+
+    /// Forgets dead deliveries that died at or before `before`: at most
+    /// `limit` in one call, oldest first within a shard, returned with
+    /// their records as they died (so the caller can log them as expired).
+    /// Fewer than `limit` removed means none is left. Parked deliveries
+    /// are never touched. Safe beside replays from any process: a dead
+    /// delivery is replayed or expired, never both.
+    async fn expire_dead(&self, before: Millis, limit: usize) -> Result<Expired, Error>;
 
     /// Counts of due, scheduled, dead and parked deliveries at `now`.
     async fn depth(&self, now: Millis) -> Result<Depth, Error>;

@@ -29,8 +29,8 @@ use std::time::Duration;
 use ::redis::{Script, Value};
 
 use super::{
-    Claim, Claimed, Delivery, DeliveryId, Depth, Enqueued, Error, HealthUpdate, Lease, Millis, NewEvent, Queue,
-    Settlement, Standing, StateStore, SubscriptionState,
+    Claim, Claimed, Delivery, DeliveryId, Depth, Enqueued, Error, Expired, HealthUpdate, Lease, Millis, NewEvent,
+    Queue, Settlement, Standing, StateStore, SubscriptionState,
 };
 use crate::config::{QueueConfig, SubscriptionName};
 
@@ -309,6 +309,35 @@ end
 return moved
 "#;
 
+/// Expire dead. KEYS: `dead`, `records` per shard. ARGV: cutoff ms, most
+/// to remove. Removes the deliveries that died at or before the cutoff,
+/// oldest first, shard after shard, until that many went. Returns
+/// {removed, id, record, id, record, …} (a removed id without a record
+/// counts, but is not listed).
+const EXPIRE_DEAD_LUA: &str = r#"
+local budget = tonumber(ARGV[2])
+local out = {0}
+for s = 1, #KEYS / 2 do
+  if budget <= 0 then break end
+  local dead, rec = KEYS[2 * s - 1], KEYS[2 * s]
+  local ids = redis.call('ZRANGEBYSCORE', dead, '-inf', ARGV[1], 'LIMIT', 0, budget)
+  if #ids > 0 then
+    for _, id in ipairs(ids) do
+      local record = redis.call('HGET', rec, id)
+      if record then
+        out[#out + 1] = id
+        out[#out + 1] = record
+      end
+    end
+    redis.call('ZREM', dead, unpack(ids))
+    redis.call('HDEL', rec, unpack(ids))
+    out[1] = out[1] + #ids
+    budget = budget - #ids
+  end
+end
+return out
+"#;
+
 /// Set enabled. KEYS: the subscription's state hash, the index set. ARGV:
 /// `1`/`0` (enable/disable), name, now ms, `1` if a reason follows, the
 /// reason. Mirrors [`SubscriptionState::set_enabled`]. Returns 1 if the
@@ -417,6 +446,7 @@ static REPLAY: LazyLock<Script> = LazyLock::new(|| Script::new(REPLAY_LUA));
 static RESCHEDULE: LazyLock<Script> = LazyLock::new(|| Script::new(RESCHEDULE_LUA));
 static TAKE_TOKENS: LazyLock<Script> = LazyLock::new(|| Script::new(TAKE_TOKENS_LUA));
 static UNPARK: LazyLock<Script> = LazyLock::new(|| Script::new(UNPARK_LUA));
+static EXPIRE_DEAD: LazyLock<Script> = LazyLock::new(|| Script::new(EXPIRE_DEAD_LUA));
 static SET_ENABLED: LazyLock<Script> = LazyLock::new(|| Script::new(SET_ENABLED_LUA));
 static RECORD_HEALTH: LazyLock<Script> = LazyLock::new(|| Script::new(RECORD_HEALTH_LUA));
 
@@ -1040,6 +1070,41 @@ impl Queue for RedisQueue {
         call.arg(now);
         let reply = self.redis.eval("replay", &REPLAY, vec![call]).await?;
         Ok(reply.first().map(int_of).transpose()? == Some(1))
+    }
+
+    async fn expire_dead(&self, before: Millis, limit: usize) -> Result<Expired, Error> {
+        // Group after group (one on a single node, one per shard on a
+        // cluster), each taking what the others left of the budget, so no
+        // call removes more than `limit`.
+        let mut budget = limit as u64;
+        let mut raw = Vec::new();
+        let mut removed = 0;
+        for group in self.redis.groups((0..self.shards).collect()) {
+            if budget == 0 {
+                break;
+            }
+            let mut call = Call::default();
+            for &s in &group {
+                call.keys.push(dead_key(&self.prefix, s));
+                call.keys.push(records_key(&self.prefix, s));
+            }
+            call.arg(before);
+            call.arg(budget);
+            let reply = self.redis.eval("expire dead", &EXPIRE_DEAD, vec![call]).await?;
+            let Some(Value::Array(items)) = reply.into_iter().next() else {
+                return Err(Error::Redis("unexpected reply from the expire script".into()));
+            };
+            let mut items = items.into_iter();
+            let n = items.next().map(|v| int_of(&v)).transpose()?.unwrap_or(0).max(0) as u64;
+            while let (Some(id), Some(record)) = (items.next(), items.next()) {
+                if let Some(record) = bytes_of(record)? {
+                    raw.push((text(id)?, record));
+                }
+            }
+            removed += n;
+            budget = budget.saturating_sub(n);
+        }
+        Ok(Expired::decode(raw, removed))
     }
 
     async fn depth(&self, now: Millis) -> Result<Depth, Error> {

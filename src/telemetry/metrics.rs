@@ -273,6 +273,10 @@ pub struct Metrics {
     plugin_errors: Family<PluginErrorLabels, Counter>,
     /// `hookd_notifications_total`.
     notifications: Family<NotificationLabels, Counter>,
+    /// `hookd_dead_expired_total`.
+    dead_expired: Counter,
+    /// `hookd_ingest_refused_total`.
+    ingest_refused: Counter,
 }
 
 fn attempt_histogram() -> Histogram {
@@ -344,6 +348,18 @@ impl Metrics {
             "Notifications by kind and what became of their email",
             notifications.clone(),
         );
+        let dead_expired = Counter::default();
+        registry.register(
+            "dead_expired",
+            "Dead deliveries forgotten after queue.dead_retention (recorded as expired)",
+            dead_expired.clone(),
+        );
+        let ingest_refused = Counter::default();
+        registry.register(
+            "ingest_refused",
+            "Events refused at ingest (503) because the queue was deeper than ingest.max_queue_depth",
+            ingest_refused.clone(),
+        );
         // Notification counters are few and known: start them at zero so a
         // rate() over them works before the first notification.
         for kind in [
@@ -372,6 +388,8 @@ impl Metrics {
             plugin_calls,
             plugin_errors,
             notifications,
+            dead_expired,
+            ingest_refused,
         }
     }
 
@@ -406,6 +424,16 @@ impl Metrics {
         types.entry(event_type.to_owned()).or_default().0[slot]
             .get_or_init(|| counter(event_type))
             .inc();
+    }
+
+    /// Counts `n` dead deliveries forgotten after the retention.
+    pub fn dead_expired(&self, n: u64) {
+        self.dead_expired.inc_by(n);
+    }
+
+    /// Counts `n` events refused because the queue was too deep.
+    pub fn ingest_refused(&self, n: u64) {
+        self.ingest_refused.inc_by(n);
     }
 
     /// Counts one event acknowledged as a duplicate.
