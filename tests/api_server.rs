@@ -244,8 +244,9 @@ async fn https_only_when_a_certificate_is_set() {
     let other = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
     std::fs::write(&key, other.signing_key.serialize_pem()).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
     let err = hookd::run(
-        config(dir.path(), &tls),
+        config(elsewhere.path(), &tls),
         listener,
         tokio_util::sync::CancellationToken::new(),
     )
