@@ -441,6 +441,16 @@ pub async fn run_with_backends(
     let _ = alerts_task.await;
     notifier_stop.cancel();
     let _ = notifier_task.await;
+    // The last ingestors go now; their enqueue task then ends and lets go
+    // of the queue (an embedded store's file is free once `run` returns).
+    let enqueue_task = ingestor.enqueue_task();
+    drop(alerts);
+    drop(ingestor);
+    if let Some(task) = enqueue_task {
+        if tokio::time::timeout(ENQUEUE_DRAIN, task).await.is_err() {
+            tracing::warn!("the enqueue task outlived the stop; the queue is released when it ends");
+        }
+    }
     recorder_stop.cancel();
     let _ = recorder_task.await;
     if let Some(e) = failed {
@@ -449,6 +459,9 @@ pub async fn run_with_backends(
     info!("hookd stopped");
     Ok(())
 }
+
+/// How long a stop waits for the enqueue task to let go of the queue.
+const ENQUEUE_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// How often the queue depth gauges and ingest's backpressure are
 /// refreshed.

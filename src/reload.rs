@@ -105,6 +105,10 @@ impl Reloader {
         };
         let mut published = self.catalog.subscribe();
         published.borrow_and_update();
+        // The endpoints were built while plugins loaded, from the snapshot
+        // of that moment; the API was serving meanwhile, so a subscription
+        // made then (published before this subscribed) is taken now.
+        self.rebuild().await;
         let mut stamps: Vec<Stamp> = since.0;
         loop {
             let signalled = tokio::select! {

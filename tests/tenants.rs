@@ -235,6 +235,14 @@ async fn a_tenant_sees_and_touches_nothing_of_another(backend: Backend) {
         .await;
     rx.wait_for(WAIT, "acme's delivery", |a| a.iter().any(|x| x.path == "acme-links"))
         .await;
+    // The log is written just after the attempt: wait for it.
+    hookd
+        .wait_for(
+            &format!("/v1/deliveries?subscription={id}"),
+            "acme's delivery logged",
+            |v| v["deliveries"].as_array().is_some_and(|d| !d.is_empty()),
+        )
+        .await;
     let delivered = acme.get(&format!("/v1/deliveries?subscription={id}")).await.unwrap();
     let delivery = delivered["deliveries"][0]["id"].as_str().unwrap().to_owned();
 

@@ -256,6 +256,9 @@ pub struct Ingestor {
     backpressure: Arc<Backpressure>,
     /// Hands batches to the enqueue task, which writes them to the queue.
     enqueue_tx: mpsc::Sender<PendingEnqueue>,
+    /// The enqueue task: it holds the queue until the last ingestor is
+    /// gone ([`Ingestor::enqueue_task`]).
+    enqueue_task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Subscriptions and tenants: fan-out reads the snapshot in force.
     catalog: Arc<Catalog>,
     /// Queue shard count, to place each event's deliveries.
@@ -283,13 +286,14 @@ impl Ingestor {
         metrics: Arc<Metrics>,
     ) -> Ingestor {
         let (enqueue_tx, enqueue_rx) = mpsc::channel(ENQUEUE_BACKLOG);
-        tokio::spawn(enqueue_loop(
+        let enqueue_task = tokio::spawn(enqueue_loop(
             backend.queue,
             config.ingest.dedup_window,
             enqueue_rx,
             recorder,
         ));
         Ingestor {
+            enqueue_task: std::sync::Mutex::new(Some(enqueue_task)),
             backpressure: Arc::new(Backpressure::new(config.ingest.max_queue_depth, crate::DEPTH_SAMPLE)),
             enqueue_tx,
             catalog,
@@ -299,6 +303,13 @@ impl Ingestor {
             queued,
             metrics,
         }
+    }
+
+    /// The enqueue task, once: it ends when every clone of this ingestor
+    /// is dropped, releasing the queue, so the caller that stops hookd
+    /// awaits it before saying it stopped.
+    pub fn enqueue_task(&self) -> Option<tokio::task::JoinHandle<()>> {
+        self.enqueue_task.lock().ok()?.take()
     }
 
     /// The backpressure gauge: fed by the depth sampler, read by ingest
