@@ -153,6 +153,9 @@
 //! - An API with no `server.api_keys` stays open to anyone as an admin, as
 //!   before tenants; a stored key presented to it still gets its own
 //!   scope. Tenant keys protect nothing until `server.api_keys` is set.
+//!   Such an API is refused at start on an address beyond loopback unless
+//!   `server.allow_unauthenticated` says it is meant, and it still refuses
+//!   a browser's cross-site posts.
 //! - Two modules beyond DESIGN.md's list: `history` (the delivery log has
 //!   its own store beside the queue, since the queue forgets a delivery once
 //!   it is acknowledged) and `reload` (hot reload of the config and plugin
