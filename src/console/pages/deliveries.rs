@@ -58,11 +58,7 @@ fn rfc3339(text: &str) -> String {
 
 async fn list(State(console): State<Console>, ctx: Ctx, Query(f): Query<Filter>) -> Response {
     if !f.event.trim().is_empty() {
-        let tenant = if ctx.operator() {
-            query(&[("tenant", &f.tenant)])
-        } else {
-            String::new()
-        };
+        let tenant = tenant_query(&ctx, &f.tenant);
         return Redirect::to(&format!("/console/events/{}{tenant}", segment(f.event.trim()))).into_response();
     }
     let (from, to) = (rfc3339(&f.from), rfc3339(&f.to));
@@ -134,6 +130,16 @@ async fn list(State(console): State<Console>, ctx: Ctx, Query(f): Query<Filter>)
         }
     };
     render(&ctx, "Deliveries", body)
+}
+
+/// `?tenant=…` for an operator who named one; a tenant's session is
+/// scoped by the API already.
+fn tenant_query(ctx: &Ctx, tenant: &str) -> String {
+    if ctx.operator() {
+        query(&[("tenant", tenant)])
+    } else {
+        String::new()
+    }
 }
 
 /// One delivery summary as a table row.
@@ -301,11 +307,7 @@ async fn event(
     Path(id): Path<String>,
     Query(q): Query<EventQuery>,
 ) -> Response {
-    let tenant = if ctx.operator() {
-        query(&[("tenant", &q.tenant)])
-    } else {
-        String::new()
-    };
+    let tenant = tenant_query(&ctx, &q.tenant);
     let answer = console
         .api
         .call(
@@ -349,25 +351,10 @@ async fn replay_event(
     Query(q): Query<EventQuery>,
     Form(fields): Form<Fields>,
 ) -> Response {
-    if let Err(refused) = ctx.check(&fields) {
-        return refused;
-    }
-    let tenant = if ctx.operator() {
-        query(&[("tenant", &q.tenant)])
-    } else {
-        String::new()
-    };
-    let answer = console
-        .api
-        .call(
-            &ctx.principal,
-            Method::POST,
-            &format!("/v1/events/{}/replay{tenant}", segment(&id)),
-            Some(json!({})),
-        )
-        .await;
-    if !answer.ok() {
-        return view::failure(answer.status, &answer.message());
+    let tenant = tenant_query(&ctx, &q.tenant);
+    let path = format!("/v1/events/{}/replay{tenant}", segment(&id));
+    if let Err(page) = console.act(&ctx, &fields, Method::POST, &path, Some(json!({}))).await {
+        return page;
     }
     let sep = if tenant.is_empty() { "?" } else { "&" };
     Redirect::to(&format!("/console/events/{}{tenant}{sep}done=replay", segment(&id))).into_response()

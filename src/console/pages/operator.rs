@@ -266,13 +266,12 @@ async fn revoke_key(
     Path((id, key)): Path<(String, String)>,
     Form(fields): Form<Fields>,
 ) -> Response {
-    if let Err(page) = operator_only(&ctx).and_then(|_| ctx.check(&fields)) {
+    if let Err(page) = operator_only(&ctx) {
         return page;
     }
     let path = format!("/v1/tenants/{}/keys/{}", segment(&id), segment(&key));
-    let answer = console.api.call(&ctx.principal, Method::DELETE, &path, None).await;
-    if !answer.ok() {
-        return view::failure(answer.status, &answer.message());
+    if let Err(page) = console.act(&ctx, &fields, Method::DELETE, &path, None).await {
+        return page;
     }
     Redirect::to(&format!("/console/tenants/{}?done=revoked", segment(&id))).into_response()
 }
@@ -312,13 +311,12 @@ async fn delete(
     Path(id): Path<String>,
     Form(fields): Form<Fields>,
 ) -> Response {
-    if let Err(page) = operator_only(&ctx).and_then(|_| ctx.check(&fields)) {
+    if let Err(page) = operator_only(&ctx) {
         return page;
     }
     let path = format!("/v1/tenants/{}", segment(&id));
-    let answer = console.api.call(&ctx.principal, Method::DELETE, &path, None).await;
-    if !answer.ok() {
-        return view::failure(answer.status, &answer.message());
+    if let Err(page) = console.act(&ctx, &fields, Method::DELETE, &path, None).await {
+        return page;
     }
     Redirect::to("/console/tenants?done=deleted").into_response()
 }
