@@ -1426,18 +1426,19 @@ mod redis_only {
         let claimed = q.claim(t, LEASE, 10).await.unwrap();
         assert!(claimed.claims.is_empty(), "a corrupt record is not handed out");
 
-        // Parking needs the record's subscription: a corrupt one stays leased.
+        // Parking needs the record's subscription: a corrupt one stays
+        // leased (its lease token is its score, in Redis's clock).
+        let due = hookd::queue::redis::due_key(&fx.config.key_prefix, d.id.shard());
+        let leased = server.command(&["ZSCORE", &due, d.id.as_str()]);
+        let token: Millis = leased.parse().expect("a leased score");
+        assert!(token >= t + LEASE_MS - 5_000, "leased until {token}, claimed at {t}");
         q.settle(&[Settlement::Park {
             id: d.id.clone(),
-            lease: Lease(t + LEASE_MS),
+            lease: Lease(token),
         }])
         .await
         .unwrap();
-        let due = hookd::queue::redis::due_key(&fx.config.key_prefix, d.id.shard());
-        assert_eq!(
-            server.command(&["ZSCORE", &due, d.id.as_str()]),
-            (t + LEASE_MS).to_string()
-        );
+        assert_eq!(server.command(&["ZSCORE", &due, d.id.as_str()]), leased);
         assert_eq!(q.depth(t).await.unwrap().parked, 0);
     }
 
@@ -1523,6 +1524,67 @@ mod redis_only {
         assert_eq!(s.subscription_state(&crm).await.unwrap().consecutive_failures, 0);
         assert_eq!(second.queue.unpark(&crm, now_ms()).await.unwrap(), 30);
         assert_eq!(first.claim(now_ms(), LEASE, 100).await.unwrap().claims.len(), 30);
+    }
+
+    /// Leases and due times follow Redis's clock, not the processes': one
+    /// whose clock runs two minutes ahead takes nothing another still
+    /// holds, one two minutes behind still claims what is due, and a retry
+    /// a skewed process schedules one second out falls due one second out.
+    async fn leases_follow_the_redis_clock(fx: Fixture) {
+        const SKEW: Millis = 120_000;
+        let q = fx.q();
+        let ahead = RedisQueue::connect(&fx.config).await.unwrap().with_clock_skew(SKEW);
+        let behind = RedisQueue::connect(&fx.config).await.unwrap().with_clock_skew(-SKEW);
+        let ids: Vec<String> = (0..2).map(|n| format!("evt_skew_{n}")).collect();
+        enqueue_singles(&*q, &ids, fx.shards()).await;
+
+        let held = behind.claim(now_ms() - SKEW, LEASE, 1).await.unwrap();
+        assert_eq!(held.claims.len(), 1, "a clock behind still sees what is due");
+        let held = held.claims.into_iter().next().unwrap();
+
+        let taken = ahead.claim(now_ms() + SKEW, LEASE, 10).await.unwrap().claims;
+        assert_eq!(
+            ids_of(&taken).len(),
+            1,
+            "a clock ahead takes only the free delivery, not the one leased for {LEASE:?}"
+        );
+        assert_ne!(taken[0].delivery.id, held.delivery.id);
+        let next = q.claim(now_ms(), LEASE, 10).await.unwrap();
+        assert!(next.claims.is_empty());
+
+        // The retry the fast clock asks for in 1 s falls due in 1 s.
+        let mut retried = taken[0].delivery.clone();
+        retried.attempts = 1;
+        ahead
+            .settle(&[Settlement::Retry {
+                delivery: retried,
+                lease: taken[0].lease,
+                due: now_ms() + SKEW + 1_000,
+            }])
+            .await
+            .unwrap();
+        let again = q.claim(now_ms() + 2_000, LEASE, 10).await.unwrap().claims;
+        assert_eq!(ids_of(&again), vec![taken[0].delivery.id.clone()]);
+
+        // The slow clock's settlement still holds its lease.
+        behind
+            .settle(&[Settlement::Ack {
+                id: held.delivery.id.clone(),
+                lease: held.lease,
+            }])
+            .await
+            .unwrap();
+        assert!(q.get(&held.delivery.id).await.unwrap().is_none(), "acked");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn leases_follow_the_redis_clock_not_the_process() {
+        leases_follow_the_redis_clock(Fixture::open(Home::redis("clock_skew")).await).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn leases_follow_the_redis_clock_on_a_cluster() {
+        leases_follow_the_redis_clock(Fixture::open(Home::redis_cluster("clock_skew_cluster")).await).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

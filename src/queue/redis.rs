@@ -18,6 +18,24 @@
 //! know it); it carries the shard's hash tag, so it is in the slot of the
 //! declared keys, which a cluster allows.
 //!
+//! ## Whose clock
+//!
+//! Leases and due times follow Redis's clock (`TIME`, read inside each
+//! script), never a process's: a process whose clock runs ahead would
+//! otherwise take deliveries still leased to another, and one behind would
+//! see nothing due. A caller still passes times in its own clock (`now`,
+//! a retry's due time, a cutoff) together with its clock's reading
+//! ([`RedisQueue::wall`]); the script moves each by the difference between
+//! the two clocks (`shift`), so a time meant as "now plus a second" stays
+//! that on Redis, and tests may still pass a later `now` to let leases run
+//! out. Clocks within [`CLOCK_TOLERANCE_MS`] of Redis's are taken as
+//! agreeing (no shift), so a well-synchronised process's times are kept
+//! to the ms whatever a call's transit time; leases are at least a second,
+//! and only a larger skew could take one early. What the store keeps is in Redis's time: [`Lease`] tokens, the
+//! times in a [`Standing`], and death times. On a cluster each shard uses
+//! the clock of the node holding it, so leases within a shard always
+//! compare against one clock.
+//!
 //! Subscription state lives outside the shards, under the fixed hash tag
 //! `{s}` ([`STATE_TAG`]): every subscription's hash and their index are in
 //! one slot, so [`StateStore::record_health`] is one script run even on a
@@ -119,12 +137,37 @@ pub fn subscriptions_key(prefix: &str) -> String {
 /// busy with one for long.
 const UNPARK_BATCH: u64 = 1000;
 
+/// Clocks within this many ms of Redis's are taken as agreeing with it
+/// (see [`CLOCK_LUA`]).
+pub const CLOCK_TOLERANCE_MS: Millis = 250;
+
+/// What every script that reads time starts with. `shift(wall)` is how far
+/// Redis's clock (`TIME`) is ahead of the caller's, whose reading is
+/// `wall`: zero when they are within [`CLOCK_TOLERANCE_MS`], so that the
+/// time a call takes to reach Redis does not move the times of a caller
+/// whose clock is right (a retry due in 5 s stays due at exactly that
+/// ms). `ms(x)` writes a time as a whole number (a score or field Lua
+/// would otherwise print in exponent form). Scripts that write after
+/// reading `TIME` replicate their effects (the default from Redis 7; asked
+/// for on Redis 5 and 6).
+const CLOCK_LUA: &str = r#"
+redis.replicate_commands()
+local function shift(wall)
+  local t = redis.call('TIME')
+  local d = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - tonumber(wall)
+  if math.abs(d) < 250 then return 0 end
+  return d
+end
+local function ms(x) return string.format('%.0f', x) end
+"#;
+
 /// Enqueue. KEYS: `due`, `records` per shard group, then one `seen` key per
-/// event. ARGV: window ms, now ms, then per event: group number, index of
-/// its `seen` key in KEYS, delivery count, and (id, record) pairs.
-/// Returns 1 (accepted) or 0 (duplicate) per event, in ARGV order.
+/// event. ARGV: window ms, the caller's clock ms, then per event: group
+/// number, index of its `seen` key in KEYS, delivery count, and (id,
+/// record) pairs. Deliveries are due now (in Redis's clock). Returns 1
+/// (accepted) or 0 (duplicate) per event, in ARGV order.
 const ENQUEUE_LUA: &str = r#"
-local window, now = ARGV[1], ARGV[2]
+local window, now = ARGV[1], ms(tonumber(ARGV[2]) + shift(ARGV[2]))
 local out = {}
 local i = 3
 while i <= #ARGV do
@@ -145,13 +188,15 @@ end
 return out
 "#;
 
-/// Claim. KEYS: `due`, `records` per shard. ARGV: now ms, lease end ms,
-/// max. Takes the `max` oldest due deliveries over all shards given (ties
-/// by id, compared bytewise whatever the server's locale), re-scores them
-/// to the lease end and returns `{next_due, id, record, old score, ...}`
-/// oldest first; `next_due` is the lowest score left when nothing was
-/// claimed (nil otherwise or if empty). Ids whose record is missing are
-/// dropped from `due`.
+/// Claim. KEYS: `due`, `records` per shard. ARGV: the caller's now ms, the
+/// caller's clock ms, lease ms, max. Takes the `max` oldest due deliveries
+/// at now (moved to Redis's clock) over all shards given (ties by id,
+/// compared bytewise whatever the server's locale), re-scores them to the
+/// lease end (that now plus the lease) and returns `{next_due, lease end,
+/// id, record, old score, ...}` oldest first; `next_due` is the lowest
+/// score left, in the caller's clock, when nothing was claimed (nil
+/// otherwise or if empty). Ids whose record is missing are dropped from
+/// `due`.
 const CLAIM_LUA: &str = r#"
 local function before(a, b)
   for k = 1, math.min(#a, #b) do
@@ -160,7 +205,9 @@ local function before(a, b)
   end
   return #a < #b
 end
-local now, lease_end, max = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local shift = shift(ARGV[2])
+local now = ms(tonumber(ARGV[1]) + shift)
+local lease_end, max = ms(tonumber(now) + tonumber(ARGV[3])), tonumber(ARGV[4])
 local shards = #KEYS / 2
 local found, pos, picked = {}, {}, {}
 for s = 1, shards do
@@ -208,7 +255,7 @@ for s = 1, shards do
     end
   end
 end
-local out = {false}
+local out = {false, lease_end}
 for _, o in ipairs(order) do
   local r = records[o[1]]
   if r then
@@ -217,28 +264,43 @@ for _, o in ipairs(order) do
     out[#out + 1] = o[2]
   end
 end
-if #out == 1 then
+if #out == 2 then
   for s = 1, shards do
     local head = redis.call('ZRANGE', KEYS[2 * s - 1], 0, 0, 'WITHSCORES')
     if head[2] then
-      local score = tonumber(head[2])
+      local score = tonumber(head[2]) - shift
       if out[1] == false or score < out[1] then out[1] = score end
     end
   end
+  if out[1] then out[1] = ms(out[1]) end
 end
 return out
 "#;
 
+/// Peek, on a cluster before claiming. KEYS: one shard's `due`. ARGV: the
+/// caller's now ms and clock ms, max. Returns `{{id, score, ...}, head}`:
+/// up to `max` due deliveries with their scores (in Redis's clock), oldest
+/// first, and the lowest score in the caller's clock (nil if empty).
+const PEEK_LUA: &str = r#"
+local shift = shift(ARGV[2])
+local found = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ms(tonumber(ARGV[1]) + shift), 'WITHSCORES', 'LIMIT', 0, ARGV[3])
+local head = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+if head[2] then return {found, ms(tonumber(head[2]) - shift)} end
+return {found, false}
+"#;
+
 /// Settle. KEYS: `due`, `records`, `dead`, `parked_at` per shard group.
-/// ARGV: now ms, then six fields per settlement: kind, group number, id,
-/// lease token, new due ms (for park: the shard's [`parked_key_base`]),
-/// new record (unused fields empty). A settlement applies only while the
+/// ARGV: the caller's clock ms, then six fields per settlement: kind, group
+/// number, id, lease token, new due ms in the caller's clock (for park: the
+/// shard's [`parked_key_base`]), new record (unused fields empty). Deaths
+/// and parks are stamped with now in Redis's clock. A settlement applies only while the
 /// delivery's score still equals its lease token. A park reads the record
 /// for the subscription and `created_at`; one whose record is missing or
 /// undecodable is not applied (left leased, it falls due again). Returns
 /// how many applied.
 const SETTLE_LUA: &str = r#"
-local now = ARGV[1]
+local shift = shift(ARGV[1])
+local now = ms(tonumber(ARGV[1]) + shift)
 local applied = 0
 for i = 2, #ARGV, 6 do
   local kind, g, id, lease = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2], tonumber(ARGV[i + 3])
@@ -251,10 +313,10 @@ for i = 2, #ARGV, 6 do
       applied = applied + 1
     elseif kind == 'retry' then
       redis.call('HSET', rec, id, ARGV[i + 5])
-      redis.call('ZADD', due, ARGV[i + 4], id)
+      redis.call('ZADD', due, ms(tonumber(ARGV[i + 4]) + shift), id)
       applied = applied + 1
     elseif kind == 'defer' then
-      redis.call('ZADD', due, ARGV[i + 4], id)
+      redis.call('ZADD', due, ms(tonumber(ARGV[i + 4]) + shift), id)
       applied = applied + 1
     elseif kind == 'dead' then
       redis.call('ZREM', due, id)
@@ -277,12 +339,13 @@ return applied
 "#;
 
 /// Unpark. KEYS: `parked:<subscription>`, `due`, `parked_at` per shard.
-/// ARGV: now ms, most to move. Moves the lowest-scored parked deliveries,
+/// ARGV: the caller's now ms, the caller's clock ms, most to move. Moves the lowest-scored parked deliveries,
 /// shard after shard, back to `due` scored by their `created_at` (at most
 /// now), until that many moved. Returns how many moved: fewer than asked
 /// means every shard given is empty.
 const UNPARK_LUA: &str = r#"
-local now, budget = tonumber(ARGV[1]), tonumber(ARGV[2])
+local now = tonumber(ARGV[1]) + shift(ARGV[2])
+local budget = tonumber(ARGV[3])
 local moved = 0
 for s = 1, #KEYS / 3 do
   if budget <= 0 then break end
@@ -292,7 +355,7 @@ for s = 1, #KEYS / 3 do
     local zargs, ids = {}, {}
     for j = 1, #items, 2 do
       if tonumber(items[j + 1]) > now then
-        zargs[#zargs + 1] = ARGV[1]
+        zargs[#zargs + 1] = ms(now)
       else
         zargs[#zargs + 1] = items[j + 1]
       end
@@ -309,18 +372,20 @@ end
 return moved
 "#;
 
-/// Expire dead. KEYS: `dead`, `records` per shard. ARGV: cutoff ms, most
-/// to remove. Removes the deliveries that died at or before the cutoff,
+/// Expire dead. KEYS: `dead`, `records` per shard. ARGV: cutoff ms, the
+/// caller's clock ms (the cutoff is moved to Redis's clock), most to
+/// remove. Removes the deliveries that died at or before the cutoff,
 /// oldest first, shard after shard, until that many went. Returns
 /// {removed, id, record, id, record, …} (a removed id without a record
 /// counts, but is not listed).
 const EXPIRE_DEAD_LUA: &str = r#"
-local budget = tonumber(ARGV[2])
+local cutoff = ms(tonumber(ARGV[1]) + shift(ARGV[2]))
+local budget = tonumber(ARGV[3])
 local out = {0}
 for s = 1, #KEYS / 2 do
   if budget <= 0 then break end
   local dead, rec = KEYS[2 * s - 1], KEYS[2 * s]
-  local ids = redis.call('ZRANGEBYSCORE', dead, '-inf', ARGV[1], 'LIMIT', 0, budget)
+  local ids = redis.call('ZRANGEBYSCORE', dead, '-inf', cutoff, 'LIMIT', 0, budget)
   if #ids > 0 then
     for _, id in ipairs(ids) do
       local record = redis.call('HGET', rec, id)
@@ -400,32 +465,37 @@ return out
 "#;
 
 /// Replay. KEYS: `dead`, `due`, `records` of one shard. ARGV: id, the dead
-/// score the caller read, the reset record, now ms. Moves the delivery back
-/// to `due` if it is still dead since that time. Returns 1 if moved.
+/// score the caller read, the reset record, the caller's now ms, the
+/// caller's clock ms. Moves the delivery back to `due` (due at now, moved
+/// to Redis's clock) if it is still dead since that time. Returns 1 if
+/// moved.
 const REPLAY_LUA: &str = r#"
 local at = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if not at or tonumber(at) ~= tonumber(ARGV[2]) then return 0 end
 redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('HSET', KEYS[3], ARGV[1], ARGV[3])
-redis.call('ZADD', KEYS[2], ARGV[4], ARGV[1])
+redis.call('ZADD', KEYS[2], ms(tonumber(ARGV[4]) + shift(ARGV[5])), ARGV[1])
 return 1
 "#;
 
 /// Reschedule. KEYS: `due` of one shard. ARGV: id, the due time the caller
-/// expects it to have (its lease token), the new due time. Returns 1 if it
-/// still had that due time and moved.
+/// expects it to have (its lease token, in Redis's clock), the new due time
+/// and the caller's clock ms. Returns 1 if it still had that due time and
+/// moved.
 const RESCHEDULE_LUA: &str = r#"
 local due = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if not due or tonumber(due) ~= tonumber(ARGV[2]) then return 0 end
-redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+redis.call('ZADD', KEYS[1], ms(tonumber(ARGV[3]) + shift(ARGV[4])), ARGV[1])
 return 1
 "#;
 
 /// Take tokens. KEYS: the subscription's [`rate_key`]. ARGV: emission
-/// interval ms, tolerance ms (`(burst - 1) * interval`), tokens wanted, now
-/// ms. Mirrors [`super::rate::take`]. Returns {granted, next token at or -1}.
+/// interval ms, tolerance ms (`(burst - 1) * interval`), tokens wanted, the
+/// caller's now ms and clock ms. Mirrors [`super::rate::take`] in Redis's
+/// clock. Returns {granted, next token at (in the caller's clock) or -1}.
 const TAKE_TOKENS_LUA: &str = r#"
-local interval, tolerance, want, now = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local shift = shift(ARGV[5])
+local interval, tolerance, want, now = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]) + shift
 local tat = tonumber(redis.call('GET', KEYS[1]) or '') or now
 if tat < now then tat = now end
 local granted = 0
@@ -435,18 +505,19 @@ while granted < want and tat - now <= tolerance do
 end
 redis.call('SET', KEYS[1], string.format('%.3f', tat), 'PX', math.ceil(tat - now) + 1000)
 local next_at = -1
-if granted < want then next_at = math.ceil(tat - tolerance) end
+if granted < want then next_at = math.ceil(tat - tolerance - shift) end
 return {granted, next_at}
 "#;
 
-static ENQUEUE: LazyLock<Script> = LazyLock::new(|| Script::new(ENQUEUE_LUA));
-static CLAIM: LazyLock<Script> = LazyLock::new(|| Script::new(CLAIM_LUA));
-static SETTLE: LazyLock<Script> = LazyLock::new(|| Script::new(SETTLE_LUA));
-static REPLAY: LazyLock<Script> = LazyLock::new(|| Script::new(REPLAY_LUA));
-static RESCHEDULE: LazyLock<Script> = LazyLock::new(|| Script::new(RESCHEDULE_LUA));
-static TAKE_TOKENS: LazyLock<Script> = LazyLock::new(|| Script::new(TAKE_TOKENS_LUA));
-static UNPARK: LazyLock<Script> = LazyLock::new(|| Script::new(UNPARK_LUA));
-static EXPIRE_DEAD: LazyLock<Script> = LazyLock::new(|| Script::new(EXPIRE_DEAD_LUA));
+static ENQUEUE: LazyLock<Script> = LazyLock::new(|| Script::new(&format!("{CLOCK_LUA}{ENQUEUE_LUA}")));
+static CLAIM: LazyLock<Script> = LazyLock::new(|| Script::new(&format!("{CLOCK_LUA}{CLAIM_LUA}")));
+static PEEK: LazyLock<Script> = LazyLock::new(|| Script::new(&format!("{CLOCK_LUA}{PEEK_LUA}")));
+static SETTLE: LazyLock<Script> = LazyLock::new(|| Script::new(&format!("{CLOCK_LUA}{SETTLE_LUA}")));
+static REPLAY: LazyLock<Script> = LazyLock::new(|| Script::new(&format!("{CLOCK_LUA}{REPLAY_LUA}")));
+static RESCHEDULE: LazyLock<Script> = LazyLock::new(|| Script::new(&format!("{CLOCK_LUA}{RESCHEDULE_LUA}")));
+static TAKE_TOKENS: LazyLock<Script> = LazyLock::new(|| Script::new(&format!("{CLOCK_LUA}{TAKE_TOKENS_LUA}")));
+static UNPARK: LazyLock<Script> = LazyLock::new(|| Script::new(&format!("{CLOCK_LUA}{UNPARK_LUA}")));
+static EXPIRE_DEAD: LazyLock<Script> = LazyLock::new(|| Script::new(&format!("{CLOCK_LUA}{EXPIRE_DEAD_LUA}")));
 static SET_ENABLED: LazyLock<Script> = LazyLock::new(|| Script::new(SET_ENABLED_LUA));
 static RECORD_HEALTH: LazyLock<Script> = LazyLock::new(|| Script::new(RECORD_HEALTH_LUA));
 
@@ -458,6 +529,9 @@ pub struct RedisQueue {
     prefix: String,
     /// Number of shards (`queue.shards`).
     shards: u16,
+    /// How far this process's clock is taken to be off (ms): zero, except
+    /// in tests of clock skew ([`RedisQueue::with_clock_skew`]).
+    skew: Millis,
 }
 
 impl From<Failed> for Error {
@@ -484,17 +558,32 @@ impl RedisQueue {
             redis: Redis::connect(url, config).await?,
             prefix: config.key_prefix.clone(),
             shards: config.shards.max(1),
+            skew: 0,
         })
     }
 
-    fn claim_call(&self, shards: &[u16], now: Millis, lease_end: Millis, max: usize) -> Call {
+    /// This queue, reading this process's clock as `skew` ms off (ahead if
+    /// positive), as a process whose clock is wrong would: for tests that
+    /// show leases and due times follow Redis's clock.
+    pub fn with_clock_skew(mut self, skew: Millis) -> RedisQueue {
+        self.skew = skew;
+        self
+    }
+
+    /// This process's clock as the scripts are told it.
+    fn wall(&self) -> Millis {
+        super::now_ms() + self.skew
+    }
+
+    fn claim_call(&self, shards: &[u16], now: Millis, lease: Millis, max: usize) -> Call {
         let mut call = Call::default();
         for &s in shards {
             call.keys.push(due_key(&self.prefix, s));
             call.keys.push(records_key(&self.prefix, s));
         }
         call.arg(now);
-        call.arg(lease_end);
+        call.arg(self.wall());
+        call.arg(lease);
         call.arg(max);
         call
     }
@@ -505,37 +594,35 @@ impl RedisQueue {
         &self,
         order: &[u16],
         now: Millis,
-        lease_end: Millis,
+        lease: Millis,
         max: usize,
-    ) -> Result<(Vec<(String, Vec<u8>, f64)>, Option<Millis>), Error> {
-        let batches = order
+    ) -> Result<(Vec<Claim>, Option<Millis>), Error> {
+        let peeks = order
             .iter()
             .map(|&s| {
-                let due = due_key(&self.prefix, s);
-                let mut range = ::redis::cmd("ZRANGEBYSCORE");
-                range
-                    .arg(&due)
-                    .arg("-inf")
-                    .arg(now)
-                    .arg("WITHSCORES")
-                    .arg("LIMIT")
-                    .arg(0)
-                    .arg(max);
-                let mut head = ::redis::cmd("ZRANGE");
-                head.arg(&due).arg(0).arg(0).arg("WITHSCORES");
-                vec![range, head]
+                let mut call = Call {
+                    keys: vec![due_key(&self.prefix, s)],
+                    args: Vec::new(),
+                };
+                call.arg(now);
+                call.arg(self.wall());
+                call.arg(max);
+                call
             })
             .collect();
-        let peeked = self.redis.per_shard("claim", batches).await?;
+        let peeked = self.redis.eval("claim", &PEEK, peeks).await?;
         let mut candidates = Vec::new();
         let mut next_due: Option<Millis> = None;
-        for (position, replies) in peeked.into_iter().enumerate() {
-            let mut replies = replies.into_iter();
-            for (id, score) in pairs(replies.next().unwrap_or(Value::Nil))? {
+        for (position, reply) in peeked.into_iter().enumerate() {
+            let Value::Array(reply) = reply else {
+                return Err(unexpected("the peek script's pair", &reply));
+            };
+            let mut reply = reply.into_iter();
+            for (id, score) in pairs(reply.next().unwrap_or(Value::Nil))? {
                 candidates.push((score, id, position));
             }
-            if let Some((_, score)) = pairs(replies.next().unwrap_or(Value::Nil))?.into_iter().next() {
-                next_due = Some(next_due.map_or(score as Millis, |n| n.min(score as Millis)));
+            if let Some(head) = optional_score(reply.next().unwrap_or(Value::Nil))? {
+                next_due = Some(next_due.map_or(head, |n| n.min(head)));
             }
         }
         if candidates.is_empty() {
@@ -550,7 +637,7 @@ impl RedisQueue {
             .iter()
             .enumerate()
             .filter(|(_, &n)| n > 0)
-            .map(|(position, &n)| self.claim_call(&order[position..=position], now, lease_end, n))
+            .map(|(position, &n)| self.claim_call(&order[position..=position], now, lease, n))
             .collect();
         let replies = self.redis.eval("claim", &CLAIM, calls).await?;
         let mut claimed = Vec::new();
@@ -562,7 +649,8 @@ impl RedisQueue {
                 next_due = Some(next_due.map_or(n, |m: Millis| m.min(n)));
             }
         }
-        claimed.sort_by(|a, b| a.2.total_cmp(&b.2).then_with(|| a.0.cmp(&b.0)));
+        claimed.sort_by(|a, b| a.1.total_cmp(&b.1).then_with(|| a.0.delivery.id.cmp(&b.0.delivery.id)));
+        let claimed: Vec<Claim> = claimed.into_iter().map(|(claim, _)| claim).collect();
         let next_due = if claimed.is_empty() { next_due } else { None };
         Ok((claimed, next_due))
     }
@@ -749,36 +837,27 @@ fn state_of(name: &str, value: Value) -> Result<SubscriptionState, Error> {
     Ok(state)
 }
 
-/// Decodes the claim script's reply: (id, record, old score) items and the
-/// next due time.
-#[allow(clippy::type_complexity)]
-fn claim_reply(value: Value) -> Result<(Vec<(String, Vec<u8>, f64)>, Option<Millis>), Error> {
+/// Decodes the claim script's reply: the claims, each with the due time it
+/// had (oldest first), and the next due time. A corrupt record is logged
+/// and left leased (it falls due again when the lease runs out) so the
+/// rest can proceed.
+fn claim_reply(value: Value) -> Result<(Vec<(Claim, f64)>, Option<Millis>), Error> {
     let Value::Array(items) = value else {
         return Err(unexpected("the claim script's list", &value));
     };
     let mut items = items.into_iter();
     let next_due = optional_score(items.next().unwrap_or(Value::Nil))?;
+    let lease = Lease(optional_score(items.next().unwrap_or(Value::Nil))?.unwrap_or_default());
     let mut out = Vec::with_capacity(items.len() / 3);
     while let (Some(id), Some(record), Some(score)) = (items.next(), items.next(), items.next()) {
+        let (id, score) = (text(id)?, score_of(&score)?);
         let record = bytes_of(record)?.unwrap_or_default();
-        out.push((text(id)?, record, score_of(&score)?));
+        match Delivery::decode(&id, &record) {
+            Ok(delivery) => out.push((Claim { delivery, lease }, score)),
+            Err(e) => tracing::error!(delivery = %id, error = %e, "skipping a corrupt delivery record"),
+        }
     }
     Ok((out, next_due))
-}
-
-/// Decodes claimed records; a corrupt one is logged and left leased (it
-/// falls due again when the lease runs out) so the rest can proceed.
-fn decode_claims(items: Vec<(String, Vec<u8>, f64)>, lease: Lease) -> Vec<Claim> {
-    items
-        .into_iter()
-        .filter_map(|(id, record, _)| match Delivery::decode(&id, &record) {
-            Ok(delivery) => Some(Claim { delivery, lease }),
-            Err(e) => {
-                tracing::error!(delivery = %id, error = %e, "skipping a corrupt delivery record");
-                None
-            }
-        })
-        .collect()
 }
 
 #[async_trait::async_trait]
@@ -789,7 +868,6 @@ impl Queue for RedisQueue {
         shards.sort_unstable();
         shards.dedup();
         let window = millis(window).max(1);
-        let now = super::now_ms();
         let groups = self.redis.groups(shards);
         let calls = groups
             .iter()
@@ -800,7 +878,7 @@ impl Queue for RedisQueue {
                     call.keys.push(records_key(&self.prefix, s));
                 }
                 call.arg(window);
-                call.arg(now);
+                call.arg(self.wall());
                 for (event, &shard) in events.iter().zip(&placed) {
                     let Some(g) = group.iter().position(|&s| s == shard) else {
                         continue;
@@ -841,25 +919,23 @@ impl Queue for RedisQueue {
         if max == 0 {
             return Ok(Claimed::default());
         }
-        let lease_end = now.saturating_add(millis(lease));
+        let lease = millis(lease);
         let order: Vec<u16> = (0..self.shards).collect();
-        let (items, next_due) = if self.redis.is_cluster() {
-            self.claim_cluster(&order, now, lease_end, max).await?
+        let (claims, next_due) = if self.redis.is_cluster() {
+            self.claim_cluster(&order, now, lease, max).await?
         } else {
-            let call = self.claim_call(&order, now, lease_end, max);
+            let call = self.claim_call(&order, now, lease, max);
             let reply = self
                 .redis
                 .eval("claim", &CLAIM, vec![call])
                 .await?
                 .pop()
                 .unwrap_or(Value::Nil);
-            claim_reply(reply)?
+            let (claims, next_due) = claim_reply(reply)?;
+            (claims.into_iter().map(|(claim, _)| claim).collect(), next_due)
         };
-        let next_due = if items.is_empty() { next_due } else { None };
-        Ok(Claimed {
-            claims: decode_claims(items, Lease(lease_end)),
-            next_due,
-        })
+        let next_due = if claims.is_empty() { next_due } else { None };
+        Ok(Claimed { claims, next_due })
     }
 
     async fn settle(&self, settlements: &[Settlement]) -> Result<(), Error> {
@@ -869,7 +945,7 @@ impl Queue for RedisQueue {
         let mut shards: Vec<u16> = settlements.iter().map(|s| s.id().shard()).collect();
         shards.sort_unstable();
         shards.dedup();
-        let now = super::now_ms();
+        let wall = self.wall();
         let calls = self
             .redis
             .groups(shards)
@@ -882,7 +958,7 @@ impl Queue for RedisQueue {
                     call.keys.push(dead_key(&self.prefix, s));
                     call.keys.push(parked_at_key(&self.prefix, s));
                 }
-                call.arg(now);
+                call.arg(wall);
                 for settlement in settlements {
                     let Some(g) = group.iter().position(|&s| s == settlement.id().shard()) else {
                         continue;
@@ -1031,6 +1107,7 @@ impl Queue for RedisQueue {
         call.arg(id);
         call.arg(expected.0);
         call.arg(due);
+        call.arg(self.wall());
         let reply = self.redis.eval("reschedule", &RESCHEDULE, vec![call]).await?;
         Ok(reply.first().map(int_of).transpose()? == Some(1))
     }
@@ -1068,6 +1145,7 @@ impl Queue for RedisQueue {
         call.arg(dead_at);
         call.args.push(delivery.encode());
         call.arg(now);
+        call.arg(self.wall());
         let reply = self.redis.eval("replay", &REPLAY, vec![call]).await?;
         Ok(reply.first().map(int_of).transpose()? == Some(1))
     }
@@ -1089,6 +1167,7 @@ impl Queue for RedisQueue {
                 call.keys.push(records_key(&self.prefix, s));
             }
             call.arg(before);
+            call.arg(self.wall());
             call.arg(budget);
             let reply = self.redis.eval("expire dead", &EXPIRE_DEAD, vec![call]).await?;
             let Some(Value::Array(items)) = reply.into_iter().next() else {
@@ -1155,6 +1234,7 @@ impl Queue for RedisQueue {
                         call.keys.push(parked_at_key(&self.prefix, s));
                     }
                     call.arg(now);
+                    call.arg(self.wall());
                     call.arg(UNPARK_BATCH);
                     call
                 })
@@ -1327,6 +1407,7 @@ impl StateStore for RedisQueue {
         call.arg(interval * f64::from(limit.burst().saturating_sub(1)));
         call.arg(want);
         call.arg(now);
+        call.arg(self.wall());
         let reply = self.redis.eval("take tokens", &TAKE_TOKENS, vec![call]).await?;
         let (granted, next_at) = match reply.first() {
             Some(Value::Array(pair)) if pair.len() == 2 => (int_of(&pair[0])?, int_of(&pair[1])?),
@@ -1343,6 +1424,11 @@ impl StateStore for RedisQueue {
 mod tests {
     use super::*;
     use crate::ingest::EventId;
+
+    #[test]
+    fn the_scripts_tolerance_is_the_documented_one() {
+        assert!(CLOCK_LUA.contains(&format!("math.abs(d) < {CLOCK_TOLERANCE_MS} then")));
+    }
 
     #[test]
     fn keys_carry_the_shard_hash_tag() {
