@@ -1406,6 +1406,68 @@ mod redis_only {
         assert!(!text.contains("hunter2"), "{text}");
     }
 
+    /// Holds `server` busy in a script for `ms` (Redis runs one command at
+    /// a time, so every other client waits), from a blocking thread.
+    fn stall(server_port: u16, ms: u64) -> tokio::task::JoinHandle<()> {
+        tokio::task::spawn_blocking(move || {
+            let script = format!(
+                "local a = redis.call('TIME') local s = a[1] * 1000000 + a[2] \
+                 while true do local t = redis.call('TIME') \
+                 if t[1] * 1000000 + t[2] - s > {ms} * 1000 then return 1 end end"
+            );
+            let reply = support::redis_command(server_port, &["EVAL", &script, "0"]);
+            assert_eq!(reply, "1", "the stalling script ran");
+        })
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn answers_wait_for_the_configured_response_timeout() {
+        let mut fx = Fixture::open(Home::redis("response_timeout")).await;
+        let Home::Redis(server) = &fx.home else { unreachable!() };
+        let port = server.port();
+        // The default (5 s) rides out a 1.5 s stall that redis-rs's own
+        // default (500 ms) would have turned into a failure.
+        let q = fx.q();
+        let busy = stall(port, 1_500);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        q.depth(now_ms())
+            .await
+            .expect("a slow answer within the timeout is an answer");
+        busy.await.unwrap();
+
+        // A shorter one gives up, and says on which host.
+        fx.config.redis_response_timeout = Duration::from_millis(200);
+        let short = RedisQueue::connect(&fx.config).await.unwrap();
+        let busy = stall(port, 1_500);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let started = std::time::Instant::now();
+        let err = short
+            .depth(now_ms())
+            .await
+            .expect_err("the stall outlasts 200 ms")
+            .to_string();
+        assert!(
+            started.elapsed() < Duration::from_millis(1_300),
+            "gave up at the timeout"
+        );
+        assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
+        busy.await.unwrap();
+
+        // Connections Redis dropped leave the pool (they are not checked
+        // before each use): after a restart the same queue works again,
+        // at worst after one failure per pooled connection.
+        drop(short);
+        fx.home.restart();
+        let mut answered = false;
+        for _ in 0..=fx.config.pool_size {
+            if q.depth(now_ms()).await.is_ok() {
+                answered = true;
+                break;
+            }
+        }
+        assert!(answered, "the queue reconnects after Redis restarts");
+    }
+
     #[tokio::test]
     async fn corrupt_records_are_reported_and_skipped() {
         let fx = Fixture::open(Home::redis("corrupt")).await;

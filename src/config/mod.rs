@@ -183,6 +183,15 @@ pub struct QueueConfig {
     pub lease: Duration,
     /// Redis connections per process.
     pub pool_size: usize,
+    /// How long connecting to Redis may take.
+    #[serde(with = "humantime_serde")]
+    pub redis_connect_timeout: Duration,
+    /// How long one Redis command or script may take to answer.
+    #[serde(with = "humantime_serde")]
+    pub redis_response_timeout: Duration,
+    /// Certificate authorities (PEM) trusted for `rediss://`; absent: the
+    /// system's roots.
+    pub redis_ca_file: Option<PathBuf>,
     /// Longest dispatcher sleep when nothing is due.
     #[serde(with = "humantime_serde")]
     pub poll_interval: Duration,
@@ -760,6 +769,32 @@ impl Config {
         if q.poll_interval.is_zero() || q.poll_interval > Duration::from_secs(10) {
             return Err(invalid("queue.poll_interval", "must be between 1ms and 10s"));
         }
+        for (key, d) in [
+            ("queue.redis_connect_timeout", q.redis_connect_timeout),
+            ("queue.redis_response_timeout", q.redis_response_timeout),
+        ] {
+            if d < Duration::from_millis(100) || d > Duration::from_secs(300) {
+                return Err(invalid(key, format!("{d:?} is out of range: use 100ms to 5m")));
+            }
+        }
+        if let Some(ca) = &q.redis_ca_file {
+            if !ca.is_file() {
+                return Err(invalid(
+                    "queue.redis_ca_file",
+                    format!("{} is not a readable file", ca.display()),
+                ));
+            }
+            if !q
+                .redis_url
+                .as_ref()
+                .is_some_and(|u| u.expose().starts_with("rediss://"))
+            {
+                return Err(invalid(
+                    "queue.redis_ca_file",
+                    "is set, but queue.redis_url is not a rediss:// (TLS) URL",
+                ));
+            }
+        }
         if q.pool_size == 0 {
             return Err(invalid("queue.pool_size", "must be at least 1"));
         }
@@ -1242,6 +1277,19 @@ mod tests {
             ),
             ("[history]\nmax_days = 1", "max_days"),
             ("[queue]\ndead_retention = \"10m\"", "queue.dead_retention"),
+            (
+                "[queue]\nredis_response_timeout = \"10ms\"",
+                "queue.redis_response_timeout",
+            ),
+            ("[queue]\nredis_connect_timeout = \"1h\"", "queue.redis_connect_timeout"),
+            (
+                "[queue]\nredis_ca_file = \"/nonexistent/ca.pem\"",
+                "queue.redis_ca_file",
+            ),
+            (
+                "[queue]\nredis_url = \"redis://h\"\nredis_ca_file = \"Cargo.toml\"",
+                "queue.redis_ca_file",
+            ),
             ("[delivery]\nretry_after_max = \"60d\"", "delivery.retry_after_max"),
         ];
         for (text, key) in cases {

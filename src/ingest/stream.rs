@@ -23,6 +23,7 @@ use tracing::{error, info, warn};
 
 use super::{from_parts, Error, Event, Ingestor};
 use crate::config::Config;
+use crate::queue::redis::link::Clients;
 
 /// Entries read per `XREADGROUP`.
 const READ_COUNT: usize = 256;
@@ -59,16 +60,14 @@ pub struct StreamConsumer {
     max_depth: usize,
     /// Pending entries idle this long belong to a consumer presumed dead.
     claim_idle: Duration,
-    /// Redis URL.
-    url: String,
-    /// Whether `url` is a cluster seed.
-    cluster: bool,
+    /// How to reach Redis (`[queue]`'s URL, timeouts and TLS roots).
+    clients: Clients,
 }
 
 impl StreamConsumer {
     /// A consumer for `config`'s stream; `None` without a Redis URL.
     pub fn new(config: &Config, ingestor: Arc<Ingestor>) -> Option<StreamConsumer> {
-        let url = config.queue.redis_url.as_ref()?.expose().to_owned();
+        let clients = Clients::new(config.queue.redis_url.as_ref()?.expose(), &config.queue);
         let prefix = &config.queue.key_prefix;
         Some(StreamConsumer {
             ingestor,
@@ -79,8 +78,7 @@ impl StreamConsumer {
             max_body_bytes: config.ingest.max_body_bytes,
             max_depth: config.ingest.max_depth,
             claim_idle: config.queue.lease,
-            url,
-            cluster: config.queue.cluster,
+            clients,
         })
     }
 
@@ -88,14 +86,14 @@ impl StreamConsumer {
     pub async fn run(self, shutdown: CancellationToken) {
         let mut wait = Duration::from_millis(200);
         while !shutdown.is_cancelled() {
-            let result = if self.cluster {
+            let result = if self.clients.is_cluster() {
                 match self.connect_cluster().await {
-                    Ok(mut conn) => self.consume(&mut conn, &shutdown).await,
+                    Ok(mut conn) => self.consume(&mut conn, &shutdown).await.map_err(|e| e.to_string()),
                     Err(e) => Err(e),
                 }
             } else {
                 match self.connect().await {
-                    Ok(mut conn) => self.consume(&mut conn, &shutdown).await,
+                    Ok(mut conn) => self.consume(&mut conn, &shutdown).await.map_err(|e| e.to_string()),
                     Err(e) => Err(e),
                 }
             };
@@ -114,22 +112,19 @@ impl StreamConsumer {
         info!(stream = %self.key, "event stream consumer stopped");
     }
 
-    async fn connect(&self) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
-        let config = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(5)))
-            .set_response_timeout(Some(BLOCK + Duration::from_secs(5)));
-        redis::Client::open(self.url.as_str())?
-            .get_multiplexed_async_connection_with_config(&config)
+    /// A connection of its own (it blocks in `XREADGROUP`), whose answers
+    /// may take [`BLOCK`] beyond `queue.redis_response_timeout`.
+    async fn connect(&self) -> Result<redis::aio::MultiplexedConnection, String> {
+        let client = self.clients.node().map_err(|e| e.to_string())?;
+        client
+            .get_multiplexed_async_connection_with_config(&self.clients.node_config(BLOCK))
             .await
+            .map_err(|e| e.to_string())
     }
 
-    async fn connect_cluster(&self) -> redis::RedisResult<redis::cluster_async::ClusterConnection> {
-        redis::cluster::ClusterClientBuilder::new(vec![self.url.as_str()])
-            .connection_timeout(Duration::from_secs(5))
-            .response_timeout(BLOCK + Duration::from_secs(5))
-            .build()?
-            .get_async_connection()
-            .await
+    async fn connect_cluster(&self) -> Result<redis::cluster_async::ClusterConnection, String> {
+        let client = self.clients.cluster(BLOCK).map_err(|e| e.to_string())?;
+        client.get_async_connection().await.map_err(|e| e.to_string())
     }
 
     async fn consume<C: ConnectionLike + Send>(

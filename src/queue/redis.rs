@@ -837,11 +837,15 @@ fn state_of(name: &str, value: Value) -> Result<SubscriptionState, Error> {
     Ok(state)
 }
 
+/// What one claim script run handed out: each claim with the due time it
+/// had, and the next due time.
+type ClaimReply = (Vec<(Claim, f64)>, Option<Millis>);
+
 /// Decodes the claim script's reply: the claims, each with the due time it
 /// had (oldest first), and the next due time. A corrupt record is logged
 /// and left leased (it falls due again when the lease runs out) so the
 /// rest can proceed.
-fn claim_reply(value: Value) -> Result<(Vec<(Claim, f64)>, Option<Millis>), Error> {
+fn claim_reply(value: Value) -> Result<ClaimReply, Error> {
     let Value::Array(items) = value else {
         return Err(unexpected("the claim script's list", &value));
     };

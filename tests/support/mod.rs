@@ -99,16 +99,7 @@ impl RedisServer {
     /// Sends one command and returns the reply rendered as text (errors
     /// start with `-`, nil is `(nil)`, arrays are one item per line).
     pub fn command(&self, args: &[&str]) -> String {
-        let stream = TcpStream::connect(("127.0.0.1", self.port)).expect("cannot connect to the test redis-server");
-        stream.set_read_timeout(Some(SERVER_TIMEOUT)).ok();
-        let mut request = format!("*{}\r\n", args.len());
-        for arg in args {
-            request.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
-        }
-        (&stream)
-            .write_all(request.as_bytes())
-            .expect("cannot write to the test redis-server");
-        read_reply(&mut BufReader::new(stream)).expect("no reply from the test redis-server")
+        redis_command(self.port, args)
     }
 
     fn spawn(&mut self) -> Result<(), String> {
@@ -232,6 +223,21 @@ impl Drop for RedisServer {
 }
 
 /// Reads one RESP2 reply and renders it as text.
+/// Runs one command on the redis-server at `port` on loopback, as
+/// [`RedisServer::command`] does.
+pub fn redis_command(port: u16, args: &[&str]) -> String {
+    let stream = TcpStream::connect(("127.0.0.1", port)).expect("cannot connect to the test redis-server");
+    stream.set_read_timeout(Some(SERVER_TIMEOUT)).ok();
+    let mut request = format!("*{}\r\n", args.len());
+    for arg in args {
+        request.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
+    }
+    (&stream)
+        .write_all(request.as_bytes())
+        .expect("cannot write to the test redis-server");
+    read_reply(&mut BufReader::new(stream)).expect("no reply from the test redis-server")
+}
+
 fn read_reply(reader: &mut impl BufRead) -> std::io::Result<String> {
     let mut line = String::new();
     reader.read_line(&mut line)?;

@@ -1,6 +1,12 @@
-//! The connection layer both Redis stores use, the queue and the delivery
-//! history: a pool to one Redis or to a Redis Cluster, Lua script runs over
-//! [`Call`]s, and command batches per shard.
+//! The connection layer every Redis store uses (the queue, the delivery
+//! history, the catalogue) and the stream consumer's connections: a pool
+//! to one Redis or to a Redis Cluster, Lua script runs over [`Call`]s, and
+//! command batches per shard.
+//!
+//! Every connection is made by [`Clients`] from `[queue]`: connect and
+//! response timeouts (`queue.redis_connect_timeout`,
+//! `queue.redis_response_timeout`) and, for a `rediss://` URL, TLS with
+//! rustls, trusting `queue.redis_ca_file` or else the system's roots.
 //!
 //! Failures come back as [`Failed`], a message naming the host; each store
 //! turns it into its own error type.
@@ -8,15 +14,146 @@
 use std::time::Duration;
 
 use ::redis::aio::{ConnectionLike, MultiplexedConnection};
+use ::redis::cluster::{ClusterClient, ClusterClientBuilder};
 use ::redis::cluster_async::ClusterConnection;
-use ::redis::{Cmd, Pipeline, RedisError, RedisFuture, Script, Value};
-use deadpool_redis::{PoolConfig, Runtime, Timeouts};
+use ::redis::{AsyncConnectionConfig, Client, Cmd, Pipeline, RedisError, RedisFuture, Script, Value};
+use deadpool::managed::{self, Metrics, Object, PoolConfig, RecycleResult, Timeouts};
+use deadpool::Runtime;
 use futures_util::future::try_join_all;
 
 use crate::config::QueueConfig;
 
-/// How long connecting, waiting for a pooled connection and PING may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How to reach Redis: the clients of one URL with `[queue]`'s timeouts
+/// and TLS roots, for pools and for connections of their own.
+#[derive(Clone)]
+pub(crate) struct Clients {
+    /// The URL.
+    url: String,
+    /// Whether it is a cluster seed.
+    cluster: bool,
+    /// `queue.redis_connect_timeout`.
+    connect_timeout: Duration,
+    /// `queue.redis_response_timeout`.
+    response_timeout: Duration,
+    /// `queue.redis_ca_file`, read at each connect (so a renewed file is
+    /// used by the next connection).
+    ca_file: Option<std::path::PathBuf>,
+}
+
+impl Clients {
+    /// The clients of `url` (a cluster seed if `config.cluster`).
+    pub(crate) fn new(url: &str, config: &QueueConfig) -> Clients {
+        Clients {
+            url: url.to_owned(),
+            cluster: config.cluster,
+            connect_timeout: config.redis_connect_timeout,
+            response_timeout: config.redis_response_timeout,
+            ca_file: config.redis_ca_file.clone(),
+        }
+    }
+
+    /// Whether the URL is a cluster seed.
+    pub(crate) fn is_cluster(&self) -> bool {
+        self.cluster
+    }
+
+    /// How long connecting may take.
+    pub(crate) fn connect_timeout(&self) -> Duration {
+        self.connect_timeout
+    }
+
+    fn bad_url(&self, e: &dyn std::fmt::Display) -> Failed {
+        Failed(format!(
+            "cannot use the Redis URL for {}: {e}; check queue.redis_url",
+            host_of(&self.url)
+        ))
+    }
+
+    /// The TLS roots of `queue.redis_ca_file`, if set.
+    fn certificates(&self) -> Result<Option<::redis::TlsCertificates>, Failed> {
+        let Some(path) = &self.ca_file else {
+            return Ok(None);
+        };
+        let pem = std::fs::read(path)
+            .map_err(|e| Failed(format!("cannot read queue.redis_ca_file {}: {e}", path.display())))?;
+        Ok(Some(::redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(pem),
+        }))
+    }
+
+    /// A client of the single node.
+    pub(crate) fn node(&self) -> Result<Client, Failed> {
+        match self.certificates()? {
+            Some(certificates) => Client::build_with_tls(self.url.as_str(), certificates),
+            None => Client::open(self.url.as_str()),
+        }
+        .map_err(|e| self.bad_url(&e))
+    }
+
+    /// The connection settings of a single node's connections, answers
+    /// allowed `extra` beyond the response timeout (a blocking read).
+    pub(crate) fn node_config(&self, extra: Duration) -> AsyncConnectionConfig {
+        AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.connect_timeout))
+            .set_response_timeout(Some(self.response_timeout + extra))
+    }
+
+    /// A client of the cluster, answers allowed `extra` beyond the
+    /// response timeout.
+    pub(crate) fn cluster(&self, extra: Duration) -> Result<ClusterClient, Failed> {
+        let mut builder = ClusterClientBuilder::new(vec![self.url.as_str()])
+            .connection_timeout(self.connect_timeout)
+            .response_timeout(self.response_timeout + extra);
+        if let Some(certificates) = self.certificates()? {
+            builder = builder.certs(certificates);
+        }
+        builder.build().map_err(|e| self.bad_url(&e))
+    }
+}
+
+/// Makes the pool's connections to a single node. A connection is reused
+/// without a check (a PING before each use would double the round trips);
+/// one that failed at the connection level is taken out of the pool
+/// instead ([`Checkout::failed`]).
+struct NodeManager {
+    client: Client,
+    config: AsyncConnectionConfig,
+}
+
+impl managed::Manager for NodeManager {
+    type Type = MultiplexedConnection;
+    type Error = RedisError;
+
+    async fn create(&self) -> Result<MultiplexedConnection, RedisError> {
+        self.client
+            .get_multiplexed_async_connection_with_config(&self.config)
+            .await
+    }
+
+    async fn recycle(&self, _: &mut MultiplexedConnection, _: &Metrics) -> RecycleResult<RedisError> {
+        Ok(())
+    }
+}
+
+/// Makes the pool's connections to a cluster. Each follows the topology
+/// and reconnects to the nodes itself, so it is reused without a check.
+struct ClusterManager {
+    client: ClusterClient,
+}
+
+impl managed::Manager for ClusterManager {
+    type Type = ClusterConnection;
+    type Error = RedisError;
+
+    async fn create(&self) -> Result<ClusterConnection, RedisError> {
+        self.client.get_async_connection().await
+    }
+
+    async fn recycle(&self, _: &mut ClusterConnection, _: &Metrics) -> RecycleResult<RedisError> {
+        Ok(())
+    }
+}
 
 /// A Redis failure, as a message that names the host; the stores map it to
 /// their own `Error::Redis`.
@@ -32,9 +169,9 @@ impl std::fmt::Display for Failed {
 /// Connections to one Redis or to a Redis Cluster.
 enum Pool {
     /// A single node: one script run may touch every shard.
-    Single(deadpool_redis::Pool),
+    Single(managed::Pool<NodeManager>),
     /// A cluster: each shard's keys go to the node owning its slot.
-    Cluster(deadpool_redis::cluster::Pool),
+    Cluster(managed::Pool<ClusterManager>),
 }
 
 /// One connection taken from the pool, cloneable to run calls concurrently
@@ -78,9 +215,9 @@ impl ConnectionLike for Link {
 /// A pooled connection, kept checked out while its [`Link`] is in use.
 enum Checkout {
     /// From the single-node pool.
-    Single(deadpool_redis::Connection),
+    Single(Object<NodeManager>),
     /// From the cluster pool.
-    Cluster(deadpool_redis::cluster::Connection),
+    Cluster(Object<ClusterManager>),
 }
 
 impl Checkout {
@@ -88,6 +225,18 @@ impl Checkout {
         match self {
             Checkout::Single(c) => Link::Single((**c).clone()),
             Checkout::Cluster(c) => Link::Cluster((**c).clone()),
+        }
+    }
+
+    /// After `e` on this connection: a single node's connection that broke
+    /// (dropped, or an I/O error) leaves the pool, so the next checkout
+    /// makes a new one. A late answer (a timeout) breaks nothing: the
+    /// multiplexed connection matches the answer when it comes and drops it.
+    fn failed(self, e: &RedisError) {
+        if let Checkout::Single(object) = self {
+            if e.is_connection_dropped() || e.is_io_error() || e.is_unrecoverable_error() {
+                drop(Object::take(object));
+            }
         }
     }
 }
@@ -125,6 +274,8 @@ pub(crate) struct Redis {
     pool: Pool,
     /// `host:port` of the URL, without credentials, for error messages.
     host: String,
+    /// How long connecting and PING may take.
+    connect_timeout: Duration,
 }
 
 /// The `host:port` part of a Redis URL, without scheme, credentials or path.
@@ -138,28 +289,41 @@ impl Redis {
     /// Opens a pool of `config.pool_size` connections to `url` (a cluster
     /// seed if `config.cluster`) and checks that Redis answers.
     pub(crate) async fn connect(url: &str, config: &QueueConfig) -> Result<Redis, Failed> {
+        let clients = Clients::new(url, config);
         let host = host_of(url);
+        let connect_timeout = clients.connect_timeout();
         let mut pool_config = PoolConfig::new(config.pool_size);
         pool_config.timeouts = Timeouts {
-            wait: Some(CONNECT_TIMEOUT),
-            create: Some(CONNECT_TIMEOUT),
-            recycle: Some(CONNECT_TIMEOUT),
+            wait: Some(connect_timeout),
+            create: Some(connect_timeout),
+            recycle: Some(connect_timeout),
         };
-        let bad_url = |e: &dyn std::fmt::Display| {
-            Failed(format!(
-                "cannot use the Redis URL for {host}: {e}; check queue.redis_url"
-            ))
-        };
+        let built = |e: &dyn std::fmt::Display| Failed(format!("cannot make a Redis pool for {host}: {e}"));
         let pool = if config.cluster {
-            let mut c = deadpool_redis::cluster::Config::from_urls(vec![url.to_owned()]);
-            c.pool = Some(pool_config);
-            Pool::Cluster(c.create_pool(Some(Runtime::Tokio1)).map_err(|e| bad_url(&e))?)
+            let manager = ClusterManager {
+                client: clients.cluster(Duration::ZERO)?,
+            };
+            let pool = managed::Pool::builder(manager)
+                .config(pool_config)
+                .runtime(Runtime::Tokio1)
+                .build();
+            Pool::Cluster(pool.map_err(|e| built(&e))?)
         } else {
-            let mut c = deadpool_redis::Config::from_url(url);
-            c.pool = Some(pool_config);
-            Pool::Single(c.create_pool(Some(Runtime::Tokio1)).map_err(|e| bad_url(&e))?)
+            let manager = NodeManager {
+                client: clients.node()?,
+                config: clients.node_config(Duration::ZERO),
+            };
+            let pool = managed::Pool::builder(manager)
+                .config(pool_config)
+                .runtime(Runtime::Tokio1)
+                .build();
+            Pool::Single(pool.map_err(|e| built(&e))?)
         };
-        let redis = Redis { pool, host };
+        let redis = Redis {
+            pool,
+            host,
+            connect_timeout,
+        };
         redis.ping().await.map_err(|e| {
             Failed(format!(
                 "{e}; check that Redis is running at {} and that queue.redis_url (and queue.cluster = {}) is right",
@@ -169,18 +333,18 @@ impl Redis {
         Ok(redis)
     }
 
-    /// Checks that Redis answers PING within the connect timeout.
+    /// Checks that Redis answers PING within `queue.redis_connect_timeout`.
     pub(crate) async fn ping(&self) -> Result<(), Failed> {
         let checkout = self.checkout().await?;
         let mut link = checkout.link();
         let cmd = ::redis::cmd("PING");
         let ping = cmd.query_async::<String>(&mut link);
-        match tokio::time::timeout(CONNECT_TIMEOUT, ping).await {
+        match tokio::time::timeout(self.connect_timeout, ping).await {
             Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(self.failed("PING", e)),
+            Ok(Err(e)) => Err(self.failed("PING", e, checkout)),
             Err(_) => Err(Failed(format!(
-                "Redis at {} did not answer PING within {CONNECT_TIMEOUT:?}",
-                self.host
+                "Redis at {} did not answer PING within {:?} (queue.redis_connect_timeout)",
+                self.host, self.connect_timeout
             ))),
         }
     }
@@ -193,7 +357,8 @@ impl Redis {
         }
     }
 
-    fn failed(&self, what: &str, e: RedisError) -> Failed {
+    fn failed(&self, what: &str, e: RedisError, checkout: Checkout) -> Failed {
+        checkout.failed(&e);
         Failed(format!("{what} on {}: {e}", self.host))
     }
 
@@ -223,7 +388,7 @@ impl Redis {
                 invocation.invoke_async::<Value>(&mut link).await
             }
         });
-        try_join_all(runs).await.map_err(|e| self.failed(what, e))
+        try_join_all(runs).await.map_err(|e| self.failed(what, e, checkout))
     }
 
     /// Runs batches of commands, each batch touching one shard's keys, and
@@ -243,7 +408,7 @@ impl Redis {
             let mut replies = pipe
                 .query_async::<Vec<Value>>(&mut link)
                 .await
-                .map_err(|e| self.failed(what, e))?
+                .map_err(|e| self.failed(what, e, checkout))?
                 .into_iter();
             return Ok(batches
                 .iter()
@@ -263,7 +428,7 @@ impl Redis {
                 pipe.query_async::<Vec<Value>>(&mut link).await
             }
         });
-        try_join_all(runs).await.map_err(|e| self.failed(what, e))
+        try_join_all(runs).await.map_err(|e| self.failed(what, e, checkout))
     }
 
     /// Groups shards into script runs: all in one on a single node, one
