@@ -789,3 +789,108 @@ async fn a_queue_beyond_max_queue_depth_refuses_ingest_with_503(backend: Backend
     }
     hookd.stop().await;
 }
+
+/// An entry whose acknowledgement fails after its event was queued (the
+/// ambiguous outcome) stays pending and is read again once idle for the
+/// lease. Sent without an `id`, it is the same event each time
+/// (`evt_stream_<entry id>`), so it is delivered once. Redis's ACL makes
+/// hookd's XACK and XDEL fail for real until the test allows them again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_entry_read_again_after_a_lost_ack_is_delivered_once() {
+    let rx = Receiver::start().await;
+    let redis = RedisServer::start();
+    assert_eq!(
+        redis.command(&["ACL", "SETUSER", "hookd", "on", ">pw", "~*", "&*", "+@all", "-xack", "-xdel"]),
+        "OK"
+    );
+    let prefix = support::unique_prefix("lost_ack");
+    let url = format!("redis://hookd:pw@127.0.0.1:{}/0", redis.port());
+    let toml = format!(
+        "[queue]\nredis_url = {url:?}\nkey_prefix = {prefix:?}\nlease = \"1s\"\npoll_interval = \"20ms\"\n\
+         [delivery]\nallow_http = true\nallow_private_networks = true\ntimeout = \"400ms\"\n{}",
+        subscription("crm", &rx.url("crm"), r#"["coupon.*"]"#, "")
+    );
+    let hookd = support::daemon::Hookd::start(Config::from_toml(&toml).unwrap()).await;
+    let stream = format!("{prefix}:events");
+    let entry = redis.command(&["XADD", &stream, "*", "type", "coupon.redeemed", "data", r#"{"n":1}"#]);
+    let expected = hookd::ingest::stream::entry_event_id(&entry);
+
+    // Delivered once; its XACK is refused, so it stays pending.
+    let first = rx.wait_for(WAIT, "the stream event", |a| !a.is_empty()).await;
+    assert_eq!(first[0].id, expected);
+    // Taken over again after the 1 s lease, more than once.
+    let group = hookd::config::Config::from_toml("").unwrap().ingest.stream_group;
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let pending = redis.command(&["XPENDING", &stream, &group, "-", "+", "10"]);
+        let deliveries: u64 = pending.lines().nth(3).and_then(|n| n.trim().parse().ok()).unwrap_or(0);
+        if deliveries >= 3 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the entry was not read again: {pending}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Acknowledged once XACK is allowed again; still one delivery.
+    assert_eq!(redis.command(&["ACL", "SETUSER", "hookd", "+xack", "+xdel"]), "OK");
+    let deadline = std::time::Instant::now() + WAIT;
+    while redis.command(&["XLEN", &stream]) != "0" {
+        assert!(std::time::Instant::now() < deadline, "the entry was never acknowledged");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ids: Vec<String> = rx.arrivals().iter().map(|a| a.id.clone()).collect();
+    assert_eq!(ids, vec![expected], "one delivery of one event");
+    hookd.stop().await;
+}
+
+/// Redis answers an enqueue later than `queue.redis_response_timeout`, but
+/// applies it: the producer gets a 503 that names the event and says to
+/// retry with the same id, and the retry is a duplicate, so the event is
+/// delivered once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_enqueue_answered_late_is_safe_to_retry_with_the_same_id() {
+    let rx = Receiver::start().await;
+    let redis = RedisServer::start();
+    let toml = format!(
+        "[server]\napi_keys = [\"test-key\"]\n\
+         [queue]\nredis_url = {url:?}\nkey_prefix = {prefix:?}\nredis_response_timeout = \"300ms\"\npoll_interval = \"20ms\"\n\
+         [delivery]\nallow_http = true\nallow_private_networks = true\n{sub}",
+        url = redis.url(),
+        prefix = support::unique_prefix("late_enqueue"),
+        sub = subscription("crm", &rx.url("crm"), r#"["coupon.*"]"#, ""),
+    );
+    let hookd = support::daemon::Hookd::start(Config::from_toml(&toml).unwrap()).await;
+    let event = json!({"type": "coupon.redeemed", "id": "evt_late", "data": {"n": 1}}).to_string();
+    hookd
+        .api
+        .post("/v1/events", event)
+        .await
+        .expect("Redis answers in time");
+    let busy = support::stall_redis(redis.port(), 1_500);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let again = json!({"type": "coupon.redeemed", "id": "evt_late_2", "data": {"n": 2}}).to_string();
+    let err = hookd
+        .api
+        .post("/v1/events", again.clone())
+        .await
+        .expect_err("a late answer")
+        .to_string();
+    assert!(err.contains("503"), "{err}");
+    assert!(
+        err.contains("evt_late_2") && err.contains("Retry with the same `id`"),
+        "{err}"
+    );
+    busy.await.unwrap();
+
+    let retried = hookd.api.post("/v1/events", again).await.expect("Redis is back");
+    assert_eq!(retried["duplicate"], true, "the late enqueue was applied: {retried}");
+    rx.wait_for(WAIT, "both events", |a| a.len() >= 2).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut ids: Vec<String> = rx.arrivals().iter().map(|a| a.id.clone()).collect();
+    ids.sort();
+    assert_eq!(ids, ["evt_late", "evt_late_2"], "each delivered once");
+    hookd.stop().await;
+}

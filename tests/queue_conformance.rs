@@ -1406,20 +1406,6 @@ mod redis_only {
         assert!(!text.contains("hunter2"), "{text}");
     }
 
-    /// Holds `server` busy in a script for `ms` (Redis runs one command at
-    /// a time, so every other client waits), from a blocking thread.
-    fn stall(server_port: u16, ms: u64) -> tokio::task::JoinHandle<()> {
-        tokio::task::spawn_blocking(move || {
-            let script = format!(
-                "local a = redis.call('TIME') local s = a[1] * 1000000 + a[2] \
-                 while true do local t = redis.call('TIME') \
-                 if t[1] * 1000000 + t[2] - s > {ms} * 1000 then return 1 end end"
-            );
-            let reply = support::redis_command(server_port, &["EVAL", &script, "0"]);
-            assert_eq!(reply, "1", "the stalling script ran");
-        })
-    }
-
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn answers_wait_for_the_configured_response_timeout() {
         let mut fx = Fixture::open(Home::redis("response_timeout")).await;
@@ -1428,7 +1414,7 @@ mod redis_only {
         // The default (5 s) rides out a 1.5 s stall that redis-rs's own
         // default (500 ms) would have turned into a failure.
         let q = fx.q();
-        let busy = stall(port, 1_500);
+        let busy = support::stall_redis(port, 1_500);
         tokio::time::sleep(Duration::from_millis(100)).await;
         q.depth(now_ms())
             .await
@@ -1438,7 +1424,7 @@ mod redis_only {
         // A shorter one gives up, and says on which host.
         fx.config.redis_response_timeout = Duration::from_millis(200);
         let short = RedisQueue::connect(&fx.config).await.unwrap();
-        let busy = stall(port, 1_500);
+        let busy = support::stall_redis(port, 1_500);
         tokio::time::sleep(Duration::from_millis(100)).await;
         let started = std::time::Instant::now();
         let err = short

@@ -201,7 +201,9 @@ impl From<ingest::Error> for ApiError {
             ingest::Error::TooLarge { .. } | ingest::Error::BatchTooLarge { .. } => {
                 ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", e.to_string())
             }
-            ingest::Error::Queue(_) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string()),
+            ingest::Error::Queue(_) | ingest::Error::Unconfirmed { .. } => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string())
+            }
             ingest::Error::Overloaded { retry_after, .. } => ApiError {
                 retry_after: Some(retry_after.as_secs().max(1)),
                 ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "queue_full", e.to_string())

@@ -43,6 +43,21 @@ pub enum Error {
     /// The queue could not store the event; the producer should retry.
     #[error("event not accepted, retry later: {0}")]
     Queue(#[from] queue::Error),
+    /// The queue failed or answered late while storing these events, so
+    /// they may or may not be queued: resending them with the same ids is
+    /// safe (a repeat within the dedup window is a duplicate), resending
+    /// without is not.
+    #[error(
+        "the queue did not confirm event {}: it may or may not be queued. Retry with the same `id` \
+         (a repeat within ingest.dedup_window is answered as a duplicate, never delivered twice): {error}",
+        ids.join(", ")
+    )]
+    Unconfirmed {
+        /// The events' ids, as given or generated.
+        ids: Vec<String>,
+        /// What the queue said.
+        error: queue::Error,
+    },
     /// The queue holds more deliveries due or scheduled than
     /// `ingest.max_queue_depth`: the producer should retry later.
     #[error(
@@ -454,7 +469,10 @@ impl Ingestor {
         let (tx, rx) = oneshot::channel();
         let gone = || queue::Error::Invalid("the enqueue task has stopped".into());
         self.enqueue_tx.send((batch, tx)).await.map_err(|_| gone())?;
-        let results = rx.await.map_err(|_| gone())??;
+        let results = rx.await.map_err(|_| gone())?.map_err(|error| Error::Unconfirmed {
+            ids: counts.iter().map(|(id, _)| id.as_str().to_owned()).collect(),
+            error,
+        })?;
         let mut any = false;
         let accepted = counts
             .into_iter()

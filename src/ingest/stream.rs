@@ -222,7 +222,7 @@ impl StreamConsumer {
         let mut events = Vec::with_capacity(entries.len());
         let mut rejected = Vec::new();
         for entry in &entries {
-            match self.parse(&entry.map) {
+            match self.parse(&entry.id, &entry.map) {
                 Ok(event) => match self.ingestor.check(&event).await {
                     Ok(()) => events.push(event),
                     Err(reason) => rejected.push((entry, reason)),
@@ -263,7 +263,11 @@ impl StreamConsumer {
         pipe.query_async::<()>(conn).await
     }
 
-    fn parse(&self, fields: &HashMap<String, Value>) -> Result<Event, Error> {
+    /// The event of the entry `entry_id`. One without an `id` field gets
+    /// [`entry_event_id`], and one without a `timestamp` the time in its
+    /// entry id: the same entry read twice (its acknowledgement was lost,
+    /// so it was claimed again) is the same event, and dedups.
+    fn parse(&self, entry_id: &str, fields: &HashMap<String, Value>) -> Result<Event, Error> {
         let text = |name: &'static str| -> Result<Option<&str>, Error> {
             match fields.get(name) {
                 None => Ok(None),
@@ -304,15 +308,48 @@ impl StreamConsumer {
                     })?
                     .to_utc(),
             ),
-            None => None,
+            None => entry_time(entry_id),
+        };
+        let id = match text("id")? {
+            Some(id) => id.to_owned(),
+            None => entry_event_id(entry_id),
         };
         from_parts(
             text("type")?,
-            text("id")?,
+            Some(&id),
             data,
             timestamp,
             text("tenant")?,
             self.max_depth,
         )
+    }
+}
+
+/// The event id of a stream entry sent without one: `evt_stream_` and the
+/// entry's id (`<ms>-<seq>`), unique within the stream and the same each
+/// time the entry is read.
+pub fn entry_event_id(entry_id: &str) -> String {
+    format!("evt_stream_{entry_id}")
+}
+
+/// When the entry `<ms>-<seq>` was added, by Redis's clock.
+fn entry_time(entry_id: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    let ms = entry_id.split_once('-').map_or(entry_id, |(ms, _)| ms);
+    chrono::DateTime::from_timestamp_millis(ms.parse().ok()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_without_an_id_or_time_take_them_from_the_entry_id() {
+        assert_eq!(entry_event_id("1732640000123-4"), "evt_stream_1732640000123-4");
+        crate::model::EventId::parse(&entry_event_id("1732640000123-4")).expect("a valid event id");
+        assert_eq!(
+            entry_time("1732640000123-4").map(|t| t.timestamp_millis()),
+            Some(1_732_640_000_123)
+        );
+        assert_eq!(entry_time("nonsense"), None);
     }
 }

@@ -223,6 +223,24 @@ impl Drop for RedisServer {
 }
 
 /// Reads one RESP2 reply and renders it as text.
+/// Holds the redis-server at `port` busy in a script for `ms` (Redis runs
+/// one command at a time, so every other client waits), from a blocking
+/// thread; the handle ends with the script.
+pub fn stall_redis(port: u16, ms: u64) -> tokio::task::JoinHandle<()> {
+    tokio::task::spawn_blocking(move || {
+        let script = format!(
+            "local a = redis.call('TIME') local s = a[1] * 1000000 + a[2] \
+             while true do local t = redis.call('TIME') \
+             if t[1] * 1000000 + t[2] - s > {ms} * 1000 then return 1 end end"
+        );
+        assert_eq!(
+            redis_command(port, &["EVAL", &script, "0"]),
+            "1",
+            "the stalling script ran"
+        );
+    })
+}
+
 /// Runs one command on the redis-server at `port` on loopback, as
 /// [`RedisServer::command`] does.
 pub fn redis_command(port: u16, args: &[&str]) -> String {
