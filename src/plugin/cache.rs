@@ -185,3 +185,84 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     }
     result
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use super::*;
+
+    /// The smallest component there is, `(component)` in binary: the
+    /// magic number, then version 0xd of layer 1 (components).
+    const EMPTY: &[u8] = b"\0asm\x0d\x00\x01\x00";
+
+    fn set_mode(path: &Path, mode: u32) {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    #[test]
+    fn artifacts_are_reused_only_from_a_private_directory_of_ours() {
+        let engine = Engine::default();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("cache");
+
+        let first = compile(&engine, EMPTY, &dir).unwrap();
+        assert!(!first.from_cache);
+        let artifact = first.artifact.expect("written to the cache");
+        assert_eq!(std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700);
+        assert!(compile(&engine, EMPTY, &dir).unwrap().from_cache, "reused");
+
+        // A directory others may write is not used at all.
+        set_mode(&dir, 0o777);
+        let open = compile(&engine, EMPTY, &dir).unwrap();
+        assert!(!open.from_cache && open.artifact.is_none(), "not trusted");
+        let err = check_private(&dir).unwrap_err().to_string();
+        assert!(err.contains("chmod go-w"), "{err}");
+        set_mode(&dir, 0o700);
+
+        // An artifact others may write is compiled again, and replaced by
+        // one of ours.
+        set_mode(&artifact, 0o666);
+        assert!(!compile(&engine, EMPTY, &dir).unwrap().from_cache);
+        assert_eq!(
+            std::fs::metadata(&artifact).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert!(compile(&engine, EMPTY, &dir).unwrap().from_cache);
+    }
+
+    #[test]
+    fn what_another_user_owns_is_not_trusted() {
+        use std::os::unix::fs::MetadataExt as _;
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let me = unsafe { libc::geteuid() };
+        if me != 0 {
+            // Not root: a root-owned path shows the same check.
+            let err = check_private(Path::new("/")).unwrap_err().to_string();
+            assert!(err.contains("is owned by uid 0"), "{err}");
+            return;
+        }
+        // Root (as CI runs): give the artifact and then the directory to
+        // `nobody`; root may write either, but hookd trusts neither.
+        let engine = Engine::default();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("cache");
+        let artifact = compile(&engine, EMPTY, &dir).unwrap().artifact.unwrap();
+        std::os::unix::fs::chown(&artifact, Some(65534), None).unwrap();
+        let err = check_private(&artifact).unwrap_err().to_string();
+        assert!(
+            err.contains("is owned by uid 65534") && err.contains("chown 0"),
+            "{err}"
+        );
+        assert!(!compile(&engine, EMPTY, &dir).unwrap().from_cache, "compiled again");
+        assert_eq!(
+            std::fs::metadata(&artifact).unwrap().uid(),
+            0,
+            "replaced by one of ours"
+        );
+
+        std::os::unix::fs::chown(&dir, Some(65534), None).unwrap();
+        let untrusted = compile(&engine, EMPTY, &dir).unwrap();
+        assert!(!untrusted.from_cache && untrusted.artifact.is_none());
+    }
+}
