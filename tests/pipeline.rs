@@ -894,3 +894,81 @@ async fn an_enqueue_answered_late_is_safe_to_retry_with_the_same_id() {
     assert_eq!(ids, ["evt_late", "evt_late_2"], "each delivered once");
     hookd.stop().await;
 }
+
+/// Consumer names do not pile up in the stream's group: names of crashed
+/// processes go once idle for the lease with nothing pending (what was
+/// pending on them is taken over first), and a clean stop removes its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_consumers_of_gone_processes_are_removed() {
+    let rx = Receiver::start().await;
+    let redis = RedisServer::start();
+    let prefix = support::unique_prefix("consumers");
+    let stream = format!("{prefix}:events");
+    let group = Config::from_toml("").unwrap().ingest.stream_group;
+    // Two processes that crashed: one with nothing pending, one holding an entry.
+    assert_eq!(
+        redis.command(&["XGROUP", "CREATE", &stream, &group, "0", "MKSTREAM"]),
+        "OK"
+    );
+    assert_eq!(
+        redis.command(&["XGROUP", "CREATECONSUMER", &stream, &group, "crashed-1"]),
+        "1"
+    );
+    redis.command(&[
+        "XADD",
+        &stream,
+        "*",
+        "type",
+        "coupon.redeemed",
+        "data",
+        "{}",
+        "id",
+        "evt_held",
+    ]);
+    redis.command(&[
+        "XREADGROUP",
+        "GROUP",
+        &group,
+        "crashed-2",
+        "COUNT",
+        "1",
+        "STREAMS",
+        &stream,
+        ">",
+    ]);
+    let consumers = |redis: &RedisServer| -> Vec<String> {
+        let info = redis.command(&["XINFO", "CONSUMERS", &stream, &group]);
+        let lines: Vec<&str> = info.lines().collect();
+        lines
+            .windows(2)
+            .filter(|w| w[0] == "name")
+            .map(|w| w[1].to_owned())
+            .collect()
+    };
+    assert_eq!(consumers(&redis), ["crashed-1", "crashed-2"]);
+
+    let toml = format!(
+        "[queue]\nredis_url = {url:?}\nkey_prefix = {prefix:?}\nlease = \"1s\"\npoll_interval = \"20ms\"\n\
+         [delivery]\nallow_http = true\nallow_private_networks = true\ntimeout = \"400ms\"\n{}",
+        subscription("crm", &rx.url("crm"), r#"["coupon.*"]"#, ""),
+        url = redis.url(),
+    );
+    let hookd = support::daemon::Hookd::start(Config::from_toml(&toml).unwrap()).await;
+    let arrivals = rx.wait_for(WAIT, "the entry crashed-2 held", |a| !a.is_empty()).await;
+    assert_eq!(arrivals[0].id, "evt_held");
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let now = consumers(&redis);
+        if now.len() == 1 && !now[0].starts_with("crashed") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "crashed consumers left: {now:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    hookd.stop().await;
+    assert_eq!(
+        consumers(&redis),
+        Vec::<String>::new(),
+        "a clean stop removes its own name"
+    );
+}

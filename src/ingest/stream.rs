@@ -10,6 +10,13 @@
 //! acknowledged: never retried forever, never silently dropped. While
 //! the queue is over `ingest.max_queue_depth` ([`super::Backpressure`])
 //! nothing is read or claimed: entries wait in the stream.
+//!
+//! Each process reads as a consumer of its own name. A clean stop removes
+//! it from the group if nothing is pending on it, and every consumer
+//! removes the names of others idle for a lease with nothing pending (a
+//! process that crashed; its entries were taken over first), so restarts
+//! do not pile up consumer names. A consumer removed while merely quiet is
+//! made again by its next read.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -31,6 +38,30 @@ const READ_COUNT: usize = 256;
 const BLOCK: Duration = Duration::from_millis(1000);
 /// Rejected entries kept in the rejected stream (approximately).
 const REJECTED_MAX_LEN: usize = 100_000;
+
+/// Removes consumers of a group with nothing pending. KEYS: the stream.
+/// ARGV: group, idle ms, this consumer's name, `self` (remove this one) or
+/// `others` (remove the others idle longer than idle ms). Atomic, so no
+/// entry is handed to a consumer while it is removed. Returns how many
+/// went.
+const REAP_LUA: &str = r#"
+local ok, consumers = pcall(redis.call, 'XINFO', 'CONSUMERS', KEYS[1], ARGV[1])
+if not ok then return 0 end
+local removed = 0
+for _, c in ipairs(consumers) do
+  local f = {}
+  for i = 1, #c, 2 do f[c[i]] = c[i + 1] end
+  local mine = f['name'] == ARGV[3]
+  if tonumber(f['pending']) == 0 and ((ARGV[4] == 'self' and mine)
+      or (ARGV[4] == 'others' and not mine and tonumber(f['idle']) > tonumber(ARGV[2]))) then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], f['name'])
+    removed = removed + 1
+  end
+end
+return removed
+"#;
+
+static REAP: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| redis::Script::new(REAP_LUA));
 
 /// The stream producers `XADD` to.
 pub fn stream_key(prefix: &str) -> String {
@@ -158,7 +189,10 @@ impl StreamConsumer {
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(BLOCK) => continue,
-                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = shutdown.cancelled() => {
+                        self.reap(conn, "self").await;
+                        return Ok(());
+                    }
                 }
             }
             if paused {
@@ -182,7 +216,10 @@ impl StreamConsumer {
                 .arg(">");
             let reply = tokio::select! {
                 reply = read.query_async::<Option<StreamReadReply>>(conn) => reply?,
-                _ = shutdown.cancelled() => return Ok(()),
+                _ = shutdown.cancelled() => {
+                    self.reap(conn, "self").await;
+                    return Ok(());
+                }
             };
             let entries: Vec<StreamId> = reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids).collect();
             if !entries.is_empty() {
@@ -191,7 +228,29 @@ impl StreamConsumer {
         }
     }
 
-    /// Takes over entries left pending by consumers that went away.
+    /// Removes consumers with nothing pending: this one (`self`, at a
+    /// clean stop) or others idle for the lease (`others`). A failure only
+    /// leaves a name behind, so it is logged, not returned.
+    async fn reap<C: ConnectionLike + Send>(&self, conn: &mut C, which: &str) {
+        let removed = REAP
+            .key(&self.key)
+            .arg(&self.group)
+            .arg(self.claim_idle.as_millis() as u64)
+            .arg(&self.consumer)
+            .arg(which)
+            .invoke_async::<u64>(conn)
+            .await;
+        match removed {
+            Ok(0) => {}
+            Ok(n) => {
+                info!(stream = %self.key, removed = n, which, "event stream: removed consumers with nothing pending")
+            }
+            Err(e) => warn!(stream = %self.key, error = %e, "event stream: could not remove idle consumers"),
+        }
+    }
+
+    /// Takes over entries left pending by consumers that went away, then
+    /// removes those left with nothing pending.
     async fn autoclaim<C: ConnectionLike + Send>(&self, conn: &mut C) -> redis::RedisResult<()> {
         let mut start = "0-0".to_string();
         loop {
@@ -210,6 +269,7 @@ impl StreamConsumer {
                 self.handle(conn, reply.claimed).await?;
             }
             if reply.next_stream_id == "0-0" {
+                self.reap(conn, "others").await;
                 return Ok(());
             }
             start = reply.next_stream_id;
