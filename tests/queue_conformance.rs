@@ -1586,6 +1586,11 @@ mod redis_only {
         let ids: Vec<String> = (0..2).map(|n| format!("evt_skew_{n}")).collect();
         enqueue_singles(&*q, &ids, fx.shards()).await;
 
+        assert_eq!(
+            behind.depth(now_ms() - SKEW).await.unwrap().due,
+            2,
+            "counted by Redis's clock"
+        );
         let held = behind.claim(now_ms() - SKEW, LEASE, 1).await.unwrap();
         assert_eq!(held.claims.len(), 1, "a clock behind still sees what is due");
         let held = held.claims.into_iter().next().unwrap();
@@ -1599,6 +1604,8 @@ mod redis_only {
         assert_ne!(taken[0].delivery.id, held.delivery.id);
         let next = q.claim(now_ms(), LEASE, 10).await.unwrap();
         assert!(next.claims.is_empty());
+        let depth = ahead.depth(now_ms() + SKEW).await.unwrap();
+        assert_eq!((depth.due, depth.scheduled), (0, 2), "both leased, by Redis's clock");
 
         // The retry the fast clock asks for in 1 s falls due in 1 s.
         let mut retried = taken[0].delivery.clone();

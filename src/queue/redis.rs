@@ -30,9 +30,11 @@
 //! that on Redis, and tests may still pass a later `now` to let leases run
 //! out. Clocks within [`CLOCK_TOLERANCE_MS`] of Redis's are taken as
 //! agreeing (no shift), so a well-synchronised process's times are kept
-//! to the ms whatever a call's transit time; leases are at least a second,
-//! and only a larger skew could take one early. What the store keeps is in Redis's time: [`Lease`] tokens, the
-//! times in a [`Standing`], and death times. On a cluster each shard uses
+//! to the ms whatever a call's transit time; a clock off by less than that
+//! can end a lease at most that much early (leases are at least a second,
+//! and more than twice the longest attempt). What the store keeps is in
+//! Redis's time: [`Lease`] tokens, the times in a [`Standing`], and death
+//! times; [`Queue::depth`] counts what is due by Redis's clock too. On a cluster each shard uses
 //! the clock of the node holding it, so leases within a shard always
 //! compare against one clock.
 //!
@@ -139,7 +141,7 @@ const UNPARK_BATCH: u64 = 1000;
 
 /// Clocks within this many ms of Redis's are taken as agreeing with it
 /// (see [`CLOCK_LUA`]).
-pub const CLOCK_TOLERANCE_MS: Millis = 250;
+pub const CLOCK_TOLERANCE_MS: Millis = 500;
 
 /// What every script that reads time starts with. `shift(wall)` is how far
 /// Redis's clock (`TIME`) is ahead of the caller's, whose reading is
@@ -155,7 +157,7 @@ redis.replicate_commands()
 local function shift(wall)
   local t = redis.call('TIME')
   local d = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - tonumber(wall)
-  if math.abs(d) < 250 then return 0 end
+  if math.abs(d) < 500 then return 0 end
   return d
 end
 local function ms(x) return string.format('%.0f', x) end
@@ -287,6 +289,21 @@ local found = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ms(tonumber(ARGV[1]) 
 local head = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 if head[2] then return {found, ms(tonumber(head[2]) - shift)} end
 return {found, false}
+"#;
+
+/// Depth. KEYS: `due`, `dead`, `parked_at` per shard. ARGV: the caller's
+/// now ms and clock ms. Returns {due at now (in Redis's clock), all in
+/// `due`, dead, parked}, summed over the shards given.
+const DEPTH_LUA: &str = r#"
+local now = ms(tonumber(ARGV[1]) + shift(ARGV[2]))
+local out = {0, 0, 0, 0}
+for s = 1, #KEYS / 3 do
+  out[1] = out[1] + redis.call('ZCOUNT', KEYS[3 * s - 2], '-inf', now)
+  out[2] = out[2] + redis.call('ZCARD', KEYS[3 * s - 2])
+  out[3] = out[3] + redis.call('ZCARD', KEYS[3 * s - 1])
+  out[4] = out[4] + redis.call('HLEN', KEYS[3 * s])
+end
+return out
 "#;
 
 /// Settle. KEYS: `due`, `records`, `dead`, `parked_at` per shard group.
@@ -512,6 +529,7 @@ return {granted, next_at}
 static ENQUEUE: LazyLock<Script> = LazyLock::new(|| Script::new(&format!("{CLOCK_LUA}{ENQUEUE_LUA}")));
 static CLAIM: LazyLock<Script> = LazyLock::new(|| Script::new(&format!("{CLOCK_LUA}{CLAIM_LUA}")));
 static PEEK: LazyLock<Script> = LazyLock::new(|| Script::new(&format!("{CLOCK_LUA}{PEEK_LUA}")));
+static DEPTH: LazyLock<Script> = LazyLock::new(|| Script::new(&format!("{CLOCK_LUA}{DEPTH_LUA}")));
 static SETTLE: LazyLock<Script> = LazyLock::new(|| Script::new(&format!("{CLOCK_LUA}{SETTLE_LUA}")));
 static REPLAY: LazyLock<Script> = LazyLock::new(|| Script::new(&format!("{CLOCK_LUA}{REPLAY_LUA}")));
 static RESCHEDULE: LazyLock<Script> = LazyLock::new(|| Script::new(&format!("{CLOCK_LUA}{RESCHEDULE_LUA}")));
@@ -1191,23 +1209,28 @@ impl Queue for RedisQueue {
     }
 
     async fn depth(&self, now: Millis) -> Result<Depth, Error> {
-        let batches = (0..self.shards)
-            .map(|s| {
-                let due = due_key(&self.prefix, s);
-                let mut count = ::redis::cmd("ZCOUNT");
-                count.arg(&due).arg("-inf").arg(now);
-                let mut total = ::redis::cmd("ZCARD");
-                total.arg(&due);
-                let mut dead = ::redis::cmd("ZCARD");
-                dead.arg(dead_key(&self.prefix, s));
-                let mut parked = ::redis::cmd("HLEN");
-                parked.arg(parked_at_key(&self.prefix, s));
-                vec![count, total, dead, parked]
+        let calls = self
+            .redis
+            .groups((0..self.shards).collect())
+            .into_iter()
+            .map(|group| {
+                let mut call = Call::default();
+                for s in group {
+                    call.keys.push(due_key(&self.prefix, s));
+                    call.keys.push(dead_key(&self.prefix, s));
+                    call.keys.push(parked_at_key(&self.prefix, s));
+                }
+                call.arg(now);
+                call.arg(self.wall());
+                call
             })
             .collect();
         let mut depth = Depth::default();
-        for replies in self.redis.per_shard("depth", batches).await? {
-            let n: Vec<u64> = replies
+        for reply in self.redis.eval("depth", &DEPTH, calls).await? {
+            let Value::Array(counts) = reply else {
+                return Err(unexpected("the depth script's counts", &reply));
+            };
+            let n: Vec<u64> = counts
                 .iter()
                 .map(|v| int_of(v).map(|n| n.max(0) as u64))
                 .collect::<Result<_, _>>()?;
