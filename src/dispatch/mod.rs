@@ -66,8 +66,20 @@ const UNKNOWN_RETRY: Duration = Duration::from_secs(1);
 /// subscription is deferred, waiting for the catalogue to name it, before
 /// it is kept as dead.
 const UNKNOWN_PATIENCE: Duration = Duration::from_secs(300);
-/// Delay before a deferred delivery (its subscription was full) is due again.
+/// Delay before a deferred delivery (its subscription was full, or no slot
+/// was free) is due again, the first time.
 const DEFER_DELAY: Duration = Duration::from_millis(50);
+/// Longest delay of a subscription that stays at its in-flight cap: each
+/// batch that finds it full doubles its delay up to this, and one that
+/// finds room resets it, so a slow endpoint's backlog is claimed (and
+/// given back) at most about once a second instead of every 50 ms.
+const DEFER_DELAY_MAX: Duration = Duration::from_secs(1);
+
+/// The next deferral delay of a subscription found at its cap again, after
+/// `previous` (none: it was not full before).
+fn saturated_delay(previous: Option<Duration>) -> Duration {
+    previous.map_or(DEFER_DELAY, |d| (d * 2).min(DEFER_DELAY_MAX))
+}
 /// Request headers whose values the delivery log keeps (the rest, custom
 /// headers included, may carry credentials and are redacted).
 const LOGGED_HEADERS: &[&str] = &[
@@ -470,6 +482,9 @@ impl Dispatcher {
         ));
         let tasks = TaskTracker::new();
         let mut backoff = Duration::from_millis(100);
+        // Subscriptions found at their in-flight cap, batch after batch,
+        // with the delay their deferred deliveries wait.
+        let mut saturated: HashMap<SubscriptionName, Duration> = HashMap::new();
         while !shutdown.is_cancelled() {
             // Wait for at least one free slot.
             let first = tokio::select! {
@@ -517,6 +532,9 @@ impl Dispatcher {
             // later ones are deferred too, even if a slot frees meanwhile,
             // so none overtakes an earlier one.
             let mut held: HashSet<SubscriptionName> = HashSet::new();
+            // Which subscriptions this batch found at their cap, and which
+            // had room for at least one.
+            let (mut capped, mut roomy) = (HashSet::new(), HashSet::new());
             // The batch in claim order: each delivery with its slot and its
             // subscription's permit, or None to be deferred; and how many
             // of each rate-limited subscription's are ready to go.
@@ -543,9 +561,13 @@ impl Dispatcher {
                 // The subscription's own cap, taken here in claim order.
                 let permit = match &endpoint {
                     Some(e) if !e.disabled.is_disabled() => match e.permits.clone().try_acquire_owned() {
-                        Ok(p) => Some(p),
+                        Ok(p) => {
+                            roomy.insert(claim.delivery.subscription.clone());
+                            Some(p)
+                        }
                         Err(_) => {
                             held.insert(claim.delivery.subscription.clone());
+                            capped.insert(claim.delivery.subscription.clone());
                             batch.push((claim, None));
                             continue;
                         }
@@ -559,6 +581,11 @@ impl Dispatcher {
                         .1 += 1;
                 }
                 batch.push((claim, Some((endpoint, permit, slot))));
+            }
+            saturated.retain(|name, _| capped.contains(name) || !roomy.contains(name));
+            for name in capped {
+                let delay = saturated_delay(saturated.get(&name).copied());
+                saturated.insert(name, delay);
             }
             // The rate limits: one bucket per subscription in the queue
             // backend, shared by every process. Deliveries beyond the
@@ -602,7 +629,11 @@ impl Dispatcher {
                         continue;
                     }
                     (None, None) => {
-                        defer(&shared, &claim, defer_due);
+                        let due = match saturated.get(&claim.delivery.subscription) {
+                            Some(delay) => now + delay.as_millis() as Millis,
+                            None => defer_due,
+                        };
+                        defer(&shared, &claim, due);
                         continue;
                     }
                 };
@@ -945,7 +976,21 @@ async fn settle_loop(queue: Arc<dyn Queue>, mut rx: mpsc::UnboundedReceiver<Sett
 
 #[cfg(test)]
 mod tests {
-    use super::Switch;
+    use super::{saturated_delay, Switch, DEFER_DELAY, DEFER_DELAY_MAX};
+    use std::time::Duration;
+
+    #[test]
+    fn a_full_subscription_waits_longer_each_batch_up_to_a_second() {
+        let mut delay = None;
+        let mut seen = Vec::new();
+        for _ in 0..8 {
+            delay = Some(saturated_delay(delay));
+            seen.push(delay.unwrap().as_millis());
+        }
+        assert_eq!(seen, [50, 100, 200, 400, 800, 1000, 1000, 1000]);
+        assert_eq!(saturated_delay(None), DEFER_DELAY);
+        assert_eq!(saturated_delay(Some(Duration::from_secs(9))), DEFER_DELAY_MAX);
+    }
 
     #[test]
     fn a_mirror_never_undoes_a_newer_local_change() {
