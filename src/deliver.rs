@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt, Full};
@@ -87,8 +87,6 @@ pub struct Response {
     /// rest is dropped unread. If the body stalls or breaks after the head,
     /// this holds what arrived: the status decides the outcome, not the body.
     pub body: Bytes,
-    /// From the start of the attempt to the end of the body read.
-    pub elapsed: Duration,
 }
 
 /// Why an attempt got no HTTP response.
@@ -230,7 +228,6 @@ impl Client {
     /// Sends one POST and waits for the response head, then reads at most
     /// `response_body_limit` bytes of the body, all within `req.timeout`.
     pub async fn send(&self, req: Request) -> Result<Response, Failure> {
-        let started = Instant::now();
         let deadline = tokio::time::Instant::now() + req.timeout.min(Duration::from_secs(365 * 24 * 3600));
         self.check_url(&req.url)?;
 
@@ -272,7 +269,6 @@ impl Client {
             status: head.status,
             headers: head.headers,
             body: kept.freeze(),
-            elapsed: started.elapsed(),
         })
     }
 

@@ -346,4 +346,15 @@ mod tests {
             assert!(err.starts_with(name), "{query:?}: {err}");
         }
     }
+
+    #[test]
+    fn in_flight_is_refused_naming_the_states_recorded() {
+        // No delivery is ever recorded in flight: the filter would always
+        // answer nothing, so it is refused with the states that exist.
+        let err = parse(&[("state", "in_flight")]).err().expect("rejected");
+        assert!(
+            err.contains("use one of pending, delivered, filtered, retrying, dead, parked, cancelled, expired"),
+            "{err}"
+        );
+    }
 }

@@ -333,16 +333,6 @@ impl Endpoints {
             endpoint.disabled.set(disabled || !endpoint.configured_enabled);
         }
     }
-
-    /// How many subscriptions there are.
-    pub fn len(&self) -> usize {
-        self.map.len()
-    }
-
-    /// Whether there are none.
-    pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
-    }
 }
 
 /// Everything the claim loop and its delivery tasks share.

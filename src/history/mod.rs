@@ -203,8 +203,6 @@ pub enum Error {
 pub enum DeliveryState {
     /// Queued, waiting for its first attempt (or replayed).
     Pending,
-    /// Claimed by a worker, being attempted.
-    InFlight,
     /// Acknowledged by the endpoint with a 2xx.
     Delivered,
     /// Dropped on purpose before sending (a plugin's `drop`).
@@ -224,9 +222,8 @@ pub enum DeliveryState {
 
 impl DeliveryState {
     /// Every state, in declaration order.
-    pub const ALL: [DeliveryState; 9] = [
+    pub const ALL: [DeliveryState; 8] = [
         DeliveryState::Pending,
-        DeliveryState::InFlight,
         DeliveryState::Delivered,
         DeliveryState::Filtered,
         DeliveryState::Retrying,
@@ -236,11 +233,10 @@ impl DeliveryState {
         DeliveryState::Expired,
     ];
 
-    /// The state's wire name (`in_flight`), as in JSON and storage keys.
+    /// The state's wire name (`retrying`), as in JSON and storage keys.
     pub fn as_str(self) -> &'static str {
         match self {
             DeliveryState::Pending => "pending",
-            DeliveryState::InFlight => "in_flight",
             DeliveryState::Delivered => "delivered",
             DeliveryState::Filtered => "filtered",
             DeliveryState::Retrying => "retrying",
@@ -284,8 +280,6 @@ pub enum ErrorKind {
     Tls,
     /// The endpoint answered with a status that is not 2xx.
     Status,
-    /// The subscription's plugin failed.
-    Plugin,
     /// The endpoint's address is not allowed (SSRF guard).
     Blocked,
     /// The HTTP exchange itself failed.
@@ -1063,7 +1057,10 @@ mod tests {
             assert_eq!(serde_json::to_value(state).unwrap(), state.as_str());
         }
         let err = "done".parse::<DeliveryState>().unwrap_err();
-        assert!(err.contains("in_flight"), "{err}");
+        assert!(
+            err.contains("pending, delivered, filtered, retrying, dead, parked, cancelled, expired"),
+            "{err}"
+        );
     }
 
     #[test]
