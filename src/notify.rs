@@ -403,9 +403,9 @@ impl Recipients {
     fn parse(key: &str, list: &[String]) -> Result<Recipients, Error> {
         let mut mailboxes = Vec::with_capacity(list.len());
         for (n, text) in list.iter().enumerate() {
-            let mailbox: Mailbox = text.parse().map_err(|e| Error::Address {
+            let mailbox = crate::config::parse_mailbox(text).map_err(|reason| Error::Address {
                 key: format!("{key}[{n}]"),
-                reason: format!("`{text}`: {e}"),
+                reason,
             })?;
             mailboxes.push(mailbox);
         }
@@ -437,9 +437,9 @@ impl MailSettings {
             key: "notify.from".into(),
             reason: "is required when notify.smtp_host is set".into(),
         })?;
-        let from = from_text.parse().map_err(|e| Error::Address {
+        let from = crate::config::parse_mailbox(from_text).map_err(|reason| Error::Address {
             key: "notify.from".into(),
-            reason: format!("`{from_text}`: {e}"),
+            reason,
         })?;
         let tls_parameters = || {
             TlsParameters::new(host.to_owned()).map_err(|e| Error::Tls {

@@ -514,14 +514,18 @@ pub enum SmtpTls {
     None,
 }
 
-/// Checks one mailbox (`address` or `Name <address>`), naming `key`.
-fn check_mailbox(key: &str, text: &str) -> Result<(), Error> {
-    text.parse::<lettre::message::Mailbox>().map(|_| ()).map_err(|e| {
-        invalid(
-            key,
-            format!("`{text}` is not an email address ({e}); use `name@example.com` or `Name <name@example.com>`"),
-        )
+/// Reads one mailbox (`address` or `Name <address>`): the one parser of
+/// `notify.from`, `notify.to` and `notify_to`, for the config's checks and
+/// the notifier alike. The problem says what to write instead.
+pub fn parse_mailbox(text: &str) -> Result<lettre::message::Mailbox, String> {
+    text.parse::<lettre::message::Mailbox>().map_err(|e| {
+        format!("`{text}` is not an email address ({e}); use `name@example.com` or `Name <name@example.com>`")
     })
+}
+
+/// Checks one mailbox ([`parse_mailbox`]), naming `key`.
+fn check_mailbox(key: &str, text: &str) -> Result<(), Error> {
+    parse_mailbox(text).map(|_| ()).map_err(|p| invalid(key, p))
 }
 
 /// `[history]`: the delivery log and its retention.
