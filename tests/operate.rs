@@ -763,6 +763,62 @@ async fn failed_deliveries_are_retried_and_replayed_redis() {
     failed_deliveries_are_retried_and_replayed(&queue).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_delivery_replayed_by_either_route_is_logged() {
+    // POST /v1/deliveries/{id}/replay and .../retry replay a dead delivery
+    // the same way: the log records who moved it, whichever was called.
+    let rx = Receiver::start_with(|_, _, _| Answer::Status(500, vec![])).await;
+    let dir = tempfile::tempdir().unwrap();
+    let toml = base_toml(dir.path(), "") + &subscription("dead", &rx.url("dead"), r#"["order.*"]"#, "max_retries = 0");
+    let hookd = Hookd::start(Config::from_toml(&toml).unwrap()).await;
+    for id in ["evt_by_replay", "evt_by_retry"] {
+        hookd.send(json!({"type": "order.placed", "id": id, "data": {}})).await;
+    }
+    let listed = hookd
+        .wait_for(
+            "/v1/deliveries?subscription=dead&state=dead",
+            "2 dead deliveries",
+            |v| v["deliveries"].as_array().is_some_and(|d| d.len() == 2),
+        )
+        .await;
+    let id_of = |event: &str| {
+        listed["deliveries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["event_id"] == event)
+            .unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let (by_replay, by_retry) = (id_of("evt_by_replay"), id_of("evt_by_retry"));
+    rx.answer_with(|_, _, _| Answer::ok());
+
+    let answer = hookd
+        .api
+        .post(&format!("/v1/deliveries/{by_replay}/replay"), "")
+        .await
+        .unwrap();
+    assert_eq!(answer["replayed"], true);
+    let answer = hookd
+        .api
+        .post(&format!("/v1/deliveries/{by_retry}/retry"), "")
+        .await
+        .unwrap();
+    assert_eq!(answer["action"], "replayed");
+    for id in [&by_replay, &by_retry] {
+        let logged = hookd
+            .wait_for(&format!("/v1/deliveries/{id}/attempts"), "the replay delivered", |v| {
+                v["delivery"]["state"] == "delivered"
+            })
+            .await;
+        assert_eq!(logged["delivery"]["note"], "replayed by an operator", "{id}: {logged}");
+        assert_eq!(logged["attempts"].as_array().map(Vec::len), Some(2), "{logged}");
+    }
+    hookd.stop().await;
+}
+
 /// `processes` hookd processes sharing one queue (`queue`: TOML of the
 /// `[queue]` table, or empty for the embedded store, then one process) pace
 /// a rate-limited subscription together.

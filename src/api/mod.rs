@@ -603,8 +603,7 @@ async fn replay_delivery(
             _ => return Err(delivery_not_found(&id)),
         }
     }
-    if state.queue.replay(&id, now_ms()).await? {
-        state.ingestor.wake();
+    if recover::replay_dead(&state, &id, now_ms()).await? {
         Ok((StatusCode::ACCEPTED, Json(json!({"id": id, "replayed": true}))).into_response())
     } else {
         Err(ApiError::new(
