@@ -636,17 +636,7 @@ async fn disable(
         None => "disabled by an operator".into(),
     });
     let name: SubscriptionName = sub.name;
-    let changed = state
-        .state
-        .set_enabled(&name, false, Some(reason.clone()), now_ms())
-        .await?;
-    state.endpoints.load().set_disabled(&name, true);
-    if changed {
-        state.alerts.raise(Notification::SubscriptionDisabled {
-            subscription: name.clone(),
-            reason,
-            at: chrono::Utc::now(),
-        });
-    }
+    let changed =
+        crate::dispatch::disable(state.state.as_ref(), &state.endpoints, &state.alerts, &name, reason).await?;
     Ok(Json(json!({ "id": name, "name": name, "enabled": false, "changed": changed })).into_response())
 }

@@ -25,6 +25,7 @@
 //! deliveries in flight finish with the snapshot they started with.
 
 mod health;
+pub use health::disable;
 pub mod policy;
 
 use std::collections::{HashMap, HashSet};
