@@ -25,19 +25,6 @@ pub const ENV_PREFIX: &str = "HOOKD_";
 /// (`HOOKD_CONFIG`, `HOOKD_URL`, `HOOKD_API_KEY`) and the log filter.
 const ENV_NOT_CONFIG: &[&str] = &["config", "url", "api_key", "log"];
 
-/// Headers that neither configuration nor plugins may set: hookd owns them.
-pub const PROTECTED_HEADERS: &[&str] = &[
-    "webhook-id",
-    "webhook-timestamp",
-    "webhook-signature",
-    "content-digest",
-    "content-length",
-    "content-type",
-    "host",
-    "transfer-encoding",
-    "connection",
-];
-
 pub use crate::model::{RateLimit, Secret, SubscriptionName, TenantId, STORED_ID_PREFIX};
 
 /// A configuration problem, naming the key at fault.
@@ -1091,17 +1078,8 @@ impl SubscriptionConfig {
             crate::sign::SigningKey::parse(secret.expose()).map_err(|p| invalid(format!("{prefix}secrets[{n}]"), p))?;
         }
         for (name, value) in &self.headers {
-            let lower = name.to_ascii_lowercase();
-            if PROTECTED_HEADERS.contains(&lower.as_str()) {
-                return Err(invalid(
-                    format!("{prefix}headers.{name}"),
-                    "is set by hookd and cannot be overridden",
-                ));
-            }
-            http::HeaderName::from_bytes(name.as_bytes())
-                .map_err(|_| invalid(format!("{prefix}headers.{name}"), "is not a valid header name"))?;
-            http::HeaderValue::from_str(value)
-                .map_err(|_| invalid(format!("{prefix}headers.{name}"), "value is not a valid header value"))?;
+            crate::model::headers::custom_header(name, value)
+                .map_err(|p| invalid(format!("{prefix}headers.{name}"), p))?;
         }
         if self.timeout.is_some_and(|t| t.is_zero()) {
             return Err(invalid(format!("{prefix}timeout"), "must be greater than zero"));

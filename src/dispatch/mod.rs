@@ -45,7 +45,7 @@ use crate::catalog::Catalog;
 use crate::config::{Config, RateLimit, SubscriptionConfig, SubscriptionName, STORED_ID_PREFIX};
 use crate::deliver::{self, Client};
 use crate::history::{self, AttemptRecord, DeliveryState, DeliverySummary, Entry, ErrorKind, Recorder};
-use crate::model::PluginHeaders;
+use crate::model::{headers, PluginHeaders};
 use crate::notify::{Alerts, Notification};
 use crate::plugin::{self, Plugin, Plugins, Verdict};
 use crate::queue::{now_ms, rate, Backend, Claim, Delivery, Millis, Queue, Settlement, StateStore};
@@ -69,16 +69,6 @@ const UNKNOWN_RETRY: Duration = Duration::from_secs(1);
 const UNKNOWN_PATIENCE: Duration = Duration::from_secs(300);
 /// Delay before a deferred delivery (its subscription was full) is due again.
 const DEFER_DELAY: Duration = Duration::from_millis(50);
-/// Request headers whose values the delivery log keeps (the rest, custom
-/// headers included, may carry credentials and are redacted).
-const LOGGED_HEADERS: &[&str] = &[
-    "content-type",
-    "user-agent",
-    "webhook-id",
-    "webhook-timestamp",
-    "content-digest",
-];
-
 /// Why the dispatcher could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -140,8 +130,8 @@ impl Endpoint {
         let url = sub.url.parse().map_err(|e| fail(format!("bad url: {e}")))?;
         let mut headers = HeaderMap::new();
         for (name, value) in &sub.headers {
-            let name = HeaderName::from_bytes(name.as_bytes()).map_err(|e| fail(format!("header {name}: {e}")))?;
-            let value = HeaderValue::from_str(value).map_err(|e| fail(format!("header {name}: {e}")))?;
+            let (name, value) =
+                crate::model::headers::custom_header(name, value).map_err(|p| fail(format!("header {name} {p}")))?;
             headers.insert(name, value);
         }
         let signer = Signer::new(&sub.secrets).map_err(|e| fail(e.to_string()))?;
@@ -713,8 +703,8 @@ async fn attempt(shared: &Shared, claim: Claim, endpoint: Option<Arc<Endpoint>>)
     let request_headers = history::redact_headers(&request.headers, &[])
         .into_iter()
         .map(|(n, v)| {
-            let keep = LOGGED_HEADERS.contains(&n.as_str());
-            (n, if keep { v } else { "[redacted]".into() })
+            let keep = headers::LOGGED_REQUEST.contains(&n.as_str());
+            (n, if keep { v } else { headers::REDACTED.into() })
         })
         .collect();
     let result = shared.client.send(request).await;

@@ -128,18 +128,10 @@ use crate::queue::{Delivery, DeliveryId, Millis};
 pub use activity::{Activity, AttemptCounts, MinuteActivity, TenantVolume};
 
 /// The value stored in place of a secret header value.
-pub const REDACTED: &str = "[redacted]";
+pub use crate::model::REDACTED;
 
-/// Headers whose values are never stored, whatever the caller passes:
-/// the signature, and credentials a subscription's custom headers or an
-/// endpoint's answer may carry.
-pub const ALWAYS_REDACTED: &[&str] = &[
-    "webhook-signature",
-    "authorization",
-    "proxy-authorization",
-    "cookie",
-    "set-cookie",
-];
+/// Headers whose values are never stored, whatever the caller passes.
+pub use crate::model::headers::ALWAYS_REDACTED;
 
 /// Most deliveries, and most event records, one [`History::trim`] call
 /// removes, so a call never holds the store (or Redis) for long.
