@@ -1242,6 +1242,12 @@ mod tests {
                 sub("headers = { \"webhook-signature\" = \"x\" }"),
                 "subscriptions.crm.headers.webhook-signature",
             ),
+            // Sent by hookd on every request: a custom value was silently
+            // replaced before it was refused here.
+            (
+                sub("headers = { \"User-Agent\" = \"crm/1\" }"),
+                "subscriptions.crm.headers.User-Agent",
+            ),
             (sub("colour = 1"), "colour"),
             (
                 sub("rate_limit = { per_second = 0 }"),

@@ -130,6 +130,13 @@ impl Endpoint {
         let url = sub.url.parse().map_err(|e| fail(format!("bad url: {e}")))?;
         let mut headers = HeaderMap::new();
         for (name, value) in &sub.headers {
+            if headers::is_protected(name) {
+                // Stored before the name was protected (`user-agent`):
+                // hookd's own value was sent then too.
+                tracing::warn!(subscription = %sub.name, header = %name,
+                    "custom header ignored: hookd sets it; remove it from the subscription");
+                continue;
+            }
             let (name, value) =
                 crate::model::headers::custom_header(name, value).map_err(|p| fail(format!("header {name} {p}")))?;
             headers.insert(name, value);
@@ -926,7 +933,40 @@ async fn settle_loop(queue: Arc<dyn Queue>, mut rx: mpsc::UnboundedReceiver<Sett
 
 #[cfg(test)]
 mod tests {
-    use super::Switch;
+    use super::*;
+
+    #[test]
+    fn every_header_hookd_sets_is_protected() {
+        let config = Config::from_toml(&format!(
+            "[[subscriptions]]\nname = \"crm\"\nurl = \"https://crm.example.com/in\"\nevents = [\"*\"]\nsecrets = [\"{}\"]\nheaders = {{ \"x-team\" = \"a\" }}\n",
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+        ))
+        .unwrap();
+        let endpoint = Endpoint::new(
+            &config,
+            &config.subscriptions[0],
+            &LoadedPlugins::default(),
+            &Metrics::new(),
+            None,
+        )
+        .unwrap();
+        let delivery = Delivery::new(
+            0,
+            crate::model::EventId::parse("evt_1").unwrap(),
+            "a.b".into(),
+            None,
+            config.subscriptions[0].name.clone(),
+            bytes::Bytes::from_static(b"{}"),
+            0,
+        );
+        let request = endpoint.request(&delivery, 1);
+        for name in request.headers.keys() {
+            assert!(
+                name == "x-team" || headers::is_protected(name.as_str()),
+                "hookd sets `{name}`, which a custom header could override"
+            );
+        }
+    }
 
     #[test]
     fn a_mirror_never_undoes_a_newer_local_change() {

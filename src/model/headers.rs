@@ -5,8 +5,10 @@
 
 /// Headers hookd sets on every delivery (or that HTTP itself owns): the
 /// config file, the API and plugins may not set them, and a custom header
-/// never replaces them.
+/// never replaces them. Every header the dispatcher sets is here (a test
+/// of `dispatch` holds it to that).
 pub const PROTECTED: &[&str] = &[
+    "user-agent",
     "webhook-id",
     "webhook-timestamp",
     "webhook-signature",
@@ -71,6 +73,7 @@ mod tests {
         for (name, value, problem) in [
             ("Webhook-Signature", "x", "is set by hookd"),
             ("content-type", "x", "is set by hookd"),
+            ("User-Agent", "x", "is set by hookd"),
             ("x a", "x", "not a valid header name"),
             ("x-a", "a\nb", "not a valid header value"),
         ] {

@@ -142,6 +142,7 @@ mod tests {
             ),
             (deliver(&[], &["Webhook-Id"], None), "change header `webhook-id`"),
             (deliver(&[], &["HOST"], None), "change header `host`"),
+            (deliver(&[("User-Agent", "x")], &[], None), "change header `user-agent`"),
             (deliver(&[("bad header", "x")], &[], None), "not a valid header name"),
             (deliver(&[("", "x")], &[], None), "not a valid header name"),
             (deliver(&[("x-a", "a\r\nb: c")], &[], None), "not a valid header value"),
