@@ -272,43 +272,74 @@ impl Client {
         })
     }
 
-    /// Refuses URLs this client must not send to before any connection:
-    /// schemes not allowed, and IP literals that are not public (hyper dials
-    /// those without asking the resolver).
+    /// Refuses URLs this client must not send to before any connection
+    /// ([`check_endpoint_url`] under this client's policy).
     fn check_url(&self, url: &http::Uri) -> Result<(), Failure> {
-        match url.scheme_str() {
-            Some("https") => {}
-            Some("http") if self.allow_http => {}
-            Some("http") => {
-                return Err(Failure::Protocol(
-                    "http:// endpoints are refused: use https, or set delivery.allow_http = true".into(),
-                ))
-            }
-            _ => {
-                return Err(Failure::Protocol(format!(
-                    "`{}` is not an https:// URL",
-                    crate::model::redact_url(&url.to_string())
-                )))
-            }
-        }
-        let host = url.host().filter(|h| !h.is_empty()).ok_or_else(|| {
-            Failure::Protocol(format!("`{}` has no host", crate::model::redact_url(&url.to_string())))
-        })?;
-        if self.allow_private_networks {
-            return Ok(());
-        }
-        let literal = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
-        if let Ok(addr) = literal.parse::<IpAddr>() {
-            if let Some(reason) = non_public_reason(addr) {
-                return Err(Failure::Blocked {
-                    host: host.to_string(),
-                    addr,
-                    reason,
-                });
-            }
-        }
-        Ok(())
+        check_endpoint_url(url, self.allow_http, self.allow_private_networks).map_err(|refused| match refused {
+            UrlRefused::Blocked { host, addr, reason } => Failure::Blocked { host, addr, reason },
+            other => Failure::Protocol(other.to_string()),
+        })
     }
+}
+
+/// Why an endpoint URL is refused before any connection.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UrlRefused {
+    /// An `http://` URL while `delivery.allow_http` is off.
+    #[error("http:// endpoints are refused; use https, or set delivery.allow_http = true")]
+    Http,
+    /// Neither `https://` nor `http://` (the URL, redacted).
+    #[error("`{0}` is not an https:// URL")]
+    Scheme(String),
+    /// No host (the URL, redacted).
+    #[error("`{0}` has no host")]
+    NoHost(String),
+    /// An IP literal that is not public while
+    /// `delivery.allow_private_networks` is off.
+    #[error(
+        "{}; set delivery.allow_private_networks = true to allow it",
+        blocked_message(host, addr, reason)
+    )]
+    Blocked {
+        /// The host of the URL.
+        host: String,
+        /// The address it names.
+        addr: IpAddr,
+        /// What kind of address it is (`loopback`, `private`, …).
+        reason: &'static str,
+    },
+}
+
+/// The endpoint URL rule, the one the config file's and the API's checks
+/// and the delivery client apply alike: `https://` (or `http://` when
+/// `allow_http`), a host, and unless `allow_private_networks` no IP
+/// literal that is not public (hyper dials those without asking the
+/// resolver; host names are checked again after DNS by the resolver).
+pub fn check_endpoint_url(url: &http::Uri, allow_http: bool, allow_private_networks: bool) -> Result<(), UrlRefused> {
+    match url.scheme_str() {
+        Some("https") => {}
+        Some("http") if allow_http => {}
+        Some("http") => return Err(UrlRefused::Http),
+        _ => return Err(UrlRefused::Scheme(crate::model::redact_url(&url.to_string()))),
+    }
+    let host = url
+        .host()
+        .filter(|h| !h.is_empty())
+        .ok_or_else(|| UrlRefused::NoHost(crate::model::redact_url(&url.to_string())))?;
+    if allow_private_networks {
+        return Ok(());
+    }
+    let literal = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    if let Ok(addr) = literal.parse::<IpAddr>() {
+        if let Some(reason) = non_public_reason(addr) {
+            return Err(UrlRefused::Blocked {
+                host: host.to_string(),
+                addr,
+                reason,
+            });
+        }
+    }
+    Ok(())
 }
 
 fn add_ca_file(roots: &mut rustls::RootCertStore, path: &Path) -> Result<(), Error> {

@@ -1045,20 +1045,8 @@ impl SubscriptionConfig {
                 format!("`{}` is not a URL: {e}", crate::model::redact_url(&self.url)),
             )
         })?;
-        match uri.scheme_str() {
-            Some("https") => {}
-            Some("http") if delivery.allow_http => {}
-            Some("http") => {
-                return Err(invalid(
-                    format!("{prefix}url"),
-                    "http:// endpoints are refused; use https, or set delivery.allow_http = true",
-                ))
-            }
-            _ => return Err(invalid(format!("{prefix}url"), "must be an https:// URL")),
-        }
-        if uri.host().is_none_or(str::is_empty) {
-            return Err(invalid(format!("{prefix}url"), "has no host"));
-        }
+        crate::deliver::check_endpoint_url(&uri, delivery.allow_http, true)
+            .map_err(|refused| invalid(format!("{prefix}url"), refused.to_string()))?;
         if self.events.is_empty() {
             return Err(invalid(
                 format!("{prefix}events"),
