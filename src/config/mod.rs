@@ -1045,7 +1045,7 @@ impl SubscriptionConfig {
                 format!("`{}` is not a URL: {e}", crate::model::redact_url(&self.url)),
             )
         })?;
-        crate::deliver::check_endpoint_url(&uri, delivery.allow_http, true)
+        crate::deliver::check_endpoint_url(&uri, delivery.allow_http, delivery.allow_private_networks)
             .map_err(|refused| invalid(format!("{prefix}url"), refused.to_string()))?;
         if self.events.is_empty() {
             return Err(invalid(
@@ -1218,6 +1218,28 @@ mod tests {
             let err = Config::from_toml(text).unwrap_err().to_string();
             assert!(err.contains(key), "{text:?}: {err}");
         }
+    }
+
+    #[test]
+    fn endpoint_urls_naming_non_public_addresses_are_refused_at_load() {
+        // The delivery client refuses these before connecting: a config
+        // (or API) check that let them through made subscriptions whose
+        // every delivery died `blocked`.
+        for url in [
+            "https://127.0.0.1/in",
+            "https://10.1.2.3:8443/in",
+            "https://[::1]/in",
+            "https://169.254.169.254/latest",
+        ] {
+            let text = sub("").replace("https://crm.example.com/hooks", url);
+            let err = Config::from_toml(&text).unwrap_err().to_string();
+            assert!(
+                err.contains("subscriptions.crm.url") && err.contains("delivery.allow_private_networks = true"),
+                "{url}: {err}"
+            );
+            Config::from_toml(&format!("[delivery]\nallow_private_networks = true\n{text}")).unwrap();
+        }
+        Config::from_toml(&sub("").replace("crm.example.com", "8.8.8.8")).unwrap();
     }
 
     #[test]
