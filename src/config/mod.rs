@@ -243,7 +243,8 @@ pub struct DeliveryConfig {
     pub disable_after: Duration,
     /// Extra CA certificates (PEM) trusted beside the system roots.
     pub ca_file: Option<PathBuf>,
-    /// Bytes of each response body kept in the attempt record.
+    /// Bytes of each response body read (the rest is dropped unread); the
+    /// delivery log keeps at most `history.response_body_limit` of them.
     pub response_body_limit: usize,
 }
 

@@ -763,7 +763,7 @@ async fn attempt(shared: &Shared, claim: Claim, endpoint: Option<Arc<Endpoint>>)
         Ok(response) => {
             record.response_headers = history::redact_headers(&response.headers, &[]);
             history::cap_headers(&mut record.response_headers);
-            record.response_body = history::body_excerpt(&response.body, response.body.len());
+            record.response_body = history::body_text(&response.body);
             if outcome != Outcome::Delivered {
                 record.error_kind = Some(ErrorKind::Status);
             }

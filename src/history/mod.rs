@@ -325,7 +325,7 @@ pub struct AttemptRecord {
     /// then a [`TRUNCATED_HEADER`] entry if any were cut ([`cap_headers`]).
     pub response_headers: Vec<(String, String)>,
     /// The first bytes of the response body, lossy UTF-8
-    /// ([`body_excerpt`]); cut to `history.response_body_limit` on store.
+    /// ([`body_text`]); cut to `history.response_body_limit` on store.
     pub response_body: String,
     /// Why it failed, if it did.
     pub error_kind: Option<ErrorKind>,
@@ -764,12 +764,12 @@ pub fn cap_headers(headers: &mut Vec<(String, String)>) {
     ));
 }
 
-/// The first `limit` bytes of a response body as text: lossy UTF-8, never
-/// longer than `limit` bytes.
-pub fn body_excerpt(body: &[u8], limit: usize) -> String {
-    let mut text = String::from_utf8_lossy(&body[..body.len().min(limit)]).into_owned();
-    truncate_at_char(&mut text, limit);
-    text
+/// A response body as text (lossy UTF-8), for an [`AttemptRecord`]. It is
+/// not cut here: the client read at most `delivery.response_body_limit`
+/// bytes of it, and the store cuts the text to `history.response_body_limit`
+/// ([`scrub`]), the one cut of what the log keeps.
+pub fn body_text(body: &[u8]) -> String {
+    String::from_utf8_lossy(body).into_owned()
 }
 
 /// Cuts `text` to at most `limit` bytes, at a character boundary.
@@ -1105,11 +1105,16 @@ mod tests {
     }
 
     #[test]
-    fn excerpts_are_cut_at_char_boundaries() {
-        assert_eq!(body_excerpt("héllo".as_bytes(), 2), "h");
-        assert_eq!(body_excerpt("héllo".as_bytes(), 3), "hé");
-        assert_eq!(body_excerpt(b"\xff\xfeabc", 4), "\u{fffd}");
-        assert!(body_excerpt(&[0xff; 10], 5).len() <= 5);
+    fn bodies_are_cut_at_char_boundaries() {
+        let cut = |body: &[u8], limit| {
+            let mut text = body_text(body);
+            truncate_at_char(&mut text, limit);
+            text
+        };
+        assert_eq!(cut("héllo".as_bytes(), 2), "h");
+        assert_eq!(cut("héllo".as_bytes(), 3), "hé");
+        assert_eq!(cut(b"\xff\xfeabc", 4), "\u{fffd}");
+        assert!(cut(&[0xff; 10], 5).len() <= 5);
     }
 
     #[test]
