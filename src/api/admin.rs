@@ -81,8 +81,8 @@ pub(super) fn parse_time(name: &str, text: &str) -> Result<Millis, ApiError> {
 
 /// A time for JSON: RFC 3339, UTC, milliseconds.
 fn time(ms: Millis) -> Value {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .map(|t| Value::String(t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)))
+    crate::model::time::format_ms(ms)
+        .map(Value::String)
         .unwrap_or(Value::Null)
 }
 

@@ -12,6 +12,7 @@ pub mod headers;
 mod secret;
 mod subscription;
 mod tenant;
+pub mod time;
 
 pub use delivery::{CorruptRecord, Delivery, DeliveryId, PluginHeaders};
 pub use event::{check_event_type, is_internal, Event, EventId, EventPattern, INTERNAL_PREFIX};
