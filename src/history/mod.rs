@@ -767,7 +767,7 @@ pub fn cap_headers(headers: &mut Vec<(String, String)>) {
 /// A response body as text (lossy UTF-8), for an [`AttemptRecord`]. It is
 /// not cut here: the client read at most `delivery.response_body_limit`
 /// bytes of it, and the store cuts the text to `history.response_body_limit`
-/// ([`scrub`]), the one cut of what the log keeps.
+/// (`scrub`), the one cut of what the log keeps.
 pub fn body_text(body: &[u8]) -> String {
     String::from_utf8_lossy(body).into_owned()
 }
