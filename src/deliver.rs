@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt, Full};
@@ -87,8 +87,6 @@ pub struct Response {
     /// rest is dropped unread. If the body stalls or breaks after the head,
     /// this holds what arrived: the status decides the outcome, not the body.
     pub body: Bytes,
-    /// From the start of the attempt to the end of the body read.
-    pub elapsed: Duration,
 }
 
 /// Why an attempt got no HTTP response.
@@ -230,7 +228,6 @@ impl Client {
     /// Sends one POST and waits for the response head, then reads at most
     /// `response_body_limit` bytes of the body, all within `req.timeout`.
     pub async fn send(&self, req: Request) -> Result<Response, Failure> {
-        let started = Instant::now();
         let deadline = tokio::time::Instant::now() + req.timeout.min(Duration::from_secs(365 * 24 * 3600));
         self.check_url(&req.url)?;
 
@@ -272,47 +269,77 @@ impl Client {
             status: head.status,
             headers: head.headers,
             body: kept.freeze(),
-            elapsed: started.elapsed(),
         })
     }
 
-    /// Refuses URLs this client must not send to before any connection:
-    /// schemes not allowed, and IP literals that are not public (hyper dials
-    /// those without asking the resolver).
+    /// Refuses URLs this client must not send to before any connection
+    /// ([`check_endpoint_url`] under this client's policy).
     fn check_url(&self, url: &http::Uri) -> Result<(), Failure> {
-        match url.scheme_str() {
-            Some("https") => {}
-            Some("http") if self.allow_http => {}
-            Some("http") => {
-                return Err(Failure::Protocol(
-                    "http:// endpoints are refused: use https, or set delivery.allow_http = true".into(),
-                ))
-            }
-            _ => {
-                return Err(Failure::Protocol(format!(
-                    "`{}` is not an https:// URL",
-                    crate::model::redact_url(&url.to_string())
-                )))
-            }
-        }
-        let host = url.host().filter(|h| !h.is_empty()).ok_or_else(|| {
-            Failure::Protocol(format!("`{}` has no host", crate::model::redact_url(&url.to_string())))
-        })?;
-        if self.allow_private_networks {
-            return Ok(());
-        }
-        let literal = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
-        if let Ok(addr) = literal.parse::<IpAddr>() {
-            if let Some(reason) = non_public_reason(addr) {
-                return Err(Failure::Blocked {
-                    host: host.to_string(),
-                    addr,
-                    reason,
-                });
-            }
-        }
-        Ok(())
+        check_endpoint_url(url, self.allow_http, self.allow_private_networks).map_err(|refused| match refused {
+            UrlRefused::Blocked { host, addr, reason } => Failure::Blocked { host, addr, reason },
+            other => Failure::Protocol(other.to_string()),
+        })
     }
+}
+
+/// Why an endpoint URL is refused before any connection.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UrlRefused {
+    /// An `http://` URL while `delivery.allow_http` is off.
+    #[error("http:// endpoints are refused; use https, or set delivery.allow_http = true")]
+    Http,
+    /// Neither `https://` nor `http://` (the URL, redacted).
+    #[error("`{0}` is not an https:// URL")]
+    Scheme(String),
+    /// No host (the URL, redacted).
+    #[error("`{0}` has no host")]
+    NoHost(String),
+    /// An IP literal that is not public while
+    /// `delivery.allow_private_networks` is off.
+    #[error(
+        "{}; set delivery.allow_private_networks = true to allow it",
+        blocked_message(host, addr, reason)
+    )]
+    Blocked {
+        /// The host of the URL.
+        host: String,
+        /// The address it names.
+        addr: IpAddr,
+        /// What kind of address it is (`loopback`, `private`, …).
+        reason: &'static str,
+    },
+}
+
+/// The endpoint URL rule, the one the config file's and the API's checks
+/// and the delivery client apply alike: `https://` (or `http://` when
+/// `allow_http`), a host, and unless `allow_private_networks` no IP
+/// literal that is not public (hyper dials those without asking the
+/// resolver; host names are checked again after DNS by the resolver).
+pub fn check_endpoint_url(url: &http::Uri, allow_http: bool, allow_private_networks: bool) -> Result<(), UrlRefused> {
+    match url.scheme_str() {
+        Some("https") => {}
+        Some("http") if allow_http => {}
+        Some("http") => return Err(UrlRefused::Http),
+        _ => return Err(UrlRefused::Scheme(crate::model::redact_url(&url.to_string()))),
+    }
+    let host = url
+        .host()
+        .filter(|h| !h.is_empty())
+        .ok_or_else(|| UrlRefused::NoHost(crate::model::redact_url(&url.to_string())))?;
+    if allow_private_networks {
+        return Ok(());
+    }
+    let literal = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    if let Ok(addr) = literal.parse::<IpAddr>() {
+        if let Some(reason) = non_public_reason(addr) {
+            return Err(UrlRefused::Blocked {
+                host: host.to_string(),
+                addr,
+                reason,
+            });
+        }
+    }
+    Ok(())
 }
 
 fn add_ca_file(roots: &mut rustls::RootCertStore, path: &Path) -> Result<(), Error> {

@@ -19,7 +19,8 @@
 //!
 //! - [`model`]: the leaf of shared types every stage uses (event ids,
 //!   types and patterns, subscription names, deliveries, tenants, secrets,
-//!   the clock's unit); it imports nothing else of hookd.
+//!   the clock's unit, the header lists ([`model::headers`]) and the API's
+//!   one time format ([`model::time`])); it imports nothing else of hookd.
 //! - [`catalog`]: tenants, API keys ([`catalog::keys`]), plans, the event
 //!   catalogue and every subscription — the config file's and those made
 //!   through the API, kept in a [`catalog::store::CatalogStore`] (Redis or
@@ -67,7 +68,9 @@
 //!   ([`sign::SigningKey`]) the config's checks share, and the
 //!   [`sign::Verifier`] receivers use (secrets and public keys alike).
 //! - [`deliver`]: the outbound HTTP client (hyper, rustls, HTTP/1.1 and
-//!   HTTP/2), which refuses non-public addresses after DNS resolution.
+//!   HTTP/2), which refuses non-public addresses after DNS resolution, and
+//!   the endpoint URL rule the config's checks share
+//!   ([`deliver::check_endpoint_url`]).
 //! - [`api`]: the HTTP API (ingest, dead deliveries and replay, the
 //!   delivery log in [`api::admin`], replaying an event to its
 //!   subscriptions in [`api::events`], retrying and bulk replay of failed

@@ -155,7 +155,7 @@ enum Command {
         /// Only this subscription's deliveries.
         #[arg(long)]
         subscription: Option<String>,
-        /// Only deliveries in this state: pending, in_flight, delivered,
+        /// Only deliveries in this state: pending, delivered,
         /// filtered, retrying, dead, parked, cancelled, expired.
         #[arg(long)]
         state: Option<String>,

@@ -63,8 +63,6 @@ pub const EVENT_SUBSCRIPTION_DISABLED: &str = "hookd.subscription.disabled";
 pub const EVENT_SUBSCRIPTION_RECOVERED: &str = "hookd.subscription.recovered";
 /// Type of the event raised when a delivery dies after its last retry.
 pub const EVENT_DELIVERY_DEAD: &str = "hookd.delivery.dead";
-/// Prefix of every event type hookd raises itself.
-pub const HOOKD_EVENT_PREFIX: &str = "hookd.";
 
 /// Notifications waiting for the background task; beyond this, dropped.
 const QUEUE_CAPACITY: usize = 10_000;
@@ -174,7 +172,7 @@ impl Notification {
     /// True for a dead delivery of a `hookd.*` event. Such a notification
     /// must not be ingested as an event (see the module docs: it would loop).
     pub fn is_about_hookd_event(&self) -> bool {
-        matches!(self, Notification::DeliveryDead { event_type, .. } if event_type.starts_with(HOOKD_EVENT_PREFIX))
+        matches!(self, Notification::DeliveryDead { event_type, .. } if crate::model::is_internal(event_type))
     }
 
     /// The `hookd.*` event describing this notification, for the normal
@@ -405,9 +403,9 @@ impl Recipients {
     fn parse(key: &str, list: &[String]) -> Result<Recipients, Error> {
         let mut mailboxes = Vec::with_capacity(list.len());
         for (n, text) in list.iter().enumerate() {
-            let mailbox: Mailbox = text.parse().map_err(|e| Error::Address {
+            let mailbox = crate::config::parse_mailbox(text).map_err(|reason| Error::Address {
                 key: format!("{key}[{n}]"),
-                reason: format!("`{text}`: {e}"),
+                reason,
             })?;
             mailboxes.push(mailbox);
         }
@@ -439,9 +437,9 @@ impl MailSettings {
             key: "notify.from".into(),
             reason: "is required when notify.smtp_host is set".into(),
         })?;
-        let from = from_text.parse().map_err(|e| Error::Address {
+        let from = crate::config::parse_mailbox(from_text).map_err(|reason| Error::Address {
             key: "notify.from".into(),
-            reason: format!("`{from_text}`: {e}"),
+            reason,
         })?;
         let tls_parameters = || {
             TlsParameters::new(host.to_owned()).map_err(|e| Error::Tls {

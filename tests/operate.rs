@@ -763,6 +763,142 @@ async fn failed_deliveries_are_retried_and_replayed_redis() {
     failed_deliveries_are_retried_and_replayed(&queue).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_delivery_replayed_by_either_route_is_logged() {
+    // POST /v1/deliveries/{id}/replay and .../retry replay a dead delivery
+    // the same way: the log records who moved it, whichever was called.
+    let rx = Receiver::start_with(|_, _, _| Answer::Status(500, vec![])).await;
+    let dir = tempfile::tempdir().unwrap();
+    let toml = base_toml(dir.path(), "") + &subscription("dead", &rx.url("dead"), r#"["order.*"]"#, "max_retries = 0");
+    let hookd = Hookd::start(Config::from_toml(&toml).unwrap()).await;
+    for id in ["evt_by_replay", "evt_by_retry"] {
+        hookd.send(json!({"type": "order.placed", "id": id, "data": {}})).await;
+    }
+    let listed = hookd
+        .wait_for(
+            "/v1/deliveries?subscription=dead&state=dead",
+            "2 dead deliveries",
+            |v| v["deliveries"].as_array().is_some_and(|d| d.len() == 2),
+        )
+        .await;
+    let id_of = |event: &str| {
+        listed["deliveries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["event_id"] == event)
+            .unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let (by_replay, by_retry) = (id_of("evt_by_replay"), id_of("evt_by_retry"));
+    rx.answer_with(|_, _, _| Answer::ok());
+
+    let answer = hookd
+        .api
+        .post(&format!("/v1/deliveries/{by_replay}/replay"), "")
+        .await
+        .unwrap();
+    assert_eq!(answer["replayed"], true);
+    let answer = hookd
+        .api
+        .post(&format!("/v1/deliveries/{by_retry}/retry"), "")
+        .await
+        .unwrap();
+    assert_eq!(answer["action"], "replayed");
+    for id in [&by_replay, &by_retry] {
+        let logged = hookd
+            .wait_for(&format!("/v1/deliveries/{id}/attempts"), "the replay delivered", |v| {
+                v["delivery"]["state"] == "delivered"
+            })
+            .await;
+        assert_eq!(logged["delivery"]["note"], "replayed by an operator", "{id}: {logged}");
+        assert_eq!(logged["attempts"].as_array().map(Vec::len), Some(2), "{logged}");
+    }
+    hookd.stop().await;
+}
+
+/// Every time in `value` (a field named `*_at`, `since`, `from`, `to`,
+/// `at` or a standing's `due`, holding a string or number), with its path.
+fn times_in(value: &Value, path: &str, out: &mut Vec<(String, Value)>) {
+    match value {
+        Value::Object(map) => {
+            for (key, v) in map {
+                let path = format!("{path}.{key}");
+                // `due` is also a count, in the queue's depth.
+                let timely = key.ends_with("_at")
+                    || ["since", "from", "to", "at"].contains(&key.as_str())
+                    || (key == "due" && path.ends_with("standing.due"));
+                if timely && (v.is_string() || v.is_number()) {
+                    out.push((path, v.clone()));
+                } else {
+                    times_in(v, &path, out);
+                }
+            }
+        }
+        Value::Array(items) => {
+            for (n, v) in items.iter().enumerate() {
+                times_in(v, &format!("{path}[{n}]"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_admin_answer_writes_times_alike() {
+    // RFC 3339 in UTC with milliseconds, as the delivery log's routes
+    // always wrote them; others wrote whole seconds, nanoseconds or Unix
+    // milliseconds.
+    let rx = Receiver::start_with(|_, _, _| Answer::Status(500, vec![])).await;
+    let dir = tempfile::tempdir().unwrap();
+    let toml = base_toml(dir.path(), "") + &subscription("dead", &rx.url("dead"), r#"["order.*"]"#, "max_retries = 0");
+    let hookd = Hookd::start(Config::from_toml(&toml).unwrap()).await;
+    hookd
+        .send(json!({"type": "order.placed", "id": "evt_times", "data": {}}))
+        .await;
+    let listed = hookd
+        .wait_for("/v1/deliveries/dead", "a dead delivery", |v| {
+            v["deliveries"].as_array().is_some_and(|d| d.len() == 1)
+        })
+        .await;
+    let id = listed["deliveries"][0]["id"].as_str().unwrap().to_owned();
+    hookd.api.post("/v1/subscriptions/dead/disable", "").await.unwrap();
+    let mut times = Vec::new();
+    times_in(&listed, "dead", &mut times);
+    for path in [
+        format!("/v1/deliveries/{id}"),
+        format!("/v1/deliveries/{id}/attempts"),
+        "/v1/deliveries".to_owned(),
+        "/v1/subscriptions/dead".to_owned(),
+        "/v1/events/evt_times".to_owned(),
+        "/v1/stats".to_owned(),
+    ] {
+        let answer = hookd.api.get(&path).await.unwrap();
+        times_in(&answer, &path, &mut times);
+    }
+    for field in ["standing.since", "subscriptions/dead.since", "stats.from", "stats.to"] {
+        assert!(
+            times
+                .iter()
+                .any(|(path, _)| path.replace('/', "").contains(&field.replace('/', ""))),
+            "no {field} in {times:?}"
+        );
+    }
+    for (path, time) in &times {
+        let text = time
+            .as_str()
+            .unwrap_or_else(|| panic!("{path}: {time} is not a string"));
+        assert!(
+            text.len() == 24 && text.ends_with('Z') && text.as_bytes()[19] == b'.',
+            "{path}: {text} is not RFC 3339 UTC with milliseconds"
+        );
+        chrono::DateTime::parse_from_rfc3339(text).unwrap_or_else(|e| panic!("{path}: {text}: {e}"));
+    }
+    hookd.stop().await;
+}
+
 /// `processes` hookd processes sharing one queue (`queue`: TOML of the
 /// `[queue]` table, or empty for the embedded store, then one process) pace
 /// a rate-limited subscription together.

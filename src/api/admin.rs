@@ -81,8 +81,8 @@ pub(super) fn parse_time(name: &str, text: &str) -> Result<Millis, ApiError> {
 
 /// A time for JSON: RFC 3339, UTC, milliseconds.
 fn time(ms: Millis) -> Value {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .map(|t| Value::String(t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)))
+    crate::model::time::format_ms(ms)
+        .map(Value::String)
         .unwrap_or(Value::Null)
 }
 
@@ -345,5 +345,16 @@ mod tests {
             let err = parse(query).err().expect("rejected");
             assert!(err.starts_with(name), "{query:?}: {err}");
         }
+    }
+
+    #[test]
+    fn in_flight_is_refused_naming_the_states_recorded() {
+        // No delivery is ever recorded in flight: the filter would always
+        // answer nothing, so it is refused with the states that exist.
+        let err = parse(&[("state", "in_flight")]).err().expect("rejected");
+        assert!(
+            err.contains("use one of pending, delivered, filtered, retrying, dead, parked, cancelled, expired"),
+            "{err}"
+        );
     }
 }

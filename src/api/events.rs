@@ -43,7 +43,7 @@ use crate::catalog::keys::Principal;
 use crate::config::{Config, SubscriptionName};
 use crate::history::{DeliverySummary, Entry};
 use crate::ingest::EventId;
-use crate::queue::{now_ms, shard_of, Delivery, DeliveryId, Enqueued, NewEvent};
+use crate::queue::{now_ms, shard_of, Delivery, Enqueued, NewEvent};
 
 /// Longest replay `key` accepted, in bytes.
 pub const MAX_KEY: usize = 200;
@@ -188,17 +188,16 @@ async fn replay(
     let now = now_ms();
     let deliveries: Vec<Delivery> = targets
         .iter()
-        .map(|subscription| Delivery {
-            id: DeliveryId::new(shard),
-            event_id: event_id.clone(),
-            event_type: record.event_type.clone(),
-            subscription: subscription.clone(),
-            created_at: now,
-            attempts: 0,
-            body: record.body.clone(),
-            last_error: None,
-            headers: None,
-            tenant: tenant.clone(),
+        .map(|subscription| {
+            Delivery::new(
+                shard,
+                event_id.clone(),
+                record.event_type.clone(),
+                tenant.clone(),
+                subscription.clone(),
+                record.body.clone(),
+                now,
+            )
         })
         .collect();
     let dedup_key = match &tenant {

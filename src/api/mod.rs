@@ -584,7 +584,14 @@ async fn get_delivery(
     match state.queue.get(&id).await? {
         Some((delivery, standing)) if may_see(&snapshot, &principal, &delivery.subscription) => {
             let mut body = delivery_json(&delivery);
-            body["standing"] = serde_json::to_value(standing).unwrap_or_default();
+            let mut standing = serde_json::to_value(standing).unwrap_or_default();
+            // Its time (`due` or `since`) as every answer writes times.
+            for key in ["due", "since"] {
+                if let Some(ms) = standing.get(key).and_then(serde_json::Value::as_i64) {
+                    standing[key] = json!(crate::model::time::format_ms(ms));
+                }
+            }
+            body["standing"] = standing;
             Ok(Json(body).into_response())
         }
         _ => Err(delivery_not_found(&id)),
@@ -605,8 +612,7 @@ async fn replay_delivery(
             _ => return Err(delivery_not_found(&id)),
         }
     }
-    if state.queue.replay(&id, now_ms()).await? {
-        state.ingestor.wake();
+    if recover::replay_dead(&state, &id, now_ms()).await? {
         Ok((StatusCode::ACCEPTED, Json(json!({"id": id, "replayed": true}))).into_response())
     } else {
         Err(ApiError::new(
@@ -623,7 +629,7 @@ fn delivery_json(d: &crate::queue::Delivery) -> serde_json::Value {
         "event_id": d.event_id,
         "event_type": d.event_type,
         "subscription": d.subscription,
-        "created_at": chrono::DateTime::from_timestamp_millis(d.created_at),
+        "created_at": crate::model::time::format_ms(d.created_at),
         "attempts": d.attempts,
         "last_error": d.last_error,
         "body": String::from_utf8_lossy(&d.body),

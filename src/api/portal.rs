@@ -40,6 +40,7 @@ pub struct PortalLink {
     /// The link: `…/console/link/<token>`.
     pub url: String,
     /// When it stops opening.
+    #[serde(with = "crate::model::time::rfc3339")]
     pub expires_at: chrono::DateTime<chrono::Utc>,
 }
 

@@ -88,6 +88,19 @@ async fn log_moved(state: &ApiState, ids: Vec<DeliveryId>, note: &str) {
     }
 }
 
+/// Replays dead delivery `id` (its attempts reset) and records the move
+/// in the delivery log: the one replay of a single dead delivery, for
+/// `POST /v1/deliveries/{id}/replay` and `.../retry` alike. False if it
+/// was not dead (any more).
+pub(super) async fn replay_dead(state: &ApiState, id: &DeliveryId, now: Millis) -> Result<bool, ApiError> {
+    if !state.queue.replay(id, now).await? {
+        return Ok(false);
+    }
+    log_moved(state, vec![id.clone()], "replayed by an operator").await;
+    state.ingestor.wake();
+    Ok(true)
+}
+
 async fn retry(
     State(state): State<Arc<ApiState>>,
     Extension(principal): Extension<Principal>,
@@ -124,10 +137,9 @@ async fn retry(
     };
     let action = match standing {
         Standing::Dead { .. } => {
-            if !state.queue.replay(&id, now).await? {
+            if !replay_dead(&state, &id, now).await? {
                 return conflict("in_flight", format!("delivery {id} was replayed meanwhile"));
             }
-            log_moved(&state, vec![id.clone()], "replayed by an operator").await;
             "replayed"
         }
         Standing::Parked { .. } => {

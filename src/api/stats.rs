@@ -101,8 +101,10 @@ pub struct Stats {
     /// The window asked for.
     pub window: Window,
     /// The start of its first minute.
+    #[serde(with = "crate::model::time::rfc3339")]
     pub from: DateTime<Utc>,
     /// The end of its last minute (the one under way), exclusive.
+    #[serde(with = "crate::model::time::rfc3339")]
     pub to: DateTime<Utc>,
     /// Every minute of the window, oldest first, quiet ones included.
     pub minutes: Vec<MinuteStats>,
@@ -127,6 +129,7 @@ pub struct Stats {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MinuteStats {
     /// The minute's start.
+    #[serde(with = "crate::model::time::rfc3339")]
     pub at: DateTime<Utc>,
     /// Attempts answered 2xx.
     pub succeeded: u64,
@@ -178,8 +181,10 @@ pub struct FailingSubscription {
     /// Failed attempts in a row.
     pub consecutive_failures: u64,
     /// Failing since, if it is.
+    #[serde(default, with = "crate::model::time::rfc3339_option")]
     pub failing_since: Option<DateTime<Utc>>,
     /// Its last failure.
+    #[serde(default, with = "crate::model::time::rfc3339_option")]
     pub last_failure_at: Option<DateTime<Utc>>,
 }
 
@@ -357,7 +362,7 @@ mod tests {
             tenants: None,
         };
         let json = serde_json::to_value(&stats).unwrap();
-        assert_eq!(json["minutes"][0]["at"], "2023-11-14T22:14:00Z");
+        assert_eq!(json["minutes"][0]["at"], "2023-11-14T22:14:00.000Z");
         assert!(json.get("queue").is_none() && json.get("tenants").is_none(), "{json}");
         assert_eq!(serde_json::from_value::<Stats>(json).unwrap(), stats);
     }

@@ -113,22 +113,28 @@ pub struct SubscriptionAnswer {
     /// Its attempt timeout, if it sets one (`5s`).
     pub timeout: Option<String>,
     /// When it was made through the API.
+    #[serde(default, with = "crate::model::time::rfc3339_option")]
     pub created_at: Option<chrono::DateTime<chrono::Utc>>,
     /// When it last changed through the API.
+    #[serde(default, with = "crate::model::time::rfc3339_option")]
     pub updated_at: Option<chrono::DateTime<chrono::Utc>>,
     /// `active` or `disabled`.
     pub status: String,
     /// Why it is disabled.
     pub disabled_reason: Option<String>,
     /// Since when it is enabled or disabled; null while that never changed.
+    #[serde(default, with = "crate::model::time::rfc3339_option")]
     pub since: Option<chrono::DateTime<chrono::Utc>>,
     /// Failed attempts in a row.
     pub consecutive_failures: u64,
     /// Failing since, if it is.
+    #[serde(default, with = "crate::model::time::rfc3339_option")]
     pub failing_since: Option<chrono::DateTime<chrono::Utc>>,
     /// Its last success.
+    #[serde(default, with = "crate::model::time::rfc3339_option")]
     pub last_success_at: Option<chrono::DateTime<chrono::Utc>>,
     /// Its last failure.
+    #[serde(default, with = "crate::model::time::rfc3339_option")]
     pub last_failure_at: Option<chrono::DateTime<chrono::Utc>>,
     /// The delivery log's counts.
     pub counts: Counts,
@@ -515,7 +521,7 @@ async fn rotate_secret(
     let mut answer = json!({
         "id": sub.id,
         "secret": secret,
-        "previous_expire_at": if grace.is_zero() { Value::Null } else { json!(until) },
+        "previous_expire_at": if grace.is_zero() { Value::Null } else { json!(crate::model::time::format(&until)) },
     });
     if let Some(public) = sign::public_key_of(&secret) {
         answer["public_key"] = json!(public);
@@ -636,17 +642,7 @@ async fn disable(
         None => "disabled by an operator".into(),
     });
     let name: SubscriptionName = sub.name;
-    let changed = state
-        .state
-        .set_enabled(&name, false, Some(reason.clone()), now_ms())
-        .await?;
-    state.endpoints.load().set_disabled(&name, true);
-    if changed {
-        state.alerts.raise(Notification::SubscriptionDisabled {
-            subscription: name.clone(),
-            reason,
-            at: chrono::Utc::now(),
-        });
-    }
+    let changed =
+        crate::dispatch::disable(state.state.as_ref(), &state.endpoints, &state.alerts, &name, reason).await?;
     Ok(Json(json!({ "id": name, "name": name, "enabled": false, "changed": changed })).into_response())
 }

@@ -61,8 +61,10 @@ pub struct TenantAnswer {
     /// How many subscriptions it has.
     pub subscriptions: usize,
     /// When it was made (null for a tenant of the config file).
+    #[serde(default, with = "crate::model::time::rfc3339_option")]
     pub created_at: Option<chrono::DateTime<chrono::Utc>>,
     /// When it last changed.
+    #[serde(default, with = "crate::model::time::rfc3339_option")]
     pub updated_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
@@ -78,8 +80,10 @@ pub struct KeyAnswer {
     /// Its owner's label.
     pub label: Option<String>,
     /// When it was made.
+    #[serde(default, with = "crate::model::time::rfc3339_option")]
     pub created_at: Option<chrono::DateTime<chrono::Utc>>,
     /// When it was last used (written every few seconds).
+    #[serde(default, with = "crate::model::time::rfc3339_option")]
     pub last_used_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 

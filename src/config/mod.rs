@@ -25,19 +25,6 @@ pub const ENV_PREFIX: &str = "HOOKD_";
 /// (`HOOKD_CONFIG`, `HOOKD_URL`, `HOOKD_API_KEY`) and the log filter.
 const ENV_NOT_CONFIG: &[&str] = &["config", "url", "api_key", "log"];
 
-/// Headers that neither configuration nor plugins may set: hookd owns them.
-pub const PROTECTED_HEADERS: &[&str] = &[
-    "webhook-id",
-    "webhook-timestamp",
-    "webhook-signature",
-    "content-digest",
-    "content-length",
-    "content-type",
-    "host",
-    "transfer-encoding",
-    "connection",
-];
-
 pub use crate::model::{RateLimit, Secret, SubscriptionName, TenantId, STORED_ID_PREFIX};
 
 /// A configuration problem, naming the key at fault.
@@ -265,7 +252,8 @@ pub struct DeliveryConfig {
     pub disable_after: Duration,
     /// Extra CA certificates (PEM) trusted beside the system roots.
     pub ca_file: Option<PathBuf>,
-    /// Bytes of each response body kept in the attempt record.
+    /// Bytes of each response body read (the rest is dropped unread); the
+    /// delivery log keeps at most `history.response_body_limit` of them.
     pub response_body_limit: usize,
 }
 
@@ -523,14 +511,18 @@ pub enum SmtpTls {
     None,
 }
 
-/// Checks one mailbox (`address` or `Name <address>`), naming `key`.
-fn check_mailbox(key: &str, text: &str) -> Result<(), Error> {
-    text.parse::<lettre::message::Mailbox>().map(|_| ()).map_err(|e| {
-        invalid(
-            key,
-            format!("`{text}` is not an email address ({e}); use `name@example.com` or `Name <name@example.com>`"),
-        )
+/// Reads one mailbox (`address` or `Name <address>`): the one parser of
+/// `notify.from`, `notify.to` and `notify_to`, for the config's checks and
+/// the notifier alike. The problem says what to write instead.
+pub fn parse_mailbox(text: &str) -> Result<lettre::message::Mailbox, String> {
+    text.parse::<lettre::message::Mailbox>().map_err(|e| {
+        format!("`{text}` is not an email address ({e}); use `name@example.com` or `Name <name@example.com>`")
     })
+}
+
+/// Checks one mailbox ([`parse_mailbox`]), naming `key`.
+fn check_mailbox(key: &str, text: &str) -> Result<(), Error> {
+    parse_mailbox(text).map(|_| ()).map_err(|p| invalid(key, p))
 }
 
 /// `[history]`: the delivery log and its retention.
@@ -1089,20 +1081,8 @@ impl SubscriptionConfig {
                 format!("`{}` is not a URL: {e}", crate::model::redact_url(&self.url)),
             )
         })?;
-        match uri.scheme_str() {
-            Some("https") => {}
-            Some("http") if delivery.allow_http => {}
-            Some("http") => {
-                return Err(invalid(
-                    format!("{prefix}url"),
-                    "http:// endpoints are refused; use https, or set delivery.allow_http = true",
-                ))
-            }
-            _ => return Err(invalid(format!("{prefix}url"), "must be an https:// URL")),
-        }
-        if uri.host().is_none_or(str::is_empty) {
-            return Err(invalid(format!("{prefix}url"), "has no host"));
-        }
+        crate::deliver::check_endpoint_url(&uri, delivery.allow_http, delivery.allow_private_networks)
+            .map_err(|refused| invalid(format!("{prefix}url"), refused.to_string()))?;
         if self.events.is_empty() {
             return Err(invalid(
                 format!("{prefix}events"),
@@ -1122,17 +1102,8 @@ impl SubscriptionConfig {
             crate::sign::SigningKey::parse(secret.expose()).map_err(|p| invalid(format!("{prefix}secrets[{n}]"), p))?;
         }
         for (name, value) in &self.headers {
-            let lower = name.to_ascii_lowercase();
-            if PROTECTED_HEADERS.contains(&lower.as_str()) {
-                return Err(invalid(
-                    format!("{prefix}headers.{name}"),
-                    "is set by hookd and cannot be overridden",
-                ));
-            }
-            http::HeaderName::from_bytes(name.as_bytes())
-                .map_err(|_| invalid(format!("{prefix}headers.{name}"), "is not a valid header name"))?;
-            http::HeaderValue::from_str(value)
-                .map_err(|_| invalid(format!("{prefix}headers.{name}"), "value is not a valid header value"))?;
+            crate::model::headers::custom_header(name, value)
+                .map_err(|p| invalid(format!("{prefix}headers.{name}"), p))?;
         }
         if self.timeout.is_some_and(|t| t.is_zero()) {
             return Err(invalid(format!("{prefix}timeout"), "must be greater than zero"));
@@ -1299,6 +1270,28 @@ mod tests {
     }
 
     #[test]
+    fn endpoint_urls_naming_non_public_addresses_are_refused_at_load() {
+        // The delivery client refuses these before connecting: a config
+        // (or API) check that let them through made subscriptions whose
+        // every delivery died `blocked`.
+        for url in [
+            "https://127.0.0.1/in",
+            "https://10.1.2.3:8443/in",
+            "https://[::1]/in",
+            "https://169.254.169.254/latest",
+        ] {
+            let text = sub("").replace("https://crm.example.com/hooks", url);
+            let err = Config::from_toml(&text).unwrap_err().to_string();
+            assert!(
+                err.contains("subscriptions.crm.url") && err.contains("delivery.allow_private_networks = true"),
+                "{url}: {err}"
+            );
+            Config::from_toml(&format!("[delivery]\nallow_private_networks = true\n{text}")).unwrap();
+        }
+        Config::from_toml(&sub("").replace("crm.example.com", "8.8.8.8")).unwrap();
+    }
+
+    #[test]
     fn subscription_problems_name_the_subscription_and_key() {
         let cases: &[(String, &str)] = &[
             (sub("").replace("https://", "http://"), "subscriptions.crm.url"),
@@ -1307,6 +1300,12 @@ mod tests {
             (
                 sub("headers = { \"webhook-signature\" = \"x\" }"),
                 "subscriptions.crm.headers.webhook-signature",
+            ),
+            // Sent by hookd on every request: a custom value was silently
+            // replaced before it was refused here.
+            (
+                sub("headers = { \"User-Agent\" = \"crm/1\" }"),
+                "subscriptions.crm.headers.User-Agent",
             ),
             (sub("colour = 1"), "colour"),
             (

@@ -115,29 +115,43 @@ pub(crate) fn fold(reports: &[Report]) -> Vec<HealthUpdate> {
     order.into_iter().filter_map(|s| by_sub.remove(s)).collect()
 }
 
-/// Disables `name` in the backend and here, raising the notification if
-/// this call changed it.
-async fn disable(
+/// Disables `name`: here at once (this process sends nothing more to it),
+/// then in the backend with `reason`, for every process; if that changed
+/// it, logs it and raises [`Notification::SubscriptionDisabled`]. The one
+/// way a subscription is disabled, automatically (here) or by an operator
+/// or its owner (the API's `POST /v1/subscriptions/{id}/disable`).
+/// Returns whether the backend's state changed.
+pub async fn disable(
+    state: &dyn StateStore,
+    endpoints: &ArcSwap<Endpoints>,
+    alerts: &Alerts,
+    name: &SubscriptionName,
+    reason: String,
+) -> Result<bool, crate::queue::Error> {
+    endpoints.load().set_disabled(name, true);
+    let changed = state.set_enabled(name, false, Some(reason.clone()), now_ms()).await?;
+    if changed {
+        warn!(subscription = %name, reason = %reason, "subscription disabled: its deliveries are parked until it is enabled again");
+        alerts.raise(Notification::SubscriptionDisabled {
+            subscription: name.clone(),
+            reason,
+            at: chrono::Utc::now(),
+        });
+    }
+    Ok(changed)
+}
+
+/// [`disable`] for the health task, which has no one to answer: a failure
+/// is logged.
+async fn disable_logged(
     state: &dyn StateStore,
     endpoints: &ArcSwap<Endpoints>,
     alerts: &Alerts,
     name: &SubscriptionName,
     reason: String,
 ) {
-    if let Some(endpoint) = endpoints.load().map.get(name) {
-        endpoint.disabled.set(true);
-    }
-    match state.set_enabled(name, false, Some(reason.clone()), now_ms()).await {
-        Ok(true) => {
-            warn!(subscription = %name, reason = %reason, "subscription disabled: its deliveries are parked until it is enabled again");
-            alerts.raise(Notification::SubscriptionDisabled {
-                subscription: name.clone(),
-                reason,
-                at: chrono::Utc::now(),
-            });
-        }
-        Ok(false) => {}
-        Err(e) => error!(subscription = %name, error = %e, "cannot store the subscription's disabled state"),
+    if let Err(e) = disable(state, endpoints, alerts, name, reason).await {
+        error!(subscription = %name, error = %e, "cannot store the subscription's disabled state");
     }
 }
 
@@ -153,7 +167,7 @@ pub(crate) async fn health_loop(
     while rx.recv_many(&mut batch, 1024).await > 0 {
         for report in &batch {
             if let Report::Gone { subscription } = report {
-                disable(
+                disable_logged(
                     state.as_ref(),
                     &endpoints,
                     &alerts,
@@ -194,7 +208,7 @@ pub(crate) async fn health_loop(
                         humantime::format_duration(thresholds.duration)
                     )
                 };
-                disable(state.as_ref(), &endpoints, &alerts, &name, reason).await;
+                disable_logged(state.as_ref(), &endpoints, &alerts, &name, reason).await;
             }
         }
     }

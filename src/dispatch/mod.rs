@@ -25,6 +25,7 @@
 //! deliveries in flight finish with the snapshot they started with.
 
 mod health;
+pub use health::disable;
 pub mod policy;
 
 use std::collections::{HashMap, HashSet};
@@ -44,7 +45,7 @@ use crate::catalog::Catalog;
 use crate::config::{Config, RateLimit, SubscriptionConfig, SubscriptionName, STORED_ID_PREFIX};
 use crate::deliver::{self, Client};
 use crate::history::{self, AttemptRecord, DeliveryState, DeliverySummary, Entry, ErrorKind, Recorder};
-use crate::model::PluginHeaders;
+use crate::model::{headers, PluginHeaders};
 use crate::notify::{Alerts, Notification};
 use crate::plugin::{self, Plugin, Plugins, Verdict};
 use crate::queue::{now_ms, rate, Backend, Claim, Delivery, Millis, Queue, Settlement, StateStore};
@@ -83,15 +84,6 @@ const DEFER_DELAY_MAX: Duration = Duration::from_millis(250);
 fn saturated_delay(previous: Option<Duration>) -> Duration {
     previous.map_or(DEFER_DELAY, |d| (d * 2).min(DEFER_DELAY_MAX))
 }
-/// Request headers whose values the delivery log keeps (the rest, custom
-/// headers included, may carry credentials and are redacted).
-const LOGGED_HEADERS: &[&str] = &[
-    "content-type",
-    "user-agent",
-    "webhook-id",
-    "webhook-timestamp",
-    "content-digest",
-];
 
 /// Why the dispatcher could not start.
 #[derive(Debug, thiserror::Error)]
@@ -154,8 +146,15 @@ impl Endpoint {
         let url = sub.url.parse().map_err(|e| fail(format!("bad url: {e}")))?;
         let mut headers = HeaderMap::new();
         for (name, value) in &sub.headers {
-            let name = HeaderName::from_bytes(name.as_bytes()).map_err(|e| fail(format!("header {name}: {e}")))?;
-            let value = HeaderValue::from_str(value).map_err(|e| fail(format!("header {name}: {e}")))?;
+            if headers::is_protected(name) {
+                // Stored before the name was protected (`user-agent`):
+                // hookd's own value was sent then too.
+                tracing::warn!(subscription = %sub.name, header = %name,
+                    "custom header ignored: hookd sets it; remove it from the subscription");
+                continue;
+            }
+            let (name, value) =
+                crate::model::headers::custom_header(name, value).map_err(|p| fail(format!("header {name} {p}")))?;
             headers.insert(name, value);
         }
         let signer = Signer::new(&sub.secrets).map_err(|e| fail(e.to_string()))?;
@@ -347,16 +346,6 @@ impl Endpoints {
         if let Some(endpoint) = self.map.get(name) {
             endpoint.disabled.set(disabled || !endpoint.configured_enabled);
         }
-    }
-
-    /// How many subscriptions there are.
-    pub fn len(&self) -> usize {
-        self.map.len()
-    }
-
-    /// Whether there are none.
-    pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
     }
 }
 
@@ -756,8 +745,8 @@ async fn attempt(shared: &Shared, claim: Claim, endpoint: Option<Arc<Endpoint>>)
     let request_headers = history::redact_headers(&request.headers, &[])
         .into_iter()
         .map(|(n, v)| {
-            let keep = LOGGED_HEADERS.contains(&n.as_str());
-            (n, if keep { v } else { "[redacted]".into() })
+            let keep = headers::LOGGED_REQUEST.contains(&n.as_str());
+            (n, if keep { v } else { headers::REDACTED.into() })
         })
         .collect();
     let result = shared.client.send(request).await;
@@ -809,7 +798,7 @@ async fn attempt(shared: &Shared, claim: Claim, endpoint: Option<Arc<Endpoint>>)
         Ok(response) => {
             record.response_headers = history::redact_headers(&response.headers, &[]);
             history::cap_headers(&mut record.response_headers);
-            record.response_body = history::body_excerpt(&response.body, response.body.len());
+            record.response_body = history::body_text(&response.body);
             if outcome != Outcome::Delivered {
                 record.error_kind = Some(ErrorKind::Status);
             }
@@ -979,8 +968,40 @@ async fn settle_loop(queue: Arc<dyn Queue>, mut rx: mpsc::UnboundedReceiver<Sett
 
 #[cfg(test)]
 mod tests {
-    use super::{saturated_delay, Switch, DEFER_DELAY, DEFER_DELAY_MAX};
-    use std::time::Duration;
+    use super::*;
+
+    #[test]
+    fn every_header_hookd_sets_is_protected() {
+        let config = Config::from_toml(&format!(
+            "[[subscriptions]]\nname = \"crm\"\nurl = \"https://crm.example.com/in\"\nevents = [\"*\"]\nsecrets = [\"{}\"]\nheaders = {{ \"x-team\" = \"a\" }}\n",
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+        ))
+        .unwrap();
+        let endpoint = Endpoint::new(
+            &config,
+            &config.subscriptions[0],
+            &LoadedPlugins::default(),
+            &Metrics::new(),
+            None,
+        )
+        .unwrap();
+        let delivery = Delivery::new(
+            0,
+            crate::model::EventId::parse("evt_1").unwrap(),
+            "a.b".into(),
+            None,
+            config.subscriptions[0].name.clone(),
+            bytes::Bytes::from_static(b"{}"),
+            0,
+        );
+        let request = endpoint.request(&delivery, 1);
+        for name in request.headers.keys() {
+            assert!(
+                name == "x-team" || headers::is_protected(name.as_str()),
+                "hookd sets `{name}`, which a custom header could override"
+            );
+        }
+    }
 
     #[test]
     fn a_full_subscription_waits_longer_each_batch_up_to_a_quarter_second() {

@@ -744,8 +744,8 @@ mod tests {
 
     #[test]
     fn states_index_under_their_wire_names() {
-        let all = indices("crm", None, DeliveryState::InFlight);
+        let all = indices("crm", None, DeliveryState::Retrying);
         assert_eq!(all.fixed, ["time", "sub:crm"]);
-        assert_eq!(all.by_state, ["state:in_flight", "sub:crm:state:in_flight"]);
+        assert_eq!(all.by_state, ["state:retrying", "sub:crm:state:retrying"]);
     }
 }

@@ -128,18 +128,10 @@ use crate::queue::{Delivery, DeliveryId, Millis};
 pub use activity::{Activity, AttemptCounts, MinuteActivity, TenantVolume};
 
 /// The value stored in place of a secret header value.
-pub const REDACTED: &str = "[redacted]";
+pub use crate::model::REDACTED;
 
-/// Headers whose values are never stored, whatever the caller passes:
-/// the signature, and credentials a subscription's custom headers or an
-/// endpoint's answer may carry.
-pub const ALWAYS_REDACTED: &[&str] = &[
-    "webhook-signature",
-    "authorization",
-    "proxy-authorization",
-    "cookie",
-    "set-cookie",
-];
+/// Headers whose values are never stored, whatever the caller passes.
+pub use crate::model::headers::ALWAYS_REDACTED;
 
 /// Most deliveries, and most event records, one [`History::trim`] call
 /// removes, so a call never holds the store (or Redis) for long.
@@ -203,8 +195,6 @@ pub enum Error {
 pub enum DeliveryState {
     /// Queued, waiting for its first attempt (or replayed).
     Pending,
-    /// Claimed by a worker, being attempted.
-    InFlight,
     /// Acknowledged by the endpoint with a 2xx.
     Delivered,
     /// Dropped on purpose before sending (a plugin's `drop`).
@@ -224,9 +214,8 @@ pub enum DeliveryState {
 
 impl DeliveryState {
     /// Every state, in declaration order.
-    pub const ALL: [DeliveryState; 9] = [
+    pub const ALL: [DeliveryState; 8] = [
         DeliveryState::Pending,
-        DeliveryState::InFlight,
         DeliveryState::Delivered,
         DeliveryState::Filtered,
         DeliveryState::Retrying,
@@ -236,11 +225,10 @@ impl DeliveryState {
         DeliveryState::Expired,
     ];
 
-    /// The state's wire name (`in_flight`), as in JSON and storage keys.
+    /// The state's wire name (`retrying`), as in JSON and storage keys.
     pub fn as_str(self) -> &'static str {
         match self {
             DeliveryState::Pending => "pending",
-            DeliveryState::InFlight => "in_flight",
             DeliveryState::Delivered => "delivered",
             DeliveryState::Filtered => "filtered",
             DeliveryState::Retrying => "retrying",
@@ -284,8 +272,6 @@ pub enum ErrorKind {
     Tls,
     /// The endpoint answered with a status that is not 2xx.
     Status,
-    /// The subscription's plugin failed.
-    Plugin,
     /// The endpoint's address is not allowed (SSRF guard).
     Blocked,
     /// The HTTP exchange itself failed.
@@ -339,7 +325,7 @@ pub struct AttemptRecord {
     /// then a [`TRUNCATED_HEADER`] entry if any were cut ([`cap_headers`]).
     pub response_headers: Vec<(String, String)>,
     /// The first bytes of the response body, lossy UTF-8
-    /// ([`body_excerpt`]); cut to `history.response_body_limit` on store.
+    /// ([`body_text`]); cut to `history.response_body_limit` on store.
     pub response_body: String,
     /// Why it failed, if it did.
     pub error_kind: Option<ErrorKind>,
@@ -778,12 +764,12 @@ pub fn cap_headers(headers: &mut Vec<(String, String)>) {
     ));
 }
 
-/// The first `limit` bytes of a response body as text: lossy UTF-8, never
-/// longer than `limit` bytes.
-pub fn body_excerpt(body: &[u8], limit: usize) -> String {
-    let mut text = String::from_utf8_lossy(&body[..body.len().min(limit)]).into_owned();
-    truncate_at_char(&mut text, limit);
-    text
+/// A response body as text (lossy UTF-8), for an [`AttemptRecord`]. It is
+/// not cut here: the client read at most `delivery.response_body_limit`
+/// bytes of it, and the store cuts the text to `history.response_body_limit`
+/// (`scrub`), the one cut of what the log keeps.
+pub fn body_text(body: &[u8]) -> String {
+    String::from_utf8_lossy(body).into_owned()
 }
 
 /// Cuts `text` to at most `limit` bytes, at a character boundary.
@@ -1063,7 +1049,10 @@ mod tests {
             assert_eq!(serde_json::to_value(state).unwrap(), state.as_str());
         }
         let err = "done".parse::<DeliveryState>().unwrap_err();
-        assert!(err.contains("in_flight"), "{err}");
+        assert!(
+            err.contains("pending, delivered, filtered, retrying, dead, parked, cancelled, expired"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -1116,11 +1105,16 @@ mod tests {
     }
 
     #[test]
-    fn excerpts_are_cut_at_char_boundaries() {
-        assert_eq!(body_excerpt("héllo".as_bytes(), 2), "h");
-        assert_eq!(body_excerpt("héllo".as_bytes(), 3), "hé");
-        assert_eq!(body_excerpt(b"\xff\xfeabc", 4), "\u{fffd}");
-        assert!(body_excerpt(&[0xff; 10], 5).len() <= 5);
+    fn bodies_are_cut_at_char_boundaries() {
+        let cut = |body: &[u8], limit| {
+            let mut text = body_text(body);
+            truncate_at_char(&mut text, limit);
+            text
+        };
+        assert_eq!(cut("héllo".as_bytes(), 2), "h");
+        assert_eq!(cut("héllo".as_bytes(), 3), "hé");
+        assert_eq!(cut(b"\xff\xfeabc", 4), "\u{fffd}");
+        assert!(cut(&[0xff; 10], 5).len() <= 5);
     }
 
     #[test]

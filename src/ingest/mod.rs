@@ -517,17 +517,16 @@ pub fn to_subscriptions<'a>(
     let shard = queue::shard_of(&event.id, shards);
     let mut body = None;
     let deliveries = names
-        .map(|name| Delivery {
-            id: DeliveryId::new(shard),
-            event_id: event.id.clone(),
-            event_type: event.event_type.clone(),
-            subscription: name.clone(),
-            created_at: now,
-            attempts: 0,
-            body: body.get_or_insert_with(|| event.body()).clone(),
-            last_error: None,
-            headers: None,
-            tenant: event.tenant.clone(),
+        .map(|name| {
+            Delivery::new(
+                shard,
+                event.id.clone(),
+                event.event_type.clone(),
+                event.tenant.clone(),
+                name.clone(),
+                body.get_or_insert_with(|| event.body()).clone(),
+                now,
+            )
         })
         .collect();
     NewEvent {

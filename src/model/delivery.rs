@@ -128,6 +128,33 @@ pub struct Delivery {
 }
 
 impl Delivery {
+    /// A new delivery of an event to `subscription`, before any attempt:
+    /// what ingest fans out and an event replay sends again, built in one
+    /// place so both queue the same record. Its id is new, in `shard` (the
+    /// event's, [`crate::queue::shard_of`]).
+    pub fn new(
+        shard: u16,
+        event_id: EventId,
+        event_type: String,
+        tenant: Option<TenantId>,
+        subscription: SubscriptionName,
+        body: Bytes,
+        created_at: Millis,
+    ) -> Delivery {
+        Delivery {
+            id: DeliveryId::new(shard),
+            event_id,
+            event_type,
+            subscription,
+            created_at,
+            attempts: 0,
+            body,
+            last_error: None,
+            headers: None,
+            tenant,
+        }
+    }
+
     /// The tenant whose delivery log holds this delivery: the owner of its
     /// subscription, which is the event's tenant for a subscription made
     /// through the API (`sub_…`), none for the operator's.

@@ -8,12 +8,15 @@
 
 mod delivery;
 mod event;
+pub mod headers;
 mod secret;
 mod subscription;
 mod tenant;
+pub mod time;
 
 pub use delivery::{CorruptRecord, Delivery, DeliveryId, PluginHeaders};
 pub use event::{check_event_type, is_internal, Event, EventId, EventPattern, INTERNAL_PREFIX};
+pub use headers::REDACTED;
 pub use secret::{redact_url, serialize_redacted_values, Secret};
 pub use subscription::{RateLimit, SubscriptionName};
 pub use tenant::TenantId;

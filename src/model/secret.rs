@@ -35,8 +35,7 @@ impl Serialize for Secret {
     }
 }
 
-/// What a redacted value shows instead.
-const REDACTED: &str = "[redacted]";
+use super::REDACTED;
 
 /// `url` safe to show: its userinfo (`user:password@`) and the value of
 /// every query and fragment parameter (`?token=…`) replaced by

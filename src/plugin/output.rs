@@ -7,7 +7,7 @@ use bytes::Bytes;
 use super::host::bindings::hookd::plugin::types as wit;
 use super::host::truncate;
 use super::{Error, Verdict};
-use crate::config::PROTECTED_HEADERS;
+use crate::model::headers::is_protected;
 
 /// Longest drop reason or error message kept from a plugin.
 pub(crate) const MAX_MESSAGE: usize = 1024;
@@ -85,7 +85,7 @@ fn header_name(plugin: &str, name: &str) -> Result<String, Error> {
         problem: format!("{:?} is not a valid header name", truncate(name, 64)),
     })?;
     let lower = parsed.as_str();
-    if PROTECTED_HEADERS.contains(&lower) {
+    if is_protected(lower) {
         return Err(Error::ProtectedHeader {
             plugin: plugin.to_owned(),
             header: lower.to_owned(),
@@ -142,6 +142,7 @@ mod tests {
             ),
             (deliver(&[], &["Webhook-Id"], None), "change header `webhook-id`"),
             (deliver(&[], &["HOST"], None), "change header `host`"),
+            (deliver(&[("User-Agent", "x")], &[], None), "change header `user-agent`"),
             (deliver(&[("bad header", "x")], &[], None), "not a valid header name"),
             (deliver(&[("", "x")], &[], None), "not a valid header name"),
             (deliver(&[("x-a", "a\r\nb: c")], &[], None), "not a valid header value"),

@@ -173,7 +173,7 @@ struct ShowQuery {
 
 /// Whether a delivery in `state` may still change without anyone acting.
 fn moving(state: &str) -> bool {
-    matches!(state, "pending" | "in_flight" | "retrying")
+    matches!(state, "pending" | "retrying")
 }
 
 async fn show(
