@@ -47,7 +47,9 @@
 //!   redb store (one process, no setup). Dedup and enqueue are one atomic
 //!   step; claims are leased so a crashed worker's deliveries fall due again.
 //!   Its Redis connection layer (`queue::redis::link`: the pool, script
-//!   runs, per-shard pipelines) serves the Redis history too.
+//!   runs, per-shard pipelines) serves the Redis history too. An enqueue
+//!   may wait for replicas (`queue.redis_wait_replicas`), and
+//!   [`queue::epoch`] notices a Redis that lost its data while hookd runs.
 //! - [`history`]: the delivery log: every delivery's state and every
 //!   attempt (headers with secrets redacted, status, the first bytes of the
 //!   response, the error kind) and every event's body as ingested, in Redis
@@ -383,6 +385,9 @@ pub async fn run_with_backends(
         }
     }
     tasks.spawn(catalog.clone().run(stop.clone()));
+    if config.queue.redis_url.is_some() {
+        tasks.spawn(queue::epoch::watch(config.queue.clone(), stop.clone()));
+    }
     tasks.spawn(history::trim_loop(
         history.clone(),
         config.history.clone(),

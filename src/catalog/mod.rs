@@ -164,6 +164,23 @@ impl Catalog {
             return Ok(false);
         }
         let contents = self.store.load().await?;
+        if contents.version < records.0 {
+            // Versions only grow: the store lost what it held (a Redis
+            // restarted without persistence). The records kept here are
+            // not written back: one process's copy could bring back a key
+            // revoked or a subscription deleted since, and every process
+            // would race to; the store stays the one truth.
+            tracing::error!(
+                before = records.0,
+                now = contents.version,
+                records = contents.records.len(),
+                "the catalogue store went back from version {} to {}: it lost its data (Redis restarted without \
+                 persistence, or was flushed). Tenants, API keys, plans and subscriptions made through the API \
+                 are gone from it and no longer in force (the config file's remain); make them again",
+                records.0,
+                contents.version
+            );
+        }
         let snapshot = Snapshot::build(&self.file.load(), contents.version, &contents.records);
         *records = (contents.version, contents.records);
         self.publish(snapshot);

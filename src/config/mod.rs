@@ -179,6 +179,12 @@ pub struct QueueConfig {
     /// Certificate authorities (PEM) trusted for `rediss://`; absent: the
     /// system's roots.
     pub redis_ca_file: Option<PathBuf>,
+    /// Replicas that must acknowledge an enqueue (Redis `WAIT`) before it
+    /// is answered as accepted; 0: none (asynchronous replication).
+    pub redis_wait_replicas: u32,
+    /// How long an enqueue waits for those replicas before it fails.
+    #[serde(with = "humantime_serde")]
+    pub redis_wait_timeout: Duration,
     /// Longest dispatcher sleep when nothing is due.
     #[serde(with = "humantime_serde")]
     pub poll_interval: Duration,
@@ -790,6 +796,15 @@ impl Config {
         if q.pool_size == 0 {
             return Err(invalid("queue.pool_size", "must be at least 1"));
         }
+        if q.redis_wait_replicas > 0
+            && (q.redis_wait_timeout.is_zero() || q.redis_wait_timeout >= q.redis_response_timeout)
+        {
+            return Err(invalid(
+                "queue.redis_wait_timeout",
+                "must be above 0 and below queue.redis_response_timeout, so a replica that does not answer fails \
+                 the enqueue rather than the connection",
+            ));
+        }
         if !q.dead_retention.is_zero() && q.dead_retention < Duration::from_secs(3600) {
             return Err(invalid(
                 "queue.dead_retention",
@@ -1253,6 +1268,10 @@ mod tests {
                 "queue.redis_response_timeout",
             ),
             ("[queue]\nredis_connect_timeout = \"1h\"", "queue.redis_connect_timeout"),
+            (
+                "[queue]\nredis_wait_replicas = 1\nredis_wait_timeout = \"5s\"",
+                "queue.redis_wait_timeout",
+            ),
             (
                 "[queue]\nredis_ca_file = \"/nonexistent/ca.pem\"",
                 "queue.redis_ca_file",

@@ -163,19 +163,7 @@ impl StreamConsumer {
         conn: &mut C,
         shutdown: &CancellationToken,
     ) -> redis::RedisResult<()> {
-        let created: redis::RedisResult<()> = redis::cmd("XGROUP")
-            .arg("CREATE")
-            .arg(&self.key)
-            .arg(&self.group)
-            .arg("0")
-            .arg("MKSTREAM")
-            .query_async(conn)
-            .await;
-        if let Err(e) = created {
-            if e.code() != Some("BUSYGROUP") {
-                return Err(e);
-            }
-        }
+        self.create_group(conn).await?;
         info!(stream = %self.key, group = %self.group, consumer = %self.consumer, "reading the event stream");
         let mut next_autoclaim = tokio::time::Instant::now();
         let mut paused = false;
@@ -200,7 +188,10 @@ impl StreamConsumer {
                 paused = false;
             }
             if tokio::time::Instant::now() >= next_autoclaim {
-                self.autoclaim(conn).await?;
+                if let Err(e) = self.autoclaim(conn).await {
+                    self.group_lost(conn, e).await?;
+                    continue;
+                }
                 next_autoclaim = tokio::time::Instant::now() + self.claim_idle / 4;
             }
             let mut read = redis::cmd("XREADGROUP");
@@ -215,7 +206,13 @@ impl StreamConsumer {
                 .arg(&self.key)
                 .arg(">");
             let reply = tokio::select! {
-                reply = read.query_async::<Option<StreamReadReply>>(conn) => reply?,
+                reply = read.query_async::<Option<StreamReadReply>>(conn) => match reply {
+                    Ok(reply) => reply,
+                    Err(e) => {
+                        self.group_lost(conn, e).await?;
+                        continue;
+                    }
+                },
                 _ = shutdown.cancelled() => {
                     self.reap(conn, "self").await;
                     return Ok(());
@@ -226,6 +223,41 @@ impl StreamConsumer {
                 self.handle(conn, entries).await?;
             }
         }
+    }
+
+    /// Creates the consumer group (and the stream) unless it exists,
+    /// reading from the stream's start.
+    async fn create_group<C: ConnectionLike + Send>(&self, conn: &mut C) -> redis::RedisResult<()> {
+        let created: redis::RedisResult<()> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(&self.key)
+            .arg(&self.group)
+            .arg("0")
+            .arg("MKSTREAM")
+            .query_async(conn)
+            .await;
+        match created {
+            Err(e) if e.code() != Some("BUSYGROUP") => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// After `e` from a read: if the consumer group is gone (`NOGROUP`),
+    /// Redis lost its data; says so and makes the group again, so reading
+    /// goes on at once instead of failing on every read. Any other error
+    /// is returned.
+    async fn group_lost<C: ConnectionLike + Send>(&self, conn: &mut C, e: redis::RedisError) -> redis::RedisResult<()> {
+        if e.code() != Some("NOGROUP") {
+            return Err(e);
+        }
+        error!(
+            stream = %self.key,
+            group = %self.group,
+            "event stream: the consumer group is gone, so Redis lost its data (restarted without persistence, \
+             flushed, or failed over to a replica that lacked it): entries added to the stream before, and \
+             entries read but not yet queued, are lost with it. Making the group again and reading on"
+        );
+        self.create_group(conn).await
     }
 
     /// Removes consumers with nothing pending: this one (`self`, at a

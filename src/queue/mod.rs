@@ -39,8 +39,13 @@
 //!   same Redis or redb file, so every process sharing the queue sees the
 //!   same ones and they survive restarts. [`Backend`] holds both faces of
 //!   one backend.
+//!
+//! Redis may lose what it holds (run without persistence, flushed, failed
+//! over to a replica that lacked the last writes); [`epoch`] notices an
+//! empty Redis while hookd runs and says what went with it.
 
 pub mod embedded;
+pub mod epoch;
 pub mod rate;
 pub mod redis;
 pub mod state;

@@ -547,6 +547,10 @@ pub struct RedisQueue {
     prefix: String,
     /// Number of shards (`queue.shards`).
     shards: u16,
+    /// Replicas that must acknowledge an enqueue (`queue.redis_wait_replicas`).
+    wait_replicas: u32,
+    /// How long an enqueue waits for them (`queue.redis_wait_timeout`).
+    wait_timeout: Duration,
     /// How far this process's clock is taken to be off (ms): zero, except
     /// in tests of clock skew ([`RedisQueue::with_clock_skew`]).
     skew: Millis,
@@ -576,6 +580,8 @@ impl RedisQueue {
             redis: Redis::connect(url, config).await?,
             prefix: config.key_prefix.clone(),
             shards: config.shards.max(1),
+            wait_replicas: config.redis_wait_replicas,
+            wait_timeout: config.redis_wait_timeout,
             skew: 0,
         })
     }
@@ -917,7 +923,10 @@ impl Queue for RedisQueue {
                 call
             })
             .collect();
-        let replies = self.redis.eval("enqueue", &ENQUEUE, calls).await?;
+        let replies = self
+            .redis
+            .eval_replicated("enqueue", &ENQUEUE, calls, self.wait_replicas, self.wait_timeout)
+            .await?;
         let mut results = vec![Enqueued::Duplicate; events.len()];
         for (group, reply) in groups.iter().zip(replies) {
             let Value::Array(flags) = reply else {

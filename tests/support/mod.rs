@@ -1,10 +1,12 @@
-//! Shared harness of the integration tests: a real `redis-server` per test,
-//! unique key prefixes, and test configurations.
+//! Shared harness of the integration tests: a real `redis-server` per test
+//! (or a six-node Redis Cluster, [`cluster::RedisCluster`]), unique key
+//! prefixes, and test configurations.
 //!
 //! Each test crate that says `mod support;` uses only part of this.
 #![allow(dead_code)]
 
 pub mod browser;
+pub mod cluster;
 pub mod daemon;
 pub mod interop;
 pub mod plugins;
@@ -33,6 +35,9 @@ pub struct RedisServer {
     child: Option<Child>,
     /// Started as a one-node Redis Cluster owning every slot.
     cluster: bool,
+    /// Started without persistence (no AOF, no snapshots): a restart
+    /// comes back empty.
+    volatile: bool,
 }
 
 /// A port that was free a moment ago.
@@ -54,7 +59,18 @@ impl RedisServer {
         Self::launch(true)
     }
 
+    /// Starts a plain Redis without persistence (`--appendonly no --save
+    /// ""`), as a cache is often run: [`RedisServer::restart_empty`] brings
+    /// it back with nothing.
+    pub fn start_volatile() -> RedisServer {
+        Self::launch_with(false, true)
+    }
+
     fn launch(cluster: bool) -> RedisServer {
+        Self::launch_with(cluster, false)
+    }
+
+    fn launch_with(cluster: bool, volatile: bool) -> RedisServer {
         let mut last = String::new();
         for _ in 0..5 {
             let mut server = RedisServer {
@@ -62,6 +78,7 @@ impl RedisServer {
                 dir: tempfile::tempdir().expect("cannot create a temp dir for redis-server"),
                 child: None,
                 cluster,
+                volatile,
             };
             match server.spawn() {
                 Ok(()) => return server,
@@ -96,6 +113,29 @@ impl RedisServer {
         }
     }
 
+    /// Kills it (SIGKILL, nothing flushed), empties its directory and
+    /// starts it again on the same port: Redis as it comes back after a
+    /// crash when nothing was persisted.
+    pub fn restart_empty(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        for entry in std::fs::read_dir(self.dir.path()).expect("read the redis-server dir") {
+            let path = entry.expect("a dir entry").path();
+            if path.file_name().is_some_and(|n| n != "redis.log") {
+                if path.is_dir() {
+                    std::fs::remove_dir_all(&path).expect("empty the redis-server dir");
+                } else {
+                    std::fs::remove_file(&path).expect("empty the redis-server dir");
+                }
+            }
+        }
+        if let Err(e) = self.spawn() {
+            panic!("redis-server did not come back on port {}: {e}", self.port);
+        }
+    }
+
     /// Sends one command and returns the reply rendered as text (errors
     /// start with `-`, nil is `(nil)`, arrays are one item per line).
     pub fn command(&self, args: &[&str]) -> String {
@@ -114,7 +154,7 @@ impl RedisServer {
             "--save",
             "",
             "--appendonly",
-            "yes",
+            if self.volatile { "no" } else { "yes" },
         ])
         .args(["--dir", &dir, "--logfile", "redis.log", "--daemonize", "no"]);
         if self.cluster {

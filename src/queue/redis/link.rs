@@ -442,6 +442,62 @@ impl Redis {
             vec![shards]
         }
     }
+
+    /// [`Redis::eval`], each call followed on the same connection by
+    /// `WAIT replicas timeout` on the node it ran on (on a cluster, the
+    /// master of its first key's slot): a call answers only once that many
+    /// replicas have every write made so far on that connection, its own
+    /// among them, and fails if fewer acknowledged within `timeout` (its
+    /// writes are on the master then, but a failover could lose them).
+    /// With `replicas` 0 it is [`Redis::eval`].
+    pub(crate) async fn eval_replicated(
+        &self,
+        what: &str,
+        script: &'static Script,
+        calls: Vec<Call>,
+        replicas: u32,
+        timeout: Duration,
+    ) -> Result<Vec<Value>, Failed> {
+        use ::redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+        if replicas == 0 {
+            return self.eval(what, script, calls).await;
+        }
+        let checkout = self.checkout().await?;
+        let runs = calls.into_iter().map(|call| {
+            let mut link = checkout.link();
+            async move {
+                let mut invocation = script.prepare_invoke();
+                for key in &call.keys {
+                    invocation.key(key);
+                }
+                for arg in &call.args {
+                    invocation.arg(arg.as_slice());
+                }
+                let reply = invocation.invoke_async::<Value>(&mut link).await?;
+                let mut wait = ::redis::cmd("WAIT");
+                wait.arg(replicas).arg(timeout.as_millis() as u64);
+                let acked = match &mut link {
+                    Link::Single(c) => wait.query_async::<i64>(c).await?,
+                    Link::Cluster(c) => {
+                        let key = call.keys.first().map(String::as_str).unwrap_or_default();
+                        let node = SingleNodeRoutingInfo::SpecificNode(Route::with_key(key, SlotAddr::Master));
+                        let value = c.route_command(wait, RoutingInfo::SingleNode(node)).await?;
+                        ::redis::from_redis_value::<i64>(value)?
+                    }
+                };
+                Ok::<_, RedisError>((reply, acked))
+            }
+        });
+        let replies = try_join_all(runs).await.map_err(|e| self.failed(what, e, checkout))?;
+        if let Some((_, acked)) = replies.iter().find(|(_, acked)| *acked < i64::from(replicas)) {
+            return Err(Failed(format!(
+                "{what} on {}: written, but only {acked} of {replicas} replicas acknowledged it within {timeout:?} \
+                 (queue.redis_wait_replicas, queue.redis_wait_timeout), so a failover could lose it; not confirmed",
+                self.host
+            )));
+        }
+        Ok(replies.into_iter().map(|(reply, _)| reply).collect())
+    }
 }
 
 #[cfg(test)]
