@@ -377,16 +377,7 @@ impl Redis {
         let checkout = self.checkout().await?;
         let runs = calls.into_iter().map(|call| {
             let mut link = checkout.link();
-            async move {
-                let mut invocation = script.prepare_invoke();
-                for key in &call.keys {
-                    invocation.key(key);
-                }
-                for arg in &call.args {
-                    invocation.arg(arg.as_slice());
-                }
-                invocation.invoke_async::<Value>(&mut link).await
-            }
+            async move { invoke(script, &call, &mut link).await }
         });
         try_join_all(runs).await.map_err(|e| self.failed(what, e, checkout))
     }
@@ -466,14 +457,7 @@ impl Redis {
         let runs = calls.into_iter().map(|call| {
             let mut link = checkout.link();
             async move {
-                let mut invocation = script.prepare_invoke();
-                for key in &call.keys {
-                    invocation.key(key);
-                }
-                for arg in &call.args {
-                    invocation.arg(arg.as_slice());
-                }
-                let reply = invocation.invoke_async::<Value>(&mut link).await?;
+                let reply = invoke(script, &call, &mut link).await?;
                 let mut wait = ::redis::cmd("WAIT");
                 wait.arg(replicas).arg(timeout.as_millis() as u64);
                 let acked = match &mut link {
@@ -498,6 +482,18 @@ impl Redis {
         }
         Ok(replies.into_iter().map(|(reply, _)| reply).collect())
     }
+}
+
+/// Runs `script` once with `call`'s keys and arguments on `link`.
+async fn invoke(script: &Script, call: &Call, link: &mut Link) -> Result<Value, RedisError> {
+    let mut invocation = script.prepare_invoke();
+    for key in &call.keys {
+        invocation.key(key);
+    }
+    for arg in &call.args {
+        invocation.arg(arg.as_slice());
+    }
+    invocation.invoke_async::<Value>(link).await
 }
 
 #[cfg(test)]
