@@ -47,7 +47,10 @@
 //!   redb store (one process, no setup). Dedup and enqueue are one atomic
 //!   step; claims are leased so a crashed worker's deliveries fall due again.
 //!   Its Redis connection layer (`queue::redis::link`: the pool, script
-//!   runs, per-shard pipelines) serves the Redis history too. An enqueue
+//!   runs, per-shard pipelines, timeouts and TLS from `[queue]`) serves the
+//!   Redis history, the catalogue and the stream consumer too. Leases and
+//!   due times follow Redis's clock (`TIME` in the scripts), not the
+//!   processes'. An enqueue
 //!   may wait for replicas (`queue.redis_wait_replicas`), and
 //!   [`queue::epoch`] notices a Redis that lost its data while hookd runs.
 //! - [`history`]: the delivery log: every delivery's state and every
