@@ -616,8 +616,15 @@ async fn failed_deliveries_are_retried_and_replayed(queue: &str) {
         _ => Answer::Status(500, vec![]),
     });
 
-    // One dead delivery, retried now.
+    // One dead delivery, retried now, once the queue has it among the dead
+    // too (the log is written before the settlement is applied; until
+    // then a retry is a 409 saying to try again in a moment).
     let one = id_of("evt_dead_0");
+    hookd
+        .wait_for(&format!("/v1/deliveries/{one}"), "the queue to hold it as dead", |v| {
+            v["standing"]["state"] == "dead"
+        })
+        .await;
     let answer = hookd
         .api
         .post(&format!("/v1/deliveries/{one}/retry"), "")
