@@ -978,3 +978,48 @@ async fn stream_consumers_of_gone_processes_are_removed() {
         "a clean stop removes its own name"
     );
 }
+
+/// Claims of a subscription at its in-flight cap wait in the process that
+/// claimed them, in order, each started as the one before finishes; at
+/// a stop, those still waiting go straight back to the queue, due at once
+/// (not left leased until the lease runs out).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_held_for_a_full_subscription_go_in_order_and_back_at_a_stop() {
+    let rx = Receiver::start_with(|_, _, _| Answer::Slow(Duration::from_millis(300))).await;
+    let redis = RedisServer::start();
+    let prefix = support::unique_prefix("hold");
+    let toml = format!(
+        "[queue]\nredis_url = {url:?}\nkey_prefix = {prefix:?}\npoll_interval = \"20ms\"\n\
+         [delivery]\nallow_http = true\nallow_private_networks = true\n{}",
+        subscription("slow", &rx.url("slow"), r#"["order.*"]"#, "max_in_flight = 1"),
+        url = redis.url(),
+    );
+    let config = Config::from_toml(&toml).unwrap();
+    let hookd = support::daemon::Hookd::start(config.clone()).await;
+    for n in 0..8 {
+        hookd
+            .send(json!({"type": "order.placed", "id": format!("evt_hold_{n}"), "data": {}}))
+            .await;
+    }
+    let first = rx.wait_for(WAIT, "three deliveries", |a| a.len() >= 3).await;
+    hookd.stop().await;
+    let delivered: Vec<String> = rx.arrivals().iter().map(|a| a.id.clone()).collect();
+    assert_eq!(
+        delivered,
+        (0..delivered.len())
+            .map(|n| format!("evt_hold_{n}"))
+            .collect::<Vec<_>>(),
+        "one at a time, in order"
+    );
+    assert!(first.len() >= 3 && delivered.len() < 8, "{delivered:?}");
+
+    let queue = hookd::queue::redis::RedisQueue::connect(&config.queue).await.unwrap();
+    let depth = hookd::queue::Queue::depth(&queue, hookd::queue::now_ms())
+        .await
+        .unwrap();
+    assert_eq!(
+        (depth.due, depth.scheduled),
+        (8 - delivered.len() as u64, 0),
+        "the held claims are due again at once"
+    );
+}
