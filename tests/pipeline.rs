@@ -874,8 +874,10 @@ async fn an_enqueue_answered_late_is_safe_to_retry_with_the_same_id() {
         .post("/v1/events", event)
         .await
         .expect("Redis answers in time");
-    let busy = support::stall_redis(redis.port(), 1_500);
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Long enough to have begun (a loaded machine may start the thread
+    // late) and to outlast the POST's timeout by far.
+    let busy = support::stall_redis(redis.port(), 3_000);
+    tokio::time::sleep(Duration::from_millis(500)).await;
 
     let again = json!({"type": "coupon.redeemed", "id": "evt_late_2", "data": {"n": 2}}).to_string();
     let err = hookd

@@ -1424,8 +1424,8 @@ mod redis_only {
         // A shorter one gives up, and says on which host.
         fx.config.redis_response_timeout = Duration::from_millis(200);
         let short = RedisQueue::connect(&fx.config).await.unwrap();
-        let busy = support::stall_redis(port, 1_500);
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        let busy = support::stall_redis(port, 2_500);
+        tokio::time::sleep(Duration::from_millis(400)).await;
         let started = std::time::Instant::now();
         let err = short
             .depth(now_ms())

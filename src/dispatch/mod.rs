@@ -134,9 +134,12 @@ async fn run_hold(
         waiting.fetch_sub(1, Ordering::Relaxed);
         match room {
             Some((permit, slot)) => {
+                // The subscription as it is now: a reload may have changed
+                // it, or deleted it, while the claim waited.
+                let current = shared.endpoints.load().map.get(&endpoint.name).cloned();
                 let shared = shared.clone();
                 tasks.spawn(async move {
-                    attempt(&shared, claim, Some(endpoint)).await;
+                    attempt(&shared, claim, current).await;
                     drop(permit);
                     drop(slot);
                 });
