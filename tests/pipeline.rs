@@ -861,8 +861,8 @@ async fn an_enqueue_answered_late_is_safe_to_retry_with_the_same_id() {
     let redis = RedisServer::start();
     let toml = format!(
         "[server]\napi_keys = [\"test-key\"]\n\
-         [queue]\nredis_url = {url:?}\nkey_prefix = {prefix:?}\nredis_response_timeout = \"300ms\"\npoll_interval = \"20ms\"\n\
-         [delivery]\nallow_http = true\nallow_private_networks = true\n{sub}",
+         [queue]\nredis_url = {url:?}\nkey_prefix = {prefix:?}\nredis_response_timeout = \"300ms\"\npoll_interval = \"20ms\"\nlease = \"2s\"\n\
+         [delivery]\nallow_http = true\nallow_private_networks = true\ntimeout = \"500ms\"\n{sub}",
         url = redis.url(),
         prefix = support::unique_prefix("late_enqueue"),
         sub = subscription("crm", &rx.url("crm"), r#"["coupon.*"]"#, ""),
@@ -874,10 +874,10 @@ async fn an_enqueue_answered_late_is_safe_to_retry_with_the_same_id() {
         .post("/v1/events", event)
         .await
         .expect("Redis answers in time");
-    // Long enough to have begun (a loaded machine may start the thread
-    // late) and to outlast the POST's timeout by far.
-    let busy = support::stall_redis(redis.port(), 3_000);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    rx.wait_for(WAIT, "the first event", |a| !a.is_empty()).await;
+    // A claim the dispatcher sends during the stall is answered late too:
+    // its deliveries wait for the lease (2 s here) to fall due again.
+    let busy = support::stall_redis(redis.port(), 2_000).await;
 
     let again = json!({"type": "coupon.redeemed", "id": "evt_late_2", "data": {"n": 2}}).to_string();
     let err = hookd

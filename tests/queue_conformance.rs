@@ -1414,8 +1414,7 @@ mod redis_only {
         // The default (5 s) rides out a 1.5 s stall that redis-rs's own
         // default (500 ms) would have turned into a failure.
         let q = fx.q();
-        let busy = support::stall_redis(port, 1_500);
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        let busy = support::stall_redis(port, 1_500).await;
         q.depth(now_ms())
             .await
             .expect("a slow answer within the timeout is an answer");
@@ -1424,8 +1423,7 @@ mod redis_only {
         // A shorter one gives up, and says on which host.
         fx.config.redis_response_timeout = Duration::from_millis(200);
         let short = RedisQueue::connect(&fx.config).await.unwrap();
-        let busy = support::stall_redis(port, 2_500);
-        tokio::time::sleep(Duration::from_millis(400)).await;
+        let busy = support::stall_redis(port, 1_500).await;
         let started = std::time::Instant::now();
         let err = short
             .depth(now_ms())

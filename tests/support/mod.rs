@@ -265,9 +265,10 @@ impl Drop for RedisServer {
 /// Reads one RESP2 reply and renders it as text.
 /// Holds the redis-server at `port` busy in a script for `ms` (Redis runs
 /// one command at a time, so every other client waits), from a blocking
-/// thread; the handle ends with the script.
-pub fn stall_redis(port: u16, ms: u64) -> tokio::task::JoinHandle<()> {
-    tokio::task::spawn_blocking(move || {
+/// thread; returns once Redis is seen busy (a PING goes unanswered), with
+/// a handle that ends with the script.
+pub async fn stall_redis(port: u16, ms: u64) -> tokio::task::JoinHandle<()> {
+    let busy = tokio::task::spawn_blocking(move || {
         let script = format!(
             "local a = redis.call('TIME') local s = a[1] * 1000000 + a[2] \
              while true do local t = redis.call('TIME') \
@@ -278,7 +279,25 @@ pub fn stall_redis(port: u16, ms: u64) -> tokio::task::JoinHandle<()> {
             "1",
             "the stalling script ran"
         );
-    })
+    });
+    let deadline = Instant::now() + SERVER_TIMEOUT;
+    loop {
+        let answered = tokio::task::spawn_blocking(move || {
+            let Ok(stream) = TcpStream::connect(("127.0.0.1", port)) else {
+                return true;
+            };
+            stream.set_read_timeout(Some(Duration::from_millis(300))).ok();
+            let mut line = String::new();
+            (&stream).write_all(b"PING\r\n").is_ok() && BufReader::new(&stream).read_line(&mut line).is_ok()
+        })
+        .await
+        .unwrap();
+        if !answered {
+            return busy;
+        }
+        assert!(Instant::now() < deadline, "redis-server on port {port} never got busy");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// Runs one command on the redis-server at `port` on loopback, as
