@@ -573,6 +573,19 @@ async fn bulk_replay(api: &ApiClient, subscription: &str, body: Value) -> (u64, 
     }
 }
 
+/// The id of `event`'s delivery in a `/v1/deliveries` answer.
+fn delivery_of(listed: &serde_json::Value, event: &str) -> String {
+    listed["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["event_id"] == event)
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
 async fn failed_deliveries_are_retried_and_replayed(queue: &str) {
     // `dead` fails until told otherwise; `later` fails each event's first
     // attempt only, and its retries wait an hour.
@@ -598,17 +611,7 @@ async fn failed_deliveries_are_retried_and_replayed(queue: &str) {
             |v| v["deliveries"].as_array().is_some_and(|d| d.len() == 6),
         )
         .await;
-    let id_of = |event: &str| {
-        listed["deliveries"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|d| d["event_id"] == event)
-            .unwrap()["id"]
-            .as_str()
-            .unwrap()
-            .to_owned()
-    };
+    let id_of = |event: &str| delivery_of(&listed, event);
     // Everything but evt_dead_5 succeeds from now on.
     rx.answer_with(|path, id, attempt| match path {
         "later" if attempt > 1 => Answer::ok(),
@@ -788,17 +791,7 @@ async fn a_dead_delivery_replayed_by_either_route_is_logged() {
             |v| v["deliveries"].as_array().is_some_and(|d| d.len() == 2),
         )
         .await;
-    let id_of = |event: &str| {
-        listed["deliveries"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|d| d["event_id"] == event)
-            .unwrap()["id"]
-            .as_str()
-            .unwrap()
-            .to_owned()
-    };
+    let id_of = |event: &str| delivery_of(&listed, event);
     let (by_replay, by_retry) = (id_of("evt_by_replay"), id_of("evt_by_retry"));
     rx.answer_with(|_, _, _| Answer::ok());
 
