@@ -238,9 +238,15 @@ pub async fn open_queue(config: &Config) -> anyhow::Result<Backend> {
     })
 }
 
-/// Opens the delivery history beside the queue `config` selects: in Redis
-/// with a `redis_url`, in `history.redb` under `queue.data_dir` otherwise.
+/// Opens the delivery history `config` selects: in PostgreSQL with a
+/// `history.postgres_url`, else beside the queue: in Redis with a
+/// `redis_url`, in `history.redb` under `queue.data_dir` otherwise.
 pub async fn open_history(config: &Config) -> anyhow::Result<Arc<dyn History>> {
+    if config.history.postgres_url.is_some() {
+        return Ok(Arc::new(
+            history::postgres::PostgresHistory::connect(&config.history).await?,
+        ));
+    }
     Ok(match &config.queue.redis_url {
         Some(_) => Arc::new(history::redis::RedisHistory::connect(&config.queue, &config.history).await?),
         None => Arc::new(history::embedded::EmbeddedHistory::open(

@@ -1,6 +1,7 @@
 //! One suite, written once against `dyn History`, run against every
 //! backend: Redis (a real redis-server per test), Redis Cluster (one node
-//! owning all slots) and the embedded store (a temp dir per test).
+//! owning all slots), the embedded store (a temp dir per test) and
+//! PostgreSQL (a real server per test, fresh from initdb).
 
 mod support;
 
@@ -9,9 +10,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use hookd::config::{HistoryConfig, QueueConfig, SubscriptionName};
+use hookd::config::{HistoryConfig, QueueConfig, Secret, SubscriptionName};
 use hookd::history::activity::{MAX_MINUTES, MINUTE_MS};
 use hookd::history::embedded::EmbeddedHistory;
+use hookd::history::postgres::PostgresHistory;
 use hookd::history::redis::RedisHistory;
 use hookd::history::{
     redact_headers, Activity, AttemptCounts, AttemptRecord, DeliveryState, DeliverySummary, Entry, Error, ErrorKind,
@@ -20,6 +22,7 @@ use hookd::history::{
 use hookd::ingest::EventId;
 use hookd::model::TenantId;
 use hookd::queue::{shard_of, DeliveryId, Millis};
+use support::postgres::PostgresServer;
 use support::{queue_config, test_config, unique_prefix, Home};
 
 /// A fixed "now" the tests' times are relative to.
@@ -36,22 +39,76 @@ const SECRETS: [&str; 3] = ["v1,c2lnbmF0dXJlLXNlY3JldA==", "Bearer tok-7f3a9", "
 struct Fixture {
     /// How to open it again: the queue's connection settings.
     queue: QueueConfig,
-    /// Retention and body limit.
+    /// Retention, body limit, and the PostgreSQL URL if there is one.
     history: HistoryConfig,
-    /// Its data.
+    /// Its data: Redis, or a temp dir.
     home: Home,
+    /// The PostgreSQL server holding the log, for that backend.
+    postgres: Option<PostgresServer>,
     /// The open history.
     store: Option<Arc<dyn History>>,
 }
 
+/// What a backend's test starts from.
+struct Setup {
+    queue: QueueConfig,
+    home: Home,
+    postgres: Option<PostgresServer>,
+}
+
+/// How each backend's tests start.
+mod setup {
+    use super::*;
+
+    pub fn redis(name: &str) -> Setup {
+        let (queue, home) = Home::redis(name);
+        Setup {
+            queue,
+            home,
+            postgres: None,
+        }
+    }
+
+    pub fn redis_cluster(name: &str) -> Setup {
+        let (queue, home) = Home::redis_cluster(name);
+        Setup {
+            queue,
+            home,
+            postgres: None,
+        }
+    }
+
+    pub fn embedded(name: &str) -> Setup {
+        let (queue, home) = Home::embedded(name);
+        Setup {
+            queue,
+            home,
+            postgres: None,
+        }
+    }
+
+    /// A PostgreSQL server of its own (and a temp dir as the queue's home,
+    /// unused by the log).
+    pub fn postgres(name: &str) -> Setup {
+        let (queue, home) = Home::embedded(name);
+        Setup {
+            queue,
+            home,
+            postgres: Some(PostgresServer::start()),
+        }
+    }
+}
+
 impl Fixture {
-    async fn open((queue, home): (QueueConfig, Home)) -> Fixture {
+    async fn open(setup: Setup) -> Fixture {
         let mut history = test_config().history;
         history.response_body_limit = BODY_LIMIT;
+        history.postgres_url = setup.postgres.as_ref().map(|pg| Secret::new(pg.url()));
         let mut fx = Fixture {
-            queue,
+            queue: setup.queue,
             history,
-            home,
+            home: setup.home,
+            postgres: setup.postgres,
             store: None,
         };
         fx.store = Some(fx.connect().await);
@@ -59,6 +116,13 @@ impl Fixture {
     }
 
     async fn connect(&self) -> Arc<dyn History> {
+        if self.postgres.is_some() {
+            return Arc::new(
+                PostgresHistory::connect(&self.history)
+                    .await
+                    .expect("connect to the test PostgreSQL"),
+            );
+        }
         match self.home {
             Home::Redis(_) => Arc::new(
                 RedisHistory::connect(&self.queue, &self.history)
@@ -82,6 +146,9 @@ impl Fixture {
         assert_eq!(Arc::strong_count(&store), 1, "a test still holds the history");
         drop(store);
         self.home.restart();
+        if let Some(pg) = &mut self.postgres {
+            pg.restart();
+        }
         self.store = Some(self.connect().await);
     }
 
@@ -89,6 +156,9 @@ impl Fixture {
     /// test's prefix in Redis; the embedded file's bytes (after a close,
     /// so every commit is on disk).
     async fn raw(&mut self) -> String {
+        if let Some(pg) = &self.postgres {
+            return pg.dump();
+        }
         match &self.home {
             Home::Redis(server) => {
                 let keys = server.command(&["KEYS", &format!("{}:*", self.queue.key_prefix)]);
@@ -1617,9 +1687,10 @@ macro_rules! conformance {
     };
 }
 
-conformance!(redis, Home::redis);
-conformance!(redis_cluster, Home::redis_cluster);
-conformance!(embedded, Home::embedded);
+conformance!(redis, setup::redis);
+conformance!(redis_cluster, setup::redis_cluster);
+conformance!(embedded, setup::embedded);
+conformance!(postgres, setup::postgres);
 
 /// What only the embedded backend does.
 mod embedded_only {
@@ -1646,5 +1717,148 @@ mod embedded_only {
         let _queue = hookd::queue::embedded::EmbeddedQueue::open(&queue_cfg).unwrap();
         let history = EmbeddedHistory::open(&queue_cfg, &test_config().history).expect("its own file");
         assert_eq!(history.path(), dir.path().join("history.redb"));
+    }
+}
+
+/// What only the PostgreSQL backend does.
+mod postgres_only {
+    use super::*;
+
+    /// A day in ms: the width of a partition.
+    const DAY: Millis = 86_400_000;
+
+    async fn open(name: &str) -> Fixture {
+        Fixture::open(setup::postgres(name)).await
+    }
+
+    fn partitions(pg: &PostgresServer, table: &str) -> Vec<String> {
+        let out = pg.sql(&format!(
+            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
+             WHERE i.inhparent = '{table}'::regclass ORDER BY 1"
+        ));
+        out.lines().map(str::to_owned).collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn retention_drops_whole_days_and_uncounts_them() {
+        let fx = open("drop_days").await;
+        let h = fx.h();
+        let pg = fx.postgres.as_ref().unwrap();
+        let day0 = T0.div_euclid(DAY);
+        let crm = SubscriptionName::parse("crm").unwrap();
+        // Three days of deliveries, each delivered, and their events.
+        let mut all = Vec::new();
+        for d in 0..3 {
+            let start = (day0 + d) * DAY + 1_000;
+            let deliveries = many(&format!("evt_day{d}"), "crm", start, 4, fx.shards());
+            let mut entries: Vec<Entry> = deliveries.iter().cloned().map(Entry::Created).collect();
+            for s in &deliveries {
+                entries.push(attempted(
+                    attempt(s, 1, s.created_at + 1, 200, "ok"),
+                    DeliveryState::Delivered,
+                ));
+                entries.push(Entry::Event(event_record(s.event_id.as_str(), s.created_at, b"{}")));
+            }
+            h.record(&entries).await.unwrap();
+            all.push(deliveries);
+        }
+        for d in 0..3 {
+            let name = format!("deliveries_d{}", day0 + d);
+            assert!(
+                partitions(pg, "deliveries").contains(&name),
+                "{name} made as its day arrived"
+            );
+        }
+        assert_eq!(h.stats(&crm).await.unwrap().delivered, 12);
+
+        // Keep from the middle of day 2: days 0 and 1 go whole (their
+        // partitions dropped, not their rows deleted), day 2 stays.
+        let now = (day0 + 2) * DAY + 12 * 3_600_000;
+        let removed = trim_all(&*h, now, Duration::from_secs(12 * 3600), 1_000_000).await;
+        assert_eq!(removed, 16, "8 deliveries and 8 event records");
+        for table in ["deliveries", "attempts", "events"] {
+            let left = partitions(pg, table);
+            for d in 0..2 {
+                let name = format!("{table}_d{}", day0 + d);
+                assert!(!left.contains(&name), "{name} still there: {left:?}");
+            }
+            let kept = format!("{table}_d{}", day0 + 2);
+            assert!(left.contains(&kept), "{kept} dropped: {left:?}");
+        }
+        for s in all[0].iter().chain(&all[1]) {
+            assert!(h.delivery(&s.id).await.unwrap().is_none());
+            assert_eq!(h.event_record(None, &s.event_id).await.unwrap(), None);
+        }
+        for s in &all[2] {
+            let (_, attempts) = h.delivery(&s.id).await.unwrap().expect("day 2 stays");
+            assert_eq!(attempts.len(), 1);
+        }
+        assert_eq!(h.stats(&crm).await.unwrap().delivered, 4, "dropped days are uncounted");
+        assert_eq!(pg.sql("SELECT n FROM event_count"), "4");
+
+        // A late attempt of a dropped day's delivery makes its day again.
+        let late = &all[0][0];
+        h.record(&[attempted(attempt(late, 2, now, 500, "late"), DeliveryState::Retrying)])
+            .await
+            .unwrap();
+        let (summary, _) = h.delivery(&late.id).await.unwrap().expect("recorded again");
+        assert_eq!(summary.state, DeliveryState::Retrying);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_newer_schema_is_refused_at_start() {
+        let mut fx = open("newer_schema").await;
+        let known = PostgresHistory::schema_version();
+        drop(fx.store.take());
+        let pg = fx.postgres.as_ref().unwrap();
+        let table = hookd::history::postgres::SCHEMA_TABLE;
+        assert_eq!(pg.sql(&format!("SELECT max(version) FROM {table}")), known.to_string());
+        pg.sql(&format!(
+            "INSERT INTO {table} (version, name, applied_on, checksum) VALUES ({}, 'from_the_future', 'now', '0')",
+            known + 1
+        ));
+        let err = PostgresHistory::connect(&fx.history).await.err().expect("refused");
+        let text = err.to_string();
+        assert!(matches!(err, Error::Schema { .. }), "{text}");
+        assert!(
+            text.contains(&format!("schema version {}", known + 1)) && text.contains(&format!("({known})")),
+            "{text}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn processes_starting_together_migrate_once() {
+        let pg = PostgresServer::start();
+        let mut config = test_config().history;
+        config.postgres_url = Some(Secret::new(pg.url()));
+        let starts: Vec<_> = (0..4)
+            .map(|_| {
+                let config = config.clone();
+                tokio::spawn(async move { PostgresHistory::connect(&config).await.map(|_| ()) })
+            })
+            .collect();
+        for start in starts {
+            start.await.unwrap().expect("every process starts");
+        }
+        let table = hookd::history::postgres::SCHEMA_TABLE;
+        assert_eq!(
+            pg.sql(&format!("SELECT count(*) FROM {table}")),
+            PostgresHistory::schema_version().to_string()
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_server_is_a_clear_error_without_the_password() {
+        let mut config = test_config().history;
+        let port = support::free_port();
+        config.postgres_url = Some(Secret::new(format!("postgres://hookd:hunter2@127.0.0.1:{port}/log")));
+        let err = PostgresHistory::connect(&config)
+            .await
+            .err()
+            .expect("nothing listens there");
+        let text = err.to_string();
+        assert!(text.starts_with("postgres:"), "{text}");
+        assert!(text.contains(&format!("127.0.0.1:{port}")), "names the server: {text}");
+        assert!(!text.contains("hunter2"), "{text}");
     }
 }

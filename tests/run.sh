@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs hookd's whole test suite, installing what the tests need first:
-# redis-server, python3-aiosmtpd, python3-cryptography (the v1a interop
-# check), chromium and chromium-driver (apt) and the wasm32-wasip2 target
-# (rustup) for the plugins.
+# redis-server, postgresql, python3-aiosmtpd, python3-cryptography (the v1a
+# interop check), chromium and chromium-driver (apt) and the wasm32-wasip2
+# target (rustup) for the plugins.
 #   bash tests/run.sh            # everything
 #   bash tests/run.sh pipeline   # extra args go to `cargo test`
 set -euo pipefail
@@ -11,16 +11,19 @@ cd "$(dirname "$0")/.."
 say() { printf '\n== %s\n' "$*"; }
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
-if ! command -v redis-server >/dev/null 2>&1 || ! /usr/bin/python3 -c 'import aiosmtpd' >/dev/null 2>&1 \
+have_postgres() { ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1; }
+
+if ! command -v redis-server >/dev/null 2>&1 || ! have_postgres || ! /usr/bin/python3 -c 'import aiosmtpd' >/dev/null 2>&1 \
   || ! /usr/bin/python3 -c 'import cryptography.hazmat.primitives.asymmetric.ed25519' >/dev/null 2>&1 \
   || [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
-  say "installing redis-server, python3-aiosmtpd, python3-cryptography, chromium and chromium-driver (apt)"
+  say "installing redis-server, postgresql, python3-aiosmtpd, python3-cryptography, chromium and chromium-driver (apt)"
   as_root apt-get update -qq
   # Debian's python3 is externally managed (PEP 668): Python's cryptography
   # comes from apt like aiosmtpd, not pip.
-  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq redis-server python3-aiosmtpd python3-cryptography chromium chromium-driver >/dev/null
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq redis-server postgresql python3-aiosmtpd python3-cryptography chromium chromium-driver >/dev/null
   # The tests start their own servers on free ports; the packaged service is not needed.
   (as_root service redis-server stop || true) >/dev/null 2>&1
+  (as_root service postgresql stop || true) >/dev/null 2>&1
 fi
 
 if [ -f plugins/build.sh ]; then

@@ -545,6 +545,20 @@ pub struct HistoryConfig {
     /// Bytes of each response body kept in an attempt record (the store
     /// cuts longer ones).
     pub response_body_limit: usize,
+    /// PostgreSQL URL of the delivery log (`postgres://user:pass@host/db`);
+    /// unset, the log lives beside the queue (Redis, or `history.redb`).
+    /// Shown with its userinfo and parameters redacted.
+    #[serde(default, serialize_with = "serialize_redacted_url")]
+    pub postgres_url: Option<Secret>,
+    /// Most connections to PostgreSQL this process holds.
+    pub postgres_pool_size: usize,
+    /// Bytes of log entries held in memory while the log store cannot
+    /// take them; beyond, they spool to `history.spool` under
+    /// `queue.data_dir`.
+    pub spool_memory: ByteSize,
+    /// Most bytes of log entries spooled on disk; beyond, entries are
+    /// dropped, counted in `hookd_history_dropped_total` and logged.
+    pub spool_disk: ByteSize,
 }
 
 /// `[console]`: the web console and tenant portal at `/console`.
@@ -938,6 +952,27 @@ impl Config {
                 "must be at most 1048576 (1 MiB)",
             ));
         }
+        if let Some(url) = &h.postgres_url {
+            let url = url.expose();
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                return Err(invalid(
+                    "history.postgres_url",
+                    "must start with postgres:// or postgresql://",
+                ));
+            }
+            url.parse::<tokio_postgres::Config>().map_err(|e| {
+                invalid(
+                    "history.postgres_url",
+                    format!("`{}` is not a PostgreSQL URL: {e}", crate::model::redact_url(url)),
+                )
+            })?;
+        }
+        if !(1..=256).contains(&h.postgres_pool_size) {
+            return Err(invalid("history.postgres_pool_size", "must be 1 to 256"));
+        }
+        if h.spool_memory.0 < 1024 * 1024 {
+            return Err(invalid("history.spool_memory", "must be at least 1MiB"));
+        }
         for (name, plan) in &self.plans {
             if plan.max_rate_limit.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
                 return Err(invalid(
@@ -1262,6 +1297,13 @@ mod tests {
                 "history.response_body_limit",
             ),
             ("[history]\nmax_days = 1", "max_days"),
+            ("[history]\npostgres_url = \"mysql://h/db\"", "history.postgres_url"),
+            (
+                "[history]\npostgres_url = \"postgres://h:notaport/db\"",
+                "history.postgres_url",
+            ),
+            ("[history]\npostgres_pool_size = 0", "history.postgres_pool_size"),
+            ("[history]\nspool_memory = \"1KiB\"", "history.spool_memory"),
             ("[queue]\ndead_retention = \"10m\"", "queue.dead_retention"),
             (
                 "[queue]\nredis_response_timeout = \"10ms\"",

@@ -105,6 +105,7 @@
 
 pub mod activity;
 pub mod embedded;
+pub mod postgres;
 pub mod redis;
 
 use std::fmt;
@@ -167,6 +168,17 @@ pub enum Error {
     /// The embedded store failed.
     #[error("history store: {0}")]
     Store(String),
+    /// PostgreSQL refused or could not be reached.
+    #[error("postgres: {0}")]
+    Postgres(String),
+    /// The database's schema is newer than this binary knows.
+    #[error("the delivery log in PostgreSQL has schema version {found}, newer than this hookd knows ({known}): run the newer hookd, or point history.postgres_url at another database")]
+    Schema {
+        /// The newest version applied to the database.
+        found: i64,
+        /// The newest version this binary has.
+        known: i64,
+    },
     /// A stored record could not be decoded.
     #[error("history record {key} is corrupt: {reason}")]
     Corrupt {
@@ -1154,11 +1166,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut queue = crate::config::Config::from_toml("").unwrap().queue;
         queue.data_dir = dir.path().to_owned();
-        let config = HistoryConfig {
-            max_age: Duration::from_secs(3600),
-            max_count: 1000,
-            response_body_limit: 64,
-        };
+        let mut config = crate::config::Config::from_toml("").unwrap().history;
+        config.max_age = Duration::from_secs(3600);
+        config.max_count = 1000;
+        config.response_body_limit = 64;
         let history: Arc<dyn History> = Arc::new(embedded::EmbeddedHistory::open(&queue, &config).unwrap());
         let stop = CancellationToken::new();
         let (recorder, writer) = Recorder::start(history.clone(), stop.clone());

@@ -10,6 +10,7 @@ pub mod cluster;
 pub mod daemon;
 pub mod interop;
 pub mod plugins;
+pub mod postgres;
 pub mod receiver;
 
 use std::io::{BufRead, BufReader, Write};
