@@ -304,7 +304,13 @@ pub async fn run_with_backends(
     // One writer of the delivery log for ingest and the dispatcher; it
     // stops after the dispatcher has drained, keeping its last entries.
     let recorder_stop = CancellationToken::new();
-    let (recorder, recorder_task) = history::Recorder::start(history.clone(), recorder_stop.clone());
+    let spool = history::Spool::open(
+        &config.queue.data_dir,
+        config.history.spool_memory.0,
+        config.history.spool_disk.0,
+    );
+    let (recorder, recorder_task) =
+        history::Recorder::start(history.clone(), spool, metrics.clone(), recorder_stop.clone());
     let store = open_catalog_store(&config)
         .await
         .context("cannot open the catalogue store")?;
@@ -640,8 +646,9 @@ mod tests {
             .unwrap();
 
         let stop = CancellationToken::new();
-        let (recorder, recorder_task) = history::Recorder::start(history.clone(), stop.clone());
         let metrics = Arc::new(telemetry::Metrics::new());
+        let spool = history::Spool::open(dir.path(), 1 << 20, 1 << 20);
+        let (recorder, recorder_task) = history::Recorder::start(history.clone(), spool, metrics.clone(), stop.clone());
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         let sweep = tokio::spawn(expire_dead_loop(
             queue.clone(),

@@ -1806,6 +1806,25 @@ mod postgres_only {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn text_postgres_cannot_hold_is_stored_replaced_not_refused() {
+        let fx = open("nul").await;
+        let h = fx.h();
+        let d = created("evt_nul", "crm", T0, fx.shards());
+        let mut a = attempt(&d, 1, T0 + 1, 500, "bad\0body");
+        a.response_headers.push(("x-odd".into(), "a\0b".into()));
+        a.error = Some("status 500\0".into());
+        h.record(&[Entry::Created(d.clone()), attempted(a, DeliveryState::Retrying)])
+            .await
+            .expect("a NUL in a response does not refuse the batch");
+        let (summary, attempts) = h.delivery(&d.id).await.unwrap().unwrap();
+        assert_eq!(attempts[0].response_body, "bad\u{fffd}body");
+        assert!(attempts[0]
+            .response_headers
+            .contains(&("x-odd".into(), "a\u{fffd}b".into())));
+        assert_eq!(summary.last_error.as_deref(), Some("status 500\u{fffd}"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_newer_schema_is_refused_at_start() {
         let mut fx = open("newer_schema").await;
         let known = PostgresHistory::schema_version();

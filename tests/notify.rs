@@ -603,7 +603,9 @@ impl Pipeline {
         let config = Config::from_toml(&text).unwrap();
         let backend = hookd::open_queue(&config).await.unwrap();
         let history = hookd::open_history(&config).await.unwrap();
-        let (recorder, _) = hookd::history::Recorder::start(history, CancellationToken::new());
+        let spool = hookd::history::Spool::open(dir.path(), 1 << 20, 1 << 20);
+        let metrics = std::sync::Arc::new(hookd::telemetry::Metrics::new());
+        let (recorder, _) = hookd::history::Recorder::start(history, spool, metrics, CancellationToken::new());
         let store = hookd::open_catalog_store(&config).await.unwrap();
         let catalog = hookd::catalog::Catalog::open(config.clone(), store).await.unwrap();
         let metrics = Arc::new(Metrics::new());

@@ -19,7 +19,8 @@
 //!   on an event, as `hookd plugin run` does.
 //! - [`portal`]: one-time links into the console (a tenant's portal, the
 //!   operator's console).
-//! - `GET /healthz` (the process is up), `GET /readyz` (the queue answers).
+//! - `GET /healthz` (the process is up), `GET /readyz` (the queue answers;
+//!   `"status": "degraded"` while the delivery log's store fails).
 //! - `GET /metrics`: Prometheus metrics (OpenMetrics text), no authentication.
 //!
 //! Everything under `/v1` needs `Authorization: Bearer <key>` when
@@ -93,6 +94,8 @@ pub struct ApiState {
     pub endpoints: Arc<ArcSwap<crate::dispatch::Endpoints>>,
     /// The console's settings (`[console]`).
     pub console: crate::config::ConsoleConfig,
+    /// How the delivery log's writing stands, for `/readyz`.
+    pub log: Arc<crate::history::LogStatus>,
 }
 
 impl ApiState {
@@ -108,6 +111,7 @@ impl ApiState {
     ) -> ApiState {
         ApiState {
             metrics,
+            log: ingestor.log_status().clone(),
             ingestor,
             queue: backend.queue,
             state: backend.state,
@@ -636,9 +640,16 @@ fn delivery_json(d: &crate::queue::Delivery) -> serde_json::Value {
     })
 }
 
+/// Ready while the queue answers: deliveries go on whatever the delivery
+/// log's store does. A log store that fails shows as `"status":
+/// "degraded"` (still 200), with the log's spool.
 async fn ready(State(state): State<Arc<ApiState>>) -> Response {
     match state.queue.ping().await {
-        Ok(()) => Json(json!({"status": "ready"})).into_response(),
+        Ok(()) => {
+            let log = state.log.health();
+            let status = if state.log.degraded() { "degraded" } else { "ready" };
+            Json(json!({"status": status, "log": log})).into_response()
+        }
         Err(e) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", e.to_string()).into_response(),
     }
 }

@@ -107,6 +107,7 @@ pub mod activity;
 pub mod embedded;
 pub mod postgres;
 pub mod redis;
+pub mod spool;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -125,8 +126,10 @@ use crate::config::{HistoryConfig, SubscriptionName};
 use crate::ingest::EventId;
 use crate::model::{owner_of, TenantId};
 use crate::queue::{Delivery, DeliveryId, Millis};
+use crate::telemetry::Metrics;
 
 pub use activity::{Activity, AttemptCounts, MinuteActivity, TenantVolume};
+pub use spool::{LogHealth, LogStatus, Spool};
 
 /// The value stored in place of a secret header value.
 pub use crate::model::REDACTED;
@@ -171,6 +174,10 @@ pub enum Error {
     /// PostgreSQL refused or could not be reached.
     #[error("postgres: {0}")]
     Postgres(String),
+    /// The store refused the entries for good (their data is not
+    /// acceptable to it): writing them again would fail again.
+    #[error("refused: {0}")]
+    Refused(String),
     /// The database's schema is newer than this binary knows.
     #[error("the delivery log in PostgreSQL has schema version {found}, newer than this hookd knows ({known}): run the newer hookd, or point history.postgres_url at another database")]
     Schema {
@@ -199,6 +206,14 @@ pub enum Error {
         /// The cursor given.
         cursor: String,
     },
+}
+
+impl Error {
+    /// Whether the store refused the data itself, so that a retry cannot
+    /// succeed (as opposed to failing or being unreachable).
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, Error::Refused(_))
+    }
 }
 
 /// Where a delivery stands.
@@ -416,7 +431,7 @@ impl DeliverySummary {
 }
 
 /// An event as ingested: what every delivery of it started from.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EventRecord {
     /// The event; the `webhook-id` its deliveries carry.
     pub id: EventId,
@@ -427,6 +442,7 @@ pub struct EventRecord {
     pub created_at: Millis,
     /// The exact body as ingested, before any plugin ran: what a replay
     /// delivers again.
+    #[serde(with = "crate::model::body_b64")]
     pub body: Bytes,
     /// The tenant the event belongs to, if any: with `id`, what the record
     /// is kept under ([`event_key`]).
@@ -434,7 +450,7 @@ pub struct EventRecord {
 }
 
 /// One thing that happened to a delivery, or an event to keep.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Entry {
     /// The delivery was made, at fan-out.
     Created(DeliverySummary),
@@ -633,23 +649,57 @@ pub struct Recorder {
     tx: mpsc::Sender<Entry>,
     /// Bytes of event bodies in `tx`, bounded by [`RECORD_BACKLOG_BYTES`].
     body_bytes: Arc<AtomicUsize>,
+    /// How writing stands, shared with the writer.
+    status: Arc<LogStatus>,
+    /// Where drops are counted.
+    metrics: Arc<Metrics>,
 }
 
 impl Recorder {
     /// Starts the writer task of `history`: it writes what the recorders
     /// hand it, in batches, until `stop` is cancelled (or every recorder
-    /// is dropped), then writes what is already waiting and ends. Cancel
-    /// `stop` once the dispatcher has drained, so its last entries are kept.
-    pub fn start(history: Arc<dyn History>, stop: CancellationToken) -> (Recorder, JoinHandle<()>) {
+    /// is dropped), then writes what is already waiting and ends. What the
+    /// store does not take waits in `spool` (see [`spool`]). Cancel `stop`
+    /// once the dispatcher has drained, so its last entries are kept.
+    pub fn start(
+        history: Arc<dyn History>,
+        spool: Spool,
+        metrics: Arc<Metrics>,
+        stop: CancellationToken,
+    ) -> (Recorder, JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(RECORD_BACKLOG);
         let body_bytes = Arc::new(AtomicUsize::new(0));
-        let writer = tokio::spawn(write_loop(history, rx, body_bytes.clone(), stop));
-        (Recorder { tx, body_bytes }, writer)
+        let status = Arc::new(LogStatus::default());
+        let writer = Writer {
+            history,
+            spool,
+            status: status.clone(),
+            metrics: metrics.clone(),
+            pause: spool::RETRY_FIRST,
+            retry_at: tokio::time::Instant::now(),
+            degraded_at: None,
+        };
+        let task = tokio::spawn(writer.run(rx, body_bytes.clone(), stop));
+        (
+            Recorder {
+                tx,
+                body_bytes,
+                status,
+                metrics,
+            },
+            task,
+        )
     }
 
-    /// Hands `entry` to the writer; drops it with a warning if the backlog
-    /// is full ([`RECORD_BACKLOG`] entries, or [`RECORD_BACKLOG_BYTES`] of
-    /// event bodies). Returns whether it was taken.
+    /// How the log's writing stands.
+    pub fn status(&self) -> &Arc<LogStatus> {
+        &self.status
+    }
+
+    /// Hands `entry` to the writer; drops it with a warning (and counts
+    /// it) if the backlog is full ([`RECORD_BACKLOG`] entries, or
+    /// [`RECORD_BACKLOG_BYTES`] of event bodies). Returns whether it was
+    /// taken.
     pub fn record(&self, entry: Entry) -> bool {
         let len = entry.body_len();
         if len > 0 {
@@ -661,6 +711,7 @@ impl Recorder {
                     bytes = len,
                     "delivery log backlog full of event bodies: an event record was not kept"
                 );
+                self.dropped(1);
                 return false;
             }
         }
@@ -673,7 +724,8 @@ impl Recorder {
                         tracing::warn!(
                             id = entry.subject(),
                             "delivery log backlog full: an entry was not recorded"
-                        )
+                        );
+                        self.dropped(1);
                     }
                     mpsc::error::TrySendError::Closed(entry) => {
                         tracing::debug!(
@@ -686,41 +738,199 @@ impl Recorder {
             }
         }
     }
+
+    fn dropped(&self, n: u64) {
+        self.status.add_dropped(n);
+        self.metrics.history_dropped(n);
+    }
 }
 
-/// The writer behind [`Recorder`]s: writes entries in batches until
-/// `stop`, then what is already waiting. The log is best effort: a batch
-/// that cannot be written is reported and dropped, never allowed to hold
-/// ingest or deliveries up.
-async fn write_loop(
+/// What a write of a batch came to.
+enum Written {
+    /// The store has it.
+    Done,
+    /// The store failed or did not answer in time: try again later.
+    Failed(String),
+    /// The store refused it for good (bad data): it never will take it.
+    Refused(String),
+}
+
+/// The writer behind [`Recorder`]s (see [`spool`]).
+struct Writer {
     history: Arc<dyn History>,
-    mut rx: mpsc::Receiver<Entry>,
-    body_bytes: Arc<AtomicUsize>,
-    stop: CancellationToken,
-) {
-    let mut batch = Vec::with_capacity(RECORD_BATCH);
-    loop {
-        let stopping = tokio::select! {
-            n = rx.recv_many(&mut batch, RECORD_BATCH) => n == 0,
-            _ = stop.cancelled() => true,
-        };
-        if stopping {
-            rx.close();
-            while let Ok(entry) = rx.try_recv() {
-                batch.push(entry);
+    spool: Spool,
+    status: Arc<LogStatus>,
+    metrics: Arc<Metrics>,
+    /// Pause before the next retry while the store fails.
+    pause: Duration,
+    /// When the spool's front is tried again.
+    retry_at: tokio::time::Instant,
+    /// Since when the store has failed.
+    degraded_at: Option<std::time::Instant>,
+}
+
+impl Writer {
+    /// Writes entries in batches until `stop`, then what is already
+    /// waiting; spools what the store does not take, and persists the
+    /// spool at the end.
+    async fn run(mut self, mut rx: mpsc::Receiver<Entry>, body_bytes: Arc<AtomicUsize>, stop: CancellationToken) {
+        self.publish();
+        let mut batch = Vec::with_capacity(RECORD_BATCH);
+        loop {
+            let waiting = !self.spool.is_empty();
+            let stopping = tokio::select! {
+                n = rx.recv_many(&mut batch, RECORD_BATCH) => n == 0,
+                _ = stop.cancelled() => true,
+                _ = tokio::time::sleep_until(self.retry_at), if waiting => false,
+            };
+            if stopping {
+                rx.close();
+                while let Ok(entry) = rx.try_recv() {
+                    batch.push(entry);
+                }
+            }
+            let bytes: usize = batch.iter().map(Entry::body_len).sum();
+            body_bytes.fetch_sub(bytes, Ordering::Relaxed);
+            let fresh = std::mem::replace(&mut batch, Vec::with_capacity(RECORD_BATCH));
+            for chunk in fresh.chunks(RECORD_BATCH) {
+                // Straight to the store, unless older entries wait.
+                if self.spool.is_empty() {
+                    match self.write(chunk).await {
+                        Written::Done => continue,
+                        Written::Failed(e) => self.failed(e),
+                        Written::Refused(e) => {
+                            self.refused(chunk.to_vec(), e).await;
+                            continue;
+                        }
+                    }
+                }
+                self.spool(chunk.to_vec());
+            }
+            let due = tokio::time::Instant::now() >= self.retry_at;
+            if !self.spool.is_empty() && (due || (stopping && !self.status.degraded())) {
+                self.drain().await;
+            }
+            self.publish();
+            if stopping {
+                if !self.spool.is_empty() {
+                    let n = self.spool.entries();
+                    let lost = self.spool.persist();
+                    self.drop_counted(lost);
+                    tracing::warn!(
+                        entries = n - lost,
+                        "the delivery log store did not take every entry before the stop: they are spooled on disk and written at the next start"
+                    );
+                }
+                return;
             }
         }
-        for chunk in batch.chunks(RECORD_BATCH) {
-            if let Err(e) = history.record(chunk).await {
-                tracing::error!(error = %e, count = chunk.len(), "cannot write the delivery log");
+    }
+
+    /// Writes `batch`, within [`spool::WRITE_TIMEOUT`].
+    async fn write(&self, batch: &[Entry]) -> Written {
+        match tokio::time::timeout(spool::WRITE_TIMEOUT, self.history.record(batch)).await {
+            Ok(Ok(())) => Written::Done,
+            Ok(Err(e)) if e.is_refusal() => Written::Refused(e.to_string()),
+            Ok(Err(e)) => Written::Failed(e.to_string()),
+            Err(_) => Written::Failed(format!("no answer within {}s", spool::WRITE_TIMEOUT.as_secs())),
+        }
+    }
+
+    /// Writes the spool's batches, oldest first, until it is empty or the
+    /// store fails again (then the next try waits longer).
+    async fn drain(&mut self) {
+        while let Some(front) = self.spool.front() {
+            let front = front.to_vec();
+            match self.write(&front).await {
+                Written::Done => self.spool.pop_front(),
+                Written::Failed(e) => {
+                    self.failed(e);
+                    return;
+                }
+                Written::Refused(e) => {
+                    self.spool.pop_front();
+                    self.refused(front, e).await;
+                }
             }
         }
-        let bytes: usize = batch.iter().map(Entry::body_len).sum();
-        body_bytes.fetch_sub(bytes, Ordering::Relaxed);
-        batch.clear();
-        if stopping {
+        if let Some(since) = self.degraded_at.take() {
+            tracing::info!(
+                after_secs = since.elapsed().as_secs(),
+                "the delivery log store takes entries again: every spooled entry is written"
+            );
+        }
+        self.status.set_ok();
+        self.pause = spool::RETRY_FIRST;
+        self.retry_at = tokio::time::Instant::now();
+    }
+
+    /// A batch the store refused for good: written again one entry at a
+    /// time, so one bad entry costs only itself (dropped, logged, counted).
+    async fn refused(&mut self, batch: Vec<Entry>, error: String) {
+        if batch.len() == 1 {
+            tracing::error!(id = batch[0].subject(), %error, "the delivery log store refused an entry: it is dropped");
+            self.drop_counted(1);
             return;
         }
+        for entry in batch {
+            let one = std::slice::from_ref(&entry);
+            match self.write(one).await {
+                Written::Done => {}
+                Written::Refused(e) => {
+                    tracing::error!(id = entry.subject(), error = %e, "the delivery log store refused an entry: it is dropped");
+                    self.drop_counted(1);
+                }
+                Written::Failed(e) => {
+                    self.failed(e);
+                    self.spool(vec![entry]);
+                }
+            }
+        }
+    }
+
+    /// The store failed: mark the log degraded and wait longer each time.
+    fn failed(&mut self, error: String) {
+        if self.degraded_at.is_none() {
+            tracing::error!(%error, "cannot write the delivery log: entries wait in the spool until the store takes them again; deliveries go on");
+            self.degraded_at = Some(std::time::Instant::now());
+        } else {
+            tracing::debug!(%error, "the delivery log store still fails");
+        }
+        self.status.set_degraded(error, crate::queue::now_ms());
+        self.retry_at = tokio::time::Instant::now() + self.pause;
+        self.pause = (self.pause * 2).min(spool::RETRY_MAX);
+    }
+
+    /// Puts `batch` in the spool, counting what does not fit.
+    fn spool(&mut self, batch: Vec<Entry>) {
+        let n = batch.len() as u64;
+        let (dropped, error) = self.spool.push(batch);
+        if dropped > 0 {
+            match error {
+                Some(e) => {
+                    tracing::error!(entries = n, error = %e, "delivery log entries dropped: the spool cannot take them")
+                }
+                None => tracing::error!(
+                    entries = n,
+                    "delivery log entries dropped: the spool is full (history.spool_memory and history.spool_disk)"
+                ),
+            }
+            self.drop_counted(dropped);
+        }
+    }
+
+    fn drop_counted(&self, n: u64) {
+        if n > 0 {
+            self.status.add_dropped(n);
+            self.metrics.history_dropped(n);
+        }
+    }
+
+    /// Shows the spool's size in the status and the metrics.
+    fn publish(&self) {
+        self.status.set_spooled(self.spool.entries(), self.spool.disk_bytes());
+        self.metrics
+            .history_spooled(self.spool.entries(), self.status.degraded());
     }
 }
 
@@ -1172,7 +1382,8 @@ mod tests {
         config.response_body_limit = 64;
         let history: Arc<dyn History> = Arc::new(embedded::EmbeddedHistory::open(&queue, &config).unwrap());
         let stop = CancellationToken::new();
-        let (recorder, writer) = Recorder::start(history.clone(), stop.clone());
+        let spool = Spool::open(dir.path(), 1 << 20, 1 << 20);
+        let (recorder, writer) = Recorder::start(history.clone(), spool, Arc::new(Metrics::new()), stop.clone());
         let event = EventRecord {
             id: EventId::parse("evt_1").unwrap(),
             event_type: "coupon.redeemed".into(),
@@ -1282,5 +1493,171 @@ mod tests {
             note: None,
         };
         assert!(apply(None, &entry, 10).is_none());
+    }
+
+    /// A store that fails while `down`, refuses any batch holding the
+    /// delivery `bad`, and keeps what it takes, in order.
+    #[derive(Default)]
+    struct Fake {
+        down: std::sync::atomic::AtomicBool,
+        bad: Option<DeliveryId>,
+        taken: std::sync::Mutex<Vec<Entry>>,
+    }
+
+    #[async_trait::async_trait]
+    impl History for Fake {
+        async fn record(&self, entries: &[Entry]) -> Result<(), Error> {
+            if self.down.load(Ordering::Relaxed) {
+                return Err(Error::Postgres("connection refused".into()));
+            }
+            if entries.iter().any(|e| e.delivery_id() == self.bad.as_ref()) {
+                return Err(Error::Refused("invalid byte sequence".into()));
+            }
+            self.taken.lock().unwrap().extend(entries.iter().cloned());
+            Ok(())
+        }
+        async fn delivery(&self, _: &DeliveryId) -> Result<Option<(DeliverySummary, Vec<AttemptRecord>)>, Error> {
+            Ok(None)
+        }
+        async fn event(&self, _: Option<&TenantId>, _: &EventId) -> Result<Vec<DeliverySummary>, Error> {
+            Ok(Vec::new())
+        }
+        async fn event_record(&self, _: Option<&TenantId>, _: &EventId) -> Result<Option<EventRecord>, Error> {
+            Ok(None)
+        }
+        async fn list(&self, _: &ListFilter, _: Option<&str>, _: usize) -> Result<Page<DeliverySummary>, Error> {
+            Ok(Page {
+                items: Vec::new(),
+                next_cursor: None,
+            })
+        }
+        async fn stats(&self, _: &SubscriptionName) -> Result<SubscriptionStats, Error> {
+            Ok(SubscriptionStats::default())
+        }
+        async fn activity(&self, _: Option<&TenantId>, from: Millis, to: Millis) -> Result<Activity, Error> {
+            Ok(activity::assemble(&activity::window_minutes(from, to), Vec::new()))
+        }
+        async fn trim(&self, _: Millis, _: Duration, _: usize) -> Result<u64, Error> {
+            Ok(0)
+        }
+    }
+
+    fn parked(n: i64) -> Entry {
+        Entry::State {
+            id: DeliveryId::new(0),
+            state: DeliveryState::Parked,
+            at: n,
+            note: None,
+        }
+    }
+
+    /// The times of the state entries a store took, in order.
+    fn ats(store: &Fake) -> Vec<Millis> {
+        store
+            .taken
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|e| match e {
+                Entry::State { at, .. } => *at,
+                _ => -1,
+            })
+            .collect()
+    }
+
+    async fn until(what: &str, check: impl Fn() -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !check() {
+            assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn the_writer_spools_while_the_store_fails_and_catches_up_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Fake::default());
+        store.down.store(true, Ordering::Relaxed);
+        let stop = CancellationToken::new();
+        let metrics = Arc::new(Metrics::new());
+        let spool = Spool::open(dir.path(), 1 << 20, 1 << 20);
+        let (recorder, writer) = Recorder::start(store.clone(), spool, metrics.clone(), stop.clone());
+        for n in 0..50 {
+            assert!(recorder.record(parked(n)), "the recorder never waits, never drops");
+            tokio::task::yield_now().await;
+        }
+        let status = recorder.status().clone();
+        until("all 50 spooled", || status.spooled() == 50).await;
+        assert!(status.degraded());
+        assert_eq!(status.health().error.as_deref(), Some("postgres: connection refused"));
+        assert!(metrics.render().contains("hookd_history_degraded 1"));
+        store.down.store(false, Ordering::Relaxed);
+        until("the store has them", || store.taken.lock().unwrap().len() == 50).await;
+        assert_eq!(ats(&store), (0..50).collect::<Vec<_>>(), "in the order they happened");
+        until("back to ok", || !status.degraded()).await;
+        assert_eq!((status.spooled(), status.dropped()), (0, 0));
+        stop.cancel();
+        writer.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_entry_the_store_refuses_is_dropped_alone_and_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let bad = DeliveryId::new(3);
+        let store = Arc::new(Fake {
+            bad: Some(bad.clone()),
+            ..Fake::default()
+        });
+        let stop = CancellationToken::new();
+        let metrics = Arc::new(Metrics::new());
+        let spool = Spool::open(dir.path(), 1 << 20, 1 << 20);
+        let (recorder, writer) = Recorder::start(store.clone(), spool, metrics.clone(), stop.clone());
+        let poison = Entry::State {
+            id: bad,
+            state: DeliveryState::Parked,
+            at: 99,
+            note: None,
+        };
+        recorder.record(parked(1));
+        recorder.record(poison);
+        recorder.record(parked(2));
+        stop.cancel();
+        writer.await.unwrap();
+        assert_eq!(ats(&store), [1, 2]);
+        assert_eq!(recorder.status().dropped(), 1);
+        assert!(
+            metrics.render().contains("hookd_history_dropped_total 1"),
+            "{}",
+            metrics.render()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_stop_while_the_store_fails_leaves_the_entries_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Fake::default());
+        store.down.store(true, Ordering::Relaxed);
+        let stop = CancellationToken::new();
+        let spool = Spool::open(dir.path(), 1 << 20, 1 << 20);
+        let (recorder, writer) = Recorder::start(store.clone(), spool, Arc::new(Metrics::new()), stop.clone());
+        for n in 0..5 {
+            recorder.record(parked(n));
+        }
+        until("spooled", || recorder.status().spooled() == 5).await;
+        stop.cancel();
+        writer.await.unwrap();
+        assert!(store.taken.lock().unwrap().is_empty());
+
+        // The next start writes them first.
+        store.down.store(false, Ordering::Relaxed);
+        let stop = CancellationToken::new();
+        let spool = Spool::open(dir.path(), 1 << 20, 1 << 20);
+        assert_eq!(spool.entries(), 5);
+        let (recorder, writer) = Recorder::start(store.clone(), spool, Arc::new(Metrics::new()), stop.clone());
+        recorder.record(parked(5));
+        until("all written", || store.taken.lock().unwrap().len() == 6).await;
+        assert_eq!(ats(&store), (0..6).collect::<Vec<_>>());
+        stop.cancel();
+        writer.await.unwrap();
     }
 }

@@ -97,9 +97,40 @@ pub struct PostgresHistory {
 }
 
 /// A PostgreSQL failure, as an [`Error`] (tokio-postgres's messages name
-/// the server's error and never the URL's password).
-fn pg(e: impl std::fmt::Display) -> Error {
-    Error::Postgres(e.to_string())
+/// the server's error and never the URL's password): [`Error::Refused`]
+/// when the server refused the data itself (SQLSTATE classes 22, data
+/// exception, and 23, integrity violation), so a retry cannot help.
+fn pg(e: tokio_postgres::Error) -> Error {
+    let refused = e
+        .code()
+        .is_some_and(|code| code.code().starts_with("22") || code.code().starts_with("23"));
+    let text = match e.as_db_error() {
+        Some(db) => format!("{}: {}", db.severity(), db.message()),
+        None => e.to_string(),
+    };
+    if refused {
+        Error::Refused(text)
+    } else {
+        Error::Postgres(text)
+    }
+}
+
+/// A failure to get a pooled connection, as an [`Error`].
+fn pool(e: deadpool_postgres::PoolError) -> Error {
+    match e {
+        deadpool_postgres::PoolError::Backend(e) => pg(e),
+        e => Error::Postgres(e.to_string()),
+    }
+}
+
+/// `text` as PostgreSQL can store it: NUL, which no text or jsonb value
+/// may hold, replaced by U+FFFD.
+fn clean(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.contains('\0') {
+        std::borrow::Cow::Owned(text.replace('\0', "\u{fffd}"))
+    } else {
+        std::borrow::Cow::Borrowed(text)
+    }
 }
 
 /// The day (partition) of a time.
@@ -182,7 +213,9 @@ fn kind_name(kind: ErrorKind) -> String {
 
 /// Headers as stored (a JSON array of pairs) and back.
 fn headers_json(headers: &[(String, String)]) -> String {
-    serde_json::to_string(headers).unwrap_or_else(|_| "[]".to_owned())
+    let clean: Vec<(std::borrow::Cow<'_, str>, std::borrow::Cow<'_, str>)> =
+        headers.iter().map(|(n, v)| (clean(n), clean(v))).collect();
+    serde_json::to_string(&clean).unwrap_or_else(|_| "[]".to_owned())
 }
 
 /// A row of `attempts` as the attempt of `summary`.
@@ -274,7 +307,7 @@ impl PostgresHistory {
             .wait_timeout(Some(POOL_WAIT))
             .create_timeout(Some(CONNECT_TIMEOUT))
             .build()
-            .map_err(pg)?;
+            .map_err(|e| Error::Postgres(e.to_string()))?;
         let history = PostgresHistory {
             pool,
             body_limit: config.response_body_limit,
@@ -301,7 +334,7 @@ impl PostgresHistory {
     /// Applies the migrations this binary has and the database lacks,
     /// under [`MIGRATION_LOCK`]; refuses a newer schema.
     async fn migrate(&self) -> Result<(), Error> {
-        let mut client = self.pool.get().await.map_err(pg)?;
+        let mut client = self.pool.get().await.map_err(pool)?;
         client
             .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
             .await
@@ -351,7 +384,7 @@ impl PostgresHistory {
         if missing.is_empty() {
             return Ok(());
         }
-        let mut client = self.pool.get().await.map_err(pg)?;
+        let mut client = self.pool.get().await.map_err(pool)?;
         let tx = client.transaction().await.map_err(pg)?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&PARTITION_LOCK])
             .await
@@ -379,7 +412,7 @@ impl PostgresHistory {
 
     /// Applies `entries` in one transaction (see the module docs).
     async fn write(&self, entries: &[Entry]) -> Result<(), Error> {
-        let mut client = self.pool.get().await.map_err(pg)?;
+        let mut client = self.pool.get().await.map_err(pool)?;
         let tx = client.transaction().await.map_err(pg)?;
         let mut ids: Vec<&str> = entries
             .iter()
@@ -533,7 +566,7 @@ impl PostgresHistory {
     /// uncounting what they held; returns how many deliveries and event
     /// records went.
     async fn drop_old_days(&self, cutoff: Millis) -> Result<u64, Error> {
-        let mut client = self.pool.get().await.map_err(pg)?;
+        let mut client = self.pool.get().await.map_err(pool)?;
         let rows = client
             .query(
                 "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
@@ -615,7 +648,7 @@ impl PostgresHistory {
     /// Deletes up to [`TRIM_BATCH`] deliveries created before `cutoff` or
     /// beyond `max_count`, oldest first, with their attempts.
     async fn trim_deliveries(&self, cutoff: Millis, max_count: usize) -> Result<u64, Error> {
-        let mut client = self.pool.get().await.map_err(pg)?;
+        let mut client = self.pool.get().await.map_err(pool)?;
         let batch = TRIM_BATCH as i64;
         let old = client
             .query(
@@ -677,7 +710,7 @@ impl PostgresHistory {
     /// Deletes up to [`TRIM_BATCH`] event records created before `cutoff`
     /// or beyond `max_count`, oldest first.
     async fn trim_events(&self, cutoff: Millis, max_count: usize) -> Result<u64, Error> {
-        let mut client = self.pool.get().await.map_err(pg)?;
+        let mut client = self.pool.get().await.map_err(pool)?;
         let batch = TRIM_BATCH as i64;
         let old = client
             .query_one(
@@ -760,9 +793,10 @@ impl Columns {
         self.state.push(s.state.as_str());
         self.attempts.push(i32::try_from(s.attempts).unwrap_or(i32::MAX));
         self.last_status.push(s.last_status.map(i32::from));
-        self.last_error.push(s.last_error.clone());
+        self.last_error
+            .push(s.last_error.as_deref().map(|e| clean(e).into_owned()));
         self.next_attempt_at.push(s.next_attempt_at);
-        self.note.push(s.note.clone());
+        self.note.push(s.note.as_deref().map(|n| clean(n).into_owned()));
     }
 
     fn params(&self) -> [&(dyn ToSql + Sync); 16] {
@@ -813,9 +847,9 @@ async fn write_attempts(tx: &Transaction<'_>, attempts: &[(i64, AttemptRecord)])
         requests.push(headers_json(&a.request_headers));
         statuses.push(a.status.map(i32::from));
         responses.push(headers_json(&a.response_headers));
-        bodies.push(a.response_body.as_str());
+        bodies.push(clean(&a.response_body));
         kinds.push(a.error_kind.map(kind_name));
-        errors.push(a.error.as_deref());
+        errors.push(a.error.as_deref().map(clean));
         nexts.push(a.next_attempt_at);
     }
     tx.execute(
@@ -982,7 +1016,7 @@ impl History for PostgresHistory {
     }
 
     async fn delivery(&self, id: &DeliveryId) -> Result<Option<(DeliverySummary, Vec<AttemptRecord>)>, Error> {
-        let client = self.pool.get().await.map_err(pg)?;
+        let client = self.pool.get().await.map_err(pool)?;
         let Some(row) = client
             .query_opt(
                 &format!("SELECT {SUMMARY} FROM deliveries WHERE id = $1 LIMIT 1"),
@@ -1008,7 +1042,7 @@ impl History for PostgresHistory {
     }
 
     async fn event(&self, tenant: Option<&TenantId>, event_id: &EventId) -> Result<Vec<DeliverySummary>, Error> {
-        let client = self.pool.get().await.map_err(pg)?;
+        let client = self.pool.get().await.map_err(pool)?;
         let rows = client
             .query(
                 &format!("SELECT {SUMMARY} FROM deliveries WHERE event_key = $1 ORDER BY id"),
@@ -1020,7 +1054,7 @@ impl History for PostgresHistory {
     }
 
     async fn event_record(&self, tenant: Option<&TenantId>, event_id: &EventId) -> Result<Option<EventRecord>, Error> {
-        let client = self.pool.get().await.map_err(pg)?;
+        let client = self.pool.get().await.map_err(pool)?;
         let key = event_key(tenant, event_id);
         let Some(row) = client
             .query_opt(
@@ -1096,7 +1130,7 @@ impl History for PostgresHistory {
             format!("WHERE {}", conditions.join(" AND "))
         };
         let sql = format!("SELECT {SUMMARY} FROM deliveries {clause} ORDER BY at DESC, id DESC LIMIT {p}");
-        let client = self.pool.get().await.map_err(pg)?;
+        let client = self.pool.get().await.map_err(pool)?;
         let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| &**p as &(dyn ToSql + Sync)).collect();
         let rows = client.query(&sql, &refs).await.map_err(pg)?;
         let mut items = Vec::with_capacity(rows.len());
@@ -1111,7 +1145,7 @@ impl History for PostgresHistory {
     }
 
     async fn stats(&self, subscription: &SubscriptionName) -> Result<SubscriptionStats, Error> {
-        let client = self.pool.get().await.map_err(pg)?;
+        let client = self.pool.get().await.map_err(pool)?;
         let mut stats = SubscriptionStats::default();
         for row in client
             .query(
@@ -1143,7 +1177,7 @@ impl History for PostgresHistory {
     async fn activity(&self, tenant: Option<&TenantId>, from: Millis, to: Millis) -> Result<Activity, Error> {
         let minutes = activity::window_minutes(from, to);
         let view = view_name(tenant);
-        let client = self.pool.get().await.map_err(pg)?;
+        let client = self.pool.get().await.map_err(pool)?;
         let rows = client
             .query(
                 "SELECT minute, succeeded, failed, latency, tenants::text FROM activity \
@@ -1183,7 +1217,7 @@ impl History for PostgresHistory {
         let mut removed = self.drop_old_days(cutoff).await?;
         removed += self.trim_deliveries(cutoff, max_count).await?;
         removed += self.trim_events(cutoff, max_count).await?;
-        let client = self.pool.get().await.map_err(pg)?;
+        let client = self.pool.get().await.map_err(pool)?;
         client
             .execute(
                 "DELETE FROM activity WHERE minute < $1",

@@ -286,6 +286,8 @@ pub struct Ingestor {
     state: Arc<dyn StateStore>,
     /// Refuse events whose data fails their type's schema.
     validate_schemas: bool,
+    /// How the delivery log's writing stands (its recorder's).
+    log: Arc<crate::history::LogStatus>,
 }
 
 impl Ingestor {
@@ -301,6 +303,7 @@ impl Ingestor {
         metrics: Arc<Metrics>,
     ) -> Ingestor {
         let (enqueue_tx, enqueue_rx) = mpsc::channel(ENQUEUE_BACKLOG);
+        let log = recorder.status().clone();
         let enqueue_task = tokio::spawn(enqueue_loop(
             backend.queue,
             config.ingest.dedup_window,
@@ -308,6 +311,7 @@ impl Ingestor {
             recorder,
         ));
         Ingestor {
+            log,
             enqueue_task: std::sync::Mutex::new(Some(enqueue_task)),
             backpressure: Arc::new(Backpressure::new(config.ingest.max_queue_depth, crate::DEPTH_SAMPLE)),
             enqueue_tx,
@@ -325,6 +329,11 @@ impl Ingestor {
     /// awaits it before saying it stopped.
     pub fn enqueue_task(&self) -> Option<tokio::task::JoinHandle<()>> {
         self.enqueue_task.lock().ok()?.take()
+    }
+
+    /// How the delivery log's writing stands.
+    pub fn log_status(&self) -> &Arc<crate::history::LogStatus> {
+        &self.log
     }
 
     /// The backpressure gauge: fed by the depth sampler, read by ingest

@@ -176,7 +176,7 @@ impl Delivery {
     }
 }
 
-mod body_b64 {
+pub(crate) mod body_b64 {
     use base64::Engine as _;
     use bytes::Bytes;
     use serde::{Deserialize, Deserializer, Serializer};

@@ -14,6 +14,7 @@ mod subscription;
 mod tenant;
 pub mod time;
 
+pub(crate) use delivery::body_b64;
 pub use delivery::{CorruptRecord, Delivery, DeliveryId, PluginHeaders};
 pub use event::{check_event_type, is_internal, Event, EventId, EventPattern, INTERNAL_PREFIX};
 pub use headers::REDACTED;

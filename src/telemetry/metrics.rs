@@ -277,6 +277,12 @@ pub struct Metrics {
     dead_expired: Counter,
     /// `hookd_ingest_refused_total`.
     ingest_refused: Counter,
+    /// `hookd_history_dropped_total`.
+    history_dropped: Counter,
+    /// `hookd_history_spooled_entries`.
+    history_spooled: Gauge,
+    /// `hookd_history_degraded`.
+    history_degraded: Gauge,
 }
 
 fn attempt_histogram() -> Histogram {
@@ -360,6 +366,24 @@ impl Metrics {
             "Events refused at ingest (503) because the queue was deeper than ingest.max_queue_depth",
             ingest_refused.clone(),
         );
+        let history_dropped = Counter::default();
+        registry.register(
+            "history_dropped",
+            "Delivery log entries not kept: beyond the spool while the log store was down, or refused by it",
+            history_dropped.clone(),
+        );
+        let history_spooled = Gauge::default();
+        registry.register(
+            "history_spooled_entries",
+            "Delivery log entries waiting in the spool for the log store",
+            history_spooled.clone(),
+        );
+        let history_degraded = Gauge::default();
+        registry.register(
+            "history_degraded",
+            "1 while the delivery log store fails and entries wait in the spool, else 0",
+            history_degraded.clone(),
+        );
         // Notification counters are few and known: start them at zero so a
         // rate() over them works before the first notification.
         for kind in [
@@ -390,6 +414,9 @@ impl Metrics {
             notifications,
             dead_expired,
             ingest_refused,
+            history_dropped,
+            history_spooled,
+            history_degraded,
         }
     }
 
@@ -429,6 +456,18 @@ impl Metrics {
     /// Counts `n` dead deliveries forgotten after the retention.
     pub fn dead_expired(&self, n: u64) {
         self.dead_expired.inc_by(n);
+    }
+
+    /// Counts `n` delivery log entries not kept.
+    pub fn history_dropped(&self, n: u64) {
+        self.history_dropped.inc_by(n);
+    }
+
+    /// Shows the delivery log's spool: entries waiting, and whether the
+    /// store fails.
+    pub fn history_spooled(&self, entries: u64, degraded: bool) {
+        self.history_spooled.set(i64::try_from(entries).unwrap_or(i64::MAX));
+        self.history_degraded.set(i64::from(degraded));
     }
 
     /// Counts `n` events refused because the queue was too deep.
