@@ -16,6 +16,22 @@
 //!   ingest-to-delivery latency.
 //!
 //! Without `--redis` hookd uses its embedded store in a temporary directory.
+//! `--postgres URL` keeps the delivery log in PostgreSQL.
+//!
+//! Measurements beside the rate (all printed, and with `--json` also as
+//! one JSON object on the last line, which `bench/run.py` reads):
+//! - with `--redis`, Redis's `INFO commandstats`, CPU and memory before
+//!   and after the timed run: commands and Redis CPU per delivered event,
+//!   and Redis RAM per delivered event once the backlog is empty;
+//! - hookd's CPU per delivered event and its resident memory, sampled
+//!   every `--sample-secs` (`--mode soak` runs `--duration` seconds at
+//!   `--rate` and reports the memory at the start and the end);
+//! - `--retries N` first leaves N deliveries waiting as retries due in an
+//!   hour (a subscription whose endpoint answers 500 once), then times the
+//!   run: fresh deliveries with a deep retry backlog;
+//! - `--subscriptions N --failing F --hanging H`: every event goes to N
+//!   subscriptions, of which F answer 500 and H hang until the delivery
+//!   timeout; the rate counts the healthy ones only.
 //!
 //! Catalogue scale: with `--tenants N --tenant-subscriptions M` (both 0 by
 //! default: one TOML subscription for every event, as before), hookd gets an
@@ -112,6 +128,30 @@ struct Args {
     /// API calls in flight at once while making tenants and subscriptions.
     #[arg(long, default_value_t = 8)]
     setup_concurrency: usize,
+    /// PostgreSQL URL for the delivery log (`history.postgres_url`).
+    #[arg(long)]
+    postgres: Option<String>,
+    /// TOML subscriptions every event goes to (e2e and soak).
+    #[arg(long, default_value_t = 1)]
+    subscriptions: usize,
+    /// Of them, how many answer 500.
+    #[arg(long, default_value_t = 0)]
+    failing: usize,
+    /// Of them, how many never answer (hookd gives up at its timeout).
+    #[arg(long, default_value_t = 0)]
+    hanging: usize,
+    /// Deliveries to leave waiting as retries due in an hour first.
+    #[arg(long, default_value_t = 0)]
+    retries: usize,
+    /// Seconds of the soak (`--mode soak`, at `--rate`).
+    #[arg(long, default_value_t = 600)]
+    duration: u64,
+    /// Seconds between memory samples.
+    #[arg(long, default_value_t = 10)]
+    sample_secs: u64,
+    /// Print the results as one JSON object on the last line.
+    #[arg(long)]
+    json: bool,
 }
 
 /// The tenants made through the API, and the one whose events are sent.
@@ -137,6 +177,10 @@ impl Tenants {
 /// What the receiver saw.
 struct Seen {
     count: AtomicUsize,
+    /// Attempts to `/later` (asked to retry in an hour).
+    later: AtomicUsize,
+    /// Attempts to the failing and hanging endpoints.
+    failed: AtomicUsize,
     rejected: AtomicUsize,
     /// Deliveries to a path other than the expected one.
     unexpected: AtomicUsize,
@@ -181,6 +225,26 @@ async fn receiver(listener: TcpListener, seen: Arc<Seen>) {
                     let (parts, body) = req.into_parts();
                     let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
                     let path = parts.uri.path();
+                    // Endpoints that fail: `/later` asks for a retry in an
+                    // hour (503, Retry-After), `/fail/…` answers 500,
+                    // `/hang/…` never answers.
+                    if path == "/later" {
+                        seen.later.fetch_add(1, Ordering::Relaxed);
+                        return Ok(Response::builder()
+                            .status(503)
+                            .header("retry-after", "3600")
+                            .body(Full::new(Bytes::new()))
+                            .unwrap());
+                    }
+                    if path.starts_with("/fail/") {
+                        seen.failed.fetch_add(1, Ordering::Relaxed);
+                        return Ok(Response::builder().status(500).body(Full::new(Bytes::new())).unwrap());
+                    }
+                    if path.starts_with("/hang/") {
+                        seen.failed.fetch_add(1, Ordering::Relaxed);
+                        tokio::time::sleep(Duration::from_secs(3600)).await;
+                        return Ok(Response::builder().status(204).body(Full::new(Bytes::new())).unwrap());
+                    }
                     // Each path is verified with its own subscription's secret.
                     let verifier = seen.verifiers.read().unwrap().get(path).cloned();
                     if verifier.is_none_or(|v| v.verify(&parts.headers, &body).is_err()) {
@@ -197,7 +261,7 @@ async fn receiver(listener: TcpListener, seen: Arc<Seen>) {
                             seen.latencies_us.lock().unwrap().push(us);
                         }
                     }
-                    if *seen.expected_path.read().unwrap() != path {
+                    if !path.starts_with(seen.expected_path.read().unwrap().as_str()) {
                         seen.unexpected.fetch_add(1, Ordering::Relaxed);
                     }
                     seen.first.lock().unwrap().get_or_insert(now);
@@ -356,6 +420,204 @@ async fn producer(
     ok
 }
 
+/// What Redis reports about itself: commands served, CPU seconds used,
+/// bytes of data held.
+#[derive(Clone, Copy, Debug, Default)]
+struct RedisStats {
+    calls: u64,
+    cpu_secs: f64,
+    used_memory: u64,
+    used_memory_rss: u64,
+}
+
+/// `INFO` of the Redis at `url` (commands counted over every
+/// `cmdstat_*` but `INFO` itself).
+async fn redis_stats(url: &str) -> RedisStats {
+    let client = redis::Client::open(url).expect("redis url");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect to redis");
+    let info: String = redis::cmd("INFO")
+        .arg("everything")
+        .query_async(&mut conn)
+        .await
+        .expect("INFO");
+    let mut stats = RedisStats::default();
+    for line in info.lines() {
+        if let Some(rest) = line.strip_prefix("cmdstat_") {
+            if rest.starts_with("info:") {
+                continue;
+            }
+            if let Some(calls) = rest.split([':', ',']).find_map(|kv| kv.strip_prefix("calls=")) {
+                stats.calls += calls.parse::<u64>().unwrap_or(0);
+            }
+        } else if let Some((key, value)) = line.trim().split_once(':') {
+            match key {
+                "used_cpu_sys" | "used_cpu_user" => stats.cpu_secs += value.parse::<f64>().unwrap_or(0.0),
+                "used_memory" => stats.used_memory = value.parse().unwrap_or(0),
+                "used_memory_rss" => stats.used_memory_rss = value.parse().unwrap_or(0),
+                _ => {}
+            }
+        }
+    }
+    stats
+}
+
+/// CPU seconds a process has used (user and system), from /proc.
+fn process_cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces): utime is the
+    // 12th, stime the 13th of them.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    (ticks(11) + ticks(12)) / hz
+}
+
+/// Resident memory of a process in bytes, from /proc.
+fn process_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|kb| kb.parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// Leaves `n` deliveries waiting as retries due in an hour: events only
+/// the `later` subscription wants, each attempted once (its endpoint asks
+/// for a retry in an hour).
+async fn make_retries(api: &ApiClient, run: &str, n: usize, seen: &Seen) {
+    let started = Instant::now();
+    futures_util::stream::iter((0..n).step_by(1000))
+        .map(|start| async move {
+            let batch: Vec<String> = (start..(start + 1000).min(n))
+                .map(|i| format!(r#"{{"type":"load.later","id":"evt_{run}_later_{i}","data":{{"n":{i}}}}}"#))
+                .collect();
+            api.post("/v1/events/batch", format!("[{}]", batch.join(",")))
+                .await
+                .expect("queue a batch of retries");
+        })
+        .buffer_unordered(4)
+        .collect::<()>()
+        .await;
+    let queued = started.elapsed().as_secs_f64();
+    while seen.later.load(Ordering::Relaxed) < n {
+        assert!(
+            started.elapsed() < Duration::from_secs(1800),
+            "only {} of {n} retries attempted after 30 min",
+            seen.later.load(Ordering::Relaxed)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!(
+        "{n} deliveries wait as retries due in an hour (queued in {queued:.1}s, attempted once in {:.1}s)",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+/// Redis's stats before a timed run, with `--redis`.
+async fn redis_before(args: &Args) -> Option<RedisStats> {
+    match &args.redis {
+        Some(url) => Some(redis_stats(url).await),
+        None => None,
+    }
+}
+
+/// Prints and records what the run cost per delivered event: Redis
+/// commands, Redis CPU and Redis RAM (once the backlog is empty), and
+/// hookd's CPU; hookd's resident memory at the end.
+async fn report_costs(
+    args: &Args,
+    before: Option<RedisStats>,
+    pid: u32,
+    cpu_before: f64,
+    delivered: usize,
+    results: &mut serde_json::Map<String, serde_json::Value>,
+) {
+    let n = delivered.max(1) as f64;
+    let hookd_us = (process_cpu_secs(pid) - cpu_before) * 1e6 / n;
+    let rss = process_rss(pid);
+    results.insert("hookd_cpu_us_per_event".into(), hookd_us.into());
+    results.insert("hookd_rss_mb".into(), (rss as f64 / 1048576.0).into());
+    let (Some(url), Some(before)) = (&args.redis, before) else {
+        println!(
+            "hookd: {hookd_us:.0} µs CPU per delivered event, {:.0} MiB resident",
+            rss as f64 / 1048576.0
+        );
+        return;
+    };
+    let after = redis_stats(url).await;
+    let commands = (after.calls - before.calls) as f64 / n;
+    let cpu_us = (after.cpu_secs - before.cpu_secs) * 1e6 / n;
+    let bytes = (after.used_memory as f64 - before.used_memory as f64) / n;
+    println!(
+        "per delivered event: Redis {commands:.1} commands, {cpu_us:.1} µs CPU, {bytes:.0} bytes of RAM kept; hookd {hookd_us:.0} µs CPU ({:.0} MiB resident)",
+        rss as f64 / 1048576.0
+    );
+    results.insert("redis_commands_per_event".into(), commands.into());
+    results.insert("redis_cpu_us_per_event".into(), cpu_us.into());
+    results.insert("redis_bytes_per_event".into(), bytes.into());
+}
+
+/// Samples hookd's and Redis's resident memory every `every` for `total`.
+async fn sample_memory(pid: u32, redis: Option<String>, every: Duration, total: Duration) -> Vec<(f64, u64, u64)> {
+    let started = Instant::now();
+    let mut out = Vec::new();
+    while started.elapsed() < total {
+        tokio::time::sleep(every).await;
+        let redis_rss = match &redis {
+            Some(url) => redis_stats(url).await.used_memory_rss,
+            None => 0,
+        };
+        let sample = (started.elapsed().as_secs_f64(), process_rss(pid), redis_rss);
+        println!(
+            "  {:>5.0}s: hookd {:.1} MiB, redis {:.1} MiB",
+            sample.0,
+            sample.1 as f64 / 1048576.0,
+            sample.2 as f64 / 1048576.0
+        );
+        out.push(sample);
+    }
+    out
+}
+
+/// Memory growth over a soak: from the first sample after the first
+/// minute (the warm-up) to the last.
+fn report_soak(samples: &[(f64, u64, u64)], results: &mut serde_json::Map<String, serde_json::Value>) {
+    let Some(start) = samples.iter().find(|s| s.0 >= 60.0).or(samples.first()) else {
+        return;
+    };
+    let end = samples.last().expect("a sample");
+    let growth = |a: u64, b: u64| {
+        if a == 0 {
+            0.0
+        } else {
+            (b as f64 - a as f64) * 100.0 / a as f64
+        }
+    };
+    let (hookd, redis) = (growth(start.1, end.1), growth(start.2, end.2));
+    println!(
+        "memory from {:.0}s to {:.0}s: hookd {:.1} -> {:.1} MiB ({hookd:+.1}%), redis {:.1} -> {:.1} MiB ({redis:+.1}%)",
+        start.0,
+        end.0,
+        start.1 as f64 / 1048576.0,
+        end.1 as f64 / 1048576.0,
+        start.2 as f64 / 1048576.0,
+        end.2 as f64 / 1048576.0
+    );
+    results.insert("hookd_rss_start_mb".into(), (start.1 as f64 / 1048576.0).into());
+    results.insert("hookd_rss_end_mb".into(), (end.1 as f64 / 1048576.0).into());
+    results.insert("hookd_rss_growth_pct".into(), hookd.into());
+    results.insert("redis_rss_start_mb".into(), (start.2 as f64 / 1048576.0).into());
+    results.insert("redis_rss_end_mb".into(), (end.2 as f64 / 1048576.0).into());
+    results.insert("redis_rss_growth_pct".into(), redis.into());
+}
+
 fn percentile(sorted: &[u64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -390,13 +652,21 @@ async fn main() {
     let sender = tenants.as_ref().map(|t| t.sender.clone());
     let seen = Arc::new(Seen {
         count: AtomicUsize::new(0),
+        later: AtomicUsize::new(0),
+        failed: AtomicUsize::new(0),
         rejected: AtomicUsize::new(0),
         unexpected: AtomicUsize::new(0),
-        expected_path: RwLock::new(tenants.as_ref().map_or("/hook".to_owned(), Tenants::expected_path)),
-        verifiers: RwLock::new(HashMap::from([(
-            "/hook".to_owned(),
-            Arc::new(Verifier::new(&[SECRET]).expect("secret")),
-        )])),
+        expected_path: RwLock::new(tenants.as_ref().map_or("/hook/".to_owned(), Tenants::expected_path)),
+        verifiers: RwLock::new(
+            (0..args.subscriptions)
+                .map(|i| {
+                    (
+                        format!("/hook/{i}"),
+                        Arc::new(Verifier::new(&[SECRET]).expect("secret")),
+                    )
+                })
+                .collect(),
+        ),
         latencies_us: Mutex::new(Vec::with_capacity(args.events)),
         first: Mutex::new(None),
         last: Mutex::new(None),
@@ -411,8 +681,49 @@ async fn main() {
         .port();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
     let queue = match &args.redis {
-        Some(url) => format!("redis_url = \"{url}\"\nkey_prefix = \"load{run}\""),
+        Some(url) => format!(
+            "redis_url = \"{url}\"\nkey_prefix = \"load{run}\"\ndata_dir = {:?}",
+            dir.join("data").display().to_string()
+        ),
         None => format!("data_dir = {:?}", dir.join("data").display().to_string()),
+    };
+    let history = match &args.postgres {
+        Some(url) => format!("[history]\npostgres_url = \"{url}\"\n"),
+        None => String::new(),
+    };
+    assert!(
+        args.failing + args.hanging < args.subscriptions,
+        "--failing and --hanging are counted among --subscriptions, and one must be healthy"
+    );
+    // Subscriptions: the healthy ones post to /hook/<n>, then the failing
+    // and hanging ones; with --retries, one more that asks for a retry in
+    // an hour. Failing endpoints are never disabled here, to measure them
+    // failing for as long as the run lasts.
+    let mut subscriptions = String::new();
+    for i in 0..args.subscriptions {
+        let healthy = args.subscriptions - args.failing - args.hanging;
+        let path = if i < healthy {
+            format!("/hook/{i}")
+        } else if i < healthy + args.failing {
+            format!("/fail/{i}")
+        } else {
+            format!("/hang/{i}")
+        };
+        let name = if i == 0 { "load".to_owned() } else { format!("load{i}") };
+        subscriptions.push_str(&format!(
+            "[[subscriptions]]\nname = \"{name}\"\nurl = \"http://{rx_addr}{path}\"\nevents = [\"{{toml_events}}\"]\nsecrets = [\"{SECRET}\"]\n{}\n",
+            args.subscription_extra
+        ));
+    }
+    if args.retries > 0 {
+        subscriptions.push_str(&format!(
+            "[[subscriptions]]\nname = \"later\"\nurl = \"http://{rx_addr}/later\"\nevents = [\"load.later\"]\nsecrets = [\"{SECRET}\"]\n"
+        ));
+    }
+    let never_disable = if args.failing + args.hanging > 0 {
+        "disable_after_failures = 0\ndisable_after = \"0s\"\ntimeout = \"2s\"\n"
+    } else {
+        ""
     };
     // With tenants: an admin key, and the TOML subscription wants only a
     // type never sent, so one subscription (the tenant's) wants each event.
@@ -420,11 +731,11 @@ async fn main() {
         Some(_) => (format!("api_keys = [\"{ADMIN_KEY}\"]\n"), "load.operator"),
         None => (String::new(), "*"),
     };
+    let subscriptions = subscriptions.replace("{toml_events}", toml_events);
     let config = |dispatch: bool| {
         let path = dir.join(format!("hookd-{dispatch}.toml"));
         let text = format!(
-            "[server]\nlisten = \"{addr}\"\n{keys}[queue]\n{queue}\n[ingest]\nmax_batch = 1000\n[delivery]\ndispatch = {dispatch}\nallow_http = true\nallow_private_networks = true\nmax_in_flight = 512\nmax_in_flight_per_subscription = 512\n[[subscriptions]]\nname = \"load\"\nurl = \"http://{rx_addr}/hook\"\nevents = [\"{toml_events}\"]\nsecrets = [\"{SECRET}\"]\n{}\n",
-            args.subscription_extra
+            "[server]\nlisten = \"{addr}\"\n{keys}[queue]\n{queue}\n[ingest]\nmax_batch = 1000\nmax_queue_depth = 0\n{history}[delivery]\ndispatch = {dispatch}\nallow_http = true\nallow_private_networks = true\nmax_in_flight = 512\nmax_in_flight_per_subscription = 512\n{never_disable}{subscriptions}"
         );
         std::fs::write(&path, text).expect("write config");
         path
@@ -442,6 +753,13 @@ async fn main() {
         ),
         None => "1 TOML subscription".to_owned(),
     };
+    let mut results = serde_json::Map::new();
+    results.insert("mode".into(), args.mode.clone().into());
+    results.insert("backend".into(), backend.into());
+    results.insert(
+        "log".into(),
+        if args.postgres.is_some() { "postgres" } else { backend }.into(),
+    );
     match args.mode.as_str() {
         "backlog" => {
             let ingest_only = start_hookd(&binary, &config(false));
@@ -464,8 +782,9 @@ async fn main() {
                 queued_at.elapsed().as_secs_f64()
             );
             drop(ingest_only);
+            let before = redis_before(&args).await;
             let started = Instant::now();
-            let _dispatcher = start_hookd(&binary, &config(true));
+            let dispatcher = start_hookd(&binary, &config(true));
             while seen.count.load(Ordering::Relaxed) < args.events {
                 if started.elapsed() > Duration::from_secs(300) {
                     panic!(
@@ -479,38 +798,51 @@ async fn main() {
             let first = seen.first.lock().unwrap().expect("first");
             let last = seen.last.lock().unwrap().expect("last");
             let secs = (last - first).as_secs_f64();
+            let rate = args.events as f64 / secs;
             println!(
-                "backlog drain ({backend}, {shape}): {} signed deliveries in {secs:.2}s = {:.0} deliveries/s (first delivery {:.2}s after start; {} rejected signatures; {} to other subscriptions)",
+                "backlog drain ({backend}, {shape}): {} signed deliveries in {secs:.2}s = {rate:.0} deliveries/s (first delivery {:.2}s after start; {} rejected signatures; {} to other subscriptions)",
                 args.events,
-                args.events as f64 / secs,
                 (first - started).as_secs_f64(),
                 seen.rejected.load(Ordering::Relaxed),
                 seen.unexpected.load(Ordering::Relaxed)
             );
+            results.insert("deliveries_per_s".into(), rate.into());
+            report_costs(&args, before, dispatcher.0.id(), 0.0, args.events, &mut results).await;
         }
-        "e2e" => {
-            let _hookd = start_hookd(&binary, &config(true));
+        "e2e" | "soak" => {
+            let hookd = start_hookd(&binary, &config(true));
             wait_ready(addr).await;
+            if args.retries > 0 {
+                make_retries(&api, &run, args.retries, &seen).await;
+            }
             if let Some(tenants) = &tenants {
                 make_tenants(&api, rx_addr, tenants, args.setup_concurrency, &seen).await;
-                // One delivery through the new catalogue before timing:
-                // the dispatcher's endpoints follow the catalogue's last
-                // publication asynchronously.
-                api.post("/v1/events", event_json(&run, "warmup", sender.as_deref(), false))
-                    .await
-                    .expect("warm-up event");
-                let deadline = Instant::now() + Duration::from_secs(60);
-                while seen.count.load(Ordering::Relaxed) == 0 {
-                    assert!(
-                        Instant::now() < deadline,
-                        "the warm-up event was not delivered within 60s"
-                    );
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-                seen.reset();
             }
-            let per = args.events / args.connections;
+            // One delivery before timing: connections and, with tenants,
+            // the dispatcher's endpoints (which follow the catalogue's last
+            // publication asynchronously) are ready.
+            api.post("/v1/events", event_json(&run, "warmup", sender.as_deref(), false))
+                .await
+                .expect("warm-up event");
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let healthy = args.subscriptions - args.failing - args.hanging;
+            while seen.count.load(Ordering::Relaxed) < healthy {
+                assert!(
+                    Instant::now() < deadline,
+                    "the warm-up event was not delivered within 60s"
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            seen.reset();
+            let events = if args.mode == "soak" {
+                (args.rate * args.duration) as usize
+            } else {
+                args.events
+            };
+            let per = events / args.connections;
             let interval = (args.rate > 0).then(|| Duration::from_secs_f64(args.connections as f64 / args.rate as f64));
+            let before = redis_before(&args).await;
+            let cpu_before = process_cpu_secs(hookd.0.id());
             let started = Instant::now();
             let tasks: Vec<_> = (0..args.connections)
                 .map(|c| {
@@ -520,37 +852,68 @@ async fn main() {
                     })
                 })
                 .collect();
+            let samples = if args.mode == "soak" {
+                Some(tokio::spawn(sample_memory(
+                    hookd.0.id(),
+                    args.redis.clone(),
+                    Duration::from_secs(args.sample_secs),
+                    Duration::from_secs(args.duration),
+                )))
+            } else {
+                None
+            };
             let mut accepted = 0;
             for t in tasks {
                 accepted += t.await.unwrap_or(0);
             }
             let post_secs = started.elapsed().as_secs_f64();
             let total = per * args.connections;
-            while seen.count.load(Ordering::Relaxed) < accepted && started.elapsed() < Duration::from_secs(300) {
+            let want = accepted * healthy;
+            while seen.count.load(Ordering::Relaxed) < want
+                && started.elapsed() < Duration::from_secs(300 + args.duration)
+            {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
             let secs = started.elapsed().as_secs_f64();
+            let delivered = seen.count.load(Ordering::Relaxed);
             let mut lat = seen.latencies_us.lock().unwrap().clone();
             lat.sort_unstable();
+            let rate = delivered as f64 / secs;
             println!(
-                "e2e ({backend}, {shape}, {} connections, rate {}): {accepted}/{total} accepted in {post_secs:.2}s ({:.0} ingests/s), {} delivered in {secs:.2}s = {:.0} deliveries/s ({} rejected signatures; {} to other subscriptions)",
+                "{} ({backend}, {shape}, {} connections, rate {}): {accepted}/{total} accepted in {post_secs:.2}s ({:.0} ingests/s), {delivered} healthy deliveries in {secs:.2}s = {rate:.0} deliveries/s ({} attempts to failing endpoints; {} rejected signatures; {} to other subscriptions)",
+                args.mode,
                 args.connections,
                 if args.rate == 0 { "max".to_string() } else { format!("{}/s", args.rate) },
                 accepted as f64 / post_secs,
-                seen.count.load(Ordering::Relaxed),
-                seen.count.load(Ordering::Relaxed) as f64 / secs,
+                seen.failed.load(Ordering::Relaxed),
                 seen.rejected.load(Ordering::Relaxed),
                 seen.unexpected.load(Ordering::Relaxed)
             );
-            println!(
-                "ingest-to-delivery latency ms: p50 {:.2}  p90 {:.2}  p99 {:.2}  max {:.2}",
+            let (p50, p90, p99, max) = (
                 percentile(&lat, 0.50),
                 percentile(&lat, 0.90),
                 percentile(&lat, 0.99),
-                percentile(&lat, 1.0)
+                percentile(&lat, 1.0),
             );
+            println!("ingest-to-delivery latency ms: p50 {p50:.2}  p90 {p90:.2}  p99 {p99:.2}  max {max:.2}");
+            results.insert("deliveries_per_s".into(), rate.into());
+            results.insert("ingests_per_s".into(), (accepted as f64 / post_secs).into());
+            results.insert("accepted".into(), accepted.into());
+            results.insert("delivered".into(), delivered.into());
+            results.insert("p50_ms".into(), p50.into());
+            results.insert("p99_ms".into(), p99.into());
+            results.insert("max_ms".into(), max.into());
+            results.insert("failing_attempts".into(), seen.failed.load(Ordering::Relaxed).into());
+            report_costs(&args, before, hookd.0.id(), cpu_before, delivered, &mut results).await;
+            if let Some(samples) = samples {
+                let samples = samples.await.expect("memory samples");
+                report_soak(&samples, &mut results);
+            }
         }
-        other => panic!("unknown --mode {other}: use backlog or e2e"),
+        other => panic!("unknown --mode {other}: use backlog, e2e or soak"),
+    }
+    if args.json {
+        println!("{}", serde_json::Value::Object(results));
     }
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -55,13 +55,17 @@
 //!   [`queue::epoch`] notices a Redis that lost its data while hookd runs.
 //! - [`history`]: the delivery log: every delivery's state and every
 //!   attempt (headers with secrets redacted, status, the first bytes of the
-//!   response, the error kind) and every event's body as ingested, in Redis
-//!   or a redb file of its own, trimmed by age and count in the background;
-//!   written by ingest and the dispatcher through one non-blocking
-//!   [`history::Recorder`], read by the admin API and event replay. It
-//!   also keeps per-minute aggregates of attempts (outcome, a latency
-//!   histogram, for all and per tenant: [`history::activity`]) as they are
-//!   recorded, for the overview of `GET /v1/stats`.
+//!   response, the error kind) and every event's body as ingested, in
+//!   PostgreSQL ([`history::postgres`]: day partitions dropped whole by
+//!   retention, schema migrated at start), in Redis, or in a redb file of
+//!   its own, trimmed by age and count in the background; written by
+//!   ingest and the dispatcher through one non-blocking
+//!   [`history::Recorder`], whose writer spools what a slow or failing
+//!   store does not take (memory, then disk: [`history::spool`]) so
+//!   deliveries never wait for the log; read by the admin API and event
+//!   replay. It also keeps per-minute aggregates of attempts (outcome, a
+//!   latency histogram, for all and per tenant: [`history::activity`]) as
+//!   they are recorded, for the overview of `GET /v1/stats`.
 //! - [`dispatch`]: the claim loop, bounded concurrency overall and per
 //!   subscription, per-subscription rate limits (buckets in the queue
 //!   backend, [`queue::rate`]), the
@@ -165,8 +169,9 @@
 //!   `server.allow_unauthenticated` says it is meant, and it still refuses
 //!   a browser's cross-site posts.
 //! - Two modules beyond DESIGN.md's list: `history` (the delivery log has
-//!   its own store beside the queue, since the queue forgets a delivery once
-//!   it is acknowledged) and `reload` (hot reload of the config and plugin
+//!   its own store, since the queue forgets a delivery once it is
+//!   acknowledged: PostgreSQL with `history.postgres_url`, so Redis holds
+//!   only the hot queue, else beside the queue) and `reload` (hot reload of the config and plugin
 //!   files, swapping immutable subscription snapshots in the ingestor and
 //!   the dispatcher). Subscription health and parking live in
 //!   `dispatch::health`, with their state in the queue backend.

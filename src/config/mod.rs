@@ -1425,9 +1425,18 @@ mod tests {
 
     #[test]
     fn secrets_are_redacted_everywhere() {
-        let c = Config::from_toml(&format!("[server]\napi_keys = [\"key-42\"]\n{}", sub(""))).unwrap();
+        let c = Config::from_toml(&format!(
+            "[server]\napi_keys = [\"key-42\"]\n[history]\npostgres_url = \"postgres://hookd:pg-pass-9@db.internal:5432/log\"\n{}",
+            sub("")
+        ))
+        .unwrap();
         let shown = format!("{} {:?}", c.to_redacted_toml(), c);
         assert!(!shown.contains("key-42"), "{shown}");
+        assert!(!shown.contains("pg-pass-9"), "{shown}");
+        assert!(
+            shown.contains("db.internal:5432/log"),
+            "the server is still shown: {shown}"
+        );
         assert!(!shown.contains(&SECRET[6..]), "{shown}");
         assert!(shown.contains("[redacted]"));
     }

@@ -8,9 +8,13 @@
 //! stands now. It also keeps each event as ingested ([`EventRecord`]: its
 //! exact body, before any plugin ran), so an event can be shown and
 //! replayed to its subscriptions after its deliveries are gone from the
-//! queue. Two backends implement [`History`] with the same semantics,
+//! queue. Three backends implement [`History`] with the same semantics,
 //! checked by one conformance suite (`tests/history_conformance.rs`):
 //!
+//! - [`postgres::PostgresHistory`]: PostgreSQL (`history.postgres_url`),
+//!   tables partitioned by day and dropped whole by retention, shared by
+//!   every hookd process: the log of a Redis deployment, so Redis keeps
+//!   only the hot queue;
 //! - [`redis::RedisHistory`]: hashes, lists and lexicographic sorted-set
 //!   indices under the queue's key prefix, one hash tag per shard, so it
 //!   runs on one Redis or a Cluster and is shared by every hookd process;
@@ -23,9 +27,13 @@
 //! Writers describe what happened as [`Entry`] values and hand them to a
 //! [`Recorder`], which never waits: one background task writes them in
 //! batches with [`History::record`], so recording is never on the ingest
-//! or delivery hot path (when it falls behind, entries are dropped with a
-//! warning). Each entry is applied on its own, in order, atomically with
-//! the indices and counters it moves:
+//! or delivery hot path. What the store does not take (it fails, or does
+//! not answer within [`spool::WRITE_TIMEOUT`]) waits in the [`spool`],
+//! in memory and then on disk, and reaches the store in order once it
+//! answers again; only what is beyond the spool's bounds is dropped,
+//! logged and counted (`hookd_history_dropped_total`). Each entry is
+//! applied on its own, in order, atomically with the indices and counters
+//! it moves:
 //!
 //! - [`Entry::Created`] stores the summary of a new delivery; for a
 //!   delivery already known it only gives it its note if it has none (its

@@ -1,0 +1,307 @@
+#!/usr/bin/env python3
+"""hookd's speed benchmark: one command that builds hookd (release), starts
+what it needs on loopback (a redis-server and a PostgreSQL of its own, in a
+temporary directory), runs every case with the load tool
+(examples/load.rs) and the plugin benchmark (benches/plugin.rs), and prints
+one table with the machine's description and the date.
+
+    python3 bench/run.py            # every case; about 25 minutes
+    python3 bench/run.py --quick    # shorter soak and retry backlog
+
+Needs redis-server and PostgreSQL's binaries (Debian: redis-server,
+postgresql), like the test suite; under root PostgreSQL runs as `postgres`
+(or `nobody`). Every process is stopped at the end. Numbers come from here,
+never from timed test assertions.
+"""
+
+import argparse
+import datetime
+import glob
+import json
+import os
+import platform
+import pwd
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, what, timeout=30):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    sys.exit(f"{what} did not start on port {port}")
+
+
+class Redis:
+    def __init__(self, tmp):
+        self.port = free_port()
+        self.dir = os.path.join(tmp, "redis")
+        os.makedirs(self.dir)
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir,
+             "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
+             "--logfile", "redis.log", "--daemonize", "no"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_port(self.port, "redis-server")
+        self.url = f"redis://127.0.0.1:{self.port}"
+
+    def flush(self):
+        subprocess.run(["redis-cli", "-p", str(self.port), "FLUSHALL"], check=True,
+                       stdout=subprocess.DEVNULL)
+        subprocess.run(["redis-cli", "-p", str(self.port), "CONFIG", "RESETSTAT"], check=True,
+                       stdout=subprocess.DEVNULL)
+
+    def version(self):
+        out = subprocess.run(["redis-server", "--version"], capture_output=True, text=True).stdout
+        m = re.search(r"v=(\S+)", out)
+        return m.group(1) if m else "?"
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait()
+
+
+class Postgres:
+    """A PostgreSQL of the benchmark's own, as the test harness starts one."""
+
+    def __init__(self, tmp):
+        bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+        self.bin = os.path.dirname(bins[-1]) if bins else os.path.dirname(shutil.which("initdb") or "")
+        if not self.bin:
+            sys.exit("PostgreSQL's initdb not found: apt-get install postgresql")
+        self.dir = os.path.join(tmp, "postgres")
+        os.makedirs(self.dir)
+        self.user = None
+        if os.geteuid() == 0:
+            for name in ("postgres", "nobody"):
+                try:
+                    self.user = pwd.getpwnam(name)
+                    break
+                except KeyError:
+                    pass
+            os.chown(tmp, self.user.pw_uid, self.user.pw_gid)
+            os.chown(self.dir, self.user.pw_uid, self.user.pw_gid)
+        self.port = free_port()
+        data = os.path.join(self.dir, "data")
+        self.run(["initdb", "--no-sync", "--auth=trust", "--encoding=UTF8", "--locale=C",
+                  "--username", "hookd", "--pgdata", data], stdout=subprocess.DEVNULL)
+        # PostgreSQL's defaults (fsync on), but for the socket and port.
+        self.proc = subprocess.Popen(
+            self.argv(["postgres", "-D", data, "-c", "listen_addresses=127.0.0.1", "-p", str(self.port),
+                       "-c", "unix_socket_directories=", "-c", "max_connections=200"]),
+            preexec_fn=self.demote, stdout=subprocess.DEVNULL, stderr=open(os.path.join(self.dir, "log"), "w"))
+        wait_port(self.port, "postgres")
+        time.sleep(0.5)
+        self.databases = 0
+
+    def demote(self):
+        if self.user:
+            os.setgid(self.user.pw_gid)
+            os.setuid(self.user.pw_uid)
+
+    def argv(self, args):
+        return [os.path.join(self.bin, args[0])] + args[1:]
+
+    def run(self, args, **kw):
+        subprocess.run(self.argv(args), check=True, preexec_fn=self.demote, cwd=self.dir, **kw)
+
+    def fresh_database(self):
+        self.databases += 1
+        name = f"bench{self.databases}"
+        self.run(["psql", "-h", "127.0.0.1", "-p", str(self.port), "-U", "hookd", "-d", "postgres",
+                  "-q", "-c", f"CREATE DATABASE {name}"])
+        return f"postgres://hookd@127.0.0.1:{self.port}/{name}"
+
+    def version(self):
+        out = subprocess.run(self.argv(["postgres", "--version"]), capture_output=True, text=True).stdout
+        return out.strip().split()[-1] if out else "?"
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGINT)
+        self.proc.wait()
+
+
+def target_dir():
+    out = subprocess.run(["cargo", "metadata", "--format-version", "1", "--no-deps"], cwd=ROOT,
+                         capture_output=True, text=True, check=True).stdout
+    return json.loads(out)["target_directory"]
+
+
+def load(binary, args, label):
+    print(f"\n== {label}\n   load {' '.join(args)}", flush=True)
+    proc = subprocess.run([binary, "--json"] + args, cwd=ROOT, capture_output=True, text=True)
+    for line in proc.stdout.splitlines()[:-1]:
+        print("   " + line)
+    if proc.returncode != 0:
+        print(proc.stdout + proc.stderr)
+        sys.exit(f"{label}: the load tool failed")
+    result = json.loads(proc.stdout.splitlines()[-1])
+    return result
+
+
+def plugin_bench():
+    """Criterion's estimates of benches/plugin.rs, in µs."""
+    print("\n== plugins: cargo bench --bench plugin", flush=True)
+    proc = subprocess.run(["cargo", "bench", "--bench", "plugin", "--", "--noplot"], cwd=ROOT,
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        print(proc.stdout + proc.stderr)
+        sys.exit("the plugin benchmark failed")
+    out = {}
+    units = {"ns": 1e-3, "µs": 1.0, "us": 1.0, "ms": 1e3, "s": 1e6}
+    name = None
+    for line in proc.stdout.splitlines():
+        m = re.match(r"^(\S+/\S+)\s*(time:.*)?$", line.strip())
+        if m and not line.startswith(" "):
+            name = m.group(1)
+        t = re.search(r"time:\s+\[\S+ \S+ (\S+) (\S+) \S+ \S+\]", line)
+        if t and name:
+            out[name] = float(t.group(1)) * units.get(t.group(2), 1.0)
+            print(f"   {name}: {out[name]:.2f} µs")
+    return out
+
+
+def machine():
+    cpu = "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{os.cpu_count()} cores ({cpu}), {mem:.0f} GiB RAM, Linux {platform.release()}"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="60 s soak and 100,000 retries instead of 10 min and 1,000,000")
+    parser.add_argument("--skip-build", action="store_true")
+    opts = parser.parse_args()
+    soak_secs = 60 if opts.quick else 600
+    retries = 100_000 if opts.quick else 1_000_000
+
+    if not opts.skip_build:
+        print("== building hookd and the load tool (release)", flush=True)
+        subprocess.run(["cargo", "build", "--release", "--quiet", "--bin", "hookd", "--example", "load"],
+                       cwd=ROOT, check=True)
+    tdir = target_dir()
+    binary = os.path.join(tdir, "release", "examples", "load")
+    hookd = ["--hookd", os.path.join(tdir, "release", "hookd")]
+
+    tmp = tempfile.mkdtemp(prefix="hookd-bench-")
+    redis = Redis(tmp)
+    pg = Postgres(tmp)
+    rows = []
+    started = time.time()
+    try:
+        def redis_pg():
+            redis.flush()
+            return ["--redis", redis.url, "--postgres", pg.fresh_database()]
+
+        e2e = load(binary, hookd + redis_pg() + ["--mode", "e2e", "--events", "60000"],
+                   "end to end, Redis + PostgreSQL, 32 connections, one event per POST")
+        rows.append(("End to end, Redis + PostgreSQL (32 connections)", f"{e2e['deliveries_per_s']:,.0f} deliveries/s",
+                     "≥ 10,000/s", e2e["deliveries_per_s"] >= 10_000))
+        rows.append(("Redis commands per delivered event", f"{e2e['redis_commands_per_event']:.1f}", "≤ 8",
+                     e2e["redis_commands_per_event"] <= 8))
+        rows.append(("Redis CPU per delivered event", f"{e2e['redis_cpu_us_per_event']:.1f} µs", "≤ 40 µs",
+                     e2e["redis_cpu_us_per_event"] <= 40))
+        rows.append(("Redis RAM per delivered event (backlog empty)", f"{e2e['redis_bytes_per_event']:.0f} bytes",
+                     "≤ 200 bytes", e2e["redis_bytes_per_event"] <= 200))
+        rows.append(("hookd CPU per delivered event (Redis + PostgreSQL)", f"{e2e['hookd_cpu_us_per_event']:.0f} µs", "—", None))
+
+        emb = load(binary, hookd + ["--mode", "e2e", "--events", "60000"], "end to end, embedded, 32 connections")
+        rows.append(("End to end, embedded (32 connections)", f"{emb['deliveries_per_s']:,.0f} deliveries/s",
+                     "≥ 12,000/s", emb["deliveries_per_s"] >= 12_000))
+
+        drain = load(binary, hookd + redis_pg() + ["--mode", "backlog", "--events", "100000"],
+                     "backlog drain, Redis + PostgreSQL")
+        rows.append(("Backlog drain, Redis + PostgreSQL", f"{drain['deliveries_per_s']:,.0f} deliveries/s",
+                     "≥ 25,000/s", drain["deliveries_per_s"] >= 25_000))
+        drain_emb = load(binary, hookd + ["--mode", "backlog", "--events", "100000"], "backlog drain, embedded")
+        rows.append(("Backlog drain, embedded", f"{drain_emb['deliveries_per_s']:,.0f} deliveries/s",
+                     "≥ 25,000/s", drain_emb["deliveries_per_s"] >= 25_000))
+
+        paced = load(binary, hookd + redis_pg() + ["--mode", "e2e", "--events", "100000", "--rate", "5000"],
+                     "5,000 events/s, Redis + PostgreSQL")
+        rows.append(("p99 ingest to delivery at 5,000 events/s", f"{paced['p99_ms']:.1f} ms (p50 {paced['p50_ms']:.1f})",
+                     "< 25 ms", paced["p99_ms"] < 25))
+
+        deep = load(binary, hookd + redis_pg() + ["--mode", "e2e", "--events", "60000", "--retries", str(retries)],
+                    f"end to end with {retries:,} retries due later, Redis + PostgreSQL")
+        fresh = load(binary, hookd + redis_pg() + ["--mode", "e2e", "--events", "60000"],
+                     "end to end again without them, for comparison")
+        slow = (1 - deep["deliveries_per_s"] / fresh["deliveries_per_s"]) * 100
+        rows.append((f"Fresh deliveries with {retries:,} retries waiting",
+                     f"{deep['deliveries_per_s']:,.0f}/s vs {fresh['deliveries_per_s']:,.0f}/s ({slow:+.0f}% slower)",
+                     "≤ 10% slower", slow <= 10))
+
+        healthy = load(binary, hookd + redis_pg() + ["--mode", "e2e", "--events", "10000", "--subscriptions", "20"],
+                       "20 healthy subscriptions per event")
+        failing = load(binary, hookd + redis_pg() + ["--mode", "e2e", "--events", "10000", "--subscriptions", "20",
+                                                     "--failing", "1", "--hanging", "1"],
+                       "18 healthy, 1 answering 500, 1 hanging until the 2 s timeout")
+        per_healthy = healthy["deliveries_per_s"] / 20
+        per_failing = failing["deliveries_per_s"] / 18
+        change = (1 - per_failing / per_healthy) * 100
+        rows.append(("Healthy endpoints while 10% fail (per endpoint)",
+                     f"{per_failing:,.0f}/s vs {per_healthy:,.0f}/s ({change:+.0f}% slower), p99 {failing['p99_ms']:.0f} vs {healthy['p99_ms']:.0f} ms",
+                     "same speed", change <= 10))
+
+        soak = load(binary, hookd + redis_pg() + ["--mode", "soak", "--rate", "3000", "--duration", str(soak_secs),
+                                                  "--sample-secs", "10"],
+                    f"{soak_secs} s at 3,000 events/s, Redis + PostgreSQL")
+        rows.append((f"Memory over {soak_secs // 60} min at 3,000 events/s: hookd",
+                     f"{soak['hookd_rss_start_mb']:.0f} → {soak['hookd_rss_end_mb']:.0f} MiB ({soak['hookd_rss_growth_pct']:+.1f}%)",
+                     "within 10%", abs(soak["hookd_rss_growth_pct"]) <= 10))
+        rows.append((f"Memory over {soak_secs // 60} min at 3,000 events/s: Redis",
+                     f"{soak['redis_rss_start_mb']:.0f} → {soak['redis_rss_end_mb']:.0f} MiB ({soak['redis_rss_growth_pct']:+.1f}%)",
+                     "within 10%", abs(soak["redis_rss_growth_pct"]) <= 10))
+
+        plugins = plugin_bench()
+        for name, target, limit in (("warm/reshape", "≤ 5 µs", 5), ("warm/jq", "≤ 15 µs", 15),
+                                    ("fresh/jq", "well under 1.3 ms", 1300), ("fresh/reshape", "—", None)):
+            if name in plugins:
+                ok = None if limit is None else plugins[name] <= limit
+                rows.append((f"Plugin call, {name.replace('/', ' ')}", f"{plugins[name]:.2f} µs", target, ok))
+    finally:
+        redis.stop()
+        pg.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    print()
+    print(f"hookd benchmark, {datetime.date.today().isoformat()}, {machine()}; "
+          f"Redis {redis.version()} (AOF everysec), PostgreSQL {pg.version()}; "
+          f"hookd, Redis, PostgreSQL, the poster and the receiver all on this machine; "
+          f"{(time.time() - started) / 60:.0f} min")
+    print()
+    print("| Case | Measured | Target | |")
+    print("|---|---|---|---|")
+    for case, measured, target, ok in rows:
+        mark = "" if ok is None else ("met" if ok else "**short**")
+        print(f"| {case} | {measured} | {target} | {mark} |")
+
+
+if __name__ == "__main__":
+    main()
