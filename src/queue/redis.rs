@@ -170,22 +170,37 @@ local function ms(x) return string.format('%.0f', x) end
 /// (accepted) or 0 (duplicate) per event, in ARGV order.
 const ENQUEUE_LUA: &str = r#"
 local window, now = ARGV[1], ms(tonumber(ARGV[2]) + shift(ARGV[2]))
-local out = {}
+local out, groups = {}, {}
 local i = 3
 while i <= #ARGV do
   local g, seen, n = tonumber(ARGV[i]), KEYS[tonumber(ARGV[i + 1])], tonumber(ARGV[i + 2])
   i = i + 3
   if redis.call('SET', seen, '1', 'NX', 'PX', window) then
-    local due, rec = KEYS[2 * g - 1], KEYS[2 * g]
+    local adds = groups[g]
+    if adds == nil then
+      adds = {records = {}, scores = {}}
+      groups[g] = adds
+    end
     for j = i, i + 2 * n - 1, 2 do
-      redis.call('HSET', rec, ARGV[j], ARGV[j + 1])
-      redis.call('ZADD', due, now, ARGV[j])
+      table.insert(adds.records, ARGV[j])
+      table.insert(adds.records, ARGV[j + 1])
+      table.insert(adds.scores, now)
+      table.insert(adds.scores, ARGV[j])
     end
     out[#out + 1] = 1
   else
     out[#out + 1] = 0
   end
   i = i + 2 * n
+end
+-- The accepted deliveries of each shard group: one HSET and one ZADD per
+-- 500 of them.
+for g, adds in pairs(groups) do
+  for from = 1, #adds.records, 1000 do
+    local to = math.min(from + 999, #adds.records)
+    redis.call('HSET', KEYS[2 * g], unpack(adds.records, from, to))
+    redis.call('ZADD', KEYS[2 * g - 1], unpack(adds.scores, from, to))
+  end
 end
 return out
 "#;
@@ -311,34 +326,43 @@ return out
 /// number, id, lease token, new due ms in the caller's clock (for park: the
 /// shard's [`parked_key_base`]), new record (unused fields empty). Deaths
 /// and parks are stamped with now in Redis's clock. A settlement applies only while the
-/// delivery's score still equals its lease token. A park reads the record
+/// delivery's score still equals its lease token; a delivery acknowledged
+/// earlier in the same call is gone for the settlements after it. A park reads the record
 /// for the subscription and `created_at`; one whose record is missing or
 /// undecodable is not applied (left leased, it falls due again). Returns
 /// how many applied.
 const SETTLE_LUA: &str = r#"
-local shift = shift(ARGV[1])
-local now = ms(tonumber(ARGV[1]) + shift)
+-- Redis's clock is read only if a settlement needs it (acks do not).
+local offset = nil
+local function shifted()
+  if offset == nil then offset = shift(ARGV[1]) end
+  return offset
+end
 local applied = 0
+-- Acks are removed together, one ZREM and one HDEL per shard group.
+local gone, acked = {}, {}
 for i = 2, #ARGV, 6 do
   local kind, g, id, lease = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2], tonumber(ARGV[i + 3])
   local due, rec, dead, parked_at = KEYS[4 * g - 3], KEYS[4 * g - 2], KEYS[4 * g - 1], KEYS[4 * g]
-  local score = redis.call('ZSCORE', due, id)
+  local score = nil
+  if not gone[id] then score = redis.call('ZSCORE', due, id) end
   if score and tonumber(score) == lease then
     if kind == 'ack' then
-      redis.call('ZREM', due, id)
-      redis.call('HDEL', rec, id)
+      gone[id] = true
+      acked[g] = acked[g] or {}
+      table.insert(acked[g], id)
       applied = applied + 1
     elseif kind == 'retry' then
       redis.call('HSET', rec, id, ARGV[i + 5])
-      redis.call('ZADD', due, ms(tonumber(ARGV[i + 4]) + shift), id)
+      redis.call('ZADD', due, ms(tonumber(ARGV[i + 4]) + shifted()), id)
       applied = applied + 1
     elseif kind == 'defer' then
-      redis.call('ZADD', due, ms(tonumber(ARGV[i + 4]) + shift), id)
+      redis.call('ZADD', due, ms(tonumber(ARGV[i + 4]) + shifted()), id)
       applied = applied + 1
     elseif kind == 'dead' then
       redis.call('ZREM', due, id)
       redis.call('HSET', rec, id, ARGV[i + 5])
-      redis.call('ZADD', dead, now, id)
+      redis.call('ZADD', dead, ms(tonumber(ARGV[1]) + shifted()), id)
       applied = applied + 1
     elseif kind == 'park' then
       local ok, d = pcall(cjson.decode, redis.call('HGET', rec, id) or '')
@@ -346,10 +370,17 @@ for i = 2, #ARGV, 6 do
           and type(d.subscription) == 'string' and string.find(d.subscription, '^[%w%-_%.]+$') then
         redis.call('ZREM', due, id)
         redis.call('ZADD', ARGV[i + 4] .. d.subscription, string.format('%.0f', d.created_at), id)
-        redis.call('HSET', parked_at, id, now)
+        redis.call('HSET', parked_at, id, ms(tonumber(ARGV[1]) + shifted()))
         applied = applied + 1
       end
     end
+  end
+end
+for g, ids in pairs(acked) do
+  for from = 1, #ids, 1000 do
+    local part = {unpack(ids, from, math.min(from + 999, #ids))}
+    redis.call('ZREM', KEYS[4 * g - 3], unpack(part))
+    redis.call('HDEL', KEYS[4 * g - 2], unpack(part))
   end
 end
 return applied
@@ -447,36 +478,60 @@ return 1
 /// ARGV: six fields per update: name, successes, failures, `1` if the last
 /// outcome was a success, last success ms, last failure ms (empty if
 /// none). Mirrors [`SubscriptionState::apply`], update after update.
-/// Returns each update's resulting hash (HGETALL), in order.
+/// Returns each update's resulting hash (as HGETALL lists it), in order.
+/// Reads each hash once and writes only the fields that change (one HSET,
+/// and an HDEL when a failure streak ends): a healthy subscription's
+/// update is an HGETALL and one HSET of its last success.
 const RECORD_HEALTH_LUA: &str = r#"
-local function later(key, field, at)
-  if at == '' then return end
-  local old = redis.call('HGET', key, field)
-  if not old or tonumber(old) < tonumber(at) then redis.call('HSET', key, field, at) end
-end
 local out = {}
 for u = 1, #KEYS - 1 do
   local key, i = KEYS[u + 1], 6 * u - 5
   local successes, failures = tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
   local last_failure = ARGV[i + 5]
-  redis.call('SADD', KEYS[1], ARGV[i])
-  redis.call('HSETNX', key, 'enabled', '1')
-  redis.call('HSETNX', key, 'since', '0')
-  redis.call('HSETNX', key, 'consecutive_failures', '0')
-  if ARGV[i + 3] == '1' then
-    redis.call('HSET', key, 'consecutive_failures', '0')
-    redis.call('HDEL', key, 'failing_since')
-  elseif failures > 0 then
-    if successes > 0 then
-      redis.call('HSET', key, 'consecutive_failures', ARGV[i + 2], 'failing_since', last_failure)
-    else
-      redis.call('HINCRBY', key, 'consecutive_failures', ARGV[i + 2])
-      redis.call('HSETNX', key, 'failing_since', last_failure)
+  local flat = redis.call('HGETALL', key)
+  local h = {}
+  for j = 1, #flat, 2 do h[flat[j]] = flat[j + 1] end
+  local set = {}
+  local function put(field, value)
+    if h[field] ~= value then
+      h[field] = value
+      set[#set + 1] = field
+      set[#set + 1] = value
     end
   end
-  later(key, 'last_success_at', ARGV[i + 4])
-  later(key, 'last_failure_at', last_failure)
-  out[#out + 1] = redis.call('HGETALL', key)
+  if #flat == 0 then redis.call('SADD', KEYS[1], ARGV[i]) end
+  if h.enabled == nil then put('enabled', '1') end
+  if h.since == nil then put('since', '0') end
+  if h.consecutive_failures == nil then put('consecutive_failures', '0') end
+  local streak_over = false
+  if ARGV[i + 3] == '1' then
+    put('consecutive_failures', '0')
+    if h.failing_since ~= nil then
+      h.failing_since = nil
+      streak_over = true
+    end
+  elseif failures > 0 then
+    if successes > 0 then
+      put('consecutive_failures', ARGV[i + 2])
+      put('failing_since', last_failure)
+    else
+      put('consecutive_failures', string.format('%.0f', (tonumber(h.consecutive_failures) or 0) + failures))
+      if h.failing_since == nil then put('failing_since', last_failure) end
+    end
+  end
+  local function later(field, at)
+    if at ~= '' and (h[field] == nil or tonumber(h[field]) < tonumber(at)) then put(field, at) end
+  end
+  later('last_success_at', ARGV[i + 4])
+  later('last_failure_at', last_failure)
+  if #set > 0 then redis.call('HSET', key, unpack(set)) end
+  if streak_over then redis.call('HDEL', key, 'failing_since') end
+  local state = {}
+  for field, value in pairs(h) do
+    state[#state + 1] = field
+    state[#state + 1] = value
+  end
+  out[#out + 1] = state
 end
 return out
 "#;
