@@ -257,17 +257,18 @@ def main():
                      f"{deep['deliveries_per_s']:,.0f}/s vs {fresh['deliveries_per_s']:,.0f}/s ({slow:+.0f}% slower)",
                      "≤ 10% slower", slow <= 10))
 
-        healthy = load(binary, hookd + redis_pg() + ["--mode", "e2e", "--events", "10000", "--subscriptions", "20"],
-                       "20 healthy subscriptions per event")
-        failing = load(binary, hookd + redis_pg() + ["--mode", "e2e", "--events", "10000", "--subscriptions", "20",
-                                                     "--failing", "1", "--hanging", "1"],
-                       "18 healthy, 1 answering 500, 1 hanging until the 2 s timeout")
-        per_healthy = healthy["deliveries_per_s"] / 20
-        per_failing = failing["deliveries_per_s"] / 18
-        change = (1 - per_failing / per_healthy) * 100
-        rows.append(("Healthy endpoints while 10% fail (per endpoint)",
-                     f"{per_failing:,.0f}/s vs {per_healthy:,.0f}/s ({change:+.0f}% slower), p99 {failing['p99_ms']:.0f} vs {healthy['p99_ms']:.0f} ms",
-                     "same speed", change <= 10))
+        # 20 subscriptions per event at 300 events/s: 6,000 deliveries/s
+        # asked of a machine that does twice that, all healthy, then with
+        # one answering 500 and one hanging until the 2 s timeout.
+        fanout = ["--mode", "e2e", "--events", "6000", "--rate", "300", "--subscriptions", "20"]
+        healthy = load(binary, hookd + redis_pg() + fanout, "20 healthy subscriptions per event, 300 events/s")
+        failing = load(binary, hookd + redis_pg() + fanout + ["--failing", "1", "--hanging", "1"],
+                       "18 healthy, 1 answering 500, 1 hanging until the 2 s timeout, 300 events/s")
+        kept = failing["delivered"] / (failing["accepted"] * 18)
+        rows.append(("Healthy endpoints while 10% fail (20 per event, 300 events/s)",
+                     f"p99 {failing['p99_ms']:.1f} ms vs {healthy['p99_ms']:.1f} ms all healthy; "
+                     f"{kept:.0%} delivered in the run",
+                     "same speed", kept >= 0.99 and failing["p99_ms"] <= max(25, healthy["p99_ms"] * 1.1)))
 
         soak = load(binary, hookd + redis_pg() + ["--mode", "soak", "--rate", "3000", "--duration", str(soak_secs),
                                                   "--sample-secs", "10"],

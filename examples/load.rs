@@ -732,10 +732,18 @@ async fn main() {
         None => (String::new(), "*"),
     };
     let subscriptions = subscriptions.replace("{toml_events}", toml_events);
+    // One subscription may use every slot of the process; with several,
+    // each keeps the default cap, as a deployment would, so a hanging
+    // endpoint holds at most its own share.
+    let per_subscription = if args.subscriptions == 1 {
+        "max_in_flight_per_subscription = 512\n"
+    } else {
+        ""
+    };
     let config = |dispatch: bool| {
         let path = dir.join(format!("hookd-{dispatch}.toml"));
         let text = format!(
-            "[server]\nlisten = \"{addr}\"\n{keys}[queue]\n{queue}\n[ingest]\nmax_batch = 1000\nmax_queue_depth = 0\n{history}[delivery]\ndispatch = {dispatch}\nallow_http = true\nallow_private_networks = true\nmax_in_flight = 512\nmax_in_flight_per_subscription = 512\n{never_disable}{subscriptions}"
+            "[server]\nlisten = \"{addr}\"\n{keys}[queue]\n{queue}\n[ingest]\nmax_batch = 1000\nmax_queue_depth = 0\n{history}[delivery]\ndispatch = {dispatch}\nallow_http = true\nallow_private_networks = true\nmax_in_flight = 512\n{per_subscription}{never_disable}{subscriptions}"
         );
         std::fs::write(&path, text).expect("write config");
         path

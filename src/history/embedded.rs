@@ -33,8 +33,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::activity::{self, MinuteKey, MinuteRecord};
 use super::{
-    apply, event_key, index_for, indices, parse_cursor, Activity, AttemptRecord, Counters, DeliverySummary, Entry,
-    Error, EventRecord, History, ListFilter, Page, SubscriptionStats, TRIM_BATCH,
+    apply, event_key, index_for, indices, parse_cursor, Activity, AttemptRecord, Counters, DeliveryState,
+    DeliverySummary, Entry, Error, EventRecord, History, ListFilter, Page, SubscriptionStats, TRIM_BATCH,
 };
 use crate::config::{HistoryConfig, QueueConfig, SubscriptionName};
 use crate::ingest::EventId;
@@ -239,9 +239,7 @@ fn apply_group(db: &Database, group: &[Op], durable: bool, body_limit: usize) ->
         for op in group {
             outcomes.push(match op {
                 Op::Record { entries, .. } => {
-                    for entry in entries {
-                        tables.record(entry, body_limit)?;
-                    }
+                    tables.record_batch(entries, body_limit)?;
                     tables.count_activity(entries)?;
                     0
                 }
@@ -323,37 +321,111 @@ impl<'txn> Tables<'txn> {
         Ok(())
     }
 
-    fn record(&mut self, entry: &Entry, body_limit: usize) -> Result<(), StoreError> {
-        let id = match entry {
-            Entry::Event(record) => return self.record_event(record),
-            _ => entry.delivery_id().map_or("", |id| id.as_str()),
-        };
-        let current = match self.summaries.get(id)? {
-            Some(bytes) => match serde_json::from_slice::<DeliverySummary>(bytes.value()) {
-                Ok(summary) => Some(summary),
-                Err(e) => {
-                    tracing::error!(delivery = id, error = %e, "corrupt history summary; entry skipped");
-                    return Ok(());
+    /// Applies `entries` in order, as if one by one, but writes each
+    /// delivery once: its entries are applied to its summary in memory
+    /// (read once), then the summary, the indices of its state before and
+    /// after the batch, its counts and its new attempts are written. A
+    /// delivery created and delivered in the same batch is never indexed
+    /// as pending.
+    fn record_batch(&mut self, entries: &[Entry], body_limit: usize) -> Result<(), StoreError> {
+        /// One delivery the batch touches.
+        struct Slot {
+            /// Its state as stored before the batch, if it was.
+            before: Option<DeliveryState>,
+            /// Its summary after the entries applied so far.
+            summary: Option<DeliverySummary>,
+            /// Attempts to append, in order.
+            attempts: Vec<AttemptRecord>,
+            /// A stored summary that does not decode: its entries are skipped.
+            corrupt: bool,
+            /// Whether an entry changed it.
+            changed: bool,
+        }
+        let mut order: Vec<&str> = Vec::new();
+        let mut slots: HashMap<&str, Slot> = HashMap::new();
+        for entry in entries {
+            let id = match entry {
+                Entry::Event(record) => {
+                    self.record_event(record)?;
+                    continue;
                 }
-            },
-            None => None,
-        };
-        let Some(change) = apply(current, entry, body_limit) else {
-            return Ok(());
-        };
-        let after = &change.after;
+                _ => entry.delivery_id().map_or("", |id| id.as_str()),
+            };
+            if !slots.contains_key(id) {
+                let (summary, corrupt) = match self.summaries.get(id)? {
+                    Some(bytes) => match serde_json::from_slice::<DeliverySummary>(bytes.value()) {
+                        Ok(summary) => (Some(summary), false),
+                        Err(e) => {
+                            tracing::error!(delivery = id, error = %e, "corrupt history summary; entry skipped");
+                            (None, true)
+                        }
+                    },
+                    None => (None, false),
+                };
+                order.push(id);
+                slots.insert(
+                    id,
+                    Slot {
+                        before: summary.as_ref().map(|s| s.state),
+                        summary,
+                        attempts: Vec::new(),
+                        corrupt,
+                        changed: false,
+                    },
+                );
+            }
+            let slot = slots.get_mut(id).expect("inserted above");
+            if slot.corrupt {
+                continue;
+            }
+            let Some(change) = apply(slot.summary.clone(), entry, body_limit) else {
+                continue;
+            };
+            if let Some(attempt) = change.attempt {
+                let started = attempt.started_at;
+                let counters = self.counters(change.after.subscription.as_str())?;
+                let last = if change.success == Some(true) {
+                    &mut counters.last_success_at
+                } else {
+                    &mut counters.last_failure_at
+                };
+                *last = (*last).max(Some(started));
+                slot.attempts.push(attempt);
+            }
+            slot.summary = Some(change.after);
+            slot.changed = true;
+        }
+        for id in order {
+            let slot = slots.remove(id).expect("every id has a slot");
+            let Some(after) = slot.summary.as_ref().filter(|_| slot.changed) else {
+                continue;
+            };
+            self.write_delivery(id, slot.before, after, &slot.attempts)?;
+        }
+        Ok(())
+    }
+
+    /// Writes one delivery as a batch left it: stored in state `before`
+    /// (`None`: new), now `after`, with `attempts` to append.
+    fn write_delivery(
+        &mut self,
+        id: &str,
+        before: Option<DeliveryState>,
+        after: &DeliverySummary,
+        attempts: &[AttemptRecord],
+    ) -> Result<(), StoreError> {
         let sub = after.subscription.as_str();
         let at = after.created_at.max(0);
         let now = indices(sub, after.owner(), after.state);
-        if change.before.is_none() {
+        if before.is_none() {
             for name in &now.fixed {
                 self.index.insert((name.as_str(), at, id), ())?;
             }
             let event = event_key(after.tenant.as_ref(), &after.event_id);
             self.events.insert((event.as_str(), id), ())?;
         }
-        if change.before != Some(after.state) {
-            if let Some(before) = change.before {
+        if before != Some(after.state) {
+            if let Some(before) = before {
                 for name in &indices(sub, after.owner(), before).by_state {
                     self.index.remove((name.as_str(), at, id))?;
                 }
@@ -364,23 +436,18 @@ impl<'txn> Tables<'txn> {
             }
             *self.counters(sub)?.counts.entry(after.state).or_default() += 1;
         }
-        if let Some(attempt) = &change.attempt {
-            let next = self
+        if !attempts.is_empty() {
+            let mut next = self
                 .attempts
                 .range((id, 0)..=(id, u32::MAX))?
                 .next_back()
                 .transpose()?
                 .map_or(0, |(key, _)| key.value().1.saturating_add(1));
-            let json = serde_json::to_vec(attempt).unwrap_or_default();
-            self.attempts.insert((id, next), json.as_slice())?;
-            let started = attempt.started_at;
-            let counters = self.counters(sub)?;
-            let last = if change.success == Some(true) {
-                &mut counters.last_success_at
-            } else {
-                &mut counters.last_failure_at
-            };
-            *last = (*last).max(Some(started));
+            for attempt in attempts {
+                let json = serde_json::to_vec(attempt).unwrap_or_default();
+                self.attempts.insert((id, next), json.as_slice())?;
+                next = next.saturating_add(1);
+            }
         }
         let json = serde_json::to_vec(after).unwrap_or_default();
         self.summaries.insert(id, json.as_slice())?;

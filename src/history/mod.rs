@@ -161,6 +161,11 @@ pub const RECORD_BACKLOG_BYTES: usize = 64 << 20;
 /// Most entries the [`Recorder`]'s writer hands to one [`History::record`].
 const RECORD_BATCH: usize = 512;
 
+/// How long the [`Recorder`]'s writer waits for more entries before
+/// writing a batch that is not full: the log is this much later, and a
+/// delivery's first entries are written together.
+const RECORD_LINGER: Duration = Duration::from_millis(20);
+
 /// How often [`trim_loop`] trims when the last call found nothing to remove.
 pub const TRIM_EVERY: Duration = Duration::from_secs(5);
 
@@ -763,6 +768,16 @@ enum Written {
     Refused(String),
 }
 
+/// Writes `batch` to `history`, within [`spool::WRITE_TIMEOUT`].
+async fn write_to(history: &dyn History, batch: &[Entry]) -> Written {
+    match tokio::time::timeout(spool::WRITE_TIMEOUT, history.record(batch)).await {
+        Ok(Ok(())) => Written::Done,
+        Ok(Err(e)) if e.is_refusal() => Written::Refused(e.to_string()),
+        Ok(Err(e)) => Written::Failed(e.to_string()),
+        Err(_) => Written::Failed(format!("no answer within {}s", spool::WRITE_TIMEOUT.as_secs())),
+    }
+}
+
 /// The writer behind [`Recorder`]s (see [`spool`]).
 struct Writer {
     history: Arc<dyn History>,
@@ -778,49 +793,28 @@ struct Writer {
 }
 
 impl Writer {
-    /// Writes entries in batches until `stop`, then what is already
-    /// waiting; spools what the store does not take, and persists the
-    /// spool at the end.
+    /// Moves entries from the recorders into the spool as they come, and
+    /// writes the spool's oldest batches to the store one write at a time,
+    /// concurrently, so a slow store never fills the recorders' channel: it
+    /// only makes the spool longer. A write starts once a batch is full,
+    /// [`RECORD_LINGER`] after its first entry came, or (while the store
+    /// fails) when the retry is due. At `stop`, what the channel holds is
+    /// spooled; the rest is written, or persisted on disk if the store
+    /// fails or the spool is already on disk.
     async fn run(mut self, mut rx: mpsc::Receiver<Entry>, body_bytes: Arc<AtomicUsize>, stop: CancellationToken) {
+        type InFlight = std::pin::Pin<Box<dyn std::future::Future<Output = (usize, Vec<Entry>, Written)> + Send>>;
         self.publish();
         let mut batch = Vec::with_capacity(RECORD_BATCH);
+        let mut open = true;
+        let mut stopping = false;
+        // When the oldest entry not yet being written came in.
+        let mut since: Option<tokio::time::Instant> = None;
+        let mut in_flight: Option<InFlight> = None;
         loop {
-            let waiting = !self.spool.is_empty();
-            let stopping = tokio::select! {
-                n = rx.recv_many(&mut batch, RECORD_BATCH) => n == 0,
-                _ = stop.cancelled() => true,
-                _ = tokio::time::sleep_until(self.retry_at), if waiting => false,
-            };
-            if stopping {
-                rx.close();
-                while let Ok(entry) = rx.try_recv() {
-                    batch.push(entry);
-                }
-            }
-            let bytes: usize = batch.iter().map(Entry::body_len).sum();
-            body_bytes.fetch_sub(bytes, Ordering::Relaxed);
-            let fresh = std::mem::replace(&mut batch, Vec::with_capacity(RECORD_BATCH));
-            for chunk in fresh.chunks(RECORD_BATCH) {
-                // Straight to the store, unless older entries wait.
-                if self.spool.is_empty() {
-                    match self.write(chunk).await {
-                        Written::Done => continue,
-                        Written::Failed(e) => self.failed(e),
-                        Written::Refused(e) => {
-                            self.refused(chunk.to_vec(), e).await;
-                            continue;
-                        }
-                    }
-                }
-                self.spool(chunk.to_vec());
-            }
-            let due = tokio::time::Instant::now() >= self.retry_at;
-            if !self.spool.is_empty() && (due || (stopping && !self.status.degraded())) {
-                self.drain().await;
-            }
-            self.publish();
-            if stopping {
-                if !self.spool.is_empty() {
+            if in_flight.is_none() && !self.spool.is_empty() {
+                let now = tokio::time::Instant::now();
+                let degraded = self.status.degraded();
+                if stopping && !open && (degraded || self.spool.disk_bytes() > 0) {
                     let n = self.spool.entries();
                     let lost = self.spool.persist();
                     self.drop_counted(lost);
@@ -828,43 +822,90 @@ impl Writer {
                         entries = n - lost,
                         "the delivery log store did not take every entry before the stop: they are spooled on disk and written at the next start"
                     );
+                    self.publish();
+                    return;
                 }
+                let due = if degraded {
+                    now >= self.retry_at
+                } else {
+                    stopping
+                        || self.spool.entries() >= RECORD_BATCH as u64
+                        || since.is_none_or(|s| now >= s + RECORD_LINGER)
+                };
+                if due {
+                    if let Some((entries, batches)) = self.spool.take_front(RECORD_BATCH) {
+                        let history = self.history.clone();
+                        in_flight = Some(Box::pin(async move {
+                            let written = write_to(&*history, &entries).await;
+                            (batches, entries, written)
+                        }));
+                    }
+                }
+            }
+            if !open && in_flight.is_none() && self.spool.is_empty() {
+                self.publish();
                 return;
             }
+            let wake = if self.status.degraded() {
+                self.retry_at
+            } else {
+                since.map_or(self.retry_at, |s| s + RECORD_LINGER)
+            };
+            let idle = in_flight.is_none() && !self.spool.is_empty();
+            tokio::select! {
+                n = rx.recv_many(&mut batch, RECORD_BATCH), if open => {
+                    if n == 0 {
+                        open = false;
+                    } else {
+                        let bytes: usize = batch.iter().map(Entry::body_len).sum();
+                        body_bytes.fetch_sub(bytes, Ordering::Relaxed);
+                        if self.spool.is_empty() {
+                            since = Some(tokio::time::Instant::now());
+                        }
+                        let fresh = std::mem::replace(&mut batch, Vec::with_capacity(RECORD_BATCH));
+                        self.spool(fresh);
+                    }
+                }
+                done = async { in_flight.as_mut().expect("a write in flight").await }, if in_flight.is_some() => {
+                    in_flight = None;
+                    let (batches, entries, written) = done;
+                    match written {
+                        Written::Done => {
+                            self.spool.pop_front_n(batches);
+                            self.recovered();
+                        }
+                        Written::Failed(e) => {
+                            self.spool.release();
+                            self.failed(e);
+                        }
+                        Written::Refused(e) => {
+                            self.spool.pop_front_n(batches);
+                            self.refused(entries, e).await;
+                        }
+                    }
+                    since = (!self.spool.is_empty()).then(tokio::time::Instant::now);
+                }
+                _ = tokio::time::sleep_until(wake), if idle => {}
+                _ = stop.cancelled(), if !stopping => {
+                    stopping = true;
+                    rx.close();
+                }
+            }
+            self.publish();
         }
     }
 
     /// Writes `batch`, within [`spool::WRITE_TIMEOUT`].
     async fn write(&self, batch: &[Entry]) -> Written {
-        match tokio::time::timeout(spool::WRITE_TIMEOUT, self.history.record(batch)).await {
-            Ok(Ok(())) => Written::Done,
-            Ok(Err(e)) if e.is_refusal() => Written::Refused(e.to_string()),
-            Ok(Err(e)) => Written::Failed(e.to_string()),
-            Err(_) => Written::Failed(format!("no answer within {}s", spool::WRITE_TIMEOUT.as_secs())),
-        }
+        write_to(&*self.history, batch).await
     }
 
-    /// Writes the spool's batches, oldest first, until it is empty or the
-    /// store fails again (then the next try waits longer).
-    async fn drain(&mut self) {
-        while let Some(front) = self.spool.front() {
-            let front = front.to_vec();
-            match self.write(&front).await {
-                Written::Done => self.spool.pop_front(),
-                Written::Failed(e) => {
-                    self.failed(e);
-                    return;
-                }
-                Written::Refused(e) => {
-                    self.spool.pop_front();
-                    self.refused(front, e).await;
-                }
-            }
-        }
+    /// The store took a write: if it had failed, it is back.
+    fn recovered(&mut self) {
         if let Some(since) = self.degraded_at.take() {
             tracing::info!(
                 after_secs = since.elapsed().as_secs(),
-                "the delivery log store takes entries again: every spooled entry is written"
+                "the delivery log store takes entries again; the spooled entries follow"
             );
         }
         self.status.set_ok();
@@ -1510,11 +1551,14 @@ mod tests {
         down: std::sync::atomic::AtomicBool,
         bad: Option<DeliveryId>,
         taken: std::sync::Mutex<Vec<Entry>>,
+        /// How long each write takes.
+        slow: Duration,
     }
 
     #[async_trait::async_trait]
     impl History for Fake {
         async fn record(&self, entries: &[Entry]) -> Result<(), Error> {
+            tokio::time::sleep(self.slow).await;
             if self.down.load(Ordering::Relaxed) {
                 return Err(Error::Postgres("connection refused".into()));
             }
@@ -1595,8 +1639,10 @@ mod tests {
             tokio::task::yield_now().await;
         }
         let status = recorder.status().clone();
-        until("all 50 spooled", || status.spooled() == 50).await;
-        assert!(status.degraded());
+        until("the store's failure seen, all 50 spooled", || {
+            status.degraded() && status.spooled() == 50
+        })
+        .await;
         assert_eq!(status.health().error.as_deref(), Some("postgres: connection refused"));
         assert!(metrics.render().contains("hookd_history_degraded 1"));
         store.down.store(false, Ordering::Relaxed);
@@ -1604,6 +1650,36 @@ mod tests {
         assert_eq!(ats(&store), (0..50).collect::<Vec<_>>(), "in the order they happened");
         until("back to ok", || !status.degraded()).await;
         assert_eq!((status.spooled(), status.dropped()), (0, 0));
+        stop.cancel();
+        writer.await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_store_slower_than_the_entries_makes_the_spool_longer_and_drops_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Fake {
+            slow: Duration::from_millis(2),
+            ..Fake::default()
+        });
+        let stop = CancellationToken::new();
+        // Little memory: the spool goes to disk too.
+        let spool = Spool::open(dir.path(), 1 << 20, 1 << 30);
+        let (recorder, writer) = Recorder::start(store.clone(), spool, Arc::new(Metrics::new()), stop.clone());
+        // More than the recorders' channel holds, faster than the store
+        // takes them (512 per 2 ms write at best).
+        let n = RECORD_BACKLOG as i64 * 3 / 2;
+        for at in 0..n {
+            assert!(recorder.record(parked(at)), "entry {at} was not taken");
+            if at % 1000 == 0 {
+                tokio::task::yield_now().await;
+            }
+        }
+        until("the store has them all", || {
+            store.taken.lock().unwrap().len() == n as usize
+        })
+        .await;
+        assert_eq!(ats(&store), (0..n).collect::<Vec<_>>(), "in order");
+        assert_eq!(recorder.status().dropped(), 0);
         stop.cancel();
         writer.await.unwrap();
     }

@@ -205,6 +205,11 @@ pub struct Spool {
     next_segment: u64,
     /// Entries in the whole line.
     entries: u64,
+    /// Batches at the front being written ([`Spool::take_front`]): never
+    /// merged into.
+    busy: usize,
+    /// Most entries a pushed batch is merged up to.
+    merge_up_to: usize,
 }
 
 impl Spool {
@@ -225,6 +230,8 @@ impl Spool {
             slot: None,
             next_segment: FIRST_SEGMENT,
             entries: 0,
+            busy: 0,
+            merge_up_to: 512,
         };
         if spool.root.is_dir() {
             if let Err(e) = spool.adopt() {
@@ -298,8 +305,21 @@ impl Spool {
         let n = batch.len() as u64;
         if self.segments.is_empty() && self.memory_bytes + size <= self.memory_limit {
             self.memory_bytes += size;
-            self.memory.push_back((batch, size));
             self.entries += n;
+            // Small batches are merged (never into one being written), so
+            // the store gets few, full ones.
+            let merge = self.memory.len() > self.busy
+                && self
+                    .memory
+                    .back()
+                    .is_some_and(|(tail, _)| tail.len() + batch.len() <= self.merge_up_to);
+            if merge {
+                let (tail, tail_size) = self.memory.back_mut().expect("a tail");
+                tail.extend(batch);
+                *tail_size += size;
+            } else {
+                self.memory.push_back((batch, size));
+            }
             return (0, None);
         }
         match self.append(&batch) {
@@ -387,6 +407,37 @@ impl Spool {
             }
         }
         self.memory.front().map(|(batch, _)| &batch[..])
+    }
+
+    /// The oldest batches, up to `max` entries (at least one batch),
+    /// joined, and how many batches they are; they stay in the spool,
+    /// unmerged into, until [`Spool::pop_front_n`] or [`Spool::release`].
+    pub fn take_front(&mut self, max: usize) -> Option<(Vec<Entry>, usize)> {
+        self.front()?;
+        let mut out: Vec<Entry> = Vec::new();
+        let mut count = 0;
+        for (batch, _) in &self.memory {
+            if count > 0 && out.len() + batch.len() > max {
+                break;
+            }
+            out.extend(batch.iter().cloned());
+            count += 1;
+        }
+        self.busy = count;
+        Some((out, count))
+    }
+
+    /// Removes the `n` oldest batches (written, or given up on).
+    pub fn pop_front_n(&mut self, n: usize) {
+        for _ in 0..n {
+            self.pop_front();
+        }
+        self.busy = 0;
+    }
+
+    /// The batches [`Spool::take_front`] gave were not written: they stay.
+    pub fn release(&mut self) {
+        self.busy = 0;
     }
 
     /// Removes the oldest batch (it was written, or given up on).
