@@ -626,14 +626,7 @@ impl PostgresHistory {
             .await
             .map_err(pg)?;
         }
-        for ((subscription, state), n) in &uncount {
-            tx.execute(
-                "UPDATE subscription_counts SET n = n - $3 WHERE subscription = $1 AND state = $2",
-                &[subscription, state, n],
-            )
-            .await
-            .map_err(pg)?;
-        }
+        uncount_all(&tx, &uncount).await?;
         tx.execute("UPDATE event_count SET n = n - $1", &[&events])
             .await
             .map_err(pg)?;
@@ -649,29 +642,18 @@ impl PostgresHistory {
     /// beyond `max_count`, oldest first, with their attempts.
     async fn trim_deliveries(&self, cutoff: Millis, max_count: usize) -> Result<u64, Error> {
         let mut client = self.pool.get().await.map_err(pool)?;
-        let batch = TRIM_BATCH as i64;
-        let old = client
-            .query(
-                "SELECT count(*) FROM (SELECT 1 FROM deliveries WHERE at < $1 LIMIT $2) AS o",
-                &[&cutoff.max(0), &batch],
-            )
-            .await
-            .map_err(pg)?[0]
-            .get::<_, i64>(0);
-        let total: i64 = client
-            .query_one("SELECT coalesce(sum(n), 0)::bigint FROM subscription_counts", &[])
-            .await
-            .map_err(pg)?
-            .get(0);
-        let over = (total - old - max_count as i64).max(0);
-        let take = old + over.min(batch - old);
-        if take <= 0 {
+        let victims = oldest(
+            &client,
+            "SELECT coalesce(sum(n), 0)::bigint FROM subscription_counts",
+            "SELECT id, at FROM deliveries",
+            "id",
+            cutoff,
+            max_count,
+        )
+        .await?;
+        if victims.is_empty() {
             return Ok(0);
         }
-        let victims = client
-            .query("SELECT id, at FROM deliveries ORDER BY at, id LIMIT $1", &[&take])
-            .await
-            .map_err(pg)?;
         let ids: Vec<&str> = victims.iter().map(|r| r.get(0)).collect();
         let ats: Vec<i64> = victims.iter().map(|r| r.get(1)).collect();
         let tx = client.transaction().await.map_err(pg)?;
@@ -695,14 +677,7 @@ impl PostgresHistory {
         for row in &gone {
             *uncount.entry((row.get(0), row.get(1))).or_default() += 1;
         }
-        for ((subscription, state), n) in &uncount {
-            tx.execute(
-                "UPDATE subscription_counts SET n = n - $3 WHERE subscription = $1 AND state = $2",
-                &[subscription, state, n],
-            )
-            .await
-            .map_err(pg)?;
-        }
+        uncount_all(&tx, &uncount).await?;
         tx.commit().await.map_err(pg)?;
         Ok(gone.len() as u64)
     }
@@ -711,32 +686,18 @@ impl PostgresHistory {
     /// or beyond `max_count`, oldest first.
     async fn trim_events(&self, cutoff: Millis, max_count: usize) -> Result<u64, Error> {
         let mut client = self.pool.get().await.map_err(pool)?;
-        let batch = TRIM_BATCH as i64;
-        let old = client
-            .query_one(
-                "SELECT count(*) FROM (SELECT 1 FROM events WHERE at < $1 LIMIT $2) AS o",
-                &[&cutoff.max(0), &batch],
-            )
-            .await
-            .map_err(pg)?
-            .get::<_, i64>(0);
-        let total: i64 = client
-            .query_one("SELECT n FROM event_count", &[])
-            .await
-            .map_err(pg)?
-            .get(0);
-        let over = (total - old - max_count as i64).max(0);
-        let take = old + over.min(batch - old);
-        if take <= 0 {
+        let victims = oldest(
+            &client,
+            "SELECT n FROM event_count",
+            "SELECT event_key, at FROM events",
+            "event_key",
+            cutoff,
+            max_count,
+        )
+        .await?;
+        if victims.is_empty() {
             return Ok(0);
         }
-        let victims = client
-            .query(
-                "SELECT event_key, at FROM events ORDER BY at, event_key LIMIT $1",
-                &[&take],
-            )
-            .await
-            .map_err(pg)?;
         let keys: Vec<&str> = victims.iter().map(|r| r.get(0)).collect();
         let ats: Vec<i64> = victims.iter().map(|r| r.get(1)).collect();
         let tx = client.transaction().await.map_err(pg)?;
@@ -755,6 +716,52 @@ impl PostgresHistory {
         tx.commit().await.map_err(pg)?;
         Ok(gone)
     }
+}
+
+/// The oldest rows `select` (`… FROM <table>`) gives, ordered by `at`
+/// and `key`: those created before `cutoff` and those beyond `max_count`
+/// of the `total` query's count, up to [`TRIM_BATCH`].
+async fn oldest(
+    client: &deadpool_postgres::Object,
+    total: &str,
+    select: &str,
+    key: &str,
+    cutoff: Millis,
+    max_count: usize,
+) -> Result<Vec<Row>, Error> {
+    let batch = TRIM_BATCH as i64;
+    let from = select.split(" FROM ").nth(1).unwrap_or_default();
+    let old: i64 = client
+        .query_one(
+            &format!("SELECT count(*) FROM (SELECT 1 FROM {from} WHERE at < $1 LIMIT $2) AS o"),
+            &[&cutoff.max(0), &batch],
+        )
+        .await
+        .map_err(pg)?
+        .get(0);
+    let total: i64 = client.query_one(total, &[]).await.map_err(pg)?.get(0);
+    let over = (total - old - max_count as i64).max(0);
+    let take = old + over.min(batch - old);
+    if take <= 0 {
+        return Ok(Vec::new());
+    }
+    client
+        .query(&format!("{select} ORDER BY at, {key} LIMIT $1"), &[&take])
+        .await
+        .map_err(pg)
+}
+
+/// Takes `uncount` (deliveries per subscription and state) off the counts.
+async fn uncount_all(tx: &Transaction<'_>, uncount: &BTreeMap<(String, String), i64>) -> Result<(), Error> {
+    for ((subscription, state), n) in uncount {
+        tx.execute(
+            "UPDATE subscription_counts SET n = n - $3 WHERE subscription = $1 AND state = $2",
+            &[subscription, state, n],
+        )
+        .await
+        .map_err(pg)?;
+    }
+    Ok(())
 }
 
 /// Summaries as parallel columns, for one `unnest` statement.

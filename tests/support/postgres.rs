@@ -147,6 +147,15 @@ impl PostgresServer {
         cmd
     }
 
+    /// A client program of PostgreSQL's, pointed at the `postgres`
+    /// database as [`USER`].
+    fn client(&self, program: &str) -> Command {
+        let mut cmd = self.command(program);
+        let port = self.port.to_string();
+        cmd.args(["-h", "127.0.0.1", "-p", &port, "-U", USER, "-d", "postgres"]);
+        cmd
+    }
+
     fn spawn(&mut self) -> Result<(), String> {
         let log = std::fs::File::create(self.dir.path().join("postgres.log")).map_err(|e| e.to_string())?;
         if let Some((uid, gid)) = self.owner {
@@ -239,17 +248,7 @@ impl PostgresServer {
     /// (`|` between columns, one row a line).
     pub fn sql(&self, sql: &str) -> String {
         let out = self
-            .command("psql")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                USER,
-                "-d",
-                "postgres",
-            ])
+            .client("psql")
             .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql])
             .output()
             .expect("run psql");
@@ -264,17 +263,7 @@ impl PostgresServer {
     /// Every row of every table, as `pg_dump --data-only` prints them.
     pub fn dump(&self) -> String {
         let out = self
-            .command("pg_dump")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                USER,
-                "-d",
-                "postgres",
-            ])
+            .client("pg_dump")
             .args(["--data-only", "--no-owner"])
             .output()
             .expect("run pg_dump");
