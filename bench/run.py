@@ -295,13 +295,16 @@ def main():
                      f"{kept:.0%} delivered in the run",
                      "same speed", kept >= 0.99 and failing["p99_ms"] <= max(25, healthy["p99_ms"] * 1.1)))
 
+        # Redis keeps one dedup key per event for ingest.dedup_window (24h
+        # by default): at 3,000 events/s its memory grows for a day. The
+        # soak uses a 60 s window, so its steady state shows within it.
         soak = load(binary, hookd + redis_pg() + ["--mode", "soak", "--rate", "3000", "--duration", str(soak_secs),
-                                                  "--sample-secs", "10"],
-                    f"{soak_secs} s at 3,000 events/s, Redis + PostgreSQL")
-        rows.append((f"Memory over {soak_secs // 60} min at 3,000 events/s: hookd",
+                                                  "--sample-secs", "10", "--dedup-window", "60s"],
+                    f"{soak_secs} s at 3,000 events/s, Redis + PostgreSQL, 60 s dedup window")
+        rows.append((f"Memory over {soak_secs // 60} min at 3,000 events/s (from {max(60, soak_secs // 4)} s): hookd",
                      f"{soak['hookd_rss_start_mb']:.0f} → {soak['hookd_rss_end_mb']:.0f} MiB ({soak['hookd_rss_growth_pct']:+.1f}%)",
                      "within 10%", abs(soak["hookd_rss_growth_pct"]) <= 10))
-        rows.append((f"Memory over {soak_secs // 60} min at 3,000 events/s: Redis",
+        rows.append((f"Memory over {soak_secs // 60} min at 3,000 events/s (from {max(60, soak_secs // 4)} s, 60 s dedup window): Redis",
                      f"{soak['redis_rss_start_mb']:.0f} → {soak['redis_rss_end_mb']:.0f} MiB ({soak['redis_rss_growth_pct']:+.1f}%)",
                      "within 10%", abs(soak["redis_rss_growth_pct"]) <= 10))
 

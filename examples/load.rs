@@ -152,6 +152,10 @@ struct Args {
     /// Print the results as one JSON object on the last line.
     #[arg(long)]
     json: bool,
+    /// `ingest.dedup_window` (hookd's default, 24h, without it): Redis
+    /// keeps one dedup key per event for this long.
+    #[arg(long)]
+    dedup_window: Option<String>,
 }
 
 /// The tenants made through the API, and the one whose events are sent.
@@ -604,10 +608,12 @@ async fn sample_memory(pid: u32, redis: Option<String>, every: Duration, total: 
     out
 }
 
-/// Memory growth over a soak: from the first sample after the first
-/// minute (the warm-up) to the last.
-fn report_soak(samples: &[(f64, u64, u64)], results: &mut serde_json::Map<String, serde_json::Value>) {
-    let Some(start) = samples.iter().find(|s| s.0 >= 60.0).or(samples.first()) else {
+/// Memory growth over a soak: from the first sample after a quarter of it
+/// (at least a minute: the warm-up, and the dedup keys of a short window
+/// filling up) to the last.
+fn report_soak(samples: &[(f64, u64, u64)], duration: f64, results: &mut serde_json::Map<String, serde_json::Value>) {
+    let from = (duration / 4.0).max(60.0);
+    let Some(start) = samples.iter().find(|s| s.0 >= from).or(samples.first()) else {
         return;
     };
     let end = samples.last().expect("a sample");
@@ -750,6 +756,11 @@ async fn main() {
         None => (String::new(), "*"),
     };
     let subscriptions = subscriptions.replace("{toml_events}", toml_events);
+    let dedup = args
+        .dedup_window
+        .as_ref()
+        .map(|w| format!("dedup_window = \"{w}\"\n"))
+        .unwrap_or_default();
     // One subscription may use every slot of the process; with several,
     // each keeps the default cap, as a deployment would, so a hanging
     // endpoint holds at most its own share.
@@ -761,7 +772,7 @@ async fn main() {
     let config = |dispatch: bool| {
         let path = dir.join(format!("hookd-{dispatch}.toml"));
         let text = format!(
-            "[server]\nlisten = \"{addr}\"\n{keys}[queue]\n{queue}\n[ingest]\nmax_batch = 1000\nmax_queue_depth = 0\n{history}[delivery]\ndispatch = {dispatch}\nallow_http = true\nallow_private_networks = true\nmax_in_flight = 512\n{per_subscription}{never_disable}{subscriptions}"
+            "[server]\nlisten = \"{addr}\"\n{keys}[queue]\n{queue}\n[ingest]\nmax_batch = 1000\nmax_queue_depth = 0\n{dedup}{history}[delivery]\ndispatch = {dispatch}\nallow_http = true\nallow_private_networks = true\nmax_in_flight = 512\n{per_subscription}{never_disable}{subscriptions}"
         );
         std::fs::write(&path, text).expect("write config");
         path
@@ -933,7 +944,7 @@ async fn main() {
             report_costs(&args, before, hookd.0.id(), cpu_before, delivered, &mut results).await;
             if let Some(samples) = samples {
                 let samples = samples.await.expect("memory samples");
-                report_soak(&samples, &mut results);
+                report_soak(&samples, args.duration as f64, &mut results);
             }
         }
         other => panic!("unknown --mode {other}: use backlog, e2e or soak"),
