@@ -134,7 +134,8 @@ class Postgres:
 
     def version(self):
         out = subprocess.run(self.argv(["postgres", "--version"]), capture_output=True, text=True).stdout
-        return out.strip().split()[-1] if out else "?"
+        m = re.search(r"\) (\d+(\.\d+)*)", out)
+        return m.group(1) if m else "?"
 
     def stop(self):
         self.proc.send_signal(signal.SIGINT)
