@@ -322,6 +322,7 @@ pub async fn run_with_backends(
     let catalog = catalog::Catalog::open(config.clone(), store)
         .await
         .context("cannot load the catalogue")?;
+    metrics.catalog_rejected(catalog.snapshot().rejected.len());
     let ingestor = Arc::new(ingest::Ingestor::new(
         &config,
         catalog.clone(),

@@ -152,6 +152,7 @@ impl Reloader {
     /// blocking pool.
     async fn rebuild(&mut self) {
         let snapshot = self.catalog.snapshot();
+        self.metrics.catalog_rejected(snapshot.rejected.len());
         if snapshot.config.subscriptions.iter().any(|s| s.plugin.is_some()) && self.plugins.is_none() {
             match Plugins::new(&snapshot.config.plugins) {
                 Ok(p) => self.plugins = Some(Arc::new(p)),

@@ -416,7 +416,7 @@ async fn subscriptions_are_validated_like_the_config_and_limited_by_plan() {
         (
             json!({"name": "a", "url": https, "events": ["*"], "rate_limit": {"per_second": 50}}),
             422,
-            "rate_limit.per_second: 50 is above the 5",
+            "rate_limit.per_second: 50 is above the bound of 5 (plan `free`: max_rate_limit)",
         ),
         (json!({"url": https, "events": ["*"]}), 422, "missing field `name`"),
     ];
@@ -1353,3 +1353,353 @@ macro_rules! on_every_backend {
 }
 
 on_every_backend!(embedded => Backend::Embedded, redis => Backend::Redis, cluster => Backend::Cluster);
+
+// --- bounds: every field a tenant sets -----------------------------------
+
+/// GETs `path` of hookd at `base` with no key: the status and the body.
+async fn get_text(base: &str, path: &str) -> (u16, String) {
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+    let client: Client<_, Empty<bytes::Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let response = client.get(format!("{base}{path}").parse().unwrap()).await.unwrap();
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// The value of the metric line starting with `series` (`name{labels}`).
+fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_field_a_tenant_sets_is_bounded_and_nothing_breaks() {
+    let rx = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = embedded(
+        dir.path(),
+        "[plans.small]\nmax_in_flight = 4\nmax_events = 3\nmax_burst = 10\n",
+    );
+    let hookd = Hookd::start(config.clone()).await;
+    let admin = hookd.api.clone();
+    let acme = tenant(&admin, "acme", None).await;
+    let tiny = tenant(&admin, "tiny", Some("small")).await;
+    let made = subscribe(&acme, &rx, "first", json!(["*"])).await;
+    let id = made["id"].as_str().unwrap().to_owned();
+    let https = "https://hooks.example.com/in";
+    let many_headers: serde_json::Map<String, Value> = (0..2000)
+        .map(|n| (format!("x-h{n}"), Value::String("v".repeat(1024))))
+        .collect();
+    let big_headers: serde_json::Map<String, Value> = (0..9)
+        .map(|n| (format!("x-h{n}"), Value::String("v".repeat(1000))))
+        .collect();
+    let patterns: Vec<String> = (0..300).map(|n| format!("t{n}.x")).collect();
+    // (field, value, what the 422 must say)
+    let cases: Vec<(&str, Value, &str)> = vec![
+        (
+            "max_in_flight",
+            json!(1u64 << 62),
+            "max_in_flight: 4611686018427387904 is above the bound of 512 (delivery.max_in_flight)",
+        ),
+        (
+            "max_retries",
+            json!(1u64 << 31),
+            "max_retries: 2147483648 is above the bound of 50 (delivery.max_retries_limit)",
+        ),
+        (
+            "timeout",
+            json!("1h"),
+            "timeout: 1h is above the bound of 2m (delivery.timeout_max)",
+        ),
+        (
+            "headers",
+            Value::Object(many_headers),
+            "is above the bound of 32 (hookd's bound on custom headers)",
+        ),
+        (
+            "headers",
+            Value::Object(big_headers),
+            "is above the bound of 8192 (hookd's bound on custom header bytes)",
+        ),
+        (
+            "events",
+            json!(patterns),
+            "events: 300 patterns: 300 is above the bound of 256",
+        ),
+        ("name", json!("n".repeat(201)), "name: must be 1 to 200 bytes"),
+        (
+            "description",
+            json!("d".repeat(2001)),
+            "description: must be at most 2000 bytes",
+        ),
+        (
+            "url",
+            json!(format!("{https}/{}", "p".repeat(2048))),
+            "url: is 2077 bytes long, above the bound of 2048",
+        ),
+        (
+            "rate_limit",
+            json!({"per_second": 2_000_000.0}),
+            "rate_limit.per_second: 2000000 is above the bound of 1000000",
+        ),
+        (
+            "rate_limit",
+            json!({"per_second": 10.0, "burst": 200_000}),
+            "rate_limit.burst: 200000 is above the bound of 100000",
+        ),
+        (
+            "rate_limit",
+            json!({"per_second": 500_000.0}),
+            "rate_limit.burst: absent, it would be per_second rounded up: 500000 is above the bound of 100000",
+        ),
+    ];
+    for (field, value, want) in &cases {
+        let mut body = json!({"name": "hostile", "url": https, "events": ["*"]});
+        body[*field] = value.clone();
+        let created = acme.post("/v1/subscriptions", body.to_string()).await;
+        assert_eq!(status(&created), 422, "create with {field}: {created:?}");
+        let message = created.unwrap_err().to_string();
+        assert!(message.contains(want), "create with {field}: {message}");
+        let patched = acme
+            .patch(&format!("/v1/subscriptions/{id}"), json!({ *field: value }).to_string())
+            .await;
+        assert_eq!(status(&patched), 422, "PATCH of {field}: {patched:?}");
+        let message = patched.unwrap_err().to_string();
+        assert!(message.contains(want), "PATCH of {field}: {message}");
+    }
+    // A plan lowers the bounds, and says so.
+    for (field, value, want) in [
+        (
+            "max_in_flight",
+            json!(5),
+            "max_in_flight: 5 is above the bound of 4 (plan `small`: max_in_flight)",
+        ),
+        (
+            "events",
+            json!(["a.a", "a.b", "a.c", "a.d"]),
+            "events: 4 patterns: 4 is above the bound of 3 (plan `small`: max_events)",
+        ),
+        (
+            "rate_limit",
+            json!({"per_second": 1.0, "burst": 11}),
+            "rate_limit.burst: 11 is above the bound of 10 (plan `small`: max_burst)",
+        ),
+    ] {
+        let mut body = json!({"name": "hostile", "url": https, "events": ["*"]});
+        body[field] = value;
+        let created = tiny.post("/v1/subscriptions", body.to_string()).await;
+        assert_eq!(status(&created), 422, "{field}: {created:?}");
+        let message = created.unwrap_err().to_string();
+        assert!(message.contains(want), "{field}: {message}");
+    }
+    tiny.post(
+        "/v1/subscriptions",
+        json!({"name": "ok", "url": https, "events": ["*"], "max_in_flight": 4}).to_string(),
+    )
+    .await
+    .unwrap();
+    // The disable reason is bounded too.
+    let long = acme
+        .post(
+            &format!("/v1/subscriptions/{id}/disable"),
+            json!({"reason": "r".repeat(501)}).to_string(),
+        )
+        .await;
+    assert_eq!(status(&long), 422, "{long:?}");
+    assert!(long
+        .unwrap_err()
+        .to_string()
+        .contains("reason: is 501 bytes long, above the bound of 500"));
+    // Values at the bounds are taken, and everything is still delivered:
+    // by the first subscription and by one made after all of the above.
+    acme.patch(
+        &format!("/v1/subscriptions/{id}"),
+        json!({"max_in_flight": 512, "max_retries": 50, "timeout": "29s"}).to_string(),
+    )
+    .await
+    .unwrap();
+    subscribe(&acme, &rx, "after", json!(["*"])).await;
+    hookd
+        .send(json!({"type": "link.clicked", "tenant": "acme", "data": {}}))
+        .await;
+    rx.wait_for(WAIT, "both subscriptions delivered", |a| {
+        ["first", "after"]
+            .iter()
+            .all(|p| a.iter().any(|x| x.path == *p && x.verified))
+    })
+    .await;
+    hookd.stop().await;
+}
+
+#[test]
+fn the_operators_file_is_held_to_the_same_bounds() {
+    let base = "[[subscriptions]]\nname = \"crm\"\nurl = \"https://crm.example.com/hooks\"\nevents = [\"*\"]\nsecrets = [\"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"]\n";
+    for (extra, want) in [
+        ("max_in_flight = 4611686018427387904", "invalid `subscriptions.crm.max_in_flight`: 4611686018427387904 is above the bound of 512 (delivery.max_in_flight)"),
+        ("max_retries = 2147483648", "invalid `subscriptions.crm.max_retries`: 2147483648 is above the bound of 50 (delivery.max_retries_limit)"),
+        ("timeout = \"10m\"\n[queue]\nlease = \"1h\"", "invalid `subscriptions.crm.timeout`: 10m is above the bound of 2m (delivery.timeout_max)"),
+    ] {
+        let e = Config::from_toml(&format!("{base}{extra}\n")).unwrap_err().to_string();
+        assert!(e.contains(want), "{extra}: {e}");
+    }
+    for (toml, want) in [
+        (
+            "[delivery]\nmax_retries = 60\n",
+            "invalid `delivery.max_retries`: 60 is above the bound of 50 (delivery.max_retries_limit)",
+        ),
+        (
+            "[delivery]\nmax_in_flight_per_subscription = 4611686018427387904\n",
+            "invalid `delivery.max_in_flight_per_subscription`: must be 1 to 100000",
+        ),
+        (
+            "[delivery]\nmax_in_flight = 4611686018427387904\n",
+            "invalid `delivery.max_in_flight`: must be 1 to 100000",
+        ),
+        (
+            "[plans.x]\nmax_in_flight = 600\n",
+            "invalid `plans.x.max_in_flight`: must be 1 to 512 (delivery.max_in_flight)",
+        ),
+        (
+            "[plans.x]\nmax_timeout = \"1h\"\n",
+            "invalid `plans.x.max_timeout`: must be between 1ms and 2m (delivery.timeout_max)",
+        ),
+        ("[plans.x]\nburst = 0\n", "invalid `plans.x.burst`: must be 1 to 100000"),
+    ] {
+        let e = Config::from_toml(toml).unwrap_err().to_string();
+        assert!(e.contains(want), "{toml}: {e}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_without_a_plan_is_on_the_default_plan() {
+    let dir = tempfile::tempdir().unwrap();
+    let extra = "[plans.default]\nmax_subscriptions = 2\nmax_rate_limit = 7\n[plans.roomy]\nmax_rate_limit = 9\n";
+    let hookd = Hookd::start(embedded(dir.path(), extra)).await;
+    let acme = tenant(&hookd.api, "acme", None).await;
+    let roomy = tenant(&hookd.api, "roomy", Some("roomy")).await;
+    let https = "https://hooks.example.com/in";
+    for client in [&acme, &roomy] {
+        let one = client
+            .post(
+                "/v1/subscriptions",
+                json!({"name": "one", "url": https, "events": ["*"]}).to_string(),
+            )
+            .await
+            .unwrap();
+        client
+            .post(
+                "/v1/subscriptions",
+                json!({"name": "two", "url": https, "events": ["*"]}).to_string(),
+            )
+            .await
+            .unwrap();
+        let third = client
+            .post(
+                "/v1/subscriptions",
+                json!({"name": "three", "url": https, "events": ["*"]}).to_string(),
+            )
+            .await;
+        assert_eq!(status(&third), 403, "{third:?}");
+        // The plan's max_rate_limit is the rate of a subscription that sets none.
+        let want = if std::ptr::eq(client, &acme) { 7.0 } else { 9.0 };
+        assert_eq!(one["rate_limit"], json!({"per_second": want}), "{one}");
+    }
+    let message = acme
+        .post(
+            "/v1/subscriptions",
+            json!({"name": "x", "url": https, "events": ["*"]}).to_string(),
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(message.contains("plan `default` allows 2 subscriptions"), "{message}");
+    hookd.stop().await;
+}
+
+/// A stored subscription record that no check would let through today
+/// (`max_in_flight` of 2^62), a record that is not JSON, and the tenant
+/// they belong to, written straight into the catalogue store.
+async fn poison(store: &dyn hookd::catalog::store::CatalogStore) {
+    use hookd::catalog::store::{Kind, Record, Write};
+    let tenant = json!({"id": "acme", "name": "Acme"});
+    let sub = json!({
+        "id": "sub_poisoned", "tenant": "acme",
+        "spec": {"name": "poisoned", "url": "https://hooks.example.com/in", "events": ["*"], "max_in_flight": 1u64 << 62},
+        "secrets": [{"value": SECRET}], "created_at": 1, "updated_at": 1,
+    });
+    let record = |kind, id: &str, body: Vec<u8>| Record {
+        kind,
+        id: id.into(),
+        body,
+    };
+    store
+        .apply(&[
+            Write::Put(record(Kind::Tenant, "acme", tenant.to_string().into_bytes())),
+            Write::Put(record(Kind::Subscription, "sub_poisoned", sub.to_string().into_bytes())),
+            Write::Put(record(Kind::Subscription, "sub_garbled", b"{not json".to_vec())),
+        ])
+        .await
+        .unwrap();
+}
+
+async fn a_poisoned_record_is_left_out_and_the_rest_served(backend: Backend) {
+    let rx = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (config, _redis) = config_on(backend, dir.path(), "poisoned", "");
+    match backend {
+        Backend::Embedded => {
+            let store = hookd::catalog::store::embedded::EmbeddedCatalog::open(&config.queue).unwrap();
+            poison(&store).await;
+        }
+        _ => {
+            let store = hookd::catalog::store::redis::RedisCatalog::connect(&config.queue)
+                .await
+                .unwrap();
+            poison(&store).await;
+        }
+    }
+    let hookd = Hookd::start(config.clone()).await;
+    let admin = hookd.api.clone();
+    let (code, metrics) = get_text(&hookd.url, "/metrics").await;
+    assert_eq!(code, 200);
+    assert_eq!(
+        metric(&metrics, "hookd_catalog_rejected_records"),
+        Some(2.0),
+        "{metrics}"
+    );
+    // The poisoned one is not served; everything else is, old and new.
+    let gone = admin.get("/v1/subscriptions/sub_poisoned").await;
+    assert_eq!(status(&gone), 404, "{gone:?}");
+    let globex = tenant(&admin, "globex", None).await;
+    subscribe(&globex, &rx, "fresh", json!(["*"])).await;
+    hookd
+        .send(json!({"type": "link.clicked", "tenant": "globex", "data": {}}))
+        .await;
+    rx.wait_for(WAIT, "the new subscription delivered", |a| a.iter().any(|x| x.verified))
+        .await;
+    hookd.stop().await;
+    // And so after a restart.
+    let hookd = Hookd::start(config).await;
+    let globex = hookd.api.with_key(acme_key(&globex));
+    subscribe(&globex, &rx, "later", json!(["*"])).await;
+    hookd
+        .send(json!({"type": "link.clicked", "tenant": "globex", "data": {}}))
+        .await;
+    rx.wait_for(WAIT, "delivered after a restart", |a| {
+        a.iter().any(|x| x.path == "later" && x.verified)
+    })
+    .await;
+    hookd.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poisoned_record_is_left_out_embedded() {
+    a_poisoned_record_is_left_out_and_the_rest_served(Backend::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poisoned_record_is_left_out_redis() {
+    a_poisoned_record_is_left_out_and_the_rest_served(Backend::Redis).await;
+}

@@ -43,7 +43,7 @@ use super::admin::bad_param;
 use super::{bad_body, forbidden, may_see, not_found, require_reader, ApiError, ApiState};
 use crate::catalog::keys::Principal;
 use crate::catalog::{Error as CatalogError, Owner, SubscriptionSpec};
-use crate::config::{SubscriptionConfig, SubscriptionName};
+use crate::config::{bounds, SubscriptionConfig, SubscriptionName};
 use crate::history::{DeliveryState, ListFilter};
 use crate::model::{RateLimit, TenantId};
 use crate::notify::Notification;
@@ -637,6 +637,19 @@ async fn disable(
             .map_err(|e| bad_body(format!("send {{\"reason\": \"...\"}} or nothing: {e}")))?;
         v["reason"].as_str().map(str::to_owned)
     };
+    if let Some(r) = &reason {
+        if r.len() > bounds::MAX_REASON {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_field",
+                format!(
+                    "reason: is {} bytes long, above the bound of {}",
+                    r.len(),
+                    bounds::MAX_REASON
+                ),
+            ));
+        }
+    }
     let reason = reason.unwrap_or_else(|| match principal.tenant() {
         Some(_) => "disabled by its owner".into(),
         None => "disabled by an operator".into(),

@@ -32,6 +32,7 @@ use serde::Serialize;
 use tokio::sync::{watch, Mutex};
 use tokio_util::sync::CancellationToken;
 
+use crate::config::bounds::{self, Bounds};
 use crate::config::Config;
 use crate::model::{now_ms, Millis, SubscriptionName, TenantId};
 use crate::sign::Scheme;
@@ -441,15 +442,27 @@ impl Catalog {
         replacing: Option<&SubscriptionName>,
     ) -> Result<(), Error> {
         let name = spec.name.trim();
-        if name.is_empty() || name.len() > 200 || name != spec.name {
+        if name.is_empty() || name.len() > bounds::MAX_NAME || name != spec.name {
             return Err(invalid(
                 "name",
-                "must be 1 to 200 characters without leading or trailing spaces",
+                format!(
+                    "must be 1 to {} bytes without leading or trailing spaces",
+                    bounds::MAX_NAME
+                ),
             ));
         }
-        if spec.description.as_ref().is_some_and(|d| d.len() > 2000) {
-            return Err(invalid("description", "must be at most 2000 characters"));
+        if spec
+            .description
+            .as_ref()
+            .is_some_and(|d| d.len() > bounds::MAX_DESCRIPTION)
+        {
+            return Err(invalid(
+                "description",
+                format!("must be at most {} bytes", bounds::MAX_DESCRIPTION),
+            ));
         }
+        let plan = snapshot.plan_of(tenant);
+        let bounds = Bounds::for_plan(&snapshot.config.delivery, plan);
         let clash = snapshot
             .subscriptions_of(tenant)
             .filter(|s| Some(&s.name) != replacing)
@@ -500,13 +513,10 @@ impl Catalog {
                     },
                 ));
             }
-            if plugin.config.keys().any(|k| k.is_empty()) {
-                return Err(invalid("plugin.config", "keys must not be empty"));
-            }
         }
         probe
             .to_config(0, &snapshot.config.plugins.registry)
-            .check_fields("", &snapshot.config.delivery)
+            .check_fields("", &snapshot.config.delivery, &bounds)
             .map_err(|e| match e {
                 crate::config::Error::Invalid { key, problem } => Error::Invalid { field: key, problem },
                 e => invalid("body", e.to_string()),
@@ -521,18 +531,7 @@ impl Catalog {
                 ),
             ));
         }
-        if let Some((plan, limits)) = snapshot.plan_of(tenant) {
-            if let (Some(max), Some(limit)) = (limits.max_rate_limit, spec.rate_limit) {
-                if limit.per_second > max {
-                    return Err(invalid(
-                        "rate_limit.per_second",
-                        format!(
-                            "{} is above the {max} per second that plan `{plan}` allows (max_rate_limit)",
-                            limit.per_second
-                        ),
-                    ));
-                }
-            }
+        if let Some((plan, limits)) = plan {
             if let Some(max) = limits.max_subscriptions {
                 let have = snapshot
                     .subscriptions_of(tenant)

@@ -8,8 +8,9 @@ use super::keys::{self, KeyRecord, Principal};
 use super::records::{EventType, Origin, Owner, StoredSubscription, Tenant};
 use super::routes::Routes;
 use super::store::{Kind, Record};
-use crate::config::{Config, PlanConfig, SubscriptionConfig};
-use crate::model::{now_ms, Millis, SubscriptionName, TenantId};
+use crate::config::bounds::Bounds;
+use crate::config::{Config, PlanConfig, SubscriptionConfig, DEFAULT_PLAN};
+use crate::model::{now_ms, Millis, RateLimit, SubscriptionName, TenantId};
 
 /// The catalogue as of one moment: immutable, swapped whole.
 pub struct Snapshot {
@@ -36,6 +37,10 @@ pub struct Snapshot {
     /// When the next rotated-out secret expires: the snapshot is built
     /// again then, so it stops signing.
     pub next_expiry: Option<Millis>,
+    /// Stored records left out because they cannot be built (corrupt, or
+    /// beyond the bounds: written before them, or by a bug), by
+    /// `<kind>/<id>`, with why. Each is logged; everything else is served.
+    pub rejected: Vec<(String, String)>,
 }
 
 impl Snapshot {
@@ -59,6 +64,12 @@ impl Snapshot {
             .collect();
         let mut stored = HashMap::new();
         let mut keys = BTreeMap::new();
+        let mut rejected = Vec::new();
+        let mut reject = |record: &Record, why: String| {
+            tracing::error!(kind = %record.kind, id = %crate::telemetry::escape(&record.id), error = %why,
+                "stored catalogue record cannot be built; left out (everything else is served)");
+            rejected.push((format!("{}/{}", record.kind, record.id), why));
+        };
         let mut event_types: BTreeMap<String, (EventType, Origin)> = file
             .event_types
             .iter()
@@ -72,40 +83,68 @@ impl Snapshot {
                     Ok(t) => {
                         tenants.entry(t.id.clone()).or_insert((t, Origin::Api));
                     }
-                    Err(e) => tracing::error!(id = %record.id, error = %e, "stored tenant is corrupt; ignored"),
+                    Err(e) => reject(record, format!("corrupt: {e}")),
                 },
                 Kind::Key => match serde_json::from_slice::<KeyRecord>(body) {
                     Ok(k) => {
                         keys.insert(k.id.clone(), k);
                     }
-                    Err(e) => tracing::error!(id = %record.id, error = %e, "stored key is corrupt; ignored"),
+                    Err(e) => reject(record, format!("corrupt: {e}")),
                 },
                 Kind::Subscription => match serde_json::from_slice::<StoredSubscription>(body) {
                     Ok(s) => {
                         stored.insert(s.id.clone(), s);
                     }
-                    Err(e) => {
-                        tracing::error!(id = %record.id, error = %e, "stored subscription is corrupt; ignored")
-                    }
+                    Err(e) => reject(record, format!("corrupt: {e}")),
                 },
                 Kind::EventType => match serde_json::from_slice::<EventType>(body) {
                     // The config file's type wins over a stored one of the same name.
                     Ok(t) => {
                         event_types.entry(t.name.clone()).or_insert((t, Origin::Api));
                     }
-                    Err(e) => tracing::error!(id = %record.id, error = %e, "stored event type is corrupt; ignored"),
+                    Err(e) => reject(record, format!("corrupt: {e}")),
                 },
             }
         }
         let mut config = file.clone();
+        // A tenant without a plan is on `plans.default`; any limit a plan
+        // leaves out is the default plan's: none is unlimited by omission.
+        let default_plan = file.plans.get(DEFAULT_PLAN).cloned().unwrap_or_default();
+        for plan in config.plans.values_mut() {
+            *plan = plan.or(&default_plan);
+        }
         let mut live: Vec<&StoredSubscription> = stored
             .values()
             .filter(|s| s.deleted_at.is_none() && tenants.contains_key(&s.tenant))
             .collect();
         live.sort_by(|a, b| a.id.cmp(&b.id));
-        config
-            .subscriptions
-            .extend(live.iter().map(|s| s.to_config(now, &file.plugins.registry)));
+        // Every stored subscription is held to the process's bounds before
+        // any stage builds on it: one written before them (or by a bug)
+        // is left out alone, never stopping the others.
+        let bounds = Bounds::of(&file.delivery);
+        let mut built = Vec::with_capacity(live.len());
+        for s in &live {
+            let mut sub = s.to_config(now, &file.plugins.registry);
+            if sub.rate_limit.is_none() {
+                let plan = tenants
+                    .get(&s.tenant)
+                    .map(|(t, _)| t.plan.as_deref().unwrap_or(DEFAULT_PLAN))
+                    .and_then(|name| config.plans.get(name));
+                sub.rate_limit = plan.and_then(|p| p.max_rate_limit).map(|per_second| RateLimit {
+                    per_second,
+                    burst: None,
+                });
+            }
+            match sub.check_fields("", &file.delivery, &bounds) {
+                Ok(()) => built.push(sub),
+                Err(e) => rejected.push((format!("{}/{}", Kind::Subscription, s.id), e.to_string())),
+            }
+        }
+        for (id, why) in rejected.iter().filter(|(id, _)| id.starts_with("subscription/")) {
+            tracing::error!(record = %id, error = %crate::telemetry::escape(why),
+                "stored subscription is beyond hookd's bounds; left out (everything else is served)");
+        }
+        config.subscriptions.extend(built);
         let schemas = event_types
             .values()
             .filter_map(|(t, _)| {
@@ -136,6 +175,7 @@ impl Snapshot {
             event_types,
             schemas,
             next_expiry,
+            rejected,
         }
     }
 
@@ -183,10 +223,11 @@ impl Snapshot {
         }
     }
 
-    /// The plan of `tenant`, if it has one.
+    /// The plan of `tenant` (`plans.default` if it names none), its
+    /// absent limits the default plan's.
     pub fn plan_of(&self, tenant: &TenantId) -> Option<(&str, &PlanConfig)> {
         let (t, _) = self.tenants.get(tenant)?;
-        let name = t.plan.as_deref()?;
+        let name = t.plan.as_deref().unwrap_or(DEFAULT_PLAN);
         Some((name, self.config.plans.get(name)?))
     }
 

@@ -27,6 +27,9 @@ const ENV_NOT_CONFIG: &[&str] = &["config", "url", "api_key", "log"];
 
 pub use crate::model::{RateLimit, Secret, SubscriptionName, TenantId, STORED_ID_PREFIX};
 
+pub mod bounds;
+use bounds::{above, Bounds};
+
 /// A configuration problem, naming the key at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -231,6 +234,13 @@ pub struct DeliveryConfig {
     pub timeout: Duration,
     /// Retries after the first attempt.
     pub max_retries: u32,
+    /// The most retries any subscription may set (`max_retries`), this
+    /// default included.
+    pub max_retries_limit: u32,
+    /// The longest attempt timeout any subscription may set (`timeout`),
+    /// this default included.
+    #[serde(with = "humantime_serde")]
+    pub timeout_max: Duration,
     /// Delay before the first retry.
     #[serde(with = "humantime_serde")]
     pub backoff_initial: Duration,
@@ -247,7 +257,8 @@ pub struct DeliveryConfig {
     pub allow_http: bool,
     /// Allow endpoints on loopback, private and other non-public addresses.
     pub allow_private_networks: bool,
-    /// Deliveries in flight at once in this process.
+    /// Deliveries in flight at once in this process; also the most any
+    /// subscription may set as its `max_in_flight`.
     pub max_in_flight: usize,
     /// Default cap on deliveries in flight to one subscription.
     pub max_in_flight_per_subscription: usize,
@@ -685,8 +696,12 @@ pub struct TenantConfig {
     pub metadata: serde_json::Map<String, serde_json::Value>,
 }
 
-/// `[plans.NAME]`: what a plan allows each of its tenants. Absent limits
-/// do not limit.
+/// The plan of every tenant that names none, and where every plan's
+/// absent limits come from: `[plans.default]`, defined in the defaults.
+pub const DEFAULT_PLAN: &str = "default";
+
+/// `[plans.NAME]`: what a plan allows each of its tenants. A limit it
+/// leaves out is `[plans.default]`'s; one neither sets does not limit.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PlanConfig {
@@ -704,9 +719,110 @@ pub struct PlanConfig {
     /// `events_per_second` rounded up.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub burst: Option<u32>,
+    /// Highest `max_in_flight` a tenant may give a subscription (at most
+    /// `delivery.max_in_flight`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_in_flight: Option<usize>,
+    /// Highest `max_retries` a tenant may give a subscription (at most
+    /// `delivery.max_retries_limit`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_retries: Option<u32>,
+    /// Longest `timeout` a tenant may give a subscription (at most
+    /// `delivery.timeout_max`).
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "humantime_serde")]
+    pub max_timeout: Option<Duration>,
+    /// Most custom headers on one of a tenant's subscriptions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_headers: Option<usize>,
+    /// Most event patterns on one of a tenant's subscriptions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_events: Option<usize>,
+    /// Highest `rate_limit.burst` a tenant may give a subscription.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_burst: Option<u32>,
 }
 
 impl PlanConfig {
+    /// Checks the plan; `key` is `plans.<name>`. A plan lowers the
+    /// process's bounds, never raises them.
+    fn validate(&self, key: &str, delivery: &DeliveryConfig) -> Result<(), Error> {
+        let b = Bounds::of(delivery);
+        if self
+            .max_rate_limit
+            .is_some_and(|r| !(r.is_finite() && r > 0.0 && r <= b.per_second.value))
+        {
+            return Err(invalid(
+                format!("{key}.max_rate_limit"),
+                format!("must be a number above 0, at most {}", b.per_second.value),
+            ));
+        }
+        if self
+            .events_per_second
+            .is_some_and(|r| !(r.is_finite() && r > 0.0 && r <= bounds::MAX_RATE))
+        {
+            return Err(invalid(
+                format!("{key}.events_per_second"),
+                format!("must be a number above 0, at most {}", bounds::MAX_RATE),
+            ));
+        }
+        if self.burst.is_some_and(|n| n == 0 || n > bounds::MAX_BURST) {
+            return Err(invalid(
+                format!("{key}.burst"),
+                format!("must be 1 to {}", bounds::MAX_BURST),
+            ));
+        }
+        fn within<T: PartialOrd + fmt::Display + Copy>(
+            key: &str,
+            field: &str,
+            value: Option<T>,
+            least: T,
+            bound: &bounds::Bound<T>,
+        ) -> Result<(), Error> {
+            match value {
+                Some(v) if v < least || v > bound.value => Err(invalid(
+                    format!("{key}.{field}"),
+                    format!("must be {least} to {} ({})", bound.value, bound.from),
+                )),
+                _ => Ok(()),
+            }
+        }
+        within(key, "max_in_flight", self.max_in_flight, 1, &b.in_flight)?;
+        within(key, "max_retries", self.max_retries, 0, &b.retries)?;
+        within(key, "max_headers", self.max_headers, 0, &b.headers)?;
+        within(key, "max_events", self.max_events, 1, &b.events)?;
+        within(key, "max_burst", self.max_burst, 1, &b.burst)?;
+        if let Some(t) = self.max_timeout {
+            if t.is_zero() || t > b.timeout.value {
+                return Err(invalid(
+                    format!("{key}.max_timeout"),
+                    format!(
+                        "must be between 1ms and {} ({})",
+                        humantime::format_duration(b.timeout.value),
+                        b.timeout.from
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The plan with every limit it leaves out taken from `default` (the
+    /// `[plans.default]` table), so no tenant is unlimited by omission.
+    pub fn or(&self, default: &PlanConfig) -> PlanConfig {
+        PlanConfig {
+            max_subscriptions: self.max_subscriptions.or(default.max_subscriptions),
+            max_rate_limit: self.max_rate_limit.or(default.max_rate_limit),
+            events_per_second: self.events_per_second.or(default.events_per_second),
+            burst: self.burst.or(default.burst),
+            max_in_flight: self.max_in_flight.or(default.max_in_flight),
+            max_retries: self.max_retries.or(default.max_retries),
+            max_timeout: self.max_timeout.or(default.max_timeout),
+            max_headers: self.max_headers.or(default.max_headers),
+            max_events: self.max_events.or(default.max_events),
+            max_burst: self.max_burst.or(default.max_burst),
+        }
+    }
+
     /// The ingest rate limit of the plan's tenants, if it has one.
     pub fn ingest_limit(&self) -> Option<RateLimit> {
         self.events_per_second.map(|per_second| RateLimit {
@@ -923,11 +1039,44 @@ impl Config {
         if d.retry_after_max > Duration::from_secs(30 * 86_400) {
             return Err(invalid("delivery.retry_after_max", "must be at most 30d"));
         }
-        if d.max_in_flight == 0 {
-            return Err(invalid("delivery.max_in_flight", "must be at least 1"));
+        if d.max_in_flight == 0 || d.max_in_flight > bounds::MAX_PROCESS_IN_FLIGHT {
+            return Err(invalid(
+                "delivery.max_in_flight",
+                format!("must be 1 to {}", bounds::MAX_PROCESS_IN_FLIGHT),
+            ));
         }
-        if d.max_in_flight_per_subscription == 0 {
-            return Err(invalid("delivery.max_in_flight_per_subscription", "must be at least 1"));
+        // A default cap above the process's is harmless (the dispatcher
+        // holds every subscription's cap to the process's), so it is not
+        // refused; only an absurd number is.
+        if d.max_in_flight_per_subscription == 0 || d.max_in_flight_per_subscription > bounds::MAX_PROCESS_IN_FLIGHT {
+            return Err(invalid(
+                "delivery.max_in_flight_per_subscription",
+                format!("must be 1 to {}", bounds::MAX_PROCESS_IN_FLIGHT),
+            ));
+        }
+        if d.max_retries_limit > bounds::MAX_RETRIES_LIMIT {
+            return Err(invalid(
+                "delivery.max_retries_limit",
+                format!("must be at most {}", bounds::MAX_RETRIES_LIMIT),
+            ));
+        }
+        if d.max_retries > d.max_retries_limit {
+            return Err(invalid(
+                "delivery.max_retries",
+                above(d.max_retries, &Bounds::of(d).retries),
+            ));
+        }
+        if d.timeout_max.is_zero() || d.timeout_max > bounds::MAX_TIMEOUT_LIMIT {
+            return Err(invalid("delivery.timeout_max", "must be between 1ms and 1h"));
+        }
+        if d.timeout > d.timeout_max {
+            return Err(invalid(
+                "delivery.timeout",
+                above(
+                    humantime::format_duration(d.timeout),
+                    &duration_bound(&Bounds::of(d).timeout),
+                ),
+            ));
         }
         if let Some(ca) = &d.ca_file {
             if !ca.is_file() {
@@ -974,12 +1123,7 @@ impl Config {
             return Err(invalid("history.spool_memory", "must be at least 1MiB"));
         }
         for (name, plan) in &self.plans {
-            if plan.max_rate_limit.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
-                return Err(invalid(
-                    format!("plans.{name}.max_rate_limit"),
-                    "must be a number above 0",
-                ));
-            }
+            plan.validate(&format!("plans.{name}"), d)?;
         }
         let mut tenant_ids = std::collections::HashSet::new();
         for (n, tenant) in self.tenants.iter().enumerate() {
@@ -1108,13 +1252,14 @@ impl NotifyConfig {
 impl SubscriptionConfig {
     fn validate(&self, key: &str, delivery: &DeliveryConfig) -> Result<(), Error> {
         SubscriptionName::parse(self.name.as_str()).map_err(|p| invalid(format!("{key}.name"), p))?;
+        let bounds = Bounds::of(delivery);
         if self.name.as_str().starts_with(STORED_ID_PREFIX) {
             return Err(invalid(
                 format!("{key}.name"),
                 format!("`{}`: names starting with `{STORED_ID_PREFIX}` are the ids of subscriptions made through the API; choose another", self.name),
             ));
         }
-        self.check_fields(&format!("subscriptions.{}.", self.name), delivery)?;
+        self.check_fields(&format!("subscriptions.{}.", self.name), delivery, &bounds)?;
         for (n, to) in self.notify_to.iter().flatten().enumerate() {
             check_mailbox(&format!("subscriptions.{}.notify_to[{n}]", self.name), to)?;
         }
@@ -1123,8 +1268,19 @@ impl SubscriptionConfig {
 
     /// The checks every subscription passes, from the TOML file or the API
     /// alike: URL policy, event patterns, secrets, headers and limits.
-    /// Problems name the field as `{prefix}{field}` (`url`, `headers.x-a`).
-    pub fn check_fields(&self, prefix: &str, delivery: &DeliveryConfig) -> Result<(), Error> {
+    /// Problems name the field as `{prefix}{field}` (`url`, `headers.x-a`),
+    /// and a value beyond one of `bounds` names the bound too.
+    pub fn check_fields(&self, prefix: &str, delivery: &DeliveryConfig, bounds: &Bounds) -> Result<(), Error> {
+        if self.url.len() > bounds::MAX_URL {
+            return Err(invalid(
+                format!("{prefix}url"),
+                format!(
+                    "is {} bytes long, above the bound of {}",
+                    self.url.len(),
+                    bounds::MAX_URL
+                ),
+            ));
+        }
         let uri: http::Uri = self.url.parse().map_err(|e| {
             invalid(
                 format!("{prefix}url"),
@@ -1139,6 +1295,16 @@ impl SubscriptionConfig {
                 "must list at least one pattern (use \"*\" for all)",
             ));
         }
+        if self.events.len() > bounds.events.value {
+            return Err(invalid(
+                format!("{prefix}events"),
+                format!(
+                    "{} patterns: {}",
+                    self.events.len(),
+                    above(self.events.len(), &bounds.events)
+                ),
+            ));
+        }
         for pattern in &self.events {
             crate::model::EventPattern::parse(pattern).map_err(|p| invalid(format!("{prefix}events"), p))?;
         }
@@ -1151,26 +1317,90 @@ impl SubscriptionConfig {
         for (n, secret) in self.secrets.iter().enumerate() {
             crate::sign::SigningKey::parse(secret.expose()).map_err(|p| invalid(format!("{prefix}secrets[{n}]"), p))?;
         }
+        if self.headers.len() > bounds.headers.value {
+            return Err(invalid(
+                format!("{prefix}headers"),
+                format!(
+                    "{} headers: {}",
+                    self.headers.len(),
+                    above(self.headers.len(), &bounds.headers)
+                ),
+            ));
+        }
+        let header_bytes: usize = self.headers.iter().map(|(n, v)| n.len() + v.len()).sum();
+        if header_bytes > bounds.header_bytes.value {
+            return Err(invalid(
+                format!("{prefix}headers"),
+                format!(
+                    "{header_bytes} bytes of names and values: {}",
+                    above(header_bytes, &bounds.header_bytes)
+                ),
+            ));
+        }
         for (name, value) in &self.headers {
             crate::model::headers::custom_header(name, value)
                 .map_err(|p| invalid(format!("{prefix}headers.{name}"), p))?;
         }
-        if self.timeout.is_some_and(|t| t.is_zero()) {
-            return Err(invalid(format!("{prefix}timeout"), "must be greater than zero"));
-        }
-        if self.max_in_flight == Some(0) {
-            return Err(invalid(format!("{prefix}max_in_flight"), "must be at least 1"));
-        }
-        if let Some(limit) = &self.rate_limit {
-            if !(limit.per_second.is_finite() && limit.per_second >= 0.001 && limit.per_second <= 1_000_000.0) {
+        if let Some(t) = self.timeout {
+            if t.is_zero() {
+                return Err(invalid(format!("{prefix}timeout"), "must be greater than zero"));
+            }
+            if t > bounds.timeout.value {
                 return Err(invalid(
-                    format!("{prefix}rate_limit.per_second"),
-                    format!("{} is out of range: use 0.001 to 1000000", limit.per_second),
+                    format!("{prefix}timeout"),
+                    above(humantime::format_duration(t), &duration_bound(&bounds.timeout)),
                 ));
             }
-            if limit.burst == Some(0) {
-                return Err(invalid(format!("{prefix}rate_limit.burst"), "must be at least 1"));
+        }
+        if let Some(n) = self.max_in_flight {
+            if n == 0 {
+                return Err(invalid(format!("{prefix}max_in_flight"), "must be at least 1"));
             }
+            if n > bounds.in_flight.value {
+                return Err(invalid(format!("{prefix}max_in_flight"), above(n, &bounds.in_flight)));
+            }
+        }
+        if let Some(n) = self.max_retries {
+            if n > bounds.retries.value {
+                return Err(invalid(format!("{prefix}max_retries"), above(n, &bounds.retries)));
+            }
+        }
+        if let Some(limit) = &self.rate_limit {
+            if !(limit.per_second.is_finite() && limit.per_second >= 0.001) {
+                return Err(invalid(
+                    format!("{prefix}rate_limit.per_second"),
+                    format!(
+                        "{} is out of range: use 0.001 to {}",
+                        limit.per_second, bounds.per_second.value
+                    ),
+                ));
+            }
+            if limit.per_second > bounds.per_second.value {
+                return Err(invalid(
+                    format!("{prefix}rate_limit.per_second"),
+                    above(limit.per_second, &bounds.per_second),
+                ));
+            }
+            match limit.burst {
+                Some(0) => return Err(invalid(format!("{prefix}rate_limit.burst"), "must be at least 1")),
+                Some(n) if n > bounds.burst.value => {
+                    return Err(invalid(format!("{prefix}rate_limit.burst"), above(n, &bounds.burst)))
+                }
+                // The burst in force without one is per_second rounded up.
+                None if limit.burst() > bounds.burst.value => {
+                    return Err(invalid(
+                        format!("{prefix}rate_limit.burst"),
+                        format!(
+                            "absent, it would be per_second rounded up: {}",
+                            above(limit.burst(), &bounds.burst)
+                        ),
+                    ))
+                }
+                _ => {}
+            }
+        }
+        if let Some(plugin) = &self.plugin {
+            check_plugin_settings(&format!("{prefix}plugin.config"), &plugin.config)?;
         }
         Ok(())
     }
@@ -1206,6 +1436,42 @@ impl PluginsConfig {
     }
 }
 
+/// A duration bound as its message shows it (`2m`).
+fn duration_bound(b: &bounds::Bound<Duration>) -> bounds::Bound<humantime::FormattedDuration> {
+    bounds::Bound {
+        value: humantime::format_duration(b.value),
+        from: b.from.clone(),
+    }
+}
+
+/// Checks a plugin's settings against their bounds; `key` names them.
+pub fn check_plugin_settings(key: &str, config: &BTreeMap<String, String>) -> Result<(), Error> {
+    if config.len() > bounds::MAX_PLUGIN_SETTINGS {
+        return Err(invalid(
+            key,
+            format!(
+                "{} settings: at most {} are allowed",
+                config.len(),
+                bounds::MAX_PLUGIN_SETTINGS
+            ),
+        ));
+    }
+    let size: usize = config.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if size > bounds::MAX_PLUGIN_CONFIG_BYTES {
+        return Err(invalid(
+            key,
+            format!(
+                "{size} bytes of keys and values, above the bound of {}",
+                bounds::MAX_PLUGIN_CONFIG_BYTES
+            ),
+        ));
+    }
+    if config.keys().any(String::is_empty) {
+        return Err(invalid(key, "keys must not be empty"));
+    }
+    Ok(())
+}
+
 fn check_plugin_deadline(key: &str, deadline: Duration) -> Result<(), Error> {
     if deadline < Duration::from_millis(1) || deadline > MAX_PLUGIN_DEADLINE {
         return Err(invalid(key, "must be between 1ms and 10s"));
@@ -1239,9 +1505,7 @@ impl PluginConfig {
                 ));
             }
         }
-        if self.config.keys().any(String::is_empty) {
-            return Err(invalid(format!("{key}.config"), "keys must not be empty"));
-        }
+        check_plugin_settings(&format!("{key}.config"), &self.config)?;
         Ok(())
     }
 }

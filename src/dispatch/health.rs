@@ -131,7 +131,7 @@ pub async fn disable(
     endpoints.load().set_disabled(name, true);
     let changed = state.set_enabled(name, false, Some(reason.clone()), now_ms()).await?;
     if changed {
-        warn!(subscription = %name, reason = %reason, "subscription disabled: its deliveries are parked until it is enabled again");
+        warn!(subscription = %name, reason = %crate::telemetry::escape(&reason), "subscription disabled: its deliveries are parked until it is enabled again");
         alerts.raise(Notification::SubscriptionDisabled {
             subscription: name.clone(),
             reason,

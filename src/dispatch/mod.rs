@@ -240,9 +240,12 @@ impl Endpoint {
             (Some(_), None) => return Err(fail("has a plugin but the plugin engine is not running".into())),
             (None, _) => None,
         };
+        // Never above the process's own cap (nor a semaphore's), whatever
+        // was stored.
         let cap = sub
             .max_in_flight
-            .unwrap_or(config.delivery.max_in_flight_per_subscription);
+            .unwrap_or(config.delivery.max_in_flight_per_subscription)
+            .min(config.delivery.max_in_flight);
         Ok(Endpoint {
             name: sub.name.clone(),
             url,
@@ -408,10 +411,18 @@ impl Endpoints {
         let mut map = HashMap::new();
         for sub in &config.subscriptions {
             let before = previous.and_then(|p| p.map.get(&sub.name)).map(Arc::as_ref);
-            map.insert(
-                sub.name.clone(),
-                Arc::new(Endpoint::new(config, sub, plugins, metrics, before)?),
-            );
+            match Endpoint::new(config, sub, plugins, metrics, before) {
+                Ok(endpoint) => {
+                    map.insert(sub.name.clone(), Arc::new(endpoint));
+                }
+                // A tenant's subscription that cannot be prepared is left
+                // out alone (the catalogue's bounds should have refused
+                // it); the operator's file must be fixed, so it fails.
+                Err(e) if sub.owner.is_some() => {
+                    error!(subscription = %sub.name, error = %e, "subscription cannot be prepared; left out");
+                }
+                Err(e) => return Err(e),
+            }
         }
         Ok(Endpoints { map })
     }

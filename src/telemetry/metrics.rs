@@ -283,6 +283,16 @@ pub struct Metrics {
     history_spooled: Gauge,
     /// `hookd_history_degraded`.
     history_degraded: Gauge,
+    /// `hookd_catalog_rejected_records`.
+    catalog_rejected: Gauge,
+    /// `hookd_task_restarts_total`.
+    task_restarts: Family<TaskLabels, Counter>,
+}
+
+/// Labels of `hookd_task_restarts_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TaskLabels {
+    task: &'static str,
 }
 
 fn attempt_histogram() -> Histogram {
@@ -384,6 +394,18 @@ impl Metrics {
             "1 while the delivery log store fails and entries wait in the spool, else 0",
             history_degraded.clone(),
         );
+        let catalog_rejected = Gauge::default();
+        registry.register(
+            "catalog_rejected_records",
+            "Stored catalogue records left out of the snapshot in force because they cannot be built",
+            catalog_rejected.clone(),
+        );
+        let task_restarts = Family::default();
+        registry.register(
+            "task_restarts",
+            "Long-running tasks restarted after a panic, by task",
+            task_restarts.clone(),
+        );
         // Notification counters are few and known: start them at zero so a
         // rate() over them works before the first notification.
         for kind in [
@@ -417,6 +439,8 @@ impl Metrics {
             history_dropped,
             history_spooled,
             history_degraded,
+            catalog_rejected,
+            task_restarts,
         }
     }
 
@@ -468,6 +492,17 @@ impl Metrics {
     pub fn history_spooled(&self, entries: u64, degraded: bool) {
         self.history_spooled.set(i64::try_from(entries).unwrap_or(i64::MAX));
         self.history_degraded.set(i64::from(degraded));
+    }
+
+    /// Shows how many stored catalogue records the snapshot in force left
+    /// out.
+    pub fn catalog_rejected(&self, n: usize) {
+        self.catalog_rejected.set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// Counts one restart of the task `task` after a panic.
+    pub fn task_restarted(&self, task: &'static str) {
+        self.task_restarts.get_or_create(&TaskLabels { task }).inc();
     }
 
     /// Counts `n` events refused because the queue was too deep.
