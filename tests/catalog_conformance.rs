@@ -222,6 +222,58 @@ mod cases {
         assert_eq!(c.apply(&[create(Kind::Tenant, "sub_1", b"t")]).await.unwrap(), 2);
     }
 
+    pub async fn an_expectation_not_met_refuses_the_whole_call(fx: &mut Fixture) {
+        let c = fx.c();
+        let expect = |kind, id: &str, body: Option<&[u8]>| Write::Expect {
+            kind,
+            id: id.to_owned(),
+            body: body.map(<[u8]>::to_vec),
+        };
+        c.apply(&[put(Kind::Subscription, "sub_1", b"v1")]).await.unwrap();
+        // Met: absent, and a record as stored, byte for byte.
+        let v = c
+            .apply(&[
+                expect(Kind::Revision, "acme", None),
+                put(Kind::Revision, "acme", b"1"),
+                expect(Kind::Subscription, "sub_1", Some(b"v1")),
+                put(Kind::Subscription, "sub_1", b"v2"),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(v, 2);
+        let before = c.load().await.unwrap();
+        // Not met: a body that changed, a record that exists, one that does
+        // not; each refuses everything, naming the record, bumping nothing.
+        for (guard, id) in [
+            (expect(Kind::Subscription, "sub_1", Some(b"v1")), "sub_1"),
+            (expect(Kind::Revision, "acme", None), "acme"),
+            (expect(Kind::Tenant, "gone", Some(b"x")), "gone"),
+        ] {
+            let err = c
+                .apply(&[
+                    put(Kind::Key, "key_1", b"k"),
+                    guard,
+                    put(Kind::Subscription, "sub_1", b"v3"),
+                ])
+                .await
+                .expect_err("the expectation is not met");
+            assert!(
+                matches!(&err, Error::Changed { id: found, .. } if found == id),
+                "{err:?}"
+            );
+            assert!(err.to_string().contains("changed meanwhile"), "{err}");
+            assert_eq!(c.load().await.unwrap(), before, "a refused call must write nothing");
+        }
+        // An expectation is of the store before the call, not of the
+        // writes before it in the call; and it writes nothing itself.
+        let err = c
+            .apply(&[put(Kind::Tenant, "t", b"new"), expect(Kind::Tenant, "t", Some(b"new"))])
+            .await
+            .expect_err("t is absent before the call");
+        assert!(matches!(err, Error::Changed { .. }), "{err:?}");
+        assert_eq!(c.version().await.unwrap(), 2);
+    }
+
     pub async fn creates_see_the_earlier_writes_of_their_call(fx: &mut Fixture) {
         let c = fx.c();
         let err = c
@@ -574,6 +626,7 @@ macro_rules! conformance {
             case!($open, versions_bump_once_per_apply_and_not_for_an_empty_one);
             case!($open, a_create_of_an_existing_record_refuses_the_whole_call);
             case!($open, creates_see_the_earlier_writes_of_their_call);
+            case!($open, an_expectation_not_met_refuses_the_whole_call);
             case!($open, put_adds_and_replaces);
             case!($open, delete_removes_and_a_missing_record_is_fine);
             case!($open, writes_of_several_kinds_apply_together);

@@ -41,6 +41,7 @@ allow_http = true
 allow_private_networks = true
 timeout = "900ms"
 max_retries = 1000
+max_retries_limit = 1000
 backoff_initial = "100ms"
 backoff_multiplier = 1.5
 backoff_max = "300ms"

@@ -1703,3 +1703,108 @@ async fn a_poisoned_record_is_left_out_embedded() {
 async fn a_poisoned_record_is_left_out_redis() {
     a_poisoned_record_is_left_out_and_the_rest_served(Backend::Redis).await;
 }
+
+/// The race: a plan of one subscription, 16 creations at once
+/// through two processes sharing one Redis. One is made; every other is
+/// refused with the plan's 403, none with a 5xx.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_creations_on_two_processes_never_exceed_the_plan() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let queue = format!("redis_url = \"{}\"\nkey_prefix = \"race\"", redis.url());
+    let config = Config::from_toml(&toml(dir.path(), &queue, "[plans.one]\nmax_subscriptions = 1\n")).unwrap();
+    let first = Hookd::start(config.clone()).await;
+    let second = Hookd::start(config).await;
+    let on_first = tenant(&first.api, "acme", Some("one")).await;
+    let on_second = second.api.with_key(acme_key(&on_first));
+    // The second process knows the tenant's key before the race starts.
+    second
+        .wait_for("/v1/tenants/acme", "the tenant on the second process", |_| true)
+        .await;
+    let https = "https://hooks.example.com/in";
+    let tries = (0..16).map(|n| {
+        let client = if n % 2 == 0 {
+            on_first.clone()
+        } else {
+            on_second.clone()
+        };
+        async move {
+            client
+                .post(
+                    "/v1/subscriptions",
+                    json!({"name": format!("s{n}"), "url": https, "events": ["*"]}).to_string(),
+                )
+                .await
+        }
+    });
+    let answers = futures_util::future::join_all(tries).await;
+    let made = answers.iter().filter(|a| a.is_ok()).count();
+    let refused: Vec<u16> = answers.iter().filter(|a| a.is_err()).map(status).collect();
+    assert_eq!(made, 1, "{answers:?}");
+    assert!(refused.iter().all(|&s| s == 403), "{answers:?}");
+    for hookd in [&first, &second] {
+        let listed = hookd.api.get("/v1/subscriptions?tenant=acme").await.unwrap();
+        assert_eq!(listed["subscriptions"].as_array().unwrap().len(), 1, "{listed}");
+    }
+    first.stop().await;
+    second.stop().await;
+}
+
+/// A rotation racing a PATCH keeps both: each write is a compare-and-set
+/// on the record, tried again on what the other left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_changes_of_one_subscription_keep_each_other() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let queue = format!("redis_url = \"{}\"\nkey_prefix = \"cas\"", redis.url());
+    let config = Config::from_toml(&toml(dir.path(), &queue, "")).unwrap();
+    let first = Hookd::start(config.clone()).await;
+    let second = Hookd::start(config).await;
+    let acme = tenant(&first.api, "acme", None).await;
+    let acme2 = second.api.with_key(acme_key(&acme));
+    second
+        .wait_for("/v1/tenants/acme", "the tenant on the second process", |_| true)
+        .await;
+    let made = acme
+        .post(
+            "/v1/subscriptions",
+            json!({"name": "s", "url": "https://hooks.example.com/in", "events": ["*"]}).to_string(),
+        )
+        .await
+        .unwrap();
+    let id = made["id"].as_str().unwrap().to_owned();
+    second
+        .wait_for(
+            &format!("/v1/subscriptions/{id}"),
+            "the subscription on the second process",
+            |_| true,
+        )
+        .await;
+    let (path, rotation) = (
+        format!("/v1/subscriptions/{id}"),
+        format!("/v1/subscriptions/{id}/rotate-secret"),
+    );
+    for round in 0..10 {
+        let patch = acme2.patch(&path, json!({"description": format!("round {round}")}).to_string());
+        let rotate = acme.post(&rotation, "{}");
+        let (patched, rotated) = tokio::join!(patch, rotate);
+        patched.unwrap();
+        let rotated = rotated.unwrap();
+        // Each process learns of the other's write within a poll; what
+        // both then show must hold both changes.
+        let want = format!("round {round}");
+        let new_secret = rotated["secret"].as_str().unwrap().to_owned();
+        for hookd in [&first, &second] {
+            hookd
+                .wait_for(&path, "the PATCH kept", |s| s["description"] == want.as_str())
+                .await;
+            hookd
+                .wait_for(&format!("{path}/secret"), "the rotation kept", |s| {
+                    s.to_string().contains(&new_secret)
+                })
+                .await;
+        }
+    }
+    first.stop().await;
+    second.stop().await;
+}

@@ -256,6 +256,36 @@ impl Catalog {
         Ok(all)
     }
 
+    /// Builds writes from the snapshot in force and the raw records it was
+    /// built from, and applies them: `build` guards them with
+    /// [`Write::Expect`]s of what it read ([`expect`]), so a change made
+    /// meanwhile, by any process, is never overwritten; on one, the
+    /// store is read again and `build` runs on what it holds now.
+    async fn apply_cas<T>(
+        &self,
+        mut build: impl FnMut(&Snapshot, &[Record]) -> Result<(Vec<Write>, T), Error>,
+    ) -> Result<T, Error> {
+        let mut last = None;
+        for _ in 0..CAS_TRIES {
+            let (writes, out) = {
+                // Under the lock the snapshot is the one built from these
+                // records (a refresh replaces both before letting go).
+                let records = self.records.lock().await;
+                build(&self.snapshot(), &records.1)?
+            };
+            match self.apply(writes).await {
+                Err(Error::Store(e @ store::Error::Changed { .. })) => {
+                    last = Some(e);
+                    self.refresh().await?;
+                }
+                other => return other.map(|()| out),
+            }
+        }
+        Err(Error::Store(last.unwrap_or_else(|| {
+            store::Error::Invalid("no compare-and-set write was tried".into())
+        })))
+    }
+
     /// Applies `writes` to the store and publishes the result at once.
     async fn apply(&self, writes: Vec<Write>) -> Result<(), Error> {
         self.store.apply(&writes).await.map_err(|e| match e {
@@ -555,14 +585,6 @@ impl Catalog {
         spec: SubscriptionSpec,
         scheme: Scheme,
     ) -> Result<StoredSubscription, Error> {
-        let snapshot = self.snapshot();
-        if !snapshot.tenants.contains_key(tenant) {
-            return Err(Error::NotFound {
-                kind: "tenant",
-                id: tenant.to_string(),
-            });
-        }
-        self.check_spec(&snapshot, tenant, &spec, None)?;
         let id = format!("{}{}", crate::config::STORED_ID_PREFIX, uuid::Uuid::now_v7().simple());
         let now = now_ms();
         let sub = StoredSubscription {
@@ -577,8 +599,24 @@ impl Catalog {
             updated_at: now,
             deleted_at: None,
         };
-        self.apply(vec![Write::Create(record(Kind::Subscription, &id, &sub))])
-            .await?;
+        // The plan's count is checked against the snapshot the write is
+        // guarded on: N creations at once, on any processes, never make
+        // more than the plan allows.
+        self.apply_cas(|snapshot, records| {
+            if !snapshot.tenants.contains_key(tenant) {
+                return Err(Error::NotFound {
+                    kind: "tenant",
+                    id: tenant.to_string(),
+                });
+            }
+            self.check_spec(snapshot, tenant, &sub.spec, None)?;
+            let [guard, bump] = bump_revision(records, tenant);
+            Ok((
+                vec![guard, bump, Write::Create(record(Kind::Subscription, &id, &sub))],
+                (),
+            ))
+        })
+        .await?;
         Ok(sub)
     }
 
@@ -586,21 +624,7 @@ impl Catalog {
     /// changed: 404 for another tenant's (`tenant`: the caller's, if a
     /// tenant), 409 for a TOML one.
     pub fn stored_subscription(&self, id: &str, tenant: Option<&TenantId>) -> Result<StoredSubscription, Error> {
-        let snapshot = self.snapshot();
-        let not_found = || Error::NotFound {
-            kind: "subscription",
-            id: id.to_owned(),
-        };
-        match snapshot.subscription(id) {
-            None => Err(not_found()),
-            Some((_, Owner::Operator)) if tenant.is_some() => Err(not_found()),
-            Some((_, Owner::Operator)) => Err(Error::ReadOnly {
-                kind: "subscription",
-                id: id.to_owned(),
-            }),
-            Some((_, Owner::Tenant(owner))) if tenant.is_some_and(|t| t != &owner) => Err(not_found()),
-            Some((sub, Owner::Tenant(_))) => snapshot.stored.get(&sub.name).cloned().ok_or_else(not_found),
-        }
+        stored_subscription(&self.snapshot(), id, tenant)
     }
 
     /// Merges `patch` (a JSON merge patch of [`SubscriptionSpec`]'s fields)
@@ -609,26 +633,31 @@ impl Catalog {
         &self,
         id: &str,
         tenant: Option<&TenantId>,
-        mut patch: serde_json::Value,
+        patch: serde_json::Value,
     ) -> Result<StoredSubscription, Error> {
-        let mut sub = self.stored_subscription(id, tenant)?;
-        // Answers show the URL redacted (`model::redact_url`); handed back
-        // as shown (the console's edit form does), it changes nothing.
-        if let Some(fields) = patch.as_object_mut() {
-            if fields.get("url").and_then(|u| u.as_str()) == Some(&crate::model::redact_url(&sub.spec.url)) {
-                fields.remove("url");
+        self.apply_cas(|snapshot, records| {
+            let mut sub = stored_subscription(snapshot, id, tenant)?;
+            let mut patch = patch.clone();
+            // Answers show the URL redacted (`model::redact_url`); handed
+            // back as shown (the console's edit form does), it changes nothing.
+            if let Some(fields) = patch.as_object_mut() {
+                if fields.get("url").and_then(|u| u.as_str()) == Some(&crate::model::redact_url(&sub.spec.url)) {
+                    fields.remove("url");
+                }
             }
-        }
-        let mut value = serde_json::to_value(&sub.spec).map_err(|e| invalid("body", e.to_string()))?;
-        merge(&mut value, patch);
-        let spec: SubscriptionSpec = serde_json::from_value(value).map_err(|e| invalid("body", e.to_string()))?;
-        let snapshot = self.snapshot();
-        self.check_spec(&snapshot, &sub.tenant, &spec, Some(&sub.id))?;
-        sub.spec = spec;
-        sub.updated_at = now_ms();
-        self.apply(vec![Write::Put(record(Kind::Subscription, sub.id.as_str(), &sub))])
-            .await?;
-        Ok(sub)
+            let mut value = serde_json::to_value(&sub.spec).map_err(|e| invalid("body", e.to_string()))?;
+            merge(&mut value, patch);
+            let spec: SubscriptionSpec = serde_json::from_value(value).map_err(|e| invalid("body", e.to_string()))?;
+            self.check_spec(snapshot, &sub.tenant, &spec, Some(&sub.id))?;
+            sub.spec = spec;
+            sub.updated_at = now_ms();
+            let writes = vec![
+                expect(records, Kind::Subscription, sub.id.as_str()),
+                Write::Put(record(Kind::Subscription, sub.id.as_str(), &sub)),
+            ];
+            Ok((writes, sub))
+        })
+        .await
     }
 
     /// Deletes the stored subscription `id`, leaving a tombstone.
@@ -701,29 +730,91 @@ impl Catalog {
                 format!("must be at most {}", humantime::format_duration(MAX_GRACE)),
             ));
         }
-        let mut sub = self.stored_subscription(id, tenant)?;
-        let now = now_ms();
-        let until = now + grace.as_millis() as Millis;
-        sub.secrets.retain(|s| s.expires_at.is_none_or(|at| at > now));
-        for old in &mut sub.secrets {
-            old.expires_at = Some(old.expires_at.map_or(until, |at| at.min(until)));
-        }
-        let scheme = scheme.unwrap_or_else(|| {
-            sub.secrets
-                .last()
-                .and_then(|s| crate::sign::SigningKey::parse(&s.value).ok())
-                .map_or(Scheme::Hmac, |k| k.scheme())
-        });
-        let secret = scheme.new_secret();
-        sub.secrets.push(StoredSecret {
-            value: secret.clone(),
-            expires_at: None,
-        });
-        sub.updated_at = now;
-        self.apply(vec![Write::Put(record(Kind::Subscription, sub.id.as_str(), &sub))])
-            .await?;
-        Ok((sub, secret))
+        self.apply_cas(|snapshot, records| {
+            let mut sub = stored_subscription(snapshot, id, tenant)?;
+            let now = now_ms();
+            let until = now.saturating_add(Millis::try_from(grace.as_millis()).unwrap_or(Millis::MAX));
+            sub.secrets.retain(|s| s.expires_at.is_none_or(|at| at > now));
+            for old in &mut sub.secrets {
+                old.expires_at = Some(old.expires_at.map_or(until, |at| at.min(until)));
+            }
+            let scheme = scheme.unwrap_or_else(|| {
+                sub.secrets
+                    .last()
+                    .and_then(|s| crate::sign::SigningKey::parse(&s.value).ok())
+                    .map_or(Scheme::Hmac, |k| k.scheme())
+            });
+            let secret = scheme.new_secret();
+            sub.secrets.push(StoredSecret {
+                value: secret.clone(),
+                expires_at: None,
+            });
+            sub.updated_at = now;
+            let writes = vec![
+                expect(records, Kind::Subscription, sub.id.as_str()),
+                Write::Put(record(Kind::Subscription, sub.id.as_str(), &sub)),
+            ];
+            Ok((writes, (sub, secret)))
+        })
+        .await
     }
+}
+
+/// A live stored subscription of `snapshot` for a change, or why it
+/// cannot be changed: 404 for another tenant's (`tenant`: the caller's,
+/// if a tenant), 409 for a TOML one.
+fn stored_subscription(snapshot: &Snapshot, id: &str, tenant: Option<&TenantId>) -> Result<StoredSubscription, Error> {
+    let not_found = || Error::NotFound {
+        kind: "subscription",
+        id: id.to_owned(),
+    };
+    match snapshot.subscription(id) {
+        None => Err(not_found()),
+        Some((_, Owner::Operator)) if tenant.is_some() => Err(not_found()),
+        Some((_, Owner::Operator)) => Err(Error::ReadOnly {
+            kind: "subscription",
+            id: id.to_owned(),
+        }),
+        Some((_, Owner::Tenant(owner))) if tenant.is_some_and(|t| t != &owner) => Err(not_found()),
+        Some((sub, Owner::Tenant(_))) => snapshot.stored.get(&sub.name).cloned().ok_or_else(not_found),
+    }
+}
+
+/// How many times a compare-and-set write is tried against changes made
+/// meanwhile before the caller is told to try again.
+const CAS_TRIES: usize = 8;
+
+/// The body of the record `kind`/`id` among `records`, if there is one.
+fn raw<'a>(records: &'a [Record], kind: Kind, id: &str) -> Option<&'a [u8]> {
+    records
+        .iter()
+        .find(|r| r.kind == kind && r.id == id)
+        .map(|r| r.body.as_slice())
+}
+
+/// A guard that `kind`/`id` is still as `records` hold it.
+fn expect(records: &[Record], kind: Kind, id: &str) -> Write {
+    Write::Expect {
+        kind,
+        id: id.to_owned(),
+        body: raw(records, kind, id).map(<[u8]>::to_vec),
+    }
+}
+
+/// The guard and the bump of `tenant`'s revision of its subscriptions
+/// ([`Kind::Revision`]), for a write that creates one of them.
+fn bump_revision(records: &[Record], tenant: &TenantId) -> [Write; 2] {
+    let now: u64 = raw(records, Kind::Revision, tenant.as_str())
+        .and_then(|b| std::str::from_utf8(b).ok()?.parse().ok())
+        .unwrap_or(0);
+    [
+        expect(records, Kind::Revision, tenant.as_str()),
+        Write::Put(Record {
+            kind: Kind::Revision,
+            id: tenant.to_string(),
+            body: (now + 1).to_string().into_bytes(),
+        }),
+    ]
 }
 
 /// Longest grace a rotated-out secret may keep signing.

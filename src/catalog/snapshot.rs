@@ -97,6 +97,8 @@ impl Snapshot {
                     }
                     Err(e) => reject(record, format!("corrupt: {e}")),
                 },
+                // Only writes read it, from the raw records (`Catalog::apply_cas`).
+                Kind::Revision => {}
                 Kind::EventType => match serde_json::from_slice::<EventType>(body) {
                     // The config file's type wins over a stored one of the same name.
                     Ok(t) => {

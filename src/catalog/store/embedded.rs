@@ -162,6 +162,18 @@ impl CatalogStore for EmbeddedCatalog {
                 let mut touched: HashMap<(Kind, &str), bool> = HashMap::new();
                 for write in &writes {
                     let (kind, id) = write.target();
+                    if let Write::Expect { body, .. } = write {
+                        let there = records
+                            .get((kind.as_str(), id))
+                            .map_err(|e| failed(path, "read records", e))?;
+                        if there.as_ref().map(|v| v.value()) != body.as_deref() {
+                            return Err(Error::Changed {
+                                kind,
+                                id: id.to_owned(),
+                            });
+                        }
+                        continue;
+                    }
                     if let Write::Create(_) = write {
                         let there = match touched.get(&(kind, id)) {
                             Some(&there) => there,
@@ -193,6 +205,7 @@ impl CatalogStore for EmbeddedCatalog {
                                 .remove((kind.as_str(), id))
                                 .map_err(|e| failed(path, "delete a record", e))?;
                         }
+                        Write::Expect { .. } => {}
                     }
                 }
                 let mut meta = txn.open_table(META).map_err(|e| failed(path, "open meta", e))?;

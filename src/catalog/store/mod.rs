@@ -46,6 +46,10 @@ pub enum Error {
     /// The caller asked for something the store cannot keep as given.
     #[error("invalid catalogue write: {0}")]
     Invalid(String),
+    /// A [`Write::Expect`] found its record otherwise: nothing of the call
+    /// was applied.
+    #[error("{kind} `{id}` changed meanwhile")]
+    Changed { kind: Kind, id: String },
 }
 
 /// What a record is.
@@ -60,11 +64,22 @@ pub enum Kind {
     Subscription,
     /// An event type of the catalogue (id: its dotted name).
     EventType,
+    /// A tenant's revision of its subscriptions (id: the tenant's id; the
+    /// body: a decimal count), bumped by every creation of one of them, so
+    /// that a creation checked against the plan's `max_subscriptions` is
+    /// applied only if no other was made meanwhile, by any process.
+    Revision,
 }
 
 impl Kind {
     /// Every kind, in a fixed order.
-    pub const ALL: [Kind; 4] = [Kind::Tenant, Kind::Key, Kind::Subscription, Kind::EventType];
+    pub const ALL: [Kind; 5] = [
+        Kind::Tenant,
+        Kind::Key,
+        Kind::Subscription,
+        Kind::EventType,
+        Kind::Revision,
+    ];
 
     /// The kind's stable name, as stored (`tenant`, `key`, `subscription`,
     /// `event_type`).
@@ -74,6 +89,7 @@ impl Kind {
             Kind::Key => "key",
             Kind::Subscription => "subscription",
             Kind::EventType => "event_type",
+            Kind::Revision => "revision",
         }
     }
 
@@ -127,6 +143,19 @@ pub enum Write {
         /// Its id.
         id: String,
     },
+    /// Writes nothing, but refuses the whole call with [`Error::Changed`]
+    /// unless the record is stored with exactly `body` (`None`: absent),
+    /// as the store holds it before the call: a compare-and-set, so a
+    /// change made from what a process read is not applied over a change
+    /// it has not seen.
+    Expect {
+        /// Its kind.
+        kind: Kind,
+        /// Its id.
+        id: String,
+        /// The body it must have; `None`: it must not exist.
+        body: Option<Vec<u8>>,
+    },
 }
 
 impl Write {
@@ -134,7 +163,7 @@ impl Write {
     pub fn target(&self) -> (Kind, &str) {
         match self {
             Write::Create(r) | Write::Put(r) => (r.kind, &r.id),
-            Write::Delete { kind, id } => (*kind, id),
+            Write::Delete { kind, id } | Write::Expect { kind, id, .. } => (*kind, id),
         }
     }
 
@@ -164,7 +193,8 @@ pub trait CatalogStore: Send + Sync + 'static {
     async fn load(&self) -> Result<Contents, Error>;
 
     /// Applies `writes` in order, atomically: all of them or, if any is
-    /// refused ([`Write::check`], [`Error::Exists`]), none. Returns the new
+    /// refused ([`Write::check`], [`Error::Exists`], [`Error::Changed`]),
+    /// none. Returns the new
     /// version. An empty call changes nothing and returns the version.
     async fn apply(&self, writes: &[Write]) -> Result<u64, Error>;
 

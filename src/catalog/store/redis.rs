@@ -76,31 +76,40 @@ return redis.call('GET', KEYS[1])
 "#;
 
 /// Apply. KEYS: records, version. ARGV: three per write: op (`c` create,
-/// `p` put, `d` delete), field (`<kind>/<id>`), body (empty for a delete).
-/// First checks, writing nothing: every create, in order, against the
-/// stored records and the writes before it in the call; a conflict returns
-/// `{'exists', n}` (n = the write's number from 1). Then bumps the version
-/// (which fails, before any record is written, if it is not an integer),
-/// applies the writes in order and returns the new version.
+/// `p` put, `d` delete, `e` expect this body, `a` expect absent), field
+/// (`<kind>/<id>`), body (empty for a delete or `a`). First checks,
+/// writing nothing: every expectation against the stored records (a
+/// mismatch returns `{'changed', n}`, n = the write's number from 1), and
+/// every create, in order, against the stored records and the writes
+/// before it in the call (a conflict returns `{'exists', n}`). Then bumps
+/// the version (which fails, before any record is written, if it is not
+/// an integer), applies the writes in order and returns the new version.
 const APPLY_LUA: &str = r#"
 local records, version = KEYS[1], KEYS[2]
 redis.call('HLEN', records)
 local touched = {}
 for i = 1, #ARGV, 3 do
   local op, field = ARGV[i], ARGV[i + 1]
-  if op == 'c' then
-    local there = touched[field]
-    if there == nil then there = redis.call('HEXISTS', records, field) == 1 end
-    if there then return {'exists', (i + 2) / 3} end
+  if op == 'e' or op == 'a' then
+    local there = redis.call('HGET', records, field)
+    if (op == 'a' and there) or (op == 'e' and there ~= ARGV[i + 2]) then
+      return {'changed', (i + 2) / 3}
+    end
+  else
+    if op == 'c' then
+      local there = touched[field]
+      if there == nil then there = redis.call('HEXISTS', records, field) == 1 end
+      if there then return {'exists', (i + 2) / 3} end
+    end
+    touched[field] = op ~= 'd'
   end
-  touched[field] = op ~= 'd'
 end
 local v = redis.call('INCR', version)
 for i = 1, #ARGV, 3 do
   local op, field = ARGV[i], ARGV[i + 1]
   if op == 'd' then
     redis.call('HDEL', records, field)
-  else
+  elseif op == 'c' or op == 'p' then
     redis.call('HSET', records, field, ARGV[i + 2])
   end
 end
@@ -317,6 +326,8 @@ impl CatalogStore for RedisCatalog {
                 Write::Create(r) => (b"c", &r.body),
                 Write::Put(r) => (b"p", &r.body),
                 Write::Delete { .. } => (b"d", b""),
+                Write::Expect { body: Some(body), .. } => (b"e", body),
+                Write::Expect { body: None, .. } => (b"a", b""),
             };
             call.args.push(op.to_vec());
             call.args.push(record_field(kind, id).into_bytes());
@@ -327,8 +338,12 @@ impl CatalogStore for RedisCatalog {
                 u64::try_from(v).map_err(|_| Error::Redis(format!("apply catalogue writes: version {v} is negative")))
             }
             Value::Array(items) => {
-                let n = match items.as_slice() {
-                    [_, Value::Int(n)] => *n,
+                let (changed, n) = match items.as_slice() {
+                    [marker, Value::Int(n)] => (
+                        matches!(marker, Value::BulkString(m) if m.as_slice() == b"changed")
+                            || matches!(marker, Value::SimpleString(m) if m == "changed"),
+                        *n,
+                    ),
                     _ => return Err(unexpected("a conflict marker", &Value::Array(items))),
                 };
                 let write = usize::try_from(n)
@@ -342,9 +357,11 @@ impl CatalogStore for RedisCatalog {
                         ))
                     })?;
                 let (kind, id) = write.target();
-                Err(Error::Exists {
-                    kind,
-                    id: id.to_owned(),
+                let id = id.to_owned();
+                Err(if changed {
+                    Error::Changed { kind, id }
+                } else {
+                    Error::Exists { kind, id }
                 })
             }
             other => Err(unexpected("the new version", &other)),
