@@ -28,10 +28,16 @@
 //!   [`catalog::Snapshot`] that ingest, dispatch and the API read. Every
 //!   process polls the store's version every 250 ms, so a change made
 //!   anywhere is in force everywhere within a second. Fan-out's index
-//!   ([`catalog::Routes`]) is by tenant.
+//!   ([`catalog::Routes`]) is by tenant. Writes are compare-and-set on what
+//!   they were built from (a plan's subscription count on the tenant's
+//!   revision), in the store's one atomic apply; a stored record that
+//!   cannot be built is left out of the snapshot alone, never stopping the
+//!   rest.
 //! - [`config`]: the TOML file, loaded with figment over compiled-in
 //!   defaults (`src/config/defaults.toml`) and `HOOKD_` variables, validated
-//!   with errors that name the key. Secrets print as `[redacted]`, and so
+//!   with errors that name the key; every subscription field a tenant or
+//!   the file sets is held to [`config::bounds`] (a plan may lower them).
+//!   Secrets print as `[redacted]`, and so
 //!   do custom header values, plugin settings and the userinfo and
 //!   parameters of URLs ([`model::redact_url`], the one URL redaction).
 //! - [`ingest`]: one validation path for every source ([`ingest::parse_event`],

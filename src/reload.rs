@@ -230,6 +230,8 @@ const RELOADABLE: &[&str] = &[
     "plugins.registry",
     "delivery.timeout",
     "delivery.max_retries",
+    "delivery.max_retries_limit",
+    "delivery.timeout_max",
     "delivery.backoff_initial",
     "delivery.backoff_multiplier",
     "delivery.backoff_max",

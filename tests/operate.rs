@@ -864,6 +864,12 @@ async fn every_admin_answer_writes_times_alike() {
         })
         .await;
     let id = listed["deliveries"][0]["id"].as_str().unwrap().to_owned();
+    // The queue shows it dead before the log's batched write lands.
+    hookd
+        .wait_for(&format!("/v1/deliveries/{id}"), "the dead delivery in the log", |d| {
+            d["standing"]["state"] == "dead"
+        })
+        .await;
     hookd.api.post("/v1/subscriptions/dead/disable", "").await.unwrap();
     let mut times = Vec::new();
     times_in(&listed, "dead", &mut times);

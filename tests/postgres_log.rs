@@ -283,3 +283,38 @@ fn walk(dir: &std::path::Path) -> Vec<String> {
     }
     out
 }
+
+/// A subscription made while the log store is down is made, and its
+/// answer carries its secret (shown this once), which signs what it gets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_made_while_postgresql_is_down_gets_its_secret() {
+    let mut world = World::start("pg_down_create").await;
+    let hookd = Hookd::start(world.config()).await;
+    hookd
+        .api
+        .post("/v1/tenants", json!({"id": "acme", "name": "Acme"}).to_string())
+        .await
+        .unwrap();
+    world.postgres.stop();
+    let made = hookd
+        .api
+        .post(
+            "/v1/subscriptions",
+            json!({"tenant": "acme", "name": "new", "url": world.receiver.url("new"), "events": ["*"]}).to_string(),
+        )
+        .await
+        .expect("made while the log store is down");
+    let secret = made["secret"].as_str().expect("the secret is shown on creation");
+    world.receiver.trust("new", &[secret]);
+    hookd
+        .send(json!({"type": "link.clicked", "tenant": "acme", "data": {}}))
+        .await;
+    world
+        .receiver
+        .wait_for(WAIT, "a verified delivery to the new subscription", |a| {
+            a.iter().any(|x| x.path == "new" && x.verified)
+        })
+        .await;
+    world.postgres.start_again();
+    hookd.stop().await;
+}

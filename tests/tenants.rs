@@ -1719,7 +1719,9 @@ async fn concurrent_creations_on_two_processes_never_exceed_the_plan() {
     let on_second = second.api.with_key(acme_key(&on_first));
     // The second process knows the tenant's key before the race starts.
     second
-        .wait_for("/v1/tenants/acme", "the tenant on the second process", |_| true)
+        .wait_for("/v1/tenants/acme/keys", "the tenant's key on the second process", |k| {
+            k.to_string().contains("key_")
+        })
         .await;
     let https = "https://hooks.example.com/in";
     let tries = (0..16).map(|n| {
@@ -1763,7 +1765,9 @@ async fn racing_changes_of_one_subscription_keep_each_other() {
     let acme = tenant(&first.api, "acme", None).await;
     let acme2 = second.api.with_key(acme_key(&acme));
     second
-        .wait_for("/v1/tenants/acme", "the tenant on the second process", |_| true)
+        .wait_for("/v1/tenants/acme/keys", "the tenant's key on the second process", |k| {
+            k.to_string().contains("key_")
+        })
         .await;
     let made = acme
         .post(
@@ -1807,4 +1811,68 @@ async fn racing_changes_of_one_subscription_keep_each_other() {
     }
     first.stop().await;
     second.stop().await;
+}
+
+/// Deleting a subscription erases its secrets, headers and URL tokens
+/// from the store at once; its tombstone goes after
+/// `catalog.tombstone_retention`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_subscription_keeps_no_secret_and_its_tombstone_is_purged() {
+    use hookd::catalog::store::{CatalogStore, Kind, Record, Write};
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let queue = format!("redis_url = \"{}\"\nkey_prefix = \"tombs\"", redis.url());
+    let config = Config::from_toml(&toml(dir.path(), &queue, "")).unwrap();
+    let hookd = Hookd::start(config.clone()).await;
+    let acme = tenant(&hookd.api, "acme", None).await;
+    let token = "T0ken0fTheEndpointT0ken0fTheEndpoint";
+    let made = acme
+        .post(
+            "/v1/subscriptions",
+            json!({"name": "s", "url": format!("https://hooks.example.com/services/{token}"), "events": ["*"],
+                   "headers": {"x-api-key": "hdr-credential"}})
+            .to_string(),
+        )
+        .await
+        .unwrap();
+    let secret = made["secret"].as_str().unwrap().to_owned();
+    let id = made["id"].as_str().unwrap().to_owned();
+    acme.delete(&format!("/v1/subscriptions/{id}")).await.unwrap();
+    let store = hookd::catalog::store::redis::RedisCatalog::connect(&config.queue)
+        .await
+        .unwrap();
+    let contents = store.load().await.unwrap();
+    let tomb = contents
+        .records
+        .iter()
+        .find(|r| r.kind == Kind::Subscription && r.id == id)
+        .expect("the tombstone is kept");
+    let text = String::from_utf8_lossy(&tomb.body);
+    assert!(text.contains("deleted_at"), "{text}");
+    for kept in [secret.as_str(), "hdr-credential", token] {
+        assert!(!text.contains(kept), "`{kept}` outlived the delete: {text}");
+    }
+    hookd.stop().await;
+    // A tombstone older than the retention is purged; a recent one stays.
+    let old = json!({"id": "sub_old", "tenant": "acme", "spec": {"name": "o", "url": "https://x.example.com", "events": ["*"]},
+                     "secrets": [], "created_at": 1, "updated_at": 1, "deleted_at": 1});
+    store
+        .apply(&[Write::Put(Record {
+            kind: Kind::Subscription,
+            id: "sub_old".into(),
+            body: old.to_string().into_bytes(),
+        })])
+        .await
+        .unwrap();
+    let catalog = hookd::catalog::Catalog::open(config, std::sync::Arc::new(store))
+        .await
+        .unwrap();
+    assert_eq!(catalog.purge_tombstones().await.unwrap(), 1);
+    let snapshot = catalog.snapshot();
+    assert!(!snapshot.stored.keys().any(|k| k.as_str() == "sub_old"));
+    assert!(
+        snapshot.stored.keys().any(|k| k.as_str() == id),
+        "the recent tombstone stays"
+    );
+    assert_eq!(catalog.purge_tombstones().await.unwrap(), 0);
 }

@@ -162,7 +162,6 @@ fn public_keys(sub: &SubscriptionConfig) -> Vec<String> {
 /// `sub` as the API shows it: its state and health from the state store,
 /// its counts from the delivery log, its owner and spec from the catalogue.
 pub(super) async fn describe(state: &ApiState, sub: &SubscriptionConfig) -> Result<SubscriptionAnswer, ApiError> {
-    let s = state.state.subscription_state(&sub.name).await?;
     let stats = state.history.stats(&sub.name).await.map_err(|e| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -170,6 +169,16 @@ pub(super) async fn describe(state: &ApiState, sub: &SubscriptionConfig) -> Resu
             format!("delivery log: {e}"),
         )
     })?;
+    describe_with(state, sub, stats).await
+}
+
+/// [`describe`] with the delivery log's counts already known.
+async fn describe_with(
+    state: &ApiState,
+    sub: &SubscriptionConfig,
+    stats: crate::history::SubscriptionStats,
+) -> Result<SubscriptionAnswer, ApiError> {
+    let s = state.state.subscription_state(&sub.name).await?;
     let active = s.enabled && sub.enabled;
     let reason = if !sub.enabled {
         Some("enabled = false in the config".to_string())
@@ -369,7 +378,10 @@ async fn create(
         .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", e.to_string()))?;
     let stored = state.catalog.create_subscription(&tenant, spec, scheme).await?;
     let sub = find(&state, &principal, stored.id.as_str())?;
-    let mut answer = describe(&state, &sub).await?;
+    // Made just now, it has nothing in the delivery log: its answer (and
+    // its secret, shown this once) does not wait for a log store that may
+    // be down.
+    let mut answer = describe_with(&state, &sub, Default::default()).await?;
     answer.secret = stored.secrets.last().map(|s| s.value.clone());
     tracing::info!(subscription = %stored.id, tenant = %tenant, ?scheme, "subscription made");
     Ok((StatusCode::CREATED, Json(answer)).into_response())

@@ -192,6 +192,8 @@ impl Catalog {
     /// until `shutdown`.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         let mut last_flush = tokio::time::Instant::now();
+        // The first purge runs a poll after the start.
+        let mut last_purge = tokio::time::Instant::now() - PURGE_EVERY;
         let mut failing = false;
         loop {
             tokio::select! {
@@ -217,6 +219,14 @@ impl Catalog {
             if last_flush.elapsed() >= USE_FLUSH {
                 last_flush = tokio::time::Instant::now();
                 self.flush_uses().await;
+            }
+            if last_purge.elapsed() >= PURGE_EVERY {
+                last_purge = tokio::time::Instant::now();
+                match self.purge_tombstones().await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(purged = n, "tombstones of deleted subscriptions purged"),
+                    Err(e) => tracing::warn!(error = %e, "cannot purge tombstones; trying again later"),
+                }
             }
         }
         self.flush_uses().await;
@@ -384,8 +394,7 @@ impl Catalog {
             .values()
             .filter(|s| &s.tenant == id && s.deleted_at.is_none())
         {
-            let mut tomb = sub.clone();
-            tomb.deleted_at = Some(now);
+            let tomb = sub.tombstone(now);
             writes.push(Write::Put(record(Kind::Subscription, sub.id.as_str(), &tomb)));
             deleted.push(sub.id.clone());
         }
@@ -662,11 +671,36 @@ impl Catalog {
 
     /// Deletes the stored subscription `id`, leaving a tombstone.
     pub async fn delete_subscription(&self, id: &str, tenant: Option<&TenantId>) -> Result<SubscriptionName, Error> {
-        let mut sub = self.stored_subscription(id, tenant)?;
-        sub.deleted_at = Some(now_ms());
-        self.apply(vec![Write::Put(record(Kind::Subscription, sub.id.as_str(), &sub))])
+        let tomb = self.stored_subscription(id, tenant)?.tombstone(now_ms());
+        self.apply(vec![Write::Put(record(Kind::Subscription, tomb.id.as_str(), &tomb))])
             .await?;
-        Ok(sub.id)
+        Ok(tomb.id)
+    }
+
+    /// Removes the tombstones of subscriptions deleted longer than
+    /// `catalog.tombstone_retention` ago, a bounded batch at a time, each
+    /// guarded on being the tombstone read. Returns how many went.
+    pub async fn purge_tombstones(&self) -> Result<usize, Error> {
+        let retention = self.file.load().catalog.tombstone_retention;
+        let cutoff = now_ms().saturating_sub(Millis::try_from(retention.as_millis()).unwrap_or(Millis::MAX));
+        self.apply_cas(|snapshot, records| {
+            let mut writes = Vec::new();
+            let old = snapshot
+                .stored
+                .values()
+                .filter(|s| s.deleted_at.is_some_and(|at| at < cutoff))
+                .take(PURGE_BATCH);
+            for tomb in old {
+                writes.push(expect(records, Kind::Subscription, tomb.id.as_str()));
+                writes.push(Write::Delete {
+                    kind: Kind::Subscription,
+                    id: tomb.id.to_string(),
+                });
+            }
+            let n = writes.len() / 2;
+            Ok((writes, n))
+        })
+        .await
     }
 }
 
@@ -779,6 +813,12 @@ fn stored_subscription(snapshot: &Snapshot, id: &str, tenant: Option<&TenantId>)
         Some((sub, Owner::Tenant(_))) => snapshot.stored.get(&sub.name).cloned().ok_or_else(not_found),
     }
 }
+
+/// Most tombstones one purge removes.
+const PURGE_BATCH: usize = 500;
+
+/// How often each process looks for tombstones to purge.
+const PURGE_EVERY: Duration = Duration::from_secs(60);
 
 /// How many times a compare-and-set write is tried against changes made
 /// meanwhile before the caller is told to try again.

@@ -78,7 +78,7 @@ impl EventType {
 }
 
 /// One signing secret of a stored subscription.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoredSecret {
     /// `whsec_…` (HMAC) or `whsk_…` (Ed25519), kept in the store as is (the
@@ -156,7 +156,31 @@ pub struct StoredSubscription {
     pub deleted_at: Option<Millis>,
 }
 
+impl std::fmt::Debug for StoredSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredSecret")
+            .field("value", &crate::model::REDACTED)
+            .field("expires_at", &self.expires_at)
+            .finish()
+    }
+}
+
 impl StoredSubscription {
+    /// The tombstone of this subscription, deleted at `now`: what may hold
+    /// a credential (its secrets, custom headers, plugin settings and the
+    /// URL's userinfo, parameters and tokens) is erased at once, and what
+    /// is left only tells every process to cancel its deliveries.
+    pub fn tombstone(&self, now: Millis) -> StoredSubscription {
+        let mut tomb = self.clone();
+        tomb.deleted_at = Some(now);
+        tomb.secrets.clear();
+        tomb.spec.headers.clear();
+        tomb.spec.plugin = None;
+        tomb.spec.url = crate::model::redact_url(&tomb.spec.url);
+        tomb.updated_at = now;
+        tomb
+    }
+
     /// The secrets signing at `now`.
     pub fn active_secrets(&self, now: Millis) -> impl Iterator<Item = &StoredSecret> {
         self.secrets

@@ -98,6 +98,8 @@ pub struct Config {
     pub history: HistoryConfig,
     /// The web console and tenant portal.
     pub console: ConsoleConfig,
+    /// The catalogue of tenants and subscriptions made through the API.
+    pub catalog: CatalogConfig,
     /// Who receives which events.
     #[serde(default)]
     pub subscriptions: Vec<SubscriptionConfig>,
@@ -590,6 +592,18 @@ pub struct ConsoleConfig {
     /// `https://` address also marks the session cookie `Secure`.
     #[serde(default)]
     pub public_url: Option<String>,
+}
+
+/// `[catalog]`: the catalogue of tenants and subscriptions made through
+/// the API.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CatalogConfig {
+    /// How long the tombstone of a deleted subscription is kept (so every
+    /// process cancels its deliveries) before it is purged; its secrets
+    /// are erased at the delete itself. At least 1h.
+    #[serde(with = "humantime_serde")]
+    pub tombstone_retention: Duration,
 }
 
 /// One `[[subscriptions]]` entry.
@@ -1124,6 +1138,11 @@ impl Config {
         }
         for (name, plan) in &self.plans {
             plan.validate(&format!("plans.{name}"), d)?;
+        }
+        if self.catalog.tombstone_retention < Duration::from_secs(3600)
+            || self.catalog.tombstone_retention > Duration::from_secs(365 * 86_400)
+        {
+            return Err(invalid("catalog.tombstone_retention", "must be between 1h and 365d"));
         }
         let mut tenant_ids = std::collections::HashSet::new();
         for (n, tenant) in self.tenants.iter().enumerate() {

@@ -352,7 +352,7 @@ impl Spool {
             });
         }
         let segment = self.segments.back_mut().expect("a segment");
-        let mut file = OpenOptions::new().create(true).append(true).open(&segment.path)?;
+        let mut file = private_file().create(true).append(true).open(&segment.path)?;
         file.write_all(&line)?;
         file.write_all(b"\n")?;
         segment.bytes += bytes;
@@ -494,7 +494,7 @@ impl Spool {
                 }
             };
             let tmp = dir.join("persist.tmp");
-            let mut file = File::create(&tmp)?;
+            let mut file = private_file().create(true).write(true).truncate(true).open(&tmp)?;
             for batch in &batches {
                 let line = serde_json::to_vec(batch).map_err(std::io::Error::other)?;
                 file.write_all(&line)?;
@@ -513,6 +513,15 @@ impl Spool {
     }
 }
 
+/// Options opening a file created readable and writable by its owner
+/// only (0600): the spool holds event bodies and response excerpts.
+fn private_file() -> OpenOptions {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut options = OpenOptions::new();
+    options.mode(0o600);
+    options
+}
+
 /// Creates `dir` readable by its owner only, if missing.
 fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
@@ -525,7 +534,7 @@ fn create_private_dir(dir: &Path) -> std::io::Result<()> {
 
 /// Locks a slot directory for this process; `None` if another holds it.
 fn lock_slot(dir: &Path) -> std::io::Result<Option<File>> {
-    let file = OpenOptions::new()
+    let file = private_file()
         .create(true)
         .truncate(false)
         .write(true)
@@ -623,6 +632,38 @@ mod tests {
             .filter(|e| e.path().extension().is_some_and(|x| x == "jsonl"))
             .collect();
         assert!(left.is_empty(), "segments are removed once written: {left:?}");
+    }
+
+    #[test]
+    fn spool_files_are_readable_by_their_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let modes = |dir: &Path| -> Vec<(String, u32)> {
+            std::fs::read_dir(dir.join(DIR_NAME).join("0"))
+                .unwrap()
+                .flatten()
+                .map(|e| {
+                    let mode = e.metadata().unwrap().permissions().mode() & 0o777;
+                    (e.file_name().to_string_lossy().into_owned(), mode)
+                })
+                .collect()
+        };
+        {
+            // Segments written as they come, beyond memory.
+            let mut spool = Spool::open(dir.path(), 0, 1 << 20);
+            spool.push(vec![state(1)]);
+            let files = modes(dir.path());
+            assert!(files.iter().any(|(n, _)| n.ends_with(".jsonl")), "{files:?}");
+            assert!(files.iter().all(|(_, m)| *m == 0o600), "{files:?}");
+        }
+        // And what a stop persists from memory.
+        let other = tempfile::tempdir().unwrap();
+        let mut spool = Spool::open(other.path(), 1 << 20, 1 << 20);
+        spool.push(vec![state(2)]);
+        assert_eq!(spool.persist(), 0);
+        let files = modes(other.path());
+        assert!(files.iter().any(|(n, _)| n.ends_with(".jsonl")), "{files:?}");
+        assert!(files.iter().all(|(_, m)| *m == 0o600), "{files:?}");
     }
 
     #[test]

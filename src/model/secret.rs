@@ -62,7 +62,14 @@ pub fn redact_url(url: &str) -> String {
     }
     let params_at = tail.find(['?', '#']).unwrap_or(tail.len());
     let (path, mut params) = tail.split_at(params_at);
-    out.push_str(path);
+    // A long opaque segment is a token (Slack's `/services/T…/B…/<token>`,
+    // Discord's `/api/webhooks/<id>/<token>`): shown as `[redacted]`.
+    for (n, segment) in path.split('/').enumerate() {
+        if n > 0 {
+            out.push('/');
+        }
+        out.push_str(if is_token(segment) { REDACTED } else { segment });
+    }
     // `?a=1&b=2#c=3`: each of the query's and the fragment's parameters.
     while let Some(sep) = params.chars().next() {
         out.push(sep);
@@ -81,6 +88,18 @@ pub fn redact_url(url: &str) -> String {
         params = rest;
     }
     out
+}
+
+/// Whether a URL path segment looks like a credential: 16 characters or
+/// more of `A-Z a-z 0-9 - _ . ~`, with a digit or both cases (a word like
+/// `notifications-endpoint` is not one).
+fn is_token(segment: &str) -> bool {
+    segment.len() >= 16
+        && segment
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.~".contains(&b))
+        && (segment.bytes().any(|b| b.is_ascii_digit())
+            || (segment.bytes().any(|b| b.is_ascii_uppercase()) && segment.bytes().any(|b| b.is_ascii_lowercase())))
 }
 
 /// Serializes a map's keys as they are and every value as `[redacted]`
@@ -116,6 +135,19 @@ mod tests {
             ("https://h/a@b/c", "https://h/a@b/c"),
             ("https://u@h", "https://[redacted]@h"),
             ("no url at all", "no url at all"),
+            // Long opaque path segments are tokens; words and ids are not.
+            (
+                "https://hooks.slack.com/services/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",
+                "https://hooks.slack.com/services/T0A1B2C3D/B0A1B2C3D/[redacted]",
+            ),
+            (
+                "https://discord.com/api/webhooks/123456789012345678/aBcD-eFgH_iJkLmNoPqRsT",
+                "https://discord.com/api/webhooks/[redacted]/[redacted]",
+            ),
+            (
+                "https://crm.example.com/notifications-endpoint/in",
+                "https://crm.example.com/notifications-endpoint/in",
+            ),
         ];
         for (url, want) in cases {
             assert_eq!(redact_url(url), want, "{url}");
