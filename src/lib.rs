@@ -19,8 +19,10 @@
 //!
 //! - [`model`]: the leaf of shared types every stage uses (event ids,
 //!   types and patterns, subscription names, deliveries, tenants, secrets,
-//!   the clock's unit, the header lists ([`model::headers`]) and the API's
-//!   one time format ([`model::time`])); it imports nothing else of hookd.
+//!   hosts as requests and `server.allowed_hosts` name them
+//!   ([`model::Host`]), the clock's unit, the header lists
+//!   ([`model::headers`]) and the API's one time format ([`model::time`]));
+//!   it imports nothing else of hookd.
 //! - [`catalog`]: tenants, API keys ([`catalog::keys`]), plans, the event
 //!   catalogue and every subscription — the config file's and those made
 //!   through the API, kept in a [`catalog::store::CatalogStore`] (Redis or

@@ -24,12 +24,16 @@
 //! - `GET /metrics`: Prometheus metrics (OpenMetrics text), no authentication.
 //!
 //! Everything under `/v1` needs `Authorization: Bearer <key>` when
-//! `server.api_keys` is set. Errors are JSON: `{"error": {"code", "message"}}`.
+//! `server.api_keys` is set. Without keys, every route but `/healthz`
+//! answers only requests for a loopback host or one of
+//! `server.allowed_hosts` ([`hosts`]: no DNS rebinding). Errors are JSON:
+//! `{"error": {"code", "message"}}`.
 
 pub mod admin;
 pub mod client;
 pub mod event_types;
 pub mod events;
+pub mod hosts;
 pub mod plugins;
 pub mod portal;
 pub mod recover;
@@ -232,11 +236,12 @@ impl From<crate::queue::Error> for ApiError {
 pub fn router(state: Arc<ApiState>) -> Router {
     let api = api_router(state.clone());
     let app = if state.console.enabled {
-        api.clone().merge(crate::console::routes(state, api))
+        api.clone().merge(crate::console::routes(state.clone(), api))
     } else {
         api
     };
     app.fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
+        .layer(middleware::from_fn_with_state(state, hosts::check_host))
 }
 
 /// The API's own routes, without the console.
@@ -286,7 +291,7 @@ async fn authenticate(
     let principal = match request.extensions().get::<crate::console::Vouched>() {
         Some(vouched) => vouched.0.clone(),
         None => {
-            if !same_site(request.method(), &headers) {
+            if !hosts::same_origin(request.method(), &headers, request.uri()) {
                 return Err(ApiError::new(
                     StatusCode::FORBIDDEN,
                     "cross_site",
@@ -332,31 +337,6 @@ fn bearer(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
                 "send `Authorization: Bearer <api key>`",
             )
         })
-}
-
-/// Whether a request may change something: any but a browser's from a
-/// page of another site. Browsers send `Origin` (and `Sec-Fetch-Site`)
-/// with every cross-site POST; API clients send neither.
-fn same_site(method: &axum::http::Method, headers: &HeaderMap) -> bool {
-    use axum::http::Method;
-    if matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
-        return true;
-    }
-    if headers
-        .get("sec-fetch-site")
-        .is_some_and(|v| v.as_bytes() == b"cross-site")
-    {
-        return false;
-    }
-    let Some(origin) = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()) else {
-        return true;
-    };
-    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
-    let rest = origin
-        .strip_prefix("https://")
-        .or_else(|| origin.strip_prefix("http://"))
-        .unwrap_or("");
-    !host.is_empty() && rest == host
 }
 
 /// Who `given` (a bearer key, or none) is, as [`authenticate`] describes;

@@ -124,6 +124,19 @@ pub struct ServerConfig {
     /// Serve an API without keys on an address beyond loopback: refused
     /// unless this says so.
     pub allow_unauthenticated: bool,
+    /// Host names (or IP addresses) the API and the console answer to
+    /// besides loopback ones (`localhost`, `*.localhost`, `127.0.0.0/8`,
+    /// `[::1]`), compared with a request's `Host` (or HTTP/2's
+    /// `:authority`) without its port; others get a 421
+    /// `host_not_allowed`. This keeps another site's page, whose DNS name
+    /// was pointed at this machine (DNS rebinding), from using an API
+    /// without keys. When names are listed, every request must match one
+    /// or be loopback, keys or not. When the list is empty, an API without
+    /// `api_keys` answers loopback names only, and one with keys does not
+    /// look at the host (behind a proxy, keys protect it). `/healthz` is
+    /// never checked: load balancers probe it under any name, and it says
+    /// nothing but that the process is up.
+    pub allowed_hosts: Vec<String>,
     /// Whether `GET /metrics` needs an admin key too.
     pub metrics_require_key: bool,
     /// Most connections served at once; more wait to be accepted.
@@ -848,6 +861,9 @@ impl Config {
                 ),
             ));
         }
+        for (n, host) in srv.allowed_hosts.iter().enumerate() {
+            crate::model::Host::parse(host).map_err(|p| invalid(format!("server.allowed_hosts[{n}]"), p))?;
+        }
         if srv.tls_cert.is_some() != srv.tls_key.is_some() {
             return Err(invalid(
                 if srv.tls_cert.is_some() {
@@ -1305,6 +1321,10 @@ mod tests {
             ("[history]\npostgres_pool_size = 0", "history.postgres_pool_size"),
             ("[history]\nspool_memory = \"1KiB\"", "history.spool_memory"),
             ("[queue]\ndead_retention = \"10m\"", "queue.dead_retention"),
+            (
+                "[server]\nallowed_hosts = [\"hooks.example.com\", \"https://x\"]",
+                "server.allowed_hosts[1]",
+            ),
             (
                 "[queue]\nredis_response_timeout = \"10ms\"",
                 "queue.redis_response_timeout",

@@ -255,10 +255,11 @@ async fn stylesheet() -> Response {
 pub const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; \
                        frame-ancestors 'none'; base-uri 'none'";
 
-/// Refuses state-changing requests from another origin, and puts the
-/// security headers on every answer.
-async fn guard(headers: HeaderMap, request: Request, next: Next) -> Response {
-    if request.method() != Method::GET && request.method() != Method::HEAD && !same_origin(&headers) {
+/// Refuses state-changing requests from another origin (the API's own
+/// rule, [`crate::api::hosts::same_origin`]), and puts the security
+/// headers on every answer.
+async fn guard(request: Request, next: Next) -> Response {
+    if !crate::api::hosts::same_origin(request.method(), request.headers(), request.uri()) {
         return view::failure(
             StatusCode::FORBIDDEN,
             "this request came from another site: the console only takes forms of its own pages",
@@ -274,32 +275,6 @@ async fn guard(headers: HeaderMap, request: Request, next: Next) -> Response {
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }
     response
-}
-
-/// Whether a request is from the console's own pages: its `Origin` (or,
-/// without one, its `Referer`) names the host it was sent to. A browser
-/// always sends `Origin` with a form's POST; a request with neither is not
-/// a browser's, and cannot carry a cookie set `SameSite=Strict` from
-/// another site anyway.
-fn same_origin(headers: &HeaderMap) -> bool {
-    let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else {
-        return false;
-    };
-    let origin = headers
-        .get(header::ORIGIN)
-        .or_else(|| headers.get(header::REFERER))
-        .and_then(|o| o.to_str().ok());
-    match origin {
-        None => true,
-        Some("null") => false,
-        Some(origin) => {
-            let rest = origin
-                .strip_prefix("https://")
-                .or_else(|| origin.strip_prefix("http://"))
-                .unwrap_or("");
-            rest.split('/').next() == Some(host)
-        }
-    }
 }
 
 /// A signed-in request: its session and whom it acts as. Extracting it
