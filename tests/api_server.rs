@@ -6,7 +6,8 @@
 //! bearer scheme in any case, cross-site posts refused, `/metrics` behind
 //! a key when asked; an API without keys answering only for loopback
 //! hosts and `server.allowed_hosts` (no DNS rebinding), over HTTP/1.1 and
-//! HTTP/2.
+//! HTTP/2; the console and its links over HTTP/2, where browsers send
+//! `:authority` and no `Host`.
 
 mod support;
 
@@ -521,4 +522,84 @@ fn allowed_hosts_entries_are_host_names_or_addresses() {
         Config::from_toml("").unwrap().server.allowed_hosts.is_empty(),
         "empty by default"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_and_its_links_work_over_http2() {
+    let dir = tempfile::tempdir().unwrap();
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, certified.cert.pem()).unwrap();
+    std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
+    let tls = format!(
+        "tls_cert = {:?}\ntls_key = {:?}",
+        cert.display().to_string(),
+        key.display().to_string()
+    );
+    let hookd = Hookd::start(config(dir.path(), &tls)).await;
+    let a = addr(&hookd);
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(certified.cert.der().clone()).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    client.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(client));
+    let connect = || async {
+        let tcp = TcpStream::connect(&a).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let secure = connector.connect(name, tcp).await.expect("TLS handshake");
+        assert_eq!(secure.get_ref().1.alpn_protocol(), Some(&b"h2"[..]), "HTTP/2 by ALPN");
+        secure
+    };
+
+    // Signing in from the console's own page: the Origin matches the
+    // :authority.
+    let form = format!("key={ADMIN}");
+    let origin = format!("https://{a}");
+    let headers = [
+        ("origin", origin.as_str()),
+        ("content-type", "application/x-www-form-urlencoded"),
+    ];
+    let (status, body) = h2_request(
+        connect().await,
+        "POST",
+        &format!("https://{a}/console/sign-in"),
+        &headers,
+        &form,
+    )
+    .await;
+    assert_eq!(status, 303, "{body}");
+    // Another site's page may still not.
+    let headers = [
+        ("origin", "https://evil.example"),
+        ("content-type", "application/x-www-form-urlencoded"),
+    ];
+    let (status, body) = h2_request(
+        connect().await,
+        "POST",
+        &format!("https://{a}/console/sign-in"),
+        &headers,
+        &form,
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    // A link is built on the :authority.
+    let auth = format!("Bearer {ADMIN}");
+    let (status, body) = h2_request(
+        connect().await,
+        "POST",
+        &format!("https://{a}/v1/console/link"),
+        &[("authorization", auth.as_str())],
+        "",
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let link: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let url = link["url"].as_str().unwrap_or_default();
+    assert!(url.starts_with(&format!("https://{a}/console/link/")), "{link}");
+    hookd.stop().await;
 }

@@ -35,7 +35,7 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{FromRequestParts, Request};
-use axum::http::{header, request::Parts, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::http::{header, request::Parts, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::Router;
@@ -109,10 +109,12 @@ impl Answer {
 impl Api {
     /// Calls `method path` with `body` (JSON) as `principal`.
     pub async fn call(&self, principal: &Principal, method: Method, path: &str, body: Option<Value>) -> Answer {
-        self.call_from(principal, method, path, body, &HeaderMap::new()).await
+        self.call_from(principal, method, path, body, &HeaderMap::new(), &Uri::default())
+            .await
     }
 
-    /// As [`Api::call`], passing on the browser's `Host` and
+    /// As [`Api::call`], passing on the host the browser asked for (its
+    /// `Host`, or HTTP/2's `:authority` from `browser_uri`) and its
     /// `X-Forwarded-Proto` from `browser` (for answers holding links).
     pub async fn call_from(
         &self,
@@ -121,12 +123,14 @@ impl Api {
         path: &str,
         body: Option<Value>,
         browser: &HeaderMap,
+        browser_uri: &Uri,
     ) -> Answer {
         let mut request = Request::builder().method(method).uri(path);
-        for name in [header::HOST.as_str(), "x-forwarded-proto"] {
-            if let Some(value) = browser.get(name) {
-                request = request.header(name, value);
-            }
+        if let Some(host) = crate::api::hosts::request_host(browser, browser_uri) {
+            request = request.header(header::HOST, host);
+        }
+        if let Some(value) = browser.get("x-forwarded-proto") {
+            request = request.header("x-forwarded-proto", value);
         }
         if body.is_some() {
             request = request.header(header::CONTENT_TYPE, "application/json");
