@@ -381,6 +381,12 @@ pub async fn run_with_backends(
         "embedded"
     };
     info!(%addr, subscriptions = config.subscriptions.len(), backend = kind, "hookd serving");
+    if config.server.metrics_require_key {
+        tracing::warn!(
+            "server.metrics_require_key is deprecated: while server.api_keys is set, GET /metrics needs an \
+             admin key by default (server.metrics_public = true opens it)"
+        );
+    }
     let server = tokio::spawn({
         let server_config = config.server.clone();
         let stop = stop.clone();

@@ -13,8 +13,8 @@
 //!
 //! What is reloaded: `[[subscriptions]]` (and their plugins), `[[tenants]]`,
 //! `[plans]`, `[[event_types]]`, `[plugins.registry]`, `server.api_keys`
-//! (a removed key stops working at once), `server.allowed_hosts` and
-//! `server.metrics_require_key`,
+//! (a removed key stops working at once), `server.allowed_hosts`,
+//! `server.metrics_public` and `server.metrics_require_key`,
 //! and the delivery settings subscriptions take their defaults from,
 //! handed to the [`Catalog`], which publishes them with the stored
 //! subscriptions. Every other setting is built into something at start
@@ -227,6 +227,7 @@ impl Reloader {
 const RELOADABLE: &[&str] = &[
     "server.api_keys",
     "server.allowed_hosts",
+    "server.metrics_public",
     "server.metrics_require_key",
     "plugins.registry",
     "delivery.timeout",
@@ -295,7 +296,10 @@ mod tests {
     fn start_only_settings_need_a_restart_and_keys_do_not() {
         let base = config("[server]\napi_keys = [\"a\"]\n");
         assert!(restart_needed(&base, &base).is_empty());
-        for changed in ["metrics_require_key = true", "allowed_hosts = [\"hooks.example.com\"]"] {
+        for changed in [
+            "metrics_require_key = true",
+            "metrics_public = true\nallowed_hosts = [\"hooks.example.com\"]",
+        ] {
             let keys = config(&format!("[server]\napi_keys = [\"b\"]\n{changed}\n"));
             assert!(
                 restart_needed(&base, &keys).is_empty(),

@@ -130,13 +130,13 @@ async fn readyz(hookd: &Hookd) -> Value {
     hookd.api.get("/readyz").await.expect("/readyz answers")
 }
 
-/// A metric's value from `/metrics`.
+/// A metric's value from `/metrics` (read with the admin key).
 async fn metric(hookd: &Hookd, name: &str) -> f64 {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let addr = hookd.url.trim_start_matches("http://");
     let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect to hookd");
     stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nauthorization: Bearer test-key\r\nconnection: close\r\n\r\n")
         .await
         .unwrap();
     let mut text = String::new();

@@ -21,7 +21,9 @@
 //!   operator's console).
 //! - `GET /healthz` (the process is up), `GET /readyz` (the queue answers;
 //!   `"status": "degraded"` while the delivery log's store fails).
-//! - `GET /metrics`: Prometheus metrics (OpenMetrics text), no authentication.
+//! - `GET /metrics`: Prometheus metrics (OpenMetrics text). While
+//!   `server.api_keys` is set it needs an admin key (401 without a key,
+//!   403 for a tenant's or producer's), unless `server.metrics_public`.
 //!
 //! Everything under `/v1` needs `Authorization: Bearer <key>` when
 //! `server.api_keys` is set. Without keys, every route but `/healthz`
@@ -634,15 +636,28 @@ async fn ready(State(state): State<Arc<ApiState>>) -> Response {
     }
 }
 
+/// Whether `GET /metrics` needs an admin key under `server`: while
+/// `api_keys` is set unless `metrics_public`, and always with the
+/// deprecated `metrics_require_key`.
+fn metrics_need_key(server: &crate::config::ServerConfig) -> bool {
+    server.metrics_require_key || (!server.api_keys.is_empty() && !server.metrics_public)
+}
+
 async fn render_metrics(State(state): State<Arc<ApiState>>, headers: HeaderMap) -> Response {
-    if state.catalog.snapshot().config.server.metrics_require_key {
+    let snapshot = state.catalog.snapshot();
+    if metrics_need_key(&snapshot.config.server) {
+        let why = if snapshot.config.server.api_keys.is_empty() {
+            "server.metrics_require_key is set"
+        } else {
+            "GET /metrics needs an admin key while server.api_keys is set (server.metrics_public = true opens it)"
+        };
         // Only an admin reads the metrics when they are behind a key.
         let principal = bearer(&headers).and_then(|key| match key {
             Some(key) => principal_of(&state, Some(key)),
             None => Err(ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
-                "server.metrics_require_key is set: send `Authorization: Bearer <admin key>`",
+                format!("{why}: send `Authorization: Bearer <admin key>`"),
             )),
         });
         match principal {

@@ -137,7 +137,14 @@ pub struct ServerConfig {
     /// never checked: load balancers probe it under any name, and it says
     /// nothing but that the process is up.
     pub allowed_hosts: Vec<String>,
-    /// Whether `GET /metrics` needs an admin key too.
+    /// While `api_keys` is set, `GET /metrics` needs an admin key unless
+    /// this is true. Without `api_keys` the metrics are readable by
+    /// anyone who reaches the listener, as the rest of the API is.
+    pub metrics_public: bool,
+    /// Deprecated: `/metrics` is behind an admin key by default now while
+    /// `api_keys` is set (see `metrics_public`). Still honoured: true asks
+    /// for a bearer key even without `api_keys`, and cannot be combined
+    /// with `metrics_public = true`.
     pub metrics_require_key: bool,
     /// Most connections served at once; more wait to be accepted.
     pub max_connections: usize,
@@ -864,6 +871,13 @@ impl Config {
         for (n, host) in srv.allowed_hosts.iter().enumerate() {
             crate::model::Host::parse(host).map_err(|p| invalid(format!("server.allowed_hosts[{n}]"), p))?;
         }
+        if srv.metrics_public && srv.metrics_require_key {
+            return Err(invalid(
+                "server.metrics_require_key",
+                "is true while server.metrics_public is true: drop metrics_require_key (deprecated: /metrics \
+                 needs an admin key by default while server.api_keys is set)",
+            ));
+        }
         if srv.tls_cert.is_some() != srv.tls_key.is_some() {
             return Err(invalid(
                 if srv.tls_cert.is_some() {
@@ -1324,6 +1338,10 @@ mod tests {
             (
                 "[server]\nallowed_hosts = [\"hooks.example.com\", \"https://x\"]",
                 "server.allowed_hosts[1]",
+            ),
+            (
+                "[server]\nmetrics_public = true\nmetrics_require_key = true",
+                "server.metrics_require_key",
             ),
             (
                 "[queue]\nredis_response_timeout = \"10ms\"",
