@@ -7,7 +7,8 @@
 //! a key when asked; an API without keys answering only for loopback
 //! hosts and `server.allowed_hosts` (no DNS rebinding), over HTTP/1.1 and
 //! HTTP/2; the console and its links over HTTP/2, where browsers send
-//! `:authority` and no `Host`.
+//! `:authority` and no `Host`; `/readyz` keeping the queue's error for an
+//! admin key.
 
 mod support;
 
@@ -601,5 +602,64 @@ async fn the_console_and_its_links_work_over_http2() {
     let link: serde_json::Value = serde_json::from_str(&body).unwrap();
     let url = link["url"].as_str().unwrap_or_default();
     assert!(url.starts_with(&format!("https://{a}/console/link/")), "{link}");
+    hookd.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_shows_the_queue_error_to_an_admin_key_only() {
+    let redis = support::RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "[server]\napi_keys = [\"{ADMIN}\"]\n\
+         [queue]\nredis_url = {url:?}\nkey_prefix = {prefix:?}\ndata_dir = {dir:?}\n\
+         redis_connect_timeout = \"300ms\"\nredis_response_timeout = \"300ms\"\n",
+        url = redis.url(),
+        prefix = support::unique_prefix("readyz"),
+        dir = dir.path().display().to_string(),
+    );
+    let hookd = Hookd::start(Config::from_toml(&text).unwrap()).await;
+    let a = addr(&hookd);
+    let producer = hookd
+        .api
+        .post("/v1/keys", json!({"role": "producer"}).to_string())
+        .await
+        .unwrap();
+    let producer = format!("authorization: Bearer {}\r\n", producer["key"].as_str().unwrap());
+    let admin = format!("authorization: Bearer {ADMIN}\r\n");
+    let (status, body) = exchange(&a, "GET", "/readyz", "host: x\r\n", "").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&body).unwrap(),
+        json!({"status": "ready", "log": {"state": "ok", "spooled": 0, "spooled_disk_bytes": 0, "dropped": 0}}),
+        "the states without a key"
+    );
+
+    // While Redis does not answer: a 503 for everyone, its reason (naming
+    // Redis's address) for an admin key only.
+    let busy = support::stall_redis(redis.port(), 3_000).await;
+    let redis_addr = redis.url().trim_start_matches("redis://").to_owned();
+    let mut seen = Vec::new();
+    for (who, head) in [
+        ("an admin key", format!("host: x\r\n{admin}")),
+        ("no key", "host: x\r\n".to_owned()),
+        ("a producer key", format!("host: x\r\n{producer}")),
+        ("a wrong key", "host: x\r\nauthorization: Bearer nope\r\n".to_owned()),
+    ] {
+        let (status, body) = exchange(&a, "GET", "/readyz", &head, "").await;
+        assert_eq!(status, 503, "{who}: {body}");
+        let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(body["error"]["code"], "not_ready", "{who}: {body}");
+        seen.push((who, body["error"]["message"].as_str().unwrap_or_default().to_owned()));
+    }
+    busy.await.unwrap();
+    let (_, for_admin) = &seen[0];
+    assert!(for_admin.contains(&redis_addr), "the admin is told why: {for_admin}");
+    for (who, message) in &seen[1..] {
+        assert!(
+            !message.contains(&redis_addr) && !message.contains("127.0.0.1"),
+            "{who}: {message}"
+        );
+        assert!(message.contains("admin key"), "{who}: {message}");
+    }
     hookd.stop().await;
 }

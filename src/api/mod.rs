@@ -20,7 +20,10 @@
 //! - [`portal`]: one-time links into the console (a tenant's portal, the
 //!   operator's console).
 //! - `GET /healthz` (the process is up), `GET /readyz` (the queue answers;
-//!   `"status": "degraded"` while the delivery log's store fails).
+//!   `"status": "degraded"` while the delivery log's store fails). While
+//!   `server.api_keys` is set, `/readyz` shows the stores' error texts
+//!   (which may name hosts and addresses) only to an admin key; without
+//!   one it gives the states and counts alone.
 //! - `GET /metrics`: Prometheus metrics (OpenMetrics text). While
 //!   `server.api_keys` is set it needs an admin key (401 without a key,
 //!   403 for a tenant's or producer's), unless `server.metrics_public`.
@@ -624,15 +627,33 @@ fn delivery_json(d: &crate::queue::Delivery) -> serde_json::Value {
 
 /// Ready while the queue answers: deliveries go on whatever the delivery
 /// log's store does. A log store that fails shows as `"status":
-/// "degraded"` (still 200), with the log's spool.
-async fn ready(State(state): State<Arc<ApiState>>) -> Response {
+/// "degraded"` (still 200), with the log's spool. The stores' error texts
+/// name hosts, addresses and users: while `server.api_keys` is set, only
+/// an admin key sees them; any other request gets the same answer
+/// without them (never a 401: probes send no key).
+async fn ready(State(state): State<Arc<ApiState>>, headers: HeaderMap) -> Response {
+    let detailed = state.open()
+        || bearer(&headers)
+            .ok()
+            .flatten()
+            .is_some_and(|key| principal_of(&state, Some(key)).is_ok_and(|p| p.is_admin()));
     match state.queue.ping().await {
         Ok(()) => {
-            let log = state.log.health();
+            let mut log = state.log.health();
+            if !detailed {
+                log.error = None;
+            }
             let status = if state.log.degraded() { "degraded" } else { "ready" };
             Json(json!({"status": status, "log": log})).into_response()
         }
-        Err(e) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", e.to_string()).into_response(),
+        Err(e) => {
+            let message = if detailed {
+                e.to_string()
+            } else {
+                "the queue does not answer (an admin key is told why)".to_owned()
+            };
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", message).into_response()
+        }
     }
 }
 
