@@ -19,8 +19,10 @@
 //!
 //! - [`model`]: the leaf of shared types every stage uses (event ids,
 //!   types and patterns, subscription names, deliveries, tenants, secrets,
-//!   the clock's unit, the header lists ([`model::headers`]) and the API's
-//!   one time format ([`model::time`])); it imports nothing else of hookd.
+//!   hosts as requests and `server.allowed_hosts` name them
+//!   ([`model::Host`]), the clock's unit, the header lists
+//!   ([`model::headers`]) and the API's one time format ([`model::time`]));
+//!   it imports nothing else of hookd.
 //! - [`catalog`]: tenants, API keys ([`catalog::keys`]), plans, the event
 //!   catalogue and every subscription — the config file's and those made
 //!   through the API, kept in a [`catalog::store::CatalogStore`] (Redis or
@@ -386,6 +388,12 @@ pub async fn run_with_backends(
         "embedded"
     };
     info!(%addr, subscriptions = config.subscriptions.len(), backend = kind, "hookd serving");
+    if config.server.metrics_require_key {
+        tracing::warn!(
+            "server.metrics_require_key is deprecated: while server.api_keys is set, GET /metrics needs an \
+             admin key by default (server.metrics_public = true opens it)"
+        );
+    }
     let server = tokio::spawn({
         let server_config = config.server.clone();
         let stop = stop.clone();

@@ -13,7 +13,8 @@
 //!
 //! What is reloaded: `[[subscriptions]]` (and their plugins), `[[tenants]]`,
 //! `[plans]`, `[[event_types]]`, `[plugins.registry]`, `server.api_keys`
-//! and `server.metrics_require_key` (a removed key stops working at once),
+//! (a removed key stops working at once), `server.allowed_hosts`,
+//! `server.metrics_public` and `server.metrics_require_key`,
 //! and the delivery settings subscriptions take their defaults from,
 //! handed to the [`Catalog`], which publishes them with the stored
 //! subscriptions. Every other setting is built into something at start
@@ -226,6 +227,8 @@ impl Reloader {
 /// the HTTP client and the dispatcher.
 const RELOADABLE: &[&str] = &[
     "server.api_keys",
+    "server.allowed_hosts",
+    "server.metrics_public",
     "server.metrics_require_key",
     "plugins.registry",
     "delivery.timeout",
@@ -296,12 +299,17 @@ mod tests {
     fn start_only_settings_need_a_restart_and_keys_do_not() {
         let base = config("[server]\napi_keys = [\"a\"]\n");
         assert!(restart_needed(&base, &base).is_empty());
-        let keys = config("[server]\napi_keys = [\"b\"]\nmetrics_require_key = true\n");
-        assert!(
-            restart_needed(&base, &keys).is_empty(),
-            "{:?}",
-            restart_needed(&base, &keys)
-        );
+        for changed in [
+            "metrics_require_key = true",
+            "metrics_public = true\nallowed_hosts = [\"hooks.example.com\"]",
+        ] {
+            let keys = config(&format!("[server]\napi_keys = [\"b\"]\n{changed}\n"));
+            assert!(
+                restart_needed(&base, &keys).is_empty(),
+                "{:?}",
+                restart_needed(&base, &keys)
+            );
+        }
         let shards = config("[server]\napi_keys = [\"a\"]\n[queue]\nshards = 32\n");
         assert_eq!(restart_needed(&base, &shards), vec!["queue.shards (8 → 32)".to_owned()]);
         let guard =

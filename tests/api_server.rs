@@ -4,7 +4,11 @@
 //! wait, and shutdown ends within `server.shutdown_timeout` whatever the
 //! clients do. Also: an open API beyond loopback refused at start, the
 //! bearer scheme in any case, cross-site posts refused, `/metrics` behind
-//! a key when asked.
+//! a key when asked; an API without keys answering only for loopback
+//! hosts and `server.allowed_hosts` (no DNS rebinding), over HTTP/1.1 and
+//! HTTP/2; the console and its links over HTTP/2, where browsers send
+//! `:authority` and no `Host`; `/readyz` keeping the queue's error for an
+//! admin key.
 
 mod support;
 
@@ -21,6 +25,15 @@ const ADMIN: &str = "server-admin-key";
 fn config(dir: &std::path::Path, server: &str) -> Config {
     Config::from_toml(&format!(
         "[server]\napi_keys = [\"{ADMIN}\"]\n{server}\n[queue]\ndata_dir = {:?}\n",
+        dir.display().to_string()
+    ))
+    .unwrap()
+}
+
+/// A configuration without `server.api_keys` (an open API, for loopback).
+fn open_config(dir: &std::path::Path, server: &str) -> Config {
+    Config::from_toml(&format!(
+        "[server]\n{server}\n[queue]\ndata_dir = {:?}\n",
         dir.display().to_string()
     ))
     .unwrap()
@@ -43,6 +56,79 @@ async fn read_all(stream: &mut TcpStream, limit: Duration) -> (String, bool) {
             Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
         }
     }
+}
+
+/// One request over a fresh HTTP/1.1 connection, `head` being its lines
+/// after the request line (`host: …` and the rest, each ending in CRLF);
+/// the status and the body.
+async fn exchange(addr: &str, method: &str, path: &str, head: &str, body: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\n{head}content-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let (answer, closed) = read_all(&mut stream, Duration::from_secs(10)).await;
+    assert!(closed, "an answer within 10 s: {answer}");
+    let status = answer
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("a status line: {answer}"));
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// One request over a fresh HTTP/2 connection (prior knowledge, no TLS)
+/// to `addr`, for `uri`: an absolute URI's authority goes as
+/// `:authority`, and no `Host` is sent, as browsers do over HTTP/2.
+async fn exchange_h2(addr: &str, method: &str, uri: &str, headers: &[(&str, &str)], body: &str) -> (u16, String) {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    h2_request(stream, method, uri, headers, body).await
+}
+
+/// One HTTP/2 request over `io` (plain or TLS): the status and the body.
+async fn h2_request<IO>(io: IO, method: &str, uri: &str, headers: &[(&str, &str)], body: &str) -> (u16, String)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    use http_body_util::BodyExt as _;
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), hyper_util::rt::TokioIo::new(io))
+            .await
+            .expect("an HTTP/2 handshake");
+    tokio::spawn(connection);
+    let mut request = hyper::Request::builder().method(method).uri(uri);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let request = request
+        .body(http_body_util::Full::new(bytes::Bytes::from(body.to_owned())))
+        .unwrap();
+    assert!(request.headers().get("host").is_none(), "no Host over HTTP/2");
+    let answer = tokio::time::timeout(Duration::from_secs(10), sender.send_request(request))
+        .await
+        .expect("an answer within 10 s")
+        .expect("an HTTP/2 answer");
+    let status = answer.status().as_u16();
+    let body = answer.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// Asserts a 421 `host_not_allowed` in the API's JSON error shape.
+fn assert_host_refused(what: &str, (status, body): (u16, String)) {
+    assert_eq!(status, 421, "{what}: {body}");
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{what}: {e}: {body}"));
+    assert_eq!(body["error"]["code"], "host_not_allowed", "{what}: {body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("server.allowed_hosts")),
+        "{what}: {body}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -253,4 +339,327 @@ async fn https_only_when_a_certificate_is_set() {
     .await
     .expect_err("a key of another certificate");
     assert!(format!("{err:#}").contains("server.tls_key"), "{err:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_api_answers_only_for_loopback_hosts() {
+    let dir = tempfile::tempdir().unwrap();
+    let hookd = Hookd::start(open_config(dir.path(), "")).await;
+    let a = addr(&hookd);
+    let port = a.rsplit(':').next().unwrap().to_owned();
+    let tenant = json!({"id": "acme", "name": "Acme"}).to_string();
+
+    // Another site's name pointed at this machine: refused everywhere but
+    // /healthz, and nothing is made.
+    let evil = "host: evil.example\r\n";
+    let evil_port = format!("host: evil.example:{port}\r\n");
+    assert_host_refused(
+        "GET /v1/subscriptions",
+        exchange(&a, "GET", "/v1/subscriptions", evil, "").await,
+    );
+    assert_host_refused(
+        "POST /v1/tenants",
+        exchange(&a, "POST", "/v1/tenants", &evil_port, &tenant).await,
+    );
+    assert_host_refused("GET /console", exchange(&a, "GET", "/console", evil, "").await);
+    let form = "key=anything";
+    assert_host_refused(
+        "POST /console/sign-in",
+        exchange(
+            &a,
+            "POST",
+            "/console/sign-in",
+            &format!("{evil}origin: http://evil.example\r\n"),
+            form,
+        )
+        .await,
+    );
+    for path in ["/metrics", "/readyz", "/v1/nowhere"] {
+        assert_host_refused(path, exchange(&a, "GET", path, evil, "").await);
+    }
+    assert_host_refused(
+        "a name under localhost's",
+        exchange(&a, "GET", "/v1/subscriptions", "host: localhost.evil.example\r\n", "").await,
+    );
+    assert_host_refused("no Host", exchange(&a, "GET", "/v1/subscriptions", "", "").await);
+    let (status, body) = exchange(&a, "GET", "/healthz", evil, "").await;
+    assert_eq!((status, body.as_str()), (200, r#"{"status":"ok"}"#));
+    // Over HTTP/2, the :authority is the host.
+    assert_host_refused(
+        "HTTP/2 GET /v1/subscriptions",
+        exchange_h2(
+            &a,
+            "GET",
+            &format!("http://evil.example:{port}/v1/subscriptions"),
+            &[],
+            "",
+        )
+        .await,
+    );
+    assert_host_refused(
+        "HTTP/2 POST /v1/tenants",
+        exchange_h2(&a, "POST", "http://evil.example/v1/tenants", &[], &tenant).await,
+    );
+
+    // Loopback names and addresses, with or without the port, answer.
+    for host in [
+        format!("localhost:{port}"),
+        format!("127.0.0.1:{port}"),
+        "localhost".to_owned(),
+        format!("console.localhost:{port}"),
+        format!("[::1]:{port}"),
+    ] {
+        let (status, body) = exchange(&a, "GET", "/v1/subscriptions", &format!("host: {host}\r\n"), "").await;
+        assert_eq!(status, 200, "{host}: {body}");
+        let (status, body) = exchange(&a, "GET", "/console/sign-in", &format!("host: {host}\r\n"), "").await;
+        assert_eq!(status, 200, "{host}: {body}");
+    }
+    let (status, body) = exchange_h2(&a, "GET", &format!("http://127.0.0.1:{port}/v1/subscriptions"), &[], "").await;
+    assert_eq!(status, 200, "HTTP/2 on loopback: {body}");
+    let tenants = hookd.api.get("/v1/tenants").await.unwrap();
+    assert_eq!(
+        tenants["tenants"],
+        json!([]),
+        "nothing made by the refused posts: {tenants}"
+    );
+    let (status, body) = exchange(
+        &a,
+        "POST",
+        "/v1/tenants",
+        &format!("host: localhost:{port}\r\n"),
+        &tenant,
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    hookd.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allowed_hosts_are_answered_and_bind_with_keys_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = Hookd::start(open_config(
+        dir.path(),
+        "allowed_hosts = [\"hooks.example.com\", \"10.0.0.7\"]",
+    ))
+    .await;
+    let a = addr(&open);
+    for host in [
+        "hooks.example.com",
+        "HOOKS.example.com:8080",
+        "10.0.0.7:8080",
+        "localhost",
+    ] {
+        let (status, body) = exchange(&a, "GET", "/v1/subscriptions", &format!("host: {host}\r\n"), "").await;
+        assert_eq!(status, 200, "{host}: {body}");
+    }
+    let (status, body) = exchange_h2(&a, "GET", "https://hooks.example.com/console/sign-in", &[], "").await;
+    assert_eq!(status, 200, "HTTP/2 for a listed name: {body}");
+    assert_host_refused(
+        "a name not listed",
+        exchange(&a, "GET", "/v1/subscriptions", "host: other.example.com\r\n", "").await,
+    );
+    open.stop().await;
+
+    // With keys and no names listed, the host is not looked at (a proxy's
+    // name); with names listed, it is, keys or not.
+    let auth = format!("authorization: Bearer {ADMIN}\r\n");
+    let keyed = Hookd::start(config(&dir.path().join("keyed"), "")).await;
+    let (status, body) = exchange(
+        &addr(&keyed),
+        "GET",
+        "/v1/subscriptions",
+        &format!("host: proxy.internal\r\n{auth}"),
+        "",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    keyed.stop().await;
+    let listed = Hookd::start(config(
+        &dir.path().join("listed"),
+        "allowed_hosts = [\"hooks.example.com\"]",
+    ))
+    .await;
+    let a = addr(&listed);
+    let (status, body) = exchange(
+        &a,
+        "GET",
+        "/v1/subscriptions",
+        &format!("host: hooks.example.com\r\n{auth}"),
+        "",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_host_refused(
+        "a name not listed, with a key",
+        exchange(
+            &a,
+            "GET",
+            "/v1/subscriptions",
+            &format!("host: proxy.internal\r\n{auth}"),
+            "",
+        )
+        .await,
+    );
+    listed.stop().await;
+}
+
+#[test]
+fn allowed_hosts_entries_are_host_names_or_addresses() {
+    for bad in [
+        "https://hooks.example.com",
+        "hooks.example.com:443",
+        "*.example.com",
+        "",
+        "a b",
+    ] {
+        let text = format!("[server]\nallowed_hosts = [\"ok.example\", {bad:?}]\n");
+        let err = Config::from_toml(&text).expect_err(bad).to_string();
+        assert!(err.contains("server.allowed_hosts[1]"), "{bad:?}: {err}");
+    }
+    let good = Config::from_toml("[server]\nallowed_hosts = [\"hooks.example.com\", \"10.0.0.7\", \"2001:db8::1\"]\n")
+        .expect("names and addresses");
+    assert_eq!(good.server.allowed_hosts.len(), 3);
+    assert!(
+        Config::from_toml("").unwrap().server.allowed_hosts.is_empty(),
+        "empty by default"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_and_its_links_work_over_http2() {
+    let dir = tempfile::tempdir().unwrap();
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, certified.cert.pem()).unwrap();
+    std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
+    let tls = format!(
+        "tls_cert = {:?}\ntls_key = {:?}",
+        cert.display().to_string(),
+        key.display().to_string()
+    );
+    let hookd = Hookd::start(config(dir.path(), &tls)).await;
+    let a = addr(&hookd);
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(certified.cert.der().clone()).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    client.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(client));
+    let connect = || async {
+        let tcp = TcpStream::connect(&a).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let secure = connector.connect(name, tcp).await.expect("TLS handshake");
+        assert_eq!(secure.get_ref().1.alpn_protocol(), Some(&b"h2"[..]), "HTTP/2 by ALPN");
+        secure
+    };
+
+    // Signing in from the console's own page: the Origin matches the
+    // :authority.
+    let form = format!("key={ADMIN}");
+    let origin = format!("https://{a}");
+    let headers = [
+        ("origin", origin.as_str()),
+        ("content-type", "application/x-www-form-urlencoded"),
+    ];
+    let (status, body) = h2_request(
+        connect().await,
+        "POST",
+        &format!("https://{a}/console/sign-in"),
+        &headers,
+        &form,
+    )
+    .await;
+    assert_eq!(status, 303, "{body}");
+    // Another site's page may still not.
+    let headers = [
+        ("origin", "https://evil.example"),
+        ("content-type", "application/x-www-form-urlencoded"),
+    ];
+    let (status, body) = h2_request(
+        connect().await,
+        "POST",
+        &format!("https://{a}/console/sign-in"),
+        &headers,
+        &form,
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    // A link is built on the :authority.
+    let auth = format!("Bearer {ADMIN}");
+    let (status, body) = h2_request(
+        connect().await,
+        "POST",
+        &format!("https://{a}/v1/console/link"),
+        &[("authorization", auth.as_str())],
+        "",
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let link: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let url = link["url"].as_str().unwrap_or_default();
+    assert!(url.starts_with(&format!("https://{a}/console/link/")), "{link}");
+    hookd.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_shows_the_queue_error_to_an_admin_key_only() {
+    let redis = support::RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "[server]\napi_keys = [\"{ADMIN}\"]\n\
+         [queue]\nredis_url = {url:?}\nkey_prefix = {prefix:?}\ndata_dir = {dir:?}\n\
+         redis_connect_timeout = \"300ms\"\nredis_response_timeout = \"300ms\"\n",
+        url = redis.url(),
+        prefix = support::unique_prefix("readyz"),
+        dir = dir.path().display().to_string(),
+    );
+    let hookd = Hookd::start(Config::from_toml(&text).unwrap()).await;
+    let a = addr(&hookd);
+    let producer = hookd
+        .api
+        .post("/v1/keys", json!({"role": "producer"}).to_string())
+        .await
+        .unwrap();
+    let producer = format!("authorization: Bearer {}\r\n", producer["key"].as_str().unwrap());
+    let admin = format!("authorization: Bearer {ADMIN}\r\n");
+    let (status, body) = exchange(&a, "GET", "/readyz", "host: x\r\n", "").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&body).unwrap(),
+        json!({"status": "ready", "log": {"state": "ok", "spooled": 0, "spooled_disk_bytes": 0, "dropped": 0}}),
+        "the states without a key"
+    );
+
+    // While Redis does not answer: a 503 for everyone, its reason (naming
+    // Redis's address) for an admin key only.
+    let busy = support::stall_redis(redis.port(), 3_000).await;
+    let redis_addr = redis.url().trim_start_matches("redis://").to_owned();
+    let mut seen = Vec::new();
+    for (who, head) in [
+        ("an admin key", format!("host: x\r\n{admin}")),
+        ("no key", "host: x\r\n".to_owned()),
+        ("a producer key", format!("host: x\r\n{producer}")),
+        ("a wrong key", "host: x\r\nauthorization: Bearer nope\r\n".to_owned()),
+    ] {
+        let (status, body) = exchange(&a, "GET", "/readyz", &head, "").await;
+        assert_eq!(status, 503, "{who}: {body}");
+        let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(body["error"]["code"], "not_ready", "{who}: {body}");
+        seen.push((who, body["error"]["message"].as_str().unwrap_or_default().to_owned()));
+    }
+    busy.await.unwrap();
+    let (_, for_admin) = &seen[0];
+    assert!(for_admin.contains(&redis_addr), "the admin is told why: {for_admin}");
+    for (who, message) in &seen[1..] {
+        assert!(
+            !message.contains(&redis_addr) && !message.contains("127.0.0.1"),
+            "{who}: {message}"
+        );
+        assert!(message.contains("admin key"), "{who}: {message}");
+    }
+    hookd.stop().await;
 }

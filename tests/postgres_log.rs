@@ -130,13 +130,13 @@ async fn readyz(hookd: &Hookd) -> Value {
     hookd.api.get("/readyz").await.expect("/readyz answers")
 }
 
-/// A metric's value from `/metrics`.
+/// A metric's value from `/metrics` (read with the admin key).
 async fn metric(hookd: &Hookd, name: &str) -> f64 {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let addr = hookd.url.trim_start_matches("http://");
     let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect to hookd");
     stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nauthorization: Bearer test-key\r\nconnection: close\r\n\r\n")
         .await
         .unwrap();
     let mut text = String::new();
@@ -215,6 +215,21 @@ async fn deliveries_go_on_while_postgres_is_down_and_the_log_catches_up() {
     };
     assert_eq!(ready["log"]["state"], "degraded", "{ready}");
     assert!(ready["log"]["error"].as_str().is_some(), "{ready}");
+    // Without a key: the same states and counts, no error text (it names
+    // PostgreSQL's address).
+    let anyone = hookd::api::client::ApiClient::new(&hookd.url, None)
+        .get("/readyz")
+        .await
+        .expect("/readyz answers without a key");
+    assert_eq!(anyone["status"], "degraded", "{anyone}");
+    assert_eq!(anyone["log"]["state"], "degraded", "{anyone}");
+    assert!(anyone["log"]["spooled"].as_u64().is_some(), "{anyone}");
+    assert!(anyone["log"].get("error").is_none(), "{anyone}");
+    let shown = anyone.to_string();
+    assert!(
+        !shown.contains("127.0.0.1") && !shown.contains(&world.postgres.port().to_string()),
+        "{anyone}"
+    );
     assert_eq!(metric(&hookd, "hookd_history_degraded").await, 1.0);
     assert!(metric(&hookd, "hookd_history_spooled_entries").await > 0.0);
 

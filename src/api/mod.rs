@@ -20,16 +20,25 @@
 //! - [`portal`]: one-time links into the console (a tenant's portal, the
 //!   operator's console).
 //! - `GET /healthz` (the process is up), `GET /readyz` (the queue answers;
-//!   `"status": "degraded"` while the delivery log's store fails).
-//! - `GET /metrics`: Prometheus metrics (OpenMetrics text), no authentication.
+//!   `"status": "degraded"` while the delivery log's store fails). While
+//!   `server.api_keys` is set, `/readyz` shows the stores' error texts
+//!   (which may name hosts and addresses) only to an admin key; without
+//!   one it gives the states and counts alone.
+//! - `GET /metrics`: Prometheus metrics (OpenMetrics text). While
+//!   `server.api_keys` is set it needs an admin key (401 without a key,
+//!   403 for a tenant's or producer's), unless `server.metrics_public`.
 //!
 //! Everything under `/v1` needs `Authorization: Bearer <key>` when
-//! `server.api_keys` is set. Errors are JSON: `{"error": {"code", "message"}}`.
+//! `server.api_keys` is set. Without keys, every route but `/healthz`
+//! answers only requests for a loopback host or one of
+//! `server.allowed_hosts` ([`hosts`]: no DNS rebinding). Errors are JSON:
+//! `{"error": {"code", "message"}}`.
 
 pub mod admin;
 pub mod client;
 pub mod event_types;
 pub mod events;
+pub mod hosts;
 pub mod plugins;
 pub mod portal;
 pub mod recover;
@@ -232,11 +241,12 @@ impl From<crate::queue::Error> for ApiError {
 pub fn router(state: Arc<ApiState>) -> Router {
     let api = api_router(state.clone());
     let app = if state.console.enabled {
-        api.clone().merge(crate::console::routes(state, api))
+        api.clone().merge(crate::console::routes(state.clone(), api))
     } else {
         api
     };
     app.fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
+        .layer(middleware::from_fn_with_state(state, hosts::check_host))
 }
 
 /// The API's own routes, without the console.
@@ -286,7 +296,7 @@ async fn authenticate(
     let principal = match request.extensions().get::<crate::console::Vouched>() {
         Some(vouched) => vouched.0.clone(),
         None => {
-            if !same_site(request.method(), &headers) {
+            if !hosts::same_origin(request.method(), &headers, request.uri()) {
                 return Err(ApiError::new(
                     StatusCode::FORBIDDEN,
                     "cross_site",
@@ -332,31 +342,6 @@ fn bearer(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
                 "send `Authorization: Bearer <api key>`",
             )
         })
-}
-
-/// Whether a request may change something: any but a browser's from a
-/// page of another site. Browsers send `Origin` (and `Sec-Fetch-Site`)
-/// with every cross-site POST; API clients send neither.
-fn same_site(method: &axum::http::Method, headers: &HeaderMap) -> bool {
-    use axum::http::Method;
-    if matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
-        return true;
-    }
-    if headers
-        .get("sec-fetch-site")
-        .is_some_and(|v| v.as_bytes() == b"cross-site")
-    {
-        return false;
-    }
-    let Some(origin) = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()) else {
-        return true;
-    };
-    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
-    let rest = origin
-        .strip_prefix("https://")
-        .or_else(|| origin.strip_prefix("http://"))
-        .unwrap_or("");
-    !host.is_empty() && rest == host
 }
 
 /// Who `given` (a bearer key, or none) is, as [`authenticate`] describes;
@@ -642,27 +627,58 @@ fn delivery_json(d: &crate::queue::Delivery) -> serde_json::Value {
 
 /// Ready while the queue answers: deliveries go on whatever the delivery
 /// log's store does. A log store that fails shows as `"status":
-/// "degraded"` (still 200), with the log's spool.
-async fn ready(State(state): State<Arc<ApiState>>) -> Response {
+/// "degraded"` (still 200), with the log's spool. The stores' error texts
+/// name hosts, addresses and users: while `server.api_keys` is set, only
+/// an admin key sees them; any other request gets the same answer
+/// without them (never a 401: probes send no key).
+async fn ready(State(state): State<Arc<ApiState>>, headers: HeaderMap) -> Response {
+    let detailed = state.open()
+        || bearer(&headers)
+            .ok()
+            .flatten()
+            .is_some_and(|key| principal_of(&state, Some(key)).is_ok_and(|p| p.is_admin()));
     match state.queue.ping().await {
         Ok(()) => {
-            let log = state.log.health();
+            let mut log = state.log.health();
+            if !detailed {
+                log.error = None;
+            }
             let status = if state.log.degraded() { "degraded" } else { "ready" };
             Json(json!({"status": status, "log": log})).into_response()
         }
-        Err(e) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", e.to_string()).into_response(),
+        Err(e) => {
+            let message = if detailed {
+                e.to_string()
+            } else {
+                "the queue does not answer (an admin key is told why)".to_owned()
+            };
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", message).into_response()
+        }
     }
 }
 
+/// Whether `GET /metrics` needs an admin key under `server`: while
+/// `api_keys` is set unless `metrics_public`, and always with the
+/// deprecated `metrics_require_key`.
+fn metrics_need_key(server: &crate::config::ServerConfig) -> bool {
+    server.metrics_require_key || (!server.api_keys.is_empty() && !server.metrics_public)
+}
+
 async fn render_metrics(State(state): State<Arc<ApiState>>, headers: HeaderMap) -> Response {
-    if state.catalog.snapshot().config.server.metrics_require_key {
+    let snapshot = state.catalog.snapshot();
+    if metrics_need_key(&snapshot.config.server) {
+        let why = if snapshot.config.server.api_keys.is_empty() {
+            "server.metrics_require_key is set"
+        } else {
+            "GET /metrics needs an admin key while server.api_keys is set (server.metrics_public = true opens it)"
+        };
         // Only an admin reads the metrics when they are behind a key.
         let principal = bearer(&headers).and_then(|key| match key {
             Some(key) => principal_of(&state, Some(key)),
             None => Err(ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
-                "server.metrics_require_key is set: send `Authorization: Bearer <admin key>`",
+                format!("{why}: send `Authorization: Bearer <admin key>`"),
             )),
         });
         match principal {

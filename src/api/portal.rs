@@ -10,13 +10,13 @@
 //! `console.link_ttl` (10 minutes by default), and starts a session scoped
 //! to the tenant: it sees and acts on that tenant's objects only, through
 //! the same authorization as a tenant key. The URL is built on
-//! `console.public_url`, or else on the request's `Host` (and
-//! `X-Forwarded-Proto`).
+//! `console.public_url`, or else on the request's `Host` (or HTTP/2's
+//! `:authority`) and `X-Forwarded-Proto`.
 
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Extension, Json, Router};
@@ -46,14 +46,12 @@ pub struct PortalLink {
 
 /// Where browsers reach this hookd: `console.public_url`, or the
 /// request's scheme and host.
-fn base_url(state: &ApiState, headers: &HeaderMap) -> Result<String, ApiError> {
+fn base_url(state: &ApiState, headers: &HeaderMap, uri: &Uri) -> Result<String, ApiError> {
     if let Some(url) = &state.console.public_url {
         return Ok(url.trim_end_matches('/').to_owned());
     }
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .filter(|h| !h.is_empty() && !h.contains(['/', ' ', '@']))
+    let host = super::hosts::request_host(headers, uri)
+        .filter(|h| !h.contains(['/', ' ', '@']))
         .ok_or_else(|| {
             ApiError::new(
                 StatusCode::BAD_REQUEST,
@@ -73,6 +71,7 @@ async fn portal_link(
     Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
     headers: HeaderMap,
+    uri: Uri,
 ) -> Result<Response, ApiError> {
     require_admin(&principal)?;
     let tenant = TenantId::parse(&id).map_err(|p| ApiError::new(StatusCode::BAD_REQUEST, "invalid_id", p))?;
@@ -80,21 +79,22 @@ async fn portal_link(
         return Err(not_found(format!("tenant `{tenant}` does not exist")));
     }
     tracing::info!(tenant = %tenant, "portal link made");
-    issue(&state, &headers, Role::Tenant { tenant }).await
+    issue(&state, &headers, &uri, Role::Tenant { tenant }).await
 }
 
 async fn operator_link(
     State(state): State<Arc<ApiState>>,
     Extension(principal): Extension<Principal>,
     headers: HeaderMap,
+    uri: Uri,
 ) -> Result<Response, ApiError> {
     require_admin(&principal)?;
     tracing::info!("operator console link made");
-    issue(&state, &headers, Role::Operator).await
+    issue(&state, &headers, &uri, Role::Operator).await
 }
 
 /// A link for `role`, as the 201 answer.
-async fn issue(state: &ApiState, headers: &HeaderMap, role: Role) -> Result<Response, ApiError> {
+async fn issue(state: &ApiState, headers: &HeaderMap, uri: &Uri, role: Role) -> Result<Response, ApiError> {
     if !state.console.enabled {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -102,7 +102,7 @@ async fn issue(state: &ApiState, headers: &HeaderMap, role: Role) -> Result<Resp
             "the console is off (console.enabled = false): there is nothing to link to",
         ));
     }
-    let base = base_url(state, headers)?;
+    let base = base_url(state, headers, uri)?;
     let sessions = Sessions::new(state.catalog.store(), &state.console);
     let (token, expires_at) = sessions
         .issue_link(role)

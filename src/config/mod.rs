@@ -129,7 +129,27 @@ pub struct ServerConfig {
     /// Serve an API without keys on an address beyond loopback: refused
     /// unless this says so.
     pub allow_unauthenticated: bool,
-    /// Whether `GET /metrics` needs an admin key too.
+    /// Host names (or IP addresses) the API and the console answer to
+    /// besides loopback ones (`localhost`, `*.localhost`, `127.0.0.0/8`,
+    /// `[::1]`), compared with a request's `Host` (or HTTP/2's
+    /// `:authority`) without its port; others get a 421
+    /// `host_not_allowed`. This keeps another site's page, whose DNS name
+    /// was pointed at this machine (DNS rebinding), from using an API
+    /// without keys. When names are listed, every request must match one
+    /// or be loopback, keys or not. When the list is empty, an API without
+    /// `api_keys` answers loopback names only, and one with keys does not
+    /// look at the host (behind a proxy, keys protect it). `/healthz` is
+    /// never checked: load balancers probe it under any name, and it says
+    /// nothing but that the process is up.
+    pub allowed_hosts: Vec<String>,
+    /// While `api_keys` is set, `GET /metrics` needs an admin key unless
+    /// this is true. Without `api_keys` the metrics are readable by
+    /// anyone who reaches the listener, as the rest of the API is.
+    pub metrics_public: bool,
+    /// Deprecated: `/metrics` is behind an admin key by default now while
+    /// `api_keys` is set (see `metrics_public`). Still honoured: true asks
+    /// for a bearer key even without `api_keys`, and cannot be combined
+    /// with `metrics_public = true`.
     pub metrics_require_key: bool,
     /// Most connections served at once; more wait to be accepted.
     pub max_connections: usize,
@@ -978,6 +998,16 @@ impl Config {
                 ),
             ));
         }
+        for (n, host) in srv.allowed_hosts.iter().enumerate() {
+            crate::model::Host::parse(host).map_err(|p| invalid(format!("server.allowed_hosts[{n}]"), p))?;
+        }
+        if srv.metrics_public && srv.metrics_require_key {
+            return Err(invalid(
+                "server.metrics_require_key",
+                "is true while server.metrics_public is true: drop metrics_require_key (deprecated: /metrics \
+                 needs an admin key by default while server.api_keys is set)",
+            ));
+        }
         if srv.tls_cert.is_some() != srv.tls_key.is_some() {
             return Err(invalid(
                 if srv.tls_cert.is_some() {
@@ -1588,6 +1618,14 @@ mod tests {
             ("[history]\npostgres_pool_size = 0", "history.postgres_pool_size"),
             ("[history]\nspool_memory = \"1KiB\"", "history.spool_memory"),
             ("[queue]\ndead_retention = \"10m\"", "queue.dead_retention"),
+            (
+                "[server]\nallowed_hosts = [\"hooks.example.com\", \"https://x\"]",
+                "server.allowed_hosts[1]",
+            ),
+            (
+                "[server]\nmetrics_public = true\nmetrics_require_key = true",
+                "server.metrics_require_key",
+            ),
             (
                 "[queue]\nredis_response_timeout = \"10ms\"",
                 "queue.redis_response_timeout",

@@ -35,7 +35,7 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{FromRequestParts, Request};
-use axum::http::{header, request::Parts, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::http::{header, request::Parts, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::Router;
@@ -109,10 +109,12 @@ impl Answer {
 impl Api {
     /// Calls `method path` with `body` (JSON) as `principal`.
     pub async fn call(&self, principal: &Principal, method: Method, path: &str, body: Option<Value>) -> Answer {
-        self.call_from(principal, method, path, body, &HeaderMap::new()).await
+        self.call_from(principal, method, path, body, &HeaderMap::new(), &Uri::default())
+            .await
     }
 
-    /// As [`Api::call`], passing on the browser's `Host` and
+    /// As [`Api::call`], passing on the host the browser asked for (its
+    /// `Host`, or HTTP/2's `:authority` from `browser_uri`) and its
     /// `X-Forwarded-Proto` from `browser` (for answers holding links).
     pub async fn call_from(
         &self,
@@ -121,12 +123,14 @@ impl Api {
         path: &str,
         body: Option<Value>,
         browser: &HeaderMap,
+        browser_uri: &Uri,
     ) -> Answer {
         let mut request = Request::builder().method(method).uri(path);
-        for name in [header::HOST.as_str(), "x-forwarded-proto"] {
-            if let Some(value) = browser.get(name) {
-                request = request.header(name, value);
-            }
+        if let Some(host) = crate::api::hosts::request_host(browser, browser_uri) {
+            request = request.header(header::HOST, host);
+        }
+        if let Some(value) = browser.get("x-forwarded-proto") {
+            request = request.header("x-forwarded-proto", value);
         }
         if body.is_some() {
             request = request.header(header::CONTENT_TYPE, "application/json");
@@ -255,10 +259,11 @@ async fn stylesheet() -> Response {
 pub const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; \
                        frame-ancestors 'none'; base-uri 'none'";
 
-/// Refuses state-changing requests from another origin, and puts the
-/// security headers on every answer.
-async fn guard(headers: HeaderMap, request: Request, next: Next) -> Response {
-    if request.method() != Method::GET && request.method() != Method::HEAD && !same_origin(&headers) {
+/// Refuses state-changing requests from another origin (the API's own
+/// rule, [`crate::api::hosts::same_origin`]), and puts the security
+/// headers on every answer.
+async fn guard(request: Request, next: Next) -> Response {
+    if !crate::api::hosts::same_origin(request.method(), request.headers(), request.uri()) {
         return view::failure(
             StatusCode::FORBIDDEN,
             "this request came from another site: the console only takes forms of its own pages",
@@ -274,32 +279,6 @@ async fn guard(headers: HeaderMap, request: Request, next: Next) -> Response {
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }
     response
-}
-
-/// Whether a request is from the console's own pages: its `Origin` (or,
-/// without one, its `Referer`) names the host it was sent to. A browser
-/// always sends `Origin` with a form's POST; a request with neither is not
-/// a browser's, and cannot carry a cookie set `SameSite=Strict` from
-/// another site anyway.
-fn same_origin(headers: &HeaderMap) -> bool {
-    let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else {
-        return false;
-    };
-    let origin = headers
-        .get(header::ORIGIN)
-        .or_else(|| headers.get(header::REFERER))
-        .and_then(|o| o.to_str().ok());
-    match origin {
-        None => true,
-        Some("null") => false,
-        Some(origin) => {
-            let rest = origin
-                .strip_prefix("https://")
-                .or_else(|| origin.strip_prefix("http://"))
-                .unwrap_or("");
-            rest.split('/').next() == Some(host)
-        }
-    }
 }
 
 /// A signed-in request: its session and whom it acts as. Extracting it

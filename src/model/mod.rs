@@ -1,5 +1,6 @@
 //! The types every stage shares: events and their ids, subscription
-//! names, deliveries, tenants, secrets, and the clock's unit.
+//! names, deliveries, tenants, secrets, hosts as requests name them, and
+//! the clock's unit.
 //!
 //! A leaf: it imports nothing else of hookd, so every module may use it
 //! and the module graph has no cycle. Each checked newtype is built only
@@ -9,6 +10,7 @@
 mod delivery;
 mod event;
 pub mod headers;
+mod host;
 mod secret;
 mod subscription;
 mod tenant;
@@ -18,6 +20,7 @@ pub(crate) use delivery::body_b64;
 pub use delivery::{CorruptRecord, Delivery, DeliveryId, PluginHeaders};
 pub use event::{check_event_type, is_internal, Event, EventId, EventPattern, INTERNAL_PREFIX};
 pub use headers::REDACTED;
+pub use host::Host;
 pub use secret::{redact_url, serialize_redacted_values, Secret};
 pub use subscription::{RateLimit, SubscriptionName};
 pub use tenant::TenantId;

@@ -2,7 +2,7 @@
 //! plugin registry, with a run of a plugin on an event.
 
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, Method, StatusCode};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Form, Router};
@@ -280,6 +280,7 @@ async fn portal_link(
     State(console): State<Console>,
     ctx: Ctx,
     headers: HeaderMap,
+    uri: Uri,
     Path(id): Path<String>,
     Form(fields): Form<Fields>,
 ) -> Response {
@@ -289,7 +290,7 @@ async fn portal_link(
     let path = format!("/v1/tenants/{}/portal", segment(&id));
     let answer = console
         .api
-        .call_from(&ctx.principal, Method::POST, &path, None, &headers)
+        .call_from(&ctx.principal, Method::POST, &path, None, &headers, &uri)
         .await;
     let link: PortalLink = match answer.into() {
         Ok(link) => link,
