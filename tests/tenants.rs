@@ -1356,13 +1356,18 @@ on_every_backend!(embedded => Backend::Embedded, redis => Backend::Redis, cluste
 
 // --- bounds: every field a tenant sets -----------------------------------
 
-/// GETs `path` of hookd at `base` with no key: the status and the body.
+/// GETs `path` of hookd at `base` with the admin key: the status and the
+/// body as text.
 async fn get_text(base: &str, path: &str) -> (u16, String) {
     use http_body_util::{BodyExt, Empty};
     use hyper_util::client::legacy::Client;
     use hyper_util::rt::TokioExecutor;
     let client: Client<_, Empty<bytes::Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    let response = client.get(format!("{base}{path}").parse().unwrap()).await.unwrap();
+    let request = http::Request::get(format!("{base}{path}"))
+        .header("authorization", format!("Bearer {ADMIN}"))
+        .body(Empty::new())
+        .unwrap();
+    let response = client.request(request).await.unwrap();
     let status = response.status().as_u16();
     let body = response.into_body().collect().await.unwrap().to_bytes();
     (status, String::from_utf8_lossy(&body).into_owned())
