@@ -876,8 +876,10 @@ async fn an_enqueue_answered_late_is_safe_to_retry_with_the_same_id() {
         .expect("Redis answers in time");
     rx.wait_for(WAIT, "the first event", |a| !a.is_empty()).await;
     // A claim the dispatcher sends during the stall is answered late too:
-    // its deliveries wait for the lease (2 s here) to fall due again.
-    let busy = support::stall_redis(redis.port(), 2_000).await;
+    // its deliveries wait for the lease (2 s here) to fall due again. The
+    // stall is long enough for a loaded machine to send the enqueue inside
+    // it (2 s was not, once), and below Redis's 5 s busy-script threshold.
+    let busy = support::stall_redis(redis.port(), 4_000).await;
 
     let again = json!({"type": "coupon.redeemed", "id": "evt_late_2", "data": {"n": 2}}).to_string();
     let err = hookd

@@ -620,8 +620,17 @@ impl Catalog {
             }
             self.check_spec(snapshot, tenant, &sub.spec, None)?;
             let [guard, bump] = bump_revision(records, tenant);
+            // Guarded on the tenant record too: a tenant deleted (or moved
+            // to another plan) meanwhile on another process is read again,
+            // never given a subscription it would leave behind.
+            let tenant_as_read = expect(records, Kind::Tenant, tenant.as_str());
             Ok((
-                vec![guard, bump, Write::Create(record(Kind::Subscription, &id, &sub))],
+                vec![
+                    tenant_as_read,
+                    guard,
+                    bump,
+                    Write::Create(record(Kind::Subscription, &id, &sub)),
+                ],
                 (),
             ))
         })
