@@ -263,24 +263,37 @@ impl Drop for RedisServer {
     }
 }
 
-/// Reads one RESP2 reply and renders it as text.
 /// Holds the redis-server at `port` busy in a script for `ms` (Redis runs
 /// one command at a time, so every other client waits), from a blocking
-/// thread; returns once Redis is seen busy (a PING goes unanswered), with
-/// a handle that ends with the script.
+/// thread; returns once Redis is seen busy, with a handle that ends with
+/// the script.
+///
+/// The script's bytes are written before Redis is probed, so a PING that
+/// goes unanswered on a fresh connection (which Redis accepts after it has
+/// read the script) means the script runs, or will before anything the test
+/// sends next; a loaded machine cannot make the probe race ahead of it.
 pub async fn stall_redis(port: u16, ms: u64) -> tokio::task::JoinHandle<()> {
+    let (sent, written) = std::sync::mpsc::channel();
     let busy = tokio::task::spawn_blocking(move || {
         let script = format!(
             "local a = redis.call('TIME') local s = a[1] * 1000000 + a[2] \
              while true do local t = redis.call('TIME') \
              if t[1] * 1000000 + t[2] - s > {ms} * 1000 then return 1 end end"
         );
-        assert_eq!(
-            redis_command(port, &["EVAL", &script, "0"]),
-            "1",
-            "the stalling script ran"
-        );
+        let stream = TcpStream::connect(("127.0.0.1", port)).expect("cannot connect to the test redis-server");
+        stream
+            .set_read_timeout(Some(SERVER_TIMEOUT + Duration::from_millis(ms)))
+            .ok();
+        let request = format!("*3\r\n$4\r\nEVAL\r\n${}\r\n{script}\r\n$1\r\n0\r\n", script.len());
+        (&stream)
+            .write_all(request.as_bytes())
+            .expect("cannot write to the test redis-server");
+        sent.send(()).ok();
+        let reply = read_reply(&mut BufReader::new(stream)).expect("no reply from the test redis-server");
+        assert_eq!(reply, "1", "the stalling script ran");
     });
+    let written = tokio::task::spawn_blocking(move || written.recv_timeout(SERVER_TIMEOUT).is_ok());
+    assert!(written.await.unwrap(), "the stalling script was never written");
     let deadline = Instant::now() + SERVER_TIMEOUT;
     loop {
         let answered = tokio::task::spawn_blocking(move || {
@@ -296,6 +309,10 @@ pub async fn stall_redis(port: u16, ms: u64) -> tokio::task::JoinHandle<()> {
         if !answered {
             return busy;
         }
+        assert!(
+            !busy.is_finished(),
+            "the stalling script ended before Redis was seen busy"
+        );
         assert!(Instant::now() < deadline, "redis-server on port {port} never got busy");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -316,6 +333,7 @@ pub fn redis_command(port: u16, args: &[&str]) -> String {
     read_reply(&mut BufReader::new(stream)).expect("no reply from the test redis-server")
 }
 
+/// Reads one RESP2 reply and renders it as text.
 fn read_reply(reader: &mut impl BufRead) -> std::io::Result<String> {
     let mut line = String::new();
     reader.read_line(&mut line)?;
