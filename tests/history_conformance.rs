@@ -784,7 +784,7 @@ mod cases {
         assert_eq!(h.stats(&crm_name).await.unwrap().dead, 0);
     }
 
-    pub async fn event_records_read_back_byte_exact_and_first_write_wins(fx: &mut Fixture) {
+    pub async fn event_records_read_back_byte_exact_and_the_last_accepted_wins(fx: &mut Fixture) {
         let h = fx.h();
         let json = event_record(
             "evt_rec_json",
@@ -809,21 +809,42 @@ mod cases {
         }
         assert!(h.delivery(&d.id).await.unwrap().is_some());
 
-        // Repeats do nothing: the first write wins, within a call or later.
-        let mut again = binary.clone();
-        again.body = Bytes::from_static(b"something else");
-        again.event_type = "coupon.expired".into();
-        again.created_at = T0 + 50;
+        // Repeats (a batch written again) do nothing, within a call or
+        // later; so does a record accepted earlier than the one kept (from
+        // a process whose batch landed late). One accepted later (the id
+        // reused after the dedup window) replaces it: the log keeps the
+        // body last taken, which a replay sends.
+        let mut earlier = binary.clone();
+        earlier.body = Bytes::from_static(b"older");
+        earlier.created_at = T0;
+        let mut later = binary.clone();
+        later.body = Bytes::from_static(b"something else");
+        later.event_type = "coupon.expired".into();
+        later.created_at = T0 + 50;
         let twice = event_record("evt_rec_twice", T0 + 3, b"first");
+        let reused = event_record("evt_rec_twice", T0 + 20, b"second");
         h.record(&[
-            Entry::Event(again),
+            Entry::Event(binary.clone()),
+            Entry::Event(earlier),
             Entry::Event(twice.clone()),
-            Entry::Event(event_record("evt_rec_twice", T0 + 4, b"second")),
+            Entry::Event(reused.clone()),
+            Entry::Event(twice.clone()),
         ])
         .await
         .unwrap();
         assert_eq!(h.event_record(None, &binary.id).await.unwrap().as_ref(), Some(&binary));
-        assert_eq!(h.event_record(None, &twice.id).await.unwrap().as_ref(), Some(&twice));
+        assert_eq!(h.event_record(None, &twice.id).await.unwrap().as_ref(), Some(&reused));
+        h.record(&[Entry::Event(later.clone())]).await.unwrap();
+        assert_eq!(h.event_record(None, &binary.id).await.unwrap().as_ref(), Some(&later));
+        // A replaced record is trimmed by its new time: one record per key.
+        assert_eq!(
+            trim_all(&*h, T0 + 11, Duration::from_millis(1), 1_000_000).await,
+            3,
+            "the json and empty records go with the delivery; the replaced ones are younger"
+        );
+        assert_eq!(h.event_record(None, &json.id).await.unwrap(), None);
+        assert_eq!(h.event_record(None, &binary.id).await.unwrap().as_ref(), Some(&later));
+        let (binary, twice) = (later, reused);
 
         let unknown = EventId::parse("evt_rec_unknown").unwrap();
         assert_eq!(h.event_record(None, &unknown).await.unwrap(), None);
@@ -1097,11 +1118,13 @@ mod cases {
         ];
         entries.extend(of_a.iter().chain(&of_b).chain(&of_none).cloned().map(Entry::Created));
         h.record(&entries).await.unwrap();
-        // Repeats win nothing, and one tenant's write cannot touch another's.
+        // Repeats win nothing, and one tenant's write cannot touch another's:
+        // a's id accepted again later replaces a's record alone.
+        let rec_a = tenant_record(&a, id, T0 + 9, b"second a");
         h.record(&[
-            Entry::Event(tenant_record(&a, id, T0 + 9, b"second a")),
-            Entry::Event(tenant_record(&b, id, T0 + 9, b"second b")),
-            Entry::Event(event_record(id, T0 + 9, b"second none")),
+            Entry::Event(rec_a.clone()),
+            Entry::Event(rec_b.clone()),
+            Entry::Event(rec_none.clone()),
         ])
         .await
         .unwrap();
@@ -1670,7 +1693,7 @@ macro_rules! conformance {
             case!($open, stats_count_retained_deliveries_by_state);
             case!($open, trim_by_age_removes_the_oldest_entirely);
             case!($open, trim_by_count_keeps_the_newest);
-            case!($open, event_records_read_back_byte_exact_and_first_write_wins);
+            case!($open, event_records_read_back_byte_exact_and_the_last_accepted_wins);
             case!($open, event_records_are_trimmed_by_age);
             case!($open, event_records_are_trimmed_by_count);
             case!($open, secrets_are_never_stored);

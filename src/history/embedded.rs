@@ -493,8 +493,15 @@ impl<'txn> Tables<'txn> {
     fn record_event(&mut self, record: &EventRecord) -> Result<(), StoreError> {
         let key = event_key(record.tenant.as_ref(), &record.id);
         let id = key.as_str();
-        if self.event_records.get(id)?.is_some() {
-            return Ok(());
+        // A record kept already stays, unless this one was accepted later
+        // (an id reused after the dedup window): the log keeps the body
+        // last taken.
+        let kept = self.event_records.get(id)?.map(|r| r.value().1);
+        if let Some(kept) = kept {
+            if kept >= record.created_at {
+                return Ok(());
+            }
+            self.event_times.remove((kept.max(0), id))?;
         }
         let at = record.created_at.max(0);
         self.event_records

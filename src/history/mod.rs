@@ -48,9 +48,12 @@
 //!   attempt carries its event's tenant, so that summary is filed under it.
 //! - [`Entry::State`] sets the state (filtered, parked, replayed…) and the
 //!   note of a known delivery; for an unknown one it does nothing.
-//! - [`Entry::Event`] stores an event's record, once per (tenant, event
-//!   id): the first write wins and repeats do nothing. Ingest records each
-//!   accepted event that has at least one delivery;
+//! - [`Entry::Event`] stores an event's record, one per (tenant, event
+//!   id): repeats, and records accepted earlier than the one kept, do
+//!   nothing; one accepted later (the id reused after the dedup window, by
+//!   its producer or by a tenant made again with a deleted one's id)
+//!   replaces it, so the log holds the body last taken. Ingest records
+//!   each accepted event that has at least one delivery;
 //!   [`History::event_record`] reads it back byte for byte.
 //!
 //! ## Tenants
@@ -483,8 +486,8 @@ pub enum Entry {
         /// Why, in words.
         note: Option<String>,
     },
-    /// An event was accepted: keep its record (once per tenant and event
-    /// id).
+    /// An event was accepted: keep its record (one per tenant and event
+    /// id, the latest accepted).
     Event(EventRecord),
 }
 

@@ -266,8 +266,10 @@ struct Slot {
 /// What one batch writes, gathered while its entries are applied.
 #[derive(Default)]
 struct Writes {
-    /// New event records, by key.
+    /// Event records to store, by key.
     events: Vec<(String, EventRecord)>,
+    /// Keys of stored event records that `events` replaces.
+    replaced_events: Vec<String>,
     /// Attempts to append: the delivery's `at`, the attempt.
     attempts: Vec<(i64, AttemptRecord)>,
     /// Count changes per subscription and state.
@@ -457,21 +459,41 @@ impl PostgresHistory {
                 });
             }
         }
-        let mut known_events: HashSet<String> = HashSet::new();
+        // Kept event records, by key, with when each was accepted.
+        let mut known_events: HashMap<String, i64> = HashMap::new();
         if !keys.is_empty() {
             let rows = tx
-                .query("SELECT event_key FROM events WHERE event_key = ANY($1)", &[&keys])
+                .query(
+                    "SELECT event_key, max(created_at) FROM events WHERE event_key = ANY($1) GROUP BY event_key",
+                    &[&keys],
+                )
                 .await
                 .map_err(pg)?;
-            known_events.extend(rows.iter().map(|r| r.get::<_, String>(0)));
+            known_events.extend(rows.iter().map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1))));
         }
+        let mut stored_events: HashSet<String> = known_events.keys().cloned().collect();
 
         let mut writes = Writes::default();
         for entry in entries {
             if let Entry::Event(record) = entry {
+                // A record kept already stays, unless this one was accepted
+                // later (an id reused after the dedup window): the log keeps
+                // the body last taken.
                 let key = event_key(record.tenant.as_ref(), &record.id);
-                if known_events.insert(key.clone()) {
-                    writes.events.push((key, record.clone()));
+                match known_events.get(&key) {
+                    Some(&kept) if kept >= record.created_at => {}
+                    kept => {
+                        if kept.is_some() {
+                            // Stored before this batch: its row goes; taken
+                            // earlier in this batch: that write goes.
+                            if stored_events.remove(&key) {
+                                writes.replaced_events.push(key.clone());
+                            }
+                            writes.events.retain(|(k, _)| k != &key);
+                        }
+                        known_events.insert(key.clone(), record.created_at);
+                        writes.events.push((key, record.clone()));
+                    }
                 }
                 continue;
             }
@@ -509,7 +531,7 @@ impl PostgresHistory {
 
         self.write_summaries(&tx, &slots).await?;
         write_attempts(&tx, &writes.attempts).await?;
-        write_events(&tx, &writes.events).await?;
+        write_events(&tx, &writes.events, &writes.replaced_events).await?;
         write_counts(&tx, &writes).await?;
         write_activity(&tx, entries).await?;
         tx.commit().await.map_err(pg)?;
@@ -875,10 +897,16 @@ async fn write_attempts(tx: &Transaction<'_>, attempts: &[(i64, AttemptRecord)])
     Ok(())
 }
 
-/// Stores new event records and counts them.
-async fn write_events(tx: &Transaction<'_>, events: &[(String, EventRecord)]) -> Result<(), Error> {
+/// Stores event records, replacing the rows of `replaced` (kept keys
+/// accepted again), and counts the new ones.
+async fn write_events(tx: &Transaction<'_>, events: &[(String, EventRecord)], replaced: &[String]) -> Result<(), Error> {
     if events.is_empty() {
         return Ok(());
+    }
+    if !replaced.is_empty() {
+        tx.execute("DELETE FROM events WHERE event_key = ANY($1)", &[&replaced])
+            .await
+            .map_err(pg)?;
     }
     let keys: Vec<&str> = events.iter().map(|(k, _)| k.as_str()).collect();
     let ids: Vec<&str> = events.iter().map(|(_, r)| r.id.as_str()).collect();
@@ -897,7 +925,7 @@ async fn write_events(tx: &Transaction<'_>, events: &[(String, EventRecord)]) ->
     )
     .await
     .map_err(pg)?;
-    tx.execute("UPDATE event_count SET n = n + $1", &[&(events.len() as i64)])
+    tx.execute("UPDATE event_count SET n = n + $1", &[&((events.len() - replaced.len()) as i64)])
         .await
         .map_err(pg)?;
     Ok(())

@@ -277,7 +277,10 @@ end
 local function event(base, i)
   local ev = evkey(ARGV[i + 4], nz(ARGV[i + 16]))
   local r = base .. 'e:' .. ev
-  if redis.call('EXISTS', r) == 1 then return 0 end
+  -- A record kept already stays, unless this one was accepted later (an
+  -- id reused after the dedup window): the log keeps the body last taken.
+  local old = tonumber(redis.call('HGET', r, 'created_at'))
+  if old and old >= tonumber(ARGV[i + 8]) then return 0 end
   redis.call('HSET', r, 'type', ARGV[i + 5], 'created_at', ARGV[i + 8], 'body', ARGV[i + 14])
   redis.call('ZADD', base .. 'events', ARGV[i + 8], ev)
   return 1
