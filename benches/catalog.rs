@@ -114,6 +114,7 @@ fn records(tenants: usize, per: usize, first: usize) -> Vec<Write> {
             metadata: Default::default(),
             created_at: now,
             updated_at: now,
+            generation: format!("g{t}"),
         };
         writes.push(record(Kind::Tenant, id.as_str(), &tenant));
         for j in 0..per {
@@ -139,6 +140,7 @@ fn records(tenants: usize, per: usize, first: usize) -> Vec<Write> {
                 created_at: now,
                 updated_at: now,
                 deleted_at: None,
+                tenant_generation: format!("g{t}"),
             };
             writes.push(record(Kind::Subscription, sub.id.as_str(), &sub));
         }
@@ -207,7 +209,7 @@ fn catalog_benches(c: &mut Criterion) {
         let snapshot = fixture.catalog.snapshot();
         let fan_out = || {
             let matching = snapshot.routes.matching(&event.event_type, event.tenant.as_ref());
-            to_subscriptions(&event, matching, 8, 1)
+            to_subscriptions(&event, "", matching, 8, 1)
         };
         assert_eq!(
             fan_out().deliveries.len(),

@@ -100,7 +100,10 @@
 //!   listener needs: a connection cap, head and request timeouts, a
 //!   bounded shutdown; cross-site browser posts are refused. Every request is made by a
 //!   [`catalog::keys::Principal`] (admin, producer, tenant); a tenant sees
-//!   its own objects only, another's being a 404.
+//!   its own objects only, another's being a 404. A tenant's own are those
+//!   of its *generation* ([`catalog::Snapshot::owns`]): a tenant made again
+//!   with a deleted one's id sees nothing of the old one's log, which the
+//!   API fences as it reads (`api::in_tenant_log`), whatever the log store.
 //! - [`console`]: the web console and tenant portal at `/console`: HTML
 //!   rendered on the server with maud, no script, one embedded stylesheet.
 //!   Its pages read and act through the API's own routes, called in

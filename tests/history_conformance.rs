@@ -1693,7 +1693,10 @@ macro_rules! conformance {
             case!($open, stats_count_retained_deliveries_by_state);
             case!($open, trim_by_age_removes_the_oldest_entirely);
             case!($open, trim_by_count_keeps_the_newest);
-            case!($open, event_records_read_back_byte_exact_and_the_last_accepted_wins);
+            case!(
+                $open,
+                event_records_read_back_byte_exact_and_the_last_accepted_wins
+            );
             case!($open, event_records_are_trimmed_by_age);
             case!($open, event_records_are_trimmed_by_count);
             case!($open, secrets_are_never_stored);

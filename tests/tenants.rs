@@ -1881,3 +1881,157 @@ async fn a_deleted_subscription_keeps_no_secret_and_its_tombstone_is_purged() {
     );
     assert_eq!(catalog.purge_tombstones().await.unwrap(), 0);
 }
+
+/// One raw request to `base`: its status, its headers and its body.
+async fn raw(method: &str, base: &str, path: &str, headers: &[(&str, &str)]) -> (u16, http::HeaderMap, String) {
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+    let client: Client<_, Empty<bytes::Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let mut request = http::Request::builder().method(method).uri(format!("{base}{path}"));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = client.request(request.body(Empty::new()).unwrap()).await.unwrap();
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, headers, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// Opens the console link `url` of hookd at `base`: the session cookie.
+async fn open_link(base: &str, url: &str) -> Option<String> {
+    let path = url.strip_prefix(base).expect("a link to this hookd");
+    let (status, headers, body) = raw("POST", base, path, &[("origin", base)]).await;
+    if status == 410 {
+        return None;
+    }
+    assert!(status < 400, "{status}: {body}");
+    let cookie = headers.get("set-cookie").expect("a session cookie").to_str().unwrap();
+    Some(cookie.split(';').next().unwrap().to_owned())
+}
+
+/// A tenant made again with the id of a deleted one starts empty: the old
+/// one's deliveries, events, attempts, console sessions and links
+/// are not its own, on every route, for its key and for an admin reading
+/// its log; an event id the old one used is taken as new, not as its
+/// duplicate, and a replay sends the new body. Before the generation
+/// fence, the new key read the old tenant's deliveries and event bodies.
+async fn a_tenant_made_again_starts_with_nothing_of_the_deleted_one(backend: Backend) {
+    let rx = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (config, _redis) = config_on(backend, dir.path(), "generations", "");
+    let hookd = Hookd::start(config).await;
+    let admin = hookd.api.clone();
+    let base = hookd.url.clone();
+    let old = tenant(&admin, "acme", None).await;
+    let made = subscribe(&old, &rx, "old", json!(["link.*"])).await;
+    let old_sub = made["id"].as_str().unwrap().to_owned();
+    let old_body =
+        json!({"type": "link.clicked", "id": "evt_gen", "tenant": "acme", "data": {"secret": "the old tenant's"}});
+    hookd.send(old_body).await;
+    rx.wait_for(WAIT, "the old tenant's delivery", |a| a.iter().any(|x| x.path == "old"))
+        .await;
+    let logged = hookd
+        .wait_for("/v1/deliveries?tenant=acme", "the old delivery logged", |v| {
+            v["deliveries"][0]["state"] == "delivered"
+        })
+        .await;
+    let old_delivery = logged["deliveries"][0]["id"].as_str().unwrap().to_owned();
+    // A portal session, and a link not yet opened.
+    let link = |_: ()| async {
+        let made = admin.post("/v1/tenants/acme/portal", "").await.unwrap();
+        made["url"].as_str().unwrap().to_owned()
+    };
+    let session = open_link(&base, &link(()).await).await.expect("the link opens");
+    let unopened = link(()).await;
+    let (code, _, _) = raw("GET", &base, "/console", &[("cookie", &session)]).await;
+    assert_eq!(code, 200, "the portal session works");
+
+    admin.delete("/v1/tenants/acme").await.unwrap();
+    let new = tenant(&admin, "acme", None).await;
+
+    let listed = new.get("/v1/deliveries").await.unwrap();
+    assert_eq!(listed["deliveries"], json!([]), "{listed}");
+    let listed = admin.get("/v1/deliveries?tenant=acme").await.unwrap();
+    assert_eq!(
+        listed["deliveries"],
+        json!([]),
+        "an admin reads the new tenant's log: {listed}"
+    );
+    assert_eq!(status(&new.get("/v1/events/evt_gen").await), 404);
+    assert_eq!(
+        status(&new.get(&format!("/v1/deliveries/{old_delivery}/attempts")).await),
+        404
+    );
+    assert_eq!(
+        status(&new.post(&format!("/v1/deliveries/{old_delivery}/retry"), "").await),
+        404
+    );
+    assert_eq!(status(&new.get(&format!("/v1/subscriptions/{old_sub}")).await), 404);
+    // Replaying the old event to a subscription of the new tenant: refused,
+    // and nothing of the old body is sent.
+    let fresh = subscribe(&new, &rx, "new", json!(["link.*"])).await;
+    let fresh_id = fresh["id"].as_str().unwrap().to_owned();
+    let replay = new
+        .post(
+            "/v1/events/evt_gen/replay",
+            json!({"subscriptions": [fresh_id.clone()]}).to_string(),
+        )
+        .await;
+    assert_eq!(status(&replay), 404, "{replay:?}");
+    // The old session ended, and the old link opens nothing.
+    let (status_code, headers, _) = raw("GET", &base, "/console", &[("cookie", &session)]).await;
+    assert!((300..400).contains(&status_code), "{status_code}");
+    assert!(headers["location"].to_str().unwrap().contains("sign-in"), "{headers:?}");
+    assert_eq!(
+        open_link(&base, &unopened).await,
+        None,
+        "the old tenant's link is spent"
+    );
+
+    // The same event id, from the new tenant: a new event, not a duplicate,
+    // and the log (and a replay) holds the new body.
+    let new_body = json!({"type": "link.clicked", "id": "evt_gen", "tenant": "acme", "data": {"n": 2}});
+    let accepted = hookd.send(new_body).await;
+    assert_eq!(accepted["duplicate"], false, "{accepted}");
+    let arrived = rx
+        .wait_for(WAIT, "the new tenant's delivery", |a| a.iter().any(|x| x.path == "new"))
+        .await;
+    let to_new: Vec<_> = arrived.iter().filter(|a| a.path == "new").collect();
+    assert_eq!(to_new.len(), 1);
+    assert!(to_new[0].verified);
+    assert!(!String::from_utf8_lossy(&to_new[0].body).contains("old tenant"));
+    let event = support::daemon::wait_for_answer(&new, "/v1/events/evt_gen", "the new event logged", |v| {
+        v["event"].is_object()
+    })
+    .await;
+    assert_eq!(event["deliveries"].as_array().unwrap().len(), 1, "{event}");
+    assert!(!event.to_string().contains("old tenant"), "{event}");
+    new.post("/v1/events/evt_gen/replay", "").await.unwrap();
+    let arrived = rx
+        .wait_for(WAIT, "the replay", |a| {
+            a.iter().filter(|x| x.path == "new").count() == 2
+        })
+        .await;
+    assert!(arrived
+        .iter()
+        .filter(|a| a.path == "new")
+        .all(|a| a.verified && !String::from_utf8_lossy(&a.body).contains("old tenant")));
+    assert_eq!(
+        arrived.iter().filter(|a| a.path == "old").count(),
+        1,
+        "the old subscription got its one delivery, nothing after"
+    );
+    hookd.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_made_again_starts_with_nothing_of_the_deleted_one_embedded() {
+    a_tenant_made_again_starts_with_nothing_of_the_deleted_one(Backend::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_made_again_starts_with_nothing_of_the_deleted_one_redis() {
+    a_tenant_made_again_starts_with_nothing_of_the_deleted_one(Backend::Redis).await;
+}

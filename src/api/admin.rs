@@ -29,7 +29,7 @@ use axum::routing::get;
 use axum::{Extension, Json, Router};
 use serde_json::{json, Value};
 
-use super::{may_see, not_found, require_reader};
+use super::{fence_listing, in_tenant_log, may_see, not_found, require_reader};
 use super::{ApiError, ApiState};
 use crate::catalog::keys::Principal;
 use crate::config::SubscriptionName;
@@ -206,7 +206,16 @@ async fn list_deliveries(
         }
         q.filter.tenant = Some(tenant.clone());
     }
-    let page = state.history.list(&q.filter, q.cursor.as_deref(), q.limit).await?;
+    // A tenant's log, read by the tenant or an admin, is the log of the
+    // tenant now of that id, not of a deleted one that had it.
+    let snapshot = state.catalog.snapshot();
+    if let Some(tenant) = q.filter.tenant.clone() {
+        fence_listing(&snapshot, &tenant, &mut q.filter);
+    }
+    let mut page = state.history.list(&q.filter, q.cursor.as_deref(), q.limit).await?;
+    if let Some(tenant) = &q.filter.tenant {
+        page.items.retain(|s| in_tenant_log(&snapshot, tenant, s));
+    }
     let items: Vec<Value> = page.items.iter().map(summary_json).collect();
     Ok(Json(json!({ "deliveries": items, "next_cursor": page.next_cursor })).into_response())
 }
@@ -280,7 +289,13 @@ async fn event_deliveries(
         // only through them.
         let snapshot = state.catalog.snapshot();
         summaries.retain(|s| may_see(&snapshot, &principal, &s.subscription));
-        if summaries.is_empty() {
+        let own = principal.tenant();
+        if summaries.is_empty()
+            || record
+                .as_ref()
+                .zip(own)
+                .is_some_and(|(r, own)| !super::events::of_this_tenant(&snapshot, own, r))
+        {
             record = None;
         }
     }

@@ -40,9 +40,11 @@ use serde_json::json;
 use super::admin::TenantQuery;
 use super::{bad_body, may_see, require_reader, ApiError, ApiState};
 use crate::catalog::keys::Principal;
+use crate::catalog::Snapshot;
 use crate::config::{Config, SubscriptionName};
-use crate::history::{DeliverySummary, Entry};
+use crate::history::{DeliverySummary, Entry, EventRecord};
 use crate::ingest::EventId;
+use crate::model::TenantId;
 use crate::queue::{now_ms, shard_of, Delivery, Enqueued, NewEvent};
 
 /// Longest replay `key` accepted, in bytes.
@@ -109,6 +111,17 @@ impl ReplayRequest {
     }
 }
 
+/// Whether the event `record`, kept under `tenant`, is the record of the
+/// tenant of that id now in the catalogue: accepted after it was made. A
+/// record of a deleted tenant with the same id is not; the latest accepted
+/// is kept ([`crate::history::Entry::Event`]), so an id the new tenant
+/// reuses reads back as its own.
+pub(super) fn of_this_tenant(snapshot: &Snapshot, tenant: &TenantId, record: &EventRecord) -> bool {
+    snapshot
+        .tenant_since(tenant)
+        .is_some_and(|since| record.created_at >= since)
+}
+
 async fn replay(
     State(state): State<Arc<ApiState>>,
     Extension(principal): Extension<Principal>,
@@ -144,20 +157,27 @@ async fn replay(
         .as_deref()
         .map(|names| ReplayRequest::named(names, &config))
         .transpose()?;
+    let unknown = || {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!(
+                "the delivery log has no record of event {event_id} (trimmed by history retention, \
+                 or never recorded): it cannot be replayed"
+            ),
+        )
+    };
     let record = state
         .history
         .event_record(tenant.as_ref(), &event_id)
         .await?
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                format!(
-                    "the delivery log has no record of event {event_id} (trimmed by history retention, \
-                 or never recorded): it cannot be replayed"
-                ),
-            )
-        })?;
+        .ok_or_else(unknown)?;
+    if principal
+        .tenant()
+        .is_some_and(|own| !of_this_tenant(&snapshot, own, &record))
+    {
+        return Err(unknown());
+    }
     let targets = match named {
         Some(named) => named,
         None => {
@@ -201,7 +221,10 @@ async fn replay(
         })
         .collect();
     let dedup_key = match &tenant {
-        Some(t) => format!("{}/replay/{key}", crate::ingest::tenant_dedup_key(t, &event_id)),
+        Some(t) => format!(
+            "{}/replay/{key}",
+            crate::ingest::tenant_dedup_key(t, snapshot.generation_of(Some(t)), &event_id)
+        ),
         None => format!("{event_id}/replay/{key}"),
     };
     let event = NewEvent {

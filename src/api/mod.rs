@@ -64,9 +64,9 @@ use subtle::ConstantTimeEq;
 use crate::catalog::keys::Principal;
 use crate::catalog::{Catalog, Owner, Snapshot};
 use crate::config::Config;
-use crate::history::History;
+use crate::history::{DeliverySummary, History, ListFilter};
 use crate::ingest::{self, Ingestor, Source};
-use crate::model::SubscriptionName;
+use crate::model::{Millis, SubscriptionName, TenantId};
 use crate::notify::Alerts;
 use crate::queue::{now_ms, Backend, DeliveryId, Queue, StateStore};
 use crate::telemetry::{metrics, Metrics};
@@ -388,11 +388,43 @@ pub(crate) fn may_see(snapshot: &Snapshot, principal: &Principal, subscription: 
     match principal {
         Principal::Admin { .. } => true,
         Principal::Producer { .. } => false,
+        // Its own, live or deleted, made by this tenant: not by a deleted
+        // tenant that had its id ([`Snapshot::owns`]).
         Principal::Tenant { tenant, .. } => match snapshot.subscription(subscription.as_str()) {
-            Some((_, Owner::Tenant(owner))) => &owner == tenant,
             Some((_, Owner::Operator)) => false,
-            None => snapshot.stored.get(subscription).is_some_and(|s| &s.tenant == tenant),
+            _ => snapshot
+                .stored
+                .get(subscription)
+                .is_some_and(|s| snapshot.owns(tenant, s)),
         },
+    }
+}
+
+/// How far before a tenant's creation its log is still read, for clocks
+/// of processes that disagree: what falls in it is sorted out one by one
+/// ([`in_tenant_log`]).
+const CLOCK_SKEW: Millis = 60_000;
+
+/// Fences the listing `filter` of `tenant`'s log to what `tenant`, as it
+/// is now in the catalogue, may see: nothing made long before it was.
+pub(crate) fn fence_listing(snapshot: &Snapshot, tenant: &TenantId, filter: &mut ListFilter) {
+    if let Some(since) = snapshot.tenant_since(tenant).filter(|&s| s > 0) {
+        let from = since.saturating_sub(CLOCK_SKEW);
+        filter.from = Some(filter.from.map_or(from, |f| f.max(from)));
+    }
+}
+
+/// Whether `summary`, filed under `tenant`, is in the log of `tenant` as
+/// it is now in the catalogue: a delivery to one of its subscriptions
+/// ([`Snapshot::owns`]), or, of a subscription the catalogue no longer
+/// knows (its tombstone purged), one made after the tenant was. A tenant
+/// made again with the id of a deleted one sees nothing of the old one.
+pub(crate) fn in_tenant_log(snapshot: &Snapshot, tenant: &TenantId, summary: &DeliverySummary) -> bool {
+    match snapshot.stored.get(&summary.subscription) {
+        Some(sub) => snapshot.owns(tenant, sub),
+        None => snapshot
+            .tenant_since(tenant)
+            .is_some_and(|since| summary.created_at >= since),
     }
 }
 

@@ -75,11 +75,17 @@ async fn portal_link(
 ) -> Result<Response, ApiError> {
     require_admin(&principal)?;
     let tenant = TenantId::parse(&id).map_err(|p| ApiError::new(StatusCode::BAD_REQUEST, "invalid_id", p))?;
-    if !state.catalog.snapshot().tenants.contains_key(&tenant) {
+    let Some(generation) = state
+        .catalog
+        .snapshot()
+        .tenants
+        .get(&tenant)
+        .map(|(t, _)| t.generation.clone())
+    else {
         return Err(not_found(format!("tenant `{tenant}` does not exist")));
-    }
+    };
     tracing::info!(tenant = %tenant, "portal link made");
-    issue(&state, &headers, &uri, Role::Tenant { tenant }).await
+    issue(&state, &headers, &uri, Role::Tenant { tenant, generation }).await
 }
 
 async fn operator_link(

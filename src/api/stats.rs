@@ -241,7 +241,15 @@ async fn stats(
     let now = now_ms();
     let to = minute_of(now) + MINUTE_MS;
     let from = to - (window.minutes() + 1) * MINUTE_MS;
-    let activity = state.history.activity(view.as_ref(), from, to).await?;
+    let mut activity = state.history.activity(view.as_ref(), from, to).await?;
+    // A tenant's view starts in the minute it was made: the minutes before
+    // hold the attempts of a deleted tenant that had its id, if any. (The
+    // minute itself is shown whole: per-minute counts cannot be split.)
+    if let Some(since) = view.as_ref().and_then(|t| snapshot.tenant_since(t)) {
+        for minute in activity.minutes.iter_mut().filter(|m| m.at + MINUTE_MS <= since) {
+            minute.counts = Default::default();
+        }
+    }
     let minutes = activity
         .minutes
         .iter()

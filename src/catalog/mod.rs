@@ -324,6 +324,7 @@ impl Catalog {
         let now = now_ms();
         tenant.created_at = now;
         tenant.updated_at = now;
+        tenant.generation = uuid::Uuid::now_v7().simple().to_string();
         self.apply(vec![Write::Create(record(Kind::Tenant, tenant.id.as_str(), &tenant))])
             .await?;
         Ok(tenant)
@@ -381,31 +382,39 @@ impl Catalog {
     /// pending deliveries are cancelled) and keys, in one atomic write.
     /// Returns the subscriptions deleted.
     pub async fn delete_tenant(&self, id: &TenantId) -> Result<Vec<SubscriptionName>, Error> {
-        let snapshot = self.snapshot();
-        self.stored_tenant(&snapshot, id)?;
-        let now = now_ms();
-        let mut writes = vec![Write::Delete {
-            kind: Kind::Tenant,
-            id: id.to_string(),
-        }];
-        let mut deleted = Vec::new();
-        for sub in snapshot
-            .stored
-            .values()
-            .filter(|s| &s.tenant == id && s.deleted_at.is_none())
-        {
-            let tomb = sub.tombstone(now);
-            writes.push(Write::Put(record(Kind::Subscription, sub.id.as_str(), &tomb)));
-            deleted.push(sub.id.clone());
-        }
-        for key in snapshot.keys.values().filter(|k| k.tenant.as_ref() == Some(id)) {
-            writes.push(Write::Delete {
-                kind: Kind::Key,
-                id: key.id.clone(),
-            });
-        }
-        self.apply(writes).await?;
-        Ok(deleted)
+        // Guarded on the tenant record as read, as creations of its
+        // subscriptions and keys are: one made meanwhile on another process
+        // makes this read again, so none is left behind for a later tenant
+        // with the same id.
+        self.apply_cas(|snapshot, records| {
+            self.stored_tenant(snapshot, id)?;
+            let now = now_ms();
+            let mut writes = vec![
+                expect(records, Kind::Tenant, id.as_str()),
+                Write::Delete {
+                    kind: Kind::Tenant,
+                    id: id.to_string(),
+                },
+            ];
+            let mut deleted = Vec::new();
+            for sub in snapshot
+                .stored
+                .values()
+                .filter(|s| &s.tenant == id && s.deleted_at.is_none())
+            {
+                let tomb = sub.tombstone(now);
+                writes.push(Write::Put(record(Kind::Subscription, sub.id.as_str(), &tomb)));
+                deleted.push(sub.id.clone());
+            }
+            for key in snapshot.keys.values().filter(|k| k.tenant.as_ref() == Some(id)) {
+                writes.push(Write::Delete {
+                    kind: Kind::Key,
+                    id: key.id.clone(),
+                });
+            }
+            Ok((writes, deleted))
+        })
+        .await
     }
 
     // --- keys ----------------------------------------------------------
@@ -418,14 +427,6 @@ impl Catalog {
         tenant: Option<TenantId>,
         label: Option<String>,
     ) -> Result<(KeyRecord, String), Error> {
-        if let Some(t) = &tenant {
-            if !self.snapshot().tenants.contains_key(t) {
-                return Err(Error::NotFound {
-                    kind: "tenant",
-                    id: t.to_string(),
-                });
-            }
-        }
         match (role, &tenant) {
             (Role::Tenant, None) => return Err(invalid("tenant", "a tenant key needs its tenant")),
             (Role::Admin, Some(_)) => return Err(invalid("role", "an admin key cannot belong to a tenant")),
@@ -443,8 +444,24 @@ impl Catalog {
             label,
             created_at: now_ms(),
         };
-        self.apply(vec![Write::Create(record(Kind::Key, &id, &record_))])
-            .await?;
+        // A tenant's key is guarded on the tenant record: a tenant deleted
+        // meanwhile on another process is read again, never left a key
+        // that would let a later tenant of the same id in.
+        self.apply_cas(|snapshot, records| {
+            let mut writes = Vec::new();
+            if let Some(t) = &record_.tenant {
+                if !snapshot.tenants.contains_key(t) {
+                    return Err(Error::NotFound {
+                        kind: "tenant",
+                        id: t.to_string(),
+                    });
+                }
+                writes.push(expect(records, Kind::Tenant, t.as_str()));
+            }
+            writes.push(Write::Create(record(Kind::Key, &id, &record_)));
+            Ok((writes, ()))
+        })
+        .await?;
         Ok((record_, key))
     }
 
@@ -534,6 +551,7 @@ impl Catalog {
             created_at: 0,
             updated_at: 0,
             deleted_at: None,
+            tenant_generation: String::new(),
         };
         if let Some(plugin) = &spec.plugin {
             let registry = &snapshot.config.plugins.registry;
@@ -607,34 +625,40 @@ impl Catalog {
             created_at: now,
             updated_at: now,
             deleted_at: None,
+            tenant_generation: String::new(),
         };
         // The plan's count is checked against the snapshot the write is
         // guarded on: N creations at once, on any processes, never make
         // more than the plan allows.
-        self.apply_cas(|snapshot, records| {
-            if !snapshot.tenants.contains_key(tenant) {
-                return Err(Error::NotFound {
-                    kind: "tenant",
-                    id: tenant.to_string(),
-                });
-            }
-            self.check_spec(snapshot, tenant, &sub.spec, None)?;
-            let [guard, bump] = bump_revision(records, tenant);
-            // Guarded on the tenant record too: a tenant deleted (or moved
-            // to another plan) meanwhile on another process is read again,
-            // never given a subscription it would leave behind.
-            let tenant_as_read = expect(records, Kind::Tenant, tenant.as_str());
-            Ok((
-                vec![
-                    tenant_as_read,
-                    guard,
-                    bump,
-                    Write::Create(record(Kind::Subscription, &id, &sub)),
-                ],
-                (),
-            ))
-        })
-        .await?;
+        let sub = self
+            .apply_cas(|snapshot, records| {
+                let Some((owner, _)) = snapshot.tenants.get(tenant) else {
+                    return Err(Error::NotFound {
+                        kind: "tenant",
+                        id: tenant.to_string(),
+                    });
+                };
+                let sub = StoredSubscription {
+                    tenant_generation: owner.generation.clone(),
+                    ..sub.clone()
+                };
+                self.check_spec(snapshot, tenant, &sub.spec, None)?;
+                let [guard, bump] = bump_revision(records, tenant);
+                // Guarded on the tenant record too: a tenant deleted (or moved
+                // to another plan) meanwhile on another process is read again,
+                // never given a subscription it would leave behind.
+                let tenant_as_read = expect(records, Kind::Tenant, tenant.as_str());
+                Ok((
+                    vec![
+                        tenant_as_read,
+                        guard,
+                        bump,
+                        Write::Create(record(Kind::Subscription, &id, &sub)),
+                    ],
+                    sub,
+                ))
+            })
+            .await?;
         Ok(sub)
     }
 

@@ -29,6 +29,12 @@ pub struct Tenant {
     /// When it last changed.
     #[serde(default)]
     pub updated_at: Millis,
+    /// A random id drawn when it was made (empty for a tenant of the config
+    /// file, or one made before generations): a tenant made again with the
+    /// id of a deleted one has another, and its views fence off what the
+    /// deleted one left ([`Snapshot::owns`](super::snapshot::Snapshot::owns)).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub generation: String,
 }
 
 /// One type of the event catalogue: what tenants may subscribe to.
@@ -154,6 +160,11 @@ pub struct StoredSubscription {
     /// deliveries instead of waiting to learn of it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deleted_at: Option<Millis>,
+    /// Its tenant's [`Tenant::generation`] when it was made: the
+    /// subscription (and its log) belongs to that tenant only, not to a
+    /// later one with the same id.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub tenant_generation: String,
 }
 
 impl std::fmt::Debug for StoredSecret {

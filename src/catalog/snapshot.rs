@@ -58,6 +58,7 @@ impl Snapshot {
                     metadata: t.metadata.clone(),
                     created_at: 0,
                     updated_at: 0,
+                    generation: String::new(),
                 };
                 (t.id.clone(), (tenant, Origin::Config))
             })
@@ -215,6 +216,33 @@ impl Snapshot {
             None => Owner::Operator,
         };
         Some((sub, owner))
+    }
+
+    /// Whether the stored subscription `sub` belongs to the tenant `tenant`
+    /// now in the catalogue: its tenant, in the generation it was made in.
+    /// A tenant made again with the id of a deleted one owns none of the
+    /// old one's subscriptions, live or tombstones, so none of their
+    /// deliveries, events or stats.
+    pub fn owns(&self, tenant: &TenantId, sub: &StoredSubscription) -> bool {
+        &sub.tenant == tenant
+            && self
+                .tenants
+                .get(tenant)
+                .is_some_and(|(t, _)| t.generation == sub.tenant_generation)
+    }
+
+    /// The generation of `tenant` now in the catalogue (empty for none, a
+    /// tenant of the config file, or one made before generations).
+    pub fn generation_of(&self, tenant: Option<&TenantId>) -> &str {
+        tenant
+            .and_then(|t| self.tenants.get(t))
+            .map_or("", |(t, _)| t.generation.as_str())
+    }
+
+    /// When the tenant `tenant` now in the catalogue was made: its views
+    /// start then (0 for a tenant of the config file).
+    pub fn tenant_since(&self, tenant: &TenantId) -> Option<Millis> {
+        self.tenants.get(tenant).map(|(t, _)| t.created_at)
     }
 
     /// Whether `id` names a subscription deleted through the API.

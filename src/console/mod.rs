@@ -188,18 +188,25 @@ pub struct Console {
 }
 
 impl Console {
-    /// Whether `tenant` exists, reading the catalogue store again if this
-    /// process has not heard of it yet (a link made on another process a
-    /// moment ago).
-    pub async fn tenant_exists(&self, tenant: &crate::model::TenantId) -> bool {
+    /// Whether `tenant` exists in `generation` (not deleted, nor made again
+    /// since), reading the catalogue store again if this process has not
+    /// heard of it yet (a link made on another process a moment ago).
+    pub async fn tenant_exists(&self, tenant: &crate::model::TenantId, generation: &str) -> bool {
         let catalog = &self.state.catalog;
-        if catalog.snapshot().tenants.contains_key(tenant) {
+        let exists = || {
+            catalog
+                .snapshot()
+                .tenants
+                .get(tenant)
+                .is_some_and(|(t, _)| t.generation == generation)
+        };
+        if exists() {
             return true;
         }
         if let Err(e) = catalog.refresh().await {
             tracing::warn!(error = %e, "cannot refresh the catalogue");
         }
-        catalog.snapshot().tenants.contains_key(tenant)
+        exists()
     }
 
     /// A form's action: checks its CSRF token, then calls `method path`
@@ -342,8 +349,8 @@ impl FromRequestParts<Console> for Ctx {
 /// signed in with is neither revoked nor gone from `server.api_keys`, and
 /// a session of an open API ends once the API has keys.
 async fn still_valid(console: &Console, session: &Session) -> bool {
-    if let Role::Tenant { tenant } = &session.role {
-        if !console.tenant_exists(tenant).await {
+    if let Role::Tenant { tenant, generation } = &session.role {
+        if !console.tenant_exists(tenant, generation).await {
             return false;
         }
     }

@@ -34,6 +34,11 @@ pub enum Role {
     Tenant {
         /// The tenant.
         tenant: TenantId,
+        /// Its [`crate::catalog::Tenant::generation`] when the session (or
+        /// link) was made: it ends with that tenant, and does not open the
+        /// portal of a later tenant with the same id.
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        generation: String,
     },
 }
 
@@ -43,7 +48,7 @@ impl Role {
     pub fn principal(&self) -> Principal {
         match self {
             Role::Operator => Principal::Admin { key: None },
-            Role::Tenant { tenant } => Principal::Tenant {
+            Role::Tenant { tenant, .. } => Principal::Tenant {
                 key: "console".into(),
                 tenant: tenant.clone(),
             },
@@ -54,7 +59,7 @@ impl Role {
     pub fn tenant(&self) -> Option<&TenantId> {
         match self {
             Role::Operator => None,
-            Role::Tenant { tenant } => Some(tenant),
+            Role::Tenant { tenant, .. } => Some(tenant),
         }
     }
 }
@@ -216,6 +221,7 @@ mod tests {
         let session = Session {
             role: Role::Tenant {
                 tenant: TenantId::parse("acme").unwrap(),
+                generation: String::new(),
             },
             via: None,
             csrf: "x".into(),

@@ -899,7 +899,11 @@ async fn write_attempts(tx: &Transaction<'_>, attempts: &[(i64, AttemptRecord)])
 
 /// Stores event records, replacing the rows of `replaced` (kept keys
 /// accepted again), and counts the new ones.
-async fn write_events(tx: &Transaction<'_>, events: &[(String, EventRecord)], replaced: &[String]) -> Result<(), Error> {
+async fn write_events(
+    tx: &Transaction<'_>,
+    events: &[(String, EventRecord)],
+    replaced: &[String],
+) -> Result<(), Error> {
     if events.is_empty() {
         return Ok(());
     }
@@ -925,9 +929,12 @@ async fn write_events(tx: &Transaction<'_>, events: &[(String, EventRecord)], re
     )
     .await
     .map_err(pg)?;
-    tx.execute("UPDATE event_count SET n = n + $1", &[&((events.len() - replaced.len()) as i64)])
-        .await
-        .map_err(pg)?;
+    tx.execute(
+        "UPDATE event_count SET n = n + $1",
+        &[&((events.len() - replaced.len()) as i64)],
+    )
+    .await
+    .map_err(pg)?;
     Ok(())
 }
 

@@ -386,6 +386,7 @@ impl Ingestor {
             .map(|e| {
                 to_subscriptions(
                     e,
+                    snapshot.generation_of(e.tenant.as_ref()),
                     snapshot.routes.matching(&e.event_type, e.tenant.as_ref()),
                     self.shards,
                     now,
@@ -405,7 +406,9 @@ impl Ingestor {
         source: Source,
     ) -> Result<(Accepted, DeliveryId), Error> {
         self.check(&event).await?;
-        let new = to_subscriptions(&event, std::iter::once(subscription), self.shards, now_ms());
+        let snapshot = self.catalog.snapshot();
+        let generation = snapshot.generation_of(event.tenant.as_ref());
+        let new = to_subscriptions(&event, generation, std::iter::once(subscription), self.shards, now_ms());
         let id = new.deliveries[0].id.clone();
         let mut accepted = self.submit(vec![new], std::slice::from_ref(&event), source).await?;
         Ok((accepted.remove(0), id))
@@ -519,6 +522,7 @@ impl Ingestor {
 #[doc(hidden)]
 pub fn to_subscriptions<'a>(
     event: &Event,
+    generation: &str,
     names: impl Iterator<Item = &'a SubscriptionName>,
     shards: u16,
     now: queue::Millis,
@@ -540,15 +544,27 @@ pub fn to_subscriptions<'a>(
         .collect();
     NewEvent {
         event_id: event.id.clone(),
-        dedup_key: event.tenant.as_ref().map(|t| tenant_dedup_key(t, &event.id)),
+        dedup_key: event
+            .tenant
+            .as_ref()
+            .map(|t| tenant_dedup_key(t, generation, &event.id)),
         deliveries,
     }
 }
 
-/// The dedup key of an event of `tenant`: `{tenant}/{id}` (neither holds a
-/// `/`, so it never equals an event id of no tenant).
-pub fn tenant_dedup_key(tenant: &TenantId, id: &EventId) -> String {
-    format!("{tenant}/{id}")
+/// The dedup key of an event of `tenant` in its `generation`
+/// ([`crate::catalog::Tenant::generation`]): `{tenant}/{id}`, or
+/// `{tenant}/{generation}/{id}` for a tenant with one, so that a tenant
+/// made again with the id of a deleted one has its events taken, not
+/// answered as the deleted one's duplicates. None of the three holds a
+/// `/`, so a key never equals an event id of no tenant, nor another
+/// tenant's or generation's key.
+pub fn tenant_dedup_key(tenant: &TenantId, generation: &str, id: &EventId) -> String {
+    if generation.is_empty() {
+        format!("{tenant}/{id}")
+    } else {
+        format!("{tenant}/{generation}/{id}")
+    }
 }
 
 /// Batches waiting to be enqueued, at most: producers wait beyond it.

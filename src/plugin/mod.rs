@@ -770,7 +770,7 @@ mod tests {
         let json = br#"{"type":"a.b","id":"evt_1","timestamp":"2026-11-23T10:00:00Z","data":{}}"#;
         let event = crate::ingest::parse_event(json, crate::ingest::DEFAULT_MAX_DEPTH).unwrap();
         let name = crate::config::SubscriptionName::parse("crm").unwrap();
-        let new = crate::ingest::to_subscriptions(&event, std::iter::once(&name), 1, 42);
+        let new = crate::ingest::to_subscriptions(&event, "", std::iter::once(&name), 1, 42);
         let custom = [
             ("x-team".to_string(), "crm".to_string()),
             ("Content-Type".to_string(), "text/plain".to_string()),

@@ -61,7 +61,7 @@ pub async fn run_once(
     // custom headers).
     let subscription =
         SubscriptionName::parse(&name).unwrap_or_else(|_| SubscriptionName::parse("plugin").expect("a valid name"));
-    let delivery = crate::ingest::to_subscriptions(&event, std::iter::once(&subscription), 1, now_ms())
+    let delivery = crate::ingest::to_subscriptions(&event, "", std::iter::once(&subscription), 1, now_ms())
         .deliveries
         .remove(0);
     let input = Input::for_delivery(&delivery, &[]);

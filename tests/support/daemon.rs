@@ -82,16 +82,22 @@ impl Hookd {
     /// [`WAIT`] (an error answer, like a 404 for what is not there yet,
     /// counts as not yet).
     pub async fn wait_for(&self, path: &str, what: &str, check: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let last = match self.api.get(path).await {
-                Ok(answer) if check(&answer) => return answer,
-                Ok(answer) => format!("{answer:#}"),
-                Err(e) => e.to_string(),
-            };
-            assert!(Instant::now() < deadline, "timed out waiting for {what}: {last}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_for_answer(&self.api, path, what, check).await
+    }
+}
+
+/// Reads `path` with `client` until its answer passes `check`; panics
+/// naming `what` and the last answer after [`WAIT`].
+pub async fn wait_for_answer(client: &ApiClient, path: &str, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let last = match client.get(path).await {
+            Ok(answer) if check(&answer) => return answer,
+            Ok(answer) => format!("{answer:#}"),
+            Err(e) => e.to_string(),
+        };
+        assert!(Instant::now() < deadline, "timed out waiting for {what}: {last}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

@@ -91,7 +91,20 @@ async fn sign_in(State(console): State<Console>, jar: CookieJar, Form(form): For
     let (role, via) = match crate::api::principal_of(&console.state, key) {
         Ok(Principal::Admin { key: Some(id) }) => (Role::Operator, Some(Via::Key { id })),
         Ok(Principal::Admin { key: None }) => (Role::Operator, config_key()),
-        Ok(Principal::Tenant { tenant, key }) => (Role::Tenant { tenant }, Some(Via::Key { id: key })),
+        Ok(Principal::Tenant { tenant, key }) => {
+            let generation = console
+                .state
+                .catalog
+                .snapshot()
+                .tenants
+                .get(&tenant)
+                .map(|(t, _)| t.generation.clone());
+            let role = Role::Tenant {
+                tenant,
+                generation: generation.unwrap_or_default(),
+            };
+            (role, Some(Via::Key { id: key }))
+        }
         Ok(Principal::Producer { .. }) => {
             return sign_in_page(
                 &console,
@@ -178,8 +191,8 @@ fn spent_link() -> Response {
 async fn link_open(State(console): State<Console>, jar: CookieJar, Path(token): Path<String>) -> Response {
     match console.sessions.redeem_link(&token).await {
         Ok(Some(role)) => {
-            if let Some(tenant) = role.tenant() {
-                if !console.tenant_exists(tenant).await {
+            if let Role::Tenant { tenant, generation } = &role {
+                if !console.tenant_exists(tenant, generation).await {
                     return spent_link();
                 }
             }
