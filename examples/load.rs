@@ -772,7 +772,7 @@ async fn main() {
     let config = |dispatch: bool| {
         let path = dir.join(format!("hookd-{dispatch}.toml"));
         let text = format!(
-            "[server]\nlisten = \"{addr}\"\n{keys}[queue]\n{queue}\n[ingest]\nmax_batch = 1000\nmax_queue_depth = 0\n{dedup}{history}[delivery]\ndispatch = {dispatch}\nallow_http = true\nallow_private_networks = true\nmax_in_flight = 512\n{per_subscription}{never_disable}{subscriptions}"
+            "[server]\nlisten = \"{addr}\"\n{keys}[queue]\n{queue}\n[ingest]\nmax_batch = 1000\nmax_queue_depth = 0\n{dedup}{history}[plans.default]\nallow_http = true\nallow_private_networks = true\n[delivery]\ndispatch = {dispatch}\nallow_http = true\nallow_private_networks = true\nmax_in_flight = 512\n{per_subscription}{never_disable}{subscriptions}"
         );
         std::fs::write(&path, text).expect("write config");
         path

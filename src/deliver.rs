@@ -12,8 +12,12 @@
 //!
 //! ## The SSRF guard
 //!
-//! Unless `delivery.allow_private_networks` is set, hookd refuses to connect
-//! to any address that is not public ([`is_public`]). Host names are checked
+//! Unless its subscription's [`NetworkPolicy`] allows private networks
+//! (`delivery.allow_private_networks` for the operator's subscriptions,
+//! `plans.X.allow_private_networks` for a tenant's, never the operator's
+//! setting), hookd refuses to connect to any address that is not public
+//! ([`is_public`]). The two kinds of policy dial from separate connection
+//! pools, so a connection one opened is never reused by the other. Host names are checked
 //! after DNS resolution, on the very addresses the connector will dial (the
 //! resolver drops non-public ones and fails when none is left), so a name
 //! that resolves to `10.0.0.1`, or that changes its answer between
@@ -74,6 +78,52 @@ pub struct Request {
     /// Bound on connect + send + response head, and on the whole attempt
     /// including the bounded read of the response body.
     pub timeout: Duration,
+    /// Which endpoints this attempt may reach: its subscription's owner's
+    /// policy; `None`, the operator's (`[delivery]`).
+    pub network: Option<NetworkPolicy>,
+}
+
+/// Which endpoints a subscription may reach, and which keys its refusals
+/// name. The operator's subscriptions follow `delivery.allow_http` and
+/// `delivery.allow_private_networks`; a tenant's follow its plan only
+/// (`plans.X.allow_http`, `plans.X.allow_private_networks`, off unless
+/// set), so tenants never inherit the operator's exceptions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetworkPolicy {
+    /// `http://` URLs are accepted.
+    pub allow_http: bool,
+    /// Loopback, private and other non-public addresses are reachable.
+    pub allow_private_networks: bool,
+    /// The table whose keys set them, named by refusals (`delivery`,
+    /// `plans.free`).
+    pub from: String,
+    /// Whether a refusal names the address a host resolved to: yes for
+    /// the operator, never for a tenant (it would map the platform's
+    /// network for a stranger).
+    pub reveal_addresses: bool,
+}
+
+impl NetworkPolicy {
+    /// The operator's: `[delivery]`'s.
+    pub fn operator(config: &DeliveryConfig) -> NetworkPolicy {
+        NetworkPolicy {
+            allow_http: config.allow_http,
+            allow_private_networks: config.allow_private_networks,
+            from: "delivery".into(),
+            reveal_addresses: true,
+        }
+    }
+
+    /// A tenant's on plan `name` (with `plans.default`'s settings where it
+    /// leaves them out, as [`crate::config::PlanConfig::or`] merges).
+    pub fn of_plan(name: &str, plan: &crate::config::PlanConfig) -> NetworkPolicy {
+        NetworkPolicy {
+            allow_http: plan.allow_http.unwrap_or(false),
+            allow_private_networks: plan.allow_private_networks.unwrap_or(false),
+            from: format!("plans.{name}"),
+            reveal_addresses: false,
+        }
+    }
 }
 
 /// What the endpoint answered.
@@ -109,16 +159,19 @@ pub enum Failure {
     /// The endpoint's address is not public and private networks are not
     /// allowed. Permanent: retrying cannot help.
     #[error(
-        "{}; set delivery.allow_private_networks = true to allow it",
-        blocked_message(host, addr, reason)
+        "{}; set {from}.allow_private_networks = true to allow it",
+        blocked_message(host, addr.as_ref(), reason)
     )]
     Blocked {
         /// The host of the URL.
         host: String,
-        /// The address refused (the first one, when several were).
-        addr: IpAddr,
+        /// The address refused (the first one, when several were); `None`
+        /// where the policy does not reveal addresses (a tenant's).
+        addr: Option<IpAddr>,
         /// What kind of address it is (`loopback`, `private`, …).
         reason: &'static str,
+        /// The table of the policy that refused it (`delivery`, `plans.free`).
+        from: String,
     },
     /// The HTTP exchange itself failed: malformed response, HTTP/2 error,
     /// unusable URL.
@@ -146,15 +199,21 @@ impl Failure {
     }
 }
 
-/// The process's delivery client; clones share one connection pool.
+/// One of the client's connection pools.
+type Pool = hyper_util::client::legacy::Client<HttpsConnector<HttpConnector<GuardedResolver>>, Full<Bytes>>;
+
+/// The process's delivery client; clones share its connection pools.
 #[derive(Clone)]
 pub struct Client {
-    /// hyper's pooled client: guarded DNS, TCP, then rustls for https.
-    http: hyper_util::client::legacy::Client<HttpsConnector<HttpConnector<GuardedResolver>>, Full<Bytes>>,
-    /// `delivery.allow_private_networks`: skip the address guard.
-    allow_private_networks: bool,
-    /// `delivery.allow_http`: accept `http://` URLs.
-    allow_http: bool,
+    /// hyper's pooled client for policies that keep to public addresses:
+    /// guarded DNS, TCP, then rustls for https.
+    guarded: Pool,
+    /// The same, its resolver returning every address, for policies that
+    /// allow private networks. Its own pool: a connection it made is never
+    /// reused by an attempt the guard would have refused.
+    open: Pool,
+    /// The operator's policy, for requests that name none.
+    operator: NetworkPolicy,
     /// `delivery.response_body_limit`: bytes of response body kept.
     response_body_limit: usize,
 }
@@ -162,8 +221,7 @@ pub struct Client {
 impl fmt::Debug for Client {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Client")
-            .field("allow_private_networks", &self.allow_private_networks)
-            .field("allow_http", &self.allow_http)
+            .field("operator", &self.operator)
             .field("response_body_limit", &self.response_body_limit)
             .finish_non_exhaustive()
     }
@@ -193,34 +251,32 @@ impl Client {
             .with_root_certificates(roots)
             .with_no_client_auth();
 
-        let mut tcp = HttpConnector::new_with_resolver(GuardedResolver {
-            allow_private_networks: config.allow_private_networks,
-        });
-        tcp.enforce_http(false);
-        tcp.set_nodelay(true);
-        tcp.set_keepalive(Some(TCP_KEEPALIVE));
-        tcp.set_connect_timeout(Some(config.timeout));
-
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(tcp);
-
-        let http = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            // Idle HTTP/1.1 connections kept per host: enough for every
-            // delivery in flight to land on one endpoint.
-            .pool_max_idle_per_host(config.max_in_flight.max(64))
-            .build(connector);
+        let pool = |allow_private_networks: bool| {
+            let mut tcp = HttpConnector::new_with_resolver(GuardedResolver { allow_private_networks });
+            tcp.enforce_http(false);
+            tcp.set_nodelay(true);
+            tcp.set_keepalive(Some(TCP_KEEPALIVE));
+            tcp.set_connect_timeout(Some(config.timeout));
+            let connector = hyper_rustls::HttpsConnectorBuilder::new()
+                .with_tls_config(tls.clone())
+                .https_or_http()
+                .enable_http1()
+                .enable_http2()
+                .wrap_connector(tcp);
+            hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+                .pool_timer(TokioTimer::new())
+                .timer(TokioTimer::new())
+                .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+                // Idle HTTP/1.1 connections kept per host: enough for every
+                // delivery in flight to land on one endpoint.
+                .pool_max_idle_per_host(config.max_in_flight.max(64))
+                .build(connector)
+        };
 
         Ok(Client {
-            http,
-            allow_private_networks: config.allow_private_networks,
-            allow_http: config.allow_http,
+            guarded: pool(false),
+            open: pool(true),
+            operator: NetworkPolicy::operator(config),
             response_body_limit: config.response_body_limit,
         })
     }
@@ -229,16 +285,33 @@ impl Client {
     /// `response_body_limit` bytes of the body, all within `req.timeout`.
     pub async fn send(&self, req: Request) -> Result<Response, Failure> {
         let deadline = tokio::time::Instant::now() + req.timeout.min(Duration::from_secs(365 * 24 * 3600));
-        self.check_url(&req.url)?;
+        let policy = req.network.as_ref().unwrap_or(&self.operator);
+        check_url(&req.url, policy)?;
+        let http = if policy.allow_private_networks {
+            &self.open
+        } else {
+            &self.guarded
+        };
+        let policy = policy.clone();
 
         let mut request = http::Request::new(Full::new(req.body));
         *request.method_mut() = http::Method::POST;
         *request.uri_mut() = req.url;
         *request.headers_mut() = req.headers;
 
-        let response = match tokio::time::timeout_at(deadline, self.http.request(request)).await {
+        let response = match tokio::time::timeout_at(deadline, http.request(request)).await {
             Err(_) => return Err(Failure::Timeout { after: req.timeout }),
-            Ok(Err(error)) => return Err(classify(&error)),
+            Ok(Err(error)) => {
+                return Err(match classify(&error) {
+                    Failure::Blocked { host, addr, reason, .. } => Failure::Blocked {
+                        host,
+                        addr: addr.filter(|_| policy.reveal_addresses),
+                        reason,
+                        from: policy.from,
+                    },
+                    other => other,
+                })
+            }
             Ok(Ok(response)) => response,
         };
         let (head, mut body) = response.into_parts();
@@ -271,34 +344,44 @@ impl Client {
             body: kept.freeze(),
         })
     }
+}
 
-    /// Refuses URLs this client must not send to before any connection
-    /// ([`check_endpoint_url`] under this client's policy).
-    fn check_url(&self, url: &http::Uri) -> Result<(), Failure> {
-        check_endpoint_url(url, self.allow_http, self.allow_private_networks).map_err(|refused| match refused {
-            UrlRefused::Blocked { host, addr, reason } => Failure::Blocked { host, addr, reason },
-            other => Failure::Protocol(other.to_string()),
-        })
-    }
+/// Refuses URLs an attempt must not send to before any connection
+/// ([`check_endpoint_url`] under its `policy`).
+fn check_url(url: &http::Uri, policy: &NetworkPolicy) -> Result<(), Failure> {
+    check_endpoint_url(url, policy).map_err(|refused| match refused {
+        UrlRefused::Blocked {
+            host,
+            addr,
+            reason,
+            from,
+        } => Failure::Blocked {
+            host,
+            addr: Some(addr),
+            reason,
+            from,
+        },
+        other => Failure::Protocol(other.to_string()),
+    })
 }
 
 /// Why an endpoint URL is refused before any connection.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum UrlRefused {
-    /// An `http://` URL while `delivery.allow_http` is off.
-    #[error("http:// endpoints are refused; use https, or set delivery.allow_http = true")]
-    Http,
+    /// An `http://` URL while `allow_http` is off (in the table named).
+    #[error("http:// endpoints are refused; use https, or set {0}.allow_http = true")]
+    Http(String),
     /// Neither `https://` nor `http://` (the URL, redacted).
     #[error("`{0}` is not an https:// URL")]
     Scheme(String),
     /// No host (the URL, redacted).
     #[error("`{0}` has no host")]
     NoHost(String),
-    /// An IP literal that is not public while
-    /// `delivery.allow_private_networks` is off.
+    /// An IP literal that is not public while `allow_private_networks` is
+    /// off (in the table named).
     #[error(
-        "{}; set delivery.allow_private_networks = true to allow it",
-        blocked_message(host, addr, reason)
+        "{}; set {from}.allow_private_networks = true to allow it",
+        blocked_message(host, Some(addr), reason)
     )]
     Blocked {
         /// The host of the URL.
@@ -307,26 +390,28 @@ pub enum UrlRefused {
         addr: IpAddr,
         /// What kind of address it is (`loopback`, `private`, …).
         reason: &'static str,
+        /// The table of the policy that refused it.
+        from: String,
     },
 }
 
 /// The endpoint URL rule, the one the config file's and the API's checks
-/// and the delivery client apply alike: `https://` (or `http://` when
-/// `allow_http`), a host, and unless `allow_private_networks` no IP
-/// literal that is not public (hyper dials those without asking the
+/// and the delivery client apply alike: `https://` (or `http://` when the
+/// policy allows it), a host, and unless the policy allows private networks
+/// no IP literal that is not public (hyper dials those without asking the
 /// resolver; host names are checked again after DNS by the resolver).
-pub fn check_endpoint_url(url: &http::Uri, allow_http: bool, allow_private_networks: bool) -> Result<(), UrlRefused> {
+pub fn check_endpoint_url(url: &http::Uri, policy: &NetworkPolicy) -> Result<(), UrlRefused> {
     match url.scheme_str() {
         Some("https") => {}
-        Some("http") if allow_http => {}
-        Some("http") => return Err(UrlRefused::Http),
+        Some("http") if policy.allow_http => {}
+        Some("http") => return Err(UrlRefused::Http(policy.from.clone())),
         _ => return Err(UrlRefused::Scheme(crate::model::redact_url(&url.to_string()))),
     }
     let host = url
         .host()
         .filter(|h| !h.is_empty())
         .ok_or_else(|| UrlRefused::NoHost(crate::model::redact_url(&url.to_string())))?;
-    if allow_private_networks {
+    if policy.allow_private_networks {
         return Ok(());
     }
     let literal = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
@@ -336,6 +421,7 @@ pub fn check_endpoint_url(url: &http::Uri, allow_http: bool, allow_private_netwo
                 host: host.to_string(),
                 addr,
                 reason,
+                from: policy.from.clone(),
             });
         }
     }
@@ -383,18 +469,19 @@ struct BlockedAddress {
 
 impl fmt::Display for BlockedAddress {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&blocked_message(&self.host, &self.addr, self.reason))
+        f.write_str(&blocked_message(&self.host, Some(&self.addr), self.reason))
     }
 }
 
-/// "`host` resolves to `addr`, a `reason` address", or for an IP literal
-/// "`addr` is a `reason` address".
-fn blocked_message(host: &str, addr: &IpAddr, reason: &str) -> String {
+/// "`host` resolves to `addr`, a `reason` address" (without the address
+/// when it is not to be revealed), or for an IP literal "`addr` is a
+/// `reason` address".
+fn blocked_message(host: &str, addr: Option<&IpAddr>, reason: &str) -> String {
     let literal = host.trim_start_matches('[').trim_end_matches(']');
-    if literal.parse::<IpAddr>().is_ok() {
-        format!("{host} is a {reason} address")
-    } else {
-        format!("{host} resolves to {addr}, a {reason} address")
+    match addr {
+        _ if literal.parse::<IpAddr>().is_ok() => format!("{host} is a {reason} address"),
+        Some(addr) => format!("{host} resolves to {addr}, a {reason} address"),
+        None => format!("{host} resolves to a {reason} address"),
     }
 }
 
@@ -469,8 +556,9 @@ fn classify(error: &hyper_util::client::legacy::Error) -> Failure {
         if let Some(blocked) = e.downcast_ref::<BlockedAddress>() {
             return Failure::Blocked {
                 host: blocked.host.clone(),
-                addr: blocked.addr,
+                addr: Some(blocked.addr),
                 reason: blocked.reason,
+                from: String::new(),
             };
         }
         if e.is::<rustls::Error>() {
@@ -702,8 +790,9 @@ mod tests {
     fn failure_kinds_and_retryability() {
         let blocked = Failure::Blocked {
             host: "internal.example".into(),
-            addr: "10.0.0.1".parse().unwrap(),
+            addr: Some("10.0.0.1".parse().unwrap()),
             reason: "private",
+            from: "delivery".into(),
         };
         assert_eq!(blocked.kind(), "blocked");
         assert!(!blocked.is_retryable());
@@ -713,12 +802,24 @@ mod tests {
         );
         let literal = Failure::Blocked {
             host: "[::1]".into(),
-            addr: "::1".parse().unwrap(),
+            addr: Some("::1".parse().unwrap()),
             reason: "loopback",
+            from: "delivery".into(),
         };
         assert_eq!(
             literal.to_string(),
             "[::1] is a loopback address; set delivery.allow_private_networks = true to allow it"
+        );
+        // A tenant's: its plan's key, and not the address its host resolved to.
+        let hidden = Failure::Blocked {
+            host: "internal.example".into(),
+            addr: None,
+            reason: "private",
+            from: "plans.free".into(),
+        };
+        assert_eq!(
+            hidden.to_string(),
+            "internal.example resolves to a private address; set plans.free.allow_private_networks = true to allow it"
         );
         for (failure, kind) in [
             (

@@ -87,7 +87,9 @@
 //! - [`deliver`]: the outbound HTTP client (hyper, rustls, HTTP/1.1 and
 //!   HTTP/2), which refuses non-public addresses after DNS resolution, and
 //!   the endpoint URL rule the config's checks share
-//!   ([`deliver::check_endpoint_url`]).
+//!   ([`deliver::check_endpoint_url`]), both under the subscription owner's
+//!   [`deliver::NetworkPolicy`]: `[delivery]`'s for the operator, the plan's
+//!   alone for a tenant.
 //! - [`api`]: the HTTP API (ingest, dead deliveries and replay, the
 //!   delivery log in [`api::admin`], replaying an event to its
 //!   subscriptions in [`api::events`], retrying and bulk replay of failed

@@ -34,7 +34,7 @@ impl Hookd {
         let dir = tempfile::tempdir().unwrap();
         let mut toml = format!(
             "[server]\napi_keys = [\"{KEY}\"]\n[queue]\ndata_dir = {:?}\npoll_interval = \"20ms\"\n\
-             [delivery]\nallow_http = true\nallow_private_networks = true\nbackoff_initial = \"100ms\"\n",
+             [plans.default]\nallow_http = true\nallow_private_networks = true\n[delivery]\nallow_http = true\nallow_private_networks = true\nbackoff_initial = \"100ms\"\n",
             dir.path().display().to_string()
         );
         for name in ["crm", "flaky"] {

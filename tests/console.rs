@@ -33,6 +33,9 @@ api_keys = ["{ADMIN}"]
 [queue]
 data_dir = {dir:?}
 poll_interval = "20ms"
+[plans.default]
+allow_http = true
+allow_private_networks = true
 [delivery]
 allow_http = true
 allow_private_networks = true

@@ -198,6 +198,7 @@ fn request(url: http::Uri) -> Request {
         headers: HeaderMap::new(),
         body: Bytes::from_static(b"{}"),
         timeout: Duration::from_secs(5),
+        network: None,
     }
 }
 
@@ -222,6 +223,7 @@ fn signed_request(url: http::Uri, body: &'static [u8]) -> Request {
         headers,
         body: Bytes::from_static(body),
         timeout: Duration::from_secs(5),
+        network: None,
     }
 }
 
@@ -297,6 +299,7 @@ async fn private_addresses_are_blocked_before_any_connection() {
         let failure = client.send(request(url.parse().unwrap())).await.unwrap_err();
         match &failure {
             Failure::Blocked { addr, reason, .. } => {
+                let addr = addr.expect("the operator is told the address");
                 assert!(
                     addr.is_loopback() || addr.to_string().contains("127.0.0.1"),
                     "{url}: {failure}"
@@ -316,6 +319,74 @@ async fn private_addresses_are_blocked_before_any_connection() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(server.connections(), 0);
     assert!(server.seen().is_empty());
+}
+
+/// A tenant's subscription follows its plan's policy, not `[delivery]`'s:
+/// an operator that reaches its own private network gives tenants none of
+/// it, and a tenant's refusal names its plan's key and never the address
+/// a host resolved to.
+#[tokio::test]
+async fn a_tenants_attempt_follows_its_plans_network_policy() {
+    use hookd::config::PlanConfig;
+    use hookd::deliver::NetworkPolicy;
+    let server = Server::start(Behaviour::Ok).await;
+    // The operator allows http and private networks.
+    let client = Client::new(&config()).unwrap();
+    let port = server.addr.port();
+    let https_only = NetworkPolicy::of_plan("free", &PlanConfig::default());
+    let http_only = NetworkPolicy::of_plan(
+        "free",
+        &PlanConfig {
+            allow_http: Some(true),
+            ..PlanConfig::default()
+        },
+    );
+    let tenant = |url: String, policy: &NetworkPolicy| Request {
+        network: Some(policy.clone()),
+        ..request(url.parse().unwrap())
+    };
+    let failure = client
+        .send(tenant(format!("http://127.0.0.1:{port}/"), &https_only))
+        .await
+        .unwrap_err();
+    assert!(
+        failure.to_string().contains("set plans.free.allow_http = true"),
+        "{failure}"
+    );
+    for url in [format!("http://127.0.0.1:{port}/"), format!("http://localhost:{port}/")] {
+        let failure = client.send(tenant(url.clone(), &http_only)).await.unwrap_err();
+        assert_eq!(failure.kind(), "blocked", "{url}: {failure}");
+        let text = failure.to_string();
+        assert!(text.contains("set plans.free.allow_private_networks = true"), "{text}");
+        if url.contains("localhost") {
+            assert_eq!(
+                text,
+                "localhost resolves to a loopback address; set plans.free.allow_private_networks = true to allow it"
+            );
+            assert!(matches!(failure, Failure::Blocked { addr: None, .. }), "{failure:?}");
+        }
+    }
+    // The same client still reaches the operator's own.
+    let response = client
+        .send(request(format!("http://localhost:{port}/").parse().unwrap()))
+        .await
+        .unwrap();
+    assert_eq!(response.status, StatusCode::OK);
+    assert_eq!(server.seen().len(), 1, "the tenant's attempts reached nothing");
+    // A plan that allows both reaches it too.
+    let open = NetworkPolicy::of_plan(
+        "internal",
+        &PlanConfig {
+            allow_http: Some(true),
+            allow_private_networks: Some(true),
+            ..PlanConfig::default()
+        },
+    );
+    let response = client
+        .send(tenant(format!("http://localhost:{port}/"), &open))
+        .await
+        .unwrap();
+    assert_eq!(response.status, StatusCode::OK);
 }
 
 #[tokio::test]

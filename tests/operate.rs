@@ -16,7 +16,7 @@ use support::RedisServer;
 
 fn base_toml(dir: &Path, queue: &str) -> String {
     format!(
-        "[queue]\n{queue}\npoll_interval = \"20ms\"\n[delivery]\nallow_http = true\nallow_private_networks = true\nbackoff_initial = \"100ms\"\n[plugins]\ncache_dir = {cache:?}\ndeadline = \"2s\"\n[history]\nmax_age = \"1h\"\n",
+        "[queue]\n{queue}\npoll_interval = \"20ms\"\n[plans.default]\nallow_http = true\nallow_private_networks = true\n[delivery]\nallow_http = true\nallow_private_networks = true\nbackoff_initial = \"100ms\"\n[plugins]\ncache_dir = {cache:?}\ndeadline = \"2s\"\n[history]\nmax_age = \"1h\"\n",
         queue = if queue.is_empty() { format!("data_dir = {:?}", dir.display().to_string()) } else { queue.to_string() },
         cache = shared_cache().display().to_string(),
     )

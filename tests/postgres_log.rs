@@ -43,7 +43,7 @@ impl World {
             "[server]\napi_keys = [\"test-key\"]\n\
              [queue]\nredis_url = \"{}\"\nkey_prefix = \"{}\"\ndata_dir = {:?}\npoll_interval = \"20ms\"\n\
              [history]\npostgres_url = \"{}\"\n\
-             [delivery]\nallow_http = true\nallow_private_networks = true\n\
+             [plans.default]\nallow_http = true\nallow_private_networks = true\n[delivery]\nallow_http = true\nallow_private_networks = true\n\
              [[subscriptions]]\nname = \"clicks\"\nurl = \"{}\"\nevents = [\"link.clicked\"]\nsecrets = [\"{SECRET}\"]\n",
             self.redis.url(),
             self.prefix,

@@ -20,9 +20,17 @@ use support::RedisServer;
 
 const ADMIN: &str = "admin-key";
 
+/// The tests' config: `queue` (embedded in `dir` if empty), an admin key,
+/// loopback receivers reachable by the operator's subscriptions and, on
+/// every plan (`plans.default`, which `extra` may set more of), by tenants'.
 fn toml(dir: &Path, queue: &str, extra: &str) -> String {
+    const NETWORK: &str = "allow_http = true\nallow_private_networks = true\n";
+    let (default_plan, extra) = match extra.split_once("[plans.default]\n") {
+        Some((before, after)) => (String::new(), format!("{before}[plans.default]\n{NETWORK}{after}")),
+        None => (format!("[plans.default]\n{NETWORK}"), extra.to_owned()),
+    };
     format!(
-        "[server]\napi_keys = [\"{ADMIN}\"]\n[queue]\n{queue}\npoll_interval = \"20ms\"\n[delivery]\nallow_http = true\nallow_private_networks = true\nbackoff_initial = \"100ms\"\n[history]\nmax_age = \"1h\"\n\n[plans.free]\nmax_subscriptions = 2\nmax_rate_limit = 5\n{extra}",
+        "[server]\napi_keys = [\"{ADMIN}\"]\n[queue]\n{queue}\npoll_interval = \"20ms\"\n{default_plan}[delivery]\nallow_http = true\nallow_private_networks = true\nbackoff_initial = \"100ms\"\n[history]\nmax_age = \"1h\"\n\n[plans.free]\nmax_subscriptions = 2\nmax_rate_limit = 5\n{extra}",
         queue = if queue.is_empty() { format!("data_dir = {:?}", dir.display().to_string()) } else { queue.to_string() },
     )
 }
@@ -382,7 +390,8 @@ async fn subscriptions_are_validated_like_the_config_and_limited_by_plan() {
     let rx = Receiver::start().await;
     let dir = tempfile::tempdir().unwrap();
     let mut config = embedded(dir.path(), "");
-    config.delivery.allow_http = false;
+    // The plan, not `[delivery]` (which allows it), says what a tenant may reach.
+    config.plans.get_mut("free").unwrap().allow_http = Some(false);
     let hookd = Hookd::start(config).await;
     let admin = hookd.api.clone();
     let acme = tenant(&admin, "acme", Some("free")).await;
@@ -395,7 +404,7 @@ async fn subscriptions_are_validated_like_the_config_and_limited_by_plan() {
         (
             json!({"name": "a", "url": rx.url("a"), "events": ["*"]}),
             422,
-            "url: http:// endpoints are refused",
+            "url: http:// endpoints are refused; use https, or set plans.free.allow_http = true",
         ),
         (json!({"name": "a", "url": https, "events": []}), 422, "events"),
         (
@@ -2034,4 +2043,93 @@ async fn a_tenant_made_again_starts_with_nothing_of_the_deleted_one_embedded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tenant_made_again_starts_with_nothing_of_the_deleted_one_redis() {
     a_tenant_made_again_starts_with_nothing_of_the_deleted_one(Backend::Redis).await;
+}
+
+/// `delivery.allow_http` and `allow_private_networks` are the operator's:
+/// a tenant's subscription gets them only through its plan. With the
+/// operator reaching its loopback receivers, a tenant on a plan without
+/// them is refused an http:// or loopback URL (the 422 names the plan's
+/// key); a host name that resolves to loopback is blocked at the attempt,
+/// and the delivery log shows the tenant neither address. A plan that
+/// allows both delivers there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_reach_only_what_their_plan_allows() {
+    let rx = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "[server]\napi_keys = [\"{ADMIN}\"]\n[queue]\ndata_dir = {:?}\npoll_interval = \"20ms\"\n\
+         [delivery]\nallow_http = true\nallow_private_networks = true\n\
+         [plans.web]\nallow_http = true\n\
+         [plans.internal]\nallow_http = true\nallow_private_networks = true\n\
+         [[subscriptions]]\nname = \"ops\"\nurl = \"{}\"\nevents = [\"link.*\"]\nsecrets = [\"{SECRET}\"]\n",
+        dir.path().display().to_string(),
+        rx.url("ops"),
+    );
+    let hookd = Hookd::start(Config::from_toml(&text).unwrap()).await;
+    let admin = hookd.api.clone();
+    let plain = tenant(&admin, "plain", None).await;
+    let web = tenant(&admin, "web", Some("web")).await;
+    let internal = tenant(&admin, "internal", Some("internal")).await;
+    let create = |client: &ApiClient, url: String| {
+        let client = client.clone();
+        async move {
+            client
+                .post(
+                    "/v1/subscriptions",
+                    json!({"name": "s", "url": url, "events": ["link.*"]}).to_string(),
+                )
+                .await
+        }
+    };
+    let refused = create(&plain, rx.url("plain")).await;
+    assert_eq!(status(&refused), 422, "{refused:?}");
+    let text = refused.unwrap_err().to_string();
+    assert!(text.contains("set plans.default.allow_http = true"), "{text}");
+    let refused = create(&web, rx.url("web")).await;
+    assert_eq!(status(&refused), 422, "{refused:?}");
+    let text = refused.unwrap_err().to_string();
+    assert!(
+        text.contains("127.0.0.1 is a loopback address; set plans.web.allow_private_networks = true"),
+        "{text}"
+    );
+    // A name is resolved at the attempt: blocked there, for good, without
+    // the address it resolved to.
+    let by_name = rx.url("web").replace("127.0.0.1", "localhost");
+    let made = create(&web, by_name).await.expect("a host name passes the URL check");
+    let web_sub = made["id"].as_str().unwrap().to_owned();
+    let made = create(&internal, rx.url("internal")).await.expect("the plan allows it");
+    rx.trust("internal", &[made["secret"].as_str().unwrap()]);
+    for tenant in ["web", "internal"] {
+        hookd
+            .send(json!({"type": "link.clicked", "tenant": tenant, "data": {}}))
+            .await;
+    }
+    hookd.send(json!({"type": "link.clicked", "data": {}})).await;
+    rx.wait_for(WAIT, "the operator's and the internal tenant's", |a| {
+        a.iter().any(|x| x.path == "internal") && a.iter().any(|x| x.path == "ops")
+    })
+    .await;
+    let dead = support::daemon::wait_for_answer(
+        &web,
+        &format!("/v1/deliveries?subscription={web_sub}"),
+        "the blocked delivery dead",
+        |v| v["deliveries"][0]["state"] == "dead",
+    )
+    .await;
+    let delivery = dead["deliveries"][0]["id"].as_str().unwrap().to_owned();
+    let detail = web.get(&format!("/v1/deliveries/{delivery}/attempts")).await.unwrap();
+    let error = detail["attempts"][0]["error"].as_str().unwrap_or_default().to_owned();
+    assert!(
+        error.contains("localhost resolves to a loopback address; set plans.web.allow_private_networks = true"),
+        "{detail}"
+    );
+    assert!(
+        !detail.to_string().contains("127.0.0.1") && !detail.to_string().contains("::1"),
+        "{detail}"
+    );
+    assert!(
+        rx.arrivals().iter().all(|a| a.path != "web"),
+        "nothing reached the blocked tenant's URL"
+    );
+    hookd.stop().await;
 }

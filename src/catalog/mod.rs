@@ -573,7 +573,7 @@ impl Catalog {
         }
         probe
             .to_config(0, &snapshot.config.plugins.registry)
-            .check_fields("", &snapshot.config.delivery, &bounds)
+            .check_fields("", &bounds)
             .map_err(|e| match e {
                 crate::config::Error::Invalid { key, problem } => Error::Invalid { field: key, problem },
                 e => invalid("body", e.to_string()),

@@ -227,6 +227,7 @@ impl StoredSubscription {
             notify_to: None,
             tenants: None,
             owner: Some(self.tenant.clone()),
+            network: None,
         }
     }
 }

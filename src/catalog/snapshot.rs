@@ -10,6 +10,7 @@ use super::routes::Routes;
 use super::store::{Kind, Record};
 use crate::config::bounds::Bounds;
 use crate::config::{Config, PlanConfig, SubscriptionConfig, DEFAULT_PLAN};
+use crate::deliver::NetworkPolicy;
 use crate::model::{now_ms, Millis, RateLimit, SubscriptionName, TenantId};
 
 /// The catalogue as of one moment: immutable, swapped whole.
@@ -124,21 +125,36 @@ impl Snapshot {
         // Every stored subscription is held to the process's bounds before
         // any stage builds on it: one written before them (or by a bug)
         // is left out alone, never stopping the others.
-        let bounds = Bounds::of(&file.delivery);
+        // Where an endpoint may be is the plan's to say at each attempt
+        // (a plan changed since is in force at once, its refusal named on
+        // the attempt); the record is not left out for it.
+        let bounds = Bounds {
+            network: NetworkPolicy {
+                allow_http: true,
+                allow_private_networks: true,
+                from: String::new(),
+                reveal_addresses: false,
+            },
+            ..Bounds::of(&file.delivery)
+        };
         let mut built = Vec::with_capacity(live.len());
         for s in &live {
             let mut sub = s.to_config(now, &file.plugins.registry);
+            let plan = tenants
+                .get(&s.tenant)
+                .map(|(t, _)| t.plan.as_deref().unwrap_or(DEFAULT_PLAN))
+                .and_then(|name| Some((name, config.plans.get(name)?)));
+            sub.network = Some(match plan {
+                Some((name, p)) => NetworkPolicy::of_plan(name, p),
+                None => NetworkPolicy::of_plan(DEFAULT_PLAN, &PlanConfig::default()),
+            });
             if sub.rate_limit.is_none() {
-                let plan = tenants
-                    .get(&s.tenant)
-                    .map(|(t, _)| t.plan.as_deref().unwrap_or(DEFAULT_PLAN))
-                    .and_then(|name| config.plans.get(name));
-                sub.rate_limit = plan.and_then(|p| p.max_rate_limit).map(|per_second| RateLimit {
+                sub.rate_limit = plan.and_then(|(_, p)| p.max_rate_limit).map(|per_second| RateLimit {
                     per_second,
                     burst: None,
                 });
             }
-            match sub.check_fields("", &file.delivery, &bounds) {
+            match sub.check_fields("", &bounds) {
                 Ok(()) => built.push(sub),
                 Err(e) => rejected.push((format!("{}/{}", Kind::Subscription, s.id), e.to_string())),
             }

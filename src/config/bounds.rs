@@ -10,6 +10,7 @@
 use std::time::Duration;
 
 use super::{DeliveryConfig, PlanConfig};
+use crate::deliver::NetworkPolicy;
 
 /// Longest subscription `name` (API), in bytes.
 pub const MAX_NAME: usize = 200;
@@ -90,6 +91,9 @@ pub struct Bounds {
     pub per_second: Bound<f64>,
     /// `rate_limit.burst`.
     pub burst: Bound<u32>,
+    /// Which endpoint URLs are accepted: `[delivery]`'s for the operator's
+    /// subscriptions, the plan's alone for a tenant's.
+    pub network: NetworkPolicy,
 }
 
 impl Bounds {
@@ -113,17 +117,24 @@ impl Bounds {
             events: fixed(MAX_EVENTS, "event patterns"),
             per_second: fixed(MAX_RATE, "rate_limit.per_second"),
             burst: fixed(MAX_BURST, "rate_limit.burst"),
+            network: NetworkPolicy::operator(delivery),
         }
     }
 
     /// The bounds of a subscription of a tenant on plan `name`: the
-    /// process's, each lowered where the plan sets a lower one.
+    /// process's, each lowered where the plan sets a lower one, and the
+    /// plan's network policy (never the operator's; with no plan, nothing
+    /// beyond public https).
     pub fn for_plan(delivery: &DeliveryConfig, plan: Option<(&str, &PlanConfig)>) -> Bounds {
         let b = Bounds::of(delivery);
         let Some((name, p)) = plan else {
-            return b;
+            return Bounds {
+                network: NetworkPolicy::of_plan(super::DEFAULT_PLAN, &PlanConfig::default()),
+                ..b
+            };
         };
         Bounds {
+            network: NetworkPolicy::of_plan(name, p),
             in_flight: b.in_flight.lowered(name, p.max_in_flight, "max_in_flight"),
             retries: b.retries.lowered(name, p.max_retries, "max_retries"),
             timeout: b.timeout.lowered(name, p.max_timeout, "max_timeout"),
@@ -161,7 +172,17 @@ mod tests {
         assert_eq!(b.retries.from, "delivery.max_retries_limit");
         assert_eq!(b.burst.value, 10);
         assert_eq!(b.events.value, MAX_EVENTS);
-        assert_eq!(Bounds::for_plan(&config.delivery, None), Bounds::of(&config.delivery));
+        assert_eq!(b.network.from, "plans.free");
+        assert!(!b.network.allow_http && !b.network.reveal_addresses);
+        let none = Bounds::for_plan(&config.delivery, None);
+        assert_eq!(
+            (none.in_flight, none.events),
+            (
+                Bounds::of(&config.delivery).in_flight,
+                Bounds::of(&config.delivery).events
+            )
+        );
+        assert_eq!(none.network.from, "plans.default");
         assert_eq!(
             above(513, &Bounds::of(&config.delivery).in_flight),
             "513 is above the bound of 512 (delivery.max_in_flight)"

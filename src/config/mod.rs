@@ -679,6 +679,10 @@ pub struct SubscriptionConfig {
     /// set by the catalogue; a TOML subscription is the operator's).
     #[serde(skip)]
     pub owner: Option<TenantId>,
+    /// Which endpoints it may reach: its tenant's plan's policy, set by the
+    /// catalogue; `None` (a TOML subscription) follows `[delivery]`.
+    #[serde(skip)]
+    pub network: Option<crate::deliver::NetworkPolicy>,
 }
 
 impl EventTypeConfig {
@@ -774,6 +778,15 @@ pub struct PlanConfig {
     /// Highest `rate_limit.burst` a tenant may give a subscription.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_burst: Option<u32>,
+    /// The plan's tenants may use `http://` endpoint URLs (off unless set:
+    /// `delivery.allow_http` is the operator's alone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_http: Option<bool>,
+    /// The plan's tenants may reach loopback, private and other non-public
+    /// addresses (off unless set: `delivery.allow_private_networks` is the
+    /// operator's alone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_private_networks: Option<bool>,
 }
 
 impl PlanConfig {
@@ -854,6 +867,8 @@ impl PlanConfig {
             max_headers: self.max_headers.or(default.max_headers),
             max_events: self.max_events.or(default.max_events),
             max_burst: self.max_burst.or(default.max_burst),
+            allow_http: self.allow_http.or(default.allow_http),
+            allow_private_networks: self.allow_private_networks.or(default.allow_private_networks),
         }
     }
 
@@ -1308,7 +1323,7 @@ impl SubscriptionConfig {
                 format!("`{}`: names starting with `{STORED_ID_PREFIX}` are the ids of subscriptions made through the API; choose another", self.name),
             ));
         }
-        self.check_fields(&format!("subscriptions.{}.", self.name), delivery, &bounds)?;
+        self.check_fields(&format!("subscriptions.{}.", self.name), &bounds)?;
         for (n, to) in self.notify_to.iter().flatten().enumerate() {
             check_mailbox(&format!("subscriptions.{}.notify_to[{n}]", self.name), to)?;
         }
@@ -1319,7 +1334,7 @@ impl SubscriptionConfig {
     /// alike: URL policy, event patterns, secrets, headers and limits.
     /// Problems name the field as `{prefix}{field}` (`url`, `headers.x-a`),
     /// and a value beyond one of `bounds` names the bound too.
-    pub fn check_fields(&self, prefix: &str, delivery: &DeliveryConfig, bounds: &Bounds) -> Result<(), Error> {
+    pub fn check_fields(&self, prefix: &str, bounds: &Bounds) -> Result<(), Error> {
         if self.url.len() > bounds::MAX_URL {
             return Err(invalid(
                 format!("{prefix}url"),
@@ -1336,7 +1351,7 @@ impl SubscriptionConfig {
                 format!("`{}` is not a URL: {e}", crate::model::redact_url(&self.url)),
             )
         })?;
-        crate::deliver::check_endpoint_url(&uri, delivery.allow_http, delivery.allow_private_networks)
+        crate::deliver::check_endpoint_url(&uri, &bounds.network)
             .map_err(|refused| invalid(format!("{prefix}url"), refused.to_string()))?;
         if self.events.is_empty() {
             return Err(invalid(

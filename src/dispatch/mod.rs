@@ -206,6 +206,9 @@ pub struct Endpoint {
     plugin: Option<Plugin>,
     /// This subscription's counters.
     metrics: SubscriptionMetrics,
+    /// Which endpoints it may reach: its tenant's plan's policy; `None`,
+    /// the operator's.
+    network: Option<deliver::NetworkPolicy>,
 }
 
 impl Endpoint {
@@ -267,6 +270,7 @@ impl Endpoint {
             configured_enabled: sub.enabled,
             plugin,
             metrics: metrics.subscription(sub.name.as_str()),
+            network: sub.network.clone(),
         })
     }
 
@@ -308,6 +312,7 @@ impl Endpoint {
             headers,
             body: delivery.body.clone(),
             timeout: self.timeout,
+            network: self.network.clone(),
         }
     }
 
