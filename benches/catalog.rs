@@ -141,6 +141,7 @@ fn records(tenants: usize, per: usize, first: usize) -> Vec<Write> {
                 updated_at: now,
                 deleted_at: None,
                 tenant_generation: format!("g{t}"),
+                operator_disabled_at: None,
             };
             writes.push(record(Kind::Subscription, sub.id.as_str(), &sub));
         }

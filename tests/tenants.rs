@@ -2133,3 +2133,59 @@ async fn tenants_reach_only_what_their_plan_allows() {
     );
     hookd.stop().await;
 }
+
+/// A subscription the platform's operator disabled stays disabled for its
+/// tenant (403 `operator_disabled`) until an admin enables it; what the
+/// tenant disabled itself it enables again. Before, a tenant undid the
+/// operator's disable with one call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_the_operator_disabled_stays_disabled_for_its_tenant() {
+    let rx = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let hookd = Hookd::start(embedded(dir.path(), "")).await;
+    let admin = hookd.api.clone();
+    let acme = tenant(&admin, "acme", None).await;
+    let id = subscribe(&acme, &rx, "a", json!(["*"])).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let sub = format!("/v1/subscriptions/{id}");
+    // Its owner's own disable: its owner enables it again.
+    acme.post(&format!("{sub}/disable"), "").await.unwrap();
+    assert_eq!(acme.post(&format!("{sub}/enable"), "").await.unwrap()["enabled"], true);
+    // The operator's.
+    admin
+        .post(
+            &format!("{sub}/disable"),
+            json!({"reason": "abuse report 42"}).to_string(),
+        )
+        .await
+        .unwrap();
+    let refused = acme.post(&format!("{sub}/enable"), "").await;
+    assert_eq!(status(&refused), 403, "{refused:?}");
+    let text = refused.unwrap_err().to_string();
+    assert!(
+        text.contains("operator_disabled") || text.contains("disabled by the platform's operator"),
+        "{text}"
+    );
+    let shown = acme.get(&sub).await.unwrap();
+    assert_eq!(shown["status"], "disabled", "{shown}");
+    assert_eq!(shown["disabled_reason"], "abuse report 42", "{shown}");
+    // Its tenant's PATCH does not undo it either.
+    acme.patch(&sub, json!({"description": "fixed"}).to_string())
+        .await
+        .unwrap();
+    assert_eq!(status(&acme.post(&format!("{sub}/enable"), "").await), 403);
+    // An admin enables it; then it is the tenant's again.
+    admin.post(&format!("{sub}/enable"), "").await.unwrap();
+    acme.post(&format!("{sub}/disable"), "").await.unwrap();
+    assert_eq!(acme.post(&format!("{sub}/enable"), "").await.unwrap()["enabled"], true);
+    hookd
+        .send(json!({"type": "link.clicked", "tenant": "acme", "data": {}}))
+        .await;
+    rx.wait_for(WAIT, "a delivery once enabled", |a| {
+        a.iter().any(|x| x.path == "a" && x.verified)
+    })
+    .await;
+    hookd.stop().await;
+}

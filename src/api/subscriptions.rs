@@ -617,6 +617,31 @@ async fn enable(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let sub = find(&state, &principal, &id)?;
+    if sub.owner.is_some() {
+        // What the platform's operator disabled, only an admin enables.
+        let locked = state
+            .catalog
+            .snapshot()
+            .stored
+            .get(&sub.name)
+            .is_some_and(|s| s.operator_disabled_at.is_some());
+        match principal.tenant() {
+            Some(_) if locked => {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "operator_disabled",
+                    format!(
+                        "subscription {} was disabled by the platform's operator: only they can enable it",
+                        sub.name
+                    ),
+                ))
+            }
+            None if locked => {
+                state.catalog.set_operator_disabled(sub.name.as_str(), None).await?;
+            }
+            _ => {}
+        }
+    }
     let changed = state.state.set_enabled(&sub.name, true, None, now_ms()).await?;
     // Before unparking, so this process does not park them again.
     state.endpoints.load().set_disabled(&sub.name, false);
@@ -667,6 +692,12 @@ async fn disable(
         None => "disabled by an operator".into(),
     });
     let name: SubscriptionName = sub.name;
+    if sub.owner.is_some() && principal.is_admin() {
+        state
+            .catalog
+            .set_operator_disabled(name.as_str(), Some(now_ms()))
+            .await?;
+    }
     let changed =
         crate::dispatch::disable(state.state.as_ref(), &state.endpoints, &state.alerts, &name, reason).await?;
     Ok(Json(json!({ "id": name, "name": name, "enabled": false, "changed": changed })).into_response())

@@ -552,6 +552,7 @@ impl Catalog {
             updated_at: 0,
             deleted_at: None,
             tenant_generation: String::new(),
+            operator_disabled_at: None,
         };
         if let Some(plugin) = &spec.plugin {
             let registry = &snapshot.config.plugins.registry;
@@ -626,6 +627,7 @@ impl Catalog {
             updated_at: now,
             deleted_at: None,
             tenant_generation: String::new(),
+            operator_disabled_at: None,
         };
         // The plan's count is checked against the snapshot the write is
         // guarded on: N creations at once, on any processes, never make
@@ -784,6 +786,26 @@ impl Catalog {
     /// HMAC); the ones it had keep signing for `grace` (every delivery
     /// meanwhile carries both signatures, of either scheme), then stop.
     /// Returns the subscription and its new secret.
+    /// Marks the stored subscription `id` disabled by the operator (`at`),
+    /// or clears the mark (`None`), guarded on its record. Returns whether
+    /// it changed.
+    pub async fn set_operator_disabled(&self, id: &str, at: Option<Millis>) -> Result<bool, Error> {
+        if self.stored_subscription(id, None)?.operator_disabled_at.is_some() == at.is_some() {
+            return Ok(false);
+        }
+        self.apply_cas(|snapshot, records| {
+            let mut sub = stored_subscription(snapshot, id, None)?;
+            sub.operator_disabled_at = at;
+            sub.updated_at = now_ms();
+            let writes = vec![
+                expect(records, Kind::Subscription, sub.id.as_str()),
+                Write::Put(record(Kind::Subscription, sub.id.as_str(), &sub)),
+            ];
+            Ok((writes, true))
+        })
+        .await
+    }
+
     pub async fn rotate_secret(
         &self,
         id: &str,

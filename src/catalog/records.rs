@@ -165,6 +165,11 @@ pub struct StoredSubscription {
     /// later one with the same id.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub tenant_generation: String,
+    /// When the platform's operator disabled it (an admin's
+    /// `POST …/disable`): until an admin enables it again, its tenant
+    /// cannot. A disable by its owner or by failing health sets none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operator_disabled_at: Option<Millis>,
 }
 
 impl std::fmt::Debug for StoredSecret {
