@@ -133,6 +133,12 @@
 //!   to the catalogue; it rebuilds the dispatcher's endpoints whenever the
 //!   catalogue publishes.
 //! - [`demo`]: `hookd demo`, hookd and a verifying receiver in one process.
+//! - [`supervise`]: [`run`]'s long-running tasks (the dispatcher's claim
+//!   loop with its settlement, the reloader, the catalogue poll, the
+//!   sweeps, the stream consumer), each made again from its shared handles
+//!   after a panic, with backoff, counted and shown in `/readyz`. The
+//!   history writer is not among them: it owns the spool's open segment,
+//!   so it is not made again (a panic there is a bug in it alone).
 //!
 //! `main` is thin: it parses the CLI, loads the config, sets up logging and
 //! calls [`run`], which takes everything it touches as arguments; tests call
@@ -232,6 +238,7 @@ pub mod plugin;
 pub mod queue;
 mod reload;
 pub mod sign;
+pub mod supervise;
 pub mod telemetry;
 
 use std::sync::Arc;
@@ -382,8 +389,11 @@ pub async fn run_with_backends(
         metrics.clone(),
         alerts.clone(),
     );
+    // Which supervised tasks are down, for `/readyz` ([`supervise`]).
+    let task_health = Arc::new(supervise::TaskHealth::default());
     let state = Arc::new(api::ApiState {
         endpoints: endpoints.clone(),
+        tasks: task_health.clone(),
         ..state
     });
     let addr = listener.local_addr()?;
@@ -404,35 +414,91 @@ pub async fn run_with_backends(
         let stop = stop.clone();
         async move { api::serve::serve(listener, api::router(state), &server_config, tls, stop).await }
     });
-    tasks.spawn(sample_depth(
-        backend.queue.clone(),
-        metrics.clone(),
-        ingestor.backpressure().clone(),
-        stop.clone(),
-    ));
+    // Every long-running task is supervised: a panic is logged, counted,
+    // shown in `/readyz` and the task made again from these handles.
+    let supervised =
+        |task: &'static str, make: Box<dyn FnMut() -> futures_util::future::BoxFuture<'static, ()> + Send>| {
+            supervise::supervise(&tasks, task, task_health.clone(), metrics.clone(), stop.clone(), make);
+        };
+    {
+        let (queue, metrics, backpressure, stop) = (
+            backend.queue.clone(),
+            metrics.clone(),
+            ingestor.backpressure().clone(),
+            stop.clone(),
+        );
+        supervised(
+            "depth",
+            Box::new(move || {
+                Box::pin(sample_depth(
+                    queue.clone(),
+                    metrics.clone(),
+                    backpressure.clone(),
+                    stop.clone(),
+                ))
+            }),
+        );
+    }
     if !config.queue.dead_retention.is_zero() {
-        tasks.spawn(expire_dead_loop(
+        let (queue, retention, recorder, metrics, stop) = (
             backend.queue.clone(),
             config.queue.dead_retention,
             recorder.clone(),
             metrics.clone(),
             stop.clone(),
-        ));
+        );
+        supervised(
+            "dead_expiry",
+            Box::new(move || {
+                Box::pin(expire_dead_loop(
+                    queue.clone(),
+                    retention,
+                    recorder.clone(),
+                    metrics.clone(),
+                    stop.clone(),
+                ))
+            }),
+        );
     }
-    if config.ingest.stream {
-        if let Some(consumer) = ingest::stream::StreamConsumer::new(&config, ingestor.clone()) {
-            tasks.spawn(consumer.run(stop.clone()));
-        }
+    if config.ingest.stream && ingest::stream::StreamConsumer::new(&config, ingestor.clone()).is_some() {
+        let (config, ingestor, stop) = (config.clone(), ingestor.clone(), stop.clone());
+        supervised(
+            "stream_consumer",
+            Box::new(move || {
+                let consumer = ingest::stream::StreamConsumer::new(&config, ingestor.clone());
+                let stop = stop.clone();
+                Box::pin(async move {
+                    if let Some(consumer) = consumer {
+                        consumer.run(stop).await;
+                    }
+                })
+            }),
+        );
     }
-    tasks.spawn(catalog.clone().run(stop.clone()));
+    {
+        let (catalog, stop) = (catalog.clone(), stop.clone());
+        supervised("catalog", Box::new(move || Box::pin(catalog.clone().run(stop.clone()))));
+    }
     if config.queue.redis_url.is_some() {
-        tasks.spawn(queue::epoch::watch(config.queue.clone(), stop.clone()));
+        let (queue_config, stop) = (config.queue.clone(), stop.clone());
+        supervised(
+            "epoch",
+            Box::new(move || Box::pin(queue::epoch::watch(queue_config.clone(), stop.clone()))),
+        );
     }
-    tasks.spawn(history::trim_loop(
-        history.clone(),
-        config.history.clone(),
-        stop.clone(),
-    ));
+    {
+        let (history, history_config, stop) = (history.clone(), config.history.clone(), stop.clone());
+        supervised(
+            "trim",
+            Box::new(move || {
+                Box::pin(history::trim_loop(
+                    history.clone(),
+                    history_config.clone(),
+                    stop.clone(),
+                ))
+            }),
+        );
+    }
 
     let snapshot = catalog.snapshot();
     let prepare = async {
@@ -455,28 +521,62 @@ pub async fn run_with_backends(
                         alerts: alerts.clone(),
                         catalog: catalog.clone(),
                     };
-                    let dispatcher = dispatch::Dispatcher::new(
-                        &config,
-                        backend.clone(),
-                        endpoints.clone(),
-                        queued.clone(),
-                        services,
-                    )?;
-                    tasks.spawn(dispatcher.run(stop.clone()));
+                    let make = {
+                        let (config, backend, endpoints, queued) =
+                            (config.clone(), backend.clone(), endpoints.clone(), queued.clone());
+                        move |services: dispatch::Services| {
+                            dispatch::Dispatcher::new(
+                                &config,
+                                backend.clone(),
+                                endpoints.clone(),
+                                queued.clone(),
+                                services,
+                            )
+                        }
+                    };
+                    // Made once here, so a start-up error stops hookd; made
+                    // again from the same handles after a panic.
+                    let mut first = Some(make(services.clone())?);
+                    let stop_dispatch = stop.clone();
+                    supervised(
+                        "dispatcher",
+                        Box::new(move || {
+                            let dispatcher = first.take().map(Ok).unwrap_or_else(|| make(services.clone()));
+                            let stop = stop_dispatch.clone();
+                            Box::pin(async move {
+                                match dispatcher {
+                                    Ok(dispatcher) => dispatcher.run(stop).await,
+                                    Err(e) => tracing::error!(error = %e, "cannot make the dispatcher again"),
+                                }
+                            })
+                        }),
+                    );
                 }
                 Ok::<_, dispatch::Error>(())
             })();
             if let Err(e) = started {
                 failed = Some(anyhow::Error::from(e));
             }
-            let reloader = reload::Reloader {
-                catalog: catalog.clone(),
-                config: config.clone(),
-                plugins,
-                endpoints,
-                metrics: metrics.clone(),
-            };
-            tasks.spawn(reloader.run(watched, stop.clone()));
+            let mut first = Some((plugins, watched));
+            let (catalog, metrics, stop_reload) = (catalog.clone(), metrics.clone(), stop.clone());
+            supervised(
+                "reloader",
+                Box::new(move || {
+                    // Made again, it starts from the file in force and its
+                    // files as they are now; the plugin engine starts again
+                    // when a config needs it.
+                    let config = catalog.file();
+                    let (plugins, watched) = first.take().unwrap_or_else(|| (None, reload::Watched::now(&config)));
+                    let reloader = reload::Reloader {
+                        catalog: catalog.clone(),
+                        config: (*config).clone(),
+                        plugins,
+                        endpoints: endpoints.clone(),
+                        metrics: metrics.clone(),
+                    };
+                    Box::pin(reloader.run(watched, stop_reload.clone()))
+                }),
+            );
         }
         Some(Err(e)) => failed = Some(e.into()),
         // Told to stop while plugins were loading: nothing was delivered.

@@ -20,7 +20,8 @@
 //! - [`portal`]: one-time links into the console (a tenant's portal, the
 //!   operator's console).
 //! - `GET /healthz` (the process is up), `GET /readyz` (the queue answers;
-//!   `"status": "degraded"` while the delivery log's store fails). While
+//!   `"status": "degraded"` while the delivery log's store fails, or while
+//!   a supervised task waits to start again after a panic: `tasks_down`). While
 //!   `server.api_keys` is set, `/readyz` shows the stores' error texts
 //!   (which may name hosts and addresses) only to an admin key; without
 //!   one it gives the states and counts alone.
@@ -105,6 +106,8 @@ pub struct ApiState {
     pub console: crate::config::ConsoleConfig,
     /// How the delivery log's writing stands, for `/readyz`.
     pub log: Arc<crate::history::LogStatus>,
+    /// Which supervised tasks are down, for `/readyz`.
+    pub tasks: Arc<crate::supervise::TaskHealth>,
 }
 
 impl ApiState {
@@ -132,6 +135,7 @@ impl ApiState {
             catalog,
             endpoints: Arc::new(ArcSwap::from_pointee(crate::dispatch::Endpoints::default())),
             console: config.console.clone(),
+            tasks: Arc::default(),
         }
     }
 
@@ -675,8 +679,18 @@ async fn ready(State(state): State<Arc<ApiState>>, headers: HeaderMap) -> Respon
             if !detailed {
                 log.error = None;
             }
-            let status = if state.log.degraded() { "degraded" } else { "ready" };
-            Json(json!({"status": status, "log": log})).into_response()
+            let mut down = state.tasks.down();
+            if !detailed {
+                for task in &mut down {
+                    task.error.clear();
+                }
+            }
+            let status = if state.log.degraded() || !down.is_empty() {
+                "degraded"
+            } else {
+                "ready"
+            };
+            Json(json!({"status": status, "log": log, "tasks_down": down})).into_response()
         }
         Err(e) => {
             let message = if detailed {

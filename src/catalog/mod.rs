@@ -118,6 +118,11 @@ impl Catalog {
         self.store.clone()
     }
 
+    /// The config file in force (its last reload).
+    pub fn file(&self) -> Arc<Config> {
+        self.file.load_full()
+    }
+
     /// The snapshot in force.
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.snapshot.load_full()

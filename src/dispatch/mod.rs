@@ -467,6 +467,7 @@ struct Shared {
 }
 
 /// What the dispatcher reports to, beside the queue.
+#[derive(Clone)]
 pub struct Services {
     /// Records into the delivery log, never waiting for it.
     pub recorder: Recorder,
@@ -573,6 +574,19 @@ impl Dispatcher {
         // Claims held per subscription while it is at its cap.
         let mut holds: HashMap<SubscriptionName, Hold> = HashMap::new();
         while !shutdown.is_cancelled() {
+            // Settlement, health and state run beside the claim loop; one
+            // that ended (a panic) ends the dispatcher, which its
+            // supervisor makes again whole (`crate::supervise`).
+            let ended = [("settle", &settler), ("health", &health), ("state", &states)]
+                .into_iter()
+                .find(|(_, task)| task.is_finished());
+            if let Some((task, _)) = ended {
+                error!(
+                    task,
+                    "a dispatcher task ended while the dispatcher runs: the dispatcher stops, to start again"
+                );
+                break;
+            }
             // Wait for at least one free slot.
             let first = tokio::select! {
                 permit = slots.clone().acquire_owned() => match permit { Ok(p) => p, Err(_) => break },
