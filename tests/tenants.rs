@@ -2189,3 +2189,56 @@ async fn a_subscription_the_operator_disabled_stays_disabled_for_its_tenant() {
     .await;
     hookd.stop().await;
 }
+
+/// A subscription's test event and an event replayed go through ingest's
+/// admission: they take from the tenant's plan rate like the events it
+/// sends, whoever asks, and beyond it get the same 429 with Retry-After.
+/// Before, both went straight to the queue, past the plan.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tests_and_replays_are_held_to_the_plans_rate() {
+    let rx = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let extra = "[plans.metered]\nevents_per_second = 0.5\nburst = 2\n\
+                 [[event_types]]\nname = \"link.clicked\"\nexample = { link = \"l1\" }\n";
+    let hookd = Hookd::start(embedded(dir.path(), extra)).await;
+    let acme = tenant(&hookd.api, "acme", Some("metered")).await;
+    let made = subscribe(&acme, &rx, "a", json!(["link.*"])).await;
+    let id = made["id"].as_str().unwrap().to_owned();
+    let key = acme_key(&acme);
+    let test = format!("/v1/subscriptions/{id}/test");
+    // The burst: one event ingested, one test.
+    let (status, _) = post_raw(
+        &hookd.url,
+        "/v1/events",
+        ADMIN,
+        json!({"type": "link.clicked", "id": "evt_r", "tenant": "acme", "data": {}}),
+    )
+    .await;
+    assert_eq!(status, 202);
+    let (status, _) = post_raw(&hookd.url, &test, &key, json!({"type": "link.clicked"})).await;
+    assert_eq!(status, 202, "within the burst");
+    rx.wait_for(WAIT, "both delivered", |a| a.len() == 2).await;
+    support::daemon::wait_for_answer(&acme, "/v1/events/evt_r", "the event logged", |v| {
+        v["event"].is_object()
+    })
+    .await;
+    // Beyond it: the test, the replay, and the admin's test of the
+    // tenant's subscription alike.
+    for (what, path, by) in [
+        ("test", test.as_str(), key.as_str()),
+        ("replay", "/v1/events/evt_r/replay", key.as_str()),
+        ("the admin's test", test.as_str(), ADMIN),
+    ] {
+        let body = if what == "replay" {
+            json!({})
+        } else {
+            json!({"type": "link.clicked"})
+        };
+        let (status, retry_after) = post_raw(&hookd.url, path, by, body).await;
+        assert_eq!(status, 429, "{what}: beyond the plan's rate");
+        let wait: u64 = retry_after.expect("429 says when").parse().unwrap();
+        assert!((1..=2).contains(&wait), "{what}: a token every 2 s: {wait}");
+    }
+    assert_eq!(rx.arrivals().len(), 2, "nothing more was sent");
+    hookd.stop().await;
+}

@@ -203,6 +203,9 @@ async fn replay(
             ),
         ));
     }
+    // Through ingest's admission, as one event: the queue's depth, and its
+    // tenant's plan rate, whoever asks (as for the event ingested).
+    state.ingestor.admit(tenant.as_ref(), 1).await?;
     let key = request.key.unwrap_or_else(|| uuid::Uuid::now_v7().simple().to_string());
     let shard = shard_of(&event_id, config.queue.shards);
     let now = now_ms();

@@ -137,6 +137,9 @@ async fn retry(
     };
     let action = match standing {
         Standing::Dead { .. } => {
+            // Sent again, it is new work: through ingest's admission (its
+            // event's tenant's plan rate, whoever asks).
+            state.ingestor.admit(delivery.tenant.as_ref(), 1).await?;
             if !replay_dead(&state, &id, now).await? {
                 return conflict("in_flight", format!("delivery {id} was replayed meanwhile"));
             }
@@ -287,7 +290,8 @@ async fn replay_subscription(
             ))
         })?
     };
-    let subscription = super::subscriptions::find(&state, &principal, &name)?.name;
+    let found = super::subscriptions::find(&state, &principal, &name)?;
+    let (subscription, owner) = (found.name, found.owner);
     let limit = match body.limit {
         None => DEFAULT_PAGE,
         Some(n @ 1..=MAX_PAGE) => n,
@@ -298,14 +302,25 @@ async fn replay_subscription(
     let (mut replayed, mut skipped, mut scanned) = (Vec::new(), 0u64, 0usize);
     let more = match walk.target {
         Target::Dead => {
+            // What it sends again is new work: through ingest's admission,
+            // a page at most as large as its tenant's plan rate grants now,
+            // whoever asks (the next page goes on from the first one left).
+            let budget = state
+                .ingestor
+                .admit_up_to(owner.as_ref(), u32::try_from(limit).unwrap_or(u32::MAX))
+                .await? as usize;
             let after = walk.at.as_ref().map(|(at, id)| (*at, id));
             let page = state.queue.dead_after(after, limit).await?;
-            let full = page.len() == limit;
+            let mut full = page.len() == limit;
             let mut ended = false;
             for (at, delivery) in page {
                 if at > walk.started {
                     // Died after the walk started: replayed by it, or new.
                     ended = true;
+                    break;
+                }
+                if replayed.len() >= budget {
+                    full = true;
                     break;
                 }
                 scanned += 1;

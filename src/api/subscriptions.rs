@@ -599,6 +599,9 @@ async fn send_test(
         data,
         tenant: sub.owner.clone(),
     };
+    // Through ingest's admission: the queue's depth, and its tenant's plan
+    // rate, whoever asks (as for the tenant's events ingested).
+    state.ingestor.admit(sub.owner.as_ref(), 1).await?;
     let (accepted, delivery) = state
         .ingestor
         .ingest_to(event, &sub.name, crate::ingest::Source::Http)

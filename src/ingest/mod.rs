@@ -445,8 +445,77 @@ impl Ingestor {
     /// Takes one token per event from each tenant's plan bucket (in the
     /// queue backend, shared by every process); refuses the call if a
     /// tenant has not enough.
-    async fn take_plan_tokens(&self, events: &[Event], now: queue::Millis) -> Result<(), Error> {
+    /// Admits up to `want` events' worth of work made outside ingest — a
+    /// subscription's test event, an event replayed, a dead delivery sent
+    /// again — through ingest's own admission: refused while the queue is
+    /// too deep (503), and, for work a tenant asks for (`tenant`), taken
+    /// from its plan's ingest rate. Returns how many may go (at least 1;
+    /// fewer than `want` when the plan's bucket holds fewer tokens), or
+    /// the 429 when it holds none.
+    pub async fn admit_up_to(&self, tenant: Option<&TenantId>, want: u32) -> Result<u32, Error> {
+        if let Err(e) = self.backpressure.check() {
+            self.metrics.ingest_refused(u64::from(want));
+            return Err(e);
+        }
+        let Some(tenant) = tenant else {
+            return Ok(want);
+        };
+        let now = now_ms();
+        match self.take_tenant_tokens(tenant, want, now).await? {
+            Ok(()) => Ok(want),
+            Err((granted, _)) if granted > 0 => Ok(granted),
+            Err((_, refused)) => Err(refused),
+        }
+    }
+
+    /// [`Self::admit_up_to`] for all of `want` or nothing.
+    pub async fn admit(&self, tenant: Option<&TenantId>, want: u32) -> Result<(), Error> {
+        if let Err(e) = self.backpressure.check() {
+            self.metrics.ingest_refused(u64::from(want));
+            return Err(e);
+        }
+        match tenant {
+            Some(tenant) => self
+                .take_tenant_tokens(tenant, want, now_ms())
+                .await?
+                .map_err(|(_, e)| e),
+            None => Ok(()),
+        }
+    }
+
+    /// Takes `want` tokens from `tenant`'s plan's ingest bucket: `Ok` if
+    /// all were granted (or the plan has no rate), else how many were and
+    /// the 429 for the rest.
+    async fn take_tenant_tokens(
+        &self,
+        tenant: &TenantId,
+        want: u32,
+        now: queue::Millis,
+    ) -> Result<Result<(), (u32, Error)>, Error> {
         let snapshot = self.catalog.snapshot();
+        let Some((plan, limits)) = snapshot.plan_of(tenant) else {
+            return Ok(Ok(()));
+        };
+        let Some(limit) = limits.ingest_limit() else {
+            return Ok(Ok(()));
+        };
+        let bucket = SubscriptionName::tenant_bucket(tenant);
+        let tokens = self.state.take_tokens(&bucket, &limit, want, now).await?;
+        if tokens.granted < want {
+            let next = tokens.next_at.unwrap_or(now + 1000);
+            return Ok(Err((
+                tokens.granted,
+                Error::RateLimited {
+                    tenant: tenant.clone(),
+                    plan: plan.to_owned(),
+                    retry_after: Duration::from_millis((next - now).max(1) as u64),
+                },
+            )));
+        }
+        Ok(Ok(()))
+    }
+
+    async fn take_plan_tokens(&self, events: &[Event], now: queue::Millis) -> Result<(), Error> {
         let mut wanted: Vec<(&TenantId, u32)> = Vec::new();
         for tenant in events.iter().filter_map(|e| e.tenant.as_ref()) {
             match wanted.iter_mut().find(|(t, _)| *t == tenant) {
@@ -455,22 +524,7 @@ impl Ingestor {
             }
         }
         for (tenant, want) in wanted {
-            let Some((plan, limits)) = snapshot.plan_of(tenant) else {
-                continue;
-            };
-            let Some(limit) = limits.ingest_limit() else {
-                continue;
-            };
-            let bucket = SubscriptionName::tenant_bucket(tenant);
-            let tokens = self.state.take_tokens(&bucket, &limit, want, now).await?;
-            if tokens.granted < want {
-                let next = tokens.next_at.unwrap_or(now + 1000);
-                return Err(Error::RateLimited {
-                    tenant: tenant.clone(),
-                    plan: plan.to_owned(),
-                    retry_after: Duration::from_millis((next - now).max(1) as u64),
-                });
-            }
+            self.take_tenant_tokens(tenant, want, now).await?.map_err(|(_, e)| e)?;
         }
         Ok(())
     }
