@@ -2,7 +2,9 @@
 //! real Redis, real PostgreSQL, a real receiver verifying signatures. The
 //! log is read back through the admin API; Redis keeps only the hot
 //! queue; PostgreSQL stopped mid-run does not stop deliveries, and the log
-//! catches up once it is back, within a run and across a restart.
+//! catches up once it is back, within a run and across a restart. TLS to
+//! PostgreSQL (`history.postgres_tls`) against servers with certificates
+//! of the tests' own CAs: verified, refused, required.
 
 mod support;
 

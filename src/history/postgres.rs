@@ -38,6 +38,12 @@
 //! same `apply` as the embedded store), and writes the outcome with one
 //! multi-row statement per table (`INSERT … SELECT FROM unnest(…)`):
 //! a batch of 512 entries is a handful of round trips.
+//!
+//! ## Connecting
+//!
+//! One pool (deadpool) of tokio-postgres connections, the migrations'
+//! included, made with the TLS of `history.postgres_tls` (`tls`: rustls,
+//! `disable`, `require` or `verify-full`).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Mutex;
