@@ -429,24 +429,35 @@ pub fn check_endpoint_url(url: &http::Uri, policy: &NetworkPolicy) -> Result<(),
 }
 
 fn add_ca_file(roots: &mut rustls::RootCertStore, path: &Path) -> Result<(), Error> {
-    let problem = |problem: String| Error::CaFile {
+    let added = read_ca_file(roots, path).map_err(|problem| Error::CaFile {
         path: path.to_owned(),
         problem,
-    };
-    let pem = std::fs::read(path).map_err(|e| problem(e.to_string()))?;
+    })?;
+    tracing::debug!(path = %path.display(), added, "extra CA certificates trusted");
+    Ok(())
+}
+
+/// Adds the certificates of the PEM file `path` to `roots` and says how
+/// many: the one reader of CA files (`delivery.ca_file`,
+/// `history.postgres_ca_file` and the config's check of it). The problem
+/// says what is wrong with the file: unreadable, not PEM, a certificate
+/// unusable as a trust anchor, or no certificate at all.
+pub fn read_ca_file(roots: &mut rustls::RootCertStore, path: &Path) -> Result<usize, String> {
+    use rustls_pki_types::pem::PemObject as _;
+    use rustls_pki_types::CertificateDer;
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read it: {e}"))?;
     let mut added = 0;
-    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
-        let cert = cert.map_err(|e| problem(format!("not valid PEM: {e}")))?;
+    for cert in CertificateDer::pem_slice_iter(&pem) {
+        let cert = cert.map_err(|e| format!("not valid PEM: {e}"))?;
         roots
             .add(cert)
-            .map_err(|e| problem(format!("certificate #{} is unusable: {e}", added + 1)))?;
+            .map_err(|e| format!("certificate #{} is unusable: {e}", added + 1))?;
         added += 1;
     }
     if added == 0 {
-        return Err(problem("it holds no `BEGIN CERTIFICATE` block".into()));
+        return Err("it holds no `BEGIN CERTIFICATE` block".into());
     }
-    tracing::debug!(path = %path.display(), added, "extra CA certificates trusted");
-    Ok(())
+    Ok(added)
 }
 
 /// The DNS resolver of the delivery connector: resolves with the system

@@ -65,7 +65,8 @@
 //!   attempt (headers with secrets redacted, status, the first bytes of the
 //!   response, the error kind) and every event's body as ingested, in
 //!   PostgreSQL ([`history::postgres`]: day partitions dropped whole by
-//!   retention, schema migrated at start), in Redis, or in a redb file of
+//!   retention, schema migrated at start, connections over rustls TLS as
+//!   `history.postgres_tls` says), in Redis, or in a redb file of
 //!   its own, trimmed by age and count in the background; written by
 //!   ingest and the dispatcher through one non-blocking
 //!   [`history::Recorder`], whose writer spools what a slow or failing

@@ -633,6 +633,9 @@ async fn execute(command: Command) -> anyhow::Result<()> {
         } => {
             let config = Config::load(config.as_deref())?;
             print!("{}", config.to_redacted_toml());
+            if let Some((mode, because)) = config.history.postgres_tls_in_force()? {
+                println!("\n# history.postgres_tls in force: {mode} ({because})");
+            }
             let public = config.public_keys();
             if !public.is_empty() {
                 println!("\n# Ed25519 public keys of the whsk_ secrets: give these to receivers, which verify v1a signatures with them");

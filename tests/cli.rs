@@ -1211,6 +1211,65 @@ fn config_check_redacts_header_plugin_and_url_credentials() {
     }
 }
 
+/// `hookd config check` with the log in PostgreSQL prints the TLS mode in
+/// force and why (the default follows the URL's host), and refuses a
+/// mode it does not know or a CA file without a certificate, naming the
+/// key.
+#[test]
+fn config_check_shows_the_postgres_tls_in_force() {
+    let dir = tempfile::tempdir().unwrap();
+    let check = |history: &str| {
+        let path = dir.path().join("hookd.toml");
+        std::fs::write(&path, format!("[history]\n{history}\n")).unwrap();
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_hookd"))
+            .args(["config", "check", "--config"])
+            .arg(&path)
+            .env_remove("HOOKD_CONFIG")
+            .output()
+            .expect("cannot run the hookd binary");
+        let shown = format!(
+            "{}\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(!shown.contains("pg-pass-3"), "{shown}");
+        (output.status.success(), shown)
+    };
+    let (ok, shown) = check("postgres_url = \"postgres://hookd:pg-pass-3@db.internal/hookd\"");
+    assert!(ok, "{shown}");
+    assert!(
+        shown.contains("# history.postgres_tls in force: verify-full (history.postgres_tls unset: the default for a host not on loopback)"),
+        "{shown}"
+    );
+    let (ok, shown) = check("postgres_url = \"postgres://hookd:pg-pass-3@127.0.0.1/hookd\"");
+    assert!(
+        ok && shown.contains("# history.postgres_tls in force: disable ("),
+        "{shown}"
+    );
+    let (ok, shown) =
+        check("postgres_url = \"postgres://hookd:pg-pass-3@db.internal/hookd\"\npostgres_tls = \"require\"");
+    assert!(ok && shown.contains("postgres_tls = \"require\""), "{shown}");
+
+    let (ok, shown) = check("postgres_url = \"postgres://hookd@db.internal/hookd\"\npostgres_tls = \"sometimes\"");
+    assert!(!ok && shown.contains("history.postgres_tls"), "{shown}");
+    let empty = dir.path().join("empty.pem");
+    std::fs::write(&empty, "not a certificate\n").unwrap();
+    let (ok, shown) = check(&format!(
+        "postgres_url = \"postgres://hookd@db.internal/hookd\"\npostgres_ca_file = {:?}",
+        empty.display().to_string()
+    ));
+    assert!(
+        !ok && shown.contains("history.postgres_ca_file") && shown.contains("no `BEGIN CERTIFICATE`"),
+        "{shown}"
+    );
+    let (ok, shown) =
+        check("postgres_url = \"postgres://hookd@db.internal/hookd\"\npostgres_ca_file = \"/nonexistent/ca.pem\"");
+    assert!(
+        !ok && shown.contains("history.postgres_ca_file") && shown.contains("/nonexistent/ca.pem"),
+        "{shown}"
+    );
+}
+
 /// `hookd send` hands deeply nested data to hookd, which refuses it naming
 /// `ingest.max_depth` (not a client-side JSON recursion error).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

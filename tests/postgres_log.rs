@@ -2,7 +2,9 @@
 //! real Redis, real PostgreSQL, a real receiver verifying signatures. The
 //! log is read back through the admin API; Redis keeps only the hot
 //! queue; PostgreSQL stopped mid-run does not stop deliveries, and the log
-//! catches up once it is back, within a run and across a restart.
+//! catches up once it is back, within a run and across a restart. TLS to
+//! PostgreSQL (`history.postgres_tls`) against servers with certificates
+//! of the tests' own CAs: verified, refused, required.
 
 mod support;
 
@@ -12,7 +14,7 @@ use std::time::{Duration, Instant};
 use hookd::config::Config;
 use serde_json::{json, Value};
 use support::daemon::Hookd;
-use support::postgres::PostgresServer;
+use support::postgres::{PostgresServer, ServerTls, TestCa};
 use support::receiver::{Receiver, SECRET};
 use support::RedisServer;
 
@@ -29,9 +31,13 @@ struct World {
 
 impl World {
     async fn start(name: &str) -> World {
+        World::with_postgres(name, PostgresServer::start()).await
+    }
+
+    async fn with_postgres(name: &str, postgres: PostgresServer) -> World {
         World {
             redis: RedisServer::start(),
-            postgres: PostgresServer::start(),
+            postgres,
             receiver: Receiver::start().await,
             prefix: support::unique_prefix(name),
             dir: tempfile::tempdir().unwrap(),
@@ -39,16 +45,21 @@ impl World {
     }
 
     fn config(&self) -> Config {
+        self.config_with(&self.postgres.url(), "")
+    }
+
+    /// The test's config with its log at `url`, and `history` (more
+    /// `[history]` keys).
+    fn config_with(&self, url: &str, history: &str) -> Config {
         let text = format!(
             "[server]\napi_keys = [\"test-key\"]\n\
              [queue]\nredis_url = \"{}\"\nkey_prefix = \"{}\"\ndata_dir = {:?}\npoll_interval = \"20ms\"\n\
-             [history]\npostgres_url = \"{}\"\n\
+             [history]\npostgres_url = \"{url}\"\n{history}\n\
              [plans.default]\nallow_http = true\nallow_private_networks = true\n[delivery]\nallow_http = true\nallow_private_networks = true\n\
              [[subscriptions]]\nname = \"clicks\"\nurl = \"{}\"\nevents = [\"link.clicked\"]\nsecrets = [\"{SECRET}\"]\n",
             self.redis.url(),
             self.prefix,
             self.dir.path().display().to_string(),
-            self.postgres.url(),
             self.receiver.url("clicks"),
         );
         Config::from_toml(&text).unwrap_or_else(|e| panic!("test config: {e}\n{text}"))
@@ -331,5 +342,245 @@ async fn a_subscription_made_while_postgresql_is_down_gets_its_secret() {
         })
         .await;
     world.postgres.start_again();
+    hookd.stop().await;
+}
+
+// TLS to PostgreSQL (`history.postgres_tls`, `history.postgres_ca_file`):
+// servers with certificates of the test's own CAs, made with rcgen.
+
+/// A password in the log's URL: the server trusts every connection, so
+/// it is never asked for, but it must never be shown either.
+const PG_PASSWORD: &str = "pg-pass-7";
+
+/// The URL of `postgres` as `host`, with [`PG_PASSWORD`].
+fn url_with_password(postgres: &PostgresServer, host: &str) -> String {
+    format!(
+        "postgres://{}:{PG_PASSWORD}@{host}:{}/postgres",
+        support::postgres::USER,
+        postgres.port()
+    )
+}
+
+/// `[history]` keys for `verify-full` trusting the CA file `ca`.
+fn verify_full(ca: &std::path::Path) -> String {
+    format!(
+        "postgres_tls = \"verify-full\"\npostgres_ca_file = {:?}\n",
+        ca.display().to_string()
+    )
+}
+
+/// hookd's connections to `postgres`: how many use TLS, how many not.
+fn hookd_connections(postgres: &PostgresServer) -> (u64, u64) {
+    let row = postgres.sql(
+        "SELECT count(*) FILTER (WHERE s.ssl), count(*) FILTER (WHERE NOT s.ssl) \
+         FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid) WHERE a.application_name = 'hookd'",
+    );
+    let (tls, plain) = row.split_once('|').expect("two counts");
+    (tls.parse().unwrap(), plain.parse().unwrap())
+}
+
+/// Sends `n` events and waits until they are delivered and logged, and
+/// the attempt of one reads back through the API.
+async fn delivered_and_logged(world: &World, hookd: &Hookd, tag: &str, n: usize) -> Vec<String> {
+    let ids = send(hookd, tag, n).await;
+    world.delivered(&ids).await;
+    wait_logged(hookd, &ids).await;
+    let page = hookd.api.get("/v1/deliveries?state=delivered&limit=1").await.unwrap();
+    let id = page["deliveries"][0]["id"].as_str().unwrap().to_owned();
+    let one = hookd.api.get(&format!("/v1/deliveries/{id}/attempts")).await.unwrap();
+    assert_eq!(one["attempts"][0]["status"], 204, "{one}");
+    ids
+}
+
+/// The error `history` gets connecting to PostgreSQL, as hookd reports it
+/// at start.
+async fn connect_error(history: &hookd::config::HistoryConfig) -> String {
+    match hookd::history::postgres::PostgresHistory::connect(history).await {
+        Ok(_) => panic!("connected"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_full_with_the_ca_file_keeps_the_log_over_tls() {
+    let ca = TestCa::new("trusted");
+    let world = World::with_postgres("pgtls_ok", PostgresServer::start_tls(ServerTls::signed_by(&ca).only())).await;
+    let ca_file = ca.write(world.dir.path(), "pg-ca.pem");
+    // By name: the certificate's `localhost` is checked against it.
+    let config = world.config_with(&url_with_password(&world.postgres, "localhost"), &verify_full(&ca_file));
+    let hookd = Hookd::start(config).await;
+    delivered_and_logged(&world, &hookd, "tls", 5).await;
+    assert_eq!(readyz(&hookd).await["log"]["state"], "ok");
+    let (tls, plain) = hookd_connections(&world.postgres);
+    assert!(
+        tls > 0 && plain == 0,
+        "hookd's connections: {tls} over TLS, {plain} plain"
+    );
+    hookd.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_full_refuses_a_certificate_it_does_not_trust() {
+    let ca = TestCa::new("server's");
+    let other = TestCa::new("other");
+    let world = World::with_postgres("pgtls_untrusted", PostgresServer::start_tls(ServerTls::signed_by(&ca))).await;
+    let other_file = other.write(world.dir.path(), "other-ca.pem");
+    let url = url_with_password(&world.postgres, "localhost");
+
+    // Another CA: hookd does not start, and says why.
+    let config = world.config_with(&url, &verify_full(&other_file));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let run = hookd::run(config, listener, tokio_util::sync::CancellationToken::new());
+    let err = tokio::time::timeout(WAIT, run)
+        .await
+        .expect("hookd gives up at start")
+        .expect_err("refused");
+    let err = format!("{err:#}");
+    assert!(
+        err.contains("cannot open the delivery history")
+            && err.contains("invalid peer certificate")
+            && err.contains("UnknownIssuer")
+            && err.contains("history.postgres_ca_file")
+            && err.contains(&other_file.display().to_string()),
+        "{err}"
+    );
+    assert!(!err.contains(PG_PASSWORD), "{err}");
+
+    // No CA file: the system's roots do not hold the test's CA either.
+    let config = world.config_with(&url, "postgres_tls = \"verify-full\"");
+    let err = connect_error(&config.history).await;
+    assert!(
+        err.contains("certificate") && err.contains("system"),
+        "refused, naming what it trusted: {err}"
+    );
+
+    // The right CA, but a certificate for another name.
+    hookd_refuses_a_certificate_for_another_name(&ca, &world).await;
+}
+
+/// `verify-full` checks the host name: a certificate of a trusted CA for
+/// `db.example` does not do for `127.0.0.1`.
+async fn hookd_refuses_a_certificate_for_another_name(ca: &TestCa, world: &World) {
+    let mut postgres = PostgresServer::start_tls(ServerTls::for_names(ca, &["db.example"]));
+    let ca_file = ca.write(world.dir.path(), "pg-ca-named.pem");
+    let config = world.config_with(&url_with_password(&postgres, "127.0.0.1"), &verify_full(&ca_file));
+    let err = connect_error(&config.history).await;
+    assert!(
+        err.contains("invalid peer certificate") && err.contains("not valid for name"),
+        "{err}"
+    );
+    postgres.stop();
+}
+
+/// A certificate that stops being trusted while hookd runs (the server's
+/// renewed with another CA) is an outage of the log like any other:
+/// deliveries go on, /readyz names the certificate problem, the entries
+/// wait in the spool and reach the log once the certificate is right.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_untrusted_certificate_mid_run_is_reported_and_nothing_is_lost() {
+    let ca = TestCa::new("trusted");
+    let rogue = TestCa::new("rogue");
+    let mut world = World::with_postgres(
+        "pgtls_rotate",
+        PostgresServer::start_tls(ServerTls::signed_by(&ca).only()),
+    )
+    .await;
+    let ca_file = ca.write(world.dir.path(), "pg-ca.pem");
+    let config = world.config_with(&url_with_password(&world.postgres, "127.0.0.1"), &verify_full(&ca_file));
+    let hookd = Hookd::start(config).await;
+    let before = delivered_and_logged(&world, &hookd, "before", 5).await;
+
+    world.postgres.stop();
+    world.postgres.serve_tls(&ServerTls::signed_by(&rogue).only());
+    world.postgres.start_again();
+    let during = send(&hookd, "during", 10).await;
+    world.delivered(&during).await;
+    let deadline = Instant::now() + WAIT;
+    let ready = loop {
+        let ready = readyz(&hookd).await;
+        let error = ready["log"]["error"].as_str().unwrap_or_default();
+        if ready["status"] == "degraded" && error.contains("invalid peer certificate") {
+            break ready;
+        }
+        assert!(Instant::now() < deadline, "never reported the certificate: {ready}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        ready["log"]["error"].as_str().unwrap().contains("UnknownIssuer"),
+        "{ready}"
+    );
+    assert!(!ready.to_string().contains(PG_PASSWORD), "{ready}");
+
+    world.postgres.stop();
+    world.postgres.serve_tls(&ServerTls::signed_by(&ca).only());
+    world.postgres.start_again();
+    let all: Vec<String> = before.iter().chain(&during).cloned().collect();
+    wait_logged(&hookd, &all).await;
+    let ready = readyz(&hookd).await;
+    assert_eq!(ready["status"], "ready", "{ready}");
+    assert_eq!(ready["log"]["dropped"], 0, "nothing lost: {ready}");
+    assert_eq!(
+        world
+            .postgres
+            .sql("SELECT count(*) FROM deliveries WHERE state = 'delivered'"),
+        "15"
+    );
+    hookd.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_text_is_refused_where_tls_is_required() {
+    // The server accepts TLS only (`hostssl`): hookd's plain text is
+    // refused by the server.
+    let ca = TestCa::new("server's");
+    let mut only_tls = PostgresServer::start_tls(ServerTls::signed_by(&ca).only());
+    let config = Config::from_toml(&format!(
+        "[history]\npostgres_url = \"{}\"\npostgres_tls = \"disable\"",
+        url_with_password(&only_tls, "127.0.0.1")
+    ))
+    .unwrap();
+    let err = connect_error(&config.history).await;
+    assert!(
+        err.contains("no pg_hba.conf entry") && err.contains("no encryption"),
+        "{err}"
+    );
+    assert!(!err.contains(PG_PASSWORD), "{err}");
+    only_tls.stop();
+
+    // hookd requires TLS and the server has none: hookd refuses.
+    let mut plain = PostgresServer::start();
+    let config = Config::from_toml(&format!(
+        "[history]\npostgres_url = \"{}\"\npostgres_tls = \"require\"",
+        url_with_password(&plain, "127.0.0.1")
+    ))
+    .unwrap();
+    let err = connect_error(&config.history).await;
+    assert!(
+        err.contains("server does not support TLS") && err.contains("history.postgres_tls = \"require\""),
+        "{err}"
+    );
+    assert!(!err.contains(PG_PASSWORD), "{err}");
+    plain.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn require_takes_a_certificate_it_cannot_verify() {
+    let nobody_trusts = TestCa::new("unknown");
+    let world = World::with_postgres(
+        "pgtls_require",
+        PostgresServer::start_tls(ServerTls::signed_by(&nobody_trusts).only()),
+    )
+    .await;
+    let config = world.config_with(
+        &url_with_password(&world.postgres, "127.0.0.1"),
+        "postgres_tls = \"require\"",
+    );
+    let hookd = Hookd::start(config).await;
+    delivered_and_logged(&world, &hookd, "require", 3).await;
+    let (tls, plain) = hookd_connections(&world.postgres);
+    assert!(
+        tls > 0 && plain == 0,
+        "hookd's connections: {tls} over TLS, {plain} plain"
+    );
     hookd.stop().await;
 }

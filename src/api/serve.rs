@@ -56,11 +56,13 @@ pub async fn time_limit(limit: Duration, request: Request, next: Next) -> Respon
 /// when they are not set; an error names the key and the file.
 pub fn tls_acceptor(config: &ServerConfig) -> anyhow::Result<Option<tokio_rustls::TlsAcceptor>> {
     use anyhow::Context as _;
+    use rustls_pki_types::pem::PemObject as _;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
     let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else {
         return Ok(None);
     };
     let pem = std::fs::read(cert).with_context(|| format!("server.tls_cert: cannot read {}", cert.display()))?;
-    let chain: Vec<_> = rustls_pemfile::certs(&mut pem.as_slice())
+    let chain: Vec<_> = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<_, _>>()
         .with_context(|| format!("server.tls_cert: {} is not a PEM certificate chain", cert.display()))?;
     anyhow::ensure!(
@@ -69,9 +71,7 @@ pub fn tls_acceptor(config: &ServerConfig) -> anyhow::Result<Option<tokio_rustls
         cert.display()
     );
     let pem = std::fs::read(key).with_context(|| format!("server.tls_key: cannot read {}", key.display()))?;
-    let private = rustls_pemfile::private_key(&mut pem.as_slice())
-        .ok()
-        .flatten()
+    let private = PrivateKeyDer::from_pem_slice(&pem)
         .with_context(|| format!("server.tls_key: {} holds no PEM private key", key.display()))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)

@@ -29,6 +29,8 @@ pub use crate::model::{RateLimit, Secret, SubscriptionName, TenantId, STORED_ID_
 
 pub mod bounds;
 use bounds::{above, Bounds};
+mod postgres;
+pub use postgres::PostgresTls;
 
 /// A configuration problem, naming the key at fault.
 #[derive(Debug, thiserror::Error)]
@@ -583,6 +585,17 @@ pub struct HistoryConfig {
     /// Shown with its userinfo and parameters redacted.
     #[serde(default, serialize_with = "serialize_redacted_url")]
     pub postgres_url: Option<Secret>,
+    /// TLS to PostgreSQL: `disable`, `require` (encrypted, the
+    /// certificate not checked) or `verify-full` (chain and host name
+    /// checked). Unset: the URL's `sslmode` (`disable` or `require`) if it
+    /// has one, else `disable` for a loopback host or a Unix socket and
+    /// `verify-full` for any other ([`HistoryConfig::postgres_tls_in_force`]).
+    #[serde(default)]
+    pub postgres_tls: Option<PostgresTls>,
+    /// CA certificates (PEM) trusted by `verify-full`, instead of the
+    /// system's roots; read at start-up.
+    #[serde(default)]
+    pub postgres_ca_file: Option<PathBuf>,
     /// Most connections to PostgreSQL this process holds.
     pub postgres_pool_size: usize,
     /// Bytes of log entries held in memory while the log store cannot
@@ -592,6 +605,18 @@ pub struct HistoryConfig {
     /// Most bytes of log entries spooled on disk; beyond, entries are
     /// dropped, counted in `hookd_history_dropped_total` and logged.
     pub spool_disk: ByteSize,
+}
+
+impl HistoryConfig {
+    /// The TLS mode in force for `postgres_url`, and why it is that one
+    /// (`history.postgres_tls`, the URL's `sslmode`, or the default by
+    /// host); `None` without a URL. The problem names the key to change.
+    pub fn postgres_tls_in_force(&self) -> Result<Option<(PostgresTls, &'static str)>, Error> {
+        self.postgres_url
+            .as_ref()
+            .map(|url| postgres::in_force(url.expose(), self.postgres_tls))
+            .transpose()
+    }
 }
 
 /// `[console]`: the web console and tenant portal at `/console`.
@@ -1168,12 +1193,16 @@ impl Config {
                     "must start with postgres:// or postgresql://",
                 ));
             }
-            url.parse::<tokio_postgres::Config>().map_err(|e| {
-                invalid(
-                    "history.postgres_url",
-                    format!("`{}` is not a PostgreSQL URL: {e}", crate::model::redact_url(url)),
-                )
-            })?;
+        }
+        let tls = h.postgres_tls_in_force()?.map(|(mode, _)| mode);
+        if h.postgres_tls.is_some() && h.postgres_url.is_none() {
+            return Err(invalid(
+                "history.postgres_tls",
+                "is set, but history.postgres_url is not",
+            ));
+        }
+        if let Some(ca) = &h.postgres_ca_file {
+            postgres::check_ca_file(ca, tls)?;
         }
         if !(1..=256).contains(&h.postgres_pool_size) {
             return Err(invalid("history.postgres_pool_size", "must be 1 to 256"));
@@ -1631,6 +1660,27 @@ mod tests {
                 "history.postgres_url",
             ),
             ("[history]\npostgres_pool_size = 0", "history.postgres_pool_size"),
+            (
+                "[history]\npostgres_url = \"postgres://h@db.internal/db\"\npostgres_tls = \"verify-ca\"",
+                "history.postgres_tls",
+            ),
+            ("[history]\npostgres_tls = \"require\"", "history.postgres_tls"),
+            (
+                "[history]\npostgres_url = \"postgres://h@db.internal/db\"\npostgres_ca_file = \"/nonexistent/ca.pem\"",
+                "history.postgres_ca_file",
+            ),
+            (
+                "[history]\npostgres_url = \"postgres://h@db.internal/db\"\npostgres_ca_file = \"Cargo.toml\"",
+                "history.postgres_ca_file",
+            ),
+            (
+                "[history]\npostgres_url = \"postgres://h@db.internal/db\"\npostgres_tls = \"require\"\npostgres_ca_file = \"Cargo.toml\"",
+                "history.postgres_ca_file",
+            ),
+            (
+                "[history]\npostgres_url = \"postgres://h@db.internal/db?sslmode=prefer\"",
+                "history.postgres_url",
+            ),
             ("[history]\nspool_memory = \"1KiB\"", "history.spool_memory"),
             ("[queue]\ndead_retention = \"10m\"", "queue.dead_retention"),
             (
@@ -1757,6 +1807,58 @@ mod tests {
             sub("").replace("https://", "http://")
         );
         assert!(Config::from_toml(&text).is_ok());
+    }
+
+    #[test]
+    fn postgres_tls_is_checked_with_its_ca_file_and_shown() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, params.self_signed(&key).unwrap().pem()).unwrap();
+        let c = Config::from_toml(&format!(
+            "[history]\npostgres_url = \"postgres://h@db.internal/db\"\npostgres_tls = \"verify-full\"\npostgres_ca_file = {:?}",
+            ca.display().to_string()
+        ))
+        .unwrap();
+        assert_eq!(c.history.postgres_tls, Some(PostgresTls::VerifyFull));
+        assert!(c.to_redacted_toml().contains("postgres_tls = \"verify-full\""));
+        let (mode, because) = c.history.postgres_tls_in_force().unwrap().unwrap();
+        assert_eq!((mode, because), (PostgresTls::VerifyFull, "history.postgres_tls"));
+
+        // A CA file whose PEM holds only a key has no certificate.
+        let only_key = dir.path().join("key.pem");
+        std::fs::write(&only_key, key.serialize_pem()).unwrap();
+        let err = Config::from_toml(&format!(
+            "[history]\npostgres_url = \"postgres://h@db.internal/db\"\npostgres_ca_file = {:?}",
+            only_key.display().to_string()
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("history.postgres_ca_file") && err.contains("no `BEGIN CERTIFICATE`"),
+            "{err}"
+        );
+
+        // Unset, with the URL's host off loopback: verify-full.
+        let c = Config::from_toml("[history]\npostgres_url = \"postgres://h@db.internal/db\"").unwrap();
+        assert_eq!(c.history.postgres_tls, None);
+        assert_eq!(
+            c.history.postgres_tls_in_force().unwrap().map(|(m, _)| m),
+            Some(PostgresTls::VerifyFull)
+        );
+        let c = Config::from_toml("[history]\npostgres_url = \"postgres://h@127.0.0.1/db\"").unwrap();
+        assert_eq!(
+            c.history.postgres_tls_in_force().unwrap().map(|(m, _)| m),
+            Some(PostgresTls::Disable)
+        );
+        assert!(Config::from_toml("")
+            .unwrap()
+            .history
+            .postgres_tls_in_force()
+            .unwrap()
+            .is_none());
     }
 
     #[test]

@@ -38,6 +38,12 @@
 //! same `apply` as the embedded store), and writes the outcome with one
 //! multi-row statement per table (`INSERT … SELECT FROM unnest(…)`):
 //! a batch of 512 entries is a handful of round trips.
+//!
+//! ## Connecting
+//!
+//! One pool (deadpool) of tokio-postgres connections, the migrations'
+//! included, made with the TLS of `history.postgres_tls` (`tls`: rustls,
+//! `disable`, `require` or `verify-full`).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Mutex;
@@ -47,7 +53,7 @@ use bytes::Bytes;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use sha2::{Digest, Sha256};
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{NoTls, Row, Transaction};
+use tokio_postgres::{Row, Transaction};
 
 use super::activity::{self, MinuteRecord, LATENCY_BUCKETS};
 use super::{
@@ -62,6 +68,8 @@ use crate::queue::DeliveryId;
 mod schema {
     refinery::embed_migrations!("migrations/postgres");
 }
+
+mod tls;
 
 /// The table refinery keeps the applied schema versions in.
 pub const SCHEMA_TABLE: &str = "hookd_schema_history";
@@ -100,13 +108,25 @@ pub struct PostgresHistory {
 /// the server's error and never the URL's password): [`Error::Refused`]
 /// when the server refused the data itself (SQLSTATE classes 22, data
 /// exception, and 23, integrity violation), so a retry cannot help.
+/// Any other failure's causes follow its own message ("error performing
+/// TLS handshake: invalid peer certificate: UnknownIssuer"), since
+/// tokio-postgres's message alone does not say what went wrong.
 fn pg(e: tokio_postgres::Error) -> Error {
     let refused = e
         .code()
         .is_some_and(|code| code.code().starts_with("22") || code.code().starts_with("23"));
     let text = match e.as_db_error() {
         Some(db) => format!("{}: {}", db.severity(), db.message()),
-        None => e.to_string(),
+        None => {
+            let mut text = e.to_string();
+            let mut cause = std::error::Error::source(&e);
+            while let Some(c) = cause {
+                text.push_str(": ");
+                text.push_str(&c.to_string());
+                cause = c.source();
+            }
+            text
+        }
     };
     if refused {
         Error::Refused(text)
@@ -279,7 +299,9 @@ struct Writes {
 }
 
 impl PostgresHistory {
-    /// Connects to `config.postgres_url`, migrates its schema (refusing a
+    /// Connects to `config.postgres_url` with the TLS of
+    /// `history.postgres_tls` (the `tls` module; the migrations run on a pooled
+    /// connection, so they use it too), migrates its schema (refusing a
     /// newer one) and returns the history.
     pub async fn connect(config: &HistoryConfig) -> Result<PostgresHistory, Error> {
         let url = config
@@ -296,9 +318,16 @@ impl PostgresHistory {
         if pg_config.get_application_name().is_none() {
             pg_config.application_name("hookd");
         }
+        let mode = config
+            .postgres_tls_in_force()
+            .map_err(|e| Error::Postgres(e.to_string()))?
+            .map_or(crate::config::PostgresTls::Disable, |(mode, _)| mode);
+        let ca_file = config.postgres_ca_file.as_deref();
+        let (connector, ssl_mode) = tls::connector(mode, ca_file)?;
+        pg_config.ssl_mode(ssl_mode);
         let manager = Manager::from_config(
             pg_config,
-            NoTls,
+            connector,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -316,8 +345,9 @@ impl PostgresHistory {
             days: Mutex::new(HashSet::new()),
         };
         let target = crate::model::redact_url(url.expose());
+        let trusted = tls::trusted(mode, ca_file);
         history.migrate().await.map_err(|e| match e {
-            Error::Postgres(e) => Error::Postgres(format!("{target} (history.postgres_url): {e}")),
+            Error::Postgres(e) => Error::Postgres(format!("{target} (history.postgres_url, {trusted}): {e}")),
             e => e,
         })?;
         Ok(history)

@@ -2,6 +2,10 @@
 //! binaries, a fresh data directory made by `initdb`, listening on a free
 //! loopback port, run as an unprivileged user (PostgreSQL refuses to run
 //! as root: under root, as `postgres`, or `nobody` without it).
+//!
+//! [`PostgresServer::start_tls`] serves TLS with a certificate for
+//! `localhost` and 127.0.0.1 signed by a [`TestCa`] of the test's own, and
+//! can refuse plain text itself (`hostssl` lines only in `pg_hba.conf`).
 
 use std::net::TcpStream;
 use std::os::unix::process::CommandExt;
@@ -16,6 +20,98 @@ const PG_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The database role the tests connect as (trusted, no password).
 pub const USER: &str = "hookd";
+
+/// A certificate authority of a test's own, made with rcgen.
+pub struct TestCa {
+    /// Its certificate and key, to sign servers' certificates.
+    issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+}
+
+impl TestCa {
+    /// A fresh CA named `name`.
+    pub fn new(name: &str) -> TestCa {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, format!("hookd test CA {name}"));
+        params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
+        let key = rcgen::KeyPair::generate().unwrap();
+        TestCa {
+            issuer: rcgen::CertifiedIssuer::self_signed(params, key).unwrap(),
+        }
+    }
+
+    /// Its certificate, PEM.
+    pub fn pem(&self) -> String {
+        self.issuer.pem()
+    }
+
+    /// Writes its certificate to `dir/<file>` and returns the path.
+    pub fn write(&self, dir: &Path, file: &str) -> PathBuf {
+        let path = dir.join(file);
+        std::fs::write(&path, self.pem()).expect("write the CA certificate");
+        path
+    }
+
+    /// A server certificate for `localhost` and 127.0.0.1 that it signs:
+    /// the certificate and the key, PEM.
+    pub fn server(&self) -> (String, String) {
+        self.server_for(&["localhost", "127.0.0.1"])
+    }
+
+    /// A server certificate for `names` (host names or addresses) that it
+    /// signs: the certificate and the key, PEM.
+    pub fn server_for(&self, names: &[&str]) -> (String, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let mut params = rcgen::CertificateParams::new(names.clone()).unwrap();
+        params.distinguished_name.push(rcgen::DnType::CommonName, &names[0]);
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+}
+
+/// How a [`PostgresServer`] serves TLS.
+pub struct ServerTls {
+    /// `server.crt`: PEM certificate (chain).
+    pub cert: String,
+    /// `server.key`: its PEM private key.
+    pub key: String,
+    /// `pg_hba.conf` with `hostssl` lines only: plain text connections
+    /// are refused by the server itself.
+    pub hostssl_only: bool,
+}
+
+impl ServerTls {
+    /// A certificate signed by `ca`, plain text still allowed.
+    pub fn signed_by(ca: &TestCa) -> ServerTls {
+        let (cert, key) = ca.server();
+        ServerTls {
+            cert,
+            key,
+            hostssl_only: false,
+        }
+    }
+
+    /// A certificate for `names` only, signed by `ca`.
+    pub fn for_names(ca: &TestCa, names: &[&str]) -> ServerTls {
+        let (cert, key) = ca.server_for(names);
+        ServerTls {
+            cert,
+            key,
+            hostssl_only: false,
+        }
+    }
+
+    /// The same, plain text refused by the server.
+    pub fn only(self) -> ServerTls {
+        ServerTls {
+            hostssl_only: true,
+            ..self
+        }
+    }
+}
 
 /// A PostgreSQL server on a free loopback port, its data in a temporary
 /// directory. Stopped (immediately) on drop.
@@ -80,6 +176,16 @@ impl PostgresServer {
     /// Makes a fresh cluster with `initdb` and starts it; waits until it
     /// accepts connections.
     pub fn start() -> PostgresServer {
+        Self::launch(None)
+    }
+
+    /// [`start`](Self::start), serving TLS as `tls` says (`ssl = on`,
+    /// `server.crt` and `server.key` in the data directory).
+    pub fn start_tls(tls: ServerTls) -> PostgresServer {
+        Self::launch(Some(tls))
+    }
+
+    fn launch(tls: Option<ServerTls>) -> PostgresServer {
         let dir = tempfile::tempdir().expect("cannot create a temp dir for PostgreSQL");
         let owner = unprivileged();
         if let Some((uid, gid)) = owner {
@@ -111,6 +217,9 @@ impl PostgresServer {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
+        if let Some(tls) = &tls {
+            server.serve_tls(tls);
+        }
         let mut last = String::new();
         for _ in 0..5 {
             server.port = free_port();
@@ -123,9 +232,44 @@ impl PostgresServer {
         panic!("{last}");
     }
 
+    /// Writes `tls`'s certificate and key into the data directory (the
+    /// key 0600 and, as everything there, the server's user's), turns
+    /// `ssl` on, and with [`ServerTls::hostssl_only`] leaves `pg_hba.conf`
+    /// only `hostssl` lines. Takes effect at the next start.
+    pub fn serve_tls(&self, tls: &ServerTls) {
+        use std::os::unix::fs::PermissionsExt;
+        let data = self.data();
+        for (file, text, mode) in [("server.crt", &tls.cert, 0o644), ("server.key", &tls.key, 0o600)] {
+            let path = data.join(file);
+            std::fs::write(&path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            if let Some((uid, gid)) = self.owner {
+                std::os::unix::fs::chown(&path, Some(uid), Some(gid)).unwrap();
+            }
+        }
+        let conf = data.join("postgresql.conf");
+        let mut text = std::fs::read_to_string(&conf).expect("read postgresql.conf");
+        if !text.contains("# hookd tests: TLS") {
+            text.push_str(
+                "\n# hookd tests: TLS\nssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n",
+            );
+            std::fs::write(&conf, text).expect("write postgresql.conf");
+        }
+        if tls.hostssl_only {
+            let hba = "local all all trust\nhostssl all all 127.0.0.1/32 trust\nhostssl all all ::1/128 trust\n";
+            std::fs::write(data.join("pg_hba.conf"), hba).expect("write pg_hba.conf");
+        }
+    }
+
     /// `postgres://hookd@127.0.0.1:<port>/postgres`.
     pub fn url(&self) -> String {
-        format!("postgres://{USER}@127.0.0.1:{}/postgres", self.port)
+        self.url_at("127.0.0.1")
+    }
+
+    /// `postgres://hookd@<host>:<port>/postgres`: the server by another
+    /// name (`localhost`), as a certificate is checked against it.
+    pub fn url_at(&self, host: &str) -> String {
+        format!("postgres://{USER}@{host}:{}/postgres", self.port)
     }
 
     /// The port it listens on.
@@ -143,7 +287,11 @@ impl PostgresServer {
         if let Some((uid, gid)) = self.owner {
             cmd.uid(uid).gid(gid);
         }
-        cmd.current_dir(self.dir.path()).stdin(Stdio::null());
+        // Its own home: libpq looks for a client certificate under
+        // ~/.postgresql, which the server's user may not read in root's.
+        cmd.current_dir(self.dir.path())
+            .env("HOME", self.dir.path())
+            .stdin(Stdio::null());
         cmd
     }
 
