@@ -96,8 +96,10 @@ pub struct StoredSecret {
 }
 
 /// What a tenant (or an admin for it) sets on a subscription: the body of
-/// `POST /v1/subscriptions`, and what `PATCH` merges into.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// `POST /v1/subscriptions`, and what `PATCH` merges into. Its `Debug`
+/// hides what may hold a credential: header and plugin setting values,
+/// and the URL's userinfo, parameters and tokens.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SubscriptionSpec {
     /// Its display name, unique within its tenant.
@@ -129,8 +131,26 @@ pub struct SubscriptionSpec {
     pub plugin: Option<PluginRef>,
 }
 
-/// A subscription's use of a registered plugin (`[plugins.registry.NAME]`).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+impl std::fmt::Debug for SubscriptionSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SubscriptionSpec")
+            .field("name", &self.name)
+            .field("url", &crate::model::RedactedUrl(&self.url))
+            .field("events", &self.events)
+            .field("headers", &crate::model::RedactedValues(&self.headers))
+            .field("description", &self.description)
+            .field("rate_limit", &self.rate_limit)
+            .field("max_in_flight", &self.max_in_flight)
+            .field("max_retries", &self.max_retries)
+            .field("timeout", &self.timeout)
+            .field("plugin", &self.plugin)
+            .finish()
+    }
+}
+
+/// A subscription's use of a registered plugin (`[plugins.registry.NAME]`);
+/// its `Debug` hides the settings' values.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PluginRef {
     /// The registered plugin's name.
@@ -138,6 +158,15 @@ pub struct PluginRef {
     /// Settings handed to the plugin on every call.
     #[serde(default)]
     pub config: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for PluginRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginRef")
+            .field("name", &self.name)
+            .field("config", &crate::model::RedactedValues(&self.config))
+            .finish()
+    }
 }
 
 /// A subscription made through the API, as stored.
@@ -253,4 +282,57 @@ pub enum Origin {
     Config,
     /// The API.
     Api,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every type holding a tenant's credentials prints none of them.
+    #[test]
+    fn debug_shows_no_credential() {
+        let spec: SubscriptionSpec = serde_json::from_value(serde_json::json!({
+            "name": "s",
+            "url": "https://user:pass-word@hooks.example.com/services/T0ken0fTheEndpointT0ken?sig=query-secret",
+            "events": ["*"],
+            "headers": {"x-api-key": "header-credential"},
+            "plugin": {"name": "jq", "config": {"token": "plugin-credential"}},
+        }))
+        .unwrap();
+        let sub = StoredSubscription {
+            id: SubscriptionName::parse("sub_1").unwrap(),
+            tenant: TenantId::parse("acme").unwrap(),
+            spec: spec.clone(),
+            secrets: vec![StoredSecret {
+                value: "whsec_c2VjcmV0LXZhbHVl".into(),
+                expires_at: None,
+            }],
+            created_at: 1,
+            updated_at: 1,
+            deleted_at: None,
+            tenant_generation: String::new(),
+            operator_disabled_at: None,
+        };
+        let registry = BTreeMap::from([(
+            "jq".to_owned(),
+            serde_json::from_value::<RegisteredPlugin>(serde_json::json!({"path": "/p/jq.wasm"})).unwrap(),
+        )]);
+        let config = sub.to_config(2, &registry);
+        for text in [format!("{spec:?}"), format!("{sub:?}"), format!("{config:?}")] {
+            for secret in [
+                "pass-word",
+                "T0ken0fTheEndpointT0ken",
+                "query-secret",
+                "header-credential",
+                "plugin-credential",
+                "c2VjcmV0LXZhbHVl",
+            ] {
+                assert!(!text.contains(secret), "`{secret}` in {text}");
+            }
+            assert!(
+                text.contains("x-api-key") || text.contains("StoredSubscription"),
+                "{text}"
+            );
+        }
+    }
 }

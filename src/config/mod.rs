@@ -453,7 +453,7 @@ impl<'de> Deserialize<'de> for ByteSize {
 
 /// `[subscriptions.plugin]`: a WebAssembly plugin that may drop or reshape
 /// each delivery before it is signed (see [`crate::plugin`]).
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PluginConfig {
     /// The plugin: a WebAssembly component (`.wasm`) of the
@@ -477,6 +477,19 @@ pub struct PluginConfig {
     /// Override of `plugins.fresh_instance`.
     #[serde(default)]
     pub fresh_instance: Option<bool>,
+}
+
+impl fmt::Debug for PluginConfig {
+    /// The settings' values hidden, as in its serialized form.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PluginConfig")
+            .field("path", &self.path)
+            .field("config", &crate::model::RedactedValues(&self.config))
+            .field("deadline", &self.deadline)
+            .field("memory_limit", &self.memory_limit)
+            .field("fresh_instance", &self.fresh_instance)
+            .finish()
+    }
 }
 
 /// Largest `ingest.max_depth` accepted: the envelope adds a level, and many
@@ -652,7 +665,7 @@ pub struct CatalogConfig {
 }
 
 /// One `[[subscriptions]]` entry.
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SubscriptionConfig {
     /// Unique name; appears in logs, metrics and the admin API.
@@ -708,6 +721,30 @@ pub struct SubscriptionConfig {
     /// catalogue; `None` (a TOML subscription) follows `[delivery]`.
     #[serde(skip)]
     pub network: Option<crate::deliver::NetworkPolicy>,
+}
+
+impl fmt::Debug for SubscriptionConfig {
+    /// What may hold a credential hidden: secrets, header values, plugin
+    /// settings, and the URL's userinfo, parameters and tokens.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SubscriptionConfig")
+            .field("name", &self.name)
+            .field("url", &crate::model::RedactedUrl(&self.url))
+            .field("events", &self.events)
+            .field("secrets", &self.secrets)
+            .field("headers", &crate::model::RedactedValues(&self.headers))
+            .field("enabled", &self.enabled)
+            .field("timeout", &self.timeout)
+            .field("max_retries", &self.max_retries)
+            .field("max_in_flight", &self.max_in_flight)
+            .field("rate_limit", &self.rate_limit)
+            .field("plugin", &self.plugin)
+            .field("notify_to", &self.notify_to)
+            .field("tenants", &self.tenants)
+            .field("owner", &self.owner)
+            .field("network", &self.network)
+            .finish()
+    }
 }
 
 impl EventTypeConfig {

@@ -21,7 +21,7 @@ pub use delivery::{CorruptRecord, Delivery, DeliveryId, PluginHeaders};
 pub use event::{check_event_type, is_internal, Event, EventId, EventPattern, INTERNAL_PREFIX};
 pub use headers::REDACTED;
 pub use host::Host;
-pub use secret::{redact_url, serialize_redacted_values, Secret};
+pub use secret::{redact_url, serialize_redacted_values, RedactedUrl, RedactedValues, Secret};
 pub use subscription::{RateLimit, SubscriptionName};
 pub use tenant::TenantId;
 

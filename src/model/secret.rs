@@ -109,6 +109,25 @@ pub fn serialize_redacted_values<S: Serializer>(map: &BTreeMap<String, String>, 
     s.collect_map(map.keys().map(|k| (k, REDACTED)))
 }
 
+/// A map shown with its keys as they are and every value `[redacted]`, for
+/// the `Debug` of what holds custom headers or plugin settings.
+pub struct RedactedValues<'a>(pub &'a BTreeMap<String, String>);
+
+impl fmt::Debug for RedactedValues<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.0.keys().map(|k| (k, REDACTED))).finish()
+    }
+}
+
+/// A URL shown as [`redact_url`] shows it, for `Debug`.
+pub struct RedactedUrl<'a>(pub &'a str);
+
+impl fmt::Debug for RedactedUrl<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&redact_url(self.0), f)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::redact_url;
