@@ -327,6 +327,7 @@ pub async fn run_with_backends(
     let tls = api::serve::tls_acceptor(&config.server)?;
     let queued = Arc::new(Notify::new());
     let metrics = Arc::new(telemetry::Metrics::new());
+    metrics.set_max_series(config.telemetry.max_series);
     // One writer of the delivery log for ingest and the dispatcher; it
     // stops after the dispatcher has drained, keeping its last entries.
     let recorder_stop = CancellationToken::new();

@@ -2242,3 +2242,68 @@ async fn tests_and_replays_are_held_to_the_plans_rate() {
     assert_eq!(rx.arrivals().len(), 2, "nothing more was sent");
     hookd.stop().await;
 }
+
+/// A deleted subscription's series leave `/metrics`, and subscriptions
+/// beyond `telemetry.max_series` share `subscription="other"`, so tenants
+/// making and deleting subscriptions cannot grow the metrics without bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metric_series_are_bounded_and_go_with_their_subscription() {
+    let rx = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let extra = format!(
+        "[telemetry]\nmax_series = 2\n\
+         [[subscriptions]]\nname = \"ops\"\nurl = \"{}\"\nevents = [\"*\"]\nsecrets = [\"{SECRET}\"]\n",
+        rx.url("ops")
+    );
+    let hookd = Hookd::start(embedded(dir.path(), &extra)).await;
+    let acme = tenant(&hookd.api, "acme", None).await;
+    let a = subscribe(&acme, &rx, "a", json!(["link.*"])).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let b = subscribe(&acme, &rx, "b", json!(["link.*"])).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    hookd
+        .send(json!({"type": "link.clicked", "tenant": "acme", "data": {}}))
+        .await;
+    rx.wait_for(WAIT, "three deliveries", |got| got.len() == 3).await;
+    let delivered = |sub: &str| format!("hookd_deliveries_total{{subscription=\"{sub}\",outcome=\"delivered\"}}");
+    // The first two subscriptions prepared have their own series; the
+    // third counts as `other`.
+    let deadline = Instant::now() + WAIT;
+    let text = loop {
+        let (_, text) = get_text(&hookd.url, "/metrics").await;
+        let total: f64 = ["ops", &a, &b, "other"]
+            .iter()
+            .filter_map(|s| metric(&text, &delivered(s)))
+            .sum();
+        if total >= 3.0 {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "the deliveries were never counted: {text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(metric(&text, &delivered("ops")), Some(1.0), "{text}");
+    assert_eq!(metric(&text, &delivered("other")), Some(1.0), "{text}");
+    let own: Vec<&String> = [&a, &b].into_iter().filter(|s| text.contains(s.as_str())).collect();
+    assert_eq!(own.len(), 1, "one of the tenant's two has its own series: {text}");
+    let own = own[0].clone();
+    // Deleted, its series go.
+    acme.delete(&format!("/v1/subscriptions/{own}")).await.unwrap();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (_, text) = get_text(&hookd.url, "/metrics").await;
+        if !text.contains(own.as_str()) {
+            assert_eq!(metric(&text, &delivered("ops")), Some(1.0), "the others stay: {text}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the deleted subscription's series stayed: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    hookd.stop().await;
+}

@@ -102,6 +102,8 @@ pub struct Config {
     pub console: ConsoleConfig,
     /// The catalogue of tenants and subscriptions made through the API.
     pub catalog: CatalogConfig,
+    /// Metrics.
+    pub telemetry: TelemetryConfig,
     /// Who receives which events.
     #[serde(default)]
     pub subscriptions: Vec<SubscriptionConfig>,
@@ -662,6 +664,16 @@ pub struct CatalogConfig {
     /// are erased at the delete itself. At least 1h.
     #[serde(with = "humantime_serde")]
     pub tombstone_retention: Duration,
+}
+
+/// `[telemetry]`: metrics.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// How many subscriptions get series of their own in `/metrics`; later
+    /// ones share `subscription="other"`, so tenants making subscriptions
+    /// cannot grow the metrics without bound. 1 to 1,000,000.
+    pub max_series: usize,
 }
 
 /// One `[[subscriptions]]` entry.
@@ -1254,6 +1266,9 @@ impl Config {
             || self.catalog.tombstone_retention > Duration::from_secs(365 * 86_400)
         {
             return Err(invalid("catalog.tombstone_retention", "must be between 1h and 365d"));
+        }
+        if !(1..=1_000_000).contains(&self.telemetry.max_series) {
+            return Err(invalid("telemetry.max_series", "must be 1 to 1000000"));
         }
         let mut tenant_ids = std::collections::HashSet::new();
         for (n, tenant) in self.tenants.iter().enumerate() {

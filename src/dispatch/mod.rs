@@ -429,6 +429,15 @@ impl Endpoints {
                 Err(e) => return Err(e),
             }
         }
+        // A subscription gone (deleted, or out of the config) takes its
+        // series with it.
+        for gone in previous
+            .iter()
+            .flat_map(|p| p.map.keys())
+            .filter(|n| !map.contains_key(*n))
+        {
+            metrics.forget_subscription(gone.as_str());
+        }
         Ok(Endpoints { map })
     }
 

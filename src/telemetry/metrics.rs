@@ -41,6 +41,28 @@ pub const MAX_EVENT_TYPES: usize = 200;
 /// event type named `other` shares the series.)
 pub const OTHER_EVENT_TYPE: &str = "other";
 
+/// The `subscription` label of subscriptions beyond `telemetry.max_series`
+/// ([`Metrics::set_max_series`]). (A subscription named `other` shares the
+/// series.)
+pub const OTHER_SUBSCRIPTION: &str = "other";
+
+/// Subscriptions given series of their own until told otherwise.
+pub const DEFAULT_MAX_SERIES: usize = 10_000;
+
+/// The plugin failure kinds [`SubscriptionMetrics::plugin_error`] is given,
+/// so a subscription's series can all be removed.
+const PLUGIN_ERROR_KINDS: [&str; 9] = [
+    "engine",
+    "load",
+    "deadline",
+    "memory",
+    "trap",
+    "guest",
+    "protected_header",
+    "bad_output",
+    "event",
+];
+
 /// Upper bounds of the attempt latency buckets, in seconds: 5 ms to 30 s.
 pub const ATTEMPT_BUCKETS: [f64; 13] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0,
@@ -287,6 +309,11 @@ pub struct Metrics {
     catalog_rejected: Gauge,
     /// `hookd_task_restarts_total`.
     task_restarts: Family<TaskLabels, Counter>,
+    /// The subscriptions with series of their own.
+    series: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// How many subscriptions may have series of their own
+    /// (`telemetry.max_series`); later ones count as [`OTHER_SUBSCRIPTION`].
+    max_series: std::sync::atomic::AtomicUsize,
 }
 
 /// Labels of `hookd_task_restarts_total`.
@@ -441,6 +468,47 @@ impl Metrics {
             history_degraded,
             catalog_rejected,
             task_restarts,
+            series: Default::default(),
+            max_series: DEFAULT_MAX_SERIES.into(),
+        }
+    }
+
+    /// Sets `telemetry.max_series`: how many subscriptions get series of
+    /// their own, so that tenants making subscriptions cannot grow the
+    /// metrics without bound.
+    pub fn set_max_series(&self, n: usize) {
+        self.max_series.store(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Removes every series of subscription `name` (deleted, or gone from
+    /// the config): its counters no longer render, and a handle still held
+    /// counts into nothing.
+    pub fn forget_subscription(&self, name: &str) {
+        let mut series = self.series.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !series.remove(name) {
+            return;
+        }
+        let subscription = name.to_owned();
+        for outcome in DeliveryOutcome::ALL {
+            self.deliveries.remove(&DeliveryLabels {
+                subscription: subscription.clone(),
+                outcome,
+            });
+        }
+        self.attempt_duration.remove(&SubscriptionLabels {
+            subscription: subscription.clone(),
+        });
+        for result in PluginResult::ALL {
+            self.plugin_calls.remove(&PluginCallLabels {
+                subscription: subscription.clone(),
+                result,
+            });
+        }
+        for kind in PLUGIN_ERROR_KINDS {
+            self.plugin_errors.remove(&PluginErrorLabels {
+                subscription: subscription.clone(),
+                kind,
+            });
         }
     }
 
@@ -533,7 +601,15 @@ impl Metrics {
     /// allocation. Every outcome and plugin result starts at zero, so its
     /// series exists before the first event.
     pub fn subscription(&self, name: &str) -> SubscriptionMetrics {
-        let subscription = name.to_owned();
+        let subscription = {
+            let mut series = self.series.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if series.contains(name) || series.len() < self.max_series.load(std::sync::atomic::Ordering::Relaxed) {
+                series.insert(name.to_owned());
+                name.to_owned()
+            } else {
+                OTHER_SUBSCRIPTION.to_owned()
+            }
+        };
         SubscriptionMetrics {
             deliveries: DeliveryOutcome::ALL.map(|outcome| {
                 self.deliveries.get_or_create_owned(&DeliveryLabels {
