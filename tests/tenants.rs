@@ -2307,3 +2307,47 @@ async fn metric_series_are_bounded_and_go_with_their_subscription() {
     }
     hookd.stop().await;
 }
+
+/// A process that cannot read the catalogue store for longer than
+/// `catalog.max_staleness` refuses the keys made through the API (it can no
+/// longer tell a revoked one): 503 `catalog_stale`, failing closed; once it
+/// reads the store again they work again. Before, a stale process served a
+/// revoked key for as long as its store stayed unreachable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_that_cannot_read_its_catalogue_refuses_stored_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, redis) = config_on(
+        Backend::Redis,
+        dir.path(),
+        "stale",
+        "[catalog]\nmax_staleness = \"1s\"\n",
+    );
+    let redis = redis.unwrap();
+    let hookd = Hookd::start(config).await;
+    let acme = tenant(&hookd.api, "acme", None).await;
+    acme.get("/v1/event-types")
+        .await
+        .expect("a fresh process takes the key");
+    // Redis busy for 4 s: the catalogue poll waits, and its snapshot ages.
+    let busy = support::stall_redis(redis.port(), 4_000).await;
+    let deadline = Instant::now() + WAIT;
+    let refused = loop {
+        match acme.get("/v1/event-types").await {
+            Err(e) if e.to_string().contains("not read the catalogue store") => break e.to_string(),
+            Err(e) => panic!("{e}"),
+            Ok(_) => {}
+        }
+        assert!(
+            Instant::now() < deadline && !busy.is_finished(),
+            "the stale process kept taking the stored key"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        refused.contains("503") && refused.contains("catalog.max_staleness"),
+        "{refused}"
+    );
+    busy.await.unwrap();
+    support::daemon::wait_for_answer(&acme, "/v1/event-types", "the key taken again", |_| true).await;
+    hookd.stop().await;
+}

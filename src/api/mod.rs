@@ -364,7 +364,24 @@ pub(crate) fn principal_of(state: &ApiState, given: Option<&str>) -> Result<Prin
     if state.is_config_key(given) {
         return Ok(Principal::Admin { key: None });
     }
-    if let Some(principal) = state.catalog.snapshot().principal_of_key(given) {
+    let snapshot = state.catalog.snapshot();
+    if let Some(principal) = snapshot.principal_of_key(given) {
+        // A process that cannot read the store cannot know the key still
+        // stands (it may have been revoked elsewhere): it fails closed.
+        let stale = state.catalog.staleness();
+        let bound = snapshot.config.catalog.max_staleness;
+        if stale > bound {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "catalog_stale",
+                format!(
+                    "this process has not read the catalogue store for {}s (catalog.max_staleness = {}): keys made \
+                     through the API are refused until it can; try another process, or again shortly",
+                    stale.as_secs(),
+                    humantime::format_duration(bound)
+                ),
+            ));
+        }
         if let Some(id) = principal.key_id() {
             state.catalog.key_used(id);
         }

@@ -94,6 +94,9 @@ pub struct Catalog {
     published: watch::Sender<u64>,
     /// Key uses not yet written to the store.
     uses: std::sync::Mutex<HashMap<String, Millis>>,
+    /// When the store was last read, its version at least
+    /// ([`Catalog::staleness`]).
+    read_at: std::sync::atomic::AtomicI64,
 }
 
 impl Catalog {
@@ -109,7 +112,15 @@ impl Catalog {
             records: Mutex::new((contents.version, contents.records)),
             published,
             uses: std::sync::Mutex::new(HashMap::new()),
+            read_at: now_ms().into(),
         }))
+    }
+
+    /// How long since this process last read the store (its version at
+    /// least): what its snapshot may have missed, such as a revoked key.
+    pub fn staleness(&self) -> std::time::Duration {
+        let at = self.read_at.load(std::sync::atomic::Ordering::Relaxed);
+        std::time::Duration::from_millis(u64::try_from(now_ms().saturating_sub(at)).unwrap_or(0))
     }
 
     /// The store the catalogue lives in, shared with the console's
@@ -165,11 +176,14 @@ impl Catalog {
     /// whether it did.
     pub async fn refresh(&self) -> Result<bool, Error> {
         let mut records = self.records.lock().await;
+        let asked = now_ms();
         let version = self.store.version().await?;
         if version == records.0 {
+            self.read_at.fetch_max(asked, std::sync::atomic::Ordering::Relaxed);
             return Ok(false);
         }
         let contents = self.store.load().await?;
+        self.read_at.fetch_max(asked, std::sync::atomic::Ordering::Relaxed);
         if contents.version < records.0 {
             // Versions only grow: the store lost what it held (a Redis
             // restarted without persistence). The records kept here are

@@ -664,6 +664,12 @@ pub struct CatalogConfig {
     /// are erased at the delete itself. At least 1h.
     #[serde(with = "humantime_serde")]
     pub tombstone_retention: Duration,
+    /// How long a process may go without reading the catalogue store
+    /// before it refuses the keys made through the API (which it can no
+    /// longer tell revoked): it fails closed. The config's keys still work.
+    /// 1s to 1h.
+    #[serde(with = "humantime_serde")]
+    pub max_staleness: Duration,
 }
 
 /// `[telemetry]`: metrics.
@@ -1266,6 +1272,10 @@ impl Config {
             || self.catalog.tombstone_retention > Duration::from_secs(365 * 86_400)
         {
             return Err(invalid("catalog.tombstone_retention", "must be between 1h and 365d"));
+        }
+        if self.catalog.max_staleness < Duration::from_secs(1) || self.catalog.max_staleness > Duration::from_secs(3600)
+        {
+            return Err(invalid("catalog.max_staleness", "must be between 1s and 1h"));
         }
         if !(1..=1_000_000).contains(&self.telemetry.max_series) {
             return Err(invalid("telemetry.max_series", "must be 1 to 1000000"));
