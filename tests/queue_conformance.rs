@@ -11,6 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use hookd::config::{QueueConfig, RateLimit, SubscriptionName};
 use hookd::ingest::EventId;
+use hookd::model::TenantId;
 use hookd::queue::embedded::EmbeddedQueue;
 use hookd::queue::redis::RedisQueue;
 use hookd::queue::{
@@ -1336,6 +1337,131 @@ mod cases {
         assert_eq!(q.depth(now_ms()).await.unwrap().dead, 0);
         assert_eq!(q.expire_dead(now_ms() + 1, 100).await.unwrap().removed, 0);
     }
+
+    /// Each tenant's count of deliveries not yet finished: enqueued in,
+    /// retried and parked still in, acked or dead out, replayed in again,
+    /// and never another tenant's, nor the operator's subscriptions'
+    /// deliveries of a tenant's events.
+    pub async fn pending_counts_follow_each_tenants_deliveries(fx: &mut Fixture) {
+        let q = fx.q();
+        let acme = TenantId::parse("acme").unwrap();
+        let zeta = TenantId::parse("zeta").unwrap();
+        let owned = |id: &str, tenant: &TenantId, subscriptions: &[&str]| {
+            let mut e = event(id, subscriptions, fx.shards());
+            for d in &mut e.deliveries {
+                d.tenant = Some(tenant.clone());
+            }
+            e
+        };
+        // acme: 12 events, each to its own subscription and to the
+        // operator's `crm` (which acme does not own); zeta: 3.
+        let mut events: Vec<NewEvent> = (0..12)
+            .map(|n| owned(&format!("evt_pa{n}"), &acme, &["sub_acme1", "crm"]))
+            .collect();
+        events.extend((0..3).map(|n| owned(&format!("evt_pz{n}"), &zeta, &["sub_zeta1"])));
+        assert!(q
+            .enqueue(&events, WINDOW)
+            .await
+            .unwrap()
+            .iter()
+            .all(|r| *r == Enqueued::Accepted));
+        // A duplicate counts nothing.
+        assert_eq!(
+            q.enqueue(&events[..1], WINDOW).await.unwrap(),
+            vec![Enqueued::Duplicate]
+        );
+        assert_eq!(q.pending_of(&acme).await.unwrap(), 12);
+        assert_eq!(q.pending_of(&zeta).await.unwrap(), 3);
+        assert_eq!(q.pending_of(&TenantId::parse("nobody").unwrap()).await.unwrap(), 0);
+
+        let t = now_ms();
+        let claims = q.claim(t, LEASE, 100).await.unwrap().claims;
+        assert_eq!(claims.len(), 27);
+        assert_eq!(q.pending_of(&acme).await.unwrap(), 12, "leased is still pending");
+        let of = |tenant: &TenantId| -> Vec<&Claim> {
+            claims.iter().filter(|c| c.delivery.owner() == Some(tenant)).collect()
+        };
+        let (mine, theirs) = (of(&acme), of(&zeta));
+        assert_eq!((mine.len(), theirs.len()), (12, 3));
+        let dead = |c: &Claim| Settlement::Dead {
+            delivery: c.delivery.clone(),
+            lease: c.lease,
+        };
+        // acme: 4 acked, 3 dead, 2 retried, 2 parked, 1 left leased; the
+        // operator's deliveries of its events all acked.
+        let mut settlements: Vec<Settlement> = mine[..4]
+            .iter()
+            .map(|c| Settlement::Ack {
+                id: c.delivery.id.clone(),
+                lease: c.lease,
+            })
+            .collect();
+        settlements.extend(mine[4..7].iter().map(|c| dead(c)));
+        settlements.extend(mine[7..9].iter().map(|c| Settlement::Retry {
+            delivery: c.delivery.clone(),
+            lease: c.lease,
+            due: t + 100 * LEASE_MS,
+        }));
+        settlements.extend(mine[9..11].iter().map(|c| Settlement::Park {
+            id: c.delivery.id.clone(),
+            lease: c.lease,
+        }));
+        settlements.extend(
+            claims
+                .iter()
+                .filter(|c| c.delivery.owner().is_none())
+                .map(|c| Settlement::Ack {
+                    id: c.delivery.id.clone(),
+                    lease: c.lease,
+                }),
+        );
+        // zeta: one dead.
+        settlements.push(dead(theirs[0]));
+        q.settle(&settlements).await.unwrap();
+        assert_eq!(q.pending_of(&acme).await.unwrap(), 5, "retrying, parked and leased");
+        assert_eq!(q.pending_of(&zeta).await.unwrap(), 2);
+        // A settlement whose lease is gone changes no count.
+        q.settle(&[Settlement::Ack {
+            id: mine[0].delivery.id.clone(),
+            lease: mine[0].lease,
+        }])
+        .await
+        .unwrap();
+        assert_eq!(q.pending_of(&acme).await.unwrap(), 5);
+
+        // A replayed dead delivery counts again; an expired one never will.
+        assert!(q.replay(&mine[4].delivery.id, now_ms()).await.unwrap());
+        assert_eq!(q.pending_of(&acme).await.unwrap(), 6);
+        let expired = q.expire_dead(now_ms() + 1, 100).await.unwrap();
+        assert_eq!(expired.removed, 3, "acme's two left dead and zeta's one");
+        assert_eq!(q.pending_of(&acme).await.unwrap(), 6);
+        assert_eq!(q.pending_of(&zeta).await.unwrap(), 2);
+
+        // Unparked and then delivered, everything leaves the count.
+        assert_eq!(
+            q.unpark(&SubscriptionName::parse("sub_acme1").unwrap(), now_ms())
+                .await
+                .unwrap(),
+            2
+        );
+        assert_eq!(q.pending_of(&acme).await.unwrap(), 6);
+        drop(q);
+        fx.reopen().await;
+        let q = fx.q();
+        assert_eq!(q.pending_of(&acme).await.unwrap(), 6, "the counts survive a restart");
+        let rest = q.claim(now_ms() + 200 * LEASE_MS, LEASE, 100).await.unwrap().claims;
+        assert_eq!(rest.len(), 8);
+        let acks: Vec<Settlement> = rest
+            .iter()
+            .map(|c| Settlement::Ack {
+                id: c.delivery.id.clone(),
+                lease: c.lease,
+            })
+            .collect();
+        q.settle(&acks).await.unwrap();
+        assert_eq!(q.pending_of(&acme).await.unwrap(), 0);
+        assert_eq!(q.pending_of(&zeta).await.unwrap(), 0);
+    }
 }
 
 macro_rules! case {
@@ -1381,6 +1507,7 @@ macro_rules! conformance {
             case!($open, subscription_state_defaults_and_toggles);
             case!($open, health_is_counted_by_the_rules);
             case!($open, parking_and_state_survive_a_restart);
+            case!($open, pending_counts_follow_each_tenants_deliveries);
         }
     };
 }

@@ -36,6 +36,7 @@ use super::{
     Queue, Settlement, Standing, StateStore, SubscriptionState,
 };
 use crate::config::{QueueConfig, SubscriptionName};
+use crate::model::TenantId;
 
 /// The store's file inside `queue.data_dir`.
 pub const FILE_NAME: &str = "queue.redb";
@@ -63,6 +64,14 @@ const SEEN_EXPIRY: TableDefinition<(i64, &str), ()> = TableDefinition::new("seen
 const PARKED: TableDefinition<(&str, i64, &str), ()> = TableDefinition::new("parked");
 /// Delivery id → when it was parked (ms), for every delivery in [`PARKED`].
 const PARKED_AT: TableDefinition<&str, i64> = TableDefinition::new("parked_at");
+/// Delivery id → the tenant owning its subscription ([`Delivery::owner`]),
+/// for every such delivery in [`RECORDS`]. Written by enqueue, settle (ack
+/// removes) and expire dead (removes).
+const OWNER: TableDefinition<&str, &str> = TableDefinition::new("owner");
+/// Tenant → how many of its deliveries are due, scheduled or parked (not
+/// dead): [`Queue::pending_of`]. Written with the move it counts: enqueue
+/// (+), settle (ack and dead −) and replay (+); a count of zero is removed.
+const PENDING: TableDefinition<&str, u64> = TableDefinition::new("pending");
 /// Subscription name → its [`SubscriptionState`] as JSON. Written by
 /// set_enabled and record_health.
 const SUBSCRIPTIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("subscriptions");
@@ -87,8 +96,8 @@ type Reply<T> = oneshot::Sender<Result<T, Error>>;
 struct Incoming {
     /// The dedup key ([`NewEvent::dedup_key`]).
     dedup_key: String,
-    /// (delivery id, encoded record) pairs.
-    deliveries: Vec<(String, Vec<u8>)>,
+    /// (delivery id, encoded record, owning tenant) triples.
+    deliveries: Vec<(String, Vec<u8>, Option<String>)>,
 }
 
 /// What a settlement does once its lease matches.
@@ -567,6 +576,10 @@ struct Tables<'txn> {
     parked_at: Table<'txn, &'static str, i64>,
     /// [`SUBSCRIPTIONS`].
     subscriptions: Table<'txn, &'static str, &'static [u8]>,
+    /// [`OWNER`].
+    owner: Table<'txn, &'static str, &'static str>,
+    /// [`PENDING`].
+    pending: Table<'txn, &'static str, u64>,
 }
 
 impl<'txn> Tables<'txn> {
@@ -582,7 +595,27 @@ impl<'txn> Tables<'txn> {
             parked: txn.open_table(PARKED)?,
             parked_at: txn.open_table(PARKED_AT)?,
             subscriptions: txn.open_table(SUBSCRIPTIONS)?,
+            owner: txn.open_table(OWNER)?,
+            pending: txn.open_table(PENDING)?,
         })
+    }
+
+    /// Adds `n` (which may be negative) to `tenant`'s pending count,
+    /// removing it at zero.
+    fn count_pending(&mut self, tenant: &str, n: i64) -> Result<(), StoreError> {
+        let had = self.pending.get(tenant)?.map(|g| g.value()).unwrap_or(0);
+        let now = had.saturating_add_signed(n);
+        if now == 0 {
+            self.pending.remove(tenant)?;
+        } else {
+            self.pending.insert(tenant, now)?;
+        }
+        Ok(())
+    }
+
+    /// The owner of delivery `id`, if a tenant owns it.
+    fn owner_of(&self, id: &str) -> Result<Option<String>, StoreError> {
+        Ok(self.owner.get(id)?.map(|g| g.value().to_owned()))
     }
 
     fn apply(&mut self, op: &Op, now: Millis) -> Result<Outcome, StoreError> {
@@ -655,9 +688,13 @@ impl<'txn> Tables<'txn> {
         }
         self.seen.insert(id, until)?;
         self.seen_expiry.insert((until, id), ())?;
-        for (delivery, record) in &event.deliveries {
+        for (delivery, record, owner) in &event.deliveries {
             self.records.insert(delivery.as_str(), record.as_slice())?;
             self.set_due(delivery, now)?;
+            if let Some(owner) = owner {
+                self.owner.insert(delivery.as_str(), owner.as_str())?;
+                self.count_pending(owner, 1)?;
+            }
         }
         Ok(Enqueued::Accepted)
     }
@@ -711,6 +748,10 @@ impl<'txn> Tables<'txn> {
             Action::Ack => {
                 self.unset_due(id)?;
                 self.records.remove(id)?;
+                let owner = self.owner.remove(id)?.map(|g| g.value().to_owned());
+                if let Some(owner) = owner {
+                    self.count_pending(&owner, -1)?;
+                }
             }
             Action::Retry { due, record } => {
                 self.records.insert(id, record.as_slice())?;
@@ -724,6 +765,9 @@ impl<'txn> Tables<'txn> {
                     self.dead.remove((old, id))?;
                 }
                 self.dead.insert((now, id), ())?;
+                if let Some(owner) = self.owner_of(id)? {
+                    self.count_pending(&owner, -1)?;
+                }
             }
             Action::Park => {
                 let Some(record) = self.records.get(id)?.map(|g| g.value().to_vec()) else {
@@ -765,6 +809,7 @@ impl<'txn> Tables<'txn> {
         for (at, id) in &batch {
             self.dead.remove((*at, id.as_str()))?;
             self.dead_at.remove(id.as_str())?;
+            self.owner.remove(id.as_str())?;
             if let Some(record) = self.records.remove(id.as_str())?.map(|g| g.value().to_vec()) {
                 raw.push((id.clone(), record));
             }
@@ -872,6 +917,9 @@ impl<'txn> Tables<'txn> {
         self.dead.remove((dead_at, id))?;
         self.records.insert(id, delivery.encode().as_slice())?;
         self.set_due(id, now)?;
+        if let Some(owner) = self.owner_of(id)? {
+            self.count_pending(&owner, 1)?;
+        }
         Ok(Ok(true))
     }
 
@@ -926,7 +974,13 @@ impl Queue for EmbeddedQueue {
                 deliveries: e
                     .deliveries
                     .iter()
-                    .map(|d| (d.id.as_str().to_owned(), d.encode()))
+                    .map(|d| {
+                        (
+                            d.id.as_str().to_owned(),
+                            d.encode(),
+                            d.owner().map(|t| t.as_str().to_owned()),
+                        )
+                    })
                     .collect(),
             });
         }
@@ -1119,6 +1173,19 @@ impl Queue for EmbeddedQueue {
                 dead,
                 parked,
             })
+        })
+        .await
+    }
+
+    async fn pending_of(&self, tenant: &TenantId) -> Result<u64, Error> {
+        let tenant = tenant.as_str().to_owned();
+        self.read(move |txn| {
+            let pending = txn.open_table(PENDING).map_err(read_err)?;
+            Ok(pending
+                .get(tenant.as_str())
+                .map_err(read_err)?
+                .map(|g| g.value())
+                .unwrap_or(0))
         })
         .await
     }

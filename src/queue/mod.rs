@@ -30,6 +30,10 @@
 //!   all back, due at their `created_at`, so they are claimed oldest first,
 //!   before anything enqueued after them. A delivery is in exactly one of
 //!   due, parked or dead; settlements only touch due ones.
+//! - Each backend counts, per tenant, the deliveries of that tenant's
+//!   subscriptions that are not yet finished or dead
+//!   ([`Queue::pending_of`]), in the same atomic write as each move that
+//!   changes it: what `plans.max_pending` holds a tenant to.
 //! - [`Queue::expire_dead`] forgets dead deliveries older than a cutoff
 //!   (`queue.dead_retention`), in bounded batches; parked ones are kept
 //!   however old, since an operator's enable resumes them.
@@ -58,7 +62,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use crate::model::{now_ms, Delivery, DeliveryId, Millis};
-use crate::model::{EventId, SubscriptionName};
+use crate::model::{EventId, SubscriptionName, TenantId};
 
 /// A queue backend failure.
 #[derive(Clone, Debug, thiserror::Error)]
@@ -358,6 +362,15 @@ pub trait Queue: Send + Sync + 'static {
 
     /// Counts of due, scheduled, dead and parked deliveries at `now`.
     async fn depth(&self, now: Millis) -> Result<Depth, Error>;
+
+    /// How many deliveries owned by `tenant` ([`Delivery::owner`]: those of
+    /// its own subscriptions) are waiting, retrying, leased or parked: not
+    /// dead. Kept as a count beside the deliveries, changed in the same
+    /// atomic write as each move in or out of that set (enqueue, ack,
+    /// death, replay), so reading it costs one lookup per shard, and every
+    /// process sharing the backend reads the same number: what
+    /// `plans.max_pending` is held against.
+    async fn pending_of(&self, tenant: &TenantId) -> Result<u64, Error>;
 
     /// Moves every parked delivery of `subscription` back to the queue, due
     /// at its `created_at` (or at `now` if that is earlier: a clock that

@@ -53,6 +53,7 @@ use super::{
     Queue, Settlement, Standing, StateStore, SubscriptionState,
 };
 use crate::config::{QueueConfig, SubscriptionName};
+use crate::model::TenantId;
 
 pub(crate) mod link;
 
@@ -109,6 +110,23 @@ pub fn parked_at_key(prefix: &str, shard: u16) -> String {
     format!("{prefix}:{{{shard}}}:parked_at")
 }
 
+/// `{prefix}:{N}:owner`, a hash: delivery id → the tenant owning its
+/// subscription ([`Delivery::owner`]), for every such delivery in
+/// `records` (due, parked or dead). Written by enqueue, settle (ack
+/// removes) and expire dead (removes).
+pub fn owner_key(prefix: &str, shard: u16) -> String {
+    format!("{prefix}:{{{shard}}}:owner")
+}
+
+/// `{prefix}:{N}:pending`, a hash: tenant → how many of its deliveries are
+/// in this shard's `due` or `parked` sets (waiting, retrying or parked; not
+/// dead), summed over the shards for `plans.max_pending`. A tenant whose
+/// count falls to zero is removed. Written by enqueue (+), settle (ack and
+/// dead −) and replay (+), in the same script as the move it counts.
+pub fn pending_key(prefix: &str, shard: u16) -> String {
+    format!("{prefix}:{{{shard}}}:pending")
+}
+
 /// The hash tag of every subscription state key: one fixed slot.
 pub const STATE_TAG: &str = "s";
 
@@ -163,11 +181,12 @@ end
 local function ms(x) return string.format('%.0f', x) end
 "#;
 
-/// Enqueue. KEYS: `due`, `records` per shard group, then one `seen` key per
-/// event. ARGV: window ms, the caller's clock ms, then per event: group
-/// number, index of its `seen` key in KEYS, delivery count, and (id,
-/// record) pairs. Deliveries are due now (in Redis's clock). Returns 1
-/// (accepted) or 0 (duplicate) per event, in ARGV order.
+/// Enqueue. KEYS: `due`, `records`, `owner`, `pending` per shard group,
+/// then one `seen` key per event. ARGV: window ms, the caller's clock ms,
+/// then per event: group number, index of its `seen` key in KEYS, delivery
+/// count, and (id, record, owning tenant or empty) triples. Deliveries are
+/// due now (in Redis's clock); each owned one is counted in `pending`.
+/// Returns 1 (accepted) or 0 (duplicate) per event, in ARGV order.
 const ENQUEUE_LUA: &str = r#"
 local window, now = ARGV[1], ms(tonumber(ARGV[2]) + shift(ARGV[2]))
 local out, groups = {}, {}
@@ -178,28 +197,40 @@ while i <= #ARGV do
   if redis.call('SET', seen, '1', 'NX', 'PX', window) then
     local adds = groups[g]
     if adds == nil then
-      adds = {records = {}, scores = {}}
+      adds = {records = {}, scores = {}, owners = {}, counts = {}}
       groups[g] = adds
     end
-    for j = i, i + 2 * n - 1, 2 do
+    for j = i, i + 3 * n - 1, 3 do
       table.insert(adds.records, ARGV[j])
       table.insert(adds.records, ARGV[j + 1])
       table.insert(adds.scores, now)
       table.insert(adds.scores, ARGV[j])
+      local t = ARGV[j + 2]
+      if t ~= '' then
+        table.insert(adds.owners, ARGV[j])
+        table.insert(adds.owners, t)
+        adds.counts[t] = (adds.counts[t] or 0) + 1
+      end
     end
     out[#out + 1] = 1
   else
     out[#out + 1] = 0
   end
-  i = i + 2 * n
+  i = i + 3 * n
 end
 -- The accepted deliveries of each shard group: one HSET and one ZADD per
--- 500 of them.
+-- 500 of them, their owners, and one HINCRBY per owning tenant.
 for g, adds in pairs(groups) do
   for from = 1, #adds.records, 1000 do
     local to = math.min(from + 999, #adds.records)
-    redis.call('HSET', KEYS[2 * g], unpack(adds.records, from, to))
-    redis.call('ZADD', KEYS[2 * g - 1], unpack(adds.scores, from, to))
+    redis.call('HSET', KEYS[4 * g - 2], unpack(adds.records, from, to))
+    redis.call('ZADD', KEYS[4 * g - 3], unpack(adds.scores, from, to))
+  end
+  for from = 1, #adds.owners, 1000 do
+    redis.call('HSET', KEYS[4 * g - 1], unpack(adds.owners, from, math.min(from + 999, #adds.owners)))
+  end
+  for t, n in pairs(adds.counts) do
+    redis.call('HINCRBY', KEYS[4 * g], t, n)
   end
 end
 return out
@@ -321,7 +352,8 @@ end
 return out
 "#;
 
-/// Settle. KEYS: `due`, `records`, `dead`, `parked_at` per shard group.
+/// Settle. KEYS: `due`, `records`, `dead`, `parked_at`, `owner`, `pending`
+/// per shard group.
 /// ARGV: the caller's clock ms, then six fields per settlement: kind, group
 /// number, id, lease token, new due ms in the caller's clock (for park: the
 /// shard's [`parked_key_base`]), new record (unused fields empty). Deaths
@@ -329,9 +361,15 @@ return out
 /// delivery's score still equals its lease token; a delivery acknowledged
 /// earlier in the same call is gone for the settlements after it. A park reads the record
 /// for the subscription and `created_at`; one whose record is missing or
-/// undecodable is not applied (left leased, it falls due again). Returns
-/// how many applied.
+/// undecodable is not applied (left leased, it falls due again). An ack or
+/// a death takes the delivery out of its owner's `pending` count; an ack
+/// forgets its owner too (a dead one keeps it for a replay). Returns how
+/// many applied.
 const SETTLE_LUA: &str = r#"
+-- Takes `n` from tenant `t`'s count in `pending`, removing it at zero.
+local function release(pending, t, n)
+  if redis.call('HINCRBY', pending, t, -n) <= 0 then redis.call('HDEL', pending, t) end
+end
 -- Redis's clock is read only if a settlement needs it (acks do not).
 local offset = nil
 local function shifted()
@@ -343,7 +381,7 @@ local applied = 0
 local gone, acked = {}, {}
 for i = 2, #ARGV, 6 do
   local kind, g, id, lease = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2], tonumber(ARGV[i + 3])
-  local due, rec, dead, parked_at = KEYS[4 * g - 3], KEYS[4 * g - 2], KEYS[4 * g - 1], KEYS[4 * g]
+  local due, rec, dead, parked_at = KEYS[6 * g - 5], KEYS[6 * g - 4], KEYS[6 * g - 3], KEYS[6 * g - 2]
   local score = nil
   if not gone[id] then score = redis.call('ZSCORE', due, id) end
   if score and tonumber(score) == lease then
@@ -363,6 +401,8 @@ for i = 2, #ARGV, 6 do
       redis.call('ZREM', due, id)
       redis.call('HSET', rec, id, ARGV[i + 5])
       redis.call('ZADD', dead, ms(tonumber(ARGV[1]) + shifted()), id)
+      local t = redis.call('HGET', KEYS[6 * g - 1], id)
+      if t then release(KEYS[6 * g], t, 1) end
       applied = applied + 1
     elseif kind == 'park' then
       local ok, d = pcall(cjson.decode, redis.call('HGET', rec, id) or '')
@@ -379,8 +419,14 @@ end
 for g, ids in pairs(acked) do
   for from = 1, #ids, 1000 do
     local part = {unpack(ids, from, math.min(from + 999, #ids))}
-    redis.call('ZREM', KEYS[4 * g - 3], unpack(part))
-    redis.call('HDEL', KEYS[4 * g - 2], unpack(part))
+    redis.call('ZREM', KEYS[6 * g - 5], unpack(part))
+    redis.call('HDEL', KEYS[6 * g - 4], unpack(part))
+    local owners, counts = redis.call('HMGET', KEYS[6 * g - 1], unpack(part)), {}
+    for _, t in ipairs(owners) do
+      if t then counts[t] = (counts[t] or 0) + 1 end
+    end
+    for t, n in pairs(counts) do release(KEYS[6 * g], t, n) end
+    redis.call('HDEL', KEYS[6 * g - 1], unpack(part))
   end
 end
 return applied
@@ -420,7 +466,7 @@ end
 return moved
 "#;
 
-/// Expire dead. KEYS: `dead`, `records` per shard. ARGV: cutoff ms, the
+/// Expire dead. KEYS: `dead`, `records`, `owner` per shard. ARGV: cutoff ms, the
 /// caller's clock ms (the cutoff is moved to Redis's clock), most to
 /// remove. Removes the deliveries that died at or before the cutoff,
 /// oldest first, shard after shard, until that many went. Returns
@@ -430,9 +476,9 @@ const EXPIRE_DEAD_LUA: &str = r#"
 local cutoff = ms(tonumber(ARGV[1]) + shift(ARGV[2]))
 local budget = tonumber(ARGV[3])
 local out = {0}
-for s = 1, #KEYS / 2 do
+for s = 1, #KEYS / 3 do
   if budget <= 0 then break end
-  local dead, rec = KEYS[2 * s - 1], KEYS[2 * s]
+  local dead, rec, owner = KEYS[3 * s - 2], KEYS[3 * s - 1], KEYS[3 * s]
   local ids = redis.call('ZRANGEBYSCORE', dead, '-inf', cutoff, 'LIMIT', 0, budget)
   if #ids > 0 then
     for _, id in ipairs(ids) do
@@ -444,6 +490,7 @@ for s = 1, #KEYS / 2 do
     end
     redis.call('ZREM', dead, unpack(ids))
     redis.call('HDEL', rec, unpack(ids))
+    redis.call('HDEL', owner, unpack(ids))
     out[1] = out[1] + #ids
     budget = budget - #ids
   end
@@ -536,17 +583,19 @@ end
 return out
 "#;
 
-/// Replay. KEYS: `dead`, `due`, `records` of one shard. ARGV: id, the dead
-/// score the caller read, the reset record, the caller's now ms, the
-/// caller's clock ms. Moves the delivery back to `due` (due at now, moved
-/// to Redis's clock) if it is still dead since that time. Returns 1 if
-/// moved.
+/// Replay. KEYS: `dead`, `due`, `records`, `owner`, `pending` of one
+/// shard. ARGV: id, the dead score the caller read, the reset record, the
+/// caller's now ms, the caller's clock ms. Moves the delivery back to `due`
+/// (due at now, moved to Redis's clock) if it is still dead since that
+/// time, counting it in its owner's `pending` again. Returns 1 if moved.
 const REPLAY_LUA: &str = r#"
 local at = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if not at or tonumber(at) ~= tonumber(ARGV[2]) then return 0 end
 redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('HSET', KEYS[3], ARGV[1], ARGV[3])
 redis.call('ZADD', KEYS[2], ms(tonumber(ARGV[4]) + shift(ARGV[5])), ARGV[1])
+local t = redis.call('HGET', KEYS[4], ARGV[1])
+if t then redis.call('HINCRBY', KEYS[5], t, 1) end
 return 1
 "#;
 
@@ -959,6 +1008,8 @@ impl Queue for RedisQueue {
                 for &s in group {
                     call.keys.push(due_key(&self.prefix, s));
                     call.keys.push(records_key(&self.prefix, s));
+                    call.keys.push(owner_key(&self.prefix, s));
+                    call.keys.push(pending_key(&self.prefix, s));
                 }
                 call.arg(window);
                 call.arg(self.wall());
@@ -973,6 +1024,8 @@ impl Queue for RedisQueue {
                     for d in &event.deliveries {
                         call.arg(&d.id);
                         call.args.push(d.encode());
+                        call.args
+                            .push(d.owner().map(|t| t.as_str().as_bytes().to_vec()).unwrap_or_default());
                     }
                 }
                 call
@@ -1043,6 +1096,8 @@ impl Queue for RedisQueue {
                     call.keys.push(records_key(&self.prefix, s));
                     call.keys.push(dead_key(&self.prefix, s));
                     call.keys.push(parked_at_key(&self.prefix, s));
+                    call.keys.push(owner_key(&self.prefix, s));
+                    call.keys.push(pending_key(&self.prefix, s));
                 }
                 call.arg(wall);
                 for settlement in settlements {
@@ -1224,6 +1279,8 @@ impl Queue for RedisQueue {
                 dead_key(&self.prefix, s),
                 due_key(&self.prefix, s),
                 records_key(&self.prefix, s),
+                owner_key(&self.prefix, s),
+                pending_key(&self.prefix, s),
             ],
             args: Vec::new(),
         };
@@ -1251,6 +1308,7 @@ impl Queue for RedisQueue {
             for &s in &group {
                 call.keys.push(dead_key(&self.prefix, s));
                 call.keys.push(records_key(&self.prefix, s));
+                call.keys.push(owner_key(&self.prefix, s));
             }
             call.arg(before);
             call.arg(self.wall());
@@ -1306,6 +1364,25 @@ impl Queue for RedisQueue {
             }
         }
         Ok(depth)
+    }
+
+    async fn pending_of(&self, tenant: &TenantId) -> Result<u64, Error> {
+        let batches = (0..self.shards)
+            .map(|s| {
+                let mut cmd = ::redis::cmd("HGET");
+                cmd.arg(pending_key(&self.prefix, s)).arg(tenant.as_str());
+                vec![cmd]
+            })
+            .collect();
+        let mut total = 0u64;
+        for replies in self.redis.per_shard("pending", batches).await? {
+            for reply in replies {
+                if reply != Value::Nil {
+                    total = total.saturating_add(int_of(&reply)?.max(0) as u64);
+                }
+            }
+        }
+        Ok(total)
     }
 
     async fn unpark(&self, subscription: &SubscriptionName, now: Millis) -> Result<u64, Error> {
@@ -1532,6 +1609,8 @@ mod tests {
         let crm = SubscriptionName::parse("crm").unwrap();
         assert_eq!(parked_key("hookd", 3, &crm), "hookd:{3}:parked:crm");
         assert_eq!(parked_at_key("hookd", 3), "hookd:{3}:parked_at");
+        assert_eq!(owner_key("hookd", 3), "hookd:{3}:owner");
+        assert_eq!(pending_key("hookd", 3), "hookd:{3}:pending");
         assert_eq!(subscription_key("hookd", &crm), "hookd:{s}:sub:crm");
         assert_eq!(subscriptions_key("hookd"), "hookd:{s}:subscriptions");
     }
