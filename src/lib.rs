@@ -44,8 +44,8 @@
 //!   parameters of URLs ([`model::redact_url`], the one URL redaction).
 //! - [`ingest`]: one validation path for every source ([`ingest::parse_event`],
 //!   `data`'s nesting bounded by `ingest.max_depth`, then the catalogue's
-//!   checks: the tenant exists, the schema holds), plan rate limits,
-//!   backpressure on a queue too deep, fan-out to the matching
+//!   checks: the tenant exists, the schema holds), plan rate limits and
+//!   quotas, backpressure on a queue too deep, fan-out to the matching
 //!   subscriptions of the snapshot in force ([`ingest::Ingestor`]), and the
 //!   Redis stream consumer ([`ingest::stream`]).
 //! - [`queue`]: the [`queue::Queue`] trait (the delivery lifecycle) and,
@@ -222,6 +222,10 @@
 //! - Ingest's backpressure (`ingest.max_queue_depth`) reads the queue depth
 //!   the metrics sampler takes every 5 s ([`ingest::Backpressure`]), not a
 //!   count per event: the bound is approximate by one sample's worth.
+//!   A tenant's quota (`plans.X.max_pending`) is exact instead: each
+//!   backend counts a tenant's unfinished deliveries in the same atomic
+//!   write as every move in or out ([`queue::Queue::pending_of`]), and
+//!   ingest reads that count on each call of a tenant with a quota.
 
 pub mod api;
 pub mod catalog;

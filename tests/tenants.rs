@@ -1580,6 +1580,14 @@ fn the_operators_file_is_held_to_the_same_bounds() {
             "invalid `plans.x.max_timeout`: must be between 1ms and 2m (delivery.timeout_max)",
         ),
         ("[plans.x]\nburst = 0\n", "invalid `plans.x.burst`: must be 1 to 100000"),
+        (
+            "[plans.x]\nmax_pending = 4611686018427387904\n",
+            "invalid `plans.x.max_pending`: must be 1 to 1000000000",
+        ),
+        (
+            "[plans.default]\nmax_pending = 0\n",
+            "invalid `plans.default.max_pending`: must be 1 to 1000000000",
+        ),
     ] {
         let e = Config::from_toml(toml).unwrap_err().to_string();
         assert!(e.contains(want), "{toml}: {e}");
@@ -2350,4 +2358,139 @@ async fn a_process_that_cannot_read_its_catalogue_refuses_stored_keys() {
     busy.await.unwrap();
     support::daemon::wait_for_answer(&acme, "/v1/event-types", "the key taken again", |_| true).await;
     hookd.stop().await;
+}
+
+/// A tenant whose endpoint does not keep up fills its plan's `max_pending`
+/// and is then answered 429 `tenant_queue_full` — its events, its tests,
+/// on every process sharing the queue — while another tenant's events go
+/// on being taken and delivered; once its deliveries drain it is let in
+/// again.
+async fn a_tenants_backlog_fills_only_its_own_quota(backend: Backend) {
+    let rx = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (config, _redis) = config_on(
+        backend,
+        dir.path(),
+        "quota",
+        "[plans.small]\nmax_pending = 3\n[[event_types]]\nname = \"link.clicked\"\nexample = { link = \"l1\" }\n",
+    );
+    let first = Hookd::start(config.clone()).await;
+    let second = match backend {
+        Backend::Embedded => None,
+        _ => Some(Hookd::start(config).await),
+    };
+    let acme = tenant(&first.api, "acme", Some("small")).await;
+    let zeta = tenant(&first.api, "zeta", None).await;
+    let slow = subscribe(&acme, &rx, "slow", json!(["link.*"])).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    subscribe(&zeta, &rx, "fine", json!(["link.*"])).await;
+    if let Some(second) = &second {
+        second
+            .wait_for(
+                "/v1/subscriptions?tenant=acme",
+                "acme's subscription on the second process",
+                |v| v.to_string().contains(&slow),
+            )
+            .await;
+    }
+    // acme's endpoint fails: its deliveries wait for their retries.
+    let failing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let delivered = std::sync::Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
+    let (fails, oks) = (failing.clone(), delivered.clone());
+    rx.answer_with(move |path, id, _| {
+        if path != "slow" {
+            Answer::ok()
+        } else if fails.load(std::sync::atomic::Ordering::SeqCst) {
+            Answer::Status(503, vec![])
+        } else {
+            oks.lock().unwrap().insert(id.to_owned());
+            Answer::ok()
+        }
+    });
+    let acme_delivered = move |n: usize| delivered.lock().unwrap().len() == n;
+    let event = |tenant: &str, n: u32| json!({"type": "link.clicked", "id": format!("evt_{tenant}{n}"), "tenant": tenant, "data": {}});
+    for n in 0..3 {
+        let (status, _) = post_raw(&first.url, "/v1/events", ADMIN, event("acme", n)).await;
+        assert_eq!(status, 202, "within max_pending");
+    }
+    // Beyond it, on any process: the event, a batch, and a test.
+    let urls: Vec<&str> = std::iter::once(first.url.as_str())
+        .chain(second.as_ref().map(|h| h.url.as_str()))
+        .collect();
+    for url in &urls {
+        let (status, retry_after) = post_raw(url, "/v1/events", ADMIN, event("acme", 3)).await;
+        assert_eq!(status, 429, "{url}: over max_pending");
+        assert_eq!(retry_after.as_deref(), Some("5"));
+        let (status, _) = post_raw(url, "/v1/events/batch", ADMIN, json!([event("acme", 4)])).await;
+        assert_eq!(status, 429, "{url}: a batch too");
+        let (status, _) = post_raw(
+            url,
+            &format!("/v1/subscriptions/{slow}/test"),
+            &acme_key(&acme),
+            json!({"type": "link.clicked"}),
+        )
+        .await;
+        assert_eq!(status, 429, "{url}: a test too");
+    }
+    let refused = first
+        .api
+        .post("/v1/events", event("acme", 5).to_string())
+        .await
+        .unwrap_err();
+    let text = refused.to_string();
+    assert!(
+        text.contains("tenant `acme` has 3 deliveries") && text.contains("max_pending") && text.contains("`small`"),
+        "{text}"
+    );
+    // zeta is not held back by acme's backlog, on either process.
+    for (n, url) in urls.iter().enumerate() {
+        for m in 0..3 {
+            let (status, _) = post_raw(url, "/v1/events", ADMIN, event("zeta", (n * 3 + m) as u32)).await;
+            assert_eq!(status, 202, "{url}: another tenant's event");
+        }
+    }
+    let zetas = 3 * urls.len();
+    rx.wait_for(WAIT, "zeta's events delivered", |got| {
+        got.iter().filter(|a| a.path == "fine").count() == zetas
+    })
+    .await;
+    // acme's endpoint is back: its backlog drains, and it is let in again.
+    failing.store(false, std::sync::atomic::Ordering::SeqCst);
+    rx.wait_for(WAIT, "acme's backlog delivered", |got| {
+        acme_delivered(3) && !got.is_empty()
+    })
+    .await;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (status, _) = post_raw(&first.url, "/v1/events", ADMIN, event("acme", 6)).await;
+        if status == 202 {
+            break;
+        }
+        assert_eq!(status, 429, "refused only for its backlog, until the acks are settled");
+        assert!(
+            Instant::now() < deadline,
+            "acme is let in once its deliveries are settled"
+        );
+        tokio::task::yield_now().await;
+    }
+    rx.wait_for(WAIT, "the new event delivered", |got| {
+        acme_delivered(4) && !got.is_empty()
+    })
+    .await;
+    if let Some(second) = second {
+        second.stop().await;
+    }
+    first.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_backlog_fills_only_its_own_quota_embedded() {
+    a_tenants_backlog_fills_only_its_own_quota(Backend::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_backlog_fills_only_its_own_quota_redis() {
+    a_tenants_backlog_fills_only_its_own_quota(Backend::Redis).await;
 }

@@ -225,6 +225,10 @@ impl From<ingest::Error> for ApiError {
                 retry_after: Some(retry_after.as_secs().max(1)),
                 ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "queue_full", e.to_string())
             },
+            ingest::Error::TenantQueueFull { retry_after, .. } => ApiError {
+                retry_after: Some(retry_after.as_secs().max(1)),
+                ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, "tenant_queue_full", e.to_string())
+            },
             ingest::Error::RateLimited { retry_after, .. } => ApiError {
                 // Whole seconds, rounded up: never sooner than a token.
                 retry_after: Some(retry_after.as_millis().div_ceil(1000).max(1) as u64),

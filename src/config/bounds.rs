@@ -33,6 +33,8 @@ pub const MAX_PLUGIN_CONFIG_BYTES: usize = 16 * 1024;
 pub const MAX_RATE: f64 = 1_000_000.0;
 /// Highest `rate_limit.burst`.
 pub const MAX_BURST: u32 = 100_000;
+/// Highest `plans.X.max_pending`.
+pub const MAX_PENDING: u64 = 1_000_000_000;
 /// Longest reason given to `POST /v1/subscriptions/{id}/disable`, in bytes.
 pub const MAX_REASON: usize = 500;
 /// Highest `delivery.max_in_flight` a process may be given.

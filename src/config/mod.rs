@@ -833,6 +833,11 @@ pub struct PlanConfig {
     /// one bucket shared by every process.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub events_per_second: Option<f64>,
+    /// Most deliveries of a tenant's subscriptions that may be waiting,
+    /// retrying or parked at once ([`crate::queue::Queue::pending_of`]):
+    /// beyond, its ingest is answered 429 `tenant_queue_full`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_pending: Option<u64>,
     /// Events a tenant may send at once after a quiet spell; default:
     /// `events_per_second` rounded up.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -892,6 +897,12 @@ impl PlanConfig {
                 format!("must be a number above 0, at most {}", bounds::MAX_RATE),
             ));
         }
+        if self.max_pending.is_some_and(|n| n == 0 || n > bounds::MAX_PENDING) {
+            return Err(invalid(
+                format!("{key}.max_pending"),
+                format!("must be 1 to {}", bounds::MAX_PENDING),
+            ));
+        }
         if self.burst.is_some_and(|n| n == 0 || n > bounds::MAX_BURST) {
             return Err(invalid(
                 format!("{key}.burst"),
@@ -939,6 +950,7 @@ impl PlanConfig {
         PlanConfig {
             max_subscriptions: self.max_subscriptions.or(default.max_subscriptions),
             max_rate_limit: self.max_rate_limit.or(default.max_rate_limit),
+            max_pending: self.max_pending.or(default.max_pending),
             events_per_second: self.events_per_second.or(default.events_per_second),
             burst: self.burst.or(default.burst),
             max_in_flight: self.max_in_flight.or(default.max_in_flight),

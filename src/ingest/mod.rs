@@ -72,6 +72,28 @@ pub enum Error {
         /// When the depth is sampled again.
         retry_after: Duration,
     },
+    /// The tenant's subscriptions already have as many deliveries waiting,
+    /// retrying or parked as its plan allows (`max_pending`); the others'
+    /// ingest goes on.
+    #[error(
+        "tenant `{tenant}` has {pending} deliveries waiting, retrying or parked; with {adding} more it would \
+         exceed the {limit} its plan `{plan}` allows (max_pending). Retry after {} s, once its endpoints \
+         have caught up", retry_after.as_secs()
+    )]
+    TenantQueueFull {
+        /// The tenant.
+        tenant: TenantId,
+        /// Its plan.
+        plan: String,
+        /// Its deliveries not yet finished.
+        pending: u64,
+        /// The deliveries the refused call would have added.
+        adding: u64,
+        /// The plan's `max_pending`.
+        limit: u64,
+        /// When to try again.
+        retry_after: Duration,
+    },
     /// The tenant sends faster than its plan allows.
     #[error("tenant `{tenant}` sends more events per second than plan `{plan}` allows (events_per_second); retry after {} ms", retry_after.as_millis())]
     RateLimited {
@@ -83,6 +105,11 @@ pub enum Error {
         retry_after: Duration,
     },
 }
+
+/// The `Retry-After` of a 429 `tenant_queue_full`: how soon to ask again
+/// is a guess (it depends on the tenant's endpoints), so a pause long
+/// enough not to spin.
+pub const TENANT_QUEUE_RETRY: Duration = Duration::from_secs(5);
 
 fn invalid(field: &'static str, problem: impl Into<String>) -> Error {
     Error::Invalid {
@@ -284,6 +311,8 @@ pub struct Ingestor {
     metrics: Arc<Metrics>,
     /// Where the tenants' ingest rate buckets live.
     state: Arc<dyn StateStore>,
+    /// The queue, for its tenants' pending counts.
+    queue: Arc<dyn Queue>,
     /// Refuse events whose data fails their type's schema.
     validate_schemas: bool,
     /// How the delivery log's writing stands (its recorder's).
@@ -305,7 +334,7 @@ impl Ingestor {
         let (enqueue_tx, enqueue_rx) = mpsc::channel(ENQUEUE_BACKLOG);
         let log = recorder.status().clone();
         let enqueue_task = tokio::spawn(enqueue_loop(
-            backend.queue,
+            backend.queue.clone(),
             config.ingest.dedup_window,
             enqueue_rx,
             recorder,
@@ -317,6 +346,7 @@ impl Ingestor {
             enqueue_tx,
             catalog,
             state: backend.state,
+            queue: backend.queue,
             validate_schemas: config.ingest.validate_schemas,
             shards: config.queue.shards,
             queued,
@@ -376,10 +406,6 @@ impl Ingestor {
                 e => e,
             })?;
         }
-        // The platform's own stream is not held to its tenants' plans.
-        if source != Source::Stream {
-            self.take_plan_tokens(&events, now).await?;
-        }
         let snapshot = self.catalog.snapshot();
         let batch: Vec<NewEvent> = events
             .iter()
@@ -393,6 +419,20 @@ impl Ingestor {
                 )
             })
             .collect();
+        // The platform's own stream is not held to its tenants' plans.
+        if source != Source::Stream {
+            let mut owners: Vec<(&TenantId, u64)> = Vec::new();
+            for tenant in batch.iter().flat_map(|e| &e.deliveries).filter_map(Delivery::owner) {
+                match owners.iter_mut().find(|(t, _)| *t == tenant) {
+                    Some((_, n)) => *n += 1,
+                    None => owners.push((tenant, 1)),
+                }
+            }
+            for (tenant, adding) in owners {
+                self.check_pending(tenant, adding).await?;
+            }
+            self.take_plan_tokens(&events, now).await?;
+        }
         self.submit(batch, &events, source).await
     }
 
@@ -460,6 +500,7 @@ impl Ingestor {
         let Some(tenant) = tenant else {
             return Ok(want);
         };
+        self.check_pending(tenant, 1).await?;
         let now = now_ms();
         match self.take_tenant_tokens(tenant, want, now).await? {
             Ok(()) => Ok(want),
@@ -475,12 +516,44 @@ impl Ingestor {
             return Err(e);
         }
         match tenant {
-            Some(tenant) => self
-                .take_tenant_tokens(tenant, want, now_ms())
-                .await?
-                .map_err(|(_, e)| e),
+            Some(tenant) => {
+                self.check_pending(tenant, u64::from(want)).await?;
+                self.take_tenant_tokens(tenant, want, now_ms())
+                    .await?
+                    .map_err(|(_, e)| e)
+            }
             None => Ok(()),
         }
+    }
+
+    /// Refuses `adding` more deliveries of `tenant`'s if its plan's
+    /// `max_pending` would be exceeded. Read from the queue backend each
+    /// time (one lookup per shard), so every process holds the tenant to
+    /// one count; calls racing one another can each pass, so the count may
+    /// exceed the limit by what is admitted at once. A tenant with nothing
+    /// pending is always admitted, so one call larger than the limit is
+    /// not refused forever.
+    async fn check_pending(&self, tenant: &TenantId, adding: u64) -> Result<(), Error> {
+        let snapshot = self.catalog.snapshot();
+        let Some((plan, limits)) = snapshot.plan_of(tenant) else {
+            return Ok(());
+        };
+        let Some(limit) = limits.max_pending else {
+            return Ok(());
+        };
+        let pending = self.queue.pending_of(tenant).await?;
+        if pending > 0 && pending.saturating_add(adding) > limit {
+            self.metrics.ingest_refused(adding);
+            return Err(Error::TenantQueueFull {
+                tenant: tenant.clone(),
+                plan: plan.to_owned(),
+                pending,
+                adding,
+                limit,
+                retry_after: TENANT_QUEUE_RETRY,
+            });
+        }
+        Ok(())
     }
 
     /// Takes `want` tokens from `tenant`'s plan's ingest bucket: `Ok` if

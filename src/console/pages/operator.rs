@@ -183,6 +183,7 @@ async fn tenant_page(
                 @if let Some(p) = &plan {
                     " — " (p.max_subscriptions.map(|n| format!("{n} subscriptions")).unwrap_or_else(|| "any number of subscriptions".into()))
                     @if let Some(rate) = p.events_per_second { ", " (rate) " events/s" }
+                    @if let Some(n) = p.max_pending { ", at most " (n) " deliveries pending" }
                 }
             }
             dt { "Subscriptions" } dd { a href=(format!("/console/subscriptions?tenant={}", segment(id))) { (tenant.subscriptions) } }
