@@ -124,9 +124,11 @@
 //!   ([`telemetry::Metrics`], served at `GET /metrics`).
 //! - [`plugin`]: the only module that knows wasmtime: WebAssembly plugins
 //!   that drop or reshape a delivery before it is signed, sandboxed with a
-//!   deadline on the whole call in wall time (the wait for an instance slot
-//!   included) and a memory cap on each instance's total, with the memory
-//!   idle warm instances keep bounded too. Plugins compile on tokio's
+//!   deadline on the call in wall time (the wait for an instance slot is
+//!   bounded apart, by `plugins.queue_timeout`) and a memory cap on each
+//!   instance's total, with the memory idle warm instances keep bounded
+//!   too. Running out of time or of slots is retried; a trap or a bad
+//!   verdict kills the delivery. Plugins compile on tokio's
 //!   blocking pool; the API serves while they do, and the dispatcher starts
 //!   once they are loaded. [`plugin::Input::for_delivery`] builds what a
 //!   plugin is given, for deliveries and `hookd plugin run` alike.

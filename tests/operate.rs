@@ -100,6 +100,9 @@ async fn plugins_filter_and_reshape_real_deliveries() {
     hookd.stop().await;
 }
 
+/// A plugin out of time is retried like a transient failure, until its
+/// retries are spent; one that crashes kills its delivery at once, with
+/// the reason; neither touches another subscription's delivery.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hostile_plugin_fails_only_its_own_delivery() {
     let rx = Receiver::start().await;
@@ -108,27 +111,56 @@ async fn a_hostile_plugin_fails_only_its_own_delivery() {
         + &subscription(
             "looping",
             &rx.url("looping"),
-            r#"["*"]"#,
-            &plugin("hostile-endless-loop", ""),
+            r#"["link.*"]"#,
+            &format!("max_retries = 1\n{}", plugin("hostile-endless-loop", "")),
+        )
+        + &subscription(
+            "crashing",
+            &rx.url("crashing"),
+            r#"["test.*"]"#,
+            &format!("max_retries = 5\n{}", plugin("hostile-panic", "")),
         )
         + &subscription("fine", &rx.url("fine"), r#"["*"]"#, "");
     let hookd = Hookd::start(Config::from_toml(&toml).unwrap()).await;
     hookd
         .send(json!({"type": "link.clicked", "id": "evt_loop", "data": {}}))
         .await;
-    rx.wait_for(WAIT, "the healthy delivery", |a| a.iter().any(|a| a.path == "fine"))
+    hookd
+        .send(json!({"type": "test.panic", "id": "evt_crash", "data": {}}))
         .await;
+    rx.wait_for(WAIT, "the healthy deliveries", |a| {
+        a.iter().filter(|a| a.path == "fine").count() == 2
+    })
+    .await;
     let dead = hookd
-        .wait_for("/v1/deliveries/dead", "the plugin's failed delivery", |v| {
-            v["deliveries"].as_array().is_some_and(|d| !d.is_empty())
+        .wait_for("/v1/deliveries/dead", "both plugins' failed deliveries", |v| {
+            v["deliveries"].as_array().is_some_and(|d| d.len() == 2)
         })
         .await;
-    let error = dead["deliveries"][0]["last_error"].as_str().unwrap();
+    let of = |name: &str| {
+        dead["deliveries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["subscription"] == name)
+            .unwrap_or_else(|| panic!("{name} in {dead}"))
+            .clone()
+    };
+    let looping = of("looping");
+    let error = looping["last_error"].as_str().unwrap();
     assert!(
         error.starts_with("plugin_error:") && error.contains("deadline exceeded"),
         "{error}"
     );
-    assert!(rx.at("looping").is_empty());
+    assert_eq!(looping["attempts"], 2, "the deadline was retried once: {looping}");
+    let crashing = of("crashing");
+    let error = crashing["last_error"].as_str().unwrap();
+    assert!(
+        error.starts_with("plugin_error:") && error.contains("crashed"),
+        "{error}"
+    );
+    assert_eq!(crashing["attempts"], 0, "a crash is not retried: {crashing}");
+    assert!(rx.at("looping").is_empty() && rx.at("crashing").is_empty());
     hookd.stop().await;
 }
 
@@ -137,7 +169,12 @@ async fn a_sleeping_plugin_fails_at_its_deadline_and_does_not_stall_shutdown() {
     let rx = Receiver::start().await;
     let dir = tempfile::tempdir().unwrap();
     let toml = base_toml(dir.path(), "").replace("deadline = \"2s\"", "deadline = \"500ms\"")
-        + &subscription("sleepy", &rx.url("sleepy"), r#"["*"]"#, &plugin("hostile-sleep", ""))
+        + &subscription(
+            "sleepy",
+            &rx.url("sleepy"),
+            r#"["*"]"#,
+            &format!("max_retries = 0\n{}", plugin("hostile-sleep", "")),
+        )
         + &subscription("fine", &rx.url("fine"), r#"["*"]"#, "");
     let hookd = Hookd::start(Config::from_toml(&toml).unwrap()).await;
     hookd

@@ -304,11 +304,14 @@ pub struct DeliveryConfig {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PluginsConfig {
-    /// How long one plugin call may take in wall time, the wait for an
-    /// instance slot included; the default of
-    /// `subscriptions.plugin.deadline`.
+    /// How long one plugin call may take in wall time, once it has an
+    /// instance slot; the default of `subscriptions.plugin.deadline`.
     #[serde(with = "humantime_serde")]
     pub deadline: Duration,
+    /// How long a call may wait for an instance slot before it gives up
+    /// and its delivery is retried later.
+    #[serde(with = "humantime_serde")]
+    pub queue_timeout: Duration,
     /// Memory cap of one plugin instance, all its memories together: the
     /// default of `subscriptions.plugin.memory_limit`, and its ceiling.
     pub memory_limit: ByteSize,
@@ -1576,6 +1579,9 @@ impl SubscriptionConfig {
 impl PluginsConfig {
     fn validate(&self) -> Result<(), Error> {
         check_plugin_deadline("plugins.deadline", self.deadline)?;
+        if self.queue_timeout < Duration::from_millis(1) || self.queue_timeout > Duration::from_secs(60) {
+            return Err(invalid("plugins.queue_timeout", "must be between 1ms and 60s"));
+        }
         if self.memory_limit < MIN_PLUGIN_MEMORY || self.memory_limit > ByteSize(4 << 30) {
             return Err(invalid("plugins.memory_limit", "must be between 2MiB and 4GiB"));
         }

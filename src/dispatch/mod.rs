@@ -883,6 +883,47 @@ async fn attempt(shared: &Shared, claim: Claim, endpoint: Option<Arc<Endpoint>>)
                 let _ = shared.settle_tx.send(Settlement::Ack { id: delivery.id, lease });
                 return;
             }
+            Err(e) if e.is_transient() => {
+                // Out of time or of slots: nothing about the event, so it
+                // is tried again later, one attempt spent (a plugin that is
+                // always too slow still ends in the dead letters). The
+                // endpoint was not called: its health is untouched.
+                endpoint.metrics.plugin_call(PluginResult::Error);
+                endpoint.metrics.plugin_error(e.kind());
+                let error = format!("plugin_error: {e}");
+                let retry = endpoint.retry.next(delivery.attempts + 1, None, &mut rand::rng());
+                let state = if retry.is_some() {
+                    DeliveryState::Retrying
+                } else {
+                    DeliveryState::Dead
+                };
+                shared.log_state(&delivery, state, Some(error.clone()));
+                delivery.attempts += 1;
+                delivery.last_error = Some(error);
+                let settlement = match retry {
+                    Some(delay) => {
+                        endpoint.metrics.delivery(DeliveryOutcome::Retry);
+                        info!(event_id = %delivery.event_id, delivery_id = %delivery.id, subscription = %endpoint.name,
+                            attempt = delivery.attempts, error = %crate::telemetry::escape(&e.to_string()),
+                            retry_in = ?delay, "plugin did not finish: will retry");
+                        Settlement::Retry {
+                            delivery,
+                            lease,
+                            due: now_ms() + delay.as_millis() as Millis,
+                        }
+                    }
+                    None => {
+                        endpoint.metrics.delivery(DeliveryOutcome::Dead);
+                        warn!(event_id = %delivery.event_id, delivery_id = %delivery.id, subscription = %endpoint.name,
+                            attempt = delivery.attempts, error = %crate::telemetry::escape(&e.to_string()),
+                            "plugin did not finish and retries are exhausted: delivery is dead");
+                        shared.alerts.raise(Notification::dead(&delivery, chrono::Utc::now()));
+                        Settlement::Dead { delivery, lease }
+                    }
+                };
+                let _ = shared.settle_tx.send(settlement);
+                return;
+            }
             Err(e) => {
                 endpoint.metrics.plugin_call(PluginResult::Error);
                 endpoint.metrics.plugin_error(e.kind());

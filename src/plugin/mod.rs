@@ -29,10 +29,16 @@
 //!   see `ticker.rs`) a running guest yields to the tokio scheduler, so no
 //!   guest ever holds a worker thread for more than about a tick, and a
 //!   warm call costs a fiber switch rather than a hop to another thread.
-//! - **The deadline is wall time, for the whole call**: the wait for an
-//!   instance slot, instantiation, the guest's run and whatever it blocks
-//!   on in WASI (a sleep, a `poll`) together, by a `tokio::time::timeout`
-//!   around the call. Past it the call's future is dropped, which stops
+//! - **The deadline is wall time, for the call itself**: instantiation,
+//!   the guest's run and whatever it blocks on in WASI (a sleep, a `poll`)
+//!   together, by a `tokio::time::timeout` around the call. The wait for
+//!   an instance slot before it is bounded on its own
+//!   (`plugins.queue_timeout`, [`Error::Busy`]), so calls queued behind
+//!   another tenant's slow plugin do not spend their own deadline waiting.
+//!   Both are transient ([`Error::is_transient`]): the delivery is retried
+//!   with its backoff, while a trap, a memory overrun, the plugin's own
+//!   error or an invalid verdict kill it, with the reason. Past the
+//!   deadline the call's future is dropped, which stops
 //!   the guest and discards its instance (never kept warm), frees its slot,
 //!   and fails the delivery with [`Error::Deadline`], well within its lease
 //!   (at most 10 s against a lease of a minute) and without holding up a
@@ -129,6 +135,18 @@ pub enum Error {
         /// The deadline that was exceeded.
         limit: Duration,
     },
+    /// No instance slot came free within `plugins.queue_timeout`: every
+    /// slot is busy with other calls. The call never started.
+    #[error(
+        "plugin of subscription `{plugin}`: no instance slot came free within {} ms (plugins.queue_timeout); \
+         other calls held them all", waited.as_millis()
+    )]
+    Busy {
+        /// The subscription.
+        plugin: String,
+        /// `plugins.queue_timeout`.
+        waited: Duration,
+    },
     /// The plugin tried to grow its memory past its cap.
     #[error(
         "plugin of subscription `{plugin}`: memory limit of {} exceeded; fix the plugin or raise its `memory_limit`",
@@ -187,6 +205,7 @@ impl Error {
             Error::Engine { .. } => "engine",
             Error::Load { .. } => "load",
             Error::Deadline { .. } => "deadline",
+            Error::Busy { .. } => "busy",
             Error::Memory { .. } => "memory",
             Error::Trap { .. } => "trap",
             Error::Guest { .. } => "guest",
@@ -194,6 +213,16 @@ impl Error {
             Error::BadOutput { .. } => "bad_output",
             Error::Event { .. } => "event",
         }
+    }
+}
+
+impl Error {
+    /// A failure that says nothing about the event (the call ran out of
+    /// time, or never found a slot): the delivery is retried with its
+    /// backoff. Every other failure would repeat on the same event, so it
+    /// kills the delivery.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Error::Deadline { .. } | Error::Busy { .. })
     }
 }
 
@@ -546,14 +575,24 @@ fn ticks_for(deadline: Duration) -> u64 {
 impl Plugin {
     /// Runs the plugin on one event and returns its checked verdict.
     ///
-    /// The whole call (the wait for an instance slot, instantiation, the
-    /// guest's run, whatever it waits for in WASI) is bounded by the
+    /// It first waits for an instance slot, at most `plugins.queue_timeout`
+    /// ([`Error::Busy`] past it). The call itself (instantiation, the
+    /// guest's run, whatever it waits for in WASI) is then bounded by the
     /// plugin's deadline in wall time: past it the call fails with
     /// [`Error::Deadline`] and its instance is discarded. The guest runs
     /// inside this future, yielding every tick; dropping the future stops
     /// it (and discards its instance).
     pub async fn transform(&self, input: Input) -> Result<Verdict, Error> {
         let inner = &*self.inner;
+        let waited = inner.shared.settings.queue_timeout;
+        // The semaphore is never closed, so this only waits.
+        let Ok(_slot) = tokio::time::timeout(waited, inner.shared.calls.acquire()).await else {
+            tracing::debug!(subscription = %inner.name, "no plugin instance slot within plugins.queue_timeout");
+            return Err(Error::Busy {
+                plugin: inner.name.to_string(),
+                waited,
+            });
+        };
         match tokio::time::timeout(inner.info.deadline, inner.transform(input)).await {
             Ok(result) => result,
             Err(_elapsed) => {
@@ -575,10 +614,8 @@ impl Plugin {
 }
 
 impl PluginInner {
-    /// [`Plugin::transform`] without its wall-clock bound.
+    /// [`Plugin::transform`] without its wall-clock bound, in a slot.
     async fn transform(&self, input: Input) -> Result<Verdict, Error> {
-        // The semaphore is never closed, so this only waits.
-        let _slot = self.shared.calls.acquire().await;
         let mut warm = match self.take_idle() {
             Some(warm) => warm,
             None => self.instantiate(&input.event_id).await?,
