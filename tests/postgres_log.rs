@@ -52,7 +52,7 @@ impl World {
     /// `[history]` keys).
     fn config_with(&self, url: &str, history: &str) -> Config {
         let text = format!(
-            "[server]\napi_keys = [\"test-key\"]\n\
+            "[server]\napi_keys = [\"test-key-00000001\"]\n\
              [queue]\nredis_url = \"{}\"\nkey_prefix = \"{}\"\ndata_dir = {:?}\npoll_interval = \"20ms\"\n\
              [history]\npostgres_url = \"{url}\"\n{history}\n\
              [plans.default]\nallow_http = true\nallow_private_networks = true\n[delivery]\nallow_http = true\nallow_private_networks = true\n\
@@ -147,7 +147,9 @@ async fn metric(hookd: &Hookd, name: &str) -> f64 {
     let addr = hookd.url.trim_start_matches("http://");
     let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect to hookd");
     stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nauthorization: Bearer test-key\r\nconnection: close\r\n\r\n")
+        .write_all(
+            b"GET /metrics HTTP/1.1\r\nhost: x\r\nauthorization: Bearer test-key-00000001\r\nconnection: close\r\n\r\n",
+        )
         .await
         .unwrap();
     let mut text = String::new();
@@ -194,9 +196,10 @@ async fn the_log_is_in_postgres_and_redis_keeps_only_the_hot_queue() {
     let other: Vec<&str> = keys.lines().filter(|k| !k.contains(":seen:")).collect();
     assert_eq!(dedup, 20, "one dedup key per event: {keys}");
     // Besides them: the subscription's state, the subscription list, the
-    // data-loss marker and the (empty) ingest stream. No queue key is
-    // left once everything is delivered.
-    let fixed = [":sub:clicks", ":subscriptions", ":epoch", ":events"];
+    // data-loss marker, the (empty) ingest stream and each shard's marker
+    // that its dead deliveries are filed by scope. No queue key is left
+    // once everything is delivered.
+    let fixed = [":sub:clicks", ":subscriptions", ":epoch", ":events", ":dead_by_filed"];
     for key in &other {
         assert!(fixed.iter().any(|f| key.ends_with(f)), "{key} left in Redis: {other:?}");
     }

@@ -15,8 +15,8 @@ use hookd::model::TenantId;
 use hookd::queue::embedded::EmbeddedQueue;
 use hookd::queue::redis::RedisQueue;
 use hookd::queue::{
-    now_ms, shard_of, Backend, Claim, Delivery, DeliveryId, Depth, Enqueued, Error, HealthUpdate, Lease, Millis,
-    NewEvent, Queue, Settlement, Standing, StateStore, SubscriptionState,
+    now_ms, shard_of, Backend, Claim, DeadScope, Delivery, DeliveryId, Depth, Enqueued, Error, HealthUpdate, Lease,
+    Millis, NewEvent, Queue, Settlement, Standing, StateStore, SubscriptionState,
 };
 use support::{queue_config, unique_prefix, Home};
 
@@ -1462,6 +1462,169 @@ mod cases {
         assert_eq!(q.pending_of(&acme).await.unwrap(), 0);
         assert_eq!(q.pending_of(&zeta).await.unwrap(), 0);
     }
+
+    /// Dead deliveries are read per subscription and per owning tenant
+    /// from their own indexes: each scope lists exactly its own, newest
+    /// first or walked in death order, and a replay or an expiry takes a
+    /// delivery out of them.
+    pub async fn dead_deliveries_are_read_per_subscription_and_owner(fx: &mut Fixture) {
+        let q = fx.q();
+        let acme = TenantId::parse("acme").unwrap();
+        let zeta = TenantId::parse("zeta").unwrap();
+        let owned = |id: &str, tenant: &TenantId, subscriptions: &[&str]| {
+            let mut e = event(id, subscriptions, fx.shards());
+            for d in &mut e.deliveries {
+                d.tenant = Some(tenant.clone());
+            }
+            e
+        };
+        let mut events: Vec<NewEvent> = (0..5)
+            .map(|n| owned(&format!("evt_da{n}"), &acme, &["sub_acme1", "crm"]))
+            .collect();
+        events.extend((0..3).map(|n| owned(&format!("evt_dz{n}"), &zeta, &["sub_zeta1"])));
+        q.enqueue(&events, WINDOW).await.unwrap();
+        let claims = q.claim(now_ms(), LEASE, 100).await.unwrap().claims;
+        assert_eq!(claims.len(), 13);
+        // They die one settle call at a time, so their death times are in
+        // this order (ties by id).
+        for c in &claims {
+            q.settle(&[Settlement::Dead {
+                delivery: c.delivery.clone(),
+                lease: c.lease,
+            }])
+            .await
+            .unwrap();
+        }
+        let ids_in = |scope: DeadScope| {
+            let q = q.clone();
+            async move {
+                let mut ids: Vec<DeliveryId> = q
+                    .dead_in(&scope, 100)
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .map(|d| d.id)
+                    .collect();
+                ids.sort();
+                ids
+            }
+        };
+        let want = |f: &dyn Fn(&Delivery) -> bool| {
+            let mut ids: Vec<DeliveryId> = claims
+                .iter()
+                .map(|c| &c.delivery)
+                .filter(|d| f(d))
+                .map(|d| d.id.clone())
+                .collect();
+            ids.sort();
+            ids
+        };
+        let sub = |name: &str| DeadScope::Subscription(SubscriptionName::parse(name).unwrap());
+        assert_eq!(
+            ids_in(sub("sub_acme1")).await,
+            want(&|d| d.subscription.as_str() == "sub_acme1")
+        );
+        assert_eq!(ids_in(sub("crm")).await, want(&|d| d.subscription.as_str() == "crm"));
+        assert_eq!(
+            ids_in(DeadScope::Owner(acme.clone())).await,
+            want(&|d| d.subscription.as_str() == "sub_acme1"),
+            "the operator's deliveries of acme's events are not acme's"
+        );
+        assert_eq!(
+            ids_in(DeadScope::Owner(zeta.clone())).await,
+            want(&|d| d.owner() == Some(&zeta))
+        );
+        assert!(ids_in(DeadScope::Owner(TenantId::parse("nobody").unwrap()))
+            .await
+            .is_empty());
+
+        // Newest first, like the whole listing.
+        let all = q.dead(100).await.unwrap();
+        let newest: Vec<DeliveryId> = q
+            .dead_in(&DeadScope::Owner(acme.clone()), 2)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|d| d.id)
+            .collect();
+        let want_newest: Vec<DeliveryId> = all
+            .iter()
+            .filter(|d| d.owner() == Some(&acme))
+            .take(2)
+            .map(|d| d.id.clone())
+            .collect();
+        assert_eq!(newest, want_newest);
+
+        // A walk in pages visits each of the scope's once, in death order.
+        let mut walked = Vec::new();
+        let mut after: Option<(Millis, DeliveryId)> = None;
+        loop {
+            let page = q
+                .dead_in_after(&sub("sub_zeta1"), after.as_ref().map(|(at, id)| (*at, id)), 2)
+                .await
+                .unwrap();
+            if page.is_empty() {
+                break;
+            }
+            assert!(page.len() <= 2);
+            for (at, d) in page {
+                assert_eq!(d.subscription.as_str(), "sub_zeta1");
+                after = Some((at, d.id.clone()));
+                walked.push(d.id);
+            }
+        }
+        let in_order: Vec<DeliveryId> = q
+            .dead_after(None, 100)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|(_, d)| d.subscription.as_str() == "sub_zeta1")
+            .map(|(_, d)| d.id)
+            .collect();
+        assert_eq!(walked, in_order);
+
+        // Replayed, a delivery leaves its scopes; dying again, it is back.
+        let first = claims
+            .iter()
+            .find(|c| c.delivery.subscription.as_str() == "sub_acme1")
+            .unwrap();
+        assert!(q.replay(&first.delivery.id, now_ms()).await.unwrap());
+        assert_eq!(ids_in(DeadScope::Owner(acme.clone())).await.len(), 4);
+        assert_eq!(ids_in(sub("sub_acme1")).await.len(), 4);
+        drop(q);
+        fx.reopen().await;
+        let q = fx.q();
+        assert_eq!(
+            q.dead_in(&DeadScope::Owner(acme.clone()), 100).await.unwrap().len(),
+            4,
+            "kept across a restart"
+        );
+        let again = q.claim(now_ms(), LEASE, 100).await.unwrap().claims;
+        assert_eq!(again.len(), 1);
+        q.settle(&[Settlement::Dead {
+            delivery: again[0].delivery.clone(),
+            lease: again[0].lease,
+        }])
+        .await
+        .unwrap();
+        assert_eq!(q.dead_in(&DeadScope::Owner(acme.clone()), 100).await.unwrap().len(), 5);
+
+        // Expired, they leave every scope.
+        assert_eq!(q.expire_dead(now_ms() + 1, 100).await.unwrap().removed, 13);
+        for scope in [
+            sub("sub_acme1"),
+            sub("crm"),
+            sub("sub_zeta1"),
+            DeadScope::Owner(acme),
+            DeadScope::Owner(zeta),
+        ] {
+            assert!(q.dead_in(&scope, 100).await.unwrap().is_empty(), "{scope:?}");
+            assert!(
+                q.dead_in_after(&scope, None, 100).await.unwrap().is_empty(),
+                "{scope:?}"
+            );
+        }
+    }
 }
 
 macro_rules! case {
@@ -1508,6 +1671,7 @@ macro_rules! conformance {
             case!($open, health_is_counted_by_the_rules);
             case!($open, parking_and_state_survive_a_restart);
             case!($open, pending_counts_follow_each_tenants_deliveries);
+            case!($open, dead_deliveries_are_read_per_subscription_and_owner);
         }
     };
 }
@@ -1519,6 +1683,48 @@ conformance!(embedded, Home::embedded);
 /// What only the Redis backend does.
 mod redis_only {
     use super::*;
+
+    /// A store whose dead deliveries died before the per-scope indexes
+    /// existed has them filed when a process connects, once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn dead_deliveries_of_an_older_store_are_filed_on_connect() {
+        let fx = Fixture::open(Home::redis("dead_filing")).await;
+        let Home::Redis(server) = &fx.home else { unreachable!() };
+        let q = fx.q();
+        let acme = TenantId::parse("acme").unwrap();
+        let events: Vec<NewEvent> = (0..700)
+            .map(|n| {
+                let mut e = event(&format!("evt_old{n}"), &["sub_acme1"], fx.shards());
+                e.deliveries[0].tenant = Some(acme.clone());
+                e
+            })
+            .collect();
+        q.enqueue(&events, WINDOW).await.unwrap();
+        let claims = q.claim(now_ms(), LEASE, 1000).await.unwrap().claims;
+        let deaths: Vec<Settlement> = claims
+            .iter()
+            .map(|c| Settlement::Dead {
+                delivery: c.delivery.clone(),
+                lease: c.lease,
+            })
+            .collect();
+        q.settle(&deaths).await.unwrap();
+        // As an older hookd left it: no indexes, no owners, no marker.
+        let client = ::redis::Client::open(server.url()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let prefix = &fx.config.key_prefix;
+        for pattern in [format!("{prefix}:*:dead_by*"), format!("{prefix}:*:owner")] {
+            let keys: Vec<String> = ::redis::cmd("KEYS").arg(&pattern).query_async(&mut conn).await.unwrap();
+            assert!(!keys.is_empty(), "{pattern}");
+            let _: () = ::redis::cmd("DEL").arg(&keys).query_async(&mut conn).await.unwrap();
+        }
+        let scope = DeadScope::Owner(acme.clone());
+        assert!(q.dead_in(&scope, 1000).await.unwrap().is_empty());
+        let again = RedisQueue::connect(&fx.config).await.unwrap();
+        assert_eq!(again.dead_in(&scope, 1000).await.unwrap().len(), 700);
+        let sub = DeadScope::Subscription(SubscriptionName::parse("sub_acme1").unwrap());
+        assert_eq!(again.dead_in_after(&sub, None, 1000).await.unwrap().len(), 700);
+    }
 
     #[tokio::test]
     async fn connect_errors_name_the_host_but_not_the_password() {
@@ -1781,6 +1987,47 @@ mod redis_only {
 /// What only the embedded backend does.
 mod embedded_only {
     use super::*;
+
+    /// A store whose dead deliveries died before the per-scope index
+    /// existed has them filed when it is opened.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn dead_deliveries_of_an_older_store_are_filed_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = queue_config(&unique_prefix("filing"), None, dir.path());
+        let acme = TenantId::parse("acme").unwrap();
+        {
+            let q = EmbeddedQueue::open(&config).unwrap();
+            let events: Vec<NewEvent> = (0..30)
+                .map(|n| {
+                    let mut e = event(&format!("evt_old{n}"), &["sub_acme1"], config.shards);
+                    e.deliveries[0].tenant = Some(acme.clone());
+                    e
+                })
+                .collect();
+            q.enqueue(&events, WINDOW).await.unwrap();
+            let claims = q.claim(now_ms(), LEASE, 100).await.unwrap().claims;
+            let deaths: Vec<Settlement> = claims
+                .iter()
+                .map(|c| Settlement::Dead {
+                    delivery: c.delivery.clone(),
+                    lease: c.lease,
+                })
+                .collect();
+            q.settle(&deaths).await.unwrap();
+        }
+        // As an older hookd left it: no index table.
+        {
+            let db = redb::Database::open(dir.path().join(hookd::queue::embedded::FILE_NAME)).unwrap();
+            let txn = db.begin_write().unwrap();
+            let existed = txn
+                .delete_table(redb::TableDefinition::<(&str, i64, &str), ()>::new("dead_by"))
+                .unwrap();
+            assert!(existed, "the index table is what this store has");
+            txn.commit().unwrap();
+        }
+        let q = EmbeddedQueue::open(&config).unwrap();
+        assert_eq!(q.dead_in(&DeadScope::Owner(acme), 100).await.unwrap().len(), 30);
+    }
 
     #[tokio::test]
     async fn a_second_open_of_the_same_dir_is_refused() {

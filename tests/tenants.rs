@@ -2494,3 +2494,115 @@ async fn a_tenants_backlog_fills_only_its_own_quota_embedded() {
 async fn a_tenants_backlog_fills_only_its_own_quota_redis() {
     a_tenants_backlog_fills_only_its_own_quota(Backend::Redis).await;
 }
+
+/// A tenant's dead letters are read from its own: the listing shows them
+/// however many more recent ones another tenant has, and a bulk replay of
+/// its subscription scans nothing else and hands back a cursor holding
+/// only its own ids.
+async fn dead_letters_a_tenant_reaches_are_its_own(backend: Backend) {
+    let rx = Receiver::start_with(|_, _, _| Answer::Status(500, vec![])).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (config, _redis) = config_on(backend, dir.path(), "dead_scope", "");
+    let hookd = Hookd::start(config).await;
+    let acme = tenant(&hookd.api, "acme", None).await;
+    let zeta = tenant(&hookd.api, "zeta", None).await;
+    let make = |client: &ApiClient, name: &str| {
+        let (client, body) = (
+            client.clone(),
+            json!({"name": name, "url": rx.url(name), "events": ["link.*"], "max_retries": 0}).to_string(),
+        );
+        async move {
+            client.post("/v1/subscriptions", body).await.unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    let mine = make(&acme, "mine").await;
+    make(&zeta, "theirs").await;
+    let send = |tenant: &str, n: usize| json!({"type": "link.clicked", "id": format!("evt_{tenant}{n}"), "tenant": tenant, "data": {}});
+    let dead_count = |n: usize| move |v: &Value| v["deliveries"].as_array().is_some_and(|d| d.len() == n);
+    // acme's one dies first; then zeta's five, all more recent.
+    hookd.send(send("acme", 0)).await;
+    hookd
+        .wait_for("/v1/deliveries/dead", "acme's dead delivery", dead_count(1))
+        .await;
+    for n in 0..5 {
+        hookd.send(send("zeta", n)).await;
+    }
+    hookd
+        .wait_for("/v1/deliveries/dead", "all six dead", dead_count(6))
+        .await;
+    let listed = acme.get("/v1/deliveries/dead?limit=2").await.unwrap();
+    let listed = listed["deliveries"].as_array().unwrap();
+    assert_eq!(
+        listed.len(),
+        1,
+        "acme's own, behind zeta's more recent ones: {listed:?}"
+    );
+    assert_eq!(listed[0]["subscription"], mine.as_str());
+    assert_eq!(listed[0]["event_id"], "evt_acme0");
+    let theirs = zeta.get("/v1/deliveries/dead?limit=100").await.unwrap();
+    assert_eq!(theirs["deliveries"].as_array().unwrap().len(), 5);
+
+    // The bulk replay walks acme's subscription only.
+    let page = acme
+        .post(
+            &format!("/v1/subscriptions/{mine}/replay"),
+            json!({"limit": 2}).to_string(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (page["replayed"].as_u64(), page["scanned"].as_u64()),
+        (Some(1), Some(1)),
+        "{page}"
+    );
+    assert!(page["next_cursor"].is_null(), "{page}");
+    rx.wait_for(WAIT, "the replayed delivery", |got| {
+        got.iter().filter(|a| a.path == "mine").count() == 2
+    })
+    .await;
+    hookd
+        .wait_for("/v1/deliveries/dead", "it died again", dead_count(6))
+        .await;
+    let page = acme
+        .post(
+            &format!("/v1/subscriptions/{mine}/replay"),
+            json!({"limit": 1}).to_string(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(page["replayed"], 1, "{page}");
+    let cursor = page["next_cursor"].as_str().expect("a full page has a cursor");
+    let zeta_ids: Vec<String> = theirs["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["id"].as_str().unwrap().to_owned())
+        .collect();
+    use base64::Engine as _;
+    let decoded = String::from_utf8(
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(cursor)
+            .unwrap_or_default(),
+    )
+    .unwrap_or_default();
+    for id in &zeta_ids {
+        assert!(
+            !cursor.contains(id.as_str()) && !decoded.contains(id.as_str()),
+            "{decoded}"
+        );
+    }
+    hookd.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_a_tenant_reaches_are_its_own_embedded() {
+    dead_letters_a_tenant_reaches_are_its_own(Backend::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_a_tenant_reaches_are_its_own_redis() {
+    dead_letters_a_tenant_reaches_are_its_own(Backend::Redis).await;
+}

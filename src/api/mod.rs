@@ -590,8 +590,18 @@ async fn list_dead(
     require_reader(&principal)?;
     let limit = q.limit.unwrap_or(100).min(1000);
     let snapshot = state.catalog.snapshot();
-    // A tenant sees its own among the most recent dead deliveries.
-    let dead = state.queue.dead(limit).await?;
+    // A tenant's listing reads its own subscriptions' dead deliveries
+    // only (the queue files each under its owner), however many other
+    // tenants have.
+    let dead = match principal.tenant() {
+        Some(tenant) => {
+            state
+                .queue
+                .dead_in(&crate::queue::DeadScope::Owner(tenant.clone()), limit)
+                .await?
+        }
+        None => state.queue.dead(limit).await?,
+    };
     let items: Vec<_> = dead
         .iter()
         .filter(|d| may_see(&snapshot, &principal, &d.subscription))

@@ -24,8 +24,11 @@
 //! off (by a crash of hookd or of the caller) resumes where it stopped
 //! from the last cursor, on any hookd process sharing the queue.
 //!
-//! The dead walk goes through the queue's dead deliveries in order of death
-//! ([`crate::queue::Queue::dead_after`]; the queue, not the delivery log,
+//! The dead walk goes through the subscription's dead deliveries in order
+//! of death, from the queue's index of them
+//! ([`crate::queue::Queue::dead_in_after`], reading no other
+//! subscription's, so a tenant's replay costs what it has and its cursor
+//! carries only its own ids; the queue, not the delivery log,
 //! since dead deliveries outlive the log's retention) and stops at those
 //! that died after it started. A replayed delivery leaves the dead; if it
 //! dies again, it does so after the walk started, so the same walk never
@@ -310,7 +313,11 @@ async fn replay_subscription(
                 .admit_up_to(owner.as_ref(), u32::try_from(limit).unwrap_or(u32::MAX))
                 .await? as usize;
             let after = walk.at.as_ref().map(|(at, id)| (*at, id));
-            let page = state.queue.dead_after(after, limit).await?;
+            // The subscription's own dead deliveries, from its index: the
+            // walk reads nothing of another subscription's, and its cursor
+            // holds only this one's ids.
+            let scope = crate::queue::DeadScope::Subscription(walk.subscription.clone());
+            let page = state.queue.dead_in_after(&scope, after, limit).await?;
             let mut full = page.len() == limit;
             let mut ended = false;
             for (at, delivery) in page {

@@ -32,8 +32,8 @@ use redb::{
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    Claim, Claimed, Delivery, DeliveryId, Depth, Enqueued, Error, Expired, HealthUpdate, Lease, Millis, NewEvent,
-    Queue, Settlement, Standing, StateStore, SubscriptionState,
+    Claim, Claimed, DeadScope, Delivery, DeliveryId, Depth, Enqueued, Error, Expired, HealthUpdate, Lease, Millis,
+    NewEvent, Queue, Settlement, Standing, StateStore, SubscriptionState,
 };
 use crate::config::{QueueConfig, SubscriptionName};
 use crate::model::TenantId;
@@ -64,6 +64,10 @@ const SEEN_EXPIRY: TableDefinition<(i64, &str), ()> = TableDefinition::new("seen
 const PARKED: TableDefinition<(&str, i64, &str), ()> = TableDefinition::new("parked");
 /// Delivery id → when it was parked (ms), for every delivery in [`PARKED`].
 const PARKED_AT: TableDefinition<&str, i64> = TableDefinition::new("parked_at");
+/// (scope, dead-at ms, delivery id): every dead delivery under each of its
+/// [`DeadScope`]s (its subscription, its owner), in order of death.
+/// Written by settle (dead), replay and expire dead (remove).
+const DEAD_BY: TableDefinition<(&str, i64, &str), ()> = TableDefinition::new("dead_by");
 /// Delivery id → the tenant owning its subscription ([`Delivery::owner`]),
 /// for every such delivery in [`RECORDS`]. Written by enqueue, settle (ack
 /// removes) and expire dead (removes).
@@ -313,6 +317,9 @@ fn create_tables(db: &Database) -> Result<(), Error> {
     {
         let mut tables = Tables::open(&txn).map_err(|e| store("create tables", e))?;
         tables.purge_seen(super::now_ms()).map_err(|e| store("purge", e))?;
+        tables
+            .index_unindexed_dead()
+            .map_err(|e| store("index dead deliveries", e))?;
     }
     txn.commit().map_err(|e| store("commit", e))
 }
@@ -580,6 +587,8 @@ struct Tables<'txn> {
     owner: Table<'txn, &'static str, &'static str>,
     /// [`PENDING`].
     pending: Table<'txn, &'static str, u64>,
+    /// [`DEAD_BY`].
+    dead_by: Table<'txn, (&'static str, i64, &'static str), ()>,
 }
 
 impl<'txn> Tables<'txn> {
@@ -597,7 +606,56 @@ impl<'txn> Tables<'txn> {
             subscriptions: txn.open_table(SUBSCRIPTIONS)?,
             owner: txn.open_table(OWNER)?,
             pending: txn.open_table(PENDING)?,
+            dead_by: txn.open_table(DEAD_BY)?,
         })
+    }
+
+    /// Files every dead delivery under its scopes if none is: a store
+    /// written before [`DEAD_BY`] existed. Filing is idempotent, and every
+    /// delivery that dies afterwards is filed as it dies.
+    fn index_unindexed_dead(&mut self) -> Result<(), StoreError> {
+        if !self.dead_by.is_empty()? || self.dead.is_empty()? {
+            return Ok(());
+        }
+        let dead: Vec<(i64, String)> = self
+            .dead
+            .iter()?
+            .map(|entry| {
+                entry.map(|(key, _)| {
+                    let (at, id) = key.value();
+                    (at, id.to_owned())
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        for (at, id) in &dead {
+            let record = self.records.get(id.as_str())?.map(|g| g.value().to_vec());
+            if let Some(record) = record {
+                self.index_dead(id, &record, *at, true)?;
+            }
+        }
+        tracing::info!(
+            dead = dead.len(),
+            "filed the dead deliveries of an older store by subscription and owner"
+        );
+        Ok(())
+    }
+
+    /// Files or unfiles dead delivery `id` (its record `record`) at `at`
+    /// under each of its scopes. A record that cannot be decoded is in no
+    /// scope: listed to the operator only.
+    fn index_dead(&mut self, id: &str, record: &[u8], at: Millis, file: bool) -> Result<(), StoreError> {
+        let Ok(delivery) = Delivery::decode(id, record) else {
+            return Ok(());
+        };
+        for scope in super::DeadScope::of(&delivery) {
+            let scope = scope.key();
+            if file {
+                self.dead_by.insert((scope.as_str(), at, id), ())?;
+            } else {
+                self.dead_by.remove((scope.as_str(), at, id))?;
+            }
+        }
+        Ok(())
     }
 
     /// Adds `n` (which may be negative) to `tenant`'s pending count,
@@ -761,10 +819,13 @@ impl<'txn> Tables<'txn> {
             Action::Dead { record } => {
                 self.unset_due(id)?;
                 self.records.insert(id, record.as_slice())?;
-                if let Some(old) = self.dead_at.insert(id, now)?.map(|g| g.value()) {
+                let old = self.dead_at.insert(id, now)?.map(|g| g.value());
+                if let Some(old) = old {
                     self.dead.remove((old, id))?;
+                    self.index_dead(id, record, old, false)?;
                 }
                 self.dead.insert((now, id), ())?;
+                self.index_dead(id, record, now, true)?;
                 if let Some(owner) = self.owner_of(id)? {
                     self.count_pending(&owner, -1)?;
                 }
@@ -809,10 +870,12 @@ impl<'txn> Tables<'txn> {
         for (at, id) in &batch {
             self.dead.remove((*at, id.as_str()))?;
             self.dead_at.remove(id.as_str())?;
-            self.owner.remove(id.as_str())?;
-            if let Some(record) = self.records.remove(id.as_str())?.map(|g| g.value().to_vec()) {
+            let record = self.records.remove(id.as_str())?.map(|g| g.value().to_vec());
+            if let Some(record) = record {
+                self.index_dead(id, &record, *at, false)?;
                 raw.push((id.clone(), record));
             }
+            self.owner.remove(id.as_str())?;
         }
         Ok((raw, batch.len() as u64))
     }
@@ -915,6 +978,7 @@ impl<'txn> Tables<'txn> {
         delivery.last_error = None;
         self.dead_at.remove(id)?;
         self.dead.remove((dead_at, id))?;
+        self.index_dead(id, &record, dead_at, false)?;
         self.records.insert(id, delivery.encode().as_slice())?;
         self.set_due(id, now)?;
         if let Some(owner) = self.owner_of(id)? {
@@ -1120,6 +1184,64 @@ impl Queue for EmbeddedQueue {
                 }
                 let (key, _) = entry.map_err(read_err)?;
                 let (at, id) = key.value();
+                if after.as_ref().is_some_and(|(a, i)| (*a, i.as_str()) == (at, id)) {
+                    continue;
+                }
+                if let Some(record) = records.get(id).map_err(read_err)? {
+                    out.push((at, Delivery::decode(id, record.value())?));
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn dead_in(&self, scope: &DeadScope, limit: usize) -> Result<Vec<Delivery>, Error> {
+        let scope = scope.key();
+        self.read(move |txn| {
+            let index = txn.open_table(DEAD_BY).map_err(read_err)?;
+            let records = txn.open_table(RECORDS).map_err(read_err)?;
+            let mut out = Vec::new();
+            let range = index
+                .range((scope.as_str(), i64::MIN, "")..(scope.as_str(), i64::MAX, "\u{10ffff}"))
+                .map_err(read_err)?;
+            for entry in range.rev().take(limit) {
+                let (key, _) = entry.map_err(read_err)?;
+                let (_, _, id) = key.value();
+                if let Some(record) = records.get(id).map_err(read_err)? {
+                    out.push(Delivery::decode(id, record.value())?);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn dead_in_after(
+        &self,
+        scope: &DeadScope,
+        after: Option<(Millis, &DeliveryId)>,
+        limit: usize,
+    ) -> Result<Vec<(Millis, Delivery)>, Error> {
+        let scope = scope.key();
+        let after = after.map(|(at, id)| (at, id.as_str().to_owned()));
+        self.read(move |txn| {
+            let index = txn.open_table(DEAD_BY).map_err(read_err)?;
+            let records = txn.open_table(RECORDS).map_err(read_err)?;
+            let start = match &after {
+                Some((at, id)) => (scope.as_str(), *at, id.as_str()),
+                None => (scope.as_str(), i64::MIN, ""),
+            };
+            let range = index
+                .range(start..(scope.as_str(), i64::MAX, "\u{10ffff}"))
+                .map_err(read_err)?;
+            let mut out = Vec::new();
+            for entry in range {
+                if out.len() >= limit {
+                    break;
+                }
+                let (key, _) = entry.map_err(read_err)?;
+                let (_, at, id) = key.value();
                 if after.as_ref().is_some_and(|(a, i)| (*a, i.as_str()) == (at, id)) {
                     continue;
                 }

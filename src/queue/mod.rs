@@ -258,6 +258,38 @@ pub struct Depth {
     pub parked: u64,
 }
 
+/// Whose dead deliveries a scoped listing reads ([`Queue::dead_in`],
+/// [`Queue::dead_in_after`]): each backend indexes every dead delivery by
+/// its subscription and by its owner, so a tenant's view reads its own
+/// and nothing else.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DeadScope {
+    /// One subscription's.
+    Subscription(SubscriptionName),
+    /// Those of every subscription a tenant owns ([`Delivery::owner`]).
+    Owner(TenantId),
+}
+
+impl DeadScope {
+    /// The scope as stored: `sub:<name>` or `owner:<tenant>` (neither a
+    /// name nor a tenant id holds a `:`).
+    pub fn key(&self) -> String {
+        match self {
+            DeadScope::Subscription(s) => format!("sub:{s}"),
+            DeadScope::Owner(t) => format!("owner:{t}"),
+        }
+    }
+
+    /// The scopes a delivery is indexed under once dead.
+    pub fn of(delivery: &Delivery) -> Vec<DeadScope> {
+        let mut scopes = vec![DeadScope::Subscription(delivery.subscription.clone())];
+        if let Some(owner) = delivery.owner() {
+            scopes.push(DeadScope::Owner(owner.clone()));
+        }
+        scopes
+    }
+}
+
 /// What one [`Queue::expire_dead`] forgot.
 #[derive(Clone, Debug, Default)]
 pub struct Expired {
@@ -338,6 +370,19 @@ pub trait Queue: Send + Sync + 'static {
     /// a delivery that dies again gets a later position.
     async fn dead_after(
         &self,
+        after: Option<(Millis, &DeliveryId)>,
+        limit: usize,
+    ) -> Result<Vec<(Millis, Delivery)>, Error>;
+
+    /// [`Queue::dead`] within `scope`: the most recent first, reading that
+    /// scope's index only, however many other dead deliveries there are.
+    async fn dead_in(&self, scope: &DeadScope, limit: usize) -> Result<Vec<Delivery>, Error>;
+
+    /// [`Queue::dead_after`] within `scope`: positions are the same (death
+    /// time, id), and only deliveries of the scope are visited.
+    async fn dead_in_after(
+        &self,
+        scope: &DeadScope,
         after: Option<(Millis, &DeliveryId)>,
         limit: usize,
     ) -> Result<Vec<(Millis, Delivery)>, Error>;

@@ -49,8 +49,8 @@ use std::time::Duration;
 use ::redis::{Script, Value};
 
 use super::{
-    Claim, Claimed, Delivery, DeliveryId, Depth, Enqueued, Error, Expired, HealthUpdate, Lease, Millis, NewEvent,
-    Queue, Settlement, Standing, StateStore, SubscriptionState,
+    Claim, Claimed, DeadScope, Delivery, DeliveryId, Depth, Enqueued, Error, Expired, HealthUpdate, Lease, Millis,
+    NewEvent, Queue, Settlement, Standing, StateStore, SubscriptionState,
 };
 use crate::config::{QueueConfig, SubscriptionName};
 use crate::model::TenantId;
@@ -108,6 +108,28 @@ fn parked_key_base(prefix: &str, shard: u16) -> String {
 /// shard's parked depth). Written by settle (park) and unpark (removes).
 pub fn parked_at_key(prefix: &str, shard: u16) -> String {
     format!("{prefix}:{{{shard}}}:parked_at")
+}
+
+/// `{prefix}:{N}:dead_by:<scope>`, a sorted set: member = delivery id,
+/// score = when it died in ms, the shard's dead deliveries under one
+/// [`DeadScope`] (`sub:<subscription>`, `owner:<tenant>`). Written by
+/// settle (dead; the caller names the keys), replay (removes; the caller
+/// names them) and expire dead (removes; the script builds them from
+/// [`dead_by_key_base`], the record's subscription and its `owner`).
+pub fn dead_by_key(prefix: &str, shard: u16, scope: &DeadScope) -> String {
+    format!("{}{}", dead_by_key_base(prefix, shard), scope.key())
+}
+
+/// `{prefix}:{N}:dead_by_filed`, a string: set once every dead delivery
+/// the shard held when indexes came in is filed in [`dead_by_key`]s.
+/// Written by [`RedisQueue::connect`].
+pub fn dead_by_filed_key(prefix: &str, shard: u16) -> String {
+    format!("{prefix}:{{{shard}}}:dead_by_filed")
+}
+
+/// `{prefix}:{N}:dead_by:`, what [`dead_by_key`] appends a scope to.
+fn dead_by_key_base(prefix: &str, shard: u16) -> String {
+    format!("{prefix}:{{{shard}}}:dead_by:")
 }
 
 /// `{prefix}:{N}:owner`, a hash: delivery id → the tenant owning its
@@ -356,7 +378,8 @@ return out
 /// per shard group.
 /// ARGV: the caller's clock ms, then six fields per settlement: kind, group
 /// number, id, lease token, new due ms in the caller's clock (for park: the
-/// shard's [`parked_key_base`]), new record (unused fields empty). Deaths
+/// shard's [`parked_key_base`]; for dead: its [`dead_by_key`]s, one per
+/// line), new record (unused fields empty). Deaths
 /// and parks are stamped with now in Redis's clock. A settlement applies only while the
 /// delivery's score still equals its lease token; a delivery acknowledged
 /// earlier in the same call is gone for the settlements after it. A park reads the record
@@ -400,7 +423,9 @@ for i = 2, #ARGV, 6 do
     elseif kind == 'dead' then
       redis.call('ZREM', due, id)
       redis.call('HSET', rec, id, ARGV[i + 5])
-      redis.call('ZADD', dead, ms(tonumber(ARGV[1]) + shifted()), id)
+      local at = ms(tonumber(ARGV[1]) + shifted())
+      redis.call('ZADD', dead, at, id)
+      for key in string.gmatch(ARGV[i + 4], '[^\n]+') do redis.call('ZADD', key, at, id) end
       local t = redis.call('HGET', KEYS[6 * g - 1], id)
       if t then release(KEYS[6 * g], t, 1) end
       applied = applied + 1
@@ -466,9 +491,12 @@ end
 return moved
 "#;
 
-/// Expire dead. KEYS: `dead`, `records`, `owner` per shard. ARGV: cutoff ms, the
-/// caller's clock ms (the cutoff is moved to Redis's clock), most to
-/// remove. Removes the deliveries that died at or before the cutoff,
+/// Expire dead. KEYS: `dead`, `records`, `owner` per shard. ARGV: cutoff
+/// ms, the caller's clock ms (the cutoff is moved to Redis's clock), most
+/// to remove, then each shard's [`dead_by_key_base`]. Each removed
+/// delivery leaves its scopes' indexes too (its subscription read from
+/// the record's `"subscription"` field, the first in it that a string
+/// could hold: the id and event type before it never hold a quote). Removes the deliveries that died at or before the cutoff,
 /// oldest first, shard after shard, until that many went. Returns
 /// {removed, id, record, id, record, …} (a removed id without a record
 /// counts, but is not listed).
@@ -479,6 +507,7 @@ local out = {0}
 for s = 1, #KEYS / 3 do
   if budget <= 0 then break end
   local dead, rec, owner = KEYS[3 * s - 2], KEYS[3 * s - 1], KEYS[3 * s]
+  local base = ARGV[3 + s]
   local ids = redis.call('ZRANGEBYSCORE', dead, '-inf', cutoff, 'LIMIT', 0, budget)
   if #ids > 0 then
     for _, id in ipairs(ids) do
@@ -486,7 +515,11 @@ for s = 1, #KEYS / 3 do
       if record then
         out[#out + 1] = id
         out[#out + 1] = record
+        local sub = string.match(record, '"subscription":"([^"]+)"')
+        if sub then redis.call('ZREM', base .. 'sub:' .. sub, id) end
       end
+      local t = redis.call('HGET', owner, id)
+      if t then redis.call('ZREM', base .. 'owner:' .. t, id) end
     end
     redis.call('ZREM', dead, unpack(ids))
     redis.call('HDEL', rec, unpack(ids))
@@ -496,6 +529,32 @@ for s = 1, #KEYS / 3 do
   end
 end
 return out
+"#;
+
+/// File dead deliveries by scope, for a shard written before the
+/// indexes. KEYS: `dead`, `records`, [`dead_by_filed_key`] of one shard.
+/// ARGV: its [`dead_by_key_base`], the rank to start at, how many. Files
+/// that many dead deliveries (the subscription and owner read from the
+/// decoded record) and, past the last, sets the marker. Returns how many
+/// it read, or -1 when done.
+const FILE_DEAD_LUA: &str = r#"
+local from, n = tonumber(ARGV[2]), tonumber(ARGV[3])
+local items = redis.call('ZRANGE', KEYS[1], from, from + n - 1, 'WITHSCORES')
+for j = 1, #items, 2 do
+  local id, at = items[j], items[j + 1]
+  local ok, d = pcall(cjson.decode, redis.call('HGET', KEYS[2], id) or '')
+  if ok and type(d) == 'table' and type(d.subscription) == 'string' then
+    redis.call('ZADD', ARGV[1] .. 'sub:' .. d.subscription, at, id)
+    if string.sub(d.subscription, 1, 4) == 'sub_' and type(d.tenant) == 'string' then
+      redis.call('ZADD', ARGV[1] .. 'owner:' .. d.tenant, at, id)
+    end
+  end
+end
+if #items < 2 * n then
+  redis.call('SET', KEYS[3], '1')
+  return -1
+end
+return #items / 2
 "#;
 
 /// Set enabled. KEYS: the subscription's state hash, the index set. ARGV:
@@ -584,7 +643,7 @@ return out
 "#;
 
 /// Replay. KEYS: `dead`, `due`, `records`, `owner`, `pending` of one
-/// shard. ARGV: id, the dead score the caller read, the reset record, the
+/// shard, then the delivery's [`dead_by_key`]s. ARGV: id, the dead score the caller read, the reset record, the
 /// caller's now ms, the caller's clock ms. Moves the delivery back to `due`
 /// (due at now, moved to Redis's clock) if it is still dead since that
 /// time, counting it in its owner's `pending` again. Returns 1 if moved.
@@ -596,6 +655,7 @@ redis.call('HSET', KEYS[3], ARGV[1], ARGV[3])
 redis.call('ZADD', KEYS[2], ms(tonumber(ARGV[4]) + shift(ARGV[5])), ARGV[1])
 local t = redis.call('HGET', KEYS[4], ARGV[1])
 if t then redis.call('HINCRBY', KEYS[5], t, 1) end
+for k = 6, #KEYS do redis.call('ZREM', KEYS[k], ARGV[1]) end
 return 1
 "#;
 
@@ -640,6 +700,7 @@ static RESCHEDULE: LazyLock<Script> = LazyLock::new(|| Script::new(&format!("{CL
 static TAKE_TOKENS: LazyLock<Script> = LazyLock::new(|| Script::new(&format!("{CLOCK_LUA}{TAKE_TOKENS_LUA}")));
 static UNPARK: LazyLock<Script> = LazyLock::new(|| Script::new(&format!("{CLOCK_LUA}{UNPARK_LUA}")));
 static EXPIRE_DEAD: LazyLock<Script> = LazyLock::new(|| Script::new(&format!("{CLOCK_LUA}{EXPIRE_DEAD_LUA}")));
+static FILE_DEAD: LazyLock<Script> = LazyLock::new(|| Script::new(FILE_DEAD_LUA));
 static SET_ENABLED: LazyLock<Script> = LazyLock::new(|| Script::new(SET_ENABLED_LUA));
 static RECORD_HEALTH: LazyLock<Script> = LazyLock::new(|| Script::new(RECORD_HEALTH_LUA));
 
@@ -680,14 +741,64 @@ impl RedisQueue {
             .as_ref()
             .ok_or_else(|| Error::Invalid("queue.redis_url is not set; the Redis backend needs it".into()))?
             .expose();
-        Ok(RedisQueue {
+        let queue = RedisQueue {
             redis: Redis::connect(url, config).await?,
             prefix: config.key_prefix.clone(),
             shards: config.shards.max(1),
             wait_replicas: config.redis_wait_replicas,
             wait_timeout: config.redis_wait_timeout,
             skew: 0,
-        })
+        };
+        queue.file_unfiled_dead().await?;
+        Ok(queue)
+    }
+
+    /// Files the dead deliveries of every shard not yet marked
+    /// [`dead_by_filed_key`] under their scopes, in batches (a store
+    /// written before the indexes; every delivery that dies later is filed
+    /// as it dies). Idempotent, so processes starting together may both
+    /// run it.
+    async fn file_unfiled_dead(&self) -> Result<(), Error> {
+        const BATCH: u64 = 500;
+        let mut marks = Vec::new();
+        for s in 0..self.shards {
+            let mut cmd = ::redis::cmd("EXISTS");
+            cmd.arg(dead_by_filed_key(&self.prefix, s));
+            marks.push(vec![cmd]);
+        }
+        let marks = self.redis.per_shard("dead index", marks).await?;
+        for (s, mark) in (0..self.shards).zip(marks) {
+            if mark.first().map(int_of).transpose()? == Some(1) {
+                continue;
+            }
+            let mut from = 0u64;
+            loop {
+                let mut call = Call {
+                    keys: vec![
+                        dead_key(&self.prefix, s),
+                        records_key(&self.prefix, s),
+                        dead_by_filed_key(&self.prefix, s),
+                    ],
+                    args: Vec::new(),
+                };
+                call.arg(dead_by_key_base(&self.prefix, s));
+                call.arg(from);
+                call.arg(BATCH);
+                let read = self.redis.eval("dead index", &FILE_DEAD, vec![call]).await?;
+                match read.first().map(int_of).transpose()? {
+                    Some(n) if n > 0 => from += n as u64,
+                    _ => break,
+                }
+            }
+            if from > 0 {
+                tracing::info!(
+                    shard = s,
+                    dead = from,
+                    "filed the dead deliveries of an older store by subscription and owner"
+                );
+            }
+        }
+        Ok(())
     }
 
     /// This queue, reading this process's clock as `skew` ms off (ahead if
@@ -783,15 +894,14 @@ impl RedisQueue {
         Ok((claimed, next_due))
     }
 
-    /// Lists dead ids with their time of death, most recent first, at most `limit`.
-    async fn dead_ids(&self, limit: usize) -> Result<Vec<(String, f64)>, Error> {
+    /// Lists dead ids with their time of death, most recent first, at most
+    /// `limit`, from each shard's sorted set `key(shard)` (`dead`, or a
+    /// scope's index).
+    async fn dead_ids(&self, key: impl Fn(u16) -> String, limit: usize) -> Result<Vec<(String, f64)>, Error> {
         let batches = (0..self.shards)
             .map(|s| {
                 let mut cmd = ::redis::cmd("ZREVRANGE");
-                cmd.arg(dead_key(&self.prefix, s))
-                    .arg(0)
-                    .arg(limit - 1)
-                    .arg("WITHSCORES");
+                cmd.arg(key(s)).arg(0).arg(limit - 1).arg("WITHSCORES");
                 vec![cmd]
             })
             .collect();
@@ -804,6 +914,76 @@ impl RedisQueue {
         all.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| b.0.cmp(&a.0)));
         all.truncate(limit);
         Ok(all)
+    }
+}
+
+impl RedisQueue {
+    /// [`Queue::dead`] over the sorted sets `key(shard)`.
+    async fn dead_newest(&self, key: impl Fn(u16) -> String, limit: usize) -> Result<Vec<Delivery>, Error> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let ids = self.dead_ids(key, limit).await?;
+        let records = self.records_of(&ids).await?;
+        ids.iter()
+            .filter_map(|(id, _)| {
+                records
+                    .get(id.as_str())
+                    .map(|r| Delivery::decode(id, r).map_err(Error::from))
+            })
+            .collect()
+    }
+
+    /// [`Queue::dead_after`] over the sorted sets `key(shard)`.
+    async fn dead_walk(
+        &self,
+        key: impl Fn(u16) -> String,
+        after: Option<(Millis, &DeliveryId)>,
+        limit: usize,
+    ) -> Result<Vec<(Millis, Delivery)>, Error> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let batches = (0..self.shards)
+            .map(|s| {
+                let key = key(s);
+                let mut later = ::redis::cmd("ZRANGEBYSCORE");
+                later.arg(&key);
+                match after {
+                    Some((at, _)) => later.arg(format!("({at}")),
+                    None => later.arg("-inf"),
+                };
+                later.arg("+inf").arg("WITHSCORES").arg("LIMIT").arg(0).arg(limit);
+                let mut cmds = vec![later];
+                if let Some((at, _)) = after {
+                    // Deliveries that died in the same millisecond as the
+                    // last one returned: those with a greater id come next.
+                    let mut ties = ::redis::cmd("ZRANGEBYSCORE");
+                    ties.arg(&key).arg(at).arg(at).arg("WITHSCORES");
+                    cmds.push(ties);
+                }
+                cmds
+            })
+            .collect();
+        let mut all = Vec::new();
+        for replies in self.redis.per_shard("dead_after", batches).await? {
+            for reply in replies {
+                all.extend(pairs(reply)?);
+            }
+        }
+        if let Some((at, id)) = after {
+            all.retain(|(member, score)| *score as Millis > at || member.as_str() > id.as_str());
+        }
+        all.sort_by(|a, b| a.1.total_cmp(&b.1).then_with(|| a.0.cmp(&b.0)));
+        all.truncate(limit);
+        let records = self.records_of(&all).await?;
+        all.iter()
+            .filter_map(|(id, at)| {
+                records
+                    .get(id.as_str())
+                    .map(|r| Delivery::decode(id, r).map(|d| (*at as Millis, d)).map_err(Error::from))
+            })
+            .collect()
     }
 }
 
@@ -1111,7 +1291,13 @@ impl Queue for RedisQueue {
                             ("retry", lease, Some(due.to_string()), Some(delivery))
                         }
                         Settlement::Defer { lease, due, .. } => ("defer", lease, Some(due.to_string()), None),
-                        Settlement::Dead { delivery, lease } => ("dead", lease, None, Some(delivery)),
+                        Settlement::Dead { delivery, lease } => {
+                            let keys: Vec<String> = DeadScope::of(delivery)
+                                .iter()
+                                .map(|scope| dead_by_key(&self.prefix, shard, scope))
+                                .collect();
+                            ("dead", lease, Some(keys.join("\n")), Some(delivery))
+                        }
                         Settlement::Park { lease, .. } => {
                             ("park", lease, Some(parked_key_base(&self.prefix, shard)), None)
                         }
@@ -1175,18 +1361,7 @@ impl Queue for RedisQueue {
     }
 
     async fn dead(&self, limit: usize) -> Result<Vec<Delivery>, Error> {
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
-        let ids = self.dead_ids(limit).await?;
-        let records = self.records_of(&ids).await?;
-        ids.iter()
-            .filter_map(|(id, _)| {
-                records
-                    .get(id.as_str())
-                    .map(|r| Delivery::decode(id, r).map_err(Error::from))
-            })
-            .collect()
+        self.dead_newest(|s| dead_key(&self.prefix, s), limit).await
     }
 
     async fn dead_after(
@@ -1194,49 +1369,21 @@ impl Queue for RedisQueue {
         after: Option<(Millis, &DeliveryId)>,
         limit: usize,
     ) -> Result<Vec<(Millis, Delivery)>, Error> {
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
-        let batches = (0..self.shards)
-            .map(|s| {
-                let key = dead_key(&self.prefix, s);
-                let mut later = ::redis::cmd("ZRANGEBYSCORE");
-                later.arg(&key);
-                match after {
-                    Some((at, _)) => later.arg(format!("({at}")),
-                    None => later.arg("-inf"),
-                };
-                later.arg("+inf").arg("WITHSCORES").arg("LIMIT").arg(0).arg(limit);
-                let mut cmds = vec![later];
-                if let Some((at, _)) = after {
-                    // Deliveries that died in the same millisecond as the
-                    // last one returned: those with a greater id come next.
-                    let mut ties = ::redis::cmd("ZRANGEBYSCORE");
-                    ties.arg(&key).arg(at).arg(at).arg("WITHSCORES");
-                    cmds.push(ties);
-                }
-                cmds
-            })
-            .collect();
-        let mut all = Vec::new();
-        for replies in self.redis.per_shard("dead_after", batches).await? {
-            for reply in replies {
-                all.extend(pairs(reply)?);
-            }
-        }
-        if let Some((at, id)) = after {
-            all.retain(|(member, score)| *score as Millis > at || member.as_str() > id.as_str());
-        }
-        all.sort_by(|a, b| a.1.total_cmp(&b.1).then_with(|| a.0.cmp(&b.0)));
-        all.truncate(limit);
-        let records = self.records_of(&all).await?;
-        all.iter()
-            .filter_map(|(id, at)| {
-                records
-                    .get(id.as_str())
-                    .map(|r| Delivery::decode(id, r).map(|d| (*at as Millis, d)).map_err(Error::from))
-            })
-            .collect()
+        self.dead_walk(|s| dead_key(&self.prefix, s), after, limit).await
+    }
+
+    async fn dead_in(&self, scope: &DeadScope, limit: usize) -> Result<Vec<Delivery>, Error> {
+        self.dead_newest(|s| dead_by_key(&self.prefix, s, scope), limit).await
+    }
+
+    async fn dead_in_after(
+        &self,
+        scope: &DeadScope,
+        after: Option<(Millis, &DeliveryId)>,
+        limit: usize,
+    ) -> Result<Vec<(Millis, Delivery)>, Error> {
+        self.dead_walk(|s| dead_by_key(&self.prefix, s, scope), after, limit)
+            .await
     }
 
     async fn reschedule(&self, id: &DeliveryId, expected: Lease, due: Millis) -> Result<bool, Error> {
@@ -1284,6 +1431,11 @@ impl Queue for RedisQueue {
             ],
             args: Vec::new(),
         };
+        call.keys.extend(
+            DeadScope::of(&delivery)
+                .iter()
+                .map(|scope| dead_by_key(&self.prefix, s, scope)),
+        );
         call.arg(id);
         call.arg(dead_at);
         call.args.push(delivery.encode());
@@ -1313,6 +1465,9 @@ impl Queue for RedisQueue {
             call.arg(before);
             call.arg(self.wall());
             call.arg(budget);
+            for &s in &group {
+                call.arg(dead_by_key_base(&self.prefix, s));
+            }
             let reply = self.redis.eval("expire dead", &EXPIRE_DEAD, vec![call]).await?;
             let Some(Value::Array(items)) = reply.into_iter().next() else {
                 return Err(Error::Redis("unexpected reply from the expire script".into()));
