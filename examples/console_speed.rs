@@ -22,7 +22,7 @@ use hyper::{Method, Request};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 
-const ADMIN: &str = "speed-admin-key";
+const ADMIN: &str = "speed-admin-key-1";
 const SUBSCRIPTIONS: usize = 20;
 const BATCH: usize = 1024;
 

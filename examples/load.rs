@@ -78,7 +78,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 /// The admin key hookd is given with `--tenants`.
-const ADMIN_KEY: &str = "load-admin-key";
+const ADMIN_KEY: &str = "load-admin-key-01";
 /// The event type the tool sends.
 const EVENT_TYPE: &str = "coupon.redeemed";
 /// The patterns of each tenant's subscriptions, by index modulo 10: only

@@ -297,29 +297,31 @@ mod tests {
 
     #[test]
     fn start_only_settings_need_a_restart_and_keys_do_not() {
-        let base = config("[server]\napi_keys = [\"a\"]\n");
+        let base = config("[server]\napi_keys = [\"key-a-0123456789\"]\n");
         assert!(restart_needed(&base, &base).is_empty());
         for changed in [
             "metrics_require_key = true",
             "metrics_public = true\nallowed_hosts = [\"hooks.example.com\"]",
         ] {
-            let keys = config(&format!("[server]\napi_keys = [\"b\"]\n{changed}\n"));
+            let keys = config(&format!("[server]\napi_keys = [\"key-b-0123456789\"]\n{changed}\n"));
             assert!(
                 restart_needed(&base, &keys).is_empty(),
                 "{:?}",
                 restart_needed(&base, &keys)
             );
         }
-        let shards = config("[server]\napi_keys = [\"a\"]\n[queue]\nshards = 32\n");
+        let shards = config("[server]\napi_keys = [\"key-a-0123456789\"]\n[queue]\nshards = 32\n");
         assert_eq!(restart_needed(&base, &shards), vec!["queue.shards (8 → 32)".to_owned()]);
         let guard =
-            config("[server]\napi_keys = [\"a\"]\n[delivery]\nallow_private_networks = true\nbackoff_max = \"1h\"\n");
+            config("[server]\napi_keys = [\"key-a-0123456789\"]\n[delivery]\nallow_private_networks = true\nbackoff_max = \"1h\"\n");
         assert_eq!(
             restart_needed(&base, &guard),
             vec!["delivery.allow_private_networks (false → true)".to_owned()]
         );
-        let redis = config("[server]\napi_keys = [\"a\"]\n[queue]\nredis_url = \"redis://127.0.0.1:1\"\n");
-        let other = config("[server]\napi_keys = [\"a\"]\n[queue]\nredis_url = \"redis://127.0.0.1:2\"\n");
+        let redis =
+            config("[server]\napi_keys = [\"key-a-0123456789\"]\n[queue]\nredis_url = \"redis://127.0.0.1:1\"\n");
+        let other =
+            config("[server]\napi_keys = [\"key-a-0123456789\"]\n[queue]\nredis_url = \"redis://127.0.0.1:2\"\n");
         let needed = restart_needed(&redis, &other);
         assert_eq!(needed, vec!["queue.redis_url (changed)".to_owned()]);
         assert!(!needed.concat().contains("127.0.0.1"), "secrets are named, not shown");

@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 /// 2026-01-01T00:00:00Z.
 const T0: Millis = 1_767_225_600_000;
 /// The API key the tests' hookd wants.
-const KEY: &str = "k-admin-test";
+const KEY: &str = "k-admin-test-key";
 
 /// A hookd serving on a port-0 listener, stopped on drop.
 struct Running {

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use support::receiver::{Answer, Receiver, SECRET};
 
 use support::daemon::WAIT;
-const KEY: &str = "operator-key";
+const KEY: &str = "operator-key-0001";
 
 /// hookd running in this process, with an API key.
 struct Hookd {

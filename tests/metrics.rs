@@ -53,7 +53,7 @@ async fn metrics_count_ingested_events_by_source_and_type_and_dedup_hits() {
     let dir = tempfile::tempdir().unwrap();
     // No dispatcher: the subscription's endpoint need not exist.
     let text = format!(
-        "[server]\napi_keys = [\"test-key\"]\n[queue]\ndata_dir = {:?}\n[delivery]\ndispatch = false\n\
+        "[server]\napi_keys = [\"test-key-00000001\"]\n[queue]\ndata_dir = {:?}\n[delivery]\ndispatch = false\n\
          [[subscriptions]]\nname = \"crm\"\nurl = \"https://crm.example.com/hooks\"\nevents = [\"*\"]\nsecrets = [\"{SECRET}\"]\n",
         dir.path().display().to_string()
     );
@@ -62,7 +62,7 @@ async fn metrics_count_ingested_events_by_source_and_type_and_dedup_hits() {
     let addr = listener.local_addr().unwrap().to_string();
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(hookd::run(config, listener, shutdown.clone()));
-    let api = ApiClient::new(&format!("http://{addr}"), Some("test-key".into()));
+    let api = ApiClient::new(&format!("http://{addr}"), Some("test-key-00000001".into()));
 
     for (id, event_type) in [
         ("e1", "coupon.redeemed"),
@@ -98,7 +98,7 @@ async fn metrics_count_ingested_events_by_source_and_type_and_dedup_hits() {
     let (status, _, answer) = http(
         &addr,
         format!(
-            "POST /v1/events HTTP/1.1\r\nhost: x\r\nuser-agent: hookd-cli/1.0\r\nauthorization: Bearer test-key\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            "POST /v1/events HTTP/1.1\r\nhost: x\r\nuser-agent: hookd-cli/1.0\r\nauthorization: Bearer test-key-00000001\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
             body.len()
         ),
     )
@@ -108,7 +108,8 @@ async fn metrics_count_ingested_events_by_source_and_type_and_dedup_hits() {
     // With keys set, /metrics needs an admin key.
     let (status, headers, text) = http(
         &addr,
-        "GET /metrics HTTP/1.1\r\nhost: x\r\nauthorization: Bearer test-key\r\nconnection: close\r\n\r\n".into(),
+        "GET /metrics HTTP/1.1\r\nhost: x\r\nauthorization: Bearer test-key-00000001\r\nconnection: close\r\n\r\n"
+            .into(),
     )
     .await;
     assert_eq!(status, 200, "{text}");
@@ -188,8 +189,8 @@ async fn read_metrics(addr: &str, key: Option<&str>) -> (u16, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_need_an_admin_key_while_api_keys_are_set() {
     let dir = tempfile::tempdir().unwrap();
-    let (addr, shutdown, task) = start(&dir.path().join("keyed"), "api_keys = [\"test-key\"]").await;
-    let admin = ApiClient::new(&format!("http://{addr}"), Some("test-key".into()));
+    let (addr, shutdown, task) = start(&dir.path().join("keyed"), "api_keys = [\"test-key-00000001\"]").await;
+    let admin = ApiClient::new(&format!("http://{addr}"), Some("test-key-00000001".into()));
     admin
         .post("/v1/tenants", json!({"id": "acme", "name": "Acme"}).to_string())
         .await
@@ -218,7 +219,7 @@ async fn metrics_need_an_admin_key_while_api_keys_are_set() {
         );
     }
     assert_eq!(
-        read_metrics(&addr, Some("test-key")).await.0,
+        read_metrics(&addr, Some("test-key-00000001")).await.0,
         200,
         "a key of server.api_keys"
     );
@@ -233,13 +234,17 @@ async fn metrics_need_an_admin_key_while_api_keys_are_set() {
     // Opened on purpose; an open API (the loopback demo); the deprecated
     // metrics_require_key still asks for a key there.
     for (name, server, without_key) in [
-        ("public", "api_keys = [\"test-key\"]\nmetrics_public = true", 200),
+        (
+            "public",
+            "api_keys = [\"test-key-00000001\"]\nmetrics_public = true",
+            200,
+        ),
         ("open", "", 200),
         ("require", "metrics_require_key = true", 401),
     ] {
         let (addr, shutdown, task) = start(&dir.path().join(name), server).await;
         assert_eq!(read_metrics(&addr, None).await.0, without_key, "{name}");
-        assert_eq!(read_metrics(&addr, Some("test-key")).await.0, 200, "{name}");
+        assert_eq!(read_metrics(&addr, Some("test-key-00000001")).await.0, 200, "{name}");
         shutdown.cancel();
         task.await.unwrap().unwrap();
     }

@@ -501,15 +501,15 @@ async fn reload_revokes_keys_and_refuses_what_needs_a_restart() {
     let base = base_toml(&dir.path().join("data"), "");
     let first = subscription("first", &rx.url("first"), r#"["*"]"#, "");
     let with_keys = |keys: &str| format!("[server]\napi_keys = [{keys}]\n") + &base + &first;
-    std::fs::write(&path, with_keys("\"old-key\"")).unwrap();
+    std::fs::write(&path, with_keys("\"old-key-000000001\"")).unwrap();
     let hookd = Hookd::start(Config::load(Some(&path)).unwrap()).await;
-    let old = ApiClient::new(&hookd.url, Some("old-key".into()));
-    let new = ApiClient::new(&hookd.url, Some("second-key".into()));
+    let old = ApiClient::new(&hookd.url, Some("old-key-000000001".into()));
+    let new = ApiClient::new(&hookd.url, Some("second-key-000001".into()));
     assert!(old.get("/v1/subscriptions").await.is_ok());
     assert_eq!(ApiClient::status_of(&new.get("/v1/subscriptions").await), Some(401));
 
     // A key removed from the file stops working, without a restart.
-    std::fs::write(&path, with_keys("\"second-key\"")).unwrap();
+    std::fs::write(&path, with_keys("\"second-key-000001\"")).unwrap();
     let deadline = Instant::now() + WAIT;
     while ApiClient::status_of(&old.get("/v1/subscriptions").await) != Some(401) {
         assert!(Instant::now() < deadline, "the removed key still works");
@@ -519,7 +519,7 @@ async fn reload_revokes_keys_and_refuses_what_needs_a_restart() {
 
     // A change that needs a restart is refused whole: the subscription
     // added beside it is not taken, the shards stay and enqueues work.
-    let shards = with_keys("\"second-key\"").replace("[queue]\n", "[queue]\nshards = 32\n")
+    let shards = with_keys("\"second-key-000001\"").replace("[queue]\n", "[queue]\nshards = 32\n")
         + &subscription("second", &rx.url("second"), r#"["*"]"#, "");
     std::fs::write(&path, shards).unwrap();
     tokio::time::sleep(Duration::from_millis(2500)).await;

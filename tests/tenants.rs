@@ -18,7 +18,7 @@ use support::daemon::{Hookd, WAIT};
 use support::receiver::{Answer, Receiver, SECRET};
 use support::RedisServer;
 
-const ADMIN: &str = "admin-key";
+const ADMIN: &str = "tenants-admin-key";
 
 /// The tests' config: `queue` (embedded in `dir` if empty), an admin key,
 /// loopback receivers reachable by the operator's subscriptions and, on

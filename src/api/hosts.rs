@@ -133,9 +133,9 @@ mod tests {
     #[test]
     fn the_host_is_checked_without_keys_or_with_names_listed() {
         let open = server("");
-        let keyed = server("[server]\napi_keys = [\"k\"]\n");
+        let keyed = server("[server]\napi_keys = [\"k-0123456789abcdef\"]\n");
         let listed = server("[server]\nallowed_hosts = [\"hooks.example.com\", \"10.0.0.7\"]\n");
-        let both = server("[server]\napi_keys = [\"k\"]\nallowed_hosts = [\"hooks.example.com\"]\n");
+        let both = server("[server]\napi_keys = [\"k-0123456789abcdef\"]\nallowed_hosts = [\"hooks.example.com\"]\n");
         let cases: &[(&ServerConfig, Option<&str>, bool)] = &[
             (&open, Some("localhost:8080"), true),
             (&open, Some("127.0.0.1:8080"), true),

@@ -1108,6 +1108,25 @@ impl Config {
                 ),
             ));
         }
+        for (n, key) in srv.api_keys.iter().enumerate() {
+            // Counted, never shown: the error names the entry, not the key.
+            let length = key.expose().chars().count();
+            if length < MIN_API_KEY_CHARS {
+                return Err(invalid(
+                    format!("server.api_keys[{n}]"),
+                    format!(
+                        "is {length} characters long; an admin key needs at least {MIN_API_KEY_CHARS} \
+                         (make one with `openssl rand -hex 16`)"
+                    ),
+                ));
+            }
+            if key.expose().chars().any(char::is_whitespace) {
+                return Err(invalid(
+                    format!("server.api_keys[{n}]"),
+                    "holds whitespace, which no bearer token can carry",
+                ));
+            }
+        }
         for (n, host) in srv.allowed_hosts.iter().enumerate() {
             crate::model::Host::parse(host).map_err(|p| invalid(format!("server.allowed_hosts[{n}]"), p))?;
         }
@@ -1386,6 +1405,15 @@ impl NotifyConfig {
                     "must not be empty; leave it out to turn email off",
                 ));
             }
+            if self.smtp_tls == SmtpTls::None && self.smtp_username.is_some() && !is_loopback_host(host) {
+                return Err(invalid(
+                    "notify.smtp_tls",
+                    format!(
+                        "is \"none\" while smtp_username and smtp_password are set: they would cross the network \
+                         to {host} in plain text. Use \"starttls\" or \"tls\", or a relay on loopback"
+                    ),
+                ));
+            }
             if self.from.is_none() {
                 return Err(invalid("notify.from", "is required when notify.smtp_host is set"));
             }
@@ -1643,6 +1671,16 @@ pub fn check_plugin_settings(key: &str, config: &BTreeMap<String, String>) -> Re
         return Err(invalid(key, "keys must not be empty"));
     }
     Ok(())
+}
+
+/// Fewest characters of an entry of `server.api_keys`.
+pub const MIN_API_KEY_CHARS: usize = 16;
+
+/// `localhost`, or a loopback address (`127.0.0.1`, `[::1]`): a host whose
+/// traffic never leaves the machine. Any other name may resolve anywhere.
+fn is_loopback_host(host: &str) -> bool {
+    let host = host.trim().trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 fn check_plugin_deadline(key: &str, deadline: Duration) -> Result<(), Error> {
@@ -1944,7 +1982,7 @@ mod tests {
     #[test]
     fn secrets_are_redacted_everywhere() {
         let c = Config::from_toml(&format!(
-            "[server]\napi_keys = [\"key-42\"]\n[history]\npostgres_url = \"postgres://hookd:pg-pass-9@db.internal:5432/log\"\n{}",
+            "[server]\napi_keys = [\"key-42-0123456789\"]\n[history]\npostgres_url = \"postgres://hookd:pg-pass-9@db.internal:5432/log\"\n{}",
             sub("")
         ))
         .unwrap();
@@ -2076,6 +2114,20 @@ mod tests {
             ),
             ("[notify]\nsmtp_tls = \"ssl\"".to_string(), "smtp_tls"),
             ("[notify]\nsmtp_username = \"u\"".to_string(), "notify.smtp_password"),
+            (
+                format!(
+                    "{host}from = \"a@example.com\"\nsmtp_tls = \"none\"\nsmtp_username = \"u\"\nsmtp_password = \"p\""
+                ),
+                "notify.smtp_tls",
+            ),
+            (
+                "[server]\napi_keys = [\"0123456789abcdef\", \"short\"]".to_string(),
+                "server.api_keys[1]`: is 5 characters long",
+            ),
+            (
+                "[server]\napi_keys = [\"0123456789 abcdef\"]".to_string(),
+                "server.api_keys[0]`: holds whitespace",
+            ),
             ("[notify]\ndigest_window = \"0s\"".to_string(), "notify.digest_window"),
             (sub("notify_to = [\"nobody\"]"), "subscriptions.crm.notify_to[0]"),
         ];
