@@ -62,7 +62,7 @@ impl Hookd {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let api = ApiClient::new(
             &format!("http://{}", listener.local_addr().unwrap()),
-            Some("test-key".into()),
+            Some("test-key-00000001".into()),
         );
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(hookd::run(config, listener, shutdown.clone()));
@@ -450,7 +450,7 @@ async fn bad_input_gets_a_clear_error() {
 async fn api_keys_guard_v1_but_not_health() {
     let hookd = Hookd::start(
         Backend::Embedded,
-        "[server]\napi_keys = [\"test-key\", \"other-key\"]\n",
+        "[server]\napi_keys = [\"test-key-00000001\", \"other-key-0000001\"]\n",
     )
     .await;
     let base = hookd.api_base();
@@ -464,7 +464,7 @@ async fn api_keys_guard_v1_but_not_health() {
         .await
         .unwrap_err();
     assert!(wrong.to_string().contains("401"), "{wrong}");
-    let other = ApiClient::new(&base, Some("other-key".into()));
+    let other = ApiClient::new(&base, Some("other-key-0000001".into()));
     assert!(other.get("/v1/deliveries/dead").await.is_ok());
     assert_eq!(
         ApiClient::new(&base, None).get("/healthz").await.unwrap()["status"],
@@ -669,7 +669,7 @@ async fn raw(base: &str, method: &str, path: &str, body: &str) -> (u16, Option<S
     let addr = base.trim_start_matches("http://");
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer test-key\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer test-key-00000001\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     stream.write_all(request.as_bytes()).await.unwrap();
@@ -851,17 +851,17 @@ async fn a_stream_entry_read_again_after_a_lost_ack_is_delivered_once() {
     hookd.stop().await;
 }
 
-/// Redis answers an enqueue later than `queue.redis_response_timeout`, but
-/// applies it: the producer gets a 503 that names the event and says to
-/// retry with the same id, and the retry is a duplicate, so the event is
-/// delivered once.
+/// Redis answers an enqueue later than `queue.redis_response_timeout` (it
+/// may or may not apply it): the producer gets a 503 that names the event
+/// and says to retry with the same id, and the retry delivers the event
+/// once — a duplicate if the first was applied late.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_enqueue_answered_late_is_safe_to_retry_with_the_same_id() {
     let rx = Receiver::start().await;
     let redis = RedisServer::start();
     let toml = format!(
-        "[server]\napi_keys = [\"test-key\"]\n\
-         [queue]\nredis_url = {url:?}\nkey_prefix = {prefix:?}\nredis_response_timeout = \"300ms\"\npoll_interval = \"20ms\"\nlease = \"2s\"\n\
+        "[server]\napi_keys = [\"test-key-00000001\"]\n\
+         [queue]\nredis_url = {url:?}\nkey_prefix = {prefix:?}\nredis_response_timeout = \"300ms\"\nredis_connect_timeout = \"300ms\"\npoll_interval = \"20ms\"\nlease = \"2s\"\n\
          [delivery]\nallow_http = true\nallow_private_networks = true\ntimeout = \"500ms\"\n{sub}",
         url = redis.url(),
         prefix = support::unique_prefix("late_enqueue"),
@@ -895,8 +895,22 @@ async fn an_enqueue_answered_late_is_safe_to_retry_with_the_same_id() {
     );
     busy.await.unwrap();
 
+    // The enqueue went out on a pooled connection and was applied once the
+    // stall ended (the retry is a duplicate), or it needed a new
+    // connection, whose handshake the stall held past its timeout, and was
+    // never sent (the retry queues it). Which one depends on what else
+    // broke pooled connections meanwhile; either way the producer's retry
+    // with the same id delivers the event once.
     let retried = hookd.api.post("/v1/events", again).await.expect("Redis is back");
-    assert_eq!(retried["duplicate"], true, "the late enqueue was applied: {retried}");
+    assert!(retried["duplicate"].is_boolean(), "{retried}");
+    eprintln!(
+        "the late enqueue was {}",
+        if retried["duplicate"] == true {
+            "applied late"
+        } else {
+            "never sent"
+        }
+    );
     rx.wait_for(WAIT, "both events", |a| a.len() >= 2).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut ids: Vec<String> = rx.arrivals().iter().map(|a| a.id.clone()).collect();
