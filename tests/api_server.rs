@@ -221,7 +221,7 @@ fn an_open_api_beyond_loopback_is_refused_unless_meant() {
     assert!(err.contains("server.api_keys"), "{err}");
     assert!(err.contains("allow_unauthenticated"), "{err}");
     Config::from_toml(&format!("{open}allow_unauthenticated = true\n")).expect("said explicitly");
-    Config::from_toml(&format!("{open}api_keys = [\"k\"]\n")).expect("with a key");
+    Config::from_toml(&format!("{open}api_keys = [\"k-0123456789abcdef\"]\n")).expect("with a key");
     Config::from_toml("[server]\nlisten = \"127.0.0.1:8080\"\n").expect("loopback stays open for local use");
 }
 
@@ -660,6 +660,63 @@ async fn readyz_shows_the_queue_error_to_an_admin_key_only() {
             "{who}: {message}"
         );
         assert!(message.contains("admin key"), "{who}: {message}");
+    }
+    hookd.stop().await;
+}
+
+/// One HTTP/2 connection (h2c, prior knowledge) that has made one request
+/// and then only answers the server's keep-alive pings: the connection's
+/// task, ending when the server closes it, and the server's cap on
+/// streams.
+async fn idle_h2(addr: &str) -> (tokio::task::JoinHandle<()>, usize) {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (client, mut connection) = h2::client::handshake(tcp).await.expect("an HTTP/2 handshake");
+    let request = http::Request::get(format!("http://{addr}/healthz")).body(()).unwrap();
+    let mut client = client.ready().await.unwrap();
+    let (answer, _) = client.send_request(request, true).unwrap();
+    let answer = tokio::select! {
+        answer = answer => answer.expect("an answer"),
+        _ = &mut connection => panic!("the connection ended before answering"),
+    };
+    assert_eq!(answer.status(), 200);
+    let streams = connection.max_concurrent_send_streams();
+    let task = tokio::spawn(async move {
+        // Keeps the client handle, so only the server can end it.
+        let _client = client;
+        let _ = connection.await;
+    });
+    (task, streams)
+}
+
+/// Idle HTTP/2 connections are closed after server.idle_timeout, so they
+/// no longer hold the listener's slots (max_connections) for ever; each
+/// connection is told the server's cap on its streams.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_http2_connections_give_their_slots_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let hookd = Hookd::start(config(
+        dir.path(),
+        "max_connections = 2\nidle_timeout = \"1s\"\nhttp2_max_streams = 7\nheader_read_timeout = \"500ms\"",
+    ))
+    .await;
+    let a = addr(&hookd);
+    let (first, streams) = idle_h2(&a).await;
+    assert_eq!(
+        streams, 7,
+        "SETTINGS_MAX_CONCURRENT_STREAMS is server.http2_max_streams"
+    );
+    let (second, _) = idle_h2(&a).await;
+    // Both slots are taken by connections that answer pings and send
+    // nothing: a third client is served only once the server closes them.
+    let (status, _) = tokio::time::timeout(support::daemon::WAIT, exchange(&a, "GET", "/healthz", "", ""))
+        .await
+        .expect("a third client is served once the idle connections are closed");
+    assert_eq!(status, 200);
+    for task in [first, second] {
+        tokio::time::timeout(support::daemon::WAIT, task)
+            .await
+            .expect("the server closed the idle connection")
+            .unwrap();
     }
     hookd.stop().await;
 }

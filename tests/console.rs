@@ -372,3 +372,63 @@ async fn secret_of(admin: &hookd::api::client::ApiClient, id: &str) -> String {
         .unwrap()
         .to_owned()
 }
+
+/// The console over hookd's own HTTPS, as Chromium speaks it: HTTP/2 by
+/// ALPN (so no `Host`, only `:authority`), a certificate Chromium is told
+/// to trust by its key alone. An operator signs in, makes a tenant and its
+/// portal link, and the tenant's portal opens; the session cookie is
+/// `Secure`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_works_over_https_with_http2() {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    let dir = tempfile::tempdir().unwrap();
+    let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, certified.cert.pem()).unwrap();
+    std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
+    let mut config = config(&dir.path().join("data"));
+    config.server.tls_cert = Some(cert);
+    config.server.tls_key = Some(key);
+    let hookd = Hookd::start(config).await;
+    let base = hookd.url.replacen("http://", "https://", 1);
+    // Chromium trusts this certificate's key, and no other certificate.
+    let spki = base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(
+        rcgen::PublicKeyData::subject_public_key_info(&certified.signing_key),
+    ));
+    let args = vec![format!("--ignore-certificate-errors-spki-list={spki}")];
+
+    Browser::run_with("console_over_https", &args, move |c| async move {
+        sign_in(&c, &base, ADMIN).await;
+        assert_eq!(path(&c).await, "/console", "signed in over HTTPS");
+        let protocol = c
+            .execute(
+                "return performance.getEntriesByType('navigation')[0].nextHopProtocol",
+                vec![],
+            )
+            .await
+            .unwrap();
+        assert_eq!(protocol, json!("h2"), "Chromium speaks HTTP/2 to the console");
+        let cookie = c.get_named_cookie("hookd_session").await.unwrap();
+        assert_eq!(cookie.secure(), Some(true), "the session cookie is Secure over HTTPS");
+
+        c.goto(&format!("{base}/console/tenants")).await.unwrap();
+        fill(&c, "id", "acme").await;
+        fill(&c, "name", "Acme Inc.").await;
+        click(&c, "Create tenant").await;
+        assert!(main_text(&c).await.contains("Tenant created."));
+        c.goto(&format!("{base}/console/tenants/acme")).await.unwrap();
+        click(&c, "Make a portal link").await;
+        let link = find(&c, "#portal-link").await.attr("href").await.unwrap().unwrap();
+        assert!(
+            link.starts_with(&format!("{base}/console/link/")),
+            "the link is on the HTTPS origin: {link}"
+        );
+        sign_out(&c).await;
+        open_portal(&c, &link).await;
+        let header = find(&c, "header").await.text().await.unwrap();
+        assert!(header.contains("Tenant acme"), "the tenant's portal opened: {header}");
+    })
+    .await;
+    hookd.stop().await;
+}

@@ -161,6 +161,14 @@ pub struct ServerConfig {
     /// keep-alive connection to start its next request).
     #[serde(with = "humantime_serde")]
     pub header_read_timeout: Duration,
+    /// How long an HTTP/2 connection may sit with no request in progress
+    /// before it is closed (gracefully: GOAWAY), freeing its slot of
+    /// `max_connections`. Its keep-alive pings do not count as use.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Most requests one HTTP/2 connection may have in progress at once
+    /// (its `SETTINGS_MAX_CONCURRENT_STREAMS`).
+    pub http2_max_streams: u32,
     /// How long one request may take, its body read included; beyond it
     /// the answer is a 408.
     #[serde(with = "humantime_serde")]
@@ -1150,8 +1158,12 @@ impl Config {
         if srv.max_connections == 0 {
             return Err(invalid("server.max_connections", "must be at least 1"));
         }
+        if srv.http2_max_streams == 0 || srv.http2_max_streams > 10_000 {
+            return Err(invalid("server.http2_max_streams", "must be between 1 and 10000"));
+        }
         for (key, d) in [
             ("server.header_read_timeout", srv.header_read_timeout),
+            ("server.idle_timeout", srv.idle_timeout),
             ("server.request_timeout", srv.request_timeout),
             ("server.shutdown_timeout", srv.shutdown_timeout),
         ] {

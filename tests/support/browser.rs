@@ -48,6 +48,11 @@ fn program(candidates: &[&str]) -> String {
 impl Browser {
     /// Starts `chromedriver` on a free port and a headless Chromium.
     pub async fn start(name: &str) -> Browser {
+        Browser::start_with(name, &[]).await
+    }
+
+    /// [`Browser::start`] with more Chromium arguments.
+    pub async fn start_with(name: &str, extra_args: &[String]) -> Browser {
         let driver_bin = program(&["/usr/bin/chromedriver", "/usr/lib/chromium/chromedriver"]);
         let chromium = program(&["/usr/bin/chromium", "/usr/lib/chromium/chromium"]);
         let port = free_port();
@@ -58,17 +63,29 @@ impl Browser {
             .spawn()
             .expect("start chromedriver");
         let profile = tempfile::tempdir().unwrap();
+        let mut args: Vec<String> = [
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-quic",
+            "--no-first-run",
+            "--window-size=1280,1000",
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+        args.push(format!("--user-data-dir={}", profile.path().display()));
+        args.extend(extra_args.iter().cloned());
         let mut caps = serde_json::Map::new();
         caps.insert(
             "goog:chromeOptions".into(),
             json!({
                 "binary": chromium,
-                "args": [
-                    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                    "--disable-quic", "--no-first-run", "--window-size=1280,1000",
-                    format!("--user-data-dir={}", profile.path().display()),
-                ],
+                "args": args,
             }),
         );
         let url = format!("http://127.0.0.1:{port}");
@@ -102,7 +119,16 @@ impl Browser {
         F: FnOnce(Client) -> Fut,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        let browser = Browser::start(name).await;
+        Browser::run_with(name, &[], test).await
+    }
+
+    /// [`Browser::run`] with more Chromium arguments.
+    pub async fn run_with<F, Fut>(name: &str, extra_args: &[String], test: F)
+    where
+        F: FnOnce(Client) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let browser = Browser::start_with(name, extra_args).await;
         let outcome = tokio::spawn(test(browser.client.clone())).await;
         if let Err(e) = outcome {
             let dir = failure_dir(name);
