@@ -2606,3 +2606,56 @@ async fn dead_letters_a_tenant_reaches_are_its_own_embedded() {
 async fn dead_letters_a_tenant_reaches_are_its_own_redis() {
     dead_letters_a_tenant_reaches_are_its_own(Backend::Redis).await;
 }
+
+/// An event is replayed only to its own tenant's subscriptions and the
+/// operator's, even by an admin: naming another tenant's subscription is a
+/// 422 that says whose it is, and nothing is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_is_never_replayed_to_another_tenants_subscription() {
+    let rx = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let hookd = Hookd::start(embedded(dir.path(), "")).await;
+    let acme = tenant(&hookd.api, "acme", None).await;
+    let zeta = tenant(&hookd.api, "zeta", None).await;
+    let mine = subscribe(&acme, &rx, "mine", json!(["link.*"])).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let theirs = subscribe(&zeta, &rx, "theirs", json!(["link.*"])).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    hookd
+        .send(json!({"type": "link.clicked", "id": "evt_own", "tenant": "acme", "data": {"secret": "acme's"}}))
+        .await;
+    rx.wait_for(WAIT, "acme's delivery", |got| got.len() == 1).await;
+    support::daemon::wait_for_answer(&acme, "/v1/events/evt_own", "the event logged", |v| {
+        v["event"].is_object()
+    })
+    .await;
+    let refused = hookd
+        .api
+        .post(
+            "/v1/events/evt_own/replay?tenant=acme",
+            json!({"subscriptions": [theirs]}).to_string(),
+        )
+        .await;
+    assert_eq!(status(&refused), 422, "{refused:?}");
+    let text = refused.unwrap_err().to_string();
+    assert!(
+        text.contains("belongs to tenant `zeta`") && text.contains("tenant `acme`'s"),
+        "{text}"
+    );
+    let replayed = hookd
+        .api
+        .post(
+            "/v1/events/evt_own/replay?tenant=acme",
+            json!({"subscriptions": [mine]}).to_string(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(replayed["deliveries"][0]["subscription"], mine.as_str(), "{replayed}");
+    rx.wait_for(WAIT, "the replay", |got| got.len() == 2).await;
+    assert!(rx.at("theirs").is_empty(), "zeta's endpoint got nothing of acme's");
+    hookd.stop().await;
+}

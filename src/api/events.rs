@@ -203,6 +203,27 @@ async fn replay(
             ),
         ));
     }
+    // An event goes only to its own tenant's subscriptions and the
+    // operator's, whoever asks: an admin naming another tenant's
+    // subscription would hand it this tenant's data.
+    if let Some(foreign) = targets.iter().find_map(|name| {
+        let owner = config.subscription(name.as_str())?.owner.as_ref()?;
+        (Some(owner) != tenant.as_ref()).then_some((name, owner))
+    }) {
+        let (name, owner) = foreign;
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "foreign_subscription",
+            format!(
+                "`subscriptions`: `{name}` belongs to tenant `{owner}`, and event {event_id} is {}: \
+                 an event is replayed only to its own tenant's subscriptions and the operator's",
+                match &tenant {
+                    Some(t) => format!("tenant `{t}`'s"),
+                    None => "of no tenant".to_owned(),
+                }
+            ),
+        ));
+    }
     // Through ingest's admission, as one event: the queue's depth, and its
     // tenant's plan rate, whoever asks (as for the event ingested).
     state.ingestor.admit(tenant.as_ref(), 1).await?;
