@@ -259,3 +259,76 @@ async fn a_session_ends_with_its_key_and_refuses_other_sites() {
     assert!(page.body.contains(">Operator<"), "{}", page.body);
     hookd.stop().await;
 }
+
+/// A session opened from a one-time link lives while the admin key that
+/// made the link does: removing that key from `server.api_keys` ends it
+/// (and a link it made but nobody opened yet no longer opens), while a
+/// link made with another key goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_session_ends_with_the_key_that_made_the_link() {
+    const LEAVING: &str = "leaving-admin-key-1";
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hookd.toml");
+    let file = |keys: &[&str]| {
+        let keys: Vec<String> = keys.iter().map(|k| format!("{k:?}")).collect();
+        format!(
+            "[server]\napi_keys = [{}]\n[queue]\ndata_dir = {:?}\npoll_interval = \"20ms\"\n",
+            keys.join(", "),
+            dir.path().join("data").display().to_string()
+        )
+    };
+    std::fs::write(&path, file(&[ADMIN, LEAVING])).unwrap();
+    let hookd = Hookd::start(hookd::config::Config::load(Some(&path)).unwrap()).await;
+    let base = hookd.url.clone();
+    hookd
+        .api
+        .post("/v1/tenants", json!({"id": "acme", "name": "Acme"}).to_string())
+        .await
+        .unwrap();
+    let leaving = hookd.api.with_key(LEAVING.to_owned());
+    let link = |client: hookd::api::client::ApiClient| async move {
+        let made = client.post("/v1/tenants/acme/portal", "{}".to_owned()).await.unwrap();
+        made["url"].as_str().unwrap().to_owned()
+    };
+    let opened = |url: String| {
+        let base = base.clone();
+        async move {
+            let answer = open_link(&url, &base).await;
+            assert_eq!(answer.status, StatusCode::SEE_OTHER, "{}", answer.body);
+            answer.cookie()
+        }
+    };
+    let by_leaving = opened(link(leaving.clone()).await).await;
+    let by_staying = opened(link(hookd.api.clone()).await).await;
+    let unopened = link(leaving.clone()).await;
+    let portal = |cookie: String| {
+        let url = format!("{base}/console");
+        async move { request(Method::GET, &url, Some(&cookie), None, None).await }
+    };
+    assert_eq!(portal(by_leaving.clone()).await.status, StatusCode::OK);
+
+    std::fs::write(&path, file(&[ADMIN])).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let page = portal(by_leaving.clone()).await;
+        if page.status == StatusCode::SEE_OTHER {
+            assert_eq!(page.location(), "/console/sign-in?ended=1");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the link's session outlived the key that made it"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        portal(by_staying).await.status,
+        StatusCode::OK,
+        "a link made with a key still in server.api_keys goes on"
+    );
+    let landing = request(Method::GET, &unopened, None, None, None).await;
+    let spent = request(Method::POST, &unopened, None, Some(""), Some(&base)).await;
+    assert_eq!(landing.status, StatusCode::OK);
+    assert_eq!(spent.status, StatusCode::GONE, "{}", spent.body);
+    hookd.stop().await;
+}

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{not_found, require_admin, ApiError, ApiState};
 use crate::catalog::keys::Principal;
-use crate::console::session::{Role, Sessions};
+use crate::console::session::{Role, Sessions, SignedInVia, Via};
 use crate::model::TenantId;
 
 /// The route, for [`super::router`] to merge under `/v1`.
@@ -69,6 +69,7 @@ fn base_url(state: &ApiState, headers: &HeaderMap, uri: &Uri) -> Result<String, 
 async fn portal_link(
     State(state): State<Arc<ApiState>>,
     Extension(principal): Extension<Principal>,
+    signed_in: Option<Extension<SignedInVia>>,
     Path(id): Path<String>,
     headers: HeaderMap,
     uri: Uri,
@@ -85,22 +86,53 @@ async fn portal_link(
         return Err(not_found(format!("tenant `{tenant}` does not exist")));
     };
     tracing::info!(tenant = %tenant, "portal link made");
-    issue(&state, &headers, &uri, Role::Tenant { tenant, generation }).await
+    let by = maker(&state, &principal, &headers, signed_in.as_ref());
+    issue(&state, &headers, &uri, Role::Tenant { tenant, generation }, by).await
 }
 
 async fn operator_link(
     State(state): State<Arc<ApiState>>,
     Extension(principal): Extension<Principal>,
+    signed_in: Option<Extension<SignedInVia>>,
     headers: HeaderMap,
     uri: Uri,
 ) -> Result<Response, ApiError> {
     require_admin(&principal)?;
     tracing::info!("operator console link made");
-    issue(&state, &headers, &uri, Role::Operator).await
+    let by = maker(&state, &principal, &headers, signed_in.as_ref());
+    issue(&state, &headers, &uri, Role::Operator, by).await
 }
 
-/// A link for `role`, as the 201 answer.
-async fn issue(state: &ApiState, headers: &HeaderMap, uri: &Uri, role: Role) -> Result<Response, ApiError> {
+/// How the admin making a link is signed in, so that the sessions it
+/// opens end with that key: the console session's own way in when the
+/// console asks (`signed_in`), else the request's key — a stored admin
+/// key by id, one of `server.api_keys` by hash — and none on an open API.
+fn maker(
+    state: &ApiState,
+    principal: &Principal,
+    headers: &HeaderMap,
+    signed_in: Option<&Extension<SignedInVia>>,
+) -> Option<Via> {
+    if let Some(Extension(SignedInVia(via))) = signed_in {
+        return via.clone();
+    }
+    match principal {
+        Principal::Admin { key: Some(id) } => Some(Via::Key { id: id.clone() }),
+        _ if state.open() => None,
+        _ => super::bearer(headers).ok().flatten().map(|key| Via::ConfigKey {
+            hash: crate::catalog::keys::hash(key),
+        }),
+    }
+}
+
+/// A link for `role`, made by an admin signed in `by`, as the 201 answer.
+async fn issue(
+    state: &ApiState,
+    headers: &HeaderMap,
+    uri: &Uri,
+    role: Role,
+    by: Option<Via>,
+) -> Result<Response, ApiError> {
     if !state.console.enabled {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -111,7 +143,7 @@ async fn issue(state: &ApiState, headers: &HeaderMap, uri: &Uri, role: Role) -> 
     let base = base_url(state, headers, uri)?;
     let sessions = Sessions::new(state.catalog.store(), &state.console);
     let (token, expires_at) = sessions
-        .issue_link(role)
+        .issue_link(role, by)
         .await
         .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string()))?;
     let answer = PortalLink {

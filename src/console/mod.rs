@@ -109,16 +109,20 @@ impl Answer {
 impl Api {
     /// Calls `method path` with `body` (JSON) as `principal`.
     pub async fn call(&self, principal: &Principal, method: Method, path: &str, body: Option<Value>) -> Answer {
-        self.call_from(principal, method, path, body, &HeaderMap::new(), &Uri::default())
+        self.call_from(principal, None, method, path, body, &HeaderMap::new(), &Uri::default())
             .await
     }
 
     /// As [`Api::call`], passing on the host the browser asked for (its
     /// `Host`, or HTTP/2's `:authority` from `browser_uri`) and its
-    /// `X-Forwarded-Proto` from `browser` (for answers holding links).
+    /// `X-Forwarded-Proto` from `browser` (for answers holding links), and
+    /// how the session calling signed in (`via`), for what it makes to end
+    /// with that key.
+    #[allow(clippy::too_many_arguments)]
     pub async fn call_from(
         &self,
         principal: &Principal,
+        via: Option<&Option<Via>>,
         method: Method,
         path: &str,
         body: Option<Value>,
@@ -141,6 +145,9 @@ impl Api {
             Err(e) => return Answer::failed(format!("a bad API path `{path}`: {e}")),
         };
         request.extensions_mut().insert(Vouched(principal.clone()));
+        if let Some(via) = via {
+            request.extensions_mut().insert(session::SignedInVia(via.clone()));
+        }
         let response = match self.router.clone().oneshot(request).await {
             Ok(response) => response,
             Err(e) => match e {},
@@ -354,13 +361,23 @@ async fn still_valid(console: &Console, session: &Session) -> bool {
             return false;
         }
     }
-    let snapshot = console.state.catalog.snapshot();
     match &session.via {
-        Some(Via::Key { id }) => snapshot.keys.contains_key(id),
-        Some(Via::ConfigKey { hash }) => console.state.has_config_key_hash(hash),
-        Some(Via::Link) => true,
+        Some(via) => via_still_valid(console, via),
         // Signed in to an open API: only while it stays open.
         None => console.state.open(),
+    }
+}
+
+/// Whether the key `via` names still lets its holder in: a stored key not
+/// revoked, a config key still in `server.api_keys`, and for a link, the
+/// key of the admin who made it.
+pub(crate) fn via_still_valid(console: &Console, via: &Via) -> bool {
+    match via {
+        Via::Key { id } => console.state.catalog.snapshot().keys.contains_key(id),
+        Via::ConfigKey { hash } => console.state.has_config_key_hash(hash),
+        Via::Link { by: Some(by) } => via_still_valid(console, by),
+        // Made on an open API (or by an older hookd): the link's time.
+        Via::Link { by: None } => true,
     }
 }
 

@@ -78,9 +78,36 @@ pub enum Via {
         /// [`crate::catalog::keys::hash`] of the key.
         hash: String,
     },
-    /// A one-time link an admin made: the session lives its time (a
-    /// tenant's, while its tenant exists).
-    Link,
+    /// A one-time link an admin made: the session lives while the key
+    /// that made the link does (`by`; none for a link made on an open API,
+    /// or by an older hookd), and a tenant's while its tenant exists.
+    Link {
+        /// How the admin who made the link was signed in.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        by: Option<Box<Via>>,
+    },
+}
+
+/// What a console request that calls the API on a session's behalf says
+/// of how that session signed in, so that what the API makes for it (a
+/// link) can end with the same key.
+#[derive(Clone, Debug)]
+pub struct SignedInVia(pub Option<Via>);
+
+/// A stored link: whom it opens a session for, and how its maker was
+/// signed in. A link stored by an older hookd is its role alone.
+#[derive(Serialize, Deserialize)]
+struct LinkBody {
+    role: Role,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    by: Option<Via>,
+}
+
+fn link_of(body: &[u8]) -> Option<(Role, Option<Via>)> {
+    if let Ok(link) = serde_json::from_slice::<LinkBody>(body) {
+        return Some((link.role, link.by));
+    }
+    serde_json::from_slice::<Role>(body).ok().map(|role| (role, None))
 }
 
 /// A signed-in browser.
@@ -172,11 +199,12 @@ impl Sessions {
         self.store.delete_session(&stored_id("s_", token)).await
     }
 
-    /// A one-time link for `role`: its token and when it expires.
-    pub async fn issue_link(&self, role: Role) -> Result<(String, Millis), Error> {
+    /// A one-time link for `role`, made by an admin signed in `by`: its
+    /// token and when it expires.
+    pub async fn issue_link(&self, role: Role, by: Option<Via>) -> Result<(String, Millis), Error> {
         let token = token();
         let expires_at = now_ms().saturating_add(millis(self.link_ttl));
-        let body = serde_json::to_vec(&role).map_err(|e| Error::Invalid(e.to_string()))?;
+        let body = serde_json::to_vec(&LinkBody { role, by }).map_err(|e| Error::Invalid(e.to_string()))?;
         self.store
             .put_session(&stored_id("l_", &token), &body, expires_at)
             .await?;
@@ -189,16 +217,16 @@ impl Sessions {
         let Some(body) = self.store.session(&stored_id("l_", token), now_ms()).await? else {
             return Ok(None);
         };
-        Ok(serde_json::from_slice(&body).ok())
+        Ok(link_of(&body).map(|(role, _)| role))
     }
 
-    /// Spends the link of `token`: its role, once; `None` if it expired,
-    /// was opened already or never was.
-    pub async fn redeem_link(&self, token: &str) -> Result<Option<Role>, Error> {
+    /// Spends the link of `token`: its role and how its maker was signed
+    /// in, once; `None` if it expired, was opened already or never was.
+    pub async fn redeem_link(&self, token: &str) -> Result<Option<(Role, Option<Via>)>, Error> {
         let Some(body) = self.store.take_session(&stored_id("l_", token), now_ms()).await? else {
             return Ok(None);
         };
-        Ok(serde_json::from_slice(&body).ok())
+        Ok(link_of(&body))
     }
 }
 

@@ -190,13 +190,18 @@ fn spent_link() -> Response {
 
 async fn link_open(State(console): State<Console>, jar: CookieJar, Path(token): Path<String>) -> Response {
     match console.sessions.redeem_link(&token).await {
-        Ok(Some(role)) => {
+        Ok(Some((role, by))) => {
             if let Role::Tenant { tenant, generation } = &role {
                 if !console.tenant_exists(tenant, generation).await {
                     return spent_link();
                 }
             }
-            start(&console, jar, role, Some(Via::Link)).await
+            let via = Via::Link { by: by.map(Box::new) };
+            if !super::via_still_valid(&console, &via) {
+                // Its maker's key went before the link was opened.
+                return spent_link();
+            }
+            start(&console, jar, role, Some(via)).await
         }
         Ok(None) => spent_link(),
         Err(e) => view::failure(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),

@@ -291,7 +291,15 @@ async fn portal_link(
     let path = format!("/v1/tenants/{}/portal", segment(&id));
     let answer = console
         .api
-        .call_from(&ctx.principal, Method::POST, &path, None, &headers, &uri)
+        .call_from(
+            &ctx.principal,
+            Some(&ctx.session.via),
+            Method::POST,
+            &path,
+            None,
+            &headers,
+            &uri,
+        )
         .await;
     let link: PortalLink = match answer.into() {
         Ok(link) => link,
