@@ -556,6 +556,28 @@ mod cases {
         assert_eq!(c.session("s_live", now).await.unwrap().as_deref(), Some(&b"live"[..]));
     }
 
+    /// Live sessions are listed soonest to end first, links and ended
+    /// sessions left out, and leave the listing when deleted or taken.
+    pub async fn live_sessions_are_listed_soonest_first(fx: &mut Fixture) {
+        let c = fx.c();
+        let now = hookd::model::now_ms();
+        c.put_session("s_b", b"bee", now + 120_000).await.unwrap();
+        c.put_session("s_a", b"ay", now + 60_000).await.unwrap();
+        c.put_session("l_link", b"link", now + 60_000).await.unwrap();
+        c.put_session("s_old", b"old", now - 1).await.unwrap();
+        let ids = |listed: Vec<(String, Vec<u8>)>| listed.into_iter().map(|(id, _)| id).collect::<Vec<_>>();
+        let listed = c.live_sessions("s_", now, 10).await.unwrap();
+        assert_eq!(
+            listed,
+            vec![("s_a".to_owned(), b"ay".to_vec()), ("s_b".to_owned(), b"bee".to_vec())]
+        );
+        assert_eq!(ids(c.live_sessions("s_", now, 1).await.unwrap()), ["s_a"]);
+        c.delete_session("s_b").await.unwrap();
+        assert_eq!(ids(c.live_sessions("s_", now, 10).await.unwrap()), ["s_a"]);
+        assert!(c.take_session("s_a", now).await.unwrap().is_some());
+        assert!(c.live_sessions("s_", now, 10).await.unwrap().is_empty());
+    }
+
     /// Shared backends only: two clients (two processes) of one store.
     pub async fn two_clients_see_each_others_writes(fx: &mut Fixture) {
         let first = fx.c();
@@ -635,6 +657,7 @@ macro_rules! conformance {
             case!($open, data_survives_reopening);
             case!($open, concurrent_creates_of_one_id_have_one_winner);
             case!($open, sessions_expire_and_take_once);
+            case!($open, live_sessions_are_listed_soonest_first);
             $(case!($open, $extra);)*
         }
     };
@@ -649,7 +672,7 @@ conformance!(embedded, Home::embedded);
 /// What only the Redis backend does.
 mod redis_only {
     use super::*;
-    use hookd::catalog::store::redis::{records_key, session_key, uses_key, version_key};
+    use hookd::catalog::store::redis::{records_key, session_key, sessions_key, uses_key, version_key};
 
     #[tokio::test]
     async fn every_key_is_under_the_prefix_and_one_hash_tag() {
@@ -668,7 +691,13 @@ mod redis_only {
             let session = session_key(prefix, "s_1");
             let ttl: i64 = server.command(&["PTTL", &session]).trim().parse().unwrap();
             assert!(ttl > 50_000 && ttl <= 60_000, "the session expires in Redis too: {ttl}");
-            let mut expected = vec![records_key(prefix), uses_key(prefix), version_key(prefix), session];
+            let mut expected = vec![
+                records_key(prefix),
+                uses_key(prefix),
+                version_key(prefix),
+                session,
+                sessions_key(prefix),
+            ];
             expected.sort();
             assert_eq!(keys, expected);
             assert!(keys.iter().all(|k| k.starts_with(&format!("{prefix}:{{catalog}}:"))));

@@ -332,3 +332,96 @@ async fn a_link_session_ends_with_the_key_that_made_the_link() {
     assert_eq!(spent.status, StatusCode::GONE, "{}", spent.body);
     hookd.stop().await;
 }
+
+/// Operators list the console's sessions and end one: it is signed out at
+/// its next page, the others go on, and only an admin may do either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_list_and_end_sessions() {
+    let dir = tempfile::tempdir().unwrap();
+    let hookd = Hookd::start(config(&format!("data_dir = {:?}", dir.path().display().to_string()))).await;
+    let base = hookd.url.clone();
+    hookd
+        .api
+        .post("/v1/tenants", json!({"id": "acme", "name": "Acme"}).to_string())
+        .await
+        .unwrap();
+    let key = hookd
+        .api
+        .post("/v1/tenants/acme/keys", json!({"label": "console"}).to_string())
+        .await
+        .unwrap();
+    let (key_id, secret) = (
+        key["id"].as_str().unwrap().to_owned(),
+        key["key"].as_str().unwrap().to_owned(),
+    );
+    let sign_in = |key: String| {
+        let base = base.clone();
+        async move {
+            let signed = request(
+                Method::POST,
+                &format!("{base}/console/sign-in"),
+                None,
+                Some(&format!("key={key}")),
+                Some(&base),
+            )
+            .await;
+            assert_eq!(signed.status, StatusCode::SEE_OTHER, "{}", signed.body);
+            signed.cookie()
+        }
+    };
+    let tenant = sign_in(secret.clone()).await;
+    let operator = sign_in(ADMIN.to_owned()).await;
+    let listed = hookd.api.get("/v1/console/sessions").await.unwrap();
+    let sessions = listed["sessions"].as_array().unwrap();
+    assert_eq!(sessions.len(), 2, "{listed}");
+    let of_acme: Vec<&serde_json::Value> = sessions.iter().filter(|s| s["tenant"] == "acme").collect();
+    assert_eq!(of_acme.len(), 1, "{listed}");
+    assert_eq!(of_acme[0]["role"], "tenant");
+    assert_eq!(of_acme[0]["via"], json!({"kind": "key", "key_id": key_id}));
+    let text = listed.to_string();
+    assert!(
+        !text.contains(&secret) && !text.contains("csrf"),
+        "no key, token or CSRF: {text}"
+    );
+    let only = hookd.api.get("/v1/console/sessions?tenant=acme").await.unwrap();
+    assert_eq!(only["sessions"].as_array().unwrap().len(), 1);
+    // A tenant's key may do neither.
+    let as_tenant = hookd.api.with_key(secret.clone());
+    assert_eq!(
+        hookd::api::client::ApiClient::status_of(&as_tenant.get("/v1/console/sessions").await),
+        Some(403)
+    );
+    let id = of_acme[0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        hookd::api::client::ApiClient::status_of(&as_tenant.delete(&format!("/v1/console/sessions/{id}")).await),
+        Some(403)
+    );
+
+    hookd.api.delete(&format!("/v1/console/sessions/{id}")).await.unwrap();
+    let page = request(Method::GET, &format!("{base}/console"), Some(&tenant), None, None).await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER, "the ended session is signed out");
+    assert!(page.location().starts_with("/console/sign-in"), "{}", page.location());
+    let page = request(Method::GET, &format!("{base}/console"), Some(&operator), None, None).await;
+    assert_eq!(page.status, StatusCode::OK, "the other goes on");
+    assert_eq!(
+        hookd::api::client::ApiClient::status_of(&hookd.api.delete(&format!("/v1/console/sessions/{id}")).await),
+        Some(404),
+        "already ended"
+    );
+    // The console lists them too, with a button that ends them.
+    let page = request(
+        Method::GET,
+        &format!("{base}/console/sessions"),
+        Some(&operator),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(
+        page.body.contains("a server.api_keys key") && page.body.contains(">End<"),
+        "{}",
+        page.body
+    );
+    hookd.stop().await;
+}

@@ -32,6 +32,76 @@ pub fn routes() -> Router<Arc<ApiState>> {
     Router::new()
         .route("/tenants/{id}/portal", post(portal_link))
         .route("/console/link", post(operator_link))
+        .route("/console/sessions", axum::routing::get(list_sessions))
+        .route("/console/sessions/{id}", axum::routing::delete(end_session))
+}
+
+/// Most sessions one listing shows.
+const MAX_SESSIONS_LISTED: usize = 1000;
+
+/// One console session as an operator sees it: never its token or CSRF.
+pub fn session_json(id: &str, session: &crate::console::session::Session) -> serde_json::Value {
+    let via = match &session.via {
+        None => serde_json::json!({"kind": "open_api"}),
+        Some(via) => via_json(via),
+    };
+    serde_json::json!({
+        "id": id,
+        "role": match session.role { Role::Operator => "operator", Role::Tenant { .. } => "tenant" },
+        "tenant": session.role.tenant(),
+        "via": via,
+        "expires_at": crate::model::time::format_ms(session.expires_at),
+    })
+}
+
+fn via_json(via: &Via) -> serde_json::Value {
+    match via {
+        Via::Key { id } => serde_json::json!({"kind": "key", "key_id": id}),
+        // The hash of a config key is not shown: it is one of few.
+        Via::ConfigKey { .. } => serde_json::json!({"kind": "config_key"}),
+        Via::Link { by } => serde_json::json!({"kind": "link", "made_by": by.as_deref().map(via_json)}),
+    }
+}
+
+/// `GET /v1/console/sessions` (admin): the live console sessions,
+/// soonest to end first; `?tenant=` keeps one tenant's portal sessions.
+async fn list_sessions(
+    State(state): State<Arc<ApiState>>,
+    Extension(principal): Extension<Principal>,
+    axum::extract::Query(query): axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    require_admin(&principal)?;
+    let sessions = Sessions::new(state.catalog.store(), &state.console);
+    let listed = sessions
+        .list(MAX_SESSIONS_LISTED)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string()))?;
+    let tenant = query.get("tenant");
+    let items: Vec<serde_json::Value> = listed
+        .iter()
+        .filter(|(_, s)| tenant.is_none_or(|t| s.role.tenant().is_some_and(|own| own.as_str() == t)))
+        .map(|(id, s)| session_json(id, s))
+        .collect();
+    Ok(Json(serde_json::json!({ "sessions": items })).into_response())
+}
+
+/// `DELETE /v1/console/sessions/{id}` (admin): ends a session at once;
+/// 404 if there is no live session of that id.
+async fn end_session(
+    State(state): State<Arc<ApiState>>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    require_admin(&principal)?;
+    let sessions = Sessions::new(state.catalog.store(), &state.console);
+    let unavailable =
+        |e: crate::catalog::store::Error| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string());
+    if sessions.by_id(&id).await.map_err(unavailable)?.is_none() {
+        return Err(not_found(format!("no live console session `{id}`")));
+    }
+    sessions.end_id(&id).await.map_err(unavailable)?;
+    tracing::info!(session = %id, "console session ended by an operator");
+    Ok(Json(serde_json::json!({ "id": id, "ended": true })).into_response())
 }
 
 /// The answer: where to send the browser, and until when the link opens.

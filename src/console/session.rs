@@ -154,6 +154,12 @@ fn stored_id(prefix: &str, token: &str) -> String {
     id
 }
 
+/// Whether `id` is a session's store id: `s_` and 64 hex digits.
+pub fn is_session_id(id: &str) -> bool {
+    id.strip_prefix("s_")
+        .is_some_and(|hex| hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
 fn millis(d: Duration) -> Millis {
     Millis::try_from(d.as_millis()).unwrap_or(Millis::MAX)
 }
@@ -197,6 +203,37 @@ impl Sessions {
     /// Ends the session of `token`.
     pub async fn end(&self, token: &str) -> Result<(), Error> {
         self.store.delete_session(&stored_id("s_", token)).await
+    }
+
+    /// The live sessions, soonest to end first, at most `limit`, each with
+    /// its id: the digest the store keeps (`s_…`), which opens nothing.
+    pub async fn list(&self, limit: usize) -> Result<Vec<(String, Session)>, Error> {
+        Ok(self
+            .store
+            .live_sessions("s_", now_ms(), limit)
+            .await?
+            .into_iter()
+            .filter_map(|(id, body)| Some((id, serde_json::from_slice(&body).ok()?)))
+            .collect())
+    }
+
+    /// The live session of store id `id` (as [`Sessions::list`] names it).
+    pub async fn by_id(&self, id: &str) -> Result<Option<Session>, Error> {
+        if !is_session_id(id) {
+            return Ok(None);
+        }
+        let Some(body) = self.store.session(id, now_ms()).await? else {
+            return Ok(None);
+        };
+        Ok(serde_json::from_slice(&body).ok())
+    }
+
+    /// Ends the session of store id `id`.
+    pub async fn end_id(&self, id: &str) -> Result<(), Error> {
+        if !is_session_id(id) {
+            return Ok(());
+        }
+        self.store.delete_session(id).await
     }
 
     /// A one-time link for `role`, made by an admin signed in `by`: its

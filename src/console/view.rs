@@ -36,6 +36,7 @@ pub fn page(ctx: Option<&Ctx>, title: &str, refresh: Option<u32>, body: Markup) 
                             @if ctx.operator() {
                                 a href="/console/tenants" { "Tenants" }
                                 a href="/console/plugins" { "Plugins" }
+                                a href="/console/sessions" { "Sessions" }
                             }
                         }
                         div.who {

@@ -327,6 +327,36 @@ impl CatalogStore for EmbeddedCatalog {
         .await
     }
 
+    async fn live_sessions(&self, prefix: &str, now: Millis, limit: usize) -> Result<Vec<(String, Vec<u8>)>, Error> {
+        let prefix = prefix.to_owned();
+        self.blocking(move |db, path| {
+            let txn = db.begin_read().map_err(|e| failed(path, "begin read", e))?;
+            let table = match txn.open_table(SESSIONS) {
+                Ok(table) => table,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+                Err(e) => return Err(failed(path, "open sessions", e)),
+            };
+            let mut live: Vec<(Millis, String, Vec<u8>)> = Vec::new();
+            for entry in table
+                .range(prefix.as_str()..)
+                .map_err(|e| failed(path, "read sessions", e))?
+            {
+                let (key, value) = entry.map_err(|e| failed(path, "read sessions", e))?;
+                if !key.value().starts_with(prefix.as_str()) {
+                    break;
+                }
+                let stored = value.value();
+                if let Some(body) = super::live_session(stored, now) {
+                    let expires_at = Millis::from_be_bytes(stored[..8].try_into().unwrap_or_default());
+                    live.push((expires_at, key.value().to_owned(), body));
+                }
+            }
+            live.sort();
+            Ok(live.into_iter().take(limit).map(|(_, id, body)| (id, body)).collect())
+        })
+        .await
+    }
+
     async fn delete_session(&self, id: &str) -> Result<(), Error> {
         let id = id.to_owned();
         self.blocking(move |db, path| {

@@ -221,6 +221,11 @@ pub trait CatalogStore: Send + Sync + 'static {
 
     /// Removes the session `id`, if there is one.
     async fn delete_session(&self, id: &str) -> Result<(), Error>;
+
+    /// The sessions whose id starts with `prefix`, live at `now`: (id,
+    /// body) pairs, soonest to expire first, at most `limit`. What an
+    /// operator lists to end them.
+    async fn live_sessions(&self, prefix: &str, now: Millis, limit: usize) -> Result<Vec<(String, Vec<u8>)>, Error>;
 }
 
 /// A stored session: when it expires, then its body. Both backends keep

@@ -60,6 +60,14 @@ pub fn session_key(prefix: &str, id: &str) -> String {
     format!("{}session:{id}", base(prefix))
 }
 
+/// `{prefix}:{catalog}:sessions`, a sorted set: member = a session's id
+/// (`s_…`; links are not in it), score = when it expires. Written by
+/// put_session (add), take_session and delete_session (remove) and
+/// live_sessions (drops the expired), so sessions can be listed.
+pub fn sessions_key(prefix: &str) -> String {
+    format!("{}sessions", base(prefix))
+}
+
 /// The field of a record in [`records_key`]: `<kind>/<id>`.
 pub fn record_field(kind: Kind, id: &str) -> String {
     format!("{}/{id}", kind.as_str())
@@ -146,7 +154,28 @@ return redis.call('HGETALL', KEYS[1])
 /// (ms since the epoch).
 const PUT_SESSION_LUA: &str = r#"
 redis.call('SET', KEYS[1], ARGV[1], 'PXAT', ARGV[2])
+if ARGV[3] ~= '' then redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3]) end
 return 0
+"#;
+
+/// List live sessions. KEYS: [`sessions_key`]. ARGV: now ms, most to
+/// return, the session keys' base (`session:` under the catalogue's tag).
+/// Drops expired ids (and ids whose key is gone) from the index; returns
+/// {id, stored, ...}, soonest to expire first.
+const LIVE_SESSIONS_LUA: &str = r#"
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[1], '+inf', 'LIMIT', 0, tonumber(ARGV[2]))
+local out = {}
+for _, id in ipairs(ids) do
+  local v = redis.call('GET', ARGV[3] .. id)
+  if v then
+    out[#out + 1] = id
+    out[#out + 1] = v
+  else
+    redis.call('ZREM', KEYS[1], id)
+  end
+end
+return out
 "#;
 
 /// Read a session. KEYS: the session. Returns it, or nil.
@@ -159,11 +188,13 @@ return redis.call('GET', KEYS[1])
 const TAKE_SESSION_LUA: &str = r#"
 local v = redis.call('GET', KEYS[1])
 if v then redis.call('DEL', KEYS[1]) end
+if KEYS[2] then redis.call('ZREM', KEYS[2], ARGV[1]) end
 return v
 "#;
 
-/// Delete a session. KEYS: the session.
+/// Delete a session. KEYS: the session, [`sessions_key`]. ARGV: its id.
 const DELETE_SESSION_LUA: &str = r#"
+redis.call('ZREM', KEYS[2], ARGV[1])
 return redis.call('DEL', KEYS[1])
 "#;
 
@@ -171,6 +202,7 @@ static PUT_SESSION: LazyLock<Script> = LazyLock::new(|| Script::new(PUT_SESSION_
 static SESSION: LazyLock<Script> = LazyLock::new(|| Script::new(SESSION_LUA));
 static TAKE_SESSION: LazyLock<Script> = LazyLock::new(|| Script::new(TAKE_SESSION_LUA));
 static DELETE_SESSION: LazyLock<Script> = LazyLock::new(|| Script::new(DELETE_SESSION_LUA));
+static LIVE_SESSIONS: LazyLock<Script> = LazyLock::new(|| Script::new(LIVE_SESSIONS_LUA));
 static VERSION: LazyLock<Script> = LazyLock::new(|| Script::new(VERSION_LUA));
 static APPLY: LazyLock<Script> = LazyLock::new(|| Script::new(APPLY_LUA));
 static LOAD: LazyLock<Script> = LazyLock::new(|| Script::new(LOAD_LUA));
@@ -232,11 +264,14 @@ impl RedisCatalog {
     }
 
     /// A call on one session's key.
+    /// A call on session `id`: its key and the index, then its id.
     fn session_call(&self, id: &str) -> Call {
-        Call {
-            keys: vec![session_key(&self.prefix, id)],
+        let mut call = Call {
+            keys: vec![session_key(&self.prefix, id), sessions_key(&self.prefix)],
             args: Vec::new(),
-        }
+        };
+        call.arg(id);
+        call
     }
 
     /// A session read by `script` ([`SESSION`] or [`TAKE_SESSION`]),
@@ -406,11 +441,41 @@ impl CatalogStore for RedisCatalog {
     }
 
     async fn put_session(&self, id: &str, body: &[u8], expires_at: Millis) -> Result<(), Error> {
-        let mut call = self.session_call(id);
+        let mut call = Call {
+            keys: vec![session_key(&self.prefix, id), sessions_key(&self.prefix)],
+            args: Vec::new(),
+        };
         call.args.push(super::encode_session(body, expires_at));
         call.arg(expires_at);
+        // Sessions are indexed for listing; one-time links are not.
+        call.arg(if id.starts_with("s_") { id } else { "" });
         self.run("keep a console session", &PUT_SESSION, call).await?;
         Ok(())
+    }
+
+    async fn live_sessions(&self, prefix: &str, now: Millis, limit: usize) -> Result<Vec<(String, Vec<u8>)>, Error> {
+        let mut call = Call {
+            keys: vec![sessions_key(&self.prefix)],
+            args: Vec::new(),
+        };
+        call.arg(now);
+        call.arg(limit);
+        call.arg(session_key(&self.prefix, ""));
+        let Value::Array(items) = self.run("list console sessions", &LIVE_SESSIONS, call).await? else {
+            return Err(Error::Redis("unexpected reply from the session listing".into()));
+        };
+        let mut out = Vec::new();
+        let mut items = items.into_iter();
+        while let (Some(id), Some(stored)) = (items.next(), items.next()) {
+            let id = String::from_utf8(bytes_of(id)?).map_err(|e| Error::Redis(e.to_string()))?;
+            if !id.starts_with(prefix) {
+                continue;
+            }
+            if let Some(body) = super::live_session(&bytes_of(stored)?, now) {
+                out.push((id, body));
+            }
+        }
+        Ok(out)
     }
 
     async fn session(&self, id: &str, now: Millis) -> Result<Option<Vec<u8>>, Error> {

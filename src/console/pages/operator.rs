@@ -26,6 +26,74 @@ pub(super) fn routes() -> Router<Console> {
         .route("/console/tenants/{id}/portal", post(portal_link))
         .route("/console/tenants/{id}/delete", post(delete))
         .route("/console/plugins", get(plugins).post(run_plugin))
+        .route("/console/sessions", get(sessions))
+        .route("/console/sessions/{id}/end", post(end_session))
+}
+
+#[derive(Deserialize)]
+struct SessionList {
+    sessions: Vec<serde_json::Value>,
+}
+
+/// The live console sessions, each with a button that ends it.
+async fn sessions(State(console): State<Console>, ctx: Ctx, Query(q): Query<Done>) -> Response {
+    if let Err(page) = operator_only(&ctx) {
+        return page;
+    }
+    let listed: SessionList = match console.api.get(&ctx.principal, "/v1/console/sessions").await {
+        Ok(l) => l,
+        Err(page) => return page,
+    };
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_owned();
+    let via = |v: &serde_json::Value| -> String {
+        let kind = v["kind"].as_str().unwrap_or("");
+        match kind {
+            "key" => format!("key {}", text(&v["key_id"])),
+            "config_key" => "a server.api_keys key".into(),
+            "link" => match v["made_by"]["kind"].as_str() {
+                Some("key") => format!("a link made with key {}", text(&v["made_by"]["key_id"])),
+                Some(_) => "a link made with a server.api_keys key".into(),
+                None => "a link".into(),
+            },
+            _ => "the open API".into(),
+        }
+    };
+    let body = html! {
+        @if q.done == "ended" { (view::notice("Session ended: its browser is signed out at its next page.")) }
+        @if listed.sessions.is_empty() { p { "No sessions." } }
+        @else {
+            div.scroll { table {
+                thead { tr { th { "Session" } th { "For" } th { "Signed in with" } th { "Ends" } th {} } }
+                tbody { @for s in &listed.sessions {
+                    @let id = text(&s["id"]);
+                    tr {
+                        td { code { (id.chars().take(14).collect::<String>()) "…" } }
+                        td { @match s["tenant"].as_str() { Some(t) => { "Tenant " (t) }, None => { "Operator" } } }
+                        td { (via(&s["via"])) }
+                        td { (text(&s["expires_at"])) }
+                        td { (view::action(&ctx, &format!("/console/sessions/{}/end", segment(&id)), "End")) }
+                    }
+                } }
+            } }
+        }
+    };
+    render(&ctx, "Sessions", body)
+}
+
+async fn end_session(
+    State(console): State<Console>,
+    ctx: Ctx,
+    Path(id): Path<String>,
+    Form(fields): Form<Fields>,
+) -> Response {
+    if let Err(page) = operator_only(&ctx) {
+        return page;
+    }
+    let path = format!("/v1/console/sessions/{}", segment(&id));
+    if let Err(page) = console.act(&ctx, &fields, Method::DELETE, &path, None).await {
+        return page;
+    }
+    Redirect::to("/console/sessions?done=ended").into_response()
 }
 
 #[derive(Deserialize)]
