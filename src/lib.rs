@@ -98,10 +98,12 @@
 //!   [`api::subscriptions`], tenants and keys in [`api::tenants`], the
 //!   event catalogue in [`api::event_types`], the overview of delivery
 //!   activity in [`api::stats`], the plugin registry in [`api::plugins`],
-//!   one-time console links in [`api::portal`], health) and a client of it
+//!   one-time console links and the listing and ending of console
+//!   sessions in [`api::portal`], health) and a client of it
 //!   for the CLI. [`api::serve`] runs it on hyper with the limits a public
-//!   listener needs: a connection cap, head and request timeouts, a
-//!   bounded shutdown; cross-site browser posts are refused. Every request is made by a
+//!   listener needs: a connection cap, head and request timeouts, an idle
+//!   timeout and a stream cap for HTTP/2, a bounded shutdown; cross-site
+//!   browser posts are refused. Every request is made by a
 //!   [`catalog::keys::Principal`] (admin, producer, tenant); a tenant sees
 //!   its own objects only, another's being a 404. A tenant's own are those
 //!   of its *generation* ([`catalog::Snapshot::owns`]): a tenant made again
@@ -112,7 +114,9 @@
 //!   Its pages read and act through the API's own routes, called in
 //!   process as the session's principal, so a tenant's portal has exactly
 //!   a tenant key's reach. Sessions and one-time links live in the
-//!   catalogue store ([`console::session`]), shared by every process.
+//!   catalogue store ([`console::session`]), shared by every process; each
+//!   remembers the key that let it in (a link, the key of the admin who
+//!   made it) and ends with that key.
 //! - [`cli`]: the operator verbs' side of that API (`hookd subscriptions`,
 //!   `deliveries`, `attempts`, `event`, `retry`, `replay`, `enable`,
 //!   `disable`, `dead`): argument checks, and the tables printed from the
