@@ -1417,7 +1417,7 @@ impl NotifyConfig {
                     "must not be empty; leave it out to turn email off",
                 ));
             }
-            if self.smtp_tls == SmtpTls::None && self.smtp_username.is_some() && !is_loopback_host(host) {
+            if self.smtp_tls == SmtpTls::None && self.smtp_username.is_some() && !crate::model::is_local_host(host) {
                 return Err(invalid(
                     "notify.smtp_tls",
                     format!(
@@ -1687,13 +1687,6 @@ pub fn check_plugin_settings(key: &str, config: &BTreeMap<String, String>) -> Re
 
 /// Fewest characters of an entry of `server.api_keys`.
 pub const MIN_API_KEY_CHARS: usize = 16;
-
-/// `localhost`, or a loopback address (`127.0.0.1`, `[::1]`): a host whose
-/// traffic never leaves the machine. Any other name may resolve anywhere.
-fn is_loopback_host(host: &str) -> bool {
-    let host = host.trim().trim_start_matches('[').trim_end_matches(']');
-    host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
-}
 
 fn check_plugin_deadline(key: &str, deadline: Duration) -> Result<(), Error> {
     if deadline < Duration::from_millis(1) || deadline > MAX_PLUGIN_DEADLINE {

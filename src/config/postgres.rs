@@ -177,12 +177,8 @@ fn sslmode_of(url: &str) -> Option<String> {
 /// Whether every host of `config` is on this machine: a Unix socket,
 /// `localhost`, or a loopback address (and so is every `hostaddr`).
 fn is_local(config: &tokio_postgres::Config) -> bool {
-    let loopback = |text: &str| {
-        let text = text.strip_prefix('[').and_then(|t| t.strip_suffix(']')).unwrap_or(text);
-        text.eq_ignore_ascii_case("localhost") || text.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
-    };
     config.get_hosts().iter().all(|host| match host {
-        Host::Tcp(name) => loopback(name),
+        Host::Tcp(name) => crate::model::is_local_host(name),
         Host::Unix(_) => true,
     }) && config.get_hostaddrs().iter().all(IpAddr::is_loopback)
 }

@@ -63,6 +63,17 @@ impl Host {
     }
 }
 
+/// Whether `host`, as a config writes a server's host (a name, an IP
+/// address, an IPv6 address in brackets), is `localhost` or a loopback
+/// address: traffic to it never leaves the machine. Any other name may
+/// resolve anywhere (stricter than [`Host::is_loopback`], which also takes
+/// `*.localhost` for the API's own listener).
+pub fn is_local_host(host: &str) -> bool {
+    let host = host.trim();
+    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    host.eq_ignore_ascii_case("localhost") || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
 impl fmt::Display for Host {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

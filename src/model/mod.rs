@@ -20,7 +20,7 @@ pub(crate) use delivery::body_b64;
 pub use delivery::{CorruptRecord, Delivery, DeliveryId, PluginHeaders};
 pub use event::{check_event_type, is_internal, Event, EventId, EventPattern, INTERNAL_PREFIX};
 pub use headers::REDACTED;
-pub use host::Host;
+pub use host::{is_local_host, Host};
 pub use secret::{redact_url, serialize_redacted_values, RedactedUrl, RedactedValues, Secret};
 pub use subscription::{RateLimit, SubscriptionName};
 pub use tenant::TenantId;
