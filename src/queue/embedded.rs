@@ -1010,6 +1010,70 @@ impl<'txn> Tables<'txn> {
     }
 }
 
+/// A (death time, delivery id) position of a dead delivery, read from
+/// [`DEAD`] or [`DEAD_BY`].
+type DeadEntry = Result<(Millis, String), Error>;
+
+/// An entry of [`DEAD_BY`] as redb reads it.
+type ScopedEntry<'a> = Result<
+    (
+        redb::AccessGuard<'a, (&'static str, i64, &'static str)>,
+        redb::AccessGuard<'a, ()>,
+    ),
+    redb::StorageError,
+>;
+
+/// An entry of [`DEAD_BY`] as its position.
+fn scoped_entry(entry: ScopedEntry<'_>) -> DeadEntry {
+    let (key, _) = entry.map_err(read_err)?;
+    let (_, at, id) = key.value();
+    Ok((at, id.to_owned()))
+}
+
+/// The records of the first `limit` dead deliveries of `entries` (most
+/// recent first, as given); ids without a record are left out.
+fn newest_dead(
+    txn: &ReadTransaction,
+    entries: impl Iterator<Item = DeadEntry>,
+    limit: usize,
+) -> Result<Vec<Delivery>, Error> {
+    let records = txn.open_table(RECORDS).map_err(read_err)?;
+    let mut out = Vec::new();
+    for entry in entries.take(limit) {
+        let (_, id) = entry?;
+        if let Some(record) = records.get(id.as_str()).map_err(read_err)? {
+            out.push(Delivery::decode(&id, record.value())?);
+        }
+    }
+    Ok(out)
+}
+
+/// Up to `limit` dead deliveries of `entries` (in death order, from
+/// `after` on), with their death times: `after` itself and ids without a
+/// record are left out.
+fn walk_dead(
+    txn: &ReadTransaction,
+    entries: impl Iterator<Item = DeadEntry>,
+    after: Option<&(Millis, String)>,
+    limit: usize,
+) -> Result<Vec<(Millis, Delivery)>, Error> {
+    let records = txn.open_table(RECORDS).map_err(read_err)?;
+    let mut out = Vec::new();
+    for entry in entries {
+        if out.len() >= limit {
+            break;
+        }
+        let (at, id) = entry?;
+        if after.is_some_and(|(a, i)| (*a, i.as_str()) == (at, id.as_str())) {
+            continue;
+        }
+        if let Some(record) = records.get(id.as_str()).map_err(read_err)? {
+            out.push((at, Delivery::decode(&id, record.value())?));
+        }
+    }
+    Ok(out)
+}
+
 fn read_err(e: impl std::fmt::Display) -> Error {
     store("read", e)
 }
@@ -1149,16 +1213,12 @@ impl Queue for EmbeddedQueue {
     async fn dead(&self, limit: usize) -> Result<Vec<Delivery>, Error> {
         self.read(move |txn| {
             let dead = txn.open_table(DEAD).map_err(read_err)?;
-            let records = txn.open_table(RECORDS).map_err(read_err)?;
-            let mut out = Vec::new();
-            for entry in dead.iter().map_err(read_err)?.rev().take(limit) {
+            let newest = dead.iter().map_err(read_err)?.rev().map(|entry| {
                 let (key, _) = entry.map_err(read_err)?;
-                let (_, id) = key.value();
-                if let Some(record) = records.get(id).map_err(read_err)? {
-                    out.push(Delivery::decode(id, record.value())?);
-                }
-            }
-            Ok(out)
+                let (at, id) = key.value();
+                Ok((at, id.to_owned()))
+            });
+            newest_dead(txn, newest, limit)
         })
         .await
     }
@@ -1171,27 +1231,17 @@ impl Queue for EmbeddedQueue {
         let after = after.map(|(at, id)| (at, id.as_str().to_owned()));
         self.read(move |txn| {
             let dead = txn.open_table(DEAD).map_err(read_err)?;
-            let records = txn.open_table(RECORDS).map_err(read_err)?;
             let entries = match &after {
                 Some((at, id)) => dead.range((*at, id.as_str())..),
                 None => dead.range::<(i64, &str)>(..),
             }
-            .map_err(read_err)?;
-            let mut out = Vec::new();
-            for entry in entries {
-                if out.len() >= limit {
-                    break;
-                }
+            .map_err(read_err)?
+            .map(|entry| {
                 let (key, _) = entry.map_err(read_err)?;
                 let (at, id) = key.value();
-                if after.as_ref().is_some_and(|(a, i)| (*a, i.as_str()) == (at, id)) {
-                    continue;
-                }
-                if let Some(record) = records.get(id).map_err(read_err)? {
-                    out.push((at, Delivery::decode(id, record.value())?));
-                }
-            }
-            Ok(out)
+                Ok((at, id.to_owned()))
+            });
+            walk_dead(txn, entries, after.as_ref(), limit)
         })
         .await
     }
@@ -1200,19 +1250,10 @@ impl Queue for EmbeddedQueue {
         let scope = scope.key();
         self.read(move |txn| {
             let index = txn.open_table(DEAD_BY).map_err(read_err)?;
-            let records = txn.open_table(RECORDS).map_err(read_err)?;
-            let mut out = Vec::new();
             let range = index
                 .range((scope.as_str(), i64::MIN, "")..(scope.as_str(), i64::MAX, "\u{10ffff}"))
                 .map_err(read_err)?;
-            for entry in range.rev().take(limit) {
-                let (key, _) = entry.map_err(read_err)?;
-                let (_, _, id) = key.value();
-                if let Some(record) = records.get(id).map_err(read_err)? {
-                    out.push(Delivery::decode(id, record.value())?);
-                }
-            }
-            Ok(out)
+            newest_dead(txn, range.rev().map(scoped_entry), limit)
         })
         .await
     }
@@ -1227,7 +1268,6 @@ impl Queue for EmbeddedQueue {
         let after = after.map(|(at, id)| (at, id.as_str().to_owned()));
         self.read(move |txn| {
             let index = txn.open_table(DEAD_BY).map_err(read_err)?;
-            let records = txn.open_table(RECORDS).map_err(read_err)?;
             let start = match &after {
                 Some((at, id)) => (scope.as_str(), *at, id.as_str()),
                 None => (scope.as_str(), i64::MIN, ""),
@@ -1235,21 +1275,7 @@ impl Queue for EmbeddedQueue {
             let range = index
                 .range(start..(scope.as_str(), i64::MAX, "\u{10ffff}"))
                 .map_err(read_err)?;
-            let mut out = Vec::new();
-            for entry in range {
-                if out.len() >= limit {
-                    break;
-                }
-                let (key, _) = entry.map_err(read_err)?;
-                let (_, at, id) = key.value();
-                if after.as_ref().is_some_and(|(a, i)| (*a, i.as_str()) == (at, id)) {
-                    continue;
-                }
-                if let Some(record) = records.get(id).map_err(read_err)? {
-                    out.push((at, Delivery::decode(id, record.value())?));
-                }
-            }
-            Ok(out)
+            walk_dead(txn, range.map(scoped_entry), after.as_ref(), limit)
         })
         .await
     }
