@@ -86,14 +86,8 @@ async fn end_session(
     Path(id): Path<String>,
     Form(fields): Form<Fields>,
 ) -> Response {
-    if let Err(page) = operator_only(&ctx) {
-        return page;
-    }
     let path = format!("/v1/console/sessions/{}", segment(&id));
-    if let Err(page) = console.act(&ctx, &fields, Method::DELETE, &path, None).await {
-        return page;
-    }
-    Redirect::to("/console/sessions?done=ended").into_response()
+    operator_delete(&console, &ctx, &fields, &path, "/console/sessions?done=ended").await
 }
 
 #[derive(Deserialize)]
@@ -119,6 +113,19 @@ fn operator_only(ctx: &Ctx) -> Result<(), Response> {
     } else {
         Err(view::failure(StatusCode::FORBIDDEN, "this page is the operator's"))
     }
+}
+
+/// An operator's form that deletes what `path` names through the API,
+/// then goes to `then`; a tenant's session, a bad CSRF token or the API's
+/// refusal is the page shown instead.
+async fn operator_delete(console: &Console, ctx: &Ctx, fields: &Fields, path: &str, then: &str) -> Response {
+    if let Err(page) = operator_only(ctx) {
+        return page;
+    }
+    if let Err(page) = console.act(ctx, fields, Method::DELETE, path, None).await {
+        return page;
+    }
+    Redirect::to(then).into_response()
 }
 
 const FIELDS: [&str; 3] = ["id", "name", "plan"];
@@ -335,14 +342,15 @@ async fn revoke_key(
     Path((id, key)): Path<(String, String)>,
     Form(fields): Form<Fields>,
 ) -> Response {
-    if let Err(page) = operator_only(&ctx) {
-        return page;
-    }
     let path = format!("/v1/tenants/{}/keys/{}", segment(&id), segment(&key));
-    if let Err(page) = console.act(&ctx, &fields, Method::DELETE, &path, None).await {
-        return page;
-    }
-    Redirect::to(&format!("/console/tenants/{}?done=revoked", segment(&id))).into_response()
+    operator_delete(
+        &console,
+        &ctx,
+        &fields,
+        &path,
+        &format!("/console/tenants/{}?done=revoked", segment(&id)),
+    )
+    .await
 }
 
 async fn portal_link(
@@ -389,14 +397,8 @@ async fn delete(
     Path(id): Path<String>,
     Form(fields): Form<Fields>,
 ) -> Response {
-    if let Err(page) = operator_only(&ctx) {
-        return page;
-    }
     let path = format!("/v1/tenants/{}", segment(&id));
-    if let Err(page) = console.act(&ctx, &fields, Method::DELETE, &path, None).await {
-        return page;
-    }
-    Redirect::to("/console/tenants?done=deleted").into_response()
+    operator_delete(&console, &ctx, &fields, &path, "/console/tenants?done=deleted").await
 }
 
 #[derive(Deserialize)]
