@@ -78,6 +78,21 @@ async fn request(method: Method, url: &str, cookie: Option<&str>, form: Option<&
     }
 }
 
+/// Signs in at `base`'s console with `key`, from its own origin; the
+/// session cookie.
+async fn sign_in(base: &str, key: &str) -> String {
+    let signed = request(
+        Method::POST,
+        &format!("{base}/console/sign-in"),
+        None,
+        Some(&format!("key={key}")),
+        Some(base),
+    )
+    .await;
+    assert_eq!(signed.status, StatusCode::SEE_OTHER, "{}", signed.body);
+    signed.cookie()
+}
+
 /// Opens a one-time link as a browser would (its button posts it).
 async fn open_link(url: &str, origin: &str) -> Answer {
     let landing = request(Method::GET, url, None, None, None).await;
@@ -158,16 +173,7 @@ async fn a_session_ends_with_its_key_and_refuses_other_sites() {
     let (key_id, secret) = (key["id"].as_str().unwrap(), key["key"].as_str().unwrap());
 
     // A tenant key signs in to its portal; security headers on every page.
-    let signed = request(
-        Method::POST,
-        &format!("{base}/console/sign-in"),
-        None,
-        Some(&format!("key={secret}")),
-        Some(&base),
-    )
-    .await;
-    assert_eq!(signed.status, StatusCode::SEE_OTHER, "{}", signed.body);
-    let cookie = signed.cookie();
+    let cookie = sign_in(&base, secret).await;
     let page = request(Method::GET, &format!("{base}/console"), Some(&cookie), None, None).await;
     assert_eq!(page.status, StatusCode::OK);
     let csp = page.headers.get("content-security-policy").unwrap().to_str().unwrap();
@@ -239,18 +245,11 @@ async fn a_session_ends_with_its_key_and_refuses_other_sites() {
         "{}",
         refused.body
     );
-    let admin = request(
-        Method::POST,
-        &format!("{base}/console/sign-in"),
-        None,
-        Some(&format!("key={ADMIN}")),
-        Some(&base),
-    )
-    .await;
+    let admin = sign_in(&base, ADMIN).await;
     let page = request(
         Method::GET,
         &format!("{base}/console/tenants"),
-        Some(&admin.cookie()),
+        Some(&admin),
         None,
         None,
     )
@@ -354,23 +353,8 @@ async fn operators_list_and_end_sessions() {
         key["id"].as_str().unwrap().to_owned(),
         key["key"].as_str().unwrap().to_owned(),
     );
-    let sign_in = |key: String| {
-        let base = base.clone();
-        async move {
-            let signed = request(
-                Method::POST,
-                &format!("{base}/console/sign-in"),
-                None,
-                Some(&format!("key={key}")),
-                Some(&base),
-            )
-            .await;
-            assert_eq!(signed.status, StatusCode::SEE_OTHER, "{}", signed.body);
-            signed.cookie()
-        }
-    };
-    let tenant = sign_in(secret.clone()).await;
-    let operator = sign_in(ADMIN.to_owned()).await;
+    let tenant = sign_in(&base, &secret).await;
+    let operator = sign_in(&base, ADMIN).await;
     let listed = hookd.api.get("/v1/console/sessions").await.unwrap();
     let sessions = listed["sessions"].as_array().unwrap();
     assert_eq!(sessions.len(), 2, "{listed}");

@@ -115,6 +115,16 @@ fn event(id: &str, subscriptions: &[&str], shards: u16) -> NewEvent {
     }
 }
 
+/// [`event`] of `tenant`: its deliveries to `sub_…` subscriptions are
+/// that tenant's ([`Delivery::owner`]), the others the operator's.
+fn tenant_event(id: &str, tenant: &TenantId, subscriptions: &[&str], shards: u16) -> NewEvent {
+    let mut e = event(id, subscriptions, shards);
+    for d in &mut e.deliveries {
+        d.tenant = Some(tenant.clone());
+    }
+    e
+}
+
 /// Enqueues events of one delivery each, returning the deliveries.
 async fn enqueue_singles(q: &dyn Queue, ids: &[String], shards: u16) -> Vec<Delivery> {
     let events: Vec<NewEvent> = ids.iter().map(|id| event(id, &["crm"], shards)).collect();
@@ -1346,13 +1356,8 @@ mod cases {
         let q = fx.q();
         let acme = TenantId::parse("acme").unwrap();
         let zeta = TenantId::parse("zeta").unwrap();
-        let owned = |id: &str, tenant: &TenantId, subscriptions: &[&str]| {
-            let mut e = event(id, subscriptions, fx.shards());
-            for d in &mut e.deliveries {
-                d.tenant = Some(tenant.clone());
-            }
-            e
-        };
+        let owned =
+            |id: &str, tenant: &TenantId, subscriptions: &[&str]| tenant_event(id, tenant, subscriptions, fx.shards());
         // acme: 12 events, each to its own subscription and to the
         // operator's `crm` (which acme does not own); zeta: 3.
         let mut events: Vec<NewEvent> = (0..12)
@@ -1471,13 +1476,8 @@ mod cases {
         let q = fx.q();
         let acme = TenantId::parse("acme").unwrap();
         let zeta = TenantId::parse("zeta").unwrap();
-        let owned = |id: &str, tenant: &TenantId, subscriptions: &[&str]| {
-            let mut e = event(id, subscriptions, fx.shards());
-            for d in &mut e.deliveries {
-                d.tenant = Some(tenant.clone());
-            }
-            e
-        };
+        let owned =
+            |id: &str, tenant: &TenantId, subscriptions: &[&str]| tenant_event(id, tenant, subscriptions, fx.shards());
         let mut events: Vec<NewEvent> = (0..5)
             .map(|n| owned(&format!("evt_da{n}"), &acme, &["sub_acme1", "crm"]))
             .collect();
@@ -1693,11 +1693,7 @@ mod redis_only {
         let q = fx.q();
         let acme = TenantId::parse("acme").unwrap();
         let events: Vec<NewEvent> = (0..700)
-            .map(|n| {
-                let mut e = event(&format!("evt_old{n}"), &["sub_acme1"], fx.shards());
-                e.deliveries[0].tenant = Some(acme.clone());
-                e
-            })
+            .map(|n| tenant_event(&format!("evt_old{n}"), &acme, &["sub_acme1"], fx.shards()))
             .collect();
         q.enqueue(&events, WINDOW).await.unwrap();
         let claims = q.claim(now_ms(), LEASE, 1000).await.unwrap().claims;
@@ -1998,11 +1994,7 @@ mod embedded_only {
         {
             let q = EmbeddedQueue::open(&config).unwrap();
             let events: Vec<NewEvent> = (0..30)
-                .map(|n| {
-                    let mut e = event(&format!("evt_old{n}"), &["sub_acme1"], config.shards);
-                    e.deliveries[0].tenant = Some(acme.clone());
-                    e
-                })
+                .map(|n| tenant_event(&format!("evt_old{n}"), &acme, &["sub_acme1"], config.shards))
                 .collect();
             q.enqueue(&events, WINDOW).await.unwrap();
             let claims = q.claim(now_ms(), LEASE, 100).await.unwrap().claims;
