@@ -964,6 +964,9 @@ async fn rate_limits_pace_one_subscription(queue: &str, processes: usize) {
     // The 12 events split between the processes, posted at the same time,
     // so each process claims some at once.
     let all: Vec<&Hookd> = others.iter().chain([&hookd]).collect();
+    // No token can be taken before the events exist, so the bucket starts
+    // no earlier than this.
+    let posted = std::time::Instant::now();
     let posts = all.iter().enumerate().map(|(p, h)| {
         let events: Vec<Value> = (0..12)
             .filter(|n| n % all.len() == p)
@@ -987,15 +990,18 @@ async fn rate_limits_pace_one_subscription(queue: &str, processes: usize) {
         "the unlimited subscription is not held back by the limited one"
     );
     // Never faster than the limit, whichever process sent: two at once,
-    // then one per 200 ms (less 50 ms for the first request of each
-    // process, which also opens its connection).
-    let start = paced[0].at;
+    // then one per 200 ms. Delivery n's token is taken at least 200 (n - 1)
+    // ms after the bucket's first, and that one no earlier than the posts
+    // began; an arrival is never before its token. (Measuring from the
+    // first arrival instead would need slack for that request's own
+    // latency, which on a loaded machine has no bound.) The 2 ms cover the
+    // bucket's whole-millisecond clock.
     for (n, a) in paced.iter().enumerate().skip(2) {
-        let earliest = Duration::from_millis(200 * (n as u64 - 1)).saturating_sub(Duration::from_millis(50));
+        let earliest = Duration::from_millis(200 * (n as u64 - 1) - 2);
         assert!(
-            a.at.duration_since(start) >= earliest,
-            "delivery {n} came {:?} after the first, before {earliest:?}",
-            a.at.duration_since(start)
+            a.at.duration_since(posted) >= earliest,
+            "delivery {n} came {:?} after the posts began, before {earliest:?}",
+            a.at.duration_since(posted)
         );
     }
     // Waiting for the limit used no retry: one attempt each (max_retries = 0
