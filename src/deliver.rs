@@ -598,8 +598,9 @@ fn classify(error: &hyper_util::client::legacy::Error) -> Failure {
 }
 
 /// The error and its causes on one line, without hyper's generic top line
-/// ("client error (Connect)") when there is something more specific.
-fn describe(error: &hyper_util::client::legacy::Error) -> String {
+/// ("client error (Connect)") when there is something more specific. The
+/// API client ([`crate::api::client`]) says its errors the same way.
+pub(crate) fn describe(error: &hyper_util::client::legacy::Error) -> String {
     let mut parts: Vec<String> = Vec::new();
     let mut next = cause(error);
     while let Some(e) = next {

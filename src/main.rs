@@ -44,6 +44,10 @@ struct Remote {
     /// Config file, to find the server address and API key.
     #[arg(long, short, env = "HOOKD_CONFIG")]
     config: Option<PathBuf>,
+    /// PEM file of CA certificates to trust, beside the system's, for an
+    /// `https://` hookd (one serving its own `server.tls_cert`).
+    #[arg(long, env = "HOOKD_CA_FILE")]
+    ca_file: Option<PathBuf>,
 }
 
 impl Remote {
@@ -57,6 +61,9 @@ impl Remote {
         if let Some(config) = &self.config {
             args.extend(["--config".to_string(), config.display().to_string()]);
         }
+        if let Some(ca_file) = &self.ca_file {
+            args.extend(["--ca-file".to_string(), ca_file.display().to_string()]);
+        }
         args
     }
 
@@ -67,6 +74,8 @@ impl Remote {
     }
 }
 
+// Parsed once per run: the size of the largest verb's arguments costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Run hookd: the HTTP API, the stream consumer and the dispatcher.
@@ -1239,7 +1248,12 @@ fn client(remote: &Remote) -> anyhow::Result<ApiClient> {
             } else {
                 host
             };
-            format!("http://{host}:{}", addr.port())
+            let scheme = if config.server.tls_cert.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            format!("{scheme}://{host}:{}", addr.port())
         }
         (None, None) => bail!("give --server URL or --config FILE"),
     };
@@ -1247,5 +1261,9 @@ fn client(remote: &Remote) -> anyhow::Result<ApiClient> {
         .api_key
         .clone()
         .or_else(|| config.and_then(|c| c.server.api_keys.first().map(|k| k.expose().to_owned())));
-    Ok(ApiClient::new(&base, api_key).as_cli())
+    let client = match &remote.ca_file {
+        Some(path) => ApiClient::with_ca_file(&base, api_key, path)?,
+        None => ApiClient::new(&base, api_key),
+    };
+    Ok(client.as_cli())
 }

@@ -1347,3 +1347,134 @@ async fn text_logs_to_a_file_have_no_colour_and_no_forged_lines() {
     );
     assert!(text.contains(r"x\n2026-01-01"), "the newline shown escaped:\n{text}");
 }
+
+/// Runs the real `hookd` binary with `args` only (no `--server` added).
+async fn run_binary(args: &[&str]) -> Run {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookd"))
+        .args(args)
+        .env_remove("HOOKD_URL")
+        .env_remove("HOOKD_API_KEY")
+        .env_remove("HOOKD_CONFIG")
+        .env_remove("HOOKD_CA_FILE")
+        .output()
+        .await
+        .expect("cannot run the hookd binary");
+    Run {
+        args: args.join(" "),
+        code: output.status.code(),
+        stdout: String::from_utf8(output.stdout).expect("stdout is UTF-8"),
+        stderr: String::from_utf8(output.stderr).expect("stderr is UTF-8"),
+    }
+}
+
+#[tokio::test]
+async fn the_cli_talks_https_to_a_hookd_serving_its_own_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, certified.cert.pem()).unwrap();
+    std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
+    let toml = format!(
+        "[server]\napi_keys = [\"{KEY}\"]\ntls_cert = {:?}\ntls_key = {:?}\n[queue]\ndata_dir = {:?}\n\
+         [[subscriptions]]\nname = \"crm\"\nurl = \"https://crm.example.com/hooks\"\nevents = [\"coupon.*\"]\nsecrets = [\"{SECRET}\"]\n",
+        cert.display().to_string(),
+        key.display().to_string(),
+        dir.path().join("data").display().to_string(),
+    );
+    let hookd = support::daemon::Hookd::start(Config::from_toml(&toml).unwrap()).await;
+    let https = hookd.url.replacen("http://", "https://", 1);
+    let ca = cert.display().to_string();
+
+    // Trusting the certificate, the verbs work over HTTPS.
+    let run = run_binary(&[
+        "subscriptions",
+        "crm",
+        "--json",
+        "--server",
+        &https,
+        "--api-key",
+        KEY,
+        "--ca-file",
+        &ca,
+    ])
+    .await;
+    let crm = run.json();
+    assert_eq!(crm["url"], "https://crm.example.com/hooks", "{crm:#}");
+    let run = run_binary(&[
+        "send",
+        "--type",
+        "coupon.issued",
+        "--data",
+        "{\"n\":1}",
+        "--server",
+        &https,
+        "--api-key",
+        KEY,
+        "--ca-file",
+        &ca,
+    ])
+    .await;
+    run.ok();
+
+    // Without it, the certificate is refused, and the error says so.
+    let run = run_binary(&["subscriptions", "--server", &https, "--api-key", KEY]).await;
+    let stderr = run.failed();
+    assert!(
+        stderr.contains(&format!("cannot reach hookd at {https}/v1/subscriptions")) && stderr.contains("certificate"),
+        "{stderr}"
+    );
+    // A CA file that is not one is named.
+    let run = run_binary(&[
+        "subscriptions",
+        "--server",
+        &https,
+        "--api-key",
+        KEY,
+        "--ca-file",
+        &key.display().to_string(),
+    ])
+    .await;
+    let stderr = run.failed();
+    assert!(
+        stderr.starts_with(&format!(
+            "error: --ca-file {}: it holds no `BEGIN CERTIFICATE` block",
+            key.display()
+        )),
+        "{stderr}"
+    );
+    hookd.stop().await;
+}
+
+#[tokio::test]
+async fn the_cli_reads_a_bounded_answer() {
+    // Something at the URL answers 200 with a body past the client's limit,
+    // as fast as it can write it.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let server = tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut conn, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = vec![0u8; 4096];
+                let _ = conn.read(&mut head).await;
+                let total = hookd::api::client::MAX_ANSWER_BYTES + 1024;
+                let mut out =
+                    format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {total}\r\n\r\n")
+                        .into_bytes();
+                out.push(b'[');
+                out.resize(total + out.len() - 1, b' ');
+                let _ = conn.write_all(&out).await;
+            });
+        }
+    });
+    let run = run_binary(&["subscriptions", "--server", &url, "--api-key", KEY]).await;
+    let stderr = run.failed();
+    assert!(
+        stderr.starts_with(&format!(
+            "error: hookd's answer from {url}/v1/subscriptions is over the client's limit of {} bytes",
+            hookd::api::client::MAX_ANSWER_BYTES
+        )),
+        "{stderr}"
+    );
+    server.abort();
+}
