@@ -60,21 +60,9 @@ impl Hookd {
     }
 
     async fn cli_with_key(&self, args: &[&str], key: &str) -> Run {
-        let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookd"))
-            .args(args)
-            .args(["--server", &self.url, "--api-key", key])
-            .env_remove("HOOKD_URL")
-            .env_remove("HOOKD_API_KEY")
-            .env_remove("HOOKD_CONFIG")
-            .output()
-            .await
-            .expect("cannot run the hookd binary");
-        Run {
-            args: args.join(" "),
-            code: output.status.code(),
-            stdout: String::from_utf8(output.stdout).expect("stdout is UTF-8"),
-            stderr: String::from_utf8(output.stderr).expect("stderr is UTF-8"),
-        }
+        let mut run = run_binary(&[args, &["--server", &self.url, "--api-key", key]].concat()).await;
+        run.args = args.join(" ");
+        run
     }
 }
 
@@ -1348,7 +1336,8 @@ async fn text_logs_to_a_file_have_no_colour_and_no_forged_lines() {
     assert!(text.contains(r"x\n2026-01-01"), "the newline shown escaped:\n{text}");
 }
 
-/// Runs the real `hookd` binary with `args` only (no `--server` added).
+/// Runs the real `hookd` binary with `args`, none of its environment
+/// variables set.
 async fn run_binary(args: &[&str]) -> Run {
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookd"))
         .args(args)
