@@ -133,6 +133,27 @@ async fn enqueue_singles(q: &dyn Queue, ids: &[String], shards: u16) -> Vec<Deli
     events.into_iter().flat_map(|e| e.deliveries).collect()
 }
 
+/// Enqueues a backlog of 600 of acme's deliveries, then one of zeta's:
+/// zeta's id.
+async fn backlog_then_one(q: &dyn Queue, shards: u16) -> DeliveryId {
+    let acme = TenantId::parse("acme").unwrap();
+    let backlog: Vec<NewEvent> = (0..600)
+        .map(|n| tenant_event(&format!("evt_backlog{n}"), &acme, &["sub_acme1"], shards))
+        .collect();
+    q.enqueue(&backlog, WINDOW).await.unwrap();
+    let theirs = tenant_event("evt_zeta", &TenantId::parse("zeta").unwrap(), &["sub_zeta1"], shards);
+    let id = theirs.deliveries[0].id.clone();
+    q.enqueue(&[theirs], WINDOW).await.unwrap();
+    id
+}
+
+/// Whether a claim of 10 now takes `id`.
+async fn claims_in_ten(q: &dyn Queue, id: &DeliveryId) -> bool {
+    let claims = q.claim(now_ms(), LEASE, 10).await.unwrap().claims;
+    assert_eq!(claims.len(), 10);
+    claims.iter().any(|c| c.delivery.id == *id)
+}
+
 fn ids_of(claims: &[Claim]) -> Vec<DeliveryId> {
     claims.iter().map(|c| c.delivery.id.clone()).collect()
 }
@@ -267,6 +288,123 @@ mod cases {
                 other => panic!("a dedup key of {} bytes was not refused: {other:?}", bad.len()),
             }
         }
+    }
+
+    /// Owners take turns: one tenant's backlog never holds up another
+    /// owner's deliveries, however they came to be due (enqueued,
+    /// retried, unparked, replayed, rescheduled, after a restart), and the
+    /// backlog itself is still claimed, every delivery once.
+    pub async fn claims_let_owners_take_turns(fx: &mut Fixture) {
+        /// One claim of 10 at `now`: full, since the backlog is deep, and
+        /// zeta's delivery if it is in it.
+        async fn turn(q: &dyn Queue, now: Millis, zeta: &DeliveryId) -> (Vec<Claim>, Option<Claim>) {
+            let claims = q.claim(now, LEASE, 10).await.unwrap().claims;
+            assert_eq!(claims.len(), 10, "the backlog fills the batch");
+            let mine = claims.iter().find(|c| c.delivery.id == *zeta).cloned();
+            (claims, mine)
+        }
+        let acme = TenantId::parse("acme").unwrap();
+        let zeta = TenantId::parse("zeta").unwrap();
+        let q = fx.q();
+        let backlog: Vec<NewEvent> = (0..1000)
+            .map(|n| tenant_event(&format!("evt_backlog{n}"), &acme, &["sub_acme1"], fx.shards()))
+            .collect();
+        for chunk in backlog.chunks(250) {
+            q.enqueue(chunk, WINDOW).await.unwrap();
+        }
+        let operators: Vec<NewEvent> = (0..5)
+            .map(|n| event(&format!("evt_ops{n}"), &["crm"], fx.shards()))
+            .collect();
+        q.enqueue(&operators, WINDOW).await.unwrap();
+        let theirs = tenant_event("evt_zeta", &zeta, &["sub_zeta1"], fx.shards());
+        let id = theirs.deliveries[0].id.clone();
+        q.enqueue(&[theirs], WINDOW).await.unwrap();
+
+        let t = now_ms();
+        let (first, mine) = turn(&*q, t, &id).await;
+        let owned_by = |owner: Option<&TenantId>| first.iter().filter(|c| c.delivery.owner() == owner).count();
+        assert!(
+            mine.is_some(),
+            "zeta's one delivery took its turn: {:?}",
+            ids_of(&first)
+        );
+        let (of_acme, of_operator) = (owned_by(Some(&acme)), owned_by(None));
+        assert!(
+            of_acme >= 4 && of_operator >= 4,
+            "acme and the operator took turns: {of_acme} and {of_operator} of 10"
+        );
+
+        // Retried: due again later, and its turn comes then.
+        let mine = mine.unwrap();
+        q.settle(&[Settlement::Retry {
+            delivery: mine.delivery.clone(),
+            lease: mine.lease,
+            due: t + 1_000,
+        }])
+        .await
+        .unwrap();
+        assert!(turn(&*q, t + 500, &id).await.1.is_none(), "not before it is due");
+        let mine = turn(&*q, t + 1_000, &id).await.1.expect("a retry takes its turn");
+
+        // Parked, then unparked.
+        q.settle(&[Settlement::Park {
+            id: id.clone(),
+            lease: mine.lease,
+        }])
+        .await
+        .unwrap();
+        assert!(
+            turn(&*q, t + 1_000, &id).await.1.is_none(),
+            "a parked delivery is not claimed"
+        );
+        let sub = SubscriptionName::parse("sub_zeta1").unwrap();
+        assert_eq!(q.unpark(&sub, t + 1_000).await.unwrap(), 1);
+        let mine = turn(&*q, t + 1_000, &id)
+            .await
+            .1
+            .expect("an unparked delivery takes its turn");
+
+        // Dead, then replayed.
+        q.settle(&[Settlement::Dead {
+            delivery: mine.delivery.clone(),
+            lease: mine.lease,
+        }])
+        .await
+        .unwrap();
+        assert!(
+            turn(&*q, t + 1_000, &id).await.1.is_none(),
+            "a dead delivery is not claimed"
+        );
+        assert!(q.replay(&id, t + 1_000).await.unwrap());
+        let mine = turn(&*q, t + 1_000, &id)
+            .await
+            .1
+            .expect("a replayed delivery takes its turn");
+
+        // Rescheduled, then across a restart.
+        assert!(q.reschedule(&id, mine.lease, t + 2_000).await.unwrap());
+        drop(q);
+        fx.reopen().await;
+        let q = fx.q();
+        assert!(turn(&*q, t + 1_500, &id).await.1.is_none(), "not before its new time");
+        let mine = turn(&*q, t + 2_000, &id)
+            .await
+            .1
+            .expect("a rescheduled delivery takes its turn");
+        q.settle(&[Settlement::Ack {
+            id: id.clone(),
+            lease: mine.lease,
+        }])
+        .await
+        .unwrap();
+
+        // Once every lease has run out, one claim takes all that is left,
+        // each once: the turns starve nobody and lose nothing.
+        let all = q.claim(t + 10 * LEASE_MS, LEASE, 2_000).await.unwrap().claims;
+        let ids: HashSet<DeliveryId> = ids_of(&all).into_iter().collect();
+        assert_eq!((all.len(), ids.len()), (1005, 1005));
+        assert!(!ids.contains(&id), "acked is gone");
+        assert!(q.claim(t + 10 * LEASE_MS, LEASE, 10).await.unwrap().claims.is_empty());
     }
 
     pub async fn claims_respect_max_and_due_order_across_shards(fx: &mut Fixture) {
@@ -1648,6 +1786,7 @@ macro_rules! conformance {
             case!($open, events_without_deliveries_are_remembered);
             case!($open, dedup_keys_of_their_own_dedup_apart_from_event_ids);
             case!($open, claims_respect_max_and_due_order_across_shards);
+            case!($open, claims_let_owners_take_turns);
             case!($open, claims_are_invisible_until_the_lease_ends);
             case!($open, stale_leases_settle_nothing);
             case!($open, ack_removes);
@@ -1720,6 +1859,30 @@ mod redis_only {
         assert_eq!(again.dead_in(&scope, 1000).await.unwrap().len(), 700);
         let sub = DeadScope::Subscription(SubscriptionName::parse("sub_acme1").unwrap());
         assert_eq!(again.dead_in_after(&sub, None, 1000).await.unwrap().len(), 700);
+    }
+
+    /// A store whose due deliveries were queued before lanes existed has
+    /// them filed in lanes when a process connects: the owners take turns
+    /// from then on.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn due_deliveries_of_an_older_store_are_filed_in_lanes_on_connect() {
+        let fx = Fixture::open(Home::redis("lane_filing")).await;
+        let Home::Redis(server) = &fx.home else { unreachable!() };
+        let q = fx.q();
+        let zeta = backlog_then_one(&*q, fx.shards()).await;
+        // As an older hookd left it: no lanes, no marker.
+        let client = ::redis::Client::open(server.url()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let pattern = format!("{}:*:lanes*", fx.config.key_prefix);
+        let keys: Vec<String> = ::redis::cmd("KEYS").arg(&pattern).query_async(&mut conn).await.unwrap();
+        assert!(
+            keys.len() > fx.shards() as usize,
+            "lanes, their sets and markers: {keys:?}"
+        );
+        let _: () = ::redis::cmd("DEL").arg(&keys).query_async(&mut conn).await.unwrap();
+        assert!(!claims_in_ten(&*q, &zeta).await, "with no lanes, the oldest go first");
+        let again = RedisQueue::connect(&fx.config).await.unwrap();
+        assert!(claims_in_ten(&again, &zeta).await, "filed, zeta takes its turn");
     }
 
     #[tokio::test]
@@ -2019,6 +2182,35 @@ mod embedded_only {
         }
         let q = EmbeddedQueue::open(&config).unwrap();
         assert_eq!(q.dead_in(&DeadScope::Owner(acme), 100).await.unwrap().len(), 30);
+    }
+
+    /// A store whose due deliveries were queued before lanes existed has
+    /// them filed in lanes when it is opened.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn due_deliveries_of_an_older_store_are_filed_in_lanes_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = queue_config(&unique_prefix("lane_filing"), None, dir.path());
+        let zeta = {
+            let q = EmbeddedQueue::open(&config).unwrap();
+            backlog_then_one(&q, config.shards).await
+        };
+        // As an older hookd left it: no lane tables.
+        {
+            let db = redb::Database::open(dir.path().join(hookd::queue::embedded::FILE_NAME)).unwrap();
+            let txn = db.begin_write().unwrap();
+            for name in ["lane_due", "lane_heads", "lane_head"] {
+                let existed = match name {
+                    "lane_due" => txn.delete_table(redb::TableDefinition::<(&str, i64, &str), ()>::new(name)),
+                    "lane_heads" => txn.delete_table(redb::TableDefinition::<(i64, &str), ()>::new(name)),
+                    _ => txn.delete_table(redb::TableDefinition::<&str, i64>::new(name)),
+                }
+                .unwrap();
+                assert!(existed, "{name} is what this store has");
+            }
+            txn.commit().unwrap();
+        }
+        let q = EmbeddedQueue::open(&config).unwrap();
+        assert!(claims_in_ten(&q, &zeta).await, "filed, zeta takes its turn");
     }
 
     #[tokio::test]

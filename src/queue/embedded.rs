@@ -20,6 +20,7 @@
 //! so both ride with the settlements: a crash can undo a park (the delivery
 //! falls due again and is parked again) or the last second of health.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -76,6 +77,16 @@ const OWNER: TableDefinition<&str, &str> = TableDefinition::new("owner");
 /// dead): [`Queue::pending_of`]. Written with the move it counts: enqueue
 /// (+), settle (ack and dead −) and replay (+); a count of zero is removed.
 const PENDING: TableDefinition<&str, u64> = TableDefinition::new("pending");
+/// (lane, due ms, delivery id) for every entry of [`DUE`]: a lane is a
+/// delivery's owner ([`OWNER`]), or `""` for the operator's subscriptions.
+/// Claims let lanes take turns, so one tenant's backlog never holds up
+/// another's deliveries. Kept in step with [`DUE`] by `set_due` and
+/// `unset_due`, the only writers of either.
+const LANE_DUE: TableDefinition<(&str, i64, &str), ()> = TableDefinition::new("lane_due");
+/// (head ms, lane): every lane of [`LANE_DUE`] by its lowest due time.
+const LANE_HEADS: TableDefinition<(i64, &str), ()> = TableDefinition::new("lane_heads");
+/// Lane → its key in [`LANE_HEADS`].
+const LANE_HEAD: TableDefinition<&str, i64> = TableDefinition::new("lane_head");
 /// Subscription name → its [`SubscriptionState`] as JSON. Written by
 /// set_enabled and record_health.
 const SUBSCRIPTIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("subscriptions");
@@ -320,6 +331,9 @@ fn create_tables(db: &Database) -> Result<(), Error> {
         tables
             .index_unindexed_dead()
             .map_err(|e| store("index dead deliveries", e))?;
+        tables
+            .file_unlaned_due()
+            .map_err(|e| store("file due deliveries by owner", e))?;
     }
     txn.commit().map_err(|e| store("commit", e))
 }
@@ -589,6 +603,12 @@ struct Tables<'txn> {
     pending: Table<'txn, &'static str, u64>,
     /// [`DEAD_BY`].
     dead_by: Table<'txn, (&'static str, i64, &'static str), ()>,
+    /// [`LANE_DUE`].
+    lane_due: Table<'txn, (&'static str, i64, &'static str), ()>,
+    /// [`LANE_HEADS`].
+    lane_heads: Table<'txn, (i64, &'static str), ()>,
+    /// [`LANE_HEAD`].
+    lane_head: Table<'txn, &'static str, i64>,
 }
 
 impl<'txn> Tables<'txn> {
@@ -607,6 +627,9 @@ impl<'txn> Tables<'txn> {
             owner: txn.open_table(OWNER)?,
             pending: txn.open_table(PENDING)?,
             dead_by: txn.open_table(DEAD_BY)?,
+            lane_due: txn.open_table(LANE_DUE)?,
+            lane_heads: txn.open_table(LANE_HEADS)?,
+            lane_head: txn.open_table(LANE_HEAD)?,
         })
     }
 
@@ -637,6 +660,71 @@ impl<'txn> Tables<'txn> {
             dead = dead.len(),
             "filed the dead deliveries of an older store by subscription and owner"
         );
+        Ok(())
+    }
+
+    /// Files every due delivery in its lane if none is: a store written
+    /// before [`LANE_DUE`] existed (every delivery made due afterwards is
+    /// filed as it is).
+    fn file_unlaned_due(&mut self) -> Result<(), StoreError> {
+        if !self.lane_due.is_empty()? || self.due.is_empty()? {
+            return Ok(());
+        }
+        let due: Vec<(i64, String)> = self
+            .due
+            .iter()?
+            .map(|entry| {
+                entry.map(|(key, _)| {
+                    let (at, id) = key.value();
+                    (at, id.to_owned())
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        for (at, id) in &due {
+            let lane = self.owner_of(id)?.unwrap_or_default();
+            self.lane_due.insert((lane.as_str(), *at, id.as_str()), ())?;
+            self.rehead(&lane, None, Some(*at))?;
+        }
+        tracing::info!(due = due.len(), "filed the due deliveries of an older store by owner");
+        Ok(())
+    }
+
+    /// Keeps `lane`'s head in [`LANE_HEADS`] true after its entry at
+    /// `removed` left [`LANE_DUE`] and one at `added` came in.
+    fn rehead(&mut self, lane: &str, removed: Option<Millis>, added: Option<Millis>) -> Result<(), StoreError> {
+        let head = self.lane_head.get(lane)?.map(|g| g.value());
+        let new_head = match (head, added) {
+            (Some(h), Some(a)) if removed != Some(h) => a.min(h),
+            (Some(h), None) if removed != Some(h) => h,
+            (None, Some(a)) if removed.is_none() => a,
+            _ => {
+                let first = match self.lane_due.range((lane, i64::MIN, "")..)?.next() {
+                    Some(entry) => {
+                        let (key, _) = entry?;
+                        let (l, at, _) = key.value();
+                        (l == lane).then_some(at)
+                    }
+                    None => None,
+                };
+                match first {
+                    Some(at) => at,
+                    _ => {
+                        if let Some(h) = head {
+                            self.lane_heads.remove((h, lane))?;
+                            self.lane_head.remove(lane)?;
+                        }
+                        return Ok(());
+                    }
+                }
+            }
+        };
+        if head != Some(new_head) {
+            if let Some(h) = head {
+                self.lane_heads.remove((h, lane))?;
+            }
+            self.lane_heads.insert((new_head, lane), ())?;
+            self.lane_head.insert(lane, new_head)?;
+        }
         Ok(())
     }
 
@@ -720,19 +808,94 @@ impl<'txn> Tables<'txn> {
         })
     }
 
+    /// Makes `id` due at `due`, in [`DUE`] and in its lane.
     fn set_due(&mut self, id: &str, due: Millis) -> Result<(), StoreError> {
-        if let Some(old) = self.due_at.insert(id, due)?.map(|g| g.value()) {
+        let lane = self.owner_of(id)?.unwrap_or_default();
+        let old = self.due_at.insert(id, due)?.map(|g| g.value());
+        if let Some(old) = old {
             self.due.remove((old, id))?;
+            self.lane_due.remove((lane.as_str(), old, id))?;
         }
         self.due.insert((due, id), ())?;
+        self.lane_due.insert((lane.as_str(), due, id), ())?;
+        self.rehead(&lane, old, Some(due))
+    }
+
+    /// Takes `id` out of [`DUE`] and its lane (before its owner is
+    /// forgotten).
+    fn unset_due(&mut self, id: &str) -> Result<(), StoreError> {
+        let old = self.due_at.remove(id)?.map(|g| g.value());
+        if let Some(old) = old {
+            let lane = self.owner_of(id)?.unwrap_or_default();
+            self.due.remove((old, id))?;
+            self.lane_due.remove((lane.as_str(), old, id))?;
+            self.rehead(&lane, Some(old), None)?;
+        }
         Ok(())
     }
 
-    fn unset_due(&mut self, id: &str) -> Result<(), StoreError> {
-        if let Some(old) = self.due_at.remove(id)?.map(|g| g.value()) {
-            self.due.remove((old, id))?;
+    /// Up to `max` ids due at `now`, the lanes taking turns as the Redis
+    /// backend's claim does (see its `pick`): of the lanes with something
+    /// due (at most `max`, oldest head first, ties by lane), each hands
+    /// over its oldest due delivery in turn, up to `ceil(max / lanes)`
+    /// each; what that leaves of `max` goes to the oldest due deliveries
+    /// not picked.
+    fn pick(&self, now: Millis, max: usize) -> Result<Vec<(i64, String)>, StoreError> {
+        let end = now.saturating_add(1);
+        let lanes: Vec<String> = self
+            .lane_heads
+            .range(..(end, ""))?
+            .take(max)
+            .map(|entry| entry.map(|(key, _)| key.value().1.to_owned()))
+            .collect::<Result<_, _>>()?;
+        let mut out = Vec::with_capacity(max);
+        if !lanes.is_empty() {
+            let share = max.div_ceil(lanes.len());
+            let mut turns = Vec::with_capacity(lanes.len());
+            for lane in &lanes {
+                let items: Vec<(i64, String)> = self
+                    .lane_due
+                    .range((lane.as_str(), i64::MIN, "")..(lane.as_str(), end, ""))?
+                    .take(share)
+                    .map(|entry| {
+                        entry.map(|(key, _)| {
+                            let (_, at, id) = key.value();
+                            (at, id.to_owned())
+                        })
+                    })
+                    .collect::<Result<_, _>>()?;
+                turns.push(items.into_iter());
+            }
+            'rounds: loop {
+                let mut any = false;
+                for items in &mut turns {
+                    if out.len() == max {
+                        break 'rounds;
+                    }
+                    if let Some(item) = items.next() {
+                        out.push(item);
+                        any = true;
+                    }
+                }
+                if !any {
+                    break;
+                }
+            }
         }
-        Ok(())
+        if out.len() < max {
+            let picked: HashSet<String> = out.iter().map(|(_, id)| id.clone()).collect();
+            for entry in self.due.range(..(end, ""))? {
+                if out.len() == max {
+                    break;
+                }
+                let (key, _) = entry?;
+                let (at, id) = key.value();
+                if !picked.contains(id) {
+                    out.push((at, id.to_owned()));
+                }
+            }
+        }
+        Ok(out)
     }
 
     fn enqueue(&mut self, event: &Incoming, now: Millis, until: Millis) -> Result<Enqueued, StoreError> {
@@ -748,11 +911,11 @@ impl<'txn> Tables<'txn> {
         self.seen_expiry.insert((until, id), ())?;
         for (delivery, record, owner) in &event.deliveries {
             self.records.insert(delivery.as_str(), record.as_slice())?;
-            self.set_due(delivery, now)?;
             if let Some(owner) = owner {
                 self.owner.insert(delivery.as_str(), owner.as_str())?;
                 self.count_pending(owner, 1)?;
             }
+            self.set_due(delivery, now)?;
         }
         Ok(Enqueued::Accepted)
     }
@@ -763,30 +926,16 @@ impl<'txn> Tables<'txn> {
         lease_end: Millis,
         max: usize,
     ) -> Result<(Vec<RawClaim>, Option<Millis>), StoreError> {
-        let picked: Vec<(i64, String)> = self
-            .due
-            .range(..(now.saturating_add(1), ""))?
-            .take(max)
-            .map(|entry| {
-                entry.map(|(key, _)| {
-                    let (due, id) = key.value();
-                    (due, id.to_owned())
-                })
-            })
-            .collect::<Result<_, _>>()?;
+        let picked = self.pick(now, max)?;
         let mut claims = Vec::with_capacity(picked.len());
-        for (due, id) in picked {
-            self.due.remove((due, id.as_str()))?;
+        for (_, id) in picked {
             let record = self.records.get(id.as_str())?.map(|g| g.value().to_vec());
             match record {
                 Some(record) => {
-                    self.due.insert((lease_end, id.as_str()), ())?;
-                    self.due_at.insert(id.as_str(), lease_end)?;
+                    self.set_due(&id, lease_end)?;
                     claims.push((id, record));
                 }
-                None => {
-                    self.due_at.remove(id.as_str())?;
-                }
+                None => self.unset_due(&id)?,
             }
         }
         let next_due = if claims.is_empty() {

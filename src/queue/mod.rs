@@ -23,7 +23,15 @@
 //! - The claim's due time is its [`Lease`] token. A settlement applies only
 //!   while the delivery still carries that token, so a worker whose lease
 //!   ran out cannot undo what the next claimant did.
-//! - Claims go in order of due time, ties broken by [`DeliveryId`].
+//! - Claims are fair between owners ([`Delivery::owner`], or the operator
+//!   for the operator's subscriptions): of the owners with something due,
+//!   at most `max`, each hands over its oldest due delivery in turn (the
+//!   owner whose oldest is oldest first), up to `ceil(max / owners)` each;
+//!   what is left of `max` goes to the oldest due not yet taken. One
+//!   owner's deliveries go in order of due time, ties broken by
+//!   [`DeliveryId`], and so do all of them when one owner has all that is
+//!   due. Each backend keeps a per-owner index of what is due (lanes) in
+//!   the same atomic write as each move of a delivery's due time.
 //! - [`Settlement::Park`] moves a claimed delivery of a disabled
 //!   subscription aside, out of the due order, into its subscription's
 //!   parked set ordered by (`created_at`, id); [`Queue::unpark`] puts them
@@ -349,7 +357,7 @@ pub trait Queue: Send + Sync + 'static {
     async fn enqueue(&self, events: &[NewEvent], window: Duration) -> Result<Vec<Enqueued>, Error>;
 
     /// Claims up to `max` deliveries due at `now`, leasing each until
-    /// `now + lease`.
+    /// `now + lease`, the owners taking turns (see the module docs).
     async fn claim(&self, now: Millis, lease: Duration, max: usize) -> Result<Claimed, Error>;
 
     /// Applies settlements. One whose lease no longer matches (the lease ran

@@ -9,8 +9,17 @@
 //!
 //! A delivery's due time is its score in `due`; a claim pushes it to the end
 //! of the lease, and that score is the claim's [`Lease`] token: settlements
-//! apply only while `ZSCORE due id` still equals it. Claims take the lowest
-//! scores over all shards, ties broken by id (as the embedded store does).
+//! apply only while `ZSCORE due id` still equals it.
+//!
+//! Claims are fair between owners. Each shard's `due` is mirrored by one
+//! lane per owner (the tenant owning a delivery's subscription, or the
+//! operator), and [`lanes_key`] scores each lane by its oldest entry. A
+//! claim lets the owners with something due take turns, each its oldest
+//! first, then fills what is left of its batch with the oldest due, ties
+//! broken by id (as the embedded store does). So one tenant's backlog of
+//! 200,000 due deliveries costs another tenant's new delivery one turn,
+//! not the backlog's drain time. Every script that changes `due` changes
+//! the lane in the same run.
 //!
 //! A parked delivery leaves `due` for its shard's `parked:<subscription>`
 //! set. The settle script finds the subscription in the delivery's record
@@ -43,6 +52,7 @@
 //! one slot, so [`StateStore::record_health`] is one script run even on a
 //! cluster. They are few and small.
 
+use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
 use ::redis::Value;
@@ -59,8 +69,8 @@ mod scripts;
 
 use link::{Call, Failed, Redis};
 use scripts::{
-    CLAIM, DEPTH, ENQUEUE, EXPIRE_DEAD, FILE_DEAD, PEEK, RECORD_HEALTH, REPLAY, RESCHEDULE, SETTLE, SET_ENABLED,
-    TAKE_TOKENS, UNPARK,
+    CLAIM, DEPTH, ENQUEUE, EXPIRE_DEAD, FILE_DEAD, FILE_LANES, PEEK, RECORD_HEALTH, REPLAY, RESCHEDULE, SETTLE,
+    SET_ENABLED, TAKE_TOKENS, UNPARK,
 };
 
 /// `{prefix}:{N}:due`, a sorted set: member = delivery id, score = due time
@@ -153,6 +163,23 @@ pub fn pending_key(prefix: &str, shard: u16) -> String {
     format!("{prefix}:{{{shard}}}:pending")
 }
 
+/// `{prefix}:{N}:lanes`, a sorted set: member = a lane (the tenant owning a
+/// delivery's subscription, or `''` for the operator's), score = the lowest
+/// score in its lane. Each lane is the sorted set `{prefix}:{N}:lanes:<lane>`,
+/// which mirrors the lane's part of `due` (same members, same scores), so a
+/// claim can let owners take turns. Written with `due`, in the same script:
+/// enqueue, claim, settle, replay, reschedule and unpark.
+pub fn lanes_key(prefix: &str, shard: u16) -> String {
+    format!("{prefix}:{{{shard}}}:lanes")
+}
+
+/// `{prefix}:{N}:lanes_filed`, a string: set once every delivery the shard
+/// held in `due` when lanes came in is filed in its lane. Written by
+/// [`RedisQueue::connect`].
+pub fn lanes_filed_key(prefix: &str, shard: u16) -> String {
+    format!("{prefix}:{{{shard}}}:lanes_filed")
+}
+
 /// The hash tag of every subscription state key: one fixed slot.
 pub const STATE_TAG: &str = "s";
 
@@ -233,6 +260,7 @@ impl RedisQueue {
             skew: 0,
         };
         queue.file_unfiled_dead().await?;
+        queue.file_unlaned_due().await?;
         Ok(queue)
     }
 
@@ -284,6 +312,56 @@ impl RedisQueue {
         Ok(())
     }
 
+    /// Files the due deliveries of every shard not yet marked
+    /// [`lanes_filed_key`] in their lanes, in batches (a store written
+    /// before lanes; every delivery made due later is filed as it is).
+    /// Idempotent. A delivery that a claim finds in `due` but in no lane
+    /// (one an older hookd made due meanwhile) is still claimed, after the
+    /// lanes' turns.
+    async fn file_unlaned_due(&self) -> Result<(), Error> {
+        const BATCH: u64 = 500;
+        let marks = (0..self.shards)
+            .map(|s| {
+                let mut cmd = ::redis::cmd("EXISTS");
+                cmd.arg(lanes_filed_key(&self.prefix, s));
+                vec![cmd]
+            })
+            .collect();
+        let marks = self.redis.per_shard("lanes", marks).await?;
+        for (s, mark) in (0..self.shards).zip(marks) {
+            if mark.first().map(int_of).transpose()? == Some(1) {
+                continue;
+            }
+            let mut from = 0u64;
+            loop {
+                let mut call = Call {
+                    keys: vec![
+                        due_key(&self.prefix, s),
+                        owner_key(&self.prefix, s),
+                        lanes_key(&self.prefix, s),
+                        lanes_filed_key(&self.prefix, s),
+                    ],
+                    args: Vec::new(),
+                };
+                call.arg(from);
+                call.arg(BATCH);
+                let read = self.redis.eval("lanes", &FILE_LANES, vec![call]).await?;
+                match read.first().map(int_of).transpose()? {
+                    Some(n) if n > 0 => from += n as u64,
+                    _ => break,
+                }
+            }
+            if from > 0 {
+                tracing::info!(
+                    shard = s,
+                    due = from,
+                    "filed the due deliveries of an older store by owner"
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// This queue, reading this process's clock as `skew` ms off (ahead if
     /// positive), as a process whose clock is wrong would: for tests that
     /// show leases and due times follow Redis's clock.
@@ -297,11 +375,20 @@ impl RedisQueue {
         super::now_ms() + self.skew
     }
 
+    /// A shard's keys as the claim and peek scripts take them.
+    fn claim_keys(&self, s: u16) -> [String; 4] {
+        [
+            due_key(&self.prefix, s),
+            records_key(&self.prefix, s),
+            owner_key(&self.prefix, s),
+            lanes_key(&self.prefix, s),
+        ]
+    }
+
     fn claim_call(&self, shards: &[u16], now: Millis, lease: Millis, max: usize) -> Call {
         let mut call = Call::default();
         for &s in shards {
-            call.keys.push(due_key(&self.prefix, s));
-            call.keys.push(records_key(&self.prefix, s));
+            call.keys.extend(self.claim_keys(s));
         }
         call.arg(now);
         call.arg(self.wall());
@@ -310,8 +397,11 @@ impl RedisQueue {
         call
     }
 
-    /// On a cluster: peeks at every shard's due heads, picks the `max`
-    /// oldest over all shards, then claims that many from each shard.
+    /// On a cluster: peeks at what each shard's claim would pick, lets the
+    /// owners take turns over all shards as one shard's claim does (see
+    /// [`turns`]), then claims from each shard as many of each owner's as
+    /// the turns gave it (the oldest due of each then, which another
+    /// process's claim may have moved on from: never the same delivery).
     async fn claim_cluster(
         &self,
         order: &[u16],
@@ -323,7 +413,7 @@ impl RedisQueue {
             .iter()
             .map(|&s| {
                 let mut call = Call {
-                    keys: vec![due_key(&self.prefix, s)],
+                    keys: self.claim_keys(s).to_vec(),
                     args: Vec::new(),
                 };
                 call.arg(now);
@@ -340,8 +430,19 @@ impl RedisQueue {
                 return Err(unexpected("the peek script's pair", &reply));
             };
             let mut reply = reply.into_iter();
-            for (id, score) in pairs(reply.next().unwrap_or(Value::Nil))? {
-                candidates.push((score, id, position));
+            let found = match reply.next().unwrap_or(Value::Nil) {
+                Value::Array(found) => found,
+                Value::Nil => Vec::new(),
+                other => return Err(unexpected("the peek script's candidates", &other)),
+            };
+            let mut found = found.into_iter();
+            while let (Some(id), Some(score), Some(owner)) = (found.next(), found.next(), found.next()) {
+                candidates.push(Candidate {
+                    score: score_of(&score)?,
+                    id: text(id)?,
+                    owner: text(owner)?,
+                    position,
+                });
             }
             if let Some(head) = optional_score(reply.next().unwrap_or(Value::Nil))? {
                 next_due = Some(next_due.map_or(head, |n| n.min(head)));
@@ -350,16 +451,28 @@ impl RedisQueue {
         if candidates.is_empty() {
             return Ok((Vec::new(), next_due));
         }
-        candidates.sort_by(|a, b| a.0.total_cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
-        let mut counts = vec![0usize; order.len()];
-        for &(_, _, position) in candidates.iter().take(max) {
-            counts[position] += 1;
+        // Per shard, how many of each owner's the turns took.
+        let mut quotas: Vec<Vec<(String, usize)>> = vec![Vec::new(); order.len()];
+        for candidate in turns(candidates, max) {
+            let shard = &mut quotas[candidate.position];
+            match shard.iter_mut().find(|(owner, _)| *owner == candidate.owner) {
+                Some((_, n)) => *n += 1,
+                None => shard.push((candidate.owner, 1)),
+            }
         }
-        let calls: Vec<Call> = counts
+        let calls: Vec<Call> = quotas
             .iter()
             .enumerate()
-            .filter(|(_, &n)| n > 0)
-            .map(|(position, &n)| self.claim_call(&order[position..=position], now, lease, n))
+            .filter(|(_, quota)| !quota.is_empty())
+            .map(|(position, quota)| {
+                let n = quota.iter().map(|(_, n)| n).sum();
+                let mut call = self.claim_call(&order[position..=position], now, lease, n);
+                for (owner, n) in quota {
+                    call.arg(owner);
+                    call.arg(n);
+                }
+                call
+            })
             .collect();
         let replies = self.redis.eval("claim", &CLAIM, calls).await?;
         let mut claimed = Vec::new();
@@ -630,6 +743,54 @@ fn state_of(name: &str, value: Value) -> Result<SubscriptionState, Error> {
 
 /// What one claim script run handed out: each claim with the due time it
 /// had, and the next due time.
+/// A delivery a shard's claim would take, as the peek script reports it.
+struct Candidate {
+    /// Its due time, in Redis's clock.
+    score: f64,
+    id: String,
+    /// Its lane: the owning tenant, or `""`.
+    owner: String,
+    /// Its shard's position in the claim's shard order.
+    position: usize,
+}
+
+/// Up to `max` of `candidates`, the owners taking turns as the claim
+/// script's `pick` has them do within a shard: owners in the order of
+/// their oldest candidate (ties by owner), each handing over its oldest in
+/// turn, at most `ceil(max / owners)` each, the rest of `max` to the
+/// oldest left.
+fn turns(mut candidates: Vec<Candidate>, max: usize) -> Vec<Candidate> {
+    candidates.sort_by(|a, b| a.score.total_cmp(&b.score).then_with(|| a.id.cmp(&b.id)));
+    let mut index: HashMap<String, usize> = HashMap::new();
+    let mut owners: Vec<VecDeque<Candidate>> = Vec::new();
+    for candidate in candidates {
+        match index.get(&candidate.owner) {
+            Some(&i) => owners[i].push_back(candidate),
+            None => {
+                index.insert(candidate.owner.clone(), owners.len());
+                owners.push([candidate].into());
+            }
+        }
+    }
+    owners.truncate(max);
+    let share = max.div_ceil(owners.len().max(1));
+    let mut out = Vec::with_capacity(max);
+    for _ in 0..share {
+        for queue in &mut owners {
+            if out.len() == max {
+                break;
+            }
+            if let Some(candidate) = queue.pop_front() {
+                out.push(candidate);
+            }
+        }
+    }
+    let mut rest: Vec<Candidate> = owners.into_iter().flatten().collect();
+    rest.sort_by(|a, b| a.score.total_cmp(&b.score).then_with(|| a.id.cmp(&b.id)));
+    out.extend(rest.into_iter().take(max - out.len()));
+    out
+}
+
 type ClaimReply = (Vec<(Claim, f64)>, Option<Millis>);
 
 /// Decodes the claim script's reply: the claims, each with the due time it
@@ -673,6 +834,7 @@ impl Queue for RedisQueue {
                     call.keys.push(records_key(&self.prefix, s));
                     call.keys.push(owner_key(&self.prefix, s));
                     call.keys.push(pending_key(&self.prefix, s));
+                    call.keys.push(lanes_key(&self.prefix, s));
                 }
                 call.arg(window);
                 call.arg(self.wall());
@@ -761,6 +923,7 @@ impl Queue for RedisQueue {
                     call.keys.push(parked_at_key(&self.prefix, s));
                     call.keys.push(owner_key(&self.prefix, s));
                     call.keys.push(pending_key(&self.prefix, s));
+                    call.keys.push(lanes_key(&self.prefix, s));
                 }
                 call.arg(wall);
                 for settlement in settlements {
@@ -872,7 +1035,11 @@ impl Queue for RedisQueue {
     async fn reschedule(&self, id: &DeliveryId, expected: Lease, due: Millis) -> Result<bool, Error> {
         let s = id.shard();
         let mut call = Call {
-            keys: vec![due_key(&self.prefix, s)],
+            keys: vec![
+                due_key(&self.prefix, s),
+                owner_key(&self.prefix, s),
+                lanes_key(&self.prefix, s),
+            ],
             args: Vec::new(),
         };
         call.arg(id);
@@ -911,6 +1078,7 @@ impl Queue for RedisQueue {
                 records_key(&self.prefix, s),
                 owner_key(&self.prefix, s),
                 pending_key(&self.prefix, s),
+                lanes_key(&self.prefix, s),
             ],
             args: Vec::new(),
         };
@@ -1038,6 +1206,8 @@ impl Queue for RedisQueue {
                         call.keys.push(parked_key(&self.prefix, s, subscription));
                         call.keys.push(due_key(&self.prefix, s));
                         call.keys.push(parked_at_key(&self.prefix, s));
+                        call.keys.push(owner_key(&self.prefix, s));
+                        call.keys.push(lanes_key(&self.prefix, s));
                     }
                     call.arg(now);
                     call.arg(self.wall());

@@ -26,11 +26,191 @@ end
 local function ms(x) return string.format('%.0f', x) end
 "#;
 
-/// Enqueue. KEYS: `due`, `records`, `owner`, `pending` per shard group,
+/// Lanes, what every script that changes `due` also starts with (see
+/// [`super::lanes_key`]): `<lanes>:<owner>` mirrors the part of a shard's
+/// `due` that `owner` owns (a tenant, or `''` for the operator's
+/// subscriptions), and `lanes` scores each lane by its lowest score. A
+/// script changes lanes with `lane_put` (`zargs` = {score, id, ...}) and
+/// `lane_drop`, and calls `lane_heads()` once at the end, which rescores
+/// the lanes it changed and forgets the empty ones. `lane_of` is a
+/// delivery's lane, from the shard's `owner` hash.
+const LANES_LUA: &str = r#"
+local lanes_changed = {}
+local function lane_mark(lanes, owner)
+  local m = lanes_changed[lanes]
+  if m == nil then
+    m = {}
+    lanes_changed[lanes] = m
+  end
+  m[owner] = true
+end
+local function lane_put(lanes, owner, zargs)
+  for from = 1, #zargs, 1000 do
+    redis.call('ZADD', lanes .. ':' .. owner, unpack(zargs, from, math.min(from + 999, #zargs)))
+  end
+  lane_mark(lanes, owner)
+end
+local function lane_drop(lanes, owner, ids)
+  for from = 1, #ids, 1000 do
+    redis.call('ZREM', lanes .. ':' .. owner, unpack(ids, from, math.min(from + 999, #ids)))
+  end
+  lane_mark(lanes, owner)
+end
+local function lane_of(owner_hash, id)
+  return redis.call('HGET', owner_hash, id) or ''
+end
+local function lane_heads()
+  for lanes, owners in pairs(lanes_changed) do
+    for owner in pairs(owners) do
+      local head = redis.call('ZRANGE', lanes .. ':' .. owner, 0, 0, 'WITHSCORES')
+      if head[2] then
+        redis.call('ZADD', lanes, head[2], owner)
+      else
+        redis.call('ZREM', lanes, owner)
+      end
+    end
+  end
+  lanes_changed = {}
+end
+"#;
+
+/// Picking what a claim takes, shared by the claim and peek scripts.
+/// `pick(now, max)` picks up to `max` deliveries due at `now` (Redis's
+/// clock) from the shards of KEYS, four keys each (`due`, `records`,
+/// `owner`, `lanes`). Owners take turns, so that one tenant's backlog
+/// never holds up another's deliveries: of the owners with a due lane (at
+/// most `max`, those whose oldest due delivery is oldest), each hands
+/// over its oldest due delivery in turn, the owner with the oldest first,
+/// up to `ceil(max / owners)` each. What that leaves of `max` goes to the
+/// oldest due deliveries not picked, whoever owns them (and any that no
+/// lane holds). Ties are broken by id, compared bytewise whatever the
+/// server's locale. `pick(now, max, quotas)` with `quotas` = {owner, n,
+/// ...} takes instead the n oldest due of each owner named, in that order,
+/// before the fill: a cluster's claim, whose turns were taken over all
+/// shards by the caller. Returns `{{id, score, shard, owner or false},
+/// ...}` in pick order; `owner` is false for a delivery picked from `due`
+/// alone.
+const PICK_LUA: &str = r#"
+local function before(a, b)
+  for k = 1, math.min(#a, #b) do
+    local x, y = string.byte(a, k), string.byte(b, k)
+    if x ~= y then return x < y end
+  end
+  return #a < #b
+end
+local function earlier(x, a, y, b)
+  if x ~= y then return x < y end
+  return before(a, b)
+end
+-- Merges flat lists {id, score, ...}, each in (score, id) order, into one
+-- list of {id, score, k} (k: the list it came from) in that order, at
+-- most `limit` long, leaving out the ids in `skip`.
+local function merge(lists, limit, skip)
+  local pos, out = {}, {}
+  for k = 1, #lists do pos[k] = 1 end
+  while #out < limit do
+    local best, best_score, best_id = nil, nil, nil
+    for k = 1, #lists do
+      local list, p = lists[k], pos[k]
+      while p < #list and skip[list[p]] do p = p + 2 end
+      pos[k] = p
+      if p < #list then
+        local score, id = tonumber(list[p + 1]), list[p]
+        if best == nil or earlier(score, id, best_score, best_id) then
+          best, best_score, best_id = k, score, id
+        end
+      end
+    end
+    if best == nil then break end
+    out[#out + 1] = {best_id, best_score, best}
+    pos[best] = pos[best] + 2
+  end
+  return out
+end
+local function pick(now, max, quotas)
+  local shards = #KEYS / 4
+  local owners, of = {}, {}
+  for s = 1, quotas and 0 or shards do
+    local due_lanes = redis.call('ZRANGEBYSCORE', KEYS[4 * s], '-inf', now, 'WITHSCORES', 'LIMIT', 0, max)
+    for j = 1, #due_lanes, 2 do
+      local owner, head = due_lanes[j], tonumber(due_lanes[j + 1])
+      local o = of[owner]
+      if o == nil then
+        o = {owner = owner, head = head, lanes = {}}
+        of[owner] = o
+        owners[#owners + 1] = o
+      elseif head < o.head then
+        o.head = head
+      end
+      o.lanes[#o.lanes + 1] = {s, head}
+    end
+  end
+  local out, skip = {}, {}
+  for q = 1, quotas and #quotas or 0, 2 do
+    local owner, n = quotas[q], tonumber(quotas[q + 1])
+    local lists = {}
+    for s = 1, shards do
+      lists[s] = redis.call('ZRANGEBYSCORE', KEYS[4 * s] .. ':' .. owner, '-inf', now, 'WITHSCORES', 'LIMIT', 0, n)
+    end
+    for _, item in ipairs(merge(lists, n, skip)) do
+      out[#out + 1] = {item[1], item[2], item[3], owner}
+      skip[item[1]] = true
+    end
+  end
+  if #owners > 0 then
+    table.sort(owners, function(a, b) return earlier(a.head, a.owner, b.head, b.owner) end)
+    while #owners > max do owners[#owners] = nil end
+    local share = math.ceil(max / #owners)
+    for _, o in ipairs(owners) do
+      -- An owner's share comes from its `share` oldest lanes, and those
+      -- whose head ties with the last of them: a lane whose head is later
+      -- comes after `share` deliveries of those.
+      table.sort(o.lanes, function(a, b) return a[2] < b[2] or (a[2] == b[2] and a[1] < b[1]) end)
+      local lists, from = {}, {}
+      local cutoff = o.lanes[math.min(#o.lanes, share)][2]
+      for l = 1, #o.lanes do
+        if l > share and o.lanes[l][2] > cutoff then break end
+        local s = o.lanes[l][1]
+        lists[l] = redis.call('ZRANGEBYSCORE', KEYS[4 * s] .. ':' .. o.owner, '-inf', now, 'WITHSCORES', 'LIMIT', 0, share)
+        from[l] = s
+      end
+      o.items = merge(lists, share, skip)
+      for _, item in ipairs(o.items) do item[3] = from[item[3]] end
+    end
+    local round = 1
+    while #out < max do
+      local any = false
+      for _, o in ipairs(owners) do
+        local item = o.items[round]
+        if item and #out < max then
+          any = true
+          out[#out + 1] = {item[1], item[2], item[3], o.owner}
+          skip[item[1]] = true
+        end
+      end
+      if not any then break end
+      round = round + 1
+    end
+  end
+  if #out < max then
+    local lists = {}
+    for s = 1, shards do
+      lists[s] = redis.call('ZRANGEBYSCORE', KEYS[4 * s - 3], '-inf', now, 'WITHSCORES', 'LIMIT', 0, max + #out)
+    end
+    for _, item in ipairs(merge(lists, max - #out, skip)) do
+      out[#out + 1] = {item[1], item[2], item[3], false}
+    end
+  end
+  return out
+end
+"#;
+
+/// Enqueue. KEYS: `due`, `records`, `owner`, `pending`, `lanes` per shard group,
 /// then one `seen` key per event. ARGV: window ms, the caller's clock ms,
 /// then per event: group number, index of its `seen` key in KEYS, delivery
 /// count, and (id, record, owning tenant or empty) triples. Deliveries are
-/// due now (in Redis's clock); each owned one is counted in `pending`.
+/// due now (in Redis's clock), in `due` and their owner's lane; each owned
+/// one is counted in `pending`.
 /// Returns 1 (accepted) or 0 (duplicate) per event, in ARGV order.
 const ENQUEUE_LUA: &str = r#"
 local window, now = ARGV[1], ms(tonumber(ARGV[2]) + shift(ARGV[2]))
@@ -42,7 +222,7 @@ while i <= #ARGV do
   if redis.call('SET', seen, '1', 'NX', 'PX', window) then
     local adds = groups[g]
     if adds == nil then
-      adds = {records = {}, scores = {}, owners = {}, counts = {}}
+      adds = {records = {}, scores = {}, owners = {}, counts = {}, lanes = {}}
       groups[g] = adds
     end
     for j = i, i + 3 * n - 1, 3 do
@@ -51,6 +231,13 @@ while i <= #ARGV do
       table.insert(adds.scores, now)
       table.insert(adds.scores, ARGV[j])
       local t = ARGV[j + 2]
+      local lane = adds.lanes[t]
+      if lane == nil then
+        lane = {}
+        adds.lanes[t] = lane
+      end
+      lane[#lane + 1] = now
+      lane[#lane + 1] = ARGV[j]
       if t ~= '' then
         table.insert(adds.owners, ARGV[j])
         table.insert(adds.owners, t)
@@ -64,102 +251,120 @@ while i <= #ARGV do
   i = i + 3 * n
 end
 -- The accepted deliveries of each shard group: one HSET and one ZADD per
--- 500 of them, their owners, and one HINCRBY per owning tenant.
+-- 500 of them, their owners, their lanes, and one HINCRBY per owning tenant.
 for g, adds in pairs(groups) do
   for from = 1, #adds.records, 1000 do
     local to = math.min(from + 999, #adds.records)
-    redis.call('HSET', KEYS[4 * g - 2], unpack(adds.records, from, to))
-    redis.call('ZADD', KEYS[4 * g - 3], unpack(adds.scores, from, to))
+    redis.call('HSET', KEYS[5 * g - 3], unpack(adds.records, from, to))
+    redis.call('ZADD', KEYS[5 * g - 4], unpack(adds.scores, from, to))
   end
   for from = 1, #adds.owners, 1000 do
-    redis.call('HSET', KEYS[4 * g - 1], unpack(adds.owners, from, math.min(from + 999, #adds.owners)))
+    redis.call('HSET', KEYS[5 * g - 2], unpack(adds.owners, from, math.min(from + 999, #adds.owners)))
   end
   for t, n in pairs(adds.counts) do
-    redis.call('HINCRBY', KEYS[4 * g], t, n)
+    redis.call('HINCRBY', KEYS[5 * g - 1], t, n)
   end
+  for t, zargs in pairs(adds.lanes) do lane_put(KEYS[5 * g], t, zargs) end
 end
+lane_heads()
 return out
 "#;
 
-/// Claim. KEYS: `due`, `records` per shard. ARGV: the caller's now ms, the
-/// caller's clock ms, lease ms, max. Takes the `max` oldest due deliveries
-/// at now (moved to Redis's clock) over all shards given (ties by id,
-/// compared bytewise whatever the server's locale), re-scores them to the
-/// lease end (that now plus the lease) and returns `{next_due, lease end,
-/// id, record, old score, ...}` oldest first; `next_due` is the lowest
-/// score left, in the caller's clock, when nothing was claimed (nil
-/// otherwise or if empty). Ids whose record is missing are dropped from
-/// `due`.
+/// Claim. KEYS: `due`, `records`, `owner`, `lanes` per shard. ARGV: the
+/// caller's now ms, the caller's clock ms, lease ms, max, then optionally
+/// `pick`'s quotas (owner, n, ...). Takes up to `max` deliveries due at
+/// now (moved to Redis's clock) over all shards given, as `pick` chooses
+/// them (owners in turn, or by the quotas), re-scores them to the
+/// lease end (that now plus the lease) in `due` and in their lanes, and
+/// returns `{next_due, lease end, id, record, old score, ...}` in pick
+/// order; `next_due` is the lowest score left, in the caller's clock, when
+/// nothing was claimed (nil otherwise or if empty). Ids whose record is
+/// missing are dropped from `due` and their lane; a lane entry whose score
+/// `due` does not share (a lane an older hookd did not keep) is corrected
+/// from `due`, or dropped, and not claimed.
 const CLAIM_LUA: &str = r#"
-local function before(a, b)
-  for k = 1, math.min(#a, #b) do
-    local x, y = string.byte(a, k), string.byte(b, k)
-    if x ~= y then return x < y end
-  end
-  return #a < #b
-end
 local shift = shift(ARGV[2])
 local now = ms(tonumber(ARGV[1]) + shift)
 local lease_end, max = ms(tonumber(now) + tonumber(ARGV[3])), tonumber(ARGV[4])
-local shards = #KEYS / 2
-local found, pos, picked = {}, {}, {}
-for s = 1, shards do
-  found[s] = redis.call('ZRANGEBYSCORE', KEYS[2 * s - 1], '-inf', now, 'WITHSCORES', 'LIMIT', 0, max)
-  pos[s] = 1
-  picked[s] = {}
-end
-local order = {}
-while #order < max do
-  local best, best_score, best_id = nil, nil, nil
-  for s = 1, shards do
-    local p = pos[s]
-    if p < #found[s] then
-      local score, id = tonumber(found[s][p + 1]), found[s][p]
-      if best == nil or score < best_score or (score == best_score and before(id, best_id)) then
-        best, best_score, best_id = s, score, id
-      end
-    end
+local quotas = nil
+if #ARGV > 4 then quotas = {unpack(ARGV, 5)} end
+local picked = pick(now, max, quotas)
+local by_shard = {}
+for _, p in ipairs(picked) do
+  local b = by_shard[p[3]]
+  if b == nil then
+    b = {}
+    by_shard[p[3]] = b
   end
-  if best == nil then break end
-  local p = pos[best]
-  local id = found[best][p]
-  pos[best] = p + 2
-  picked[best][#picked[best] + 1] = id
-  order[#order + 1] = {id, found[best][p + 1]}
+  b[#b + 1] = p
 end
 local records = {}
-for s = 1, shards do
-  local ids, due, rec = picked[s], KEYS[2 * s - 1], KEYS[2 * s]
-  for first = 1, #ids, 1000 do
-    local zargs, hargs = {}, {}
-    for i = first, math.min(first + 999, #ids) do
+for s, items in pairs(by_shard) do
+  local due, rec, owner, lanes = KEYS[4 * s - 3], KEYS[4 * s - 2], KEYS[4 * s - 1], KEYS[4 * s]
+  local sure, unknown = {}, {}
+  for _, p in ipairs(items) do
+    if p[4] then
+      local score = redis.call('ZSCORE', due, p[1])
+      if score and tonumber(score) == p[2] then
+        sure[#sure + 1] = p
+      elseif score then
+        lane_put(lanes, p[4], {score, p[1]})
+      else
+        lane_drop(lanes, p[4], {p[1]})
+      end
+    else
+      sure[#sure + 1] = p
+      unknown[#unknown + 1] = p
+    end
+  end
+  for first = 1, #unknown, 1000 do
+    local ids = {}
+    for i = first, math.min(first + 999, #unknown) do ids[#ids + 1] = unknown[i][1] end
+    local got = redis.call('HMGET', owner, unpack(ids))
+    for i = 1, #ids do unknown[first + i - 1][4] = got[i] or '' end
+  end
+  local puts, drops = {}, {}
+  for first = 1, #sure, 1000 do
+    local zargs, ids = {}, {}
+    for i = first, math.min(first + 999, #sure) do
       zargs[#zargs + 1] = lease_end
-      zargs[#zargs + 1] = ids[i]
-      hargs[#hargs + 1] = ids[i]
+      zargs[#zargs + 1] = sure[i][1]
+      ids[#ids + 1] = sure[i][1]
     end
     redis.call('ZADD', due, unpack(zargs))
-    local got = redis.call('HMGET', rec, unpack(hargs))
-    for i = 1, #hargs do
+    local got = redis.call('HMGET', rec, unpack(ids))
+    for i = 1, #ids do
+      local o = sure[first + i - 1][4]
       if got[i] then
-        records[hargs[i]] = got[i]
+        records[ids[i]] = got[i]
+        local l = puts[o] or {}
+        puts[o] = l
+        l[#l + 1] = lease_end
+        l[#l + 1] = ids[i]
       else
-        redis.call('ZREM', due, hargs[i])
+        redis.call('ZREM', due, ids[i])
+        local l = drops[o] or {}
+        drops[o] = l
+        l[#l + 1] = ids[i]
       end
     end
   end
+  for o, zargs in pairs(puts) do lane_put(lanes, o, zargs) end
+  for o, ids in pairs(drops) do lane_drop(lanes, o, ids) end
 end
+lane_heads()
 local out = {false, lease_end}
-for _, o in ipairs(order) do
-  local r = records[o[1]]
+for _, p in ipairs(picked) do
+  local r = records[p[1]]
   if r then
-    out[#out + 1] = o[1]
+    out[#out + 1] = p[1]
     out[#out + 1] = r
-    out[#out + 1] = o[2]
+    out[#out + 1] = ms(p[2])
   end
 end
 if #out == 2 then
-  for s = 1, shards do
-    local head = redis.call('ZRANGE', KEYS[2 * s - 1], 0, 0, 'WITHSCORES')
+  for s = 1, #KEYS / 4 do
+    local head = redis.call('ZRANGE', KEYS[4 * s - 3], 0, 0, 'WITHSCORES')
     if head[2] then
       local score = tonumber(head[2]) - shift
       if out[1] == false or score < out[1] then out[1] = score end
@@ -170,13 +375,20 @@ end
 return out
 "#;
 
-/// Peek, on a cluster before claiming. KEYS: one shard's `due`. ARGV: the
-/// caller's now ms and clock ms, max. Returns `{{id, score, ...}, head}`:
-/// up to `max` due deliveries with their scores (in Redis's clock), oldest
-/// first, and the lowest score in the caller's clock (nil if empty).
+/// Peek, on a cluster before claiming. KEYS: one shard's `due`,
+/// `records`, `owner`, `lanes`. ARGV: the caller's now ms and clock ms,
+/// max. Returns `{{id, score, owner, ...}, head}`: what a claim of `max`
+/// would take (`pick`), with scores in Redis's clock and owners (`''` for
+/// the operator's), and the lowest score in the caller's clock (nil if
+/// empty).
 const PEEK_LUA: &str = r#"
 local shift = shift(ARGV[2])
-local found = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ms(tonumber(ARGV[1]) + shift), 'WITHSCORES', 'LIMIT', 0, ARGV[3])
+local found = {}
+for _, p in ipairs(pick(ms(tonumber(ARGV[1]) + shift), tonumber(ARGV[3]))) do
+  found[#found + 1] = p[1]
+  found[#found + 1] = ms(p[2])
+  found[#found + 1] = p[4] or lane_of(KEYS[3], p[1])
+end
 local head = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 if head[2] then return {found, ms(tonumber(head[2]) - shift)} end
 return {found, false}
@@ -197,8 +409,8 @@ end
 return out
 "#;
 
-/// Settle. KEYS: `due`, `records`, `dead`, `parked_at`, `owner`, `pending`
-/// per shard group.
+/// Settle. KEYS: `due`, `records`, `dead`, `parked_at`, `owner`, `pending`,
+/// `lanes` per shard group.
 /// ARGV: the caller's clock ms, then six fields per settlement: kind, group
 /// number, id, lease token, new due ms in the caller's clock (for park: the
 /// shard's [`super::parked_key_base`]; for dead: its [`super::dead_by_key`]s, one per
@@ -209,8 +421,8 @@ return out
 /// for the subscription and `created_at`; one whose record is missing or
 /// undecodable is not applied (left leased, it falls due again). An ack or
 /// a death takes the delivery out of its owner's `pending` count; an ack
-/// forgets its owner too (a dead one keeps it for a replay). Returns how
-/// many applied.
+/// forgets its owner too (a dead one keeps it for a replay). Each change to
+/// `due` is made to the delivery's lane too. Returns how many applied.
 const SETTLE_LUA: &str = r#"
 -- Takes `n` from tenant `t`'s count in `pending`, removing it at zero.
 local function release(pending, t, n)
@@ -227,7 +439,8 @@ local applied = 0
 local gone, acked = {}, {}
 for i = 2, #ARGV, 6 do
   local kind, g, id, lease = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2], tonumber(ARGV[i + 3])
-  local due, rec, dead, parked_at = KEYS[6 * g - 5], KEYS[6 * g - 4], KEYS[6 * g - 3], KEYS[6 * g - 2]
+  local k = 7 * (g - 1)
+  local due, rec, dead, parked_at, owner, lanes = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4], KEYS[k + 5], KEYS[k + 7]
   local score = nil
   if not gone[id] then score = redis.call('ZSCORE', due, id) end
   if score and tonumber(score) == lease then
@@ -236,27 +449,28 @@ for i = 2, #ARGV, 6 do
       acked[g] = acked[g] or {}
       table.insert(acked[g], id)
       applied = applied + 1
-    elseif kind == 'retry' then
-      redis.call('HSET', rec, id, ARGV[i + 5])
-      redis.call('ZADD', due, ms(tonumber(ARGV[i + 4]) + shifted()), id)
-      applied = applied + 1
-    elseif kind == 'defer' then
-      redis.call('ZADD', due, ms(tonumber(ARGV[i + 4]) + shifted()), id)
+    elseif kind == 'retry' or kind == 'defer' then
+      if kind == 'retry' then redis.call('HSET', rec, id, ARGV[i + 5]) end
+      local at = ms(tonumber(ARGV[i + 4]) + shifted())
+      redis.call('ZADD', due, at, id)
+      lane_put(lanes, lane_of(owner, id), {at, id})
       applied = applied + 1
     elseif kind == 'dead' then
       redis.call('ZREM', due, id)
+      lane_drop(lanes, lane_of(owner, id), {id})
       redis.call('HSET', rec, id, ARGV[i + 5])
       local at = ms(tonumber(ARGV[1]) + shifted())
       redis.call('ZADD', dead, at, id)
       for key in string.gmatch(ARGV[i + 4], '[^\n]+') do redis.call('ZADD', key, at, id) end
-      local t = redis.call('HGET', KEYS[6 * g - 1], id)
-      if t then release(KEYS[6 * g], t, 1) end
+      local t = redis.call('HGET', owner, id)
+      if t then release(KEYS[k + 6], t, 1) end
       applied = applied + 1
     elseif kind == 'park' then
       local ok, d = pcall(cjson.decode, redis.call('HGET', rec, id) or '')
       if ok and type(d) == 'table' and type(d.created_at) == 'number'
           and type(d.subscription) == 'string' and string.find(d.subscription, '^[%w%-_%.]+$') then
         redis.call('ZREM', due, id)
+        lane_drop(lanes, lane_of(owner, id), {id})
         redis.call('ZADD', ARGV[i + 4] .. d.subscription, string.format('%.0f', d.created_at), id)
         redis.call('HSET', parked_at, id, ms(tonumber(ARGV[1]) + shifted()))
         applied = applied + 1
@@ -265,22 +479,29 @@ for i = 2, #ARGV, 6 do
   end
 end
 for g, ids in pairs(acked) do
+  local k = 7 * (g - 1)
   for from = 1, #ids, 1000 do
     local part = {unpack(ids, from, math.min(from + 999, #ids))}
-    redis.call('ZREM', KEYS[6 * g - 5], unpack(part))
-    redis.call('HDEL', KEYS[6 * g - 4], unpack(part))
-    local owners, counts = redis.call('HMGET', KEYS[6 * g - 1], unpack(part)), {}
-    for _, t in ipairs(owners) do
-      if t then counts[t] = (counts[t] or 0) + 1 end
+    redis.call('ZREM', KEYS[k + 1], unpack(part))
+    redis.call('HDEL', KEYS[k + 2], unpack(part))
+    local owners, counts, lanes = redis.call('HMGET', KEYS[k + 5], unpack(part)), {}, {}
+    for j = 1, #part do
+      local t = owners[j] or ''
+      if t ~= '' then counts[t] = (counts[t] or 0) + 1 end
+      lanes[t] = lanes[t] or {}
+      table.insert(lanes[t], part[j])
     end
-    for t, n in pairs(counts) do release(KEYS[6 * g], t, n) end
-    redis.call('HDEL', KEYS[6 * g - 1], unpack(part))
+    for t, n in pairs(counts) do release(KEYS[k + 6], t, n) end
+    for t, lane in pairs(lanes) do lane_drop(KEYS[k + 7], t, lane) end
+    redis.call('HDEL', KEYS[k + 5], unpack(part))
   end
 end
+lane_heads()
 return applied
 "#;
 
-/// Unpark. KEYS: `parked:<subscription>`, `due`, `parked_at` per shard.
+/// Unpark. KEYS: `parked:<subscription>`, `due`, `parked_at`, `owner`,
+/// `lanes` per shard.
 /// ARGV: the caller's now ms, the caller's clock ms, most to move. Moves the lowest-scored parked deliveries,
 /// shard after shard, back to `due` scored by their `created_at` (at most
 /// now), until that many moved. Returns how many moved: fewer than asked
@@ -289,9 +510,9 @@ const UNPARK_LUA: &str = r#"
 local now = tonumber(ARGV[1]) + shift(ARGV[2])
 local budget = tonumber(ARGV[3])
 local moved = 0
-for s = 1, #KEYS / 3 do
+for s = 1, #KEYS / 5 do
   if budget <= 0 then break end
-  local parked, due, parked_at = KEYS[3 * s - 2], KEYS[3 * s - 1], KEYS[3 * s]
+  local parked, due, parked_at, owner, lanes = KEYS[5 * s - 4], KEYS[5 * s - 3], KEYS[5 * s - 2], KEYS[5 * s - 1], KEYS[5 * s]
   local items = redis.call('ZRANGE', parked, 0, budget - 1, 'WITHSCORES')
   if #items > 0 then
     local zargs, ids = {}, {}
@@ -305,12 +526,21 @@ for s = 1, #KEYS / 3 do
       ids[#ids + 1] = items[j]
     end
     redis.call('ZADD', due, unpack(zargs))
+    local owners, by_lane = redis.call('HMGET', owner, unpack(ids)), {}
+    for j = 1, #ids do
+      local t = owners[j] or ''
+      by_lane[t] = by_lane[t] or {}
+      table.insert(by_lane[t], zargs[2 * j - 1])
+      table.insert(by_lane[t], ids[j])
+    end
+    for t, lane in pairs(by_lane) do lane_put(lanes, t, lane) end
     redis.call('ZREM', parked, unpack(ids))
     redis.call('HDEL', parked_at, unpack(ids))
     moved = moved + #ids
     budget = budget - #ids
   end
 end
+lane_heads()
 return moved
 "#;
 
@@ -375,6 +605,30 @@ for j = 1, #items, 2 do
 end
 if #items < 2 * n then
   redis.call('SET', KEYS[3], '1')
+  return -1
+end
+return #items / 2
+"#;
+
+/// File due deliveries in lanes, for a shard written before lanes. KEYS:
+/// `due`, `owner`, `lanes`, [`super::lanes_filed_key`] of one shard. ARGV:
+/// the rank to start at, how many. Files that many due deliveries in their
+/// owner's lane at their score and, past the last, sets the marker.
+/// Returns how many it read, or -1 when done.
+const FILE_LANES_LUA: &str = r#"
+local from, n = tonumber(ARGV[1]), tonumber(ARGV[2])
+local items = redis.call('ZRANGE', KEYS[1], from, from + n - 1, 'WITHSCORES')
+local by_lane = {}
+for j = 1, #items, 2 do
+  local t = lane_of(KEYS[2], items[j])
+  by_lane[t] = by_lane[t] or {}
+  table.insert(by_lane[t], items[j + 1])
+  table.insert(by_lane[t], items[j])
+end
+for t, lane in pairs(by_lane) do lane_put(KEYS[3], t, lane) end
+lane_heads()
+if #items < 2 * n then
+  redis.call('SET', KEYS[4], '1')
   return -1
 end
 return #items / 2
@@ -465,8 +719,8 @@ end
 return out
 "#;
 
-/// Replay. KEYS: `dead`, `due`, `records`, `owner`, `pending` of one
-/// shard, then the delivery's [`super::dead_by_key`]s. ARGV: id, the dead score the caller read, the reset record, the
+/// Replay. KEYS: `dead`, `due`, `records`, `owner`, `pending`, `lanes` of
+/// one shard, then the delivery's [`super::dead_by_key`]s. ARGV: id, the dead score the caller read, the reset record, the
 /// caller's now ms, the caller's clock ms. Moves the delivery back to `due`
 /// (due at now, moved to Redis's clock) if it is still dead since that
 /// time, counting it in its owner's `pending` again. Returns 1 if moved.
@@ -475,21 +729,27 @@ local at = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if not at or tonumber(at) ~= tonumber(ARGV[2]) then return 0 end
 redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('HSET', KEYS[3], ARGV[1], ARGV[3])
-redis.call('ZADD', KEYS[2], ms(tonumber(ARGV[4]) + shift(ARGV[5])), ARGV[1])
+local at = ms(tonumber(ARGV[4]) + shift(ARGV[5]))
+redis.call('ZADD', KEYS[2], at, ARGV[1])
 local t = redis.call('HGET', KEYS[4], ARGV[1])
 if t then redis.call('HINCRBY', KEYS[5], t, 1) end
-for k = 6, #KEYS do redis.call('ZREM', KEYS[k], ARGV[1]) end
+lane_put(KEYS[6], t or '', {at, ARGV[1]})
+lane_heads()
+for k = 7, #KEYS do redis.call('ZREM', KEYS[k], ARGV[1]) end
 return 1
 "#;
 
-/// Reschedule. KEYS: `due` of one shard. ARGV: id, the due time the caller
+/// Reschedule. KEYS: `due`, `owner`, `lanes` of one shard. ARGV: id, the due time the caller
 /// expects it to have (its lease token, in Redis's clock), the new due time
 /// and the caller's clock ms. Returns 1 if it still had that due time and
 /// moved.
 const RESCHEDULE_LUA: &str = r#"
 local due = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if not due or tonumber(due) ~= tonumber(ARGV[2]) then return 0 end
-redis.call('ZADD', KEYS[1], ms(tonumber(ARGV[3]) + shift(ARGV[4])), ARGV[1])
+local at = ms(tonumber(ARGV[3]) + shift(ARGV[4]))
+redis.call('ZADD', KEYS[1], at, ARGV[1])
+lane_put(KEYS[3], lane_of(KEYS[2], ARGV[1]), {at, ARGV[1]})
+lane_heads()
 return 1
 "#;
 
@@ -513,18 +773,26 @@ if granted < want then next_at = math.ceil(tat - tolerance - shift) end
 return {granted, next_at}
 "#;
 
-pub(super) static ENQUEUE: LazyLock<Script> = LazyLock::new(|| Script::new(&format!("{CLOCK_LUA}{ENQUEUE_LUA}")));
-pub(super) static CLAIM: LazyLock<Script> = LazyLock::new(|| Script::new(&format!("{CLOCK_LUA}{CLAIM_LUA}")));
-pub(super) static PEEK: LazyLock<Script> = LazyLock::new(|| Script::new(&format!("{CLOCK_LUA}{PEEK_LUA}")));
+pub(super) static ENQUEUE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(&format!("{CLOCK_LUA}{LANES_LUA}{ENQUEUE_LUA}")));
+pub(super) static CLAIM: LazyLock<Script> =
+    LazyLock::new(|| Script::new(&format!("{CLOCK_LUA}{LANES_LUA}{PICK_LUA}{CLAIM_LUA}")));
+pub(super) static PEEK: LazyLock<Script> =
+    LazyLock::new(|| Script::new(&format!("{CLOCK_LUA}{LANES_LUA}{PICK_LUA}{PEEK_LUA}")));
 pub(super) static DEPTH: LazyLock<Script> = LazyLock::new(|| Script::new(&format!("{CLOCK_LUA}{DEPTH_LUA}")));
-pub(super) static SETTLE: LazyLock<Script> = LazyLock::new(|| Script::new(&format!("{CLOCK_LUA}{SETTLE_LUA}")));
-pub(super) static REPLAY: LazyLock<Script> = LazyLock::new(|| Script::new(&format!("{CLOCK_LUA}{REPLAY_LUA}")));
-pub(super) static RESCHEDULE: LazyLock<Script> = LazyLock::new(|| Script::new(&format!("{CLOCK_LUA}{RESCHEDULE_LUA}")));
+pub(super) static SETTLE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(&format!("{CLOCK_LUA}{LANES_LUA}{SETTLE_LUA}")));
+pub(super) static REPLAY: LazyLock<Script> =
+    LazyLock::new(|| Script::new(&format!("{CLOCK_LUA}{LANES_LUA}{REPLAY_LUA}")));
+pub(super) static RESCHEDULE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(&format!("{CLOCK_LUA}{LANES_LUA}{RESCHEDULE_LUA}")));
 pub(super) static TAKE_TOKENS: LazyLock<Script> =
     LazyLock::new(|| Script::new(&format!("{CLOCK_LUA}{TAKE_TOKENS_LUA}")));
-pub(super) static UNPARK: LazyLock<Script> = LazyLock::new(|| Script::new(&format!("{CLOCK_LUA}{UNPARK_LUA}")));
+pub(super) static UNPARK: LazyLock<Script> =
+    LazyLock::new(|| Script::new(&format!("{CLOCK_LUA}{LANES_LUA}{UNPARK_LUA}")));
 pub(super) static EXPIRE_DEAD: LazyLock<Script> =
     LazyLock::new(|| Script::new(&format!("{CLOCK_LUA}{EXPIRE_DEAD_LUA}")));
+pub(super) static FILE_LANES: LazyLock<Script> = LazyLock::new(|| Script::new(&format!("{LANES_LUA}{FILE_LANES_LUA}")));
 pub(super) static FILE_DEAD: LazyLock<Script> = LazyLock::new(|| Script::new(FILE_DEAD_LUA));
 pub(super) static SET_ENABLED: LazyLock<Script> = LazyLock::new(|| Script::new(SET_ENABLED_LUA));
 pub(super) static RECORD_HEALTH: LazyLock<Script> = LazyLock::new(|| Script::new(RECORD_HEALTH_LUA));
