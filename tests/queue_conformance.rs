@@ -407,6 +407,32 @@ mod cases {
         assert!(q.claim(t + 10 * LEASE_MS, LEASE, 10).await.unwrap().claims.is_empty());
     }
 
+    /// Claims smaller than the owners with something due still let them
+    /// take turns: one owner just served waits behind the others, so a
+    /// dispatcher claiming a few at a time (as it does when its slots are
+    /// full) never starves the owner whose deliveries came last.
+    pub async fn claims_of_one_alternate_between_owners(fx: &mut Fixture) {
+        let acme = TenantId::parse("acme").unwrap();
+        let zeta = TenantId::parse("zeta").unwrap();
+        let q = fx.q();
+        let backlog: Vec<NewEvent> = (0..20)
+            .map(|n| tenant_event(&format!("evt_one{n}"), &acme, &["sub_acme1"], fx.shards()))
+            .collect();
+        q.enqueue(&backlog, WINDOW).await.unwrap();
+        let theirs: Vec<NewEvent> = (0..3)
+            .map(|n| tenant_event(&format!("evt_two{n}"), &zeta, &["sub_zeta1"], fx.shards()))
+            .collect();
+        q.enqueue(&theirs, WINDOW).await.unwrap();
+        let t = now_ms();
+        let mut owners = Vec::new();
+        for i in 0..8 {
+            let claims = q.claim(t + i, LEASE, 1).await.unwrap().claims;
+            assert_eq!(claims.len(), 1);
+            owners.push(claims[0].delivery.owner().unwrap().as_str().to_owned());
+        }
+        assert_eq!(owners, ["acme", "zeta", "acme", "zeta", "acme", "zeta", "acme", "acme"]);
+    }
+
     pub async fn claims_respect_max_and_due_order_across_shards(fx: &mut Fixture) {
         let q = fx.q();
         let ids: Vec<String> = (0..6).map(|n| format!("evt_order_{n}")).collect();
@@ -1787,6 +1813,7 @@ macro_rules! conformance {
             case!($open, dedup_keys_of_their_own_dedup_apart_from_event_ids);
             case!($open, claims_respect_max_and_due_order_across_shards);
             case!($open, claims_let_owners_take_turns);
+            case!($open, claims_of_one_alternate_between_owners);
             case!($open, claims_are_invisible_until_the_lease_ends);
             case!($open, stale_leases_settle_nothing);
             case!($open, ack_removes);

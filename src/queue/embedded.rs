@@ -83,10 +83,15 @@ const PENDING: TableDefinition<&str, u64> = TableDefinition::new("pending");
 /// another's deliveries. Kept in step with [`DUE`] by `set_due` and
 /// `unset_due`, the only writers of either.
 const LANE_DUE: TableDefinition<(&str, i64, &str), ()> = TableDefinition::new("lane_due");
-/// (head ms, lane): every lane of [`LANE_DUE`] by its lowest due time.
+/// (turn ms, lane): every lane of [`LANE_DUE`] by its turn, the later of
+/// its lowest due time and 1 ms after a claim last served it
+/// ([`LANE_SERVED`]): a lane just served waits behind every lane with
+/// something due by then.
 const LANE_HEADS: TableDefinition<(i64, &str), ()> = TableDefinition::new("lane_heads");
 /// Lane → its key in [`LANE_HEADS`].
 const LANE_HEAD: TableDefinition<&str, i64> = TableDefinition::new("lane_head");
+/// Lane → 1 ms after a claim last served it, while it holds anything.
+const LANE_SERVED: TableDefinition<&str, i64> = TableDefinition::new("lane_served");
 /// Subscription name → its [`SubscriptionState`] as JSON. Written by
 /// set_enabled and record_health.
 const SUBSCRIPTIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("subscriptions");
@@ -609,6 +614,8 @@ struct Tables<'txn> {
     lane_heads: Table<'txn, (i64, &'static str), ()>,
     /// [`LANE_HEAD`].
     lane_head: Table<'txn, &'static str, i64>,
+    /// [`LANE_SERVED`].
+    lane_served: Table<'txn, &'static str, i64>,
 }
 
 impl<'txn> Tables<'txn> {
@@ -630,6 +637,7 @@ impl<'txn> Tables<'txn> {
             lane_due: txn.open_table(LANE_DUE)?,
             lane_heads: txn.open_table(LANE_HEADS)?,
             lane_head: txn.open_table(LANE_HEAD)?,
+            lane_served: txn.open_table(LANE_SERVED)?,
         })
     }
 
@@ -683,47 +691,41 @@ impl<'txn> Tables<'txn> {
         for (at, id) in &due {
             let lane = self.owner_of(id)?.unwrap_or_default();
             self.lane_due.insert((lane.as_str(), *at, id.as_str()), ())?;
-            self.rehead(&lane, None, Some(*at))?;
+            self.rehead(&lane)?;
         }
         tracing::info!(due = due.len(), "filed the due deliveries of an older store by owner");
         Ok(())
     }
 
-    /// Keeps `lane`'s head in [`LANE_HEADS`] true after its entry at
-    /// `removed` left [`LANE_DUE`] and one at `added` came in.
-    fn rehead(&mut self, lane: &str, removed: Option<Millis>, added: Option<Millis>) -> Result<(), StoreError> {
-        let head = self.lane_head.get(lane)?.map(|g| g.value());
-        let new_head = match (head, added) {
-            (Some(h), Some(a)) if removed != Some(h) => a.min(h),
-            (Some(h), None) if removed != Some(h) => h,
-            (None, Some(a)) if removed.is_none() => a,
-            _ => {
-                let first = match self.lane_due.range((lane, i64::MIN, "")..)?.next() {
-                    Some(entry) => {
-                        let (key, _) = entry?;
-                        let (l, at, _) = key.value();
-                        (l == lane).then_some(at)
-                    }
-                    None => None,
-                };
-                match first {
-                    Some(at) => at,
-                    _ => {
-                        if let Some(h) = head {
-                            self.lane_heads.remove((h, lane))?;
-                            self.lane_head.remove(lane)?;
-                        }
-                        return Ok(());
-                    }
-                }
+    /// Keeps `lane`'s turn in [`LANE_HEADS`] true after a change to the
+    /// lane or to when it was served; forgets an empty lane.
+    fn rehead(&mut self, lane: &str) -> Result<(), StoreError> {
+        let head = match self.lane_due.range((lane, i64::MIN, "")..)?.next() {
+            Some(entry) => {
+                let (key, _) = entry?;
+                let (l, at, _) = key.value();
+                (l == lane).then_some(at)
             }
+            None => None,
         };
-        if head != Some(new_head) {
-            if let Some(h) = head {
-                self.lane_heads.remove((h, lane))?;
+        let served = self.lane_served.get(lane)?.map(|g| g.value());
+        let turn = head.map(|h| served.map_or(h, |s| s.max(h)));
+        let old = self.lane_head.get(lane)?.map(|g| g.value());
+        if old == turn {
+            return Ok(());
+        }
+        if let Some(old) = old {
+            self.lane_heads.remove((old, lane))?;
+        }
+        match turn {
+            Some(turn) => {
+                self.lane_heads.insert((turn, lane), ())?;
+                self.lane_head.insert(lane, turn)?;
             }
-            self.lane_heads.insert((new_head, lane), ())?;
-            self.lane_head.insert(lane, new_head)?;
+            None => {
+                self.lane_head.remove(lane)?;
+                self.lane_served.remove(lane)?;
+            }
         }
         Ok(())
     }
@@ -818,7 +820,7 @@ impl<'txn> Tables<'txn> {
         }
         self.due.insert((due, id), ())?;
         self.lane_due.insert((lane.as_str(), due, id), ())?;
-        self.rehead(&lane, old, Some(due))
+        self.rehead(&lane)
     }
 
     /// Takes `id` out of [`DUE`] and its lane (before its owner is
@@ -829,18 +831,19 @@ impl<'txn> Tables<'txn> {
             let lane = self.owner_of(id)?.unwrap_or_default();
             self.due.remove((old, id))?;
             self.lane_due.remove((lane.as_str(), old, id))?;
-            self.rehead(&lane, Some(old), None)?;
+            self.rehead(&lane)?;
         }
         Ok(())
     }
 
     /// Up to `max` ids due at `now`, the lanes taking turns as the Redis
     /// backend's claim does (see its `pick`): of the lanes with something
-    /// due (at most `max`, oldest head first, ties by lane), each hands
+    /// due (at most `max`, first turn first, ties by lane), each hands
     /// over its oldest due delivery in turn, up to `ceil(max / lanes)`
     /// each; what that leaves of `max` goes to the oldest due deliveries
-    /// not picked.
-    fn pick(&self, now: Millis, max: usize) -> Result<Vec<(i64, String)>, StoreError> {
+    /// not picked. Also the lanes served.
+    #[allow(clippy::type_complexity)]
+    fn pick(&self, now: Millis, max: usize) -> Result<(Vec<(i64, String)>, Vec<String>), StoreError> {
         let end = now.saturating_add(1);
         let lanes: Vec<String> = self
             .lane_heads
@@ -895,7 +898,7 @@ impl<'txn> Tables<'txn> {
                 }
             }
         }
-        Ok(out)
+        Ok((out, lanes))
     }
 
     fn enqueue(&mut self, event: &Incoming, now: Millis, until: Millis) -> Result<Enqueued, StoreError> {
@@ -926,7 +929,12 @@ impl<'txn> Tables<'txn> {
         lease_end: Millis,
         max: usize,
     ) -> Result<(Vec<RawClaim>, Option<Millis>), StoreError> {
-        let picked = self.pick(now, max)?;
+        let (mut picked, served) = self.pick(now, max)?;
+        // Handed out oldest first, whatever turn took them.
+        picked.sort_unstable();
+        for lane in &served {
+            self.lane_served.insert(lane.as_str(), now.saturating_add(1))?;
+        }
         let mut claims = Vec::with_capacity(picked.len());
         for (_, id) in picked {
             let record = self.records.get(id.as_str())?.map(|g| g.value().to_vec());

@@ -27,10 +27,10 @@
 //!   for the operator's subscriptions): of the owners with something due,
 //!   at most `max`, each hands over its oldest due delivery in turn (the
 //!   owner whose oldest is oldest first), up to `ceil(max / owners)` each;
-//!   what is left of `max` goes to the oldest due not yet taken. One
-//!   owner's deliveries go in order of due time, ties broken by
-//!   [`DeliveryId`], and so do all of them when one owner has all that is
-//!   due. Each backend keeps a per-owner index of what is due (lanes) in
+//!   what is left of `max` goes to the oldest due not yet taken. What a
+//!   claim takes is handed out in order of due time, ties broken by
+//!   [`DeliveryId`]; when one owner has all that is due, a claim takes
+//!   its oldest. Each backend keeps a per-owner index of what is due (lanes) in
 //!   the same atomic write as each move of a delivery's due time.
 //! - [`Settlement::Park`] moves a claimed delivery of a disabled
 //!   subscription aside, out of the due order, into its subscription's

@@ -52,7 +52,7 @@
 //! one slot, so [`StateStore::record_health`] is one script run even on a
 //! cluster. They are few and small.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
 use ::redis::Value;
@@ -436,11 +436,14 @@ impl RedisQueue {
                 other => return Err(unexpected("the peek script's candidates", &other)),
             };
             let mut found = found.into_iter();
-            while let (Some(id), Some(score), Some(owner)) = (found.next(), found.next(), found.next()) {
+            while let (Some(id), Some(score), Some(owner), Some(turn)) =
+                (found.next(), found.next(), found.next(), found.next())
+            {
                 candidates.push(Candidate {
                     score: score_of(&score)?,
                     id: text(id)?,
                     owner: text(owner)?,
+                    turn: score_of(&turn)?,
                     position,
                 });
             }
@@ -451,13 +454,26 @@ impl RedisQueue {
         if candidates.is_empty() {
             return Ok((Vec::new(), next_due));
         }
-        // Per shard, how many of each owner's the turns took.
+        // Per shard, how many of each owner's the turns took; an owner
+        // served anywhere is marked served in every shard it had
+        // candidates in (a quota of 0), so its turn moves on in all of them.
+        let mut had: Vec<(String, usize)> = candidates.iter().map(|c| (c.owner.clone(), c.position)).collect();
+        had.sort_unstable();
+        had.dedup();
         let mut quotas: Vec<Vec<(String, usize)>> = vec![Vec::new(); order.len()];
-        for candidate in turns(candidates, max) {
-            let shard = &mut quotas[candidate.position];
-            match shard.iter_mut().find(|(owner, _)| *owner == candidate.owner) {
-                Some((_, n)) => *n += 1,
-                None => shard.push((candidate.owner, 1)),
+        let taken = turns(candidates, max);
+        let served: HashSet<&str> = taken.iter().map(|c| c.owner.as_str()).collect();
+        for (owner, position) in &had {
+            if served.contains(owner.as_str()) {
+                quotas[*position].push((owner.clone(), 0));
+            }
+        }
+        for candidate in &taken {
+            if let Some((_, n)) = quotas[candidate.position]
+                .iter_mut()
+                .find(|(owner, _)| *owner == candidate.owner)
+            {
+                *n += 1;
             }
         }
         let calls: Vec<Call> = quotas
@@ -750,17 +766,30 @@ struct Candidate {
     id: String,
     /// Its lane: the owning tenant, or `""`.
     owner: String,
+    /// Its owner's turn in the shard (see the claim script's `pick`).
+    turn: f64,
     /// Its shard's position in the claim's shard order.
     position: usize,
 }
 
 /// Up to `max` of `candidates`, the owners taking turns as the claim
 /// script's `pick` has them do within a shard: owners in the order of
-/// their oldest candidate (ties by owner), each handing over its oldest in
-/// turn, at most `ceil(max / owners)` each, the rest of `max` to the
-/// oldest left.
+/// their earliest turn over all shards (ties by owner), each handing over
+/// its oldest in turn, at most `ceil(max / owners)` each, the rest of
+/// `max` to the oldest left.
 fn turns(mut candidates: Vec<Candidate>, max: usize) -> Vec<Candidate> {
-    candidates.sort_by(|a, b| a.score.total_cmp(&b.score).then_with(|| a.id.cmp(&b.id)));
+    let mut first_turn: HashMap<String, f64> = HashMap::new();
+    for c in &candidates {
+        let turn = first_turn.entry(c.owner.clone()).or_insert(c.turn);
+        *turn = turn.min(c.turn);
+    }
+    candidates.sort_by(|a, b| {
+        let (ta, tb) = (first_turn[&a.owner], first_turn[&b.owner]);
+        ta.total_cmp(&tb)
+            .then_with(|| a.owner.cmp(&b.owner))
+            .then_with(|| a.score.total_cmp(&b.score))
+            .then_with(|| a.id.cmp(&b.id))
+    });
     let mut index: HashMap<String, usize> = HashMap::new();
     let mut owners: Vec<VecDeque<Candidate>> = Vec::new();
     for candidate in candidates {
@@ -895,7 +924,9 @@ impl Queue for RedisQueue {
                 .await?
                 .pop()
                 .unwrap_or(Value::Nil);
-            let (claims, next_due) = claim_reply(reply)?;
+            let (mut claims, next_due) = claim_reply(reply)?;
+            // Oldest first, as on a cluster and on the embedded store.
+            claims.sort_by(|a, b| a.1.total_cmp(&b.1).then_with(|| a.0.delivery.id.cmp(&b.0.delivery.id)));
             (claims.into_iter().map(|(claim, _)| claim).collect(), next_due)
         };
         let next_due = if claims.is_empty() { next_due } else { None };

@@ -29,11 +29,13 @@ local function ms(x) return string.format('%.0f', x) end
 /// Lanes, what every script that changes `due` also starts with (see
 /// [`super::lanes_key`]): `<lanes>:<owner>` mirrors the part of a shard's
 /// `due` that `owner` owns (a tenant, or `''` for the operator's
-/// subscriptions), and `lanes` scores each lane by its lowest score. A
-/// script changes lanes with `lane_put` (`zargs` = {score, id, ...}) and
-/// `lane_drop`, and calls `lane_heads()` once at the end, which rescores
-/// the lanes it changed and forgets the empty ones. `lane_of` is a
-/// delivery's lane, from the shard's `owner` hash.
+/// subscriptions), and `lanes` scores each lane by its turn: the later of
+/// its lowest score and 1 ms after a claim last served it
+/// (`<lanes>_served`), so a lane just served waits behind every lane with
+/// something due by then. A script changes lanes with `lane_put` (`zargs` = {score, id,
+/// ...}), `lane_drop` and `lane_served`, and calls `lane_heads()` once at
+/// the end, which rescores the lanes it changed and forgets the empty
+/// ones. `lane_of` is a delivery's lane, from the shard's `owner` hash.
 const LANES_LUA: &str = r#"
 local lanes_changed = {}
 local function lane_mark(lanes, owner)
@@ -56,6 +58,10 @@ local function lane_drop(lanes, owner, ids)
   end
   lane_mark(lanes, owner)
 end
+local function lane_served(lanes, owner, now)
+  redis.call('HSET', lanes .. '_served', owner, now)
+  lane_mark(lanes, owner)
+end
 local function lane_of(owner_hash, id)
   return redis.call('HGET', owner_hash, id) or ''
 end
@@ -64,9 +70,13 @@ local function lane_heads()
     for owner in pairs(owners) do
       local head = redis.call('ZRANGE', lanes .. ':' .. owner, 0, 0, 'WITHSCORES')
       if head[2] then
-        redis.call('ZADD', lanes, head[2], owner)
+        local turn = tonumber(head[2])
+        local served = tonumber(redis.call('HGET', lanes .. '_served', owner) or '')
+        if served and served > turn then turn = served end
+        redis.call('ZADD', lanes, string.format('%.0f', turn), owner)
       else
         redis.call('ZREM', lanes, owner)
+        redis.call('HDEL', lanes .. '_served', owner)
       end
     end
   end
@@ -79,17 +89,20 @@ end
 /// clock) from the shards of KEYS, four keys each (`due`, `records`,
 /// `owner`, `lanes`). Owners take turns, so that one tenant's backlog
 /// never holds up another's deliveries: of the owners with a due lane (at
-/// most `max`, those whose oldest due delivery is oldest), each hands
-/// over its oldest due delivery in turn, the owner with the oldest first,
+/// most `max`, those whose turn in `lanes` comes first), each hands over
+/// its oldest due delivery in turn, the owner whose turn is first first,
 /// up to `ceil(max / owners)` each. What that leaves of `max` goes to the
 /// oldest due deliveries not picked, whoever owns them (and any that no
 /// lane holds). Ties are broken by id, compared bytewise whatever the
 /// server's locale. `pick(now, max, quotas)` with `quotas` = {owner, n,
 /// ...} takes instead the n oldest due of each owner named, in that order,
-/// before the fill: a cluster's claim, whose turns were taken over all
-/// shards by the caller. Returns `{{id, score, shard, owner or false},
-/// ...}` in pick order; `owner` is false for a delivery picked from `due`
-/// alone.
+/// before the fill (n may be 0: the owner is served, taking nothing): a
+/// cluster's claim, whose turns were taken over all shards by the caller.
+/// Returns `{{id, score, shard, owner or false, turn}, ...}` in pick
+/// order, where `owner` is false for a delivery picked from `due` alone
+/// and `turn` is the owner's turn (or the delivery's score), and the
+/// owners served, `{{owner, {shard, ...}}, ...}`: a claim marks their
+/// lanes served.
 const PICK_LUA: &str = r#"
 local function before(a, b)
   for k = 1, math.min(#a, #b) do
@@ -133,47 +146,52 @@ local function pick(now, max, quotas)
   for s = 1, quotas and 0 or shards do
     local due_lanes = redis.call('ZRANGEBYSCORE', KEYS[4 * s], '-inf', now, 'WITHSCORES', 'LIMIT', 0, max)
     for j = 1, #due_lanes, 2 do
-      local owner, head = due_lanes[j], tonumber(due_lanes[j + 1])
+      local owner, turn = due_lanes[j], tonumber(due_lanes[j + 1])
       local o = of[owner]
       if o == nil then
-        o = {owner = owner, head = head, lanes = {}}
+        o = {owner = owner, turn = turn}
         of[owner] = o
         owners[#owners + 1] = o
-      elseif head < o.head then
-        o.head = head
+      elseif turn < o.turn then
+        o.turn = turn
       end
-      o.lanes[#o.lanes + 1] = {s, head}
     end
   end
-  local out, skip = {}, {}
+  local out, skip, served = {}, {}, {}
   for q = 1, quotas and #quotas or 0, 2 do
     local owner, n = quotas[q], tonumber(quotas[q + 1])
-    local lists = {}
+    local lists, all = {}, {}
     for s = 1, shards do
-      lists[s] = redis.call('ZRANGEBYSCORE', KEYS[4 * s] .. ':' .. owner, '-inf', now, 'WITHSCORES', 'LIMIT', 0, n)
+      if n > 0 then
+        lists[s] = redis.call('ZRANGEBYSCORE', KEYS[4 * s] .. ':' .. owner, '-inf', now, 'WITHSCORES', 'LIMIT', 0, n)
+      else
+        lists[s] = {}
+      end
+      all[s] = s
     end
+    served[#served + 1] = {owner, all}
     for _, item in ipairs(merge(lists, n, skip)) do
-      out[#out + 1] = {item[1], item[2], item[3], owner}
+      out[#out + 1] = {item[1], item[2], item[3], owner, item[2]}
       skip[item[1]] = true
     end
   end
   if #owners > 0 then
-    table.sort(owners, function(a, b) return earlier(a.head, a.owner, b.head, b.owner) end)
+    table.sort(owners, function(a, b) return earlier(a.turn, a.owner, b.turn, b.owner) end)
     while #owners > max do owners[#owners] = nil end
     local share = math.ceil(max / #owners)
     for _, o in ipairs(owners) do
-      -- An owner's share comes from its `share` oldest lanes, and those
-      -- whose head ties with the last of them: a lane whose head is later
-      -- comes after `share` deliveries of those.
-      table.sort(o.lanes, function(a, b) return a[2] < b[2] or (a[2] == b[2] and a[1] < b[1]) end)
-      local lists, from = {}, {}
-      local cutoff = o.lanes[math.min(#o.lanes, share)][2]
-      for l = 1, #o.lanes do
-        if l > share and o.lanes[l][2] > cutoff then break end
-        local s = o.lanes[l][1]
-        lists[l] = redis.call('ZRANGEBYSCORE', KEYS[4 * s] .. ':' .. o.owner, '-inf', now, 'WITHSCORES', 'LIMIT', 0, share)
-        from[l] = s
+      -- An owner's share is its `share` oldest due in every shard, so one
+      -- owner alone is claimed oldest first whatever its lanes' turns.
+      local lists, from, shards_of = {}, {}, {}
+      for s = 1, shards do
+        local got = redis.call('ZRANGEBYSCORE', KEYS[4 * s] .. ':' .. o.owner, '-inf', now, 'WITHSCORES', 'LIMIT', 0, share)
+        if #got > 0 then
+          lists[#lists + 1] = got
+          from[#from + 1] = s
+          shards_of[#shards_of + 1] = s
+        end
       end
+      served[#served + 1] = {o.owner, shards_of}
       o.items = merge(lists, share, skip)
       for _, item in ipairs(o.items) do item[3] = from[item[3]] end
     end
@@ -184,7 +202,7 @@ local function pick(now, max, quotas)
         local item = o.items[round]
         if item and #out < max then
           any = true
-          out[#out + 1] = {item[1], item[2], item[3], o.owner}
+          out[#out + 1] = {item[1], item[2], item[3], o.owner, o.turn}
           skip[item[1]] = true
         end
       end
@@ -198,10 +216,10 @@ local function pick(now, max, quotas)
       lists[s] = redis.call('ZRANGEBYSCORE', KEYS[4 * s - 3], '-inf', now, 'WITHSCORES', 'LIMIT', 0, max + #out)
     end
     for _, item in ipairs(merge(lists, max - #out, skip)) do
-      out[#out + 1] = {item[1], item[2], item[3], false}
+      out[#out + 1] = {item[1], item[2], item[3], false, item[2]}
     end
   end
-  return out
+  return out, served
 end
 "#;
 
@@ -274,7 +292,8 @@ return out
 /// caller's now ms, the caller's clock ms, lease ms, max, then optionally
 /// `pick`'s quotas (owner, n, ...). Takes up to `max` deliveries due at
 /// now (moved to Redis's clock) over all shards given, as `pick` chooses
-/// them (owners in turn, or by the quotas), re-scores them to the
+/// them (owners in turn, or by the quotas), marks the owners served in
+/// each shard's lanes, re-scores them to the
 /// lease end (that now plus the lease) in `due` and in their lanes, and
 /// returns `{next_due, lease end, id, record, old score, ...}` in pick
 /// order; `next_due` is the lowest score left, in the caller's clock, when
@@ -288,7 +307,10 @@ local now = ms(tonumber(ARGV[1]) + shift)
 local lease_end, max = ms(tonumber(now) + tonumber(ARGV[3])), tonumber(ARGV[4])
 local quotas = nil
 if #ARGV > 4 then quotas = {unpack(ARGV, 5)} end
-local picked = pick(now, max, quotas)
+local picked, served = pick(now, max, quotas)
+for _, o in ipairs(served) do
+  for _, s in ipairs(o[2]) do lane_served(KEYS[4 * s], o[1], ms(tonumber(now) + 1)) end
+end
 local by_shard = {}
 for _, p in ipairs(picked) do
   local b = by_shard[p[3]]
@@ -377,10 +399,10 @@ return out
 
 /// Peek, on a cluster before claiming. KEYS: one shard's `due`,
 /// `records`, `owner`, `lanes`. ARGV: the caller's now ms and clock ms,
-/// max. Returns `{{id, score, owner, ...}, head}`: what a claim of `max`
-/// would take (`pick`), with scores in Redis's clock and owners (`''` for
-/// the operator's), and the lowest score in the caller's clock (nil if
-/// empty).
+/// max. Returns `{{id, score, owner, turn, ...}, head}`: what a claim of
+/// `max` would take (`pick`), with scores and turns in Redis's clock and
+/// owners (`''` for the operator's), and the lowest score in the caller's
+/// clock (nil if empty).
 const PEEK_LUA: &str = r#"
 local shift = shift(ARGV[2])
 local found = {}
@@ -388,6 +410,7 @@ for _, p in ipairs(pick(ms(tonumber(ARGV[1]) + shift), tonumber(ARGV[3]))) do
   found[#found + 1] = p[1]
   found[#found + 1] = ms(p[2])
   found[#found + 1] = p[4] or lane_of(KEYS[3], p[1])
+  found[#found + 1] = ms(p[5])
 end
 local head = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 if head[2] then return {found, ms(tonumber(head[2]) - shift)} end
