@@ -2229,7 +2229,7 @@ mod embedded_only {
                 let existed = match name {
                     "lane_due" => txn.delete_table(redb::TableDefinition::<(&str, i64, &str), ()>::new(name)),
                     "lane_heads" => txn.delete_table(redb::TableDefinition::<(i64, &str), ()>::new(name)),
-                    _ => txn.delete_table(redb::TableDefinition::<&str, i64>::new(name)),
+                    _ => txn.delete_table(redb::TableDefinition::<&str, (i64, i64)>::new(name)),
                 }
                 .unwrap();
                 assert!(existed, "{name} is what this store has");

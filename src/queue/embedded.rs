@@ -20,7 +20,7 @@
 //! so both ride with the settlements: a crash can undo a park (the delivery
 //! falls due again and is parked again) or the last second of health.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -88,8 +88,8 @@ const LANE_DUE: TableDefinition<(&str, i64, &str), ()> = TableDefinition::new("l
 /// ([`LANE_SERVED`]): a lane just served waits behind every lane with
 /// something due by then.
 const LANE_HEADS: TableDefinition<(i64, &str), ()> = TableDefinition::new("lane_heads");
-/// Lane → its key in [`LANE_HEADS`].
-const LANE_HEAD: TableDefinition<&str, i64> = TableDefinition::new("lane_head");
+/// Lane → (its lowest due time, its key in [`LANE_HEADS`]).
+const LANE_HEAD: TableDefinition<&str, (i64, i64)> = TableDefinition::new("lane_head");
 /// Lane → 1 ms after a claim last served it, while it holds anything.
 const LANE_SERVED: TableDefinition<&str, i64> = TableDefinition::new("lane_served");
 /// Subscription name → its [`SubscriptionState`] as JSON. Written by
@@ -580,6 +580,28 @@ fn fail(op: Op, e: Error) {
     }
 }
 
+/// What an operation did to a lane: the earliest due time among the
+/// entries it removed and among those it added, and whether a claim
+/// served it.
+#[derive(Default)]
+struct LaneChange {
+    removed: Option<Millis>,
+    added: Option<Millis>,
+    served: bool,
+}
+
+/// The lower of two optional times.
+fn min_of(a: Option<Millis>, b: Option<Millis>) -> Option<Millis> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// A delivery a claim picks: its due time, its id, and its lane if it was
+/// picked from one.
+type Picked = (i64, String, Option<String>);
+
 /// Every table, open in one write transaction.
 struct Tables<'txn> {
     /// [`RECORDS`].
@@ -613,9 +635,13 @@ struct Tables<'txn> {
     /// [`LANE_HEADS`].
     lane_heads: Table<'txn, (i64, &'static str), ()>,
     /// [`LANE_HEAD`].
-    lane_head: Table<'txn, &'static str, i64>,
+    lane_head: Table<'txn, &'static str, (i64, i64)>,
     /// [`LANE_SERVED`].
     lane_served: Table<'txn, &'static str, i64>,
+    /// Lanes changed since their turns were last made true: one
+    /// [`Tables::rehead`] each at the end of an operation, however many
+    /// of their deliveries it moved.
+    dirty: BTreeMap<String, LaneChange>,
 }
 
 impl<'txn> Tables<'txn> {
@@ -638,6 +664,7 @@ impl<'txn> Tables<'txn> {
             lane_heads: txn.open_table(LANE_HEADS)?,
             lane_head: txn.open_table(LANE_HEAD)?,
             lane_served: txn.open_table(LANE_SERVED)?,
+            dirty: BTreeMap::new(),
         })
     }
 
@@ -691,15 +718,36 @@ impl<'txn> Tables<'txn> {
         for (at, id) in &due {
             let lane = self.owner_of(id)?.unwrap_or_default();
             self.lane_due.insert((lane.as_str(), *at, id.as_str()), ())?;
-            self.rehead(&lane)?;
+            self.lane_changed(&lane, None, Some(*at));
         }
+        self.rehead_dirty()?;
         tracing::info!(due = due.len(), "filed the due deliveries of an older store by owner");
         Ok(())
     }
 
-    /// Keeps `lane`'s turn in [`LANE_HEADS`] true after a change to the
-    /// lane or to when it was served; forgets an empty lane.
-    fn rehead(&mut self, lane: &str) -> Result<(), StoreError> {
+    /// Notes that `lane` lost an entry due at `removed` and gained one due
+    /// at `added`, for the end of the operation.
+    fn lane_changed(&mut self, lane: &str, removed: Option<Millis>, added: Option<Millis>) {
+        let change = match self.dirty.get_mut(lane) {
+            Some(change) => change,
+            None => self.dirty.entry(lane.to_owned()).or_default(),
+        };
+        change.removed = min_of(change.removed, removed);
+        change.added = min_of(change.added, added);
+    }
+
+    /// Keeps `lane`'s turn in [`LANE_HEADS`] true after `change`; forgets
+    /// an empty lane. Reads the lane only if its head may have moved: an
+    /// entry at or before the head left, one before it came, or a claim
+    /// served it.
+    fn rehead(&mut self, lane: &str, change: &LaneChange) -> Result<(), StoreError> {
+        let stored = self.lane_head.get(lane)?.map(|g| g.value());
+        if let Some((head, _)) = stored {
+            let kept = change.removed.is_none_or(|r| r > head) && change.added.is_none_or(|a| a >= head);
+            if kept && !change.served {
+                return Ok(());
+            }
+        }
         let head = match self.lane_due.range((lane, i64::MIN, "")..)?.next() {
             Some(entry) => {
                 let (key, _) = entry?;
@@ -710,7 +758,12 @@ impl<'txn> Tables<'txn> {
         };
         let served = self.lane_served.get(lane)?.map(|g| g.value());
         let turn = head.map(|h| served.map_or(h, |s| s.max(h)));
-        let old = self.lane_head.get(lane)?.map(|g| g.value());
+        let old = stored.map(|(_, turn)| turn);
+        if let (Some(head), Some(turn)) = (head, turn) {
+            if stored != Some((head, turn)) {
+                self.lane_head.insert(lane, (head, turn))?;
+            }
+        }
         if old == turn {
             return Ok(());
         }
@@ -720,7 +773,6 @@ impl<'txn> Tables<'txn> {
         match turn {
             Some(turn) => {
                 self.lane_heads.insert((turn, lane), ())?;
-                self.lane_head.insert(lane, turn)?;
             }
             None => {
                 self.lane_head.remove(lane)?;
@@ -767,7 +819,7 @@ impl<'txn> Tables<'txn> {
     }
 
     fn apply(&mut self, op: &Op, now: Millis) -> Result<Outcome, StoreError> {
-        Ok(match op {
+        let outcome = match op {
             Op::Enqueue { events, window, .. } => Outcome::Enqueued(
                 events
                     .iter()
@@ -807,31 +859,53 @@ impl<'txn> Tables<'txn> {
                 ..
             } => Outcome::Enabled(self.set_enabled(subscription, *enabled, reason, *now)?),
             Op::RecordHealth { updates, .. } => Outcome::Recorded(self.record_health(updates)?),
-        })
+        };
+        self.rehead_dirty()?;
+        Ok(outcome)
     }
 
-    /// Makes `id` due at `due`, in [`DUE`] and in its lane.
+    /// Makes the turn of every lane changed since true again.
+    fn rehead_dirty(&mut self) -> Result<(), StoreError> {
+        for (lane, change) in std::mem::take(&mut self.dirty) {
+            self.rehead(&lane, &change)?;
+        }
+        Ok(())
+    }
+
+    /// Makes `id` due at `due`, in [`DUE`] and in its lane (whose turn the
+    /// end of the operation makes true).
     fn set_due(&mut self, id: &str, due: Millis) -> Result<(), StoreError> {
         let lane = self.owner_of(id)?.unwrap_or_default();
+        self.set_due_in(id, due, &lane)
+    }
+
+    /// [`Tables::set_due`] of a delivery whose lane the caller knows.
+    fn set_due_in(&mut self, id: &str, due: Millis, lane: &str) -> Result<(), StoreError> {
         let old = self.due_at.insert(id, due)?.map(|g| g.value());
         if let Some(old) = old {
             self.due.remove((old, id))?;
-            self.lane_due.remove((lane.as_str(), old, id))?;
+            self.lane_due.remove((lane, old, id))?;
         }
         self.due.insert((due, id), ())?;
-        self.lane_due.insert((lane.as_str(), due, id), ())?;
-        self.rehead(&lane)
+        self.lane_due.insert((lane, due, id), ())?;
+        self.lane_changed(lane, old, Some(due));
+        Ok(())
     }
 
     /// Takes `id` out of [`DUE`] and its lane (before its owner is
     /// forgotten).
     fn unset_due(&mut self, id: &str) -> Result<(), StoreError> {
+        let lane = self.owner_of(id)?.unwrap_or_default();
+        self.unset_due_in(id, &lane)
+    }
+
+    /// [`Tables::unset_due`] of a delivery whose lane the caller knows.
+    fn unset_due_in(&mut self, id: &str, lane: &str) -> Result<(), StoreError> {
         let old = self.due_at.remove(id)?.map(|g| g.value());
         if let Some(old) = old {
-            let lane = self.owner_of(id)?.unwrap_or_default();
             self.due.remove((old, id))?;
-            self.lane_due.remove((lane.as_str(), old, id))?;
-            self.rehead(&lane)?;
+            self.lane_due.remove((lane, old, id))?;
+            self.lane_changed(lane, Some(old), None);
         }
         Ok(())
     }
@@ -843,7 +917,7 @@ impl<'txn> Tables<'txn> {
     /// each; what that leaves of `max` goes to the oldest due deliveries
     /// not picked. Also the lanes served.
     #[allow(clippy::type_complexity)]
-    fn pick(&self, now: Millis, max: usize) -> Result<(Vec<(i64, String)>, Vec<String>), StoreError> {
+    fn pick(&self, now: Millis, max: usize) -> Result<(Vec<Picked>, Vec<String>), StoreError> {
         let end = now.saturating_add(1);
         let lanes: Vec<String> = self
             .lane_heads
@@ -856,14 +930,14 @@ impl<'txn> Tables<'txn> {
             let share = max.div_ceil(lanes.len());
             let mut turns = Vec::with_capacity(lanes.len());
             for lane in &lanes {
-                let items: Vec<(i64, String)> = self
+                let items: Vec<Picked> = self
                     .lane_due
                     .range((lane.as_str(), i64::MIN, "")..(lane.as_str(), end, ""))?
                     .take(share)
                     .map(|entry| {
                         entry.map(|(key, _)| {
                             let (_, at, id) = key.value();
-                            (at, id.to_owned())
+                            (at, id.to_owned(), Some(lane.clone()))
                         })
                     })
                     .collect::<Result<_, _>>()?;
@@ -886,7 +960,7 @@ impl<'txn> Tables<'txn> {
             }
         }
         if out.len() < max {
-            let picked: HashSet<String> = out.iter().map(|(_, id)| id.clone()).collect();
+            let picked: HashSet<String> = out.iter().map(|(_, id, _)| id.clone()).collect();
             for entry in self.due.range(..(end, ""))? {
                 if out.len() == max {
                     break;
@@ -894,7 +968,7 @@ impl<'txn> Tables<'txn> {
                 let (key, _) = entry?;
                 let (at, id) = key.value();
                 if !picked.contains(id) {
-                    out.push((at, id.to_owned()));
+                    out.push((at, id.to_owned(), None));
                 }
             }
         }
@@ -918,7 +992,7 @@ impl<'txn> Tables<'txn> {
                 self.owner.insert(delivery.as_str(), owner.as_str())?;
                 self.count_pending(owner, 1)?;
             }
-            self.set_due(delivery, now)?;
+            self.set_due_in(delivery, now, owner.as_deref().unwrap_or_default())?;
         }
         Ok(Enqueued::Accepted)
     }
@@ -934,16 +1008,24 @@ impl<'txn> Tables<'txn> {
         picked.sort_unstable();
         for lane in &served {
             self.lane_served.insert(lane.as_str(), now.saturating_add(1))?;
+            self.lane_changed(lane, None, None);
+            if let Some(change) = self.dirty.get_mut(lane) {
+                change.served = true;
+            }
         }
         let mut claims = Vec::with_capacity(picked.len());
-        for (_, id) in picked {
+        for (_, id, lane) in picked {
+            let lane = match lane {
+                Some(lane) => lane,
+                None => self.owner_of(&id)?.unwrap_or_default(),
+            };
             let record = self.records.get(id.as_str())?.map(|g| g.value().to_vec());
             match record {
                 Some(record) => {
-                    self.set_due(&id, lease_end)?;
+                    self.set_due_in(&id, lease_end, &lane)?;
                     claims.push((id, record));
                 }
-                None => self.unset_due(&id)?,
+                None => self.unset_due_in(&id, &lane)?,
             }
         }
         let next_due = if claims.is_empty() {
@@ -961,9 +1043,9 @@ impl<'txn> Tables<'txn> {
         }
         match &s.action {
             Action::Ack => {
-                self.unset_due(id)?;
                 self.records.remove(id)?;
                 let owner = self.owner.remove(id)?.map(|g| g.value().to_owned());
+                self.unset_due_in(id, owner.as_deref().unwrap_or_default())?;
                 if let Some(owner) = owner {
                     self.count_pending(&owner, -1)?;
                 }
