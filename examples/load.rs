@@ -33,6 +33,14 @@
 //!   subscriptions, of which F answer 500 and H hang until the delivery
 //!   timeout; the rate counts the healthy ones only.
 //!
+//! - `fair`: two tenants made through the API, `t0000` (A) and `t0001`
+//!   (B), one subscription each. An ingest-only hookd first queues
+//!   `--backlog` events of A's; then a dispatching hookd starts and B posts
+//!   `--events` events at `--rate` while A's backlog drains. It reports
+//!   B's ingest-to-delivery latency and how many of A's were still
+//!   waiting when B's last arrived. With `--backlog 0` it is B alone: the
+//!   baseline `bench/run.py` compares it with.
+//!
 //! Catalogue scale: with `--tenants N --tenant-subscriptions M` (both 0 by
 //! default: one TOML subscription for every event, as before), hookd gets an
 //! admin key (`server.api_keys`) and the tool makes N tenants (`t0000`…)
@@ -140,6 +148,9 @@ struct Args {
     /// Of them, how many never answer (hookd gives up at its timeout).
     #[arg(long, default_value_t = 0)]
     hanging: usize,
+    /// Tenant A's due deliveries when B starts (`--mode fair`).
+    #[arg(long, default_value_t = 0)]
+    backlog: usize,
     /// Deliveries to leave waiting as retries due in an hour first.
     #[arg(long, default_value_t = 0)]
     retries: usize,
@@ -386,14 +397,15 @@ fn event_json(run: &str, n: impl std::fmt::Display, tenant: Option<&str>, sent: 
 }
 
 /// One producer connection posting events one per request (as `tenant`,
-/// with the admin key, if given).
+/// with the admin key, if given): how many were accepted, and each
+/// accepted one's answer time in µs.
 async fn producer(
     addr: SocketAddr,
     ids: std::ops::Range<usize>,
     interval: Option<Duration>,
     run: &str,
     tenant: Option<&str>,
-) -> usize {
+) -> (usize, Vec<u64>) {
     let stream = TcpStream::connect(addr).await.expect("connect to hookd");
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
@@ -401,6 +413,7 @@ async fn producer(
     tokio::spawn(conn);
     let mut next = Instant::now();
     let mut ok = 0;
+    let mut answered_us = Vec::with_capacity(ids.len());
     for n in ids {
         if let Some(interval) = interval {
             next += interval;
@@ -414,14 +427,16 @@ async fn producer(
             req = req.header("authorization", format!("Bearer {ADMIN_KEY}"));
         }
         let req = req.body(Full::new(Bytes::from(body))).expect("request");
+        let posted = Instant::now();
         if let Ok(resp) = sender.send_request(req).await {
             if resp.status() == StatusCode::ACCEPTED {
                 ok += 1;
+                answered_us.push(posted.elapsed().as_micros() as u64);
             }
             let _ = resp.into_body().collect().await;
         }
     }
-    ok
+    (ok, answered_us)
 }
 
 /// What Redis reports about itself: commands served, CPU seconds used,
@@ -665,6 +680,11 @@ async fn main() {
     let run = format!("{}", unix_nanos() % 1_000_000_000);
 
     let tenants = match (args.tenants, args.tenant_subscriptions) {
+        _ if args.mode == "fair" => Some(Tenants {
+            count: 2,
+            per: 1,
+            sender: Tenants::id(1),
+        }),
         (0, 0) => None,
         (0, _) | (_, 0) => panic!("--tenants and --tenant-subscriptions go together"),
         (count, per) => Some(Tenants {
@@ -764,15 +784,21 @@ async fn main() {
     // One subscription may use every slot of the process; with several,
     // each keeps the default cap, as a deployment would, so a hanging
     // endpoint holds at most its own share.
-    let per_subscription = if args.subscriptions == 1 {
+    let per_subscription = if args.subscriptions == 1 || args.mode == "fair" {
         "max_in_flight_per_subscription = 512\n"
     } else {
         ""
     };
+    // A's backlog is deeper than plans.default lets a tenant queue.
+    let plan = if args.mode == "fair" {
+        format!("max_pending = {}\n", (args.backlog + args.events + 1).max(1000))
+    } else {
+        String::new()
+    };
     let config = |dispatch: bool| {
         let path = dir.join(format!("hookd-{dispatch}.toml"));
         let text = format!(
-            "[server]\nlisten = \"{addr}\"\n{keys}[queue]\n{queue}\n[ingest]\nmax_batch = 1000\nmax_queue_depth = 0\n{dedup}{history}[plans.default]\nallow_http = true\nallow_private_networks = true\n[delivery]\ndispatch = {dispatch}\nallow_http = true\nallow_private_networks = true\nmax_in_flight = 512\n{per_subscription}{never_disable}{subscriptions}"
+            "[server]\nlisten = \"{addr}\"\n{keys}[queue]\n{queue}\n[ingest]\nmax_batch = 1000\nmax_queue_depth = 0\n{dedup}{history}[plans.default]\n{plan}allow_http = true\nallow_private_networks = true\n[delivery]\ndispatch = {dispatch}\nallow_http = true\nallow_private_networks = true\nmax_in_flight = 512\n{per_subscription}{never_disable}{subscriptions}"
         );
         std::fs::write(&path, text).expect("write config");
         path
@@ -901,7 +927,7 @@ async fn main() {
             };
             let mut accepted = 0;
             for t in tasks {
-                accepted += t.await.unwrap_or(0);
+                accepted += t.await.map_or(0, |(ok, _)| ok);
             }
             let post_secs = started.elapsed().as_secs_f64();
             let total = per * args.connections;
@@ -947,7 +973,87 @@ async fn main() {
                 report_soak(&samples, args.duration as f64, &mut results);
             }
         }
-        other => panic!("unknown --mode {other}: use backlog, e2e or soak"),
+        "fair" => {
+            let tenants = tenants.as_ref().expect("fair mode makes its tenants");
+            let ingest_only = start_hookd(&binary, &config(false));
+            wait_ready(addr).await;
+            make_tenants(&api, rx_addr, tenants, args.setup_concurrency, &seen).await;
+            let a = Tenants::id(0);
+            let queued_at = Instant::now();
+            futures_util::stream::iter((0..args.backlog).step_by(1000))
+                .map(|start| {
+                    let (api, run, a) = (&api, &run, &a);
+                    async move {
+                        let batch: Vec<String> = (start..(start + 1000).min(args.backlog))
+                            .map(|n| event_json(run, format!("a{n}"), Some(a), false))
+                            .collect();
+                        api.post("/v1/events/batch", format!("[{}]", batch.join(",")))
+                            .await
+                            .expect("queue a batch of A's backlog");
+                    }
+                })
+                .buffer_unordered(4)
+                .collect::<()>()
+                .await;
+            println!(
+                "queued {} events of tenant A ({a}) in {:.1}s",
+                args.backlog,
+                queued_at.elapsed().as_secs_f64()
+            );
+            drop(ingest_only);
+            let hookd = start_hookd(&binary, &config(true));
+            wait_ready(addr).await;
+            let started = Instant::now();
+            let per = args.events / args.connections;
+            let interval = (args.rate > 0).then(|| Duration::from_secs_f64(args.connections as f64 / args.rate as f64));
+            let tasks: Vec<_> = (0..args.connections)
+                .map(|c| {
+                    let (run, sender) = (run.clone(), sender.clone());
+                    tokio::spawn(async move {
+                        producer(addr, c * per..(c + 1) * per, interval, &run, sender.as_deref()).await
+                    })
+                })
+                .collect();
+            let (mut accepted, mut answered) = (0, Vec::new());
+            for t in tasks {
+                if let Ok((ok, times)) = t.await {
+                    accepted += ok;
+                    answered.extend(times);
+                }
+            }
+            answered.sort_unstable();
+            // B's deliveries are the ones carrying a send time.
+            let b_delivered = || seen.latencies_us.lock().unwrap().len();
+            while b_delivered() < accepted {
+                assert!(
+                    started.elapsed() < Duration::from_secs(600),
+                    "only {} of B's {accepted} delivered after 600s",
+                    b_delivered()
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            // A's go to the path B's do not: the receiver counts them apart.
+            let a_delivered = seen.unexpected.load(Ordering::Relaxed);
+            let a_left = args.backlog.saturating_sub(a_delivered);
+            let mut lat = seen.latencies_us.lock().unwrap().clone();
+            lat.sort_unstable();
+            let (p50, p99, max) = (percentile(&lat, 0.50), percentile(&lat, 0.99), percentile(&lat, 1.0));
+            let ingest_p99 = percentile(&answered, 0.99);
+            println!(
+                "fair ({backend}): B's {accepted} events at {}/s delivered with A's backlog of {}: latency ms p50 {p50:.2}  p99 {p99:.2}  max {max:.2} (of which ingest's answer: p99 {ingest_p99:.2}); {a_delivered} of A's delivered meanwhile, {a_left} still waiting when B's last arrived; {} rejected signatures",
+                args.rate,
+                args.backlog,
+                seen.rejected.load(Ordering::Relaxed)
+            );
+            results.insert("ingest_p99_ms".into(), ingest_p99.into());
+            results.insert("accepted".into(), accepted.into());
+            results.insert("p50_ms".into(), p50.into());
+            results.insert("p99_ms".into(), p99.into());
+            results.insert("max_ms".into(), max.into());
+            results.insert("a_left".into(), a_left.into());
+            drop(hookd);
+        }
+        other => panic!("unknown --mode {other}: use backlog, e2e, soak or fair"),
     }
     if args.json {
         println!("{}", serde_json::Value::Object(results));
