@@ -1532,6 +1532,49 @@ mod cases {
         );
     }
 
+    /// A batch written again, as the recorder retries one whose commit it
+    /// could not confirm (the answer was lost after the store kept it),
+    /// records each attempt once and counts it once. (PostgreSQL only so
+    /// far: see `postgres_only`.)
+    pub async fn a_batch_written_twice_records_each_attempt_once(fx: &mut Fixture) {
+        let h = fx.h();
+        let acme = tenant("acme");
+        let d = created_for(&acme, "evt_twice", "sub_a1", M, fx.shards());
+        let batch = [
+            Entry::Created(d.clone()),
+            timed(&d, 1, M + 1_000, Some(500), 30),
+            timed(&d, 2, M + 6_000, Some(200), 40),
+        ];
+        h.record(&batch).await.unwrap();
+        h.record(&batch).await.unwrap();
+
+        let (summary, attempts) = h.delivery(&d.id).await.unwrap().expect("recorded");
+        assert_eq!(
+            attempts.iter().map(|a| a.attempt).collect::<Vec<_>>(),
+            vec![1, 2],
+            "each attempt once"
+        );
+        assert_eq!((summary.state, summary.attempts), (DeliveryState::Delivered, 2));
+        let stats = h.stats(&d.subscription).await.unwrap();
+        assert_eq!(
+            (stats.delivered, stats.retrying, stats.dead),
+            (1, 0, 0),
+            "one delivery, delivered: {stats:?}"
+        );
+        let activity = h.activity(None, M + 6_000, M + 6_001).await.unwrap();
+        assert_eq!(
+            minutes(&activity),
+            vec![(M, 1, 1, Some(50), Some(50))],
+            "each attempt counted once"
+        );
+        assert_eq!(activity.tenants, vec![volume("acme", 2)]);
+        // A replay's attempts start over at 1, later: recorded beside them.
+        let again = timed(&d, 1, M + 20_000, Some(200), 20);
+        h.record(&[again]).await.unwrap();
+        let (_, attempts) = h.delivery(&d.id).await.unwrap().expect("recorded");
+        assert_eq!(attempts.iter().map(|a| a.attempt).collect::<Vec<_>>(), vec![1, 2, 1]);
+    }
+
     pub async fn activity_counts_attempts_per_minute_by_outcome_and_owner(fx: &mut Fixture) {
         let h = fx.h();
         let shards = fx.shards();
@@ -1763,6 +1806,12 @@ mod postgres_only {
              WHERE i.inhparent = '{table}'::regclass ORDER BY 1"
         ));
         out.lines().map(str::to_owned).collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_batch_written_twice_records_each_attempt_once() {
+        let mut fx = open("twice").await;
+        cases::a_batch_written_twice_records_each_attempt_once(&mut fx).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

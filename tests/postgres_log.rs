@@ -196,10 +196,17 @@ async fn the_log_is_in_postgres_and_redis_keeps_only_the_hot_queue() {
     let other: Vec<&str> = keys.lines().filter(|k| !k.contains(":seen:")).collect();
     assert_eq!(dedup, 20, "one dedup key per event: {keys}");
     // Besides them: the subscription's state, the subscription list, the
-    // data-loss marker, the (empty) ingest stream and each shard's marker
-    // that its dead deliveries are filed by scope. No queue key is left
-    // once everything is delivered.
-    let fixed = [":sub:clicks", ":subscriptions", ":epoch", ":events", ":dead_by_filed"];
+    // data-loss marker, the (empty) ingest stream and each shard's markers
+    // that its dead deliveries are filed by scope and its due ones by
+    // owner. No queue key is left once everything is delivered: no lane.
+    let fixed = [
+        ":sub:clicks",
+        ":subscriptions",
+        ":epoch",
+        ":events",
+        ":dead_by_filed",
+        ":lanes_filed",
+    ];
     for key in &other {
         assert!(fixed.iter().any(|f| key.ends_with(f)), "{key} left in Redis: {other:?}");
     }

@@ -223,7 +223,7 @@ pub(crate) struct MinuteKey {
 /// What `entries` add to the aggregates: for each minute and view their
 /// attempts touch, the sum of those attempts (see the module docs). The
 /// one place both backends compute it; each then writes each delta once.
-pub(crate) fn deltas(entries: &[Entry]) -> HashMap<MinuteKey, MinuteRecord> {
+pub(crate) fn deltas<'a>(entries: impl IntoIterator<Item = &'a Entry>) -> HashMap<MinuteKey, MinuteRecord> {
     let mut out: HashMap<MinuteKey, MinuteRecord> = HashMap::new();
     for entry in entries {
         let Entry::Attempted { attempt, .. } = entry else {

@@ -20,6 +20,11 @@
 //!   `history.max_count`, are deleted in batches of [`TRIM_BATCH`].
 //!   Attempts live in their delivery's partition (`delivery_at`), so they
 //!   go with it.
+//! - Writing a batch again changes nothing: a batch the recorder retries
+//!   after a commit whose answer was lost finds its summaries and events
+//!   applied, and its attempts are skipped by the unique index
+//!   `attempts_once` (delivery, number, start; V2), so only the attempts
+//!   written now are counted in `activity`.
 //! - Indices answer each read of the admin API with one index range: by
 //!   time, by subscription, by state, by subscription and state, by owner
 //!   (tenant) with or without state, and by event.
@@ -560,10 +565,21 @@ impl PostgresHistory {
         }
 
         self.write_summaries(&tx, &slots).await?;
-        write_attempts(&tx, &writes.attempts).await?;
+        // Only the attempts written now are counted: a batch written again
+        // (a retry after a commit whose answer was lost) finds its
+        // attempts there already.
+        let written = write_attempts(&tx, &writes.attempts).await?;
         write_events(&tx, &writes.events, &writes.replaced_events).await?;
         write_counts(&tx, &writes).await?;
-        write_activity(&tx, entries).await?;
+        let counted = entries.iter().filter(|e| match e {
+            Entry::Attempted { attempt, .. } => written.contains(&(
+                attempt.delivery_id.as_str().to_owned(),
+                attempt.attempt,
+                attempt.started_at,
+            )),
+            _ => false,
+        });
+        write_activity(&tx, counted).await?;
         tx.commit().await.map_err(pg)?;
         Ok(())
     }
@@ -880,10 +896,14 @@ impl Columns {
     }
 }
 
-/// Appends `attempts`, in order.
-async fn write_attempts(tx: &Transaction<'_>, attempts: &[(i64, AttemptRecord)]) -> Result<(), Error> {
+/// An attempt as `attempts_once` knows it: delivery id, number, start.
+type AttemptKey = (String, u32, i64);
+
+/// Appends `attempts`, in order, skipping those recorded already (the
+/// unique index `attempts_once`): the keys of those it wrote.
+async fn write_attempts(tx: &Transaction<'_>, attempts: &[(i64, AttemptRecord)]) -> Result<HashSet<AttemptKey>, Error> {
     if attempts.is_empty() {
-        return Ok(());
+        return Ok(HashSet::new());
     }
     let mut ids = Vec::with_capacity(attempts.len());
     let mut ats = Vec::with_capacity(attempts.len());
@@ -911,12 +931,14 @@ async fn write_attempts(tx: &Transaction<'_>, attempts: &[(i64, AttemptRecord)])
         errors.push(a.error.as_deref().map(clean));
         nexts.push(a.next_attempt_at);
     }
-    tx.execute(
+    let rows = tx.query(
         "INSERT INTO attempts (delivery_id, delivery_at, attempt, started_at, duration_ms, request_headers, status, \
          response_headers, response_body, error_kind, error, next_attempt_at) \
          SELECT id, at, n, s, d, rq::jsonb, st, rs::jsonb, b, k, e, nx FROM unnest($1::text[], $2::bigint[], \
          $3::int[], $4::bigint[], $5::bigint[], $6::text[], $7::int[], $8::text[], $9::text[], $10::text[], \
-         $11::text[], $12::bigint[]) WITH ORDINALITY AS u(id, at, n, s, d, rq, st, rs, b, k, e, nx, i) ORDER BY i",
+         $11::text[], $12::bigint[]) WITH ORDINALITY AS u(id, at, n, s, d, rq, st, rs, b, k, e, nx, i) ORDER BY i \
+         ON CONFLICT (delivery_id, delivery_at, attempt, started_at) DO NOTHING \
+         RETURNING delivery_id, attempt, started_at",
         &[
             &ids, &ats, &numbers, &started, &durations, &requests, &statuses, &responses, &bodies, &kinds, &errors,
             &nexts,
@@ -924,7 +946,17 @@ async fn write_attempts(tx: &Transaction<'_>, attempts: &[(i64, AttemptRecord)])
     )
     .await
     .map_err(pg)?;
-    Ok(())
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let number: i32 = r.get(1);
+            (
+                r.get::<_, String>(0),
+                u32::try_from(number).unwrap_or(0),
+                r.get::<_, i64>(2),
+            )
+        })
+        .collect())
 }
 
 /// Stores event records, replacing the rows of `replaced` (kept keys
@@ -1014,7 +1046,7 @@ fn view_name(view: Option<&TenantId>) -> &str {
 
 /// Adds the batch's attempts to their minutes ([`activity::deltas`]), in
 /// key order.
-async fn write_activity(tx: &Transaction<'_>, entries: &[Entry]) -> Result<(), Error> {
+async fn write_activity<'a>(tx: &Transaction<'_>, entries: impl IntoIterator<Item = &'a Entry>) -> Result<(), Error> {
     let mut deltas: Vec<_> = activity::deltas(entries).into_iter().collect();
     if deltas.is_empty() {
         return Ok(());
