@@ -2659,3 +2659,425 @@ async fn an_event_is_never_replayed_to_another_tenants_subscription() {
     assert!(rx.at("theirs").is_empty(), "zeta's endpoint got nothing of acme's");
     hookd.stop().await;
 }
+
+/// A write's body beyond the limit is answered 413 in hookd's error body,
+/// naming the limit, on every write route (the hostile-tenant test found
+/// axum's plain-text answer there).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_write_is_refused_naming_the_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let hookd = Hookd::start(embedded(dir.path(), "")).await;
+    let acme = tenant(&hookd.api, "acme", None).await;
+    let big = format!("{{\"name\": \"{}\"}}", "x".repeat(hookd::api::MAX_WRITE_BODY));
+    for (who, client, path) in [
+        ("a tenant", &acme, "/v1/subscriptions"),
+        ("the admin", &hookd.api, "/v1/tenants"),
+        ("the admin", &hookd.api, "/v1/tenants/acme/keys"),
+    ] {
+        let refused = client.post(path, big.clone()).await;
+        assert_eq!(status(&refused), 413, "{who} POST {path}: {refused:?}");
+        let text = refused.unwrap_err().to_string();
+        assert!(
+            text.contains(&format!("over the limit of {} bytes", hookd::api::MAX_WRITE_BODY)),
+            "{text}"
+        );
+    }
+    hookd.stop().await;
+}
+
+// --- a hostile tenant beside a normal one --------------------------------
+
+/// One call tenant A makes in [`a_hostile_tenant_cannot_touch_another`]:
+/// what it is (for the failure message) and its answer's status.
+struct Hostile {
+    what: String,
+    status: Option<u16>,
+}
+
+/// One of A's calls, chosen by `rng`: valid ones and hostile ones
+/// (absurd numbers, huge or deep bodies, private addresses, B's ids,
+/// claims to be B), against A's own subscriptions `own` and B's objects;
+/// or one of the platform's calls for A (`admin`): events of A's, in
+/// bulk, or with B's event ids.
+#[allow(clippy::too_many_arguments)]
+async fn hostile_call(
+    rng: &mut rand::rngs::StdRng,
+    admin: &ApiClient,
+    a: &ApiClient,
+    rx: &Receiver,
+    own: &mut Vec<String>,
+    b_sub: &str,
+    b_events: &[String],
+    b_delivery: &str,
+    n: usize,
+) -> Hostile {
+    use rand::Rng;
+    let pick = |rng: &mut rand::rngs::StdRng, list: &[String]| list[rng.random_range(0..list.len())].clone();
+    let subscription = |extra: Value| {
+        let mut body = json!({"name": format!("a{n}"), "url": rx.url("a"), "events": ["order.*"]});
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        body.to_string()
+    };
+    let (what, result) = match rng.random_range(0..16) {
+        0 => (
+            "a valid subscription".to_owned(),
+            a.post("/v1/subscriptions", subscription(json!({}))).await,
+        ),
+        1 => {
+            let extra = match rng.random_range(0..6) {
+                0 => json!({"max_in_flight": 1u64 << 62}),
+                1 => json!({"max_retries": 1u64 << 31}),
+                2 => json!({"timeout": "100000000h"}),
+                3 => json!({"rate_limit": {"per_second": 1e308, "burst": u32::MAX}}),
+                4 => json!({"events": ["*"]}),
+                _ => json!({"name": "x".repeat(10_000)}),
+            };
+            (
+                format!("a subscription with {extra:.60}"),
+                a.post("/v1/subscriptions", subscription(extra)).await,
+            )
+        }
+        2 => {
+            let headers: serde_json::Map<String, Value> = (0..2000)
+                .map(|i| (format!("x-h{i}"), Value::from("v".repeat(1024))))
+                .collect();
+            (
+                "2,000 headers of 1 KB".to_owned(),
+                a.post("/v1/subscriptions", subscription(json!({"headers": headers})))
+                    .await,
+            )
+        }
+        3 => {
+            let events: Vec<String> = (0..50_000).map(|i| format!("type.{i}")).collect();
+            (
+                "50,000 event patterns".to_owned(),
+                a.post("/v1/subscriptions", subscription(json!({"events": events})))
+                    .await,
+            )
+        }
+        4 => {
+            let url = pick(
+                rng,
+                &[
+                    "http://169.254.169.254/latest/meta-data".to_owned(),
+                    "http://10.0.0.1/".to_owned(),
+                    "file:///etc/passwd".to_owned(),
+                    "http://user:pass@[::1]:1/".to_owned(),
+                    "gopher://127.0.0.1:6379/_FLUSHALL".to_owned(),
+                ],
+            );
+            (
+                format!("a subscription to {url}"),
+                a.post("/v1/subscriptions", subscription(json!({"url": url}))).await,
+            )
+        }
+        5 => {
+            let depth = 100_000;
+            let body = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+            (
+                "a body nested 100,000 deep".to_owned(),
+                a.post("/v1/subscriptions", body).await,
+            )
+        }
+        6 => (
+            "a body of 8 MiB".to_owned(),
+            a.post("/v1/subscriptions", "x".repeat(8 << 20)).await,
+        ),
+        7 => {
+            let id = pick(rng, b_events);
+            (
+                format!("the platform sends an event of A's with B's id {id}"),
+                admin
+                    .post(
+                        "/v1/events",
+                        json!({"type": "order.created", "id": id, "tenant": "tenant-a", "data": {"from": "a"}})
+                            .to_string(),
+                    )
+                    .await,
+            )
+        }
+        8 => {
+            let result = a
+                .post(
+                    "/v1/events",
+                    json!({"type": "order.created", "id": format!("evt_a{n}"), "tenant": "tenant-b", "data": {"from": "a"}})
+                        .to_string(),
+                )
+                .await;
+            let status = ApiClient::status_of(&result);
+            assert_eq!(status, Some(403), "A's key sent an event as B: {result:?}");
+            ("an event of B's sent with A's key".to_owned(), result)
+        }
+        9 => {
+            let batch: Vec<Value> = (0..rng.random_range(1..1000))
+                .map(|i| {
+                    json!({"type": "order.created", "id": format!("evt_a{n}_{i}"), "tenant": "tenant-a", "data": {"from": "a"}})
+                })
+                .collect();
+            (
+                format!("the platform sends a batch of {} of A's", batch.len()),
+                admin.post("/v1/events/batch", Value::from(batch).to_string()).await,
+            )
+        }
+        10 => {
+            let kind = rng.random_range(0..7);
+            let path = match kind {
+                0 => format!("/v1/subscriptions/{b_sub}"),
+                1 => format!("/v1/subscriptions/{b_sub}/secret"),
+                2 => format!("/v1/deliveries/{b_delivery}"),
+                3 => format!("/v1/deliveries/{b_delivery}/attempts"),
+                4 => format!("/v1/events/{}", pick(rng, b_events)),
+                5 => format!("/v1/deliveries?subscription={b_sub}"),
+                _ => "/v1/tenants/tenant-b".to_owned(),
+            };
+            let result = a.get(&path).await;
+            // B's objects do not exist for A. An event id of B's may be one
+            // of A's own too (A may send one with it): then A reads its own
+            // event, with none of B's deliveries. A's list of a subscription
+            // it does not own holds nothing.
+            let leaked = match (&result, kind) {
+                (Ok(v), 4) => v.to_string().contains(b_sub) || v.to_string().contains(b_delivery),
+                (Ok(v), 5) => v["deliveries"].as_array().is_none_or(|d| !d.is_empty()),
+                (Ok(_), _) => true,
+                (Err(_), _) => false,
+            };
+            assert!(!leaked, "A read B's object at {path}: {result:?}");
+            (format!("GET {path}"), result)
+        }
+        11 => {
+            let (what, result) = match rng.random_range(0..5) {
+                0 => (
+                    "PATCH B's subscription",
+                    a.patch(
+                        &format!("/v1/subscriptions/{b_sub}"),
+                        json!({"url": rx.url("a")}).to_string(),
+                    )
+                    .await,
+                ),
+                1 => (
+                    "DELETE B's subscription",
+                    a.delete(&format!("/v1/subscriptions/{b_sub}")).await,
+                ),
+                2 => (
+                    "rotate B's secret",
+                    a.post(&format!("/v1/subscriptions/{b_sub}/secret/rotate"), "{}").await,
+                ),
+                3 => (
+                    "replay B's delivery",
+                    a.post(&format!("/v1/deliveries/{b_delivery}/replay"), "{}").await,
+                ),
+                _ => (
+                    "test B's subscription",
+                    a.post(&format!("/v1/subscriptions/{b_sub}/test"), "{}").await,
+                ),
+            };
+            let status = ApiClient::status_of(&result);
+            assert!(
+                matches!(status, Some(403) | Some(404)),
+                "{what} by A answered {status:?}: {result:?}"
+            );
+            (what.to_owned(), result)
+        }
+        12 if !own.is_empty() => {
+            let id = pick(rng, own);
+            let patch = match rng.random_range(0..4) {
+                0 => json!({"max_in_flight": 1u64 << 62}),
+                1 => json!({"url": "http://169.254.169.254/"}),
+                2 => json!({"enabled": false}),
+                _ => json!({"events": ["*"], "enabled": true}),
+            };
+            (
+                format!("PATCH its own {id} with {patch}"),
+                a.patch(&format!("/v1/subscriptions/{id}"), patch.to_string()).await,
+            )
+        }
+        13 if !own.is_empty() => {
+            let id = pick(rng, own);
+            (
+                format!("test its own {id}"),
+                a.post(&format!("/v1/subscriptions/{id}/test"), "{}").await,
+            )
+        }
+        14 if !own.is_empty() => {
+            let id = own.swap_remove(rng.random_range(0..own.len()));
+            (
+                format!("DELETE its own {id}"),
+                a.delete(&format!("/v1/subscriptions/{id}")).await,
+            )
+        }
+        _ => {
+            let query = pick(
+                rng,
+                &[
+                    "limit=1000000000".to_owned(),
+                    "cursor=%00%ff".to_owned(),
+                    format!("cursor={}", "z".repeat(10_000)),
+                    "state=nonsense".to_owned(),
+                ],
+            );
+            (
+                format!("list deliveries with {query:.40}"),
+                a.get(&format!("/v1/deliveries?{query}")).await,
+            )
+        }
+    };
+    if let Ok(made) = &result {
+        if let Some(id) = made["id"].as_str().filter(|id| id.starts_with("sub_")) {
+            if !own.iter().any(|o| o == id) && what.contains("subscription") && !what.contains("PATCH") {
+                own.push(id.to_owned());
+            }
+        }
+    }
+    Hostile {
+        what,
+        status: ApiClient::status_of(&result),
+    }
+}
+
+/// What of B's subscription A must never change: everything but its
+/// counts, health and times, which B's own traffic moves.
+fn b_view(subscription: &Value) -> Value {
+    let mut view = subscription.clone();
+    if let Some(fields) = view.as_object_mut() {
+        fields.retain(|k, _| !(k == "counts" || k.contains("health") || k.ends_with("_at") || k.contains("last")));
+    }
+    view
+}
+
+/// Tenant A makes a random sequence of calls, valid and hostile, while
+/// tenant B sends its events: B receives every event, signed with its
+/// secret, and nothing else; A reaches nothing of B's and changes nothing
+/// of B's subscription; no call is answered 5xx and hookd keeps serving.
+/// The seed is fixed (`HOOKD_HOSTILE_SEED` sets another) and named in
+/// every failure.
+async fn a_hostile_tenant_cannot_touch_another(backend: Backend) {
+    use rand::SeedableRng;
+    let seed: u64 = std::env::var("HOOKD_HOSTILE_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(6_221_079);
+    eprintln!("hostile tenant, {backend:?}: seed {seed} (HOOKD_HOSTILE_SEED={seed} runs it again)");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let rx = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (config, _redis) = config_on(backend, dir.path(), "tenants_hostile", "");
+    let hookd = Hookd::start(config).await;
+    let admin = hookd.api.clone();
+    let a = tenant(&admin, "tenant-a", None).await;
+    let b = tenant(&admin, "tenant-b", None).await;
+    let b_made = subscribe(&b, &rx, "b", json!(["order.*"])).await;
+    let b_sub = b_made["id"].as_str().unwrap().to_owned();
+    let before = b_view(&b.get(&format!("/v1/subscriptions/{b_sub}")).await.unwrap());
+
+    // B's first event, so that A has a delivery id of B's to aim at.
+    let mut b_events = vec!["evt_b0".to_owned()];
+    admin
+        .post(
+            "/v1/events",
+            json!({"type": "order.created", "id": "evt_b0", "tenant": "tenant-b", "data": {"n": 0}}).to_string(),
+        )
+        .await
+        .unwrap();
+    let logged = support::daemon::wait_for_answer(
+        &b,
+        &format!("/v1/deliveries?subscription={b_sub}"),
+        "B's first delivery logged",
+        |v| v["deliveries"].as_array().is_some_and(|d| !d.is_empty()),
+    )
+    .await;
+    let b_delivery = logged["deliveries"][0]["id"].as_str().unwrap().to_owned();
+
+    let mut own = Vec::new();
+    for step in 0..80 {
+        let call = hostile_call(
+            &mut rng,
+            &admin,
+            &a,
+            &rx,
+            &mut own,
+            &b_sub,
+            &b_events,
+            &b_delivery,
+            step,
+        )
+        .await;
+        assert!(
+            call.status.is_some_and(|s| s < 500),
+            "seed {seed}, step {step}: A's call ({}) answered {:?}",
+            call.what,
+            call.status
+        );
+        if step % 4 == 0 {
+            let id = format!("evt_b{}", b_events.len());
+            let sent = admin
+                .post(
+                    "/v1/events",
+                    json!({"type": "order.created", "id": id, "tenant": "tenant-b", "data": {"n": step}}).to_string(),
+                )
+                .await;
+            assert!(
+                sent.is_ok(),
+                "seed {seed}, step {step}: B's event {id} refused: {sent:?}"
+            );
+            b_events.push(id);
+        }
+    }
+
+    // B got every one of its events, each verified with its own secret,
+    // and nothing that was not its own.
+    let got = rx
+        .wait_for(WAIT, "every event of B's", |arrivals| {
+            b_events
+                .iter()
+                .all(|id| arrivals.iter().any(|x| x.path == "b" && x.verified && x.id == *id))
+        })
+        .await;
+    for arrival in got.iter().filter(|x| x.path == "b") {
+        assert!(
+            arrival.verified,
+            "seed {seed}: B's endpoint got an unverified request: {:?}",
+            arrival.id
+        );
+        assert!(
+            b_events.contains(&arrival.id),
+            "seed {seed}: B's endpoint got {}, not one of B's events",
+            arrival.id
+        );
+        let body: Value = serde_json::from_slice(&arrival.body).unwrap();
+        assert_ne!(body["data"]["from"], "a", "seed {seed}: A's body reached B: {body}");
+    }
+    // B's subscription is as B left it, and B's views hold only its own.
+    let after = b_view(&b.get(&format!("/v1/subscriptions/{b_sub}")).await.unwrap());
+    assert_eq!(before, after, "seed {seed}: B's subscription changed");
+    let listed = b.get("/v1/subscriptions").await.unwrap();
+    let ids: Vec<&str> = listed["subscriptions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["id"].as_str())
+        .collect();
+    assert_eq!(ids, vec![b_sub.as_str()], "seed {seed}: B lists {listed}");
+    let deliveries = b.get("/v1/deliveries?limit=500").await.unwrap();
+    for d in deliveries["deliveries"].as_array().unwrap() {
+        assert_eq!(d["subscription"], b_sub.as_str(), "seed {seed}: B's log lists {d}");
+    }
+    // hookd is still serving.
+    assert_eq!(
+        status(&hookd.api.get("/readyz").await),
+        200,
+        "seed {seed}: hookd no longer ready"
+    );
+    hookd.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_tenant_cannot_touch_another_embedded() {
+    a_hostile_tenant_cannot_touch_another(Backend::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_tenant_cannot_touch_another_redis() {
+    a_hostile_tenant_cannot_touch_another(Backend::Redis).await;
+}

@@ -17,7 +17,6 @@
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -27,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::subscriptions::object_body;
-use super::{not_found, require_admin, ApiError, ApiState};
+use super::{not_found, require_admin, ApiError, ApiState, WriteBody};
 use crate::catalog::keys::Principal;
 use crate::catalog::{EventType, Origin};
 
@@ -102,7 +101,7 @@ async fn put(
     State(state): State<Arc<ApiState>>,
     Extension(principal): Extension<Principal>,
     Path(name): Path<String>,
-    body: Bytes,
+    WriteBody(body): WriteBody,
 ) -> Result<Response, ApiError> {
     require_admin(&principal)?;
     let fields = object_body(&body, "description, schema, example, deprecated (all optional)")?;

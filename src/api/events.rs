@@ -27,7 +27,6 @@
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -38,7 +37,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::admin::TenantQuery;
-use super::{bad_body, may_see, require_reader, ApiError, ApiState};
+use super::{bad_body, may_see, require_reader, ApiError, ApiState, WriteBody};
 use crate::catalog::keys::Principal;
 use crate::catalog::Snapshot;
 use crate::config::{Config, SubscriptionName};
@@ -127,7 +126,7 @@ async fn replay(
     Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
     query: Result<Query<TenantQuery>, QueryRejection>,
-    body: Bytes,
+    WriteBody(body): WriteBody,
 ) -> Result<Response, ApiError> {
     require_reader(&principal)?;
     let Query(query) = query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;

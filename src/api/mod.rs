@@ -471,15 +471,67 @@ fn bad_body(message: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", message)
 }
 
-/// Reads a body of at most `limit` bytes, answering 413 beyond it.
+/// Most bytes of the body of a write that is not ingest (a subscription,
+/// a tenant, a key, a replay): far beyond any valid one, so a larger body
+/// is refused before it is parsed.
+pub const MAX_WRITE_BODY: usize = 2 << 20;
+
+/// The body of a write that is not ingest, at most [`MAX_WRITE_BODY`]
+/// bytes: beyond, the answer is 413 `too_large` in hookd's error body,
+/// naming the limit (not axum's plain-text rejection).
+pub(crate) struct WriteBody(pub bytes::Bytes);
+
+impl<S: Send + Sync> axum::extract::FromRequest<S> for WriteBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, _: &S) -> Result<WriteBody, ApiError> {
+        read_limited(req.into_body(), MAX_WRITE_BODY, "").await.map(WriteBody)
+    }
+}
+
+/// Most bytes of an oversized body read (and dropped) before its 413 is
+/// sent, and how long that may take: a client still sending when the
+/// answer comes and the connection closes would see the connection reset,
+/// not the answer.
+const DRAIN_BYTES: usize = 32 << 20;
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Reads a body of at most `limit` bytes; beyond, answers 413 `too_large`
+/// naming the limit (and `setting`, what sets it, if any), once the rest
+/// of the body is read and dropped (up to [`DRAIN_BYTES`] in
+/// [`DRAIN_TIME`]).
+async fn read_limited(body: Body, limit: usize, setting: &str) -> Result<bytes::Bytes, ApiError> {
+    use http_body_util::BodyExt;
+    let mut body = body;
+    let mut kept = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| bad_body(format!("the request body could not be read: {e}")))?;
+        let Ok(data) = frame.into_data() else { continue };
+        if kept.len() + data.len() > limit {
+            let mut read = kept.len() + data.len();
+            let drain = async {
+                while let Some(Ok(frame)) = body.frame().await {
+                    read = read.saturating_add(frame.into_data().map_or(0, |d| d.len()));
+                    if read > DRAIN_BYTES {
+                        break;
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(DRAIN_TIME, drain).await;
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!("request body is over the limit of {limit} bytes{setting}"),
+            ));
+        }
+        kept.extend_from_slice(&data);
+    }
+    Ok(kept.freeze())
+}
+
+/// Reads an ingest body of at most `limit` bytes, answering 413 beyond it.
 async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
-    axum::body::to_bytes(body, limit).await.map_err(|_| {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too_large",
-            format!("request body is over the limit of {limit} bytes (ingest.max_body_bytes)"),
-        )
-    })
+    read_limited(body, limit, " (ingest.max_body_bytes)").await
 }
 
 /// `cli` for `hookd send` (its `user-agent`), `http` for everyone else.

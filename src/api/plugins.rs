@@ -13,7 +13,6 @@
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -22,7 +21,7 @@ use axum::{Extension, Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::{not_found, require_admin, ApiError, ApiState};
+use super::{not_found, require_admin, ApiError, ApiState, WriteBody};
 use crate::catalog::keys::Principal;
 use crate::plugin::Verdict;
 
@@ -92,7 +91,7 @@ async fn run(
     State(state): State<Arc<ApiState>>,
     Extension(principal): Extension<Principal>,
     Path(name): Path<String>,
-    body: Bytes,
+    WriteBody(body): WriteBody,
 ) -> Result<Response, ApiError> {
     require_admin(&principal)?;
     let unprocessable = |m: String| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", m);

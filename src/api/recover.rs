@@ -41,7 +41,6 @@
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -52,7 +51,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::admin::parse_time;
-use super::{bad_body, may_see, not_found, parse_id, require_reader, ApiError, ApiState};
+use super::{bad_body, may_see, not_found, parse_id, require_reader, ApiError, ApiState, WriteBody};
 use crate::catalog::keys::Principal;
 use crate::config::SubscriptionName;
 use crate::history::{DeliveryState, Entry, ListFilter};
@@ -282,7 +281,7 @@ async fn replay_subscription(
     State(state): State<Arc<ApiState>>,
     Extension(principal): Extension<Principal>,
     Path(name): Path<String>,
-    body: Bytes,
+    WriteBody(body): WriteBody,
 ) -> Result<Response, ApiError> {
     let body: ReplayBody = if body.is_empty() {
         ReplayBody::default()

@@ -29,7 +29,6 @@
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -40,7 +39,7 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 
 use super::admin::bad_param;
-use super::{bad_body, forbidden, may_see, not_found, require_reader, ApiError, ApiState};
+use super::{bad_body, forbidden, may_see, not_found, require_reader, ApiError, ApiState, WriteBody};
 use crate::catalog::keys::Principal;
 use crate::catalog::{Error as CatalogError, Owner, SubscriptionSpec};
 use crate::config::{bounds, SubscriptionConfig, SubscriptionName};
@@ -366,7 +365,7 @@ fn tenant_of_write(principal: &Principal, named: Option<Value>) -> Result<Tenant
 async fn create(
     State(state): State<Arc<ApiState>>,
     Extension(principal): Extension<Principal>,
-    body: Bytes,
+    WriteBody(body): WriteBody,
 ) -> Result<Response, ApiError> {
     let mut fields = object_body(
         &body,
@@ -406,7 +405,7 @@ async fn update(
     State(state): State<Arc<ApiState>>,
     Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
-    body: Bytes,
+    WriteBody(body): WriteBody,
 ) -> Result<Response, ApiError> {
     require_reader(&principal)?;
     let mut fields = object_body(&body, "the fields to change, null to clear one")?;
@@ -507,7 +506,7 @@ async fn rotate_secret(
     State(state): State<Arc<ApiState>>,
     Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
-    body: Bytes,
+    WriteBody(body): WriteBody,
 ) -> Result<Response, ApiError> {
     require_reader(&principal)?;
     let body: RotateBody = if body.iter().all(u8::is_ascii_whitespace) {
@@ -554,7 +553,7 @@ async fn send_test(
     State(state): State<Arc<ApiState>>,
     Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
-    body: Bytes,
+    WriteBody(body): WriteBody,
 ) -> Result<Response, ApiError> {
     let sub = find(&state, &principal, &id)?;
     let body: TestBody = serde_json::from_slice(&body).map_err(|e| {
@@ -667,7 +666,7 @@ async fn disable(
     State(state): State<Arc<ApiState>>,
     Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
-    body: Bytes,
+    WriteBody(body): WriteBody,
 ) -> Result<Response, ApiError> {
     let sub: SubscriptionConfig = find(&state, &principal, &id)?;
     let reason = if body.is_empty() {

@@ -16,7 +16,6 @@
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -26,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::subscriptions::{cancel_pending, object_body};
-use super::{not_found, require_admin, ApiError, ApiState};
+use super::{not_found, require_admin, ApiError, ApiState, WriteBody};
 use crate::catalog::keys::{KeyRecord, Principal, Role};
 use crate::catalog::{Origin, Tenant};
 use crate::model::{Millis, TenantId};
@@ -167,7 +166,7 @@ async fn show_tenant(
 async fn create_tenant(
     State(state): State<Arc<ApiState>>,
     Extension(principal): Extension<Principal>,
-    body: Bytes,
+    WriteBody(body): WriteBody,
 ) -> Result<Response, ApiError> {
     require_admin(&principal)?;
     let fields = object_body(&body, "id, name and optional plan, metadata")?;
@@ -187,7 +186,7 @@ async fn update_tenant(
     State(state): State<Arc<ApiState>>,
     Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
-    body: Bytes,
+    WriteBody(body): WriteBody,
 ) -> Result<Response, ApiError> {
     require_admin(&principal)?;
     let id = parse_tenant(&id)?;
@@ -264,7 +263,7 @@ async fn create_tenant_key(
     State(state): State<Arc<ApiState>>,
     Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
-    body: Bytes,
+    WriteBody(body): WriteBody,
 ) -> Result<Response, ApiError> {
     require_admin(&principal)?;
     let id = parse_tenant(&id)?;
@@ -308,7 +307,7 @@ async fn revoke_tenant_key(
 async fn create_key(
     State(state): State<Arc<ApiState>>,
     Extension(principal): Extension<Principal>,
-    body: Bytes,
+    WriteBody(body): WriteBody,
 ) -> Result<Response, ApiError> {
     require_admin(&principal)?;
     let request = parse_key_request(&body)?;
