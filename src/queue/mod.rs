@@ -29,8 +29,9 @@
 //!   owner whose oldest is oldest first), up to `ceil(max / owners)` each;
 //!   what is left of `max` goes to the oldest due not yet taken. What a
 //!   claim takes is handed out in order of due time, ties broken by
-//!   [`DeliveryId`]; when one owner has all that is due, a claim takes
-//!   its oldest. Each backend keeps a per-owner index of what is due (lanes) in
+//!   [`DeliveryId`]; of each owner, a claim takes its oldest due (on a
+//!   cluster, where each shard takes its own turns, its oldest in each
+//!   shard it takes from). Each backend keeps a per-owner index of what is due (lanes) in
 //!   the same atomic write as each move of a delivery's due time.
 //! - [`Settlement::Park`] moves a claimed delivery of a disabled
 //!   subscription aside, out of the due order, into its subscription's
