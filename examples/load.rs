@@ -512,18 +512,10 @@ fn process_rss(pid: u32) -> u64 {
 /// for a retry in an hour).
 async fn make_retries(api: &ApiClient, run: &str, n: usize, seen: &Seen) {
     let started = Instant::now();
-    futures_util::stream::iter((0..n).step_by(1000))
-        .map(|start| async move {
-            let batch: Vec<String> = (start..(start + 1000).min(n))
-                .map(|i| format!(r#"{{"type":"load.later","id":"evt_{run}_later_{i}","data":{{"n":{i}}}}}"#))
-                .collect();
-            api.post("/v1/events/batch", format!("[{}]", batch.join(",")))
-                .await
-                .expect("queue a batch of retries");
-        })
-        .buffer_unordered(4)
-        .collect::<()>()
-        .await;
+    post_batches(api, n, "retries", |i| {
+        format!(r#"{{"type":"load.later","id":"evt_{run}_later_{i}","data":{{"n":{i}}}}}"#)
+    })
+    .await;
     let queued = started.elapsed().as_secs_f64();
     while seen.later.load(Ordering::Relaxed) < n {
         assert!(
@@ -555,6 +547,22 @@ async fn make_retries(api: &ApiClient, run: &str, n: usize, seen: &Seen) {
         "{n} deliveries wait as retries due in an hour (queued in {queued:.1}s, attempted once in {attempted:.1}s, logged in {logged:.1}s; timing starts {}s later)",
         settle.as_secs()
     );
+}
+
+/// Posts events `0..n`, each `event(i)`'s JSON, in batches of 1,000, four
+/// batches at once.
+async fn post_batches(api: &ApiClient, n: usize, what: &str, event: impl Fn(usize) -> String) {
+    let event = &event;
+    futures_util::stream::iter((0..n).step_by(1000))
+        .map(|start| async move {
+            let batch: Vec<String> = (start..(start + 1000).min(n)).map(event).collect();
+            api.post("/v1/events/batch", format!("[{}]", batch.join(",")))
+                .await
+                .unwrap_or_else(|e| panic!("queue a batch of {what}: {e}"));
+        })
+        .buffer_unordered(4)
+        .collect::<()>()
+        .await;
 }
 
 /// Redis's stats before a timed run, with `--redis`.
@@ -980,21 +988,10 @@ async fn main() {
             make_tenants(&api, rx_addr, tenants, args.setup_concurrency, &seen).await;
             let a = Tenants::id(0);
             let queued_at = Instant::now();
-            futures_util::stream::iter((0..args.backlog).step_by(1000))
-                .map(|start| {
-                    let (api, run, a) = (&api, &run, &a);
-                    async move {
-                        let batch: Vec<String> = (start..(start + 1000).min(args.backlog))
-                            .map(|n| event_json(run, format!("a{n}"), Some(a), false))
-                            .collect();
-                        api.post("/v1/events/batch", format!("[{}]", batch.join(",")))
-                            .await
-                            .expect("queue a batch of A's backlog");
-                    }
-                })
-                .buffer_unordered(4)
-                .collect::<()>()
-                .await;
+            post_batches(&api, args.backlog, "A's backlog", |n| {
+                event_json(&run, format!("a{n}"), Some(&a), false)
+            })
+            .await;
             println!(
                 "queued {} events of tenant A ({a}) in {:.1}s",
                 args.backlog,

@@ -580,6 +580,20 @@ fn fail(op: Op, e: Error) {
     }
 }
 
+/// Every (time, id) key of `table` ([`DUE`] or [`DEAD`]), in order.
+fn all_of(table: &Table<'_, (i64, &'static str), ()>) -> Result<Vec<(i64, String)>, StoreError> {
+    table
+        .iter()?
+        .map(|entry| {
+            entry.map(|(key, _)| {
+                let (at, id) = key.value();
+                (at, id.to_owned())
+            })
+        })
+        .collect::<Result<_, _>>()
+        .map_err(StoreError::from)
+}
+
 /// What an operation did to a lane: the earliest due time among the
 /// entries it removed and among those it added, and whether a claim
 /// served it.
@@ -675,16 +689,7 @@ impl<'txn> Tables<'txn> {
         if !self.dead_by.is_empty()? || self.dead.is_empty()? {
             return Ok(());
         }
-        let dead: Vec<(i64, String)> = self
-            .dead
-            .iter()?
-            .map(|entry| {
-                entry.map(|(key, _)| {
-                    let (at, id) = key.value();
-                    (at, id.to_owned())
-                })
-            })
-            .collect::<Result<_, _>>()?;
+        let dead = all_of(&self.dead)?;
         for (at, id) in &dead {
             let record = self.records.get(id.as_str())?.map(|g| g.value().to_vec());
             if let Some(record) = record {
@@ -705,16 +710,7 @@ impl<'txn> Tables<'txn> {
         if !self.lane_due.is_empty()? || self.due.is_empty()? {
             return Ok(());
         }
-        let due: Vec<(i64, String)> = self
-            .due
-            .iter()?
-            .map(|entry| {
-                entry.map(|(key, _)| {
-                    let (at, id) = key.value();
-                    (at, id.to_owned())
-                })
-            })
-            .collect::<Result<_, _>>()?;
+        let due = all_of(&self.due)?;
         for (at, id) in &due {
             let lane = self.owner_of(id)?.unwrap_or_default();
             self.lane_due.insert((lane.as_str(), *at, id.as_str()), ())?;

@@ -55,7 +55,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
-use ::redis::Value;
+use ::redis::{Script, Value};
 
 use super::{
     Claim, Claimed, DeadScope, Delivery, DeliveryId, Depth, Enqueued, Error, Expired, HealthUpdate, Lease, Millis,
@@ -265,25 +265,11 @@ impl RedisQueue {
     }
 
     /// Files the dead deliveries of every shard not yet marked
-    /// [`dead_by_filed_key`] under their scopes, in batches (a store
-    /// written before the indexes; every delivery that dies later is filed
-    /// as it dies). Idempotent, so processes starting together may both
-    /// run it.
+    /// [`dead_by_filed_key`] under their scopes (a store written before the
+    /// indexes; every delivery that dies later is filed as it dies).
     async fn file_unfiled_dead(&self) -> Result<(), Error> {
-        const BATCH: u64 = 500;
-        let mut marks = Vec::new();
-        for s in 0..self.shards {
-            let mut cmd = ::redis::cmd("EXISTS");
-            cmd.arg(dead_by_filed_key(&self.prefix, s));
-            marks.push(vec![cmd]);
-        }
-        let marks = self.redis.per_shard("dead index", marks).await?;
-        for (s, mark) in (0..self.shards).zip(marks) {
-            if mark.first().map(int_of).transpose()? == Some(1) {
-                continue;
-            }
-            let mut from = 0u64;
-            loop {
+        let filed = self
+            .file_once("dead index", &FILE_DEAD, dead_by_filed_key, |s, from, batch| {
                 let mut call = Call {
                     keys: vec![
                         dead_key(&self.prefix, s),
@@ -294,46 +280,28 @@ impl RedisQueue {
                 };
                 call.arg(dead_by_key_base(&self.prefix, s));
                 call.arg(from);
-                call.arg(BATCH);
-                let read = self.redis.eval("dead index", &FILE_DEAD, vec![call]).await?;
-                match read.first().map(int_of).transpose()? {
-                    Some(n) if n > 0 => from += n as u64,
-                    _ => break,
-                }
-            }
-            if from > 0 {
-                tracing::info!(
-                    shard = s,
-                    dead = from,
-                    "filed the dead deliveries of an older store by subscription and owner"
-                );
-            }
+                call.arg(batch);
+                call
+            })
+            .await?;
+        for (shard, dead) in filed {
+            tracing::info!(
+                shard,
+                dead,
+                "filed the dead deliveries of an older store by subscription and owner"
+            );
         }
         Ok(())
     }
 
     /// Files the due deliveries of every shard not yet marked
-    /// [`lanes_filed_key`] in their lanes, in batches (a store written
-    /// before lanes; every delivery made due later is filed as it is).
-    /// Idempotent. A delivery that a claim finds in `due` but in no lane
-    /// (one an older hookd made due meanwhile) is still claimed, after the
-    /// lanes' turns.
+    /// [`lanes_filed_key`] in their lanes (a store written before lanes;
+    /// every delivery made due later is filed as it is). A delivery that a
+    /// claim finds in `due` but in no lane (one an older hookd made due
+    /// meanwhile) is still claimed, after the lanes' turns.
     async fn file_unlaned_due(&self) -> Result<(), Error> {
-        const BATCH: u64 = 500;
-        let marks = (0..self.shards)
-            .map(|s| {
-                let mut cmd = ::redis::cmd("EXISTS");
-                cmd.arg(lanes_filed_key(&self.prefix, s));
-                vec![cmd]
-            })
-            .collect();
-        let marks = self.redis.per_shard("lanes", marks).await?;
-        for (s, mark) in (0..self.shards).zip(marks) {
-            if mark.first().map(int_of).transpose()? == Some(1) {
-                continue;
-            }
-            let mut from = 0u64;
-            loop {
+        let filed = self
+            .file_once("lanes", &FILE_LANES, lanes_filed_key, |s, from, batch| {
                 let mut call = Call {
                     keys: vec![
                         due_key(&self.prefix, s),
@@ -344,22 +312,56 @@ impl RedisQueue {
                     args: Vec::new(),
                 };
                 call.arg(from);
-                call.arg(BATCH);
-                let read = self.redis.eval("lanes", &FILE_LANES, vec![call]).await?;
+                call.arg(batch);
+                call
+            })
+            .await?;
+        for (shard, due) in filed {
+            tracing::info!(shard, due, "filed the due deliveries of an older store by owner");
+        }
+        Ok(())
+    }
+
+    /// Runs a one-time filing `script` over every shard whose `marker` key
+    /// is not set, in batches: `call(shard, from, batch)` reads `batch`
+    /// from rank `from`, and the script answers how many it read, or -1
+    /// once done (setting the marker). Idempotent, so processes starting
+    /// together may both run it. Returns each shard that had anything
+    /// filed, with how many.
+    async fn file_once(
+        &self,
+        what: &'static str,
+        script: &'static Script,
+        marker: fn(&str, u16) -> String,
+        call: impl Fn(u16, u64, u64) -> Call,
+    ) -> Result<Vec<(u16, u64)>, Error> {
+        const BATCH: u64 = 500;
+        let marks = (0..self.shards)
+            .map(|s| {
+                let mut cmd = ::redis::cmd("EXISTS");
+                cmd.arg(marker(&self.prefix, s));
+                vec![cmd]
+            })
+            .collect();
+        let marks = self.redis.per_shard(what, marks).await?;
+        let mut filed = Vec::new();
+        for (s, mark) in (0..self.shards).zip(marks) {
+            if mark.first().map(int_of).transpose()? == Some(1) {
+                continue;
+            }
+            let mut from = 0u64;
+            loop {
+                let read = self.redis.eval(what, script, vec![call(s, from, BATCH)]).await?;
                 match read.first().map(int_of).transpose()? {
                     Some(n) if n > 0 => from += n as u64,
                     _ => break,
                 }
             }
             if from > 0 {
-                tracing::info!(
-                    shard = s,
-                    due = from,
-                    "filed the due deliveries of an older store by owner"
-                );
+                filed.push((s, from));
             }
         }
-        Ok(())
+        Ok(filed)
     }
 
     /// This queue, reading this process's clock as `skew` ms off (ahead if
