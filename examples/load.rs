@@ -439,6 +439,24 @@ async fn producer(
     (ok, answered_us)
 }
 
+/// `connections` producers, each posting `per` events (numbered apart)
+/// every `interval`, or as fast as they can.
+fn producers(
+    addr: SocketAddr,
+    connections: usize,
+    per: usize,
+    interval: Option<Duration>,
+    run: &str,
+    tenant: Option<&str>,
+) -> Vec<tokio::task::JoinHandle<(usize, Vec<u64>)>> {
+    (0..connections)
+        .map(|c| {
+            let (run, tenant) = (run.to_owned(), tenant.map(str::to_owned));
+            tokio::spawn(async move { producer(addr, c * per..(c + 1) * per, interval, &run, tenant.as_deref()).await })
+        })
+        .collect()
+}
+
 /// What Redis reports about itself: commands served, CPU seconds used,
 /// bytes of data held.
 #[derive(Clone, Copy, Debug, Default)]
@@ -915,14 +933,7 @@ async fn main() {
             let before = redis_before(&args).await;
             let cpu_before = process_cpu_secs(hookd.0.id());
             let started = Instant::now();
-            let tasks: Vec<_> = (0..args.connections)
-                .map(|c| {
-                    let (run, sender) = (run.clone(), sender.clone());
-                    tokio::spawn(async move {
-                        producer(addr, c * per..(c + 1) * per, interval, &run, sender.as_deref()).await
-                    })
-                })
-                .collect();
+            let tasks = producers(addr, args.connections, per, interval, &run, sender.as_deref());
             let samples = if args.mode == "soak" {
                 Some(tokio::spawn(sample_memory(
                     hookd.0.id(),
@@ -1003,14 +1014,7 @@ async fn main() {
             let started = Instant::now();
             let per = args.events / args.connections;
             let interval = (args.rate > 0).then(|| Duration::from_secs_f64(args.connections as f64 / args.rate as f64));
-            let tasks: Vec<_> = (0..args.connections)
-                .map(|c| {
-                    let (run, sender) = (run.clone(), sender.clone());
-                    tokio::spawn(async move {
-                        producer(addr, c * per..(c + 1) * per, interval, &run, sender.as_deref()).await
-                    })
-                })
-                .collect();
+            let tasks = producers(addr, args.connections, per, interval, &run, sender.as_deref());
             let (mut accepted, mut answered) = (0, Vec::new());
             for t in tasks {
                 if let Ok((ok, times)) = t.await {
