@@ -160,9 +160,9 @@
 //!   run over every shard involved (one round trip), not one per shard; on
 //!   a Cluster it is one run per shard. Claims are fair between owners
 //!   (each tenant, and the operator): the owners with something due take
-//!   turns, each its oldest first, by the same rule on both backends, so
-//!   one tenant's backlog delays another's fresh deliveries by about one
-//!   claim batch, not by the backlog.
+//!   turns, each its oldest first, by the same rule on both backends (on
+//!   a Cluster, shard by shard), so one tenant's backlog delays another's
+//!   fresh deliveries by about one claim batch, not by the backlog.
 //! - The embedded store fsyncs an enqueue (and a replay) before answering,
 //!   so an accepted event is never lost; claims and settlements are made
 //!   durable at least every second. A crash can undo up to a second of
