@@ -13,9 +13,10 @@
 //!
 //! Claims are fair between owners. Each shard's `due` is mirrored by one
 //! lane per owner (the tenant owning a delivery's subscription, or the
-//! operator), and [`lanes_key`] scores each lane by its oldest entry. A
-//! claim lets the owners with something due take turns, each its oldest
-//! first, then fills what is left of its batch with the oldest due, ties
+//! operator), and [`lanes_key`] scores each lane by its turn (its oldest
+//! entry, or just after a claim last served it, if later). A claim lets
+//! the owners with something due take turns, each its oldest first, then
+//! fills what is left of its batch with the oldest due, ties
 //! broken by id (as the embedded store does). So one tenant's backlog of
 //! 200,000 due deliveries costs another tenant's new delivery one turn,
 //! not the backlog's drain time. Every script that changes `due` changes
@@ -164,11 +165,13 @@ pub fn pending_key(prefix: &str, shard: u16) -> String {
 }
 
 /// `{prefix}:{N}:lanes`, a sorted set: member = a lane (the tenant owning a
-/// delivery's subscription, or `''` for the operator's), score = the lowest
-/// score in its lane. Each lane is the sorted set `{prefix}:{N}:lanes:<lane>`,
-/// which mirrors the lane's part of `due` (same members, same scores), so a
-/// claim can let owners take turns. Written with `due`, in the same script:
-/// enqueue, claim, settle, replay, reschedule and unpark.
+/// delivery's subscription, or `''` for the operator's), score = its turn:
+/// the lowest score in its lane, or 1 ms after a claim last served it if
+/// later (kept in the hash `{prefix}:{N}:lanes_served`, lane → ms). Each
+/// lane is the sorted set `{prefix}:{N}:lanes:<lane>`, which mirrors the
+/// lane's part of `due` (same members, same scores), so a claim can let
+/// owners take turns. Written with `due`, in the same script: enqueue,
+/// claim, settle, replay, reschedule and unpark.
 pub fn lanes_key(prefix: &str, shard: u16) -> String {
     format!("{prefix}:{{{shard}}}:lanes")
 }
@@ -404,13 +407,7 @@ impl RedisQueue {
     /// [`turns`]), then claims from each shard as many of each owner's as
     /// the turns gave it (the oldest due of each then, which another
     /// process's claim may have moved on from: never the same delivery).
-    async fn claim_cluster(
-        &self,
-        order: &[u16],
-        now: Millis,
-        lease: Millis,
-        max: usize,
-    ) -> Result<(Vec<Claim>, Option<Millis>), Error> {
+    async fn claim_cluster(&self, order: &[u16], now: Millis, lease: Millis, max: usize) -> Result<ClaimReply, Error> {
         let peeks = order
             .iter()
             .map(|&s| {
@@ -502,9 +499,6 @@ impl RedisQueue {
                 next_due = Some(next_due.map_or(n, |m: Millis| m.min(n)));
             }
         }
-        claimed.sort_by(|a, b| a.1.total_cmp(&b.1).then_with(|| a.0.delivery.id.cmp(&b.0.delivery.id)));
-        let claimed: Vec<Claim> = claimed.into_iter().map(|(claim, _)| claim).collect();
-        let next_due = if claimed.is_empty() { next_due } else { None };
         Ok((claimed, next_due))
     }
 
@@ -759,8 +753,6 @@ fn state_of(name: &str, value: Value) -> Result<SubscriptionState, Error> {
     Ok(state)
 }
 
-/// What one claim script run handed out: each claim with the due time it
-/// had, and the next due time.
 /// A delivery a shard's claim would take, as the peek script reports it.
 struct Candidate {
     /// Its due time, in Redis's clock.
@@ -822,6 +814,8 @@ fn turns(mut candidates: Vec<Candidate>, max: usize) -> Vec<Candidate> {
     out
 }
 
+/// What one claim script run handed out: each claim with the due time it
+/// had, and the next due time.
 type ClaimReply = (Vec<(Claim, f64)>, Option<Millis>);
 
 /// Decodes the claim script's reply: the claims, each with the due time it
@@ -916,7 +910,7 @@ impl Queue for RedisQueue {
         }
         let lease = millis(lease);
         let order: Vec<u16> = (0..self.shards).collect();
-        let (claims, next_due) = if self.redis.is_cluster() {
+        let (mut claims, next_due) = if self.redis.is_cluster() {
             self.claim_cluster(&order, now, lease, max).await?
         } else {
             let call = self.claim_call(&order, now, lease, max);
@@ -926,11 +920,11 @@ impl Queue for RedisQueue {
                 .await?
                 .pop()
                 .unwrap_or(Value::Nil);
-            let (mut claims, next_due) = claim_reply(reply)?;
-            // Oldest first, as on a cluster and on the embedded store.
-            claims.sort_by(|a, b| a.1.total_cmp(&b.1).then_with(|| a.0.delivery.id.cmp(&b.0.delivery.id)));
-            (claims.into_iter().map(|(claim, _)| claim).collect(), next_due)
+            claim_reply(reply)?
         };
+        // Oldest first, whatever turn took them, as on the embedded store.
+        claims.sort_by(|a, b| a.1.total_cmp(&b.1).then_with(|| a.0.delivery.id.cmp(&b.0.delivery.id)));
+        let claims: Vec<Claim> = claims.into_iter().map(|(claim, _)| claim).collect();
         let next_due = if claims.is_empty() { next_due } else { None };
         Ok(Claimed { claims, next_due })
     }
