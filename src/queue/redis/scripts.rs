@@ -35,16 +35,21 @@ local function ms(x) return string.format('%.0f', x) end
 /// something due by then. A script changes lanes with `lane_put` (`zargs` = {score, id,
 /// ...}), `lane_drop` and `lane_served`, and calls `lane_heads()` once at
 /// the end, which rescores the lanes it changed and forgets the empty
-/// ones. `lane_of` is a delivery's lane, from the shard's `owner` hash.
+/// ones. `lane_of` is a delivery's lane, from the shard's `owner` hash;
+/// `group(groups, lane)` the list `groups` gathers for a lane (made on
+/// first use), for one `lane_put` or `lane_drop` per lane.
 const LANES_LUA: &str = r#"
+local function group(groups, lane)
+  local list = groups[lane]
+  if list == nil then
+    list = {}
+    groups[lane] = list
+  end
+  return list
+end
 local lanes_changed = {}
 local function lane_mark(lanes, owner)
-  local m = lanes_changed[lanes]
-  if m == nil then
-    m = {}
-    lanes_changed[lanes] = m
-  end
-  m[owner] = true
+  group(lanes_changed, lanes)[owner] = true
 end
 local function lane_put(lanes, owner, zargs)
   for from = 1, #zargs, 1000 do
@@ -249,11 +254,7 @@ while i <= #ARGV do
       table.insert(adds.scores, now)
       table.insert(adds.scores, ARGV[j])
       local t = ARGV[j + 2]
-      local lane = adds.lanes[t]
-      if lane == nil then
-        lane = {}
-        adds.lanes[t] = lane
-      end
+      local lane = group(adds.lanes, t)
       lane[#lane + 1] = now
       lane[#lane + 1] = ARGV[j]
       if t ~= '' then
@@ -313,11 +314,7 @@ for _, o in ipairs(served) do
 end
 local by_shard = {}
 for _, p in ipairs(picked) do
-  local b = by_shard[p[3]]
-  if b == nil then
-    b = {}
-    by_shard[p[3]] = b
-  end
+  local b = group(by_shard, p[3])
   b[#b + 1] = p
 end
 local records = {}
@@ -359,14 +356,12 @@ for s, items in pairs(by_shard) do
       local o = sure[first + i - 1][4]
       if got[i] then
         records[ids[i]] = got[i]
-        local l = puts[o] or {}
-        puts[o] = l
+        local l = group(puts, o)
         l[#l + 1] = lease_end
         l[#l + 1] = ids[i]
       else
         redis.call('ZREM', due, ids[i])
-        local l = drops[o] or {}
-        drops[o] = l
+        local l = group(drops, o)
         l[#l + 1] = ids[i]
       end
     end
@@ -511,8 +506,7 @@ for g, ids in pairs(acked) do
     for j = 1, #part do
       local t = owners[j] or ''
       if t ~= '' then counts[t] = (counts[t] or 0) + 1 end
-      lanes[t] = lanes[t] or {}
-      table.insert(lanes[t], part[j])
+      table.insert(group(lanes, t), part[j])
     end
     for t, n in pairs(counts) do release(KEYS[k + 6], t, n) end
     for t, lane in pairs(lanes) do lane_drop(KEYS[k + 7], t, lane) end
@@ -552,9 +546,9 @@ for s = 1, #KEYS / 5 do
     local owners, by_lane = redis.call('HMGET', owner, unpack(ids)), {}
     for j = 1, #ids do
       local t = owners[j] or ''
-      by_lane[t] = by_lane[t] or {}
-      table.insert(by_lane[t], zargs[2 * j - 1])
-      table.insert(by_lane[t], ids[j])
+      local lane = group(by_lane, t)
+      lane[#lane + 1] = zargs[2 * j - 1]
+      lane[#lane + 1] = ids[j]
     end
     for t, lane in pairs(by_lane) do lane_put(lanes, t, lane) end
     redis.call('ZREM', parked, unpack(ids))
@@ -644,9 +638,9 @@ local items = redis.call('ZRANGE', KEYS[1], from, from + n - 1, 'WITHSCORES')
 local by_lane = {}
 for j = 1, #items, 2 do
   local t = lane_of(KEYS[2], items[j])
-  by_lane[t] = by_lane[t] or {}
-  table.insert(by_lane[t], items[j + 1])
-  table.insert(by_lane[t], items[j])
+  local lane = group(by_lane, t)
+  lane[#lane + 1] = items[j + 1]
+  lane[#lane + 1] = items[j]
 end
 for t, lane in pairs(by_lane) do lane_put(KEYS[3], t, lane) end
 lane_heads()
