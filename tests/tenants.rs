@@ -2720,7 +2720,9 @@ async fn hostile_call(
         }
         body.to_string()
     };
-    let (what, result) = match rng.random_range(0..16) {
+    // Choices 0 to 6 create a subscription (or try to).
+    let choice = rng.random_range(0..16);
+    let (what, result) = match choice {
         0 => (
             "a valid subscription".to_owned(),
             a.post("/v1/subscriptions", subscription(json!({}))).await,
@@ -2923,11 +2925,9 @@ async fn hostile_call(
             )
         }
     };
-    if let Ok(made) = &result {
-        if let Some(id) = made["id"].as_str().filter(|id| id.starts_with("sub_")) {
-            if !own.iter().any(|o| o == id) && what.contains("subscription") && !what.contains("PATCH") {
-                own.push(id.to_owned());
-            }
+    if let (true, Ok(made)) = (choice <= 6, &result) {
+        if let Some(id) = made["id"].as_str() {
+            own.push(id.to_owned());
         }
     }
     Hostile {

@@ -500,9 +500,8 @@ const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(5);
 /// naming the limit (and `setting`, what sets it, if any), once the rest
 /// of the body is read and dropped (up to [`DRAIN_BYTES`] in
 /// [`DRAIN_TIME`]).
-async fn read_limited(body: Body, limit: usize, setting: &str) -> Result<bytes::Bytes, ApiError> {
+async fn read_limited(mut body: Body, limit: usize, setting: &str) -> Result<bytes::Bytes, ApiError> {
     use http_body_util::BodyExt;
-    let mut body = body;
     let mut kept = bytes::BytesMut::new();
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| bad_body(format!("the request body could not be read: {e}")))?;

@@ -186,7 +186,6 @@ impl Tables<'_> {
     /// over its oldest due delivery in turn, up to `ceil(max / lanes)`
     /// each; what that leaves of `max` goes to the oldest due deliveries
     /// not picked. Also the lanes served.
-    #[allow(clippy::type_complexity)]
     pub(super) fn pick(&self, now: Millis, max: usize) -> Result<(Vec<Picked>, Vec<String>), StoreError> {
         let end = now.saturating_add(1);
         let lanes: Vec<String> = self
